@@ -1,0 +1,1 @@
+"""The demo world: a small text-to-image model trained in this repo on synthetic captioned images."""

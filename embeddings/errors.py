@@ -1,0 +1,13 @@
+"""The project's exception family: messages say what happened and what to do."""
+
+
+class TokensmithError(Exception):
+    """A failure a user can act on; the CLI prints its message as one line, the UI shows it with st.error."""
+
+
+class EmbeddingFormatError(TokensmithError, ValueError):
+    """A file is not a readable embedding (truncated, wrong layout, bad values)."""
+
+
+class StoreError(TokensmithError):
+    """A store operation was refused (bad name, name taken, not found)."""

@@ -1,0 +1,1 @@
+"""Accelerate-based textual-inversion trainers: learn new token embeddings from a few images."""
