@@ -1,0 +1,442 @@
+"""Model loading for every command: `demo`, a diffusers folder, a single-file checkpoint or a hub id.
+
+    model = load_model("demo")                       # the shipped demo world (default everywhere)
+    model = load_model("/models/sd15")               # a local diffusers folder
+    model = load_model("/models/sd15.safetensors")   # a single-file checkpoint (diffusers' from_single_file)
+    model = load_model("stabilityai/sdxl-turbo")     # a hub id (needs a network or a cached copy)
+    model.family      # "demo" | "sd1" | "sd2" | "sdxl" (or "w<width>" for other single-encoder models)
+    model.encoders    # [(key, tokenizer, text_encoder), ...] what the embeddings core installs into
+
+`tiny_pipeline("sd1" | "sdxl")` builds a tiny random pipeline from configs so tests never download anything.
+Lives in trainers/ (not studio/) because both the trainer and the generation engine load models, and
+trainers may not import studio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embeddings.errors import TokensmithError
+
+DEMO_MARKER = "tokensmith_demo.json"  # a file the demo build writes into its model folder
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FAMILY_BY_WIDTH = {768: "sd1", 1024: "sd2"}
+
+
+class ModelLoadError(TokensmithError):
+    """A model that could not be found or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline plus what the rest of tokensmith needs to know about it."""
+
+    pipe: Any  # diffusers StableDiffusionPipeline | StableDiffusionXLPipeline
+    family: str  # "demo" | "sd1" | "sd2" | "sdxl" | "w<width>"
+    source: str  # what was loaded: "demo", a path or a hub id, as given
+
+    @property
+    def encoders(self) -> list[tuple[str, Any, Any]]:
+        """(key, tokenizer, text_encoder) triples in the order the embeddings core expects."""
+        return pipeline_encoders(self.pipe)
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts ("epsilon" | "v_prediction" | "sample"), read from the scheduler."""
+        return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.pipe, "text_encoder_2", None) is not None
+
+    @property
+    def resolution(self) -> int:
+        """The native image size in pixels (UNet sample size × VAE scale factor)."""
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Input-embedding width per encoder key: {"emb_params": 768} or {"clip_l": 768, "clip_g": 1280}."""
+        return {key: int(te.get_input_embeddings().weight.shape[1]) for key, _tok, te in self.encoders}
+
+
+def pipeline_encoders(pipe: Any) -> list[tuple[str, Any, Any]]:
+    """The (key, tokenizer, text_encoder) triples of a pipeline: one for SD/demo, clip_l + clip_g for SDXL."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return [
+            ("clip_l", pipe.tokenizer, pipe.text_encoder),
+            ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2),
+        ]
+    return [("emb_params", pipe.tokenizer, pipe.text_encoder)]
+
+
+# --- family detection ---
+
+
+def demo_model_dir() -> Path:
+    """The shipped demo model folder (demo.DEMO_MODEL_DIR when the demo package defines it)."""
+    import demo
+
+    default = Path(demo.__file__).resolve().parent / "model"
+    return Path(getattr(demo, "DEMO_MODEL_DIR", default))
+
+
+def is_demo_folder(folder: str | Path) -> bool:
+    """True for the shipped demo model folder, or any copy of it (it carries the demo marker file)."""
+    folder = Path(folder)
+    if (folder / DEMO_MARKER).is_file():
+        return True
+    try:
+        return folder.resolve() == demo_model_dir().resolve()
+    except OSError:
+        return False
+
+
+def detect_family(pipe: Any) -> str:
+    """'sdxl' (two text encoders), 'demo' (the demo world), else by text width: 768 → 'sd1', 1024 → 'sd2'.
+
+    Other widths give 'w<width>' (e.g. 'w32' for a tiny test pipeline), matching the embeddings core's naming.
+    """
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    origin = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
+    if origin and os.path.isdir(origin) and is_demo_folder(origin):
+        return "demo"
+    width = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
+    return FAMILY_BY_WIDTH.get(width, f"w{width}")
+
+
+# --- loading ---
+
+
+def load_model(
+    spec: str = "demo", *, device: str = "cpu", dtype: torch.dtype = torch.float32, config: str | None = None
+) -> LoadedModel:
+    """Load `spec` ("demo", a diffusers folder, a .safetensors/.ckpt file, or a hub id) onto `device`.
+
+    `config` (single-file checkpoints only) names a diffusers folder or hub id whose configs describe the
+    checkpoint, for machines without a network. Raises ModelLoadError with what to do when it cannot load.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelLoadError(
+            "empty --model: give 'demo', a diffusers folder, a .safetensors/.ckpt file or a hub id"
+        )
+    if spec == "demo":
+        folder = demo_model_dir()
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"the demo model is not built yet (no {folder / 'model_index.json'}): "
+                "run `python -m demo.build`"
+            )
+        pipe = _load_folder(folder, dtype)
+        return _finish(LoadedModel(pipe=pipe, family="demo", source="demo"), device)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        pipe = _load_folder(path, dtype)
+        family = "demo" if is_demo_folder(path) else detect_family(pipe)
+        return _finish(LoadedModel(pipe=pipe, family=family, source=str(path)), device)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelLoadError(
+                f"{path} is not a model: give a diffusers folder or a single-file checkpoint "
+                f"({', '.join(SINGLE_FILE_SUFFIXES)})"
+            )
+        pipe = _load_single_file(path, dtype, config)
+        return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=str(path)), device)
+    if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        pipe = _load_hub(spec, dtype)
+        return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=spec), device)
+    raise ModelLoadError(
+        f"no model {spec!r}: it is not 'demo', an existing folder or file, or a hub id like 'owner/name'"
+    )
+
+
+def _finish(model: LoadedModel, device: str) -> LoadedModel:
+    model.pipe.to(device)
+    model.pipe.set_progress_bar_config(disable=True)  # tokensmith draws its own progress bar
+    for _key, _tok, te in model.encoders:
+        te.requires_grad_(False)
+    model.pipe.unet.requires_grad_(False)
+    model.pipe.vae.requires_grad_(False)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide diffusers'/transformers' per-component loading bars: loading is one step to the user."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+def _pipeline_class(model_index: dict) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None]):
+        return StableDiffusionXLPipeline
+    return StableDiffusionPipeline
+
+
+def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ModelLoadError(
+            f"{folder} is not a diffusers model folder (no model_index.json): give a folder written by "
+            "`save_pretrained`, a single-file checkpoint, or a hub id"
+        )
+    try:
+        model_index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{index_path} is unreadable ({exc}): re-copy or re-download the model") from exc
+    cls = _pipeline_class(model_index)
+    kwargs = (
+        {"safety_checker": None, "requires_safety_checker": False}
+        if cls.__name__ == "StableDiffusionPipeline"
+        else {}
+    )
+    try:
+        with _quiet_loading():
+            pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"could not load the diffusers model in {folder}: {_first_line(exc)} "
+            "(is a component folder or weight file missing or truncated? re-copy the model)"
+        ) from exc
+    return pipe
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
+    from diffusers import DiffusionPipeline
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        index = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
+        cls = _pipeline_class(index)
+        kwargs = (
+            {"safety_checker": None, "requires_safety_checker": False} if "XL" not in cls.__name__ else {}
+        )
+        with _quiet_loading():
+            return cls.from_pretrained(repo_id, dtype=dtype, local_files_only=offline, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if offline:
+            raise ModelLoadError(
+                f"hub model {repo_id!r} is not in the local cache and HF_HUB_OFFLINE=1: download it on a "
+                f"machine with a network (`huggingface-cli download {repo_id}`) or pass a local folder"
+            ) from exc
+        raise ModelLoadError(
+            f"could not load hub model {repo_id!r}: {_first_line(exc)} (check the id, your network and any "
+            "access token: `huggingface-cli login`)"
+        ) from exc
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if _looks_sdxl(path) else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}  # from_single_file still names it torch_dtype
+    if config is not None:
+        kwargs["config"] = config
+    if cls is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        with _quiet_loading():
+            return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        hint = (
+            "single-file loading needs the model's configs: from the Hugging Face hub (network or cache), or "
+            "pass a diffusers folder of the same architecture as `config` (CLI: --model-config DIR)"
+        )
+        raise ModelLoadError(f"could not load checkpoint {path}: {_first_line(exc)}; {hint}") from exc
+
+
+def _looks_sdxl(path: Path) -> bool:
+    """SDXL checkpoints carry a second text encoder (conditioner.embedders.1); read only the key names."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())  # noqa: SIM118
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({exc}): re-download it") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --- tiny pipelines for tests ---
+
+TINY_WORDS = (
+    *("a", "photo", "of", "the", "an", "on", "in", "with", "and", "picture", "painting", "style", "object"),
+    *("cat", "dog", "puppy", "keyboard", "typewriter", "circle", "square", "triangle", "star", "ring"),
+    *("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink"),
+    *("background", "small", "large"),
+)
+
+
+def tiny_tokenizer(words: tuple[str, ...] | list[str] = TINY_WORDS, *, max_length: int = 16) -> Any:
+    """A CLIPTokenizer over a hand-built byte-level vocabulary: every byte plus `words` as whole tokens."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_alphabet()
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            pieces = [pair[0] + pair[1], *pieces[2:]]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    for _ in range(4):  # repair pass: add merges for words that global merge ranks split wrongly
+        tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=max_length)
+        broken = [w for w in words if len(tokenizer.tokenize(w)) != 1]
+        if not broken:
+            break
+        for word in broken:
+            pieces = tokenizer.tokenize(word)
+            while len(pieces) > 1:
+                pair = (pieces[0], pieces[1])
+                merges.append(pair)
+                vocab.setdefault(pair[0] + pair[1], len(vocab))
+                pieces = [pair[0] + pair[1], *pieces[2:]]
+    return tokenizer
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable characters byte-level BPE (GPT-2, CLIP) uses to stand for the bytes 0..255."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def tiny_pipeline(family: str = "sd1", seed: int = 0) -> Any:
+    """A tiny random pipeline from configs (16×16 images, 8×8 latents): 'sd1' (one encoder, width 32) or
+    'sdxl' (clip_l width 32 + clip_g width 48). Deterministic for a seed; reads nothing from disk or network.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if family not in ("sd1", "sdxl"):
+        raise ValueError(f"tiny_pipeline family must be 'sd1' or 'sdxl', not {family!r}")
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+
+    def text_config(width: int) -> Any:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            projection_dim=width,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        mid_block_add_attention=False,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    unet_common = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    if family == "sd1":
+        text_encoder = CLIPTextModel(text_config(32))
+        unet = UNet2DConditionModel(cross_attention_dim=32, **unet_common)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        text_encoder = CLIPTextModel(text_config(32))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(48))
+        unet = UNet2DConditionModel(
+            cross_attention_dim=32 + 48,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 48,
+            **unet_common,
+        )
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tiny_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, *[te for _k, _t, te in pipeline_encoders(pipe)]):
+        module.eval().requires_grad_(False)
+    return pipe
