@@ -1,0 +1,179 @@
+"""The canonical file: one `.safetensors` per embedding (`emb_params` or `clip_l`/`clip_g`), string metadata.
+
+Readers that only need names and metadata call `read_header`, which reads the header bytes, never tensor data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import datetime, timezone
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from embeddings.errors import EmbeddingFormatError
+from embeddings.files import atomic_write_bytes
+from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding
+
+FORMAT_VERSION = "1"  # tokensmith.version: the version of this file layout
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # safetensors' own limit is 100 MB; an embedding header is a few KB
+SAFETENSORS_DTYPES = {
+    "F64",
+    "F32",
+    "F16",
+    "BF16",
+    "I64",
+    "I32",
+    "I16",
+    "I8",
+    "U8",
+    "BOOL",
+    "F8_E4M3",
+    "F8_E5M2",
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+# --- reading headers only ---
+def read_header(path: Path) -> dict:
+    """The safetensors header of `path` as a dict (tensor entries, "__metadata__"), checked against the size.
+
+    Reads only the header bytes. Raises EmbeddingFormatError naming the file when the header is truncated,
+    lies about its length, or describes tensors that lie outside the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise EmbeddingFormatError(f"{path}: {size} bytes is too short for a safetensors file")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES or 8 + length > size:
+                raise EmbeddingFormatError(
+                    f"{path}: the header claims {length} bytes but the file has {size}: truncated or not a "
+                    "safetensors file"
+                )
+            raw = handle.read(length)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EmbeddingFormatError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise EmbeddingFormatError(f"{path}: the safetensors header is not a JSON object")
+    _check_entries(path, header, data_size=size - 8 - length)
+    return header
+
+
+def _check_entries(path: Path, header: dict, *, data_size: int) -> None:
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise EmbeddingFormatError(f"{path}: header metadata must map strings to strings")
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("dtype") in SAFETENSORS_DTYPES
+            and isinstance(entry.get("shape"), list)
+            and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and all(isinstance(o, int) for o in entry["data_offsets"])
+        )
+        if not ok:
+            raise EmbeddingFormatError(f"{path}: tensor '{key}' has a malformed header entry")
+        start, end = entry["data_offsets"]
+        if not 0 <= start <= end <= data_size:
+            raise EmbeddingFormatError(
+                f"{path}: tensor '{key}' claims bytes {start}..{end} but the file has {data_size}: truncated?"
+            )
+
+
+def header_tensors(header: dict) -> dict[str, list[int]]:
+    """Tensor name -> shape, from a header."""
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def is_canonical_layout(keys: set[str] | list[str]) -> bool:
+    """`emb_params` alone, or one key per encoder from clip_l / clip_g / t5xxl."""
+    keys = set(keys)
+    if keys == {SINGLE_KEY}:
+        return True
+    return bool(keys) and keys <= set(ENCODER_KEYS) - {SINGLE_KEY}
+
+
+# --- loading ---
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file, with errors that name the file."""
+    header = read_header(path)
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
+        raise EmbeddingFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+    return tensors, dict(header.get("__metadata__", {}))
+
+
+def load_canonical(path: Path) -> Embedding:
+    """Read a canonical file (also kohya/ComfyUI `emb_params` and SDXL `clip_l`/`clip_g` files).
+
+    The name is the file stem. Files that carry our `sha256` are checked against their tensor data.
+    """
+    path = Path(path)
+    tensors, meta = load_safetensors(path)
+    if not is_canonical_layout(tensors):
+        raise EmbeddingFormatError(
+            f"{path}: keys {sorted(tensors)} are not the canonical layout (emb_params, or clip_l + clip_g); "
+            "use `tokensmith import` to convert other layouts"
+        )
+    try:
+        emb = Embedding(path.stem, tensors, {**meta, "name": path.stem})
+    except EmbeddingFormatError as exc:
+        raise EmbeddingFormatError(f"{path}: {exc}") from None
+    recorded = meta.get("sha256")
+    if "tokensmith.version" in meta and recorded and recorded != emb.sha256:
+        raise EmbeddingFormatError(
+            f"{path}: the tensor data does not match the sha256 in its header: the file is corrupted; "
+            "restore it from trash or re-import it"
+        )
+    return emb
+
+
+# --- saving ---
+def canonical_meta(emb: Embedding) -> dict[str, str]:
+    """The header metadata written for `emb`: its own metadata plus the required keys, all strings."""
+    meta = dict(emb.meta)
+    meta.setdefault("created", now_iso())
+    meta.update(
+        {
+            "tokensmith.version": FORMAT_VERSION,
+            "format": "pt",  # the safetensors convention for torch tensors (diffusers/transformers read it)
+            "name": emb.name,
+            "family": emb.family,
+            "num_vectors": str(emb.num_vectors),
+            "sha256": emb.sha256,
+        }
+    )
+    return meta
+
+
+def canonical_bytes(emb: Embedding) -> bytes:
+    """The canonical file's bytes for `emb`."""
+    return safetensors.torch.save(dict(emb.vectors), metadata=canonical_meta(emb))
+
+
+def save_canonical(emb: Embedding, path: Path, *, overwrite: bool = True) -> Path:
+    """Write `emb` as a canonical file, atomically; overwrite=False raises FileExistsError if it exists."""
+    if not is_canonical_layout(emb.vectors):
+        raise EmbeddingFormatError(
+            f"embedding '{emb.name}' has keys {sorted(emb.vectors)}; the canonical file holds emb_params or "
+            "clip_l + clip_g"
+        )
+    return atomic_write_bytes(Path(path), canonical_bytes(emb), overwrite=overwrite)

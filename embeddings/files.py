@@ -1,0 +1,67 @@
+"""Writing files completely or not at all: a temp file in the same folder, fsync, then an atomic rename."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+
+def temp_path_for(path: Path) -> Path:
+    """A hidden, unique temp name beside `path` (same folder, so the final rename is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` for a temp file beside `path`, fsync it, return the temp path (caller renames it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: some filesystems refuse to open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+    """Write `path` via `write(tmp)`: readers see the old file or the whole new one, never a part.
+
+    With `overwrite=False` the final step is a hard link, which fails with FileExistsError when another writer
+    got there first, so two processes can never both "create" the same name.
+    """
+    path = Path(path)
+    tmp = write_temp(path, write)
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic create-if-absent
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> Path:
+    """`atomic_write` for bytes already in memory."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)

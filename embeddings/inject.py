@@ -1,0 +1,215 @@
+"""Prompt injection: add `<name>`, `<name>_1`, … to tokenizers and write the vectors into input embeddings.
+
+`encoders` is a list of `(key, tokenizer, text_encoder)` triples: `[("emb_params", tok, te)]` for SD 1.x/2.x,
+`[("clip_l", tok, te), ("clip_g", tok2, te2)]` for SDXL. Tokenizers and text encoders are duck-typed (the
+transformers CLIP classes): `add_tokens`, `get_vocab`, `get_added_vocab`, `convert_tokens_to_ids`,
+`get_input_embeddings`, `resize_token_embeddings`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from embeddings.errors import TokensmithError
+from embeddings.value import SINGLE_KEY, Embedding, family_from_widths, family_title
+
+Encoders = Sequence[tuple[str, Any, Any]]
+
+
+class InstallError(TokensmithError, ValueError):
+    """An embedding does not fit a model (widths, encoders) or its token clashes with the vocabulary."""
+
+
+# --- token names and prompts (strings only) ---
+def token_names(emb: Embedding | str, num_vectors: int | None = None) -> list[str]:
+    """Diffusers' multi-vector naming: a 3-vector 'cat' -> ['<cat>', '<cat>_1', '<cat>_2']."""
+    name, n = (emb, num_vectors or 1) if isinstance(emb, str) else (emb.name, emb.num_vectors)
+    trigger = f"<{name}>"
+    return [trigger] + [f"{trigger}_{i}" for i in range(1, n)]
+
+
+def expand_prompt(prompt: str, embeddings: Iterable[Embedding]) -> str:
+    """'a <cat> on a mat' -> 'a <cat> <cat>_1 on a mat' for a 2-vector cat; expanded prompts stay as is."""
+    for emb in embeddings:
+        trigger = re.escape(f"<{emb.name}>")
+        pattern = re.compile(rf"{trigger}(?:_\d+)?(?:\s+{trigger}_\d+)*")
+        prompt = pattern.sub(lambda _m, e=emb: " ".join(token_names(e)), prompt)
+    return prompt
+
+
+# --- vectors per encoder ---
+def encoder_width(text_encoder: Any) -> int:
+    return int(text_encoder.get_input_embeddings().weight.shape[1])
+
+
+def _model_family(encoders: Encoders) -> str:
+    return family_from_widths({key: encoder_width(te) for key, _tok, te in encoders})
+
+
+def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = False) -> list[torch.Tensor]:
+    """The (n, width) vectors to write into each encoder, or InstallError saying in words why they do not fit.
+
+    A single-encoder embedding fits a single-encoder model of the same width. With `partial=True` an
+    `emb_params` embedding of width 768 goes into SDXL's `clip_l` and `clip_g` gets zero vectors (the
+    SD 1.x -> SDXL option: only half of the text conditioning carries the concept).
+    """
+    keys = [key for key, _tok, _te in encoders]
+    widths = {key: encoder_width(te) for key, _tok, te in encoders}
+    out = []
+    for key, _tok, _te in encoders:
+        if key in emb.vectors:
+            vectors = emb.vectors[key]
+        elif len(emb.vectors) == 1 and len(encoders) == 1:
+            vectors = next(iter(emb.vectors.values()))
+        elif partial and SINGLE_KEY in emb.vectors and emb.widths[SINGLE_KEY] == widths.get(key):
+            vectors = emb.vectors[SINGLE_KEY]
+        elif (
+            partial
+            and SINGLE_KEY in emb.vectors
+            and any(emb.widths[SINGLE_KEY] == w for w in widths.values())
+        ):
+            vectors = torch.zeros(emb.num_vectors, widths[key])  # (n, width): this encoder gets no concept
+        else:
+            raise InstallError(
+                f"embedding '{emb.name}' ({family_title(emb.family)} keys {sorted(emb.vectors)}) doesn't fit "
+                f"this model ({family_title(_model_family(encoders))}, encoders {keys})"
+                + (
+                    ": try the partial clip_l-only install"
+                    if SINGLE_KEY in emb.vectors and len(keys) > 1
+                    else ""
+                )
+            )
+        if vectors.shape[1] != widths[key]:
+            raise InstallError(
+                f"embedding '{emb.name}' has width {vectors.shape[1]} but this model's encoder '{key}' has "
+                f"width {widths[key]}: it was trained for {family_title(emb.family)}; this model is "
+                f"{family_title(_model_family(encoders))}"
+            )
+        out.append(vectors)
+    return out
+
+
+# --- install / uninstall ---
+def install(emb: Embedding, encoders: Encoders, *, partial: bool = False) -> list[str]:
+    """Add `emb`'s tokens to every tokenizer and write its vectors into the text encoders; returns the tokens.
+
+    Re-installing a name replaces its vectors (that is how a swap works); a changed vector count adds or
+    removes `<name>_k` tokens so that the tokenizer holds exactly the current ones.
+    """
+    per_encoder = vectors_for_encoders(emb, encoders, partial=partial)  # checks everything before any change
+    tokens = token_names(emb)
+    for (_key, tokenizer, text_encoder), vectors in zip(encoders, per_encoder, strict=True):
+        _check_no_vocab_clash(tokens, tokenizer)
+        stale = [t for t in installed_tokens(emb.name, tokenizer) if t not in tokens]
+        if stale:
+            _remove_tokens(stale, tokenizer, text_encoder)
+        tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_added_vocab()])
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+        weight = text_encoder.get_input_embeddings().weight  # (vocab, width)
+        if max(ids) >= weight.shape[0]:
+            _grow(text_encoder, len(tokenizer))
+            weight = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)  # (n, width)
+    return tokens
+
+
+def uninstall(name: str, encoders: Encoders) -> list[str]:
+    """Remove `<name>` and its `<name>_k` tokens from every tokenizer and their rows from the encoders."""
+    removed: list[str] = []
+    for _key, tokenizer, text_encoder in encoders:
+        tokens = installed_tokens(name, tokenizer)
+        if tokens:
+            _remove_tokens(tokens, tokenizer, text_encoder)
+            removed = tokens
+    if not removed:
+        raise InstallError(f"'<{name}>' is not installed in this model; nothing to uninstall")
+    return removed
+
+
+def installed_tokens(name: str, tokenizer: Any) -> list[str]:
+    """The tokens of `name` present in a tokenizer's added vocabulary, in id order."""
+    pattern = re.compile(rf"{re.escape(f'<{name}>')}(?:_\d+)?")
+    added = tokenizer.get_added_vocab()
+    return sorted((t for t in added if pattern.fullmatch(t)), key=added.get)
+
+
+def _grow(text_encoder: Any, size: int) -> None:
+    # mean_resizing fits a covariance over the whole vocabulary (slow); the new rows get overwritten anyway
+    try:
+        text_encoder.resize_token_embeddings(size, mean_resizing=False)
+    except TypeError:  # transformers before 4.46
+        text_encoder.resize_token_embeddings(size)
+
+
+def _check_no_vocab_clash(tokens: list[str], tokenizer: Any) -> None:
+    added = tokenizer.get_added_vocab()
+    vocab = tokenizer.get_vocab()
+    clash = [t for t in tokens if t in vocab and t not in added]
+    if clash:
+        raise InstallError(f"token {clash[0]!r} is an ordinary word of this tokenizer; rename the embedding")
+
+
+def _remove_tokens(tokens: list[str], tokenizer: Any, text_encoder: Any) -> None:
+    """Drop added tokens from a (fast) tokenizer and their rows from the input embeddings; later ids shift."""
+    added = tokenizer.get_added_vocab()
+    drop_ids = sorted(added[t] for t in tokens)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        raise InstallError("uninstall needs a fast (tokenizers-backed) tokenizer")
+    from tokenizers import Tokenizer
+
+    state = json.loads(backend.to_str())
+    kept = []
+    for entry in sorted(state.get("added_tokens", []), key=lambda e: e["id"]):
+        if entry["content"] in tokens:
+            continue
+        entry["id"] -= sum(1 for d in drop_ids if d < entry["id"])
+        kept.append(entry)
+    state["added_tokens"] = kept
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+    for attr in ("_added_tokens_decoder", "_added_tokens_encoder"):
+        table = getattr(tokenizer, attr, None)
+        if isinstance(table, dict):
+            table.clear()
+            if attr == "_added_tokens_decoder":
+                table.update({e["id"]: _added_token(e) for e in kept})
+            else:
+                table.update({e["content"]: e["id"] for e in kept})
+    layer = text_encoder.get_input_embeddings()
+    keep_rows = [i for i in range(layer.weight.shape[0]) if i not in set(drop_ids)]
+    new_layer = torch.nn.Embedding(len(keep_rows), layer.weight.shape[1])
+    new_layer.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new_layer.weight.copy_(layer.weight[keep_rows])  # (vocab - removed, width)
+    text_encoder.set_input_embeddings(new_layer)
+    if hasattr(text_encoder, "config") and hasattr(text_encoder.config, "vocab_size"):
+        text_encoder.config.vocab_size = len(keep_rows)
+
+
+def _added_token(entry: dict) -> Any:
+    from tokenizers import AddedToken
+
+    return AddedToken(
+        entry["content"],
+        single_word=entry.get("single_word", False),
+        lstrip=entry.get("lstrip", False),
+        rstrip=entry.get("rstrip", False),
+        normalized=entry.get("normalized", True),
+        special=entry.get("special", False),
+    )
+
+
+# --- words of the vocabulary ---
+def word_vectors(text: str, tokenizer: Any, text_encoder: Any) -> torch.Tensor:
+    """Input token embeddings of a word or phrase: 'keyboard' -> (1, width); 2-token phrase -> (2, width)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise InstallError(f"{text!r} has no tokens in this tokenizer")
+    weight = text_encoder.get_input_embeddings().weight  # (vocab, width)
+    return weight[ids].detach().to(device="cpu", dtype=torch.float32).clone()  # (len(ids), width)

@@ -1,0 +1,253 @@
+"""The store: a folder of canonical files (`<name>.safetensors`) and previews; the folder is the database.
+
+Layout under the root (default `$TOKENSMITH_HOME/embeddings`):
+
+    <name>.safetensors          the embedding (canonical file)
+    <name>.preview.png          its thumbnail, optional
+    .trash/<stamp>/<name>.*     deleted embeddings, restorable
+    .<file>.<pid>.<rand>.tmp    a write in progress (never listed; removed on failure)
+
+Writes are atomic (temp file, fsync, rename); creating a name uses a hard link so two writers can never both
+create it; an existing name is only replaced with `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from embeddings.canonical import canonical_bytes, header_tensors, load_canonical, read_header
+from embeddings.errors import EmbeddingFormatError, StoreError
+from embeddings.files import atomic_write, atomic_write_bytes
+from embeddings.value import Embedding, family_from_widths
+
+SUFFIX = ".safetensors"
+PREVIEW_SUFFIX = ".preview.png"
+TRASH = ".trash"
+NAME_RULE = "1-64 characters from letters, digits, '_', '-' and '.', starting with a letter or digit"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a safe embedding name, else raise StoreError saying the rule."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise StoreError(f"invalid embedding name {name!r}: use {NAME_RULE} (no '..', no path separators)")
+    if name.endswith(".preview") or name.endswith(".tmp"):
+        raise StoreError(f"invalid embedding name {name!r}: names may not end in '.preview' or '.tmp'")
+    return name
+
+
+def safe_name(text: str) -> str:
+    """A valid name made from any text (a file stem, an A1111 `name`): 'bad hands (v5)' -> 'bad-hands-v5'."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)
+    cleaned = re.sub(r"\.(preview|tmp)$", "", cleaned)[:64].rstrip("-.")
+    return cleaned if cleaned and cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """What a listing knows from a file's header alone (no tensor data read)."""
+
+    name: str
+    path: Path
+    family: str
+    num_vectors: int
+    widths: dict[str, int]
+    meta: dict[str, str]
+    preview: Path | None
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "family": self.family,
+            "num_vectors": self.num_vectors,
+            "widths": self.widths,
+            "meta": self.meta,
+            "preview": str(self.preview) if self.preview else None,
+        }
+
+
+class Store:
+    """put/get/list/rename/delete/restore for embeddings kept as files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def for_home(cls, home: Path) -> Store:
+        return cls(Path(home) / "embeddings")
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # --- paths ---
+    def path(self, name: str) -> Path:
+        return self.root / (validate_name(name) + SUFFIX)
+
+    def preview_path(self, name: str) -> Path:
+        return self.root / (validate_name(name) + PREVIEW_SUFFIX)
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def _require(self, name: str) -> Path:
+        path = self.path(name)
+        if not path.is_file():
+            hint = self._suggest(name)
+            raise StoreError(
+                f"no embedding named '{name}' in {self.root}{hint}; `tokensmith list` shows them"
+            )
+        return path
+
+    def _suggest(self, name: str) -> str:
+        close = [n for n in self.names() if n.lower() == name.lower() or name.lower() in n.lower()]
+        return f" (did you mean {', '.join(close[:3])}?)" if close else ""
+
+    # --- writing ---
+    def put(self, emb: Embedding, *, overwrite: bool = False, preview=None) -> Path:
+        """Store `emb` under its name; an existing name raises StoreError unless overwrite=True.
+
+        `preview` (a PIL image) is saved beside it as `<name>.preview.png`.
+        """
+        path = self.path(emb.name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = canonical_bytes(emb)
+        try:
+            atomic_write_bytes(path, data, overwrite=overwrite)
+        except FileExistsError:
+            raise StoreError(
+                f"an embedding named '{emb.name}' already exists; choose another name or pass --force "
+                "(overwrite=True) to replace it"
+            ) from None
+        preview_path = self.preview_path(emb.name)
+        if preview is not None:
+            buffer = io.BytesIO()
+            preview.save(buffer, format="PNG")
+            atomic_write_bytes(preview_path, buffer.getvalue())
+        elif overwrite:
+            preview_path.unlink(missing_ok=True)  # an old thumbnail would show a different embedding
+        return path
+
+    def set_preview(self, name: str, image) -> Path:
+        """Attach (or replace) the thumbnail of a stored embedding."""
+        self._require(name)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return atomic_write_bytes(self.preview_path(name), buffer.getvalue())
+
+    # --- reading ---
+    def get(self, name: str) -> Embedding:
+        return load_canonical(self._require(name))
+
+    def names(self) -> list[str]:
+        """Stored names, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name[: -len(SUFFIX)]
+            for entry in os.scandir(self.root)
+            if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
+        )
+
+    def list(self) -> list[StoreEntry]:
+        """Every stored embedding with its header facts (headers only); unreadable files are skipped."""
+        if not self.root.is_dir():
+            return []
+        files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
+        entries = []
+        for file_name in sorted(files):
+            if not file_name.endswith(SUFFIX):
+                continue
+            name = file_name[: -len(SUFFIX)]
+            try:
+                entries.append(self._entry(name, self.root / file_name, files))
+            except (EmbeddingFormatError, OSError):
+                continue  # a broken file must not hide the others; `tokensmith doctor` explains it
+        return entries
+
+    def entry(self, name: str) -> StoreEntry:
+        """The header facts of one stored embedding."""
+        path = self._require(name)
+        return self._entry(name, path, {p.name for p in self.root.iterdir()})
+
+    def _entry(self, name: str, path: Path, files: set[str]) -> StoreEntry:
+        header = read_header(path)
+        shapes = header_tensors(header)
+        widths = {k: s[1] if len(s) == 2 else (s[0] if s else 0) for k, s in shapes.items()}
+        counts = [s[0] if len(s) == 2 else 1 for s in shapes.values()]
+        meta = dict(header.get("__metadata__", {}))
+        preview = name + PREVIEW_SUFFIX
+        return StoreEntry(
+            name=name,
+            path=path,
+            family=meta.get("family") or family_from_widths(widths),
+            num_vectors=max(counts, default=0),
+            widths=widths,
+            meta=meta,
+            preview=self.root / preview if preview in files else None,
+        )
+
+    # --- moving ---
+    def rename(self, old: str, new: str) -> Path:
+        """Give a stored embedding a new name (its header `name` follows); never replaces an existing one."""
+        validate_name(new)
+        emb = self.get(old)
+        if self.exists(new):
+            raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
+        try:
+            atomic_write_bytes(self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False)
+        except FileExistsError:
+            raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' was created meanwhile") from None
+        old_preview = self.preview_path(old)
+        if old_preview.is_file():
+            os.replace(old_preview, self.preview_path(new))
+        self.path(old).unlink(missing_ok=True)
+        return self.path(new)
+
+    def delete(self, name: str) -> Path:
+        """Move an embedding (and its preview) to the trash; returns its trash folder. `restore` undoes it."""
+        path = self._require(name)
+        folder = self.root / TRASH / f"{time.time_ns():020d}-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=False)
+        os.replace(path, folder / path.name)
+        preview = self.preview_path(name)
+        if preview.is_file():
+            os.replace(preview, folder / preview.name)
+        (folder / "deleted.json").write_text(json.dumps({"name": name, "deleted": time.time()}))
+        return folder
+
+    def trashed(self) -> list[str]:
+        """Names in the trash (each may appear once per deletion), newest first."""
+        return [f.name[: -len(SUFFIX)] for folder in self._trash_folders() for f in folder.glob("*" + SUFFIX)]
+
+    def _trash_folders(self) -> list[Path]:
+        trash = self.root / TRASH
+        return sorted((p for p in trash.iterdir() if p.is_dir()), reverse=True) if trash.is_dir() else []
+
+    def restore(self, name: str) -> Path:
+        """Bring back the most recently deleted embedding of that name; refuses if the name is taken again."""
+        path = self.path(name)
+        for folder in self._trash_folders():
+            trashed = folder / path.name
+            if not trashed.is_file():
+                continue
+            if path.exists():
+                raise StoreError(
+                    f"cannot restore '{name}': an embedding of that name exists; rename it first "
+                    f"(`tokensmith rename {name} NEW`)"
+                )
+            atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
+            preview = folder / (name + PREVIEW_SUFFIX)
+            if preview.is_file():
+                os.replace(preview, self.preview_path(name))
+            shutil.rmtree(folder)
+            return path
+        raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")

@@ -1,0 +1,144 @@
+"""The store: put/get/list/rename/delete/restore, name rules, previews, and writers in several processes."""
+
+import multiprocessing
+
+import pytest
+import torch
+from PIL import Image
+
+from embeddings import Embedding, Store, StoreError, safe_name, validate_name
+from embeddings.errors import EmbeddingFormatError
+
+
+def emb(name="cat", value=1.0, n=2, width=768):
+    return Embedding(name, {"emb_params": torch.full((n, width), value)}, {"init": "cat"})
+
+
+@pytest.fixture
+def store(tokensmith_home):
+    return Store.for_home(tokensmith_home)
+
+
+def test_put_get_round_trip_and_layout(store, tokensmith_home):
+    path = store.put(emb())
+    assert path == tokensmith_home / "embeddings" / "cat.safetensors"
+    got = store.get("cat")
+    assert torch.equal(got.vectors["emb_params"], emb().vectors["emb_params"])
+    assert got.meta["init"] == "cat" and store.names() == ["cat"] and store.exists("cat")
+
+
+def test_existing_name_is_never_overwritten_without_overwrite(store):
+    store.put(emb(value=1.0))
+    with pytest.raises(StoreError, match=r"already exists.*--force"):
+        store.put(emb(value=2.0))
+    assert float(store.get("cat").vectors["emb_params"][0, 0]) == 1.0
+    store.put(emb(value=2.0), overwrite=True)
+    assert float(store.get("cat").vectors["emb_params"][0, 0]) == 2.0
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "../x", "a/b", "a\\b", "..", ".hidden", "a..b", "x" * 65, "sp ace", "p.preview"]
+)
+def test_unsafe_names_are_refused_with_the_rule(store, bad):
+    with pytest.raises(StoreError, match=r"letters, digits|may not end"):
+        validate_name(bad)
+    with pytest.raises((StoreError, EmbeddingFormatError)):
+        store.put(emb().with_name(bad))
+    assert not list(store.root.parent.parent.glob("**/*.safetensors"))
+
+
+def test_safe_name_makes_valid_names_from_any_text():
+    for text in ["bad hands (v5)", "../../etc/passwd", "...", "ü", "a" * 200, "x.preview", "-lead"]:
+        assert validate_name(safe_name(text))
+    assert safe_name("bad hands (v5)") == "bad-hands-v5"
+
+
+def test_list_reads_headers_and_finds_previews(store):
+    store.put(emb("a"), preview=Image.new("RGB", (8, 8), "red"))
+    store.put(Embedding("b", {"clip_l": torch.zeros(3, 768), "clip_g": torch.zeros(3, 1280)}))
+    (store.root / "notes.txt").write_text("not an embedding")
+    (store.root / "broken.safetensors").write_bytes(b"garbage!")
+    entries = {e.name: e for e in store.list()}
+    assert set(entries) == {"a", "b"}
+    assert (entries["a"].family, entries["a"].num_vectors, entries["a"].widths) == (
+        "sd1",
+        2,
+        {"emb_params": 768},
+    )
+    assert entries["a"].preview == store.preview_path("a") and entries["b"].preview is None
+    assert entries["b"].family == "sdxl" and entries["b"].meta["num_vectors"] == "3"
+    assert Image.open(entries["a"].preview).size == (8, 8)
+
+
+def test_rename_moves_file_preview_and_header_name(store):
+    store.put(emb("a"), preview=Image.new("RGB", (4, 4)))
+    store.put(emb("taken"))
+    with pytest.raises(StoreError, match="already exists"):
+        store.rename("a", "taken")
+    store.rename("a", "b")
+    assert store.names() == ["b", "taken"] and store.get("b").meta["name"] == "b"
+    assert store.preview_path("b").is_file() and not store.preview_path("a").exists()
+    with pytest.raises(StoreError, match="no embedding named 'a'"):
+        store.get("a")
+
+
+def test_delete_goes_to_trash_and_restore_brings_it_back(store):
+    store.put(emb("a", value=3.0), preview=Image.new("RGB", (4, 4)))
+    store.delete("a")
+    assert store.names() == [] and store.trashed() == ["a"]
+    store.put(emb("a", value=4.0))
+    with pytest.raises(StoreError, match="exists"):
+        store.restore("a")
+    store.delete("a")  # now the trash holds two; the newest (4.0) comes back first
+    store.restore("a")
+    assert float(store.get("a").vectors["emb_params"][0, 0]) == 4.0
+    store.delete("a")
+    store.restore("a")
+    assert float(store.get("a").vectors["emb_params"][0, 0]) == 4.0
+    assert store.trashed() == ["a"]
+    with pytest.raises(StoreError, match="not in the trash"):
+        store.restore("zzz")
+
+
+def test_missing_name_suggests_close_ones(store):
+    store.put(emb("MyCat"))
+    with pytest.raises(StoreError, match="did you mean MyCat"):
+        store.get("mycat")
+
+
+# --- several processes at once ---
+def _hammer(root, worker, rounds, queue):
+    torch.set_num_threads(1)
+    store = Store(root)
+    outcome = {"created": 0, "refused": 0}
+    for i in range(rounds):
+        value = float(worker * 1000 + i)
+        store.put(emb("shared", value=value, n=4), overwrite=True)
+        store.put(emb(f"own-{worker}-{i}", value=value))
+        try:
+            store.put(emb("first-wins", value=value))
+            outcome["created"] += 1
+        except StoreError:
+            outcome["refused"] += 1
+    queue.put(outcome)
+
+
+def test_concurrent_writers_never_corrupt_or_lose_files(store):
+    workers, rounds = 4, 15
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    procs = [context.Process(target=_hammer, args=(store.root, w, rounds, queue)) for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    outcomes = [queue.get(timeout=5) for _ in procs]
+    assert sum(o["created"] for o in outcomes) == 1  # exactly one process created "first-wins"
+    assert sum(o["refused"] for o in outcomes) == workers * rounds - 1
+    names = store.names()
+    assert len(names) == 2 + workers * rounds
+    for name in names:  # every file is whole: loads and matches its recorded sha256
+        loaded = store.get(name)
+        assert loaded.vectors["emb_params"].unique().numel() == 1
+    assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
