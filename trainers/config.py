@@ -1,0 +1,275 @@
+"""TrainConfig: the one training configuration, filled from a TOML/YAML file and/or CLI flags.
+
+A config file holds the same keys as the dataclass fields (`batch_size = 4`); a CLI flag is the key with
+dashes (`--batch-size 4`). Unknown keys are an error that lists the valid ones. Every run writes its
+resolved config (`config.toml`) and the equivalent command, so any run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from embeddings.errors import TokensmithError
+
+TEMPLATE_SETS = ("object", "style", "captions")
+CROPS = ("center", "random", "bucket")
+PRECISIONS = ("no", "fp16", "bf16")
+TRACKERS = ("tensorboard", "wandb")
+
+
+class ConfigError(TokensmithError, ValueError):
+    """A training config key or value is wrong; the message says which and what is valid."""
+
+
+def _opt(default, help: str, *, choices: tuple[str, ...] | None = None, flag: bool = True):
+    """A dataclass field with its CLI help (and allowed values) kept next to the default."""
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one textual-inversion run needs; defaults learn a demo-world concept in <= 150 steps."""
+
+    # --- what to learn ---
+    images: str = _opt("", "folder of training images (PNG/JPEG/WebP; optional NAME.txt captions)")
+    name: str = _opt("", "the embedding's name; the prompt trigger is <name>")
+    init: str = _opt("", "init from a word, a phrase, or a stored embedding as <name> (default: per family)")
+    vectors: int = _opt(1, "vectors per token (multi-vector tokens: <name>, <name>_1, ...)")
+    templates: str = _opt(
+        "object", "prompt templates: object, style, captions, or a .txt file with [name]/[filewords]"
+    )
+    model: str = _opt("demo", "base model: demo, a diffusers folder, a .safetensors/.ckpt file, or a hub id")
+    # --- data ---
+    resolution: int = _opt(0, "training resolution in pixels (0: the model's native size)")
+    crop: str = _opt("center", "how other aspect ratios fit: center, random crop, or bucket", choices=CROPS)
+    flip: bool = _opt(True, "random horizontal flips (both flips are cached)")
+    alpha_weight: bool = _opt(False, "weight the loss by the images' alpha channel")
+    min_images: int = _opt(1, "refuse to train on fewer images than this")
+    # --- optimisation ---
+    steps: int = _opt(150, "maximum optimisation steps")
+    batch_size: int = _opt(4, "images per step")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    learning_rate: float = _opt(2e-2, "peak learning rate (AdamW on the new rows only)")
+    lr_schedule: str = _opt(
+        "constant", "constant, warmup, cosine, or A1111's piecewise string like '0.005:100, 1e-3:1000'"
+    )
+    warmup_steps: int = _opt(0, "linear warm-up steps (warmup and cosine schedules)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay on the new rows")
+    max_grad_norm: float = _opt(0.0, "clip the gradient norm of the new rows (0: off)")
+    min_snr_gamma: float = _opt(0.0, "min-SNR loss weighting gamma (0: off; 5 is the paper's value)")
+    mixed_precision: str = _opt("no", "no, fp16 or bf16 (through Accelerate)", choices=PRECISIONS)
+    gradient_checkpointing: bool = _opt(False, "trade compute for memory in the UNet")
+    seed: int = _opt(0, "seed for data order, noise, timesteps and previews")
+    # --- knowing when it has learned ---
+    validate_every: int = _opt(10, "deterministic validation loss every N steps (0: off)")
+    validation_size: int = _opt(8, "fixed (image, noise, timestep) triples in the validation set")
+    early_stopping: bool = _opt(True, "stop when the validation loss stops improving (DVAR-style)")
+    dvar_window: int = _opt(6, "validation points in the DVAR rolling window")
+    dvar_threshold: float = _opt(0.1, "stop when var(window) / var(all) falls below this")
+    min_steps: int = _opt(60, "never stop early before this many steps")
+    clip_model: str = _opt("", "local CLIP model folder for image/text similarity on real models")
+    # --- run folder and sharing ---
+    run_dir: str = _opt("", "run folder (default: HOME/runs/NAME)")
+    resume: bool = _opt(False, "continue the run in run_dir from its last checkpoint")
+    save_every: int = _opt(50, "snapshot + preview + checkpoint every N steps (0: only at the end)")
+    preview_prompt: str = _opt("a [name]", "prompt of the fixed-seed preview images")
+    preview_steps: int = _opt(20, "sampling steps of preview images")
+    preview_images: int = _opt(
+        4, "fixed-seed samples per preview, also scored by the judge or CLIP (0: none)"
+    )
+    preview_guidance: float = _opt(0.0, "guidance scale of previews (0: the family's default)")
+    overwrite: bool = _opt(False, "replace an existing stored embedding of the same name")
+    trackers: list[str] = _opt([], "Accelerate trackers besides the JSONL: tensorboard, wandb")  # noqa: RUF009
+    push_to_hub: str = _opt("", "upload the embedding and a model card to this hub repo (user/repo)")
+    hub_private: bool = _opt(False, "create the hub repo as private")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with `changes` applied and checked (configs are never mutated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def check(cfg: TrainConfig) -> None:
+    """Raise ConfigError for values no run could use (names of keys are checked in `from_mapping`)."""
+    for name, f in FIELDS.items():
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} = {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+    positive = (
+        "vectors",
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "validation_size",
+        "dvar_window",
+        "min_images",
+    )
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    non_negative = (
+        "resolution",
+        "warmup_steps",
+        "validate_every",
+        "save_every",
+        "preview_images",
+        "min_steps",
+    )
+    for name in (*non_negative, "weight_decay", "max_grad_norm", "min_snr_gamma", "preview_guidance"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.learning_rate <= 0:
+        raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    for tracker in cfg.trackers:
+        if tracker not in TRACKERS:
+            raise ConfigError(f"tracker {tracker!r} is not one of {', '.join(TRACKERS)}")
+    if cfg.templates not in TEMPLATE_SETS and not cfg.templates.endswith(".txt"):
+        raise ConfigError(
+            f"templates = {cfg.templates!r}: use object, style, captions, or a path to a .txt template file"
+        )
+
+
+# --- reading ---
+
+
+def _coerce(name: str, value):
+    """Convert a file or flag value to the field's type, or say what was expected."""
+    kind = _TYPES[name]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if kind == list[str]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        return [str(item).strip() for item in items if str(item).strip()]
+    if isinstance(value, dict | list):
+        raise ConfigError(f"{name} must be a single value, got {value!r}")
+    return str(value)
+
+
+def from_mapping(values: dict, *, base: TrainConfig | None = None) -> TrainConfig:
+    """Build a config from a {key: value} mapping; unknown keys are an error listing the valid ones."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown training config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(FIELDS))}"
+        )
+    changes = {key: _coerce(key, value) for key, value in values.items()}
+    return dataclasses.replace(base or TrainConfig(), **changes)
+
+
+def read_file(path: str | Path) -> dict:
+    """The {key: value} mapping of a TOML (.toml) or YAML (.yaml/.yml) config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a .toml or .yaml file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    else:
+        raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold key = value pairs at the top level")
+    values = values.get("train", values) if set(values) == {"train"} else values
+    return values
+
+
+def load(path: str | Path | None = None, *, overrides: dict | None = None) -> TrainConfig:
+    """The config from a file (if any) with `overrides` (e.g. CLI flags) applied on top."""
+    cfg = from_mapping(read_file(path)) if path else TrainConfig()
+    return from_mapping(overrides or {}, base=cfg)
+
+
+# --- writing ---
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # JSON strings are valid TOML basic strings
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML text, every key written (a run folder's `config.toml`)."""
+    lines = ["# tokensmith training config (resolved); run it with: tokensmith train --config THIS_FILE"]
+    for name, f in FIELDS.items():
+        lines.append(f"# {f.metadata['help']}")
+        lines.append(f"{name} = {_toml_value(getattr(cfg, name))}")
+    return "\n".join(lines) + "\n"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def to_flags(cfg: TrainConfig) -> list[str]:
+    """CLI flags for every value that differs from the default (`--steps 300 --no-flip ...`)."""
+    default = TrainConfig()
+    flags: list[str] = []
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        if value == getattr(default, name):
+            continue
+        if isinstance(value, bool):
+            flags.append(flag_name(name) if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            flags += [flag_name(name), ",".join(value)]
+        else:
+            flags += [flag_name(name), str(value)]
+    return flags
+
+
+def equivalent_commands(cfg: TrainConfig, config_path: str | Path) -> list[str]:
+    """The single-process command and the multi-GPU/multi-node `accelerate launch` form of this run."""
+    single = shlex.join(["tokensmith", "train", *to_flags(cfg)])
+    multi = shlex.join(["accelerate", "launch", "-m", "trainers", "--config", str(config_path)])
+    return [single, multi]

@@ -1,0 +1,225 @@
+"""Training data: images (EXIF-rotated), captions, prompt templates, crops, buckets, flips and alpha weights.
+
+Everything here runs before any model loads, so a bad folder fails in a second with a message naming the
+file. Images of another aspect ratio are centre- or randomly cropped, or put in a bucket of their own shape;
+they are never squashed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embeddings.errors import TokensmithError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MIN_SIDE = 16  # smaller images carry no concept worth learning
+RANDOM_CROPS = 4  # random crops per image, each cached once (latents are cached per crop and flip)
+
+# The ImageNet template sets of the textual-inversion paper (as in diffusers' and kohya's scripts).
+OBJECT_TEMPLATES = (
+    "a photo of a [name]", "a rendering of a [name]", "a cropped photo of the [name]",
+    "the photo of a [name]",
+    "a photo of a clean [name]", "a photo of a dirty [name]", "a dark photo of the [name]",
+    "a photo of my [name]", "a photo of the cool [name]", "a close-up photo of a [name]",
+    "a bright photo of the [name]", "a cropped photo of a [name]", "a photo of the [name]",
+    "a good photo of the [name]", "a photo of one [name]", "a close-up photo of the [name]",
+    "a rendition of the [name]", "a photo of the clean [name]", "a rendition of a [name]",
+    "a photo of a nice [name]", "a good photo of a [name]", "a photo of the nice [name]",
+    "a photo of the small [name]", "a photo of the weird [name]", "a photo of the large [name]",
+    "a photo of a cool [name]", "a photo of a small [name]",
+)  # fmt: skip
+STYLE_TEMPLATES = (
+    "a painting in the style of [name]", "a rendering in the style of [name]",
+    "a cropped painting in the style of [name]", "the painting in the style of [name]",
+    "a clean painting in the style of [name]", "a dirty painting in the style of [name]",
+    "a dark painting in the style of [name]", "a picture in the style of [name]",
+    "a cool painting in the style of [name]", "a close-up painting in the style of [name]",
+    "a bright painting in the style of [name]", "a good painting in the style of [name]",
+    "a close-up painting in the style of [name]", "a rendition in the style of [name]",
+    "a nice painting in the style of [name]", "a small painting in the style of [name]",
+    "a weird painting in the style of [name]", "a large painting in the style of [name]",
+)  # fmt: skip
+CAPTION_TEMPLATES = ("[name], [filewords]",)
+
+
+class DataError(TokensmithError, ValueError):
+    """The training images or templates cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    """One training image, upright (EXIF applied), with its caption text ('' when it has none)."""
+
+    path: Path
+    image: Image.Image  # RGB or RGBA
+    caption: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One cached training variant: an image at its crop and flip, ready for the VAE."""
+
+    image_index: int
+    pixels: torch.Tensor  # (3, H, W) in [-1, 1]
+    weight: torch.Tensor | None  # (1, H, W) in [0, 1] from alpha, or None
+    flipped: bool
+    bucket: tuple[int, int]  # (width, height)
+
+
+# --- images and captions ---
+
+
+def _caption_for(path: Path) -> str:
+    text_file = path.with_suffix(".txt")
+    return text_file.read_text(encoding="utf-8").strip() if text_file.is_file() else ""
+
+
+def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
+    """Every image in `folder` (sorted by name), EXIF-rotated; clear errors for unreadable or tiny files."""
+    folder = Path(folder)
+    if not str(folder) or not folder.is_dir():
+        raise DataError(
+            f"image folder {str(folder)!r} does not exist; pass --images DIR with your training images"
+        )
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(paths) < min_images:
+        raise DataError(
+            f"{folder} holds {len(paths)} image(s) (PNG/JPEG/WebP) but at least {min_images} are needed; "
+            "add more images (3-10 varied ones work best)"
+        )
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {path} ({exc}); remove it or re-save it as PNG") from None
+        if min(image.size) < MIN_SIDE:
+            raise DataError(
+                f"image {path} is {image.size[0]}x{image.size[1]} pixels, smaller than {MIN_SIDE}; "
+                "remove it or use a larger image"
+            )
+        mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB"
+        images.append(TrainImage(path=path, image=image.convert(mode), caption=_caption_for(path)))
+    return images
+
+
+# --- templates ---
+
+
+def template_set(
+    templates: str, *, family_object_templates: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    """The prompt templates named by a config value: object, style, captions, or lines of a .txt file."""
+    if templates == "object":
+        return family_object_templates or OBJECT_TEMPLATES
+    if templates == "style":
+        return STYLE_TEMPLATES
+    if templates == "captions":
+        return CAPTION_TEMPLATES
+    path = Path(templates)
+    if not path.is_file():
+        raise DataError(f"template file {path} does not exist; use object, style, captions or a .txt file")
+    lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not lines or not all("[name]" in line for line in lines):
+        raise DataError(f"every line of template file {path} must contain [name] (and may use [filewords])")
+    return lines
+
+
+def fill_template(template: str, token_text: str, caption: str) -> str:
+    """'a photo of a [name], [filewords]' -> 'a photo of a <cat>, on a sofa' (empty parts tidied away)."""
+    text = template.replace("[name]", token_text).replace("[filewords]", caption)
+    text = re.sub(r"\s*,\s*(,\s*)*", ", ", text)  # collapse empty comma-separated parts
+    return re.sub(r"\s+", " ", text).strip(" ,")
+
+
+# --- crops, buckets, flips ---
+
+
+def bucket_for(size: tuple[int, int], resolution: int, multiple: int) -> tuple[int, int]:
+    """(width, height) of about resolution² pixels, sides a multiple of `multiple`, nearest in aspect."""
+    width, height = size
+    aspect = width / height
+    best_w = max(multiple, round(resolution * aspect**0.5 / multiple) * multiple)
+    best_h = max(multiple, round(resolution / aspect**0.5 / multiple) * multiple)
+    return best_w, best_h
+
+
+def _cover_and_crop(image: Image.Image, target: tuple[int, int], offset: tuple[float, float]) -> Image.Image:
+    """Scale so the image covers `target` (aspect kept), then crop at `offset` (0..1 of the slack)."""
+    tw, th = target
+    scale = max(tw / image.width, th / image.height)
+    resized = image.resize(
+        (max(tw, round(image.width * scale)), max(th, round(image.height * scale))), Image.Resampling.BICUBIC
+    )
+    left = round((resized.width - tw) * offset[0])
+    top = round((resized.height - th) * offset[1])
+    return resized.crop((left, top, left + tw, top + th))
+
+
+def _to_tensors(image: Image.Image, alpha_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+    alpha = rgba[..., 3:]
+    rgb = rgba[..., :3] * alpha + (1.0 - alpha) * 0.5 if image.mode == "RGBA" else rgba[..., :3]
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1) * 2.0 - 1.0  # (3, H, W)
+    weight = torch.from_numpy(alpha).permute(2, 0, 1).contiguous() if alpha_weight else None  # (1, H, W)
+    return pixels.contiguous(), weight
+
+
+def build_samples(
+    images: list[TrainImage],
+    *,
+    resolution: int,
+    crop: str,
+    flip: bool,
+    alpha_weight: bool,
+    multiple: int,
+    seed: int,
+) -> list[Sample]:
+    """Every cached variant: one per image (RANDOM_CROPS for random crops), and its mirror when flipping."""
+    if alpha_weight and not any(item.image.mode == "RGBA" for item in images):
+        raise DataError(
+            "alpha_weight is on but no training image has an alpha channel; save them as RGBA PNG"
+        )
+    rng = random.Random(seed)
+    samples = []
+    for index, item in enumerate(images):
+        if crop == "bucket":
+            target = bucket_for(item.image.size, resolution, multiple)
+        else:
+            target = (resolution, resolution)
+        offsets = [(0.5, 0.5)]
+        if crop == "random":
+            offsets = [(rng.random(), rng.random()) for _ in range(RANDOM_CROPS)]
+        for offset in offsets:
+            cropped = _cover_and_crop(item.image, target, offset)
+            for mirrored in (False, True) if flip else (False,):
+                shown = ImageOps.mirror(cropped) if mirrored else cropped
+                pixels, weight = _to_tensors(shown, alpha_weight)
+                samples.append(Sample(index, pixels, weight, mirrored, target))
+    return samples
+
+
+def batches(samples: list[Sample], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Sample indices for one epoch, shuffled by (seed, epoch); each batch holds one bucket's samples only."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_bucket.setdefault(sample.bucket, []).append(index)
+    out = []
+    for bucket in sorted(by_bucket):
+        members = by_bucket[bucket][:]
+        rng.shuffle(members)
+        while len(members) < batch_size:  # fewer variants than a batch: repeat them
+            members += members[: batch_size - len(members)]
+        out += [members[i : i + batch_size] for i in range(0, len(members) - batch_size + 1, batch_size)]
+    rng.shuffle(out)
+    return out

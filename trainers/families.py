@@ -1,0 +1,120 @@
+"""What differs between model families: text conditioning (SD 1.x/2.x/demo: one encoder; SDXL: two encoders,
+pooled embeds and time ids), the default init word and prompt templates, and the init vectors themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from embeddings.errors import TokensmithError
+from trainers.rows import EncoderRows
+
+DEMO_TEMPLATES = ("a [name]", "a photo of a [name]", "a picture of a [name]", "[name]")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Per-family defaults: embedding keys, init word, object templates (None: the ImageNet set)."""
+
+    name: str
+    keys: tuple[str, ...]
+    default_init: str
+    object_templates: tuple[str, ...] | None = None
+
+
+FAMILIES = {
+    "sd1": FamilySpec("sd1", ("emb_params",), "object"),
+    "sd2": FamilySpec("sd2", ("emb_params",), "object"),
+    "sdxl": FamilySpec("sdxl", ("clip_l", "clip_g"), "object"),
+    "demo": FamilySpec("demo", ("emb_params",), "circle", DEMO_TEMPLATES),
+}
+
+
+def spec_for(family: str) -> FamilySpec:
+    """The spec of a family; other single-encoder models ('w<width>', e.g. tiny test pipes) train like SD."""
+    if family.startswith("w") and family[1:].isdigit():
+        return FamilySpec(family, ("emb_params",), "object")
+    if family not in FAMILIES:
+        raise TokensmithError(f"cannot train for model family {family!r}; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[family]
+
+
+# --- init vectors ---
+
+
+def phrase_vectors(text: str, tokenizer, text_encoder) -> torch.Tensor:
+    """Input token embeddings of a word or phrase, without start/end tokens: (k, D)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise TokensmithError(f"init text {text!r} has no tokens; use a word such as 'object' or 'dog'")
+    table = text_encoder.get_input_embeddings().weight
+    return table[torch.tensor(ids)].detach().float().clone()  # (k, D)
+
+
+def spread(vectors: torch.Tensor, num_vectors: int) -> torch.Tensor:
+    """k vectors over n slots: n == k as is; n > k repeats them in order; n < k averages contiguous groups."""
+    k = vectors.shape[0]
+    if k == num_vectors:
+        return vectors.clone()
+    if k < num_vectors:
+        return vectors[torch.arange(num_vectors) * k // num_vectors].clone()  # (n, D)
+    bounds = [round(i * k / num_vectors) for i in range(num_vectors + 1)]
+    return torch.stack([vectors[a:b].mean(0) for a, b in itertools.pairwise(bounds)])  # (n, D)
+
+
+# --- conditioning ---
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids  # (B, L)
+
+
+@dataclass
+class Conditioner:
+    """Turns prompts into the UNet's conditioning through the encoders whose new rows are being trained."""
+
+    family: str
+    rows: list[EncoderRows]
+
+    def token_text(self) -> str:
+        """The prompt text standing for the concept: '<cat> <cat>_1' for two vectors."""
+        return " ".join(self.rows[0].tokens)
+
+    def encode(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, dict | None]:
+        """(encoder_hidden_states (B, L, D), added_cond_kwargs or None) for a batch of prompts."""
+        if self.family != "sdxl":
+            encoder = self.rows[0]
+            ids = tokenize(encoder.tokenizer, prompts).to(device)  # (B, L)
+            return encoder.text_encoder(ids)[0], None  # (B, L, D)
+        hidden, pooled = [], None
+        for encoder in self.rows:
+            ids = tokenize(encoder.tokenizer, prompts).to(device)  # (B, L)
+            out = encoder.text_encoder(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])  # (B, L, D_i): SDXL conditions on the penultimate layer
+            pooled = out[0]  # (B, D_2): the last encoder's projected pooled output
+        states = torch.cat(hidden, dim=-1)  # (B, L, D_l + D_g)
+        return states, {"text_embeds": pooled}
+
+    @staticmethod
+    def time_ids(sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """SDXL micro-conditioning: (original h, w, crop top, left, target h, w) per sample; (B, 6)."""
+        rows = [[h, w, 0, 0, h, w] for h, w in sizes]
+        return torch.tensor(rows, device=device, dtype=dtype)  # (B, 6)
+
+
+def check_family_keys(family: str, encoders: list[tuple[str, object, object]]) -> None:
+    """The model's encoders must be the ones the family trains (one for SD, clip_l + clip_g for SDXL)."""
+    keys = tuple(key for key, _, _ in encoders)
+    if keys != spec_for(family).keys:
+        raise TokensmithError(
+            f"a {family} model should have encoders {spec_for(family).keys}, this one has {keys}"
+        )

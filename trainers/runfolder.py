@@ -1,0 +1,145 @@
+"""The run folder: everything a run writes, and the only thing the studio UI reads.
+
+    config.toml                      resolved config          command.txt   the equivalent commands
+    progress.jsonl                   one JSON object a line: {"step", "total", "loss", "val_loss",
+                                     "metric", "lr", "elapsed", "eta"}; the last line is
+                                     {"event": "done"|"failed"|"stopped", "message", "name"}
+    previews/step-000050.png         fixed-seed preview images
+    snapshots/step-000050.safetensors   embedding snapshots (canonical files)
+    checkpoints/step-000050/         resumable state (rows, optimizer, stopper, RNG-free step counter)
+    pid                              the training process id (SIGTERM it to stop cleanly)
+
+Every file is written atomically (temp file + rename), so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from embeddings.errors import TokensmithError
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths and writers of one run folder."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def progress_path(self) -> Path:
+        return self.root / "progress.jsonl"
+
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def create(self, *, resume: bool) -> None:
+        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming)."""
+        if not resume and self.progress_path.exists():
+            raise TokensmithError(
+                f"run folder {self.root} already holds a run; pass --resume to continue it or choose "
+                "another --run-dir"
+            )
+        for folder in (self.root, self.previews, self.snapshots, self.checkpoints):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, toml_text: str, commands: list[str]) -> None:
+        _atomic_text(self.config_path, toml_text)
+        _atomic_text(self.root / "command.txt", "\n".join(commands) + "\n")
+
+    def write_pid(self) -> None:
+        _atomic_text(self.root / "pid", f"{os.getpid()}\n")
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line (a whole line per write, flushed, so readers never see a partial object)."""
+        line = json.dumps(record, allow_nan=False, default=float) + "\n"
+        with open(self.progress_path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def event(self, kind: str, message: str, *, name: str = "", **extra) -> None:
+        """The closing line: kind is done, failed or stopped."""
+        self.log({"event": kind, "message": message, "name": name, **extra})
+
+    def read_progress(self) -> list[dict]:
+        """Every complete JSON line of progress.jsonl (a torn last line after a kill is skipped)."""
+        if not self.progress_path.exists():
+            return []
+        records = []
+        for line in self.progress_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def truncate_progress_after(self, step: int) -> None:
+        """On resume: keep only the records up to `step`, so the log reads as one uninterrupted run."""
+        kept = [r for r in self.read_progress() if "event" not in r and r.get("step", 0) <= step]
+        _atomic_text(self.progress_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def preview_path(self, step: int) -> Path:
+        return self.previews / f"step-{step:06d}.png"
+
+    def save_preview(self, step: int, image) -> Path:
+        path = self.preview_path(step)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return path
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.snapshots / f"step-{step:06d}.safetensors"
+
+    # --- checkpoints ---
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:06d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint folder (half-written ones have a .tmp name and are ignored)."""
+        if not self.checkpoints.is_dir():
+            return None
+        found = [p for p in self.checkpoints.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+        return max(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
+
+    def prune_checkpoints(self, keep: int = 2) -> None:
+        """Keep the newest `keep` checkpoints and remove stale temp folders."""
+        if not self.checkpoints.is_dir():
+            return
+        for stale in self.checkpoints.glob(".*.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        found = sorted(
+            (p for p in self.checkpoints.iterdir() if p.is_dir() and STEP_DIR.match(p.name)),
+            key=lambda p: int(STEP_DIR.match(p.name).group(1)),
+        )
+        for old in found[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)

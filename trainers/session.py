@@ -1,0 +1,221 @@
+"""The bookkeeping of one run: where it lives, what it logs, its snapshots, checkpoints and resume, SIGTERM.
+
+`train()` (trainers/trainer.py) holds the order of work; this module holds the state that order touches, so
+the loop reads as steps and not as file handling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from embeddings import Embedding, save_canonical
+from embeddings.errors import TokensmithError
+from trainers import checkpoint as ckpt_io
+from trainers import config as config_io
+from trainers.config import TrainConfig
+from trainers.data import batches
+from trainers.runfolder import RunFolder
+
+TRAINER_VERSION = "tokensmith-ti/1"
+# Keys that say where and how a run is kept, not what it computes: they may change on resume.
+NOT_FINGERPRINTED = ("run_dir", "resume", "overwrite", "trackers", "push_to_hub", "hub_private")
+
+
+def default_home() -> Path:
+    """$TOKENSMITH_HOME, else ~/.tokensmith (the CLI passes its resolved --home instead)."""
+    return Path(os.environ.get("TOKENSMITH_HOME") or "~/.tokensmith").expanduser()
+
+
+def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
+    """cfg.run_dir, else HOME/runs/NAME (NAME-2, NAME-3, ... when taken; the newest one when resuming)."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir).expanduser()
+    runs = Path(home) / "runs"
+    numbered = sorted(
+        (p for p in runs.glob(f"{cfg.name}-*") if p.name[len(cfg.name) + 1 :].isdigit()),
+        key=lambda p: int(p.name[len(cfg.name) + 1 :]),
+    )
+    taken = [runs / cfg.name, *numbered]
+    existing = [p for p in taken if (p / "progress.jsonl").exists()]
+    if cfg.resume:
+        if not existing:
+            raise TokensmithError(f"no run of '{cfg.name}' to resume under {runs}; pass --run-dir DIR")
+        return existing[-1]
+    if not existing:
+        return runs / cfg.name
+    return runs / f"{cfg.name}-{len(existing) + 1}"
+
+
+class StopFlag:
+    """Set by a signal (SIGTERM from the UI's Cancel); the loop checks it between steps and ends cleanly."""
+
+    def __init__(self, signum: int):
+        self.signum, self.raised, self._previous = signum, False, None
+
+    @classmethod
+    def install(cls, signum: int) -> StopFlag:
+        flag = cls(signum)
+        try:
+            flag._previous = signal.signal(signum, flag._handle)
+        except ValueError:  # not the main thread (e.g. a UI thread): cancellation is by the caller then
+            flag._previous = None
+        return flag
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+
+
+@dataclass
+class RunState:
+    """Logging, timing, snapshots, checkpoints and provenance of one run."""
+
+    cfg: TrainConfig
+    folder: RunFolder
+    accelerator: object
+    on_progress: object = None
+    last_preview: object = None
+    first_metric: dict = field(default_factory=dict)
+    last_metric: dict = field(default_factory=dict)
+    last_val: float | None = None
+    _epochs: dict = field(default_factory=dict)
+    _clock: tuple[float, int] = (0.0, 0)
+    _elapsed_before: float = 0.0
+
+    # --- identity and resume ---
+    def fingerprint(self) -> str:
+        values = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_FINGERPRINTED}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def resume_from(self, params, optimizer, stopper, fingerprint: str) -> int:
+        """Load the newest checkpoint into the rows, optimizer and stopper; returns its step (0: none)."""
+        latest = self.folder.latest_checkpoint()
+        if latest is None:
+            return 0
+        saved = ckpt_io.load(latest)
+        if saved.fingerprint != fingerprint:
+            raise TokensmithError(
+                f"the checkpoint in {latest} was made with a different config; resume with the run's own "
+                f"config (tokensmith train --config {self.folder.config_path} --resume)"
+            )
+        with torch.no_grad():
+            for param, rows in zip(params, saved.rows.values(), strict=True):
+                param.copy_(rows.to(param.device, param.dtype))
+        optimizer.load_state_dict(saved.optimizer)
+        stopper.load(saved.stopper)
+        self._elapsed_before = float(saved.stopper.get("elapsed", 0.0))
+        self.first_metric = dict(saved.stopper.get("first_metric", {}))
+        self.folder.truncate_progress_after(saved.step)
+        return saved.step
+
+    def checkpoint(self, step: int, params, optimizer, stopper, fingerprint: str) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        rows = {f"{i}": p.detach() for i, p in enumerate(params)}
+        extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
+        saved = ckpt_io.Checkpoint(step, rows, optimizer.state_dict(), extra, fingerprint)
+        ckpt_io.save(self.folder.checkpoint_dir(step), saved)
+        self.folder.prune_checkpoints()
+
+    # --- data order ---
+    def batch_indices(self, samples, batch_size: int, micro: int) -> list[int]:
+        """Sample indices of micro-batch `micro`: a pure function of (seed, micro), so resume replays it."""
+        per_epoch = len(self._epoch(samples, batch_size, 0))
+        epoch, position = divmod(micro, per_epoch)
+        return self._epoch(samples, batch_size, epoch)[position]
+
+    def _epoch(self, samples, batch_size: int, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            if len(self._epochs) > 8:
+                self._epochs.clear()
+            self._epochs[epoch] = batches(samples, batch_size, self.cfg.seed, epoch)
+        return self._epochs[epoch]
+
+    # --- time and logging ---
+    def start_clock(self, step: int) -> None:
+        self._clock = (time.monotonic(), step)
+
+    def elapsed(self) -> float:
+        started, _ = self._clock
+        return self._elapsed_before + (time.monotonic() - started if started else 0.0)
+
+    def log(self, step: int, *, loss=None, val_loss=None, lr=None, metric=None, **extra) -> dict:
+        started, first_step = self._clock
+        elapsed = self.elapsed()
+        rate = (time.monotonic() - started) / (step - first_step) if started and step > first_step else None
+        record = {
+            "step": step,
+            "total": self.cfg.steps,
+            "loss": loss,
+            "val_loss": val_loss,
+            "metric": metric,
+            "lr": lr,
+            "elapsed": round(elapsed, 3),
+            "eta": round(rate * (self.cfg.steps - step), 1) if rate else None,
+            **extra,
+        }
+        if val_loss is not None:
+            self.last_val = val_loss
+        if metric is not None:
+            scores = {"metric": metric, **extra}
+            self.first_metric = self.first_metric or scores
+            self.last_metric = scores
+        if self.accelerator.is_main_process:
+            self.folder.log(record)
+            if self.cfg.trackers:
+                self.accelerator.log(
+                    {k: v for k, v in record.items() if isinstance(v, int | float)}, step=step
+                )
+        if self.on_progress:
+            self.on_progress(record)
+        return record
+
+    # --- results ---
+    def embedding(self, vectors: dict, model, spec, *, steps: int, stopper, reason: str) -> Embedding:
+        """The learned vectors with full provenance metadata."""
+        best = stopper.best()
+        meta = {
+            "name": self.cfg.name,
+            "family": spec.name,
+            "base_model": model.source,
+            "num_vectors": self.cfg.vectors,
+            "init": self.cfg.init or spec.default_init,
+            "steps": steps,
+            "trainer": json.dumps({"version": TRAINER_VERSION, "config": self.cfg.to_dict(), "end": reason}),
+            "metrics": json.dumps(
+                {
+                    "val_loss": self.last_val,
+                    "best_val_loss": best[1] if best else None,
+                    "best_val_step": best[0] if best else None,
+                    "before": self.first_metric,
+                    "after": self.last_metric,
+                }
+            ),
+        }
+        return Embedding(self.cfg.name, vectors, {k: str(v) for k, v in meta.items()})
+
+    def snapshot(self, step: int, conditioner, model, spec) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        vectors = {rows.key: rows.rows.detach().float().cpu().clone() for rows in conditioner.rows}
+        meta = {"name": self.cfg.name, "family": spec.name, "base_model": model.source, "steps": str(step)}
+        save_canonical(Embedding(self.cfg.name, vectors, meta), self.folder.snapshot_path(step))
+
+
+def write_run_files(cfg: TrainConfig, folder: RunFolder) -> list[str]:
+    """Write config.toml, command.txt and pid; return the equivalent commands (to print)."""
+    commands = config_io.equivalent_commands(cfg, folder.config_path)
+    folder.write_config(config_io.to_toml(cfg), commands)
+    folder.write_pid()
+    return commands

@@ -1,0 +1,363 @@
+"""`train(cfg)`: one textual-inversion run from a folder of images to a stored embedding.
+
+data (checked before any model loads) -> model -> new rows -> cached latents -> steps (validation, early
+stopping, previews, snapshots, checkpoints) -> the embedding, with provenance, into the store
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from embeddings import Embedding, Store, save_canonical
+from embeddings.errors import TokensmithError
+from trainers.config import TrainConfig
+from trainers.data import build_samples, fill_template, load_images, template_set
+from trainers.families import Conditioner, FamilySpec, phrase_vectors, spec_for, spread
+from trainers.latents import encode_samples
+from trainers.loop import Batch, DiffusionMath, draw_batch, step_loss, tune_malloc
+from trainers.rows import attach, detach_rows
+from trainers.runfolder import RunFolder
+from trainers.schedules import schedule_for
+from trainers.session import RunState, StopFlag, default_home, resolve_run_dir, write_run_files
+from trainers.validation import (
+    DEFAULT_GUIDANCE,
+    ClipImageMetric,
+    DemoJudgeMetric,
+    EarlyStopper,
+    build_validation_set,
+    grid,
+    sample_images,
+)
+
+Progress = Callable[[dict], None]
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    home: Path | None = None,
+    on_progress: Progress | None = None,
+    model=None,
+    echo: Callable[[str], None] | None = None,
+) -> Embedding:
+    """Learn `cfg.name` from `cfg.images`, store it under `home` and return it (see the module docstring).
+
+    `on_progress` gets every progress record (the dicts of progress.jsonl); `echo` gets the lines a user
+    should see (run folder, equivalent commands). `model` (a trainers.models.LoadedModel) skips loading
+    `cfg.model`; the model is left as it was found.
+    """
+    from trainers.models import load_model
+
+    home = Path(home) if home else default_home()
+    store = Store.for_home(home)
+    if not cfg.name:
+        raise TokensmithError("no name given; pass --name NAME (the prompt trigger becomes <NAME>)")
+    store.path(cfg.name)  # validates the name before anything slow happens
+    if store.exists(cfg.name) and not cfg.overwrite:
+        raise TokensmithError(
+            f"an embedding named '{cfg.name}' is already stored; pass --overwrite or another --name"
+        )
+    images = load_images(cfg.images, min_images=cfg.min_images)
+    folder = RunFolder(resolve_run_dir(cfg, home))
+    cfg = cfg.replace(run_dir=str(folder.root))
+    folder.create(resume=cfg.resume)
+    commands = write_run_files(cfg, folder)
+    if echo:
+        echo(f"run folder: {folder.root}")
+        echo("equivalent command: " + commands[0])
+        echo("multi-GPU / multi-node: " + commands[1])
+    return _run(cfg, images, folder, store, model or load_model(cfg.model), home, on_progress)
+
+
+def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Embedding:
+    from accelerate import Accelerator
+
+    tune_malloc()
+    stop = StopFlag.install(signal.SIGTERM)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=cfg.trackers or None,
+        project_dir=str(folder.root),
+    )
+    state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
+    spec = spec_for(model.family)
+    originals = _prepare_model(model, accelerator, cfg)
+    conditioner = None
+    try:
+        conditioner = _attach_rows(model, spec, cfg, store)
+        result = _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, stop)
+        emb = _finish(cfg, model, spec, conditioner, folder, store, state, result)
+        conditioner = None
+        return emb
+    except BaseException as exc:
+        if accelerator.is_main_process:
+            folder.event("failed", f"{type(exc).__name__}: {exc}", name=cfg.name)
+        raise
+    finally:
+        if conditioner is not None:
+            for rows in conditioner.rows:
+                detach_rows(rows)
+        _restore_model(model, originals)
+        stop.uninstall()
+        if cfg.trackers:
+            accelerator.end_training()
+
+
+# --- model preparation ---
+
+
+def _prepare_model(model, accelerator, cfg) -> dict:
+    """Freeze everything, move to the Accelerator's device, cast frozen weights for mixed precision."""
+    pipe = model.pipe
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    originals = {
+        "tokenizers": {k: getattr(pipe, k) for k in ("tokenizer", "tokenizer_2") if hasattr(pipe, k)}
+    }
+    for module in (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders]):
+        module.requires_grad_(False).eval()
+    pipe.to(accelerator.device)
+    if dtype != torch.float32:  # frozen weights in half precision; the new rows stay float32
+        for module in (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders]):
+            module.to(dtype=dtype)
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    originals["gradient_checkpointing"] = cfg.gradient_checkpointing
+    return originals
+
+
+def _restore_model(model, originals: dict) -> None:
+    for attr, tokenizer in originals["tokenizers"].items():
+        setattr(model.pipe, attr, tokenizer)
+    if originals["gradient_checkpointing"]:
+        model.pipe.unet.disable_gradient_checkpointing()
+
+
+def _init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store) -> torch.Tensor:
+    """(n, D) init rows: a stored embedding `<name>`, else a word or phrase, spread over n vectors."""
+    init = cfg.init or spec.default_init
+    if init.startswith("<") and init.endswith(">"):
+        stored = store.get(init[1:-1])
+        if key not in stored.vectors:
+            raise TokensmithError(
+                f"init embedding {init} has keys {sorted(stored.vectors)} "
+                f"but this {spec.name} model needs {key}"
+            )
+        return spread(stored.vectors[key].float(), cfg.vectors)
+    return spread(phrase_vectors(init, tokenizer, text_encoder), cfg.vectors)
+
+
+def _attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:
+    rows = []
+    for key, tokenizer, text_encoder in model.encoders:
+        init = _init_vectors(cfg, spec, key, tokenizer, text_encoder, store)
+        rows.append(attach(key, tokenizer, text_encoder, cfg.name, init.to(text_encoder.device)))
+    for attr, encoder_rows in zip(("tokenizer", "tokenizer_2"), rows, strict=False):
+        setattr(model.pipe, attr, encoder_rows.tokenizer)  # previews tokenise the new tokens
+    return Conditioner(family="sdxl" if spec.name == "sdxl" else "single", rows=rows)
+
+
+# --- the run ---
+
+
+def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, stop) -> dict:
+    pipe, device = model.pipe, accelerator.device
+    multiple = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    resolution = cfg.resolution or model.resolution
+    samples = build_samples(
+        images,
+        resolution=resolution,
+        crop=cfg.crop,
+        flip=cfg.flip,
+        alpha_weight=cfg.alpha_weight,
+        multiple=multiple,
+        seed=cfg.seed,
+    )
+    cache = encode_samples(pipe.vae, samples, device=device)
+    templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
+    captions = [image.caption for image in images]
+    token_text = conditioner.token_text()
+    maths = DiffusionMath.from_scheduler(pipe.scheduler)
+    val = build_validation_set(
+        cache,
+        samples,
+        templates,
+        captions,
+        size=cfg.validation_size,
+        num_timesteps=maths.num_timesteps,
+        seed=cfg.seed,
+    )
+    params = [rows.rows for rows in conditioner.rows]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_at = schedule_for(
+        cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps
+    )
+    stopper = EarlyStopper(cfg.dvar_window, cfg.dvar_threshold, cfg.min_steps)
+    fingerprint = state.fingerprint()
+    start = state.resume_from(params, optimizer, stopper, fingerprint) if cfg.resume else 0
+    metric = _make_metric(cfg, model.family, images)
+    guidance = cfg.preview_guidance or DEFAULT_GUIDANCE.get(model.family, 7.5)
+    preview_prompt = fill_template(cfg.preview_prompt, f"<{cfg.name}>", "")
+
+    def validation_loss() -> float:
+        prompts = [fill_template(t, token_text, c) for t, c in zip(val.templates, val.captions, strict=True)]
+        batch = Batch(
+            val.latents.to(device),
+            val.noise.to(device),
+            val.timesteps.to(device),
+            prompts,
+            val.sizes,
+            None if val.weights is None else val.weights.to(device),
+        )
+        with torch.no_grad(), accelerator.autocast():
+            return float(step_loss(pipe.unet, conditioner, maths, batch))
+
+    def previews(step: int) -> dict:
+        if not cfg.preview_images or not accelerator.is_main_process:
+            return {}
+        shots = sample_images(
+            pipe,
+            preview_prompt,
+            count=cfg.preview_images,
+            seed=cfg.seed,
+            steps=cfg.preview_steps,
+            guidance=guidance,
+        )
+        state.last_preview = grid(shots)
+        folder.save_preview(step, state.last_preview)
+        return metric.score(shots) if metric else {}
+
+    def micro_batch(micro: int) -> Batch:
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + micro + 1)
+        indices = state.batch_indices(
+            samples, cfg.batch_size, micro * accelerator.num_processes + accelerator.process_index
+        )
+        choice = torch.randint(0, len(templates), (len(indices),), generator=generator).tolist()
+        prompts = [
+            fill_template(templates[c], token_text, captions[samples[i].image_index])
+            for c, i in zip(choice, indices, strict=True)
+        ]
+        batch = draw_batch(cache, indices, prompts, maths, generator)
+        return Batch(
+            batch.latents.to(device),
+            batch.noise.to(device),
+            batch.timesteps.to(device),
+            batch.prompts,
+            batch.sizes,
+            None if batch.weights is None else batch.weights.to(device),
+        )
+
+    if start == 0:
+        state.log(
+            0,
+            loss=None,
+            val_loss=validation_loss() if cfg.validate_every else None,
+            lr=lr_at(0),
+            **previews(0),
+        )
+    step, reason = start, "finished"
+    state.start_clock(start)
+    while step < cfg.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = 0.0
+        for k in range(cfg.grad_accum):
+            with accelerator.autocast():
+                micro_loss = (
+                    step_loss(
+                        pipe.unet,
+                        conditioner,
+                        maths,
+                        micro_batch(step * cfg.grad_accum + k),
+                        min_snr_gamma=cfg.min_snr_gamma,
+                    )
+                    / cfg.grad_accum
+                )
+            accelerator.backward(micro_loss)
+            loss += float(micro_loss.detach())
+        _apply_update(params, optimizer, accelerator, cfg.max_grad_norm)
+        step += 1
+        record = {"loss": loss, "lr": lr_at(step - 1)}
+        stop_early = False
+        if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.steps):
+            record["val_loss"] = validation_loss()
+            stop_early = cfg.early_stopping and stopper.update(step, record["val_loss"])
+        checkpoint_now = cfg.save_every and step % cfg.save_every == 0
+        if checkpoint_now or step == cfg.steps or stop_early:
+            record.update(previews(step))
+            state.snapshot(step, conditioner, model, spec)
+        state.log(step, **record)
+        if checkpoint_now and step < cfg.steps:
+            state.checkpoint(step, params, optimizer, stopper, fingerprint)
+        if stop_early:
+            reason = "early_stopped"
+            break
+        if stop.raised:
+            state.snapshot(step, conditioner, model, spec)
+            state.checkpoint(step, params, optimizer, stopper, fingerprint)
+            reason = "stopped"
+            break
+    return {"steps": step, "reason": reason, "stopper": stopper}
+
+
+def _apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:
+    """Average gradients over processes (no DDP wrapper: rows live inside the text encoders), clip, step."""
+    if accelerator.num_processes > 1:
+        for p in params:
+            p.grad = accelerator.reduce(p.grad, reduction="mean")
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _make_metric(cfg, family: str, images):
+    if cfg.clip_model:
+        return ClipImageMetric.load(cfg.clip_model, [image.image for image in images])
+    if family == "demo":
+        return DemoJudgeMetric.from_training_images([image.image for image in images])
+    return None
+
+
+# --- the result ---
+
+
+def _finish(cfg, model, spec, conditioner, folder, store, state, result) -> Embedding:
+    vectors = {rows.key: detach_rows(rows) for rows in conditioner.rows}
+    emb = state.embedding(
+        vectors, model, spec, steps=result["steps"], stopper=result["stopper"], reason=result["reason"]
+    )
+    if not state.accelerator.is_main_process:
+        return emb
+    if result["reason"] == "stopped":
+        folder.event(
+            "stopped",
+            f"stopped at step {result['steps']}; resume with --resume",
+            name=cfg.name,
+            step=result["steps"],
+        )
+        return emb
+    save_canonical(emb, folder.snapshots / "final.safetensors")
+    path = store.put(emb, overwrite=cfg.overwrite, preview=state.last_preview)
+    message = (
+        f"stored {cfg.name} after {result['steps']} steps ({result['reason'].replace('_', ' ')}) at {path}"
+    )
+    if cfg.push_to_hub:
+        from trainers.hub import push_embedding
+
+        url = push_embedding(emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=state.last_preview)
+        message += f"; uploaded to {url}"
+    folder.event(
+        "done", message, name=cfg.name, path=str(path), steps=result["steps"], reason=result["reason"]
+    )
+    return emb
+
+
+def summary(emb: Embedding) -> dict:
+    """The trainer's provenance of an embedding as a dict (decoded from its metadata)."""
+    return json.loads(emb.meta.get("trainer", "{}"))

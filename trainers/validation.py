@@ -1,0 +1,193 @@
+"""Knowing when a concept has been learned: a deterministic validation loss and DVAR-style early stopping.
+
+Training loss jumps with the random timestep of each step and says little (DVAR, Voronov et al. 2023). The
+validation loss is computed on a fixed set of (image, noise, timestep, prompt) tuples, so its changes are the
+embedding's alone; when its recent variance is a small fraction of its whole-run variance, learning has
+flattened.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Fixed inputs of the validation loss: K latents, noises, timesteps (spread out), prompts."""
+
+    latents: torch.Tensor  # (K, C, h, w)
+    noise: torch.Tensor  # (K, C, h, w)
+    timesteps: torch.Tensor  # (K,)
+    templates: list[str]  # K templates, filled with the token text when used
+    captions: list[str]
+    sizes: list[tuple[int, int]]
+    weights: torch.Tensor | None  # (K, 1, h, w) or None
+
+
+def build_validation_set(cache, samples, templates, captions, *, size: int, num_timesteps: int, seed: int):
+    """K fixed tuples: samples in turn, means of their latents, seeded noise, stratified timesteps."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    shapes = {tuple(m.shape) for m in cache.means}
+    shape = max(shapes, key=lambda s: sum(tuple(m.shape) == s for m in cache.means))
+    usable = [i for i, m in enumerate(cache.means) if tuple(m.shape) == shape]  # one bucket: stackable
+    picks = [usable[i % len(usable)] for i in range(size)]
+    latents = torch.stack([cache.means[i] for i in picks])  # (K, C, h, w)
+    noise = torch.randn(latents.shape, generator=generator)  # (K, C, h, w)
+    timesteps = ((torch.arange(size) + 0.5) / size * num_timesteps).long().clamp(0, num_timesteps - 1)  # (K,)
+    weights = None
+    if cache.weights[picks[0]] is not None:
+        weights = torch.stack([cache.weights[i] for i in picks])  # (K, 1, h, w)
+    return ValidationSet(
+        latents=latents,
+        noise=noise,
+        timesteps=timesteps,
+        templates=[templates[i % len(templates)] for i in range(size)],
+        captions=[captions[samples[i].image_index] for i in picks],
+        sizes=[cache.sizes[i] for i in picks],
+        weights=weights,
+    )
+
+
+@dataclass
+class EarlyStopper:
+    """DVAR-style stopping: stop when var(last `window` values) < threshold · var(all values)."""
+
+    window: int
+    threshold: float
+    min_steps: int
+    history: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def update(self, step: int, value: float) -> bool:
+        """Record the validation loss at `step`; True when training should stop."""
+        self.history.append(value)
+        self.steps.append(step)
+        if step < self.min_steps or len(self.history) < 2 * self.window:
+            return False
+        overall = statistics.pvariance(self.history)
+        recent = statistics.pvariance(self.history[-self.window :])
+        return overall > 0 and recent < self.threshold * overall
+
+    def best(self) -> tuple[int, float] | None:
+        """(step, value) of the lowest validation loss so far."""
+        if not self.history:
+            return None
+        index = min(range(len(self.history)), key=self.history.__getitem__)
+        return self.steps[index], self.history[index]
+
+    def state(self) -> dict:
+        return {"history": list(self.history), "steps": list(self.steps)}
+
+    def load(self, state: dict) -> None:
+        self.history = [float(v) for v in state.get("history", [])]
+        self.steps = [int(v) for v in state.get("steps", [])]
+
+
+# --- fixed-seed samples and what they show ---
+
+DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}
+MAX_RGB_DISTANCE = 441.7  # |(255, 255, 255)|: the score of an empty sample
+
+
+def sample_images(pipe, prompt: str, *, count: int, seed: int, steps: int, guidance: float) -> list:
+    """`count` images of `prompt`, image i from seed + i (the same images at every preview step)."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
+    with torch.no_grad():
+        out = pipe(
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            num_images_per_prompt=count,
+            generator=generators,
+        )
+    return list(out.images)
+
+
+def grid(images: list):
+    """Images side by side in one row (a preview strip)."""
+    from PIL import Image
+
+    width, height = images[0].size
+    sheet = Image.new("RGB", (width * len(images), height), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image.convert("RGB"), (i * width, 0))
+    return sheet
+
+
+@dataclass(frozen=True)
+class DemoJudgeMetric:
+    """Demo world: mean RGB distance from the samples' foreground colour to the training images' (lower is
+    better), and the fraction of samples whose judged shape matches the training images' shape."""
+
+    target_rgb: tuple[float, float, float]
+    target_shape: str | None
+    name: str = "judge_colour_distance"
+
+    @classmethod
+    def from_training_images(cls, images) -> DemoJudgeMetric:
+        from demo.judge import judge
+
+        verdicts = [judge(image.convert("RGB")) for image in images]
+        colours = [v.colour_rgb for v in verdicts if v.colour_rgb is not None]
+        if not colours:
+            raise ValueError(
+                "the demo judge sees no foreground in the training images; are they demo-world images?"
+            )
+        target = tuple(float(statistics.median(c[i] for c in colours)) for i in range(3))
+        shapes = [v.shape for v in verdicts if v.shape]
+        return cls(target_rgb=target, target_shape=max(set(shapes), key=shapes.count) if shapes else None)
+
+    def score(self, images) -> dict[str, float]:
+        from demo.judge import judge
+
+        distances, shape_hits = [], 0
+        for image in images:
+            verdict = judge(image)
+            if verdict.colour_rgb is None:
+                distances.append(MAX_RGB_DISTANCE)
+                continue
+            diff = [a - b for a, b in zip(verdict.colour_rgb, self.target_rgb, strict=True)]
+            distances.append(sum(d * d for d in diff) ** 0.5)
+            shape_hits += verdict.shape == self.target_shape
+        return {"metric": statistics.fmean(distances), "shape_match": shape_hits / len(images)}
+
+
+@dataclass(frozen=True)
+class ClipImageMetric:
+    """Real models: mean CLIP image-image cosine similarity of samples to the training images (higher is
+    better), from a local CLIP model folder (transformers' CLIPModel)."""
+
+    model: object
+    processor: object
+    target: torch.Tensor  # (N, E) normalised training-image embeddings
+    name: str = "clip_image_similarity"
+
+    @classmethod
+    def load(cls, folder: str, images) -> ClipImageMetric:
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+            processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot load a CLIP model from {folder!r} ({exc}); point --clip-model at a "
+                "local folder such as a downloaded openai/clip-vit-base-patch32"
+            ) from None
+        metric = cls(model=model, processor=processor, target=torch.empty(0))
+        return cls(model=model, processor=processor, target=metric.embed(images))
+
+    @torch.no_grad()
+    def embed(self, images) -> torch.Tensor:
+        inputs = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        features = self.model.get_image_features(**inputs)  # (N, E)
+        features = getattr(features, "pooler_output", features)
+        return F.normalize(features.float(), dim=-1)  # (N, E)
+
+    def score(self, images) -> dict[str, float]:
+        similarity = self.embed(images) @ self.target.T  # (M, N)
+        return {"metric": float(similarity.mean())}
