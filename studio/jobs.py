@@ -1,0 +1,395 @@
+"""The job runner: training runs as a `tokensmith train` subprocess that writes a run folder; the UI only reads it.
+
+A job is its run folder `$home/runs/<id>/`: `job.json` (what the studio asked for: the request and the command)
+plus the trainer's own record (`config.toml`, `command.txt`, `progress.jsonl`, `previews/`, `snapshots/`,
+`checkpoints/`, `pid`) and `log.txt` (the trainer's stdout and stderr). Because the folder is the record, a
+browser reload, a second tab or a restarted UI finds every job again; runs started from the CLI with
+`--run-dir` under `$home/runs/` are listed too. Cancelling sends SIGTERM; the trainer stops cleanly and writes
+a `stopped` event. Resuming starts the same command again with `--resume` in the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+# The trainer as the CLI runs it; tests pass a fake command instead.
+TRAINER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "studio", "train")
+FINAL_EVENTS = ("done", "failed", "stopped")
+LOG_TAIL_LINES = 40
+
+
+# --- what to run ---
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A training job as the Train page fills it; `None` leaves the trainer's default in place."""
+
+    name: str
+    images: Path
+    init: str | None = None
+    vectors: int | None = None
+    style: bool = False
+    steps: int | None = None
+    learning_rate: float | None = None
+    model: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def to_args(self) -> list[str]:
+        """The `tokensmith train` flags, e.g. ['--images', 'DIR', '--name', 'cat', '--steps', '100']."""
+        args = ["--images", str(self.images), "--name", self.name]
+        if self.init:
+            args += ["--init", self.init]
+        if self.vectors is not None:
+            args += ["--vectors", str(self.vectors)]
+        if self.style:
+            args += ["--templates", "style"]
+        if self.steps is not None:
+            args += ["--steps", str(self.steps)]
+        if self.learning_rate is not None:
+            args += ["--learning-rate", repr(self.learning_rate)]
+        if self.model:
+            args += ["--model", self.model]
+        return args + list(self.extra_args)
+
+
+# --- what the run folder says ---
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A snapshot of a run folder: the latest progress row, the final event if any, and the files so far."""
+
+    status: str  # "starting" | "running" | "done" | "failed" | "stopped" | "ended"
+    step: int = 0
+    total: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    metric: float | None = None
+    lr: float | None = None
+    elapsed: float | None = None
+    eta: float | None = None
+    message: str = ""
+    embedding_name: str | None = None
+    history: list[dict] = field(default_factory=list)
+    previews: list[Path] = field(default_factory=list)
+    snapshots: list[Path] = field(default_factory=list)
+    log_tail: str = ""
+
+    @property
+    def active(self) -> bool:
+        """True while the trainer may still write (the UI keeps polling)."""
+        return self.status in ("starting", "running")
+
+    @property
+    def fraction(self) -> float:
+        """Progress in [0, 1] (0 when the total is not known yet)."""
+        if not self.total:
+            return 1.0 if self.status == "done" else 0.0
+        return min(1.0, max(0.0, self.step / self.total))
+
+    @property
+    def resumable(self) -> bool:
+        """A run that ended before finishing can continue from its last checkpoint."""
+        return self.status in ("stopped", "failed", "ended")
+
+
+def read_progress(path: Path) -> tuple[list[dict], dict | None]:
+    """Progress rows and the final event of a `progress.jsonl`; a half-written last line is skipped."""
+    rows: list[dict] = []
+    final: dict | None = None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return rows, None
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the trainer is writing this line right now
+        if not isinstance(item, dict):
+            continue
+        event = item.get("event")
+        if event in FINAL_EVENTS:
+            final = item
+        elif event is None and "step" in item:
+            rows.append(item)
+            final = None  # a resumed run writes rows after an earlier `stopped`
+    return rows, final
+
+
+def _numbered_files(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _number(row: dict, key: str) -> float | None:
+    value = row.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bool = False) -> RunState:
+    """What a run folder says, given whether its trainer is alive, when it was (re)launched (epoch seconds)
+    and whether a cancel was sent."""
+    progress = run_dir / "progress.jsonl"
+    rows, final = read_progress(progress)
+    if final is not None and alive and progress.stat().st_mtime < launched:
+        final = None  # the `stopped` line of the run before this resume: the trainer has not rewritten it yet
+    last = rows[-1] if rows else {}
+    message = str(final.get("message", "")) if final else ""
+    if final is not None:
+        status = final["event"]
+    elif alive:
+        status = "running" if rows else "starting"
+    elif cancelled:  # SIGTERM arrived before the trainer could report (e.g. while it imported torch)
+        status, message = "stopped", "cancelled before the trainer reported"
+    else:
+        status, message = "ended", "the trainer exited without a final report; its log is below"
+    total = last.get("total")
+    return RunState(
+        status=status,
+        step=int(last.get("step", 0)),
+        total=int(total) if isinstance(total, int | float) else None,
+        loss=_number(last, "loss"),
+        val_loss=_number(last, "val_loss"),
+        metric=_number(last, "metric"),
+        lr=_number(last, "lr"),
+        elapsed=_number(last, "elapsed"),
+        eta=_number(last, "eta"),
+        message=message,
+        embedding_name=str(final["name"]) if final and final.get("name") else None,
+        history=rows,
+        previews=_numbered_files(run_dir / "previews", "step-*.png"),
+        snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),
+        log_tail=_tail(run_dir / "log.txt") if status in ("failed", "ended") else "",
+    )
+
+
+# --- jobs ---
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run folder and what the studio knows of how it was started."""
+
+    id: str
+    run_dir: Path
+    name: str
+    command: tuple[str, ...] = ()
+    created: float = 0.0
+    pid: int | None = None
+    launched: float = 0.0  # when the current process started (a resume relaunches in the same folder)
+    cancelled: bool = False
+
+    def to_json(self) -> str:
+        data = asdict(self) | {"run_dir": str(self.run_dir), "command": list(self.command)}
+        return json.dumps(data, indent=2)
+
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def new_job_id(name: str, now: float | None = None) -> str:
+    """A sortable, unique, URL-safe id: 'cat-20261126-202301-3fa2'."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
+    slug = _ID_UNSAFE.sub("-", name).strip("-")[:40] or "run"
+    return f"{slug}-{stamp}-{secrets.token_hex(2)}"
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with this id exists (a zombie child counts until it is reaped)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class JobRunner:
+    """Starts, lists, reads, cancels and resumes training jobs under `$home/runs/` (one process per job)."""
+
+    def __init__(self, home: Path, *, trainer_command: tuple[str, ...] = TRAINER_COMMAND):
+        self.home = Path(home)
+        self.runs_dir = self.home / "runs"
+        self.trainer_command = tuple(trainer_command)
+        self._procs: dict[str, subprocess.Popen] = {}  # children of this process, reaped by poll()
+
+    # --- starting ---
+
+    def start(self, request: TrainRequest, *, job_id: str | None = None) -> Job:
+        """Start `tokensmith train` for `request` in a fresh run folder and return at once."""
+        running = [job for job in self.jobs() if self.state(job).active]
+        if running:
+            raise RuntimeError(
+                f"training job '{running[0].id}' is still running: wait for it or cancel it first "
+                "(one job at a time keeps this machine responsive)"
+            )
+        job_id = job_id or new_job_id(request.name)
+        run_dir = self.runs_dir / job_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        command = (*self.trainer_command, *request.to_args(), "--run-dir", str(run_dir), "--home", str(self.home))
+        return self._launch(Job(id=job_id, run_dir=run_dir, name=request.name, command=command))
+
+    def resume(self, job_id: str) -> Job:
+        """Continue a stopped, failed or crashed job from its last checkpoint, in the same run folder."""
+        job = self.get(job_id)
+        state = self.state(job)
+        if state.active:
+            raise RuntimeError(f"job '{job_id}' is still running: there is nothing to resume")
+        if state.status == "done":
+            raise RuntimeError(f"job '{job_id}' finished: start a new job to train further")
+        command = self._command_of(job)
+        if "--resume" not in command:
+            command = (*command, "--resume")
+        return self._launch(Job(id=job.id, run_dir=job.run_dir, name=job.name, command=command, created=job.created))
+
+    def _command_of(self, job: Job) -> tuple[str, ...]:
+        if job.command:
+            return job.command
+        recorded = job.run_dir / "command.txt"  # a run started from the CLI
+        if recorded.exists():
+            import shlex
+
+            words = shlex.split(recorded.read_text(encoding="utf-8").strip().splitlines()[0])
+            if words and words[0] == "tokensmith":
+                words = [*self.trainer_command[:-1], *words[1:]]
+            return tuple(words)
+        raise RuntimeError(f"job '{job.id}' has no recorded command: start it again from the Train page")
+
+    def _launch(self, job: Job) -> Job:
+        env = os.environ | {"TOKENSMITH_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        launched = time.time()
+        with open(job.run_dir / "log.txt", "ab") as log:
+            proc = subprocess.Popen(
+                list(job.command),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=job.run_dir,
+                env=env,
+                start_new_session=True,  # its own process group: a cancel reaches accelerate's children too
+            )
+        job = Job(
+            id=job.id,
+            run_dir=job.run_dir,
+            name=job.name,
+            command=job.command,
+            created=job.created or launched,
+            pid=proc.pid,
+            launched=launched,
+        )
+        self._procs[job.id] = proc
+        _write_atomic(job.run_dir / "job.json", job.to_json())
+        return job
+
+    # --- finding and reading ---
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id (from its run folder); KeyError if there is none."""
+        if not job_id or _ID_UNSAFE.search(job_id) or job_id in (".", ".."):
+            raise KeyError(f"'{job_id}' is not a job id")
+        run_dir = self.runs_dir / job_id
+        if not run_dir.is_dir():
+            raise KeyError(f"no job '{job_id}' under {self.runs_dir}: it may have been deleted")
+        return self._load(run_dir)
+
+    def jobs(self) -> list[Job]:
+        """Every run folder under `$home/runs/`, newest first."""
+        if not self.runs_dir.is_dir():
+            return []
+        found = [
+            self._load(d)
+            for d in self.runs_dir.iterdir()
+            if d.is_dir() and any((d / f).exists() for f in ("job.json", "progress.jsonl", "config.toml"))
+        ]
+        return sorted(found, key=lambda job: (job.created, job.id), reverse=True)
+
+    def _load(self, run_dir: Path) -> Job:
+        try:
+            data = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            data = {}  # a run the CLI started: the folder alone tells its story
+        created = data.get("created") or run_dir.stat().st_mtime
+        return Job(
+            id=run_dir.name,
+            run_dir=run_dir,
+            name=str(data.get("name") or run_dir.name),
+            command=tuple(data.get("command") or ()),
+            created=float(created),
+            pid=data.get("pid"),
+            launched=float(data.get("launched", 0.0)),
+            cancelled=bool(data.get("cancelled", False)),
+        )
+
+    def alive(self, job: Job) -> bool:
+        """Whether the job's trainer process is still running."""
+        proc = self._procs.get(job.id)
+        if proc is not None and proc.pid == job.pid:
+            return proc.poll() is None
+        pid = job.pid or _read_pid(job.run_dir / "pid")
+        return pid_alive(pid)
+
+    def state(self, job: Job | str) -> RunState:
+        """Read the job's run folder now."""
+        job = self.get(job) if isinstance(job, str) else job
+        return read_run(job.run_dir, alive=self.alive(job), launched=job.launched, cancelled=job.cancelled)
+
+    # --- stopping ---
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the trainer to stop (SIGTERM); it writes a `stopped` event. False if it was not running."""
+        job = self.get(job_id)
+        if not self.alive(job):
+            return False
+        pid = job.pid or _read_pid(job.run_dir / "pid")
+        if (job.run_dir / "job.json").exists():
+            _write_atomic(job.run_dir / "job.json", replace(job, cancelled=True).to_json())
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            os.kill(pid, signal.SIGTERM)
+        return True
+
+    def wait(self, job_id: str, timeout: float) -> RunState:
+        """Block until the job's process has exited or `timeout` seconds pass (for the CLI and tests, not pages)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if not self.alive(job) or time.monotonic() > deadline:
+                return self.state(job)
+            time.sleep(0.1)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None

@@ -1,0 +1,196 @@
+"""The job runner (studio/jobs.py) against a fake trainer that honours the run-folder contract."""
+
+import json
+import sys
+import textwrap
+import time
+
+import pytest
+
+from studio.jobs import JobRunner, TrainRequest, new_job_id, read_progress, read_run
+
+# A stand-in for `tokensmith train`: writes progress rows, a preview and a snapshot, stops cleanly on SIGTERM,
+# continues from its last row with --resume, and crashes without a final event when asked to.
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from pathlib import Path
+
+    args = sys.argv[1:]
+    def opt(flag, default=None):
+        return args[args.index(flag) + 1] if flag in args else default
+
+    run_dir = Path(opt("--run-dir"))
+    steps = int(opt("--steps", "5"))
+    delay = float(os.environ.get("FAKE_DELAY", "0.02"))
+    (run_dir / "pid").write_text(str(os.getpid()))
+    (run_dir / "config.toml").write_text(f'name = "{opt("--name")}"\\n')
+    progress = run_dir / "progress.jsonl"
+    start = 0
+    time.sleep(float(os.environ.get("FAKE_STARTUP", "0")))  # the real trainer imports torch first
+    if "--resume" in args:  # like the trainer: keep the rows, drop the old final event (atomic rewrite)
+        rows = [json.loads(l) for l in progress.read_text().splitlines() if l.strip()]
+        rows = [r for r in rows if "event" not in r]
+        start = max((r["step"] for r in rows), default=0)
+        tmp = run_dir / ".progress.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\\n" for r in rows))
+        os.replace(tmp, progress)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+
+    def write(item):
+        with progress.open("a") as f:
+            f.write(json.dumps(item) + "\\n")
+
+    print("training", opt("--name"), "from", start, flush=True)
+    for step in range(start + 1, steps + 1):
+        if stop:
+            write({"event": "stopped", "message": f"stopped at step {step - 1}"})
+            sys.exit(0)
+        if "--crash" in args and step == 3:
+            print("Traceback: something broke", flush=True)
+            os._exit(3)
+        time.sleep(delay)
+        write({"step": step, "total": steps, "loss": 1.0 / step, "val_loss": 0.5 / step, "metric": step / steps,
+               "lr": 0.005, "elapsed": step * delay, "eta": (steps - step) * delay})
+        for sub, ext in (("previews", "png"), ("snapshots", "safetensors")):
+            (run_dir / sub).mkdir(exist_ok=True)
+            (run_dir / sub / f"step-{step:06d}.{ext}").write_bytes(b"x")
+    if "--fail" in args:
+        write({"event": "failed", "message": "loss became NaN: lower the learning rate"})
+        sys.exit(1)
+    write({"event": "done", "name": opt("--name"), "message": "learned"})
+    """
+)
+
+
+@pytest.fixture
+def runner(tmp_path, tokensmith_home):
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    return JobRunner(tokensmith_home, trainer_command=(sys.executable, str(script)))
+
+
+def request(tmp_path, **kw) -> TrainRequest:
+    return TrainRequest(name=kw.pop("name", "cat"), images=tmp_path, **kw)
+
+
+def test_request_flags_leave_unset_options_to_the_trainer(tmp_path):
+    assert request(tmp_path).to_args() == ["--images", str(tmp_path), "--name", "cat"]
+    full = request(tmp_path, init="toy", vectors=2, style=True, steps=50, learning_rate=0.005, model="demo")
+    assert full.to_args()[4:] == [
+        "--init", "toy", "--vectors", "2", "--templates", "style", "--steps", "50", "--learning-rate", "0.005",
+        "--model", "demo",
+    ]  # fmt: skip
+
+
+def test_job_ids_are_url_safe_and_sortable():
+    job_id = new_job_id("my cat/../x", now=0)
+    assert job_id.startswith("my-cat-x-19700101-")
+    assert all(c.isalnum() or c in "-_" for c in job_id)
+
+
+def test_finished_job_reports_done_with_history_previews_and_snapshots(runner, tmp_path):
+    job = runner.start(request(tmp_path, steps=4))
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "done"
+    assert state.embedding_name == "cat"
+    assert (state.step, state.total, state.fraction) == (4, 4, 1.0)
+    assert state.loss == pytest.approx(0.25)
+    assert [row["step"] for row in state.history] == [1, 2, 3, 4]
+    assert [p.name for p in state.previews][-1] == "step-000004.png"
+    assert len(state.snapshots) == 4
+    assert not state.active and not state.resumable
+    recorded = json.loads((job.run_dir / "job.json").read_text())
+    assert recorded["command"][-4:] == ["--run-dir", str(job.run_dir), "--home", str(runner.home)]
+    assert "training cat" in (job.run_dir / "log.txt").read_text()
+
+
+def test_cancel_stops_the_trainer_cleanly_and_resume_continues(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY", "0.2")
+    job = runner.start(request(tmp_path, steps=40))
+    deadline = time.monotonic() + 20
+    while runner.state(job.id).step < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.state(job.id).status == "running"
+    assert runner.cancel(job.id)
+    state = runner.wait(job.id, timeout=20)
+    assert state.status == "stopped" and state.resumable
+    assert state.message.startswith("stopped at step")
+    stopped_at = state.step
+    assert not runner.cancel(job.id)  # nothing left to stop
+
+    monkeypatch.setenv("FAKE_DELAY", "0.01")
+    monkeypatch.setenv("FAKE_STARTUP", "0.5")
+    resumed = runner.resume(job.id)
+    assert resumed.run_dir == job.run_dir and resumed.command[-1] == "--resume"
+    assert runner.state(job.id).status == "running"  # the old `stopped` line is not this launch's end
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "done"
+    assert [row["step"] for row in state.history] == list(range(1, 41))
+    assert state.history[stopped_at]["step"] == stopped_at + 1  # continued, not restarted
+
+
+def test_a_second_job_is_refused_while_one_runs(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY", "0.2")
+    job = runner.start(request(tmp_path, steps=50))
+    with pytest.raises(RuntimeError, match="still running"):
+        runner.start(request(tmp_path, name="dog"))
+    runner.cancel(job.id)
+    runner.wait(job.id, timeout=20)
+    runner.start(request(tmp_path, name="dog", steps=1))
+
+
+def test_crash_without_final_event_is_reported_with_the_log(runner, tmp_path):
+    job = runner.start(request(tmp_path, steps=10, extra_args=("--crash",)))
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "ended" and state.resumable
+    assert "exited without a final report" in state.message
+    assert "something broke" in state.log_tail
+
+
+def test_failed_event_carries_the_trainers_message(runner, tmp_path):
+    job = runner.start(request(tmp_path, steps=2, extra_args=("--fail",)))
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "failed"
+    assert state.message == "loss became NaN: lower the learning rate"
+
+
+def test_a_restarted_ui_finds_running_and_finished_jobs(runner, tmp_path, monkeypatch):
+    done = runner.start(request(tmp_path, name="first", steps=1))
+    runner.wait(done.id, timeout=30)
+    monkeypatch.setenv("FAKE_DELAY", "0.2")
+    live = runner.start(request(tmp_path, name="second", steps=50))
+
+    fresh = JobRunner(runner.home, trainer_command=runner.trainer_command)  # a new UI process
+    assert [job.id for job in fresh.jobs()] == [live.id, done.id]
+    assert fresh.state(done.id).status == "done"
+    assert fresh.state(live.id).active
+    assert fresh.cancel(live.id)
+    assert runner.wait(live.id, timeout=20).status == "stopped"
+
+
+def test_runs_started_from_the_cli_are_listed(runner):
+    cli_run = runner.runs_dir / "from-cli"
+    cli_run.mkdir(parents=True)
+    (cli_run / "progress.jsonl").write_text('{"step": 3, "total": 3, "loss": 0.1}\n{"event": "done", "name": "x"}\n')
+    (runner.runs_dir / "unrelated").mkdir()
+    assert [job.id for job in runner.jobs()] == ["from-cli"]
+    assert runner.state("from-cli").embedding_name == "x"
+
+
+def test_unknown_or_unsafe_job_ids_are_key_errors(runner):
+    for bad in ("nope", "../x", "", ".."):
+        with pytest.raises(KeyError):
+            runner.get(bad)
+
+
+def test_progress_reader_skips_a_half_written_line_and_resets_after_resume(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"event": "stopped"}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    rows, final = read_progress(path)
+    assert [row["step"] for row in rows] == [1, 2] and final is None
+    state = read_run(tmp_path, alive=True)
+    assert (state.status, state.step, state.loss, state.total, state.fraction) == ("running", 2, 1.5, None, 0.0)
+    assert read_run(tmp_path, alive=False).status == "ended"
+    assert read_run(tmp_path / "missing", alive=True).status == "starting"
