@@ -1,6 +1,6 @@
-"""The job runner: training runs as a `tokensmith train` subprocess that writes a run folder; the UI only reads it.
+"""The job runner: training runs as a `tokensmith train` subprocess writing a run folder; the UI reads it.
 
-A job is its run folder `$home/runs/<id>/`: `job.json` (what the studio asked for: the request and the command)
+A job is its run folder `$home/runs/<id>/`: `job.json` (what the studio asked for: the request, the command)
 plus the trainer's own record (`config.toml`, `command.txt`, `progress.jsonl`, `previews/`, `snapshots/`,
 `checkpoints/`, `pid`) and `log.txt` (the trainer's stdout and stderr). Because the folder is the record, a
 browser reload, a second tab or a restarted UI finds every job again; runs started from the CLI with
@@ -253,7 +253,14 @@ class JobRunner:
         job_id = job_id or new_job_id(request.name)
         run_dir = self.runs_dir / job_id
         run_dir.mkdir(parents=True, exist_ok=False)
-        command = (*self.trainer_command, *request.to_args(), "--run-dir", str(run_dir), "--home", str(self.home))
+        command = (
+            *self.trainer_command,
+            *request.to_args(),
+            "--run-dir",
+            str(run_dir),
+            "--home",
+            str(self.home),
+        )
         return self._launch(Job(id=job_id, run_dir=run_dir, name=request.name, command=command))
 
     def resume(self, job_id: str) -> Job:
@@ -267,7 +274,9 @@ class JobRunner:
         command = self._command_of(job)
         if "--resume" not in command:
             command = (*command, "--resume")
-        return self._launch(Job(id=job.id, run_dir=job.run_dir, name=job.name, command=command, created=job.created))
+        return self._launch(
+            Job(id=job.id, run_dir=job.run_dir, name=job.name, command=command, created=job.created)
+        )
 
     def _command_of(self, job: Job) -> tuple[str, ...]:
         if job.command:
@@ -379,7 +388,7 @@ class JobRunner:
         return True
 
     def wait(self, job_id: str, timeout: float) -> RunState:
-        """Block until the job's process has exited or `timeout` seconds pass (for the CLI and tests, not pages)."""
+        """Block until the job's process exits or `timeout` seconds pass (for tests and scripts)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(job_id)

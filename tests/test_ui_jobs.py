@@ -51,8 +51,8 @@ FAKE_TRAINER = textwrap.dedent(
             print("Traceback: something broke", flush=True)
             os._exit(3)
         time.sleep(delay)
-        write({"step": step, "total": steps, "loss": 1.0 / step, "val_loss": 0.5 / step, "metric": step / steps,
-               "lr": 0.005, "elapsed": step * delay, "eta": (steps - step) * delay})
+        write({"step": step, "total": steps, "loss": 1.0 / step, "val_loss": 0.5 / step,
+               "metric": step / steps, "lr": 0.005, "elapsed": step * delay, "eta": (steps - step) * delay})
         for sub, ext in (("previews", "png"), ("snapshots", "safetensors")):
             (run_dir / sub).mkdir(exist_ok=True)
             (run_dir / sub / f"step-{step:06d}.{ext}").write_bytes(b"x")
@@ -79,8 +79,8 @@ def test_request_flags_leave_unset_options_to_the_trainer(tmp_path):
     assert request(tmp_path).to_args() == ["--images", str(tmp_path), "--name", "cat"]
     full = request(tmp_path, init="toy", vectors=2, style=True, steps=50, learning_rate=0.005, model="demo")
     assert full.to_args()[4:] == [
-        "--init", "toy", "--vectors", "2", "--templates", "style", "--steps", "50", "--learning-rate", "0.005",
-        "--model", "demo",
+        "--init", "toy", "--vectors", "2", "--templates", "style", "--steps", "50",
+        "--learning-rate", "0.005", "--model", "demo",
     ]  # fmt: skip
 
 
@@ -173,7 +173,9 @@ def test_a_restarted_ui_finds_running_and_finished_jobs(runner, tmp_path, monkey
 def test_runs_started_from_the_cli_are_listed(runner):
     cli_run = runner.runs_dir / "from-cli"
     cli_run.mkdir(parents=True)
-    (cli_run / "progress.jsonl").write_text('{"step": 3, "total": 3, "loss": 0.1}\n{"event": "done", "name": "x"}\n')
+    (cli_run / "progress.jsonl").write_text(
+        '{"step": 3, "total": 3, "loss": 0.1}\n{"event": "done", "name": "x"}\n'
+    )
     (runner.runs_dir / "unrelated").mkdir()
     assert [job.id for job in runner.jobs()] == ["from-cli"]
     assert runner.state("from-cli").embedding_name == "x"
@@ -187,10 +189,18 @@ def test_unknown_or_unsafe_job_ids_are_key_errors(runner):
 
 def test_progress_reader_skips_a_half_written_line_and_resets_after_resume(tmp_path):
     path = tmp_path / "progress.jsonl"
-    path.write_text('{"step": 1, "loss": 2.0}\n{"event": "stopped"}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    path.write_text(
+        '{"step": 1, "loss": 2.0}\n{"event": "stopped"}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo'
+    )
     rows, final = read_progress(path)
     assert [row["step"] for row in rows] == [1, 2] and final is None
     state = read_run(tmp_path, alive=True)
-    assert (state.status, state.step, state.loss, state.total, state.fraction) == ("running", 2, 1.5, None, 0.0)
+    assert (state.status, state.step, state.loss, state.total, state.fraction) == (
+        "running",
+        2,
+        1.5,
+        None,
+        0.0,
+    )
     assert read_run(tmp_path, alive=False).status == "ended"
     assert read_run(tmp_path / "missing", alive=True).status == "starting"
