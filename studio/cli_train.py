@@ -1,0 +1,164 @@
+"""`tokensmith train` (learn a concept token from images) and `tokensmith demo` (the whole story, offline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+TRAIN_EXAMPLE = """Examples:
+  tokensmith train --images shots/ --name my-cat --init cat
+  tokensmith train --images shots/ --name my-style --style --vectors 4 --steps 500 --model /models/sd15
+  tokensmith train --config run.toml --steps 300          # a file, with flags on top
+  tokensmith train --name my-cat --resume                 # continue HOME/runs/my-cat after a crash
+Every flag is also a config key (--batch-size 4 <-> batch_size = 4). The run folder holds config.toml,
+command.txt, progress.jsonl, previews/, snapshots/ and checkpoints/; SIGTERM stops cleanly."""
+
+DEMO_EXAMPLE = """Example:
+  tokensmith demo                          # renders a held-out concept, trains <demo-purple-triangle>, ...
+  tokensmith demo --concept "orange star" --out demo-run/"""
+
+
+def register(subparsers, common) -> None:
+    from trainers.config import FIELDS, flag_name
+
+    train = subparsers.add_parser(
+        "train",
+        parents=[common],
+        help="learn a concept token from a folder of images",
+        description="Train a textual-inversion embedding and put it in the store.",
+        epilog=TRAIN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", metavar="FILE", help="a TOML or YAML config (flags override its values)")
+    train.add_argument("--style", action="store_true", help="learn a style: same as --templates style")
+    train.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    for name, f in FIELDS.items():
+        default = f.default if f.default is not f.default_factory else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if isinstance(default, bool):
+            train.add_argument(
+                flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            train.add_argument(flag_name(name), dest=name, default=None, metavar=name.split("_")[-1].upper(),
+                               choices=f.metadata.get("choices"), help=help_text)  # fmt: skip
+    train.set_defaults(run=run_train)
+
+    demo = subparsers.add_parser(
+        "demo",
+        parents=[common],
+        help="the main job, offline: render a new concept, train a token for it, generate, blend, compare",
+        description="Render 5 images of a concept the demo world never saw, train a token on them, store it, "
+        "generate with it and with a blend, and write a labelled contact sheet with before/after "
+        "judge scores.",
+        epilog=DEMO_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--concept", default=None, help="a held-out demo concept (default: purple triangle)")
+    demo.add_argument("--out", default=None, metavar="DIR", help="output folder (default: HOME/demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the trainer default)")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the rendered images and the samples")
+    demo.add_argument("--json", action="store_true", help="print the scores as JSON on stdout")
+    demo.set_defaults(run=run_demo)
+
+
+def config_from_args(args):
+    """The TrainConfig of `tokensmith train` flags (on top of --config FILE when given)."""
+    from trainers.config import FIELDS, load
+
+    overrides = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    if args.style:
+        overrides["templates"] = "style"
+    config_file = args.config
+    if overrides.get("resume") and not config_file:
+        config_file = _run_config(overrides, args.home)
+    cfg = load(config_file, overrides=overrides)
+    missing = [flag for flag, value in (("--images", cfg.images), ("--name", cfg.name)) if not value]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required (or a --config file that sets them); see --help")
+    return cfg
+
+
+def _run_config(overrides: dict, home) -> str:
+    """`--resume` without --config: the config.toml of the run being resumed (by --run-dir or --name)."""
+    from pathlib import Path
+
+    from trainers.config import TrainConfig
+    from trainers.session import resolve_run_dir
+
+    if not overrides.get("run_dir") and not overrides.get("name"):
+        raise ValueError("--resume needs --run-dir DIR or --name NAME (or --config FILE) to find the run")
+    probe = TrainConfig(name=overrides.get("name", ""), run_dir=overrides.get("run_dir", ""), resume=True)
+    config_path = Path(resolve_run_dir(probe, home)) / "config.toml"
+    if not config_path.is_file():
+        raise ValueError(f"no run to resume: {config_path} does not exist")
+    return str(config_path)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr: step, loss, validation loss, metric and ETA."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, desc="training")
+
+    def __call__(self, record: dict) -> None:
+        if self.bar.n < record["step"]:
+            self.bar.update(record["step"] - self.bar.n)
+        shown = {"loss": record.get("loss"), "val": record.get("val_loss"), "metric": record.get("metric")}
+        postfix = {k: f"{v:.4f}" if k != "metric" else f"{v:.1f}" for k, v in shown.items() if v is not None}
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_train(args) -> int:
+    import torch
+
+    from trainers.trainer import summary, train
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    cfg = config_from_args(args)
+    bar = ProgressBar(cfg.steps)
+    try:
+        emb = train(
+            cfg, home=args.home, on_progress=bar, echo=lambda line: bar.bar.write(line, file=sys.stderr)
+        )
+    finally:
+        bar.close()
+    info = summary(emb)
+    if info.get("end") == "stopped":
+        print(
+            f"tokensmith train: stopped at step {emb.meta.get('steps')}; continue with --resume",
+            file=sys.stderr,
+        )
+        return 1
+    metrics = json.loads(emb.meta.get("metrics", "{}"))
+    result = {
+        "name": emb.name,
+        "family": emb.family,
+        "steps": int(emb.meta.get("steps", 0)),
+        "end": info.get("end"),
+        "num_vectors": emb.num_vectors,
+        "metrics": metrics,
+        "run_dir": info["config"]["run_dir"],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"learned <{emb.name}> in {result['steps']} steps ({result['end'].replace('_', ' ')}); "
+              f"use it in a prompt as <{emb.name}>")  # fmt: skip
+    return 0
+
+
+def run_demo(args) -> int:
+    from studio.demo_job import run_demo_job
+
+    return run_demo_job(args)

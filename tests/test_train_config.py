@@ -1,0 +1,93 @@
+"""TrainConfig: files, flags, unknown keys, resolved config and the equivalent commands."""
+
+import pytest
+import tomllib
+
+from trainers.config import (
+    ConfigError,
+    TrainConfig,
+    equivalent_commands,
+    from_mapping,
+    load,
+    to_flags,
+    to_toml,
+)
+
+
+def test_toml_file_and_flags_fill_one_config(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('images = "shots"\nname = "cat"\nsteps = 300\nflip = false\ntrackers = ["tensorboard"]\n')
+    cfg = load(path, overrides={"steps": "120", "learning_rate": "0.01"})
+    assert (cfg.images, cfg.name, cfg.steps, cfg.flip, cfg.learning_rate) == (
+        "shots",
+        "cat",
+        120,
+        False,
+        0.01,
+    )
+    assert cfg.trackers == ["tensorboard"]
+
+
+def test_yaml_file_is_read_like_toml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("images: shots\nname: cat\nvectors: 3\nlr_schedule: '0.005:100, 1e-3:1000'\n")
+    cfg = load(path)
+    assert (cfg.vectors, cfg.lr_schedule) == (3, "0.005:100, 1e-3:1000")
+
+
+def test_unknown_key_is_an_error_listing_valid_keys(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("images = 'x'\nlearning_rat = 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rat") as info:
+        load(path)
+    assert "learning_rate" in str(info.value) and "batch_size" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"steps": "many"}, "steps must be a whole number"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"crop": "squash"}, "crop = 'squash' is not one of center, random, bucket"),
+        ({"flip": "maybe"}, "flip must be true or false"),
+        ({"learning_rate": -1}, "learning_rate must be positive"),
+        ({"trackers": ["mlflow"]}, "tracker 'mlflow'"),
+        ({"templates": "poems"}, "templates = 'poems'"),
+        ({"steps": 2.5}, "whole number"),
+    ],
+)
+def test_bad_values_say_what_is_wrong(values, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        from_mapping(values)
+
+
+def test_bad_toml_and_wrong_suffix_are_clear_errors(tmp_path):
+    (tmp_path / "bad.toml").write_text("steps = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(tmp_path / "bad.toml")
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"must end in \.toml"):
+        load(tmp_path / "run.json")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+
+
+def test_resolved_toml_round_trips_to_the_same_config():
+    cfg = TrainConfig(images='a b/"quoted"', name="cat", steps=77, flip=False, trackers=["wandb"], seed=3)
+    text = to_toml(cfg)
+    assert from_mapping(tomllib.loads(text)) == cfg
+
+
+def test_equivalent_commands_rebuild_the_config():
+    cfg = TrainConfig(images="my shots", name="cat", steps=77, flip=False, learning_rate=0.01)
+    single, multi = equivalent_commands(cfg, "/runs/cat/config.toml")
+    assert (
+        single == "tokensmith train --images 'my shots' --name cat --no-flip --steps 77 --learning-rate 0.01"
+    )
+    assert multi == "accelerate launch -m trainers --config /runs/cat/config.toml"
+    assert to_flags(TrainConfig()) == []
+
+
+def test_replace_checks_the_new_values():
+    with pytest.raises(ConfigError):
+        TrainConfig().replace(batch_size=0)

@@ -1,0 +1,159 @@
+"""Training data: EXIF, captions, templates, crops, buckets, flips, alpha weights, early clear errors."""
+
+import pytest
+import torch
+from PIL import Image
+
+from trainers.data import (
+    DataError,
+    batches,
+    bucket_for,
+    build_samples,
+    fill_template,
+    load_images,
+    template_set,
+)
+
+
+def _save(path, size=(32, 32), colour=(200, 30, 40), mode="RGB"):
+    Image.new(mode, size, colour if mode == "RGB" else (*colour, 255)).save(path)
+    return path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    (loaded,) = load_images(tmp_path)
+    assert loaded.image.size == (20, 40)
+
+
+def test_captions_come_from_txt_files(tmp_path):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.webp")
+    (tmp_path / "a.txt").write_text("on a wooden table\n")
+    images = load_images(tmp_path)
+    assert [(i.path.name, i.caption) for i in images] == [("a.png", "on a wooden table"), ("b.webp", "")]
+
+
+@pytest.mark.parametrize(
+    ("setup", "fragment"),
+    [
+        (lambda d: None, "holds 0 image"),
+        (lambda d: (d / "x.png").write_bytes(b"not a png"), "cannot read image"),
+        (lambda d: _save(d / "tiny.png", size=(8, 8)), "smaller than 16"),
+    ],
+)
+def test_bad_folders_fail_before_any_model_loads(tmp_path, setup, fragment):
+    setup(tmp_path)
+    with pytest.raises(DataError, match=fragment):
+        load_images(tmp_path)
+
+
+def test_too_few_images_and_missing_folder(tmp_path):
+    _save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="at least 3"):
+        load_images(tmp_path, min_images=3)
+    with pytest.raises(DataError, match="does not exist"):
+        load_images(tmp_path / "nope")
+
+
+def test_templates_fill_name_and_filewords():
+    assert fill_template("a photo of a [name], [filewords]", "<cat> <cat>_1", "on a sofa") == (
+        "a photo of a <cat> <cat>_1, on a sofa"
+    )
+    assert fill_template("[name], [filewords]", "<cat>", "") == "<cat>"
+    assert template_set("style")[0] == "a painting in the style of [name]"
+    assert template_set("object", family_object_templates=("a [name]",)) == ("a [name]",)
+
+
+def test_template_file_lines_must_hold_name(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("a [name] by [filewords]\n\nthe [name]\n")
+    assert template_set(str(good)) == ("a [name] by [filewords]", "the [name]")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo\n")
+    with pytest.raises(DataError, match=r"must contain \[name\]"):
+        template_set(str(bad))
+
+
+def test_other_aspect_ratios_are_cropped_not_squashed(tmp_path):
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 16, 32))  # a red band at the far left: cropped away by a centre crop
+    image.save(tmp_path / "wide.png")
+    samples = build_samples(
+        load_images(tmp_path),
+        resolution=32,
+        crop="center",
+        flip=False,
+        alpha_weight=False,
+        multiple=8,
+        seed=0,
+    )
+    (sample,) = samples
+    assert sample.pixels.shape == (3, 32, 32)
+    assert torch.allclose(sample.pixels[:, :, 0], torch.tensor([-1.0, -1.0, 1.0])[:, None].expand(3, 32))
+
+
+def test_buckets_keep_the_aspect_ratio_and_batches_stay_in_one_bucket(tmp_path):
+    _save(tmp_path / "wide.png", size=(64, 32))
+    _save(tmp_path / "square.png", size=(40, 40))
+    assert bucket_for((64, 32), 32, 8) == (48, 24)
+    samples = build_samples(
+        load_images(tmp_path), resolution=32, crop="bucket", flip=True, alpha_weight=False, multiple=8, seed=0
+    )
+    assert sorted({s.bucket for s in samples}) == [(32, 32), (48, 24)]
+    for batch in batches(samples, 2, seed=0, epoch=0):
+        assert len({samples[i].bucket for i in batch}) == 1
+
+
+def test_flips_are_mirrors_and_random_crops_are_seeded(tmp_path):
+    image = Image.new("RGB", (32, 32), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 8, 32))
+    image.save(tmp_path / "a.png")
+    samples = build_samples(
+        load_images(tmp_path), resolution=32, crop="center", flip=True, alpha_weight=False, multiple=8, seed=0
+    )
+    assert [s.flipped for s in samples] == [False, True]
+    assert torch.equal(samples[1].pixels, samples[0].pixels.flip(-1))
+    kwargs = dict(resolution=24, crop="random", flip=False, alpha_weight=False, multiple=8)
+    first = build_samples(load_images(tmp_path), seed=1, **kwargs)
+    again = build_samples(load_images(tmp_path), seed=1, **kwargs)
+    assert len(first) == 4 and all(torch.equal(a.pixels, b.pixels) for a, b in zip(first, again, strict=True))
+
+
+def test_alpha_channel_becomes_a_loss_weight(tmp_path):
+    image = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    image.paste((255, 0, 0, 255), (0, 0, 16, 32))
+    image.save(tmp_path / "a.png")
+    (sample,) = build_samples(
+        load_images(tmp_path), resolution=32, crop="center", flip=False, alpha_weight=True, multiple=8, seed=0
+    )
+    assert sample.weight[0, 0, 0] == 1.0 and sample.weight[0, 0, 31] == 0.0
+    assert sample.pixels[:, 0, 31].tolist() == [0.0, 0.0, 0.0]  # transparent pixels shown as mid-gray
+
+
+def test_alpha_weight_without_alpha_is_an_error(tmp_path):
+    _save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="no training image has an alpha channel"):
+        build_samples(
+            load_images(tmp_path),
+            resolution=32,
+            crop="center",
+            flip=False,
+            alpha_weight=True,
+            multiple=8,
+            seed=0,
+        )
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch(tmp_path):
+    for i in range(5):
+        _save(tmp_path / f"{i}.png", colour=(i * 40, 0, 0))
+    samples = build_samples(
+        load_images(tmp_path), resolution=32, crop="center", flip=True, alpha_weight=False, multiple=8, seed=0
+    )
+    assert batches(samples, 4, 3, 7) == batches(samples, 4, 3, 7)
+    assert batches(samples, 4, 3, 7) != batches(samples, 4, 3, 8)
+    assert all(len(b) == 4 for b in batches(samples, 4, 3, 7))

@@ -1,0 +1,122 @@
+"""Only the new rows train: all other rows stay bit-identical, and the file has the right layout."""
+
+import pytest
+import torch
+from PIL import Image
+
+from embeddings import Store, load_canonical
+from trainers import TrainConfig, train
+from trainers.models import LoadedModel, detect_family, tiny_pipeline
+from trainers.rows import attach, detach_rows
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        image = Image.new("RGB", (16, 16), (40, 40, 40))
+        image.paste((220, 40 * i, 30), (4, 4, 12, 12))
+        image.save(folder / f"{i}.png")
+    return folder
+
+
+def _model(family):
+    pipe = tiny_pipeline(family)
+    return LoadedModel(pipe=pipe, family=detect_family(pipe), source=f"tiny-{family}")
+
+
+def _quick(images, tmp_path, **changes):
+    values = dict(
+        images=str(images),
+        name="thing",
+        steps=6,
+        batch_size=2,
+        validate_every=3,
+        save_every=3,
+        preview_images=1,
+        preview_steps=2,
+        run_dir=str(tmp_path / "run"),
+        init="a",
+    )
+    return TrainConfig(**{**values, **changes})
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"), [("sd1", {"emb_params": 32}), ("sdxl", {"clip_l": 32, "clip_g": 48})]
+)
+def test_only_new_rows_change_and_the_file_has_the_family_layout(
+    images, tmp_path, tokensmith_home, family, keys
+):
+    model = _model(family)
+    tables = {key: te.get_input_embeddings().weight.detach().clone() for key, _, te in model.encoders}
+    unet = {k: v.clone() for k, v in model.pipe.unet.state_dict().items()}
+    vocab = [len(tok) for _, tok, _ in model.encoders]
+    emb = train(_quick(images, tmp_path, vectors=2), home=tokensmith_home, model=model)
+    for key, _, te in model.encoders:
+        assert torch.equal(te.get_input_embeddings().weight, tables[key]), f"{key} table changed"
+        assert emb.vectors[key].shape == (2, keys[key])
+        init = tables[key][model.encoders[0][1].convert_tokens_to_ids("a</w>")]
+        assert not torch.allclose(emb.vectors[key][0], init), f"{key} rows did not learn"
+    assert all(torch.equal(v, unet[k]) for k, v in model.pipe.unet.state_dict().items())
+    assert [len(tok) for _, tok, _ in model.encoders] == vocab  # the model's tokenizers are untouched
+    stored = Store.for_home(tokensmith_home).get("thing")
+    assert set(stored.vectors) == set(keys) and stored.meta["family"] == emb.family
+    assert torch.equal(stored.vectors[next(iter(keys))], emb.vectors[next(iter(keys))])
+    assert Store.for_home(tokensmith_home).preview_path("thing").is_file()
+    snapshot = load_canonical(tmp_path / "run" / "snapshots" / "step-000003.safetensors")
+    assert snapshot.widths == keys
+
+
+def test_rows_embedding_routes_new_ids_to_trainable_rows():
+    pipe = tiny_pipeline("sd1")
+    table = pipe.text_encoder.get_input_embeddings()
+    init = torch.randn(2, 32)
+    rows = attach("emb_params", pipe.tokenizer, pipe.text_encoder, "cat", init)
+    assert "<cat>" not in pipe.tokenizer.get_vocab()  # the model's own tokenizer is not changed
+    ids = rows.tokenizer("a <cat> <cat>_1", add_special_tokens=False).input_ids
+    out = pipe.text_encoder.get_input_embeddings()(torch.tensor([ids]))
+    assert torch.equal(out[0, 1:], init) and torch.equal(out[0, 0], table.weight[ids[0]])
+    out.sum().backward()
+    assert table.weight.grad is None and rows.rows.grad.shape == (2, 32)
+    learned = detach_rows(rows)
+    assert pipe.text_encoder.get_input_embeddings() is table and torch.equal(learned, init)
+
+
+def test_init_from_a_phrase_spreads_its_tokens_over_the_vectors():
+    from trainers.families import spread
+
+    vectors = torch.arange(6.0).view(3, 2)
+    assert spread(vectors, 3).tolist() == vectors.tolist()
+    assert spread(vectors, 6).tolist() == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [4, 5]]
+    assert spread(vectors, 2).tolist() == [[1, 2], [4, 5]]  # groups [0, 1] and [2], averaged
+
+
+def test_init_from_a_stored_embedding(images, tmp_path, tokensmith_home):
+    first = train(
+        _quick(images, tmp_path, name="first", steps=3, run_dir=str(tmp_path / "r1")),
+        home=tokensmith_home,
+        model=_model("sd1"),
+    )
+    cfg = _quick(
+        images,
+        tmp_path,
+        name="second",
+        steps=1,
+        learning_rate=1e-9,
+        init="<first>",
+        run_dir=str(tmp_path / "r2"),
+    )
+    second = train(cfg, home=tokensmith_home, model=_model("sd1"))
+    assert torch.allclose(second.vectors["emb_params"], first.vectors["emb_params"], atol=1e-6)
+    assert second.meta["init"] == "<first>"
+
+
+def test_stored_name_is_refused_before_training(images, tmp_path, tokensmith_home):
+    train(_quick(images, tmp_path, steps=1), home=tokensmith_home, model=_model("sd1"))
+    with pytest.raises(Exception, match="already stored"):
+        train(
+            _quick(images, tmp_path, steps=1, run_dir=str(tmp_path / "other")),
+            home=tokensmith_home,
+            model=_model("sd1"),
+        )
