@@ -1,0 +1,98 @@
+"""diffusers' textual-inversion files: `{"<token>": (n, dim)}`; its SDXL script writes a pair of them,
+`learned_embeds.safetensors` (text_encoder, 768) + `learned_embeds_2.safetensors` (text_encoder_2, 1280).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from embeddings.errors import EmbeddingFormatError
+from embeddings.files import fsync_dir, write_temp
+from embeddings.value import SDXL_KEYS, SINGLE_KEY, Embedding
+
+PAIR_NAMES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
+PAIR_NAMES_BIN = ("learned_embeds.bin", "learned_embeds_2.bin")
+
+
+def pair_of(path: Path) -> tuple[Path, Path] | None:
+    """The SDXL pair (first, second) that `path` (either file, or their folder) belongs to, if both exist."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if not path.is_dir() and path.name not in PAIR_NAMES + PAIR_NAMES_BIN:
+        return None
+    for names in (PAIR_NAMES, PAIR_NAMES_BIN):
+        first, second = folder / names[0], folder / names[1]
+        if first.is_file() and second.is_file() and (path.is_dir() or path.name in names):
+            return first, second
+    return None
+
+
+def combine_pair(first: Embedding, second: Embedding, folder: Path) -> Embedding:
+    """The SDXL embedding of a diffusers pair: first file clip_l, second clip_g; tokens must agree."""
+    if first.meta.get("token") != second.meta.get("token"):
+        raise EmbeddingFormatError(
+            f"{folder}: the SDXL pair holds different tokens ({first.meta.get('token')} vs "
+            f"{second.meta.get('token')}); import the files one by one"
+        )
+    vectors = {"clip_l": first.vectors[SINGLE_KEY], "clip_g": second.vectors[SINGLE_KEY]}
+    meta = {**first.meta, "source_format": "diffusers:sdxl-pair", "source_file": folder.name}
+    return Embedding(first.name, vectors, meta)
+
+
+def diffusers_meta(emb: Embedding) -> dict[str, str]:
+    keep = ("family", "base_model", "steps", "init", "created", "parent")
+    return {
+        "format": "pt",
+        "name": emb.name,
+        "sha256": emb.sha256,
+        **{k: emb.meta[k] for k in keep if k in emb.meta},
+    }
+
+
+def _file_bytes(token: str, tensor: torch.Tensor, meta: dict[str, str], *, pickled: bool) -> bytes:
+    if pickled:
+        buffer = io.BytesIO()
+        torch.save({token: tensor.clone()}, buffer)
+        return buffer.getvalue()
+    return safetensors.torch.save({token: tensor.contiguous()}, metadata=meta)
+
+
+def write_diffusers(emb: Embedding, out: Path) -> list[Path]:
+    """`{"<name>": (n, dim)}` at `out` (`.bin`: pickle, else safetensors); SDXL: `out` is a folder.
+
+    Every file is written to a temp file first and renamed only when all are complete.
+    """
+    out = Path(out)
+    token = f"<{emb.name}>"
+    meta = diffusers_meta(emb)
+    if set(emb.vectors) == {SINGLE_KEY}:
+        plan = [(out, emb.vectors[SINGLE_KEY])]
+        pickled = out.suffix.lower() == ".bin"
+    elif set(emb.vectors) == set(SDXL_KEYS):
+        if out.exists() and not out.is_dir():
+            raise EmbeddingFormatError(
+                f"{out}: an SDXL export to diffusers is a folder for two files; give a folder"
+            )
+        pickled = False
+        plan = [(out / PAIR_NAMES[0], emb.vectors["clip_l"]), (out / PAIR_NAMES[1], emb.vectors["clip_g"])]
+    else:
+        raise EmbeddingFormatError(
+            f"embedding '{emb.name}' has keys {sorted(emb.vectors)}; diffusers has no layout"
+        )
+    temps = []
+    try:
+        for target, tensor in plan:
+            data = _file_bytes(token, tensor, meta, pickled=pickled)
+            temps.append((write_temp(target, lambda tmp, d=data: tmp.write_bytes(d)), target))
+        for tmp, target in temps:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _target in temps:
+            tmp.unlink(missing_ok=True)
+    fsync_dir(plan[0][0].parent)
+    return [target for target, _ in plan]

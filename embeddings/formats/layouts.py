@@ -1,0 +1,120 @@
+"""Recognising an embedding inside a loaded dict (from safetensors, a pickle or a PNG chunk).
+
+Layouts (formats-and-anchors.md):
+    A1111         {"string_to_param": {"*": (n, dim)}, "string_to_token", "name", "step", ...}
+    kohya/Comfy   {"emb_params": (n, dim)}
+    SDXL          {"clip_l": (n, 768), "clip_g": (n, 1280)}
+    diffusers     {"<token>": (n, dim) or (dim,)}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from embeddings.errors import EmbeddingFormatError
+from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding
+
+A1111_META = {"step": "a1111.step", "sd_checkpoint": "a1111.sd_checkpoint", "name": "a1111.name"}
+A1111_META["sd_checkpoint_name"] = "a1111.sd_checkpoint_name"
+
+
+def layout_of(data: dict) -> str:
+    """'a1111' | 'canonical' | 'diffusers', or EmbeddingFormatError describing what was found instead."""
+    if "string_to_param" in data:
+        return "a1111"
+    tensor_keys = [k for k, v in data.items() if isinstance(v, torch.Tensor)]
+    if tensor_keys and set(tensor_keys) <= set(ENCODER_KEYS):
+        return "canonical"
+    if len(data) == 1 and tensor_keys:
+        return "diffusers"
+    shown = ", ".join(sorted(map(str, data))[:8]) + (", ..." if len(data) > 8 else "")
+    if len(tensor_keys) == 16:
+        hint = "; it looks like an XTI (per-layer) embedding, which is not supported"
+    elif len(tensor_keys) > 16:
+        hint = "; it looks like a model checkpoint, not an embedding"
+    else:
+        hint = ""
+    raise EmbeddingFormatError(f"not an embedding layout (keys: {shown}){hint}")
+
+
+def embedding_from_dict(data: object, *, path: Path, source_format: str) -> Embedding:
+    """An Embedding from any known layout; the name is a best guess (stem, token or A1111 `name`)."""
+    if not isinstance(data, dict):
+        raise EmbeddingFormatError(f"{path}: holds a {type(data).__name__}, not an embedding dict")
+    try:
+        layout = layout_of(data)
+        if layout == "a1111":
+            emb = _from_a1111(data, path)
+        elif layout == "canonical":
+            vectors = {k: _as_2d(v, k) for k, v in data.items() if isinstance(v, torch.Tensor)}
+            emb = Embedding(_stem(path), vectors)
+            layout = "sdxl" if SINGLE_KEY not in vectors else "kohya"
+        else:
+            (token, tensor), *_ = data.items()
+            name = str(token).strip()
+            name = name[1:-1] if len(name) > 2 and name.startswith("<") and name.endswith(">") else name
+            emb = Embedding(
+                name or _stem(path), {SINGLE_KEY: _as_2d(tensor, str(token))}, {"token": str(token)}
+            )
+    except EmbeddingFormatError as exc:
+        raise EmbeddingFormatError(f"{path}: {exc}") from None
+    return emb.with_meta(source_format=f"{source_format}:{layout}", source_file=path.name)
+
+
+def _from_a1111(data: dict, path: Path) -> Embedding:
+    params = data["string_to_param"]
+    if not isinstance(params, dict) or not params:
+        raise EmbeddingFormatError("string_to_param is empty or not a dict")
+    if len(params) != 1:
+        raise EmbeddingFormatError(f"the file has {len(params)} terms; an A1111 embedding has exactly one")
+    (tensor,) = params.values()
+    meta = {}
+    for key, meta_key in A1111_META.items():
+        value = data.get(key)
+        if value is not None and isinstance(value, str | int | float):
+            meta[meta_key] = str(value)
+    if "a1111.step" in meta:
+        meta["steps"] = meta["a1111.step"]
+    if "a1111.sd_checkpoint_name" in meta or "a1111.sd_checkpoint" in meta:
+        label = meta.get("a1111.sd_checkpoint_name", "")
+        checkpoint_hash = meta.get("a1111.sd_checkpoint")
+        meta["base_model"] = f"{label} [{checkpoint_hash}]".strip() if checkpoint_hash else label
+    return Embedding(_stem(path), {SINGLE_KEY: _as_2d(tensor, "string_to_param")}, meta)
+
+
+def _as_2d(tensor: object, key: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise EmbeddingFormatError(f"'{key}' is a {type(tensor).__name__}, not a tensor")
+    return tensor.unsqueeze(0) if tensor.dim() == 1 else tensor  # diffusers' old 1-D single vectors
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".safetensors", ".pt", ".bin", ".png", ".webp"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return path.stem or name
+
+
+# --- A1111's JSON-with-tensors encoding (PNG chunks and side panels) ---
+def tensors_to_json(data: object) -> object:
+    """Tensors become {"TORCHTENSOR": nested lists}, as A1111's EmbeddingEncoder writes them."""
+    if isinstance(data, torch.Tensor):
+        return {"TORCHTENSOR": data.detach().cpu().tolist()}
+    if isinstance(data, dict):
+        return {k: tensors_to_json(v) for k, v in data.items()}
+    return data
+
+
+def tensors_from_json(data: object) -> object:
+    """Inverse of `tensors_to_json`; lists of numbers only (anything else is a format error)."""
+    if isinstance(data, dict):
+        if "TORCHTENSOR" in data:
+            try:
+                return torch.tensor(data["TORCHTENSOR"], dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise EmbeddingFormatError(f"a TORCHTENSOR entry is not a numeric array ({exc})") from None
+        return {k: tensors_from_json(v) for k, v in data.items()}
+    return data

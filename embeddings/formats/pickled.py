@@ -1,0 +1,75 @@
+"""Pickled files (`.pt`, `.bin`): A1111 embeddings, diffusers `learned_embeds.bin`, kohya `.pt`.
+
+Loaded only with `torch.load(..., weights_only=True)`: tensors, dicts, lists, strings and numbers, nothing
+that runs code. A pickle that asks for anything else is refused with a clear error; none of it is executed.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+
+from embeddings.errors import EmbeddingFormatError
+from embeddings.files import atomic_write
+from embeddings.formats.layouts import embedding_from_dict
+from embeddings.value import SINGLE_KEY, Embedding
+
+A1111_PLACEHOLDER_ID = 265  # the id A1111 records for its "*" placeholder (string_to_token); informative only
+
+
+class UnsafePickleError(EmbeddingFormatError):
+    """A pickle asked to import code or build objects beyond plain data: refused, never executed."""
+
+
+def load_pickle(path: Path) -> object:
+    """The plain data inside a torch pickle, refusing anything else (weights_only=True)."""
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine; we report errors
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise UnsafePickleError(
+                f"{path}: refused: this pickle wants to run code or build objects that are not plain tensors "
+                f"and dicts, so it may be malicious; nothing was executed ({first[:160]})"
+            ) from None
+        raise EmbeddingFormatError(f"{path}: not a readable torch file ({first[:160]})") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # the untrusted-file boundary: torch raises many types here
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmbeddingFormatError(f"{path}: not a readable torch file ({text[:160]})") from None
+
+
+def read_pickled(path: Path) -> Embedding:
+    """An Embedding from an A1111 `.pt`, a diffusers `.bin` or a kohya `.pt`."""
+    return embedding_from_dict(load_pickle(path), path=path, source_format="pickle")
+
+
+def a1111_dict(emb: Embedding) -> dict:
+    """The dict A1111 saves: `string_to_param` (one encoder); `clip_l`/`clip_g` (SDXL; A1111 reads it)."""
+    steps = emb.meta.get("steps", "")
+    data: dict = {
+        "name": emb.name,
+        "step": int(steps) if steps.isdigit() else None,
+        "sd_checkpoint": emb.meta.get("a1111.sd_checkpoint"),
+        "sd_checkpoint_name": emb.meta.get("a1111.sd_checkpoint_name") or emb.meta.get("base_model"),
+    }
+    if set(emb.vectors) == {SINGLE_KEY}:
+        data["string_to_token"] = {"*": A1111_PLACEHOLDER_ID}
+        data["string_to_param"] = {"*": emb.vectors[SINGLE_KEY].clone()}
+    else:
+        data.update({k: v.clone() for k, v in emb.vectors.items()})
+    return data
+
+
+def write_a1111_pt(emb: Embedding, path: Path) -> Path:
+    """Write the A1111 `.pt` dict (loadable with weights_only=True), atomically."""
+    buffer = io.BytesIO()
+    torch.save(a1111_dict(emb), buffer)
+    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getvalue()))

@@ -1,0 +1,123 @@
+"""Import: any embedding file users have (or a folder of them) -> Embedding values, with provenance kept.
+
+import_path("bad-hands-5.pt")            # A1111 pickle (weights_only) -> [Embedding('bad-hands-5')]
+import_path("EasyNegative.safetensors")  # kohya emb_params
+import_path("sdxl-run/")                 # diffusers SDXL pair in a folder -> one clip_l/clip_g embedding
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embeddings.canonical import is_canonical_layout, load_canonical, load_safetensors, read_header
+from embeddings.errors import EmbeddingFormatError
+from embeddings.formats.diffusers import combine_pair, pair_of
+from embeddings.formats.layouts import embedding_from_dict
+from embeddings.formats.pickled import read_pickled
+from embeddings.formats.png import PNG_SIGNATURE, read_image
+from embeddings.store import safe_name
+from embeddings.value import Embedding
+
+SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt", ".png", ".webp")
+MAX_FILE_BYTES = 256 * 1024 * 1024  # embeddings are KB to a few MB; a model checkpoint is GBs
+FOREIGN_META_DROPPED = ("format", "sha256", "family", "num_vectors", "tokensmith.version", "name")
+
+
+def sniff(path: Path) -> str:
+    """'safetensors' | 'pickle' | 'image', from the first bytes (the suffix may lie)."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(PNG_SIGNATURE) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".png", ".webp"):
+        return "image"
+    return "pickle"
+
+
+def import_file(path: Path) -> Embedding:
+    """One file -> one Embedding (name made a valid store name; the original kept as `source_name`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise EmbeddingFormatError(
+            f"{path}: {size / 2**20:.0f} MB is too large for an embedding (KB to a few MB); is it a model "
+            "checkpoint?"
+        )
+    kind = sniff(path)
+    if kind == "safetensors":
+        emb = _read_safetensors(path)
+    elif kind == "image":
+        emb = read_image(path)
+    else:
+        emb = read_pickled(path)
+    name = safe_name(emb.name)
+    return emb if name == emb.name else emb.with_name(name).with_meta(source_name=emb.name)
+
+
+def _read_safetensors(path: Path) -> Embedding:
+    keys = [k for k in read_header(path) if k != "__metadata__"]
+    if is_canonical_layout(keys):
+        emb = load_canonical(path)
+        kind = "canonical" if "tokensmith.version" in emb.meta else ("sdxl" if "clip_l" in keys else "kohya")
+        return emb.with_meta(source_format=f"safetensors:{kind}", source_file=path.name)
+    tensors, meta = load_safetensors(path)
+    emb = embedding_from_dict(tensors, path=path, source_format="safetensors")
+    kept = {k: v for k, v in meta.items() if k not in FOREIGN_META_DROPPED}
+    return emb.with_meta(**kept)
+
+
+def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) -> list[Embedding]:
+    """Every embedding at `path`: a file, the diffusers SDXL pair (either file or its folder), or a folder.
+
+    In a folder, files that are not embeddings are appended to `skipped` as (path, reason) when a list is
+    given; otherwise the first one raises. A single file always raises on error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    pair = pair_of(path)
+    if pair and not path.is_dir():
+        return [_import_pair(pair)]
+    if not path.is_dir():
+        return [import_file(path)]
+    out: list[Embedding] = []
+    paired: set[Path] = set()
+    if pair:
+        out.append(_import_pair(pair))
+        paired.update(pair)
+    for file in sorted(path.iterdir()):
+        if file in paired or not _is_candidate(file):
+            continue
+        try:
+            out.append(import_file(file))
+        except (EmbeddingFormatError, OSError) as exc:
+            if skipped is None:
+                raise
+            skipped.append((file, str(exc)))
+    if not out and not skipped:
+        raise EmbeddingFormatError(f"{path}: no embedding files here (looked for {', '.join(SUFFIXES)})")
+    return out
+
+
+def _is_candidate(file: Path) -> bool:
+    name = file.name.lower()
+    return (
+        file.is_file()
+        and not name.startswith(".")
+        and not name.endswith(".preview.png")
+        and file.suffix.lower() in SUFFIXES
+    )
+
+
+def _import_pair(pair: tuple[Path, Path]) -> Embedding:
+    first, second = (import_file(p) for p in pair)
+    return combine_pair(first, second, pair[0].parent)

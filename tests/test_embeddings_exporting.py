@@ -1,0 +1,161 @@
+"""Export: every format re-imports to bit-identical tensors, matches what other tools expect, and diffusers'
+own loader given our files produces the same text-encoder outputs as our injection.
+"""
+
+import base64
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from embeddings import Embedding, EmbeddingFormatError, expand_prompt, install
+from embeddings.exporting import FORMATS, export
+from embeddings.formats.png import CHUNK_KEY, png_text_chunks
+from embeddings.importing import import_path
+from trainers.models import pipeline_encoders, tiny_pipeline
+
+
+def make(kind, n=3, name="thing"):
+    gen = torch.Generator().manual_seed(11)
+    widths = {
+        "sd1": {"emb_params": 768},
+        "sd2": {"emb_params": 1024},
+        "odd": {"emb_params": 48},
+        "sdxl": {"clip_l": 768, "clip_g": 1280},
+        "tiny-xl": {"clip_l": 32, "clip_g": 48},
+        "tiny": {"emb_params": 32},
+    }[kind]
+    vectors = {k: torch.randn(n, w, generator=gen) * 0.37 for k, w in widths.items()}
+    return Embedding(name, vectors, {"steps": "120", "init": "cat", "base_model": "test-model"})
+
+
+OUT = {
+    "canonical": "out.safetensors",
+    "diffusers": "out-diffusers",
+    "a1111-pt": "out.pt",
+    "a1111-png": "out.png",
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl", "odd"])
+def test_every_format_round_trips_bit_identically(tmp_path, fmt, kind):
+    emb = make(kind)
+    out = tmp_path / OUT[fmt]
+    if fmt == "diffusers" and kind != "sdxl":
+        out = tmp_path / "learned_embeds.safetensors"
+    written = export(emb, fmt, out)
+    assert all(p.is_file() for p in written)
+    (back,) = import_path(out)
+    assert back.widths == emb.widths
+    for key in emb.vectors:
+        assert torch.equal(back.vectors[key], emb.vectors[key]), (fmt, kind, key)
+    # A1111 and our own file name the embedding by the file stem; diffusers and PNG files carry the name
+    assert back.name == ("out" if fmt in ("canonical", "a1111-pt") else "thing")
+
+
+def test_diffusers_sdxl_export_is_the_documented_pair(tmp_path):
+    emb = make("sdxl")
+    written = export(emb, "diffusers", tmp_path / "pair")
+    assert [p.name for p in written] == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
+    first, second = (safetensors.torch.load_file(str(p)) for p in written)
+    assert (
+        list(first) == ["<thing>"]
+        and first["<thing>"].shape == (3, 768)
+        and second["<thing>"].shape == (3, 1280)
+    )
+
+
+def test_diffusers_bin_for_a_bin_out_path(tmp_path):
+    export(make("sd1"), "diffusers", tmp_path / "learned_embeds.bin")
+    data = torch.load(tmp_path / "learned_embeds.bin", weights_only=True)
+    assert list(data) == ["<thing>"]
+
+
+def test_a1111_pt_is_the_dict_a1111_writes_and_loads_with_weights_only(tmp_path):
+    export(make("sd1"), "a1111-pt", tmp_path / "thing.pt")
+    data = torch.load(tmp_path / "thing.pt", weights_only=True)
+    assert set(data) == {
+        "string_to_token",
+        "string_to_param",
+        "name",
+        "step",
+        "sd_checkpoint",
+        "sd_checkpoint_name",
+    }
+    assert data["string_to_param"]["*"].shape == (3, 768) and data["name"] == "thing" and data["step"] == 120
+
+
+def test_a1111_png_chunk_decodes_the_way_a1111_does(tmp_path):
+    export(make("sd1"), "a1111-png", tmp_path / "thing.png", image=Image.new("RGB", (40, 30), "green"))
+    raw = (tmp_path / "thing.png").read_bytes()
+    decoded = json.loads(base64.b64decode(png_text_chunks(raw)[CHUNK_KEY]))  # A1111's embedding_from_b64
+    tensor = torch.tensor(decoded["string_to_param"]["*"]["TORCHTENSOR"])
+    assert torch.equal(tensor.float(), make("sd1").vectors["emb_params"]) and decoded["name"] == "thing"
+    with Image.open(tmp_path / "thing.png") as image:
+        assert image.size == (40, 30) and "sd-ti-embedding" in image.text
+
+
+def test_export_never_replaces_files_without_overwrite(tmp_path):
+    target = tmp_path / "x.safetensors"
+    target.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="--force"):
+        export(make("sd1"), "canonical", target)
+    assert target.read_bytes() == b"keep me"
+    export(make("sd1"), "canonical", target, overwrite=True)
+    assert import_path(target)[0].num_vectors == 3
+    with pytest.raises(EmbeddingFormatError, match="unknown export format"):
+        export(make("sd1"), "ckpt", tmp_path / "y")
+
+
+# --- parity: diffusers' loader on our files == our injection ---
+def encode(tokenizer, encoder, prompt):
+    ids = tokenizer(prompt, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return encoder(ids).last_hidden_state  # (1, T, width)
+
+
+@pytest.mark.parametrize("fmt", ["canonical", "diffusers", "a1111-pt"])
+def test_sd1_files_loaded_by_diffusers_match_our_injection(tmp_path, fmt):
+    emb = make("tiny", n=2)
+    out = tmp_path / {"canonical": "thing.safetensors", "diffusers": "learned_embeds.safetensors"}.get(
+        fmt, "thing.pt"
+    )
+    export(emb, fmt, out)
+    ours, theirs = tiny_pipeline("sd1"), tiny_pipeline("sd1")
+    install(import_path(out)[0], pipeline_encoders(ours))
+    theirs.load_textual_inversion(str(out), token=None if fmt == "diffusers" else "<thing>")
+    prompt = "a photo of <thing>"
+    assert theirs.maybe_convert_prompt(prompt, theirs.tokenizer) == expand_prompt(prompt, [emb])
+    full = expand_prompt(prompt, [emb])
+    assert torch.equal(
+        encode(ours.tokenizer, ours.text_encoder, full), encode(theirs.tokenizer, theirs.text_encoder, full)
+    )
+
+
+@pytest.mark.parametrize("fmt", ["canonical", "diffusers"])
+def test_sdxl_files_loaded_by_diffusers_into_both_encoders_match_our_injection(tmp_path, fmt):
+    emb = make("tiny-xl", n=2)
+    out = tmp_path / ("thing.safetensors" if fmt == "canonical" else "pair")
+    export(emb, fmt, out)
+    ours, theirs = tiny_pipeline("sdxl"), tiny_pipeline("sdxl")
+    install(import_path(out)[0], pipeline_encoders(ours))
+    if fmt == "canonical":  # the documented way: split clip_l / clip_g and load each into its encoder
+        state = safetensors.torch.load_file(str(out))
+        parts = [state["clip_l"], state["clip_g"]]
+    else:
+        parts = [str(out / "learned_embeds.safetensors"), str(out / "learned_embeds_2.safetensors")]
+    theirs.load_textual_inversion(
+        parts[0], token="<thing>", text_encoder=theirs.text_encoder, tokenizer=theirs.tokenizer
+    )
+    theirs.load_textual_inversion(
+        parts[1], token="<thing>", text_encoder=theirs.text_encoder_2, tokenizer=theirs.tokenizer_2
+    )
+    full = expand_prompt("a <thing> on a mat", [emb])
+    for tok, enc, tok2, enc2 in [
+        (ours.tokenizer, ours.text_encoder, theirs.tokenizer, theirs.text_encoder),
+        (ours.tokenizer_2, ours.text_encoder_2, theirs.tokenizer_2, theirs.text_encoder_2),
+    ]:
+        assert torch.equal(encode(tok, enc, full), encode(tok2, enc2, full))
