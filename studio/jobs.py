@@ -234,10 +234,10 @@ def _write_atomic(path: Path, text: str) -> None:
 class JobRunner:
     """Starts, lists, reads, cancels and resumes training jobs under `$home/runs/` (one process per job)."""
 
-    def __init__(self, home: Path, *, trainer_command: tuple[str, ...] = TRAINER_COMMAND):
+    def __init__(self, home: Path, *, trainer_command: tuple[str, ...] | None = None):
         self.home = Path(home)
         self.runs_dir = self.home / "runs"
-        self.trainer_command = tuple(trainer_command)
+        self.trainer_command = tuple(trainer_command or TRAINER_COMMAND)
         self._procs: dict[str, subprocess.Popen] = {}  # children of this process, reaped by poll()
 
     # --- starting ---
@@ -251,8 +251,10 @@ class JobRunner:
                 "(one job at a time keeps this machine responsive)"
             )
         job_id = job_id or new_job_id(request.name)
-        run_dir = self.runs_dir / job_id
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = self.runs_dir / job_id  # may exist already, holding the uploaded images
+        if any((run_dir / f).exists() for f in ("job.json", "progress.jsonl")):
+            raise FileExistsError(f"run folder {run_dir} already holds a job: resume it or start a new one")
+        run_dir.mkdir(parents=True, exist_ok=True)
         command = (
             *self.trainer_command,
             *request.to_args(),

@@ -15,6 +15,7 @@ FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, signal, sys, time
     from pathlib import Path
+    from PIL import Image
 
     args = sys.argv[1:]
     def opt(flag, default=None):
@@ -53,9 +54,10 @@ FAKE_TRAINER = textwrap.dedent(
         time.sleep(delay)
         write({"step": step, "total": steps, "loss": 1.0 / step, "val_loss": 0.5 / step,
                "metric": step / steps, "lr": 0.005, "elapsed": step * delay, "eta": (steps - step) * delay})
-        for sub, ext in (("previews", "png"), ("snapshots", "safetensors")):
+        for sub in ("previews", "snapshots"):
             (run_dir / sub).mkdir(exist_ok=True)
-            (run_dir / sub / f"step-{step:06d}.{ext}").write_bytes(b"x")
+        Image.new("RGB", (32, 32), (8 * step % 256, 0, 0)).save(run_dir / "previews" / f"step-{step:06d}.png")
+        (run_dir / "snapshots" / f"step-{step:06d}.safetensors").write_bytes(b"x")
     if "--fail" in args:
         write({"event": "failed", "message": "loss became NaN: lower the learning rate"})
         sys.exit(1)
