@@ -1,0 +1,17 @@
+"""The studio's entry script: page setup, the sidebar (home and model) and navigation between the pages."""
+
+import streamlit as st
+
+from studio.app import context
+
+st.set_page_config(page_title="tokensmith studio", page_icon="🪙", layout="wide")
+
+# Emoji icons: Material icons would make the browser fetch a favicon from the internet.
+PAGES = [
+    st.Page("pages/train.py", title="Train", icon="🎓", url_path="train", default=True),
+    st.Page("pages/library.py", title="Library", icon="📚", url_path="library"),
+]
+
+page = st.navigation(PAGES)
+context.sidebar_ui()
+page.run()

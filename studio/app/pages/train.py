@@ -1,0 +1,265 @@
+"""Train: upload images of a concept, start `tokensmith train` as a job, watch it learn, cancel or resume."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from studio.app import context, uploads
+from studio.jobs import Job, JobRunner, RunState, TrainRequest, new_job_id
+
+POLL_S = 2.0  # the fragment's refresh while a job runs (about 5 % of a core per watching tab)
+CHART_POINTS = 500  # the loss chart draws the last N rows only, so long runs stay cheap to poll
+STATUS_ICONS = {"starting": "⏳", "running": "🏃", "done": "✅", "stopped": "⏹️", "failed": "❌", "ended": "⚠️"}
+
+
+@st.cache_resource(show_spinner="Loading the trainer (once per studio process)…")
+def train_defaults() -> dict:
+    """The trainer's own defaults, shown in the form (so the UI never drifts from the CLI)."""
+    from trainers.config import TrainConfig
+
+    cfg = TrainConfig()
+    return {
+        "steps": cfg.steps,
+        "learning_rate": cfg.learning_rate,
+        "vectors": cfg.vectors,
+        "save_every": cfg.save_every,
+    }
+
+
+# --- the form ---
+
+
+def images_ui() -> tuple[list[tuple[str, bytes]], str]:
+    """Uploaded images as (name, bytes) pairs, and a folder path typed instead (one of them is used)."""
+    files = st.file_uploader(
+        "Images of the concept (3–10 views work best)",
+        type=list(uploads.IMAGE_TYPES),
+        accept_multiple_files=True,
+        key="images",
+    )
+    folder = st.text_input(
+        "…or a folder on this machine",
+        key="folder",
+        placeholder="/path/to/images (optional NAME.txt captions are used too)",
+    ).strip()
+    pairs = [(f.name, f.getvalue()) for f in files or []]
+    if pairs and not folder:
+        cols = st.columns(min(len(pairs), 6))
+        for i, (name, data) in enumerate(pairs[:6]):
+            try:
+                cols[i].image(uploads.thumbnail(data), caption=name, width="stretch")
+            except OSError:
+                cols[i].warning(f"{name}: not an image")
+    return pairs, folder
+
+
+def concept_ui(defaults: dict) -> dict:
+    """The concept's name and how to learn it; returns plain values."""
+    name = st.text_input(
+        "Concept name (the prompt trigger is <name>)", key="name", placeholder="my-cat"
+    ).strip()
+    init = st.text_input(
+        "Start from",
+        key="init",
+        placeholder="a word, a phrase or <stored-name> (empty: the family's default)",
+    ).strip()
+    c1, c2, c3 = st.columns(3)
+    vectors = c1.number_input("Vectors", 1, 16, defaults["vectors"], key="vectors", help="each costs a token")
+    steps = c2.number_input("Steps", 1, 20000, defaults["steps"], key="steps")
+    lr = c3.number_input("Learning rate", 1e-5, 1.0, defaults["learning_rate"], format="%.4f", key="lr")
+    kind = st.radio("It is", ["an object", "a style"], horizontal=True, key="kind")
+    with st.expander("More options"):
+        save_every = st.number_input(
+            "Preview + snapshot every N steps (0: only at the end)",
+            0,
+            10000,
+            defaults["save_every"],
+            key="every",
+        )
+        early = st.toggle("Stop early when it has learned", value=True, key="early")
+        overwrite = st.toggle("Replace a stored embedding of the same name", value=False, key="overwrite")
+    return {
+        "name": name,
+        "init": init,
+        "vectors": int(vectors),
+        "steps": int(steps),
+        "learning_rate": float(lr),
+        "style": kind == "a style",
+        "save_every": int(save_every),
+        "early_stopping": early,
+        "overwrite": overwrite,
+    }
+
+
+def start_job(
+    runner: JobRunner, files: list[tuple[str, bytes]], folder: str, concept: dict, model: str
+) -> Job:
+    """Check everything a user can get wrong, then start the job; raises with a message saying what to fix."""
+    from embeddings import validate_name
+
+    if not concept["name"]:
+        raise ValueError("give the concept a name first: it becomes the prompt trigger <name>")
+    validate_name(concept["name"])
+    if context.store().exists(concept["name"]) and not concept["overwrite"]:
+        raise ValueError(
+            f"an embedding named '{concept['name']}' is already in the library: choose another name, "
+            "or tick “Replace a stored embedding” under More options"
+        )
+    if folder:
+        uploads.check_images(uploads.read_folder(folder))
+    elif files:
+        images = uploads.check_images(files)
+    else:
+        raise ValueError("add images of the concept first (drop them above, or type a folder path)")
+    job_id = new_job_id(concept["name"])
+    image_dir = folder or uploads.save_images(images, runner.runs_dir / job_id / "images")
+    extra = ["--save-every", str(concept["save_every"])]
+    extra += [] if concept["early_stopping"] else ["--no-early-stopping"]
+    extra += ["--overwrite"] if concept["overwrite"] else []
+    request = TrainRequest(
+        name=concept["name"],
+        images=image_dir,
+        init=concept["init"] or None,
+        vectors=concept["vectors"],
+        style=concept["style"],
+        steps=concept["steps"],
+        learning_rate=concept["learning_rate"],
+        model=model,
+        extra_args=tuple(extra),
+    )
+    return runner.start(request, job_id=job_id)
+
+
+# --- the job panel ---
+
+
+def job_choice_ui(runner: JobRunner) -> str | None:
+    """Which job to show: ?job= from the URL (survives a reload), else the newest. Returns its id."""
+    jobs = runner.jobs()
+    if not jobs:
+        st.info(
+            "No training jobs yet. Start one on the left; it keeps running if you close or reload the page."
+        )
+        return None
+    ids = [job.id for job in jobs]
+    wanted = st.query_params.get("job")
+    index = ids.index(wanted) if wanted in ids else 0
+    labels = {job.id: f"{job.name}  ·  {job.id}" for job in jobs}
+    chosen = st.selectbox("Job", ids, index=index, format_func=labels.get, key=f"job_pick_{ids[index]}")
+    if st.query_params.get("job") != chosen:
+        st.query_params["job"] = chosen
+    return chosen
+
+
+def progress_text(state: RunState) -> str:
+    """'step 40/150 · loss 0.1234 · val 0.1100 · metric 0.82 · ETA 12 s'."""
+    parts = [f"step {state.step}/{state.total}" if state.total else f"step {state.step}"]
+    for label, value, fmt in (
+        ("loss", state.loss, ".4f"),
+        ("val", state.val_loss, ".4f"),
+        ("metric", state.metric, ".3g"),
+    ):
+        if value is not None:
+            parts.append(f"{label} {value:{fmt}}")
+    if state.active and state.eta is not None:
+        parts.append(f"ETA {state.eta:.0f} s")
+    elif state.elapsed is not None:
+        parts.append(f"{state.elapsed:.0f} s")
+    return " · ".join(parts)
+
+
+def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
+    """Status, progress, loss curve, latest previews and the actions that fit the state."""
+    st.markdown(f"**{STATUS_ICONS.get(state.status, '')} {state.status}** — `{job_id}`")
+    st.progress(state.fraction, text=progress_text(state))
+    if state.status == "done":
+        name = state.embedding_name or runner.get(job_id).name
+        st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.")
+        st.page_link("pages/library.py", label="Open the Library", icon="📚")
+    elif state.status in ("failed", "ended"):
+        st.error(state.message or "training failed")
+        if state.log_tail:
+            st.code(state.log_tail, language=None)
+    elif state.status == "stopped":
+        st.warning(f"Stopped: {state.message}. Resume continues from the last checkpoint.")
+    if len(state.history) > 1:
+        rows = state.history[-CHART_POINTS:]
+        series = {
+            k: [r.get(k) for r in rows]
+            for k in ("loss", "val_loss")
+            if any(r.get(k) is not None for r in rows)
+        }
+        st.line_chart({"step": [r["step"] for r in rows], **series}, x="step", height=220)
+    if state.previews:
+        latest = state.previews[-1]
+        try:
+            st.image(latest.read_bytes(), caption=f"preview at {latest.stem.replace('-', ' ')}", width=512)
+        except OSError as exc:
+            st.caption(f"preview {latest.name} could not be shown: {exc}")
+    actions_ui(runner, job_id, state)
+
+
+def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
+    """Cancel while running; resume after a stop or a crash."""
+    try:
+        if state.active and st.button("Cancel", key="cancel", icon="⏹️"):
+            runner.cancel(job_id)
+            st.toast("Asked the trainer to stop; it saves a checkpoint first.")
+        if state.resumable and st.button("Resume", key="resume", icon="▶️"):
+            runner.resume(job_id)
+            st.rerun()
+    except context.user_errors() as exc:
+        st.error(context.error_text(exc))
+
+
+def progress_ui(runner: JobRunner, job_id: str) -> None:
+    """The live panel: a fragment that re-reads the run folder every POLL_S while the job runs, and stops
+    polling (a full rerun re-decorates it without a timer) once the job ends."""
+    active = runner.state(job_id).active
+
+    @st.fragment(run_every=POLL_S if active else None)
+    def live() -> None:
+        try:
+            state = runner.state(job_id)
+            state_ui(runner, job_id, state)
+        except context.user_errors() as exc:  # a fragment's errors never reach the page's handler
+            st.error(context.error_text(exc))
+            return
+        if active and not state.active:
+            st.rerun()
+
+    live()
+    job = runner.get(job_id)
+    with st.expander("Command and config"):
+        command = job.run_dir / "command.txt"
+        st.code(command.read_text() if command.exists() else " ".join(job.command), language="bash")
+        config = job.run_dir / "config.toml"
+        if config.exists():
+            st.code(config.read_text(), language="toml")
+        st.caption(f"Run folder: `{job.run_dir}`")
+
+
+# --- the page ---
+
+st.title("🎓 Train a concept")
+runner = context.runner()
+left, right = st.columns([2, 3], gap="large")
+with left:
+    st.subheader("New concept")
+    files, folder = images_ui()
+    concept = concept_ui(train_defaults())
+    if st.button("Start training", type="primary", key="start"):
+        try:
+            job = start_job(runner, files, folder, concept, context.model_spec())
+            st.query_params["job"] = job.id
+            st.rerun()
+        except context.user_errors() as exc:
+            st.error(context.error_text(exc))
+with right:
+    st.subheader("Jobs")
+    job_id = job_choice_ui(runner)
+    if job_id:
+        try:
+            progress_ui(runner, job_id)
+        except context.user_errors() as exc:
+            st.error(context.error_text(exc))

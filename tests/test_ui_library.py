@@ -1,0 +1,141 @@
+"""The Library page (AppTest) and its card logic (studio/app/cards.py)."""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from embeddings import Embedding, Store, load_canonical
+from studio.app import cards
+
+APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
+
+
+def emb(name, n=1, width=8, seed=0, **meta) -> Embedding:
+    g = torch.Generator().manual_seed(seed)
+    return Embedding(
+        name, {"emb_params": torch.randn(n, width, generator=g)}, {k: str(v) for k, v in meta.items()}
+    )
+
+
+@pytest.fixture
+def store(tokensmith_home) -> Store:
+    s = Store.for_home(tokensmith_home)
+    s.put(emb("red-square", steps=150, init="square"), preview=Image.new("RGB", (32, 32), "red"))
+    s.put(emb("blue-star", n=2, seed=1, init="star"))
+    return s
+
+
+def open_library(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("pages/library.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def captions(at) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_empty_library_says_how_to_fill_it():
+    at = open_library()
+    assert "The library is empty" in at.info[0].value
+
+
+def test_gallery_shows_cards_with_facts_and_search_filters(store):
+    at = open_library()
+    names = [md.value for md in at.markdown if md.value.startswith("**&lt;")]
+    assert names == ["**&lt;blue-star&gt;**", "**&lt;red-square&gt;**"]
+    assert "w8 · 1 vector · 150 steps" in captions(at)
+    assert 'trained from "star"' in captions(at)
+    at.text_input(key="lib_query").set_value("square").run()
+    names = [md.value for md in at.markdown if md.value.startswith("**&lt;")]
+    assert names == ["**&lt;red-square&gt;**"]
+    assert "1 of 2 embeddings" in captions(at)
+
+
+def test_open_shows_details_and_a_download_per_format(store):
+    at = open_library()
+    at.button(key="open_red-square").click().run()
+    assert at.query_params["emb"] == "red-square"
+    assert any(h.value == "<red-square>" for h in at.subheader)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == list(cards.EXPORT_LABELS.values())
+
+
+def test_rename_delete_and_restore(store):
+    at = open_library(emb="red-square")
+    at.text_input(key="lib_new_name").set_value("crimson-square")
+    at.button(key="lib_rename").click().run()
+    assert store.names() == ["blue-star", "crimson-square"]
+    assert store.preview_path("crimson-square").exists()
+    at.button(key="lib_delete").click().run()
+    assert store.names() == ["blue-star"]
+    at.button(key="restore_crimson-square").click().run()
+    assert store.names() == ["blue-star", "crimson-square"]
+
+
+def test_rename_to_a_taken_name_is_an_error_not_a_crash(store):
+    at = open_library(emb="red-square")
+    at.text_input(key="lib_new_name").set_value("blue-star")
+    at.button(key="lib_rename").click().run()
+    assert "already exists" in at.error[0].value
+    assert store.names() == ["blue-star", "red-square"]
+
+
+def test_import_by_upload_reads_other_formats(store, tmp_path):
+    from embeddings.exporting import export
+
+    export(emb("green-dot", seed=3), "a1111-pt", tmp_path / "green-dot.pt")
+    at = open_library()
+    at.file_uploader(key="lib_import_files").set_value(
+        [
+            ("green-dot.pt", (tmp_path / "green-dot.pt").read_bytes(), "application/octet-stream"),
+            ("junk.safetensors", b"not an embedding", "application/octet-stream"),
+        ]
+    )
+    at.run()
+    at.button(key="lib_import").click().run()
+    assert "Imported <green-dot>" in at.success[0].value
+    assert "junk.safetensors" in at.error[0].value
+    assert torch.equal(
+        store.get("green-dot").vectors["emb_params"], emb("green-dot", seed=3).vectors["emb_params"]
+    )
+
+
+def test_lineage_text_reads_blend_parents():
+    parent = {
+        "method": "slerp",
+        "keep_norm": True,
+        "operands": [
+            {"name": "cat", "kind": "embedding", "weight": 0.7},
+            {"name": "dog", "kind": "word", "weight": 0.3},
+        ],
+    }
+    assert (
+        cards.lineage_text({"parent": json.dumps(parent)}) == '0.7 × <cat> + 0.3 × "dog" (slerp, keep norm)'
+    )
+    assert cards.lineage_text({"init": "toy"}) == 'trained from "toy"'
+    assert cards.lineage_text({}) == ""
+
+
+def test_export_download_bytes_reload_to_the_same_vectors(tmp_path):
+    original = emb("cat", n=2)
+    download = cards.export_download(original, "canonical")
+    assert download.file_name == "cat.safetensors"
+    (tmp_path / download.file_name).write_bytes(download.data)
+    assert torch.equal(
+        load_canonical(tmp_path / download.file_name).vectors["emb_params"], original.vectors["emb_params"]
+    )
+    sdxl = Embedding("xl", {"clip_l": torch.zeros(1, 768), "clip_g": torch.ones(1, 1280)}, {})
+    pair = cards.export_download(sdxl, "diffusers")
+    assert pair.mime == "application/zip"
+    assert len(zipfile.ZipFile(io.BytesIO(pair.data)).namelist()) == 2

@@ -1,0 +1,167 @@
+"""The Train page (AppTest): form checks, starting a job, the job panel after a reload, cancel and resume.
+
+The trainer is a fake that honours the run-folder contract (tests/test_ui_jobs.py), so these tests check the
+page's logic in seconds; the browser test trains for real on the demo world.
+"""
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import studio.jobs
+from tests.test_ui_jobs import FAKE_TRAINER
+
+APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
+TRAIN = "pages/train.py"
+
+
+def png(colour=(200, 30, 30), size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    monkeypatch.setattr(studio.jobs, "TRAINER_COMMAND", (sys.executable, str(script)))
+    return script
+
+
+def open_train(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page(TRAIN).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def fill(at: AppTest, *, name="red-square", files=None, steps=3) -> AppTest:
+    at.text_input(key="name").set_value(name)
+    at.number_input(key="steps").set_value(steps)
+    if files is not None:
+        at.file_uploader(key="images").set_value(files)
+    return at.run()
+
+
+def wait_for(at: AppTest, status: str, timeout=30.0) -> AppTest:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at.run()
+        if any(status in md.value for md in at.markdown):
+            return at
+        time.sleep(0.2)
+    raise AssertionError(f"status {status!r} never shown: {[md.value for md in at.markdown]}")
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_form_shows_the_trainers_defaults_and_no_jobs():
+    from trainers.config import TrainConfig
+
+    at = open_train()
+    assert at.number_input(key="steps").value == TrainConfig().steps
+    assert at.number_input(key="lr").value == pytest.approx(TrainConfig().learning_rate)
+    assert any("No training jobs yet" in i.value for i in at.info)
+
+
+def test_starting_without_name_or_images_says_what_to_add(fake_trainer):
+    at = open_train()
+    at.button(key="start").click().run()
+    assert "give the concept a name" in errors(at)[0]
+    fill(at, name="cat").button(key="start").click().run()
+    assert "add images of the concept" in errors(at)[0]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ([("a.png", png(), "image/png")], "at least 2"),
+        ([("a.png", png(), "image/png"), ("b.png", b"not a png", "image/png")], "'b.png' could not be read"),
+        ([("a.png", png(), "image/png"), ("tiny.png", png(size=(8, 8)), "image/png")], "only 8×8 pixels"),
+    ],
+)
+def test_bad_uploads_are_refused_with_a_clear_message(fake_trainer, files, message):
+    at = fill(open_train(), files=files)
+    at.button(key="start").click().run()
+    assert message in errors(at)[0]
+    assert "job" not in at.query_params
+
+
+def test_a_started_job_is_shown_live_and_ends_in_the_library_link(fake_trainer, tokensmith_home):
+    files = [(f"{i}.png", png((40 * i, 90, 90)), "image/png") for i in range(3)]
+    at = fill(open_train(), files=files, steps=3)
+    at.button(key="start").click().run()
+    assert not errors(at), errors(at)
+    job_id = at.query_params["job"]
+    run_dir = tokensmith_home / "runs" / job_id
+    assert sorted(p.name for p in (run_dir / "images").iterdir()) == ["000-0.png", "001-1.png", "002-2.png"]
+    wait_for(at, "done")
+    assert any("Learned <red-square>" in s.value for s in at.success)
+    assert at.get("page_link")  # to the Library
+    assert at.progress[0].value == 100
+    assert "step 3/3" in at.progress[0].proto.text
+
+
+def test_reload_finds_the_job_from_the_url(fake_trainer, tokensmith_home):
+    runner = studio.jobs.JobRunner(tokensmith_home)
+    first = runner.start(studio.jobs.TrainRequest(name="first", images=tokensmith_home, steps=1))
+    runner.wait(first.id, timeout=30)
+    second = runner.start(studio.jobs.TrainRequest(name="second", images=tokensmith_home, steps=1))
+    runner.wait(second.id, timeout=30)
+    at = open_train(job=first.id)  # a fresh session, as after a browser reload
+    assert at.selectbox[0].value == first.id
+    assert any(first.id in md.value and "done" in md.value for md in at.markdown)
+    at = open_train()  # no ?job=: the newest
+    assert at.selectbox[0].value == second.id
+
+
+def test_cancel_then_resume_from_the_page(fake_trainer, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY", "0.25")
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    at = fill(open_train(), files=files, steps=40)
+    at.button(key="start").click().run()
+    wait_for(at, "running")
+    at.button(key="cancel").click().run()
+    wait_for(at, "stopped")
+    assert any("Resume continues" in w.value for w in at.warning)
+    monkeypatch.setenv("FAKE_DELAY", "0.001")
+    at.button(key="resume").click().run()
+    wait_for(at, "done")
+
+
+def test_a_failed_job_shows_the_trainers_message(fake_trainer, tokensmith_home):
+    runner = studio.jobs.JobRunner(tokensmith_home)
+    job = runner.start(
+        studio.jobs.TrainRequest(name="bad", images=tokensmith_home, steps=2, extra_args=("--fail",))
+    )
+    runner.wait(job.id, timeout=30)
+    at = open_train(job=job.id)
+    assert "loss became NaN" in errors(at)[0]
+    assert at.button(key="resume")
+
+
+def test_an_existing_name_is_refused_unless_replacing(fake_trainer, tokensmith_home):
+    import torch
+
+    from embeddings import Embedding, Store
+
+    Store.for_home(tokensmith_home).put(Embedding("taken", {"emb_params": torch.zeros(1, 8)}, {}))
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    at = fill(open_train(), name="taken", files=files)
+    at.button(key="start").click().run()
+    assert "already in the library" in errors(at)[0]
+    at.toggle(key="overwrite").set_value(True).run()
+    at.button(key="start").click().run()
+    assert not errors(at)
+    assert "--overwrite" in (tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text()
