@@ -1,0 +1,156 @@
+"""Prompts to tensors: install the embeddings a prompt needs, build inline blends, encode with compel.
+
+Compel does the weighting (`(text)1.2`); it reads the tokenizer as it is, so injected `<name>` tokens and
+weights compose (the failure elsewhere is pre-encoding prompts before the tokens exist). Prompt editing
+is a list of encodings, one per stretch of steps (`PromptPlan`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from embeddings import Embedding, Store, expand_prompt, install, word_vectors
+from studio.generation.prompt import Blend, Node, PromptError, blends, embedding_names, schedule
+from trainers.models import LoadedModel
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # (1, L, D) text-encoder hidden states the UNet attends to
+    pooled: torch.Tensor | None = None  # (1, D2) SDXL's pooled text embedding; None for single-encoder models
+
+
+@dataclass
+class PromptPlan:
+    """The conditioning for each stretch of steps: [(start_fraction, Conditioning), ...] (prompt editing)."""
+
+    segments: list[tuple[float, Conditioning]]
+    texts: list[tuple[float, str]] = field(default_factory=list)  # the compel text of each segment
+
+    def at(self, fraction: float) -> Conditioning:
+        """The conditioning in force at a fraction of the steps."""
+        chosen = self.segments[0][1]
+        for start, cond in self.segments:
+            if fraction >= start:
+                chosen = cond
+        return chosen
+
+
+class PromptEncoder:
+    """Compel over a model's text encoder(s), plus the embeddings installed into them."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        from compel import Compel, ReturnedEmbeddingsType
+
+        self.model = model
+        self.installed: dict[str, Embedding] = {}  # name -> what is in the tokenizer now
+        self._cache: dict[str, Conditioning] = {}
+        # One Compel per encoder (compel's own multi-encoder mode is deprecated); SDXL concatenates the
+        # penultimate hidden states of both and takes the pooled embedding from the second, as diffusers does.
+        kind = (
+            ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+            if model.is_sdxl
+            else ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
+        )
+        self._compels = [
+            Compel(
+                tokenizer=tok,
+                text_encoder=te,
+                returned_embeddings_type=kind,
+                requires_pooled=model.is_sdxl and i == len(model.encoders) - 1,
+                truncate_long_prompts=True,
+            )
+            for i, (_key, tok, te) in enumerate(model.encoders)
+        ]
+
+    # --- embeddings ---
+
+    def require(self, nodes: tuple[Node, ...], store: Store | None) -> list[Embedding]:
+        """Install every stored embedding and inline blend the prompt uses; returns them (for provenance)."""
+        used: list[Embedding] = []
+        for name in embedding_names(nodes):
+            used.append(self._ensure(load_stored(name, store)))
+        for blend in blends(nodes):
+            self._ensure(self.materialize(blend))
+        return used
+
+    def materialize(self, blend: Blend) -> Embedding:
+        """The temporary embedding an inline blend stands for (operands: installed embeddings or words)."""
+        from embeddings import blend as blend_embeddings
+
+        parts = []
+        for weight, operand in blend.parts:
+            if operand.kind == "embedding":
+                parts.append((self.installed[operand.value], weight))
+            else:
+                vectors = {k: word_vectors(operand.value, tok, te) for k, tok, te in self.model.encoders}
+                parts.append((Embedding(name="word", vectors=vectors), weight))  # (n_tokens, width) per key
+        try:
+            return blend_embeddings(parts, blend.name, method=blend.method)
+        except ValueError as exc:
+            raise PromptError(f"cannot blend {blend.expression}: {exc}") from exc
+
+    def _ensure(self, emb: Embedding) -> Embedding:
+        current = self.installed.get(emb.name)
+        if current is None or current.sha256 != emb.sha256:
+            install(emb, self.model.encoders)
+            self.installed[emb.name] = emb
+            self._cache.clear()
+        return emb
+
+    # --- encoding ---
+
+    def plan(self, nodes: tuple[Node, ...], steps: int) -> PromptPlan:
+        """Encode each stretch of a (parsed, swapped, installed) prompt for a run of `steps` steps."""
+        texts = schedule(nodes, steps) or [(0.0, "")]
+        return PromptPlan([(start, self.encode(text)) for start, text in texts], texts)
+
+    def encode(self, text: str) -> Conditioning:
+        """Compel text with `<name>` triggers -> Conditioning (multi-vector triggers expanded first)."""
+        text = expand_prompt(text, self.installed.values())
+        if text not in self._cache:
+            self._check_length(text)
+            parts, pooled = [], None
+            with torch.no_grad():
+                for compel in self._compels:
+                    out = compel(text)
+                    if isinstance(out, tuple):
+                        out, pooled = out  # (1, L, D_k), (1, D2)
+                    parts.append(out)
+            embeds = torch.cat(parts, dim=-1)  # (1, L, sum of D_k)
+            self._cache[text] = Conditioning(embeds=embeds, pooled=pooled)
+        return self._cache[text]
+
+    def _check_length(self, text: str) -> None:
+        """Truncating silently drops words (and the embeddings in them): refuse prompts that do not fit."""
+        tokenizer = self.model.encoders[0][1]
+        limit = tokenizer.model_max_length - 2  # start and end tokens
+        plain = re.sub(r"\)[-+]?[\d.]+", " ", text).replace("(", " ").replace("\\", "")  # weights off
+        count = len(tokenizer(plain, add_special_tokens=False).input_ids)
+        if count > limit:
+            raise PromptError(
+                f"the prompt is {count} tokens but this model reads at most {limit}: shorten it "
+                f"({_short(plain)!r})"
+            )
+
+
+def load_stored(name: str, store: Store | None) -> Embedding:
+    """An embedding from the store, or PromptError naming the closest stored names."""
+    names = store.names() if store is not None else []
+    if store is None or name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'<{c}>' for c in close)}?" if close else ""
+        where = f" in {store.root}" if store is not None else ""
+        raise PromptError(
+            f"unknown embedding <{name}>: no such name{where}{hint} "
+            "(`tokensmith list` shows the stored names)"
+        )
+    return store.get(name)
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,219 @@
+"""Loss guidance: steer sampling with the gradient of a differentiable loss on the predicted clean image.
+
+Every `every` steps the sampler decodes the predicted clean latent x̂0, computes `scale × loss(image)`, and
+moves x̂0 against the gradient: x̂0 ← x̂0 − ∇loss, scaled so that a scale of 1 moves each latent element by
+about the loss's own gradient per element (resolution-independent). The noisy latent is then moved so it
+matches the corrected x̂0 with the same noise (fast.ai's "blue loss" lesson, done for any scheduler).
+
+Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`, `contrast=0.3`,
+`match=PATH`, each optionally followed by `,scale=S` and `,every=K`. Your own loss:
+`--guide-module package.module:function[,scale=S][,every=K]` where
+
+    def function(image: torch.Tensor) -> torch.Tensor:
+        # image: (B, 3, H, W) float in [0, 1], differentiable; return a scalar to minimise
+        return (image[:, 2] - 0.9).abs().mean()   # e.g. "more blue"
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from embeddings.errors import TokensmithError
+
+DEFAULT_SCALE = {"color": 60.0, "brightness": 60.0, "contrast": 60.0, "match": 60.0, "module": 60.0}
+DEFAULT_EVERY = 1
+# Colour names beyond the demo world's own (which take precedence, so "green" means the demo's green).
+EXTRA_COLOURS = {
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "brown": (139, 69, 19),
+    "navy": (0, 0, 128),
+    "teal": (0, 128, 128),
+    "lime": (0, 255, 0),
+}
+
+Loss = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GuideError(TokensmithError, ValueError):
+    """A guide spec that cannot be used; says what to write instead."""
+
+
+@dataclass(frozen=True)
+class Guide:
+    spec: str  # as the user wrote it (kept in provenance)
+    kind: str  # color | brightness | contrast | match | module
+    loss: Loss
+    scale: float
+    every: int
+
+    def active(self, step: int) -> bool:
+        return step % self.every == 0
+
+
+def colour_rgb(text: str) -> tuple[float, float, float]:
+    """'green' | '#00ff00' | '#0f0' -> RGB in [0, 1]."""
+    value = text.strip().lower()
+    if value.startswith("#") and len(value) in (4, 7):
+        digits = value[1:] if len(value) == 7 else "".join(c * 2 for c in value[1:])
+        try:
+            return tuple(int(digits[i : i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
+        except ValueError:
+            pass
+    table = {**EXTRA_COLOURS, **_world_colours()}
+    if value in table:
+        return tuple(c / 255 for c in table[value])  # type: ignore[return-value]
+    raise GuideError(
+        f"unknown colour {text!r}: use a name ({', '.join(sorted(table))}) or a hex value like #22aa44"
+    )
+
+
+def _world_colours() -> dict[str, tuple[int, int, int]]:
+    try:
+        from demo.world import COLOURS
+    except ImportError:  # a tokensmith install without the demo world's sources
+        return {}
+    return dict(COLOURS)
+
+
+def _luminance(image: torch.Tensor) -> torch.Tensor:
+    return 0.299 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]  # (B, H, W)
+
+
+def color_loss(rgb: tuple[float, float, float]) -> Loss:
+    target = torch.tensor(rgb).view(1, 3, 1, 1)
+    return lambda image: ((image - target.to(image)) ** 2).mean()
+
+
+def brightness_loss(level: float) -> Loss:
+    return lambda image: (_luminance(image).mean() - level) ** 2
+
+
+def contrast_loss(level: float) -> Loss:
+    return lambda image: (_luminance(image).std() - level) ** 2
+
+
+def match_loss(path: Path) -> Loss:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            reference = torch.from_numpy(_rgb_array(img.convert("RGB")))  # (H, W, 3) float in [0, 1]
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GuideError(f"match={path}: cannot read the image ({exc}); give a PNG or JPEG file") from exc
+    reference = reference.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+
+    def loss(image: torch.Tensor) -> torch.Tensor:
+        target = torch.nn.functional.interpolate(
+            reference, size=image.shape[-2:], mode="bilinear", antialias=True
+        )
+        return ((image - target.to(image)) ** 2).mean()
+
+    return loss
+
+
+def _rgb_array(img):
+    import numpy as np
+
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def module_loss(target: str) -> Loss:
+    """'package.module:function' -> the function, imported (the current folder is importable)."""
+    module_name, sep, func_name = target.partition(":")
+    if not sep or not module_name or not func_name:
+        raise GuideError(f"--guide-module {target!r}: write module:function, e.g. my_losses:more_blue")
+    import sys
+
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise GuideError(f"--guide-module {target!r}: cannot import {module_name!r} ({exc})") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise GuideError(f"--guide-module {target!r}: {module_name} has no function {func_name!r}")
+    return func
+
+
+def parse_guide(spec: str) -> Guide:
+    """'color=green,scale=80,every=2' -> Guide; `module=pkg.mod:fn` is what --guide-module adds."""
+    head, *options = [part.strip() for part in spec.split(",")]
+    kind, sep, value = head.partition("=")
+    kind, value = kind.strip().lower(), value.strip()
+    if kind == "colour":
+        kind = "color"
+    if not sep or kind not in DEFAULT_SCALE or not value:
+        raise GuideError(
+            f"unknown guide {spec!r}: use color=NAME_OR_HEX, brightness=F, contrast=F, match=PATH "
+            "(optionally ,scale=S ,every=K) or --guide-module module:function"
+        )
+    scale, every = DEFAULT_SCALE[kind], DEFAULT_EVERY
+    for option in options:
+        key, _eq, raw = option.partition("=")
+        try:
+            if key.strip() == "scale":
+                scale = float(raw)
+            elif key.strip() == "every":
+                every = int(raw)
+            else:
+                raise ValueError(key)
+        except ValueError as exc:
+            raise GuideError(
+                f"guide {spec!r}: bad option {option!r}; options are scale=FLOAT and every=INT"
+            ) from exc
+    if every < 1:
+        raise GuideError(f"guide {spec!r}: every must be 1 or more")
+    return Guide(spec=spec, kind=kind, loss=_build_loss(kind, value, spec), scale=scale, every=every)
+
+
+def _build_loss(kind: str, value: str, spec: str) -> Loss:
+    if kind == "color":
+        return color_loss(colour_rgb(value))
+    if kind == "match":
+        return match_loss(Path(value).expanduser())
+    if kind == "module":
+        return module_loss(value)
+    try:
+        level = float(value)
+    except ValueError as exc:
+        raise GuideError(f"guide {spec!r}: {kind} takes a number between 0 and 1") from exc
+    if not 0.0 <= level <= 1.0:
+        raise GuideError(f"guide {spec!r}: {kind} takes a number between 0 and 1")
+    return brightness_loss(level) if kind == "brightness" else contrast_loss(level)
+
+
+def guided_x0(
+    x0: torch.Tensor, guides: list[Guide], step: int, decode: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """x̂0 moved against the gradient of the active guides' losses (x̂0 itself when none is active).
+
+    `decode` maps a latent (B, C, h, w) to an image (B, 3, H, W) in [0, 1], differentiably.
+    """
+    active = [g for g in guides if g.active(step)]
+    if not active:
+        return x0
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)  # (B, C, h, w)
+        image = decode(x)  # (B, 3, H, W) in [0, 1]
+        loss = sum(g.scale * _scalar(g, g.loss(image)) for g in active)
+        (grad,) = torch.autograd.grad(loss, x)
+    return (x0 - grad * x0[0].numel()).detach()  # per-element step, independent of the latent size
+
+
+def _scalar(guide: Guide, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise GuideError(
+            f"guide {guide.spec!r}: the loss must return a scalar tensor, got {type(value).__name__}"
+        )
+    if not value.requires_grad:
+        raise GuideError(f"guide {guide.spec!r}: the loss is not differentiable in the image (no gradient)")
+    return value.reshape(())

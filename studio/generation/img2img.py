@@ -1,0 +1,75 @@
+"""Image guidance (img2img): start sampling from a noised copy of an init image instead of pure noise.
+
+`strength` is the fraction of the schedule that is re-run: 0.2 keeps the image nearly as it is, 1.0 keeps
+only its layout's faint trace (the same as text-to-image with that image's colours as a hint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from embeddings.errors import TokensmithError
+
+
+class InitImageError(TokensmithError, ValueError):
+    """An init image or strength that cannot be used."""
+
+
+def load_init_image(source: str | Path | Image.Image, size: tuple[int, int]) -> tuple[Image.Image, str]:
+    """The init image as RGB at `size` (width, height), and the sha256 of its pixels (for provenance)."""
+    if isinstance(source, Image.Image):
+        image = source.convert("RGB")
+    else:
+        path = Path(source).expanduser()
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise InitImageError(f"cannot read init image {path}: {exc}; give a PNG or JPEG file") from exc
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image, image_sha256(image)
+
+
+def image_sha256(image: Image.Image) -> str:
+    """sha256 over size and RGB pixels (not the file bytes, so a re-saved PNG matches)."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.size[0]}x{rgb.size[1]}\n".encode())
+    digest.update(np.asarray(rgb, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def encode_image(vae: Any, image: Image.Image) -> torch.Tensor:
+    """RGB image -> scaled latent (1, C, H/f, W/f); the posterior mean, so it is deterministic."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)  # (H, W, 3) in [-1, 1]
+    pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=vae.device, dtype=vae.dtype)  # (1, 3, H, W)
+    with torch.no_grad():
+        latent = vae.encode(pixels).latent_dist.mean  # (1, C, H/f, W/f)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latent - shift) * vae.config.scaling_factor
+
+
+def check_strength(strength: float) -> float:
+    if not 0.0 < strength <= 1.0:
+        raise InitImageError(f"--strength must be above 0 and at most 1, not {strength}")
+    return float(strength)
+
+
+def trimmed_timesteps(scheduler: Any, steps: int, strength: float) -> torch.Tensor:
+    """The last `strength` of the schedule (diffusers' img2img rule); the scheduler starts from there."""
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise InitImageError(
+            f"strength {strength} with {steps} steps runs no step: raise --strength or --steps "
+            f"(at least {1 / steps:.3g} for {steps} steps)"
+        )
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]

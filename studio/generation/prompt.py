@@ -1,0 +1,423 @@
+"""The prompt language, strings only: parse it, apply swaps, and flatten it to compel text per step fraction.
+
+    a <cat> on a mat                         <name>: a stored embedding (never collides with a word)
+    a (<cat>:1.2) with (red:0.8) stripes     (text:W): weight; (text) is ×1.1 and [text] ÷1.1, as in A1111
+    a <0.6*keyboard + 0.4*typewriter>        inline token-level blend of words and/or embeddings
+    a <0.5*<cat> + 0.5*<dog>>                (weights as written; no weights at all means equal weights)
+    a <slerp(<cat>, <dog>, 0.3)>             spherical blend, 0.3 of the way from <cat> to <dog>
+    a [<cat>:<dog>:0.4] on a mat             prompt editing: <cat> for the first 40% of steps, then <dog>
+    a [red:blue:5] circle                    ... a `when` of 1 or more is a step number
+    a \\(literal\\) bracket                  backslash escapes ( ) [ ] < > :
+
+`parse` gives a tuple of nodes; `apply_swaps` makes a word stand for an embedding; `schedule` renders the
+compel text for each stretch of steps. Tensors live in conditioning.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+
+from embeddings.errors import TokensmithError
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
+SPECIAL = "()[]<>:\\"
+PAREN_WEIGHT = 1.1  # A1111: (text) is ×1.1, [text] is ÷1.1
+
+
+class PromptError(TokensmithError, ValueError):
+    """A prompt that does not parse or names what does not exist; says where and what to do."""
+
+
+# --- nodes ---
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class EmbeddingRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One input of an inline blend: a stored embedding (`<cat>`) or an ordinary word or phrase."""
+
+    kind: str  # "embedding" | "word"
+    value: str
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A token-level blend written inline; installed as a temporary embedding named `name`."""
+
+    parts: tuple[tuple[float, Operand], ...]
+    method: str  # "lerp" | "slerp"
+
+    @property
+    def name(self) -> str:
+        return "blend-" + hashlib.sha256(self.expression.encode()).hexdigest()[:10]
+
+    @property
+    def expression(self) -> str:
+        """A canonical spelling: `<0.6*keyboard + 0.4*typewriter>`, `<slerp(<cat>, <dog>, 0.3)>`."""
+        spell = [f"<{o.value}>" if o.kind == "embedding" else _quote_word(o.value) for _w, o in self.parts]
+        if self.method == "slerp":
+            return f"<slerp({spell[0]}, {spell[1]}, {_num(self.parts[1][0])})>"
+        return "<" + " + ".join(f"{_num(w)}*{s}" for (w, _o), s in zip(self.parts, spell, strict=True)) + ">"
+
+
+@dataclass(frozen=True)
+class Weighted:
+    children: tuple
+    weight: float
+
+
+@dataclass(frozen=True)
+class Edit:
+    before: tuple
+    after: tuple
+    when: float  # < 1: fraction of the steps; >= 1: a step number
+
+
+Node = Text | EmbeddingRef | Blend | Weighted | Edit
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _quote_word(word: str) -> str:
+    return word if re.fullmatch(r"[\w.-]+", word) else f"'{word}'"
+
+
+# --- parsing ---
+
+
+def parse(prompt: str) -> tuple[Node, ...]:
+    """Parse the prompt language into nodes; PromptError points at the problem with a caret."""
+    parser = _Parser(prompt)
+    nodes = parser.sequence(stops="")
+    if parser.pos != len(prompt):  # only an unmatched closer stops the top level
+        parser.fail(f"unmatched {prompt[parser.pos]!r}: remove it or escape it as \\{prompt[parser.pos]}")
+    return nodes
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text, self.pos = text, 0
+
+    def fail(self, message: str, at: int | None = None) -> None:
+        at = self.pos if at is None else at
+        raise PromptError(f"{message} (at character {at + 1}: {self.text[:at]!r} ⟨here⟩ {self.text[at:]!r})")
+
+    def sequence(self, stops: str) -> tuple[Node, ...]:
+        nodes: list[Node] = []
+        buf: list[str] = []
+
+        def flush() -> None:
+            if buf:
+                nodes.append(Text("".join(buf)))
+                buf.clear()
+
+        while self.pos < len(self.text):
+            c = self.text[self.pos]
+            if c == "\\" and self.pos + 1 < len(self.text) and self.text[self.pos + 1] in SPECIAL:
+                buf.append("\\" + self.text[self.pos + 1])  # compel reads the same escapes
+                self.pos += 2
+            elif c in stops or c in ")]":
+                break
+            elif c == "<":
+                flush()
+                nodes.append(self.angle())
+            elif c == "(":
+                flush()
+                nodes.append(self.paren())
+            elif c == "[":
+                flush()
+                nodes.append(self.bracket())
+            else:
+                buf.append(c)
+                self.pos += 1
+        flush()
+        return tuple(nodes)
+
+    def angle(self) -> Node:
+        start, depth = self.pos, 0
+        for i in range(self.pos, len(self.text)):
+            depth += {"<": 1, ">": -1}.get(self.text[i], 0)
+            if depth == 0:
+                inner = self.text[start + 1 : i].strip()
+                self.pos = i + 1
+                if NAME.fullmatch(inner):
+                    return EmbeddingRef(inner)
+                try:
+                    return parse_blend(inner)
+                except PromptError as exc:
+                    self.fail(str(exc), at=start)
+        self.fail("unclosed '<': write <name> for an embedding or <0.5*a + 0.5*b> for a blend", at=start)
+        raise AssertionError  # unreachable: fail raises
+
+    def paren(self) -> Node:
+        start = self.pos
+        self.pos += 1
+        children = self.sequence(stops=":")
+        if self.pos >= len(self.text):
+            self.fail("unclosed '(': write (text:1.2) or escape it as \\(", at=start)
+        if self.text[self.pos] == ")":
+            self.pos += 1
+            return Weighted(children, PAREN_WEIGHT)
+        if self.text[self.pos] != ":":
+            self.fail(f"expected ':' or ')' to close the '(' at character {start + 1}")
+        weight = self.number(closer=")", what="a weight like (text:1.2)")
+        return Weighted(children, weight)
+
+    def bracket(self) -> Node:
+        start = self.pos
+        self.pos += 1
+        before = self.sequence(stops=":")
+        if self.pos >= len(self.text):
+            self.fail("unclosed '[': write [from:to:0.4] or escape it as \\[", at=start)
+        if self.text[self.pos] == "]":
+            self.pos += 1
+            return Weighted(before, 1 / PAREN_WEIGHT)
+        if self.text[self.pos] != ":":
+            self.fail("expected ':' in prompt editing [from:to:when]")
+        self.pos += 1
+        after = self.sequence(stops=":")
+        if self.pos >= len(self.text) or self.text[self.pos] != ":":
+            self.fail("prompt editing needs three parts: [from:to:when], e.g. [<cat>:<dog>:0.4]", at=start)
+        when = self.number(closer="]", what="a step fraction or step number like [a:b:0.4]")
+        if when < 0:
+            self.fail("prompt editing 'when' must be 0 or more", at=start)
+        return Edit(before, after, when)
+
+    def number(self, *, closer: str, what: str) -> float:
+        """Read ':NUMBER' followed by `closer`."""
+        self.pos += 1  # the ':'
+        end = self.text.find(closer, self.pos)
+        if end < 0 or not NUMBER.fullmatch(self.text[self.pos : end]):
+            self.fail(f"expected {what}")
+        value = float(self.text[self.pos : end])
+        self.pos = end + 1
+        if not math.isfinite(value):
+            self.fail(f"expected {what}")
+        return value
+
+
+def parse_blend(expr: str) -> Blend:
+    """`0.6*keyboard + 0.4*typewriter`, `0.5*<cat> + 0.5*<dog>`, `slerp(<cat>, <dog>, 0.3)` -> Blend."""
+    hint = "write <0.6*word + 0.4*<name>> or <slerp(<a>, <b>, 0.3)>"
+    func = re.fullmatch(r"(slerp|lerp)\s*\((.*)\)", expr.strip(), flags=re.S)
+    if func:
+        args = _split_top(func.group(2), ",")
+        if len(args) != 3 or not NUMBER.fullmatch(args[2]):
+            raise PromptError(f"malformed blend <{expr}>: {func.group(1)} takes (a, b, t); {hint}")
+        t = float(args[2])
+        parts = ((1.0 - t, _operand(args[0], expr)), (t, _operand(args[1], expr)))
+        return Blend(parts, func.group(1))
+    terms = _split_top(expr, "+")
+    if len(terms) < 2 or any(not t.strip() for t in terms):
+        raise PromptError(f"malformed blend <{expr}>: a blend needs at least two terms joined by '+'; {hint}")
+    weighted = [_term(t, expr) for t in terms]
+    if all(w is None for w, _o in weighted):
+        weighted = [(1.0 / len(weighted), o) for _w, o in weighted]
+    elif any(w is None for w, _o in weighted):
+        raise PromptError(f"malformed blend <{expr}>: give every term a weight, or none; {hint}")
+    return Blend(tuple((float(w), o) for w, o in weighted), "lerp")
+
+
+def _term(term: str, expr: str) -> tuple[float | None, Operand]:
+    match = re.fullmatch(r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\*(.*)", term, flags=re.S)
+    if match:
+        return float(match.group(1)), _operand(match.group(2), expr)
+    match = re.fullmatch(r"(.*)\*\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*", term, flags=re.S)
+    if match:
+        return float(match.group(2)), _operand(match.group(1), expr)
+    return None, _operand(term, expr)
+
+
+def _operand(text: str, expr: str) -> Operand:
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">") and NAME.fullmatch(text[1:-1].strip()):
+        return Operand("embedding", text[1:-1].strip())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].strip()
+    if not text or any(c in text for c in "<>*()[]:,+"):
+        raise PromptError(
+            f"malformed blend <{expr}>: {text!r} is not a word, a 'quoted phrase' or an embedding <name>"
+        )
+    return Operand("word", text)
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside <...> and (...)."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += {"<": 1, "(": 1, ">": -1, ")": -1}.get(c, 0)
+        if c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+# --- swaps ---
+
+
+def parse_swap(spec: str) -> tuple[str, str]:
+    """'puppy=<cat>' -> ('puppy', '<cat>'); 'puppy=kitten' swaps in a word."""
+    word, sep, target = spec.partition("=")
+    word, target = word.strip(), target.strip()
+    if not sep or not word or not target or any(c in word for c in SPECIAL):
+        raise PromptError(f"malformed --swap {spec!r}: write WORD=<name> (e.g. --swap puppy=<my-dog>)")
+    if target.startswith("<") and not (target.endswith(">") and NAME.fullmatch(target[1:-1])):
+        raise PromptError(f"malformed --swap {spec!r}: the embedding must be written <name>")
+    return word, target
+
+
+def apply_swaps(nodes: tuple[Node, ...], swaps: dict[str, str]) -> tuple[Node, ...]:
+    """Make each swapped word stand for its target everywhere (text and blend operands), case-insensitively.
+
+    The result is exactly the nodes of the prompt with `<name>` written in place of the word.
+    """
+    if not swaps:
+        return nodes
+    out: list[Node] = []
+    for node in nodes:
+        if isinstance(node, Text):
+            out.extend(_swap_text(node.text, swaps))
+        elif isinstance(node, Weighted):
+            out.append(Weighted(apply_swaps(node.children, swaps), node.weight))
+        elif isinstance(node, Edit):
+            out.append(Edit(apply_swaps(node.before, swaps), apply_swaps(node.after, swaps), node.when))
+        elif isinstance(node, Blend):
+            out.append(Blend(tuple((w, _swap_operand(o, swaps)) for w, o in node.parts), node.method))
+        else:
+            out.append(node)
+    return tuple(out)
+
+
+def _swap_target(target: str) -> Node:
+    return EmbeddingRef(target[1:-1]) if target.startswith("<") else Text(target)
+
+
+def _swap_text(text: str, swaps: dict[str, str]) -> list[Node]:
+    pattern = re.compile(r"(?<![\w<])(" + "|".join(re.escape(w) for w in swaps) + r")(?![\w>])", re.I)
+    lowered = {w.lower(): t for w, t in swaps.items()}
+    out: list[Node] = []
+    last = 0
+    for match in pattern.finditer(text):
+        if match.start() > last:
+            out.append(Text(text[last : match.start()]))
+        out.append(_swap_target(lowered[match.group(1).lower()]))
+        last = match.end()
+    if last < len(text):
+        out.append(Text(text[last:]))
+    return out
+
+
+def _swap_operand(operand: Operand, swaps: dict[str, str]) -> Operand:
+    target = (
+        {w.lower(): t for w, t in swaps.items()}.get(operand.value.lower())
+        if operand.kind == "word"
+        else None
+    )
+    if target is None:
+        return operand
+    return Operand("embedding", target[1:-1]) if target.startswith("<") else Operand("word", target)
+
+
+# --- what a prompt needs ---
+
+
+def walk(nodes: tuple[Node, ...]):
+    """Every node, depth first (both sides of an edit)."""
+    for node in nodes:
+        yield node
+        if isinstance(node, Weighted):
+            yield from walk(node.children)
+        elif isinstance(node, Edit):
+            yield from walk(node.before)
+            yield from walk(node.after)
+
+
+def embedding_names(nodes: tuple[Node, ...]) -> list[str]:
+    """Stored embeddings a prompt uses, in first-use order (blend operands included)."""
+    names: list[str] = []
+    for node in walk(nodes):
+        found = [node.name] if isinstance(node, EmbeddingRef) else []
+        if isinstance(node, Blend):
+            found = [o.value for _w, o in node.parts if o.kind == "embedding"]
+        names.extend(n for n in found if n not in names)
+    return names
+
+
+def blends(nodes: tuple[Node, ...]) -> list[Blend]:
+    found: list[Blend] = []
+    for node in walk(nodes):
+        if isinstance(node, Blend) and node not in found:
+            found.append(node)
+    return found
+
+
+# --- flattening ---
+
+
+def schedule(nodes: tuple[Node, ...], steps: int) -> list[tuple[float, str]]:
+    """[(start_fraction, compel_text), ...]: the text to encode from each fraction of the steps on.
+
+    'a [<cat>:<dog>:0.4]' with 10 steps -> [(0.0, 'a <cat>'), (0.4, 'a <dog>')].
+    """
+    cuts = sorted({_fraction(n.when, steps) for n in walk(nodes) if isinstance(n, Edit)} - {0.0})
+    starts = [0.0] + [c for c in cuts if c < 1.0]
+    out: list[tuple[float, str]] = []
+    for start in starts:
+        text = render(nodes, start, steps)
+        if not out or out[-1][1] != text:
+            out.append((start, text))
+    return out
+
+
+def _fraction(when: float, steps: int) -> float:
+    return when if when < 1 else min(when / max(steps, 1), 1.0)
+
+
+def render(nodes: tuple[Node, ...], at: float = 0.0, steps: int = 1) -> str:
+    """Compel text at step fraction `at`: weights become `(text)1.2`, embeddings and blends `<name>`."""
+    pieces = []
+    for node in nodes:
+        if isinstance(node, Text):
+            pieces.append(node.text)
+        elif isinstance(node, EmbeddingRef | Blend):
+            pieces.append(f"<{node.name}>")
+        elif isinstance(node, Weighted):
+            inner = render(node.children, at, steps).strip()
+            pieces.append(f"({inner}){_num(node.weight)}" if inner else "")
+        elif isinstance(node, Edit):
+            side = node.after if at >= _fraction(node.when, steps) else node.before
+            pieces.append(render(side, at, steps))
+    return re.sub(r"[ \t]{2,}", " ", "".join(pieces))
+
+
+def to_text(nodes: tuple[Node, ...]) -> str:
+    """Spell nodes back in the prompt language (how a swapped prompt reads)."""
+    pieces = []
+    for node in nodes:
+        if isinstance(node, Text):
+            pieces.append(node.text)
+        elif isinstance(node, EmbeddingRef):
+            pieces.append(f"<{node.name}>")
+        elif isinstance(node, Blend):
+            pieces.append(node.expression)
+        elif isinstance(node, Weighted):
+            pieces.append(f"({to_text(node.children)}:{_num(node.weight)})")
+        elif isinstance(node, Edit):
+            pieces.append(f"[{to_text(node.before)}:{to_text(node.after)}:{_num(node.when)}]")
+    return "".join(pieces)

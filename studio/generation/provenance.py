@@ -1,0 +1,218 @@
+"""Provenance: every PNG carries how it was made, and `replay` makes it again pixel for pixel.
+
+Two text chunks: `tokensmith` (JSON: prompt, negative, model and family, each embedding's name and sha256,
+blends, swaps, guides, scheduler, steps, guidance, seed, size, init image hash, version) and `parameters`
+(the AUTOMATIC1111 infotext, so other tools show the settings too).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from embeddings import Store
+from embeddings.errors import TokensmithError
+from embeddings.files import atomic_write_bytes
+from studio.generation.schedule import sampler_title
+
+CHUNK = "tokensmith"
+A1111_CHUNK = "parameters"
+FORMAT = 1
+
+
+class ReplayError(TokensmithError):
+    """An image that cannot be replayed here; the message says what is missing."""
+
+
+def tokensmith_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokensmith")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def provenance_dict(
+    *,
+    req: Any,
+    model: Any,
+    prompt_as_run: str,
+    negative_as_run: str,
+    embeddings: list,
+    blends: list[str],
+    init_sha256: str | None,
+    seed: int,
+    index: int,
+) -> dict:
+    """The JSON chunk's content for one image of a request."""
+    init_path = str(Path(req.init_image).resolve()) if isinstance(req.init_image, str | Path) else None
+    return {
+        "format": FORMAT,
+        "tokensmith": tokensmith_version(),
+        "prompt": req.prompt,
+        "negative": req.negative,
+        "prompt_as_run": prompt_as_run,  # after swaps
+        "negative_as_run": negative_as_run,
+        "model": model.source,
+        "family": model.family,
+        "embeddings": [{"name": e.name, "sha256": e.sha256} for e in embeddings],
+        "blends": blends,
+        "swaps": dict(req.swaps),
+        "guides": list(req.guides),
+        "scheduler": req.scheduler,
+        "steps": req.steps,
+        "guidance": req.guidance,
+        "seed": seed,
+        "batch_seed": req.seed,
+        "batch_index": index,
+        "width": req.width,
+        "height": req.height,
+        "init_image": None if init_sha256 is None else {"path": init_path, "sha256": init_sha256},
+        "strength": req.strength if init_sha256 is not None else None,
+    }
+
+
+def a1111_parameters(prov: dict) -> str:
+    """The AUTOMATIC1111 infotext: prompt, 'Negative prompt: ...', then 'Steps: 20, Sampler: ..., ...'."""
+    fields = [
+        f"Steps: {prov['steps']}",
+        f"Sampler: {sampler_title(prov['scheduler'])}",
+        f"CFG scale: {prov['guidance']:g}",
+        f"Seed: {prov['seed']}",
+        f"Size: {prov['width']}x{prov['height']}",
+        f"Model: {_model_label(prov['model'])}",
+    ]
+    if prov.get("strength") is not None:
+        fields.append(f"Denoising strength: {prov['strength']:g}")
+    if prov["embeddings"]:
+        hashes = ", ".join(f"{e['name']}: {e['sha256'][:12]}" for e in prov["embeddings"])
+        fields.append(f'TI hashes: "{hashes}"')
+    fields.append(f"Version: tokensmith {prov['tokensmith']}")
+    lines = [prov["prompt_as_run"]]
+    if prov["negative_as_run"]:
+        lines.append(f"Negative prompt: {prov['negative_as_run']}")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def _model_label(source: str) -> str:
+    """A folder or file's name (hub ids and 'demo' as they are)."""
+    return Path(source).name if Path(source).exists() else source
+
+
+def png_bytes(image: Image.Image, prov: dict | None) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    if prov is not None:
+        info.add_text(CHUNK, json.dumps(prov, sort_keys=True))
+        info.add_text(A1111_CHUNK, a1111_parameters(prov))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(result: Any, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write `result.image` with its provenance chunks; the file is written completely or not at all."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise TokensmithError(f"{path}: images are written as PNG (with provenance); use a .png name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, png_bytes(result.image, result.provenance), overwrite=overwrite)
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """A plain PNG (grids, traces), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, png_bytes(image, None))
+
+
+def read_provenance(path: str | Path) -> dict:
+    """The JSON chunk of a tokensmith PNG, or ReplayError saying why there is none."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(CHUNK) if hasattr(image, "text") else None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ReplayError(f"cannot read {path}: {exc}") from exc
+    if not text:
+        raise ReplayError(
+            f"{path} has no tokensmith provenance chunk: only images tokensmith wrote can be replayed"
+        )
+    try:
+        prov = json.loads(text)
+    except ValueError as exc:
+        raise ReplayError(f"{path}: the provenance chunk is not valid JSON ({exc})") from exc
+    if prov.get("format") != FORMAT:
+        raise ReplayError(f"{path}: provenance format {prov.get('format')!r} is not one this version reads")
+    return prov
+
+
+def request_from(prov: dict) -> Any:
+    """The GenerateRequest that makes exactly this one image again."""
+    from studio.generation.session import GenerateRequest
+
+    init = prov.get("init_image")
+    return GenerateRequest(
+        prompt=prov["prompt"],
+        negative=prov["negative"],
+        seed=int(prov["seed"]),
+        steps=int(prov["steps"]),
+        guidance=float(prov["guidance"]),
+        scheduler=prov["scheduler"],
+        width=int(prov["width"]),
+        height=int(prov["height"]),
+        num_images=1,
+        swaps=dict(prov.get("swaps") or {}),
+        init_image=init["path"] if init else None,
+        strength=float(prov["strength"]) if prov.get("strength") is not None else 0.6,
+        guides=tuple(prov.get("guides") or ()),
+    )
+
+
+def check_replayable(prov: dict, store: Store | None) -> list[str]:
+    """Everything this machine lacks to replay `prov`, in words (empty: all present and unchanged)."""
+    from studio.generation.img2img import image_sha256
+
+    missing = []
+    names = store.names() if store is not None else []
+    for entry in prov.get("embeddings", []):
+        if entry["name"] not in names:
+            missing.append(f"embedding <{entry['name']}> (sha256 {entry['sha256'][:12]}) is not in the store")
+        elif store.get(entry["name"]).sha256 != entry["sha256"]:
+            missing.append(
+                f"embedding <{entry['name']}> in the store has changed since "
+                f"(was sha256 {entry['sha256'][:12]})"
+            )
+    init = prov.get("init_image")
+    if init:
+        path = Path(init["path"]) if init.get("path") else None
+        if path is None or not path.is_file():
+            missing.append(f"init image {init.get('path') or '(given in memory)'} is not available")
+        else:
+            with Image.open(path) as image:
+                size = (int(prov["width"]), int(prov["height"]))
+                rgb = image.convert("RGB")
+                if rgb.size != size:
+                    rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+                if image_sha256(rgb) != init["sha256"]:
+                    missing.append(f"init image {path} has changed since")
+    return missing
+
+
+def replay(path: str | Path, *, store: Store | None, session: Any = None, model: str | None = None) -> Any:
+    """Re-make the image at `path` (one Result); ReplayError lists whatever is missing or changed."""
+    from studio.generation.session import Session
+
+    prov = read_provenance(path)
+    missing = check_replayable(prov, store)
+    if missing:
+        raise ReplayError(f"cannot replay {path}: " + "; ".join(missing))
+    if session is None:
+        session = Session(model or prov["model"])
+    [result] = session.generate(request_from(prov), store=store)
+    return result

@@ -1,0 +1,126 @@
+"""Schedulers by name, and the noise schedule made visible: ᾱ_t, σ_t and the timesteps a scheduler visits."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embeddings.errors import TokensmithError
+
+# name -> diffusers class name (and the A1111 sampler name written into `parameters`)
+SCHEDULERS = {
+    "dpm": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
+    "ddim": ("DDIMScheduler", "DDIM"),
+    "euler": ("EulerDiscreteScheduler", "Euler"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", "Euler a"),
+    "heun": ("HeunDiscreteScheduler", "Heun"),
+    "pndm": ("PNDMScheduler", "PLMS"),
+    "unipc": ("UniPCMultistepScheduler", "UniPC"),
+    "ddpm": ("DDPMScheduler", "DDPM"),
+}
+DEFAULT_SCHEDULER = "dpm"
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A fresh scheduler of kind `name` built from a model's scheduler config (its betas, prediction type)."""
+    import diffusers
+
+    key = name.strip().lower().replace("_", "-")
+    if key not in SCHEDULERS:
+        raise TokensmithError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[key][0]).from_config(base_config)
+
+
+def sampler_title(name: str) -> str:
+    return SCHEDULERS.get(name, (name, name))[1]
+
+
+@dataclass
+class ScheduleCurves:
+    """The schedule of a model's training noise and what one sampling run visits."""
+
+    alphas_cumprod: torch.Tensor  # (T,) ᾱ_t for t = 0..T-1
+    visited: list[int]  # timesteps the scheduler visits, in order
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """σ_t = √(1 − ᾱ_t), the std of the noise in x_t = √ᾱ_t·x0 + σ_t·ε."""
+        return (1 - self.alphas_cumprod).sqrt()  # (T,)
+
+    @property
+    def k_sigmas(self) -> torch.Tensor:
+        """σ_t/√ᾱ_t, the noise level in k-diffusion's (Euler/Karras) scale."""
+        return ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # (T,)
+
+    def table(self) -> list[dict[str, float]]:
+        return [
+            {
+                "step": i,
+                "timestep": int(t),
+                "alpha_bar": float(self.alphas_cumprod[t]),
+                "sigma": float(self.sigmas[t]),
+                "k_sigma": float(self.k_sigmas[t]),
+            }
+            for i, t in enumerate(self.visited)
+        ]
+
+
+def schedule_curves(scheduler: Any, steps: int) -> ScheduleCurves:
+    """ᾱ_t over all training timesteps, and the timesteps `scheduler` visits in `steps` steps."""
+    if steps < 1:
+        raise TokensmithError(f"steps must be 1 or more, not {steps}")
+    scheduler.set_timesteps(steps)
+    visited = [round(float(t)) for t in scheduler.timesteps]
+    return ScheduleCurves(alphas_cumprod=scheduler.alphas_cumprod.float().clone(), visited=visited)
+
+
+def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
+    """Write a two-panel PNG: ᾱ_t and σ_t against t (visited steps marked), and k-diffusion σ (log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = torch.arange(len(curves.alphas_cumprod))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(t, curves.alphas_cumprod, label="ᾱ_t (signal kept)", color="tab:blue")
+    left.plot(t, curves.sigmas, label="σ_t = √(1−ᾱ_t) (noise std)", color="tab:orange")
+    visited = curves.visited
+    left.scatter(visited, curves.alphas_cumprod[visited], s=14, color="tab:blue", zorder=3)
+    left.scatter(
+        visited, curves.sigmas[visited], s=14, color="tab:orange", zorder=3, label="visited timesteps"
+    )
+    for v in visited:
+        left.axvline(v, color="gray", lw=0.4, alpha=0.5)
+    left.set(xlabel="timestep t", ylabel="value", title="training schedule and the steps sampled")
+    left.legend(loc="center right", fontsize=8)
+    right.semilogy(range(len(visited)), curves.k_sigmas[visited], marker="o", color="tab:green")
+    right.set(xlabel="sampling step", ylabel="σ_t / √ᾱ_t (log)", title="noise level per sampling step")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out)
+
+
+def _save_figure(fig: Any, out: Path) -> Path:
+    """Written completely or not at all: a temp file in the same folder, then rename."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,287 @@
+"""The one generation engine the CLI and the studio call: a model loaded once, prompts in, images out.
+
+    session = Session("demo")
+    [result] = session.generate(GenerateRequest("a <my-cat> on a blue background", seed=3), store=store)
+    save_png(result, "cat.png")          # provenance.py: PNG with the JSON chunk and A1111 `parameters`
+
+The sampling loop is our own (not the pipeline's __call__) because loss guidance, prompt editing and traces
+all need the predicted clean image at every step; it uses the pipeline's UNet, VAE and a diffusers scheduler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from embeddings import Store
+from embeddings.errors import TokensmithError
+from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPlan
+from studio.generation.guidance import Guide, guided_x0, parse_guide
+from studio.generation.img2img import check_strength, encode_image, load_init_image, trimmed_timesteps
+from studio.generation.prompt import Node, apply_swaps, blends, parse, parse_swap, to_text
+from studio.generation.schedule import DEFAULT_SCHEDULER, make_scheduler
+from studio.generation.trace import Trace, TraceFrame
+from trainers.models import LoadedModel, load_model
+
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}  # others: 7.5, the SD 1.x/2.x habit
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class GenerateRequest:
+    """Everything one generation needs; `num_images` images use seeds seed, seed+1, ..."""
+
+    prompt: str
+    negative: str = ""
+    seed: int = 0
+    steps: int = DEFAULT_STEPS
+    guidance: float | None = None  # None: the model family's usual value (demo 4, SDXL 5, else 7.5)
+    scheduler: str = DEFAULT_SCHEDULER
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    num_images: int = 1
+    swaps: dict[str, str] = field(default_factory=dict)  # word -> "<name>" (or a word)
+    init_image: str | Path | Image.Image | None = None
+    strength: float = 0.6
+    guides: tuple[str, ...] = ()  # guidance.py specs: "color=green", "module=pkg.mod:fn,scale=50"
+    trace_steps: tuple[int, ...] = ()  # step indices to trace (0-based); empty: no trace
+
+
+@dataclass
+class StepInfo:
+    """What `on_step` receives after every sampling step."""
+
+    image_index: int
+    num_images: int
+    step: int  # 1-based count of steps done for this image
+    total_steps: int
+    timestep: int
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    provenance: dict
+    trace: Image.Image | None = None  # the labelled strip, when trace_steps were asked for
+
+    @property
+    def seed(self) -> int:
+        return int(self.provenance["seed"])
+
+
+def swaps_from_specs(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """['puppy=<cat>', ...] (the CLI's --swap) -> {'puppy': '<cat>'}."""
+    return dict(parse_swap(spec) for spec in specs)
+
+
+class Session:
+    """A loaded model plus the embeddings installed into it; reuse it for many generations."""
+
+    def __init__(self, model: LoadedModel | str = "demo") -> None:
+        self.model = load_model(model) if isinstance(model, str) else model
+        self.encoder = PromptEncoder(self.model)
+
+    # --- public ---
+
+    def generate(
+        self,
+        req: GenerateRequest,
+        *,
+        store: Store | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+    ) -> list[Result]:
+        """Render `req.num_images` images (seeds seed, seed+1, ...); each Result carries its provenance."""
+        req = self._resolved(req)
+        nodes = apply_swaps(parse(req.prompt), req.swaps)
+        negative = apply_swaps(parse(req.negative), req.swaps)
+        used = self.encoder.require(nodes, store) + self.encoder.require(negative, store)
+        guides = [parse_guide(spec) for spec in req.guides]
+        init = None
+        if req.init_image is not None:
+            check_strength(req.strength)
+            init = load_init_image(req.init_image, (req.width, req.height))
+        results = []
+        for index in range(req.num_images):
+            seed = req.seed + index
+            image, trace = self._sample(req, nodes, negative, guides, init, seed, index, on_step)
+            provenance = self._provenance(req, nodes, negative, used, init, seed, index)
+            results.append(Result(image=image, provenance=provenance, trace=trace))
+        return results
+
+    # --- request checks ---
+
+    def _resolved(self, req: GenerateRequest) -> GenerateRequest:
+        family = self.model.family
+        width = req.width or self.model.resolution
+        height = req.height or self.model.resolution
+        multiple = self._size_multiple()
+        for label, value in (("width", width), ("height", height)):
+            if value < multiple or value % multiple:
+                raise TokensmithError(
+                    f"{label} {value} does not fit this model: use a multiple of {multiple}"
+                )
+        if req.steps < 1 or req.steps > 1000:
+            raise TokensmithError(f"--steps must be between 1 and 1000, not {req.steps}")
+        if req.num_images < 1:
+            raise TokensmithError(f"--num-images must be 1 or more, not {req.num_images}")
+        if not 0 <= req.seed <= MAX_SEED - req.num_images:
+            raise TokensmithError(f"--seed must be between 0 and {MAX_SEED - req.num_images}, not {req.seed}")
+        guidance = DEFAULT_GUIDANCE.get(family, 7.5) if req.guidance is None else float(req.guidance)
+        if guidance < 0:
+            raise TokensmithError(f"--guidance must be 0 or more, not {guidance}")
+        return replace(req, width=width, height=height, guidance=guidance)
+
+    def _size_multiple(self) -> int:
+        unet_levels = len(self.model.pipe.unet.config.block_out_channels) - 1
+        return int(self.model.pipe.vae_scale_factor) * 2**unet_levels
+
+    # --- sampling ---
+
+    def _sample(self, req, nodes, negative, guides, init, seed, index, on_step):
+        pipe = self.model.pipe
+        scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)
+        scheduler.set_timesteps(req.steps)
+        timesteps = trimmed_timesteps(scheduler, req.steps, req.strength) if init else scheduler.timesteps
+        plan = self.encoder.plan(nodes, len(timesteps))
+        negative_plan = self.encoder.plan(negative, len(timesteps))
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latent_shape = (
+            1,
+            pipe.unet.config.in_channels,
+            req.height // pipe.vae_scale_factor,
+            req.width // pipe.vae_scale_factor,
+        )
+        noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)  # (1, C, h, w)
+        noise = noise.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+        if init:
+            latents = scheduler.add_noise(
+                encode_image(pipe.vae, init[0]), noise, timesteps[:1]
+            )  # (1, C, h, w)
+        else:
+            latents = noise * scheduler.init_noise_sigma
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        )
+        trace = Trace() if req.trace_steps else None
+        wanted = set(req.trace_steps)
+        for i, t in enumerate(timesteps):
+            fraction = i / len(timesteps)
+            x_in = scheduler.scale_model_input(latents, t)  # (1, C, h, w), variance-preserving scale
+            out = self._predict(x_in, t, plan.at(fraction), negative_plan.at(fraction), req)
+            if guides or i in wanted:
+                alpha_bar = self._alpha_bar(scheduler, t)
+                x0 = _predicted_x0(out, x_in, alpha_bar, self.model.prediction_type)  # (1, C, h, w)
+                if guides:
+                    latents, out, x0 = self._guide(scheduler, t, latents, out, x0, alpha_bar, guides, i)
+                if trace is not None and i in wanted:
+                    trace.frames.append(TraceFrame(i, round(float(t)), self._decode(x_in), self._decode(x0)))
+            latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+            if on_step:
+                on_step(StepInfo(index, req.num_images, i + 1, len(timesteps), round(float(t))))
+        return self._decode(latents), (trace.strip() if trace and trace.frames else None)
+
+    def _predict(
+        self, x_in: torch.Tensor, t: Any, cond: Conditioning, uncond: Conditioning, req
+    ) -> torch.Tensor:
+        """Classifier-free guided model output for one latent (what the scheduler's prediction_type says)."""
+        unet = self.model.pipe.unet
+        use_cfg = req.guidance != 1.0
+        conds = [uncond, cond] if use_cfg else [cond]
+        x = torch.cat([x_in] * len(conds))  # (k, C, h, w)
+        hidden = torch.cat([c.embeds for c in conds])  # (k, L, D)
+        added = None
+        if self.model.is_sdxl:
+            time_ids = torch.tensor(
+                [[req.height, req.width, 0, 0, req.height, req.width]], dtype=hidden.dtype
+            )
+            added = {
+                "text_embeds": torch.cat([c.pooled for c in conds]),  # (k, D2)
+                "time_ids": time_ids.repeat(len(conds), 1).to(hidden.device),  # (k, 6)
+            }
+        with torch.no_grad():
+            out = unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample  # (k, C, h, w)
+        if not use_cfg:
+            return out
+        out_uncond, out_cond = out.chunk(2)
+        return out_uncond + req.guidance * (out_cond - out_uncond)
+
+    @staticmethod
+    def _alpha_bar(scheduler: Any, t: Any) -> torch.Tensor:
+        """ᾱ at this step: from σ for k-diffusion schedulers (Euler, Heun), else the table at t."""
+        sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+        if sigmas is not None and index is not None and getattr(scheduler, "init_noise_sigma", 1.0) != 1.0:
+            return 1.0 / (1.0 + sigmas[index].float() ** 2)
+        return scheduler.alphas_cumprod[round(float(t))].float()
+
+    def _guide(self, scheduler, t, latents, out, x0, alpha_bar, guides: list[Guide], step: int):
+        """Move x̂0 by the guides' gradient; move x_t and the model output to agree (same noise)."""
+        new_x0 = guided_x0(x0, guides, step, self._decode_tensor)
+        delta = new_x0 - x0  # (1, C, h, w)
+        if not delta.any():
+            return latents, out, x0
+        vp_gain = float(scheduler.scale_model_input(torch.ones(1), t)[0])  # x_in / latents
+        latents = latents + alpha_bar.sqrt() * delta / vp_gain
+        if self.model.prediction_type == "v_prediction":
+            out = out - (1 - alpha_bar).sqrt() * delta
+        elif self.model.prediction_type == "sample":
+            out = out + delta
+        return latents, out, new_x0
+
+    # --- decoding ---
+
+    def _decode_tensor(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B, C, h, w) -> image (B, 3, H, W) in [0, 1] (differentiable)."""
+        vae = self.model.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        image = vae.decode(latents / vae.config.scaling_factor + shift).sample  # (B, 3, H, W) in [-1, 1]
+        return ((image + 1) / 2).clamp(0, 1)
+
+    def _decode(self, latents: torch.Tensor) -> Image.Image:
+        with torch.no_grad():
+            image = self._decode_tensor(latents)[0]  # (3, H, W)
+        pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()  # (H, W, 3)
+        return Image.fromarray(pixels, "RGB")
+
+    # --- provenance ---
+
+    def _provenance(self, req, nodes: tuple[Node, ...], negative, used, init, seed: int, index: int) -> dict:
+        from studio.generation.provenance import provenance_dict
+
+        return provenance_dict(
+            req=req,
+            model=self.model,
+            prompt_as_run=to_text(nodes),
+            negative_as_run=to_text(negative),
+            embeddings=_unique(used),
+            blends=[b.expression for b in blends(nodes) + blends(negative)],
+            init_sha256=init[1] if init else None,
+            seed=seed,
+            index=index,
+        )
+
+
+def _predicted_x0(out: torch.Tensor, x_in: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
+    """x̂0 from the model output at x_t = √ᾱ·x0 + √(1−ᾱ)·ε."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "v_prediction":
+        return a * x_in - s * out  # v = a·ε − s·x0
+    if prediction_type == "sample":
+        return out
+    return (x_in - s * out) / a
+
+
+def _unique(embeddings: list) -> list:
+    seen: dict[str, Any] = {}
+    for emb in embeddings:
+        seen.setdefault(emb.name, emb)
+    return list(seen.values())
+
+
+__all__ = ["GenerateRequest", "PromptPlan", "Result", "Session", "StepInfo", "swaps_from_specs"]

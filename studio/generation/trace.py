@@ -1,0 +1,59 @@
+"""`generate --trace`: at chosen steps, the noisy latent decoded and the predicted clean image, as a strip.
+
+Top row: what the sampler holds at that step (x_t decoded as if it were clean); bottom row: the model's
+prediction of the final image (x̂0). Columns are labelled with the step and timestep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+CELL = 128  # small images are enlarged (nearest) so the strip is readable
+LABEL_H = 16
+ROW_LABEL_W = 44
+
+
+@dataclass
+class TraceFrame:
+    step: int
+    timestep: int
+    noisy: Image.Image
+    predicted: Image.Image
+
+
+@dataclass
+class Trace:
+    frames: list[TraceFrame] = field(default_factory=list)
+
+    def strip(self) -> Image.Image:
+        """The labelled 2-row strip (x_t over x̂0), one column per traced step."""
+        if not self.frames:
+            raise ValueError("no steps were traced")
+        cell = max(CELL, self.frames[0].noisy.width)
+        width = ROW_LABEL_W + cell * len(self.frames)
+        sheet = Image.new("RGB", (width, LABEL_H + 2 * cell), "white")
+        draw = ImageDraw.Draw(sheet)
+        draw.text((4, LABEL_H + cell // 2), "x_t", fill="black")
+        draw.text((4, LABEL_H + cell + cell // 2), "pred", fill="black")
+        for col, frame in enumerate(self.frames):
+            x = ROW_LABEL_W + col * cell
+            draw.text((x + 3, 2), f"step {frame.step} t={frame.timestep}", fill="black")
+            sheet.paste(_enlarge(frame.noisy, cell), (x, LABEL_H))
+            sheet.paste(_enlarge(frame.predicted, cell), (x, LABEL_H + cell))
+        return sheet
+
+
+def default_trace_steps(total: int, count: int = 6) -> list[int]:
+    """`count` steps spread evenly from the first to the last."""
+    if total <= count:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def _enlarge(image: Image.Image, size: int) -> Image.Image:
+    if image.width == size:
+        return image
+    resample = Image.Resampling.NEAREST if image.width < size else Image.Resampling.LANCZOS
+    return image.resize((size, size * image.height // image.width), resample)
