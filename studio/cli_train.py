@@ -120,11 +120,9 @@ class ProgressBar:
 
 
 def run_train(args) -> int:
-    import torch
 
     from trainers.trainer import summary, train
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     cfg = config_from_args(args)
     bar = ProgressBar(cfg.steps)
     try:

@@ -1,0 +1,99 @@
+"""A run killed with SIGKILL and resumed ends within 1e-6 of an uninterrupted run; the store never sees a
+partial file; SIGTERM stops cleanly with a `stopped` event and a last snapshot."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from embeddings import Store
+from studio.cli import main
+from trainers.models import tiny_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    tiny_pipeline("sd1").save_pretrained(base / "model")
+    images = base / "images"
+    images.mkdir()
+    for i in range(4):
+        image = Image.new("RGB", (16, 16), (30, 30, 30))
+        image.paste((230, 60 * i, 40), (3, 3, 13, 13))
+        image.save(images / f"{i}.png")
+    return base
+
+
+def _args(setup, run_dir, steps=40):
+    return ["train", "--images", str(setup / "images"), "--name", "kitty", "--model", str(setup / "model"),
+            "--steps", str(steps), "--save-every", "4", "--validate-every", "4", "--batch-size", "2",
+            "--preview-images", "0", "--seed", "3", "--init", "a", "--run-dir", str(run_dir)]  # fmt: skip
+
+
+def _spawn(args, home):
+    env = {**os.environ, "TOKENSMITH_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "studio", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for(path: Path, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"trainer exited early: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+
+
+def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_path):
+    assert main([*_args(setup, tmp_path / "whole"), "--home", str(tmp_path / "home-a")]) == 0
+    whole = Store.for_home(tmp_path / "home-a").get("kitty")
+
+    # 1. SIGKILL after the step-8 checkpoint: nothing finished, nothing in the store.
+    home, run = tmp_path / "home-b", tmp_path / "interrupted"
+    proc = _spawn(_args(setup, run), home)
+    _wait_for(run / "checkpoints" / "step-000008", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not [r for r in _records(run) if "event" in r], "the killed run should not have finished"
+    store_dir = home / "embeddings"
+    assert not store_dir.exists() or not any(store_dir.iterdir()), "the store holds a partial result"
+
+    # 2. Resume in a new process, then SIGTERM it (the UI's Cancel): a stopped event and a last snapshot.
+    proc = _spawn(["train", "--run-dir", str(run), "--resume"], home)
+    _wait_for(run / "checkpoints" / "step-000016", proc)
+    assert int((run / "pid").read_text()) == proc.pid
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "--resume" in err
+    last = _records(run)[-1]
+    assert last["event"] == "stopped" and last["name"] == "kitty"
+    assert (run / "snapshots" / f"step-{last['step']:06d}.safetensors").is_file()
+    stopped_at = run / "checkpoints" / f"step-{last['step']:06d}"
+    assert {p.name for p in stopped_at.iterdir()} == {
+        "state.json",
+        "state.safetensors",
+    }  # nothing to unpickle
+    assert not Store.for_home(home).exists("kitty")
+
+    # 3. Resume again (in this process) to the end: the same embedding as the uninterrupted run.
+    assert main(["train", "--run-dir", str(run), "--resume", "--home", str(home)]) == 0
+    result = Store.for_home(home).get("kitty")
+    difference = (result.vectors["emb_params"] - whole.vectors["emb_params"]).abs().max()
+    assert float(difference) <= 1e-6
+    records = _records(run)
+    steps = [r["step"] for r in records if "event" not in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 40, "resume left a gap or duplicate in progress.jsonl"
+    assert [r["event"] for r in records if "event" in r] == ["done"]
