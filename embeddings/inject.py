@@ -56,7 +56,8 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
 
     A single-encoder embedding fits a single-encoder model of the same width. With `partial=True` an
     `emb_params` embedding of width 768 goes into SDXL's `clip_l` and `clip_g` gets zero vectors (the
-    SD 1.x -> SDXL option: only half of the text conditioning carries the concept).
+    SD 1.x -> SDXL option: only half of the text conditioning carries the concept); the other way, an SDXL
+    embedding's `clip_l` half goes into an SD 1.x model.
     """
     keys = [key for key, _tok, _te in encoders]
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
@@ -66,6 +67,10 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
             vectors = emb.vectors[key]
         elif len(emb.vectors) == 1 and len(encoders) == 1:
             vectors = next(iter(emb.vectors.values()))
+        elif (
+            partial and key == SINGLE_KEY and "clip_l" in emb.vectors and emb.widths["clip_l"] == widths[key]
+        ):
+            vectors = emb.vectors["clip_l"]  # SDXL -> SD 1.x: the clip_l half alone
         elif partial and SINGLE_KEY in emb.vectors and emb.widths[SINGLE_KEY] == widths.get(key):
             vectors = emb.vectors[SINGLE_KEY]
         elif (
@@ -78,11 +83,7 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
             raise InstallError(
                 f"embedding '{emb.name}' ({family_title(emb.family)} keys {sorted(emb.vectors)}) doesn't fit "
                 f"this model ({family_title(_model_family(encoders))}, encoders {keys})"
-                + (
-                    ": try the partial clip_l-only install"
-                    if SINGLE_KEY in emb.vectors and len(keys) > 1
-                    else ""
-                )
+                + (": try the partial clip_l-only install" if _partial_possible(emb, keys) else "")
             )
         if vectors.shape[1] != widths[key]:
             raise InstallError(
@@ -137,6 +138,12 @@ def installed_tokens(name: str, tokenizer: Any) -> list[str]:
     pattern = re.compile(rf"{re.escape(f'<{name}>')}(?:_\d+)?")
     added = tokenizer.get_added_vocab()
     return sorted((t for t in added if pattern.fullmatch(t)), key=added.get)
+
+
+def _partial_possible(emb: Embedding, keys: list[str]) -> bool:
+    return (SINGLE_KEY in emb.vectors and "clip_l" in keys) or (
+        "clip_l" in emb.vectors and keys == [SINGLE_KEY]
+    )
 
 
 def _grow(text_encoder: Any, size: int) -> None:

@@ -1,0 +1,158 @@
+"""The compatibility doctor: what a file is, and whether (and why not) it fits a model, in plain words.
+
+report = diagnose(Path("bad-hands-5.pt"), encoders=model.encoders)
+report.fit      # "fits" | "partial" | "no" | "unknown" (no model given) | "unreadable"
+report.lines    # sentences for people: "trained for SD 1.x (width 768); this model is SD 2.x (width 1024)"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embeddings.errors import EmbeddingFormatError
+from embeddings.importing import import_path
+from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
+from embeddings.maths import norm_report
+from embeddings.value import SINGLE_KEY, Embedding, family_from_widths, family_title
+
+PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end
+LOUD_NORM = 4.0  # vectors this many times the vocabulary's mean norm tend to overpower a prompt
+
+
+@dataclass
+class Diagnosis:
+    path: str
+    fit: str  # "fits" | "partial" | "no" | "unknown" | "unreadable"
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    embedding: Embedding | None = None
+    model_family: str | None = None
+    norms: dict | None = None
+
+    def to_json(self) -> dict:
+        emb = self.embedding
+        return {
+            "path": self.path,
+            "fit": self.fit,
+            "lines": self.lines,
+            "warnings": self.warnings,
+            "model_family": self.model_family,
+            "embedding": None
+            if emb is None
+            else {
+                "name": emb.name,
+                "format": emb.meta.get("source_format"),
+                "family": emb.family,
+                "widths": emb.widths,
+                "num_vectors": emb.num_vectors,
+                "meta": emb.meta,
+            },
+            "norms": self.norms,
+        }
+
+
+def describe(emb: Embedding) -> list[str]:
+    """What the embedding is: format, family, widths, vector count, provenance."""
+    widths = ", ".join(f"{k} {w}" for k, w in emb.widths.items())
+    lines = [
+        f"'{emb.name}': {_format_title(emb.meta.get('source_format', ''))}",
+        f"family {family_title(emb.family)} ({emb.family}); widths: {widths}; {emb.num_vectors} vector(s)",
+    ]
+    facts = [f"{k} {emb.meta[k]}" for k in ("base_model", "steps", "init", "created") if emb.meta.get(k)]
+    if facts:
+        lines.append("provenance: " + "; ".join(facts))
+    if emb.meta.get("parent"):
+        lines.append(f"lineage: {emb.meta['parent']}")
+    return lines
+
+
+def _format_title(source: str) -> str:
+    titles = {
+        "safetensors:canonical": "tokensmith canonical file",
+        "safetensors:kohya": "kohya/ComfyUI emb_params safetensors",
+        "safetensors:sdxl": "SDXL clip_l/clip_g safetensors",
+        "safetensors:diffusers": "diffusers {token: tensor} safetensors",
+        "diffusers:sdxl-pair": "diffusers SDXL pair (learned_embeds + learned_embeds_2)",
+        "pickle:a1111": "AUTOMATIC1111 .pt (string_to_param)",
+        "pickle:diffusers": "diffusers {token: tensor} pickle (.bin)",
+        "pickle:kohya": "kohya emb_params pickle",
+        "pickle:sdxl": "SDXL clip_l/clip_g pickle",
+        "image:a1111": "AUTOMATIC1111 embedding image",
+    }
+    return titles.get(source, source or "unknown format")
+
+
+def fit_to_model(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]]) -> tuple[str, list[str]]:
+    """('fits' | 'partial' | 'no', sentences) for installing `emb` into the model of these encoders."""
+    widths = {key: encoder_width(te) for key, _tok, te in encoders}
+    model = family_title(family_from_widths(widths))
+    model_widths = ", ".join(f"{k} {w}" for k, w in widths.items())
+    try:
+        vectors_for_encoders(emb, encoders)
+        return "fits", [f"fits this model ({model}, {model_widths}): use <{emb.name}> in prompts"]
+    except InstallError:
+        pass
+    own = family_title(emb.family)
+    own_widths = ", ".join(str(w) for w in emb.widths.values())
+    why = f"trained for {own} (width {own_widths}); this model is {model} (width {model_widths})"
+    try:
+        vectors_for_encoders(emb, encoders, partial=True)
+    except InstallError:
+        return "no", [f"does not fit: {why}"]
+    if SINGLE_KEY in emb.vectors:
+        how = "it can go into SDXL's clip_l encoder only (clip_g gets zero vectors)"
+    else:
+        how = "its clip_l half can be used alone in this model"
+    return "partial", [f"does not fully fit: {why}", f"partial option: {how}; expect a weaker effect"]
+
+
+def diagnose(path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None) -> Diagnosis:
+    """Read `path` and explain it; with `encoders` (a model's triples) also say whether and how it fits."""
+    path = Path(path)
+    try:
+        (emb, *more) = import_path(path)
+    except (EmbeddingFormatError, OSError) as exc:
+        return Diagnosis(str(path), "unreadable", [f"not a usable embedding: {exc}"])
+    report = Diagnosis(str(path), "unknown", describe(emb), embedding=emb)
+    if more:
+        report.warnings.append(
+            f"the folder holds {len(more) + 1} embeddings; this report covers '{emb.name}'"
+        )
+    if emb.num_vectors > PROMPT_TOKENS:
+        report.warnings.append(
+            f"{emb.num_vectors} vectors exceed the {PROMPT_TOKENS} tokens a prompt can hold"
+        )
+    elif emb.num_vectors > 16:
+        report.warnings.append(
+            f"{emb.num_vectors} vectors use {emb.num_vectors} of a prompt's {PROMPT_TOKENS} tokens"
+        )
+    if emb.meta.get("source_name"):
+        report.warnings.append(
+            f"its name {emb.meta['source_name']!r} is stored as '{emb.name}' (safe characters)"
+        )
+    if encoders is None:
+        report.lines.append("give --model to check whether it fits a model")
+        return report
+    report.model_family = family_from_widths({key: encoder_width(te) for key, _tok, te in encoders})
+    report.fit, lines = fit_to_model(emb, encoders)
+    report.lines.extend(lines)
+    if report.fit == "fits":
+        report.norms = _norms(emb, encoders, report)
+    return report
+
+
+def _norms(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]], report: Diagnosis) -> dict:
+    out = {}
+    for (key, tok, te), vectors in zip(encoders, vectors_for_encoders(emb, encoders), strict=True):
+        stats = norm_report(vectors, tok, te)
+        out[key] = stats
+        loudest = max(r for r in stats["ratio_to_vocab_mean"] if r is not None)
+        if loudest >= LOUD_NORM:
+            report.warnings.append(
+                f"{key}: a vector is {loudest:g}x the vocabulary's mean norm; it may overpower the rest of a "
+                "prompt (try a lower weight or a blend with --keep-norm)"
+            )
+    return out
