@@ -16,7 +16,13 @@ from pathlib import Path
 
 # Each module defines `register(subparsers, common)`; a subcommand sets `run=function(args) -> int | None`.
 # Modules import their heavy dependencies (torch, diffusers) inside the run functions so `--help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("studio.cli_train", "studio.cli_ui", "studio.cli_demo_world", "studio.cli_generate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "studio.cli_train",
+    "studio.cli_ui",
+    "studio.cli_demo_world",
+    "studio.cli_generate",
+    "studio.cli_embeddings",
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

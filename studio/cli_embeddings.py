@@ -1,0 +1,346 @@
+"""Embedding commands: import, list, show, export, rename, rm, restore, blend, nearest, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
+
+
+def _epilog(text: str) -> dict:
+    return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def register(subparsers, common) -> None:
+    """Add the embeddings commands to the `tokensmith` parser."""
+    sub = subparsers.add_parser(
+        "import",
+        parents=[common],
+        help="import embedding files (any format) into the store",
+        **_epilog(
+            "Examples:\n  tokensmith import bad-hands-5.pt EasyNegative.safetensors\n"
+            "  tokensmith import sdxl-run/ --name my-style      # the diffusers SDXL pair in a folder\n"
+            "  tokensmith import card.png --force             # A1111 embedding image; replace same name\n\n"
+            "Reads diffusers {token: tensor} (.safetensors/.bin, SDXL pair), A1111 .pt and PNG/WebP images,\n"
+            "kohya/ComfyUI emb_params and SDXL clip_l/clip_g files. Pickles load with weights_only=True.\n"
+            "Prints the stored name(s), one per line."
+        ),
+    )
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to import")
+    sub.add_argument("--name", help="store under this name (only when importing one embedding)")
+    sub.add_argument("--force", action="store_true", help="replace stored embeddings of the same name")
+    sub.add_argument("--json", action="store_true", help="print a JSON list of what was stored")
+    sub.set_defaults(run=run_import)
+
+    sub = subparsers.add_parser(
+        "list",
+        parents=[common],
+        help="list stored embeddings (reads file headers only)",
+        **_epilog("Examples:\n  tokensmith list\n  tokensmith list --json | jq '.[].name'"),
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_list)
+
+    sub = subparsers.add_parser(
+        "show",
+        parents=[common],
+        help="show one stored embedding: metadata, shapes, norms",
+        **_epilog("Example:\n  tokensmith show bad-hands-5 --json"),
+    )
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_show)
+
+    sub = subparsers.add_parser(
+        "export",
+        parents=[common],
+        help="write a stored embedding in another tool's format",
+        **_epilog(
+            "Examples:\n  tokensmith export my-cat --format a1111-pt --out my-cat.pt\n"
+            "  tokensmith export my-xl --format diffusers --out my-xl/   # SDXL: a folder for the pair\n"
+            "  tokensmith export my-cat --format a1111-png --out my-cat.png\n\n"
+            'canonical: our file (A1111, ComfyUI, kohya read it as is); diffusers: {"<name>": tensor};\n'
+            "a1111-pt: the .pt dict A1111 writes; a1111-png: the preview with the sd-ti-embedding chunk."
+        ),
+    )
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    sub.add_argument("--out", required=True, metavar="PATH", help="output file (diffusers SDXL: a folder)")
+    sub.add_argument("--force", action="store_true", help="replace existing output files")
+    sub.set_defaults(run=run_export)
+
+    for command, helptext, example, fn in (
+        ("rename", "rename a stored embedding", "tokensmith rename cat my-cat", run_rename),
+        ("rm", "move a stored embedding to the trash", "tokensmith rm my-cat", run_rm),
+        ("restore", "bring an embedding back from the trash", "tokensmith restore my-cat", run_restore),
+    ):
+        sub = subparsers.add_parser(
+            command, parents=[common], help=helptext, **_epilog(f"Example:\n  {example}")
+        )
+        sub.add_argument("name", metavar="OLD" if command == "rename" else "NAME")
+        if command == "rename":
+            sub.add_argument("new", metavar="NEW")
+        sub.set_defaults(run=fn)
+
+    sub = subparsers.add_parser(
+        "blend",
+        parents=[common],
+        help="make a new embedding from a weighted mix of embeddings and words",
+        **_epilog(
+            'Examples:\n  tokensmith blend "0.5*<cat> + 0.5*<dog>" --name catdog\n'
+            '  tokensmith blend "slerp(<cat>, <dog>, 0.3)" --name mostly-cat --keep-norm\n'
+            '  tokensmith blend "0.6*keyboard + 0.4*typewriter" --name keywriter --model demo\n\n'
+            "<name> is a stored embedding; a bare word (or 'a phrase') is that text's token embeddings in\n"
+            "--model. Shorter operands are zero-padded to the longest; SDXL blends act per encoder."
+        ),
+    )
+    sub.add_argument("expr", metavar="EXPR")
+    sub.add_argument("--name", required=True, help="name of the new embedding")
+    sub.add_argument("--model", help="model whose vocabulary gives words their vectors (default: demo)")
+    sub.add_argument("--keep-norm", action="store_true", help="keep the operands' mean vector norm")
+    sub.add_argument("--force", action="store_true", help="replace an embedding of the same name")
+    sub.set_defaults(run=run_blend)
+
+    sub = subparsers.add_parser(
+        "nearest",
+        parents=[common],
+        help="the vocabulary tokens closest to each vector of an embedding",
+        **_epilog(
+            "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json"
+        ),
+    )
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--model", default="demo", help="model whose vocabulary to search (default: demo)")
+    sub.add_argument("-k", type=int, default=10, help="tokens per vector (default 10)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_nearest)
+
+    sub = subparsers.add_parser(
+        "doctor",
+        parents=[common],
+        help="explain what an embedding file is and whether it fits a model",
+        **_epilog(
+            "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
+            "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
+            "  tokensmith doctor my-cat --model demo   # a stored name works too\n\n"
+            "Exit code 0 when the file is readable and fits (or no --model was given; a partial fit prints\n"
+            "how to use it), 1 when it is unreadable or does not fit."
+        ),
+    )
+    sub.add_argument("path", metavar="PATH")
+    sub.add_argument("--model", help="check the fit with this model")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_doctor)
+
+
+# --- helpers ---
+def _store(args):
+    from embeddings import Store
+
+    return Store.for_home(args.home)
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _load_model(spec: str):
+    from trainers.models import load_model
+
+    print(f"loading model {spec} ...", file=sys.stderr)
+    return load_model(spec)
+
+
+# --- commands ---
+def run_import(args) -> int:
+    from embeddings import StoreError, validate_name
+    from embeddings.importing import import_path
+
+    store = _store(args)
+    found, skipped = [], []
+    for path in args.paths:
+        found.extend(import_path(Path(path), skipped=skipped))
+    for path, reason in skipped:
+        print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
+    if not found:
+        raise StoreError("nothing to import: no file held an embedding")
+    if args.name:
+        if len(found) != 1:
+            raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")
+        found = [found[0].with_name(validate_name(args.name))]
+    names = [emb.name for emb in found]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise StoreError(
+            f"several files hold an embedding named {dupes[0]!r}; import them one by one with --name"
+        )
+    taken = [n for n in names if store.exists(n)]
+    if taken and not args.force:  # checked for all before writing any, so nothing is half-imported
+        raise StoreError(f"'{taken[0]}' already exists in the store; use --name NEW or --force to replace it")
+    paths = [store.put(emb, overwrite=args.force) for emb in found]
+    if args.json:
+        _print_json(
+            [{"name": e.name, "path": str(p), "family": e.family} for e, p in zip(found, paths, strict=True)]
+        )
+    else:
+        print("\n".join(names))
+    return 0
+
+
+def run_list(args) -> int:
+    entries = _store(args).list()
+    if args.json:
+        _print_json([entry.to_json() for entry in entries])
+        return 0
+    if not entries:
+        print("no embeddings yet: `tokensmith import FILE` or `tokensmith train` adds some", file=sys.stderr)
+        return 0
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        widths = "+".join(str(w) for w in e.widths.values())
+        extra = f"  {e.meta.get('created', '')[:10]}" + ("  [preview]" if e.preview else "")
+        print(f"{e.name:<{width}}  {e.family:<6} {e.num_vectors:>3}v  width {widths:<9}{extra}".rstrip())
+    return 0
+
+
+def run_show(args) -> int:
+    store = _store(args)
+    emb = store.get(args.name)
+    entry = store.entry(args.name)
+    data = {
+        **entry.to_json(),
+        "sha256": emb.sha256,
+        "norms": emb.norms(),
+        "tokens": [f"<{emb.name}>"] + [f"<{emb.name}>_{i}" for i in range(1, emb.num_vectors)],
+    }
+    if args.json:
+        _print_json(data)
+        return 0
+    print(emb.describe())
+    print(f"file:    {entry.path}")
+    print(f"tokens:  {' '.join(data['tokens'])}")
+    for key, norms in data["norms"].items():
+        print(f"norms:   {key}: {', '.join(f'{x:.4g}' for x in norms)}")
+    for key in sorted(emb.meta):
+        print(f"{key + ':':<9}{emb.meta[key]}")
+    if entry.preview:
+        print(f"preview: {entry.preview}")
+    return 0
+
+
+def run_export(args) -> int:
+    from PIL import Image
+
+    from embeddings.exporting import export
+
+    store = _store(args)
+    emb = store.get(args.name)
+    image = None
+    preview = store.preview_path(args.name)
+    if args.format == "a1111-png" and preview.is_file():
+        with Image.open(preview) as opened:
+            image = opened.convert("RGB")
+    for path in export(emb, args.format, Path(args.out), overwrite=args.force, image=image):
+        print(path)
+    return 0
+
+
+def run_rename(args) -> int:
+    _store(args).rename(args.name, args.new)
+    print(args.new)
+    return 0
+
+
+def run_rm(args) -> int:
+    _store(args).delete(args.name)
+    print(
+        f"moved '{args.name}' to the trash; `tokensmith restore {args.name}` brings it back", file=sys.stderr
+    )
+    return 0
+
+
+def run_restore(args) -> int:
+    _store(args).restore(args.name)
+    print(args.name)
+    return 0
+
+
+def run_blend(args) -> int:
+    from embeddings import StoreError, validate_name
+    from embeddings.blend_expr import parse_blend
+    from embeddings.maths import blend, word_operand
+
+    store = _store(args)
+    validate_name(args.name)
+    if store.exists(args.name) and not args.force:
+        raise StoreError(f"'{args.name}' already exists; choose another --name or pass --force")
+    spec = parse_blend(args.expr)
+    model = _load_model(args.model or "demo") if spec.needs_model or args.model else None
+    parts = []
+    for operand, weight in spec.parts:
+        if operand.kind == "embedding":
+            parts.append((store.get(operand.text), weight))
+        else:
+            parts.append((word_operand(operand.text, model.encoders), weight))
+    result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm)
+    if model is not None:
+        result = result.with_meta(base_model=model.source, family=model.family)
+    store.put(result, overwrite=args.force)
+    print(args.name)
+    return 0
+
+
+def run_nearest(args) -> int:
+    from embeddings import vectors_for_encoders
+    from embeddings.maths import nearest_tokens
+
+    emb = _store(args).get(args.name)
+    model = _load_model(args.model)
+    result = {}
+    partial = False
+    try:
+        per_encoder = vectors_for_encoders(emb, model.encoders)
+    except ValueError:
+        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True)
+        partial = True
+    for (key, tok, te), vectors in zip(model.encoders, per_encoder, strict=True):
+        if partial and not vectors.any():
+            continue  # the zero half of a partial install has no neighbours worth showing
+        result[key] = [[n.__dict__ for n in row] for row in nearest_tokens(vectors, tok, te, k=args.k)]
+    if args.json:
+        _print_json(result)
+        return 0
+    for key, rows in result.items():
+        print(f"{key}:")
+        for i, row in enumerate(rows):
+            tokens = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
+            print(f"  {f'<{emb.name}>' if i == 0 else f'<{emb.name}>_{i}'}: {tokens}")
+    return 0
+
+
+def run_doctor(args) -> int:
+    from embeddings import Store, StoreError
+    from embeddings.doctor import diagnose
+
+    path = Path(args.path)
+    if not path.exists():
+        try:
+            store_path = Store.for_home(args.home).path(args.path)
+        except StoreError:
+            store_path = None
+        if store_path is None or not store_path.exists():
+            raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
+        path = store_path
+    encoders = _load_model(args.model).encoders if args.model else None
+    report = diagnose(path, encoders)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for line in report.lines:
+            print(line)
+        for warning in report.warnings:
+            print(f"warning: {warning}")
+    return 1 if report.fit in ("unreadable", "no") else 0
