@@ -10,6 +10,7 @@ st.set_page_config(page_title="tokensmith studio", page_icon="🪙", layout="wid
 PAGES = [
     st.Page("pages/train.py", title="Train", icon="🎓", url_path="train", default=True),
     st.Page("pages/library.py", title="Library", icon="📚", url_path="library"),
+    st.Page("pages/blend.py", title="Blend", icon="🧪", url_path="blend"),
     st.Page("pages/generate.py", title="Generate", icon="🎨", url_path="generate"),
 ]
 

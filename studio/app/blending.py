@@ -1,0 +1,90 @@
+"""What the Blend page needs besides widgets: operands as plain values, the blend itself (the core's maths),
+the weight rows of a preview grid, and a store view that holds the unsaved blend for the generation engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BLEND_MARK = "*"  # in the preview prompt, stands for the blend's trigger
+SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One input of a blend: a stored embedding or an ordinary word/phrase, with its weight."""
+
+    kind: str  # "embedding" | "word"
+    value: str
+    weight: float
+
+    @property
+    def label(self) -> str:
+        return f"<{self.value}>" if self.kind == "embedding" else f'"{self.value}"'
+
+
+def resolve(operands: list[Operand], store: Any, encoders: list | None) -> list[tuple[Any, float]]:
+    """(Embedding, weight) parts for the core's blend; words become their token embeddings."""
+    from embeddings.maths import word_operand
+
+    parts = []
+    for op in operands:
+        if not op.value.strip():
+            raise ValueError("every operand needs a value: pick an embedding or type a word")
+        if op.kind == "embedding":
+            parts.append((store.get(op.value), op.weight))
+        else:
+            if encoders is None:
+                raise ValueError("word operands need the model's tokenizer: the model could not be loaded")
+            parts.append((word_operand(op.value.strip(), encoders), op.weight))
+    return parts
+
+
+def make_blend(parts: list[tuple[Any, float]], name: str, *, method: str, keep_norm: bool) -> Any:
+    """The core's blend (lerp or slerp, optional norm keeping), with its lineage in the metadata."""
+    from embeddings.maths import blend
+
+    return blend(parts, name, method=method, keep_norm=keep_norm)
+
+
+def weight_rows(weights: list[float], sweep: bool) -> list[list[float]]:
+    """The weights of each grid row: the sliders' setting, or a sweep of the first two operands' mix
+    (t from 0 to 1: (1-t)·first + t·second, the others as set)."""
+    if not sweep or len(weights) < 2:
+        return [list(weights)]
+    return [[1 - t, t, *weights[2:]] for t in SWEEP]
+
+
+def row_label(operands: list[Operand], weights: list[float]) -> str:
+    """'0.75 <cat> + 0.25 "dog"'."""
+    return " + ".join(f"{w:g} {op.label}" for op, w in zip(operands, weights, strict=True))
+
+
+def preview_prompt(template: str, name: str) -> str:
+    """'a * on blue' -> 'a <name> on blue' (no mark: the trigger is appended)."""
+    trigger = f"<{name}>"
+    return (
+        template.replace(BLEND_MARK, trigger) if BLEND_MARK in template else f"{template} {trigger}".strip()
+    )
+
+
+class PreviewStore:
+    """The library plus one unsaved embedding, read-only: what the engine sees while a blend is previewed."""
+
+    def __init__(self, store: Any, extra: Any) -> None:
+        self.store = store
+        self.extra = extra
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    def names(self) -> list[str]:
+        return sorted(set(self.store.names()) | {self.extra.name})
+
+    def exists(self, name: str) -> bool:
+        return name == self.extra.name or self.store.exists(name)
+
+    def get(self, name: str) -> Any:
+        return self.extra if name == self.extra.name else self.store.get(name)

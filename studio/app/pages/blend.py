@@ -1,0 +1,141 @@
+"""Blend: mix stored embeddings and words with weights (lerp or slerp, keep-norm), preview the mix on a
+fixed-seed grid (weights × seeds) that follows the sliders, and save it with its lineage."""
+
+from __future__ import annotations
+
+import io
+
+import streamlit as st
+
+from studio.app import blending, context
+from studio.app.blending import Operand
+
+MAX_OPERANDS = 4
+
+
+# --- widgets ---
+
+
+def operands_ui(names: list[str]) -> list[Operand]:
+    """2–4 operands: each a library embedding or a word, with a weight slider."""
+    count = st.number_input("Operands", 2, MAX_OPERANDS, 2, key="bl_count")
+    operands = []
+    for i in range(int(count)):
+        c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
+        default_kind = 0 if len(names) > i else 1
+        kind = c1.radio(f"#{i + 1}", ["library", "word"], index=default_kind, key=f"bl_kind_{i}")
+        if kind == "library":
+            if not names:
+                c2.caption("the library is empty: use a word")
+                value = ""
+            else:
+                value = c2.selectbox("Embedding", names, index=min(i, len(names) - 1), key=f"bl_emb_{i}")
+        else:
+            value = c2.text_input("Word or phrase", key=f"bl_word_{i}", placeholder="typewriter")
+        weight = c3.slider("Weight", -1.0, 2.0, round(1.0 / int(count), 2), 0.05, key=f"bl_w_{i}")
+        operands.append(Operand("embedding" if kind == "library" else "word", value, float(weight)))
+    return operands
+
+
+def method_ui(count: int) -> tuple[str, bool]:
+    c1, c2 = st.columns(2)
+    methods = ["lerp", "slerp"] if count == 2 else ["lerp"]
+    method = c1.radio("Method", methods, horizontal=True, key="bl_method", help="slerp mixes exactly two")
+    keep_norm = c2.toggle("Keep the operands' norm", key="bl_keep_norm", help="blends otherwise shrink")
+    return method, keep_norm
+
+
+def preview_settings_ui() -> dict:
+    from studio.generation import parse_seeds
+
+    c1, c2, c3 = st.columns([3, 1, 1])
+    prompt = c1.text_input("Preview prompt (* is the blend)", "a *", key="bl_prompt")
+    seeds = parse_seeds(c2.text_input("Seeds", "0,1", key="bl_seeds"))
+    steps = c3.number_input("Steps", 1, 50, 12, key="bl_steps")
+    sweep = st.toggle("Sweep the mix of the first two operands (rows t = 0 … 1)", key="bl_sweep")
+    return {"prompt": prompt, "seeds": seeds[:6], "steps": int(steps), "sweep": sweep}
+
+
+# --- rendering ---
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def preview_cell(spec: str, sha256: str, prompt: str, seed: int, steps: int, _session, _store) -> bytes:
+    """One fixed-seed image of a blend, as PNG bytes; cached by the blend's vectors, so moving a slider back
+    to an earlier value shows its images at once."""
+    from studio.generation import GenerateRequest
+
+    [result] = _session.generate(GenerateRequest(prompt=prompt, seed=seed, steps=steps), store=_store)
+    buffer = io.BytesIO()
+    result.image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def preview_grid(session, store, parts, operands, name, method, keep_norm, settings):
+    """The labelled grid as PNG bytes (rows: weights, columns: seeds), the blend at the sliders' weights, and
+    its first image (the library thumbnail when it is saved)."""
+    from PIL import Image
+
+    from studio.generation import compose
+
+    prompt = blending.preview_prompt(settings["prompt"], name)
+    spec = context.model_spec()
+
+    def cell(emb, seed: int) -> Image.Image:
+        view = blending.PreviewStore(store, emb)
+        return Image.open(
+            io.BytesIO(preview_cell(spec, emb.sha256, prompt, seed, settings["steps"], session, view))
+        )
+
+    def mix(weights: list[float]):
+        weighted = [(emb, w) for (emb, _), w in zip(parts, weights, strict=True)]
+        return blending.make_blend(weighted, name, method=method, keep_norm=keep_norm)
+
+    weights = [op.weight for op in operands]
+    rows, labels = [], []
+    for row_weights in blending.weight_rows(weights, settings["sweep"]):
+        rows.append([cell(mix(row_weights), seed) for seed in settings["seeds"]])
+        labels.append(blending.row_label(operands, row_weights))
+    grid = compose(rows, labels, [f"seed {s}" for s in settings["seeds"]])
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    current = mix(weights)
+    return buffer.getvalue(), current, cell(current, settings["seeds"][0])
+
+
+def save_ui(store, blended, thumbnail) -> None:
+    """Save the blend at the sliders' weights into the library (lineage is in its metadata)."""
+    overwrite = st.toggle("Replace an embedding of the same name", key="bl_overwrite")
+    if st.button(f"Save <{blended.name}> to the library", type="primary", key="bl_save"):
+        store.put(blended, overwrite=overwrite, preview=thumbnail)
+        st.success(f"Saved <{blended.name}>: use it in prompts, or find it in the Library.")
+
+
+# --- the page ---
+
+st.title("🧪 Blend")
+st.caption(
+    "Token-level mixing: weighted sums of stored embeddings and ordinary words (the fast.ai experiment)."
+)
+try:
+    store = context.store()
+    operands = operands_ui(store.names())
+    method, keep_norm = method_ui(len(operands))
+    name = st.text_input("Name of the blend", "blend", key="bl_name").strip()
+    from embeddings import validate_name
+
+    validate_name(name)
+    settings = preview_settings_ui()
+    if not all(op.value.strip() for op in operands):
+        st.info("Choose every operand (an embedding from the library, or a word) to see the preview.")
+    else:
+        session = context.generation_session(context.model_spec())
+        parts = blending.resolve(operands, store, session.model.encoders)
+        with st.spinner("Rendering the preview grid…"):
+            grid, blended, thumbnail = preview_grid(
+                session, store, parts, operands, name, method, keep_norm, settings
+            )
+        st.image(grid, caption=f"<{name}> = " + blending.row_label(operands, [op.weight for op in operands]))
+        save_ui(store, blended, thumbnail)
+except context.user_errors() as exc:
+    st.error(context.error_text(exc))

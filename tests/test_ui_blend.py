@@ -1,0 +1,123 @@
+"""The Blend page (AppTest, tiny random pipeline) and its helpers (studio/app/blending.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from embeddings import Embedding, Store
+from studio.app import blending, context
+from studio.app.blending import Operand
+
+APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_session():
+    from studio.generation import Session
+    from trainers.models import LoadedModel, tiny_pipeline
+
+    return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))
+
+
+@pytest.fixture
+def session(tiny_session, monkeypatch):
+    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
+    return tiny_session
+
+
+@pytest.fixture
+def store(tokensmith_home, tiny_session) -> Store:
+    width = tiny_session.model.widths["emb_params"]
+    s = Store.for_home(tokensmith_home)
+    for seed, name in enumerate(["cat", "dog"]):
+        vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(seed))
+        s.put(Embedding(name, {"emb_params": vectors}, {"family": "sd1"}))
+    return s
+
+
+def open_blend() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("pages/blend.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_two_library_operands_preview_and_save_with_lineage(session, store):
+    at = open_blend()
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="bl_emb_0").value == "cat" and at.selectbox(key="bl_emb_1").value == "dog"
+    at.slider(key="bl_w_0").set_value(0.3)
+    at.slider(key="bl_w_1").set_value(0.7)
+    at.text_input(key="bl_name").set_value("catdog").run()
+    assert at.image[0].proto.imgs[0].caption == "<catdog> = 0.3 <cat> + 0.7 <dog>"
+    at.button(key="bl_save").click().run()
+    assert "Saved <catdog>" in at.success[0].value
+    saved = store.get("catdog")
+    expected = 0.3 * store.get("cat").vectors["emb_params"] + 0.7 * store.get("dog").vectors["emb_params"]
+    assert torch.allclose(saved.vectors["emb_params"], expected, atol=1e-6)
+    parent = json.loads(saved.meta["parent"])
+    assert [(o["name"], o["weight"]) for o in parent["operands"]] == [("cat", 0.3), ("dog", 0.7)]
+    assert store.preview_path("catdog").exists()
+
+
+def test_a_word_operand_slerp_and_a_sweep_render(session, store):
+    at = open_blend()
+    at.radio(key="bl_kind_1").set_value("word").run()
+    at.text_input(key="bl_word_1").set_value("photo")
+    at.radio(key="bl_method").set_value("slerp")
+    at.toggle(key="bl_sweep").set_value(True).run()
+    assert not at.error, [e.value for e in at.error]
+    assert at.image, "no preview grid"
+    at.button(key="bl_save").click().run()
+    parent = json.loads(store.get("blend").meta["parent"])
+    assert parent["method"] == "slerp"
+    assert [o["kind"] for o in parent["operands"]] == ["embedding", "word"]
+
+
+def test_saving_over_an_existing_name_needs_replace(session, store):
+    at = open_blend()
+    at.text_input(key="bl_name").set_value("cat").run()
+    at.button(key="bl_save").click().run()
+    assert "already exists" in at.error[0].value
+    at.toggle(key="bl_overwrite").set_value(True).run()
+    at.button(key="bl_save").click().run()
+    assert "parent" in store.get("cat").meta
+
+
+def test_mismatched_widths_and_bad_names_are_explained(session, store):
+    store.put(Embedding("wide", {"emb_params": torch.zeros(1, 1024)}, {}))
+    at = open_blend()
+    at.selectbox(key="bl_emb_1").set_value("wide").run()
+    assert "cannot blend" in at.error[0].value
+    at.text_input(key="bl_name").set_value("../evil").run()
+    assert "invalid embedding name" in at.error[0].value
+
+
+def test_empty_word_asks_for_every_operand(session, store):
+    at = open_blend()
+    at.radio(key="bl_kind_0").set_value("word").run()
+    assert "Choose every operand" in at.info[0].value
+
+
+def test_weight_rows_sweep_the_first_two_operands():
+    assert blending.weight_rows([0.2, 0.8], sweep=False) == [[0.2, 0.8]]
+    rows = blending.weight_rows([0.2, 0.8, 0.5], sweep=True)
+    assert rows[0] == [1.0, 0.0, 0.5] and rows[-1] == [0.0, 1.0, 0.5] and len(rows) == len(blending.SWEEP)
+
+
+def test_preview_prompt_and_labels():
+    assert blending.preview_prompt("a * on blue", "mix") == "a <mix> on blue"
+    assert blending.preview_prompt("a photo of", "mix") == "a photo of <mix>"
+    ops = [Operand("embedding", "cat", 0.5), Operand("word", "dog", 0.5)]
+    assert blending.row_label(ops, [0.25, 0.75]) == '0.25 <cat> + 0.75 "dog"'
+
+
+def test_preview_store_shows_the_unsaved_blend_first(store):
+    unsaved = Embedding("cat", {"emb_params": torch.ones(1, 4)}, {})
+    view = blending.PreviewStore(store, unsaved)
+    assert view.get("cat") is unsaved and view.get("dog").name == "dog"
+    assert view.names() == ["cat", "dog"] and view.root == store.root
