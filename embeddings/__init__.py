@@ -1,21 +1,54 @@
-"""tokensmith's core: the embedding value, its files, the store, embedding maths and prompt injection."""
+"""tokensmith's core: the embedding value, its files, the store, embedding maths and prompt injection.
 
-from embeddings.canonical import load_canonical, read_header, save_canonical
+Public names are loaded on first use (PEP 562), so `import embeddings.errors` (which every CLI module does)
+does not import torch; `tokensmith --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from embeddings.errors import EmbeddingFormatError, StoreError, TokensmithError
-from embeddings.inject import (
-    InstallError,
-    expand_prompt,
-    install,
-    installed_tokens,
-    token_names,
-    uninstall,
-    vectors_for_encoders,
-    word_vectors,
-)
-from embeddings.store import Store, StoreEntry, safe_name, validate_name
-from embeddings.value import Embedding, family_from_widths, family_title
+
+_LAZY = {
+    "Embedding": "embeddings.value",
+    "family_from_widths": "embeddings.value",
+    "family_title": "embeddings.value",
+    "load_canonical": "embeddings.canonical",
+    "read_header": "embeddings.canonical",
+    "save_canonical": "embeddings.canonical",
+    "Store": "embeddings.store",
+    "StoreEntry": "embeddings.store",
+    "safe_name": "embeddings.store",
+    "validate_name": "embeddings.store",
+    "InstallError": "embeddings.inject",
+    "expand_prompt": "embeddings.inject",
+    "install": "embeddings.inject",
+    "installed_tokens": "embeddings.inject",
+    "token_names": "embeddings.inject",
+    "uninstall": "embeddings.inject",
+    "vectors_for_encoders": "embeddings.inject",
+    "word_vectors": "embeddings.inject",
+    "import_path": "embeddings.importing",
+    "import_file": "embeddings.importing",
+    "export": "embeddings.exporting",
+    "EXPORT_FORMATS": "embeddings.exporting",
+    "blend": "embeddings.maths",
+    "word_operand": "embeddings.maths",
+    "nearest_tokens": "embeddings.maths",
+    "norm_report": "embeddings.maths",
+    "parse_blend": "embeddings.blend_expr",
+    "BlendSpec": "embeddings.blend_expr",
+    "diagnose": "embeddings.doctor",
+    "Diagnosis": "embeddings.doctor",
+}
+_RENAMED = {"EXPORT_FORMATS": "FORMATS"}
 
 __all__ = [
+    "EXPORT_FORMATS",
+    "BlendSpec",
+    "Diagnosis",
     "Embedding",
     "EmbeddingFormatError",
     "InstallError",
@@ -23,12 +56,20 @@ __all__ = [
     "StoreEntry",
     "StoreError",
     "TokensmithError",
+    "blend",
+    "diagnose",
     "expand_prompt",
+    "export",
     "family_from_widths",
     "family_title",
+    "import_file",
+    "import_path",
     "install",
     "installed_tokens",
     "load_canonical",
+    "nearest_tokens",
+    "norm_report",
+    "parse_blend",
     "read_header",
     "safe_name",
     "save_canonical",
@@ -36,5 +77,40 @@ __all__ = [
     "uninstall",
     "validate_name",
     "vectors_for_encoders",
+    "word_operand",
     "word_vectors",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'embeddings' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from embeddings.blend_expr import BlendSpec, parse_blend
+    from embeddings.canonical import load_canonical, read_header, save_canonical
+    from embeddings.doctor import Diagnosis, diagnose
+    from embeddings.exporting import FORMATS as EXPORT_FORMATS
+    from embeddings.exporting import export
+    from embeddings.importing import import_file, import_path
+    from embeddings.inject import (
+        InstallError,
+        expand_prompt,
+        install,
+        installed_tokens,
+        token_names,
+        uninstall,
+        vectors_for_encoders,
+        word_vectors,
+    )
+    from embeddings.maths import blend, nearest_tokens, norm_report, word_operand
+    from embeddings.store import Store, StoreEntry, safe_name, validate_name
+    from embeddings.value import Embedding, family_from_widths, family_title

@@ -77,7 +77,7 @@ def blend(
 
     lerp: Σ wᵢ·vᵢ (weights as given: 0.5*<cat> + 0.5*<dog>). slerp: exactly two operands, t = w₂/(w₁+w₂)
     (slerp(<cat>, <dog>, 0.3) is parts [(cat, 0.7), (dog, 0.3)]). keep_norm rescales every result vector to
-    the |w|-weighted mean norm of the operand vectors at that position (blends otherwise shrink towards zero).
+    the |w|-weighted mean norm of the operand vectors present at that position (blends otherwise shrink).
     """
     if method not in METHODS:
         raise EmbeddingFormatError(f"unknown blend method {method!r}; use lerp or slerp")
@@ -94,10 +94,12 @@ def blend(
             mixed = slerp(stack[0], stack[1], t)  # (n, width)
         else:
             mixed = (weights[:, None, None] * stack).sum(dim=0)  # (n, width)
-        if keep_norm:
-            target = (weights.abs()[:, None] * stack.norm(dim=2)).sum(0) / weights.abs().sum().clamp_min(
-                1e-12
-            )
+        if keep_norm:  # mean over the operands that have a vector at each position (padding excluded)
+            present = torch.stack(
+                [torch.arange(n) < emb.num_vectors for emb, _ in parts]
+            ).float()  # (parts, n)
+            share = weights.abs()[:, None] * present  # (parts, n)
+            target = (share * stack.norm(dim=2)).sum(0) / share.sum(0).clamp_min(1e-12)  # (n,)
             mixed = mixed * (target / mixed.norm(dim=1).clamp_min(1e-12))[:, None]  # (n, width)
         vectors[key] = mixed
     return Embedding(name, vectors, _lineage_meta(parts, method, keep_norm))
@@ -121,8 +123,8 @@ def _lineage_meta(parts: Sequence[tuple[Embedding, float]], method: str, keep_no
     families = {emb.meta.get("family") for emb, _ in parts if emb.meta.get("operand") != WORD_KIND}
     if len(families) == 1 and None not in families:
         meta["family"] = families.pop()
-    bases = {emb.meta.get("base_model") for emb, _ in parts if emb.meta.get("base_model")}
-    if len(bases) == 1:
+    bases = {emb.meta.get("base_model") for emb, _ in parts if emb.meta.get("operand") != WORD_KIND}
+    if len(bases) == 1 and None not in bases:
         meta["base_model"] = bases.pop()
     return meta
 

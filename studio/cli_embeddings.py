@@ -224,8 +224,9 @@ def run_show(args) -> int:
     print(f"tokens:  {' '.join(data['tokens'])}")
     for key, norms in data["norms"].items():
         print(f"norms:   {key}: {', '.join(f'{x:.4g}' for x in norms)}")
+    pad = max(len(key) for key in emb.meta) + 2 if emb.meta else 0
     for key in sorted(emb.meta):
-        print(f"{key + ':':<9}{emb.meta[key]}")
+        print(f"{key + ':':<{pad}}{emb.meta[key]}")
     if entry.preview:
         print(f"preview: {entry.preview}")
     return 0
