@@ -139,3 +139,19 @@ def test_export_download_bytes_reload_to_the_same_vectors(tmp_path):
     pair = cards.export_download(sdxl, "diffusers")
     assert pair.mime == "application/zip"
     assert len(zipfile.ZipFile(io.BytesIO(pair.data)).namelist()) == 2
+
+
+def test_doctor_gives_each_embedding_a_verdict_for_the_model(store, monkeypatch):
+    from trainers.models import LoadedModel, tiny_pipeline
+
+    tiny = LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1")
+    width = tiny.widths["emb_params"]
+    store.put(emb("fits-well", width=width))
+    monkeypatch.setattr("studio.app.context.loaded_model", lambda spec: tiny)
+    at = open_library()
+    at.button(key="lib_doctor").click().run()
+    verdicts = {
+        md.value.split("**")[1]: md.value for md in at.markdown if md.value.startswith(("✅", "❌", "🟡"))
+    }
+    assert verdicts["<fits-well>"].startswith("✅") and "fits this model" in verdicts["<fits-well>"]
+    assert verdicts["<red-square>"].startswith("❌") and "does not fit" in verdicts["<red-square>"]

@@ -154,6 +154,28 @@ def trash_ui(store) -> None:
             st.rerun()
 
 
+FIT_ICONS = {"fits": "✅", "partial": "🟡", "no": "❌", "unknown": "❔", "unreadable": "⚠️"}
+
+
+def doctor_ui(entries: list) -> None:
+    """The doctor's verdict of each stored embedding against the sidebar's model (loads it once)."""
+    spec = context.model_spec()
+    if not st.button(f"Check against the model `{spec}`", key="lib_doctor"):
+        return
+    from embeddings.doctor import diagnose
+
+    with st.spinner("Loading the model…"):
+        encoders = context.loaded_model(spec).encoders
+    for entry in entries:
+        report = diagnose(entry.path, encoders)
+        icon = FIT_ICONS.get(report.fit, "")
+        st.markdown(
+            f"{icon} **<{entry.name}>** — {report.fit}: " + " ".join(report.lines[2:] or report.lines)
+        )
+        for warning in report.warnings:
+            st.caption(f"⚠️ {warning}")
+
+
 # --- the page ---
 
 st.title("📚 Library")
@@ -171,6 +193,8 @@ try:
         if selected and store.exists(selected):
             st.divider()
             details_ui(store, selected)
+        with st.expander("Doctor: do they fit the model?"):
+            doctor_ui(shown)
     with st.expander("Import embeddings", expanded=not entries):
         import_ui(store)
     with st.expander("Trash"):
