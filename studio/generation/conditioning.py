@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from embeddings import Embedding, Store, expand_prompt, install, word_vectors
+from embeddings import Embedding, Store, expand_prompt, install
+from embeddings.errors import TokensmithError
 from studio.generation.prompt import Blend, Node, PromptError, blends, embedding_names, schedule
 from trainers.models import LoadedModel
 
@@ -80,18 +81,18 @@ class PromptEncoder:
 
     def materialize(self, blend: Blend) -> Embedding:
         """The temporary embedding an inline blend stands for (operands: installed embeddings or words)."""
-        from embeddings import blend as blend_embeddings
+        from embeddings.maths import blend as blend_embeddings
+        from embeddings.maths import word_operand
 
         parts = []
         for weight, operand in blend.parts:
             if operand.kind == "embedding":
-                parts.append((self.installed[operand.value], weight))
+                parts.append((self.installed[operand.text], weight))
             else:
-                vectors = {k: word_vectors(operand.value, tok, te) for k, tok, te in self.model.encoders}
-                parts.append((Embedding(name="word", vectors=vectors), weight))  # (n_tokens, width) per key
+                parts.append((word_operand(operand.text, self.model.encoders), weight))  # (n_tokens, width)
         try:
             return blend_embeddings(parts, blend.name, method=blend.method)
-        except ValueError as exc:
+        except (ValueError, TokensmithError) as exc:
             raise PromptError(f"cannot blend {blend.expression}: {exc}") from exc
 
     def _ensure(self, emb: Embedding) -> Embedding:

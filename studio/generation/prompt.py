@@ -3,7 +3,7 @@
     a <cat> on a mat                         <name>: a stored embedding (never collides with a word)
     a (<cat>:1.2) with (red:0.8) stripes     (text:W): weight; (text) is ×1.1 and [text] ÷1.1, as in A1111
     a <0.6*keyboard + 0.4*typewriter>        inline token-level blend of words and/or embeddings
-    a <0.5*<cat> + 0.5*<dog>>                (weights as written; no weights at all means equal weights)
+    a <0.5*<cat> + 0.5*<dog>>                (weights as written; a bare operand weighs 1; '-' subtracts)
     a <slerp(<cat>, <dog>, 0.3)>             spherical blend, 0.3 of the way from <cat> to <dog>
     a [<cat>:<dog>:0.4] on a mat             prompt editing: <cat> for the first 40% of steps, then <dog>
     a [red:blue:5] circle                    ... a `when` of 1 or more is a step number
@@ -20,6 +20,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from embeddings.blend_expr import BlendSyntaxError, Operand
+from embeddings.blend_expr import parse_blend as parse_blend_expression
 from embeddings.errors import TokensmithError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -46,14 +48,6 @@ class EmbeddingRef:
 
 
 @dataclass(frozen=True)
-class Operand:
-    """One input of an inline blend: a stored embedding (`<cat>`) or an ordinary word or phrase."""
-
-    kind: str  # "embedding" | "word"
-    value: str
-
-
-@dataclass(frozen=True)
 class Blend:
     """A token-level blend written inline; installed as a temporary embedding named `name`."""
 
@@ -67,7 +61,7 @@ class Blend:
     @property
     def expression(self) -> str:
         """A canonical spelling: `<0.6*keyboard + 0.4*typewriter>`, `<slerp(<cat>, <dog>, 0.3)>`."""
-        spell = [f"<{o.value}>" if o.kind == "embedding" else _quote_word(o.value) for _w, o in self.parts]
+        spell = [f"<{o.text}>" if o.kind == "embedding" else _quote_word(o.text) for _w, o in self.parts]
         if self.method == "slerp":
             return f"<slerp({spell[0]}, {spell[1]}, {_num(self.parts[1][0])})>"
         return "<" + " + ".join(f"{_num(w)}*{s}" for (w, _o), s in zip(self.parts, spell, strict=True)) + ">"
@@ -212,60 +206,20 @@ class _Parser:
 
 
 def parse_blend(expr: str) -> Blend:
-    """`0.6*keyboard + 0.4*typewriter`, `0.5*<cat> + 0.5*<dog>`, `slerp(<cat>, <dog>, 0.3)` -> Blend."""
-    hint = "write <0.6*word + 0.4*<name>> or <slerp(<a>, <b>, 0.3)>"
-    func = re.fullmatch(r"(slerp|lerp)\s*\((.*)\)", expr.strip(), flags=re.S)
-    if func:
-        args = _split_top(func.group(2), ",")
-        if len(args) != 3 or not NUMBER.fullmatch(args[2]):
-            raise PromptError(f"malformed blend <{expr}>: {func.group(1)} takes (a, b, t); {hint}")
-        t = float(args[2])
-        parts = ((1.0 - t, _operand(args[0], expr)), (t, _operand(args[1], expr)))
-        return Blend(parts, func.group(1))
-    terms = _split_top(expr, "+")
-    if len(terms) < 2 or any(not t.strip() for t in terms):
-        raise PromptError(f"malformed blend <{expr}>: a blend needs at least two terms joined by '+'; {hint}")
-    weighted = [_term(t, expr) for t in terms]
-    if all(w is None for w, _o in weighted):
-        weighted = [(1.0 / len(weighted), o) for _w, o in weighted]
-    elif any(w is None for w, _o in weighted):
-        raise PromptError(f"malformed blend <{expr}>: give every term a weight, or none; {hint}")
-    return Blend(tuple((float(w), o) for w, o in weighted), "lerp")
+    """`0.6*keyboard + 0.4*typewriter`, `0.5*<cat> + 0.5*<dog>`, `slerp(<cat>, <dog>, 0.3)` -> Blend.
 
-
-def _term(term: str, expr: str) -> tuple[float | None, Operand]:
-    match = re.fullmatch(r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\*(.*)", term, flags=re.S)
-    if match:
-        return float(match.group(1)), _operand(match.group(2), expr)
-    match = re.fullmatch(r"(.*)\*\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*", term, flags=re.S)
-    if match:
-        return float(match.group(2)), _operand(match.group(1), expr)
-    return None, _operand(term, expr)
-
-
-def _operand(text: str, expr: str) -> Operand:
-    text = text.strip()
-    if text.startswith("<") and text.endswith(">") and NAME.fullmatch(text[1:-1].strip()):
-        return Operand("embedding", text[1:-1].strip())
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1].strip()
-    if not text or any(c in text for c in "<>*()[]:,+"):
+    The expression language is the embeddings core's (`tokensmith blend` reads the same); a bare operand
+    weighs 1 and `-` subtracts.
+    """
+    try:
+        spec = parse_blend_expression(expr)
+    except BlendSyntaxError as exc:
         raise PromptError(
-            f"malformed blend <{expr}>: {text!r} is not a word, a 'quoted phrase' or an embedding <name>"
-        )
-    return Operand("word", text)
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on `sep` outside <...> and (...)."""
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(text):
-        depth += {"<": 1, "(": 1, ">": -1, ")": -1}.get(c, 0)
-        if c == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
+            f"malformed blend <{expr}>: {exc}; write <0.6*word + 0.4*<name>> or <slerp(<a>, <b>, 0.3)>"
+        ) from exc
+    if len(spec.parts) < 2:
+        raise PromptError(f"malformed blend <{expr}>: a blend needs at least two operands")
+    return Blend(tuple((float(w), o) for o, w in spec.parts), spec.method)
 
 
 # --- swaps ---
@@ -325,9 +279,7 @@ def _swap_text(text: str, swaps: dict[str, str]) -> list[Node]:
 
 def _swap_operand(operand: Operand, swaps: dict[str, str]) -> Operand:
     target = (
-        {w.lower(): t for w, t in swaps.items()}.get(operand.value.lower())
-        if operand.kind == "word"
-        else None
+        {w.lower(): t for w, t in swaps.items()}.get(operand.text.lower()) if operand.kind == "word" else None
     )
     if target is None:
         return operand
@@ -354,7 +306,7 @@ def embedding_names(nodes: tuple[Node, ...]) -> list[str]:
     for node in walk(nodes):
         found = [node.name] if isinstance(node, EmbeddingRef) else []
         if isinstance(node, Blend):
-            found = [o.value for _w, o in node.parts if o.kind == "embedding"]
+            found = [o.text for _w, o in node.parts if o.kind == "embedding"]
         names.extend(n for n in found if n not in names)
     return names
 

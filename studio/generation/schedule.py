@@ -24,6 +24,7 @@ SCHEDULERS = {
     "ddpm": ("DDPMScheduler", "DDPM"),
 }
 DEFAULT_SCHEDULER = "dpm"
+MIN_STEPS = {"pndm": 4}  # diffusers' PNDM cannot lay out fewer (its warm-up takes 3 steps)
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -34,6 +35,19 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     if key not in SCHEDULERS:
         raise TokensmithError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[key][0]).from_config(base_config)
+
+
+def check_steps(name: str, steps: int) -> None:
+    """Steps a scheduler can run, or TokensmithError saying the minimum."""
+    key = name.strip().lower().replace("_", "-")
+    low = MIN_STEPS.get(key, 1)
+    if steps < low:
+        raise TokensmithError(f"scheduler {name} needs at least {low} steps, not {steps}: raise --steps")
+
+
+def _scheduler_key(scheduler: Any) -> str:
+    names = {cls: key for key, (cls, _title) in SCHEDULERS.items()}
+    return names.get(type(scheduler).__name__, type(scheduler).__name__)
 
 
 def sampler_title(name: str) -> str:
@@ -74,6 +88,7 @@ def schedule_curves(scheduler: Any, steps: int) -> ScheduleCurves:
     """ᾱ_t over all training timesteps, and the timesteps `scheduler` visits in `steps` steps."""
     if steps < 1:
         raise TokensmithError(f"steps must be 1 or more, not {steps}")
+    check_steps(_scheduler_key(scheduler), steps)
     scheduler.set_timesteps(steps)
     visited = [round(float(t)) for t in scheduler.timesteps]
     return ScheduleCurves(alphas_cumprod=scheduler.alphas_cumprod.float().clone(), visited=visited)

@@ -25,7 +25,7 @@ from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPl
 from studio.generation.guidance import Guide, guided_x0, parse_guide
 from studio.generation.img2img import check_strength, encode_image, load_init_image, trimmed_timesteps
 from studio.generation.prompt import Node, apply_swaps, blends, parse, parse_swap, to_text
-from studio.generation.schedule import DEFAULT_SCHEDULER, make_scheduler
+from studio.generation.schedule import DEFAULT_SCHEDULER, check_steps, make_scheduler
 from studio.generation.trace import Trace, TraceFrame
 from trainers.models import LoadedModel, load_model
 
@@ -133,6 +133,8 @@ class Session:
             raise TokensmithError(f"--num-images must be 1 or more, not {req.num_images}")
         if not 0 <= req.seed <= MAX_SEED - req.num_images:
             raise TokensmithError(f"--seed must be between 0 and {MAX_SEED - req.num_images}, not {req.seed}")
+        make_scheduler(req.scheduler, self.model.pipe.scheduler.config)  # an unknown name fails here, early
+        check_steps(req.scheduler, req.steps)
         guidance = DEFAULT_GUIDANCE.get(family, 7.5) if req.guidance is None else float(req.guidance)
         if guidance < 0:
             raise TokensmithError(f"--guidance must be 0 or more, not {guidance}")
@@ -147,6 +149,7 @@ class Session:
     def _sample(self, req, nodes, negative, guides, init, seed, index, on_step):
         pipe = self.model.pipe
         scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)
+        check_steps(req.scheduler, req.steps)
         scheduler.set_timesteps(req.steps)
         timesteps = trimmed_timesteps(scheduler, req.steps, req.strength) if init else scheduler.timesteps
         plan = self.encoder.plan(nodes, len(timesteps))

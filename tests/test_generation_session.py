@@ -1,0 +1,186 @@
+"""studio/generation/session.py on tiny random pipelines: parity, determinism, injection, swaps, blends."""
+
+import numpy as np
+import pytest
+import torch
+
+from embeddings import Embedding, Store
+from embeddings.errors import TokensmithError
+from studio.generation import GenerateRequest, PromptError, Session
+from trainers.models import LoadedModel, detect_family, tiny_pipeline
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def session():
+    pipe = tiny_pipeline("sd1")
+    return Session(LoadedModel(pipe=pipe, family=detect_family(pipe), source="tiny-sd1"))
+
+
+@pytest.fixture(scope="module")
+def sdxl_session():
+    pipe = tiny_pipeline("sdxl")
+    return Session(LoadedModel(pipe=pipe, family="sdxl", source="tiny-sdxl"))
+
+
+@pytest.fixture
+def store(tokensmith_home):
+    store = Store.for_home(tokensmith_home)
+    gen = torch.Generator().manual_seed(7)
+    for name, n in (("cat", 2), ("dog", 1), ("catalog", 1)):
+        store.put(Embedding(name, {"emb_params": torch.randn(n, 32, generator=gen)}))
+    return store
+
+
+def pixels(session, prompt, store=None, **kw):
+    kw.setdefault("steps", STEPS)
+    [result] = session.generate(GenerateRequest(prompt, **kw), store=store)
+    return np.asarray(result.image).astype(np.int16)
+
+
+def test_matches_the_diffusers_pipeline_for_a_plain_prompt(session):
+    pipe = session.model.pipe
+    ours = pixels(session, "a red circle", scheduler="ddim", guidance=7.5, seed=5)
+    generator = torch.Generator().manual_seed(5)
+    theirs = pipe(
+        "a red circle", num_inference_steps=STEPS, guidance_scale=7.5, generator=generator, output_type="np"
+    ).images[0]
+    assert np.abs(ours - np.round(theirs * 255)).max() <= 1
+
+
+def test_same_seed_same_image_other_seed_other_image(session):
+    a = pixels(session, "a red circle", seed=1)
+    assert (a == pixels(session, "a red circle", seed=1)).all()
+    assert (a != pixels(session, "a red circle", seed=2)).any()
+
+
+def test_batch_image_k_is_the_single_image_of_seed_plus_k(session):
+    results = session.generate(GenerateRequest("a red circle", seed=3, num_images=2, steps=STEPS))
+    assert [r.seed for r in results] == [3, 4]
+    assert (np.asarray(results[1].image) == pixels(session, "a red circle", seed=4)).all()
+
+
+def test_embedding_changes_the_image_and_weights_compose_with_it(session, store):
+    plain = pixels(session, "a <dog> circle", store)
+    weighted = pixels(session, "a (<dog>:1.4) circle", store)
+    assert (plain != pixels(session, "a circle", store)).any()
+    assert (plain != weighted).any()
+    store.put(Embedding("dog", {"emb_params": torch.randn(1, 32) * 3}), overwrite=True)
+    assert (weighted != pixels(session, "a (<dog>:1.4) circle", store)).any()  # the new vectors are used
+
+
+def test_multi_vector_embedding_is_expanded(session, store):
+    [result] = session.generate(GenerateRequest("a <cat>", steps=STEPS), store=store)
+    tokenizer = session.model.pipe.tokenizer
+    assert {"<cat>", "<cat>_1"} <= set(tokenizer.get_added_vocab())
+    assert result.provenance["embeddings"][0]["name"] == "cat"
+    assert result.provenance["embeddings"][0]["sha256"] == store.get("cat").sha256
+
+
+def test_swap_gives_exactly_the_written_token(session, store):
+    swapped = pixels(session, "a puppy on a mat", store, swaps={"puppy": "<cat>"}, seed=9)
+    written = pixels(session, "a <cat> on a mat", store, seed=9)
+    assert (swapped == written).all()
+
+
+def test_blend_weight_one_equals_its_operand(session, store):
+    assert (pixels(session, "a <1.0*<cat> + 0*<dog>>", store) == pixels(session, "a <cat>", store)).all()
+    assert (pixels(session, "a <1*red + 0*blue> circle") == pixels(session, "a red circle")).all()
+
+
+def test_blend_in_between_differs_from_both_ends(session, store):
+    middle = pixels(session, "a <0.5*<dog> + 0.5*red>", store)
+    assert (middle != pixels(session, "a <dog>", store)).any()
+    assert (middle != pixels(session, "a red", store)).any()
+
+
+def test_slerp_endpoints_are_the_operands(session, store):
+    start = pixels(session, "a <slerp(<dog>, red, 0)>", store)
+    assert (start == pixels(session, "a <dog>", store)).all()
+
+
+def test_prompt_editing_at_zero_is_the_second_prompt_and_midway_differs(session):
+    assert (pixels(session, "a [red:blue:0] circle") == pixels(session, "a blue circle")).all()
+    midway = pixels(session, "a [red:blue:0.5] circle")
+    assert (midway != pixels(session, "a red circle")).any()
+    assert (midway != pixels(session, "a blue circle")).any()
+
+
+def test_negative_prompt_and_negative_embedding_change_the_image(session, store):
+    base = pixels(session, "a circle", store)
+    assert (base != pixels(session, "a circle", store, negative="blue")).any()
+    assert (base != pixels(session, "a circle", store, negative="<dog>")).any()
+
+
+def test_unknown_embedding_suggests_close_names(session, store):
+    with pytest.raises(PromptError, match=r"unknown embedding <catt>.*did you mean <cat>"):
+        session.generate(GenerateRequest("a <catt>", steps=STEPS), store=store)
+
+
+def test_embedding_of_another_width_is_refused_with_the_reason(session, store):
+    store.put(Embedding("wide", {"emb_params": torch.randn(1, 768)}))
+    with pytest.raises(TokensmithError, match="width 768"):
+        session.generate(GenerateRequest("a <wide>", steps=STEPS), store=store)
+
+
+def test_sdxl_injection_uses_both_encoders(sdxl_session, tokensmith_home):
+    store = Store.for_home(tokensmith_home)
+    gen = torch.Generator().manual_seed(1)
+    clip_l, clip_g = torch.randn(1, 32, generator=gen), torch.randn(1, 48, generator=gen)
+    store.put(Embedding("thing", {"clip_l": clip_l, "clip_g": clip_g}))
+    first = pixels(sdxl_session, "a <thing>", store)
+    store.put(Embedding("thing", {"clip_l": clip_l, "clip_g": clip_g * 4}), overwrite=True)
+    assert (first != pixels(sdxl_session, "a <thing>", store)).any()  # clip_g reaches the UNet
+    store.put(Embedding("thing", {"clip_l": clip_l * 4, "clip_g": clip_g}), overwrite=True)
+    assert (first != pixels(sdxl_session, "a <thing>", store)).any()  # and so does clip_l
+    assert (
+        pixels(sdxl_session, "a puppy", store, swaps={"puppy": "<thing>"})
+        == pixels(sdxl_session, "a <thing>", store)
+    ).all()
+
+
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim", "euler", "euler-a", "heun", "unipc", "pndm", "ddpm"])
+def test_every_scheduler_is_deterministic(session, scheduler):
+    a = pixels(session, "a red circle", scheduler=scheduler, steps=4)
+    assert (a == pixels(session, "a red circle", scheduler=scheduler, steps=4)).all()
+
+
+def test_too_few_steps_for_pndm_is_a_clear_error(session):
+    with pytest.raises(TokensmithError, match="at least 4 steps"):
+        session.generate(GenerateRequest("a circle", scheduler="pndm", steps=3))
+
+
+def test_on_step_reports_every_step(session):
+    seen = []
+    session.generate(GenerateRequest("a circle", steps=5, num_images=2), on_step=seen.append)
+    assert [(s.image_index, s.step) for s in seen] == [(i, k) for i in range(2) for k in range(1, 6)]
+    assert all(s.total_steps == 5 for s in seen)
+
+
+def test_trace_strip_has_two_rows_and_a_column_per_step(session):
+    from studio.generation.trace import CELL, LABEL_H, ROW_LABEL_W
+
+    [result] = session.generate(GenerateRequest("a circle", steps=STEPS, trace_steps=(0, 2, 3)))
+    assert result.trace.size == (ROW_LABEL_W + 3 * CELL, LABEL_H + 2 * CELL)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"width": 18}, "multiple of"),
+        ({"steps": 0}, "--steps"),
+        ({"num_images": 0}, "--num-images"),
+        ({"guidance": -1.0}, "--guidance"),
+        ({"seed": -1}, "--seed"),
+        ({"scheduler": "nope"}, "unknown scheduler"),
+    ],
+)
+def test_bad_settings_are_refused(session, kw, words):
+    with pytest.raises(TokensmithError, match=words):
+        session.generate(GenerateRequest("a circle", **kw))
+
+
+def test_prompt_longer_than_the_model_reads_is_refused(session):
+    with pytest.raises(PromptError, match="reads at most 14"):
+        session.generate(GenerateRequest("a " + "red " * 20 + "circle"))
