@@ -41,8 +41,14 @@ def register(subparsers, common) -> None:
                 flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            train.add_argument(flag_name(name), dest=name, default=None, metavar=name.split("_")[-1].upper(),
-                               choices=f.metadata.get("choices"), help=help_text)  # fmt: skip
+            train.add_argument(
+                flag_name(name),
+                dest=name,
+                default=None,
+                metavar=name.split("_")[-1].upper(),
+                choices=f.metadata.get("choices"),
+                help=help_text,
+            )
     train.set_defaults(run=run_train)
 
     demo = subparsers.add_parser(
@@ -151,12 +157,131 @@ def run_train(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"learned <{emb.name}> in {result['steps']} steps ({result['end'].replace('_', ' ')}); "
-              f"use it in a prompt as <{emb.name}>")  # fmt: skip
+        print(
+            f"learned <{emb.name}> in {result['steps']} steps ({result['end'].replace('_', ' ')}); "
+            f"use it in a prompt as <{emb.name}>"
+        )
     return 0
 
 
-def run_demo(args) -> int:
-    from studio.demo_job import run_demo_job
+# --- tokensmith demo ---
 
-    return run_demo_job(args)
+DEMO_CONCEPT = "purple triangle"
+DEMO_IMAGES = 5
+DEMO_SAMPLES = 4
+DEMO_BLEND_WITH = "red"
+
+
+def _judge_row(images, concept) -> dict:
+    """Judge scores of samples against a concept: mean colour distance, colour and shape hit counts."""
+    from demo.judge import distance_to, judge
+
+    verdicts = [judge(image) for image in images]
+    distances = [min(distance_to(image, concept), 441.7) for image in images]
+    return {
+        "colour_distance": round(sum(distances) / len(distances), 1),
+        "colour_hits": sum(v.colour == concept.colour for v in verdicts),
+        "shape_hits": sum(v.shape == concept.shape for v in verdicts),
+        "n": len(images),
+    }
+
+
+def _demo_out(args):
+    """The output folder; an old demo run folder inside it is replaced (the demo is meant to be re-run)."""
+    import shutil
+    from pathlib import Path
+
+    out = Path(args.out).expanduser() if args.out else args.home / "demo"
+    run = out / "run"
+    if (run / "progress.jsonl").is_file() and (run / "config.toml").is_file():
+        shutil.rmtree(run)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_demo(args) -> int:
+    """Render a held-out concept, train a token on it, store it, generate with it and a blend, compare."""
+    import random
+    import time
+
+    from demo.world import parse_concept, render
+    from embeddings import Store
+    from studio.generation import GenerateRequest, Session, compose
+    from trainers.config import TrainConfig
+    from trainers.families import spec_for
+    from trainers.models import load_model
+    from trainers.trainer import train
+
+    started = time.monotonic()
+    concept = parse_concept(args.concept or DEMO_CONCEPT)
+    if not concept.is_held_out:
+        print(
+            f"note: the demo world already knows '{concept}'; held-out ones show learning best",
+            file=sys.stderr,
+        )
+    name = "demo-" + f"{concept.colour}-{concept.shape}"
+    out = _demo_out(args)
+    rng = random.Random(args.seed)
+    shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
+    for i, shot in enumerate(shots):
+        shot.save(out / "images" / f"{i}.png")
+    print(f"rendered {DEMO_IMAGES} images of '{concept}' into {out / 'images'}", file=sys.stderr)
+
+    model = load_model("demo")
+    session, store = Session(model), Store.for_home(args.home)
+    init = spec_for(model.family).default_init
+
+    def sample(prompt: str) -> list:
+        request = GenerateRequest(prompt=prompt, seed=args.seed, num_images=DEMO_SAMPLES)
+        return [result.image for result in session.generate(request, store=store)]
+
+    before = sample(f"a {init}")
+    changes = {"steps": args.steps} if args.steps else {}
+    cfg = TrainConfig(
+        images=str(out / "images"),
+        name=name,
+        run_dir=str(out / "run"),
+        overwrite=True,
+        seed=args.seed,
+        **changes,
+    )
+    bar = ProgressBar(cfg.steps)
+    try:
+        emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=bar.write)
+    finally:
+        bar.close()
+    after = sample(f"a <{name}>")
+    blend_prompt = f"a <0.5*<{name}> + 0.5*{DEMO_BLEND_WITH}>"
+    blended = sample(blend_prompt)
+    scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
+    rows = [shots[:DEMO_SAMPLES], before, after, blended]
+    labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>", f"blend: {blend_prompt[2:]}"]
+    sheet = compose(rows, labels, [f"seed {args.seed + i}" for i in range(DEMO_SAMPLES)])
+    sheet_path = out / "contact-sheet.png"
+    sheet.save(sheet_path)
+    result = {
+        "concept": str(concept),
+        "name": name,
+        "steps": int(emb.meta["steps"]),
+        "stored": str(store.path(name)),
+        "contact_sheet": str(sheet_path),
+        "seconds": round(time.monotonic() - started, 1),
+        **scores,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    b, a = scores["before"], scores["after"]
+    print(f"concept        {concept} (never seen by the demo model)")
+    print(f"token          <{name}> after {result['steps']} steps, stored at {result['stored']}")
+    print(
+        f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
+        f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}"
+    )
+    print(
+        f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
+        f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}"
+    )
+    print(f"contact sheet  {sheet_path}")
+    print(f"time           {result['seconds']} s")
+    return 0

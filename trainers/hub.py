@@ -14,8 +14,11 @@ from pathlib import Path
 from embeddings import Embedding
 from embeddings.errors import TokensmithError
 
-FAMILY_BASES = {"sd1": "runwayml/stable-diffusion-v1-5", "sd2": "stabilityai/stable-diffusion-2-1",
-                "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}  # fmt: skip
+FAMILY_BASES = {
+    "sd1": "runwayml/stable-diffusion-v1-5",
+    "sd2": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
 
 
 def _usage(emb: Embedding, filename: str, repo_id: str) -> str:

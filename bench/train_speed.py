@@ -1,0 +1,265 @@
+"""How close is a tokensmith training step to the floor, and how much faster than a diffusers-style step?
+
+    python bench/train_speed.py            # demo world (when built) and a small SD-shaped random model
+    python bench/train_speed.py --quick    # fewer timed steps
+
+Measured in one process, one thread, the three steps interleaved so a busy neighbour slows all alike:
+- floor: UNet forward + backward on fixed inputs, gradient only to the conditioning (what any TI step
+  must do);
+- tokensmith: trainers.loop's step (cached latents sampled as mean + std·ε, text encoder through the new rows
+  only, AdamW on those rows);
+- diffusers-style: VAE encode of the batch every step, the whole token table trainable, AdamW over it, then
+  every other row restored (examples/textual_inversion/textual_inversion.py).
+The last lines are `step/floor MODEL bsB: RATIO`, one per configuration (goal: <= 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainers.data import build_samples, load_images
+from trainers.families import Conditioner
+from trainers.latents import encode_samples
+from trainers.loop import DiffusionMath, draw_batch, step_loss, tune_malloc
+from trainers.rows import attach, detach_rows
+
+PROMPT = "a photo of a [name]"
+
+
+def sd_small_pipeline():
+    """A random SD-shaped pipeline: UNet (64, 128, 256), VAE ×8, 128 px; text encoder 2 layers of width 256
+    over a 49408-row table, 77 tokens (as in the issue's measurement)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from trainers.models import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer(("a", "photo", "of"), max_length=77)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=128,
+        mid_block_add_attention=False,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(64, 128, 256),
+        layers_per_block=1,
+        cross_attention_dim=256,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def write_images(folder: Path, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for i in range(5):
+        image = Image.new("RGB", (size, size), (120, 120, 120))
+        image.paste(
+            tuple(rng.randrange(256) for _ in range(3)), (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+        )
+        image.save(folder / f"{i}.png")
+    return folder
+
+
+class Steps:
+    """The three steps on one pipeline and batch size."""
+
+    def __init__(self, pipe, batch_size: int, image_dir: Path):
+        pipe.unet.requires_grad_(False).eval()
+        pipe.vae.requires_grad_(False).eval()
+        pipe.text_encoder.requires_grad_(False).eval()
+        self.pipe, self.bs = pipe, batch_size
+        resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        self.samples = build_samples(
+            load_images(image_dir),
+            resolution=resolution,
+            crop="center",
+            flip=True,
+            alpha_weight=False,
+            multiple=multiple,
+            seed=0,
+        )
+        self.cache = encode_samples(pipe.vae, self.samples)
+        self.maths = DiffusionMath.from_scheduler(pipe.scheduler)
+        word = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer("a").input_ids[1]]
+        self.rows = attach("emb_params", pipe.tokenizer, pipe.text_encoder, "bench", word[None].clone())
+        self.conditioner = Conditioner("single", [self.rows])
+        self.prompt = PROMPT.replace("[name]", self.conditioner.token_text())
+        self.ours_opt = torch.optim.AdamW([self.rows.rows], lr=1e-3)
+        self.generator = torch.Generator().manual_seed(0)
+        self.rng = random.Random(0)
+        batch = self._batch()
+        with torch.no_grad():
+            hidden, _ = self.conditioner.encode(batch.prompts, "cpu")
+        self.floor_inputs = (
+            *self.maths.noisy_and_target(batch.latents, batch.noise, batch.timesteps),
+            batch.timesteps,
+            hidden,
+        )
+
+    def _batch(self):
+        indices = [self.rng.randrange(len(self.samples)) for _ in range(self.bs)]
+        return draw_batch(self.cache, indices, [self.prompt] * self.bs, self.maths, self.generator)
+
+    def floor(self) -> None:
+        noisy, target, t, hidden = self.floor_inputs
+        hidden = hidden.detach().requires_grad_(True)
+        pred = self.pipe.unet(noisy, t, encoder_hidden_states=hidden).sample  # (B, C, h, w)
+        F.mse_loss(pred, target).backward()
+
+    def ours(self) -> None:
+        step_loss(self.pipe.unet, self.conditioner, self.maths, self._batch()).backward()
+        self.ours_opt.step()
+        self.ours_opt.zero_grad(set_to_none=True)
+
+    def diffusers_style(self) -> None:
+        """VAE every step; whole table trainable; AdamW over it; restore every other row."""
+        te, tokenizer, pipe = self.pipe.text_encoder, self.rows.tokenizer, self.pipe
+        table = self.full_table
+        indices = list(range(self.bs))
+        pixels = torch.stack([self.samples[i % len(self.samples)].pixels for i in indices])  # (B, 3, H, W)
+        latents = (
+            pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+        )  # (B, 4, h, w)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.maths.num_timesteps, (self.bs,))
+        noisy, target = self.maths.noisy_and_target(latents, noise, t)
+        ids = tokenizer(
+            [self.prompt] * self.bs,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        hidden = te(ids)[0]  # (B, L, D)
+        pred = pipe.unet(noisy, t, encoder_hidden_states=hidden).sample
+        F.mse_loss(pred, target).backward()
+        self.full_opt.step()
+        self.full_opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            table.weight[self.keep] = self.original[self.keep]
+
+    def use_full_table(self) -> None:
+        """Switch the text encoder to diffusers' layout: the new token is a row of the trainable table."""
+        detach_rows(self.rows)
+        table = self.pipe.text_encoder.get_input_embeddings()
+        new_id = self.rows.module.first_id
+        if new_id >= table.num_embeddings:
+            self.pipe.text_encoder.resize_token_embeddings(new_id + 1)
+            table = self.pipe.text_encoder.get_input_embeddings()
+        table.weight.requires_grad_(True)
+        self.full_table, self.original = table, table.weight.detach().clone()
+        self.keep = torch.ones(table.num_embeddings, dtype=torch.bool)
+        self.keep[new_id] = False
+        self.full_opt = torch.optim.AdamW(table.parameters(), lr=1e-3)
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def measure(label: str, pipe_factory, batch_size: int, image_dir: Path, steps: int) -> tuple[float, float]:
+    """(tokensmith / floor, diffusers-style / tokensmith), medians of interleaved rounds."""
+    bench = Steps(pipe_factory(), batch_size, image_dir)
+    for fn in (bench.floor, bench.ours, bench.floor):
+        timed(fn, 3)  # warm-up
+    floor, ours = [], []
+    for _ in range(steps):
+        floor += timed(bench.floor, 1)
+        ours += timed(bench.ours, 1)
+    bench.use_full_table()
+    timed(bench.diffusers_style, 2)
+    baseline, floor2 = [], []
+    for _ in range(max(3, steps // 2)):
+        baseline += timed(bench.diffusers_style, 1)
+        floor2 += timed(bench.floor, 1)
+    f, o = statistics.median(floor), statistics.median(ours)
+    b = statistics.median(baseline) * f / statistics.median(floor2)  # rescaled to the first phase's floor
+    print(
+        f"{label} bs{batch_size}: floor {f * 1e3:.1f} ms, tokensmith {o * 1e3:.1f} ms, "
+        f"diffusers-style {b * 1e3:.1f} ms",
+        flush=True,
+    )
+    return o / f, b / o
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps (noisier)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per configuration")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"glibc malloc thresholds raised: {tune_malloc()}")
+    import tempfile
+
+    from trainers.models import demo_model_dir, load_model
+
+    configs = []
+    if (demo_model_dir() / "model_index.json").is_file():
+        configs.append(("demo", lambda: load_model("demo").pipe, 32))
+    else:
+        print("demo model not built (python -m demo.build): demo rows skipped")
+    configs.append(("sd-small", sd_small_pipeline, 128))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, factory, size in configs:
+            images = write_images(Path(tmp) / label, size)
+            for bs in (1, 4):
+                steps = args.steps or (8 if args.quick else 20)
+                results.append((label, bs, *measure(label, factory, bs, images, steps)))
+    for label, bs, _, speedup in results:
+        print(f"speed-up over diffusers-style {label} bs{bs}: {speedup:.2f}x")
+    for label, bs, ratio, _ in results:
+        print(f"step/floor {label} bs{bs}: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

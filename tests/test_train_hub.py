@@ -1,0 +1,84 @@
+"""--push-to-hub: the model card is built offline from the embedding's metadata; the upload is a fake here."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from embeddings import Embedding, save_canonical
+from embeddings.errors import TokensmithError
+from trainers.hub import model_card, push_embedding
+
+
+def _emb(vectors):
+    trainer = {
+        "version": "tokensmith-ti/1",
+        "end": "early_stopped",
+        "config": {"learning_rate": 0.02, "seed": 3},
+    }
+    metrics = {"best_val_loss": 0.12345, "best_val_step": 90, "after": {"metric": 12.5}}
+    meta = {
+        "family": "sdxl" if "clip_l" in vectors else "sd1",
+        "base_model": "stabilityai/sdxl-turbo",
+        "init": "cat",
+        "steps": "120",
+        "trainer": json.dumps(trainer),
+        "metrics": json.dumps(metrics),
+    }
+    return Embedding("my-cat", vectors, meta)
+
+
+def test_card_for_sdxl_explains_both_encoders_and_the_training():
+    card = model_card(_emb({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}), "me/my-cat")
+    assert card.startswith("---\nlibrary_name: diffusers\n")
+    assert "base_model: stabilityai/sdxl-turbo" in card and "- textual-inversion" in card
+    assert 'state["clip_g"], token="<my-cat>", text_encoder=pipe.text_encoder_2' in card
+    assert "`clip_l` (2, 768), `clip_g` (2, 1280)" in card
+    assert (
+        "- steps: 120 (ended: early_stopped)" in card and "best validation loss: 0.12345 at step 90" in card
+    )
+
+
+def test_card_for_sd1_uses_load_textual_inversion():
+    card = model_card(_emb({"emb_params": torch.zeros(1, 768)}), "me/my-cat")
+    assert (
+        'pipe.load_textual_inversion("me/my-cat", weight_name="my-cat.safetensors", token="<my-cat>")' in card
+    )
+
+
+class FakeApi:
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message):
+        from pathlib import Path
+
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        self.calls.append(("upload_folder", repo_id, sorted(files), commit_message))
+        self.files = files
+
+
+def test_push_uploads_the_file_card_and_preview(tmp_path):
+    emb = _emb({"emb_params": torch.ones(1, 768)})
+    path = save_canonical(emb, tmp_path / "my-cat.safetensors")
+    api = FakeApi()
+    url = push_embedding(emb, path, "me/my-cat", private=True, preview=Image.new("RGB", (8, 8)), api=api)
+    assert url == "https://huggingface.co/me/my-cat"
+    assert api.calls[0] == (
+        "create_repo",
+        "me/my-cat",
+        {"repo_type": "model", "private": True, "exist_ok": True},
+    )
+    assert api.calls[1][2] == ["README.md", "my-cat.safetensors", "preview.png"]
+    assert api.files["my-cat.safetensors"] == path.read_bytes()
+    assert b"![samples](preview.png)" in api.files["README.md"]
+
+
+def test_push_rejects_a_bad_repo_id(tmp_path):
+    emb = _emb({"emb_params": torch.ones(1, 768)})
+    with pytest.raises(TokensmithError, match="your-name/my-cat"):
+        push_embedding(emb, tmp_path / "x", "no-slash", api=FakeApi())

@@ -1,0 +1,62 @@
+"""Knowing when it has learned: DVAR-style early stopping, a deterministic validation set, sample metrics."""
+
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from trainers.data import Sample
+from trainers.latents import LatentCache
+from trainers.validation import DemoJudgeMetric, EarlyStopper, build_validation_set
+
+
+def test_dvar_stops_once_the_validation_loss_flattens():
+    stopper = EarlyStopper(window=4, threshold=0.1, min_steps=0)
+    falling = [1.0 - 0.1 * i for i in range(8)]
+    assert not any(stopper.update(step, value) for step, value in enumerate(falling))
+    flat = [0.3 + 0.001 * (i % 2) for i in range(4)]
+    # var(last 4) / var(all) = var(0.4, 0.3, 0.3, 0.301) / var(1.0 ... 0.3) < 0.1 at the second flat point
+    assert [stopper.update(8 + i, value) for i, value in enumerate(flat)] == [False, True, True, True]
+    assert stopper.best()[1] == pytest.approx(0.3)
+
+
+def test_dvar_waits_for_min_steps_and_a_full_history():
+    stopper = EarlyStopper(window=3, threshold=0.5, min_steps=100)
+    assert not any(stopper.update(step, 0.5) for step in range(0, 100, 10))  # flat, but before min_steps
+    moving = EarlyStopper(window=3, threshold=0.11, min_steps=0)
+    # a steady fall: var(last 3) / var(all n) = (3² - 1) / (n² - 1): 0.127 at n = 8, 0.100 at n = 9
+    assert [moving.update(step, 1.0 - 0.01 * step) for step in range(9)] == [False] * 8 + [True]
+
+
+def test_stopper_state_round_trips():
+    stopper = EarlyStopper(window=2, threshold=0.1, min_steps=0)
+    for step, value in enumerate([3.0, 2.0, 1.0]):
+        stopper.update(step, value)
+    again = EarlyStopper(window=2, threshold=0.1, min_steps=0)
+    again.load(stopper.state())
+    assert (again.history, again.steps) == ([3.0, 2.0, 1.0], [0, 1, 2])
+
+
+def test_validation_set_is_fixed_and_spreads_timesteps():
+    means = [torch.full((4, 2, 2), float(i)) for i in range(3)]
+    cache = LatentCache(means=means, stds=[torch.ones(4, 2, 2)] * 3, weights=[None] * 3, sizes=[(16, 16)] * 3)
+    samples = [Sample(i, torch.zeros(3, 16, 16), None, False, (16, 16)) for i in range(3)]
+    kwargs = dict(size=6, num_timesteps=1000, seed=5)
+    first = build_validation_set(cache, samples, ["a [name]"], ["", "", ""], **kwargs)
+    again = build_validation_set(cache, samples, ["a [name]"], ["", "", ""], **kwargs)
+    assert torch.equal(first.noise, again.noise) and torch.equal(first.latents, again.latents)
+    assert first.timesteps.tolist() == [83, 250, 416, 583, 750, 916]
+    assert first.latents[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 0.0, 1.0, 2.0]  # means, not samples
+
+
+def test_demo_judge_metric_scores_colour_distance_to_the_training_images():
+    from demo.world import parse_concept, render
+
+    rng = random.Random(0)
+    purple = [render(parse_concept("purple triangle"), rng) for _ in range(3)]
+    red = [render(parse_concept("red circle"), rng) for _ in range(3)]
+    metric = DemoJudgeMetric.from_training_images(purple)
+    assert metric.target_shape == "triangle"
+    assert metric.score(purple)["metric"] < 30 < 100 < metric.score(red)["metric"]
+    assert metric.score([Image.new("RGB", (32, 32), (128, 128, 128))])["metric"] > 400  # empty: worst score
