@@ -1,0 +1,95 @@
+"""`tokensmith train` on the command line: flags, config files, errors, JSON, the equivalent command."""
+
+import json
+import shlex
+
+import pytest
+from PIL import Image
+
+from embeddings import Store
+from studio.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, build_parser, main
+from studio.cli_train import config_from_args
+from trainers.config import TrainConfig, equivalent_commands
+from trainers.models import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_pipeline("sd1").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (200, 40 * i, 30)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_train_and_demo_help_show_examples(capsys):
+    for command in ("train", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "Example" in capsys.readouterr().out
+
+
+def test_printed_command_parses_back_to_the_same_config(tmp_path):
+    cfg = TrainConfig(
+        images="my shots", name="cat", steps=77, flip=False, learning_rate=0.01, trackers=["wandb"]
+    )
+    single, _ = equivalent_commands(cfg, tmp_path / "config.toml")
+    args = build_parser().parse_args(shlex.split(single)[1:])
+    assert config_from_args(args) == cfg
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("images: shots\nname: cat\nsteps: 300\n")
+    args = build_parser().parse_args(["train", "--config", str(path), "--steps", "20", "--style"])
+    cfg = config_from_args(args)
+    assert (cfg.steps, cfg.templates, cfg.name) == (20, "style", "cat")
+
+
+def test_missing_images_or_bad_config_is_one_line_and_exit_1(tmp_path, capsys):
+    assert main(["train", "--name", "cat"]) == EXIT_ERROR
+    assert "--images required" in capsys.readouterr().err
+    bad = tmp_path / "run.toml"
+    bad.write_text("images = 'x'\nname = 'cat'\nsetps = 3\n")
+    assert main(["train", "--config", str(bad)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown training config key(s) setps" in err
+    assert main(["train", "--images", str(tmp_path / "none"), "--name", "cat"]) == EXIT_ERROR
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_choice_is_a_usage_error():
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--images", "x", "--name", "cat", "--crop", "squash"])
+    assert info.value.code == EXIT_USAGE
+
+
+def test_train_stores_the_embedding_and_prints_json(images, tiny_model, tmp_path, tokensmith_home, capsys):
+    argv = ["train", "--images", str(images), "--name", "cli-cat", "--model", str(tiny_model), "--steps", "4",
+            "--batch-size", "2", "--preview-images", "1", "--preview-steps", "2", "--validate-every", "2",
+            "--init", "a", "--json"]  # fmt: skip
+    assert main(argv) == EXIT_OK
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["name"] == "cli-cat" and result["steps"] == 4 and result["end"] == "finished"
+    assert "accelerate launch -m trainers --config" in err and "equivalent command: tokensmith train" in err
+    stored = Store.for_home(tokensmith_home).get("cli-cat")
+    assert stored.meta["base_model"] == str(tiny_model) and stored.meta["init"] == "a"
+    assert json.loads(stored.meta["trainer"])["config"]["steps"] == 4
+    run = tokensmith_home / "runs" / "cli-cat"
+    assert (run / "config.toml").is_file() and (run / "previews" / "step-000004.png").is_file()
+    records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    assert set(records[1]) >= {"step", "total", "loss", "val_loss", "metric", "lr", "elapsed", "eta"}
+    assert records[-1]["event"] == "done" and records[-1]["name"] == "cli-cat"
+    # the same name again is refused before any model loads; a second run goes to a new run folder
+    assert main(argv) == EXIT_ERROR
+    assert "already stored" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == EXIT_OK
+    assert (tokensmith_home / "runs" / "cli-cat-2" / "progress.jsonl").is_file()
