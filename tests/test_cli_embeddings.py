@@ -1,0 +1,212 @@
+"""The embeddings commands driven as a user would: files in, store listed, formats out, hostile input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from embeddings import Embedding, Store, import_path, save_canonical
+from studio.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from trainers.models import tiny_pipeline
+
+REALWORLD = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write(tmp_path, name, n=2, width=768, seed=0):
+    vectors = {"emb_params": torch.randn(n, width, generator=torch.Generator().manual_seed(seed))}
+    return save_canonical(Embedding(name, vectors), tmp_path / f"{name}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd1"
+    tiny_pipeline("sd1", seed=0).save_pretrained(folder)
+    return folder
+
+
+def test_import_list_show_round(tmp_path, capsys, tokensmith_home):
+    code, out, _ = run(capsys, "import", write(tmp_path, "cat"), write(tmp_path, "dog", n=3, seed=1))
+    assert (code, out.split()) == (EXIT_OK, ["cat", "dog"])
+    code, out, _ = run(capsys, "list", "--json")
+    listed = {e["name"]: e for e in json.loads(out)}
+    assert listed["dog"]["num_vectors"] == 3 and listed["dog"]["family"] == "sd1"
+    code, out, _ = run(capsys, "list")
+    assert "cat" in out and "3v" in out
+    code, out, _ = run(capsys, "show", "dog", "--json")
+    shown = json.loads(out)
+    assert shown["tokens"] == ["<dog>", "<dog>_1", "<dog>_2"] and len(shown["norms"]["emb_params"]) == 3
+    assert (tokensmith_home / "embeddings" / "dog.safetensors").is_file()
+
+
+def test_import_refuses_existing_names_for_all_files_before_writing_any(tmp_path, capsys, tokensmith_home):
+    run(capsys, "import", write(tmp_path, "cat"))
+    code, _, err = run(capsys, "import", write(tmp_path, "fresh"), write(tmp_path, "cat", seed=9))
+    assert code == EXIT_ERROR and "'cat' already exists" in err and "--force" in err
+    assert Store.for_home(tokensmith_home).names() == ["cat"]  # "fresh" was not stored either
+    code, out, _ = run(capsys, "import", write(tmp_path, "cat", seed=9), "--force")
+    assert code == EXIT_OK and out.strip() == "cat"
+
+
+def test_import_with_name_and_hostile_names(tmp_path, capsys, tokensmith_home):
+    path = write(tmp_path, "x")
+    assert run(capsys, "import", path, "--name", "my-cat")[1].strip() == "my-cat"
+    for bad in ("../evil", "a/b", "..", ".hidden", "x y"):
+        code, _, err = run(capsys, "import", path, "--name", bad)
+        assert code == EXIT_ERROR and "invalid embedding name" in err
+    assert not list(tmp_path.parent.glob("evil*")) and not (tokensmith_home / "evil.safetensors").exists()
+    code, _, err = run(capsys, "import", write(tmp_path, "y"), write(tmp_path, "z"), "--name", "one")
+    assert code == EXIT_ERROR and "--name applies to one embedding" in err
+
+
+def test_import_folder_reports_skipped_files(tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write(folder, "good")
+    (folder / "bad.pt").write_bytes(b"\x80\x02not a pickle")
+    code, out, err = run(capsys, "import", folder)
+    assert code == EXIT_OK and out.strip() == "good" and "skipped" in err and "bad.pt" in err
+
+
+def test_hostile_pickle_is_refused_by_the_cli(tmp_path, capsys):
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"string_to_param": {"*": torch.zeros(1, 768)}, "name": Payload()}, tmp_path / "evil.pt")
+    code, _, err = run(capsys, "import", tmp_path / "evil.pt")
+    assert code == EXIT_ERROR and "refused" in err and not marker.exists()
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("fmt", "out"), [("canonical", "o.safetensors"), ("diffusers", "o.bin"),
+                                          ("a1111-pt", "o.pt"), ("a1111-png", "o.png")])  # fmt: skip
+def test_export_every_format_and_reimport_bit_identically(tmp_path, capsys, fmt, out):
+    run(capsys, "import", write(tmp_path, "cat", n=3))
+    code, printed, _ = run(capsys, "export", "cat", "--format", fmt, "--out", tmp_path / out)
+    assert code == EXIT_OK and printed.strip() == str(tmp_path / out)
+    (back,) = import_path(tmp_path / out)
+    original = import_path(tmp_path / "cat.safetensors")[0]
+    assert torch.equal(back.vectors["emb_params"], original.vectors["emb_params"])
+    code, _, err = run(capsys, "export", "cat", "--format", fmt, "--out", tmp_path / out)
+    assert code == EXIT_ERROR and "already exists" in err
+    assert run(capsys, "export", "cat", "--format", fmt, "--out", tmp_path / out, "--force")[0] == EXIT_OK
+
+
+def test_sdxl_diffusers_export_writes_the_pair_into_a_folder(tmp_path, capsys, tokensmith_home):
+    xl = Embedding("xl", {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)})
+    save_canonical(xl, tmp_path / "xl.safetensors")
+    run(capsys, "import", tmp_path / "xl.safetensors")
+    code, out, _ = run(capsys, "export", "xl", "--format", "diffusers", "--out", tmp_path / "pair")
+    assert code == EXIT_OK and [Path(p).name for p in out.split()] == [
+        "learned_embeds.safetensors",
+        "learned_embeds_2.safetensors",
+    ]
+    code, out, _ = run(capsys, "import", tmp_path / "pair", "--name", "xl-again")
+    again = Store.for_home(tokensmith_home).get("xl-again")
+    assert again.family == "sdxl" and torch.equal(again.vectors["clip_g"], xl.vectors["clip_g"])
+
+
+def test_rename_rm_restore(tmp_path, capsys):
+    run(capsys, "import", write(tmp_path, "cat"), write(tmp_path, "dog"))
+    assert run(capsys, "rename", "cat", "kitty")[0] == EXIT_OK
+    code, _, err = run(capsys, "rename", "kitty", "dog")
+    assert code == EXIT_ERROR and "already exists" in err
+    assert run(capsys, "rm", "kitty")[0] == EXIT_OK
+    code, _, err = run(capsys, "show", "kitty")
+    assert code == EXIT_ERROR and "no embedding named 'kitty'" in err
+    assert run(capsys, "restore", "kitty")[0] == EXIT_OK
+    assert json.loads(run(capsys, "show", "kitty", "--json")[1])["name"] == "kitty"
+    code, _, err = run(capsys, "restore", "never")
+    assert code == EXIT_ERROR and "not in the trash" in err
+
+
+def test_blend_of_stored_embeddings_records_lineage(tmp_path, capsys):
+    run(capsys, "import", write(tmp_path, "cat", n=1, seed=1), write(tmp_path, "dog", n=1, seed=2))
+    code, out, _ = run(capsys, "blend", "0.5*<cat> + 0.5*<dog>", "--name", "catdog")
+    assert (code, out.strip()) == (EXIT_OK, "catdog")
+    shown = json.loads(run(capsys, "show", "catdog", "--json")[1])
+    parent = json.loads(shown["meta"]["parent"])
+    assert [o["name"] for o in parent["operands"]] == ["cat", "dog"] and parent["method"] == "lerp"
+    store = Store.for_home(Path(shown["path"]).parent.parent)
+    expected = 0.5 * store.get("cat").vectors["emb_params"] + 0.5 * store.get("dog").vectors["emb_params"]
+    assert torch.allclose(store.get("catdog").vectors["emb_params"], expected)
+    assert run(capsys, "blend", "slerp(<cat>, <dog>, 0.3)", "--name", "s", "--keep-norm")[0] == EXIT_OK
+    code, _, err = run(capsys, "blend", "0.5*<cat> +", "--name", "bad")
+    assert code == EXIT_ERROR and "ends with an operator" in err
+    code, _, err = run(capsys, "blend", "<cat> + <ghost>", "--name", "x")
+    assert code == EXIT_ERROR and "no embedding named 'ghost'" in err
+    assert run(capsys, "blend", "<cat>", "--name", "catdog")[0] == EXIT_ERROR  # exists, no --force
+
+
+def test_blend_of_words_nearest_and_doctor_with_a_model(tmp_path, capsys, tiny_model):
+    code, _, err = run(
+        capsys, "blend", "0.6*keyboard + 0.4*typewriter", "--name", "keywriter", "--model", tiny_model
+    )
+    assert code == EXIT_OK, err
+    code, out, _ = run(capsys, "nearest", "keywriter", "--model", tiny_model, "-k", "3", "--json")
+    neighbours = [n["token"] for n in json.loads(out)["emb_params"][0]]
+    assert code == EXIT_OK and set(neighbours[:2]) == {"keyboard", "typewriter"}
+    code, out, _ = run(capsys, "nearest", "keywriter", "--model", tiny_model, "-k", "2")
+    assert "<keywriter>:" in out
+    stored = Path(json.loads(run(capsys, "show", "keywriter", "--json")[1])["path"])
+    code, out, _ = run(capsys, "doctor", stored, "--model", tiny_model)
+    assert code == EXIT_OK and "fits this model" in out
+    code, out, _ = run(capsys, "doctor", write(tmp_path, "wide"), "--model", tiny_model)
+    assert code == EXIT_ERROR and "trained for SD 1.x (width 768)" in out
+
+
+def test_doctor_without_a_model_and_on_bad_files(tmp_path, capsys):
+    code, out, _ = run(capsys, "doctor", write(tmp_path, "cat"))
+    assert code == EXIT_OK and "SD 1.x" in out and "--model" in out
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    code, out, _ = run(capsys, "doctor", tmp_path / "junk.pt", "--json")
+    assert code == EXIT_ERROR and json.loads(out)["fit"] == "unreadable"
+    run(capsys, "import", write(tmp_path, "stored"))
+    assert "'stored'" in run(capsys, "doctor", "stored")[1]  # a stored name works too
+
+
+def test_usage_errors_and_debug(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["export", "cat", "--out", "x"])
+    assert info.value.code == EXIT_USAGE
+    with pytest.raises(SystemExit) as info:
+        main(["export", "cat", "--format", "ckpt", "--out", "x"])
+    assert info.value.code == EXIT_USAGE
+    with pytest.raises(Exception, match="no embedding named"):
+        main(["show", "ghost", "--debug"])
+
+
+def test_home_flag_overrides_the_environment(tmp_path, capsys):
+    home = tmp_path / "elsewhere"
+    run(capsys, "import", write(tmp_path, "cat"), "--home", home)
+    assert (home / "embeddings" / "cat.safetensors").is_file()
+    assert run(capsys, "list", "--json")[1].strip() == "[]"
+
+
+def test_real_files_from_other_tools(capsys, tmp_path):
+    files = [REALWORLD / "bad-hands-5.pt", REALWORLD / "EasyNegative.safetensors"]
+    if not all(f.is_file() for f in files):
+        pytest.skip("the real-world fixtures are not present")
+    copies = [shutil.copy(f, tmp_path / f.name) for f in files]
+    code, out, _ = run(capsys, "import", *copies)
+    assert (code, out.split()) == (EXIT_OK, ["bad-hands-5", "EasyNegative"])
+    shown = json.loads(run(capsys, "show", "bad-hands-5", "--json")[1])
+    assert shown["meta"]["steps"] == "1419" and shown["widths"] == {"emb_params": 768}
+    assert (
+        run(capsys, "export", "EasyNegative", "--format", "a1111-pt", "--out", tmp_path / "en.pt")[0]
+        == EXIT_OK
+    )
+    data = torch.load(tmp_path / "en.pt", weights_only=True)
+    original = safetensors.torch.load_file(str(files[1]))["emb_params"].float()
+    assert torch.equal(data["string_to_param"]["*"], original)
