@@ -12,6 +12,8 @@ PAGES = [
     st.Page("pages/library.py", title="Library", icon="📚", url_path="library"),
     st.Page("pages/blend.py", title="Blend", icon="🧪", url_path="blend"),
     st.Page("pages/generate.py", title="Generate", icon="🎨", url_path="generate"),
+    st.Page("pages/lab.py", title="Lab", icon="🔬", url_path="lab"),
+    st.Page("pages/inspect.py", title="Inspect", icon="🔎", url_path="inspect"),
 ]
 
 page = st.navigation(PAGES)

@@ -1,0 +1,134 @@
+"""The Lab and Inspect pages (AppTest, tiny random pipeline) and the map's projection."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from embeddings import Embedding, Store
+from studio.app import context
+from studio.app.embedding_map import map_points, project_2d
+
+APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_session():
+    from studio.generation import Session
+    from trainers.models import LoadedModel, tiny_pipeline
+
+    return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))
+
+
+@pytest.fixture
+def session(tiny_session, monkeypatch):
+    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
+    monkeypatch.setattr(context, "loaded_model", lambda spec: tiny_session.model)
+    return tiny_session
+
+
+@pytest.fixture
+def store(tokensmith_home, tiny_session) -> Store:
+    width = tiny_session.model.widths["emb_params"]
+    s = Store.for_home(tokensmith_home)
+    for seed, name in enumerate(["cat", "dog"]):
+        vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(seed))
+        s.put(Embedding(name, {"emb_params": vectors}, {"init": "object"}))
+    return s
+
+
+def open_page(page: str, state: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+# --- Lab ---
+
+
+def test_schedule_tab_lists_the_visited_timesteps(session):
+    at = open_page("pages/lab.py")
+    assert not at.error, [e.value for e in at.error]
+    at.slider(key="lab_sched_steps").set_value(7).run()
+    table = at.dataframe[0].value
+    assert len(table) == 7
+    assert table["timestep"].is_monotonic_decreasing
+    assert (table["sigma"] ** 2 + table["alpha_bar"]).round(6).eq(1.0).all()  # σ² + ᾱ = 1
+    assert at.get("download_button")[0].proto.label == "Download the plot"
+
+
+def test_trace_tab_makes_a_strip_of_the_chosen_steps(session, store):
+    import io
+
+    from PIL import Image
+
+    at = open_page("pages/lab.py")
+    at.number_input(key="lab_trace_steps").set_value(4)
+    at.slider(key="lab_trace_cols").set_value(3)
+    at.button(key="lab_trace_go").click().run()
+    strip, final = at.session_state["lab_trace"]
+    strip_image, final_image = Image.open(io.BytesIO(strip)), Image.open(io.BytesIO(final))
+    assert strip_image.width > 3 * final_image.width  # three columns of enlarged cells plus labels
+
+
+def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
+    at = open_page("pages/lab.py")
+    at.number_input(key="lab_guide_steps").set_value(3)
+    at.button(key="lab_guide_go").click().run()
+    plain, guided, spec = at.session_state["lab_guide"]
+    assert spec == "color=green,scale=60" and plain != guided
+    assert sum("green share" in c.value for c in at.caption) == 2
+    at.text_input(key="lab_guide_spec").set_value("sparkle=3")
+    at.button(key="lab_guide_go").click().run()
+    assert "unknown guide" in at.error[0].value
+
+
+# --- Inspect ---
+
+
+def test_inspect_shows_neighbours_norms_and_the_map(session, store):
+    at = open_page("pages/inspect.py")
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="insp_name").value == "cat"
+    neighbours = at.dataframe[0].value
+    assert list(neighbours.columns) == ["vector 0", "vector 1"] and len(neighbours) == 8
+    assert any("vocabulary mean" in c.value for c in at.caption)
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+
+
+def test_a_map_click_or_the_url_selects_the_embedding(session, store):
+    at = open_page("pages/inspect.py", {"insp_clicked": "dog"})
+    assert at.selectbox(key="insp_name").value == "dog"
+
+
+def test_an_embedding_for_another_model_is_explained_and_the_map_still_shows(session, store):
+    store.put(Embedding("wide", {"emb_params": torch.zeros(1, 1024)}, {}))
+    at = open_page("pages/inspect.py")
+    at.selectbox(key="insp_name").set_value("wide").run()
+    assert at.error, "no explanation for a width mismatch"
+    assert any("not on the map: <wide>" in c.value for c in at.caption)
+
+
+def test_project_2d_separates_distinct_points_and_keeps_order():
+    rows = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    coords = project_2d(rows)  # (3, 2)
+    assert coords.shape == (3, 2)
+    xs = coords[:, 0].tolist()
+    assert sorted(xs) == xs or sorted(xs, reverse=True) == xs  # collinear points stay in line, in order
+    assert torch.allclose(coords[:, 1], torch.zeros(3), atol=1e-5)
+    assert project_2d(rows[:1]).tolist() == [[0.0, 0.0]]
+
+
+def test_map_points_places_embeddings_and_words(session, store):
+    points, skipped = map_points(
+        [store.get("cat"), store.get("dog")], ["red", "circle"], session.model.encoders
+    )
+    assert [(p.name, p.kind) for p in points] == [
+        ("cat", "embedding"), ("dog", "embedding"), ("red", "word"), ("circle", "word")
+    ]  # fmt: skip
+    assert skipped == []
