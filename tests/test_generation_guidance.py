@@ -1,0 +1,104 @@
+"""studio/generation/guidance.py: guide specs, built-in losses, the user-module contract, and their effect."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.generation import GenerateRequest, GuideError, Session, parse_guide
+from studio.generation.guidance import DEFAULT_SCALE, colour_rgb, guided_x0
+from trainers.models import LoadedModel, tiny_pipeline
+
+
+def test_colours_by_name_and_hex():
+    assert colour_rgb("#00ff00") == (0.0, 1.0, 0.0)
+    assert colour_rgb("#f00") == (1.0, 0.0, 0.0)
+    assert colour_rgb("navy") == (0.0, 0.0, 128 / 255)
+    r, g, b = colour_rgb("green")  # the demo world's green when the demo package is present
+    assert g > r and g > b
+    with pytest.raises(GuideError, match="unknown colour 'greenish'"):
+        colour_rgb("greenish")
+
+
+def test_spec_options():
+    guide = parse_guide("color=green,scale=12.5,every=3")
+    assert (guide.kind, guide.scale, guide.every) == ("color", 12.5, 3)
+    assert [guide.active(i) for i in range(4)] == [True, False, False, True]
+    assert parse_guide("colour=#123456").scale == DEFAULT_SCALE["color"]
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("sharpness=3", "unknown guide"),
+        ("color", "unknown guide"),
+        ("brightness=bright", "takes a number between 0 and 1"),
+        ("contrast=1.5", "takes a number between 0 and 1"),
+        ("color=red,speed=2", "bad option"),
+        ("color=red,every=0", "every must be 1 or more"),
+        ("match=/no/such/image.png", "cannot read the image"),
+        ("module=nomodulecolon", "write module:function"),
+        ("module=no_such_module_xyz:f", "cannot import"),
+    ],
+)
+def test_bad_specs_say_what_to_write(spec, words):
+    with pytest.raises(GuideError, match=words):
+        parse_guide(spec)
+
+
+def test_losses_are_zero_at_their_target():
+    green = torch.zeros(1, 3, 4, 4)
+    green[:, 1] = 1.0
+    assert parse_guide("color=#00ff00").loss(green).item() == 0
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    assert parse_guide("brightness=0.5").loss(grey).item() == pytest.approx(0, abs=1e-12)
+    assert parse_guide("contrast=0").loss(grey).item() == pytest.approx(0, abs=1e-12)
+
+
+def test_match_loss_reads_and_resizes_the_image(tmp_path):
+    path = tmp_path / "ref.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
+    loss = parse_guide(f"match={path}").loss
+    red = torch.zeros(1, 3, 8, 8)
+    red[:, 0] = 1.0
+    assert loss(red).item() == pytest.approx(0, abs=1e-6)
+    assert loss(torch.zeros(1, 3, 8, 8)).item() > 0.3
+
+
+def test_user_module_contract(tmp_path, monkeypatch):
+    (tmp_path / "my_losses.py").write_text(
+        "def more_blue(image):\n    return (image[:, 2] - 0.9).abs().mean()\n"
+        "def not_scalar(image):\n    return image.mean(dim=1)\n"
+        "def constant(image):\n    import torch\n    return torch.tensor(1.0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    guide = parse_guide("module=my_losses:more_blue,scale=2")
+    assert guide.kind == "module" and guide.scale == 2
+    with pytest.raises(GuideError, match="has no function 'nope'"):
+        parse_guide("module=my_losses:nope")
+    identity = lambda x: x.clamp(0, 1)  # noqa: E731  (a "decoder" that is the identity)
+    x0 = torch.full((1, 3, 4, 4), 0.5)
+    moved = guided_x0(x0, [guide], 0, identity)
+    assert (moved[:, 2] > x0[:, 2]).all() and torch.equal(moved[:, :2], x0[:, :2])
+    with pytest.raises(GuideError, match="must return a scalar"):
+        guided_x0(x0, [parse_guide("module=my_losses:not_scalar")], 0, identity)
+    with pytest.raises(GuideError, match="not differentiable"):
+        guided_x0(x0, [parse_guide("module=my_losses:constant")], 0, identity)
+
+
+def test_inactive_steps_leave_x0_alone():
+    x0 = torch.rand(1, 3, 4, 4)
+    assert guided_x0(x0, [parse_guide("color=red,every=2")], 1, lambda x: x) is x0
+
+
+def test_colour_guide_moves_a_tiny_model_towards_the_colour():
+    pipe = tiny_pipeline("sd1")
+    session = Session(LoadedModel(pipe=pipe, family="w32", source="tiny"))
+
+    def channel_means(guides=()):
+        [result] = session.generate(GenerateRequest("a red circle", steps=6, guides=guides))
+        return np.asarray(result.image, dtype=np.float64).mean(axis=(0, 1)) / 255  # (3,)
+
+    plain = channel_means()
+    blue = channel_means(("color=#0000ff,scale=400",))
+    assert blue[2] - plain[2] > 0.02 and blue[0] < plain[0]

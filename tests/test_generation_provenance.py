@@ -1,0 +1,138 @@
+"""studio/generation/provenance.py: PNG chunks, A1111 parameters, replay (pixel-identical), what lacks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embeddings import Embedding, Store
+from embeddings.errors import TokensmithError
+from studio.generation import GenerateRequest, ReplayError, Session, read_provenance, replay, save_png
+from studio.generation.provenance import A1111_CHUNK, CHUNK, a1111_parameters
+from trainers.models import LoadedModel, detect_family, tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def session():
+    pipe = tiny_pipeline("sd1")
+    return Session(LoadedModel(pipe=pipe, family=detect_family(pipe), source="tiny-sd1"))
+
+
+@pytest.fixture
+def store(tokensmith_home):
+    store = Store.for_home(tokensmith_home)
+    store.put(
+        Embedding("cat", {"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))})
+    )
+    return store
+
+
+def _request(**kw):
+    base = dict(
+        prompt="a puppy (red:1.2) <0.5*<cat> + 0.5*blue>",
+        negative="green",
+        seed=11,
+        steps=4,
+        scheduler="euler-a",
+        swaps={"puppy": "<cat>"},
+        guides=("brightness=0.8,scale=5",),
+    )
+    return GenerateRequest(**(base | kw))
+
+
+def test_png_carries_json_and_a1111_chunks(session, store, tmp_path):
+    [result] = session.generate(_request(), store=store)
+    path = save_png(result, tmp_path / "out.png")
+    with Image.open(path) as image:
+        chunks = dict(image.text)
+    prov = json.loads(chunks[CHUNK])
+    assert prov == read_provenance(path) == result.provenance
+    assert prov["prompt"] == "a puppy (red:1.2) <0.5*<cat> + 0.5*blue>"
+    assert prov["prompt_as_run"] == "a <cat> (red:1.2) <0.5*<cat> + 0.5*blue>"
+    assert prov["embeddings"] == [{"name": "cat", "sha256": store.get("cat").sha256}]
+    assert prov["blends"] == ["<0.5*<cat> + 0.5*blue>"]
+    assert prov["swaps"] == {"puppy": "<cat>"} and prov["guides"] == ["brightness=0.8,scale=5"]
+    assert (prov["model"], prov["family"], prov["scheduler"], prov["steps"], prov["seed"]) == (
+        "tiny-sd1",
+        "w32",
+        "euler-a",
+        4,
+        11,
+    )
+    assert (prov["width"], prov["height"], prov["guidance"]) == (16, 16, 7.5)
+    assert chunks[A1111_CHUNK].splitlines()[0] == prov["prompt_as_run"]
+    assert chunks[A1111_CHUNK].splitlines()[1] == "Negative prompt: green"
+    assert "Steps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 11, Size: 16x16" in chunks[A1111_CHUNK]
+
+
+def test_a1111_parameters_without_negative_has_two_lines():
+    prov = {
+        "prompt_as_run": "a cat",
+        "negative_as_run": "",
+        "steps": 20,
+        "scheduler": "dpm",
+        "guidance": 4.0,
+        "seed": 1,
+        "width": 32,
+        "height": 32,
+        "model": "demo",
+        "strength": None,
+        "embeddings": [],
+        "tokensmith": "0.1.0",
+    }
+    text = a1111_parameters(prov)
+    assert text.splitlines() == [
+        "a cat",
+        "Steps: 20, Sampler: DPM++ 2M, CFG scale: 4, Seed: 1, Size: 32x32, Model: demo, "
+        "Version: tokensmith 0.1.0",
+    ]
+
+
+def test_replay_is_pixel_identical(session, store, tmp_path):
+    results = session.generate(_request(num_images=2), store=store)
+    path = save_png(results[1], tmp_path / "second.png")  # the second image of a batch replays alone
+    again = replay(path, store=store, session=session)
+    assert np.array_equal(np.asarray(again.image), np.asarray(Image.open(path).convert("RGB")))
+    assert again.provenance == results[1].provenance | {"batch_seed": 12, "batch_index": 0}
+
+
+def test_replay_of_img2img_is_pixel_identical(session, tmp_path):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(init)
+    [result] = session.generate(GenerateRequest("a red circle", init_image=init, strength=0.5, steps=6))
+    path = save_png(result, tmp_path / "i2i.png")
+    again = replay(path, store=None, session=session)
+    assert np.array_equal(np.asarray(again.image), np.asarray(result.image))
+    init.unlink()
+    with pytest.raises(ReplayError, match=r"init image .* is not available"):
+        replay(path, store=None, session=session)
+
+
+def test_replay_names_a_missing_or_changed_embedding(session, store, tmp_path):
+    [result] = session.generate(_request(), store=store)
+    path = save_png(result, tmp_path / "out.png")
+    store.put(Embedding("cat", {"emb_params": torch.ones(2, 32)}), overwrite=True)
+    with pytest.raises(ReplayError, match=r"<cat> in the store has changed since"):
+        replay(path, store=store, session=session)
+    store.delete("cat")
+    with pytest.raises(ReplayError, match=r"<cat> \(sha256 [0-9a-f]{12}\) is not in the store"):
+        replay(path, store=store, session=session)
+
+
+def test_images_without_provenance_are_refused(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(ReplayError, match="no tokensmith provenance"):
+        read_provenance(plain)
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(ReplayError, match="cannot read"):
+        read_provenance(tmp_path / "junk.png")
+
+
+def test_save_png_refuses_other_suffixes_and_leaves_no_file(session, tmp_path):
+    [result] = session.generate(GenerateRequest("a circle", steps=4))
+    with pytest.raises(TokensmithError, match=r"use a \.png name"):
+        save_png(result, tmp_path / "out.jpg")
+    assert list(tmp_path.iterdir()) == []

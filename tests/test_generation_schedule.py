@@ -1,0 +1,56 @@
+"""studio/generation/schedule.py: schedulers by name, ᾱ/σ curves, visited timesteps, the plot."""
+
+import pytest
+import torch
+from PIL import Image
+
+from embeddings.errors import TokensmithError
+from studio.cli_generate import DEFAULT_SCHEDULER as CLI_DEFAULT
+from studio.cli_generate import SCHEDULERS as CLI_NAMES
+from studio.generation.schedule import (
+    DEFAULT_SCHEDULER,
+    SCHEDULERS,
+    make_scheduler,
+    plot_schedule,
+    schedule_curves,
+)
+from trainers.models import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny_pipeline("sd1").scheduler.config
+
+
+def test_cli_lists_the_same_schedulers():
+    assert sorted(CLI_NAMES) == sorted(SCHEDULERS) and CLI_DEFAULT == DEFAULT_SCHEDULER
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_keeps_the_models_betas(config, name):
+    scheduler = make_scheduler(name, config)
+    assert torch.allclose(scheduler.alphas_cumprod, make_scheduler("ddim", config).alphas_cumprod)
+
+
+def test_unknown_scheduler_lists_the_known(config):
+    with pytest.raises(TokensmithError, match="choose one of dpm, ddim"):
+        make_scheduler("k_lms_turbo", config)
+
+
+def test_curves_are_the_textbook_quantities(config):
+    curves = schedule_curves(make_scheduler("ddim", config), 10)
+    ab = curves.alphas_cumprod
+    assert len(ab) == 1000 and (ab[1:] < ab[:-1]).all()  # signal only ever decreases
+    assert torch.allclose(curves.sigmas**2 + ab, torch.ones_like(ab))  # ᾱ + σ² = 1
+    assert len(curves.visited) == 10 and curves.visited == sorted(curves.visited, reverse=True)
+    row = curves.table()[0]
+    assert row["alpha_bar"] == pytest.approx(float(ab[row["timestep"]]))
+    assert row["k_sigma"] == pytest.approx((1 - row["alpha_bar"]) ** 0.5 / row["alpha_bar"] ** 0.5)
+
+
+def test_plot_is_written_as_a_png(config, tmp_path):
+    curves = schedule_curves(make_scheduler("euler", config), 8)
+    out = plot_schedule(curves, tmp_path / "sub" / "schedule.png", title="tiny")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width > 600
+    assert [p.name for p in out.parent.iterdir()] == ["schedule.png"]  # no temp file left behind
