@@ -1,4 +1,4 @@
-"""studio/generation/provenance.py: PNG chunks, A1111 parameters, replay (pixel-identical), what lacks."""
+"""studio/generation/provenance.py: PNG chunks, A1111 parameters, pixel-identical replay, what blocks it."""
 
 import json
 
