@@ -6,6 +6,7 @@ Readers that only need names and metadata call `read_header`, which reads the he
 from __future__ import annotations
 
 import json
+import os
 import struct
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from embeddings.files import atomic_write_bytes
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding
 
 FORMAT_VERSION = "1"  # tokensmith.version: the version of this file layout
+FIRST_READ = 8192  # one read covers the 8-byte length and a typical header
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # safetensors' own limit is 100 MB; an embedding header is a few KB
 SAFETENSORS_DTYPES = {
     "F64",
@@ -40,28 +42,35 @@ def now_iso() -> str:
 
 
 # --- reading headers only ---
-def read_header(path: Path) -> dict:
+def read_header(path: Path | str) -> dict:
     """The safetensors header of `path` as a dict (tensor entries, "__metadata__"), checked against the size.
 
-    Reads only the header bytes. Raises EmbeddingFormatError naming the file when the header is truncated,
-    lies about its length, or describes tensors that lie outside the file.
+    Reads only the header bytes (one read for typical files). Raises EmbeddingFormatError naming the file when
+    the header is truncated, lies about its length, or describes tensors that lie outside the file.
     """
-    path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise EmbeddingFormatError(f"{path}: {size} bytes is too short for a safetensors file")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER_BYTES or 8 + length > size:
-                raise EmbeddingFormatError(
-                    f"{path}: the header claims {length} bytes but the file has {size}: truncated or not a "
-                    "safetensors file"
-                )
-            raw = handle.read(length)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.read(fd, FIRST_READ)
+        if len(head) < 8:
+            raise EmbeddingFormatError(f"{path}: {size} bytes is too short for a safetensors file")
+        (length,) = struct.unpack_from("<Q", head)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise EmbeddingFormatError(
+                f"{path}: the header claims {length} bytes but the file has {size}: truncated or not a "
+                "safetensors file"
+            )
+        raw = head[8 : 8 + length]
+        while len(raw) < length:
+            chunk = os.read(fd, length - len(raw))
+            if not chunk:
+                raise EmbeddingFormatError(f"{path}: the file ended inside its header")
+            raw += chunk
+    finally:
+        os.close(fd)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -72,25 +81,21 @@ def read_header(path: Path) -> dict:
     return header
 
 
-def _check_entries(path: Path, header: dict, *, data_size: int) -> None:
+def _check_entries(path: Path | str, header: dict, *, data_size: int) -> None:
     meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+    if not isinstance(meta, dict) or not all(type(v) is str for v in meta.values()):
         raise EmbeddingFormatError(f"{path}: header metadata must map strings to strings")
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        ok = (
-            isinstance(entry, dict)
-            and entry.get("dtype") in SAFETENSORS_DTYPES
-            and isinstance(entry.get("shape"), list)
-            and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
-            and isinstance(entry.get("data_offsets"), list)
-            and len(entry["data_offsets"]) == 2
-            and all(isinstance(o, int) for o in entry["data_offsets"])
-        )
+        try:
+            shape, (start, end) = entry["shape"], entry["data_offsets"]
+            ok = entry["dtype"] in SAFETENSORS_DTYPES and all(type(d) is int and d >= 0 for d in shape)
+            ok = ok and type(start) is int and type(end) is int
+        except (TypeError, KeyError, ValueError):
+            ok = False
         if not ok:
             raise EmbeddingFormatError(f"{path}: tensor '{key}' has a malformed header entry")
-        start, end = entry["data_offsets"]
         if not 0 <= start <= end <= data_size:
             raise EmbeddingFormatError(
                 f"{path}: tensor '{key}' claims bytes {start}..{end} but the file has {data_size}: truncated?"

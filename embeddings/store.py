@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddings.canonical import canonical_bytes, header_tensors, load_canonical, read_header
+from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
 from embeddings.files import atomic_write, atomic_write_bytes
 from embeddings.value import Embedding, family_from_widths
@@ -163,12 +163,9 @@ class Store:
             return []
         files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
         entries = []
-        for file_name in sorted(files):
-            if not file_name.endswith(SUFFIX):
-                continue
-            name = file_name[: -len(SUFFIX)]
+        for file_name in sorted(f for f in files if f.endswith(SUFFIX)):
             try:
-                entries.append(self._entry(name, self.root / file_name, files))
+                entries.append(self._entry(file_name[: -len(SUFFIX)], self.root / file_name, files))
             except (EmbeddingFormatError, OSError):
                 continue  # a broken file must not hide the others; `tokensmith doctor` explains it
         return entries
@@ -180,16 +177,18 @@ class Store:
 
     def _entry(self, name: str, path: Path, files: set[str]) -> StoreEntry:
         header = read_header(path)
-        shapes = header_tensors(header)
-        widths = {k: s[1] if len(s) == 2 else (s[0] if s else 0) for k, s in shapes.items()}
-        counts = [s[0] if len(s) == 2 else 1 for s in shapes.values()]
-        meta = dict(header.get("__metadata__", {}))
+        meta = header.pop("__metadata__", {})
+        widths, count = {}, 0
+        for key, entry in header.items():
+            shape = entry["shape"]
+            widths[key] = shape[-1] if shape else 0
+            count = max(count, shape[0] if len(shape) == 2 else 1)
         preview = name + PREVIEW_SUFFIX
         return StoreEntry(
             name=name,
             path=path,
             family=meta.get("family") or family_from_widths(widths),
-            num_vectors=max(counts, default=0),
+            num_vectors=count,
             widths=widths,
             meta=meta,
             preview=self.root / preview if preview in files else None,
