@@ -15,6 +15,7 @@ Every file is written atomically (temp file + rename), so a reader never sees ha
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -80,7 +81,8 @@ class RunFolder:
 
     def log(self, record: dict) -> None:
         """Append one JSON line (a whole line per write, flushed, so readers never see a partial object)."""
-        line = json.dumps(record, allow_nan=False, default=float) + "\n"
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+        line = json.dumps(clean, allow_nan=False, default=float) + "\n"
         with open(self.progress_path, "a", encoding="utf-8") as handle:
             handle.write(line)
             handle.flush()

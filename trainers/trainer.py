@@ -7,6 +7,7 @@ stopping, previews, snapshots, checkpoints) -> the embedding, with provenance, i
 from __future__ import annotations
 
 import json
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from trainers.validation import (
 )
 
 Progress = Callable[[dict], None]
+MAX_BAD_LOSSES = 3  # consecutive non-finite losses (fp16 skips those steps) before the run is failed
 
 
 def train(
@@ -90,6 +92,8 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     originals = _prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
+        if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            raise TokensmithError("--mixed-precision fp16 needs a GPU (no loss scaling on CPU): use bf16")
         conditioner = _attach_rows(model, spec, cfg, store)
         result = _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, stop)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, result)
@@ -193,7 +197,9 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         seed=cfg.seed,
     )
     params = [rows.rows for rows in conditioner.rows]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # prepared so fp16's loss scaling is undone before the step (and inf/nan steps are skipped)
+    adamw = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = accelerator.prepare(adamw)
     lr_at = schedule_for(
         cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps
     )
@@ -260,7 +266,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             lr=lr_at(0),
             **previews(0),
         )
-    step, reason = start, "finished"
+    step, reason, bad_losses = start, "finished", 0
     state.start_clock(start)
     while step < cfg.steps:
         for group in optimizer.param_groups:
@@ -282,6 +288,12 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             loss += float(micro_loss.detach())
         _apply_update(params, optimizer, accelerator, cfg.max_grad_norm)
         step += 1
+        bad_losses = 0 if math.isfinite(loss) else bad_losses + 1
+        if bad_losses >= MAX_BAD_LOSSES:
+            raise TokensmithError(
+                f"the loss was not finite for {bad_losses} steps in a row (step {step}); try "
+                "--mixed-precision bf16 or no, or a lower --learning-rate"
+            )
         record = {"loss": loss, "lr": lr_at(step - 1)}
         stop_early = False
         if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.steps):
@@ -311,7 +323,7 @@ def _apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:
         for p in params:
             p.grad = accelerator.reduce(p.grad, reduction="mean")
     if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        accelerator.clip_grad_norm_(params, max_grad_norm)  # unscales fp16 gradients first
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
