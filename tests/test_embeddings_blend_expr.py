@@ -1,6 +1,8 @@
 """The blend expression language: strings in, a BlendSpec out, clear errors with the position."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from embeddings.blend_expr import BlendSpec, BlendSyntaxError, Operand, parse_blend
 
@@ -52,3 +54,13 @@ def test_words_need_a_model():
 def test_bad_expressions_say_what_is_wrong(text, message):
     with pytest.raises(BlendSyntaxError, match=message):
         parse_blend(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="<>()*+-,.'\" 0123456789abcdeslrp_", max_size=40))
+def test_any_text_parses_or_fails_with_a_blend_syntax_error(text):
+    try:
+        spec = parse_blend(text)
+    except BlendSyntaxError:
+        return
+    assert spec.parts and all(isinstance(w, float) for _, w in spec.parts)

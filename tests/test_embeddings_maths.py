@@ -91,3 +91,10 @@ def test_norm_report_compares_with_the_vocabulary(pipe):
     report = norm_report(weight[:1] * 3, pipe.tokenizer, pipe.text_encoder)
     assert report["norms"][0] == pytest.approx(3 * float(weight[0].norm()), rel=1e-3)
     assert report["vocab"]["min"] <= report["vocab"]["mean"] <= report["vocab"]["max"]
+
+
+def test_keep_norm_ignores_zero_padding():
+    long, short = e("long", [[3.0, 0.0], [0.0, 4.0]]), e("short", [[0.0, 5.0]])
+    kept = blend([(long, 0.5), (short, 0.5)], "k", keep_norm=True).vectors["emb_params"]
+    assert float(kept[0].norm()) == pytest.approx(4.0, abs=1e-5)  # mean of 3 and 5
+    assert kept[1].tolist() == pytest.approx([0.0, 4.0], abs=1e-5)  # only `long` has a second vector

@@ -4,6 +4,8 @@ import multiprocessing
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from embeddings import Embedding, Store, StoreError, safe_name, validate_name
@@ -51,6 +53,32 @@ def test_safe_name_makes_valid_names_from_any_text():
     for text in ["bad hands (v5)", "../../etc/passwd", "...", "ü", "a" * 200, "x.preview", "-lead"]:
         assert validate_name(safe_name(text))
     assert safe_name("bad hands (v5)") == "bad-hands-v5"
+
+
+@given(st.text(max_size=80))
+def test_safe_name_always_gives_a_valid_name(text):
+    assert validate_name(safe_name(text))
+
+
+def test_a_failed_write_leaves_neither_a_file_nor_a_temp_file(store, monkeypatch):
+    import embeddings.files as files
+
+    store.put(emb("cat", value=1.0))
+
+    def crash(path, data, *, overwrite=True):
+        def half(tmp):
+            tmp.write_bytes(data[: len(data) // 2])
+            raise OSError("disk full")
+
+        return files.atomic_write(path, half, overwrite=overwrite)
+
+    monkeypatch.setattr("embeddings.store.atomic_write_bytes", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.put(emb("dog"))
+    with pytest.raises(OSError, match="disk full"):
+        store.put(emb("cat", value=2.0), overwrite=True)
+    assert store.names() == ["cat"] and float(store.get("cat").vectors["emb_params"][0, 0]) == 1.0
+    assert [p.name for p in store.root.iterdir()] == ["cat.safetensors"]
 
 
 def test_list_reads_headers_and_finds_previews(store):

@@ -25,7 +25,8 @@ from embeddings.value import Embedding, family_title
 
 CHUNK_KEY = b"sd-ti-embedding"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_CHUNK_BYTES = 256 * 1024 * 1024
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # far above any embedding; caps what a hostile chunk can inflate to
+MAX_PIXELS = 64 * 1024 * 1024
 
 
 # --- reading ---
@@ -127,6 +128,10 @@ def _crop_black(img: np.ndarray) -> np.ndarray:
 def _read_side_panels(path: Path) -> object:
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise EmbeddingFormatError(
+                    f"{path}: a {image.width}x{image.height} image is too large to scan"
+                )
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise EmbeddingFormatError(f"{path}: not a readable image ({exc})") from None
