@@ -174,3 +174,9 @@ def test_demo_missing_gives_build_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "DEMO_MODEL_DIR", tmp_path / "no-model", raising=False)
     with pytest.raises(ModelLoadError, match=r"python -m demo\.build"):
         load_model("demo")
+
+
+def test_relative_folder_is_recorded_as_an_absolute_source(sd1_folder, monkeypatch):
+    monkeypatch.chdir(sd1_folder.parent)
+    model = load_model(sd1_folder.name)
+    assert model.source == str(sd1_folder.resolve())

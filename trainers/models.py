@@ -43,7 +43,7 @@ class LoadedModel:
 
     pipe: Any  # diffusers StableDiffusionPipeline | StableDiffusionXLPipeline
     family: str  # "demo" | "sd1" | "sd2" | "sdxl" | "w<width>"
-    source: str  # what was loaded: "demo", a path or a hub id, as given
+    source: str  # what was loaded: "demo", an absolute path, or a hub id (provenance records it)
 
     @property
     def encoders(self) -> list[tuple[str, Any, Any]]:
@@ -145,7 +145,7 @@ def load_model(
     if path.is_dir():
         pipe = _load_folder(path, dtype)
         family = "demo" if is_demo_folder(path) else detect_family(pipe)
-        return _finish(LoadedModel(pipe=pipe, family=family, source=str(path)), device)
+        return _finish(LoadedModel(pipe=pipe, family=family, source=str(path.resolve())), device)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(
@@ -153,7 +153,7 @@ def load_model(
                 f"({', '.join(SINGLE_FILE_SUFFIXES)})"
             )
         pipe = _load_single_file(path, dtype, config)
-        return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=str(path)), device)
+        return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=str(path.resolve())), device)
     if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         pipe = _load_hub(spec, dtype)
         return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=spec), device)
