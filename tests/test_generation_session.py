@@ -184,3 +184,19 @@ def test_bad_settings_are_refused(session, kw, words):
 def test_prompt_longer_than_the_model_reads_is_refused(session):
     with pytest.raises(PromptError, match="reads at most 14"):
         session.generate(GenerateRequest("a " + "red " * 20 + "circle"))
+
+
+def test_sdxl_matches_the_diffusers_pipeline_for_a_plain_prompt(sdxl_session):
+    pipe = sdxl_session.model.pipe
+    ours = pixels(sdxl_session, "a red circle", scheduler="ddim", guidance=5.0, seed=2)
+    generator = torch.Generator().manual_seed(2)
+    theirs = pipe(
+        "a red circle",
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        generator=generator,
+        output_type="np",
+        height=16,
+        width=16,
+    ).images[0]
+    assert np.abs(ours - np.round(theirs * 255)).max() <= 1

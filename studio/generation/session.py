@@ -154,6 +154,8 @@ class Session:
         timesteps = trimmed_timesteps(scheduler, req.steps, req.strength) if init else scheduler.timesteps
         plan = self.encoder.plan(nodes, len(timesteps))
         negative_plan = self.encoder.plan(negative, len(timesteps))
+        if not negative and self.model.is_sdxl and pipe.config.get("force_zeros_for_empty_prompt", False):
+            negative_plan = _zeros_like(plan)  # SDXL's convention for an empty negative prompt
         generator = torch.Generator("cpu").manual_seed(seed)
         latent_shape = (
             1,
@@ -278,6 +280,12 @@ def _predicted_x0(out: torch.Tensor, x_in: torch.Tensor, alpha_bar: torch.Tensor
     if prediction_type == "sample":
         return out
     return (x_in - s * out) / a
+
+
+def _zeros_like(plan: PromptPlan) -> PromptPlan:
+    cond = plan.segments[0][1]
+    pooled = None if cond.pooled is None else torch.zeros_like(cond.pooled)
+    return PromptPlan([(0.0, Conditioning(torch.zeros_like(cond.embeds), pooled))], [(0.0, "")])
 
 
 def _unique(embeddings: list) -> list:
