@@ -1,5 +1,5 @@
-"""A run killed with SIGKILL and resumed ends within 1e-6 of an uninterrupted run; the store never sees a
-partial file; SIGTERM stops cleanly with a `stopped` event and a last snapshot."""
+"""A run killed with SIGKILL (in a subprocess) and resumed ends within 1e-6 of an uninterrupted run; the store
+never sees a partial file; SIGTERM stops cleanly with a `stopped` event, a snapshot and a checkpoint."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from embeddings import Store
-from studio.cli import main
+from studio.cli import EXIT_ERROR, main
 from trainers.models import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,15 +33,43 @@ def setup(tmp_path_factory):
 
 
 def _args(setup, run_dir, steps=40):
-    return ["train", "--images", str(setup / "images"), "--name", "kitty", "--model", str(setup / "model"),
-            "--steps", str(steps), "--save-every", "4", "--validate-every", "4", "--batch-size", "2",
-            "--preview-images", "0", "--seed", "3", "--init", "a", "--run-dir", str(run_dir)]  # fmt: skip
+    return [
+        "train",
+        "--images",
+        str(setup / "images"),
+        "--name",
+        "kitty",
+        "--model",
+        str(setup / "model"),
+        "--steps",
+        str(steps),
+        "--save-every",
+        "4",
+        "--validate-every",
+        "4",
+        "--batch-size",
+        "2",
+        "--preview-images",
+        "0",
+        "--seed",
+        "3",
+        "--init",
+        "a",
+        "--run-dir",
+        str(run_dir),
+    ]
 
 
 def _spawn(args, home):
     env = {**os.environ, "TOKENSMITH_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "studio", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "studio", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc, timeout=120.0):
@@ -56,7 +84,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
 
 
-def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_path):
+def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_path, capsys):
     assert main([*_args(setup, tmp_path / "whole"), "--home", str(tmp_path / "home-a")]) == 0
     whole = Store.for_home(tmp_path / "home-a").get("kitty")
 
@@ -71,22 +99,26 @@ def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_
     store_dir = home / "embeddings"
     assert not store_dir.exists() or not any(store_dir.iterdir()), "the store holds a partial result"
 
-    # 2. Resume in a new process, then SIGTERM it (the UI's Cancel): a stopped event and a last snapshot.
-    proc = _spawn(["train", "--run-dir", str(run), "--resume"], home)
-    _wait_for(run / "checkpoints" / "step-000016", proc)
-    assert int((run / "pid").read_text()) == proc.pid
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "--resume" in err
+    # 2. Resume, then SIGTERM (the studio's Cancel) after step 13: a stopped event and a last snapshot.
+    def cancel_at_13(record):
+        if record.get("step") == 13:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("studio.cli_train.ProgressBar.__call__", lambda bar, record: cancel_at_13(record))
+        assert main(["train", "--run-dir", str(run), "--resume", "--home", str(home)]) == EXIT_ERROR
+    assert "--resume" in capsys.readouterr().err
     last = _records(run)[-1]
-    assert last["event"] == "stopped" and last["name"] == "kitty"
-    assert (run / "snapshots" / f"step-{last['step']:06d}.safetensors").is_file()
-    stopped_at = run / "checkpoints" / f"step-{last['step']:06d}"
-    assert {p.name for p in stopped_at.iterdir()} == {
+    assert (last["event"], last["name"], last["step"]) == ("stopped", "kitty", 13)
+    assert (run / "snapshots" / "step-000013.safetensors").is_file()
+    # safetensors + JSON: resuming never unpickles anything
+    assert {p.name for p in (run / "checkpoints" / "step-000013").iterdir()} == {
         "state.json",
         "state.safetensors",
-    }  # nothing to unpickle
+    }
     assert not Store.for_home(home).exists("kitty")
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the trainer put the previous handler back
 
     # 3. Resume again (in this process) to the end: the same embedding as the uninterrupted run.
     assert main(["train", "--run-dir", str(run), "--resume", "--home", str(home)]) == 0
