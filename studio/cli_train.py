@@ -256,7 +256,7 @@ def run_demo(args) -> int:
     scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
     rows = [shots[:DEMO_SAMPLES], before, after, blended]
     labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>", f"blend: {blend_prompt[2:]}"]
-    sheet = compose(rows, labels, [f"seed {args.seed + i}" for i in range(DEMO_SAMPLES)])
+    sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
     sheet_path = out / "contact-sheet.png"
     sheet.save(sheet_path)
     result = {
@@ -268,20 +268,21 @@ def run_demo(args) -> int:
         "seconds": round(time.monotonic() - started, 1),
         **scores,
     }
+    report = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
+    b, a = scores["before"], scores["after"]
+    lines = [
+        f"concept        {concept} (never seen by the demo model)"
+        if concept.is_held_out
+        else f"concept        {concept}",
+        f"token          <{name}> after {result['steps']} steps, stored at {result['stored']}",
+        f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
+        f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
+        f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
+        f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}",
+        f"contact sheet  {sheet_path}",
+        f"time           {result['seconds']} s",
+    ]
+    print("\n".join(lines), file=report)
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
-    b, a = scores["before"], scores["after"]
-    print(f"concept        {concept} (never seen by the demo model)")
-    print(f"token          <{name}> after {result['steps']} steps, stored at {result['stored']}")
-    print(
-        f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
-        f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}"
-    )
-    print(
-        f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
-        f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}"
-    )
-    print(f"contact sheet  {sheet_path}")
-    print(f"time           {result['seconds']} s")
     return 0

@@ -12,7 +12,15 @@ import torch
 from embeddings.errors import TokensmithError
 from trainers.rows import EncoderRows
 
-DEMO_TEMPLATES = ("a [name]", "a photo of a [name]", "a picture of a [name]", "[name]")
+
+def _demo_templates() -> tuple[str, ...]:
+    """The demo world's own caption prefixes ("a ", "a photo of a ", ...) before the token."""
+    from demo.world import PREFIXES
+
+    return tuple(prefix + "[name]" for prefix in PREFIXES)
+
+
+DEMO_TEMPLATES = _demo_templates()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""THE README'S MAIN JOB, END TO END: `tokensmith demo` renders a held-out concept, trains a token on the demo
+world, stores it, generates with it and with a blend, writes the contact sheet and prints judge scores.
+
+It is also the demo-world learning test: after training, the samples' foreground colour must be within
+LEARNED_DISTANCE of the concept's colour (RGB distance, the demo judge) and MARGIN closer than before.
+Takes about a minute and a half on a 2-core CPU.
+"""
+
+import json
+
+import pytest
+from PIL import Image
+
+from embeddings import Store
+from studio.cli import main
+from trainers.models import demo_model_dir
+
+LEARNED_DISTANCE = 60.0  # mean RGB distance of the samples' foreground to the concept colour after training
+MARGIN = 50.0  # ... and at least this much closer than the untrained init word's samples
+
+pytestmark = pytest.mark.skipif(
+    not (demo_model_dir() / "model_index.json").is_file(),
+    reason="the demo model is not built (python -m demo.build)",
+)
+
+
+def test_tokensmith_demo_learns_the_held_out_concept(tokensmith_home, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    for label in ("concept", "token", "before", "after", "contact sheet", "time"):
+        assert any(line.startswith(label) for line in captured.err.splitlines()), captured.err
+    before, after = result["before"], result["after"]
+    assert after["colour_distance"] <= LEARNED_DISTANCE, result
+    assert before["colour_distance"] - after["colour_distance"] >= MARGIN, result
+    assert after["colour_hits"] >= 3, result  # of 4 samples, the judge names the concept's colour
+    assert result["steps"] <= 150
+    stored = Store.for_home(tokensmith_home).get(result["name"])
+    assert stored.family == "demo" and stored.meta["base_model"] == "demo"
+    sheet = Image.open(out / "contact-sheet.png")
+    assert sheet.width > 4 * 32 and sheet.height > 4 * 32
+    assert len(list((out / "images").glob("*.png"))) == 5
+    assert (out / "run" / "progress.jsonl").read_text().splitlines()[-1].startswith('{"event": "done"')
