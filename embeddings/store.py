@@ -157,8 +157,12 @@ class Store:
             if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
         )
 
-    def list(self) -> list[StoreEntry]:
-        """Every stored embedding with its header facts (headers only); unreadable files are skipped."""
+    def list(self, *, problems: list[tuple[Path, str]] | None = None) -> list[StoreEntry]:
+        """Every stored embedding with its header facts (headers only).
+
+        Unreadable files are skipped (a broken file must not hide the others); pass a list as `problems` to
+        receive them as (path, reason).
+        """
         if not self.root.is_dir():
             return []
         files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
@@ -166,8 +170,9 @@ class Store:
         for file_name in sorted(f for f in files if f.endswith(SUFFIX)):
             try:
                 entries.append(self._entry(file_name[: -len(SUFFIX)], self.root / file_name, files))
-            except (EmbeddingFormatError, OSError):
-                continue  # a broken file must not hide the others; `tokensmith doctor` explains it
+            except (EmbeddingFormatError, OSError) as exc:
+                if problems is not None:
+                    problems.append((self.root / file_name, str(exc)))
         return entries
 
     def entry(self, name: str) -> StoreEntry:

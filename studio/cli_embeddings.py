@@ -191,7 +191,13 @@ def run_import(args) -> int:
 
 
 def run_list(args) -> int:
-    entries = _store(args).list()
+    problems: list = []
+    entries = _store(args).list(problems=problems)
+    for path, reason in problems:
+        print(
+            f"tokensmith list: warning: skipped {path.name}: {reason} (see `tokensmith doctor`)",
+            file=sys.stderr,
+        )
     if args.json:
         _print_json([entry.to_json() for entry in entries])
         return 0
@@ -270,7 +276,7 @@ def run_restore(args) -> int:
 
 
 def run_blend(args) -> int:
-    from embeddings import StoreError, validate_name
+    from embeddings import StoreError, validate_name, vectors_for_encoders
     from embeddings.blend_expr import parse_blend
     from embeddings.maths import blend, word_operand
 
@@ -288,37 +294,43 @@ def run_blend(args) -> int:
             parts.append((word_operand(operand.text, model.encoders), weight))
     result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm)
     if model is not None:
-        result = result.with_meta(base_model=model.source, family=model.family)
+        vectors_for_encoders(result, model.encoders)  # a clear error now if the result does not fit --model
+        if spec.needs_model:
+            result = result.with_meta(base_model=model.source, family=model.family)
     store.put(result, overwrite=args.force)
     print(args.name)
     return 0
 
 
 def run_nearest(args) -> int:
-    from embeddings import vectors_for_encoders
-    from embeddings.maths import nearest_tokens
+    from embeddings import token_names, vectors_for_encoders
+    from embeddings.maths import nearest_tokens, norm_report
 
     emb = _store(args).get(args.name)
     model = _load_model(args.model)
-    result = {}
-    partial = False
     try:
-        per_encoder = vectors_for_encoders(emb, model.encoders)
-    except ValueError:
-        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True)
-        partial = True
+        per_encoder, partial = vectors_for_encoders(emb, model.encoders), False
+    except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
+        per_encoder, partial = vectors_for_encoders(emb, model.encoders, partial=True), True
+    result = {}
     for (key, tok, te), vectors in zip(model.encoders, per_encoder, strict=True):
         if partial and not vectors.any():
             continue  # the zero half of a partial install has no neighbours worth showing
-        result[key] = [[n.__dict__ for n in row] for row in nearest_tokens(vectors, tok, te, k=args.k)]
+        rows = nearest_tokens(vectors, tok, te, k=args.k)
+        result[key] = {
+            "neighbours": [[vars(n) for n in row] for row in rows],
+            "norms": norm_report(vectors, tok, te),
+        }
     if args.json:
         _print_json(result)
         return 0
-    for key, rows in result.items():
-        print(f"{key}:")
-        for i, row in enumerate(rows):
-            tokens = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
-            print(f"  {f'<{emb.name}>' if i == 0 else f'<{emb.name}>_{i}'}: {tokens}")
+    tokens = token_names(emb)
+    for key, found in result.items():
+        vocab = found["norms"]["vocab"]
+        print(f"{key} (vocabulary norm: mean {vocab['mean']:.3g}, {vocab['min']:.3g}..{vocab['max']:.3g}):")
+        for token, row, norm in zip(tokens, found["neighbours"], found["norms"]["norms"], strict=True):
+            near = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
+            print(f"  {token} (norm {norm:.3g}): {near}")
     return 0
 
 

@@ -155,10 +155,12 @@ def test_blend_of_words_nearest_and_doctor_with_a_model(tmp_path, capsys, tiny_m
     )
     assert code == EXIT_OK, err
     code, out, _ = run(capsys, "nearest", "keywriter", "--model", tiny_model, "-k", "3", "--json")
-    neighbours = [n["token"] for n in json.loads(out)["emb_params"][0]]
+    found = json.loads(out)["emb_params"]
+    neighbours = [n["token"] for n in found["neighbours"][0]]
+    assert found["norms"]["vocab"]["mean"] > 0 and len(found["norms"]["norms"]) == 1
     assert code == EXIT_OK and set(neighbours[:2]) == {"keyboard", "typewriter"}
     code, out, _ = run(capsys, "nearest", "keywriter", "--model", tiny_model, "-k", "2")
-    assert "<keywriter>:" in out
+    assert "<keywriter> (norm" in out and "keyboard" in out
     stored = Path(json.loads(run(capsys, "show", "keywriter", "--json")[1])["path"])
     code, out, _ = run(capsys, "doctor", stored, "--model", tiny_model)
     assert code == EXIT_OK and "fits this model" in out

@@ -81,13 +81,18 @@ def test_a_failed_write_leaves_neither_a_file_nor_a_temp_file(store, monkeypatch
     assert [p.name for p in store.root.iterdir()] == ["cat.safetensors"]
 
 
-def test_list_reads_headers_and_finds_previews(store):
+def test_list_reads_headers_and_finds_previews(store, monkeypatch):
     store.put(emb("a"), preview=Image.new("RGB", (8, 8), "red"))
     store.put(Embedding("b", {"clip_l": torch.zeros(3, 768), "clip_g": torch.zeros(3, 1280)}))
     (store.root / "notes.txt").write_text("not an embedding")
     (store.root / "broken.safetensors").write_bytes(b"garbage!")
-    entries = {e.name: e for e in store.list()}
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("tensor data read"))
+    problems = []
+    entries = {e.name: e for e in store.list(problems=problems)}
     assert set(entries) == {"a", "b"}
+    assert [p.name for p, _ in problems] == ["broken.safetensors"] and "claims" in problems[0][1]
     assert (entries["a"].family, entries["a"].num_vectors, entries["a"].widths) == (
         "sd1",
         2,
