@@ -246,3 +246,24 @@ def test_grid_and_variations(model_dir, store, tmp_path, capsys):
         str(variations),
     )
     assert code == 0 and variations.is_file() and "2 prompts" in stdout
+
+
+def test_readme_generation_examples_parse():
+    """Every generation command the README shows is accepted by the parser (the docs stay true)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from studio.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section: generation -->")[1].split("\n## ")[0]
+    lines = [
+        m.group(1)
+        for m in re.finditer(rf"^(tokensmith (?:{'|'.join(COMMANDS)}) .*?)(?:\s+#.*)?$", section, re.M)
+    ]
+    assert len(lines) >= 10
+    parser = build_parser()
+    for line in lines:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.command in COMMANDS, line

@@ -204,7 +204,9 @@ def check_replayable(prov: dict, store: Store | None) -> list[str]:
     return missing
 
 
-def replay(path: str | Path, *, store: Store | None, session: Any = None, model: str | None = None) -> Any:
+def replay(
+    path: str | Path, *, store: Store | None = None, session: Any = None, model: str | None = None
+) -> Any:
     """Re-make the image at `path` (one Result); ReplayError lists whatever is missing or changed."""
     from studio.generation.session import Session
 
