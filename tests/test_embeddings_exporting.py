@@ -53,7 +53,8 @@ def test_every_format_round_trips_bit_identically(tmp_path, fmt, kind):
     for key in emb.vectors:
         assert torch.equal(back.vectors[key], emb.vectors[key]), (fmt, kind, key)
     # A1111 and our own file name the embedding by the file stem; diffusers and PNG files carry the name
-    assert back.name == ("out" if fmt in ("canonical", "a1111-pt") else "thing")
+    named_by_stem = fmt in ("canonical", "a1111-pt") or (fmt == "a1111-png" and kind == "sdxl")
+    assert back.name == ("out" if named_by_stem else "thing")
 
 
 def test_diffusers_sdxl_export_is_the_documented_pair(tmp_path):
@@ -86,6 +87,12 @@ def test_a1111_pt_is_the_dict_a1111_writes_and_loads_with_weights_only(tmp_path)
         "sd_checkpoint_name",
     }
     assert data["string_to_param"]["*"].shape == (3, 768) and data["name"] == "thing" and data["step"] == 120
+
+
+def test_a1111_sdxl_dict_holds_only_tensors_because_a1111_detaches_every_value(tmp_path):
+    export(make("sdxl"), "a1111-pt", tmp_path / "xl.pt")
+    data = torch.load(tmp_path / "xl.pt", weights_only=True)
+    assert sorted(data) == ["clip_g", "clip_l"] and all(isinstance(v, torch.Tensor) for v in data.values())
 
 
 def test_a1111_png_chunk_decodes_the_way_a1111_does(tmp_path):

@@ -52,20 +52,21 @@ def read_pickled(path: Path) -> Embedding:
 
 
 def a1111_dict(emb: Embedding) -> dict:
-    """The dict A1111 saves: `string_to_param` (one encoder); `clip_l`/`clip_g` (SDXL; A1111 reads it)."""
+    """The dict A1111 saves: `string_to_param` plus `name`/`step`/checkpoint for one encoder; for SDXL only
+    `clip_l`/`clip_g` tensors, because A1111's SDXL branch calls `.detach()` on every value of the dict (the
+    name then comes from the file stem, as A1111 does for every .pt).
+    """
+    if set(emb.vectors) != {SINGLE_KEY}:
+        return {k: v.clone() for k, v in emb.vectors.items()}
     steps = emb.meta.get("steps", "")
-    data: dict = {
+    return {
+        "string_to_token": {"*": A1111_PLACEHOLDER_ID},
+        "string_to_param": {"*": emb.vectors[SINGLE_KEY].clone()},
         "name": emb.name,
         "step": int(steps) if steps.isdigit() else None,
         "sd_checkpoint": emb.meta.get("a1111.sd_checkpoint"),
         "sd_checkpoint_name": emb.meta.get("a1111.sd_checkpoint_name") or emb.meta.get("base_model"),
     }
-    if set(emb.vectors) == {SINGLE_KEY}:
-        data["string_to_token"] = {"*": A1111_PLACEHOLDER_ID}
-        data["string_to_param"] = {"*": emb.vectors[SINGLE_KEY].clone()}
-    else:
-        data.update({k: v.clone() for k, v in emb.vectors.items()})
-    return data
 
 
 def write_a1111_pt(emb: Embedding, path: Path) -> Path:
