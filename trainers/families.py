@@ -5,7 +5,7 @@ pooled embeds and time ids), the default init word and prompt templates, and the
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -77,6 +77,7 @@ def spread(vectors: torch.Tensor, num_vectors: int) -> torch.Tensor:
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's max length: (B, L)."""
     return tokenizer(
         prompts,
         padding="max_length",
@@ -92,6 +93,15 @@ class Conditioner:
 
     family: str
     rows: list[EncoderRows]
+    _ids: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # (key, prompt) -> (L,)
+
+    def token_ids(self, encoder: EncoderRows, prompts: list[str], device) -> torch.Tensor:
+        """Ids of `prompts` for one encoder: (B, L); templates × captions is a small set, tokenised once."""
+        missing = [p for p in dict.fromkeys(prompts) if (encoder.key, p) not in self._ids]
+        if missing:
+            for prompt, ids in zip(missing, tokenize(encoder.tokenizer, missing), strict=True):
+                self._ids[encoder.key, prompt] = ids
+        return torch.stack([self._ids[encoder.key, p] for p in prompts]).to(device)  # (B, L)
 
     def token_text(self) -> str:
         """The prompt text standing for the concept: '<cat> <cat>_1' for two vectors."""
@@ -101,11 +111,11 @@ class Conditioner:
         """(encoder_hidden_states (B, L, D), added_cond_kwargs or None) for a batch of prompts."""
         if self.family != "sdxl":
             encoder = self.rows[0]
-            ids = tokenize(encoder.tokenizer, prompts).to(device)  # (B, L)
+            ids = self.token_ids(encoder, prompts, device)  # (B, L)
             return encoder.text_encoder(ids)[0], None  # (B, L, D)
         hidden, pooled = [], None
         for encoder in self.rows:
-            ids = tokenize(encoder.tokenizer, prompts).to(device)  # (B, L)
+            ids = self.token_ids(encoder, prompts, device)  # (B, L)
             out = encoder.text_encoder(ids, output_hidden_states=True)
             hidden.append(out.hidden_states[-2])  # (B, L, D_i): SDXL conditions on the penultimate layer
             pooled = out[0]  # (B, D_2): the last encoder's projected pooled output
