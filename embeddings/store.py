@@ -21,11 +21,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
 from embeddings.files import atomic_write, atomic_write_bytes
 from embeddings.value import Embedding, family_from_widths
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 SUFFIX = ".safetensors"
 PREVIEW_SUFFIX = ".preview.png"
@@ -112,7 +116,7 @@ class Store:
         return f" (did you mean {', '.join(close[:3])}?)" if close else ""
 
     # --- writing ---
-    def put(self, emb: Embedding, *, overwrite: bool = False, preview=None) -> Path:
+    def put(self, emb: Embedding, *, overwrite: bool = False, preview: Image | None = None) -> Path:
         """Store `emb` under its name; an existing name raises StoreError unless overwrite=True.
 
         `preview` (a PIL image) is saved beside it as `<name>.preview.png`.
@@ -136,7 +140,7 @@ class Store:
             preview_path.unlink(missing_ok=True)  # an old thumbnail would show a different embedding
         return path
 
-    def set_preview(self, name: str, image) -> Path:
+    def set_preview(self, name: str, image: Image) -> Path:
         """Attach (or replace) the thumbnail of a stored embedding."""
         self._require(name)
         buffer = io.BytesIO()

@@ -180,7 +180,10 @@ def run_import(args) -> int:
     taken = [n for n in names if store.exists(n)]
     if taken and not args.force:  # checked for all before writing any, so nothing is half-imported
         raise StoreError(f"'{taken[0]}' already exists in the store; use --name NEW or --force to replace it")
-    paths = [store.put(emb, overwrite=args.force) for emb in found]
+    from tqdm import tqdm
+
+    bar = tqdm(found, desc="storing", unit="emb", file=sys.stderr, disable=len(found) < 50)
+    paths = [store.put(emb, overwrite=args.force) for emb in bar]
     if args.json:
         _print_json(
             [{"name": e.name, "path": str(p), "family": e.family} for e, p in zip(found, paths, strict=True)]
