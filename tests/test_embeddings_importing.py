@@ -69,6 +69,15 @@ def test_a1111_pt_keeps_its_provenance(tmp_path):
     assert emb.meta["source_name"] == "my style" and emb.meta["a1111.name"] == "my style"
 
 
+def test_original_textual_inversion_parameter_dict_checkpoint(tmp_path):
+    # rinongal/textual_inversion's EmbeddingManager saves string_to_param as an nn.ParameterDict
+    tensor = vec(1, 768)
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(tensor.clone())})
+    torch.save({"string_to_token": {"*": torch.tensor(265)}, "string_to_param": params}, tmp_path / "ti.pt")
+    (emb,) = import_path(tmp_path / "ti.pt")
+    assert emb.name == "ti" and torch.equal(emb.vectors["emb_params"], tensor)
+
+
 def test_kohya_and_sdxl_single_file_safetensors(tmp_path):
     safetensors.torch.save_file({"emb_params": vec(8, 768).half()}, str(tmp_path / "neg.safetensors"))
     safetensors.torch.save_file(

@@ -65,6 +65,7 @@ def embedding_from_dict(data: object, *, path: Path, source_format: str) -> Embe
 
 def _from_a1111(data: dict, path: Path) -> Embedding:
     params = data["string_to_param"]
+    params = getattr(params, "_parameters", params)  # a ParameterDict (original TI repo, torch 1.11 A1111)
     if not isinstance(params, dict) or not params:
         raise EmbeddingFormatError("string_to_param is empty or not a dict")
     if len(params) != 1:

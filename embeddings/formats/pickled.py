@@ -6,6 +6,7 @@ that runs code. A pickle that asks for anything else is refused with a clear err
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import warnings
@@ -25,12 +26,21 @@ class UnsafePickleError(EmbeddingFormatError):
     """A pickle asked to import code or build objects beyond plain data: refused, never executed."""
 
 
+def _allow_parameter_dicts() -> contextlib.AbstractContextManager:
+    """Also accept torch.nn.ParameterDict: the original textual-inversion code (and A1111 files saved by torch
+    1.11) pickle `string_to_param` as one. Restoring it only fills attributes; no code from the file runs.
+    """
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([torch.nn.ParameterDict]) if safe_globals else contextlib.nullcontext()
+
+
 def load_pickle(path: Path) -> object:
     """The plain data inside a torch pickle, refusing anything else (weights_only=True)."""
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine; we report errors
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with _allow_parameter_dicts():
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
