@@ -39,6 +39,14 @@ def test_diffusers_safetensors_and_bin_one_and_two_dimensional(tmp_path):
     assert dog.name == "dog" and torch.equal(dog.vectors["emb_params"], one_d.unsqueeze(0))
 
 
+def test_diffusers_multi_token_dict_with_one_key_per_vector(tmp_path):
+    rows = vec(3, 768)
+    data = {"<tok>_2": rows[2], "<tok>": rows[0], "<tok>_1": rows[1:2]}  # any key order, 1-D or (1, d)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in data.items()}, str(tmp_path / "t.safetensors"))
+    (emb,) = import_path(tmp_path / "t.safetensors")
+    assert emb.name == "tok" and torch.equal(emb.vectors["emb_params"], rows)
+
+
 @pytest.mark.parametrize("given", ["first", "second", "folder"])
 def test_diffusers_sdxl_pair_from_either_file_or_the_folder(tmp_path, given):
     lo, g = vec(2, 768, 1), vec(2, 1280, 2)

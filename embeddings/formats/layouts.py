@@ -29,6 +29,8 @@ def layout_of(data: dict) -> str:
         return "canonical"
     if len(data) == 1 and tensor_keys:
         return "diffusers"
+    if len(tensor_keys) == len(data) and multi_token_order(data):
+        return "diffusers"
     shown = ", ".join(sorted(map(str, data))[:8]) + (", ..." if len(data) > 8 else "")
     if len(tensor_keys) == 16:
         hint = "; it looks like an XTI (per-layer) embedding, which is not supported"
@@ -37,6 +39,15 @@ def layout_of(data: dict) -> str:
     else:
         hint = ""
     raise EmbeddingFormatError(f"not an embedding layout (keys: {shown}){hint}")
+
+
+def multi_token_order(data: dict) -> list[str] | None:
+    """Keys `T`, `T_1`, …, `T_{n-1}` (one vector each, as diffusers names a multi-vector token when it saves
+    one key per vector) in vector order, else None."""
+    keys = [str(k) for k in data]
+    base = min(keys, key=len) if keys else ""
+    order = [base] + [f"{base}_{i}" for i in range(1, len(keys))]
+    return order if len(keys) > 1 and sorted(order) == sorted(keys) else None
 
 
 def embedding_from_dict(data: object, *, path: Path, source_format: str) -> Embedding:
@@ -52,12 +63,12 @@ def embedding_from_dict(data: object, *, path: Path, source_format: str) -> Embe
             emb = Embedding(_stem(path), vectors)
             layout = "sdxl" if SINGLE_KEY not in vectors else "kohya"
         else:
-            (token, tensor), *_ = data.items()
-            name = str(token).strip()
+            order = multi_token_order(data) or list(data)
+            token = str(order[0])
+            tensor = torch.cat([_as_2d(data[k], str(k)) for k in order]) if len(order) > 1 else data[token]
+            name = token.strip()
             name = name[1:-1] if len(name) > 2 and name.startswith("<") and name.endswith(">") else name
-            emb = Embedding(
-                name or _stem(path), {SINGLE_KEY: _as_2d(tensor, str(token))}, {"token": str(token)}
-            )
+            emb = Embedding(name or _stem(path), {SINGLE_KEY: _as_2d(tensor, token)}, {"token": token})
     except EmbeddingFormatError as exc:
         raise EmbeddingFormatError(f"{path}: {exc}") from None
     return emb.with_meta(source_format=f"{source_format}:{layout}", source_file=path.name)
