@@ -64,6 +64,7 @@ def train(
         raise TokensmithError(
             f"an embedding named '{cfg.name}' is already stored; pass --overwrite or another --name"
         )
+    _check_trackers(cfg)
     images = load_images(cfg.images, min_images=cfg.min_images)
     folder = RunFolder(resolve_run_dir(cfg, home))
     cfg = cfg.replace(run_dir=str(folder.root))
@@ -92,6 +93,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     originals = _prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
+        _start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError("--mixed-precision fp16 needs a GPU (no loss scaling on CPU): use bf16")
         conditioner = _attach_rows(model, spec, cfg, store)
@@ -111,6 +113,24 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         stop.uninstall()
         if cfg.trackers:
             accelerator.end_training()
+
+
+def _check_trackers(cfg) -> None:
+    """Refuse trackers that are not installed (before any model loads)."""
+    import importlib.util
+
+    missing = [name for name in cfg.trackers if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TokensmithError(
+            f"tracker(s) {', '.join(missing)} not installed: pip install {' '.join(missing)}; or drop them"
+        )
+
+
+def _start_trackers(cfg, accelerator) -> None:
+    """Accelerate's trackers (TensorBoard, W&B) besides the JSONL, when asked for."""
+    if cfg.trackers:
+        flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
+        accelerator.init_trackers("tokensmith", config=flat)
 
 
 # --- model preparation ---
