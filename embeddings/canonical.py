@@ -73,7 +73,7 @@ def read_header(path: Path | str) -> dict:
         os.close(fd)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise EmbeddingFormatError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise EmbeddingFormatError(f"{path}: the safetensors header is not a JSON object")

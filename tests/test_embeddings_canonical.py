@@ -66,6 +66,7 @@ def _raw(header: dict, data: bytes = b"") -> bytes:
         (_raw({"emb_params": {"dtype": "F32", "shape": [1, 4], "data_offsets": [0, 16]}}), "truncated"),
         (_raw({"emb_params": {"dtype": "XX", "shape": [1], "data_offsets": [0, 0]}}), "malformed"),
         (_raw({"__metadata__": {"a": 1}}), "strings"),
+        (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
     ],
 )
 def test_broken_files_name_the_file_and_the_problem(tmp_path, content, message):

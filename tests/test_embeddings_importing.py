@@ -273,6 +273,22 @@ def test_absurd_sizes_are_refused_before_loading(tmp_path, monkeypatch):
         import_path(tmp_path / "many.pt")
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"string_to_param": {"*": {"TORCHTENSOR": [[1, 2], [3]]}}}',
+        b"\xff\xfe",
+    ],
+)
+def test_hostile_png_chunks_get_a_clear_error(tmp_path, payload):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sd-ti-embedding", base64.b64encode(payload))
+    Image.new("RGB", (8, 8)).save(tmp_path / "evil.png", pnginfo=info)
+    with pytest.raises(EmbeddingFormatError, match=r"evil\.png"):
+        import_path(tmp_path / "evil.png")
+
+
 def test_png_without_embedding_and_truncated_png(tmp_path):
     Image.new("RGB", (16, 16), "blue").save(tmp_path / "plain.png")
     with pytest.raises(EmbeddingFormatError, match="carries no embedding"):

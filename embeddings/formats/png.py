@@ -72,10 +72,9 @@ def _inflate(data: bytes) -> bytes:
 def decode_chunk(text: bytes) -> object:
     """A1111's `embedding_from_b64`: base64 -> JSON -> dict with tensors."""
     try:
-        decoded = json.loads(base64.b64decode(text, validate=False))
-    except (binascii.Error, ValueError) as exc:
+        return tensors_from_json(json.loads(base64.b64decode(text, validate=False)))
+    except (binascii.Error, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise EmbeddingFormatError(f"the sd-ti-embedding chunk is not base64 JSON ({exc})") from None
-    return tensors_from_json(decoded)
 
 
 def read_image(path: Path) -> Embedding:
@@ -150,7 +149,7 @@ def _read_side_panels(path: Path) -> object:
         decompressor = zlib.decompressobj()
         text = decompressor.decompress(blob, MAX_CHUNK_BYTES)
         return tensors_from_json(json.loads(text))
-    except (zlib.error, ValueError) as exc:
+    except (zlib.error, ValueError, RecursionError) as exc:
         raise EmbeddingFormatError(
             f"{path}: the image's side panels do not hold A1111 embedding data ({exc})"
         ) from None
