@@ -1,0 +1,399 @@
+"""Build the demo-world model from nothing: `python -m demo.build` (seeded, one CPU thread, ~45 min).
+
+Steps: render a captioned dataset of the world, build the tokenizer vocabulary, train the VAE, encode the
+dataset to latents once, train UNet + text encoder jointly (v-prediction, EMA), and write the model in
+diffusers layout into `demo/model/` (atomically: a temp folder, then a rename). An interim model is exported
+part-way so other work can use a real model before the build ends. Logs to `demo/build.log`, draws
+`demo/samples.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from demo import DEMO_MODEL_DIR, world
+from demo.architecture import (
+    Architecture,
+    make_noise_scheduler,
+    make_scheduler,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+)
+from demo.vocab import build_tokenizer
+
+DEMO_DIR = Path(__file__).parent
+METADATA_FILE = "world.json"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides the shipped model; the defaults are what `python -m demo.build` runs."""
+
+    seed: int = 0
+    arch: Architecture = field(default_factory=Architecture)
+    num_images: int = 20_000
+    vae_steps: int = 1500  # at most; the VAE stops earlier when vae_minutes run out
+    vae_minutes: float = 6.0  # 0: no time limit (exactly vae_steps)
+    vae_batch: int = 32
+    vae_crop: int = 16  # the VAE is fully convolutional: train on crops, 4× cheaper per step
+    vae_lr: float = 1e-3
+    unet_steps: int = 8000  # at most; the plan shrinks to what fits in unet_minutes
+    unet_minutes: float = 34.0  # 0: no time limit (exactly unet_steps, bit-for-bit reproducible)
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1  # empty captions, so classifier-free guidance works
+    ema_decay: float = 0.999
+    interim_fraction: float = 0.3  # export an interim model after this share of the UNet plan (0: never)
+    out: Path = DEMO_MODEL_DIR
+    log: Path = DEMO_DIR / "build.log"
+    samples: Path | None = DEMO_DIR / "samples.png"  # None: no sample grid
+    evaluate: bool = True  # a quick judge-scored evaluation of the final model, into the log
+
+
+class Log:
+    """Timestamped lines to a log file and stderr."""
+
+    def __init__(self, path: Path):
+        self.start = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w", encoding="utf-8")
+
+    def __call__(self, message: str) -> None:
+        line = f"[{self.elapsed():7.1f}s] {message}"
+        print(line, file=sys.stderr, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+# --- data ---
+def render_dataset(cfg: BuildConfig) -> tuple[torch.Tensor, list[world.Concept]]:
+    """`num_images` training renders as (N, 3, R, R) floats in [-1, 1] and the concept of each."""
+    rng = random.Random(cfg.seed)
+    concepts = [world.sample_training_concept(rng) for _ in range(cfg.num_images)]
+    pixels = np.stack([np.asarray(world.render(c, rng, resolution=cfg.arch.resolution)) for c in concepts])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, R, R)
+    return images, concepts
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's length, exactly as StableDiffusionPipeline pads prompts."""
+    return tokenizer(
+        texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids  # (B, L)
+
+
+# --- VAE ---
+def train_vae(vae, images: torch.Tensor, cfg: BuildConfig, log: Log) -> None:
+    """MSE + 0.5·L1 + 1e-4·KL per latent dimension on random crops; lr halves for the last 40% of the run."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    train, val = images[256:], images[:256]
+    side, crop = images.shape[-1], cfg.vae_crop
+    budget = cfg.vae_minutes * 60 or float("inf")
+    start, halved = time.monotonic(), False
+    vae.train()
+    for step in range(1, cfg.vae_steps + 1):
+        spent = time.monotonic() - start
+        if spent > budget:
+            log(f"vae: time budget of {cfg.vae_minutes} min reached after {step - 1} steps")
+            break
+        if not halved and (spent > 0.6 * budget or step > 0.6 * cfg.vae_steps):
+            for group in opt.param_groups:
+                group["lr"] = cfg.vae_lr / 2
+            halved = True
+        x = train[torch.randint(len(train), (cfg.vae_batch,), generator=gen)]  # (B, 3, R, R)
+        oy, ox = torch.randint(0, side - crop + 1, (2,), generator=gen).tolist()
+        x = x[:, :, oy : oy + crop, ox : ox + crop]  # (B, 3, crop, crop)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)  # (B, 4, crop/2, crop/2)
+        rec = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            log(f"vae step {step} loss {loss.item():.4f} psnr(val) {vae_psnr(vae, val):.1f} dB")
+    log(f"vae done: psnr(val) {vae_psnr(vae, val):.1f} dB on full {side}px images")
+    vae.eval()
+
+
+@torch.no_grad()
+def vae_psnr(vae, images: torch.Tensor) -> float:
+    was_training = vae.training
+    vae.eval()
+    rec = vae.decode(vae.encode(images).latent_dist.mode()).sample.clamp(-1, 1)
+    vae.train(was_training)
+    mse = F.mse_loss((rec + 1) / 2, (images + 1) / 2).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Posterior means of the whole dataset, (N, 4, R/2, R/2), unscaled."""
+    return torch.cat([vae.encode(images[i : i + 512]).latent_dist.mode() for i in range(0, len(images), 512)])
+
+
+# --- UNet + text encoder ---
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class StepPlan:
+    """How many UNet steps to run: exactly `cap`, or as many as fit in `minutes` (re-planned every 250)."""
+
+    def __init__(self, cap: int, minutes: float, log: Log):
+        self.total, self.cap, self.budget, self.log = cap, cap, minutes * 60, log
+        self.start = time.monotonic()
+
+    def replan(self, step: int) -> None:
+        if not self.budget:
+            return
+        spent = time.monotonic() - self.start
+        fits = int(step + (self.budget - spent) / (spent / step))
+        total = max(step + 1, min(self.cap, fits))
+        if total != self.total:
+            self.log(f"unet plan: {total} steps fit in {self.budget / 60:.0f} min (was {self.total})")
+        self.total = total
+
+
+def train_unet(
+    parts: dict, latents: torch.Tensor, concepts: list, cfg: BuildConfig, log: Log, on_interim
+) -> dict:
+    """Train UNet and text encoder together on v-prediction; returns their EMA copies and the step count."""
+    unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    noise_scheduler = make_noise_scheduler(cfg.arch)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    rng = random.Random(cfg.seed + 3)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    plan = StepPlan(cfg.unet_steps, cfg.unet_minutes, log)
+    ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text_encoder": copy.deepcopy(text_encoder)}
+    ema["text_encoder"].requires_grad_(False)
+    unet.train(), text_encoder.train()
+    running, tick, step, interim_done = 0.0, time.monotonic(), 0, not cfg.interim_fraction
+    while step < plan.total:
+        step += 1
+        for group in opt.param_groups:
+            group["lr"] = cfg.unet_lr * _lr_factor(step, plan.total, cfg.warmup_steps)
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        texts = ["" if rng.random() < cfg.caption_dropout else world.caption(concepts[i], rng) for i in idx]
+        z0 = latents[idx]  # (B, 4, h, w), already scaled
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(z0),), generator=gen)
+        zt = noise_scheduler.add_noise(z0, noise, t)
+        target = noise_scheduler.get_velocity(z0, noise, t)  # v = √ᾱ·ε − √(1−ᾱ)·x0
+        cond = text_encoder(tokenize(tokenizer, texts))[0]  # (B, L, 64)
+        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for key, live in (("unet", unet), ("text_encoder", text_encoder)):
+                for e, p in zip(ema[key].parameters(), live.parameters(), strict=True):
+                    e.lerp_(p, 1 - decay)
+        running += loss.item()
+        if step % 250 == 0 or step == plan.total:
+            done = step % 250 or 250
+            rate = done / (time.monotonic() - tick)
+            log(
+                f"unet step {step}/{plan.total} loss(v) {running / done:.4f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} "
+                f"{rate:.2f} it/s eta {(plan.total - step) / rate / 60:.1f} min"
+            )
+            running, tick = 0.0, time.monotonic()
+            plan.replan(step)
+        if not interim_done and step >= cfg.interim_fraction * plan.total:
+            on_interim(ema, step)
+            interim_done = True
+    return {**ema, "steps": step}
+
+
+# --- export ---
+def make_pipeline(parts: dict, arch: Architecture):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=make_scheduler(arch),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def metadata(cfg: BuildConfig, *, stage: str, unet_step: int, elapsed_s: float, scaling: float) -> dict:
+    """What the model folder's world.json says: the world, its held-out concepts and how it was built."""
+    return {
+        "name": "tokensmith demo world",
+        "resolution": cfg.arch.resolution,
+        "latent_size": cfg.arch.resolution // 2,
+        "shapes": list(world.SHAPES),
+        "colours": {k: list(v) for k, v in world.COLOURS.items()},
+        "train_colours": list(world.TRAIN_COLOURS),
+        "backgrounds": {k: list(v) for k, v in world.BACKGROUNDS.items()},
+        "default_background": world.DEFAULT_BACKGROUND,
+        "sizes": dict(world.SIZES),
+        "positions": dict(world.POSITION_PHRASES),
+        "patterns": list(world.PATTERNS),
+        "held_out": {
+            "combinations": [f"{c} {s}" for c, s in world.HELD_OUT_COMBOS],
+            "colours": list(world.HELD_OUT_COLOURS),
+        },
+        "caption_words": world.caption_words(),
+        "prediction_type": "v_prediction",
+        "vae_scaling_factor": scaling,
+        "build": {
+            "stage": stage,
+            "unet_step": unet_step,
+            "elapsed_s": round(elapsed_s, 1),
+            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        },
+    }
+
+
+def export(pipe, out: Path, meta: dict) -> None:
+    """Write the pipeline to `out` atomically: save into a sibling temp folder, then swap it in."""
+    out = Path(out)
+    tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_megabytes(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+
+
+# --- the whole build ---
+def build(cfg: BuildConfig) -> Path:
+    """Run every step and write the model to `cfg.out`; returns that folder."""
+    from demo.evaluate import evaluate, format_report, sample_grid
+
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    log = Log(cfg.log)
+    log(f"build config: {json.dumps(asdict(cfg), default=str)}")
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} thread")
+    images, concepts = render_dataset(cfg)
+    log(f"rendered {len(images)} images of {cfg.arch.resolution}px")
+    tokenizer = build_tokenizer(world.caption_words())
+    log(f"tokenizer: {len(tokenizer)} tokens, max length {tokenizer.model_max_length}")
+
+    vae = make_vae(cfg.arch)
+    log(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters")
+    train_vae(vae, images, cfg, log)
+    latents = encode_latents(vae, images)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    del images
+    log(f"encoded latents {tuple(latents.shape)}, scaling_factor {scaling:.4f}")
+
+    parts = {"vae": vae, "tokenizer": tokenizer}
+    parts["text_encoder"] = make_text_encoder(cfg.arch, tokenizer)
+    parts["unet"] = make_unet(cfg.arch, latents.shape[-1])
+    for key in ("unet", "text_encoder"):
+        log(f"{key}: {sum(p.numel() for p in parts[key].parameters()) / 1e6:.2f} M parameters")
+
+    def save(ema: dict, step: int, stage: str, *, evaluate_it: bool = False) -> None:
+        pipe = make_pipeline({**parts, **ema}, cfg.arch)
+        meta = metadata(cfg, stage=stage, unet_step=step, elapsed_s=log.elapsed(), scaling=scaling)
+        export(pipe, cfg.out, meta)
+        log(f"exported {stage} model (unet step {step}) to {cfg.out}: {folder_megabytes(cfg.out):.2f} MB")
+        if evaluate_it:
+            log(f"quick evaluation ({stage}):\n{format_report(evaluate(pipe, quick=True))}")
+
+    trained = train_unet(parts, latents, concepts, cfg, log, on_interim=lambda e, s: save(e, s, "interim"))
+    ema = {"unet": trained["unet"], "text_encoder": trained["text_encoder"]}
+    save(ema, trained["steps"], "final", evaluate_it=cfg.evaluate)
+    if cfg.samples:
+        sample_grid(make_pipeline({**parts, **ema}, cfg.arch)).save(cfg.samples)
+        log(f"wrote sample grid {cfg.samples}")
+    log(f"build finished in {log.elapsed() / 60:.1f} min")
+    return cfg.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.build",
+        description="Build the demo-world model (seeded; about 45 minutes on one CPU core).",
+        epilog="Example: python -m demo.build                      # rebuild demo/model\n"
+        "         python -m demo.build --out /tmp/m --num-images 2000 --vae-minutes 0 --vae-steps 50 \\\n"
+        "           --unet-minutes 0 --unet-steps 100   # a smoke build",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = BuildConfig()
+    parser.add_argument("--out", type=Path, default=defaults.out, help="model folder (default: demo/model)")
+    parser.add_argument("--log", type=Path, default=defaults.log)
+    parser.add_argument("--samples", type=Path, default=defaults.samples)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--num-images", type=int, default=defaults.num_images)
+    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="at most this many")
+    parser.add_argument("--vae-minutes", type=float, default=defaults.vae_minutes, help="0: no time limit")
+    parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps, help="at most this many")
+    parser.add_argument(
+        "--unet-minutes",
+        type=float,
+        default=defaults.unet_minutes,
+        help="0: run exactly --unet-steps",
+    )
+    parser.add_argument(
+        "--interim-fraction", type=float, default=defaults.interim_fraction, help="0: no interim"
+    )
+    args = parser.parse_args(argv)
+    cfg = replace(
+        defaults,
+        out=args.out,
+        log=args.log,
+        samples=args.samples,
+        seed=args.seed,
+        num_images=args.num_images,
+        vae_steps=args.vae_steps,
+        vae_minutes=args.vae_minutes,
+        unet_steps=args.unet_steps,
+        unet_minutes=args.unet_minutes,
+        interim_fraction=args.interim_fraction,
+    )
+    build(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""A pixel-statistics judge for demo-world images: what colour, shape, background, size and place it shows.
+
+Background = median of the border pixels (no shape enters the margin). Foreground = pixels far from it; its
+colour is the larger of two colour clusters there (so pattern stripes and antialiased edges do not pull
+it). Shape = best soft-IoU match of the foreground mask, cropped to its bounding box and resized to a square,
+against templates rendered by the world's own renderer. Size = the bounding box's extent.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+from demo.world import BACKGROUNDS, COLOURS, MARGIN, POSITIONS, SHAPES, SIZES, Concept, parse_concept, render
+
+TEMPLATE_SIDE = 16
+MIN_FOREGROUND = 4.0  # pixels of foreground (soft) below which an image counts as empty
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an image shows. `colour_distance` is the RGB distance from the foreground to its named colour."""
+
+    colour: str | None
+    colour_rgb: tuple[int, int, int] | None
+    colour_distance: float
+    shape: str | None
+    shape_score: float  # soft IoU with the best template, 0..1
+    background: str
+    background_rgb: tuple[int, int, int]
+    size: str | None
+    extent: float  # bounding-box side / image side
+    area: float  # foreground fraction of the image
+    position: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nearest(rgb: np.ndarray, table: dict[str, tuple[int, int, int]]) -> tuple[str, float]:
+    names = list(table)
+    dists = np.linalg.norm(np.array([table[n] for n in names], dtype=np.float32) - rgb, axis=1)
+    return names[int(dists.argmin())], float(dists.min())
+
+
+def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    return np.asarray(image, dtype=np.float32)  # (H, W, 3) in 0..255
+
+
+def _crop_normalised(mask: np.ndarray) -> np.ndarray:
+    """The soft mask cropped to the bounding box of its confident part, resized to a TEMPLATE_SIDE square."""
+    ys, xs = np.nonzero(mask > 0.5)
+    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    img = Image.fromarray((crop * 255).astype(np.uint8), mode="L")
+    img = img.resize((TEMPLATE_SIDE, TEMPLATE_SIDE), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+@functools.lru_cache(maxsize=8)
+def _templates(resolution: int) -> dict[str, list[np.ndarray]]:
+    """Normalised masks of every shape at every size, rendered clean (white on black) at `resolution`."""
+    rng = random.Random(0)
+    out: dict[str, list[np.ndarray]] = {}
+    for shape in SHAPES:
+        out[shape] = []
+        for size in SIZES:
+            img = render(
+                Concept(shape, "white", "black", size, "center", "plain"), rng, resolution=resolution
+            )
+            arr = _as_array(img)
+            mask = (arr.mean(axis=2) - BACKGROUNDS["black"][0]) / (
+                COLOURS["white"][0] - BACKGROUNDS["black"][0]
+            )
+            out[shape].append(_crop_normalised(np.clip(mask, 0, 1)))
+    return out
+
+
+def judge(image: Image.Image | np.ndarray) -> Verdict:
+    """Read an image of the demo world back into words (any square resolution)."""
+    arr = _as_array(image)
+    h, w, _ = arr.shape
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])  # (2H+2W, 3)
+    bg = np.median(border, axis=0)
+    background, _ = _nearest(bg, BACKGROUNDS)
+    dist = np.linalg.norm(arr - bg, axis=2)  # (H, W)
+    core = dist > max(35.0, 0.25 * float(dist.max()))
+    if core.sum() < 2:
+        return _empty(bg, background)
+    fg = _dominant_colour(arr[core])
+    colour, colour_distance = _nearest(fg, COLOURS)
+    # soft mask: 0 at the background colour, 1 at the foreground colour
+    span = max(float(np.linalg.norm(fg - bg)), 1.0)
+    mask = np.clip(dist / span, 0.0, 1.0)
+    mask = np.where(mask > 0.25, mask, 0.0)
+    if mask.sum() < MIN_FOREGROUND * (h * w) / 1024 or not (mask > 0.5).any():
+        return _empty(bg, background)
+    norm = _crop_normalised(mask)
+    scores = {
+        shape: max(float(np.minimum(norm, t).sum() / np.maximum(norm, t).sum()) for t in templates)
+        for shape, templates in _templates(w).items()
+    }
+    shape = max(scores, key=scores.get)
+    ys, xs = np.nonzero(mask > 0.5)
+    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / w
+    size = min(SIZES, key=lambda s: abs(SIZES[s] - extent))
+    return Verdict(
+        colour=colour,
+        colour_rgb=tuple(round(float(v)) for v in fg),
+        colour_distance=colour_distance,
+        shape=shape,
+        shape_score=scores[shape],
+        background=background,
+        background_rgb=tuple(round(float(v)) for v in bg),
+        size=size,
+        extent=float(extent),
+        area=float(mask.sum() / (h * w)),
+        position=_position(mask, extent),
+    )
+
+
+def _dominant_colour(pixels: np.ndarray) -> np.ndarray:
+    """Median of the larger of two RGB clusters: the shape's own colour, not its pattern or blended edges."""
+    brightness = pixels.max(axis=1)  # (N,)
+    centres = np.stack([pixels[brightness.argmax()], pixels[brightness.argmin()]])  # (2, 3)
+    for _ in range(6):
+        labels = np.linalg.norm(pixels[:, None] - centres[None], axis=2).argmin(axis=1)  # (N,)
+        centres = np.stack(
+            [pixels[labels == k].mean(axis=0) if (labels == k).any() else centres[k] for k in (0, 1)]
+        )
+    biggest = np.bincount(labels, minlength=2).argmax()
+    return np.median(pixels[labels == biggest], axis=0)
+
+
+def _position(mask: np.ndarray, extent: float) -> str:
+    """Nearest named position of the bounding box's centre, in units of the room the shape had to move."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask > 0.5)
+    cx, cy = (xs.min() + xs.max() + 1) / 2 / w - 0.5, (ys.min() + ys.max() + 1) / 2 / h - 0.5
+    room = max((1 - 2 * MARGIN - extent) / 2, 0.05)
+    return min(
+        POSITIONS, key=lambda p: (POSITIONS[p][0] - cx / room) ** 2 + (POSITIONS[p][1] - cy / room) ** 2
+    )
+
+
+def _empty(bg: np.ndarray, background: str) -> Verdict:
+    return Verdict(
+        None, None, float("inf"), None, 0.0, background, tuple(int(v) for v in bg), None, 0.0, 0.0, None
+    )
+
+
+def distance_to(image: Image.Image | np.ndarray, concept: Concept | str) -> float:
+    """RGB distance from an image's foreground colour to the concept's colour (inf for an empty image)."""
+    concept = parse_concept(concept) if isinstance(concept, str) else concept
+    verdict = judge(image)
+    if verdict.colour_rgb is None:
+        return float("inf")
+    return float(np.linalg.norm(np.array(verdict.colour_rgb, dtype=np.float32) - COLOURS[concept.colour]))
+
+
+def matches(verdict: Verdict, concept: Concept) -> dict[str, bool]:
+    """Which of the concept's specified fields the verdict agrees with."""
+    fields = {"colour": concept.colour, "shape": concept.shape, "background": concept.background or "gray"}
+    if concept.size:
+        fields["size"] = concept.size
+    if concept.position and concept.size != "large":  # a large shape has almost no room to move
+        fields["position"] = concept.position
+    return {name: getattr(verdict, name) == want for name, want in fields.items()}

@@ -1,0 +1,96 @@
+"""The build script, run tiny: it writes a loadable diffusers folder atomically, reproducibly per seed."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from demo.architecture import Architecture
+from demo.build import METADATA_FILE, BuildConfig, StepPlan, _lr_factor, build, export, make_pipeline
+
+
+def tiny(tmp_path, name: str, **overrides) -> BuildConfig:
+    base = BuildConfig(
+        arch=Architecture(unet_channels=(16, 32, 32), vae_channels=(16, 16)),
+        num_images=120,
+        vae_steps=3,
+        vae_minutes=0,
+        unet_steps=4,
+        unet_minutes=0,
+        warmup_steps=2,
+        interim_fraction=0.5,
+        out=tmp_path / name / "model",
+        log=tmp_path / name / "build.log",
+        samples=None,
+        evaluate=False,
+    )
+    return BuildConfig(**{**base.__dict__, **overrides})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    return build(tiny(tmp, "a")), build(tiny(tmp, "b")), tmp
+
+
+def test_build_writes_a_folder_stable_diffusion_loads(built):
+    from diffusers import StableDiffusionPipeline
+
+    folder = built[0]
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.safety_checker is None
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+
+def test_build_metadata_lists_the_held_out_concepts(built):
+    meta = json.loads((built[0] / METADATA_FILE).read_text())
+    assert "purple triangle" in meta["held_out"]["combinations"] and meta["held_out"]["colours"] == ["pink"]
+    assert meta["build"]["stage"] == "final" and meta["build"]["unet_step"] == 4
+    assert "pink" not in meta["caption_words"]
+
+
+def test_build_is_reproducible_for_a_seed(built):
+    a, b, _ = built
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        wa, wb = load_file(a / part), load_file(b / part)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), part
+
+
+def test_build_log_records_every_phase(built):
+    log = (built[2] / "a" / "build.log").read_text()
+    for phrase in ("rendered 120 images", "vae done", "scaling_factor", "exported interim", "exported final"):
+        assert phrase in log
+
+
+def test_export_replaces_a_model_atomically(built, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(built[0])
+    out = tmp_path / "model"
+    export(pipe, out, {"stage": "one"})
+    export(pipe, out, {"stage": "two"})
+    assert json.loads((out / METADATA_FILE).read_text()) == {"stage": "two"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old folder left behind
+
+
+def test_make_pipeline_has_no_safety_checker(built):
+    from diffusers import StableDiffusionPipeline
+
+    src = StableDiffusionPipeline.from_pretrained(built[0])
+    parts = {"vae": src.vae, "text_encoder": src.text_encoder, "tokenizer": src.tokenizer, "unet": src.unet}
+    assert make_pipeline(parts, Architecture()).safety_checker is None
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    assert _lr_factor(0, 1000, 100) == pytest.approx(0.01)
+    assert _lr_factor(100, 1000, 100) == pytest.approx(1.0)
+    assert _lr_factor(1000, 1000, 100) == pytest.approx(0.1)
+
+
+def test_step_plan_without_a_budget_runs_exactly_the_cap():
+    plan = StepPlan(500, 0, print)
+    plan.replan(250)
+    assert plan.total == 500
