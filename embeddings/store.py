@@ -55,6 +55,10 @@ def safe_name(text: str) -> str:
     return cleaned if cleaned and cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
 
 
+def _sort_key(name: str) -> tuple[str, str]:
+    return (name.lower(), name)
+
+
 @dataclass(frozen=True)
 class StoreEntry:
     """What a listing knows from a file's header alone (no tensor data read)."""
@@ -152,14 +156,15 @@ class Store:
         return load_canonical(self._require(name))
 
     def names(self) -> list[str]:
-        """Stored names, sorted."""
+        """Stored names, sorted case-insensitively (as people read a list)."""
         if not self.root.is_dir():
             return []
-        return sorted(
+        names = (
             entry.name[: -len(SUFFIX)]
             for entry in os.scandir(self.root)
             if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
         )
+        return sorted(names, key=_sort_key)
 
     def list(self, *, problems: list[tuple[Path, str]] | None = None) -> list[StoreEntry]:
         """Every stored embedding with its header facts (headers only).
@@ -171,7 +176,7 @@ class Store:
             return []
         files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
         entries = []
-        for file_name in sorted(f for f in files if f.endswith(SUFFIX)):
+        for file_name in sorted((f for f in files if f.endswith(SUFFIX)), key=_sort_key):
             try:
                 entries.append(self._entry(file_name[: -len(SUFFIX)], self.root / file_name, files))
             except (EmbeddingFormatError, OSError) as exc:
