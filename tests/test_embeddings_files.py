@@ -1,0 +1,39 @@
+"""Atomic writes: readers see the old file or the whole new one; create-only never replaces."""
+
+import pytest
+
+from embeddings.files import atomic_write, atomic_write_bytes
+
+
+def test_overwrite_replaces_whole_file(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+    atomic_write_bytes(path, b"new contents")
+    assert path.read_bytes() == b"new contents" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_create_only_refuses_an_existing_file_and_cleans_up(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"first")
+    with pytest.raises(FileExistsError):
+        atomic_write_bytes(path, b"second", overwrite=False)
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"keep")
+
+    def failing(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"keep" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    path = tmp_path / "a" / "b" / "f.bin"
+    atomic_write_bytes(path, b"x")
+    assert path.read_bytes() == b"x"
