@@ -42,11 +42,11 @@ def test_rows_only_gradient_equals_the_whole_table_gradient_of_the_new_row():
     conditioner = Conditioner("single", [rows])
     generator = torch.Generator().manual_seed(0)
     batch = Batch(
-        torch.randn(2, 4, 8, 8, generator=generator),
-        torch.randn(2, 4, 8, 8, generator=generator),
-        torch.tensor([100, 700]),
-        ["a <cat>", "a photo of <cat>"],
-        [(16, 16)] * 2,
+        torch.randn(3, 4, 8, 8, generator=generator),
+        torch.randn(3, 4, 8, 8, generator=generator),
+        torch.tensor([100, 700, 400]),
+        ["a <cat>", "a photo of <cat>", "a <cat>"],  # a repeated prompt is encoded once
+        [(16, 16)] * 3,
         None,
     )
     step_loss(pipe.unet, conditioner, maths, batch).backward()

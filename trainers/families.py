@@ -108,19 +108,25 @@ class Conditioner:
         return " ".join(self.rows[0].tokens)
 
     def encode(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, dict | None]:
-        """(encoder_hidden_states (B, L, D), added_cond_kwargs or None) for a batch of prompts."""
+        """(encoder_hidden_states (B, L, D), added_cond_kwargs or None) for a batch of prompts.
+
+        Each distinct prompt goes through the text encoders once (a batch often repeats a template); the
+        rows of the result are gathered back, which gives the same values and gradients.
+        """
+        unique = list(dict.fromkeys(prompts))
+        gather = torch.tensor([unique.index(p) for p in prompts], device=device)  # (B,)
         if self.family != "sdxl":
             encoder = self.rows[0]
-            ids = self.token_ids(encoder, prompts, device)  # (B, L)
-            return encoder.text_encoder(ids)[0], None  # (B, L, D)
+            ids = self.token_ids(encoder, unique, device)  # (U, L)
+            return encoder.text_encoder(ids)[0][gather], None  # (B, L, D)
         hidden, pooled = [], None
         for encoder in self.rows:
-            ids = self.token_ids(encoder, prompts, device)  # (B, L)
+            ids = self.token_ids(encoder, unique, device)  # (U, L)
             out = encoder.text_encoder(ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])  # (B, L, D_i): SDXL conditions on the penultimate layer
-            pooled = out[0]  # (B, D_2): the last encoder's projected pooled output
-        states = torch.cat(hidden, dim=-1)  # (B, L, D_l + D_g)
-        return states, {"text_embeds": pooled}
+            hidden.append(out.hidden_states[-2])  # (U, L, D_i): SDXL conditions on the penultimate layer
+            pooled = out[0]  # (U, D_2): the last encoder's projected pooled output
+        states = torch.cat(hidden, dim=-1)[gather]  # (B, L, D_l + D_g)
+        return states, {"text_embeds": pooled[gather]}
 
     @staticmethod
     def time_ids(sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
