@@ -17,7 +17,7 @@ import torch
 from embeddings.canonical import now_iso
 from embeddings.errors import EmbeddingFormatError
 from embeddings.inject import word_vectors
-from embeddings.value import Embedding, family_title
+from embeddings.value import MAX_VECTORS, Embedding, family_title
 
 METHODS = ("lerp", "slerp")
 WORD_KIND = "word"
@@ -71,18 +71,27 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def blend(
-    parts: Sequence[tuple[Embedding, float]], name: str, *, method: str = "lerp", keep_norm: bool = False
+    parts: Sequence[tuple[Embedding, float]],
+    name: str,
+    *,
+    method: str = "lerp",
+    keep_norm: bool = False,
+    num_vectors: int | None = None,
 ) -> Embedding:
     """A new embedding from weighted operands, per encoder key; lineage recorded in meta["parent"].
 
     lerp: Σ wᵢ·vᵢ (weights as given: 0.5*<cat> + 0.5*<dog>). slerp: exactly two operands, t = w₂/(w₁+w₂)
     (slerp(<cat>, <dog>, 0.3) is parts [(cat, 0.7), (dog, 0.3)]). keep_norm rescales every result vector to
     the |w|-weighted mean norm of the operand vectors present at that position (blends otherwise shrink).
+    num_vectors crops (or zero-pads) the result to that many vectors; by default it has as many as the
+    longest operand.
     """
     if method not in METHODS:
         raise EmbeddingFormatError(f"unknown blend method {method!r}; use lerp or slerp")
     _check_compatible(parts)
-    n = max(emb.num_vectors for emb, _ in parts)
+    n = num_vectors or max(emb.num_vectors for emb, _ in parts)
+    if not 1 <= n <= MAX_VECTORS:
+        raise EmbeddingFormatError(f"a blend needs 1..{MAX_VECTORS} vectors, not {n}")
     vectors = {}
     for key in parts[0][0].vectors:
         stack = torch.stack([_padded(emb.vectors[key], n) for emb, _ in parts])  # (parts, n, width)
@@ -102,10 +111,13 @@ def blend(
             target = (share * stack.norm(dim=2)).sum(0) / share.sum(0).clamp_min(1e-12)  # (n,)
             mixed = mixed * (target / mixed.norm(dim=1).clamp_min(1e-12))[:, None]  # (n, width)
         vectors[key] = mixed
-    return Embedding(name, vectors, _lineage_meta(parts, method, keep_norm))
+    meta = _lineage_meta(parts, method, keep_norm, num_vectors)
+    return Embedding(name, vectors, meta)
 
 
-def _lineage_meta(parts: Sequence[tuple[Embedding, float]], method: str, keep_norm: bool) -> dict[str, str]:
+def _lineage_meta(
+    parts: Sequence[tuple[Embedding, float]], method: str, keep_norm: bool, num_vectors: int | None
+) -> dict[str, str]:
     operands = [
         {
             "name": emb.name,
@@ -116,7 +128,9 @@ def _lineage_meta(parts: Sequence[tuple[Embedding, float]], method: str, keep_no
         for emb, weight in parts
     ]
     meta = {
-        "parent": json.dumps({"method": method, "keep_norm": keep_norm, "operands": operands}),
+        "parent": json.dumps(
+            {"method": method, "keep_norm": keep_norm, "num_vectors": num_vectors, "operands": operands}
+        ),
         "created": now_iso(),
         "init": " + ".join(f"{w:g}*{e.name}" for e, w in parts),
     }

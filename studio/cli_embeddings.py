@@ -101,6 +101,7 @@ def register(subparsers, common) -> None:
     sub.add_argument("--name", required=True, help="name of the new embedding")
     sub.add_argument("--model", help="model whose vocabulary gives words their vectors (default: demo)")
     sub.add_argument("--keep-norm", action="store_true", help="keep the operands' mean vector norm")
+    sub.add_argument("--vectors", type=int, metavar="N", help="crop or zero-pad the result to N vectors")
     sub.add_argument("--force", action="store_true", help="replace an embedding of the same name")
     sub.set_defaults(run=run_blend)
 
@@ -295,7 +296,7 @@ def run_blend(args) -> int:
             parts.append((store.get(operand.text), weight))
         else:
             parts.append((word_operand(operand.text, model.encoders), weight))
-    result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm)
+    result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm, num_vectors=args.vectors)
     if model is not None:
         vectors_for_encoders(result, model.encoders)  # a clear error now if the result does not fit --model
         if spec.needs_model:

@@ -131,6 +131,10 @@ def test_rename_rm_restore(tmp_path, capsys):
     assert code == EXIT_ERROR and "not in the trash" in err
 
 
+def store_of(shown: dict) -> Store:
+    return Store(Path(shown["path"]).parent)
+
+
 def test_blend_of_stored_embeddings_records_lineage(tmp_path, capsys):
     run(capsys, "import", write(tmp_path, "cat", n=1, seed=1), write(tmp_path, "dog", n=1, seed=2))
     code, out, _ = run(capsys, "blend", "0.5*<cat> + 0.5*<dog>", "--name", "catdog")
@@ -138,10 +142,12 @@ def test_blend_of_stored_embeddings_records_lineage(tmp_path, capsys):
     shown = json.loads(run(capsys, "show", "catdog", "--json")[1])
     parent = json.loads(shown["meta"]["parent"])
     assert [o["name"] for o in parent["operands"]] == ["cat", "dog"] and parent["method"] == "lerp"
-    store = Store.for_home(Path(shown["path"]).parent.parent)
+    store = store_of(shown)
     expected = 0.5 * store.get("cat").vectors["emb_params"] + 0.5 * store.get("dog").vectors["emb_params"]
     assert torch.allclose(store.get("catdog").vectors["emb_params"], expected)
     assert run(capsys, "blend", "slerp(<cat>, <dog>, 0.3)", "--name", "s", "--keep-norm")[0] == EXIT_OK
+    assert run(capsys, "blend", "<cat> + <dog>", "--name", "wide", "--vectors", "3")[0] == EXIT_OK
+    assert store_of(shown).get("wide").num_vectors == 3
     code, _, err = run(capsys, "blend", "0.5*<cat> +", "--name", "bad")
     assert code == EXIT_ERROR and "ends with an operator" in err
     code, _, err = run(capsys, "blend", "<cat> + <ghost>", "--name", "x")

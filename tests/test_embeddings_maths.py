@@ -98,3 +98,16 @@ def test_keep_norm_ignores_zero_padding():
     kept = blend([(long, 0.5), (short, 0.5)], "k", keep_norm=True).vectors["emb_params"]
     assert float(kept[0].norm()) == pytest.approx(4.0, abs=1e-5)  # mean of 3 and 5
     assert kept[1].tolist() == pytest.approx([0.0, 4.0], abs=1e-5)  # only `long` has a second vector
+
+
+def test_num_vectors_crops_or_pads_the_result():
+    three = e("three", [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    assert blend([(three, 1.0)], "c", num_vectors=2).vectors["emb_params"].tolist() == [
+        [1.0, 1.0],
+        [2.0, 2.0],
+    ]
+    padded = blend([(three, 1.0)], "p", num_vectors=4)
+    assert padded.num_vectors == 4 and padded.vectors["emb_params"][3].tolist() == [0.0, 0.0]
+    assert json.loads(padded.meta["parent"])["num_vectors"] == 4
+    with pytest.raises(EmbeddingFormatError, match=r"1\.\.1024 vectors"):
+        blend([(three, 1.0)], "x", num_vectors=5000)
