@@ -92,8 +92,11 @@ def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) ->
     out: list[Embedding] = []
     paired: set[Path] = set()
     if pair:
-        out.append(_import_pair(pair))
-        paired.update(pair)
+        try:
+            out.append(_import_pair(pair))
+            paired.update(pair)
+        except EmbeddingFormatError:
+            pass  # not a matching pair (different tokens): its files are imported one by one below
     for file in sorted(path.iterdir()):
         if file in paired or not _is_candidate(file):
             continue

@@ -61,6 +61,14 @@ def test_diffusers_sdxl_pair_from_either_file_or_the_folder(tmp_path, given):
     assert torch.equal(emb.vectors["clip_l"], lo) and torch.equal(emb.vectors["clip_g"], g)
 
 
+def test_a_folder_with_unmatched_pair_files_imports_them_one_by_one(tmp_path):
+    safetensors.torch.save_file({"<a>": vec(1, 768)}, str(tmp_path / "learned_embeds.safetensors"))
+    safetensors.torch.save_file({"<b>": vec(1, 1280)}, str(tmp_path / "learned_embeds_2.safetensors"))
+    assert sorted(e.name for e in import_path(tmp_path)) == ["a", "b"]
+    with pytest.raises(EmbeddingFormatError, match="different tokens"):
+        import_path(tmp_path / "learned_embeds.safetensors")
+
+
 def test_a1111_pt_keeps_its_provenance(tmp_path):
     data = {
         "string_to_token": {"*": 265},
