@@ -13,6 +13,7 @@ create it; an existing name is only replaced with `overwrite=True`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -52,7 +53,9 @@ def safe_name(text: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")
     cleaned = re.sub(r"\.{2,}", ".", cleaned)
     cleaned = re.sub(r"\.(preview|tmp)$", "", cleaned)[:64].rstrip("-.")
-    return cleaned if cleaned and cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
+    if not cleaned:  # nothing ASCII left ('日本'): a stable name from the text, distinct per text
+        return "emb-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return cleaned if cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
 
 
 def _sort_key(name: str) -> tuple[str, str]:

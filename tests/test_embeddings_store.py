@@ -53,6 +53,7 @@ def test_safe_name_makes_valid_names_from_any_text():
     for text in ["bad hands (v5)", "../../etc/passwd", "...", "ü", "a" * 200, "x.preview", "-lead"]:
         assert validate_name(safe_name(text))
     assert safe_name("bad hands (v5)") == "bad-hands-v5"
+    assert safe_name("日本") != safe_name("中国") and safe_name("日本").startswith("emb-")
 
 
 @given(st.text(max_size=80))
