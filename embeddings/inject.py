@@ -71,13 +71,9 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
             partial and key == SINGLE_KEY and "clip_l" in emb.vectors and emb.widths["clip_l"] == widths[key]
         ):
             vectors = emb.vectors["clip_l"]  # SDXL -> SD 1.x: the clip_l half alone
-        elif partial and SINGLE_KEY in emb.vectors and emb.widths[SINGLE_KEY] == widths.get(key):
-            vectors = emb.vectors[SINGLE_KEY]
-        elif (
-            partial
-            and SINGLE_KEY in emb.vectors
-            and any(emb.widths[SINGLE_KEY] == w for w in widths.values())
-        ):
+        elif partial and key == "clip_l" and _fits_clip_l(emb, widths):
+            vectors = emb.vectors[SINGLE_KEY]  # SD 1.x -> SDXL: the concept goes into clip_l
+        elif partial and _fits_clip_l(emb, widths):
             vectors = torch.zeros(emb.num_vectors, widths[key])  # (n, width): this encoder gets no concept
         else:
             raise InstallError(
@@ -138,6 +134,11 @@ def installed_tokens(name: str, tokenizer: Any) -> list[str]:
     pattern = re.compile(rf"{re.escape(f'<{name}>')}(?:_\d+)?")
     added = tokenizer.get_added_vocab()
     return sorted((t for t in added if pattern.fullmatch(t)), key=added.get)
+
+
+def _fits_clip_l(emb: Embedding, widths: dict[str, int]) -> bool:
+    """A single-encoder embedding whose width is that of this (SDXL-style) model's clip_l encoder."""
+    return SINGLE_KEY in emb.vectors and "clip_l" in widths and emb.widths[SINGLE_KEY] == widths["clip_l"]
 
 
 def _partial_possible(emb: Embedding, keys: list[str]) -> bool:

@@ -47,6 +47,12 @@ def test_sd1_file_on_sdxl_offers_the_partial_clip_l_option(tmp_path):
     assert any("clip_l encoder only" in line for line in report.lines)
 
 
+def test_an_sd_embedding_as_wide_as_clip_g_is_not_a_partial_fit(tmp_path):
+    path = tmp_path / "odd.safetensors"
+    safetensors.torch.save_file({"emb_params": torch.randn(1, 1280)}, str(path))
+    assert diagnose(path, fake_model(clip_l=768, clip_g=1280)).fit == "no"
+
+
 def test_sdxl_file_on_sd1_offers_its_clip_l_half(tmp_path):
     path = tmp_path / "xl.safetensors"
     safetensors.torch.save_file({"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}, str(path))
