@@ -190,14 +190,15 @@ def _remove_tokens(tokens: list[str], tokenizer: Any, text_encoder: Any) -> None
             else:
                 table.update({e["content"]: e["id"] for e in kept})
     layer = text_encoder.get_input_embeddings()
-    keep_rows = [i for i in range(layer.weight.shape[0]) if i not in set(drop_ids)]
-    new_layer = torch.nn.Embedding(len(keep_rows), layer.weight.shape[1])
-    new_layer.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    keep = torch.ones(layer.weight.shape[0], dtype=torch.bool)
+    keep[drop_ids] = False
     with torch.no_grad():
-        new_layer.weight.copy_(layer.weight[keep_rows])  # (vocab - removed, width)
+        rows = layer.weight[keep.to(layer.weight.device)].clone()  # (vocab - removed, width)
+    new_layer = torch.nn.Embedding(rows.shape[0], rows.shape[1], _weight=rows)  # no random init to discard
+    new_layer.weight.requires_grad_(layer.weight.requires_grad)
     text_encoder.set_input_embeddings(new_layer)
     if hasattr(text_encoder, "config") and hasattr(text_encoder.config, "vocab_size"):
-        text_encoder.config.vocab_size = len(keep_rows)
+        text_encoder.config.vocab_size = rows.shape[0]
 
 
 def _added_token(entry: dict) -> Any:
