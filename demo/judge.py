@@ -89,7 +89,7 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
     bg = np.median(border, axis=0)
     background, _ = _nearest(bg, BACKGROUNDS)
     dist = np.linalg.norm(arr - bg, axis=2)  # (H, W)
-    core = dist > max(35.0, 0.25 * float(dist.max()))
+    core = dist > max(35.0, 0.25 * float(np.percentile(dist, 99)))  # a percentile, so specks cannot set it
     if core.sum() < 2:
         return _empty(bg, background)
     fg = _dominant_colour(arr[core])
@@ -98,6 +98,7 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
     span = max(float(np.linalg.norm(fg - bg)), 1.0)
     mask = np.clip(dist / span, 0.0, 1.0)
     mask = np.where(mask > 0.25, mask, 0.0)
+    mask = mask * _grow(_without_specks(mask > 0.5))  # stray specks of a noisy sample do not count
     if mask.sum() < MIN_FOREGROUND * (h * w) / 1024 or not (mask > 0.5).any():
         return _empty(bg, background)
     norm = _crop_normalised(mask)
@@ -122,6 +123,49 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
         area=float(mask.sum() / (h * w)),
         position=_position(mask, extent),
     )
+
+
+def _components(binary: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected regions of a boolean mask, each as an (N, 2) array of (y, x) (a plain flood fill)."""
+    seen = np.zeros_like(binary, dtype=bool)
+    h, w = binary.shape
+    regions = []
+    for start in zip(*np.nonzero(binary), strict=True):
+        if seen[start]:
+            continue
+        region, stack = [], [start]
+        seen[start] = True
+        while stack:
+            y, x = stack.pop()
+            region.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < h and 0 <= nx < w and binary[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        regions.append(np.array(region))
+    return regions
+
+
+def _without_specks(binary: np.ndarray) -> np.ndarray:
+    """Drop regions far smaller than the biggest (a noisy sample's specks); keep a striped shape's bands."""
+    regions = _components(binary)
+    out = np.zeros_like(binary, dtype=bool)
+    if not regions:
+        return out
+    floor = max(3 * (binary.shape[1] / 32) ** 2, 0.1 * max(len(r) for r in regions))
+    for region in regions:
+        if len(region) >= floor:
+            out[region[:, 0], region[:, 1]] = True
+    return out
+
+
+def _grow(binary: np.ndarray) -> np.ndarray:
+    """The mask grown by one pixel in every direction (keeps a shape's soft antialiased rim)."""
+    padded = np.pad(binary, 1)
+    h, w = binary.shape
+    return np.logical_or.reduce([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
 
 
 def _dominant_colour(pixels: np.ndarray) -> np.ndarray:

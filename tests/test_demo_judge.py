@@ -74,3 +74,13 @@ def test_judge_survives_blur_like_a_model_sample():
 def test_judge_accepts_arrays():
     arr = np.asarray(render(Concept("star", "yellow", "black", "large"), random.Random(0)))
     assert judge(arr).shape == "star"
+
+
+def test_stray_specks_of_a_noisy_sample_do_not_change_the_verdict():
+    rng = random.Random(2)
+    for shape in world.SHAPES:
+        clean = render(Concept(shape, "orange", "yellow", "medium", "center"), rng)
+        noisy = np.asarray(clean).copy()
+        noisy[2, 3], noisy[29, 27], noisy[4, 28] = (255, 255, 255), (0, 0, 0), (0, 0, 0)
+        a, b = judge(clean), judge(noisy)
+        assert (b.shape, b.colour, b.size) == (a.shape, a.colour, a.size) == (shape, "orange", "medium")
