@@ -41,7 +41,7 @@ def store(tokensmith_home, tiny_session) -> Store:
 def open_blend() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
-    at.switch_page("pages/blend.py").run()
+    at.switch_page("views/blend.py").run()
     assert not at.exception, at.exception
     return at
 

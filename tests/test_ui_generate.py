@@ -45,7 +45,7 @@ def store(tokensmith_home, tiny_session) -> Store:
 def open_generate() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
-    at.switch_page("pages/generate.py").run()
+    at.switch_page("views/generate.py").run()
     assert not at.exception, at.exception
     return at
 

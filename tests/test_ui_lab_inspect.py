@@ -52,7 +52,7 @@ def open_page(page: str, state: dict | None = None) -> AppTest:
 
 
 def test_schedule_tab_lists_the_visited_timesteps(session):
-    at = open_page("pages/lab.py")
+    at = open_page("views/lab.py")
     assert not at.error, [e.value for e in at.error]
     at.slider(key="lab_sched_steps").set_value(7).run()
     table = at.dataframe[0].value
@@ -67,7 +67,7 @@ def test_trace_tab_makes_a_strip_of_the_chosen_steps(session, store):
 
     from PIL import Image
 
-    at = open_page("pages/lab.py")
+    at = open_page("views/lab.py")
     at.number_input(key="lab_trace_steps").set_value(4)
     at.slider(key="lab_trace_cols").set_value(3)
     at.button(key="lab_trace_go").click().run()
@@ -77,7 +77,7 @@ def test_trace_tab_makes_a_strip_of_the_chosen_steps(session, store):
 
 
 def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
-    at = open_page("pages/lab.py")
+    at = open_page("views/lab.py")
     at.number_input(key="lab_guide_steps").set_value(3)
     at.button(key="lab_guide_go").click().run()
     plain, guided, spec = at.session_state["lab_guide"]
@@ -92,7 +92,7 @@ def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
 
 
 def test_inspect_shows_neighbours_norms_and_the_map(session, store):
-    at = open_page("pages/inspect.py")
+    at = open_page("views/inspect.py")
     assert not at.error, [e.value for e in at.error]
     assert at.selectbox(key="insp_name").value == "cat"
     neighbours = at.dataframe[0].value
@@ -102,13 +102,13 @@ def test_inspect_shows_neighbours_norms_and_the_map(session, store):
 
 
 def test_a_map_click_or_the_url_selects_the_embedding(session, store):
-    at = open_page("pages/inspect.py", {"insp_clicked": "dog"})
+    at = open_page("views/inspect.py", {"insp_clicked": "dog"})
     assert at.selectbox(key="insp_name").value == "dog"
 
 
 def test_an_embedding_for_another_model_is_explained_and_the_map_still_shows(session, store):
     store.put(Embedding("wide", {"emb_params": torch.zeros(1, 1024)}, {}))
-    at = open_page("pages/inspect.py")
+    at = open_page("views/inspect.py")
     at.selectbox(key="insp_name").set_value("wide").run()
     assert at.error, "no explanation for a width mismatch"
     assert any("not on the map: <wide>" in c.value for c in at.caption)

@@ -36,7 +36,7 @@ def open_library(**query) -> AppTest:
     for key, value in query.items():
         at.query_params[key] = value
     at.run()
-    at.switch_page("pages/library.py").run()
+    at.switch_page("views/library.py").run()
     assert not at.exception, at.exception
     return at
 

@@ -17,7 +17,7 @@ import studio.jobs
 from tests.test_ui_jobs import FAKE_TRAINER
 
 APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
-TRAIN = "pages/train.py"
+TRAIN = "views/train.py"
 
 
 def png(colour=(200, 30, 30), size=(64, 64)) -> bytes:

@@ -8,12 +8,12 @@ st.set_page_config(page_title="tokensmith studio", page_icon="🪙", layout="wid
 
 # Emoji icons: Material icons would make the browser fetch a favicon from the internet.
 PAGES = [
-    st.Page("pages/train.py", title="Train", icon="🎓", url_path="train", default=True),
-    st.Page("pages/library.py", title="Library", icon="📚", url_path="library"),
-    st.Page("pages/blend.py", title="Blend", icon="🧪", url_path="blend"),
-    st.Page("pages/generate.py", title="Generate", icon="🎨", url_path="generate"),
-    st.Page("pages/lab.py", title="Lab", icon="🔬", url_path="lab"),
-    st.Page("pages/inspect.py", title="Inspect", icon="🔎", url_path="inspect"),
+    st.Page("views/train.py", title="Train", icon="🎓", url_path="train", default=True),
+    st.Page("views/library.py", title="Library", icon="📚", url_path="library"),
+    st.Page("views/blend.py", title="Blend", icon="🧪", url_path="blend"),
+    st.Page("views/generate.py", title="Generate", icon="🎨", url_path="generate"),
+    st.Page("views/lab.py", title="Lab", icon="🔬", url_path="lab"),
+    st.Page("views/inspect.py", title="Inspect", icon="🔎", url_path="inspect"),
 ]
 
 page = st.navigation(PAGES)

@@ -175,7 +175,7 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     if state.status == "done":
         name = state.embedding_name or runner.get(job_id).name
         st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.")
-        st.page_link("pages/library.py", label="Open the Library", icon="📚")
+        st.page_link("views/library.py", label="Open the Library", icon="📚")
     elif state.status in ("failed", "ended"):
         st.error(state.message or "training failed")
         if state.log_tail:
@@ -193,10 +193,15 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     if state.previews:
         latest = state.previews[-1]
         try:
-            st.image(latest.read_bytes(), caption=f"preview at {latest.stem.replace('-', ' ')}", width=512)
+            st.image(latest.read_bytes(), caption=f"preview at step {_step_of(latest)}", width=512)
         except OSError as exc:
             st.caption(f"preview {latest.name} could not be shown: {exc}")
     actions_ui(runner, job_id, state)
+
+
+def _step_of(path) -> int:
+    """'step-000050.png' -> 50."""
+    return int(path.stem.split("-")[-1])
 
 
 def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:

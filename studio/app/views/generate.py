@@ -36,18 +36,21 @@ def prompt_ui(names: list[str]) -> tuple[str, str]:
         "Prompt", key="gen_prompt", height=80, placeholder="a <my-cat> on a blue background, (red:1.2) ball"
     )
     if names:
-        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
         c1.selectbox("Library", names, key="gen_insert_name")
-        c2.button("Insert <name>", key="gen_insert", on_click=insert_name, args=("gen_insert_name",))
+        c2.button(
+            "Insert", key="gen_insert", on_click=insert_name, args=("gen_insert_name",), width="stretch"
+        )
     negative = st.text_input("Negative prompt", key="gen_negative", placeholder="blurry, <bad-hands>")
     return st.session_state.get("gen_prompt", "").strip(), negative.strip()
 
 
 def settings_ui(schedulers: list[str]) -> dict:
     """Seed, steps, guidance, scheduler, size and count."""
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2 = st.columns(2)
     seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
     steps = c2.slider("Steps", 1, 100, 20, key="gen_steps")
+    c3, c4 = st.columns(2)
     guidance = c3.number_input(
         "Guidance", 0.0, 30.0, None, 0.5, key="gen_guidance", placeholder="model default"
     )
