@@ -71,7 +71,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_port_free(args.host, args.port)
-    home: Path = args.home
+    home: Path = args.home.expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"TOKENSMITH_HOME": str(home), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     print(

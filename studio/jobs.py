@@ -235,7 +235,7 @@ class JobRunner:
     """Starts, lists, reads, cancels and resumes training jobs under `$home/runs/` (one process per job)."""
 
     def __init__(self, home: Path, *, trainer_command: tuple[str, ...] | None = None):
-        self.home = Path(home)
+        self.home = Path(home).expanduser().resolve()  # the trainer runs in its run folder: no relative paths
         self.runs_dir = self.home / "runs"
         self.trainer_command = tuple(trainer_command or TRAINER_COMMAND)
         self._procs: dict[str, subprocess.Popen] = {}  # children of this process, reaped by poll()

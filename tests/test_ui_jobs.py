@@ -206,3 +206,9 @@ def test_progress_reader_skips_a_half_written_line_and_resets_after_resume(tmp_p
     )
     assert read_run(tmp_path, alive=False).status == "ended"
     assert read_run(tmp_path / "missing", alive=True).status == "starting"
+
+
+def test_a_relative_home_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = JobRunner("rel-home")
+    assert runner.home == tmp_path / "rel-home" and runner.runs_dir.is_absolute()

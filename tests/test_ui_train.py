@@ -5,6 +5,7 @@ page's logic in seconds; the browser test trains for real on the demo world.
 """
 
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -165,3 +166,21 @@ def test_an_existing_name_is_refused_unless_replacing(fake_trainer, tokensmith_h
     at.button(key="start").click().run()
     assert not errors(at)
     assert "--overwrite" in (tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text()
+
+
+def test_a_folder_on_this_machine_is_trained_in_place(fake_trainer, tokensmith_home, tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.png").write_bytes(png())
+    at = fill(open_train())
+    at.text_input(key="folder").set_value(str(tmp_path / "missing")).run()
+    at.button(key="start").click().run()
+    assert "does not exist" in errors(at)[0]
+    at.text_input(key="folder").set_value(str(folder)).run()
+    at.button(key="start").click().run()
+    assert not errors(at), errors(at)
+    command = json.loads((tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text())[
+        "command"
+    ]
+    assert command[command.index("--images") + 1] == str(folder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from studio.app import context, uploads
@@ -112,7 +114,10 @@ def start_job(
     else:
         raise ValueError("add images of the concept first (drop them above, or type a folder path)")
     job_id = new_job_id(concept["name"])
-    image_dir = folder or uploads.save_images(images, runner.runs_dir / job_id / "images")
+    if folder:
+        image_dir = Path(folder).expanduser().resolve()  # the trainer runs inside its run folder
+    else:
+        image_dir = uploads.save_images(images, runner.runs_dir / job_id / "images")
     extra = ["--save-every", str(concept["save_every"])]
     extra += [] if concept["early_stopping"] else ["--no-early-stopping"]
     extra += ["--overwrite"] if concept["overwrite"] else []
