@@ -15,7 +15,7 @@ Examples:
   tokensmith generate "a puppy" --swap puppy=<my-cat>            # same image as writing "a <my-cat>"
   tokensmith generate "a <0.6*red + 0.4*yellow> circle"          # inline token blend
   tokensmith generate "a [red:blue:0.4] (circle:1.3)"           # prompt editing and weights
-  tokensmith generate "a circle" --guide color=green --guide brightness=0.7,scale=30
+  tokensmith generate "a circle" --guide color=green --guide brightness=0.7,scale=0.3
   tokensmith generate "a blue square" --init-image in.png --strength 0.5 --trace trace/
 
 Prompt language: <name> uses a stored embedding; (text:1.2) weights; <0.5*a + 0.5*<b>> and

@@ -112,7 +112,7 @@ def test_replay_reproduces_the_image(model_dir, store, tmp_path, capsys):
         "--steps",
         "4",
         "--guide",
-        "color=green,scale=30",
+        "color=green,scale=0.3",
         "--out",
         str(first),
     )

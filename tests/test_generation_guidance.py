@@ -21,10 +21,10 @@ def test_colours_by_name_and_hex():
 
 
 def test_spec_options():
-    guide = parse_guide("color=green,scale=12.5,every=3")
-    assert (guide.kind, guide.scale, guide.every) == ("color", 12.5, 3)
+    guide = parse_guide("color=green,scale=0.25,every=3")
+    assert (guide.kind, guide.scale, guide.every) == ("color", 0.25, 3)
     assert [guide.active(i) for i in range(4)] == [True, False, False, True]
-    assert parse_guide("colour=#123456").scale == DEFAULT_SCALE["color"]
+    assert parse_guide("colour=#123456").scale == DEFAULT_SCALE
 
 
 @pytest.mark.parametrize(
@@ -36,6 +36,8 @@ def test_spec_options():
         ("contrast=1.5", "takes a number between 0 and 1"),
         ("color=red,speed=2", "bad option"),
         ("color=red,every=0", "every must be 1 or more"),
+        ("color=red,scale=2", "share of the loss"),
+        ("color=red,scale=0", "share of the loss"),
         ("match=/no/such/image.png", "cannot read the image"),
         ("module=nomodulecolon", "write module:function"),
         ("module=no_such_module_xyz:f", "cannot import"),
@@ -72,8 +74,8 @@ def test_user_module_contract(tmp_path, monkeypatch):
         "def constant(image):\n    import torch\n    return torch.tensor(1.0)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    guide = parse_guide("module=my_losses:more_blue,scale=2")
-    assert guide.kind == "module" and guide.scale == 2
+    guide = parse_guide("module=my_losses:more_blue,scale=1")
+    assert guide.kind == "module" and guide.scale == 1
     with pytest.raises(GuideError, match="has no function 'nope'"):
         parse_guide("module=my_losses:nope")
     identity = lambda x: x.clamp(0, 1)  # noqa: E731  (a "decoder" that is the identity)
@@ -100,5 +102,5 @@ def test_colour_guide_moves_a_tiny_model_towards_the_colour():
         return np.asarray(result.image, dtype=np.float64).mean(axis=(0, 1)) / 255  # (3,)
 
     plain = channel_means()
-    blue = channel_means(("color=#0000ff,scale=400",))
+    blue = channel_means(("color=#0000ff",))
     assert blue[2] - plain[2] > 0.02 and blue[0] < plain[0]

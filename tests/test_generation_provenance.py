@@ -37,7 +37,7 @@ def _request(**kw):
         steps=4,
         scheduler="euler-a",
         swaps={"puppy": "<cat>"},
-        guides=("brightness=0.8,scale=5",),
+        guides=("brightness=0.8,scale=0.2",),
     )
     return GenerateRequest(**(base | kw))
 
@@ -53,7 +53,7 @@ def test_png_carries_json_and_a1111_chunks(session, store, tmp_path):
     assert prov["prompt_as_run"] == "a <cat> (red:1.2) <0.5*<cat> + 0.5*blue>"
     assert prov["embeddings"] == [{"name": "cat", "sha256": store.get("cat").sha256}]
     assert prov["blends"] == ["<0.5*<cat> + 0.5*blue>"]
-    assert prov["swaps"] == {"puppy": "<cat>"} and prov["guides"] == ["brightness=0.8,scale=5"]
+    assert prov["swaps"] == {"puppy": "<cat>"} and prov["guides"] == ["brightness=0.8,scale=0.2"]
     assert (prov["model"], prov["family"], prov["scheduler"], prov["steps"], prov["seed"]) == (
         "tiny-sd1",
         "w32",

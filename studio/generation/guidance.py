@@ -1,16 +1,17 @@
 """Loss guidance: steer sampling with the gradient of a differentiable loss on the predicted clean image.
 
-Every `every` steps the sampler decodes the predicted clean latent x̂0, computes `scale × loss(image)`, and
-moves x̂0 against the gradient: x̂0 ← x̂0 − ∇loss, scaled so that a scale of 1 moves each latent element by
-about the loss's own gradient per element (resolution-independent). The noisy latent is then moved so it
-matches the corrected x̂0 with the same noise (fast.ai's "blue loss" lesson, done for any scheduler).
+At every `every`-th step the sampler decodes the predicted clean latent x̂0 and takes a few gradient steps on
+it (`ITERATIONS`), each sized to remove `scale` of the loss by its linear estimate (a Polyak step: Δ =
+−scale · L · ∇L / ‖∇L‖², capped at the size of x̂0 itself). Sizing steps by the loss, not by a raw learning
+rate, makes one `scale` work on any model and any loss. The noisy latent is then moved so it matches the
+corrected x̂0 with the same noise (fast.ai's "blue loss" lesson, done for any scheduler and prediction type).
 
 Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`, `contrast=0.3`,
-`match=PATH`, each optionally followed by `,scale=S` and `,every=K`. Your own loss:
+`match=PATH`, each optionally followed by `,scale=S` (0 < S ≤ 1, default 0.5) and `,every=K`. Your own loss:
 `--guide-module package.module:function[,scale=S][,every=K]` where
 
     def function(image: torch.Tensor) -> torch.Tensor:
-        # image: (B, 3, H, W) float in [0, 1], differentiable; return a scalar to minimise
+        # image: (B, 3, H, W) float in [0, 1], differentiable; return a scalar >= 0 that is 0 when satisfied
         return (image[:, 2] - 0.9).abs().mean()   # e.g. "more blue"
 """
 
@@ -25,8 +26,11 @@ import torch
 
 from embeddings.errors import TokensmithError
 
-DEFAULT_SCALE = {"color": 60.0, "brightness": 60.0, "contrast": 60.0, "match": 60.0, "module": 60.0}
+KINDS = ("color", "brightness", "contrast", "match", "module")
+DEFAULT_SCALE = 0.5  # the fraction of the loss each gradient step aims to remove
 DEFAULT_EVERY = 1
+ITERATIONS = 4  # gradient steps on x̂0 per guided sampling step
+MAX_STEP = 1.0  # a step's RMS is at most this times the RMS of x̂0 (flat losses would otherwise jump)
 # Colour names beyond the demo world's own (which take precedence, so "green" means the demo's green).
 EXTRA_COLOURS = {
     "cyan": (0, 255, 255),
@@ -145,18 +149,18 @@ def module_loss(target: str) -> Loss:
 
 
 def parse_guide(spec: str) -> Guide:
-    """'color=green,scale=80,every=2' -> Guide; `module=pkg.mod:fn` is what --guide-module adds."""
+    """'color=green,scale=0.8,every=2' -> Guide; `module=pkg.mod:fn` is what --guide-module adds."""
     head, *options = [part.strip() for part in spec.split(",")]
     kind, sep, value = head.partition("=")
     kind, value = kind.strip().lower(), value.strip()
     if kind == "colour":
         kind = "color"
-    if not sep or kind not in DEFAULT_SCALE or not value:
+    if not sep or kind not in KINDS or not value:
         raise GuideError(
             f"unknown guide {spec!r}: use color=NAME_OR_HEX, brightness=F, contrast=F, match=PATH "
             "(optionally ,scale=S ,every=K) or --guide-module module:function"
         )
-    scale, every = DEFAULT_SCALE[kind], DEFAULT_EVERY
+    scale, every = DEFAULT_SCALE, DEFAULT_EVERY
     for option in options:
         key, _eq, raw = option.partition("=")
         try:
@@ -172,6 +176,10 @@ def parse_guide(spec: str) -> Guide:
             ) from exc
     if every < 1:
         raise GuideError(f"guide {spec!r}: every must be 1 or more")
+    if not 0 < scale <= 1:
+        raise GuideError(
+            f"guide {spec!r}: scale is the share of the loss removed per step: above 0, at most 1"
+        )
     return Guide(spec=spec, kind=kind, loss=_build_loss(kind, value, spec), scale=scale, every=every)
 
 
@@ -194,19 +202,34 @@ def _build_loss(kind: str, value: str, spec: str) -> Loss:
 def guided_x0(
     x0: torch.Tensor, guides: list[Guide], step: int, decode: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
-    """x̂0 moved against the gradient of the active guides' losses (x̂0 itself when none is active).
+    """x̂0 after ITERATIONS Polyak steps on the active guides' losses (x̂0 itself when none is active).
 
     `decode` maps a latent (B, C, h, w) to an image (B, 3, H, W) in [0, 1], differentiably.
     """
     active = [g for g in guides if g.active(step)]
     if not active:
         return x0
+    x = x0.detach()
+    for _ in range(ITERATIONS):
+        x = x + sum(_polyak_step(x, guide, decode) for guide in active)  # (B, C, h, w)
+    return x
+
+
+def _polyak_step(
+    x0: torch.Tensor, guide: Guide, decode: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The step that removes `guide.scale` of its loss by the linear estimate, capped at MAX_STEP × |x̂0|."""
     with torch.enable_grad():
         x = x0.detach().requires_grad_(True)  # (B, C, h, w)
-        image = decode(x)  # (B, 3, H, W) in [0, 1]
-        loss = sum(g.scale * _scalar(g, g.loss(image)) for g in active)
+        loss = _scalar(guide, guide.loss(decode(x)))  # decode: (B, 3, H, W) in [0, 1]
         (grad,) = torch.autograd.grad(loss, x)
-    return (x0 - grad * x0[0].numel()).detach()  # per-element step, independent of the latent size
+    value = float(loss.detach())
+    norm_sq = float((grad**2).sum())
+    if value <= 0 or norm_sq == 0:
+        return torch.zeros_like(x0)  # satisfied, or nothing to follow
+    delta = -guide.scale * value * grad / norm_sq  # (B, C, h, w)
+    rms, limit = delta.pow(2).mean().sqrt(), MAX_STEP * x0.pow(2).mean().sqrt().clamp_min(1e-6)
+    return delta * (limit / rms) if rms > limit else delta
 
 
 def _scalar(guide: Guide, value: object) -> torch.Tensor:

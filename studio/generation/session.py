@@ -50,7 +50,7 @@ class GenerateRequest:
     swaps: dict[str, str] = field(default_factory=dict)  # word -> "<name>" (or a word)
     init_image: str | Path | Image.Image | None = None
     strength: float = 0.6
-    guides: tuple[str, ...] = ()  # guidance.py specs: "color=green", "module=pkg.mod:fn,scale=50"
+    guides: tuple[str, ...] = ()  # guidance.py specs: "color=green", "module=pkg.mod:fn,scale=0.5"
     trace_steps: tuple[int, ...] = ()  # step indices to trace (0-based); empty: no trace
 
 
