@@ -84,7 +84,8 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
 
 
-def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_path, capsys):
+def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # in-process runs keep one thread, like the subprocesses
     assert main([*_args(setup, tmp_path / "whole"), "--home", str(tmp_path / "home-a")]) == 0
     whole = Store.for_home(tmp_path / "home-a").get("kitty")
 
