@@ -4,6 +4,7 @@ what is wrong with which file and what to do."""
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class TrainingImage:
 def _safe_name(name: str, index: int) -> str:
     stem = Path(name).stem
     suffix = Path(name).suffix.lower()
-    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem).strip("-")[:60] or "image"
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:60] or "image"
     return f"{index:03d}-{clean}{suffix}"
 
 
