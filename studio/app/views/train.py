@@ -198,7 +198,7 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     if state.previews:
         latest = state.previews[-1]
         try:
-            st.image(latest.read_bytes(), caption=f"preview at step {_step_of(latest)}", width=512)
+            st.image(latest.read_bytes(), caption=f"preview at step {_step_of(latest)}", width="stretch")
         except OSError as exc:
             st.caption(f"preview {latest.name} could not be shown: {exc}")
     actions_ui(runner, job_id, state)
