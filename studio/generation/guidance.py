@@ -30,7 +30,7 @@ KINDS = ("color", "brightness", "contrast", "match", "module")
 DEFAULT_SCALE = 0.5  # the fraction of the loss each gradient step aims to remove
 DEFAULT_EVERY = 1
 ITERATIONS = 4  # gradient steps on x̂0 per guided sampling step
-MAX_STEP = 1.0  # a step's RMS is at most this times the RMS of x̂0 (flat losses would otherwise jump)
+MAX_STEP = 0.5  # a step's RMS is at most this times the RMS of x̂0 (flat losses would otherwise jump)
 # Colour names beyond the demo world's own (which take precedence, so "green" means the demo's green).
 EXTRA_COLOURS = {
     "cyan": (0, 255, 255),
