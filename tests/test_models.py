@@ -102,6 +102,15 @@ def test_folder_with_demo_marker_is_the_demo_family(sd1_folder, tmp_path):
     assert load_model(str(copy)).family == "demo"
 
 
+def test_copy_of_the_demo_folder_is_the_demo_family(sd1_folder, tmp_path):
+    copy = tmp_path / "demo-world-copy"
+    shutil.copytree(sd1_folder, copy)
+    (copy / "world.json").write_text(json.dumps({"name": "tokensmith demo world"}))
+    assert load_model(str(copy)).family == "demo"
+    (copy / "world.json").write_text(json.dumps({"name": "another world"}))
+    assert load_model(str(copy)).family == "w32"
+
+
 def test_missing_path_gives_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="not 'demo', an existing folder or file, or a hub id"):
         load_model(str(tmp_path / "nowhere"))

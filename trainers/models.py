@@ -27,7 +27,8 @@ import torch
 
 from embeddings.errors import TokensmithError
 
-DEMO_MARKER = "tokensmith_demo.json"  # a file the demo build writes into its model folder
+DEMO_MARKER = "tokensmith_demo.json"  # a marker file that makes any folder count as the demo world
+DEMO_WORLD_FILE, DEMO_WORLD_NAME = "world.json", "tokensmith demo world"  # what demo.build writes
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FAMILY_BY_WIDTH = {768: "sd1", 1024: "sd2"}
@@ -94,12 +95,19 @@ def demo_model_dir() -> Path:
 def is_demo_folder(folder: str | Path) -> bool:
     """True for the shipped demo model folder, or any copy of it (it carries the demo marker file)."""
     folder = Path(folder)
-    if (folder / DEMO_MARKER).is_file():
+    if (folder / DEMO_MARKER).is_file() or _world_name(folder / DEMO_WORLD_FILE) == DEMO_WORLD_NAME:
         return True
     try:
         return folder.resolve() == demo_model_dir().resolve()
     except OSError:
         return False
+
+
+def _world_name(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def detect_family(pipe: Any) -> str:
