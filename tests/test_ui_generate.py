@@ -107,11 +107,11 @@ def test_unknown_embedding_and_empty_prompt_are_clear_errors(session, store):
 def test_several_images_and_a_guide(session, store):
     at = open_generate()
     at.number_input(key="gen_count").set_value(2)
-    at.text_area(key="gen_guides").set_value("color=green,scale=10")
+    at.text_area(key="gen_guides").set_value("color=green,scale=0.8")
     generate(at, "a thing", seed=7)
     seeds = [provenance_of(png)["seed"] for png, _ in at.session_state["gen_results"]]
     assert seeds == [7, 8]
-    assert provenance_of(at.session_state["gen_results"][0][0])["guides"] == ["color=green,scale=10"]
+    assert provenance_of(at.session_state["gen_results"][0][0])["guides"] == ["color=green,scale=0.8"]
     at.text_area(key="gen_guides").set_value("colour-ish=green")
     at.button(key="gen_go").click().run()
     assert "unknown guide" in at.error[0].value

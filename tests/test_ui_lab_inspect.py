@@ -81,7 +81,7 @@ def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
     at.number_input(key="lab_guide_steps").set_value(3)
     at.button(key="lab_guide_go").click().run()
     plain, guided, spec = at.session_state["lab_guide"]
-    assert spec == "color=green,scale=60" and plain != guided
+    assert spec == "color=green" and plain != guided
     assert sum("green share" in c.value for c in at.caption) == 2
     at.text_input(key="lab_guide_spec").set_value("sparkle=3")
     at.button(key="lab_guide_go").click().run()

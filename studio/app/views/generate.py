@@ -15,7 +15,8 @@ from studio.app import context
 
 GUIDE_HELP = (
     "One per line: `color=green`, `color=#00ff00`, `brightness=0.8`, `contrast=0.3`, `match=/path/to.png`, "
-    "`module=package.module:function`; add `,scale=60` or `,every=2` to tune."
+    "`module=package.module:function`; add `,scale=0.8` (0–1: the share of the loss removed per step) "
+    "or `,every=2`."
 )
 
 

@@ -96,9 +96,7 @@ def guide_ui(session, store) -> None:
     from studio.generation import GenerateRequest, parse_guide
 
     settings = run_ui("lab_guide", "a red circle on a blue background")
-    spec = st.text_input(
-        "Guide", "color=green,scale=60", key="lab_guide_spec", help="as in Generate's guides"
-    )
+    spec = st.text_input("Guide", "color=green", key="lab_guide_spec", help="as in Generate's guides")
     if st.button("Compare", key="lab_guide_go"):
         parse_guide(spec)  # a clear error before any sampling
         with st.spinner("Sampling twice, same seed…"):
