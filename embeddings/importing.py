@@ -7,6 +7,8 @@ import_path("sdxl-run/")                 # diffusers SDXL pair in a folder -> on
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 from embeddings.canonical import is_canonical_layout, load_canonical, load_safetensors, read_header
@@ -24,15 +26,20 @@ FOREIGN_META_DROPPED = ("format", "sha256", "family", "num_vectors", "tokensmith
 
 
 def sniff(path: Path) -> str:
-    """'safetensors' | 'pickle' | 'image', from the first bytes (the suffix may lie)."""
+    """'safetensors' | 'pickle' | 'image', from the first bytes (the suffix may lie).
+
+    safetensors is tested first: its 8-byte header length can start with the bytes of a pickle's magic (0x80
+    for a length of 128 + 256k, "PK" for 19280), while a pickle never has "{" at offset 8.
+    """
     with open(path, "rb") as handle:
         head = handle.read(16)
+        size = os.fstat(handle.fileno()).st_size
     if head.startswith(PNG_SIGNATURE) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < struct.unpack_from("<Q", head)[0] <= size - 8:
+        return "safetensors"
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return "safetensors"

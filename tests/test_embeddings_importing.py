@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from embeddings import Embedding, EmbeddingFormatError
+from embeddings.canonical import canonical_bytes
 from embeddings.formats.pickled import UnsafePickleError
 from embeddings.importing import import_path
 
@@ -102,6 +103,21 @@ def test_kohya_and_sdxl_single_file_safetensors(tmp_path):
     neg, xl = import_path(tmp_path / "neg.safetensors")[0], import_path(tmp_path / "xl.safetensors")[0]
     assert (neg.family, neg.num_vectors, neg.meta["source_format"]) == ("sd1", 8, "safetensors:kohya")
     assert (xl.family, xl.meta["ss_x"], xl.meta["source_format"]) == ("sdxl", "kept", "safetensors:sdxl")
+
+
+@pytest.mark.parametrize("length", [384, 19280])
+def test_safetensors_whose_header_length_starts_like_a_pickle_is_read_as_safetensors(tmp_path, length):
+    # little-endian 384 starts with 0x80 (a pickle's first byte), 19280 with "PK" (a zip): still safetensors
+    emb = Embedding("cat", {"emb_params": vec(1, 8)}, {"base_model": "sd15"})
+    base = struct.unpack_from("<Q", canonical_bytes(emb.with_meta(init="")))[0]
+    for pad in range(length - base - 8, length - base + 1):
+        data = canonical_bytes(emb.with_meta(init="x" * pad))
+        if struct.unpack_from("<Q", data)[0] == length:
+            break
+    assert data[:1] == b"\x80" or data[:2] == b"PK"
+    (tmp_path / "cat.safetensors").write_bytes(data)
+    (got,) = import_path(tmp_path / "cat.safetensors")
+    assert got.meta["source_format"] == "safetensors:canonical" and got.meta["base_model"] == "sd15"
 
 
 def test_a1111_png_chunk_as_a1111_writes_it(tmp_path):
