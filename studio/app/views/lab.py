@@ -34,8 +34,17 @@ def colour_stats(image) -> str:
 # --- the noise schedule ---
 
 
+@st.cache_data(max_entries=64, show_spinner="Drawing the schedule…")
+def schedule_plot(source: str, name: str, steps: int, _curves) -> bytes:
+    """The matplotlib figure `tokensmith schedule` draws, as PNG bytes (cached: matplotlib takes a second)."""
+    from studio.generation import plot_schedule
+
+    with tempfile.TemporaryDirectory(prefix="tokensmith-schedule-") as tmp:
+        return plot_schedule(_curves, Path(tmp) / "schedule.png", title=f"{source}: {name}").read_bytes()
+
+
 def schedule_ui(session, schedulers: list[str]) -> None:
-    from studio.generation import make_scheduler, plot_schedule, schedule_curves
+    from studio.generation import make_scheduler, schedule_curves
 
     c1, c2 = st.columns(2)
     name = c1.selectbox("Scheduler", schedulers, key="lab_sched")
@@ -53,9 +62,7 @@ def schedule_ui(session, schedulers: list[str]) -> None:
         "x_t = √ᾱ_t · x0 + σ_t · ε. The sampler visits the timesteps below, from noise (ᾱ≈0) to a picture."
     )
     st.dataframe(curves.table(), hide_index=True, height=200)
-    with tempfile.TemporaryDirectory(prefix="tokensmith-schedule-") as tmp:
-        plot = plot_schedule(curves, Path(tmp) / "schedule.png", title=f"{session.model.source}: {name}")
-        data = plot.read_bytes()
+    data = schedule_plot(session.model.source, name, steps, curves)
     st.image(data, caption="the same schedule as `tokensmith schedule` draws it")
     st.download_button(
         "Download the plot", data, file_name=f"schedule-{name}.png", mime="image/png", key="lab_dl"
