@@ -18,7 +18,7 @@ from embeddings import Embedding, Store, save_canonical
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
 from trainers.data import build_samples, fill_template, load_images, template_set
-from trainers.families import Conditioner, FamilySpec, phrase_vectors, spec_for, spread
+from trainers.families import Conditioner, FamilySpec, check_family_keys, phrase_vectors, spec_for, spread
 from trainers.latents import encode_samples
 from trainers.loop import Batch, DiffusionMath, draw_batch, step_loss, tune_malloc
 from trainers.rows import attach, detach_rows
@@ -90,6 +90,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     )
     state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
     spec = spec_for(model.family)
+    check_family_keys(spec.name, model.encoders)
     originals = _prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
