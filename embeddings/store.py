@@ -37,6 +37,12 @@ PREVIEW_SUFFIX = ".preview.png"
 TRASH = ".trash"
 NAME_RULE = "1-64 characters from letters, digits, '_', '-' and '.', starting with a letter or digit"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Device names Windows reserves whatever the extension ("nul.safetensors" is the null device there).
+RESERVED = {"con", "prn", "aux", "nul"} | {f"{kind}{i}" for kind in ("com", "lpt") for i in range(1, 10)}
+
+
+def _is_reserved(name: str) -> bool:
+    return name.split(".", 1)[0].lower() in RESERVED
 
 
 def validate_name(name: str) -> str:
@@ -45,6 +51,11 @@ def validate_name(name: str) -> str:
         raise StoreError(f"invalid embedding name {name!r}: use {NAME_RULE} (no '..', no path separators)")
     if name.endswith(".preview") or name.endswith(".tmp"):
         raise StoreError(f"invalid embedding name {name!r}: names may not end in '.preview' or '.tmp'")
+    if _is_reserved(name):
+        raise StoreError(
+            f"invalid embedding name {name!r}: {name.split('.', 1)[0]} is a device name on Windows; "
+            "choose another name"
+        )
     return name
 
 
@@ -55,7 +66,8 @@ def safe_name(text: str) -> str:
     cleaned = re.sub(r"\.(preview|tmp)$", "", cleaned)[:64].rstrip("-.")
     if not cleaned:  # nothing ASCII left ('日本'): a stable name from the text, distinct per text
         return "emb-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    return cleaned if cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
+    cleaned = cleaned if cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
+    return "emb-" + cleaned[:60] if _is_reserved(cleaned) else cleaned
 
 
 def _sort_key(name: str) -> tuple[str, str]:
@@ -118,6 +130,25 @@ class Store:
             )
         return path
 
+    def case_twin(self, name: str) -> str | None:
+        """A stored name that differs from `name` only in letter case, if any.
+
+        Such names are refused: prompts match `<name>` case-insensitively (CLIP's tokenizer lowercases text),
+        so `<Cat>` and `<cat>` would be one token, and on macOS/Windows they would be one file.
+        """
+        folded = name.lower()
+        return next((n for n in self.names() if n.lower() == folded and n != name), None)
+
+    def check_case_twin(self, name: str, *, allow: str | None = None) -> None:
+        """StoreError if another stored name differs from `name` only in letter case (see `case_twin`)."""
+        twin = self.case_twin(name)
+        if twin is not None and twin != allow:
+            raise StoreError(
+                f"'{twin}' already exists and differs from '{name}' only in letter case; prompts read "
+                f"<{name}> case-insensitively, so they would be the same token: choose another name "
+                f"(or `tokensmith rename {twin} {name}`)"
+            )
+
     def _suggest(self, name: str) -> str:
         close = [n for n in self.names() if n.lower() == name.lower() or name.lower() in n.lower()]
         return f" (did you mean {', '.join(close[:3])}?)" if close else ""
@@ -129,6 +160,7 @@ class Store:
         `preview` (a PIL image) is saved beside it as `<name>.preview.png`.
         """
         path = self.path(emb.name)
+        self.check_case_twin(emb.name)
         self.root.mkdir(parents=True, exist_ok=True)
         data = canonical_bytes(emb)
         try:
@@ -218,6 +250,7 @@ class Store:
         emb = self.get(old)
         if self.exists(new):
             raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
+        self.check_case_twin(new, allow=old)  # 'cat' -> 'Cat' is fine; onto another embedding is not
         try:
             atomic_write_bytes(self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False)
         except FileExistsError:
@@ -260,6 +293,7 @@ class Store:
                     f"cannot restore '{name}': an embedding of that name exists; rename it first "
                     f"(`tokensmith rename {name} NEW`)"
                 )
+            self.check_case_twin(name)
             atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
             preview = folder / (name + PREVIEW_SUFFIX)
             if preview.is_file():

@@ -173,14 +173,18 @@ def run_import(args) -> int:
             raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")
         found = [found[0].with_name(validate_name(args.name))]
     names = [emb.name for emb in found]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    folded = [n.lower() for n in names]  # <Cat> and <cat> are one token in a prompt
+    dupes = sorted({n for n in names if folded.count(n.lower()) > 1}, key=str.lower)
     if dupes:
         raise StoreError(
-            f"several files hold an embedding named {dupes[0]!r}; import them one by one with --name"
+            f"several files hold an embedding named {dupes[0]!r} (letter case aside); import them one by "
+            "one with --name"
         )
     taken = [n for n in names if store.exists(n)]
     if taken and not args.force:  # checked for all before writing any, so nothing is half-imported
         raise StoreError(f"'{taken[0]}' already exists in the store; use --name NEW or --force to replace it")
+    for name in names:
+        store.check_case_twin(name)  # 'Cat' beside a stored 'cat' is refused even with --force
     from tqdm import tqdm
 
     bar = tqdm(found, desc="storing", unit="emb", file=sys.stderr, disable=len(found) < 50)

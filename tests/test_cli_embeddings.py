@@ -67,6 +67,19 @@ def test_import_with_name_and_hostile_names(tmp_path, capsys, tokensmith_home):
     assert code == EXIT_ERROR and "--name applies to one embedding" in err
 
 
+def test_import_refuses_names_differing_only_in_case_before_writing_any(tmp_path, capsys, tokensmith_home):
+    store = Store.for_home(tokensmith_home)
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    for file, token in (("a", "<Cat>"), ("b", "<cat>")):  # diffusers files: the name is the token
+        safetensors.torch.save_file({token: torch.randn(1, 768)}, str(folder / f"{file}.safetensors"))
+    code, _, err = run(capsys, "import", folder)
+    assert code == EXIT_ERROR and "letter case" in err and store.names() == []
+    run(capsys, "import", write(tmp_path, "cat"))
+    code, _, err = run(capsys, "import", write(tmp_path, "fresh"), write(tmp_path, "CAT"), "--force")
+    assert code == EXIT_ERROR and "only in letter case" in err and store.names() == ["cat"]
+
+
 def test_import_folder_reports_skipped_files(tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()

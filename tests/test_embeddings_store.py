@@ -39,10 +39,25 @@ def test_existing_name_is_never_overwritten_without_overwrite(store):
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "../x", "a/b", "a\\b", "..", ".hidden", "a..b", "x" * 65, "sp ace", "p.preview"]
+    "bad",
+    [
+        "",
+        "../x",
+        "a/b",
+        "a\\b",
+        "..",
+        ".hidden",
+        "a..b",
+        "x" * 65,
+        "sp ace",
+        "p.preview",
+        "CON",
+        "nul.x",
+        "Com1",
+    ],
 )
 def test_unsafe_names_are_refused_with_the_rule(store, bad):
-    with pytest.raises(StoreError, match=r"letters, digits|may not end"):
+    with pytest.raises(StoreError, match=r"letters, digits|may not end|device name"):
         validate_name(bad)
     with pytest.raises((StoreError, EmbeddingFormatError)):
         store.put(emb().with_name(bad))
@@ -50,8 +65,9 @@ def test_unsafe_names_are_refused_with_the_rule(store, bad):
 
 
 def test_safe_name_makes_valid_names_from_any_text():
-    for text in ["bad hands (v5)", "../../etc/passwd", "...", "ü", "a" * 200, "x.preview", "-lead"]:
+    for text in ["bad hands (v5)", "../../etc/passwd", "...", "ü", "a" * 200, "x.preview", "-lead", "aux.v2"]:
         assert validate_name(safe_name(text))
+    assert safe_name("prn") == "emb-prn" and validate_name("console") == "console"
     assert safe_name("bad hands (v5)") == "bad-hands-v5"
     assert safe_name("日本") != safe_name("中国") and safe_name("日本").startswith("emb-")
 
@@ -114,6 +130,24 @@ def test_rename_moves_file_preview_and_header_name(store):
     assert store.preview_path("b").is_file() and not store.preview_path("a").exists()
     with pytest.raises(StoreError, match="no embedding named 'a'"):
         store.get("a")
+
+
+def test_names_differing_only_in_case_are_refused(store):
+    # CLIP lowercases prompts, so <Cat> and <cat> are one token (and one file on macOS/Windows)
+    store.put(emb("cat", value=1.0))
+    for attempt in (lambda: store.put(emb("Cat")), lambda: store.put(emb("CAT"), overwrite=True)):
+        with pytest.raises(StoreError, match="only in letter case"):
+            attempt()
+    store.put(emb("dog"))
+    with pytest.raises(StoreError, match="only in letter case"):
+        store.rename("dog", "CAT")
+    store.rename("cat", "Cat")  # changing the case of one embedding's own name is fine
+    assert store.names() == ["Cat", "dog"]
+    store.delete("Cat")
+    store.put(emb("cAt", value=2.0))
+    with pytest.raises(StoreError, match="only in letter case"):
+        store.restore("Cat")
+    assert float(store.get("cAt").vectors["emb_params"][0, 0]) == 2.0 and store.trashed() == ["Cat"]
 
 
 def test_delete_goes_to_trash_and_restore_brings_it_back(store):
