@@ -93,3 +93,21 @@ def test_train_stores_the_embedding_and_prints_json(images, tiny_model, tmp_path
     assert "already stored" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == EXIT_OK
     assert (tokensmith_home / "runs" / "cli-cat-2" / "progress.jsonl").is_file()
+
+
+def test_python_m_trainers_runs_a_config_file_and_refuses_to_resume_a_finished_run(
+    images, tiny_model, tmp_path
+):
+    from trainers.__main__ import main as trainers_main
+
+    config = tmp_path / "run.toml"
+    run = tmp_path / "run"
+    config.write_text(
+        f'images = "{images}"\nname = "from-file"\nmodel = "{tiny_model}"\nsteps = 2\nbatch_size = 2\n'
+        f'preview_images = 0\ninit = "a"\nrun_dir = "{run}"\n'
+    )
+    home = tmp_path / "home"
+    assert trainers_main(["--config", str(config), "--home", str(home)]) == 0
+    assert Store.for_home(home).exists("from-file")
+    assert (run / "config.toml").is_file()
+    assert trainers_main(["--config", str(run / "config.toml"), "--home", str(home), "--resume"]) == 1

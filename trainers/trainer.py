@@ -69,6 +69,11 @@ def train(
     folder = RunFolder(resolve_run_dir(cfg, home))
     cfg = cfg.replace(run_dir=str(folder.root))
     folder.create(resume=cfg.resume)
+    last = (folder.read_progress() or [{}])[-1]
+    if cfg.resume and last.get("event") == "done":
+        raise TokensmithError(
+            f"the run in {folder.root} already finished ({last.get('message')}); nothing to resume"
+        )
     commands = write_run_files(cfg, folder)
     if echo:
         echo(f"run folder: {folder.root}")
