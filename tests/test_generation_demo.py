@@ -64,7 +64,7 @@ def test_img2img_at_low_strength_stays_close_to_its_init_image(session, tmp_path
     ref = np.asarray(init, dtype=np.float32)
 
     def distance(strength):
-        out = image(session, "a yellow star", init_image=path, strength=strength, steps=20)
+        out = image(session, "a yellow star", init_image=path, strength=strength, steps=STEPS)
         return float(np.abs(np.asarray(out, dtype=np.float32) - ref).mean())
 
     low, high = distance(0.2), distance(0.95)
@@ -91,8 +91,8 @@ def test_swap_equals_the_written_token(session, tokensmith_home):
 
 
 def test_prompt_editing_switches_colour(session):
-    late = image(session, "a [red:blue:0.9] circle", steps=20)
-    early = image(session, "a [red:blue:0.1] circle", steps=20)
+    late = image(session, "a [red:blue:0.9] circle")
+    early = image(session, "a [red:blue:0.1] circle")
     assert distance_to(early, "blue circle") < distance_to(late, "blue circle")
 
 
