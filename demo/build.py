@@ -177,7 +177,7 @@ class StepPlan:
             return
         spent = time.monotonic() - self.start
         fits = int(step + (self.budget - spent) / (spent / step))
-        total = max(step + 1, min(self.cap, fits))
+        total = max(step, min(self.cap, fits))  # `step` itself when the budget is spent: stop now
         if total != self.total:
             self.log(f"unet plan: {total} steps fit in {self.budget / 60:.0f} min (was {self.total})")
         self.total = total
@@ -230,7 +230,8 @@ def train_unet(
                 f"{rate:.2f} it/s eta {(plan.total - step) / rate / 60:.1f} min"
             )
             running, tick = 0.0, time.monotonic()
-            plan.replan(step)
+            if step < plan.total:  # never at the last step: a re-plan there could only add steps
+                plan.replan(step)
         if not interim_done and step >= cfg.interim_fraction * plan.total:
             on_interim(ema, step)
             interim_done = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,8 @@ class Report:
     cases: list[Case]
     verdicts: list  # judge.Verdict per case
     seconds: float
-    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    steps: int = STEPS
+    guidance: float = GUIDANCE
 
     def accuracy(self, what: str, groups: tuple[str, ...]) -> float:
         defaults = {"background": world.DEFAULT_BACKGROUND}
@@ -126,7 +127,7 @@ def evaluate(pipe, *, quick: bool = False, steps: int = STEPS, guidance: float =
     images = generate(
         pipe, [c.prompt for c in chosen], [c.seed for c in chosen], steps=steps, guidance=guidance
     )
-    return Report(chosen, [judge(im) for im in images], time.monotonic() - start)
+    return Report(chosen, [judge(im) for im in images], time.monotonic() - start, steps, guidance)
 
 
 def format_report(report: Report) -> str:
@@ -158,7 +159,8 @@ def format_report(report: Report) -> str:
     lines.append(f"mean extent by size word: {extents} (ordered: {report.size_ordered()})")
     passes = report.passes()
     lines.append("bars: " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in passes.items()))
-    lines.append(f"{len(report.cases)} images in {report.seconds:.1f} s ({STEPS} steps, guidance {GUIDANCE})")
+    n, seconds = len(report.cases), report.seconds
+    lines.append(f"{n} images in {seconds:.1f} s ({report.steps} steps, guidance {report.guidance:g})")
     return "\n".join(lines)
 
 
@@ -184,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         "--model", type=Path, default=DEMO_MODEL_DIR, help="diffusers folder (default: demo/model)"
     )
     parser.add_argument("--quick", action="store_true", help="about a third of the prompts, one seed")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"sampling steps (default {STEPS})")
+    parser.add_argument(
+        "--guidance", type=float, default=GUIDANCE, help=f"guidance scale (default {GUIDANCE})"
+    )
     args = parser.parse_args(argv)
     import torch
     from diffusers import StableDiffusionPipeline
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no model at {args.model}: build it with `python -m demo.build`", file=sys.stderr)
         return 1
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
-    report = evaluate(pipe, quick=args.quick)
+    report = evaluate(pipe, quick=args.quick, steps=args.steps, guidance=args.guidance)
     print(format_report(report))
     return 0 if all(report.passes().values()) else 1
 

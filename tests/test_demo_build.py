@@ -94,3 +94,10 @@ def test_step_plan_without_a_budget_runs_exactly_the_cap():
     plan = StepPlan(500, 0, print)
     plan.replan(250)
     assert plan.total == 500
+
+
+def test_step_plan_stops_when_the_budget_is_spent():
+    plan = StepPlan(8000, 1 / 60, print)  # a one-second budget...
+    plan.start -= 5.0  # ...already spent five seconds ago
+    plan.replan(250)
+    assert plan.total == 250
