@@ -8,6 +8,7 @@ padded with zero vectors (as embedding-merge does), so at positions it lacks it 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,8 @@ def _check_compatible(parts: Sequence[tuple[Embedding, float]]) -> None:
         raise EmbeddingFormatError("a blend needs at least one operand")
     first = parts[0][0]
     for emb, weight in parts:
-        if not isinstance(weight, int | float) or weight != weight:
-            raise EmbeddingFormatError(f"the weight of '{emb.name}' is not a number: {weight!r}")
+        if not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise EmbeddingFormatError(f"the weight of '{emb.name}' is not a finite number: {weight!r}")
         if emb.widths != first.widths:
             raise EmbeddingFormatError(
                 f"cannot blend '{first.name}' ({family_title(first.family)}, widths {first.widths}) with "
@@ -89,7 +90,7 @@ def blend(
     if method not in METHODS:
         raise EmbeddingFormatError(f"unknown blend method {method!r}; use lerp or slerp")
     _check_compatible(parts)
-    n = num_vectors or max(emb.num_vectors for emb, _ in parts)
+    n = max(emb.num_vectors for emb, _ in parts) if num_vectors is None else num_vectors
     if not 1 <= n <= MAX_VECTORS:
         raise EmbeddingFormatError(f"a blend needs 1..{MAX_VECTORS} vectors, not {n}")
     vectors = {}
@@ -110,6 +111,10 @@ def blend(
             share = weights.abs()[:, None] * present  # (parts, n)
             target = (share * stack.norm(dim=2)).sum(0) / share.sum(0).clamp_min(1e-12)  # (n,)
             mixed = mixed * (target / mixed.norm(dim=1).clamp_min(1e-12))[:, None]  # (n, width)
+        if not torch.isfinite(mixed).all():
+            raise EmbeddingFormatError(
+                f"the blend overflows float32 ({key}): its weights are too large; use weights near 1"
+            )
         vectors[key] = mixed
     meta = _lineage_meta(parts, method, keep_norm, num_vectors)
     return Embedding(name, vectors, meta)

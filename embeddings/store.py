@@ -248,6 +248,8 @@ class Store:
         """Give a stored embedding a new name (its header `name` follows); never replaces an existing one."""
         validate_name(new)
         emb = self.get(old)
+        if new == old:
+            raise StoreError(f"'{old}' is already called '{new}'; nothing to rename")
         if self.exists(new):
             raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
         self.check_case_twin(new, allow=old)  # 'cat' -> 'Cat' is fine; onto another embedding is not

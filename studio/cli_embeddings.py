@@ -168,7 +168,7 @@ def run_import(args) -> int:
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
     if not found:
         raise StoreError("nothing to import: no file held an embedding")
-    if args.name:
+    if args.name is not None:  # --name '' is an invalid name, not 'no name'
         if len(found) != 1:
             raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")
         found = [found[0].with_name(validate_name(args.name))]

@@ -59,7 +59,7 @@ def test_import_refuses_existing_names_for_all_files_before_writing_any(tmp_path
 def test_import_with_name_and_hostile_names(tmp_path, capsys, tokensmith_home):
     path = write(tmp_path, "x")
     assert run(capsys, "import", path, "--name", "my-cat")[1].strip() == "my-cat"
-    for bad in ("../evil", "a/b", "..", ".hidden", "x y"):
+    for bad in ("../evil", "a/b", "..", ".hidden", "x y", ""):
         code, _, err = run(capsys, "import", path, "--name", bad)
         assert code == EXIT_ERROR and "invalid embedding name" in err
     assert not list(tmp_path.parent.glob("evil*")) and not (tokensmith_home / "evil.safetensors").exists()

@@ -109,5 +109,14 @@ def test_num_vectors_crops_or_pads_the_result():
     padded = blend([(three, 1.0)], "p", num_vectors=4)
     assert padded.num_vectors == 4 and padded.vectors["emb_params"][3].tolist() == [0.0, 0.0]
     assert json.loads(padded.meta["parent"])["num_vectors"] == 4
-    with pytest.raises(EmbeddingFormatError, match=r"1\.\.1024 vectors"):
-        blend([(three, 1.0)], "x", num_vectors=5000)
+    for bad in (5000, 0, -1):  # 0 is not "the default"
+        with pytest.raises(EmbeddingFormatError, match=r"1\.\.1024 vectors"):
+            blend([(three, 1.0)], "x", num_vectors=bad)
+
+
+def test_infinite_weights_and_overflowing_blends_are_refused_in_words():
+    one = e("one", [[1.0, 1.0]])
+    with pytest.raises(EmbeddingFormatError, match="not a finite number"):
+        blend([(one, float("inf"))], "x")
+    with pytest.raises(EmbeddingFormatError, match="overflows"):
+        blend([(e("big", [[3e38, 3e38]]), 1e10)], "x")

@@ -125,6 +125,8 @@ def test_rename_moves_file_preview_and_header_name(store):
     store.put(emb("taken"))
     with pytest.raises(StoreError, match="already exists"):
         store.rename("a", "taken")
+    with pytest.raises(StoreError, match="already called"):
+        store.rename("a", "a")
     store.rename("a", "b")
     assert store.names() == ["b", "taken"] and store.get("b").meta["name"] == "b"
     assert store.preview_path("b").is_file() and not store.preview_path("a").exists()
