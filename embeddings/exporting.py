@@ -42,10 +42,14 @@ def export(
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; choose another --out or pass --force")
-    if fmt == "canonical":
-        return [save_canonical(emb, out_path)]
-    if fmt == "diffusers":
-        return write_diffusers(emb, out_path)
-    if fmt == "a1111-pt":
-        return [write_a1111_pt(emb, out_path)]
-    return [write_a1111_png(emb, out_path, image)]
+    try:
+        if fmt == "canonical":
+            return [save_canonical(emb, out_path)]
+        if fmt == "diffusers":
+            return write_diffusers(emb, out_path)
+        if fmt == "a1111-pt":
+            return [write_a1111_pt(emb, out_path)]
+        return [write_a1111_png(emb, out_path, image)]
+    except OSError as exc:  # name the output, not the temp file beside it
+        reason = exc.strerror or str(exc)
+        raise OSError(f"cannot write {out_path}: {reason}; choose another --out") from None

@@ -69,10 +69,19 @@ def test_diffusers_sdxl_export_is_the_documented_pair(tmp_path):
     )
 
 
-def test_diffusers_bin_for_a_bin_out_path(tmp_path):
-    export(make("sd1"), "diffusers", tmp_path / "learned_embeds.bin")
-    data = torch.load(tmp_path / "learned_embeds.bin", weights_only=True)
+@pytest.mark.parametrize("name", ["learned_embeds.bin", "thing.pt"])
+def test_diffusers_pickle_for_a_bin_or_pt_out_path(tmp_path, name):
+    export(make("sd1"), "diffusers", tmp_path / name)
+    assert (tmp_path / name).read_bytes()[:2] == b"PK"  # torch.save's zip, not safetensors bytes
+    data = torch.load(tmp_path / name, weights_only=True)
     assert list(data) == ["<thing>"]
+
+
+def test_an_unwritable_output_is_named_in_the_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=r"cannot write .*file[/\\]x\.pt") as caught:
+        export(make("sd1"), "a1111-pt", tmp_path / "file" / "x.pt")  # a folder that is a file
+    assert ".tmp" not in str(caught.value)
 
 
 def test_a1111_pt_is_the_dict_a1111_writes_and_loads_with_weights_only(tmp_path):

@@ -17,6 +17,7 @@ from embeddings.value import SDXL_KEYS, SINGLE_KEY, Embedding
 
 PAIR_NAMES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
 PAIR_NAMES_BIN = ("learned_embeds.bin", "learned_embeds_2.bin")
+PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt")  # an --out with these gets a torch pickle, else safetensors
 
 
 def pair_of(path: Path) -> tuple[Path, Path] | None:
@@ -63,7 +64,7 @@ def _file_bytes(token: str, tensor: torch.Tensor, meta: dict[str, str], *, pickl
 
 
 def write_diffusers(emb: Embedding, out: Path) -> list[Path]:
-    """`{"<name>": (n, dim)}` at `out` (`.bin`: pickle, else safetensors); SDXL: `out` is a folder.
+    """`{"<name>": (n, dim)}` at `out` (`.bin`/`.pt`/`.ckpt`: pickle, else safetensors); SDXL: a folder.
 
     Every file is written to a temp file first and renamed only when all are complete.
     """
@@ -72,7 +73,7 @@ def write_diffusers(emb: Embedding, out: Path) -> list[Path]:
     meta = diffusers_meta(emb)
     if set(emb.vectors) == {SINGLE_KEY}:
         plan = [(out, emb.vectors[SINGLE_KEY])]
-        pickled = out.suffix.lower() == ".bin"
+        pickled = out.suffix.lower() in PICKLE_SUFFIXES
     elif set(emb.vectors) == set(SDXL_KEYS):
         if out.exists() and not out.is_dir():
             raise EmbeddingFormatError(
