@@ -277,7 +277,7 @@ def test_pickles_that_are_not_embeddings(tmp_path):
         "3d.pt": "3-D",
         "multi.pt": "2 terms",
         "xti.pt": "XTI",
-        "trunc.pt": "not a readable torch file",
+        "trunc.pt": "not a readable torch file: truncated",
     }
     for name, message in expected.items():
         with pytest.raises(EmbeddingFormatError, match=message):
@@ -315,8 +315,10 @@ def test_hostile_png_chunks_get_a_clear_error(tmp_path, payload):
 
 def test_png_without_embedding_and_truncated_png(tmp_path):
     Image.new("RGB", (16, 16), "blue").save(tmp_path / "plain.png")
-    with pytest.raises(EmbeddingFormatError, match="carries no embedding"):
-        import_path(tmp_path / "plain.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "black.png")  # all black: no side panels at all
+    for name in ("plain.png", "black.png"):
+        with pytest.raises(EmbeddingFormatError, match="carries no embedding"):
+            import_path(tmp_path / name)
     emb = Embedding("c", {"emb_params": vec(1, 768)})
     from embeddings.formats.png import png_bytes
 

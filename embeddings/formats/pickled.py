@@ -52,8 +52,11 @@ def load_pickle(path: Path) -> object:
     except FileNotFoundError:
         raise
     except Exception as exc:  # the untrusted-file boundary: torch raises many types here
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EmbeddingFormatError(f"{path}: not a readable torch file ({text[:160]})") from None
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EmbeddingFormatError(
+            f"{path}: not a readable torch file: truncated, or not written by torch.save "
+            f"({type(exc).__name__}{': ' + text[:160] if text else ''})"
+        ) from None
 
 
 def read_pickled(path: Path) -> Embedding:

@@ -145,6 +145,10 @@ def _read_side_panels(path: Path) -> object:
     if lower.shape != upper.shape or lower.size > 64 * 1024 * 1024:
         raise EmbeddingFormatError(f"{path}: the image's side panels do not hold A1111 embedding data")
     blob = ((upper << 4) | lower).flatten().tobytes()
+    if not blob:  # a uniform or plain image: nothing on either side of the black columns
+        raise EmbeddingFormatError(
+            f"{path}: the image carries no embedding (no sd-ti-embedding chunk and no A1111 side-panel data)"
+        )
     try:
         decompressor = zlib.decompressobj()
         text = decompressor.decompress(blob, MAX_CHUNK_BYTES)
