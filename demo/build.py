@@ -109,7 +109,8 @@ def train_vae(vae, images: torch.Tensor, cfg: BuildConfig, log: Log) -> None:
     """MSE + 0.5·L1 + 1e-4·KL per latent dimension on random crops; lr halves for the last 40% of the run."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    train, val = images[256:], images[:256]
+    n_val = min(256, len(images) // 5)  # held-out images for the PSNR in the log
+    train, val = images[n_val:], images[:n_val]
     side, crop = images.shape[-1], cfg.vae_crop
     budget = cfg.vae_minutes * 60 or float("inf")
     start, halved = time.monotonic(), False
