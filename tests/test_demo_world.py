@@ -93,3 +93,12 @@ def test_held_out_concepts_never_appear_in_training():
         assert not held_words & set(caption(concept, rng).split())
     assert not held_words & set(world.caption_words())
     assert Concept("triangle", "purple").is_held_out and Concept("square", "pink").is_held_out
+
+
+def test_readme_demo_world_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- section: demo-world -->", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md (demo world)", "exec"), {})
