@@ -100,6 +100,7 @@ def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     t = torch.arange(len(curves.alphas_cumprod))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -116,6 +117,7 @@ def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
     left.legend(loc="center right", fontsize=8)
     right.semilogy(range(len(visited)), curves.k_sigmas[visited], marker="o", color="tab:green")
     right.set(xlabel="sampling step", ylabel="σ_t / √ᾱ_t (log)", title="noise level per sampling step")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save_figure(fig, out)
