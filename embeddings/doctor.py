@@ -16,7 +16,7 @@ from embeddings.errors import EmbeddingFormatError
 from embeddings.importing import import_path
 from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
 from embeddings.maths import norm_report
-from embeddings.value import SINGLE_KEY, Embedding, family_from_widths, family_title
+from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
 
 PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end
 LOUD_NORM = 4.0  # vectors this many times the vocabulary's mean norm tend to overpower a prompt
@@ -85,19 +85,29 @@ def _format_title(source: str) -> str:
     return titles.get(source, source or "unknown format")
 
 
-def fit_to_model(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]]) -> tuple[str, list[str]]:
-    """('fits' | 'partial' | 'no', sentences) for installing `emb` into the model of these encoders."""
+def widths_text(widths: dict[str, int]) -> str:
+    """'width 768' for one encoder; 'clip_l 768, clip_g 1280' (clip_l first) for several."""
+    if len(widths) == 1:
+        return f"width {next(iter(widths.values()))}"
+    order = sorted(widths, key=lambda k: ENCODER_KEYS.index(k) if k in ENCODER_KEYS else len(ENCODER_KEYS))
+    return ", ".join(f"{k} {widths[k]}" for k in order)
+
+
+def fit_to_model(
+    emb: Embedding, encoders: Sequence[tuple[str, Any, Any]], *, model_family: str | None = None
+) -> tuple[str, list[str]]:
+    """('fits' | 'partial' | 'no', sentences) for installing `emb` into the model of these encoders.
+
+    `model_family` (e.g. LoadedModel.family, "demo") names the model; by default it follows from the widths.
+    """
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
-    model = family_title(family_from_widths(widths))
-    model_widths = ", ".join(f"{k} {w}" for k, w in widths.items())
+    model = f"{family_title(model_family or family_from_widths(widths))} ({widths_text(widths)})"
     try:
         vectors_for_encoders(emb, encoders)
-        return "fits", [f"fits this model ({model}, {model_widths}): use <{emb.name}> in prompts"]
+        return "fits", [f"fits this model ({model}): use <{emb.name}> in prompts"]
     except InstallError:
         pass
-    own = family_title(emb.family)
-    own_widths = ", ".join(str(w) for w in emb.widths.values())
-    why = f"trained for {own} (width {own_widths}); this model is {model} (width {model_widths})"
+    why = f"trained for {family_title(emb.family)} ({widths_text(emb.widths)}); this model is {model}"
     try:
         vectors_for_encoders(emb, encoders, partial=True)
     except InstallError:
@@ -109,8 +119,13 @@ def fit_to_model(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]]) -> tu
     return "partial", [f"does not fully fit: {why}", f"partial option: {how}; expect a weaker effect"]
 
 
-def diagnose(path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None) -> Diagnosis:
-    """Read `path` and explain it; with `encoders` (a model's triples) also say whether and how it fits."""
+def diagnose(
+    path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None, *, model_family: str | None = None
+) -> Diagnosis:
+    """Read `path` and explain it; with `encoders` (a model's triples) also say whether and how it fits.
+
+    `model_family` (LoadedModel.family) names the model in the sentences; by default its widths do.
+    """
     path = Path(path)
     try:
         (emb, *more) = import_path(path)
@@ -136,8 +151,10 @@ def diagnose(path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None)
     if encoders is None:
         report.lines.append("give --model to check whether it fits a model")
         return report
-    report.model_family = family_from_widths({key: encoder_width(te) for key, _tok, te in encoders})
-    report.fit, lines = fit_to_model(emb, encoders)
+    report.model_family = model_family or family_from_widths(
+        {key: encoder_width(te) for key, _tok, te in encoders}
+    )
+    report.fit, lines = fit_to_model(emb, encoders, model_family=model_family)
     report.lines.extend(lines)
     if report.fit == "fits":
         report.norms = _norms(emb, encoders, report)

@@ -79,7 +79,7 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
             raise InstallError(
                 f"embedding '{emb.name}' ({family_title(emb.family)} keys {sorted(emb.vectors)}) doesn't fit "
                 f"this model ({family_title(_model_family(encoders))}, encoders {keys})"
-                + (": try the partial clip_l-only install" if _partial_possible(emb, keys) else "")
+                + (": try the partial clip_l-only install" if _partial_possible(emb, widths) else "")
             )
         if vectors.shape[1] != widths[key]:
             raise InstallError(
@@ -141,10 +141,10 @@ def _fits_clip_l(emb: Embedding, widths: dict[str, int]) -> bool:
     return SINGLE_KEY in emb.vectors and "clip_l" in widths and emb.widths[SINGLE_KEY] == widths["clip_l"]
 
 
-def _partial_possible(emb: Embedding, keys: list[str]) -> bool:
-    return (SINGLE_KEY in emb.vectors and "clip_l" in keys) or (
-        "clip_l" in emb.vectors and keys == [SINGLE_KEY]
-    )
+def _partial_possible(emb: Embedding, widths: dict[str, int]) -> bool:
+    """Whether the clip_l-only install (SD 1.x -> SDXL, or an SDXL file's clip_l half -> SD 1.x) would fit."""
+    sdxl_half = "clip_l" in emb.vectors and list(widths) == [SINGLE_KEY]
+    return _fits_clip_l(emb, widths) or (sdxl_half and emb.widths["clip_l"] == widths[SINGLE_KEY])
 
 
 def _grow(text_encoder: Any, size: int) -> None:

@@ -355,8 +355,9 @@ def run_doctor(args) -> int:
         if store_path is None or not store_path.exists():
             raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
         path = store_path
-    encoders = _load_model(args.model).encoders if args.model else None
-    report = diagnose(path, encoders)
+    model = _load_model(args.model) if args.model else None
+    encoders, family = (model.encoders, model.family) if model else (None, None)
+    report = diagnose(path, encoders, model_family=family)
     if args.json:
         _print_json(report.to_json())
     else:

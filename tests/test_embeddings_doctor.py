@@ -38,7 +38,16 @@ def test_without_a_model_it_says_what_the_file_is(tmp_path):
 def test_sd1_file_on_an_sd2_model_is_explained_in_words(tmp_path):
     report = diagnose(sd1_file(tmp_path), fake_model(emb_params=1024))
     assert report.fit == "no"
-    assert "trained for SD 1.x (width 768); this model is SD 2.x (width emb_params 1024)" in report.lines[-1]
+    assert "trained for SD 1.x (width 768); this model is SD 2.x (width 1024)" in report.lines[-1]
+
+
+def test_the_model_is_named_by_its_family_when_given(tmp_path):
+    report = diagnose(sd1_file(tmp_path), fake_model(emb_params=64), model_family="demo")
+    assert report.fit == "no" and report.model_family == "demo"
+    assert (
+        report.lines[-1]
+        == "does not fit: trained for SD 1.x (width 768); this model is the demo world (width 64)"
+    )
 
 
 def test_sd1_file_on_sdxl_offers_the_partial_clip_l_option(tmp_path):

@@ -157,3 +157,23 @@ def test_sd1_embedding_into_sdxl_needs_the_partial_option():
     ids_g = pipe.tokenizer_2.convert_tokens_to_ids(token_names(sd1_like))
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids_l], sd1_like.vectors["emb_params"])
     assert not pipe.text_encoder_2.get_input_embeddings().weight[ids_g].any()
+
+
+def test_the_partial_hint_is_only_given_when_the_partial_install_would_fit():
+    from types import SimpleNamespace
+
+    from embeddings import vectors_for_encoders
+
+    def model(**widths):
+        return [
+            (k, None, SimpleNamespace(get_input_embeddings=lambda w=w: torch.nn.Embedding(4, w)))
+            for k, w in widths.items()
+        ]
+
+    xl = rand("xl", 1, widths={"clip_l": 768, "clip_g": 1280})
+    with pytest.raises(InstallError, match="partial"):
+        vectors_for_encoders(xl, model(emb_params=768))
+    for emb, encoders in ((xl, model(emb_params=64)), (rand("sd", 1, 1024), model(clip_l=768, clip_g=1280))):
+        with pytest.raises(InstallError) as caught:
+            vectors_for_encoders(emb, encoders)
+        assert "partial" not in str(caught.value)
