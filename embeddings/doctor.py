@@ -103,7 +103,7 @@ def fit_to_model(
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
     model = f"{family_title(model_family or family_from_widths(widths))} ({widths_text(widths)})"
     try:
-        vectors_for_encoders(emb, encoders)
+        vectors_for_encoders(emb, encoders, model_family=model_family)
         return "fits", [f"fits this model ({model}): use <{emb.name}> in prompts"]
     except InstallError:
         pass

@@ -51,7 +51,9 @@ def _model_family(encoders: Encoders) -> str:
     return family_from_widths({key: encoder_width(te) for key, _tok, te in encoders})
 
 
-def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = False) -> list[torch.Tensor]:
+def vectors_for_encoders(
+    emb: Embedding, encoders: Encoders, *, partial: bool = False, model_family: str | None = None
+) -> list[torch.Tensor]:
     """The (n, width) vectors to write into each encoder, or InstallError saying in words why they do not fit.
 
     A single-encoder embedding fits a single-encoder model of the same width. With `partial=True` an
@@ -61,6 +63,7 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
     """
     keys = [key for key, _tok, _te in encoders]
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
+    model = family_title(model_family or _model_family(encoders))  # LoadedModel.family names it best
     out = []
     for key, _tok, _te in encoders:
         if key in emb.vectors:
@@ -78,14 +81,14 @@ def vectors_for_encoders(emb: Embedding, encoders: Encoders, *, partial: bool = 
         else:
             raise InstallError(
                 f"embedding '{emb.name}' ({family_title(emb.family)} keys {sorted(emb.vectors)}) doesn't fit "
-                f"this model ({family_title(_model_family(encoders))}, encoders {keys})"
+                f"this model ({model}, encoders {keys})"
                 + (": try the partial clip_l-only install" if _partial_possible(emb, widths) else "")
             )
         if vectors.shape[1] != widths[key]:
             raise InstallError(
                 f"embedding '{emb.name}' has width {vectors.shape[1]} but this model's encoder '{key}' has "
                 f"width {widths[key]}: it was trained for {family_title(emb.family)}; this model is "
-                f"{family_title(_model_family(encoders))}"
+                f"{model}"
             )
         out.append(vectors)
     return out

@@ -302,7 +302,9 @@ def run_blend(args) -> int:
             parts.append((word_operand(operand.text, model.encoders), weight))
     result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm, num_vectors=args.vectors)
     if model is not None:
-        vectors_for_encoders(result, model.encoders)  # a clear error now if the result does not fit --model
+        vectors_for_encoders(
+            result, model.encoders, model_family=model.family
+        )  # a clear error now if the result does not fit --model
         if spec.needs_model:
             result = result.with_meta(base_model=model.source, family=model.family)
     store.put(result, overwrite=args.force)
@@ -317,9 +319,10 @@ def run_nearest(args) -> int:
     emb = _store(args).get(args.name)
     model = _load_model(args.model)
     try:
-        per_encoder, partial = vectors_for_encoders(emb, model.encoders), False
+        per_encoder, partial = vectors_for_encoders(emb, model.encoders, model_family=model.family), False
     except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
-        per_encoder, partial = vectors_for_encoders(emb, model.encoders, partial=True), True
+        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True, model_family=model.family)
+        partial = True
     result = {}
     for (key, tok, te), vectors in zip(model.encoders, per_encoder, strict=True):
         if partial and not vectors.any():

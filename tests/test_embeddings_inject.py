@@ -177,3 +177,5 @@ def test_the_partial_hint_is_only_given_when_the_partial_install_would_fit():
         with pytest.raises(InstallError) as caught:
             vectors_for_encoders(emb, encoders)
         assert "partial" not in str(caught.value)
+    with pytest.raises(InstallError, match=r"trained for SD 1\.x; this model is the demo world"):
+        vectors_for_encoders(rand("sd", 1, 768), model(emb_params=64), model_family="demo")
