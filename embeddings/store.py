@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
 from embeddings.files import atomic_write, atomic_write_bytes
-from embeddings.value import Embedding, family_from_widths
+from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -228,7 +228,8 @@ class Store:
         header = read_header(path)
         meta = header.pop("__metadata__", {})
         widths, count = {}, 0
-        for key, entry in header.items():
+        rank = {key: i for i, key in enumerate(ENCODER_KEYS)}  # clip_l before clip_g, as people read SDXL
+        for key, entry in sorted(header.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])):
             shape = entry["shape"]
             widths[key] = shape[-1] if shape else 0
             count = max(count, shape[0] if len(shape) == 2 else 1)

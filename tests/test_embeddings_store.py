@@ -117,6 +117,7 @@ def test_list_reads_headers_and_finds_previews(store, monkeypatch):
     )
     assert entries["a"].preview == store.preview_path("a") and entries["b"].preview is None
     assert entries["b"].family == "sdxl" and entries["b"].meta["num_vectors"] == "3"
+    assert list(entries["b"].widths.items()) == [("clip_l", 768), ("clip_g", 1280)]  # clip_l first
     assert Image.open(entries["a"].preview).size == (8, 8)
 
 
