@@ -67,6 +67,11 @@ def test_diffusers_sdxl_export_is_the_documented_pair(tmp_path):
         and first["<thing>"].shape == (3, 768)
         and second["<thing>"].shape == (3, 1280)
     )
+    with pytest.raises(EmbeddingFormatError, match=r"two files .*give a folder"):
+        export(
+            emb, "diffusers", tmp_path / "thing.safetensors"
+        )  # a file name for a pair: refused, not a folder
+    assert not (tmp_path / "thing.safetensors").exists()
 
 
 @pytest.mark.parametrize("name", ["learned_embeds.bin", "thing.pt"])

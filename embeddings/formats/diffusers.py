@@ -75,9 +75,11 @@ def write_diffusers(emb: Embedding, out: Path) -> list[Path]:
         plan = [(out, emb.vectors[SINGLE_KEY])]
         pickled = out.suffix.lower() in PICKLE_SUFFIXES
     elif set(emb.vectors) == set(SDXL_KEYS):
-        if out.exists() and not out.is_dir():
+        looks_like_a_file = out.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not out.is_dir()
+        if (out.exists() and not out.is_dir()) or looks_like_a_file:
             raise EmbeddingFormatError(
-                f"{out}: an SDXL export to diffusers is a folder for two files; give a folder"
+                f"{out}: an SDXL export to diffusers is two files (learned_embeds.safetensors + "
+                f"learned_embeds_2.safetensors); give a folder for them, e.g. --out {out.with_suffix('')}/"
             )
         pickled = False
         plan = [(out / PAIR_NAMES[0], emb.vectors["clip_l"]), (out / PAIR_NAMES[1], emb.vectors["clip_g"])]
