@@ -29,3 +29,16 @@ def test_every_subcommand_has_help_with_an_example():
     subparsers = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
     for name, sub in subparsers.items():
         assert "example" in sub.format_help().lower(), f"`tokensmith {name} --help` shows no example"
+
+
+def test_building_the_parser_does_not_import_torch():
+    """`tokensmith --help` must stay fast: command modules import torch and diffusers only when they run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, studio.cli; studio.cli.build_parser(); "
+        "print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
