@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports when the reader of a pipe stops early
 
 
 def home_dir(override: str | Path | None = None) -> Path:
@@ -70,11 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args.home = home_dir(args.home)
+    if not args.debug:
+        # transformers warns on import about optional backends (torchvision) that tokensmith never uses;
+        # our own errors say what matters. --debug keeps every library message.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         code = args.run(args)
     except KeyboardInterrupt:
         print("tokensmith: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `tokensmith list | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again, and stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.debug or not _is_user_error(exc):
             raise
