@@ -3,8 +3,8 @@
 What only a browser shows: every page renders with no exception element; images are uploaded over HTTP; a
 real training job's progress updates with no input (the fragment ticks); a reload during training finds the
 job again; the learned embedding appears in the Library, is blended and saved, used in a prompt, and the PNG
-downloads with its provenance. The model is a tiny random SD1-style pipeline saved to a folder (passed as
-?model=), so the flow takes about a minute on a CPU; screenshots go to test-artifacts/browser/.
+downloads with its provenance. The model is the shipped demo world (passed as ?model=demo), and the concept is
+one it can express (a red square on blue, drawn by the test); screenshots go to test-artifacts/browser/.
 """
 
 from __future__ import annotations
@@ -55,16 +55,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """A `tokensmith ui` process on a free port with an empty home and a tiny model folder."""
-    import torch
-
+    """A `tokensmith ui` process on a free port with an empty home, using the demo world."""
     from studio.jobs import JobRunner
-    from trainers.models import tiny_pipeline
 
-    torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("studio")
-    home, model_dir = base / "home", base / "tiny-sd1"
-    tiny_pipeline("sd1").save_pretrained(model_dir)
+    home = base / "home"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENSMITH_HOME": str(home), "OMP_NUM_THREADS": "1"}
@@ -87,7 +82,7 @@ def studio(tmp_path_factory):
                 f"tokensmith ui did not start: {(ARTIFACTS / 'server.log').read_text()[-2000:]}"
             )
         time.sleep(0.3)
-    yield {"url": url, "home": home, "model": str(model_dir)}
+    yield {"url": url, "home": home, "model": "demo"}
     runner = JobRunner(home)  # trainers run in their own sessions: stop them explicitly
     for job in runner.jobs():
         runner.cancel(job.id)
