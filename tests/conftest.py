@@ -13,3 +13,12 @@ def tokensmith_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENSMITH_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture(scope="module")
+def tiny_session():
+    """A generation Session over a tiny random SD1-style pipeline, built once per test module."""
+    from studio.generation import Session
+    from trainers.models import LoadedModel, tiny_pipeline
+
+    return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))

@@ -13,14 +13,6 @@ from studio.app.embedding_map import map_points, project_2d
 APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 
 
-@pytest.fixture(scope="module")
-def tiny_session():
-    from studio.generation import Session
-    from trainers.models import LoadedModel, tiny_pipeline
-
-    return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))
-
-
 @pytest.fixture
 def session(tiny_session, monkeypatch):
     monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
