@@ -43,7 +43,7 @@ def sd_small_pipeline():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from trainers.models import tiny_tokenizer
+    from trainers.tiny import tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer(("a", "photo", "of"), max_length=77)

@@ -19,6 +19,7 @@ def tokensmith_home(tmp_path, monkeypatch):
 def tiny_session():
     """A generation Session over a tiny random SD1-style pipeline, built once per test module."""
     from studio.generation import Session
-    from trainers.models import LoadedModel, tiny_pipeline
+    from trainers.models import LoadedModel
+    from trainers.tiny import tiny_pipeline
 
     return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))

@@ -10,7 +10,7 @@ import torch
 
 from embeddings import Embedding, Store, import_path, save_canonical
 from studio.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
-from trainers.models import tiny_pipeline
+from trainers.tiny import tiny_pipeline
 
 REALWORLD = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld"
 

@@ -10,7 +10,7 @@ from PIL import Image
 from embeddings import Embedding, Store
 from studio.cli import main
 from studio.generation import read_provenance
-from trainers.models import tiny_pipeline
+from trainers.tiny import tiny_pipeline
 
 COMMANDS = ("generate", "variations", "schedule", "replay", "grid")
 

@@ -10,7 +10,7 @@ from embeddings import Store
 from studio.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, build_parser, main
 from studio.cli_train import config_from_args
 from trainers.config import TrainConfig, equivalent_commands
-from trainers.models import tiny_pipeline
+from trainers.tiny import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 from embeddings import Embedding, save_canonical
 from embeddings.doctor import diagnose
 from embeddings.exporting import export
-from trainers.models import pipeline_encoders, tiny_pipeline
+from trainers.models import pipeline_encoders
+from trainers.tiny import tiny_pipeline
 
 
 def fake_model(**widths):

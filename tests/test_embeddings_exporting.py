@@ -14,7 +14,8 @@ from embeddings import Embedding, EmbeddingFormatError, expand_prompt, install
 from embeddings.exporting import FORMATS, export
 from embeddings.formats.png import CHUNK_KEY, png_text_chunks
 from embeddings.importing import import_path
-from trainers.models import pipeline_encoders, tiny_pipeline
+from trainers.models import pipeline_encoders
+from trainers.tiny import tiny_pipeline
 
 
 def make(kind, n=3, name="thing"):

@@ -13,7 +13,8 @@ from embeddings import (
     uninstall,
     word_vectors,
 )
-from trainers.models import pipeline_encoders, tiny_pipeline
+from trainers.models import pipeline_encoders
+from trainers.tiny import tiny_pipeline
 
 
 def rand(name, n, width=32, seed=0, keys=("emb_params",), widths=None):

@@ -8,7 +8,8 @@ import torch
 
 from embeddings import Embedding, EmbeddingFormatError
 from embeddings.maths import blend, nearest_tokens, norm_report, slerp, word_operand
-from trainers.models import pipeline_encoders, tiny_pipeline
+from trainers.models import pipeline_encoders
+from trainers.tiny import tiny_pipeline
 
 
 def e(name, rows, key="emb_params"):

@@ -65,7 +65,8 @@ def test_render_grid_cells_are_the_single_images():
     import numpy as np
 
     from studio.generation import Session
-    from trainers.models import LoadedModel, tiny_pipeline
+    from trainers.models import LoadedModel
+    from trainers.tiny import tiny_pipeline
 
     session = Session(LoadedModel(pipe=tiny_pipeline("sd1"), family="w32", source="tiny"))
     base = GenerateRequest("a {c} circle", steps=4)

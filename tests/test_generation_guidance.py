@@ -7,7 +7,8 @@ from PIL import Image
 
 from studio.generation import GenerateRequest, GuideError, Session, parse_guide
 from studio.generation.guidance import DEFAULT_SCALE, colour_rgb, guided_x0
-from trainers.models import LoadedModel, tiny_pipeline
+from trainers.models import LoadedModel
+from trainers.tiny import tiny_pipeline
 
 
 def test_colours_by_name_and_hex():

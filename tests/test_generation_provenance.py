@@ -11,7 +11,8 @@ from embeddings import Embedding, Store
 from embeddings.errors import TokensmithError
 from studio.generation import GenerateRequest, ReplayError, Session, read_provenance, replay, save_png
 from studio.generation.provenance import A1111_CHUNK, CHUNK, a1111_parameters
-from trainers.models import LoadedModel, detect_family, tiny_pipeline
+from trainers.models import LoadedModel, detect_family
+from trainers.tiny import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from studio.generation.schedule import (
     plot_schedule,
     schedule_curves,
 )
-from trainers.models import tiny_pipeline
+from trainers.tiny import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

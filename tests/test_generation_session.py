@@ -7,7 +7,8 @@ import torch
 from embeddings import Embedding, Store
 from embeddings.errors import TokensmithError
 from studio.generation import GenerateRequest, PromptError, Session
-from trainers.models import LoadedModel, detect_family, tiny_pipeline
+from trainers.models import LoadedModel, detect_family
+from trainers.tiny import tiny_pipeline
 
 STEPS = 4
 

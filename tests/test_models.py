@@ -7,15 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainers.models import (
-    DEMO_MARKER,
-    ModelLoadError,
-    demo_model_dir,
-    detect_family,
-    load_model,
-    tiny_pipeline,
-    tiny_tokenizer,
-)
+from trainers.models import DEMO_MARKER, ModelLoadError, demo_model_dir, detect_family, load_model
+from trainers.tiny import tiny_pipeline, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import torch
 
 from trainers.data import Sample
 from trainers.latents import encode_samples
-from trainers.models import tiny_pipeline
+from trainers.tiny import tiny_pipeline
 
 
 def _samples():

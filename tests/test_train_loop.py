@@ -5,8 +5,8 @@ import torch
 
 from trainers.families import Conditioner
 from trainers.loop import Batch, DiffusionMath, step_loss, tune_malloc
-from trainers.models import tiny_pipeline
 from trainers.rows import attach, detach_rows
+from trainers.tiny import tiny_pipeline
 
 
 def test_noising_and_targets_match_diffusers_scheduler():

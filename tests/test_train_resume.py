@@ -14,7 +14,7 @@ from PIL import Image
 
 from embeddings import Store
 from studio.cli import EXIT_ERROR, main
-from trainers.models import tiny_pipeline
+from trainers.tiny import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,9 @@ from PIL import Image
 
 from embeddings import Store, load_canonical
 from trainers import TrainConfig, train
-from trainers.models import LoadedModel, detect_family, tiny_pipeline
+from trainers.models import LoadedModel, detect_family
 from trainers.rows import attach, detach_rows
+from trainers.tiny import tiny_pipeline
 
 
 @pytest.fixture

@@ -142,7 +142,8 @@ def test_export_download_bytes_reload_to_the_same_vectors(tmp_path):
 
 
 def test_doctor_gives_each_embedding_a_verdict_for_the_model(store, monkeypatch):
-    from trainers.models import LoadedModel, tiny_pipeline
+    from trainers.models import LoadedModel
+    from trainers.tiny import tiny_pipeline
 
     tiny = LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1")
     width = tiny.widths["emb_params"]
