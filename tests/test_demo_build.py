@@ -7,7 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from demo.architecture import Architecture
-from demo.build import METADATA_FILE, BuildConfig, StepPlan, _lr_factor, build, export, make_pipeline
+from demo.build import (
+    METADATA_FILE,
+    BuildConfig,
+    StepPlan,
+    _lr_factor,
+    build,
+    export,
+    make_pipeline,
+    min_snr_weights,
+)
 
 
 def tiny(tmp_path, name: str, **overrides) -> BuildConfig:
@@ -24,6 +33,7 @@ def tiny(tmp_path, name: str, **overrides) -> BuildConfig:
         log=tmp_path / name / "build.log",
         samples=None,
         evaluate=False,
+        threads=1,  # the test process keeps its one thread
     )
     return BuildConfig(**{**base.__dict__, **overrides})
 
@@ -88,6 +98,19 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
     assert _lr_factor(0, 1000, 100) == pytest.approx(0.01)
     assert _lr_factor(100, 1000, 100) == pytest.approx(1.0)
     assert _lr_factor(1000, 1000, 100) == pytest.approx(0.1)
+
+
+def test_min_snr_weights_cap_the_near_clean_steps_and_keep_the_noisy_ones():
+    from demo.architecture import make_noise_scheduler
+
+    alphas = make_noise_scheduler(Architecture()).alphas_cumprod
+    weights = min_snr_weights(alphas, 5.0)
+    snr = alphas / (1 - alphas)
+    assert weights.shape == alphas.shape and bool((weights > 0).all()) and bool((weights <= 1).all())
+    assert weights[0] < 1e-3  # t=0: SNR ≈ 1e4, its v-loss weight SNR+1 capped to γ
+    noisy = snr < 5.0
+    assert torch.allclose(weights[noisy], (snr / (snr + 1))[noisy])  # below γ: the plain x0 weight, SNR
+    assert bool((min_snr_weights(alphas, 0.0) == 1).all())  # γ = 0: plain v-loss
 
 
 def test_step_plan_without_a_budget_runs_exactly_the_cap():
