@@ -113,8 +113,10 @@ def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_
     last = _records(run)[-1]
     assert (last["event"], last["name"], last["step"]) == ("stopped", "kitty", 13)
     assert (run / "snapshots" / "step-000013.safetensors").is_file()
-    # safetensors + JSON: resuming never unpickles anything
+    # Accelerate's save_state files (read back with weights_only=True) beside our safetensors + JSON
     assert {p.name for p in (run / "checkpoints" / "step-000013").iterdir()} == {
+        "optimizer.bin",
+        "random_states_0.pkl",
         "state.json",
         "state.safetensors",
     }

@@ -1,9 +1,11 @@
-"""Resumable checkpoints: the new rows, AdamW's state and the early stopper, as safetensors + JSON.
+"""Resumable checkpoints: Accelerate's `save_state` for the optimizer, loss scaler and RNG, plus our rows.
 
-Accelerate's `save_state`/`load_state` pickle their custom and RNG state and load it with
-`weights_only=False`; a checkpoint folder someone hands you should never run code, so tokensmith writes its
-own tensor-only checkpoints. Nothing else is needed to resume exactly: every random draw of a step (batch
-order, latent sample, noise, timestep) comes from a generator seeded by (seed, micro-step), and learning
+A checkpoint folder holds what `Accelerator.save_state` writes (`optimizer.bin`, `random_states_N.pkl`, and
+`scaler.pt` under fp16) and two files of ours: `state.safetensors` (the new rows per encoder) and
+`state.json` (step, early-stopper state, config fingerprint). Accelerate's loader reads its files with
+`torch.load(weights_only=True)` (numpy's RNG types allow-listed), so a checkpoint someone hands you cannot run
+code; we register no custom objects, the one path Accelerate unpickles in full. Resuming is exact even without
+the RNG files: every random draw of a step comes from a generator seeded by (seed, micro-step), and learning
 rates are a pure function of the step.
 """
 
@@ -20,55 +22,52 @@ from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError
 
-FORMAT = "tokensmith-train-checkpoint/1"
+FORMAT = "tokensmith-train-checkpoint/2"
+OURS = ("state.safetensors", "state.json")
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a resumed run needs: the completed step, rows per encoder key, optimizer and stopper state."""
+    """What a resumed run needs besides Accelerate's state: the completed step, rows and stopper state."""
 
     step: int
     rows: dict[str, torch.Tensor]  # key -> (n, D)
-    optimizer: dict
     stopper: dict
     fingerprint: str  # the resolved config's identity: resuming a different config is refused
 
 
-def _optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split torch's optimizer state_dict into flat tensors and JSON-able rest."""
-    tensors, per_param = {}, {}
-    for index, values in state["state"].items():
-        per_param[str(index)] = []
-        for name, value in values.items():
-            key = f"optim.{index}.{name}"
-            tensors[key] = value.detach().cpu().clone() if torch.is_tensor(value) else torch.tensor(value)
-            per_param[str(index)].append(name)
-    return tensors, {"param_groups": state["param_groups"], "per_param": per_param}
+def save(folder: Path, ckpt: Checkpoint, accelerator) -> Path:
+    """Write Accelerate's state and ours into a temp folder, fsync, then rename it into place.
 
-
-def save(folder: Path, ckpt: Checkpoint) -> Path:
-    """Write the checkpoint to a temp folder, fsync, then rename it into place (never half-written)."""
+    Every process calls this (Accelerate writes one RNG file per process); the main one writes our files and
+    renames. A kill at any moment leaves either the previous checkpoints or a `.tmp` folder that is ignored.
+    """
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors, optim_meta = _optimizer_tensors(ckpt.optimizer)
-    tensors.update({f"rows.{key}": value.detach().cpu().contiguous() for key, value in ckpt.rows.items()})
-    save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"format": FORMAT, "step": ckpt.step, "optimizer": optim_meta, "stopper": ckpt.stopper}
-    meta["fingerprint"] = ckpt.fingerprint
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    for name in ("state.safetensors", "state.json"):
-        with open(tmp / name, "rb") as handle:
-            os.fsync(handle.fileno())
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if main:
+        rows = {f"rows.{key}": value.detach().cpu().contiguous() for key, value in ckpt.rows.items()}
+        save_file(rows, str(tmp / "state.safetensors"))
+        meta = {"format": FORMAT, "step": ckpt.step, "stopper": ckpt.stopper, "fingerprint": ckpt.fingerprint}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for path in tmp.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    accelerator.wait_for_everyone()
     return folder
 
 
-def load(folder: Path) -> Checkpoint:
-    """Read a checkpoint folder written by `save` (tensors through safetensors: no unpickling)."""
+def load(folder: Path, accelerator) -> Checkpoint:
+    """Read our files, then restore the accelerator's prepared optimizer (and scaler, RNG) from the folder."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -78,18 +77,22 @@ def load(folder: Path) -> Checkpoint:
             f"checkpoint {folder} is unreadable ({exc}); delete it to resume from the one before"
         ) from None
     if meta.get("format") != FORMAT:
-        raise TokensmithError(f"{folder} is not a tokensmith training checkpoint ({meta.get('format')!r})")
+        raise TokensmithError(
+            f"{folder} is not a tokensmith training checkpoint this version reads ({meta.get('format')!r}); "
+            "start the run again without --resume"
+        )
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as exc:  # a pickle refused by weights_only, a missing or truncated file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokensmithError(
+            f"checkpoint {folder} could not be restored ({type(exc).__name__}: {first[:200]}); files holding "
+            "anything but tensors are refused. Delete the folder to resume from the one before"
+        ) from None
     rows = {key[len("rows.") :]: value for key, value in tensors.items() if key.startswith("rows.")}
-    optim_meta = meta["optimizer"]
-    state = {
-        int(index): {name: tensors[f"optim.{index}.{name}"] for name in names}
-        for index, names in optim_meta["per_param"].items()
-    }
-    optimizer = {"state": state, "param_groups": optim_meta["param_groups"]}
     return Checkpoint(
         step=int(meta["step"]),
         rows=rows,
-        optimizer=optimizer,
         stopper=meta.get("stopper", {}),
         fingerprint=meta.get("fingerprint", ""),
     )

@@ -6,7 +6,7 @@
                                      {"event": "done"|"failed"|"stopped", "message", "name"}
     previews/step-000050.png         fixed-seed preview images
     snapshots/step-000050.safetensors   embedding snapshots (canonical files)
-    checkpoints/step-000050/         resumable state (rows, optimizer, stopper, RNG-free step counter)
+    checkpoints/step-000050/         Accelerate save_state (optimizer, RNG) + rows, stopper, step
     pid                              the training process id (SIGTERM it to stop cleanly)
 
 Every file is written atomically (temp file + rename), so a reader never sees half of one.

@@ -98,12 +98,12 @@ class RunState:
         values = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
-    def resume_from(self, params, optimizer, stopper, fingerprint: str) -> int:
+    def resume_from(self, params, stopper, fingerprint: str) -> int:
         """Load the newest checkpoint into the rows, optimizer and stopper; returns its step (0: none)."""
         latest = self.folder.latest_checkpoint()
         if latest is None:
             return 0
-        saved = ckpt_io.load(latest)
+        saved = ckpt_io.load(latest, self.accelerator)  # restores the optimizer (and scaler, RNG) too
         if saved.fingerprint != fingerprint:
             raise TokensmithError(
                 f"the checkpoint in {latest} was made with a different config; resume with the run's own "
@@ -112,21 +112,20 @@ class RunState:
         with torch.no_grad():
             for param, rows in zip(params, saved.rows.values(), strict=True):
                 param.copy_(rows.to(param.device, param.dtype))
-        optimizer.load_state_dict(saved.optimizer)
         stopper.load(saved.stopper)
         self._elapsed_before = float(saved.stopper.get("elapsed", 0.0))
         self.first_metric = dict(saved.stopper.get("first_metric", {}))
         self.folder.truncate_progress_after(saved.step)
         return saved.step
 
-    def checkpoint(self, step: int, params, optimizer, stopper, fingerprint: str) -> None:
-        if not self.accelerator.is_main_process:
-            return
+    def checkpoint(self, step: int, params, stopper, fingerprint: str) -> None:
+        """Every process calls this: Accelerate writes one RNG file per process; the main one the rest."""
         rows = {f"{i}": p.detach() for i, p in enumerate(params)}
         extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
-        saved = ckpt_io.Checkpoint(step, rows, optimizer.state_dict(), extra, fingerprint)
-        ckpt_io.save(self.folder.checkpoint_dir(step), saved)
-        self.folder.prune_checkpoints()
+        saved = ckpt_io.Checkpoint(step, rows, extra, fingerprint)
+        ckpt_io.save(self.folder.checkpoint_dir(step), saved, self.accelerator)
+        if self.accelerator.is_main_process:
+            self.folder.prune_checkpoints()
 
     # --- data order ---
     def batch_indices(self, samples, batch_size: int, micro: int) -> list[int]:

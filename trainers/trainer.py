@@ -231,7 +231,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
     )
     stopper = EarlyStopper(cfg.dvar_window, cfg.dvar_threshold, cfg.min_steps)
     fingerprint = state.fingerprint()
-    start = state.resume_from(params, optimizer, stopper, fingerprint) if cfg.resume else 0
+    start = state.resume_from(params, stopper, fingerprint) if cfg.resume else 0
     metric = _make_metric(cfg, model.family, images)
     guidance = cfg.preview_guidance or DEFAULT_GUIDANCE.get(model.family, 7.5)
     preview_prompt = fill_template(cfg.preview_prompt, f"<{cfg.name}>", "")
@@ -331,13 +331,13 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             state.snapshot(step, conditioner, model, spec)
         state.log(step, **record)
         if checkpoint_now and step < cfg.steps:
-            state.checkpoint(step, params, optimizer, stopper, fingerprint)
+            state.checkpoint(step, params, stopper, fingerprint)
         if stop_early:
             reason = "early_stopped"
             break
         if stop.raised:
             state.snapshot(step, conditioner, model, spec)
-            state.checkpoint(step, params, optimizer, stopper, fingerprint)
+            state.checkpoint(step, params, stopper, fingerprint)
             reason = "stopped"
             break
     return {"steps": step, "reason": reason, "stopper": stopper}
