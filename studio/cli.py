@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "studio.cli_ui",
     "studio.cli_demo_world",
     "studio.cli_generate",
+    "studio.cli_explore",
     "studio.cli_embeddings",
 )
 

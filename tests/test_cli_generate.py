@@ -1,4 +1,5 @@
-"""studio/cli_generate.py: generate, variations, schedule, replay and grid as a user runs them."""
+"""studio/cli_generate.py and cli_explore.py: generate, variations, schedule, replay and grid as a user runs
+them."""
 
 import json
 
