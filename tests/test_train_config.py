@@ -2,6 +2,7 @@
 
 import pytest
 import tomllib
+import torch
 
 from trainers.config import (
     ConfigError,
@@ -91,3 +92,20 @@ def test_equivalent_commands_rebuild_the_config():
 def test_replace_checks_the_new_values():
     with pytest.raises(ConfigError):
         TrainConfig().replace(batch_size=0)
+
+
+def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(tmp_path):
+    from embeddings import Embedding, Store
+    from trainers.families import spec_for
+    from trainers.trainer import resolve_vectors
+
+    store = Store(tmp_path / "store")
+    store.put(Embedding("three", {"emb_params": torch.randn(3, 64)}))
+    demo, sd1 = spec_for("demo"), spec_for("sd1")
+    assert TrainConfig().vectors == 0
+    assert resolve_vectors(TrainConfig(), demo, store) == 2  # a colour word and a shape word
+    assert resolve_vectors(TrainConfig(), sd1, store) == 1
+    assert resolve_vectors(TrainConfig(init="<three>"), demo, store) == 3
+    assert resolve_vectors(TrainConfig(vectors=4, init="<three>"), demo, store) == 4
+    with pytest.raises(ConfigError, match="vectors must not be negative"):
+        TrainConfig(vectors=-1)

@@ -44,7 +44,9 @@ class TrainConfig:
     images: str = _opt("", "folder of training images (PNG/JPEG/WebP; optional NAME.txt captions)")
     name: str = _opt("", "the embedding's name; the prompt trigger is <name>")
     init: str = _opt("", "init from a word, a phrase, or a stored embedding as <name> (default: per family)")
-    vectors: int = _opt(1, "vectors per token (multi-vector tokens: <name>, <name>_1, ...)")
+    vectors: int = _opt(
+        0, "vectors per token (<name>, <name>_1, ...); 0: an init embedding's own count, else the family's"
+    )
     templates: str = _opt(
         "object", "prompt templates: object, style, captions, or a .txt file with [name]/[filewords]"
     )
@@ -115,7 +117,6 @@ def check(cfg: TrainConfig) -> None:
         if choices and getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} = {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
     positive = (
-        "vectors",
         "steps",
         "batch_size",
         "grad_accum",
@@ -127,6 +128,7 @@ def check(cfg: TrainConfig) -> None:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     non_negative = (
+        "vectors",
         "resolution",
         "warmup_steps",
         "validate_every",

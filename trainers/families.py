@@ -25,19 +25,22 @@ DEMO_TEMPLATES = _demo_templates()
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """Per-family defaults: embedding keys, init word, object templates (None: the ImageNet set)."""
+    """Per-family defaults: embedding keys, init word, object templates (None: the ImageNet set), vectors."""
 
     name: str
     keys: tuple[str, ...]
     default_init: str
     object_templates: tuple[str, ...] | None = None
+    default_vectors: int = 1
 
 
 FAMILIES = {
     "sd1": FamilySpec("sd1", ("emb_params",), "object"),
     "sd2": FamilySpec("sd2", ("emb_params",), "object"),
     "sdxl": FamilySpec("sdxl", ("clip_l", "clip_g"), "object"),
-    "demo": FamilySpec("demo", ("emb_params",), "circle", DEMO_TEMPLATES),
+    # A demo-world concept is two words ("purple triangle"): one vector per word, started at a colour and a
+    # shape, learns both (measured: shape right by step 25; one vector from "circle" needed ~100 steps).
+    "demo": FamilySpec("demo", ("emb_params",), "red circle", DEMO_TEMPLATES, default_vectors=2),
 }
 
 

@@ -93,12 +93,16 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         log_with=cfg.trackers or None,
         project_dir=str(folder.root),
     )
-    state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
     spec = spec_for(model.family)
     check_family_keys(spec.name, model.encoders)
     originals = _prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
+        if not cfg.vectors:  # resolved now that the family is known; config.toml records the number
+            cfg = cfg.replace(vectors=resolve_vectors(cfg, spec, store))
+            if accelerator.is_main_process:
+                write_run_files(cfg, folder)
+        state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
         _start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError("--mixed-precision fp16 needs a GPU (no loss scaling on CPU): use bf16")
@@ -180,6 +184,17 @@ def _init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, stor
             )
         return spread(stored.vectors[key].float(), cfg.vectors)
     return spread(phrase_vectors(init, tokenizer, text_encoder), cfg.vectors)
+
+
+def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
+    """cfg.vectors, or when 0: the init embedding's own vector count, else the family's default."""
+    if cfg.vectors:
+        return cfg.vectors
+    init = cfg.init or spec.default_init
+    if init.startswith("<") and init.endswith(">"):
+        stored = store.get(init[1:-1])
+        return int(next(iter(stored.vectors.values())).shape[0])
+    return spec.default_vectors
 
 
 def _attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:

@@ -66,7 +66,15 @@ def concept_ui(defaults: dict) -> dict:
         placeholder="a word, a phrase or <stored-name> (empty: the family's default)",
     ).strip()
     c1, c2, c3 = st.columns(3)
-    vectors = c1.number_input("Vectors", 1, 16, defaults["vectors"], key="vectors", help="each costs a token")
+    vectors = c1.number_input(
+        "Vectors",
+        0,
+        16,
+        defaults["vectors"],
+        key="vectors",
+        help="each costs a token; 0: the model's default (2 on the demo world, 1 on SD), "
+        "or an init embedding's own count",
+    )
     steps = c2.number_input("Steps", 1, 20000, defaults["steps"], key="steps")
     lr = c3.number_input("Learning rate", 1e-5, 1.0, defaults["learning_rate"], format="%.4f", key="lr")
     kind = st.radio("It is", ["an object", "a style"], horizontal=True, key="kind")
