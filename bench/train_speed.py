@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainers.data import build_samples, load_images
 from trainers.families import Conditioner
 from trainers.latents import encode_samples
-from trainers.loop import DiffusionMath, draw_batch, step_loss, tune_malloc
+from trainers.loop import DiffusionMath, draw_batch, pick_text_attention, step_loss, tune_malloc
 from trainers.rows import attach, detach_rows
 
 PROMPT = "a photo of a [name]"
@@ -126,6 +126,8 @@ class Steps:
         self.rows = attach("emb_params", pipe.tokenizer, pipe.text_encoder, "bench", word[None].clone())
         self.conditioner = Conditioner("single", [self.rows])
         self.prompt = PROMPT.replace("[name]", self.conditioner.token_text())
+        # the trainer's own choice of text-encoder attention (the floor has no text encoder)
+        self.attention = pick_text_attention(self.conditioner, "cpu")
         self.ours_opt = torch.optim.AdamW([self.rows.rows], lr=1e-3)
         self.generator = torch.Generator().manual_seed(0)
         self.rng = random.Random(0)
@@ -183,6 +185,7 @@ class Steps:
     def use_full_table(self) -> None:
         """Switch the text encoder to diffusers' layout: the new token is a row of the trainable table."""
         detach_rows(self.rows)
+        self.pipe.text_encoder.set_attn_implementation("sdpa")  # transformers' default, as diffusers runs it
         table = self.pipe.text_encoder.get_input_embeddings()
         new_id = self.rows.module.first_id
         if new_id >= table.num_embeddings:
@@ -223,7 +226,7 @@ def measure(label: str, pipe_factory, batch_size: int, image_dir: Path, steps: i
     b = statistics.median(baseline) * f / statistics.median(floor2)  # rescaled to the first phase's floor
     print(
         f"{label} bs{batch_size}: floor {f * 1e3:.1f} ms, tokensmith {o * 1e3:.1f} ms, "
-        f"diffusers-style {b * 1e3:.1f} ms",
+        f"diffusers-style {b * 1e3:.1f} ms (text-encoder attention: {bench.attention})",
         flush=True,
     )
     return o / f, b / o

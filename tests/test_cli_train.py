@@ -88,6 +88,7 @@ def test_train_stores_the_embedding_and_prints_json(images, tiny_model, tmp_path
     records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     assert set(records[1]) >= {"step", "total", "loss", "val_loss", "metric", "lr", "elapsed", "eta"}
     assert records[-1]["event"] == "done" and records[-1]["name"] == "cli-cat"
+    assert records[0]["text_attention"] == "eager"  # the CPU's faster text-encoder attention for training
     # the same name again is refused before any model loads; a second run goes to a new run folder
     assert main(argv) == EXIT_ERROR
     assert "already stored" in capsys.readouterr().err

@@ -4,7 +4,14 @@ as diffusers' whole-table step (the rows-only table is a speed-up, not a differe
 import torch
 
 from trainers.families import Conditioner
-from trainers.loop import Batch, DiffusionMath, step_loss, tune_malloc
+from trainers.loop import (
+    Batch,
+    DiffusionMath,
+    pick_text_attention,
+    set_text_attention,
+    step_loss,
+    tune_malloc,
+)
 from trainers.rows import attach, detach_rows
 from trainers.tiny import tiny_pipeline
 
@@ -77,6 +84,27 @@ def test_rows_only_gradient_equals_the_whole_table_gradient_of_the_new_row():
     others = torch.ones(new_id + 1, dtype=torch.bool)
     others[new_id] = False
     assert full.weight.grad[others].abs().sum() > 0  # diffusers' step also updates (then restores) other rows
+
+
+def test_text_attention_choice_changes_speed_not_values():
+    pipe = tiny_pipeline("sd1")
+    pipe.text_encoder.requires_grad_(False)
+    init = pipe.text_encoder.get_input_embeddings().weight[5:6].detach().clone()
+    rows = attach("emb_params", pipe.tokenizer, pipe.text_encoder, "att", init)
+    conditioner = Conditioner("single", [rows])
+    prompts = ["a photo of a <att>", "a <att>"]
+    outputs = {}
+    for name in ("sdpa", "eager"):
+        set_text_attention(conditioner, name)
+        hidden, _ = conditioner.encode(prompts, "cpu")
+        hidden.square().mean().backward()
+        outputs[name] = (hidden.detach(), rows.rows.grad.clone())
+        rows.rows.grad = None
+    assert torch.allclose(outputs["sdpa"][0], outputs["eager"][0], atol=1e-5)
+    assert torch.allclose(outputs["sdpa"][1], outputs["eager"][1], rtol=1e-4, atol=1e-7)
+    assert pick_text_attention(conditioner, "cpu") == "eager"
+    assert pipe.text_encoder.config._attn_implementation == "eager"
+    detach_rows(rows)
 
 
 def test_tune_malloc_applies_on_linux():

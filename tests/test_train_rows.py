@@ -53,7 +53,9 @@ def test_only_new_rows_change_and_the_file_has_the_family_layout(
     tables = {key: te.get_input_embeddings().weight.detach().clone() for key, _, te in model.encoders}
     unet = {k: v.clone() for k, v in model.pipe.unet.state_dict().items()}
     vocab = [len(tok) for _, tok, _ in model.encoders]
+    attention = [te.config._attn_implementation for _, _, te in model.encoders]
     emb = train(_quick(images, tmp_path, vectors=2), home=tokensmith_home, model=model)
+    assert [te.config._attn_implementation for _, _, te in model.encoders] == attention  # put back
     for key, _, te in model.encoders:
         assert torch.equal(te.get_input_embeddings().weight, tables[key]), f"{key} table changed"
         assert emb.vectors[key].shape == (2, keys[key])

@@ -87,6 +87,7 @@ class RunState:
     on_progress: object = None
     last_preview: object = None
     first_metric: dict = field(default_factory=dict)
+    text_attention: str | None = None  # "sdpa" | "eager": picked at the start, kept in checkpoints
     last_metric: dict = field(default_factory=dict)
     last_val: float | None = None
     _epochs: dict = field(default_factory=dict)
@@ -115,6 +116,7 @@ class RunState:
         stopper.load(saved.stopper)
         self._elapsed_before = float(saved.stopper.get("elapsed", 0.0))
         self.first_metric = dict(saved.stopper.get("first_metric", {}))
+        self.text_attention = saved.stopper.get("text_attention")
         self.folder.truncate_progress_after(saved.step)
         return saved.step
 
@@ -122,6 +124,7 @@ class RunState:
         """Every process calls this: Accelerate writes one RNG file per process; the main one the rest."""
         rows = {f"{i}": p.detach() for i, p in enumerate(params)}
         extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
+        extra["text_attention"] = self.text_attention
         saved = ckpt_io.Checkpoint(step, rows, extra, fingerprint)
         ckpt_io.save(self.folder.checkpoint_dir(step), saved, self.accelerator)
         if self.accelerator.is_main_process:

@@ -20,7 +20,15 @@ from trainers.config import TrainConfig
 from trainers.data import build_samples, fill_template, load_images, template_set
 from trainers.families import Conditioner, FamilySpec, check_family_keys, phrase_vectors, spec_for, spread
 from trainers.latents import encode_samples
-from trainers.loop import Batch, DiffusionMath, draw_batch, step_loss, tune_malloc
+from trainers.loop import (
+    Batch,
+    DiffusionMath,
+    draw_batch,
+    pick_text_attention,
+    set_text_attention,
+    step_loss,
+    tune_malloc,
+)
 from trainers.rows import attach, detach_rows
 from trainers.runfolder import RunFolder
 from trainers.schedules import schedule_for
@@ -162,6 +170,7 @@ def _prepare_model(model, accelerator, cfg) -> dict:
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     originals["gradient_checkpointing"] = cfg.gradient_checkpointing
+    originals["attention"] = [(te, te.config._attn_implementation) for _, _, te in model.encoders]
     return originals
 
 
@@ -170,6 +179,9 @@ def _restore_model(model, originals: dict) -> None:
         setattr(model.pipe, attr, tokenizer)
     if originals["gradient_checkpointing"]:
         model.pipe.unet.disable_gradient_checkpointing()
+    for text_encoder, attention in originals["attention"]:
+        if text_encoder.config._attn_implementation != attention:
+            text_encoder.set_attn_implementation(attention)
 
 
 def _init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store) -> torch.Tensor:
@@ -247,6 +259,10 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
     stopper = EarlyStopper(cfg.dvar_window, cfg.dvar_threshold, cfg.min_steps)
     fingerprint = state.fingerprint()
     start = state.resume_from(params, stopper, fingerprint) if cfg.resume else 0
+    if state.text_attention:  # resumed: the original run's choice, so the arithmetic is the same
+        set_text_attention(conditioner, state.text_attention)
+    else:
+        state.text_attention = pick_text_attention(conditioner, device)
     metric = _make_metric(cfg, model.family, images)
     guidance = cfg.preview_guidance or DEFAULT_GUIDANCE.get(model.family, 7.5)
     preview_prompt = fill_template(cfg.preview_prompt, f"<{cfg.name}>", "")
@@ -305,6 +321,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             loss=None,
             val_loss=validation_loss() if cfg.validate_every else None,
             lr=lr_at(0),
+            text_attention=state.text_attention,
             **previews(0),
         )
     step, reason, bad_losses = start, "finished", 0
