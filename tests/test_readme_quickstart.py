@@ -2,7 +2,8 @@
 world, stores it, generates with it and with a blend, writes the contact sheet and prints judge scores.
 
 It is also the demo-world learning test: after training, the samples' foreground colour must be within
-LEARNED_DISTANCE of the concept's colour (RGB distance, the demo judge) and MARGIN closer than before.
+LEARNED_DISTANCE of the concept's colour (RGB distance, the demo judge) and MARGIN closer than before, and at
+least 3 of 4 samples must be triangles (the init, "red circle", draws none).
 Takes about a minute and a half on a 2-core CPU.
 """
 
@@ -35,6 +36,7 @@ def test_tokensmith_demo_learns_the_held_out_concept(tokensmith_home, tmp_path, 
     assert after["colour_distance"] <= LEARNED_DISTANCE, result
     assert before["colour_distance"] - after["colour_distance"] >= MARGIN, result
     assert after["colour_hits"] >= 3, result  # of 4 samples, the judge names the concept's colour
+    assert after["shape_hits"] >= 3 and before["shape_hits"] == 0, result  # ... and the triangle
     assert result["steps"] <= 150
     stored = Store.for_home(tokensmith_home).get(result["name"])
     assert stored.family == "demo" and stored.meta["base_model"] == "demo"
