@@ -97,7 +97,7 @@ def test_replace_checks_the_new_values():
 def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(tmp_path):
     from embeddings import Embedding, Store
     from trainers.families import spec_for
-    from trainers.trainer import resolve_vectors
+    from trainers.modelprep import resolve_vectors
 
     store = Store(tmp_path / "store")
     store.put(Embedding("three", {"emb_params": torch.randn(3, 64)}))

@@ -18,7 +18,7 @@ from embeddings import Embedding, Store, save_canonical
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
 from trainers.data import build_samples, fill_template, load_images, template_set
-from trainers.families import Conditioner, FamilySpec, check_family_keys, phrase_vectors, spec_for, spread
+from trainers.families import check_family_keys, spec_for
 from trainers.latents import encode_samples
 from trainers.loop import (
     Batch,
@@ -29,7 +29,8 @@ from trainers.loop import (
     step_loss,
     tune_malloc,
 )
-from trainers.rows import attach, detach_rows
+from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model
+from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder
 from trainers.schedules import schedule_for
 from trainers.session import RunState, StopFlag, default_home, resolve_run_dir, write_run_files
@@ -59,7 +60,8 @@ def train(
 
     `on_progress` gets every progress record (the dicts of progress.jsonl); `echo` gets the lines a user
     should see (run folder, equivalent commands). `model` (a trainers.models.LoadedModel) skips loading
-    `cfg.model`; the model is left as it was found.
+    `cfg.model`; the model is left as it was found (after an fp16/bf16 run its frozen weights are back in
+    their own dtype but rounded to half precision: pass a fresh copy if that matters).
     """
     from trainers.models import load_model
 
@@ -103,7 +105,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     )
     spec = spec_for(model.family)
     check_family_keys(spec.name, model.encoders)
-    originals = _prepare_model(model, accelerator, cfg)
+    originals = prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
         if not cfg.vectors:  # resolved now that the family is known; config.toml records the number
@@ -114,7 +116,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         _start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError("--mixed-precision fp16 needs a GPU (no loss scaling on CPU): use bf16")
-        conditioner = _attach_rows(model, spec, cfg, store)
+        conditioner = attach_rows(model, spec, cfg, store)
         result = _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, stop)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, result)
         conditioner = None
@@ -127,7 +129,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         if conditioner is not None:
             for rows in conditioner.rows:
                 detach_rows(rows)
-        _restore_model(model, originals)
+        restore_model(model, originals)
         stop.uninstall()
         if cfg.trackers:
             accelerator.end_training()
@@ -149,74 +151,6 @@ def _start_trackers(cfg, accelerator) -> None:
     if cfg.trackers:
         flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
         accelerator.init_trackers("tokensmith", config=flat)
-
-
-# --- model preparation ---
-
-
-def _prepare_model(model, accelerator, cfg) -> dict:
-    """Freeze everything, move to the Accelerator's device, cast frozen weights for mixed precision."""
-    pipe = model.pipe
-    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
-    originals = {
-        "tokenizers": {k: getattr(pipe, k) for k in ("tokenizer", "tokenizer_2") if hasattr(pipe, k)}
-    }
-    for module in (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders]):
-        module.requires_grad_(False).eval()
-    pipe.to(accelerator.device)
-    if dtype != torch.float32:  # frozen weights in half precision; the new rows stay float32
-        for module in (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders]):
-            module.to(dtype=dtype)
-    if cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    originals["gradient_checkpointing"] = cfg.gradient_checkpointing
-    originals["attention"] = [(te, te.config._attn_implementation) for _, _, te in model.encoders]
-    return originals
-
-
-def _restore_model(model, originals: dict) -> None:
-    for attr, tokenizer in originals["tokenizers"].items():
-        setattr(model.pipe, attr, tokenizer)
-    if originals["gradient_checkpointing"]:
-        model.pipe.unet.disable_gradient_checkpointing()
-    for text_encoder, attention in originals["attention"]:
-        if text_encoder.config._attn_implementation != attention:
-            text_encoder.set_attn_implementation(attention)
-
-
-def _init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store) -> torch.Tensor:
-    """(n, D) init rows: a stored embedding `<name>`, else a word or phrase, spread over n vectors."""
-    init = cfg.init or spec.default_init
-    if init.startswith("<") and init.endswith(">"):
-        stored = store.get(init[1:-1])
-        if key not in stored.vectors:
-            raise TokensmithError(
-                f"init embedding {init} has keys {sorted(stored.vectors)} "
-                f"but this {spec.name} model needs {key}"
-            )
-        return spread(stored.vectors[key].float(), cfg.vectors)
-    return spread(phrase_vectors(init, tokenizer, text_encoder), cfg.vectors)
-
-
-def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
-    """cfg.vectors, or when 0: the init embedding's own vector count, else the family's default."""
-    if cfg.vectors:
-        return cfg.vectors
-    init = cfg.init or spec.default_init
-    if init.startswith("<") and init.endswith(">"):
-        stored = store.get(init[1:-1])
-        return int(next(iter(stored.vectors.values())).shape[0])
-    return spec.default_vectors
-
-
-def _attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:
-    rows = []
-    for key, tokenizer, text_encoder in model.encoders:
-        init = _init_vectors(cfg, spec, key, tokenizer, text_encoder, store)
-        rows.append(attach(key, tokenizer, text_encoder, cfg.name, init.to(text_encoder.device)))
-    for attr, encoder_rows in zip(("tokenizer", "tokenizer_2"), rows, strict=False):
-        setattr(model.pipe, attr, encoder_rows.tokenizer)  # previews tokenise the new tokens
-    return Conditioner(family="sdxl" if spec.name == "sdxl" else "single", rows=rows)
 
 
 # --- the run ---

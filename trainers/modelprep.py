@@ -1,0 +1,86 @@
+"""Putting a loaded model into training shape and back: frozen weights on the Accelerator's device, the new
+token rows attached (initialised from a word, a phrase or a stored embedding), and the model restored as
+found when the run ends."""
+
+from __future__ import annotations
+
+import torch
+
+from embeddings.errors import TokensmithError
+from trainers.families import Conditioner, FamilySpec, phrase_vectors, spread
+from trainers.rows import attach
+
+
+def prepare_model(model, accelerator, cfg) -> dict:
+    """Freeze everything, move to the Accelerator's device, cast frozen weights for mixed precision.
+
+    Under fp16/bf16 the frozen weights are cast in place to save memory (as diffusers' scripts do) and cast
+    back by `restore_model`, so a caller's model comes back in its own dtype but rounded to half precision.
+    """
+    pipe = model.pipe
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    originals = {
+        "tokenizers": {k: getattr(pipe, k) for k in ("tokenizer", "tokenizer_2") if hasattr(pipe, k)}
+    }
+    for module in (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders]):
+        module.requires_grad_(False).eval()
+    pipe.to(accelerator.device)
+    modules = (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders])
+    originals["dtypes"] = [(module, module.dtype) for module in modules]
+    if dtype != torch.float32:  # frozen weights in half precision; the new rows stay float32
+        for module in modules:
+            module.to(dtype=dtype)
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    originals["gradient_checkpointing"] = cfg.gradient_checkpointing
+    originals["attention"] = [(te, te.config._attn_implementation) for _, _, te in model.encoders]
+    return originals
+
+
+def restore_model(model, originals: dict) -> None:
+    """Put back the tokenizers, gradient checkpointing, dtypes and attention that `prepare_model` changed."""
+    for attr, tokenizer in originals["tokenizers"].items():
+        setattr(model.pipe, attr, tokenizer)
+    if originals["gradient_checkpointing"]:
+        model.pipe.unet.disable_gradient_checkpointing()
+    for module, dtype in originals["dtypes"]:  # a bf16/fp16 run leaves the caller's model in its own dtype
+        if module.dtype != dtype:
+            module.to(dtype=dtype)
+    for text_encoder, attention in originals["attention"]:
+        if text_encoder.config._attn_implementation != attention:
+            text_encoder.set_attn_implementation(attention)
+
+
+def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store) -> torch.Tensor:
+    """(n, D) init rows: a stored embedding `<name>`, else a word or phrase, spread over n vectors."""
+    init = cfg.init or spec.default_init
+    if init.startswith("<") and init.endswith(">"):
+        stored = store.get(init[1:-1])
+        if key not in stored.vectors:
+            raise TokensmithError(
+                f"init embedding {init} has keys {sorted(stored.vectors)} "
+                f"but this {spec.name} model needs {key}"
+            )
+        return spread(stored.vectors[key].float(), cfg.vectors)
+    return spread(phrase_vectors(init, tokenizer, text_encoder), cfg.vectors)
+
+
+def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
+    """cfg.vectors, or when 0: the init embedding's own vector count, else the family's default."""
+    if cfg.vectors:
+        return cfg.vectors
+    init = cfg.init or spec.default_init
+    if init.startswith("<") and init.endswith(">"):
+        stored = store.get(init[1:-1])
+        return int(next(iter(stored.vectors.values())).shape[0])
+    return spec.default_vectors
+
+
+def attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:
+    rows = []
+    for key, tokenizer, text_encoder in model.encoders:
+        init = init_vectors(cfg, spec, key, tokenizer, text_encoder, store)
+        rows.append(attach(key, tokenizer, text_encoder, cfg.name, init.to(text_encoder.device)))
+    for attr, encoder_rows in zip(("tokenizer", "tokenizer_2"), rows, strict=False):
+        setattr(model.pipe, attr, encoder_rows.tokenizer)  # previews tokenise the new tokens
+    return Conditioner(family="sdxl" if spec.name == "sdxl" else "single", rows=rows)
