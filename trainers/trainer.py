@@ -197,7 +197,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         set_text_attention(conditioner, state.text_attention)
     else:
         state.text_attention = pick_text_attention(conditioner, device)
-    metric = _make_metric(cfg, model.family, images)
+    metric = _make_metric(cfg, spec, model.family, images)
     guidance = cfg.preview_guidance or DEFAULT_GUIDANCE.get(model.family, 7.5)
     preview_prompt = fill_template(cfg.preview_prompt, f"<{cfg.name}>", "")
 
@@ -320,9 +320,10 @@ def _apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _make_metric(cfg, family: str, images):
+def _make_metric(cfg, spec, family: str, images):
     if cfg.clip_model:
-        return ClipImageMetric.load(cfg.clip_model, [image.image for image in images])
+        text = fill_template(cfg.preview_prompt, cfg.init or spec.default_init, "")
+        return ClipImageMetric.load(cfg.clip_model, [image.image for image in images], text)
     if family == "demo":
         return DemoJudgeMetric.from_training_images([image.image for image in images])
     return None

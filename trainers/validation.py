@@ -158,28 +158,33 @@ class DemoJudgeMetric:
 
 @dataclass(frozen=True)
 class ClipImageMetric:
-    """Real models: mean CLIP image-image cosine similarity of samples to the training images (higher is
-    better), from a local CLIP model folder (transformers' CLIPModel)."""
+    """Real models, from a local CLIP model folder (transformers' CLIPModel): `metric` is the mean CLIP
+    image-image cosine similarity of samples to the training images (higher is better); `clip_text` is the
+    mean image-text cosine similarity of samples to a description (the preview prompt with the init word in
+    place of the token), so samples that drift away from the concept's class score lower."""
 
     model: object
     processor: object
     target: torch.Tensor  # (N, E) normalised training-image embeddings
+    text: torch.Tensor  # (1, E) normalised description embedding
     name: str = "clip_image_similarity"
 
     @classmethod
-    def load(cls, folder: str, images) -> ClipImageMetric:
+    def load(cls, folder: str, images, text: str) -> ClipImageMetric:
         from transformers import CLIPModel, CLIPProcessor
 
         try:
             model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
             processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(
                 f"cannot load a CLIP model from {folder!r} ({exc}); point --clip-model at a "
                 "local folder such as a downloaded openai/clip-vit-base-patch32"
             ) from None
-        metric = cls(model=model, processor=processor, target=torch.empty(0))
-        return cls(model=model, processor=processor, target=metric.embed(images))
+        metric = cls(model=model, processor=processor, target=torch.empty(0), text=torch.empty(0))
+        return cls(
+            model=model, processor=processor, target=metric.embed(images), text=metric.embed_text([text])
+        )
 
     @torch.no_grad()
     def embed(self, images) -> torch.Tensor:
@@ -188,6 +193,18 @@ class ClipImageMetric:
         features = getattr(features, "pooler_output", features)
         return F.normalize(features.float(), dim=-1)  # (N, E)
 
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+        features = self.model.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+        )  # (T, E)
+        features = getattr(features, "pooler_output", features)
+        return F.normalize(features.float(), dim=-1)  # (T, E)
+
     def score(self, images) -> dict[str, float]:
-        similarity = self.embed(images) @ self.target.T  # (M, N)
-        return {"metric": float(similarity.mean())}
+        samples = self.embed(images)  # (M, E)
+        return {
+            "metric": float((samples @ self.target.T).mean()),  # (M, N)
+            "clip_text": float((samples @ self.text.T).mean()),  # (M, 1)
+        }
