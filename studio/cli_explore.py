@@ -10,6 +10,7 @@ from studio.cli_generate import (
     DEFAULT_SCHEDULER,
     SCHEDULERS,
     StepProgress,
+    add_command,
     make_request,
     model_options,
     sampling_options,
@@ -55,14 +56,7 @@ works for numbers. Sweeping guidance, steps, strength or scheduler without a pla
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
     def add(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
-        return subparsers.add_parser(
-            name,
-            parents=[common],
-            help=help_text,
-            description=help_text[0].upper() + help_text[1:] + ".",
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return add_command(subparsers, common, name, help_text, epilog)
 
     var = add(
         "variations", "render one image's layout under several prompts (img2img) as a grid", VARIATIONS_EPILOG

@@ -92,18 +92,22 @@ def sampling_options(parser: argparse.ArgumentParser, *, seeds: bool = False) ->
     )
 
 
-def register(subparsers, common: argparse.ArgumentParser) -> None:
-    def add(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
-        return subparsers.add_parser(
-            name,
-            parents=[common],
-            help=help_text,
-            description=help_text[0].upper() + help_text[1:] + ".",
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+def add_command(subparsers, common, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+    """A subcommand whose description is its help line and whose epilog (examples) keeps its layout."""
+    return subparsers.add_parser(
+        name,
+        parents=[common],
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
-    gen = add(
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    gen = add_command(
+        subparsers,
+        common,
         "generate",
         "generate images from a prompt (stored embeddings, blends, swaps, guides)",
         GENERATE_EPILOG,
