@@ -101,10 +101,4 @@ def make_noise_scheduler(arch: Architecture):
     """The training-time noise schedule (same betas and prediction type as the shipped sampler)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="linear",
-        beta_start=arch.beta_start,
-        beta_end=arch.beta_end,
-        prediction_type="v_prediction",
-    )
+    return DDPMScheduler.from_config(make_scheduler(arch).config)  # one source for betas and prediction type

@@ -7,16 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from demo.architecture import Architecture
-from demo.build import (
-    METADATA_FILE,
-    BuildConfig,
-    StepPlan,
-    _lr_factor,
-    build,
-    export,
-    make_pipeline,
-    min_snr_weights,
-)
+from demo.build import METADATA_FILE, BuildConfig, build, export, make_pipeline
+from demo.training import StepPlan, lr_factor, min_snr_weights
 
 
 def tiny(tmp_path, name: str, **overrides) -> BuildConfig:
@@ -95,9 +87,9 @@ def test_make_pipeline_has_no_safety_checker(built):
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():
-    assert _lr_factor(0, 1000, 100) == pytest.approx(0.01)
-    assert _lr_factor(100, 1000, 100) == pytest.approx(1.0)
-    assert _lr_factor(1000, 1000, 100) == pytest.approx(0.1)
+    assert lr_factor(0, 1000, 100) == pytest.approx(0.01)
+    assert lr_factor(100, 1000, 100) == pytest.approx(1.0)
+    assert lr_factor(1000, 1000, 100) == pytest.approx(0.1)
 
 
 def test_min_snr_weights_cap_the_near_clean_steps_and_keep_the_noisy_ones():
