@@ -123,3 +123,12 @@ def test_stored_name_is_refused_before_training(images, tmp_path, tokensmith_hom
             home=tokensmith_home,
             model=_model("sd1"),
         )
+
+
+def test_a_bf16_run_gives_the_callers_model_back_in_its_own_dtype(images, tmp_path, tokensmith_home):
+    model = _model("sd1")
+    modules = (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder)
+    assert all(m.dtype == torch.float32 for m in modules)
+    emb = train(_quick(images, tmp_path, steps=1, mixed_precision="bf16"), home=tokensmith_home, model=model)
+    assert all(m.dtype == torch.float32 for m in modules)  # cast to bf16 for the run, back afterwards
+    assert emb.vectors["emb_params"].dtype == torch.float32

@@ -51,35 +51,36 @@ def restore_model(model, originals: dict) -> None:
             text_encoder.set_attn_implementation(attention)
 
 
-def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store) -> torch.Tensor:
-    """(n, D) init rows: a stored embedding `<name>`, else a word or phrase, spread over n vectors."""
+def stored_init(cfg, spec: FamilySpec, store):
+    """The stored embedding the run starts from when the init is written `<name>`, else None."""
     init = cfg.init or spec.default_init
-    if init.startswith("<") and init.endswith(">"):
-        stored = store.get(init[1:-1])
-        if key not in stored.vectors:
-            raise TokensmithError(
-                f"init embedding {init} has keys {sorted(stored.vectors)} "
-                f"but this {spec.name} model needs {key}"
-            )
-        return spread(stored.vectors[key].float(), cfg.vectors)
-    return spread(phrase_vectors(init, tokenizer, text_encoder), cfg.vectors)
+    return store.get(init[1:-1]) if init.startswith("<") and init.endswith(">") else None
+
+
+def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, stored) -> torch.Tensor:
+    """(n, D) init rows: the `stored` embedding's vectors, else the init word or phrase, spread over n."""
+    if stored is None:
+        return spread(phrase_vectors(cfg.init or spec.default_init, tokenizer, text_encoder), cfg.vectors)
+    if key not in stored.vectors:
+        raise TokensmithError(
+            f"init embedding <{stored.name}> has keys {sorted(stored.vectors)} "
+            f"but this {spec.name} model needs {key}"
+        )
+    return spread(stored.vectors[key].float(), cfg.vectors)
 
 
 def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
     """cfg.vectors, or when 0: the init embedding's own vector count, else the family's default."""
     if cfg.vectors:
         return cfg.vectors
-    init = cfg.init or spec.default_init
-    if init.startswith("<") and init.endswith(">"):
-        stored = store.get(init[1:-1])
-        return int(next(iter(stored.vectors.values())).shape[0])
-    return spec.default_vectors
+    stored = stored_init(cfg, spec, store)
+    return int(next(iter(stored.vectors.values())).shape[0]) if stored else spec.default_vectors
 
 
 def attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:
-    rows = []
+    rows, stored = [], stored_init(cfg, spec, store)  # read once, used by every encoder
     for key, tokenizer, text_encoder in model.encoders:
-        init = init_vectors(cfg, spec, key, tokenizer, text_encoder, store)
+        init = init_vectors(cfg, spec, key, tokenizer, text_encoder, stored)
         rows.append(attach(key, tokenizer, text_encoder, cfg.name, init.to(text_encoder.device)))
     for attr, encoder_rows in zip(("tokenizer", "tokenizer_2"), rows, strict=False):
         setattr(model.pipe, attr, encoder_rows.tokenizer)  # previews tokenise the new tokens

@@ -94,8 +94,12 @@ def train(
 
 def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Embedding:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     tune_malloc()
+    # Accelerate keeps one AcceleratorState per process and refuses another precision once one is set; a
+    # process that trains twice (the Python API, the test suite) needs a fresh one. Distributed setup is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     stop = StopFlag.install(signal.SIGTERM)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
