@@ -5,7 +5,8 @@ plus the trainer's own record (`config.toml`, `command.txt`, `progress.jsonl`, `
 `checkpoints/`, `pid`) and `log.txt` (the trainer's stdout and stderr). Because the folder is the record, a
 browser reload, a second tab or a restarted UI finds every job again; runs started from the CLI with
 `--run-dir` under `$home/runs/` are listed too. Cancelling sends SIGTERM; the trainer stops cleanly and writes
-a `stopped` event. Resuming starts the same command again with `--resume` in the same folder.
+a `stopped` event. Resuming starts the same command again with `--resume` in the same folder. Reading a
+run folder for display is studio/runview.py.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from studio.runview import RunState, read_run
 
 # The trainer as the CLI runs it; tests pass a fake command instead.
 TRAINER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "studio", "train")
-FINAL_EVENTS = ("done", "failed", "stopped")
-LOG_TAIL_LINES = 40
 
 
 # --- what to run ---
@@ -60,125 +61,6 @@ class TrainRequest:
         if self.model:
             args += ["--model", self.model]
         return args + list(self.extra_args)
-
-
-# --- what the run folder says ---
-
-
-@dataclass(frozen=True)
-class RunState:
-    """A snapshot of a run folder: the latest progress row, the final event if any, and the files so far."""
-
-    status: str  # "starting" | "running" | "done" | "failed" | "stopped" | "ended"
-    step: int = 0
-    total: int | None = None
-    loss: float | None = None
-    val_loss: float | None = None
-    metric: float | None = None
-    lr: float | None = None
-    elapsed: float | None = None
-    eta: float | None = None
-    message: str = ""
-    embedding_name: str | None = None
-    history: list[dict] = field(default_factory=list)
-    previews: list[Path] = field(default_factory=list)
-    snapshots: list[Path] = field(default_factory=list)
-    log_tail: str = ""
-
-    @property
-    def active(self) -> bool:
-        """True while the trainer may still write (the UI keeps polling)."""
-        return self.status in ("starting", "running")
-
-    @property
-    def fraction(self) -> float:
-        """Progress in [0, 1] (0 when the total is not known yet)."""
-        if not self.total:
-            return 1.0 if self.status == "done" else 0.0
-        return min(1.0, max(0.0, self.step / self.total))
-
-    @property
-    def resumable(self) -> bool:
-        """A run that ended before finishing can continue from its last checkpoint."""
-        return self.status in ("stopped", "failed", "ended")
-
-
-def read_progress(path: Path) -> tuple[list[dict], dict | None]:
-    """Progress rows and the final event of a `progress.jsonl`; a half-written last line is skipped."""
-    rows: list[dict] = []
-    final: dict | None = None
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return rows, None
-    for line in text.splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the trainer is writing this line right now
-        if not isinstance(item, dict):
-            continue
-        event = item.get("event")
-        if event in FINAL_EVENTS:
-            final = item
-        elif event is None and "step" in item:
-            rows.append(item)
-            final = None  # a resumed run writes rows after an earlier `stopped`
-    return rows, final
-
-
-def _numbered_files(folder: Path, pattern: str) -> list[Path]:
-    return sorted(folder.glob(pattern)) if folder.is_dir() else []
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _number(row: dict, key: str) -> float | None:
-    value = row.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bool = False) -> RunState:
-    """What a run folder says, given whether its trainer is alive, when it was (re)launched (epoch seconds)
-    and whether a cancel was sent."""
-    progress = run_dir / "progress.jsonl"
-    rows, final = read_progress(progress)
-    if final is not None and alive and progress.stat().st_mtime < launched:
-        final = None  # the `stopped` line of the run before this resume: the trainer has not rewritten it yet
-    last = rows[-1] if rows else {}
-    message = str(final.get("message", "")) if final else ""
-    if final is not None:
-        status = final["event"]
-    elif alive:
-        status = "running" if rows else "starting"
-    elif cancelled:  # SIGTERM arrived before the trainer could report (e.g. while it imported torch)
-        status, message = "stopped", "cancelled before the trainer reported"
-    else:
-        status, message = "ended", "the trainer exited without a final report; its log is below"
-    total = last.get("total")
-    return RunState(
-        status=status,
-        step=int(last.get("step", 0)),
-        total=int(total) if isinstance(total, int | float) else None,
-        loss=_number(last, "loss"),
-        val_loss=_number(last, "val_loss"),
-        metric=_number(last, "metric"),
-        lr=_number(last, "lr"),
-        elapsed=_number(last, "elapsed"),
-        eta=_number(last, "eta"),
-        message=message,
-        embedding_name=str(final["name"]) if final and final.get("name") else None,
-        history=rows,
-        previews=_numbered_files(run_dir / "previews", "step-*.png"),
-        snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),
-        log_tail=_tail(run_dir / "log.txt") if status in ("failed", "ended") else "",
-    )
 
 
 # --- jobs ---

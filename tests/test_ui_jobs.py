@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from studio.jobs import JobRunner, TrainRequest, new_job_id, read_progress, read_run
+from studio.jobs import JobRunner, TrainRequest, new_job_id
+from studio.runview import read_progress, read_run
 
 # A stand-in for `tokensmith train`: writes progress rows, a preview and a snapshot, stops cleanly on SIGTERM,
 # continues from its last row with --resume, and crashes without a final event when asked to.

@@ -7,7 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from studio.app import context, uploads
-from studio.jobs import Job, JobRunner, RunState, TrainRequest, new_job_id
+from studio.jobs import Job, JobRunner, TrainRequest, new_job_id
+from studio.runview import RunState
 
 POLL_S = 2.0  # the fragment's refresh while a job runs (about 5 % of a core per watching tab)
 CHART_POINTS = 500  # the loss chart draws the last N rows only, so long runs stay cheap to poll
