@@ -164,6 +164,8 @@ def run_train(args) -> int:
         "name": emb.name,
         "family": emb.family,
         "steps": int(emb.meta.get("steps", 0)),
+        "trained_steps": int(info.get("trained_steps", emb.meta.get("steps", 0))),
+        "kept": info.get("kept", "last"),
         "end": info.get("end"),
         "num_vectors": emb.num_vectors,
         "metrics": metrics,
@@ -172,10 +174,10 @@ def run_train(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(
-            f"learned <{emb.name}> in {result['steps']} steps ({result['end'].replace('_', ' ')}); "
-            f"use it in a prompt as <{emb.name}>"
-        )
+        how = result["end"].replace("_", " ")
+        if result["kept"] == "best":
+            how += f"; kept step {result['steps']} of {result['trained_steps']}, whose previews scored best"
+        print(f"learned <{emb.name}> ({how}); use it in a prompt as <{emb.name}>")
     return 0
 
 
@@ -212,6 +214,14 @@ def _demo_out(args):
         shutil.rmtree(run)
     (out / "images").mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _steps_text(emb) -> str:
+    """'after 150 steps', or 'from step 100 of 150 (best previews)' when an earlier snapshot was kept."""
+    from trainers.trainer import summary
+
+    kept, trained = int(emb.meta["steps"]), int(summary(emb).get("trained_steps", emb.meta["steps"]))
+    return f"after {kept} steps" if kept == trained else f"from step {kept} of {trained} (best previews)"
 
 
 def run_demo(args) -> int:
@@ -290,7 +300,7 @@ def run_demo(args) -> int:
         f"concept        {concept} (never seen by the demo model)"
         if concept.is_held_out
         else f"concept        {concept}",
-        f"token          <{name}> after {result['steps']} steps, stored at {result['stored']}",
+        f"token          <{name}> {_steps_text(emb)}, stored at {result['stored']}",
         f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
         f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
         f"after  (token)  colour distance {a['colour_distance']:6.1f}   "

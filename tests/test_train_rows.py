@@ -2,45 +2,21 @@
 
 import pytest
 import torch
-from PIL import Image
+from tinyrun import quick_config, square_images, tiny_model
 
 from embeddings import Store, load_canonical
-from trainers import TrainConfig, train
-from trainers.models import LoadedModel, detect_family
+from trainers import train
 from trainers.rows import attach, detach_rows
 from trainers.tiny import tiny_pipeline
 
 
 @pytest.fixture
 def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(3):
-        image = Image.new("RGB", (16, 16), (40, 40, 40))
-        image.paste((220, 40 * i, 30), (4, 4, 12, 12))
-        image.save(folder / f"{i}.png")
-    return folder
-
-
-def _model(family):
-    pipe = tiny_pipeline(family)
-    return LoadedModel(pipe=pipe, family=detect_family(pipe), source=f"tiny-{family}")
+    return square_images(tmp_path / "images")
 
 
 def _quick(images, tmp_path, **changes):
-    values = dict(
-        images=str(images),
-        name="thing",
-        steps=6,
-        batch_size=2,
-        validate_every=3,
-        save_every=3,
-        preview_images=1,
-        preview_steps=2,
-        run_dir=str(tmp_path / "run"),
-        init="a",
-    )
-    return TrainConfig(**{**values, **changes})
+    return quick_config(images, tmp_path / "run", **changes)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +25,7 @@ def _quick(images, tmp_path, **changes):
 def test_only_new_rows_change_and_the_file_has_the_family_layout(
     images, tmp_path, tokensmith_home, family, keys
 ):
-    model = _model(family)
+    model = tiny_model(family)
     tables = {key: te.get_input_embeddings().weight.detach().clone() for key, _, te in model.encoders}
     unet = {k: v.clone() for k, v in model.pipe.unet.state_dict().items()}
     vocab = [len(tok) for _, tok, _ in model.encoders]
@@ -99,7 +75,7 @@ def test_init_from_a_stored_embedding(images, tmp_path, tokensmith_home):
     first = train(
         _quick(images, tmp_path, name="first", steps=3, run_dir=str(tmp_path / "r1")),
         home=tokensmith_home,
-        model=_model("sd1"),
+        model=tiny_model("sd1"),
     )
     cfg = _quick(
         images,
@@ -110,23 +86,23 @@ def test_init_from_a_stored_embedding(images, tmp_path, tokensmith_home):
         init="<first>",
         run_dir=str(tmp_path / "r2"),
     )
-    second = train(cfg, home=tokensmith_home, model=_model("sd1"))
+    second = train(cfg, home=tokensmith_home, model=tiny_model("sd1"))
     assert torch.allclose(second.vectors["emb_params"], first.vectors["emb_params"], atol=1e-6)
     assert second.meta["init"] == "<first>"
 
 
 def test_stored_name_is_refused_before_training(images, tmp_path, tokensmith_home):
-    train(_quick(images, tmp_path, steps=1), home=tokensmith_home, model=_model("sd1"))
+    train(_quick(images, tmp_path, steps=1), home=tokensmith_home, model=tiny_model("sd1"))
     with pytest.raises(Exception, match="already stored"):
         train(
             _quick(images, tmp_path, steps=1, run_dir=str(tmp_path / "other")),
             home=tokensmith_home,
-            model=_model("sd1"),
+            model=tiny_model("sd1"),
         )
 
 
 def test_a_bf16_run_gives_the_callers_model_back_in_its_own_dtype(images, tmp_path, tokensmith_home):
-    model = _model("sd1")
+    model = tiny_model("sd1")
     modules = (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder)
     assert all(m.dtype == torch.float32 for m in modules)
     emb = train(_quick(images, tmp_path, steps=1, mixed_precision="bf16"), home=tokensmith_home, model=model)

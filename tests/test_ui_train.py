@@ -184,3 +184,15 @@ def test_a_folder_on_this_machine_is_trained_in_place(fake_trainer, tokensmith_h
         "command"
     ]
     assert command[command.index("--images") + 1] == str(folder)
+
+
+def test_storing_the_last_step_instead_of_the_best_is_passed_to_the_trainer(fake_trainer, tokensmith_home):
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    at = fill(open_train(), files=files)
+    at.toggle(key="keep_best").set_value(False).run()
+    at.button(key="start").click().run()
+    assert not errors(at), errors(at)
+    command = json.loads((tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text())[
+        "command"
+    ]
+    assert command[command.index("--keep") + 1] == "last"

@@ -22,6 +22,7 @@ TEMPLATE_SETS = ("object", "style", "captions")
 CROPS = ("center", "random", "bucket")
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")
+KEEPS = ("best", "last")
 
 
 class ConfigError(TokensmithError, ValueError):
@@ -80,10 +81,18 @@ class TrainConfig:
     dvar_threshold: float = _opt(0.1, "stop when var(window) / var(all) falls below this")
     min_steps: int = _opt(60, "never stop early before this many steps")
     clip_model: str = _opt("", "local CLIP model folder for image/text similarity on real models")
+    keep: str = _opt(
+        "best",
+        "what is stored: the snapshot whose previews scored best (judge or CLIP; without a metric the "
+        "last), or the last",
+        choices=KEEPS,
+    )
     # --- run folder and sharing ---
     run_dir: str = _opt("", "run folder (default: HOME/runs/NAME)")
     resume: bool = _opt(False, "continue the run in run_dir from its last checkpoint")
-    save_every: int = _opt(50, "snapshot + preview + checkpoint every N steps (0: only at the end)")
+    save_every: int = _opt(
+        25, "snapshot + preview + checkpoint every N steps (0: only at the end); keep = best picks among them"
+    )
     preview_prompt: str = _opt("a [name]", "prompt of the fixed-seed preview images")
     preview_steps: int = _opt(20, "sampling steps of preview images")
     preview_images: int = _opt(

@@ -90,6 +90,7 @@ class RunState:
     text_attention: str | None = None  # "sdpa" | "eager": picked at the start, kept in checkpoints
     last_metric: dict = field(default_factory=dict)
     last_val: float | None = None
+    best: dict | None = None  # {"step", "rank", "scores"}: the best-scored snapshot so far (keep = best)
     _epochs: dict = field(default_factory=dict)
     _clock: tuple[float, int] = (0.0, 0)
     _elapsed_before: float = 0.0
@@ -117,6 +118,7 @@ class RunState:
         self._elapsed_before = float(saved.stopper.get("elapsed", 0.0))
         self.first_metric = dict(saved.stopper.get("first_metric", {}))
         self.text_attention = saved.stopper.get("text_attention")
+        self.best = saved.stopper.get("best")
         self.folder.truncate_progress_after(saved.step)
         return saved.step
 
@@ -125,6 +127,7 @@ class RunState:
         rows = {f"{i}": p.detach() for i, p in enumerate(params)}
         extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
         extra["text_attention"] = self.text_attention
+        extra["best"] = self.best
         saved = ckpt_io.Checkpoint(step, rows, extra, fingerprint)
         ckpt_io.save(self.folder.checkpoint_dir(step), saved, self.accelerator)
         if self.accelerator.is_main_process:
@@ -184,9 +187,27 @@ class RunState:
         return record
 
     # --- results ---
-    def embedding(self, vectors: dict, model, spec, *, steps: int, stopper, reason: str) -> Embedding:
-        """The learned vectors with full provenance metadata."""
+    def consider(self, step: int, scores: dict, rank) -> None:
+        """Remember the snapshot at `step` if its preview scores rank best so far (ties: the later one).
+        Step 0 is the init, not a result; `rank` maps scores to a number, lower is better."""
+        if step == 0 or not scores or rank is None:
+            return
+        value = float(rank(scores))
+        if self.best is None or value <= self.best["rank"]:
+            self.best = {"step": step, "rank": value, "scores": dict(scores)}
+
+    def kept_step(self, last_step: int) -> int:
+        """The step whose vectors are stored: the best-ranked snapshot (keep = best), else the last step."""
+        if self.cfg.keep == "best" and self.best is not None:
+            return int(self.best["step"])
+        return last_step
+
+    def embedding(
+        self, vectors: dict, model, spec, *, steps: int, trained: int, stopper, reason: str
+    ) -> Embedding:
+        """The vectors of step `steps` (of `trained` run) with full provenance metadata."""
         best = stopper.best()
+        kept_best = steps != trained
         meta = {
             "name": self.cfg.name,
             "family": spec.name,
@@ -194,14 +215,23 @@ class RunState:
             "num_vectors": self.cfg.vectors,
             "init": self.cfg.init or spec.default_init,
             "steps": steps,
-            "trainer": json.dumps({"version": TRAINER_VERSION, "config": self.cfg.to_dict(), "end": reason}),
+            "trainer": json.dumps(
+                {
+                    "version": TRAINER_VERSION,
+                    "config": self.cfg.to_dict(),
+                    "end": reason,
+                    "trained_steps": trained,
+                    "kept": "best" if kept_best else "last",
+                }
+            ),
             "metrics": json.dumps(
                 {
                     "val_loss": self.last_val,
                     "best_val_loss": best[1] if best else None,
                     "best_val_step": best[0] if best else None,
                     "before": self.first_metric,
-                    "after": self.last_metric,
+                    "after": self.best["scores"] if kept_best else self.last_metric,
+                    "last": self.last_metric,
                 }
             ),
         }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from embeddings import Embedding, Store, save_canonical
+from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
 from trainers.data import build_samples, fill_template, load_images, template_set
@@ -297,8 +297,10 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             stop_early = cfg.early_stopping and stopper.update(step, record["val_loss"])
         checkpoint_now = cfg.save_every and step % cfg.save_every == 0
         if checkpoint_now or step == cfg.steps or stop_early:
-            record.update(previews(step))
+            scores = previews(step)
+            record.update(scores)
             state.snapshot(step, conditioner, model, spec)
+            state.consider(step, scores, metric.rank if metric else None)
         state.log(step, **record)
         if checkpoint_now and step < cfg.steps:
             state.checkpoint(step, params, stopper, fingerprint)
@@ -338,8 +340,16 @@ def _make_metric(cfg, spec, family: str, images):
 
 def _finish(cfg, model, spec, conditioner, folder, store, state, result) -> Embedding:
     vectors = {rows.key: detach_rows(rows) for rows in conditioner.rows}
+    trained = result["steps"]
+    kept = trained
+    preview = state.last_preview
+    if result["reason"] != "stopped" and state.accelerator.is_main_process:
+        kept = state.kept_step(trained)
+    if kept != trained:  # keep = best: an earlier snapshot's previews scored better than the last ones
+        vectors = load_canonical(folder.snapshot_path(kept)).vectors
+        preview = _open_image(folder.preview_path(kept)) or preview
     emb = state.embedding(
-        vectors, model, spec, steps=result["steps"], stopper=result["stopper"], reason=result["reason"]
+        vectors, model, spec, steps=kept, trained=trained, stopper=result["stopper"], reason=result["reason"]
     )
     if not state.accelerator.is_main_process:
         return emb
@@ -352,19 +362,30 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, result) -> Embe
         )
         return emb
     save_canonical(emb, folder.snapshots / "final.safetensors")
-    path = store.put(emb, overwrite=cfg.overwrite, preview=state.last_preview)
-    message = (
-        f"stored {cfg.name} after {result['steps']} steps ({result['reason'].replace('_', ' ')}) at {path}"
-    )
+    path = store.put(emb, overwrite=cfg.overwrite, preview=preview)
+    how = result["reason"].replace("_", " ")
+    if kept != trained:
+        how += f"; kept step {kept}, whose previews scored best"
+    message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
     if cfg.push_to_hub:
         from trainers.hub import push_embedding
 
-        url = push_embedding(emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=state.last_preview)
+        url = push_embedding(emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview)
         message += f"; uploaded to {url}"
     folder.event(
-        "done", message, name=cfg.name, path=str(path), steps=result["steps"], reason=result["reason"]
+        "done", message, name=cfg.name, path=str(path), steps=trained, kept=kept, reason=result["reason"]
     )
     return emb
+
+
+def _open_image(path: Path):
+    """The PNG at `path` loaded into memory, or None when it is missing (previews were off)."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    with Image.open(path) as image:
+        return image.copy()
 
 
 def summary(emb: Embedding) -> dict:

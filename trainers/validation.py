@@ -91,6 +91,7 @@ class EarlyStopper:
 
 DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}
 MAX_RGB_DISTANCE = 441.7  # |(255, 255, 255)|: the score of an empty sample
+SHAPE_MISS_COST = 100.0  # RGB distance a wrong shape in every sample adds when snapshots are ranked
 
 
 def sample_images(pipe, prompt: str, *, count: int, seed: int, steps: int, guidance: float) -> list:
@@ -155,6 +156,11 @@ class DemoJudgeMetric:
             shape_hits += verdict.shape == self.target_shape
         return {"metric": statistics.fmean(distances), "shape_match": shape_hits / len(images)}
 
+    def rank(self, scores: dict[str, float]) -> float:
+        """Lower is better: the colour distance, plus SHAPE_MISS_COST times the share of wrong shapes."""
+        missed = 1.0 - scores.get("shape_match", 1.0) if self.target_shape else 0.0
+        return scores["metric"] + SHAPE_MISS_COST * missed
+
 
 @dataclass(frozen=True)
 class ClipImageMetric:
@@ -208,3 +214,7 @@ class ClipImageMetric:
             "metric": float((samples @ self.target.T).mean()),  # (M, N)
             "clip_text": float((samples @ self.text.T).mean()),  # (M, 1)
         }
+
+    def rank(self, scores: dict[str, float]) -> float:
+        """Lower is better: the negated image-image similarity."""
+        return -scores["metric"]

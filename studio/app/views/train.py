@@ -88,6 +88,12 @@ def concept_ui(defaults: dict) -> dict:
             key="every",
         )
         early = st.toggle("Stop early when it has learned", value=True, key="early")
+        keep_best = st.toggle(
+            "Store the snapshot whose previews scored best",
+            value=True,
+            key="keep_best",
+            help="scored by the demo judge or a CLIP model; without either, the last step is stored",
+        )
         overwrite = st.toggle("Replace a stored embedding of the same name", value=False, key="overwrite")
     return {
         "name": name,
@@ -98,6 +104,7 @@ def concept_ui(defaults: dict) -> dict:
         "style": kind == "a style",
         "save_every": int(save_every),
         "early_stopping": early,
+        "keep_best": keep_best,
         "overwrite": overwrite,
     }
 
@@ -129,6 +136,7 @@ def start_job(
         image_dir = uploads.save_images(images, runner.runs_dir / job_id / "images")
     extra = ["--save-every", str(concept["save_every"])]
     extra += [] if concept["early_stopping"] else ["--no-early-stopping"]
+    extra += [] if concept.get("keep_best", True) else ["--keep", "last"]
     extra += ["--overwrite"] if concept["overwrite"] else []
     request = TrainRequest(
         name=concept["name"],

@@ -1,0 +1,112 @@
+"""keep = best: the stored embedding is the snapshot whose previews scored best, kept across a resume."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from PIL import Image
+from tinyrun import quick_config, square_images, tiny_model
+
+from embeddings import Store, load_canonical
+from trainers import train
+from trainers import trainer as trainer_module
+from trainers.runfolder import RunFolder
+from trainers.validation import SHAPE_MISS_COST, DemoJudgeMetric
+
+
+class ScriptedMetric:
+    """Scores previews from a list, one value per preview in order (lower ranks better)."""
+
+    name = "scripted"
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def score(self, images) -> dict:
+        return {"metric": self.values.pop(0)}
+
+    def rank(self, scores) -> float:
+        return scores["metric"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    return square_images(tmp_path / "images")
+
+
+def _model():
+    return tiny_model("sd1")
+
+
+def _config(images, tmp_path, **changes):
+    values = dict(name="kept", validate_every=0, save_every=2)
+    return quick_config(images, tmp_path / "run", **{**values, **changes})
+
+
+def _script(monkeypatch, values) -> None:
+    metric = ScriptedMetric(values)
+    monkeypatch.setattr(trainer_module, "_make_metric", lambda *args: metric)
+
+
+def _snapshot(tmp_path, step: int) -> torch.Tensor:
+    return load_canonical(RunFolder(tmp_path / "run").snapshot_path(step)).vectors["emb_params"]
+
+
+def test_the_best_scored_snapshot_is_stored_with_provenance(images, tmp_path, tokensmith_home, monkeypatch):
+    _script(monkeypatch, [9.0, 5.0, 1.0, 7.0])  # previews at steps 0, 2, 4, 6: step 4 is best
+    emb = train(_config(images, tmp_path), home=tokensmith_home, model=_model())
+    stored = Store.for_home(tokensmith_home).get("kept")
+    assert torch.equal(stored.vectors["emb_params"], _snapshot(tmp_path, 4))
+    assert not torch.equal(stored.vectors["emb_params"], _snapshot(tmp_path, 6))
+    assert torch.equal(emb.vectors["emb_params"], stored.vectors["emb_params"])
+    trainer = json.loads(stored.meta["trainer"])
+    metrics = json.loads(stored.meta["metrics"])
+    assert stored.meta["steps"] == "4" and trainer["trained_steps"] == 6 and trainer["kept"] == "best"
+    assert metrics["after"] == {"metric": 1.0} and metrics["last"] == {"metric": 7.0}
+    done = RunFolder(tmp_path / "run").read_progress()[-1]
+    assert done["event"] == "done" and done["kept"] == 4 and "kept step 4" in done["message"]
+    preview = Store.for_home(tokensmith_home).preview_path("kept")
+    with Image.open(preview) as a, Image.open(tmp_path / "run" / "previews" / "step-000004.png") as b:
+        assert a.tobytes() == b.tobytes()  # the stored preview shows the kept step
+
+
+def test_keep_last_stores_the_final_step(images, tmp_path, tokensmith_home, monkeypatch):
+    _script(monkeypatch, [9.0, 5.0, 1.0, 7.0])
+    train(_config(images, tmp_path, keep="last"), home=tokensmith_home, model=_model())
+    stored = Store.for_home(tokensmith_home).get("kept")
+    assert torch.equal(stored.vectors["emb_params"], _snapshot(tmp_path, 6))
+    assert stored.meta["steps"] == "6" and json.loads(stored.meta["trainer"])["kept"] == "last"
+
+
+def test_without_a_metric_the_last_step_is_stored(images, tmp_path, tokensmith_home):
+    train(_config(images, tmp_path), home=tokensmith_home, model=_model())  # tiny SD1: no judge, no CLIP
+    stored = Store.for_home(tokensmith_home).get("kept")
+    assert torch.equal(stored.vectors["emb_params"], _snapshot(tmp_path, 6))
+    assert stored.meta["steps"] == "6"
+
+
+def test_the_best_so_far_survives_a_stop_and_resume(images, tmp_path, tokensmith_home, monkeypatch):
+    _script(monkeypatch, [9.0, 1.0])  # steps 0 and 2; the run is stopped at step 3
+
+    def stop_at_three(record):
+        if record.get("step") == 3 and "event" not in record:
+            os.kill(os.getpid(), signal.SIGTERM)  # the UI's Cancel: checkpoint, then stop
+
+    train(_config(images, tmp_path), home=tokensmith_home, model=_model(), on_progress=stop_at_three)
+    assert not Store.for_home(tokensmith_home).exists("kept")
+    _script(monkeypatch, [5.0, 7.0])  # steps 4 and 6 after the resume: worse than step 2
+    train(_config(images, tmp_path, resume=True), home=tokensmith_home, model=_model())
+    stored = Store.for_home(tokensmith_home).get("kept")
+    assert torch.equal(stored.vectors["emb_params"], _snapshot(tmp_path, 2))
+    assert stored.meta["steps"] == "2"
+
+
+def test_the_demo_judge_ranks_a_wrong_shape_as_a_colour_distance():
+    metric = DemoJudgeMetric(target_rgb=(250.0, 120.0, 190.0), target_shape="star")
+    right = metric.rank({"metric": 60.0, "shape_match": 1.0})
+    half = metric.rank({"metric": 40.0, "shape_match": 0.5})
+    assert right == 60.0 and half == 40.0 + SHAPE_MISS_COST / 2
+    shapeless = DemoJudgeMetric(target_rgb=(250.0, 120.0, 190.0), target_shape=None)
+    assert shapeless.rank({"metric": 40.0, "shape_match": 0.0}) == 40.0
