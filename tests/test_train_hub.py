@@ -82,3 +82,10 @@ def test_push_rejects_a_bad_repo_id(tmp_path):
     emb = _emb({"emb_params": torch.ones(1, 768)})
     with pytest.raises(TokensmithError, match="your-name/my-cat"):
         push_embedding(emb, tmp_path / "x", "no-slash", api=FakeApi())
+
+
+def test_card_says_when_an_earlier_snapshot_was_kept():
+    emb = _emb({"emb_params": torch.zeros(1, 768)})
+    trainer = {**json.loads(emb.meta["trainer"]), "kept": "best", "trained_steps": 150}
+    card = model_card(Embedding("my-cat", emb.vectors, {**emb.meta, "trainer": json.dumps(trainer)}), "me/x")
+    assert "- steps: 120, the best-scored snapshot of a run of 150 (ended: early_stopped)" in card

@@ -79,7 +79,13 @@ def model_card(
     lines += ["## Use with diffusers", "", _usage(emb, filename, repo_id), ""]
     lines += ["A1111 / ComfyUI / InvokeAI: put the file in your `embeddings` folder and write its name.", ""]
     lines += ["## Training", "", f"- base model: `{base or 'unknown'}`", f"- init: `{meta.get('init', '')}`"]
-    lines.append(f"- steps: {meta.get('steps', '?')} (ended: {trainer.get('end', '?')})")
+    steps = f"- steps: {meta.get('steps', '?')} (ended: {trainer.get('end', '?')})"
+    if trainer.get("kept") == "best":
+        steps = (
+            f"- steps: {meta.get('steps', '?')}, the best-scored snapshot of a run of "
+            f"{trainer.get('trained_steps', '?')} (ended: {trainer.get('end', '?')})"
+        )
+    lines.append(steps)
     for key in ("learning_rate", "batch_size", "vectors", "templates", "resolution", "seed"):
         if key in config:
             lines.append(f"- {key}: `{config[key]}`")
