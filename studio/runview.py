@@ -27,6 +27,7 @@ class RunState:
     eta: float | None = None
     message: str = ""
     embedding_name: str | None = None
+    kept_step: int | None = None  # done: the step whose snapshot was stored (keep = best: maybe earlier)
     history: list[dict] = field(default_factory=list)
     previews: list[Path] = field(default_factory=list)
     snapshots: list[Path] = field(default_factory=list)
@@ -121,6 +122,7 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         eta=_number(last, "eta"),
         message=message,
         embedding_name=str(final["name"]) if final and final.get("name") else None,
+        kept_step=int(final["kept"]) if final and isinstance(final.get("kept"), int | float) else None,
         history=rows,
         previews=_numbered_files(run_dir / "previews", "step-*.png"),
         snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),

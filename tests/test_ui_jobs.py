@@ -62,7 +62,8 @@ FAKE_TRAINER = textwrap.dedent(
     if "--fail" in args:
         write({"event": "failed", "message": "loss became NaN: lower the learning rate"})
         sys.exit(1)
-    write({"event": "done", "name": opt("--name"), "message": "learned"})
+    kept = int(os.environ.get("FAKE_KEPT", steps))  # the trainer's keep = best may store an earlier step
+    write({"event": "done", "name": opt("--name"), "message": "learned", "kept": kept})
     """
 )
 

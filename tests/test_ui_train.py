@@ -196,3 +196,13 @@ def test_storing_the_last_step_instead_of_the_best_is_passed_to_the_trainer(fake
         "command"
     ]
     assert command[command.index("--keep") + 1] == "last"
+
+
+def test_a_finished_run_shows_the_stored_step_and_its_preview(fake_trainer, monkeypatch):
+    monkeypatch.setenv("FAKE_KEPT", "2")
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    at = fill(open_train(), files=files, steps=3)
+    at.button(key="start").click().run()
+    wait_for(at, "done")
+    assert any("holds step 2 of 3, whose previews scored best" in s.value for s in at.success)
+    assert at.image[-1].proto.imgs[0].caption == "preview at step 2 (stored)"

@@ -196,7 +196,10 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     st.progress(state.fraction, text=progress_text(state))
     if state.status == "done":
         name = state.embedding_name or runner.get(job_id).name
-        st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.")
+        kept = ""
+        if state.kept_step is not None and state.kept_step != state.step:
+            kept = f" It holds step {state.kept_step} of {state.step}, whose previews scored best."
+        st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
         st.page_link("views/library.py", label="Open the Library", icon="📚")
     elif state.status in ("failed", "ended"):
         st.error(state.message or "training failed")
@@ -213,11 +216,14 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         }
         st.line_chart({"step": [r["step"] for r in rows], **series}, x="step", height=220)
     if state.previews:
-        latest = state.previews[-1]
+        shown, caption = state.previews[-1], f"preview at step {_step_of(state.previews[-1])}"
+        kept = [p for p in state.previews if _step_of(p) == state.kept_step]
+        if kept:  # done: show what was stored, not merely the last step
+            shown, caption = kept[0], f"preview at step {state.kept_step} (stored)"
         try:
-            st.image(latest.read_bytes(), caption=f"preview at step {_step_of(latest)}", width="stretch")
+            st.image(shown.read_bytes(), caption=caption, width="stretch")
         except OSError as exc:
-            st.caption(f"preview {latest.name} could not be shown: {exc}")
+            st.caption(f"preview {shown.name} could not be shown: {exc}")
     actions_ui(runner, job_id, state)
 
 
