@@ -116,3 +116,54 @@ def test_deeper_sd_shaped_pipeline_round_trips(tmp_path):
     model = load_model(str(checkpoint), config=str(configs_only(pipe, tmp_path / "configs")))
     assert_same_weights(model.pipe, pipe)
     assert (short_image(model.pipe) == short_image(pipe)).all()
+
+
+# --- which pipeline a checkpoint is (SD or SDXL), for .safetensors and .ckpt alike ---
+
+SDXL_KEYS = {
+    "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.zeros(2),
+    "conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
+}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_an_sdxl_checkpoint_is_told_from_its_key_names(original, tmp_path, suffix):
+    from trainers.models import _looks_sdxl
+
+    _pipe, _folder, sd1_state = original
+    for state, expected in ((SDXL_KEYS, True), (sd1_state, False)):
+        path = tmp_path / f"model-{expected}{suffix}"
+        if suffix == ".safetensors":
+            save_file(state, str(path))
+        else:
+            torch.save({"state_dict": state}, str(path))  # .ckpt files nest their tensors
+        assert _looks_sdxl(path) is expected, path
+
+
+def test_a_config_folder_names_the_pipeline_class(original, tmp_path):
+    from trainers.models import _looks_sdxl
+
+    _pipe, folder, sd1_state = original
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save({"state_dict": sd1_state}, str(checkpoint))
+    assert _looks_sdxl(checkpoint, str(folder)) is False
+    xl = tmp_path / "xl-configs"
+    xl.mkdir()
+    (xl / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    assert _looks_sdxl(checkpoint, str(xl)) is True  # the folder's word wins over the keys
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch ckpt-ran-code",))
+
+
+def test_a_ckpt_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": _RunsCode()}}, str(checkpoint))
+    with pytest.raises(ModelLoadError, match="weights_only=True"):
+        load_model(str(checkpoint))
+    assert not (tmp_path / "ckpt-ran-code").exists()

@@ -258,7 +258,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    cls = StableDiffusionXLPipeline if _looks_sdxl(path) else StableDiffusionPipeline
+    cls = StableDiffusionXLPipeline if _looks_sdxl(path, config) else StableDiffusionPipeline
     kwargs: dict[str, Any] = {"torch_dtype": dtype}  # from_single_file still names it torch_dtype
     if config is not None:
         kwargs["config"] = config
@@ -276,17 +276,42 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
         raise ModelLoadError(f"could not load checkpoint {path}: {_first_line(exc)}; {hint}") from exc
 
 
-def _looks_sdxl(path: Path) -> bool:
-    """SDXL checkpoints carry a second text encoder (conditioner.embedders.1); read only the key names."""
-    if path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        from safetensors import safe_open
+def _looks_sdxl(path: Path, config: str | None = None) -> bool:
+    """SDXL or not: the config folder's pipeline class when one is given, else whether the checkpoint has a
+    second text encoder (conditioner.embedders.1); only key names are read (a .ckpt is memory-mapped)."""
+    index = Path(config).expanduser() / "model_index.json" if config else None
+    if index is not None and index.is_file():
+        try:
+            return "XL" in str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+        except (OSError, ValueError):
+            pass  # an unreadable config is diffusers' to report; fall back to the keys
+    return any(key.startswith("conditioner.embedders.1.") for key in _checkpoint_keys(path))
 
-        with safe_open(str(path), framework="pt") as handle:
-            return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())  # noqa: SIM118
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path} is not a readable safetensors file ({exc}): re-download it") from exc
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names of a single-file checkpoint; .ckpt/.pt/.bin are read with weights_only=True."""
+    if path.suffix.lower() == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return list(handle.keys())
+        except (OSError, ValueError, RuntimeError) as exc:
+            message = f"{path} is not a readable safetensors file ({exc}): re-download it"
+            raise ModelLoadError(message) from exc
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refusals and corrupt files raise many types
+        raise ModelLoadError(
+            f"{path} could not be read as a checkpoint ({_first_line(exc)}); a .ckpt must hold tensors only "
+            "(it is loaded with weights_only=True): convert it to .safetensors or re-download it"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return [str(key) for key in state] if isinstance(state, dict) else []
 
 
 def _first_line(exc: BaseException) -> str:
