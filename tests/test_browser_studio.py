@@ -223,9 +223,10 @@ def test_upload_train_watch_reload_library_blend_generate_download(page, studio,
     seen.append(progress_text(page))  # the final state, after the fragment's last full rerun
     assert len(set(seen)) >= 2, f"the progress never changed on its own: {seen}"
     assert any(f"step {TRAIN_STEPS}/{TRAIN_STEPS}" in text for text in seen), seen
-    page.get_by_text(
-        f"preview at step {TRAIN_STEPS}"
-    ).wait_for()  # the trainer's latest preview image is shown
+    done = json.loads((studio["home"] / "runs" / job_id / "progress.jsonl").read_text().splitlines()[-1])
+    assert done["event"] == "done" and done["steps"] == TRAIN_STEPS, done
+    # the stored step's preview is shown (keep = best: the judge may have scored step 6 best)
+    page.get_by_text(f"preview at step {done['kept']} (stored)").wait_for()
     shot(page, "train-done")
     assert_no_exception(page, "train")
 
