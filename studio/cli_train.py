@@ -116,8 +116,18 @@ def set_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
+# what the bar shows after the step count: (label, progress-record key, format)
+POSTFIX = (
+    ("loss", "loss", ".4f"),
+    ("val", "val_loss", ".4f"),
+    ("metric", "metric", ".4g"),  # judge RGB distance (e.g. 29.41) or CLIP similarity (0.8123)
+    ("shape", "shape_match", ".0%"),  # demo world: share of preview samples with the training images' shape
+    ("clip_text", "clip_text", ".3f"),
+)
+
+
 class ProgressBar:
-    """A tqdm bar on stderr: step, loss, validation loss, metric and ETA."""
+    """A tqdm bar on stderr: step, ETA and what the record holds of POSTFIX."""
 
     def __init__(self, total: int):
         from tqdm import tqdm
@@ -127,8 +137,10 @@ class ProgressBar:
     def __call__(self, record: dict) -> None:
         if self.bar.n < record["step"]:
             self.bar.update(record["step"] - self.bar.n)
-        shown = {"loss": record.get("loss"), "val": record.get("val_loss"), "metric": record.get("metric")}
-        postfix = {k: f"{v:.4f}" if k != "metric" else f"{v:.1f}" for k, v in shown.items() if v is not None}
+        postfix = {}
+        for label, key, style in POSTFIX:
+            if record.get(key) is not None:
+                postfix[label] = format(record[key], style)
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
 

@@ -112,3 +112,15 @@ def test_python_m_trainers_runs_a_config_file_and_refuses_to_resume_a_finished_r
     assert Store.for_home(home).exists("from-file")
     assert (run / "config.toml").is_file()
     assert trainers_main(["--config", str(run / "config.toml"), "--home", str(home), "--resume"]) == 1
+
+
+def test_the_progress_bar_shows_the_preview_scores(capsys):
+    from studio.cli_train import ProgressBar
+
+    bar = ProgressBar(150)
+    bar({"step": 25, "loss": 0.2, "val_loss": 0.15, "metric": 29.4123, "shape_match": 0.75})
+    assert bar.bar.n == 25
+    assert bar.bar.postfix == "loss=0.2000, val=0.1500, metric=29.41, shape=75%"
+    bar({"step": 26, "loss": 0.19, "metric": 0.81234, "clip_text": 0.2876})
+    assert bar.bar.postfix == "loss=0.1900, metric=0.8123, clip_text=0.288"
+    bar.close()
