@@ -11,3 +11,10 @@ class EmbeddingFormatError(TokensmithError, ValueError):
 
 class StoreError(TokensmithError):
     """A store operation was refused (bad name, name taken, not found)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line
+    errors that wrap a library's multi-line one."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

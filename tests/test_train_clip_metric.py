@@ -5,8 +5,8 @@ import math
 
 import pytest
 from PIL import Image
+from tinyrun import quick_config
 
-from trainers.config import TrainConfig
 from trainers.tiny import tiny_pipeline, tiny_tokenizer
 from trainers.trainer import train
 from trainers.validation import ClipImageMetric
@@ -90,19 +90,16 @@ def test_a_folder_without_a_clip_model_is_a_clear_error(tmp_path):
 def test_training_logs_both_clip_scores_at_each_preview(
     images, tiny_model, tiny_clip, tmp_path, tokensmith_home
 ):
-    cfg = TrainConfig(
-        images=str(images),
+    cfg = quick_config(
+        images,
+        tmp_path / "run",
         name="clipcat",
         model=str(tiny_model),
         steps=2,
         batch_size=1,
         save_every=2,
-        preview_images=1,
-        preview_steps=2,
         validate_every=1,
         clip_model=str(tiny_clip),
-        init="a",
-        run_dir=str(tmp_path / "run"),
     )
     train(cfg, home=tmp_path / "home")
     records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from embeddings.errors import TokensmithError
+from embeddings.errors import TokensmithError, first_line
 
 FORMAT = "tokensmith-train-checkpoint/2"
 OURS = ("state.safetensors", "state.json")
@@ -84,10 +84,10 @@ def load(folder: Path, accelerator) -> Checkpoint:
     try:
         accelerator.load_state(str(folder))
     except Exception as exc:  # a pickle refused by weights_only, a missing or truncated file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = f"{type(exc).__name__}: {first_line(exc)[:200]}"
         raise TokensmithError(
-            f"checkpoint {folder} could not be restored ({type(exc).__name__}: {first[:200]}); files holding "
-            "anything but tensors are refused. Delete the folder to resume from the one before"
+            f"checkpoint {folder} could not be restored ({reason}); files holding anything but tensors are "
+            "refused. Delete the folder to resume from the one before"
         ) from None
     rows = {key[len("rows.") :]: value for key, value in tensors.items() if key.startswith("rows.")}
     return Checkpoint(

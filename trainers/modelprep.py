@@ -22,10 +22,10 @@ def prepare_model(model, accelerator, cfg) -> dict:
     originals = {
         "tokenizers": {k: getattr(pipe, k) for k in ("tokenizer", "tokenizer_2") if hasattr(pipe, k)}
     }
-    for module in (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders]):
+    modules = (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders])
+    for module in modules:
         module.requires_grad_(False).eval()
     pipe.to(accelerator.device)
-    modules = (pipe.unet, pipe.vae, *[te for _, _, te in model.encoders])
     originals["dtypes"] = [(module, module.dtype) for module in modules]
     if dtype != torch.float32:  # frozen weights in half precision; the new rows stay float32
         for module in modules:

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from embeddings.errors import TokensmithError
+from embeddings.errors import EmbeddingFormatError, TokensmithError, first_line
+from embeddings.formats.pickled import load_pickle
 
 DEMO_MARKER = "tokensmith_demo.json"  # a marker file that makes any folder count as the demo world
 DEMO_WORLD_FILE, DEMO_WORLD_NAME = "world.json", "tokensmith demo world"  # what demo.build writes
@@ -225,7 +226,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
             pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
-            f"could not load the diffusers model in {folder}: {_first_line(exc)} "
+            f"could not load the diffusers model in {folder}: {first_line(exc)} "
             "(is a component folder or weight file missing or truncated? re-copy the model)"
         ) from exc
     return pipe
@@ -250,7 +251,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
                 f"machine with a network (`huggingface-cli download {repo_id}`) or pass a local folder"
             ) from exc
         raise ModelLoadError(
-            f"could not load hub model {repo_id!r}: {_first_line(exc)} (check the id, your network and any "
+            f"could not load hub model {repo_id!r}: {first_line(exc)} (check the id, your network and any "
             "access token: `huggingface-cli login`)"
         ) from exc
 
@@ -273,7 +274,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
             "single-file loading needs the model's configs: from the Hugging Face hub (network or cache), or "
             "pass a diffusers folder of the same architecture as `config` (CLI: --model-config DIR)"
         )
-        raise ModelLoadError(f"could not load checkpoint {path}: {_first_line(exc)}; {hint}") from exc
+        raise ModelLoadError(f"could not load checkpoint {path}: {first_line(exc)}; {hint}") from exc
 
 
 def _looks_sdxl(path: Path, config: str | None = None) -> bool:
@@ -300,20 +301,12 @@ def _checkpoint_keys(path: Path) -> list[str]:
             message = f"{path} is not a readable safetensors file ({exc}): re-download it"
             raise ModelLoadError(message) from exc
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refusals and corrupt files raise many types
+        state = load_pickle(path, mmap=True)  # weights_only=True: a .ckpt that would run code is refused
+    except EmbeddingFormatError as exc:
         raise ModelLoadError(
-            f"{path} could not be read as a checkpoint ({_first_line(exc)}); a .ckpt must hold tensors only "
-            "(it is loaded with weights_only=True): convert it to .safetensors or re-download it"
+            f"{exc}; a .ckpt must hold tensors only (it is read with weights_only=True): convert it to "
+            ".safetensors or re-download it"
         ) from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return [str(key) for key in state] if isinstance(state, dict) else []
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -10,11 +10,12 @@ import contextlib
 import io
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
-from embeddings.errors import EmbeddingFormatError
+from embeddings.errors import EmbeddingFormatError, first_line
 from embeddings.files import atomic_write
 from embeddings.formats.layouts import embedding_from_dict
 from embeddings.value import SINGLE_KEY, Embedding
@@ -34,15 +35,17 @@ def _allow_parameter_dicts() -> contextlib.AbstractContextManager:
     return safe_globals([torch.nn.ParameterDict]) if safe_globals else contextlib.nullcontext()
 
 
-def load_pickle(path: Path) -> object:
-    """The plain data inside a torch pickle, refusing anything else (weights_only=True)."""
+def load_pickle(path: Path, *, mmap: bool = False) -> object:
+    """The plain data inside a torch pickle, refusing anything else (weights_only=True). `mmap` maps the
+    tensors of a zip-format file instead of reading them (for multi-GB checkpoints); legacy files are read."""
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine; we report errors
             warnings.simplefilter("ignore", UserWarning)
             with _allow_parameter_dicts():
-                return torch.load(path, map_location="cpu", weights_only=True)
+                mapped = mmap and zipfile.is_zipfile(path)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise UnsafePickleError(
                 f"{path}: refused: this pickle wants to run code or build objects that are not plain tensors "
