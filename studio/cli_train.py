@@ -153,7 +153,7 @@ class ProgressBar:
 
 def run_train(args) -> int:
 
-    from trainers.trainer import summary, train
+    from trainers.trainer import kept_note, summary, train
 
     set_cpu_threads()
     cfg = config_from_args(args)
@@ -186,9 +186,8 @@ def run_train(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        how = result["end"].replace("_", " ")
-        if result["kept"] == "best":
-            how += f"; kept step {result['steps']} of {result['trained_steps']}, whose previews scored best"
+        note = kept_note(result["steps"], result["trained_steps"])
+        how = "; ".join(filter(None, [result["end"].replace("_", " "), note]))
         print(f"learned <{emb.name}> ({how}); use it in a prompt as <{emb.name}>")
     return 0
 
@@ -229,11 +228,11 @@ def _demo_out(args):
 
 
 def _steps_text(emb) -> str:
-    """'after 150 steps', or 'from step 100 of 150 (best previews)' when an earlier snapshot was kept."""
-    from trainers.trainer import summary
+    """'after 150 steps', with ', kept step 125 of 150, ...' when an earlier snapshot was stored."""
+    from trainers.trainer import kept_note, summary
 
     kept, trained = int(emb.meta["steps"]), int(summary(emb).get("trained_steps", emb.meta["steps"]))
-    return f"after {kept} steps" if kept == trained else f"from step {kept} of {trained} (best previews)"
+    return ", ".join(filter(None, [f"after {trained} steps", kept_note(kept, trained)]))
 
 
 def run_demo(args) -> int:

@@ -66,7 +66,7 @@ def test_the_best_scored_snapshot_is_stored_with_provenance(images, tmp_path, to
     assert stored.meta["steps"] == "4" and trainer["trained_steps"] == 6 and trainer["kept"] == "best"
     assert metrics["after"] == {"metric": 1.0} and metrics["last"] == {"metric": 7.0}
     done = RunFolder(tmp_path / "run").read_progress()[-1]
-    assert done["event"] == "done" and done["kept"] == 4 and "kept step 4" in done["message"]
+    assert done["event"] == "done" and done["kept"] == 4 and "kept step 4 of 6," in done["message"]
     preview = Store.for_home(tokensmith_home).preview_path("kept")
     with Image.open(preview) as a, Image.open(tmp_path / "run" / "previews" / "step-000004.png") as b:
         assert a.tobytes() == b.tobytes()  # the stored preview shows the kept step

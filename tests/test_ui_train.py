@@ -204,5 +204,5 @@ def test_a_finished_run_shows_the_stored_step_and_its_preview(fake_trainer, monk
     at = fill(open_train(), files=files, steps=3)
     at.button(key="start").click().run()
     wait_for(at, "done")
-    assert any("holds step 2 of 3, whose previews scored best" in s.value for s in at.success)
+    assert any("It kept step 2 of 3, whose previews scored best." in s.value for s in at.success)
     assert at.image[-1].proto.imgs[0].caption == "preview at step 2 (stored)"

@@ -363,9 +363,7 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, result) -> Embe
         return emb
     save_canonical(emb, folder.snapshots / "final.safetensors")
     path = store.put(emb, overwrite=cfg.overwrite, preview=preview)
-    how = result["reason"].replace("_", " ")
-    if kept != trained:
-        how += f"; kept step {kept}, whose previews scored best"
+    how = "; ".join(filter(None, [result["reason"].replace("_", " "), kept_note(kept, trained)]))
     message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
     if cfg.push_to_hub:
         from trainers.hub import push_embedding
@@ -386,6 +384,11 @@ def _open_image(path: Path):
         return None
     with Image.open(path) as image:
         return image.copy()
+
+
+def kept_note(kept: int, trained: int) -> str:
+    """How every door tells which step was stored: '' when the last, else 'kept step 75 of 150, ...'."""
+    return "" if kept == trained else f"kept step {kept} of {trained}, whose previews scored best"
 
 
 def summary(emb: Embedding) -> dict:

@@ -196,9 +196,10 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     st.progress(state.fraction, text=progress_text(state))
     if state.status == "done":
         name = state.embedding_name or runner.get(job_id).name
-        kept = ""
-        if state.kept_step is not None and state.kept_step != state.step:
-            kept = f" It holds step {state.kept_step} of {state.step}, whose previews scored best."
+        from trainers.trainer import kept_note
+
+        note = kept_note(state.kept_step, state.step) if state.kept_step is not None else ""
+        kept = f" It {note}." if note else ""
         st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
         st.page_link("views/library.py", label="Open the Library", icon="📚")
     elif state.status in ("failed", "ended"):
