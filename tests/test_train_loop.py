@@ -96,12 +96,14 @@ def test_text_attention_choice_changes_speed_not_values():
     outputs = {}
     for name in ("sdpa", "eager"):
         set_text_attention(conditioner, name)
+        assert pipe.text_encoder.config._attn_implementation == name  # really switched
         hidden, _ = conditioner.encode(prompts, "cpu")
         hidden.square().mean().backward()
         outputs[name] = (hidden.detach(), rows.rows.grad.clone())
         rows.rows.grad = None
     assert torch.allclose(outputs["sdpa"][0], outputs["eager"][0], atol=1e-5)
     assert torch.allclose(outputs["sdpa"][1], outputs["eager"][1], rtol=1e-4, atol=1e-7)
+    set_text_attention(conditioner, "sdpa")
     assert pick_text_attention(conditioner, "cpu") == "eager"
     assert pipe.text_encoder.config._attn_implementation == "eager"
     detach_rows(rows)
