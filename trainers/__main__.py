@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the config's run folder")
     args = parser.parse_args(argv)
     from trainers.config import load
-    from trainers.trainer import train
+    from trainers.trainer import summary, train
 
     try:
         cfg = load(args.config, overrides={"resume": True} if args.resume else None)
@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     except (TokensmithError, ValueError, KeyError, OSError) as exc:
         print(f"python -m trainers: error: {exc}", file=sys.stderr)
         return 1
-    _echo(f"learned <{emb.name}> ({emb.num_vectors} vector(s))")
+    if summary(emb).get("end") == "stopped":  # SIGTERM: every process stopped at the same step
+        _echo(f"python -m trainers: stopped at step {emb.meta.get('steps')}; continue with --resume")
+        return 1
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # set up by train(); one line for a multi-process launch
+        _echo(f"learned <{emb.name}> ({emb.num_vectors} vector(s))")
     return 0
 
 

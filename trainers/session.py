@@ -120,7 +120,8 @@ class RunState:
         self.first_metric = dict(saved.stopper.get("first_metric", {}))
         self.text_attention = saved.stopper.get("text_attention")
         self.best = saved.stopper.get("best")
-        self.folder.truncate_progress_after(saved.step)
+        if self.accelerator.is_main_process:
+            self.folder.truncate_progress_after(saved.step)
         return saved.step
 
     def checkpoint(self, step: int, params, stopper, fingerprint: str) -> None:

@@ -84,12 +84,26 @@ def train(
         raise TokensmithError(
             f"the run in {folder.root} already finished ({last.get('message')}); nothing to resume"
         )
+    if not _joined_as_main():  # another process of an `accelerate launch` run writes and tells
+        return _run(cfg, images, folder, store, model or load_model(cfg.model), home, None)
     commands = write_run_files(cfg, folder)
     if echo:
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
         echo("multi-GPU / multi-node: " + commands[1])
     return _run(cfg, images, folder, store, model or load_model(cfg.model), home, on_progress)
+
+
+def _joined_as_main() -> bool:
+    """Join the other processes of a multi-process launch (none: a plain run) once each has checked the run
+    folder, so no process finds a progress.jsonl that the main one has just begun; True in the main one."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # the same process setup the Accelerator makes later (it reads ACCELERATE_USE_CPU; PartialState does not)
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    processes.wait_for_everyone()
+    return processes.is_main_process
 
 
 def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Embedding:
@@ -101,9 +115,10 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     # process that trains twice (the Python API, the test suite) needs a fresh one. Distributed setup is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     stop = StopFlag.install(signal.SIGTERM)
+    # Accumulation is the loop's own (each micro-batch's loss is divided by grad_accum); telling Accelerate
+    # too would divide again in accelerator.backward.
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.trackers or None,
         project_dir=str(folder.root),
     )
@@ -201,7 +216,8 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         set_text_attention(conditioner, state.text_attention)
     else:
         state.text_attention = pick_text_attention(conditioner, device)
-    metric = _make_metric(cfg, spec, model.family, images)
+    # previews, and the metric scoring them, are the main process's: the others would load CLIP for nothing
+    metric = _make_metric(cfg, spec, model.family, images) if accelerator.is_main_process else None
     guidance = cfg.preview_guidance or DEFAULT_GUIDANCE.get(model.family, 7.5)
     preview_prompt = fill_template(cfg.preview_prompt, f"<{cfg.name}>", "")
 
@@ -216,7 +232,8 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             None if val.weights is None else val.weights.to(device),
         )
         with torch.no_grad(), accelerator.autocast():
-            return float(step_loss(pipe.unet, conditioner, maths, batch))
+            loss = step_loss(pipe.unet, conditioner, maths, batch)
+        return float(_sum_over_processes(accelerator, [float(loss)])[0]) / accelerator.num_processes
 
     def previews(step: int) -> dict:
         if not cfg.preview_images or not accelerator.is_main_process:
@@ -234,10 +251,11 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         return metric.score(shots) if metric else {}
 
     def micro_batch(micro: int) -> Batch:
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + micro + 1)
-        indices = state.batch_indices(
-            samples, cfg.batch_size, micro * accelerator.num_processes + accelerator.process_index
-        )
+        # Process p of P takes global micro-batch micro·P + p: its images and its own random draws, so P
+        # processes compute what one process computes with P times the accumulation.
+        index = micro * accelerator.num_processes + accelerator.process_index
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index + 1)
+        indices = state.batch_indices(samples, cfg.batch_size, index)
         choice = torch.randint(0, len(templates), (len(indices),), generator=generator).tolist()
         prompts = [
             fill_template(templates[c], token_text, captions[samples[i].image_index])
@@ -284,6 +302,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             loss += float(micro_loss.detach())
         _apply_update(params, optimizer, accelerator, cfg.max_grad_norm)
         step += 1
+        loss = float(_sum_over_processes(accelerator, [loss])[0]) / accelerator.num_processes  # whole batch's
         bad_losses = 0 if math.isfinite(loss) else bad_losses + 1
         if bad_losses >= MAX_BAD_LOSSES:
             raise TokensmithError(
@@ -307,12 +326,22 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         if stop_early:
             reason = "early_stopped"
             break
-        if stop.raised:
+        # a stop asked of any process (a SIGTERM to the main one only, as the studio sends) ends every
+        # process at the same step
+        if _sum_over_processes(accelerator, [float(stop.raised)])[0] > 0:
             state.snapshot(step, conditioner, model, spec)
             state.checkpoint(step, params, stopper, fingerprint)
             reason = "stopped"
             break
     return {"steps": step, "reason": reason, "stopper": stopper}
+
+
+def _sum_over_processes(accelerator, values: list[float]) -> torch.Tensor:
+    """`values` summed over the processes of a multi-process run (as they are in a single process): (k,)."""
+    local = torch.tensor(values, dtype=torch.float64)  # (k,)
+    if accelerator.num_processes == 1:
+        return local
+    return accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()  # (k,)
 
 
 def _apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:
