@@ -11,9 +11,11 @@ from tinyrun import quick_config, square_images, tiny_model
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from embeddings import Store
-from trainers import train
+from trainers import TrainConfig, train
 from trainers import trainer as trainer_module
 from trainers.loop import Batch, DiffusionMath, step_loss
+from trainers.runfolder import RunFolder
+from trainers.session import RunState
 from trainers.trainer import summary
 
 
@@ -157,3 +159,24 @@ def test_early_stopping_ends_the_run_and_says_so(images, tmp_path):
     done = json.loads((tmp_path / "run" / "progress.jsonl").read_text().splitlines()[-1])
     assert done["event"] == "done" and "early stopped" in done["message"] and done["steps"] == 8
     assert Store.for_home(tmp_path / "h").get("thing").meta["steps"] == "8"
+
+
+def test_trackers_get_the_moving_numbers_of_each_record(tmp_path):
+    """What Accelerate's trackers (TensorBoard, W&B) get: every number but the step axis and bookkeeping."""
+    logged = []
+
+    class Accelerator:
+        is_main_process = True
+
+        def log(self, values, step):
+            logged.append((step, values))
+
+    folder = RunFolder(tmp_path / "run")
+    folder.create(resume=False)
+    cfg = TrainConfig(images="x", name="t", steps=10, trackers=["tensorboard"])
+    state = RunState(cfg=cfg, folder=folder, accelerator=Accelerator())
+    state.start_clock(0)
+    state.log(3, loss=0.5, val_loss=0.25, lr=1e-3, metric=42.0, shape_match=1.0, text_attention="eager")
+    ((step, values),) = logged
+    assert step == 3
+    assert set(values) == {"loss", "val_loss", "lr", "metric", "shape_match", "elapsed"}

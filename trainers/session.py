@@ -180,10 +180,13 @@ class RunState:
             self.last_metric = scores
         if self.accelerator.is_main_process:
             self.folder.log(record)
-            if self.cfg.trackers:
-                self.accelerator.log(
-                    {k: v for k, v in record.items() if isinstance(v, int | float)}, step=step
-                )
+            if self.cfg.trackers:  # the numbers that move (step is the axis; total and eta are bookkeeping)
+                scalars = {
+                    k: v
+                    for k, v in record.items()
+                    if isinstance(v, int | float) and k not in ("step", "total", "eta")
+                }
+                self.accelerator.log(scalars, step=step)
         if self.on_progress:
             self.on_progress(record)
         return record
