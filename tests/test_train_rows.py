@@ -3,6 +3,7 @@
 import pytest
 import torch
 from tinyrun import quick_config, square_images, tiny_model
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from embeddings import Store, load_canonical
 from trainers import train
@@ -108,3 +109,44 @@ def test_a_bf16_run_gives_the_callers_model_back_in_its_own_dtype(images, tmp_pa
     emb = train(_quick(images, tmp_path, steps=1, mixed_precision="bf16"), home=tokensmith_home, model=model)
     assert all(m.dtype == torch.float32 for m in modules)  # cast to bf16 for the run, back afterwards
     assert emb.vectors["emb_params"].dtype == torch.float32
+
+
+def test_a_bf16_run_updates_float32_rows_with_float32_gradients(images, tmp_path, tokensmith_home):
+    """The frozen weights are bf16, the trainable rows are not: bf16 rows would lose AdamW's small updates."""
+    seen = []
+
+    def record(optimizer, args, kwargs):
+        rows = optimizer.param_groups[0]["params"][0]
+        seen.append((rows.dtype, rows.grad.dtype))
+
+    hook = register_optimizer_step_pre_hook(record)
+    try:
+        train(
+            _quick(images, tmp_path, steps=2, mixed_precision="bf16"),
+            home=tokensmith_home,
+            model=tiny_model("sd1"),
+        )
+    finally:
+        hook.remove()
+    assert seen == [(torch.float32, torch.float32)] * 2
+
+
+def test_rows_on_a_half_precision_encoder_take_loss_scaling():
+    """fp16 training scales the loss and unscales the gradients before the step; torch refuses to unscale
+    fp16 gradients, so the rows must stay float32 on an fp16 text encoder (checked with the CPU scaler)."""
+    pipe = tiny_pipeline("sd1")
+    text_encoder = pipe.text_encoder.to(torch.float16)
+    table = text_encoder.get_input_embeddings().weight
+    rows = attach("emb_params", pipe.tokenizer, text_encoder, "half", table[:2].float())
+    assert rows.rows.dtype == torch.float32
+    assert text_encoder.dtype == torch.float16, "the encoder's dtype (what pipelines cast to) is the table's"
+    ids = rows.tokenizer("a <half> <half>_1", return_tensors="pt").input_ids
+    optimizer = torch.optim.AdamW([rows.rows], lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(text_encoder(ids)[0].float().pow(2).mean()).backward()
+    scaler.unscale_(optimizer)  # raises "Attempting to unscale FP16 gradients" for fp16 rows
+    assert rows.rows.grad.dtype == torch.float32 and torch.isfinite(rows.rows.grad).all()
+    before = rows.rows.detach().clone()
+    scaler.step(optimizer)
+    assert not torch.equal(rows.rows, before)
+    detach_rows(rows)

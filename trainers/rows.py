@@ -24,7 +24,15 @@ class RowsEmbedding(nn.Module):
         super().__init__()
         self.frozen = table  # the original module, never modified
         self.first_id = first_id
-        self.rows = nn.Parameter(init.detach().clone().to(table.weight.dtype))  # (n, D)
+        # float32 whatever the frozen table's dtype: under fp16/bf16 the table is half precision, but AdamW
+        # updates of ~1e-3 vanish in bf16 rows and fp16 loss scaling refuses to unscale fp16 gradients. They
+        # live in a child registered after the table, so the encoder's first parameter (what transformers'
+        # `.dtype` and so diffusers' pipelines read) is still the table's.
+        self.new = nn.ParameterDict({"rows": nn.Parameter(init.detach().clone().float())})  # (n, D)
+
+    @property
+    def rows(self) -> nn.Parameter:
+        return self.new["rows"]
 
     @property
     def weight(self) -> torch.Tensor:
