@@ -1,5 +1,7 @@
 """Latents cached once: the cache holds the VAE's own distribution; draws are mean + std·ε, seeded."""
 
+import copy
+
 import torch
 
 from trainers.data import Sample
@@ -41,3 +43,16 @@ def test_draws_are_mean_plus_std_noise_from_the_generator():
         torch.stack([cache.means[1], cache.means[0]]) + torch.stack([cache.stds[1], cache.stds[0]]) * eps,
     )
     assert weights.shape == (2, 1, 8, 8)
+
+
+def test_a_float16_vae_that_asks_for_upcasting_encodes_in_float32_and_is_put_back():
+    """SDXL's VAE overflows float16 (NaN latents); its config says force_upcast, as the tiny one's does."""
+    vae = tiny_pipeline("sdxl").vae.to(torch.float16)
+    assert vae.config.force_upcast
+    reference = copy.deepcopy(vae).float()  # the same float16-rounded weights, run in float32
+    samples = _samples()
+    cache = encode_samples(vae, samples)
+    assert next(vae.parameters()).dtype == torch.float16, "the VAE goes back to float16 for the previews"
+    expected = encode_samples(reference, samples)
+    for ours, theirs in zip(cache.means + cache.stds, expected.means + expected.stds, strict=True):
+        assert torch.equal(ours, theirs)

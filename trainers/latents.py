@@ -41,10 +41,21 @@ class LatentCache:
 
 @torch.no_grad()
 def encode_samples(vae, samples: list[Sample], *, device: torch.device | str = "cpu") -> LatentCache:
-    """Run the VAE encoder once over every sample (in chunks of equal size) and keep its distributions."""
+    """Run the VAE encoder once over every sample (in chunks of equal size) and keep its distributions.
+
+    A float16 VAE whose config asks for `force_upcast` (SDXL's: its activations overflow float16, giving
+    NaN latents) encodes in float32 and is put back in float16 for the previews, as diffusers' pipelines do
+    for decoding. The cache is built once a run, so this costs nothing per step.
+    """
+    dtype = next(vae.parameters()).dtype
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(dtype=torch.float32)
+        try:
+            return encode_samples(vae, samples, device=device)
+        finally:
+            vae.to(dtype=dtype)
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    dtype = next(vae.parameters()).dtype
     means: list[torch.Tensor] = [None] * len(samples)  # type: ignore[list-item]
     stds: list[torch.Tensor] = [None] * len(samples)  # type: ignore[list-item]
     by_size: dict[tuple[int, ...], list[int]] = {}
