@@ -150,3 +150,24 @@ def test_rows_on_a_half_precision_encoder_take_loss_scaling():
     scaler.step(optimizer)
     assert not torch.equal(rows.rows, before)
     detach_rows(rows)
+
+
+def test_half_precision_weights_are_cast_before_they_move_to_the_device(monkeypatch):
+    """SDXL's frozen weights are 14 GB in float32: the device should only ever receive the bf16/fp16 copy."""
+    from types import SimpleNamespace
+
+    from trainers.modelprep import prepare_model, restore_model
+
+    model = tiny_model("sd1")
+    pipe = model.pipe
+    moved = []
+    monkeypatch.setattr(
+        type(pipe),
+        "to",
+        lambda self, device: moved.append([pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype]),
+    )
+    cfg = SimpleNamespace(mixed_precision="bf16", gradient_checkpointing=False)
+    originals = prepare_model(model, SimpleNamespace(device=torch.device("cpu")), cfg)
+    assert moved == [[torch.bfloat16] * 3]
+    restore_model(model, originals)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
