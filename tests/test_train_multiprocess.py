@@ -16,6 +16,7 @@ from tinyrun import quick_config, square_images, tiny_model
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from embeddings import Store
+from embeddings.errors import TokensmithError
 from trainers import TrainConfig
 from trainers.config import to_toml
 from trainers.tiny import tiny_pipeline
@@ -111,7 +112,11 @@ def test_two_processes_stop_together_resume_and_train_what_one_process_accumulat
     newest = max((run / "checkpoints").iterdir())
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in newest.iterdir()}
 
-    # 2. Resume with both processes: one report, one run log, one stored file.
+    # 2. One process cannot continue two processes' run: its steps would be half the size.
+    with pytest.raises(TokensmithError, match="made by 2 process"):
+        train(cfg.replace(resume=True), home=home)
+
+    # 3. Resume with both processes: one report, one run log, one stored file.
     resumed = _launch(cfg, home, "--resume")
     err = _finish(resumed)
     assert resumed.returncode == 0, err[-3000:]
@@ -124,7 +129,7 @@ def test_two_processes_stop_together_resume_and_train_what_one_process_accumulat
     assert steps == list(range(STEPS + 1)), "each step is logged once, by the main process"
     assert [r["event"] for r in records if "event" in r] == ["done"]
 
-    # 3. The same embedding, losses and validation losses as one process with 2 accumulated micro-batches.
+    # 4. The same embedding, losses and validation losses as one process with 2 accumulated micro-batches.
     reference, reference_records = one_process
     difference = (result.vectors["emb_params"] - reference.vectors["emb_params"]).abs().max()
     assert float(difference) <= 1e-6

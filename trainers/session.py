@@ -112,6 +112,14 @@ class RunState:
                 f"the checkpoint in {latest} was made with a different config; resume with the run's own "
                 f"config (tokensmith train --config {self.folder.config_path} --resume)"
             )
+        processes = int(saved.stopper.get("processes", 1))
+        if processes != self.accelerator.num_processes:  # each step's batch is the processes' micro-batches
+            raise TokensmithError(
+                f"the checkpoint in {latest} was made by {processes} process(es) and this resume has "
+                f"{self.accelerator.num_processes}; the steps would change size. Resume with the same launch "
+                f"(accelerate launch --num_processes {processes} -m trainers --config "
+                f"{self.folder.config_path} --resume)"
+            )
         with torch.no_grad():
             for param, rows in zip(params, saved.rows.values(), strict=True):
                 param.copy_(rows.to(param.device, param.dtype))
@@ -130,6 +138,7 @@ class RunState:
         extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
         extra["text_attention"] = self.text_attention
         extra["best"] = self.best
+        extra["processes"] = self.accelerator.num_processes
         saved = ckpt_io.Checkpoint(step, rows, extra, fingerprint)
         ckpt_io.save(self.folder.checkpoint_dir(step), saved, self.accelerator)
         if self.accelerator.is_main_process:
