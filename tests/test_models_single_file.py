@@ -167,3 +167,37 @@ def test_a_ckpt_that_would_run_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="weights_only=True"):
         load_model(str(checkpoint))
     assert not (tmp_path / "ckpt-ran-code").exists()
+
+
+def test_tokensmith_train_learns_on_a_single_file_checkpoint_offline(original, tmp_path, monkeypatch, capsys):
+    """An A1111-style .safetensors with --model-config, loaded straight in the run's bf16 precision."""
+    from tinyrun import square_images
+
+    import trainers.models
+    from embeddings import Store
+    from studio.cli import main
+
+    _pipe, folder, state = original
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(state, str(checkpoint))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loads = []
+    real_load = trainers.models.load_model
+
+    def spy(spec, **kwargs):
+        model = real_load(spec, **kwargs)
+        loads.append((kwargs, model.pipe.unet.dtype))
+        return model
+
+    monkeypatch.setattr(trainers.models, "load_model", spy)
+    images = square_images(tmp_path / "images")
+    args = ["train", "--images", str(images), "--name", "ckpt-cat", "--model", str(checkpoint)]
+    args += ["--model-config", str(folder), "--steps", "2", "--preview-images", "0", "--init", "a"]
+    args += ["--mixed-precision", "bf16", "--home", str(tmp_path / "home")]
+    assert main(args) == 0
+    ((kwargs, loaded_dtype),) = loads
+    assert kwargs == {"dtype": torch.bfloat16, "config": str(folder)} and loaded_dtype == torch.bfloat16
+    stored = Store.for_home(tmp_path / "home").get("ckpt-cat")
+    assert stored.meta["base_model"] == str(checkpoint.resolve())
+    assert stored.vectors["emb_params"].dtype == torch.float32
+    assert f"--model-config {folder}" in capsys.readouterr().err  # in the equivalent command

@@ -52,6 +52,10 @@ class TrainConfig:
         "object", "prompt templates: object, style, captions, or a .txt file with [name]/[filewords]"
     )
     model: str = _opt("demo", "base model: demo, a diffusers folder, a .safetensors/.ckpt file, or a hub id")
+    model_config: str = _opt(
+        "",
+        "configs for a single-file --model offline: a diffusers folder (or hub id) of the same architecture",
+    )
     # --- data ---
     resolution: int = _opt(0, "training resolution in pixels (0: the model's native size)")
     crop: str = _opt("center", "how other aspect ratios fit: center, random crop, or bucket", choices=CROPS)

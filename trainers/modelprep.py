@@ -11,6 +11,11 @@ from trainers.families import Conditioner, FamilySpec, phrase_vectors, spread
 from trainers.rows import attach
 
 
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The frozen weights' dtype under `--mixed-precision` (no, fp16, bf16)."""
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
 def prepare_model(model, accelerator, cfg) -> dict:
     """Freeze everything, move to the Accelerator's device, cast frozen weights for mixed precision.
 
@@ -18,7 +23,7 @@ def prepare_model(model, accelerator, cfg) -> dict:
     back by `restore_model`, so a caller's model comes back in its own dtype but rounded to half precision.
     """
     pipe = model.pipe
-    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    dtype = weight_dtype(cfg.mixed_precision)
     originals = {
         "tokenizers": {k: getattr(pipe, k) for k in ("tokenizer", "tokenizer_2") if hasattr(pipe, k)}
     }

@@ -25,9 +25,18 @@ from trainers.data import batches
 from trainers.runfolder import RunFolder
 
 TRAINER_VERSION = "tokensmith-ti/1"
-# Keys that say where and how a run is kept (and which step is stored), not what it computes: they may
-# change on resume.
-NOT_FINGERPRINTED = ("run_dir", "resume", "overwrite", "trackers", "push_to_hub", "hub_private", "keep")
+# Keys that say where and how a run is kept (and which step is stored, and where a checkpoint's configs
+# are), not what it computes: they may change on resume.
+NOT_FINGERPRINTED = (
+    "run_dir",
+    "resume",
+    "overwrite",
+    "trackers",
+    "push_to_hub",
+    "hub_private",
+    "keep",
+    "model_config",
+)
 
 
 def default_home() -> Path:

@@ -29,7 +29,7 @@ from trainers.loop import (
     step_loss,
     tune_malloc,
 )
-from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model
+from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model, weight_dtype
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder
 from trainers.schedules import schedule_for
@@ -63,8 +63,6 @@ def train(
     `cfg.model`; the model is left as it was found (after an fp16/bf16 run its frozen weights are back in
     their own dtype but rounded to half precision: pass a fresh copy if that matters).
     """
-    from trainers.models import load_model
-
     home = Path(home) if home else default_home()
     store = Store.for_home(home)
     if not cfg.name:
@@ -85,13 +83,22 @@ def train(
             f"the run in {folder.root} already finished ({last.get('message')}); nothing to resume"
         )
     if not _joined_as_main():  # another process of an `accelerate launch` run writes and tells
-        return _run(cfg, images, folder, store, model or load_model(cfg.model), home, None)
+        return _run(cfg, images, folder, store, model or _load(cfg), home, None)
     commands = write_run_files(cfg, folder)
     if echo:
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
         echo("multi-GPU / multi-node: " + commands[1])
-    return _run(cfg, images, folder, store, model or load_model(cfg.model), home, on_progress)
+    return _run(cfg, images, folder, store, model or _load(cfg), home, on_progress)
+
+
+def _load(cfg: TrainConfig):
+    """The run's model, loaded straight in its frozen weights' precision (an SDXL checkpoint in bf16 needs
+    half the memory of a float32 load that is cast afterwards)."""
+    from trainers.models import load_model
+
+    dtype = weight_dtype(cfg.mixed_precision)
+    return load_model(cfg.model, dtype=dtype, config=cfg.model_config or None)
 
 
 def _joined_as_main() -> bool:
