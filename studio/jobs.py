@@ -43,6 +43,7 @@ class TrainRequest:
     steps: int | None = None
     learning_rate: float | None = None
     model: str | None = None
+    model_config: str | None = None  # configs of a single-file model, offline
     extra_args: tuple[str, ...] = ()
 
     def to_args(self) -> list[str]:
@@ -60,6 +61,8 @@ class TrainRequest:
             args += ["--learning-rate", repr(self.learning_rate)]
         if self.model:
             args += ["--model", self.model]
+        if self.model_config:
+            args += ["--model-config", self.model_config]
         return args + list(self.extra_args)
 
 

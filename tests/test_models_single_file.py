@@ -201,3 +201,16 @@ def test_tokensmith_train_learns_on_a_single_file_checkpoint_offline(original, t
     assert stored.meta["base_model"] == str(checkpoint.resolve())
     assert stored.vectors["emb_params"].dtype == torch.float32
     assert f"--model-config {folder}" in capsys.readouterr().err  # in the equivalent command
+
+
+def test_the_studio_loads_a_checkpoint_file_with_its_configs(original, tmp_path, monkeypatch):
+    """The sidebar's configs field reaches load_model (the studio's cached loader, called directly)."""
+    from studio.app.context import _generation_session
+
+    pipe, folder, state = original
+    checkpoint = tmp_path / "studio.safetensors"
+    save_file(state, str(checkpoint))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    session = _generation_session(str(checkpoint), str(folder))
+    assert session.model.source == str(checkpoint.resolve())
+    assert_same_weights(session.model.pipe, pipe)

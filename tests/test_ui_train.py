@@ -206,3 +206,19 @@ def test_a_finished_run_shows_the_stored_step_and_its_preview(fake_trainer, monk
     wait_for(at, "done")
     assert any("It kept step 2 of 3, whose previews scored best." in s.value for s in at.success)
     assert at.image[-1].proto.imgs[0].caption == "preview at step 2 (stored)"
+
+
+def test_a_checkpoint_file_gets_a_configs_field_that_reaches_the_trainer(fake_trainer, tokensmith_home):
+    at = open_train()
+    assert not [box for box in at.text_input if box.key == "model_config"], "no configs field for demo"
+    at.text_input(key="model").set_value("/models/sd15.safetensors").run()
+    at.text_input(key="model_config").set_value("/models/sd15-configs").run()
+    assert at.query_params["model_config"] == "/models/sd15-configs"  # a reload keeps it
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    fill(at, files=files).button(key="start").click().run()
+    assert not errors(at), errors(at)
+    command = json.loads((tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text())[
+        "command"
+    ]
+    assert command[command.index("--model") + 1] == "/models/sd15.safetensors"
+    assert command[command.index("--model-config") + 1] == "/models/sd15-configs"

@@ -19,6 +19,10 @@ MODEL_HELP = (
     "`demo` (the built-in demo world), a local diffusers folder, a single-file `.safetensors`/`.ckpt` "
     "checkpoint, or a Hugging Face hub id (needs a network or a cached copy)."
 )
+MODEL_CONFIG_HELP = (
+    "Offline, a checkpoint file needs the configs of its architecture: a diffusers folder of the same kind "
+    "of model (weights not needed), or a hub id that is cached. Leave empty with a network."
+)
 # Errors a user can act on: shown with st.error at the page, never as a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, RuntimeError, LookupError)
 
@@ -52,15 +56,38 @@ def model_spec() -> str:
     return st.session_state["model"].strip() or DEFAULT_MODEL
 
 
+def model_config() -> str:
+    """Configs for a single-file model offline (the sidebar's second field, or ?model_config=); '' if none."""
+    if "model_config" not in st.session_state:
+        st.session_state["model_config"] = st.query_params.get("model_config", "")
+    return st.session_state["model_config"].strip()
+
+
+def is_single_file(spec: str) -> bool:
+    """A checkpoint file (.safetensors, .ckpt, ...), whose configs come from the hub or --model-config."""
+    from trainers.models import SINGLE_FILE_SUFFIXES
+
+    return Path(spec).suffix.lower() in SINGLE_FILE_SUFFIXES
+
+
+def _keep_in_url(key: str, value: str, default: str) -> None:
+    if value != default:
+        st.query_params[key] = value
+    elif key in st.query_params:
+        del st.query_params[key]
+
+
 def sidebar_ui() -> str:
-    """The sidebar: which model the pages use and where the home is. Returns the model spec."""
-    model_spec()  # seed the widget's state from the URL before the widget exists
+    """The sidebar: which model the pages use (and, for a checkpoint file, its configs) and where the home
+    is. Returns the model spec."""
+    model_spec()  # seed the widgets' state from the URL before the widgets exist
     with st.sidebar:
         spec = st.text_input("Model", key="model", help=MODEL_HELP).strip() or DEFAULT_MODEL
-        if spec != DEFAULT_MODEL:
-            st.query_params["model"] = spec
-        elif "model" in st.query_params:
-            del st.query_params["model"]
+        _keep_in_url("model", spec, DEFAULT_MODEL)
+        if is_single_file(spec):
+            model_config()
+            config = st.text_input("Model configs", key="model_config", help=MODEL_CONFIG_HELP).strip()
+            _keep_in_url("model_config", config, "")
         st.caption(f"Home: `{home()}`")
     return spec
 
@@ -85,21 +112,20 @@ def store() -> Any:
     return Store.for_home(home())
 
 
-@st.cache_resource(show_spinner="Loading the model (once per studio process)…", max_entries=2)
 def generation_session(spec: str) -> Any:
-    """A generation Session for `spec`, loaded once and shared by every page and browser tab."""
-    from studio.generation import Session
-
-    return Session(spec)
+    """A generation Session for `spec` (with the sidebar's configs for a checkpoint file), loaded once and
+    shared by every page and browser tab."""
+    return _generation_session(spec, model_config() if is_single_file(spec) else "")
 
 
 @st.cache_resource(show_spinner="Loading the model (once per studio process)…", max_entries=2)
-def loaded_model(spec: str) -> Any:
-    """The LoadedModel of `spec` (its pipeline, family and encoders), for pages that need no sampling."""
-    session = generation_session(spec)
-    model = getattr(session, "model", None)
-    if model is not None:
-        return model
+def _generation_session(spec: str, config: str) -> Any:
+    from studio.generation import Session
     from trainers.models import load_model
 
-    return load_model(spec)
+    return Session(load_model(spec, config=config or None))
+
+
+def loaded_model(spec: str) -> Any:
+    """The LoadedModel of `spec` (its pipeline, family and encoders), for pages that need no sampling."""
+    return generation_session(spec).model

@@ -110,7 +110,12 @@ def concept_ui(defaults: dict) -> dict:
 
 
 def start_job(
-    runner: JobRunner, files: list[tuple[str, bytes]], folder: str, concept: dict, model: str
+    runner: JobRunner,
+    files: list[tuple[str, bytes]],
+    folder: str,
+    concept: dict,
+    model: str,
+    model_config: str = "",
 ) -> Job:
     """Check everything a user can get wrong, then start the job; raises with a message saying what to fix."""
     from embeddings import validate_name
@@ -147,6 +152,7 @@ def start_job(
         steps=concept["steps"],
         learning_rate=concept["learning_rate"],
         model=model,
+        model_config=model_config or None,
         extra_args=tuple(extra),
     )
     return runner.start(request, job_id=job_id)
@@ -284,7 +290,9 @@ with left:
     concept = concept_ui(train_defaults())
     if st.button("Start training", type="primary", key="start"):
         try:
-            job = start_job(runner, files, folder, concept, context.model_spec())
+            spec = context.model_spec()
+            config = context.model_config() if context.is_single_file(spec) else ""
+            job = start_job(runner, files, folder, concept, spec, config)
             st.query_params["job"] = job.id
             st.rerun()
         except context.user_errors() as exc:
