@@ -30,6 +30,7 @@ from trainers.loop import (
     tune_malloc,
 )
 from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model, weight_dtype
+from trainers.processes import any_process, apply_update, joined_as_main, mean_over_processes
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder
 from trainers.schedules import schedule_for
@@ -82,7 +83,7 @@ def train(
         raise TokensmithError(
             f"the run in {folder.root} already finished ({last.get('message')}); nothing to resume"
         )
-    if not _joined_as_main():  # another process of an `accelerate launch` run writes and tells
+    if not joined_as_main():  # another process of an `accelerate launch` run writes and tells
         return _run(cfg, images, folder, store, model or _load(cfg), home, None)
     commands = write_run_files(cfg, folder)
     if echo:
@@ -99,18 +100,6 @@ def _load(cfg: TrainConfig):
 
     dtype = weight_dtype(cfg.mixed_precision)
     return load_model(cfg.model, dtype=dtype, config=cfg.model_config or None)
-
-
-def _joined_as_main() -> bool:
-    """Join the other processes of a multi-process launch (none: a plain run) once each has checked the run
-    folder, so no process finds a progress.jsonl that the main one has just begun; True in the main one."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    # the same process setup the Accelerator makes later (it reads ACCELERATE_USE_CPU; PartialState does not)
-    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    processes.wait_for_everyone()
-    return processes.is_main_process
 
 
 def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Embedding:
@@ -240,7 +229,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         )
         with torch.no_grad(), accelerator.autocast():
             loss = step_loss(pipe.unet, conditioner, maths, batch)
-        return float(_sum_over_processes(accelerator, [float(loss)])[0]) / accelerator.num_processes
+        return mean_over_processes(accelerator, float(loss))
 
     def previews(step: int) -> dict:
         if not cfg.preview_images or not accelerator.is_main_process:
@@ -307,9 +296,9 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
                 )
             accelerator.backward(micro_loss)
             loss += float(micro_loss.detach())
-        _apply_update(params, optimizer, accelerator, cfg.max_grad_norm)
+        apply_update(params, optimizer, accelerator, cfg.max_grad_norm)
         step += 1
-        loss = float(_sum_over_processes(accelerator, [loss])[0]) / accelerator.num_processes  # whole batch's
+        loss = mean_over_processes(accelerator, loss)  # the whole batch's
         bad_losses = 0 if math.isfinite(loss) else bad_losses + 1
         if bad_losses >= MAX_BAD_LOSSES:
             raise TokensmithError(
@@ -335,31 +324,12 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             break
         # a stop asked of any process (a SIGTERM to the main one only, as the studio sends) ends every
         # process at the same step
-        if _sum_over_processes(accelerator, [float(stop.raised)])[0] > 0:
+        if any_process(accelerator, stop.raised):
             state.snapshot(step, conditioner, model, spec)
             state.checkpoint(step, params, stopper, fingerprint)
             reason = "stopped"
             break
     return {"steps": step, "reason": reason, "stopper": stopper}
-
-
-def _sum_over_processes(accelerator, values: list[float]) -> torch.Tensor:
-    """`values` summed over the processes of a multi-process run (as they are in a single process): (k,)."""
-    local = torch.tensor(values, dtype=torch.float64)  # (k,)
-    if accelerator.num_processes == 1:
-        return local
-    return accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()  # (k,)
-
-
-def _apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:
-    """Average gradients over processes (no DDP wrapper: rows live inside the text encoders), clip, step."""
-    if accelerator.num_processes > 1:
-        for p in params:
-            p.grad = accelerator.reduce(p.grad, reduction="mean")
-    if max_grad_norm > 0:
-        accelerator.clip_grad_norm_(params, max_grad_norm)  # unscales fp16 gradients first
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def _make_metric(cfg, spec, family: str, images):

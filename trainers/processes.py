@@ -1,0 +1,51 @@
+"""What the processes of one run share (`accelerate launch` / `torchrun`; a plain run is one process):
+joining them, summing numbers over them, and averaging the new rows' gradients before each step.
+
+There is no DDP wrapper: the trainable rows live inside the frozen text encoders, so gradients are averaged
+here, explicitly. With one process every function is a plain local operation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def joined_as_main() -> bool:
+    """Join the other processes of a multi-process launch (none: a plain run) once each has checked the run
+    folder, so no process finds a progress.jsonl that the main one has just begun; True in the main one."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # the same process setup the Accelerator makes later (it reads ACCELERATE_USE_CPU; PartialState does not)
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    processes.wait_for_everyone()
+    return processes.is_main_process
+
+
+def sum_over_processes(accelerator, values: list[float]) -> torch.Tensor:
+    """`values` summed over the processes of a multi-process run (as they are in a single process): (k,)."""
+    local = torch.tensor(values, dtype=torch.float64)  # (k,)
+    if accelerator.num_processes == 1:
+        return local
+    return accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()  # (k,)
+
+
+def mean_over_processes(accelerator, value: float) -> float:
+    """The mean of one number over the processes (the whole batch's loss from each process's share)."""
+    return float(sum_over_processes(accelerator, [value])[0]) / accelerator.num_processes
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True in every process when `flag` is true in any (a stop asked of one process ends them all)."""
+    return bool(sum_over_processes(accelerator, [float(flag)])[0] > 0)
+
+
+def apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:
+    """Average gradients over processes (no DDP wrapper: rows live inside the text encoders), clip, step."""
+    if accelerator.num_processes > 1:
+        for p in params:
+            p.grad = accelerator.reduce(p.grad, reduction="mean")
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(params, max_grad_norm)  # unscales fp16 gradients first
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
