@@ -10,7 +10,8 @@ Measured in one process, one thread, the three steps interleaved so a busy neigh
   only, AdamW on those rows);
 - diffusers-style: VAE encode of the batch every step, the whole token table trainable, AdamW over it, then
   every other row restored (examples/textual_inversion/textual_inversion.py).
-The last lines are `step/floor MODEL bsB: RATIO`, one per configuration (goal: <= 1.10).
+The last lines are `step/floor MODEL bsB: RATIO`, one per configuration (goal: <= 1.10). bench/step_flops.py
+counts the text encoder's share of a batch-1 step in FLOPs, on these models and at real SD sizes.
 """
 
 from __future__ import annotations
