@@ -2,6 +2,7 @@
 
     python bench/train_speed.py            # demo world (when built) and a small SD-shaped random model
     python bench/train_speed.py --quick    # fewer timed steps
+    python bench/train_speed.py --sd15-size 512   # also SD 1.5's own architecture at 512 px (minutes a step)
 
 Measured in one process, one thread, the three steps interleaved so a busy neighbour slows all alike:
 - floor: UNet forward + backward on fixed inputs, gradient only to the conditioning (what any TI step
@@ -41,32 +42,17 @@ PROMPT = "a photo of a [name]"
 def sd_small_pipeline():
     """A random SD-shaped pipeline: UNet (64, 128, 256), VAE ×8, 128 px; text encoder 2 layers of width 256
     over a 49408-row table, 77 tokens (as in the issue's measurement)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from trainers.tiny import tiny_tokenizer
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
 
     torch.manual_seed(0)
-    tokenizer = tiny_tokenizer(("a", "photo", "of"), max_length=77)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=256,
-            intermediate_size=1024,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-        )
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64, 64, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=128,
-        mid_block_add_attention=False,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+    text = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
     )
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -78,10 +64,51 @@ def sd_small_pipeline():
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     )
+    return _random_pipeline(text, unet, 128)
+
+
+def sd15_shaped_pipeline(size: int):
+    """SD 1.5's own architecture with random weights: its UNet (UNet2DConditionModel's defaults) and CLIP
+    ViT-L/14's text encoder (12 layers of width 768), at `size` px; the VAE is the small one (the step never
+    runs it)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    torch.manual_seed(0)
+    text = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+    )
+    unet = UNet2DConditionModel(sample_size=size // 8, cross_attention_dim=768, attention_head_dim=8)
+    return _random_pipeline(text, unet, size)
+
+
+def _random_pipeline(text_config, unet, size: int):
+    """An SD pipeline around `unet` and a text encoder of `text_config`, with a small ×8 VAE at `size` px."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from trainers.tiny import tiny_tokenizer
+
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=size,
+        mid_block_add_attention=False,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     return StableDiffusionPipeline(
         vae=vae,
-        text_encoder=text,
-        tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(text_config),
+        tokenizer=tiny_tokenizer(("a", "photo", "of"), max_length=77),
         unet=unet,
         scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
         safety_checker=None,
@@ -208,29 +235,42 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def measure(label: str, pipe_factory, batch_size: int, image_dir: Path, steps: int) -> tuple[float, float]:
-    """(tokensmith / floor, diffusers-style / tokensmith), medians of interleaved rounds."""
+def measure(
+    label: str,
+    pipe_factory,
+    batch_size: int,
+    image_dir: Path,
+    steps: int,
+    *,
+    warmup: int = 3,
+    baseline: bool = True,
+) -> tuple[float, float | None]:
+    """(tokensmith / floor, diffusers-style / tokensmith or None without `baseline`), medians of interleaved
+    rounds."""
     bench = Steps(pipe_factory(), batch_size, image_dir)
     for fn in (bench.floor, bench.ours, bench.floor):
-        timed(fn, 3)  # warm-up
+        timed(fn, warmup)
     floor, ours = [], []
     for _ in range(steps):
         floor += timed(bench.floor, 1)
         ours += timed(bench.ours, 1)
-    bench.use_full_table()
-    timed(bench.diffusers_style, 2)
-    baseline, floor2 = [], []
-    for _ in range(max(3, steps // 2)):
-        baseline += timed(bench.diffusers_style, 1)
-        floor2 += timed(bench.floor, 1)
     f, o = statistics.median(floor), statistics.median(ours)
-    b = statistics.median(baseline) * f / statistics.median(floor2)  # rescaled to the first phase's floor
-    print(
-        f"{label} bs{batch_size}: floor {f * 1e3:.1f} ms, tokensmith {o * 1e3:.1f} ms, "
-        f"diffusers-style {b * 1e3:.1f} ms (text-encoder attention: {bench.attention})",
-        flush=True,
-    )
-    return o / f, b / o
+    line = f"{label} bs{batch_size}: floor {f * 1e3:.1f} ms, tokensmith {o * 1e3:.1f} ms"
+    speedup = None
+    if baseline:
+        bench.use_full_table()
+        timed(bench.diffusers_style, 2)
+        diffusers, floor2 = [], []
+        for _ in range(max(3, steps // 2)):
+            diffusers += timed(bench.diffusers_style, 1)
+            floor2 += timed(bench.floor, 1)
+        d = (
+            statistics.median(diffusers) * f / statistics.median(floor2)
+        )  # rescaled to the first phase's floor
+        line += f", diffusers-style {d * 1e3:.1f} ms"
+        speedup = d / o
+    print(f"{line} (text-encoder attention: {bench.attention})", flush=True)
+    return o / f, speedup
 
 
 def main() -> None:
@@ -239,6 +279,13 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer timed steps (noisier)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per configuration")
+    parser.add_argument(
+        "--sd15-size",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="also time SD 1.5's architecture (random weights) at PX pixels, batch 1 (512: about 5 minutes)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"glibc malloc thresholds raised: {tune_malloc()}")
@@ -246,21 +293,28 @@ def main() -> None:
 
     from trainers.models import demo_model_dir, load_model
 
+    steps = args.steps or (8 if args.quick else 20)
+    # (label, pipeline factory, image size, batch sizes, timed steps, measure's options)
     configs = []
     if (demo_model_dir() / "model_index.json").is_file():
-        configs.append(("demo", lambda: load_model("demo").pipe, 32))
+        configs.append(("demo", lambda: load_model("demo").pipe, 32, (1, 4), steps, {}))
     else:
         print("demo model not built (python -m demo.build): demo rows skipped")
-    configs.append(("sd-small", sd_small_pipeline, 128))
+    configs.append(("sd-small", sd_small_pipeline, 128, (1, 4), steps, {}))
+    if args.sd15_size:
+        # tens of seconds a step on a CPU: batch 1, few steps, one warm-up; no diffusers-style step, whose VAE
+        # here would be the small one and not SD's, so its time would mean nothing
+        px, options = args.sd15_size, {"warmup": 1, "baseline": False}
+        configs.append((f"sd15-{px}px", lambda: sd15_shaped_pipeline(px), px, (1,), args.steps or 3, options))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, factory, size in configs:
+        for label, factory, size, batch_sizes, timed_steps, options in configs:
             images = write_images(Path(tmp) / label, size)
-            for bs in (1, 4):
-                steps = args.steps or (8 if args.quick else 20)
-                results.append((label, bs, *measure(label, factory, bs, images, steps)))
+            for bs in batch_sizes:
+                results.append((label, bs, *measure(label, factory, bs, images, timed_steps, **options)))
     for label, bs, _, speedup in results:
-        print(f"speed-up over diffusers-style {label} bs{bs}: {speedup:.2f}x")
+        if speedup is not None:
+            print(f"speed-up over diffusers-style {label} bs{bs}: {speedup:.2f}x")
     for label, bs, ratio, _ in results:
         print(f"step/floor {label} bs{bs}: {ratio:.2f}")
 
