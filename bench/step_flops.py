@@ -88,17 +88,10 @@ def encoder_flops(text_encoder) -> int:
 
 
 def _clip(width: int, layers: int, heads: int, act: str, projection: bool = False):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from train_speed import clip_text_config
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        hidden_size=width,
-        intermediate_size=4 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=TOKENS,
-        hidden_act=act,
-        projection_dim=width,
-    )
+    config = clip_text_config(width=width, layers=layers, heads=heads, act=act, projection=projection)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 

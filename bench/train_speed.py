@@ -43,17 +43,9 @@ def sd_small_pipeline():
     """A random SD-shaped pipeline: UNet (64, 128, 256), VAE ×8, 128 px; text encoder 2 layers of width 256
     over a 49408-row table, 77 tokens (as in the issue's measurement)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig
 
     torch.manual_seed(0)
-    text = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-    )
+    text = clip_text_config(width=256, layers=2, heads=4, act="quick_gelu")
     unet = UNet2DConditionModel(
         sample_size=16,
         block_out_channels=(64, 128, 256),
@@ -72,20 +64,27 @@ def sd15_shaped_pipeline(size: int):
     ViT-L/14's text encoder (12 layers of width 768), at `size` px; the VAE is the small one (the step never
     runs it)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig
 
     torch.manual_seed(0)
-    text = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-    )
+    text = clip_text_config(width=768, layers=12, heads=12, act="quick_gelu")  # CLIP ViT-L/14
     unet = UNet2DConditionModel(sample_size=size // 8, cross_attention_dim=768, attention_head_dim=8)
     return _random_pipeline(text, unet, size)
+
+
+def clip_text_config(*, width: int, layers: int, heads: int, act: str, projection: bool = False):
+    """A CLIP text encoder config over SD's 49,408-token vocabulary and 77 positions, MLP 4× wide."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=width if projection else 512,
+    )
 
 
 def _random_pipeline(text_config, unet, size: int):

@@ -47,7 +47,7 @@ def _config(images, tmp_path, **changes):
 
 def _script(monkeypatch, values) -> None:
     metric = ScriptedMetric(values)
-    monkeypatch.setattr(trainer_module, "_make_metric", lambda *args: metric)
+    monkeypatch.setattr(trainer_module, "preview_metric", lambda *args: metric)
 
 
 def _snapshot(tmp_path, step: int) -> torch.Tensor:

@@ -63,6 +63,11 @@ def wait_for(at: AppTest, status: str, timeout=30.0) -> AppTest:
     raise AssertionError(f"status {status!r} never shown: {[md.value for md in at.markdown]}")
 
 
+def job_command(at: AppTest, home: Path) -> list[str]:
+    """The `tokensmith train` command of the job the page just started."""
+    return json.loads((home / "runs" / at.query_params["job"] / "job.json").read_text())["command"]
+
+
 def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
@@ -180,9 +185,7 @@ def test_a_folder_on_this_machine_is_trained_in_place(fake_trainer, tokensmith_h
     at.text_input(key="folder").set_value(str(folder)).run()
     at.button(key="start").click().run()
     assert not errors(at), errors(at)
-    command = json.loads((tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text())[
-        "command"
-    ]
+    command = job_command(at, tokensmith_home)
     assert command[command.index("--images") + 1] == str(folder)
 
 
@@ -192,9 +195,7 @@ def test_storing_the_last_step_instead_of_the_best_is_passed_to_the_trainer(fake
     at.toggle(key="keep_best").set_value(False).run()
     at.button(key="start").click().run()
     assert not errors(at), errors(at)
-    command = json.loads((tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text())[
-        "command"
-    ]
+    command = job_command(at, tokensmith_home)
     assert command[command.index("--keep") + 1] == "last"
 
 
@@ -217,8 +218,6 @@ def test_a_checkpoint_file_gets_a_configs_field_that_reaches_the_trainer(fake_tr
     files = [(f"{i}.png", png(), "image/png") for i in range(2)]
     fill(at, files=files).button(key="start").click().run()
     assert not errors(at), errors(at)
-    command = json.loads((tokensmith_home / "runs" / at.query_params["job"] / "job.json").read_text())[
-        "command"
-    ]
+    command = job_command(at, tokensmith_home)
     assert command[command.index("--model") + 1] == "/models/sd15.safetensors"
     assert command[command.index("--model-config") + 1] == "/models/sd15-configs"

@@ -22,22 +22,24 @@ def joined_as_main() -> bool:
     return processes.is_main_process
 
 
-def sum_over_processes(accelerator, values: list[float]) -> torch.Tensor:
-    """`values` summed over the processes of a multi-process run (as they are in a single process): (k,)."""
-    local = torch.tensor(values, dtype=torch.float64)  # (k,)
-    if accelerator.num_processes == 1:
-        return local
-    return accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()  # (k,)
-
-
 def mean_over_processes(accelerator, value: float) -> float:
     """The mean of one number over the processes (the whole batch's loss from each process's share)."""
-    return float(sum_over_processes(accelerator, [value])[0]) / accelerator.num_processes
+    if accelerator.num_processes == 1:
+        return value
+    return float(_summed(accelerator, value)) / accelerator.num_processes
 
 
 def any_process(accelerator, flag: bool) -> bool:
     """True in every process when `flag` is true in any (a stop asked of one process ends them all)."""
-    return bool(sum_over_processes(accelerator, [float(flag)])[0] > 0)
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(_summed(accelerator, float(flag)) > 0)
+
+
+def _summed(accelerator, value: float) -> torch.Tensor:
+    """`value` summed over the processes: a one-number collective every process must join."""
+    local = torch.tensor([value], dtype=torch.float64, device=accelerator.device)  # (1,)
+    return accelerator.reduce(local, reduction="sum").cpu()[0]
 
 
 def apply_update(params, optimizer, accelerator, max_grad_norm: float) -> None:

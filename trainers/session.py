@@ -268,6 +268,24 @@ class RunState:
         save_canonical(Embedding(self.cfg.name, vectors, meta), self.folder.snapshot_path(step))
 
 
+def check_trackers(cfg: TrainConfig) -> None:
+    """Refuse trackers that are not installed (before any model loads)."""
+    import importlib.util
+
+    missing = [name for name in cfg.trackers if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TokensmithError(
+            f"tracker(s) {', '.join(missing)} not installed: pip install {' '.join(missing)}; or drop them"
+        )
+
+
+def start_trackers(cfg: TrainConfig, accelerator) -> None:
+    """Accelerate's trackers (TensorBoard, W&B) besides the JSONL, when asked for."""
+    if cfg.trackers:
+        flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
+        accelerator.init_trackers("tokensmith", config=flat)
+
+
 def write_run_files(cfg: TrainConfig, folder: RunFolder) -> list[str]:
     """Write config.toml, command.txt and pid; return the equivalent commands (to print)."""
     commands = config_io.equivalent_commands(cfg, folder.config_path)

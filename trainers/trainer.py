@@ -34,14 +34,21 @@ from trainers.processes import any_process, apply_update, joined_as_main, mean_o
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder
 from trainers.schedules import schedule_for
-from trainers.session import RunState, StopFlag, default_home, resolve_run_dir, write_run_files
+from trainers.session import (
+    RunState,
+    StopFlag,
+    check_trackers,
+    default_home,
+    resolve_run_dir,
+    start_trackers,
+    write_run_files,
+)
 from trainers.validation import (
     DEFAULT_GUIDANCE,
-    ClipImageMetric,
-    DemoJudgeMetric,
     EarlyStopper,
     build_validation_set,
     grid,
+    preview_metric,
     sample_images,
 )
 
@@ -73,7 +80,7 @@ def train(
         raise TokensmithError(
             f"an embedding named '{cfg.name}' is already stored; pass --overwrite or another --name"
         )
-    _check_trackers(cfg)
+    check_trackers(cfg)
     images = load_images(cfg.images, min_images=cfg.min_images)
     folder = RunFolder(resolve_run_dir(cfg, home))
     cfg = cfg.replace(run_dir=str(folder.root))
@@ -128,7 +135,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
             if accelerator.is_main_process:
                 write_run_files(cfg, folder)
         state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
-        _start_trackers(cfg, accelerator)
+        start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError("--mixed-precision fp16 needs a GPU (no loss scaling on CPU): use bf16")
         conditioner = attach_rows(model, spec, cfg, store)
@@ -148,24 +155,6 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         stop.uninstall()
         if cfg.trackers:
             accelerator.end_training()
-
-
-def _check_trackers(cfg) -> None:
-    """Refuse trackers that are not installed (before any model loads)."""
-    import importlib.util
-
-    missing = [name for name in cfg.trackers if importlib.util.find_spec(name) is None]
-    if missing:
-        raise TokensmithError(
-            f"tracker(s) {', '.join(missing)} not installed: pip install {' '.join(missing)}; or drop them"
-        )
-
-
-def _start_trackers(cfg, accelerator) -> None:
-    """Accelerate's trackers (TensorBoard, W&B) besides the JSONL, when asked for."""
-    if cfg.trackers:
-        flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
-        accelerator.init_trackers("tokensmith", config=flat)
 
 
 # --- the run ---
@@ -213,7 +202,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
     else:
         state.text_attention = pick_text_attention(conditioner, device)
     # previews, and the metric scoring them, are the main process's: the others would load CLIP for nothing
-    metric = _make_metric(cfg, spec, model.family, images) if accelerator.is_main_process else None
+    metric = preview_metric(cfg, spec, model.family, images) if accelerator.is_main_process else None
     guidance = cfg.preview_guidance or DEFAULT_GUIDANCE.get(model.family, 7.5)
     preview_prompt = fill_template(cfg.preview_prompt, f"<{cfg.name}>", "")
 
@@ -330,15 +319,6 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             reason = "stopped"
             break
     return {"steps": step, "reason": reason, "stopper": stopper}
-
-
-def _make_metric(cfg, spec, family: str, images):
-    if cfg.clip_model:
-        text = fill_template(cfg.preview_prompt, cfg.init or spec.default_init, "")
-        return ClipImageMetric.load(cfg.clip_model, [image.image for image in images], text)
-    if family == "demo":
-        return DemoJudgeMetric.from_training_images([image.image for image in images])
-    return None
 
 
 # --- the result ---

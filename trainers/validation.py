@@ -218,3 +218,15 @@ class ClipImageMetric:
     def rank(self, scores: dict[str, float]) -> float:
         """Lower is better: the negated image-image similarity."""
         return -scores["metric"]
+
+
+def preview_metric(cfg, spec, family: str, images):
+    """What scores the previews: CLIP with `--clip-model`, the judge on the demo world, else None."""
+    from trainers.data import fill_template
+
+    if cfg.clip_model:
+        text = fill_template(cfg.preview_prompt, cfg.init or spec.default_init, "")
+        return ClipImageMetric.load(cfg.clip_model, [image.image for image in images], text)
+    if family == "demo":
+        return DemoJudgeMetric.from_training_images([image.image for image in images])
+    return None

@@ -56,11 +56,12 @@ def model_spec() -> str:
     return st.session_state["model"].strip() or DEFAULT_MODEL
 
 
-def model_config() -> str:
-    """Configs for a single-file model offline (the sidebar's second field, or ?model_config=); '' if none."""
+def model_config(spec: str) -> str:
+    """The configs that go with `spec` (the sidebar's second field, or ?model_config=): '' unless `spec` is
+    a checkpoint file."""
     if "model_config" not in st.session_state:
         st.session_state["model_config"] = st.query_params.get("model_config", "")
-    return st.session_state["model_config"].strip()
+    return st.session_state["model_config"].strip() if is_single_file(spec) else ""
 
 
 def is_single_file(spec: str) -> bool:
@@ -85,7 +86,7 @@ def sidebar_ui() -> str:
         spec = st.text_input("Model", key="model", help=MODEL_HELP).strip() or DEFAULT_MODEL
         _keep_in_url("model", spec, DEFAULT_MODEL)
         if is_single_file(spec):
-            model_config()
+            model_config(spec)  # seed the widget's state from the URL before the widget exists
             config = st.text_input("Model configs", key="model_config", help=MODEL_CONFIG_HELP).strip()
             _keep_in_url("model_config", config, "")
         st.caption(f"Home: `{home()}`")
@@ -115,7 +116,7 @@ def store() -> Any:
 def generation_session(spec: str) -> Any:
     """A generation Session for `spec` (with the sidebar's configs for a checkpoint file), loaded once and
     shared by every page and browser tab."""
-    return _generation_session(spec, model_config() if is_single_file(spec) else "")
+    return _generation_session(spec, model_config(spec))
 
 
 @st.cache_resource(show_spinner="Loading the model (once per studio process)…", max_entries=2)

@@ -291,8 +291,7 @@ with left:
     if st.button("Start training", type="primary", key="start"):
         try:
             spec = context.model_spec()
-            config = context.model_config() if context.is_single_file(spec) else ""
-            job = start_job(runner, files, folder, concept, spec, config)
+            job = start_job(runner, files, folder, concept, spec, context.model_config(spec))
             st.query_params["job"] = job.id
             st.rerun()
         except context.user_errors() as exc:
