@@ -11,6 +11,7 @@ TRAIN_EXAMPLE = """Examples:
   tokensmith train --images shots/ --name my-style --style --vectors 4 --steps 500 --model /models/sd15
   tokensmith train --config run.toml --steps 300          # a file, with flags on top
   tokensmith train --name my-cat --resume                 # continue HOME/runs/my-cat after a crash
+  tokensmith train --name my-cat --resume --steps 300 --overwrite   # train a finished run further
 Every flag is also a config key (--batch-size 4 <-> batch_size = 4). The run folder holds config.toml,
 command.txt, progress.jsonl, previews/, snapshots/ and checkpoints/; SIGTERM stops cleanly."""
 

@@ -25,7 +25,7 @@ def _trained_optimizer():
 
 def test_checkpoint_round_trip_restores_rows_and_adamw_state_exactly(tmp_path):
     param, optimizer, accelerator = _trained_optimizer()
-    saved = checkpoint.Checkpoint(7, {"0": param.detach()}, {"history": [1.0]}, "abc")
+    saved = checkpoint.Checkpoint(7, {"0": param.detach()}, {"history": [1.0]}, {"steps": 40, "seed": 3})
     folder = checkpoint.save(tmp_path / "step-000007", saved, accelerator)
     assert {"optimizer.bin", "random_states_0.pkl", "state.safetensors", "state.json"} <= {
         p.name for p in folder.iterdir()
@@ -36,7 +36,7 @@ def test_checkpoint_round_trip_restores_rows_and_adamw_state_exactly(tmp_path):
     for group in fresh_opt.param_groups:
         group["lr"] = 0.5
     loaded = checkpoint.load(folder, fresh_acc)
-    assert loaded.step == 7 and loaded.fingerprint == "abc" and loaded.stopper == {"history": [1.0]}
+    assert (loaded.step, loaded.config, loaded.stopper) == (7, {"steps": 40, "seed": 3}, {"history": [1.0]})
     assert torch.equal(loaded.rows["0"], param.detach())
     assert torch.equal(torch.get_rng_state(), expected_rng)
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_unreadable_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(TokensmithError, match="unreadable"):
         checkpoint.load(tmp_path / "broken", accelerator)
-    folder = checkpoint.save(tmp_path / "ok", checkpoint.Checkpoint(1, {"0": param}, {}, ""), accelerator)
+    folder = checkpoint.save(tmp_path / "ok", checkpoint.Checkpoint(1, {"0": param}, {}, {}), accelerator)
     meta = json.loads((folder / "state.json").read_text())
     (folder / "state.json").write_text(json.dumps({**meta, "format": "other"}))
     with pytest.raises(TokensmithError, match="not a tokensmith training checkpoint"):
@@ -79,7 +79,7 @@ class _Payload:
 def test_a_checkpoint_with_a_code_running_pickle_is_refused_and_runs_nothing(tmp_path):
     param, _, accelerator = _trained_optimizer()
     folder = checkpoint.save(
-        tmp_path / "step-000001", checkpoint.Checkpoint(1, {"0": param}, {}, ""), accelerator
+        tmp_path / "step-000001", checkpoint.Checkpoint(1, {"0": param}, {}, {}), accelerator
     )
     marker = tmp_path / "pwned"
     original = (folder / "optimizer.bin").read_bytes()

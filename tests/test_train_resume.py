@@ -132,3 +132,57 @@ def test_killed_stopped_and_resumed_run_matches_an_uninterrupted_one(setup, tmp_
     steps = [r["step"] for r in records if "event" not in r]
     assert steps == sorted(set(steps)) and steps[-1] == 40, "resume left a gap or duplicate in progress.jsonl"
     assert [r["event"] for r in records if "event" in r] == ["done"]
+
+
+def test_a_finished_run_trains_further_like_one_longer_run(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    longer = [*_args(setup, tmp_path / "longer", steps=32), "--home", str(tmp_path / "home-a")]
+    assert main(longer) == 0
+    whole = Store.for_home(tmp_path / "home-a").get("kitty")
+
+    home, run = str(tmp_path / "home-b"), tmp_path / "further"
+    assert main([*_args(setup, run, steps=20), "--home", home]) == 0
+    assert (run / "checkpoints" / "step-000020").is_dir(), "the last step is checkpointed too"
+    # the same config again: nothing to do, and the error says how to train further
+    assert main(["train", "--run-dir", str(run), "--resume", "--home", home]) == EXIT_ERROR
+    assert "--steps above 20" in capsys.readouterr().err
+    # more steps, but the embedding is stored: --overwrite is asked for, nothing changes
+    assert main(["train", "--run-dir", str(run), "--resume", "--steps", "32", "--home", home]) == EXIT_ERROR
+    assert "--overwrite" in capsys.readouterr().err
+    assert Store.for_home(home).get("kitty").meta["steps"] == "20"
+
+    assert (
+        main(["train", "--run-dir", str(run), "--resume", "--steps", "32", "--overwrite", "--home", home])
+        == 0
+    )
+    further = Store.for_home(home).get("kitty")
+    assert further.meta["steps"] == "32"
+    difference = (further.vectors["emb_params"] - whole.vectors["emb_params"]).abs().max()
+    assert float(difference) <= 1e-6
+    records = _records(run)
+    steps = [r["step"] for r in records if "event" not in r]
+    assert steps == list(range(33)), "the log should read as one 32-step run"
+    assert [r["event"] for r in records if "event" in r] == ["done"]
+
+
+def test_a_resume_that_would_compute_something_else_names_what_changed(setup, tmp_path, capsys):
+    home, run = str(tmp_path / "home"), tmp_path / "run"
+    assert main([*_args(setup, run, steps=8), "--lr-schedule", "cosine", "--home", home]) == 0
+    further = ["train", "--run-dir", str(run), "--resume", "--overwrite", "--home", home]
+    assert main([*further, "--steps", "12", "--learning-rate", "0.5"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "learning_rate: 0.02 -> 0.5" in err and "steps: 8 -> 12" in err  # cosine's rates depend on steps
+    assert "--config" in err and str(run / "config.toml") in err
+    assert Store.for_home(home).get("kitty").meta["steps"] == "8"
+
+
+def test_options_added_or_removed_since_a_checkpoint_do_not_block_its_resume():
+    from trainers.config import TrainConfig
+    from trainers.session import computed_values, config_changes
+
+    cfg = TrainConfig(name="kitty", learning_rate=0.01)
+    saved = computed_values(cfg)
+    assert config_changes(saved, cfg.replace(steps=300, early_stopping=False, overwrite=True)) == []
+    older = {k: v for k, v in saved.items() if k != "min_snr_gamma"}  # an option added since, at its default
+    assert config_changes({**older, "retired_option": 1}, cfg) == []
+    assert config_changes(older, cfg.replace(min_snr_gamma=5.0)) == ["min_snr_gamma: 0.0 -> 5.0"]

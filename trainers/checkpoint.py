@@ -2,11 +2,11 @@
 
 A checkpoint folder holds what `Accelerator.save_state` writes (`optimizer.bin`, `random_states_N.pkl`, and
 `scaler.pt` under fp16) and two files of ours: `state.safetensors` (the new rows per encoder) and
-`state.json` (step, early-stopper state, config fingerprint). Accelerate's loader reads its files with
-`torch.load(weights_only=True)` (numpy's RNG types allow-listed), so a checkpoint someone hands you cannot run
-code; we register no custom objects, the one path Accelerate unpickles in full. Resuming is exact even without
-the RNG files: every random draw of a step comes from a generator seeded by (seed, micro-step), and learning
-rates are a pure function of the step.
+`state.json` (step, early-stopper state, the config values that decide what the run computes). Accelerate's
+loader reads its files with `torch.load(weights_only=True)` (numpy's RNG types allow-listed), so a checkpoint
+someone hands you cannot run code; we register no custom objects, the one path Accelerate unpickles in full.
+Resuming is exact even without the RNG files: every random draw of a step comes from a generator seeded by
+(seed, micro-step), and learning rates are a pure function of the step.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError, first_line
 
-FORMAT = "tokensmith-train-checkpoint/2"
+FORMAT = "tokensmith-train-checkpoint/3"  # /3: the config's values instead of a hash of them
 OURS = ("state.safetensors", "state.json")
 
 
@@ -33,7 +33,7 @@ class Checkpoint:
     step: int
     rows: dict[str, torch.Tensor]  # key -> (n, D)
     stopper: dict
-    fingerprint: str  # the resolved config's identity: resuming a different config is refused
+    config: dict  # the run's config values that decide what it computes: a resume is compared key by key
 
 
 def save(folder: Path, ckpt: Checkpoint, accelerator) -> Path:
@@ -54,7 +54,7 @@ def save(folder: Path, ckpt: Checkpoint, accelerator) -> Path:
     if main:
         rows = {f"rows.{key}": value.detach().cpu().contiguous() for key, value in ckpt.rows.items()}
         save_file(rows, str(tmp / "state.safetensors"))
-        meta = {"format": FORMAT, "step": ckpt.step, "stopper": ckpt.stopper, "fingerprint": ckpt.fingerprint}
+        meta = {"format": FORMAT, "step": ckpt.step, "stopper": ckpt.stopper, "config": ckpt.config}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         for path in tmp.iterdir():
             with open(path, "rb") as handle:
@@ -94,5 +94,5 @@ def load(folder: Path, accelerator) -> Checkpoint:
         step=int(meta["step"]),
         rows=rows,
         stopper=meta.get("stopper", {}),
-        fingerprint=meta.get("fingerprint", ""),
+        config=meta.get("config", {}),
     )

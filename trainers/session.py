@@ -6,7 +6,6 @@ the loop reads as steps and not as file handling.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from trainers.runfolder import RunFolder
 TRAINER_VERSION = "tokensmith-ti/1"
 # Keys that say where and how a run is kept (and which step is stored, and where a checkpoint's configs
 # are), not what it computes: they may change on resume.
-NOT_FINGERPRINTED = (
+KEPT_NOT_COMPUTED = (
     "run_dir",
     "resume",
     "overwrite",
@@ -37,6 +36,51 @@ NOT_FINGERPRINTED = (
     "keep",
     "model_config",
 )
+# Keys that only decide when a run ends: a resume may change them too, to train a run for longer or a finished
+# run further. The steps already taken are the same either way (learning rates are a function of the step;
+# cosine, whose rates depend on the total, keeps its steps).
+ENDING = ("steps", "early_stopping", "min_steps", "dvar_window", "dvar_threshold")
+
+
+def computed_values(cfg: TrainConfig) -> dict:
+    """The config values that decide what a run computes, as JSON values (what a checkpoint records)."""
+    values = {k: v for k, v in cfg.to_dict().items() if k not in KEPT_NOT_COMPUTED}
+    return json.loads(json.dumps(values))
+
+
+def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """'key: before -> now' for each value a resume may not change (an empty list: the resume is allowed).
+
+    An option added since the checkpoint was written counts as its default then (an option is added with
+    the default that keeps the old behaviour); an option this version no longer has is ignored.
+    """
+    now, defaults = computed_values(cfg), computed_values(TrainConfig())
+    changes = []
+    for key, value in now.items():
+        if key in ENDING and not (key == "steps" and cfg.lr_schedule == "cosine"):
+            continue
+        before = saved.get(key, defaults[key])
+        if before != value:
+            changes.append(f"{key}: {before!r} -> {value!r}")
+    return changes
+
+
+def check_train_further(cfg: TrainConfig, folder: RunFolder, done: dict) -> None:
+    """A finished run (its `done` event) resumes only to train further: more steps, or other ending rules."""
+    trained = int(done.get("steps") or 0)
+    try:
+        before = config_io.load(folder.config_path)  # the finished run's resolved config
+        changed = any(getattr(before, key) != getattr(cfg, key) for key in ENDING)
+    except (OSError, TokensmithError):
+        changed = False
+    if changed and cfg.steps > trained:
+        return
+    hint = " and --no-early-stopping (it stopped early)" if done.get("reason") == "early_stopped" else ""
+    raise TokensmithError(
+        f"the run in {folder.root} already finished ({done.get('message')}); nothing to resume. To train "
+        f"it further, pass --resume with --steps above {trained}{hint}, and --overwrite to replace the "
+        "stored embedding"
+    )
 
 
 def default_home() -> Path:
@@ -105,21 +149,25 @@ class RunState:
     _clock: tuple[float, int] = (0.0, 0)
     _elapsed_before: float = 0.0
 
-    # --- identity and resume ---
-    def fingerprint(self) -> str:
-        values = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_FINGERPRINTED}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-
-    def resume_from(self, params, stopper, fingerprint: str) -> int:
+    # --- resume ---
+    def resume_from(self, params, stopper) -> int:
         """Load the newest checkpoint into the rows, optimizer and stopper; returns its step (0: none)."""
         latest = self.folder.latest_checkpoint()
         if latest is None:
             return 0
         saved = ckpt_io.load(latest, self.accelerator)  # restores the optimizer (and scaler, RNG) too
-        if saved.fingerprint != fingerprint:
+        changes = config_changes(saved.config, self.cfg)
+        if changes:
+            shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
             raise TokensmithError(
-                f"the checkpoint in {latest} was made with a different config; resume with the run's own "
-                f"config (tokensmith train --config {self.folder.config_path} --resume)"
+                f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
+                f"own config (tokensmith train --config {self.folder.config_path} --resume). Only where the "
+                f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
+            )
+        if self.cfg.steps < saved.step:
+            raise TokensmithError(
+                f"the checkpoint in {latest} is at step {saved.step}, past --steps {self.cfg.steps}; "
+                f"pass --steps {saved.step} or more"
             )
         processes = int(saved.stopper.get("processes", 1))
         if processes != self.accelerator.num_processes:  # each step's batch is the processes' micro-batches
@@ -141,14 +189,14 @@ class RunState:
             self.folder.truncate_progress_after(saved.step)
         return saved.step
 
-    def checkpoint(self, step: int, params, stopper, fingerprint: str) -> None:
+    def checkpoint(self, step: int, params, stopper) -> None:
         """Every process calls this: Accelerate writes one RNG file per process; the main one the rest."""
         rows = {f"{i}": p.detach() for i, p in enumerate(params)}
         extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
         extra["text_attention"] = self.text_attention
         extra["best"] = self.best
         extra["processes"] = self.accelerator.num_processes
-        saved = ckpt_io.Checkpoint(step, rows, extra, fingerprint)
+        saved = ckpt_io.Checkpoint(step, rows, extra, computed_values(self.cfg))
         ckpt_io.save(self.folder.checkpoint_dir(step), saved, self.accelerator)
         if self.accelerator.is_main_process:
             self.folder.prune_checkpoints()

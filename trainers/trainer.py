@@ -38,6 +38,7 @@ from trainers.session import (
     RunState,
     StopFlag,
     check_trackers,
+    check_train_further,
     default_home,
     resolve_run_dir,
     start_trackers,
@@ -76,20 +77,18 @@ def train(
     if not cfg.name:
         raise TokensmithError("no name given; pass --name NAME (the prompt trigger becomes <NAME>)")
     store.path(cfg.name)  # validates the name before anything slow happens
+    folder = RunFolder(resolve_run_dir(cfg, home))
+    last = (folder.read_progress() or [{}])[-1]
+    if cfg.resume and last.get("event") == "done":
+        check_train_further(cfg, folder, last)
     if store.exists(cfg.name) and not cfg.overwrite:
         raise TokensmithError(
             f"an embedding named '{cfg.name}' is already stored; pass --overwrite or another --name"
         )
     check_trackers(cfg)
     images = load_images(cfg.images, min_images=cfg.min_images)
-    folder = RunFolder(resolve_run_dir(cfg, home))
     cfg = cfg.replace(run_dir=str(folder.root))
     folder.create(resume=cfg.resume)
-    last = (folder.read_progress() or [{}])[-1]
-    if cfg.resume and last.get("event") == "done":
-        raise TokensmithError(
-            f"the run in {folder.root} already finished ({last.get('message')}); nothing to resume"
-        )
     if not joined_as_main():  # another process of an `accelerate launch` run writes and tells
         return _run(cfg, images, folder, store, model or _load(cfg), home, None)
     commands = write_run_files(cfg, folder)
@@ -195,8 +194,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps
     )
     stopper = EarlyStopper(cfg.dvar_window, cfg.dvar_threshold, cfg.min_steps)
-    fingerprint = state.fingerprint()
-    start = state.resume_from(params, stopper, fingerprint) if cfg.resume else 0
+    start = state.resume_from(params, stopper) if cfg.resume else 0
     if state.text_attention:  # resumed: the original run's choice, so the arithmetic is the same
         set_text_attention(conditioner, state.text_attention)
     else:
@@ -299,15 +297,16 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.steps):
             record["val_loss"] = validation_loss()
             stop_early = cfg.early_stopping and stopper.update(step, record["val_loss"])
-        checkpoint_now = cfg.save_every and step % cfg.save_every == 0
-        if checkpoint_now or step == cfg.steps or stop_early:
+        periodic = bool(cfg.save_every) and step % cfg.save_every == 0
+        ends = step == cfg.steps or stop_early
+        if periodic or ends:
             scores = previews(step)
             record.update(scores)
             state.snapshot(step, conditioner, model, spec)
             state.consider(step, scores, metric.rank if metric else None)
         state.log(step, **record)
-        if checkpoint_now and step < cfg.steps:
-            state.checkpoint(step, params, stopper, fingerprint)
+        if cfg.save_every and (periodic or ends):  # the last one lets `--resume --steps N` train further
+            state.checkpoint(step, params, stopper)
         if stop_early:
             reason = "early_stopped"
             break
@@ -315,7 +314,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         # process at the same step
         if any_process(accelerator, stop.raised):
             state.snapshot(step, conditioner, model, spec)
-            state.checkpoint(step, params, stopper, fingerprint)
+            state.checkpoint(step, params, stopper)
             reason = "stopped"
             break
     return {"steps": step, "reason": reason, "stopper": stopper}
