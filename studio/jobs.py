@@ -129,12 +129,7 @@ class JobRunner:
 
     def start(self, request: TrainRequest, *, job_id: str | None = None) -> Job:
         """Start `tokensmith train` for `request` in a fresh run folder and return at once."""
-        running = [job for job in self.jobs() if self.state(job).active]
-        if running:
-            raise RuntimeError(
-                f"training job '{running[0].id}' is still running: wait for it or cancel it first "
-                "(one job at a time keeps this machine responsive)"
-            )
+        self._refuse_while_running()
         job_id = job_id or new_job_id(request.name)
         run_dir = self.runs_dir / job_id  # may exist already, holding the uploaded images
         if any((run_dir / f).exists() for f in ("job.json", "progress.jsonl")):
@@ -157,13 +152,41 @@ class JobRunner:
         if state.active:
             raise RuntimeError(f"job '{job_id}' is still running: there is nothing to resume")
         if state.status == "done":
-            raise RuntimeError(f"job '{job_id}' finished: start a new job to train further")
+            raise RuntimeError(f"job '{job_id}' finished: train it further instead")
+        self._refuse_while_running()
         command = self._command_of(job)
         if "--resume" not in command:
             command = (*command, "--resume")
         return self._launch(
             Job(id=job.id, run_dir=job.run_dir, name=job.name, command=command, created=job.created)
         )
+
+    def train_further(self, job_id: str, more_steps: int) -> Job:
+        """Continue a finished job for `more_steps` steps from its last checkpoint, early stopping off; at
+        the end, the stored embedding is replaced by what one longer run would have stored."""
+        job = self.get(job_id)
+        state = self.state(job)
+        if state.status != "done":
+            raise RuntimeError(f"job '{job_id}' has not finished: only a finished job can be trained further")
+        if more_steps < 1:
+            raise ValueError(f"more steps must be at least 1, got {more_steps}")
+        self._refuse_while_running()
+        again = ("--resume", "--overwrite", "--no-early-stopping")
+        command = [w for w in self._command_of(job) if w not in (*again, "--early-stopping")]
+        if "--steps" in command:  # one --steps, so the command reads as what runs
+            del command[command.index("--steps") : command.index("--steps") + 2]
+        command += ["--steps", str(state.step + more_steps), *again]
+        return self._launch(
+            Job(id=job.id, run_dir=job.run_dir, name=job.name, command=tuple(command), created=job.created)
+        )
+
+    def _refuse_while_running(self) -> None:
+        running = [job for job in self.jobs() if self.state(job).active]
+        if running:
+            raise RuntimeError(
+                f"training job '{running[0].id}' is still running: wait for it or cancel it first "
+                "(one job at a time keeps this machine responsive)"
+            )
 
     def _command_of(self, job: Job) -> tuple[str, ...]:
         if job.command:

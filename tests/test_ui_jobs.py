@@ -22,6 +22,9 @@ FAKE_TRAINER = textwrap.dedent(
     def opt(flag, default=None):
         return args[args.index(flag) + 1] if flag in args else default
 
+    if os.environ.get("FAKE_REFUSE"):  # like the trainer refusing a resume before it writes anything
+        print(os.environ["FAKE_REFUSE"], flush=True)
+        sys.exit(1)
     run_dir = Path(opt("--run-dir"))
     steps = int(opt("--steps", "5"))
     delay = float(os.environ.get("FAKE_DELAY", "0.02"))
@@ -214,3 +217,43 @@ def test_a_relative_home_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = JobRunner("rel-home")
     assert runner.home == tmp_path / "rel-home" and runner.runs_dir.is_absolute()
+
+
+def test_a_finished_job_trains_further_from_where_it_ended(runner, tmp_path):
+    job = runner.start(request(tmp_path, steps=4))
+    assert runner.wait(job.id, timeout=30).status == "done"
+    with pytest.raises(RuntimeError, match="train it further"):
+        runner.resume(job.id)
+    with pytest.raises(ValueError, match="at least 1"):
+        runner.train_further(job.id, 0)
+
+    further = runner.train_further(job.id, 3)
+    assert further.command.count("--steps") == 1
+    assert further.command[further.command.index("--steps") + 1] == "7"
+    assert further.command[-3:] == ("--resume", "--overwrite", "--no-early-stopping")
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "done" and [row["step"] for row in state.history] == list(range(1, 8))
+
+
+def test_resuming_or_training_further_waits_for_a_running_job(runner, tmp_path, monkeypatch):
+    job = runner.start(request(tmp_path, steps=2))
+    assert runner.wait(job.id, timeout=30).status == "done"
+    monkeypatch.setenv("FAKE_DELAY", "0.2")
+    other = runner.start(request(tmp_path, name="dog", steps=50))
+    with pytest.raises(RuntimeError, match="has not finished"):
+        runner.train_further(other.id, 1)
+    with pytest.raises(RuntimeError, match="still running"):
+        runner.train_further(job.id, 1)
+    runner.cancel(other.id)
+    runner.wait(other.id, timeout=20)
+
+
+def test_a_launch_that_exits_before_writing_is_not_read_as_the_previous_runs_end(
+    runner, tmp_path, monkeypatch
+):
+    job = runner.start(request(tmp_path, steps=3))
+    assert runner.wait(job.id, timeout=30).status == "done"
+    monkeypatch.setenv("FAKE_REFUSE", "refused: no checkpoint")  # it exits before touching the run folder
+    runner.train_further(job.id, 2)
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "ended" and "refused: no checkpoint" in state.log_tail

@@ -146,6 +146,21 @@ def test_cancel_then_resume_from_the_page(fake_trainer, monkeypatch):
     wait_for(at, "done")
 
 
+def test_a_finished_job_is_trained_further_from_the_page(fake_trainer, tokensmith_home):
+    runner = studio.jobs.JobRunner(tokensmith_home)
+    job = runner.start(studio.jobs.TrainRequest(name="cat", images=tokensmith_home, steps=4))
+    runner.wait(job.id, timeout=30)
+    at = open_train(job=job.id)
+    assert at.number_input(key="more_steps").value == 2  # half the steps so far, by default
+    at.number_input(key="more_steps").set_value(3).run()
+    at.button(key="further").click().run()
+    assert not errors(at), errors(at)
+    wait_for(at, "done")
+    assert "step 7/7" in at.progress[0].proto.text
+    command = json.loads((job.run_dir / "job.json").read_text())["command"]
+    assert command[-5:] == ["--steps", "7", "--resume", "--overwrite", "--no-early-stopping"]
+
+
 def test_a_failed_job_shows_the_trainers_message(fake_trainer, tokensmith_home):
     runner = studio.jobs.JobRunner(tokensmith_home)
     job = runner.start(

@@ -240,7 +240,7 @@ def _step_of(path) -> int:
 
 
 def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
-    """Cancel while running; resume after a stop or a crash."""
+    """Cancel while running; resume after a stop or a crash; train a finished job further."""
     try:
         if state.active and st.button("Cancel", key="cancel", icon="⏹️"):
             runner.cancel(job_id)
@@ -248,6 +248,19 @@ def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         if state.resumable and st.button("Resume", key="resume", icon="▶️"):
             runner.resume(job_id)
             st.rerun()
+        if state.status == "done":
+            more = st.number_input(
+                "More steps",
+                min_value=1,
+                max_value=100_000,
+                value=max(1, state.step // 2),
+                key="more_steps",
+                help="Continues from the last step with early stopping off, then replaces the stored "
+                "embedding with what one longer run would have stored.",
+            )
+            if st.button("Train further", key="further", icon="⏩"):
+                runner.train_further(job_id, int(more))
+                st.rerun()
     except context.user_errors() as exc:
         st.error(context.error_text(exc))
 
