@@ -130,10 +130,12 @@ POSTFIX = (
 class ProgressBar:
     """A tqdm bar on stderr: step, ETA and what the record holds of POSTFIX."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, *, disable: bool = False):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, desc="training")
+        self.bar = tqdm(
+            total=total, file=sys.stderr, unit="step", dynamic_ncols=True, desc="training", disable=disable
+        )
 
     def __call__(self, record: dict) -> None:
         if self.bar.n < record["step"]:
@@ -154,11 +156,14 @@ class ProgressBar:
 
 def run_train(args) -> int:
 
+    from trainers.processes import launch_rank
     from trainers.trainer import kept_note, summary, train
 
     set_cpu_threads()
     cfg = config_from_args(args)
-    bar = ProgressBar(cfg.steps)
+    # under `accelerate launch` or torchrun, the main process alone shows the bar and the result
+    quiet = launch_rank() != 0
+    bar = ProgressBar(cfg.steps, disable=quiet)
     try:
         emb = train(
             cfg, home=args.home, on_progress=bar, echo=lambda line: bar.bar.write(line, file=sys.stderr)
@@ -166,6 +171,8 @@ def run_train(args) -> int:
     finally:
         bar.close()
     info = summary(emb)
+    if quiet:
+        return 1 if info.get("end") == "stopped" else 0
     if info.get("end") == "stopped":
         print(
             f"tokensmith train: stopped at step {emb.meta.get('steps')}; continue with --resume",

@@ -124,3 +124,26 @@ def test_the_progress_bar_shows_the_preview_scores(capsys):
     bar({"step": 26, "loss": 0.19, "metric": 0.81234, "clip_text": 0.2876})
     assert bar.bar.postfix == "loss=0.1900, metric=0.8123, clip_text=0.288"
     bar.close()
+
+
+def test_under_a_multi_process_launch_only_the_main_process_shows_the_bar_and_result(monkeypatch, capsys):
+    import torch
+
+    import studio.cli_train
+    import trainers.trainer
+    from embeddings import Embedding
+
+    def fake_train(cfg, *, home, on_progress, echo):
+        on_progress({"step": 1, "loss": 0.5})
+        trainer = {"end": "finished", "trained_steps": 1, "config": {"run_dir": "run"}}
+        return Embedding(cfg.name, {"emb_params": torch.zeros(1, 8)}, {"trainer": json.dumps(trainer)})
+
+    monkeypatch.setattr(trainers.trainer, "train", fake_train)
+    args = build_parser().parse_args(["train", "--images", "x", "--name", "cat"])
+    monkeypatch.setenv("RANK", "1")
+    assert studio.cli_train.run_train(args) == EXIT_OK
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv("RANK", "0")
+    assert studio.cli_train.run_train(args) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert "learned <cat>" in out and "training" in err

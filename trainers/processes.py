@@ -22,6 +22,14 @@ def joined_as_main() -> bool:
     return processes.is_main_process
 
 
+def launch_rank() -> int:
+    """This process's rank in a multi-process launch (0 in a plain run), read from the launcher's environment
+    as Accelerate reads it, without joining: what a door needs before the trainer sets processes up."""
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
+
+
 def mean_over_processes(accelerator, value: float) -> float:
     """The mean of one number over the processes (the whole batch's loss from each process's share)."""
     if accelerator.num_processes == 1:
