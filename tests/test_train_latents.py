@@ -1,6 +1,7 @@
 """Latents cached once: the cache holds the VAE's own distribution; draws are mean + std·ε, seeded."""
 
 import copy
+import dataclasses
 
 import torch
 
@@ -56,3 +57,72 @@ def test_a_float16_vae_that_asks_for_upcasting_encodes_in_float32_and_is_put_bac
     expected = encode_samples(reference, samples)
     for ours, theirs in zip(cache.means + cache.stds, expected.means + expected.stds, strict=True):
         assert torch.equal(ours, theirs)
+
+
+def _decoding_error(vae, cache, samples) -> torch.Tensor:
+    """Each sample's mean squared error between its cached mean's decoding and its pixels: (N,)."""
+    with torch.no_grad():
+        decoded = vae.decode(torch.stack(cache.means) / vae.config.scaling_factor).sample
+    return ((decoded - torch.stack([s.pixels for s in samples])) ** 2).mean(dim=(1, 2, 3))
+
+
+def test_refined_latents_decode_nearer_their_images_and_the_vae_is_untouched():
+    vae = tiny_pipeline("sd1").vae.requires_grad_(True)  # even trainable weights get no gradient
+    before = copy.deepcopy(vae.state_dict())
+    samples = [dataclasses.replace(s, weight=None) for s in _samples()]
+    plain = encode_samples(vae, samples)
+    refined = encode_samples(vae, samples, refine_steps=30)
+    assert (_decoding_error(vae, refined, samples) < 0.7 * _decoding_error(vae, plain, samples)).all()
+    assert all(torch.equal(a, b) for a, b in zip(refined.stds, plain.stds, strict=True))  # only means move
+    assert all(p.grad is None for p in vae.parameters())
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
+    again = encode_samples(vae, samples, refine_steps=30)
+    assert all(torch.equal(a, b) for a, b in zip(refined.means, again.means, strict=True))  # deterministic
+
+
+def test_refinement_fits_what_the_alpha_weight_keeps_and_runs_a_half_vae_in_float32():
+    vae = tiny_pipeline("sd1").vae
+    samples = _samples()  # weight 1 on the left half, 0 on the right
+    refined = encode_samples(vae, samples, refine_steps=30)
+    with torch.no_grad():
+        decoded = vae.decode(torch.stack(refined.means) / vae.config.scaling_factor).sample
+    errors = (decoded - torch.stack([s.pixels for s in samples])) ** 2  # (N, 3, H, W)
+    plain = encode_samples(vae, samples)
+    with torch.no_grad():
+        decoded_plain = vae.decode(torch.stack(plain.means) / vae.config.scaling_factor).sample
+    errors_plain = (decoded_plain - torch.stack([s.pixels for s in samples])) ** 2
+    assert errors[..., :8].mean() < 0.7 * errors_plain[..., :8].mean()  # the kept half is fitted
+
+    half = copy.deepcopy(vae).to(torch.bfloat16)
+    cache = encode_samples(half, samples, refine_steps=5)
+    assert next(half.parameters()).dtype == torch.bfloat16, "the VAE goes back to its own precision"
+    assert all(m.dtype == torch.float32 and torch.isfinite(m).all() for m in cache.means)
+
+
+def test_the_run_cache_is_made_once_and_a_resume_reads_the_file_it_began_with(tmp_path):
+    from accelerate import PartialState
+
+    from trainers.latents import run_cache
+
+    vae, samples = tiny_pipeline("sd1").vae, _samples()
+    path, calls = tmp_path / "latents.safetensors", []
+
+    def encode():
+        calls.append(1)
+        return encode_samples(vae, samples)
+
+    state = PartialState(cpu=True)
+    first = run_cache(path, encode, count=2, accelerator=state, reuse=False)
+    assert path.is_file() and len(calls) == 1
+    assert first.sizes == [(16, 16), (16, 16)] and first.weights[0].shape == (1, 8, 8)
+    from trainers.latents import load_cache, save_cache
+
+    marked = load_cache(path)
+    marked.means[0].fill_(7.0)
+    save_cache(marked, path)
+    resumed = run_cache(path, encode, count=2, accelerator=state, reuse=True)
+    assert len(calls) == 1 and float(resumed.means[0].mean()) == 7.0  # the file, not a new encode
+    assert run_cache(path, encode, count=3, accelerator=state, reuse=True) and len(calls) == 2  # other images
+    path.write_bytes(b"not a cache")
+    again = run_cache(path, encode, count=2, accelerator=state, reuse=True)  # unreadable: encoded anew
+    assert len(calls) == 3 and torch.equal(again.means[1], first.means[1])

@@ -61,6 +61,11 @@ class TrainConfig:
     crop: str = _opt("center", "how other aspect ratios fit: center, random crop, or bucket", choices=CROPS)
     flip: bool = _opt(True, "random horizontal flips (both flips are cached)")
     alpha_weight: bool = _opt(False, "weight the loss by the images' alpha channel")
+    refine_latents: int = _opt(
+        -1,
+        "steps fitting each cached latent to its image through the VAE decoder, so the targets decode to "
+        "the images' own colours (0: the encoder's latents; -1: the family's default, demo 50, else 0)",
+    )
     min_images: int = _opt(1, "refuse to train on fewer images than this")
     # --- optimisation ---
     steps: int = _opt(150, "maximum optimisation steps")
@@ -152,6 +157,8 @@ def check(cfg: TrainConfig) -> None:
     for name in (*non_negative, "weight_decay", "max_grad_norm", "min_snr_gamma", "preview_guidance"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.refine_latents < -1:
+        raise ConfigError(f"refine_latents must be -1 (the family's default) or more: {cfg.refine_latents}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
     for tracker in cfg.trackers:

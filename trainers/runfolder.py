@@ -7,6 +7,7 @@
     previews/step-000050.png         fixed-seed preview images
     snapshots/step-000050.safetensors   embedding snapshots (canonical files)
     checkpoints/step-000050/         Accelerate save_state (optimizer, RNG) + rows, stopper, step
+    latents.safetensors              the run's latent cache (trainers/latents.py), read again on resume
     pid                              the training process id (SIGTERM it to stop cleanly)
 
 Every file is written atomically (temp file + rename), so a reader never sees half of one.
@@ -61,6 +62,10 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def latents_path(self) -> Path:
+        return self.root / "latents.safetensors"
 
     def create(self, *, resume: bool) -> None:
         """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming)."""

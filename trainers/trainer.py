@@ -19,7 +19,7 @@ from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
 from trainers.data import build_samples, fill_template, load_images, template_set
 from trainers.families import check_family_keys, spec_for
-from trainers.latents import encode_samples
+from trainers.latents import encode_samples, run_cache
 from trainers.loop import (
     Batch,
     DiffusionMath,
@@ -129,8 +129,13 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     originals = prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
-        if not cfg.vectors:  # resolved now that the family is known; config.toml records the number
-            cfg = cfg.replace(vectors=resolve_vectors(cfg, spec, store))
+        resolved = {}  # per-family defaults, resolved now that the family is known; config.toml records them
+        if not cfg.vectors:
+            resolved["vectors"] = resolve_vectors(cfg, spec, store)
+        if cfg.refine_latents < 0:
+            resolved["refine_latents"] = spec.refine_latents
+        if resolved:
+            cfg = cfg.replace(**resolved)
             if accelerator.is_main_process:
                 write_run_files(cfg, folder)
         state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
@@ -172,7 +177,13 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         multiple=multiple,
         seed=cfg.seed,
     )
-    cache = encode_samples(pipe.vae, samples, device=device)
+    cache = run_cache(
+        folder.latents_path,
+        lambda: encode_samples(pipe.vae, samples, device=device, refine_steps=cfg.refine_latents),
+        count=len(samples),
+        accelerator=accelerator,
+        reuse=cfg.resume,
+    )
     templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
     captions = [image.caption for image in images]
     token_text = conditioner.token_text()
