@@ -102,27 +102,28 @@ def test_refinement_fits_what_the_alpha_weight_keeps_and_runs_a_half_vae_in_floa
 def test_the_run_cache_is_made_once_and_a_resume_reads_the_file_it_began_with(tmp_path):
     from accelerate import PartialState
 
-    from trainers.latents import run_cache
+    from trainers.latents import load_cache, run_cache, save_cache
 
     vae, samples = tiny_pipeline("sd1").vae, _samples()
     path, calls = tmp_path / "latents.safetensors", []
+    made_for = {"images": "shots", "resolution": 16}
 
     def encode():
         calls.append(1)
         return encode_samples(vae, samples)
 
     state = PartialState(cpu=True)
-    first = run_cache(path, encode, count=2, accelerator=state, reuse=False)
+    first = run_cache(path, encode, made_for=made_for, accelerator=state, reuse=False)
     assert path.is_file() and len(calls) == 1
     assert first.sizes == [(16, 16), (16, 16)] and first.weights[0].shape == (1, 8, 8)
-    from trainers.latents import load_cache, save_cache
 
     marked = load_cache(path)
     marked.means[0].fill_(7.0)
-    save_cache(marked, path)
-    resumed = run_cache(path, encode, count=2, accelerator=state, reuse=True)
+    save_cache(marked, path, made_for=made_for)
+    resumed = run_cache(path, encode, made_for=made_for, accelerator=state, reuse=True)
     assert len(calls) == 1 and float(resumed.means[0].mean()) == 7.0  # the file, not a new encode
-    assert run_cache(path, encode, count=3, accelerator=state, reuse=True) and len(calls) == 2  # other images
+    other = run_cache(path, encode, made_for={**made_for, "resolution": 32}, accelerator=state, reuse=True)
+    assert len(calls) == 2 and torch.equal(other.means[0], first.means[0])  # made for other settings: anew
     path.write_bytes(b"not a cache")
-    again = run_cache(path, encode, count=2, accelerator=state, reuse=True)  # unreadable: encoded anew
+    again = run_cache(path, encode, made_for=made_for, accelerator=state, reuse=True)  # unreadable: anew
     assert len(calls) == 3 and torch.equal(again.means[1], first.means[1])

@@ -165,14 +165,27 @@ def test_a_finished_run_trains_further_like_one_longer_run(setup, tmp_path, caps
     assert [r["event"] for r in records if "event" in r] == ["done"]
 
 
+def test_a_run_without_checkpoints_resumes_from_the_start_with_one_clean_log(setup, tmp_path):
+    home, run = str(tmp_path / "home"), tmp_path / "run"
+    assert main([*_args(setup, run, steps=6), "--save-every", "0", "--home", home]) == 0
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+    further = ["train", "--run-dir", str(run), "--resume", "--steps", "8", "--overwrite", "--home", home]
+    assert main(further) == 0
+    records = _records(run)
+    assert [r["step"] for r in records if "event" not in r] == list(range(9))
+    assert Store.for_home(home).get("kitty").meta["steps"] == "8"
+
+
 def test_a_resume_that_would_compute_something_else_names_what_changed(setup, tmp_path, capsys):
     home, run = str(tmp_path / "home"), tmp_path / "run"
     assert main([*_args(setup, run, steps=8), "--lr-schedule", "cosine", "--home", home]) == 0
+    own_config = (run / "config.toml").read_text()
     further = ["train", "--run-dir", str(run), "--resume", "--overwrite", "--home", home]
     assert main([*further, "--steps", "12", "--learning-rate", "0.5"]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert "learning_rate: 0.02 -> 0.5" in err and "steps: 8 -> 12" in err  # cosine's rates depend on steps
     assert "--config" in err and str(run / "config.toml") in err
+    assert (run / "config.toml").read_text() == own_config, "a refused resume rewrote the run's config"
     assert Store.for_home(home).get("kitty").meta["steps"] == "8"
 
 

@@ -66,12 +66,11 @@ def save(folder: Path, ckpt: Checkpoint, accelerator) -> Path:
     return folder
 
 
-def load(folder: Path, accelerator) -> Checkpoint:
-    """Read our files, then restore the accelerator's prepared optimizer (and scaler, RNG) from the folder."""
+def read_meta(folder: Path) -> dict:
+    """`state.json` of a checkpoint (step, stopper, config), checked for this version's format."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / "state.safetensors"))
     except (OSError, ValueError) as exc:
         raise TokensmithError(
             f"checkpoint {folder} is unreadable ({exc}); delete it to resume from the one before"
@@ -81,6 +80,19 @@ def load(folder: Path, accelerator) -> Checkpoint:
             f"{folder} is not a tokensmith training checkpoint this version reads ({meta.get('format')!r}); "
             "start the run again without --resume"
         )
+    return meta
+
+
+def load(folder: Path, accelerator) -> Checkpoint:
+    """Read our files, then restore the accelerator's prepared optimizer (and scaler, RNG) from the folder."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    try:
+        tensors = load_file(str(folder / "state.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise TokensmithError(
+            f"checkpoint {folder} is unreadable ({exc}); delete it to resume from the one before"
+        ) from None
     try:
         accelerator.load_state(str(folder))
     except Exception as exc:  # a pickle refused by weights_only, a missing or truncated file

@@ -125,14 +125,18 @@ def fit_to_decoder(vae, pixels, start, weight, *, steps: int) -> torch.Tensor:
 # --- the run's cache file ---
 
 
-def save_cache(cache: LatentCache, path: Path) -> Path:
-    """Write the cache to `path` (safetensors, temp file + rename)."""
+def save_cache(cache: LatentCache, path: Path, *, made_for: dict | None = None) -> Path:
+    """Write the cache to `path` (safetensors, temp file + rename), with what it was `made_for` (JSON)."""
     tensors = {}
     for i, (mean, std, weight) in enumerate(zip(cache.means, cache.stds, cache.weights, strict=True)):
         tensors[f"mean.{i}"], tensors[f"std.{i}"] = mean.contiguous(), std.contiguous()
         if weight is not None:
             tensors[f"weight.{i}"] = weight.contiguous()
-    meta = {"format": CACHE_FORMAT, "sizes": json.dumps([list(size) for size in cache.sizes])}
+    meta = {
+        "format": CACHE_FORMAT,
+        "sizes": json.dumps([list(size) for size in cache.sizes]),
+        "made_for": json.dumps(made_for or {}, sort_keys=True),
+    }
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
@@ -140,41 +144,52 @@ def save_cache(cache: LatentCache, path: Path) -> Path:
     return path
 
 
-def load_cache(path: Path) -> LatentCache:
-    """Read a cache written by `save_cache`; TokensmithError when it is unreadable or not one."""
+def _metadata(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        tensors = load_file(str(path))
-        sizes = [tuple(size) for size in json.loads(meta["sizes"])]
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+            return handle.metadata() or {}
+    except (OSError, ValueError, SafetensorError) as exc:
         reason = f"latent cache {path} is unreadable ({exc}); delete it to encode anew"
         raise TokensmithError(reason) from None
+
+
+def load_cache(path: Path) -> LatentCache:
+    """Read a cache written by `save_cache`; TokensmithError when it is unreadable or not one."""
+    meta = _metadata(path)
     if meta.get("format") != CACHE_FORMAT:
         raise TokensmithError(f"{path} is not a latent cache this version reads; delete it to encode anew")
-    n = len(sizes)
-    return LatentCache(
-        means=[tensors[f"mean.{i}"] for i in range(n)],
-        stds=[tensors[f"std.{i}"] for i in range(n)],
-        weights=[tensors.get(f"weight.{i}") for i in range(n)],
-        sizes=sizes,
-    )
+    try:
+        tensors = load_file(str(path))
+        sizes = [tuple(size) for size in json.loads(meta["sizes"])]
+        n = len(sizes)
+        return LatentCache(
+            means=[tensors[f"mean.{i}"] for i in range(n)],
+            stds=[tensors[f"std.{i}"] for i in range(n)],
+            weights=[tensors.get(f"weight.{i}") for i in range(n)],
+            sizes=sizes,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        reason = f"latent cache {path} is incomplete ({exc}); delete it to encode anew"
+        raise TokensmithError(reason) from None
 
 
-def run_cache(path: Path, encode, *, count: int, accelerator, reuse: bool) -> LatentCache:
+def run_cache(path: Path, encode, *, made_for: dict, accelerator, reuse: bool) -> LatentCache:
     """The run's cache: made by `encode()` in the main process and kept at `path`, then read by every process
     (one encode for all of them, and the same numbers in each). With `reuse` (a resume), the file the run
-    began with is read instead, so a resumed run trains on exactly the latents it started with."""
+    began with is read instead, so a resumed run trains on exactly the latents it started with; a file made
+    for other images or settings (`made_for`: what decides the latents), or unreadable, is made again."""
     if accelerator.is_main_process:
         usable = False
         if reuse and Path(path).is_file():
             try:
-                usable = len(load_cache(path).sizes) == count
+                meta = _metadata(path)
+                usable = meta.get("made_for") == json.dumps(made_for, sort_keys=True)
+                usable = usable and meta.get("format") == CACHE_FORMAT
             except TokensmithError:
-                usable = False  # made again below: encoding is deterministic on a CPU
+                usable = False  # made again below
         if not usable:
-            save_cache(encode(), path)
+            save_cache(encode(), path, made_for=made_for)
     accelerator.wait_for_everyone()
     return load_cache(path)

@@ -48,21 +48,53 @@ def computed_values(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(values))
 
 
+# Per-family defaults (key: the value that asks for one), resolved once the model is loaded.
+RESOLVED_LATER = {"vectors": 0, "refine_latents": -1}
+
+
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """'key: before -> now' for each value a resume may not change (an empty list: the resume is allowed).
 
     An option added since the checkpoint was written counts as its default then (an option is added with
-    the default that keeps the old behaviour); an option this version no longer has is ignored.
+    the default that keeps the old behaviour); an option this version no longer has is ignored. A per-family
+    default not yet resolved is not compared (the check after loading the model compares the number).
     """
     now, defaults = computed_values(cfg), computed_values(TrainConfig())
     changes = []
     for key, value in now.items():
         if key in ENDING and not (key == "steps" and cfg.lr_schedule == "cosine"):
             continue
+        if key in RESOLVED_LATER and value == RESOLVED_LATER[key]:
+            continue
         before = saved.get(key, defaults[key])
         if before != value:
             changes.append(f"{key}: {before!r} -> {value!r}")
     return changes
+
+
+def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
+    """Refuse a resume whose config would compute something else than its newest checkpoint, before anything
+    in the run folder is rewritten (its config.toml stays the run's own, as the message advises)."""
+    latest = folder.latest_checkpoint()
+    if latest is not None:
+        meta = ckpt_io.read_meta(latest)
+        refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg)
+
+
+def refuse_changes(latest: Path, folder: RunFolder, saved: dict, step: int, cfg: TrainConfig) -> None:
+    changes = config_changes(saved, cfg)
+    if changes:
+        shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+        raise TokensmithError(
+            f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
+            f"own config (tokensmith train --config {folder.config_path} --resume). Only where the "
+            f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
+        )
+    if cfg.steps < step:
+        raise TokensmithError(
+            f"the checkpoint in {latest} is at step {step}, past --steps {cfg.steps}; pass --steps {step} "
+            "or more"
+        )
 
 
 def check_train_further(cfg: TrainConfig, folder: RunFolder, done: dict) -> None:
@@ -153,22 +185,12 @@ class RunState:
     def resume_from(self, params, stopper) -> int:
         """Load the newest checkpoint into the rows, optimizer and stopper; returns its step (0: none)."""
         latest = self.folder.latest_checkpoint()
-        if latest is None:
+        if latest is None:  # killed before its first checkpoint (or --save-every 0): the run starts over
+            if self.accelerator.is_main_process:
+                self.folder.truncate_progress_after(-1)
             return 0
         saved = ckpt_io.load(latest, self.accelerator)  # restores the optimizer (and scaler, RNG) too
-        changes = config_changes(saved.config, self.cfg)
-        if changes:
-            shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
-            raise TokensmithError(
-                f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
-                f"own config (tokensmith train --config {self.folder.config_path} --resume). Only where the "
-                f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
-            )
-        if self.cfg.steps < saved.step:
-            raise TokensmithError(
-                f"the checkpoint in {latest} is at step {saved.step}, past --steps {self.cfg.steps}; "
-                f"pass --steps {saved.step} or more"
-            )
+        refuse_changes(latest, self.folder, saved.config, saved.step, self.cfg)  # now with resolved defaults
         processes = int(saved.stopper.get("processes", 1))
         if processes != self.accelerator.num_processes:  # each step's batch is the processes' micro-batches
             raise TokensmithError(

@@ -37,6 +37,7 @@ from trainers.schedules import schedule_for
 from trainers.session import (
     RunState,
     StopFlag,
+    check_resume,
     check_trackers,
     check_train_further,
     default_home,
@@ -89,6 +90,8 @@ def train(
     images = load_images(cfg.images, min_images=cfg.min_images)
     cfg = cfg.replace(run_dir=str(folder.root))
     folder.create(resume=cfg.resume)
+    if cfg.resume:
+        check_resume(cfg, folder)
     if not joined_as_main():  # another process of an `accelerate launch` run writes and tells
         return _run(cfg, images, folder, store, model or _load(cfg), home, None)
     commands = write_run_files(cfg, folder)
@@ -164,6 +167,10 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
 # --- the run ---
 
 
+# the config keys that decide the latent cache: a resume reuses the run's cache file only when they agree
+LATENT_KEYS = ("images", "model", "resolution", "crop", "flip", "alpha_weight", "refine_latents", "seed")
+
+
 def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, stop) -> dict:
     pipe, device = model.pipe, accelerator.device
     multiple = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
@@ -180,7 +187,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
     cache = run_cache(
         folder.latents_path,
         lambda: encode_samples(pipe.vae, samples, device=device, refine_steps=cfg.refine_latents),
-        count=len(samples),
+        made_for={k: getattr(cfg, k) for k in LATENT_KEYS},
         accelerator=accelerator,
         reuse=cfg.resume,
     )
