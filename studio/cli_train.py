@@ -46,7 +46,7 @@ def register(subparsers, common) -> None:
                 flag_name(name),
                 dest=name,
                 default=None,
-                metavar=name.split("_")[-1].upper(),
+                metavar=f.metadata.get("metavar") or name.split("_")[-1].upper(),
                 choices=f.metadata.get("choices"),
                 help=help_text,
             )

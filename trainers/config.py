@@ -29,9 +29,9 @@ class ConfigError(TokensmithError, ValueError):
     """A training config key or value is wrong; the message says which and what is valid."""
 
 
-def _opt(default, help: str, *, choices: tuple[str, ...] | None = None, flag: bool = True):
-    """A dataclass field with its CLI help (and allowed values) kept next to the default."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+def _opt(default, help: str, *, choices: tuple[str, ...] | None = None, flag: bool = True, metavar: str = ""):
+    """A dataclass field with its CLI help (allowed values, and the flag's value name) next to the default."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "metavar": metavar}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -42,9 +42,15 @@ class TrainConfig:
     """Everything one textual-inversion run needs; defaults learn a demo-world concept in <= 150 steps."""
 
     # --- what to learn ---
-    images: str = _opt("", "folder of training images (PNG/JPEG/WebP; optional NAME.txt captions)")
+    images: str = _opt(
+        "", "folder of training images (PNG/JPEG/WebP; optional NAME.txt captions)", metavar="DIR"
+    )
     name: str = _opt("", "the embedding's name; the prompt trigger is <name>")
-    init: str = _opt("", "init from a word, a phrase, or a stored embedding as <name> (default: per family)")
+    init: str = _opt(
+        "",
+        "init from a word, a phrase, or a stored embedding as <name> (default: per family)",
+        metavar="TEXT",
+    )
     vectors: int = _opt(
         0, "vectors per token (<name>, <name>_1, ...); 0: an init embedding's own count, else the family's"
     )
@@ -65,6 +71,7 @@ class TrainConfig:
         -1,
         "steps fitting each cached latent to its image through the VAE decoder, so the targets decode to "
         "the images' own colours (0: the encoder's latents; -1: the family's default, demo 50, else 0)",
+        metavar="STEPS",
     )
     min_images: int = _opt(1, "refuse to train on fewer images than this")
     # --- optimisation ---
@@ -83,7 +90,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "trade compute for memory in the UNet")
     seed: int = _opt(0, "seed for data order, noise, timesteps and previews")
     # --- knowing when it has learned ---
-    validate_every: int = _opt(10, "deterministic validation loss every N steps (0: off)")
+    validate_every: int = _opt(10, "deterministic validation loss every N steps (0: off)", metavar="N")
     validation_size: int = _opt(8, "fixed (image, noise, timestep) triples in the validation set")
     early_stopping: bool = _opt(True, "stop when the validation loss stops improving (DVAR-style)")
     dvar_window: int = _opt(6, "validation points in the DVAR rolling window")
@@ -100,7 +107,9 @@ class TrainConfig:
     run_dir: str = _opt("", "run folder (default: HOME/runs/NAME)")
     resume: bool = _opt(False, "continue the run in run_dir from its last checkpoint")
     save_every: int = _opt(
-        25, "snapshot + preview + checkpoint every N steps (0: only at the end); keep = best picks among them"
+        25,
+        "snapshot + preview + checkpoint every N steps (0: only at the end); keep = best picks among them",
+        metavar="N",
     )
     preview_prompt: str = _opt("a [name]", "prompt of the fixed-seed preview images")
     preview_steps: int = _opt(20, "sampling steps of preview images")
@@ -110,7 +119,9 @@ class TrainConfig:
     preview_guidance: float = _opt(0.0, "guidance scale of previews (0: the family's default)")
     overwrite: bool = _opt(False, "replace an existing stored embedding of the same name")
     trackers: list[str] = _opt([], "Accelerate trackers besides the JSONL: tensorboard, wandb")  # noqa: RUF009
-    push_to_hub: str = _opt("", "upload the embedding and a model card to this hub repo (user/repo)")
+    push_to_hub: str = _opt(
+        "", "upload the embedding and a model card to this hub repo (user/repo)", metavar="REPO"
+    )
     hub_private: bool = _opt(False, "create the hub repo as private")
 
     def __post_init__(self) -> None:

@@ -323,7 +323,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             state.snapshot(step, conditioner, model, spec)
             state.consider(step, scores, metric.rank if metric else None)
         state.log(step, **record)
-        if cfg.save_every and (periodic or ends):  # the last one lets `--resume --steps N` train further
+        if periodic or ends:  # the last one too: `--resume --steps N` trains a finished run further
             state.checkpoint(step, params, stopper)
         if stop_early:
             reason = "early_stopped"
