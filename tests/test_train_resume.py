@@ -201,3 +201,36 @@ def test_options_added_or_removed_since_a_checkpoint_do_not_block_its_resume():
     older = {k: v for k, v in saved.items() if k != "min_snr_gamma"}  # an option added since, at its default
     assert config_changes({**older, "retired_option": 1}, cfg) == []
     assert config_changes(older, cfg.replace(min_snr_gamma=5.0)) == ["min_snr_gamma: 0.0 -> 5.0"]
+
+
+def test_a_run_that_stopped_early_continues_with_early_stopping_off(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    eager = ["--min-steps", "0", "--dvar-window", "2", "--dvar-threshold", "1e9"]  # stops at its 4th check
+    home, run = str(tmp_path / "home"), tmp_path / "run"
+    assert main([*_args(setup, run, steps=24), *eager, "--home", home]) == 0
+    done = _records(run)[-1]
+    assert (done["reason"], done["steps"]) == ("early_stopped", 16)
+    assert main(["train", "--run-dir", str(run), "--resume", "--overwrite", "--home", home]) == EXIT_ERROR
+    assert "--no-early-stopping (it stopped early)" in capsys.readouterr().err
+    further = [
+        "train",
+        "--run-dir",
+        str(run),
+        "--resume",
+        "--overwrite",
+        "--no-early-stopping",
+        "--home",
+        home,
+    ]
+    assert main(further) == 0
+    continued = Store.for_home(home).get("kitty")
+    assert continued.meta["steps"] == "24"
+
+    whole_home = str(tmp_path / "whole")
+    assert (
+        main([*_args(setup, tmp_path / "whole-run", steps=24), "--no-early-stopping", "--home", whole_home])
+        == 0
+    )
+    whole = Store.for_home(whole_home).get("kitty")
+    difference = (continued.vectors["emb_params"] - whole.vectors["emb_params"]).abs().max()
+    assert float(difference) <= 1e-6
