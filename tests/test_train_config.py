@@ -56,6 +56,7 @@ def test_unknown_key_is_an_error_listing_valid_keys(tmp_path):
         ({"templates": "poems"}, "templates = 'poems'"),
         ({"steps": 2.5}, "whole number"),
         ({"refine_latents": -2}, "refine_latents must be -1"),
+        ({"preview_images": -2}, "preview_images must be -1"),
     ],
 )
 def test_bad_values_say_what_is_wrong(values, fragment):

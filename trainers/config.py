@@ -114,7 +114,10 @@ class TrainConfig:
     preview_prompt: str = _opt("a [name]", "prompt of the fixed-seed preview images")
     preview_steps: int = _opt(20, "sampling steps of preview images")
     preview_images: int = _opt(
-        4, "fixed-seed samples per preview, also scored by the judge or CLIP (0: none)"
+        -1,
+        "fixed-seed samples per preview, also scored by the judge or CLIP to pick the stored step "
+        "(0: none; -1: the family's default, demo 8, else 4)",
+        metavar="N",
     )
     preview_guidance: float = _opt(0.0, "guidance scale of previews (0: the family's default)")
     overwrite: bool = _opt(False, "replace an existing stored embedding of the same name")
@@ -162,14 +165,14 @@ def check(cfg: TrainConfig) -> None:
         "warmup_steps",
         "validate_every",
         "save_every",
-        "preview_images",
         "min_steps",
     )
     for name in (*non_negative, "weight_decay", "max_grad_norm", "min_snr_gamma", "preview_guidance"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(cfg, name)}")
-    if cfg.refine_latents < -1:
-        raise ConfigError(f"refine_latents must be -1 (the family's default) or more: {cfg.refine_latents}")
+    for name in ("refine_latents", "preview_images"):  # -1: the family's default
+        if getattr(cfg, name) < -1:
+            raise ConfigError(f"{name} must be -1 (the family's default) or more: {getattr(cfg, name)}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
     for tracker in cfg.trackers:

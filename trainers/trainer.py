@@ -135,8 +135,9 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         resolved = {}  # per-family defaults, resolved now that the family is known; config.toml records them
         if not cfg.vectors:
             resolved["vectors"] = resolve_vectors(cfg, spec, store)
-        if cfg.refine_latents < 0:
-            resolved["refine_latents"] = spec.refine_latents
+        for key in ("refine_latents", "preview_images"):
+            if getattr(cfg, key) < 0:
+                resolved[key] = getattr(spec, key)
         if resolved:
             cfg = cfg.replace(**resolved)
             if accelerator.is_main_process:
