@@ -44,6 +44,7 @@ def test_tokensmith_demo_learns_the_held_out_concept(tokensmith_home, tmp_path, 
     assert sheet.width > 4 * 32 and sheet.height > 4 * 32
     assert len(list((out / "images").glob("*.png"))) == 5
     assert (out / "run" / "progress.jsonl").read_text().splitlines()[-1].startswith('{"event": "done"')
-    # the demo family's latents are fitted to its VAE decoder, and the run folder keeps them
-    assert "refine_latents = 50" in (out / "run" / "config.toml").read_text()
+    # the demo family's latents are fitted to its VAE decoder (the run folder keeps them), 8 previews scored
+    config = (out / "run" / "config.toml").read_text()
+    assert "refine_latents = 50" in config and "preview_images = 8" in config  # the demo family's defaults
     assert (out / "run" / "latents.safetensors").is_file()

@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary(emb).get("end") == "stopped":  # SIGTERM: every process stopped at the same step
         _echo(f"python -m trainers: stopped at step {emb.meta.get('steps')}; continue with --resume")
         return 1
-    from accelerate import PartialState
+    from trainers.processes import launch_rank
 
-    if PartialState().is_main_process:  # set up by train(); one line for a multi-process launch
+    if launch_rank() == 0:  # one line for a multi-process launch
         _echo(f"learned <{emb.name}> ({emb.num_vectors} vector(s))")
     return 0
 

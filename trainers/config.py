@@ -25,6 +25,10 @@ TRACKERS = ("tensorboard", "wandb")
 KEEPS = ("best", "last")
 
 
+# Keys whose -1 means "the model family's default" (trainers/families.py), resolved once the model is loaded.
+PER_FAMILY = ("refine_latents", "preview_images")
+
+
 class ConfigError(TokensmithError, ValueError):
     """A training config key or value is wrong; the message says which and what is valid."""
 
@@ -170,7 +174,7 @@ def check(cfg: TrainConfig) -> None:
     for name in (*non_negative, "weight_decay", "max_grad_norm", "min_snr_gamma", "preview_guidance"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(cfg, name)}")
-    for name in ("refine_latents", "preview_images"):  # -1: the family's default
+    for name in PER_FAMILY:
         if getattr(cfg, name) < -1:
             raise ConfigError(f"{name} must be -1 (the family's default) or more: {getattr(cfg, name)}")
     if cfg.learning_rate <= 0:

@@ -175,21 +175,26 @@ def load_cache(path: Path) -> LatentCache:
         raise TokensmithError(reason) from None
 
 
+def _made_for(path: Path) -> str | None:
+    """What the cache file at `path` was made for (JSON), or None: no file, not one, or unreadable."""
+    try:
+        meta = _metadata(path) if Path(path).is_file() else {}
+    except TokensmithError:
+        return None
+    return meta.get("made_for") if meta.get("format") == CACHE_FORMAT else None
+
+
 def run_cache(path: Path, encode, *, made_for: dict, accelerator, reuse: bool) -> LatentCache:
-    """The run's cache: made by `encode()` in the main process and kept at `path`, then read by every process
-    (one encode for all of them, and the same numbers in each). With `reuse` (a resume), the file the run
+    """The run's cache: made by `encode()` in the main process and kept at `path`, which the other processes
+    read (one encode for all of them, and the same numbers in each). With `reuse` (a resume), the file the run
     began with is read instead, so a resumed run trains on exactly the latents it started with; a file made
     for other images or settings (`made_for`: what decides the latents), or unreadable, is made again."""
+    cache = None
     if accelerator.is_main_process:
-        usable = False
-        if reuse and Path(path).is_file():
-            try:
-                meta = _metadata(path)
-                usable = meta.get("made_for") == json.dumps(made_for, sort_keys=True)
-                usable = usable and meta.get("format") == CACHE_FORMAT
-            except TokensmithError:
-                usable = False  # made again below
-        if not usable:
-            save_cache(encode(), path, made_for=made_for)
+        if reuse and _made_for(path) == json.dumps(made_for, sort_keys=True):
+            cache = load_cache(path)
+        else:
+            cache = encode()
+            save_cache(cache, path, made_for=made_for)
     accelerator.wait_for_everyone()
-    return load_cache(path)
+    return cache if cache is not None else load_cache(path)

@@ -49,7 +49,7 @@ def computed_values(cfg: TrainConfig) -> dict:
 
 
 # Per-family defaults (key: the value that asks for one), resolved once the model is loaded.
-RESOLVED_LATER = {"vectors": 0, "refine_latents": -1, "preview_images": -1}
+RESOLVED_LATER = {"vectors": 0, **dict.fromkeys(config_io.PER_FAMILY, -1)}
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError
-from trainers.config import TrainConfig
+from trainers.config import PER_FAMILY, TrainConfig
 from trainers.data import build_samples, fill_template, load_images, template_set
 from trainers.families import check_family_keys, spec_for
 from trainers.latents import encode_samples, run_cache
@@ -135,7 +135,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         resolved = {}  # per-family defaults, resolved now that the family is known; config.toml records them
         if not cfg.vectors:
             resolved["vectors"] = resolve_vectors(cfg, spec, store)
-        for key in ("refine_latents", "preview_images"):
+        for key in PER_FAMILY:
             if getattr(cfg, key) < 0:
                 resolved[key] = getattr(spec, key)
         if resolved:
@@ -332,8 +332,9 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
         # a stop asked of any process (a SIGTERM to the main one only, as the studio sends) ends every
         # process at the same step
         if any_process(accelerator, stop.raised):
-            state.snapshot(step, conditioner, model, spec)
-            state.checkpoint(step, params, stopper)
+            if not (periodic or ends):  # else this step is kept already
+                state.snapshot(step, conditioner, model, spec)
+                state.checkpoint(step, params, stopper)
             reason = "stopped"
             break
     return {"steps": step, "reason": reason, "stopper": stopper}
