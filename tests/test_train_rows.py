@@ -111,6 +111,31 @@ def test_a_bf16_run_gives_the_callers_model_back_in_its_own_dtype(images, tmp_pa
     assert emb.vectors["emb_params"].dtype == torch.float32
 
 
+def test_a_bf16_run_casts_without_diffusers_empty_keep_in_float32_warning(
+    images, tmp_path, tokensmith_home, capfd
+):
+    """diffusers' `.to(dtype)` warns that modules "should be kept in float32" even when it lists none; four
+    such lines on every half-precision run (cast and restore, UNet and VAE) tell the user nothing."""
+    train(
+        _quick(images, tmp_path, steps=1, mixed_precision="bf16"),
+        home=tokensmith_home,
+        model=tiny_model("sd1"),
+    )
+    assert "kept in float32" not in capfd.readouterr().err
+
+
+def test_cast_weights_keeps_the_modules_a_class_lists_in_float32():
+    from trainers.modelprep import cast_weights
+
+    unet = tiny_pipeline("sd1").unet
+    unet._keep_in_fp32_modules = ["time_embedding"]
+    cast_weights(unet, torch.bfloat16)
+    assert unet.conv_in.weight.dtype == torch.bfloat16
+    assert unet.time_embedding.linear_1.weight.dtype == torch.float32
+    cast_weights(unet, torch.float32)
+    assert all(p.dtype == torch.float32 for p in unet.parameters())
+
+
 def test_a_bf16_run_updates_float32_rows_with_float32_gradients(images, tmp_path, tokensmith_home):
     """The frozen weights are bf16, the trainable rows are not: bf16 rows would lose AdamW's small updates."""
     seen = []

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError
 from trainers.data import Sample
+from trainers.modelprep import cast_weights
 
 ENCODE_CHUNK = 8
 REFINE_LR = 0.1  # Adam's step on the unscaled latent when fitting it to the decoder
@@ -68,11 +69,11 @@ def encode_samples(
     dtype = next(vae.parameters()).dtype
     upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if dtype != torch.float32 and (upcast or refine_steps):
-        vae.to(dtype=torch.float32)
+        cast_weights(vae, torch.float32)
         try:
             return encode_samples(vae, samples, device=device, refine_steps=refine_steps)
         finally:
-            vae.to(dtype=dtype)
+            cast_weights(vae, dtype)
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     means: list[torch.Tensor] = [None] * len(samples)  # type: ignore[list-item]

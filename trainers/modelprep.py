@@ -16,6 +16,20 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
+def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a frozen module to `dtype` in place, leaving float32 the submodules its class asks to keep so.
+
+    diffusers' `ModelMixin.to` warns on every dtype cast that modules "should be kept in float32", even when
+    its list of them is empty (as it is for SD's UNets and VAEs); the cast itself is torch's. So cast with
+    torch's `Module.to` and honour the list here, without the warning a user cannot act on.
+    """
+    torch.nn.Module.to(module, dtype=dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, child in module.named_modules():
+        if keep and any(part in keep for part in name.split(".")):
+            torch.nn.Module.to(child, dtype=torch.float32)
+
+
 def prepare_model(model, accelerator, cfg) -> dict:
     """Freeze everything, move to the Accelerator's device, cast frozen weights for mixed precision.
 
@@ -33,7 +47,7 @@ def prepare_model(model, accelerator, cfg) -> dict:
     originals["dtypes"] = [(module, module.dtype) for module in modules]
     if dtype != torch.float32:  # frozen weights in half precision; the new rows stay float32
         for module in modules:  # cast before the move: the device never holds a float32 copy (SDXL: 14 GB)
-            module.to(dtype=dtype)
+            cast_weights(module, dtype)
     pipe.to(accelerator.device)
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
@@ -50,7 +64,7 @@ def restore_model(model, originals: dict) -> None:
         model.pipe.unet.disable_gradient_checkpointing()
     for module, dtype in originals["dtypes"]:  # a bf16/fp16 run leaves the caller's model in its own dtype
         if module.dtype != dtype:
-            module.to(dtype=dtype)
+            cast_weights(module, dtype)
     for text_encoder, attention in originals["attention"]:
         if text_encoder.config._attn_implementation != attention:
             text_encoder.set_attn_implementation(attention)
