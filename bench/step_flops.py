@@ -95,51 +95,72 @@ def _clip(width: int, layers: int, heads: int, act: str, projection: bool = Fals
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
-def sd15() -> tuple[int, int]:
-    """(UNet FLOPs, encoder FLOPs) of SD 1.5 at 512 px: UNet2DConditionModel's defaults are SD 1.x's."""
+# UNet2DConditionModel's defaults are SD 1.x's; SD 2.x and SDXL change these (their published configs).
+UNETS = {
+    "sd15": {"cross_attention_dim": 768, "attention_head_dim": 8},
+    "sd2": {
+        "cross_attention_dim": 1024,
+        "attention_head_dim": (5, 10, 20, 20),
+        "use_linear_projection": True,
+    },
+    "sdxl": {
+        "block_out_channels": (320, 640, 1280),
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "transformer_layers_per_block": (1, 2, 10),
+        "attention_head_dim": (5, 10, 20),
+        "cross_attention_dim": 2048,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816,  # pooled 1280 + 6 time ids x 256
+    },
+}
+NATIVE_PX = {"sd15": 512, "sd2": 768, "sdxl": 1024}
+
+
+def real_unet(family: str, px: int):
+    """The UNet of SD 1.5, SD 2.x or SDXL base for px images (random weights, on the default device)."""
     from diffusers import UNet2DConditionModel
 
+    return UNet2DConditionModel(sample_size=px // 8, **UNETS[family])
+
+
+def real_encoders(family: str) -> list:
+    """The text encoders: CLIP ViT-L (SD 1.5), OpenCLIP ViT-H less its last layer (SD 2.x), or CLIP ViT-L and
+    OpenCLIP ViT-bigG with its projection (SDXL)."""
+    if family == "sd15":
+        return [_clip(768, 12, 12, "quick_gelu")]
+    if family == "sd2":
+        return [_clip(1024, 23, 16, "gelu")]
+    return [_clip(768, 12, 12, "quick_gelu"), _clip(1280, 32, 20, "gelu", projection=True)]
+
+
+def real_size(family: str) -> tuple[int, int]:
+    """(UNet FLOPs, encoder FLOPs) at the family's native size, counted on the meta device."""
+    px = NATIVE_PX[family]
     with torch.device("meta"):
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        return unet_flops(unet, (64, 64), 768), encoder_flops(_clip(768, 12, 12, "quick_gelu"))
+        unet, encoders = real_unet(family, px), real_encoders(family)
+        added = None
+        if family == "sdxl":
+            added = {"text_embeds": torch.zeros(1, 1280), "time_ids": torch.zeros(1, 6)}
+        width = unet.config.cross_attention_dim
+        return unet_flops(unet, (px // 8, px // 8), width, added), sum(encoder_flops(e) for e in encoders)
+
+
+def sd15() -> tuple[int, int]:
+    """(UNet FLOPs, encoder FLOPs) of SD 1.5 at 512 px."""
+    return real_size("sd15")
 
 
 def sd2() -> tuple[int, int]:
-    """SD 2.x at 768 px; its text encoder is OpenCLIP ViT-H without the last layer, as SD 2 ships it."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            sample_size=96,
-            cross_attention_dim=1024,
-            attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True,
-        )
-        return unet_flops(unet, (96, 96), 1024), encoder_flops(_clip(1024, 23, 16, "gelu"))
+    """SD 2.x at 768 px."""
+    return real_size("sd2")
 
 
 def sdxl() -> tuple[int, int]:
-    """SDXL base at 1024 px, with both text encoders (CLIP ViT-L and OpenCLIP ViT-bigG)."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            sample_size=128,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,  # pooled 1280 + 6 time ids × 256
-        )
-        added = {"text_embeds": torch.zeros(1, 1280), "time_ids": torch.zeros(1, 6)}
-        encoders = encoder_flops(_clip(768, 12, 12, "quick_gelu"))
-        encoders += encoder_flops(_clip(1280, 32, 20, "gelu", projection=True))
-        return unet_flops(unet, (128, 128), 2048, added), encoders
+    """SDXL base at 1024 px, with both text encoders."""
+    return real_size("sdxl")
 
 
 REAL_SIZES = {"SD 1.5 512px": sd15, "SD 2.x 768px": sd2, "SDXL 1024px": sdxl}
