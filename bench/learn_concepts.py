@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = parse_options(args.option)
     from_mapping({"images": "x", "name": "x", **options})  # a bad key or value fails before any training
-    concepts = args.concepts or list(SETS[args.set])
+    concepts = list(dict.fromkeys(args.concepts or SETS[args.set]))  # each once: one token name each
     for text in concepts:
         parse_concept(text)  # an unknown word fails before any training
     torch.set_num_threads(1)  # as the README's measurements
