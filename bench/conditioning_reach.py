@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,19 +33,31 @@ TOKEN_POSITIONS = slice(2, 4)  # `red circle` after BOS and `a`
 END_POSITIONS = slice(4, None)  # end-of-text and padding
 
 
-def fit(unet, conditioning: Callable[[], torch.Tensor], params: list, cache, maths, *, steps: int, lr: float):
-    """Adam on `params` against the denoising loss of batches of 4 cached latents (the trainer's step)."""
-    from trainers.loop import draw_batch
+class FreeStates:
+    """A conditioner (trainers.loop.step_loss's interface) whose states at `positions` are free numbers: the
+    last layer's states of PROMPT with those replaced, through the encoder's final LayerNorm."""
+
+    def __init__(self, last_layer: torch.Tensor, positions: slice, final_norm):
+        self.before = last_layer[:, : positions.start]  # (1, p, D)
+        self.free = last_layer[:, positions].clone().requires_grad_(True)  # (1, P, D)
+        self.after = last_layer[:, positions.stop or last_layer.shape[1] :]  # (1, L - p - P, D)
+        self.final_norm = final_norm
+
+    def encode(self, prompts: list[str], device) -> tuple[torch.Tensor, None]:
+        states = self.final_norm(torch.cat([self.before, self.free, self.after], dim=1))  # (1, L, D)
+        return states.expand(len(prompts), -1, -1), None  # (B, L, D)
+
+
+def fit(unet, conditioner, prompt: str, params: list, cache, maths, *, steps: int, lr: float) -> None:
+    """Adam on `params` against the trainer's loss (`step_loss`) on batches of 4 cached latents."""
+    from trainers.loop import draw_batch, step_loss
 
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
         indices = torch.randint(0, len(cache.sizes), (4,), generator=generator).tolist()
-        batch = draw_batch(cache, indices, [PROMPT] * 4, maths, generator)
-        noisy, target = maths.noisy_and_target(batch.latents, batch.noise, batch.timesteps)  # (4, C, h, w)
-        hidden = conditioning().expand(4, -1, -1)  # (4, L, D)
-        pred = unet(noisy, batch.timesteps, encoder_hidden_states=hidden).sample  # (4, C, h, w)
-        F.mse_loss(pred, target).backward()
+        batch = draw_batch(cache, indices, [prompt] * 4, maths, generator)
+        step_loss(unet, conditioner, maths, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from trainers.data import build_samples, load_images
+    from trainers.families import Conditioner, tokenize
     from trainers.latents import encode_samples
     from trainers.loop import DiffusionMath
     from trainers.models import load_model
@@ -86,19 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     cache = encode_samples(pipe.vae, samples, refine_steps=50)
     maths = DiffusionMath.from_scheduler(pipe.scheduler)
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-
-    def ids(text: str, tok=tokenizer) -> torch.Tensor:
-        return tok(text, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-
     with torch.no_grad():
         # (1, L, D): the last layer's states, before the final LayerNorm
-        start = encoder(ids(PROMPT), output_hidden_states=True).hidden_states[-1]
-        negative = encoder(ids(""))[0]  # (1, L, D)
-    final_norm = encoder.final_layer_norm
+        last_layer = encoder(tokenize(tokenizer, [PROMPT]), output_hidden_states=True).hidden_states[-1]
+        negative = encoder(tokenize(tokenizer, [""]))[0]  # (1, L, D)
 
-    def judged(hidden: torch.Tensor):
+    def judged(conditioner, prompt: str):
+        with torch.no_grad():
+            hidden, _ = conditioner.encode([prompt], "cpu")  # (1, L, D)
         images = pipe(
-            prompt_embeds=hidden.detach(),
+            prompt_embeds=hidden,
             negative_prompt_embeds=negative,
             num_images_per_prompt=len(SAMPLE_SEEDS),
             num_inference_steps=20,
@@ -108,23 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         return score(images, args.concept)
 
     results = {}
-    red_circle = encoder.get_input_embeddings().weight[ids("red circle")[0, 1:3]]  # (2, D)
+    red_circle = encoder.get_input_embeddings().weight[tokenize(tokenizer, ["red circle"])[0, 1:3]]  # (2, D)
     rows = attach("emb_params", tokenizer, encoder, "probe", red_circle)
-    token_ids = ids(f"a {' '.join(rows.tokens)}", rows.tokenizer)
-    fit(pipe.unet, lambda: encoder(token_ids)[0], [rows.rows], cache, maths, steps=args.steps, lr=args.lr)
-    with torch.no_grad():
-        results["token"] = judged(encoder(token_ids)[0])
+    token = Conditioner("single", [rows])
+    prompt = f"a {token.token_text()}"
+    fit(pipe.unet, token, prompt, [rows.rows], cache, maths, steps=args.steps, lr=args.lr)
+    results["token"] = judged(token, prompt)
     detach_rows(rows)
     for label, positions in (("token states", TOKEN_POSITIONS), ("end states", END_POSITIONS)):
-        free = start[:, positions].clone().requires_grad_(True)  # (1, P, D)
-
-        def conditioning(free=free, positions=positions):
-            after = start[:, positions.stop or start.shape[1] :]
-            return final_norm(torch.cat([start[:, : positions.start], free, after], dim=1))  # (1, L, D)
-
-        fit(pipe.unet, conditioning, [free], cache, maths, steps=args.steps, lr=args.lr)
-        with torch.no_grad():
-            results[label] = judged(conditioning())
+        free = FreeStates(last_layer, positions, encoder.final_layer_norm)
+        fit(pipe.unet, free, PROMPT, [free.free], cache, maths, steps=args.steps, lr=args.lr)
+        results[label] = judged(free, PROMPT)
     for label, result in results.items():
         n = result.samples
         right = f"colour {result.colour}/{n}, shape {result.shape}/{n}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -71,7 +72,7 @@ def score(images, concept_text: str) -> Score:
         if verdict.colour_rgb is None:  # nothing drawn: as far as two RGB colours can be
             distances.append(255 * 3**0.5)
             continue
-        distances.append(sum((a - b) ** 2 for a, b in zip(verdict.colour_rgb, target, strict=True)) ** 0.5)
+        distances.append(math.dist(verdict.colour_rgb, target))
         colour += verdict.colour == concept.colour
         shape += verdict.shape == concept.shape
     return Score(statistics.fmean(distances), colour, shape, len(distances))

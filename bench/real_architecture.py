@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
 import resource
 import statistics
 import sys
@@ -28,12 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from step_flops import real_encoders, real_unet
+from train_speed import write_images
 
 WORDS = ("a", "photo", "of", "object", "style")
 SCALING = {"sd15": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
@@ -90,17 +89,6 @@ def real_pipeline(family: str, px: int):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def write_images(folder: Path, px: int, count: int = 3) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    for i in range(count):
-        image = Image.new("RGB", (px, px), (120, 120, 120))
-        box = (px // 4, px // 4, 3 * px // 4, 3 * px // 4)
-        image.paste(tuple(rng.randrange(256) for _ in range(3)), box)
-        image.save(folder / f"{i}.png")
-    return folder
 
 
 def peak_memory_gb() -> tuple[float, str]:

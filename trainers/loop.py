@@ -67,6 +67,12 @@ class Batch:
     sizes: list[tuple[int, int]]
     weights: torch.Tensor | None  # (B, 1, h, w) alpha weights, or None
 
+    def to(self, device) -> Batch:
+        """The same batch with its tensors on `device` (the draws are made on the CPU)."""
+        weights = None if self.weights is None else self.weights.to(device)
+        tensors = (self.latents.to(device), self.noise.to(device), self.timesteps.to(device))
+        return Batch(*tensors, self.prompts, self.sizes, weights)
+
 
 def step_loss(
     unet, conditioner: Conditioner, maths: DiffusionMath, batch: Batch, *, min_snr_gamma: float = 0.0

@@ -24,9 +24,11 @@ def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
     torch's `Module.to` and honour the list here, without the warning a user cannot act on.
     """
     torch.nn.Module.to(module, dtype=dtype)
-    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or ())
+    if not keep:
+        return
     for name, child in module.named_modules():
-        if keep and any(part in keep for part in name.split(".")):
+        if keep.intersection(name.split(".")):
             torch.nn.Module.to(child, dtype=torch.float32)
 
 

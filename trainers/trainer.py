@@ -225,14 +225,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
 
     def validation_loss() -> float:
         prompts = [fill_template(t, token_text, c) for t, c in zip(val.templates, val.captions, strict=True)]
-        batch = Batch(
-            val.latents.to(device),
-            val.noise.to(device),
-            val.timesteps.to(device),
-            prompts,
-            val.sizes,
-            None if val.weights is None else val.weights.to(device),
-        )
+        batch = Batch(val.latents, val.noise, val.timesteps, prompts, val.sizes, val.weights).to(device)
         with torch.no_grad(), accelerator.autocast():
             loss = step_loss(pipe.unet, conditioner, maths, batch)
         return mean_over_processes(accelerator, float(loss))
@@ -263,15 +256,7 @@ def _loop(cfg, images, folder, model, spec, conditioner, accelerator, state, sto
             fill_template(templates[c], token_text, captions[samples[i].image_index])
             for c, i in zip(choice, indices, strict=True)
         ]
-        batch = draw_batch(cache, indices, prompts, maths, generator)
-        return Batch(
-            batch.latents.to(device),
-            batch.noise.to(device),
-            batch.timesteps.to(device),
-            batch.prompts,
-            batch.sizes,
-            None if batch.weights is None else batch.weights.to(device),
-        )
+        return draw_batch(cache, indices, prompts, maths, generator).to(device)
 
     if start == 0:
         state.log(
