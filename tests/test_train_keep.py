@@ -10,8 +10,8 @@ from PIL import Image
 from tinyrun import quick_config, square_images, tiny_model
 
 from embeddings import Store, load_canonical
+from trainers import steps as steps_module
 from trainers import train
-from trainers import trainer as trainer_module
 from trainers.runfolder import RunFolder
 from trainers.validation import SHAPE_MISS_COST, DemoJudgeMetric
 
@@ -47,7 +47,7 @@ def _config(images, tmp_path, **changes):
 
 def _script(monkeypatch, values) -> None:
     metric = ScriptedMetric(values)
-    monkeypatch.setattr(trainer_module, "preview_metric", lambda *args: metric)
+    monkeypatch.setattr(steps_module, "preview_metric", lambda *args: metric)
 
 
 def _snapshot(tmp_path, step: int) -> torch.Tensor:
