@@ -1,5 +1,6 @@
 """Training data: EXIF, captions, templates, crops, buckets, flips, alpha weights, early clear errors."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -157,3 +158,18 @@ def test_epoch_batches_are_a_pure_function_of_seed_and_epoch(tmp_path):
     assert batches(samples, 4, 3, 7) == batches(samples, 4, 3, 7)
     assert batches(samples, 4, 3, 7) != batches(samples, 4, 3, 8)
     assert all(len(b) == 4 for b in batches(samples, 4, 3, 7))
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
+    Image.fromarray(np.full((20, 20), 30000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    (loaded,) = load_images(tmp_path)
+    assert loaded.image.mode == "RGB" and loaded.image.getpixel((0, 0)) == (117, 117, 117)  # 30000 / 257
+
+
+def test_captions_with_a_byte_order_mark_read_and_other_encodings_are_clear_errors(tmp_path):
+    _save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes("\ufeffa red car".encode())
+    assert load_images(tmp_path)[0].caption == "a red car"
+    (tmp_path / "a.txt").write_bytes("caf\xe9 sign".encode("latin-1"))
+    with pytest.raises(DataError, match=r"a\.txt is not UTF-8.*re-save it as UTF-8"):
+        load_images(tmp_path)

@@ -78,7 +78,21 @@ class Sample:
 
 def _caption_for(path: Path) -> str:
     text_file = path.with_suffix(".txt")
-    return text_file.read_text(encoding="utf-8").strip() if text_file.is_file() else ""
+    if not text_file.is_file():
+        return ""
+    try:
+        return text_file.read_text(encoding="utf-8-sig").strip()  # -sig: Windows editors' byte-order mark
+    except UnicodeDecodeError as exc:
+        problem = f"caption {text_file} is not UTF-8 text ({exc.reason})"
+        raise DataError(f"{problem}; re-save it as UTF-8") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale ('I;16', 'I') scaled to 8-bit 'L'; PIL's own convert clips it to white instead."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image
+    values = np.asarray(image, dtype=np.float64)  # (H, W) in 0..65535
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
@@ -98,7 +112,7 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
     for path in paths:
         try:
             with Image.open(path) as opened:
-                image = ImageOps.exif_transpose(opened)
+                image = _eight_bit(ImageOps.exif_transpose(opened))
                 image.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise DataError(f"cannot read image {path} ({exc}); remove it or re-save it as PNG") from None
