@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -178,3 +180,12 @@ def test_relative_folder_is_recorded_as_an_absolute_source(sd1_folder, monkeypat
     monkeypatch.chdir(sd1_folder.parent)
     model = load_model(sd1_folder.name)
     assert model.source == str(sd1_folder.resolve())
+
+
+def test_loading_says_nothing_about_torchvision_in_a_fresh_process():
+    """transformers warns once per image processor diffusers imports when torchvision is missing; the
+    loader looks them up quietly first, so a user's terminal shows no such line."""
+    code = "from trainers.models import load_model; load_model('demo')"
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert "torchvision" not in done.stderr + done.stdout

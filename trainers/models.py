@@ -196,7 +196,27 @@ def _quiet_loading() -> Iterator[None]:
         transformers_logging.enable_progress_bar()
 
 
+def _resolve_image_processors() -> None:
+    """Look up the image processors diffusers imports, with transformers' warnings off.
+
+    Without torchvision, transformers falls back to its PIL image processors for CLIP and SigLIP (the ones an
+    SD pipeline's feature extractor uses anyway). The first lookup of each name warns that it does; the
+    warning tells a tokensmith user nothing they can act on. After this lookup transformers keeps the fallback
+    and no later import of the names warns."""
+    import transformers
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        for name in ("CLIPImageProcessor", "SiglipImageProcessor"):
+            getattr(transformers, name, None)
+    finally:
+        transformers_logging.set_verbosity(level)
+
+
 def _pipeline_class(model_index: dict) -> Any:
+    _resolve_image_processors()  # before diffusers' pipelines import them
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None]):
@@ -233,6 +253,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
+    _resolve_image_processors()  # before diffusers' pipelines import them
     from diffusers import DiffusionPipeline
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -257,6 +278,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
+    _resolve_image_processors()  # before diffusers' pipelines import them
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = StableDiffusionXLPipeline if _looks_sdxl(path, config) else StableDiffusionPipeline
