@@ -73,4 +73,5 @@ def test_one_concept_runs_to_its_learned_line(bench, capsys):
     assert bench.main(["orange star", *(arg for o in options for arg in ("--option", o))]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("learned orange star: no (distance ")  # 2 steps from `red circle` learn nothing
-    assert last.endswith("kept step 2 of 2)")
+    assert "kept step 2 of 2; in words: distance " in last  # the world's own `a orange star`
+    assert last.endswith("colour 12/12, shape 12/12)")  # its words draw it (held-out, zero-shot)
