@@ -128,30 +128,51 @@ POSTFIX = (
 
 
 class ProgressBar:
-    """A tqdm bar on stderr: step, ETA and what the record holds of POSTFIX."""
+    """A tqdm bar on stderr: step, ETA, the step's loss and the latest validation loss and preview scores.
+
+    The bar starts at the run's first progress record (step 0, or the step a resume continues from), after
+    the model has loaded and the latents are cached, so its rate and ETA count training steps only. Values
+    logged every N steps (validation loss, preview scores) stay on show until the next ones.
+    """
 
     def __init__(self, total: int, *, disable: bool = False):
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total, file=sys.stderr, unit="step", dynamic_ncols=True, desc="training", disable=disable
-        )
+        self.total, self.disable = total, disable
+        self.bar = None
+        self.shown: dict[str, str] = {}
 
     def __call__(self, record: dict) -> None:
-        if self.bar.n < record["step"]:
-            self.bar.update(record["step"] - self.bar.n)
-        postfix = {}
+        from tqdm import tqdm
+
+        step = record["step"]
+        if self.bar is None:
+            start = step if step == 0 else step - 1  # a resume's first record is its first new step
+            self.bar = tqdm(
+                total=self.total,
+                initial=start,
+                file=sys.stderr,
+                unit="step",
+                dynamic_ncols=True,
+                desc="training",
+                disable=self.disable,
+            )
+        if self.bar.n < step:
+            self.bar.update(step - self.bar.n)
         for label, key, style in POSTFIX:
             if record.get(key) is not None:
-                postfix[label] = format(record[key], style)
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
+                self.shown[label] = format(record[key], style)
+        if self.shown:
+            ordered = {label: self.shown[label] for label, _, _ in POSTFIX if label in self.shown}
+            self.bar.set_postfix(ordered, refresh=False)
 
     def write(self, line: str) -> None:
-        self.bar.write(line, file=sys.stderr)
+        from tqdm import tqdm
+
+        if not self.disable:
+            tqdm.write(line, file=sys.stderr)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_train(args) -> int:
@@ -165,9 +186,7 @@ def run_train(args) -> int:
     quiet = launch_rank() != 0
     bar = ProgressBar(cfg.steps, disable=quiet)
     try:
-        emb = train(
-            cfg, home=args.home, on_progress=bar, echo=lambda line: bar.bar.write(line, file=sys.stderr)
-        )
+        emb = train(cfg, home=args.home, on_progress=bar, echo=bar.write)
     finally:
         bar.close()
     info = summary(emb)

@@ -114,16 +114,33 @@ def test_python_m_trainers_runs_a_config_file_and_refuses_to_resume_a_finished_r
     assert trainers_main(["--config", str(run / "config.toml"), "--home", str(home), "--resume"]) == 1
 
 
-def test_the_progress_bar_shows_the_preview_scores(capsys):
+def test_the_progress_bar_keeps_the_latest_scores_on_show(capsys):
     from studio.cli_train import ProgressBar
 
     bar = ProgressBar(150)
+    bar({"step": 0, "loss": None, "val_loss": 0.3, "metric": 120.0, "shape_match": 0.0})
     bar({"step": 25, "loss": 0.2, "val_loss": 0.15, "metric": 29.4123, "shape_match": 0.75})
     assert bar.bar.n == 25
     assert bar.bar.postfix == "loss=0.2000, val=0.1500, metric=29.41, shape=75%"
-    bar({"step": 26, "loss": 0.19, "metric": 0.81234, "clip_text": 0.2876})
-    assert bar.bar.postfix == "loss=0.1900, metric=0.8123, clip_text=0.288"
+    bar({"step": 26, "loss": 0.19})  # a step without validation or previews
+    assert bar.bar.postfix == "loss=0.1900, val=0.1500, metric=29.41, shape=75%"
+    bar({"step": 27, "loss": 0.18, "metric": 0.81234, "clip_text": 0.2876})
+    assert bar.bar.postfix == "loss=0.1800, val=0.1500, metric=0.8123, shape=75%, clip_text=0.288"
     bar.close()
+
+
+def test_the_progress_bar_starts_its_clock_at_the_first_record(capsys):
+    """Loading the model and caching latents are not steps: the bar (and its rate and ETA) starts with the
+    run's first record; a resume's bar starts where the checkpoint was."""
+    from studio.cli_train import ProgressBar
+
+    bar = ProgressBar(150)
+    bar.write("run folder: /tmp/run")  # before the first record, lines still reach the terminal
+    assert bar.bar is None
+    bar({"step": 101, "loss": 0.2})  # resumed from step 100's checkpoint
+    assert (bar.bar.initial, bar.bar.n, bar.bar.total) == (100, 101, 150)
+    bar.close()
+    assert "run folder: /tmp/run" in capsys.readouterr().err
 
 
 def test_under_a_multi_process_launch_only_the_main_process_shows_the_bar_and_result(monkeypatch, capsys):

@@ -80,6 +80,7 @@ def train(
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
         echo("multi-GPU / multi-node: " + commands[1])
+        echo("preparing: loading the model, caching the images' latents, step 0's validation and previews")
     return _run(cfg, images, folder, store, model or _load(cfg), home, on_progress)
 
 
