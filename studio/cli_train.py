@@ -155,14 +155,14 @@ class ProgressBar:
                 desc="training",
                 disable=self.disable,
             )
-        if self.bar.n < step:
-            self.bar.update(step - self.bar.n)
         for label, key, style in POSTFIX:
             if record.get(key) is not None:
                 self.shown[label] = format(record[key], style)
-        if self.shown:
+        if self.shown:  # before the update, which draws the line: the step shows its own values
             ordered = {label: self.shown[label] for label, _, _ in POSTFIX if label in self.shown}
             self.bar.set_postfix(ordered, refresh=False)
+        if self.bar.n < step:
+            self.bar.update(step - self.bar.n)
 
     def write(self, line: str) -> None:
         from tqdm import tqdm
