@@ -14,7 +14,8 @@ LOG_TAIL_LINES = 40
 
 @dataclass(frozen=True)
 class RunState:
-    """A snapshot of a run folder: the latest progress row, the final event if any, and the files so far."""
+    """A snapshot of a run folder: the latest progress row (with the newest validation loss and metric), the
+    final event if any, and the files so far."""
 
     status: str  # "starting" | "running" | "done" | "failed" | "stopped" | "ended"
     step: int = 0
@@ -92,6 +93,11 @@ def _number(row: dict, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _latest(rows: list[dict], key: str) -> float | None:
+    """The newest number logged under `key` (validation and preview scores come every N steps only)."""
+    return next((value for row in reversed(rows) if (value := _number(row, key)) is not None), None)
+
+
 def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bool = False) -> RunState:
     """What a run folder says, given whether its trainer is alive, when it was (re)launched (epoch seconds)
     and whether a cancel was sent."""
@@ -117,8 +123,8 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         step=int(last.get("step", 0)),
         total=int(total) if isinstance(total, int | float) else None,
         loss=_number(last, "loss"),
-        val_loss=_number(last, "val_loss"),
-        metric=_number(last, "metric"),
+        val_loss=_latest(rows, "val_loss"),
+        metric=_latest(rows, "metric"),
         lr=_number(last, "lr"),
         elapsed=_number(last, "elapsed"),
         eta=_number(last, "eta"),

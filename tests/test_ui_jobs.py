@@ -257,3 +257,15 @@ def test_a_launch_that_exits_before_writing_is_not_read_as_the_previous_runs_end
     runner.train_further(job.id, 2)
     state = runner.wait(job.id, timeout=30)
     assert state.status == "ended" and "refused: no checkpoint" in state.log_tail
+
+
+def test_the_latest_validation_loss_and_metric_stay_on_show_between_their_steps(tmp_path):
+    rows = [
+        {"step": 0, "loss": None, "val_loss": 0.45, "metric": 292.4},
+        {"step": 25, "loss": 0.27, "val_loss": 0.29, "metric": 20.3},
+        {"step": 26, "loss": 0.28, "val_loss": None, "metric": None},
+        {"step": 27, "loss": 0.25},
+    ]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    state = read_run(tmp_path, alive=True)
+    assert (state.step, state.loss, state.val_loss, state.metric) == (27, 0.25, 0.29, 20.3)
