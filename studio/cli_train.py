@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -35,8 +36,8 @@ def register(subparsers, common) -> None:
     train.add_argument("--style", action="store_true", help="learn a style: same as --templates style")
     train.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     for name, f in FIELDS.items():
-        default = f.default if f.default is not f.default_factory else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default!r})"
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        help_text = option_help(f.metadata["help"], default)
         if isinstance(default, bool):
             train.add_argument(
                 flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -125,6 +126,13 @@ POSTFIX = (
     ("shape", "shape_match", ".0%"),  # demo world: share of preview samples with the training images' shape
     ("clip_text", "clip_text", ".3f"),
 )
+
+
+def option_help(text: str, default) -> str:
+    """A config key's help line with its default, unless the text names it already or it is empty."""
+    if "(default:" in text or default in ("", [], ()):
+        return text
+    return f"{text} (default: {default!r})"
 
 
 class ProgressBar:

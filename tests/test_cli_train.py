@@ -36,6 +36,15 @@ def test_train_and_demo_help_show_examples(capsys):
         assert "Example" in capsys.readouterr().out
 
 
+def test_train_help_gives_each_default_once_and_no_empty_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 150)" in text and "(default: 'center')" in text
+    assert "MISSING" not in text and "(default: '')" not in text and "(default: [])" not in text
+    assert "(default: per family) (default:" not in text
+
+
 def test_printed_command_parses_back_to_the_same_config(tmp_path):
     cfg = TrainConfig(
         images="my shots", name="cat", steps=77, flip=False, learning_rate=0.01, trackers=["wandb"]
