@@ -38,6 +38,18 @@ MAX_BAD_LOSSES = 3  # consecutive non-finite losses (fp16 skips those steps) bef
 LATENT_KEYS = ("images", "model", "resolution", "crop", "flip", "alpha_weight", "refine_latents", "seed")
 
 
+def count_bad_losses(loss: float, before: int, step: int) -> int:
+    """Consecutive non-finite losses up to `step`; fails the run at MAX_BAD_LOSSES (fp16 skips such steps,
+    but a run whose every step is skipped learns nothing)."""
+    bad = 0 if math.isfinite(loss) else before + 1
+    if bad >= MAX_BAD_LOSSES:
+        raise TokensmithError(
+            f"the loss was not finite for {bad} steps in a row (step {step}); try --mixed-precision bf16 or "
+            "no, or a lower --learning-rate"
+        )
+    return bad
+
+
 @dataclass(frozen=True)
 class Ending:
     """How the steps ended: the last step taken and why ("finished" | "early_stopped" | "stopped")."""
@@ -144,27 +156,13 @@ class Steps:
         start = self.state.resume_from(self.params, self.stopper) if cfg.resume else 0
         self._choose_text_attention()
         if start == 0:
-            val_loss = self.validation_loss() if cfg.validate_every else None
-            scores = self.previews(0)
-            self.state.log(
-                0,
-                loss=None,
-                val_loss=val_loss,
-                lr=self.lr_at(0),
-                text_attention=self.state.text_attention,
-                **scores,
-            )
+            self.log_start()
         step, bad_losses = start, 0
         self.state.start_clock(start)
         while step < cfg.steps:
             loss = self.update(step)
             step += 1
-            bad_losses = 0 if math.isfinite(loss) else bad_losses + 1
-            if bad_losses >= MAX_BAD_LOSSES:
-                raise TokensmithError(
-                    f"the loss was not finite for {bad_losses} steps in a row (step {step}); try "
-                    "--mixed-precision bf16 or no, or a lower --learning-rate"
-                )
+            bad_losses = count_bad_losses(loss, bad_losses, step)
             record = {"loss": loss, "lr": self.lr_at(step - 1)}
             stop_early = self.validate(step, record)
             kept = self.keep(step, record, ending=stop_early or step == cfg.steps)
@@ -178,6 +176,13 @@ class Steps:
                     self.state.checkpoint(step, self.params, self.stopper)
                 return Ending(step, "stopped", self.stopper)
         return Ending(step, "finished", self.stopper)
+
+    def log_start(self) -> None:
+        """Step 0's record: the init's validation loss and preview scores, the text attention chosen."""
+        val_loss = self.validation_loss() if self.cfg.validate_every else None
+        scores = self.previews(0)
+        attention = self.state.text_attention
+        self.state.log(0, loss=None, val_loss=val_loss, lr=self.lr_at(0), text_attention=attention, **scores)
 
     def update(self, step: int) -> float:
         """One optimizer step (grad_accum micro-batches) from step `step`; returns the whole batch's loss."""
