@@ -106,7 +106,7 @@ def test_train_stores_the_embedding_and_prints_json(images, tiny_model, tmp_path
 
 
 def test_python_m_trainers_runs_a_config_file_and_refuses_to_resume_a_finished_run(
-    images, tiny_model, tmp_path
+    images, tiny_model, tmp_path, capsys
 ):
     from trainers.__main__ import main as trainers_main
 
@@ -118,6 +118,9 @@ def test_python_m_trainers_runs_a_config_file_and_refuses_to_resume_a_finished_r
     )
     home = tmp_path / "home"
     assert trainers_main(["--config", str(config), "--home", str(home)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("step 0/2 · val ") for line in lines)  # validated steps print a line
+    assert any(line.startswith("step 2/2 · loss ") and "ETA 0 s" in line for line in lines)
     assert Store.for_home(home).exists("from-file")
     assert (run / "config.toml").is_file()
     assert trainers_main(["--config", str(run / "config.toml"), "--home", str(home), "--resume"]) == 1
