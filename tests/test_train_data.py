@@ -60,6 +60,14 @@ def test_too_few_images_and_missing_folder(tmp_path):
         load_images(tmp_path / "nope")
 
 
+def test_too_few_images_names_the_files_of_other_image_types(tmp_path):
+    _save(tmp_path / "a.png")
+    for name in ("b.bmp", "c.TIF", "notes.md"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(DataError, match=r"holds 1 image.*; convert b\.bmp, c\.TIF to PNG$"):
+        load_images(tmp_path, min_images=3)
+
+
 def test_templates_fill_name_and_filewords():
     assert fill_template("a photo of a [name], [filewords]", "<cat> <cat>_1", "on a sofa") == (
         "a photo of a <cat> <cat>_1, on a sofa"

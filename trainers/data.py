@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from embeddings.errors import TokensmithError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif", ".jfif")  # named when too few
 MIN_SIDE = 16  # smaller images carry no concept worth learning
 RANDOM_CROPS = 4  # random crops per image, each cached once (latents are cached per crop and flip)
 
@@ -104,9 +105,12 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
         )
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(paths) < min_images:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        hint = f"; convert {shown} to PNG" if others else ""
         raise DataError(
             f"{folder} holds {len(paths)} image(s) (PNG/JPEG/WebP) but at least {min_images} are needed; "
-            "add more images (3-10 varied ones work best)"
+            f"add more images (3-10 varied ones work best){hint}"
         )
     images = []
     for path in paths:
