@@ -102,8 +102,9 @@ def learn(concept_text: str, *, home: Path, model, session, image_seed: int, opt
     start = time.perf_counter()
     embedding = train(cfg, home=home, model=model)
     seconds = time.perf_counter() - start
-    result = score(samples(session, f"a <{name}>", Store.for_home(home)), concept_text)
-    words = score(samples(session, f"a {concept_text}", Store.for_home(home)), concept_text)
+    store = Store.for_home(home)
+    result = score(samples(session, f"a <{name}>", store), concept_text)
+    words = score(samples(session, f"a {concept_text}", store), concept_text)
     trainer = json.loads(embedding.meta["trainer"])
     return {
         "concept": concept_text,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import resource
 import statistics
 import sys
@@ -98,9 +97,11 @@ def peak_memory_gb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "process RSS"
 
 
-def step_seconds(progress: Path) -> float:
+def step_seconds(run_dir: Path) -> float:
     """The median time between consecutive steps of a run's progress.jsonl (the first step warms up)."""
-    records = [json.loads(line) for line in progress.read_text().splitlines()]
+    from trainers.runfolder import RunFolder
+
+    records = RunFolder(run_dir).read_progress()
     elapsed = [r["elapsed"] for r in records if "step" in r and r["step"] > 0]
     gaps = [b - a for a, b in itertools.pairwise(elapsed)]
     return statistics.median(gaps) if gaps else float("nan")
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         embedding = train(cfg, home=home, model=model, echo=print)
         total = time.perf_counter() - start
-        per_step = step_seconds(home / "run" / "progress.jsonl")
+        per_step = step_seconds(home / "run")
     memory, measured = peak_memory_gb()
     rows = " ".join(f"{key} {tuple(v.shape)}" for key, v in embedding.vectors.items())
     finite = all(bool(torch.isfinite(v).all()) for v in embedding.vectors.values())

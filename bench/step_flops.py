@@ -148,22 +148,7 @@ def real_size(family: str) -> tuple[int, int]:
         return unet_flops(unet, (px // 8, px // 8), width, added), sum(encoder_flops(e) for e in encoders)
 
 
-def sd15() -> tuple[int, int]:
-    """(UNet FLOPs, encoder FLOPs) of SD 1.5 at 512 px."""
-    return real_size("sd15")
-
-
-def sd2() -> tuple[int, int]:
-    """SD 2.x at 768 px."""
-    return real_size("sd2")
-
-
-def sdxl() -> tuple[int, int]:
-    """SDXL base at 1024 px, with both text encoders."""
-    return real_size("sdxl")
-
-
-REAL_SIZES = {"SD 1.5 512px": sd15, "SD 2.x 768px": sd2, "SDXL 1024px": sdxl}
+REAL_SIZES = {"SD 1.5 512px": "sd15", "SD 2.x 768px": "sd2", "SDXL 1024px": "sdxl"}
 
 
 def bench_models() -> list[tuple[str, int, int]]:
@@ -186,7 +171,7 @@ def bench_models() -> list[tuple[str, int, int]]:
 
 def main() -> None:
     torch.set_num_threads(1)
-    rows = bench_models() + [(label, *count()) for label, count in REAL_SIZES.items()]
+    rows = bench_models() + [(label, *real_size(family)) for label, family in REAL_SIZES.items()]
     for label, unet, encoders in rows:
         print(
             f"{label}: UNet forward + backward to the conditioning {unet / 1e9:.1f} GFLOP, text encoders "

@@ -149,20 +149,9 @@ class ProgressBar:
         self.shown: dict[str, str] = {}
 
     def __call__(self, record: dict) -> None:
-        from tqdm import tqdm
-
         step = record["step"]
         if self.bar is None:
-            start = step if step == 0 else step - 1  # a resume's first record is its first new step
-            self.bar = tqdm(
-                total=self.total,
-                initial=start,
-                file=sys.stderr,
-                unit="step",
-                dynamic_ncols=True,
-                desc="training",
-                disable=self.disable,
-            )
+            self.bar = self._start(step if step == 0 else step - 1)  # a resume's first record: a new step
         for label, key, style in POSTFIX:
             if record.get(key) is not None:
                 self.shown[label] = format(record[key], style)
@@ -171,6 +160,20 @@ class ProgressBar:
             self.bar.set_postfix(ordered, refresh=False)
         if self.bar.n < step:
             self.bar.update(step - self.bar.n)
+
+    def _start(self, initial: int):
+        """The tqdm bar, its clock starting now, at step `initial`."""
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.total,
+            initial=initial,
+            file=sys.stderr,
+            unit="step",
+            dynamic_ncols=True,
+            desc="training",
+            disable=self.disable,
+        )
 
     def write(self, line: str) -> None:
         from tqdm import tqdm

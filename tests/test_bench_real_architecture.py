@@ -54,4 +54,4 @@ def test_step_seconds_is_the_median_gap_after_the_first_step(bench, tmp_path):
     lines = [{"step": 0, "elapsed": 0.0}, {"step": 1, "elapsed": 9.0}, {"step": 2, "elapsed": 11.0}]
     lines += [{"step": 3, "elapsed": 14.0}, {"step": 4, "elapsed": 16.5}, {"event": "done"}]
     log.write_text("\n".join(map(str, lines)).replace("'", '"'))
-    assert bench.step_seconds(log) == 2.5  # gaps 2.0, 3.0, 2.5 after the warm-up step
+    assert bench.step_seconds(tmp_path) == 2.5  # gaps 2.0, 3.0, 2.5 after the warm-up step

@@ -38,6 +38,6 @@ def test_encoder_flops_are_its_layers_matmuls_forward_and_backward(step_flops):
 
 
 def test_at_sd15_size_the_text_encoder_is_under_two_percent_of_the_floor(step_flops):
-    unet, encoder = step_flops.sd15()  # on the meta device: shapes only
+    unet, encoder = step_flops.real_size("sd15")  # on the meta device: shapes only
     assert unet == pytest.approx(1.67e12, rel=0.02)
     assert 0.01 < encoder / unet < 0.02

@@ -7,7 +7,7 @@ import torch
 
 from embeddings.errors import TokensmithError
 from trainers import checkpoint
-from trainers.runfolder import RunFolder
+from trainers.runfolder import RunFolder, progress_line
 
 
 def _trained_optimizer():
@@ -120,3 +120,12 @@ def test_progress_log_skips_torn_lines_and_truncates_on_resume(tmp_path):
     assert [r["step"] for r in run.read_progress()] == [0, 1]
     with pytest.raises(TokensmithError, match="--resume"):
         RunFolder(tmp_path / "run").create(resume=False)
+
+
+def test_a_progress_record_reads_as_one_line():
+    assert progress_line(25, 150, loss=0.28584, val_loss=0.29331, metric=20.3112, eta=31.4) == (
+        "step 25/150 · loss 0.2858 · val 0.2933 · metric 20.31 · ETA 31 s"
+    )
+    assert progress_line(0, 150, val_loss=0.45) == "step 0/150 · val 0.4500"
+    assert progress_line(150, 150, loss=0.2, elapsed=95.2) == "step 150/150 · loss 0.2000 · 95 s"
+    assert progress_line(3, None) == "step 3"

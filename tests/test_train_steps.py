@@ -1,7 +1,5 @@
 """The run's steps: a run whose loss stays non-finite fails with advice and stores nothing."""
 
-import json
-
 import pytest
 import torch
 from tinyrun import quick_config, square_images, tiny_model
@@ -11,6 +9,7 @@ from embeddings.errors import TokensmithError
 from trainers import steps as steps_module
 from trainers import train
 from trainers.loop import step_loss
+from trainers.runfolder import RunFolder
 from trainers.steps import MAX_BAD_LOSSES, count_bad_losses
 
 
@@ -32,6 +31,6 @@ def test_a_run_whose_loss_is_nan_fails_says_why_and_stores_nothing(tmp_path, mon
     with pytest.raises(TokensmithError, match="not finite for 3 steps in a row"):
         train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
     assert not Store.for_home(tmp_path / "home").exists("thing")
-    last = json.loads((tmp_path / "run" / "progress.jsonl").read_text().splitlines()[-1])
+    *steps, last = RunFolder(tmp_path / "run").read_progress()
     assert last["event"] == "failed" and "not finite" in last["message"]
-    assert [json.loads(line).get("step") for line in (tmp_path / "run" / "progress.jsonl").open()][-2] == 2
+    assert [record["step"] for record in steps] == [0, 1, 2]  # step 3 failed before it was logged

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
+from trainers.runfolder import progress_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,31 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     except (TokensmithError, ValueError, KeyError, OSError) as exc:
         print(f"python -m trainers: error: {exc}", file=sys.stderr)
         return 1
-    if summary(emb).get("end") == "stopped":  # SIGTERM: every process stopped at the same step
+    info = summary(emb)
+    if info.get("end") == "stopped":  # SIGTERM: every process stopped at the same step
         _echo(f"python -m trainers: stopped at step {emb.meta.get('steps')}; continue with --resume")
         return 1
     if launch_rank() == 0:  # one line for a multi-process launch
-        info = summary(emb)
         kept = kept_note(int(emb.meta.get("steps", 0)), int(info.get("trained_steps", 0)))
         _echo(f"learned <{emb.name}> ({emb.num_vectors} vector(s){'; ' + kept if kept else ''})")
     return 0
 
 
-LINE_VALUES = (("loss", "loss", ".4f"), ("val", "val_loss", ".4f"), ("metric", "metric", ".4g"))
-
-
 def _progress_line(record: dict) -> None:
-    """A line for each record that validated or scored previews (logs of a launch read better than a bar):
-    'step 50/60 · loss 0.2237 · val 0.2913 · metric 12.83 · ETA 2 s'."""
+    """A line for each record that validated or scored previews (logs of a launch read better than a bar)."""
     if record.get("val_loss") is None and record.get("metric") is None:
         return
-    parts = [f"step {record['step']}/{record['total']}"]
-    for label, key, style in LINE_VALUES:
-        if record.get(key) is not None:
-            parts.append(f"{label} {format(record[key], style)}")
-    if record.get("eta") is not None:
-        parts.append(f"ETA {record['eta']:.0f} s")
-    _echo(" · ".join(parts))
+    values = {key: record.get(key) for key in ("loss", "val_loss", "metric", "eta")}
+    _echo(progress_line(record["step"], record["total"], **values))
 
 
 def _echo(line: str) -> None:

@@ -136,6 +136,7 @@ def load_model(
     `config` (single-file checkpoints only) names a diffusers folder or hub id whose configs describe the
     checkpoint, for machines without a network. Raises ModelLoadError with what to do when it cannot load.
     """
+    _resolve_image_processors()  # before any of the loaders below imports diffusers' pipelines
     spec = str(spec).strip()
     if not spec:
         raise ModelLoadError(
@@ -216,7 +217,6 @@ def _resolve_image_processors() -> None:
 
 
 def _pipeline_class(model_index: dict) -> Any:
-    _resolve_image_processors()  # before diffusers' pipelines import them
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None]):
@@ -253,7 +253,6 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
-    _resolve_image_processors()  # before diffusers' pipelines import them
     from diffusers import DiffusionPipeline
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -278,7 +277,6 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
-    _resolve_image_processors()  # before diffusers' pipelines import them
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = StableDiffusionXLPipeline if _looks_sdxl(path, config) else StableDiffusionPipeline

@@ -37,6 +37,29 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def progress_line(
+    step: int,
+    total: int | None,
+    *,
+    loss: float | None = None,
+    val_loss: float | None = None,
+    metric: float | None = None,
+    eta: float | None = None,
+    elapsed: float | None = None,
+) -> str:
+    """A progress record as one line: 'step 40/150 · loss 0.1234 · val 0.1100 · metric 29.41 · ETA 12 s'
+    (without an ETA, the elapsed seconds: '95 s')."""
+    parts = [f"step {step}/{total}" if total else f"step {step}"]
+    for label, value, style in (("loss", loss, ".4f"), ("val", val_loss, ".4f"), ("metric", metric, ".4g")):
+        if value is not None:
+            parts.append(f"{label} {value:{style}}")
+    if eta is not None:
+        parts.append(f"ETA {eta:.0f} s")
+    elif elapsed is not None:
+        parts.append(f"{elapsed:.0f} s")
+    return " · ".join(parts)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and writers of one run folder."""

@@ -73,6 +73,7 @@ class Steps:
     cache: LatentCache
     templates: tuple[str, ...]
     captions: list[str]
+    token_text: str  # the concept's tokens in a prompt: '<cat> <cat>_1'
     maths: DiffusionMath
     val: ValidationSet
     params: list[torch.Tensor]
@@ -135,6 +136,7 @@ class Steps:
             cache=cache,
             templates=templates,
             captions=captions,
+            token_text=conditioner.token_text(),
             maths=maths,
             val=val,
             params=params,
@@ -233,9 +235,8 @@ class Steps:
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index + 1)
         indices = self.state.batch_indices(self.samples, self.cfg.batch_size, index)
         choice = torch.randint(0, len(self.templates), (len(indices),), generator=generator).tolist()
-        token_text = self.conditioner.token_text()
         prompts = [
-            fill_template(self.templates[c], token_text, self.captions[self.samples[i].image_index])
+            fill_template(self.templates[c], self.token_text, self.captions[self.samples[i].image_index])
             for c, i in zip(choice, indices, strict=True)
         ]
         return draw_batch(self.cache, indices, prompts, self.maths, generator).to(accelerator.device)
@@ -247,8 +248,10 @@ class Steps:
 
     def validation_loss(self) -> float:
         """The loss on the fixed (image, noise, timestep, template) set, averaged over processes."""
-        val, token_text = self.val, self.conditioner.token_text()
-        prompts = [fill_template(t, token_text, c) for t, c in zip(val.templates, val.captions, strict=True)]
+        val = self.val
+        prompts = [
+            fill_template(t, self.token_text, c) for t, c in zip(val.templates, val.captions, strict=True)
+        ]
         batch = Batch(val.latents, val.noise, val.timesteps, prompts, val.sizes, val.weights)
         with torch.no_grad(), self.accelerator.autocast():
             loss = self.loss(batch.to(self.accelerator.device))

@@ -9,6 +9,7 @@ import streamlit as st
 from studio.app import context, uploads
 from studio.jobs import Job, JobRunner, TrainRequest, new_job_id
 from studio.runview import RunState
+from trainers.runfolder import progress_line
 
 POLL_S = 2.0  # the fragment's refresh while a job runs (about 5 % of a core per watching tab)
 CHART_POINTS = 500  # the loss chart draws the last N rows only, so long runs stay cheap to poll
@@ -180,20 +181,16 @@ def job_choice_ui(runner: JobRunner) -> str | None:
 
 
 def progress_text(state: RunState) -> str:
-    """'step 40/150 · loss 0.1234 · val 0.1100 · metric 0.82 · ETA 12 s'."""
-    parts = [f"step {state.step}/{state.total}" if state.total else f"step {state.step}"]
-    for label, value, fmt in (
-        ("loss", state.loss, ".4f"),
-        ("val", state.val_loss, ".4f"),
-        ("metric", state.metric, ".3g"),
-    ):
-        if value is not None:
-            parts.append(f"{label} {value:{fmt}}")
-    if state.active and state.eta is not None:
-        parts.append(f"ETA {state.eta:.0f} s")
-    elif state.elapsed is not None:
-        parts.append(f"{state.elapsed:.0f} s")
-    return " · ".join(parts)
+    """'step 40/150 · loss 0.1234 · val 0.1100 · metric 29.41 · ETA 12 s' (a finished run: its seconds)."""
+    return progress_line(
+        state.step,
+        state.total,
+        loss=state.loss,
+        val_loss=state.val_loss,
+        metric=state.metric,
+        eta=state.eta if state.active else None,
+        elapsed=state.elapsed,
+    )
 
 
 def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
