@@ -3,13 +3,14 @@
     python bench/learn_concepts.py                         # the 5 held-out colour x shape combinations
     python bench/learn_concepts.py --set attributes        # concepts that also fix a background, size, ...
     python bench/learn_concepts.py "pink star" --image-seed 1 --option vectors=4 --option steps=300
+    python bench/learn_concepts.py --images 3              # 3 training renders a concept instead of 5
 
-For each concept: render 5 training images with `random.Random(image_seed)` (the dataset's own renderer),
-train a token with TrainConfig's defaults (plus any `--option KEY=VALUE`) in a temporary home, generate
-12 images of `a <token>` with seeds 100-111 (the demo's defaults: 20 steps, guidance 4), and judge each
-against the concept: the RGB distance of its foreground to the concept's colour, whether the judge names that
-colour, whether it names that shape. A concept counts as learned when the mean distance is under 40 and at
-least 9 of 12 samples have its colour and 9 of 12 its shape (the README's bar). The same 12 seeds with the
+For each concept: render 5 training images (`--images N`) with `random.Random(image_seed)` (the dataset's own
+renderer), train a token with TrainConfig's defaults (plus any `--option KEY=VALUE`) in a temporary home,
+generate 12 images of `a <token>` with seeds 100-111 (the demo's defaults: 20 steps, guidance 4), and judge
+each against the concept: the RGB distance of its foreground to the concept's colour, whether the judge names
+that colour, whether it names that shape. A concept counts as learned when the mean distance is under 40 and
+at least 9 of 12 samples have its colour and 9 of 12 its shape (the README's bar). The same 12 seeds with the
 world's own words for the concept (`a purple triangle`) are judged too, as the reference of what the model
 draws when told in words. About a minute a concept on a 2-core CPU. The last lines are one per concept:
 `learned purple triangle: yes (distance 8.6, colour 12/12, shape 12/12, kept step 125 of 150; in words:
@@ -80,25 +81,34 @@ def score(images, concept_text: str) -> Score:
     return Score(statistics.fmean(distances), colour, shape, len(distances))
 
 
-def render_images(concept_text: str, folder: Path, seed: int) -> Path:
-    """TRAINING_IMAGES renders of the concept, as `tokensmith demo-images` makes them."""
+def render_images(concept_text: str, folder: Path, seed: int, count: int = TRAINING_IMAGES) -> Path:
+    """`count` renders of the concept, as `tokensmith demo-images` makes them."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     concept = parse_concept(concept_text)
-    for i in range(TRAINING_IMAGES):
+    for i in range(count):
         render(concept, rng).save(folder / f"{i}.png")
     return folder
 
 
-def learn(concept_text: str, *, home: Path, model, session, image_seed: int, options: dict) -> dict:
+def learn(
+    concept_text: str,
+    *,
+    home: Path,
+    model,
+    session,
+    image_seed: int,
+    options: dict,
+    images: int = TRAINING_IMAGES,
+) -> dict:
     """Train one concept with the defaults (+ options) and judge 12 fresh samples of `a <token>`."""
     from embeddings import Store
     from trainers import train
     from trainers.config import from_mapping
 
     name = concept_text.replace(" ", "-")
-    images = render_images(concept_text, home / "images" / name, image_seed)
-    cfg = from_mapping({"images": str(images), "name": name, "run_dir": str(home / "runs" / name), **options})
+    folder = render_images(concept_text, home / "images" / name, image_seed, images)
+    cfg = from_mapping({"images": str(folder), "name": name, "run_dir": str(home / "runs" / name), **options})
     start = time.perf_counter()
     embedding = train(cfg, home=home, model=model)
     seconds = time.perf_counter() - start
@@ -108,6 +118,7 @@ def learn(concept_text: str, *, home: Path, model, session, image_seed: int, opt
     trainer = json.loads(embedding.meta["trainer"])
     return {
         "concept": concept_text,
+        "images": len(list(folder.glob("*.png"))),
         "learned": result.learned,
         "distance": round(result.distance, 1),
         "colour": result.colour,
@@ -147,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", choices=sorted(SETS), default="heldout", help="a named concept set")
     parser.add_argument("--image-seed", type=int, default=0, help="seed of the 5 training renders")
     parser.add_argument(
+        "--images",
+        type=int,
+        default=TRAINING_IMAGES,
+        metavar="N",
+        help=f"training renders per concept (default {TRAINING_IMAGES})",
+    )
+    parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig value; repeatable"
     )
     parser.add_argument("--json", action="store_true", help="also print one JSON object per concept")
@@ -168,8 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="tokensmith-learn-") as tmp:
         for text in concepts:
-            seed = args.image_seed
-            row = learn(text, home=Path(tmp), model=model, session=session, image_seed=seed, options=options)
+            row = learn(
+                text,
+                home=Path(tmp),
+                model=model,
+                session=session,
+                image_seed=args.image_seed,
+                options=options,
+                images=args.images,
+            )
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)

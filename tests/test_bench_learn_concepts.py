@@ -2,6 +2,7 @@
 or shape fail it, and one concept runs end to end to its `learned ...` line."""
 
 import importlib.util
+import json
 import random
 import sys
 from pathlib import Path
@@ -75,3 +76,11 @@ def test_one_concept_runs_to_its_learned_line(bench, capsys):
     assert last.startswith("learned orange star: no (distance ")  # 2 steps from `red circle` learn nothing
     assert "kept step 2 of 2; in words: distance " in last  # the world's own `a orange star`
     assert last.endswith("colour 12/12, shape 12/12)")  # its words draw it (held-out, zero-shot)
+
+
+def test_images_sets_how_many_renders_it_trains_on(bench, capsys):
+    options = ["steps=1", "preview_images=0", "refine_latents=0", "validate_every=0", "save_every=0"]
+    argv = ["cyan circle", "--images", "3", "--json", *(arg for o in options for arg in ("--option", o))]
+    assert bench.main(argv) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert (row["concept"], row["images"], row["trained_steps"]) == ("cyan circle", 3, 1)
