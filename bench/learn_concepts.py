@@ -4,6 +4,7 @@
     python bench/learn_concepts.py --set attributes        # concepts that also fix a background, size, ...
     python bench/learn_concepts.py "pink star" --image-seed 1 --option vectors=4 --option steps=300
     python bench/learn_concepts.py --images 3              # 3 training renders a concept instead of 5
+    python bench/learn_concepts.py --render-size 128       # renders at 128 px (the trainer resizes them)
 
 For each concept: render 5 training images (`--images N`) with `random.Random(image_seed)` (the dataset's own
 renderer), train a token with TrainConfig's defaults (plus any `--option KEY=VALUE`) in a temporary home,
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from demo.judge import judge
-from demo.world import COLOURS, HELD_OUT_COMBOS, parse_concept, render
+from demo.world import COLOURS, HELD_OUT_COMBOS, RESOLUTION, parse_concept, render
 
 SETS = {
     "heldout": tuple(f"{colour} {shape}" for colour, shape in HELD_OUT_COMBOS),
@@ -81,13 +82,15 @@ def score(images, concept_text: str) -> Score:
     return Score(statistics.fmean(distances), colour, shape, len(distances))
 
 
-def render_images(concept_text: str, folder: Path, seed: int, count: int = TRAINING_IMAGES) -> Path:
-    """`count` renders of the concept, as `tokensmith demo-images` makes them."""
+def render_images(
+    concept_text: str, folder: Path, seed: int, count: int = TRAINING_IMAGES, size: int = RESOLUTION
+) -> Path:
+    """`count` renders of the concept at `size` px, as `tokensmith demo-images` makes them."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     concept = parse_concept(concept_text)
     for i in range(count):
-        render(concept, rng).save(folder / f"{i}.png")
+        render(concept, rng, resolution=size).save(folder / f"{i}.png")
     return folder
 
 
@@ -100,6 +103,7 @@ def learn(
     image_seed: int,
     options: dict,
     images: int = TRAINING_IMAGES,
+    size: int = RESOLUTION,
 ) -> dict:
     """Train one concept with the defaults (+ options) and judge 12 fresh samples of `a <token>`."""
     from embeddings import Store
@@ -107,7 +111,7 @@ def learn(
     from trainers.config import from_mapping
 
     name = concept_text.replace(" ", "-")
-    folder = render_images(concept_text, home / "images" / name, image_seed, images)
+    folder = render_images(concept_text, home / "images" / name, image_seed, images, size)
     cfg = from_mapping({"images": str(folder), "name": name, "run_dir": str(home / "runs" / name), **options})
     start = time.perf_counter()
     embedding = train(cfg, home=home, model=model)
@@ -119,6 +123,7 @@ def learn(
     return {
         "concept": concept_text,
         "images": len(list(folder.glob("*.png"))),
+        "render_size": size,
         "learned": result.learned,
         "distance": round(result.distance, 1),
         "colour": result.colour,
@@ -165,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"training renders per concept (default {TRAINING_IMAGES})",
     )
     parser.add_argument(
+        "--render-size",
+        type=int,
+        default=RESOLUTION,
+        metavar="PX",
+        help=f"side of the training renders (default {RESOLUTION}, the model's; the trainer resizes others)",
+    )
+    parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig value; repeatable"
     )
     parser.add_argument("--json", action="store_true", help="also print one JSON object per concept")
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 image_seed=args.image_seed,
                 options=options,
                 images=args.images,
+                size=args.render_size,
             )
             rows.append(row)
             if args.json:

@@ -78,9 +78,22 @@ def test_one_concept_runs_to_its_learned_line(bench, capsys):
     assert last.endswith("colour 12/12, shape 12/12)")  # its words draw it (held-out, zero-shot)
 
 
-def test_images_sets_how_many_renders_it_trains_on(bench, capsys):
+def test_images_and_render_size_set_the_training_renders(bench, capsys):
     options = ["steps=1", "preview_images=0", "refine_latents=0", "validate_every=0", "save_every=0"]
-    argv = ["cyan circle", "--images", "3", "--json", *(arg for o in options for arg in ("--option", o))]
+    argv = [
+        "cyan circle",
+        "--images",
+        "3",
+        "--render-size",
+        "64",
+        "--json",
+        *(arg for o in options for arg in ("--option", o)),
+    ]
     assert bench.main(argv) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
-    assert (row["concept"], row["images"], row["trained_steps"]) == ("cyan circle", 3, 1)
+    assert (row["concept"], row["images"], row["render_size"], row["trained_steps"]) == (
+        "cyan circle",
+        3,
+        64,
+        1,
+    )
