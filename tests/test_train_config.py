@@ -57,6 +57,9 @@ def test_unknown_key_is_an_error_listing_valid_keys(tmp_path):
         ({"steps": 2.5}, "whole number"),
         ({"refine_latents": -2}, "refine_latents must be -1"),
         ({"preview_images": -2}, "preview_images must be -1"),
+        ({"preview_steps": 0}, "preview_steps must be at least 1"),
+        ({"lr_schedule": "cosin"}, "lr_schedule: unknown learning-rate schedule 'cosin'"),
+        ({"lr_schedule": "0.01:100, 0.02:50"}, "lr_schedule: the steps in"),
     ],
 )
 def test_bad_values_say_what_is_wrong(values, fragment):
@@ -111,3 +114,18 @@ def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(t
     assert resolve_vectors(TrainConfig(vectors=4, init="<three>"), demo, store) == 4
     with pytest.raises(ConfigError, match="vectors must not be negative"):
         TrainConfig(vectors=-1)
+
+
+def test_a_new_run_is_numbered_after_the_highest_run_folder(tmp_path):
+    from trainers.session import resolve_run_dir
+
+    runs = tmp_path / "runs"
+    for folder in ("cat", "cat-3"):  # the user deleted cat-2
+        (runs / folder).mkdir(parents=True)
+        (runs / folder / "progress.jsonl").write_text("{}\n")
+    assert resolve_run_dir(TrainConfig(name="cat"), tmp_path) == runs / "cat-4"
+    assert resolve_run_dir(TrainConfig(name="cat", resume=True), tmp_path) == runs / "cat-3"
+    assert resolve_run_dir(TrainConfig(name="dog"), tmp_path) == runs / "dog"
+    (runs / "dog").mkdir()
+    (runs / "dog" / "progress.jsonl").write_text("{}\n")
+    assert resolve_run_dir(TrainConfig(name="dog"), tmp_path) == runs / "dog-2"

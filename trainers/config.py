@@ -17,6 +17,7 @@ from pathlib import Path
 import tomllib
 
 from embeddings.errors import TokensmithError
+from trainers.schedules import ScheduleError, schedule_for
 
 TEMPLATE_SETS = ("object", "style", "captions")
 CROPS = ("center", "random", "bucket")
@@ -159,6 +160,7 @@ def check(cfg: TrainConfig) -> None:
         "validation_size",
         "dvar_window",
         "min_images",
+        "preview_steps",
     )
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -179,6 +181,10 @@ def check(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be -1 (the family's default) or more: {getattr(cfg, name)}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    try:  # read the schedule now, not after the model has loaded and the latents are cached
+        schedule_for(cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps)
+    except ScheduleError as exc:
+        raise ConfigError(f"lr_schedule: {exc}") from None
     for tracker in cfg.trackers:
         if tracker not in TRACKERS:
             raise ConfigError(f"tracker {tracker!r} is not one of {', '.join(TRACKERS)}")

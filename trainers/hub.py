@@ -12,7 +12,12 @@ import tempfile
 from pathlib import Path
 
 from embeddings import Embedding
-from embeddings.errors import TokensmithError
+from embeddings.errors import TokensmithError, first_line
+
+
+class UploadError(TokensmithError):
+    """The upload to the hub failed; the embedding itself is stored (push it again with `tokensmith push`)."""
+
 
 FAMILY_BASES = {
     "sd1": "runwayml/stable-diffusion-v1-5",
@@ -126,9 +131,10 @@ def push_embedding(
         try:
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f"Add <{emb.name}>")
-        except OSError as exc:  # requests/httpx errors and huggingface_hub's HTTP errors derive from OSError
-            raise TokensmithError(
-                f"upload to {repo_id} failed ({exc}); check the network and `huggingface-cli login`, "
-                "then push the stored file again"
+        except Exception as exc:  # httpx's network errors, the hub's HTTP and login errors share no base
+            raise UploadError(
+                f"upload to {repo_id} failed ({type(exc).__name__}: {first_line(exc)}); check the network "
+                "and `hf auth login` (or `huggingface-cli login`), then run "
+                f"`tokensmith push {emb.name} {repo_id}`"
             ) from None
     return f"https://huggingface.co/{repo_id}"

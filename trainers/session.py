@@ -137,7 +137,9 @@ def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
         return existing[-1]
     if not existing:
         return runs / cfg.name
-    return runs / f"{cfg.name}-{len(existing) + 1}"
+    # after the highest number there, so a deleted NAME-2 beside NAME-3 does not hand out NAME-3 again
+    last = int(numbered[-1].name[len(cfg.name) + 1 :]) if numbered else 1
+    return runs / f"{cfg.name}-{last + 1}"
 
 
 class StopFlag:
@@ -207,6 +209,9 @@ class RunState:
         self.first_metric = dict(saved.stopper.get("first_metric", {}))
         self.text_attention = saved.stopper.get("text_attention")
         self.best = saved.stopper.get("best")
+        # what the stored file reports when the run ends at this very step (killed before it was stored)
+        self.last_val = saved.stopper.get("last_val")
+        self.last_metric = dict(saved.stopper.get("last_metric", {}))
         if self.accelerator.is_main_process:
             self.folder.truncate_progress_after(saved.step)
         return saved.step
@@ -217,6 +222,7 @@ class RunState:
         extra = {**stopper.state(), "elapsed": self.elapsed(), "first_metric": self.first_metric}
         extra["text_attention"] = self.text_attention
         extra["best"] = self.best
+        extra["last_val"], extra["last_metric"] = self.last_val, self.last_metric
         extra["processes"] = self.accelerator.num_processes
         saved = ckpt_io.Checkpoint(step, rows, extra, computed_values(self.cfg))
         ckpt_io.save(self.folder.checkpoint_dir(step), saved, self.accelerator)

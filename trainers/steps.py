@@ -159,6 +159,8 @@ class Steps:
         self._choose_text_attention()
         if start == 0:
             self.log_start()
+        elif cfg.early_stopping and self.stopper.stopped_at(start):  # killed after it stopped early
+            return Ending(start, "early_stopped", self.stopper)
         step, bad_losses = start, 0
         self.state.start_clock(start)
         while step < cfg.steps:
@@ -171,8 +173,8 @@ class Steps:
             if stop_early:
                 return Ending(step, "early_stopped", self.stopper)
             # a stop asked of any process (a SIGTERM to the main one only, as the studio sends) ends every
-            # process at the same step
-            if any_process(self.accelerator, stop.raised):
+            # process at the same step; one during the last step lets the finished run be stored
+            if step < cfg.steps and any_process(self.accelerator, stop.raised):
                 if not kept:
                     self.state.snapshot(step, self.conditioner, self.model, self.spec)
                     self.state.checkpoint(step, self.params, self.stopper)

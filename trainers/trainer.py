@@ -11,11 +11,14 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from embeddings import Embedding, Store, load_canonical, save_canonical
-from embeddings.errors import TokensmithError
+from embeddings.errors import TokensmithError, first_line
 from trainers.config import PER_FAMILY, TrainConfig
 from trainers.data import load_images
 from trainers.families import check_family_keys, spec_for
+from trainers.hub import UploadError, push_embedding
 from trainers.loop import tune_malloc
 from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model, weight_dtype
 from trainers.processes import joined_as_main
@@ -134,8 +137,11 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         conditioner = None
         return emb
     except BaseException as exc:
-        if accelerator.is_main_process:
-            folder.event("failed", f"{type(exc).__name__}: {exc}", name=cfg.name)
+        advice = out_of_memory_advice(exc, cfg)
+        if accelerator.is_main_process and not isinstance(exc, UploadError):  # stored, and said so in `done`
+            folder.event("failed", str(advice) if advice else f"{type(exc).__name__}: {exc}", name=cfg.name)
+        if advice:
+            raise advice from None
         raise
     finally:
         if conditioner is not None:
@@ -147,6 +153,26 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
             accelerator.end_training()
 
 
+def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithError | None:
+    """A one-line error for a run that ran out of GPU (or CPU) memory, naming the settings that need less;
+    None for any other exception."""
+    text = first_line(exc)
+    gpu = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text.lower()
+    if not gpu and "can't allocate memory" not in text:  # torch's CPU allocator
+        return None
+    options = []
+    if cfg.batch_size > 1:
+        options.append(f"--batch-size 1 --grad-accum {cfg.batch_size * cfg.grad_accum} (the same batch)")
+    if not cfg.gradient_checkpointing:
+        options.append("--gradient-checkpointing")
+    if cfg.mixed_precision == "no":
+        options.append("--mixed-precision bf16 (or fp16 on GPUs without bf16)")
+    if cfg.preview_images > 1:
+        options.append("fewer --preview-images")
+    hint = "; try " + ", ".join(options) if options else "; use a smaller --resolution or a larger GPU"
+    return TokensmithError(f"training ran out of memory ({text[:160]}){hint}")
+
+
 # --- the result ---
 
 
@@ -154,12 +180,10 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending)
     vectors = {rows.key: detach_rows(rows) for rows in conditioner.rows}
     trained = ending.steps
     kept = trained
-    preview = state.last_preview
     if ending.reason != "stopped" and state.accelerator.is_main_process:
         kept = state.kept_step(trained)
     if kept != trained:  # keep = best: an earlier snapshot's previews scored better than the last ones
         vectors = load_canonical(folder.snapshot_path(kept)).vectors
-        preview = _open_image(folder.preview_path(kept)) or preview
     emb = state.embedding(
         vectors, model, spec, steps=kept, trained=trained, stopper=ending.stopper, reason=ending.reason
     )
@@ -173,18 +197,25 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending)
             step=ending.steps,
         )
         return emb
+    # the kept step's preview from the run folder: a run resumed at its last step has drawn none in memory
+    preview = _open_image(folder.preview_path(kept)) or state.last_preview
     save_canonical(emb, folder.snapshots / "final.safetensors")
     path = store.put(emb, overwrite=cfg.overwrite, preview=preview)
     how = "; ".join(filter(None, [ending.reason.replace("_", " "), kept_note(kept, trained)]))
     message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
-    if cfg.push_to_hub:
-        from trainers.hub import push_embedding
-
-        url = push_embedding(emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview)
-        message += f"; uploaded to {url}"
+    failed_upload = None
+    if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
+        try:
+            url = push_embedding(emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview)
+            message += f"; uploaded to {url}"
+        except UploadError as exc:
+            failed_upload = exc
+            message += f"; not uploaded: {exc}"
     folder.event(
         "done", message, name=cfg.name, path=str(path), steps=trained, kept=kept, reason=ending.reason
     )
+    if failed_upload:
+        raise failed_upload
     return emb
 
 

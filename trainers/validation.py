@@ -66,6 +66,13 @@ class EarlyStopper:
         """Record the validation loss at `step`; True when training should stop."""
         self.history.append(value)
         self.steps.append(step)
+        return self.stopped_at(step)
+
+    def stopped_at(self, step: int) -> bool:
+        """True when the losses recorded up to `step` (the last one recorded) say stop there. A resumed run
+        asks this of its checkpoint's losses: a run killed after it stopped early ends where it ended."""
+        if not self.steps or self.steps[-1] != step:
+            return False
         if step < self.min_steps or len(self.history) < 2 * self.window:
             return False
         overall = statistics.pvariance(self.history)
