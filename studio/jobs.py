@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from studio.runview import RunState, read_run
+from trainers.runfolder import pid_alive, read_pid
 
 # The trainer as the CLI runs it; tests pass a fake command instead.
 TRAINER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "studio", "train")
@@ -96,17 +97,6 @@ def new_job_id(name: str, now: float | None = None) -> str:
     slug = _ID_UNSAFE.sub("-", name).strip("-")[:40] or "run"
     return f"{slug}-{stamp}-{secrets.token_hex(2)}"
 
-
-def pid_alive(pid: int | None) -> bool:
-    """True if a process with this id exists (a zombie child counts until it is reaped)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -271,7 +261,7 @@ class JobRunner:
         proc = self._procs.get(job.id)
         if proc is not None and proc.pid == job.pid:
             return proc.poll() is None
-        pid = job.pid or _read_pid(job.run_dir / "pid")
+        pid = job.pid or read_pid(job.run_dir / "pid")
         return pid_alive(pid)
 
     def state(self, job: Job | str) -> RunState:
@@ -286,7 +276,7 @@ class JobRunner:
         job = self.get(job_id)
         if not self.alive(job):
             return False
-        pid = job.pid or _read_pid(job.run_dir / "pid")
+        pid = job.pid or read_pid(job.run_dir / "pid")
         if (job.run_dir / "job.json").exists():
             _write_atomic(job.run_dir / "job.json", replace(job, cancelled=True).to_json())
         try:
@@ -305,10 +295,3 @@ class JobRunner:
             if not self.alive(job) or time.monotonic() > deadline:
                 return self.state(job)
             time.sleep(0.1)
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text(encoding="utf-8").split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ KEEPS = ("best", "last")
 
 # Keys whose -1 means "the model family's default" (trainers/families.py), resolved once the model is loaded.
 PER_FAMILY = ("refine_latents", "preview_images")
+MAX_RESOLUTION = 4096  # pixels a side: past any SD model (SDXL: 1024), and a guard against a typo's memory
 
 
 class ConfigError(TokensmithError, ValueError):
@@ -179,8 +181,20 @@ def check(cfg: TrainConfig) -> None:
     for name in PER_FAMILY:
         if getattr(cfg, name) < -1:
             raise ConfigError(f"{name} must be -1 (the family's default) or more: {getattr(cfg, name)}")
+    for name in ("learning_rate", "weight_decay", "max_grad_norm", "min_snr_gamma", "dvar_threshold"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"{name} must be a finite number, got {getattr(cfg, name)}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    if cfg.resolution > MAX_RESOLUTION:
+        raise ConfigError(
+            f"resolution = {cfg.resolution} is larger than any Stable Diffusion model trains at (at most "
+            f"{MAX_RESOLUTION}); use 0 for the model's native size (512 for SD 1.x, 768 SD 2.x, 1024 SDXL)"
+        )
+    if cfg.push_to_hub and (cfg.push_to_hub.count("/") != 1 or " " in cfg.push_to_hub):
+        raise ConfigError(
+            f"push_to_hub = {cfg.push_to_hub!r}: give a hub repo id like 'your-name/{cfg.name or 'my-token'}'"
+        )
     try:  # read the schedule now, not after the model has loaded and the latents are cached
         schedule_for(cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps)
     except ScheduleError as exc:
@@ -225,6 +239,8 @@ def _coerce(name: str, value):
         return [str(item).strip() for item in items if str(item).strip()]
     if isinstance(value, dict | list):
         raise ConfigError(f"{name} must be a single value, got {value!r}")
+    if isinstance(value, bool):  # YAML reads a bare yes/no/on/off as a boolean
+        raise ConfigError(f'{name} must be text, got {value!r}; quote it in YAML ({name}: "yes")')
     return str(value)
 
 

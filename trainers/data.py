@@ -96,14 +96,25 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
+def image_paths(folder: Path) -> list[Path]:
+    """The training images in `folder`, sorted by name; hidden files (macOS `._x.png` forks) are skipped."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
 def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
     """Every image in `folder` (sorted by name), EXIF-rotated; clear errors for unreadable or tiny files."""
     folder = Path(folder)
+    if str(folder) and folder.is_file():
+        raise DataError(f"{folder} is a file; pass --images DIR, the folder that holds your training images")
     if not str(folder) or not folder.is_dir():
         raise DataError(
             f"image folder {str(folder)!r} does not exist; pass --images DIR with your training images"
         )
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = image_paths(folder)
     if len(paths) < min_images:
         others = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
@@ -120,6 +131,8 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
                 image.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise DataError(f"cannot read image {path} ({exc}); remove it or re-save it as PNG") from None
+        except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
+            raise DataError(f"image {path} is too large ({exc}); downscale it to 1-2K a side") from None
         if min(image.size) < MIN_SIDE:
             raise DataError(
                 f"image {path} is {image.size[0]}x{image.size[1]} pixels, smaller than {MIN_SIDE}; "

@@ -286,10 +286,12 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    from safetensors import SafetensorError
+
     try:
         with _quiet_loading():
             return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
         hint = (
             "single-file loading needs the model's configs: from the Hugging Face hub (network or cache), or "
             "pass a diffusers folder of the same architecture as `config` (CLI: --model-config DIR)"
@@ -312,12 +314,12 @@ def _looks_sdxl(path: Path, config: str | None = None) -> bool:
 def _checkpoint_keys(path: Path) -> list[str]:
     """The tensor names of a single-file checkpoint; .ckpt/.pt/.bin are read with weights_only=True."""
     if path.suffix.lower() == ".safetensors":
-        try:
-            from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
+        try:
             with safe_open(str(path), framework="pt") as handle:
                 return list(handle.keys())
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             message = f"{path} is not a readable safetensors file ({exc}): re-download it"
             raise ModelLoadError(message) from exc
     try:

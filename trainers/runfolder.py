@@ -60,6 +60,27 @@ def progress_line(
     return " · ".join(parts)
 
 
+def read_pid(path: Path) -> int | None:
+    """The process id in a `pid` file, or None when it is missing or unreadable."""
+    try:
+        return int(path.read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with this id exists (a zombie child counts until it is reaped)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and writers of one run folder."""
@@ -104,8 +125,41 @@ class RunFolder:
         _atomic_text(self.config_path, toml_text)
         _atomic_text(self.root / "command.txt", "\n".join(commands) + "\n")
 
+    def write_image_list(self, entries: list) -> None:
+        _atomic_text(self.root / "images.json", json.dumps(entries) + "\n")
+
+    def read_image_list(self) -> list | None:
+        """What `write_image_list` wrote when the run began; None for a run from before it was written."""
+        try:
+            return json.loads((self.root / "images.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
     def write_pid(self) -> None:
         _atomic_text(self.root / "pid", f"{os.getpid()}\n")
+
+    def claim(self) -> int | None:
+        """Take the folder for this process by its `pid` file; the pid of a live process that holds it, else
+        None (claimed). Two runs started at once under one name must not share a folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "pid"
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = read_pid(path)
+            if holder and holder != os.getpid() and pid_alive(holder):
+                return holder
+            self.write_pid()  # a finished or killed run's pid: the folder is free
+            return None
+        with os.fdopen(handle, "w") as out:
+            out.write(f"{os.getpid()}\n")
+        return None
+
+    def release(self) -> None:
+        """Give up the claim: remove the `pid` file when it still names this process."""
+        path = self.root / "pid"
+        if read_pid(path) == os.getpid():
+            path.unlink(missing_ok=True)
 
     def log(self, record: dict, *, durable: bool = False) -> None:
         """Append one JSON line, flushed (readers skip a torn last line); `durable` also fsyncs it.

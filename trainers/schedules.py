@@ -37,8 +37,8 @@ def parse_piecewise(text: str) -> list[tuple[float, int | None]]:
                 f"cannot read learning-rate piece {part!r}; "
                 "write rate:until_step pairs like '0.005:100, 1e-3:1000'"
             ) from None
-        if rate <= 0:
-            raise ScheduleError(f"learning rate {rate} in {text!r} must be positive")
+        if not math.isfinite(rate) or rate <= 0:
+            raise ScheduleError(f"learning rate {rate} in {text!r} must be a positive number")
         if pieces and (pieces[-1][1] is None or (until is not None and until <= pieces[-1][1])):
             raise ScheduleError(
                 f"the steps in {text!r} must increase and only the last piece may omit its step"

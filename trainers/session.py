@@ -67,18 +67,44 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
         if key in RESOLVED_LATER and value == RESOLVED_LATER[key]:
             continue
         before = saved.get(key, defaults[key])
+        if key == "images" and before:  # a run from before paths were stored absolute: as typed, from here
+            before = str(Path(before).expanduser().resolve())
         if before != value:
             changes.append(f"{key}: {before!r} -> {value!r}")
     return changes
 
 
-def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
-    """Refuse a resume whose config would compute something else than its newest checkpoint, before anything
-    in the run folder is rewritten (its config.toml stays the run's own, as the message advises)."""
+def image_list(images) -> list[list]:
+    """[file name, size in bytes] of each training image: what a resume checks is still there."""
+    return [[image.path.name, image.path.stat().st_size] for image in images]
+
+
+def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:
+    """Refuse a resume whose images or config would compute something else than its newest checkpoint,
+    before anything in the run folder is rewritten (its config.toml stays the run's own, as advised)."""
+    before = folder.read_image_list()
+    now = image_list(images)
+    if before is not None and before != now:
+        was, is_ = dict(map(tuple, before)), dict(map(tuple, now))
+        changed = {name for name in was.keys() & is_.keys() if was[name] != is_[name]}
+        parts = [
+            _few("added", is_.keys() - was.keys()),
+            _few("removed", was.keys() - is_.keys()),
+            _few("changed", changed),
+        ]
+        raise TokensmithError(
+            f"the images in {cfg.images} changed since the run began ({len(before)} -> {len(now)} images: "
+            f"{'; '.join(filter(None, parts))}); restore them to resume, or start a new run without --resume"
+        )
     latest = folder.latest_checkpoint()
     if latest is not None:
         meta = ckpt_io.read_meta(latest)
         refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg)
+
+
+def _few(label: str, names: set) -> str:
+    shown = sorted(names)
+    return f"{label} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}" if shown else ""
 
 
 def refuse_changes(latest: Path, folder: RunFolder, saved: dict, step: int, cfg: TrainConfig) -> None:
@@ -125,21 +151,40 @@ def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir).expanduser()
     runs = Path(home) / "runs"
-    numbered = sorted(
-        (p for p in runs.glob(f"{cfg.name}-*") if p.name[len(cfg.name) + 1 :].isdigit()),
-        key=lambda p: int(p.name[len(cfg.name) + 1 :]),
-    )
+    numbered = _numbered(runs, cfg.name)
     taken = [runs / cfg.name, *numbered]
     existing = [p for p in taken if (p / "progress.jsonl").exists()]
     if cfg.resume:
         if not existing:
             raise TokensmithError(f"no run of '{cfg.name}' to resume under {runs}; pass --run-dir DIR")
         return existing[-1]
-    if not existing:
-        return runs / cfg.name
-    # after the highest number there, so a deleted NAME-2 beside NAME-3 does not hand out NAME-3 again
-    last = int(numbered[-1].name[len(cfg.name) + 1 :]) if numbered else 1
-    return runs / f"{cfg.name}-{last + 1}"
+    return runs / cfg.name if not existing else _next_numbered(runs, cfg.name, numbered)
+
+
+def _numbered(runs: Path, name: str) -> list[Path]:
+    """The NAME-k folders under `runs`, by k."""
+    found = (p for p in runs.glob(f"{name}-*") if p.name[len(name) + 1 :].isdigit())
+    return sorted(found, key=lambda p: int(p.name[len(name) + 1 :]))
+
+
+def _next_numbered(runs: Path, name: str, numbered: list[Path]) -> Path:
+    """NAME-k after the highest number there, so a deleted NAME-2 beside NAME-3 does not hand out NAME-3."""
+    last = int(numbered[-1].name[len(name) + 1 :]) if numbered else 1
+    return runs / f"{name}-{last + 1}"
+
+
+def claim_run_folder(cfg: TrainConfig, home: Path, folder: RunFolder) -> RunFolder:
+    """`folder`, claimed for this process; a fresh run in the default place moves on to the next NAME-k while
+    another live run holds it (the same --name started twice at once), any other run is refused."""
+    while (holder := folder.claim()) is not None:
+        if cfg.run_dir or cfg.resume:
+            raise TokensmithError(
+                f"run folder {folder.root} is in use by process {holder}; wait for that run to end or stop "
+                "it (SIGTERM), or pass another --run-dir"
+            )
+        runs = Path(home) / "runs"
+        folder = RunFolder(_next_numbered(runs, cfg.name, _numbered(runs, cfg.name)))
+    return folder
 
 
 class StopFlag:

@@ -50,6 +50,27 @@ def count_bad_losses(loss: float, before: int, step: int) -> int:
     return bad
 
 
+def check_prompt_length(conditioner: Conditioner, templates, captions, cfg: TrainConfig) -> None:
+    """Refuse a run whose training prompts would be cut at the tokenizer's length: the cut-off vectors of
+    the token would never be trained (and the stored token would not fit in a prompt)."""
+    token_text = conditioner.token_text()
+    pairs = [(template, caption) for template in templates for caption in dict.fromkeys(captions)]
+    for rows in conditioner.rows:
+        limit = rows.tokenizer.model_max_length  # start and end tokens included
+        if limit > 100_000:  # a tokenizer without a length of its own: the text encoder says no more
+            continue
+        lengths = rows.tokenizer([fill_template(t, token_text, c) for t, c in pairs]).input_ids
+        length, (template, caption) = max(zip(map(len, lengths), pairs, strict=True), key=lambda x: x[0])
+        if length > limit:
+            shown = fill_template(template, f"<{cfg.name}>", caption)
+            fit = cfg.vectors - (length - limit)
+            advice = f"--vectors {fit} or fewer" if fit >= 1 else "shorter captions or templates"
+            raise TokensmithError(
+                f"the training prompt {shown!r} is {length} tokens with {cfg.vectors} vectors, more than "
+                f"the {limit} this model reads; use {advice}"
+            )
+
+
 @dataclass(frozen=True)
 class Ending:
     """How the steps ended: the last step taken and why ("finished" | "early_stopped" | "stopped")."""
@@ -97,6 +118,9 @@ class Steps:
             multiple=multiple,
             seed=cfg.seed,
         )
+        templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
+        captions = [image.caption for image in images]
+        check_prompt_length(conditioner, templates, captions, cfg)
         cache = run_cache(
             state.folder.latents_path,
             lambda: encode_samples(pipe.vae, samples, device=device, refine_steps=cfg.refine_latents),
@@ -104,8 +128,6 @@ class Steps:
             accelerator=accelerator,
             reuse=cfg.resume,
         )
-        templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
-        captions = [image.caption for image in images]
         maths = DiffusionMath.from_scheduler(pipe.scheduler)
         val = build_validation_set(
             cache,
@@ -123,7 +145,8 @@ class Steps:
             cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps
         )
         # previews and the metric scoring them are the main process's: the others would load CLIP for nothing
-        metric = preview_metric(cfg, spec, model.family, images) if accelerator.is_main_process else None
+        scored = accelerator.is_main_process and cfg.preview_images > 0
+        metric = preview_metric(cfg, spec, model.family, images) if scored else None
         stopper = EarlyStopper(cfg.dvar_window, cfg.dvar_threshold, cfg.min_steps)
         return cls(
             cfg=cfg,

@@ -30,7 +30,9 @@ from trainers.session import (
     check_resume,
     check_trackers,
     check_train_further,
+    claim_run_folder,
     default_home,
+    image_list,
     resolve_run_dir,
     start_trackers,
     write_run_files,
@@ -60,6 +62,8 @@ def train(
     if not cfg.name:
         raise TokensmithError("no name given; pass --name NAME (the prompt trigger becomes <NAME>)")
     store.path(cfg.name)  # validates the name before anything slow happens
+    if cfg.images:  # stored absolute: a resume or `accelerate launch` from another folder finds them
+        cfg = cfg.replace(images=str(Path(cfg.images).expanduser().resolve()))
     if model is not None:  # the config, its equivalent command and the latent cache name the model trained
         cfg = cfg.replace(model=model.source)
     folder = RunFolder(resolve_run_dir(cfg, home))
@@ -71,12 +75,28 @@ def train(
             f"an embedding named '{cfg.name}' is already stored; pass --overwrite or another --name"
         )
     check_trackers(cfg)
+    if cfg.mixed_precision == "fp16" and not _has_gpu():  # before the model loads (minutes for SDXL)
+        raise TokensmithError(FP16_NEEDS_A_GPU)
     images = load_images(cfg.images, min_images=cfg.min_images)
+    main = joined_as_main()  # False in the other processes of an `accelerate launch` run
+    if not main:  # they share the main process's folder; it writes the run's files and tells
+        return _start(cfg, images, folder, store, model, home, main=False)
+    folder = claim_run_folder(cfg, home, folder)
+    try:
+        return _start(cfg, images, folder, store, model, home, on_progress=on_progress, echo=echo)
+    finally:
+        folder.release()  # a later run (or a resume) may take the folder, even from this same process
+
+
+def _start(cfg, images, folder, store, model, home, *, main=True, on_progress=None, echo=None) -> Embedding:
+    """Create the run folder (checked for a resume), write its files, load the model and run."""
     cfg = cfg.replace(run_dir=str(folder.root))
     folder.create(resume=cfg.resume)
     if cfg.resume:
-        check_resume(cfg, folder)
-    if not joined_as_main():  # another process of an `accelerate launch` run writes and tells
+        check_resume(cfg, folder, images)
+    elif main:
+        folder.write_image_list(image_list(images))
+    if not main:
         return _run(cfg, images, folder, store, model or _load(cfg), home, None)
     commands = write_run_files(cfg, folder)
     if echo:
@@ -85,6 +105,18 @@ def train(
         echo("multi-GPU / multi-node: " + commands[1])
         echo("preparing: loading the model, caching the images' latents, step 0's validation and previews")
     return _run(cfg, images, folder, store, model or _load(cfg), home, on_progress)
+
+
+FP16_NEEDS_A_GPU = (
+    "--mixed-precision fp16 needs a GPU (there is no fp16 loss scaling on a CPU); use --mixed-precision no "
+    "(bf16 runs on a CPU too, but slowly unless it has bf16 arithmetic)"
+)
+
+
+def _has_gpu() -> bool:
+    """A CUDA, XPU or Apple GPU that Accelerate would train on."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
 def _load(cfg: TrainConfig):
@@ -130,7 +162,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-            raise TokensmithError("--mixed-precision fp16 needs a GPU (no loss scaling on CPU): use bf16")
+            raise TokensmithError(FP16_NEEDS_A_GPU)
         conditioner = attach_rows(model, spec, cfg, store)
         steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, steps.run(stop))

@@ -1,0 +1,87 @@
+"""What `train` checks about its inputs before the work starts: an image file passed as the folder, hidden
+files, huge images, images changed under a resume, a token too long for the model's prompts, two runs of one
+name at once, and the images' folder kept as an absolute path."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tomllib
+from PIL import Image
+from tinyrun import quick_config, square_images, tiny_model
+
+from embeddings.errors import TokensmithError
+from trainers import train
+from trainers.data import DataError, load_images
+from trainers.runfolder import RunFolder
+
+
+def test_an_image_file_given_as_the_folder_is_named_as_a_file(tmp_path):
+    images = square_images(tmp_path / "images")
+    with pytest.raises(DataError, match=r"0\.png is a file; pass --images DIR"):
+        load_images(images / "0.png")
+
+
+def test_hidden_files_such_as_macos_forks_are_skipped(tmp_path):
+    images = square_images(tmp_path / "images")
+    (images / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    assert [image.path.name for image in load_images(images)] == ["0.png", "1.png", "2.png"]
+
+
+def test_an_image_past_pils_size_guard_is_a_clear_error(tmp_path, monkeypatch):
+    images = square_images(tmp_path / "images")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # 16x16 = 256 px is over twice this: PIL refuses
+    with pytest.raises(DataError, match=r"0\.png is too large .*; downscale it"):
+        load_images(images)
+
+
+def test_a_resume_refuses_images_that_changed_since_the_run_began(tmp_path):
+    images = square_images(tmp_path / "images")
+    home, run = tmp_path / "home", tmp_path / "run"
+    train(quick_config(images, run, steps=3), home=home, model=tiny_model("sd1"))
+    Image.new("RGB", (16, 16), "white").save(images / "3.png")
+    (images / "1.png").unlink()
+    resume = quick_config(images, run, steps=6, resume=True, overwrite=True)
+    with pytest.raises(
+        TokensmithError, match=r"changed since the run began \(3 -> 3 images: added 3\.png; removed"
+    ):
+        train(resume, home=home, model=tiny_model("sd1"))
+
+
+def test_a_token_too_long_for_the_prompts_is_refused_with_the_count_that_fits(tmp_path):
+    images = square_images(tmp_path / "images")
+    cfg = quick_config(images, tmp_path / "run", vectors=20)  # the tiny tokenizer reads 16 tokens
+    with pytest.raises(
+        TokensmithError, match=r"is \d+ tokens with 20 vectors, more than the 16 .*--vectors \d+"
+    ):
+        train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
+
+
+def test_the_images_folder_is_kept_absolute(tmp_path, monkeypatch):
+    square_images(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    train(quick_config("images", "run", steps=1), home=tmp_path / "home", model=tiny_model("sd1"))
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert saved["images"] == str(tmp_path / "images")
+
+
+def test_a_run_folder_held_by_a_live_process_is_not_shared(tmp_path):
+    images = square_images(tmp_path / "images")
+    home = tmp_path / "home"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        taken = home / "runs" / "thing"
+        taken.mkdir(parents=True)
+        (taken / "pid").write_text(f"{holder.pid}\n")  # another run of the same name, just started
+        cfg = quick_config(images, "", steps=1)
+        train(cfg, home=home, model=tiny_model("sd1"))
+        assert (home / "runs" / "thing-2" / "progress.jsonl").is_file()
+        assert not (taken / "progress.jsonl").exists()
+        with pytest.raises(TokensmithError, match=rf"in use by process {holder.pid}; wait for that run"):
+            train(quick_config(images, taken, overwrite=True), home=home, model=tiny_model("sd1"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert RunFolder(taken).claim() is None  # a dead holder's folder is free again
+    assert int((taken / "pid").read_text()) == os.getpid()
