@@ -151,3 +151,35 @@ def test_out_of_memory_fails_the_run_with_the_settings_that_need_less(tmp_path, 
     failed = RunFolder(tmp_path / "run").read_progress()[-1]
     assert failed["event"] == "failed" and failed["message"].startswith("training ran out of memory")
     assert not Store.for_home(tmp_path / "home").exists("thing")
+
+
+def test_ctrl_c_stops_after_the_step_and_a_second_one_at_once(tmp_path, capsys):
+    images = square_images(tmp_path / "images")
+    cfg = quick_config(images, tmp_path / "run", early_stopping=False)
+
+    def ctrl_c_at(step, times):
+        def send(record):
+            if record.get("step") == step and "event" not in record:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        return send
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    train(cfg, home=tmp_path / "home", model=tiny_model("sd1"), on_progress=ctrl_c_at(2, 1))
+    stopped = RunFolder(tmp_path / "run").read_progress()[-1]
+    assert (stopped["event"], stopped["step"]) == ("stopped", 2)
+    assert "Ctrl-C again quits now" in capsys.readouterr().err
+    assert not Store.for_home(tmp_path / "home").exists("thing")
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            cfg.replace(resume=True),
+            home=tmp_path / "home",
+            model=tiny_model("sd1"),
+            on_progress=ctrl_c_at(4, 2),
+        )
+    interrupted = RunFolder(tmp_path / "run").read_progress()[-1]
+    assert interrupted["event"] == "stopped" and "--resume" in interrupted["message"]
+    assert signal.getsignal(signal.SIGINT) == handler_before  # the trainer put pytest's handler back
+    train(cfg.replace(resume=True), home=tmp_path / "home", model=tiny_model("sd1"))
+    assert Store.for_home(tmp_path / "home").exists("thing")

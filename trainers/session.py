@@ -6,9 +6,11 @@ the loop reads as steps and not as file handling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,26 +190,36 @@ def claim_run_folder(cfg: TrainConfig, home: Path, folder: RunFolder) -> RunFold
 
 
 class StopFlag:
-    """Set by a signal (SIGTERM from the UI's Cancel); the loop checks it between steps and ends cleanly."""
+    """Set by a signal: SIGTERM (the UI's Cancel) or a first Ctrl-C; the loop checks it between steps and
+    ends cleanly (snapshot, checkpoint, a `stopped` event). A second Ctrl-C interrupts at once."""
 
-    def __init__(self, signum: int):
-        self.signum, self.raised, self._previous = signum, False, None
+    def __init__(self, signums: tuple[int, ...]):
+        self.signums, self.raised, self._previous = signums, False, {}
 
     @classmethod
-    def install(cls, signum: int) -> StopFlag:
-        flag = cls(signum)
-        try:
-            flag._previous = signal.signal(signum, flag._handle)
-        except ValueError:  # not the main thread (e.g. a UI thread): cancellation is by the caller then
-            flag._previous = None
+    def install(cls, *signums: int) -> StopFlag:
+        flag = cls(signums)
+        for signum in signums:
+            # not the main thread (e.g. a UI thread): ValueError, and cancellation is by the caller then
+            with contextlib.suppress(ValueError):
+                flag._previous[signum] = signal.signal(signum, flag._handle)
         return flag
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.raised:
+                raise KeyboardInterrupt
+            print(
+                "\nstopping after this step (a checkpoint, then --resume continues); Ctrl-C again quits now",
+                file=sys.stderr,
+                flush=True,
+            )
         self.raised = True
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
 
 
 @dataclass

@@ -136,7 +136,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     # Accelerate keeps one AcceleratorState per process and refuses another precision once one is set; a
     # process that trains twice (the Python API, the test suite) needs a fresh one. Distributed setup is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    stop = StopFlag.install(signal.SIGTERM)
+    stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
     # Accumulation is the loop's own (each micro-batch's loss is divided by grad_accum); telling Accelerate
     # too would divide again in accelerator.backward.
     accelerator = Accelerator(
@@ -170,7 +170,13 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         return emb
     except BaseException as exc:
         advice = out_of_memory_advice(exc, cfg)
-        if accelerator.is_main_process and not isinstance(exc, UploadError):  # stored, and said so in `done`
+        if not accelerator.is_main_process or isinstance(exc, UploadError):  # stored, and said so in `done`
+            pass
+        elif isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: mid-step, after the last checkpoint
+            folder.event(
+                "stopped", "interrupted; resume with --resume (from the last checkpoint)", name=cfg.name
+            )
+        else:
             folder.event("failed", str(advice) if advice else f"{type(exc).__name__}: {exc}", name=cfg.name)
         if advice:
             raise advice from None
