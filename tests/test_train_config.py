@@ -4,6 +4,7 @@ import pytest
 import tomllib
 import torch
 
+from embeddings.errors import TokensmithError
 from trainers.config import (
     ConfigError,
     TrainConfig,
@@ -120,6 +121,23 @@ def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(t
     assert resolve_vectors(TrainConfig(vectors=4, init="<three>"), demo, store) == 4
     with pytest.raises(ConfigError, match="vectors must not be negative"):
         TrainConfig(vectors=-1)
+    for mixed in ("<three", "red <three>", "<three> <three>"):  # a typo, or words and an embedding together
+        with pytest.raises(TokensmithError, match="write its name alone in brackets"):
+            resolve_vectors(TrainConfig(init=mixed), demo, store)
+
+
+def test_config_and_template_files_that_are_not_utf8_name_the_file(tmp_path):
+    from trainers.config import read_file
+    from trainers.data import DataError, template_set
+
+    config = tmp_path / "run.toml"
+    config.write_bytes("name = 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"run\.toml is not UTF-8 text .*save it as UTF-8"):
+        read_file(config)
+    templates = tmp_path / "t.txt"
+    templates.write_bytes("a [name] au caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"t\.txt is not UTF-8 text"):
+        template_set(str(templates))
 
 
 def test_a_new_run_is_numbered_after_the_highest_run_folder(tmp_path):

@@ -159,7 +159,11 @@ def template_set(
     path = Path(templates)
     if not path.is_file():
         raise DataError(f"template file {path} does not exist; use object, style, captions or a .txt file")
-    lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"template file {path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    lines = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not lines or not all("[name]" in line for line in lines):
         raise DataError(f"every line of template file {path} must contain [name] (and may use [filewords])")
     return lines

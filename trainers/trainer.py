@@ -71,8 +71,9 @@ def train(
     if cfg.resume and last.get("event") == "done":
         check_train_further(cfg, folder, last)
     if store.exists(cfg.name) and not cfg.overwrite:
+        instead = "to replace it with this run's result" if cfg.resume else "or another --name"
         raise TokensmithError(
-            f"an embedding named '{cfg.name}' is already stored; pass --overwrite or another --name"
+            f"an embedding named '{cfg.name}' is already stored; pass --overwrite {instead}"
         )
     check_trackers(cfg)
     if cfg.mixed_precision == "fp16" and not _has_gpu():  # before the model loads (minutes for SDXL)
