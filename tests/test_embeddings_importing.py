@@ -219,6 +219,16 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, container):
     assert not marker.exists()
 
 
+def test_random_bytes_in_a_pickle_are_corrupt_not_malicious(tmp_path):
+    import random
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes([0x80, 0x02]) + random.Random(0).randbytes(2000))  # a pickle header, then noise
+    with pytest.raises(EmbeddingFormatError, match=r"junk\.pt: not a readable torch file: corrupt") as info:
+        import_path(junk)
+    assert not isinstance(info.value, UnsafePickleError) and "nothing was executed" in str(info.value)
+
+
 # --- bad input gets a clear error naming the file ---
 def _header(entries, data=b""):
     blob = json.dumps(entries).encode()

@@ -65,6 +65,7 @@ def test_unknown_key_is_an_error_listing_valid_keys(tmp_path):
         ({"lr_schedule": "nan:100, 0.01"}, "lr_schedule: learning rate nan"),
         ({"push_to_hub": "not a repo"}, "push_to_hub = 'not a repo': give a hub repo id like"),
         ({"init": True}, "init must be text, got True; quote it in YAML"),
+        ({"preview_prompt": "a cat"}, "preview_prompt = 'a cat' has no \\[name\\]"),
         ({"lr_schedule": "cosin"}, "lr_schedule: unknown learning-rate schedule 'cosin'"),
         ({"lr_schedule": "0.01:100, 0.02:50"}, "lr_schedule: the steps in"),
     ],

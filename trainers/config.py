@@ -202,6 +202,11 @@ def check(cfg: TrainConfig) -> None:
     for tracker in cfg.trackers:
         if tracker not in TRACKERS:
             raise ConfigError(f"tracker {tracker!r} is not one of {', '.join(TRACKERS)}")
+    if "[name]" not in cfg.preview_prompt:
+        raise ConfigError(
+            f"preview_prompt = {cfg.preview_prompt!r} has no [name]: previews (and the step kept) would "
+            "not show the token; write e.g. 'a photo of [name]'"
+        )
     if cfg.templates not in TEMPLATE_SETS and not cfg.templates.endswith(".txt"):
         raise ConfigError(
             f"templates = {cfg.templates!r}: use object, style, captions, or a path to a .txt template file"

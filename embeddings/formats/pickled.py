@@ -35,6 +35,14 @@ def _allow_parameter_dicts() -> contextlib.AbstractContextManager:
     return safe_globals([torch.nn.ParameterDict]) if safe_globals else contextlib.nullcontext()
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that says what it met ('Unsupported global: GLOBAL os.system',
+    'Unsupported operand 86'), else the error's first line."""
+    lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(exc).splitlines()]
+    detail = [line for line in lines if line.lower().startswith("unsupported")]
+    return detail[0] if detail else first_line(exc)
+
+
 def load_pickle(path: Path, *, mmap: bool = False) -> object:
     """The plain data inside a torch pickle, refusing anything else (weights_only=True). `mmap` maps the
     tensors of a zip-format file instead of reading them (for multi-GB checkpoints); legacy files are read."""
@@ -45,13 +53,16 @@ def load_pickle(path: Path, *, mmap: bool = False) -> object:
                 mapped = mmap and zipfile.is_zipfile(path)
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as exc:
-        first = first_line(exc)
-        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        reason = _unpickler_reason(exc)
+        if "global" in reason.lower():  # it names a function or class to import: what an attack needs
             raise UnsafePickleError(
                 f"{path}: refused: this pickle wants to run code or build objects that are not plain tensors "
-                f"and dicts, so it may be malicious; nothing was executed ({first[:160]})"
+                f"and dicts, so it may be malicious; nothing was executed ({reason[:160]})"
             ) from None
-        raise EmbeddingFormatError(f"{path}: not a readable torch file ({first[:160]})") from None
+        raise EmbeddingFormatError(
+            f"{path}: not a readable torch file: corrupt, not a pickle, or pickled in a way torch's safe "
+            f"loader does not read; nothing was executed ({reason[:160]})"
+        ) from None
     except FileNotFoundError:
         raise
     except Exception as exc:  # the untrusted-file boundary: torch raises many types here
