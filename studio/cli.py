@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command given without what it needs (a required flag that no config file sets): exit 2."""
+
+
 def _is_user_error(exc: BaseException) -> bool:
     """Errors that deserve one line, not a traceback: ours, bad values, missing or clashing files."""
     from embeddings.errors import TokensmithError
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"tokensmith {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     return EXIT_OK if code is None else code
 
 

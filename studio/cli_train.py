@@ -7,6 +7,8 @@ import dataclasses
 import json
 import sys
 
+from studio.cli import UsageError
+
 TRAIN_EXAMPLE = """Examples:
   tokensmith train --images shots/ --name my-cat --init cat
   tokensmith train --images shots/ --name my-style --style --vectors 4 --steps 500 --model /models/sd15
@@ -84,7 +86,10 @@ def config_from_args(args):
     cfg = load(config_file, overrides=overrides)
     missing = [flag for flag, value in (("--images", cfg.images), ("--name", cfg.name)) if not value]
     if missing:
-        raise ValueError(f"{' and '.join(missing)} required (or a --config file that sets them); see --help")
+        are, them = ("are", "them") if len(missing) > 1 else ("is", "it")
+        raise UsageError(
+            f"{' and '.join(missing)} {are} required (or a --config file that sets {them}); see --help"
+        )
     return cfg
 
 

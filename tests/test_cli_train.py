@@ -63,8 +63,10 @@ def test_flags_override_the_config_file(tmp_path):
 
 
 def test_missing_images_or_bad_config_is_one_line_and_exit_1(tmp_path, capsys):
-    assert main(["train", "--name", "cat"]) == EXIT_ERROR
-    assert "--images required" in capsys.readouterr().err
+    assert main(["train", "--name", "cat"]) == EXIT_USAGE  # a required flag: a usage error, as argparse's
+    assert "--images is required (or a --config file that sets it)" in capsys.readouterr().err
+    assert main(["train"]) == EXIT_USAGE
+    assert "--images and --name are required" in capsys.readouterr().err
     bad = tmp_path / "run.toml"
     bad.write_text("images = 'x'\nname = 'cat'\nsetps = 3\n")
     assert main(["train", "--config", str(bad)]) == EXIT_ERROR

@@ -85,3 +85,18 @@ def test_a_run_folder_held_by_a_live_process_is_not_shared(tmp_path):
         holder.wait()
     assert RunFolder(taken).claim() is None  # a dead holder's folder is free again
     assert int((taken / "pid").read_text()) == os.getpid()
+
+
+def test_a_run_folder_that_is_a_file_or_the_images_folder_is_refused(tmp_path):
+    images = square_images(tmp_path / "images")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    with pytest.raises(TokensmithError, match=r"notes\.txt is a file; pass --run-dir with a folder"):
+        train(quick_config(images, notes), home=tmp_path / "home", model=tiny_model("sd1"))
+    with pytest.raises(TokensmithError, match="is the images folder"):
+        train(quick_config(images, images), home=tmp_path / "home", model=tiny_model("sd1"))
+    assert notes.read_text() == "mine\n" and sorted(p.name for p in images.iterdir()) == [
+        "0.png",
+        "1.png",
+        "2.png",
+    ]

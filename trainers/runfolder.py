@@ -141,6 +141,8 @@ class RunFolder:
     def claim(self) -> int | None:
         """Take the folder for this process by its `pid` file; the pid of a live process that holds it, else
         None (claimed). Two runs started at once under one name must not share a folder."""
+        if self.root.exists() and not self.root.is_dir():
+            raise TokensmithError(f"run folder {self.root} is a file; pass --run-dir with a folder")
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "pid"
         try:

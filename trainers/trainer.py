@@ -67,6 +67,11 @@ def train(
     if model is not None:  # the config, its equivalent command and the latent cache name the model trained
         cfg = cfg.replace(model=model.source)
     folder = RunFolder(resolve_run_dir(cfg, home))
+    if cfg.images and folder.root.expanduser().resolve() == Path(cfg.images):
+        raise TokensmithError(
+            f"--run-dir {folder.root} is the images folder; the run's files would mix with the images "
+            "(and be trained on): pass another --run-dir"
+        )
     last = (folder.read_progress() or [{}])[-1]
     if cfg.resume and last.get("event") == "done":
         check_train_further(cfg, folder, last)
