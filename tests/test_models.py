@@ -138,6 +138,28 @@ def test_hub_id_offline_and_not_cached_gives_clear_error():
         load_model("nobody-here/not-a-cached-model")
 
 
+def test_hub_id_without_a_network_says_the_hub_is_unreachable(monkeypatch):
+    import diffusers
+
+    class ConnectError(Exception):  # httpx's: not an OSError
+        pass
+
+    def unreachable(*args, **kwargs):
+        try:
+            raise ConnectError("[Errno -2] Name or service not known")
+        except ConnectError:
+            raise OSError(
+                "nobody-here/not-cached does not appear to have a file named model_index.json"
+            ) from None
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", unreachable)
+    with pytest.raises(
+        ModelLoadError, match=r"cannot reach the Hugging Face hub .*ConnectError: \[Errno -2\]"
+    ):
+        load_model("nobody-here/not-cached")
+
+
 def test_single_file_without_configs_offline_says_what_to_do(tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(checkpoint))

@@ -270,10 +270,33 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
                 f"hub model {repo_id!r} is not in the local cache and HF_HUB_OFFLINE=1: download it on a "
                 f"machine with a network (`huggingface-cli download {repo_id}`) or pass a local folder"
             ) from exc
+        network = _network_error(exc)
+        if network:
+            raise ModelLoadError(
+                f"cannot reach the Hugging Face hub for {repo_id!r} ({network}) and it is not in the local "
+                "cache: connect to a network, or download it elsewhere (`hf download "
+                f"{repo_id}`) and pass its folder, or set HF_HUB_OFFLINE=1 to use the cache only"
+            ) from exc
         raise ModelLoadError(
             f"could not load hub model {repo_id!r}: {first_line(exc)} (check the id, your network and any "
-            "access token: `huggingface-cli login`)"
+            "access token: `hf auth login`)"
         ) from exc
+
+
+NETWORK_WORDS = ("connecterror", "connectionerror", "timeout", "name or service not known", "name resolution")
+
+
+def _network_error(exc: BaseException) -> str | None:
+    """'ConnectError: [Errno -2] Name or service not known' when the failure was the network's (anywhere in
+    the chain of causes diffusers and huggingface_hub wrap it in), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{type(exc).__name__}: {first_line(exc)}"
+        if any(word in text.lower() for word in NETWORK_WORDS):
+            return text[:160]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
