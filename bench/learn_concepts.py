@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from PIL import Image
+
 from demo.judge import judge
 from demo.world import COLOURS, HELD_OUT_COMBOS, RESOLUTION, parse_concept, render
 
@@ -112,6 +114,7 @@ def learn(
 
     name = concept_text.replace(" ", "-")
     folder = render_images(concept_text, home / "images" / name, image_seed, images, size)
+    renders = sorted(folder.glob("*.png"))
     cfg = from_mapping({"images": str(folder), "name": name, "run_dir": str(home / "runs" / name), **options})
     start = time.perf_counter()
     embedding = train(cfg, home=home, model=model)
@@ -122,8 +125,8 @@ def learn(
     trainer = json.loads(embedding.meta["trainer"])
     return {
         "concept": concept_text,
-        "images": len(list(folder.glob("*.png"))),
-        "render_size": size,
+        "images": len(renders),
+        "render_size": Image.open(renders[0]).size[0],  # read back: what the trainer was given
         "learned": result.learned,
         "distance": round(result.distance, 1),
         "colour": result.colour,

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "studio.cli_generate",
     "studio.cli_explore",
     "studio.cli_embeddings",
+    "studio.cli_share",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2

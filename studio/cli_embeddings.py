@@ -1,4 +1,4 @@
-"""Embedding commands: import, list, show, export, rename, rm, restore, blend, nearest, doctor, push."""
+"""Embedding commands: import, list, show, export, rename, rm, restore, blend, nearest, doctor."""
 
 from __future__ import annotations
 
@@ -135,22 +135,6 @@ def register(subparsers, common) -> None:
     sub.add_argument("--model", help="check the fit with this model")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_doctor)
-
-    sub = subparsers.add_parser(
-        "push",
-        parents=[common],
-        help="upload a stored embedding with a model card to a Hugging Face hub repo",
-        **_epilog(
-            "Examples:\n  tokensmith push my-cat your-name/my-cat\n"
-            "  tokensmith push my-cat your-name/my-cat --private\n\n"
-            "Uploads the canonical file, its preview and a model card built from its metadata (what\n"
-            "`tokensmith train --push-to-hub` does). Log in first: `hf auth login`. Prints the repo's URL."
-        ),
-    )
-    sub.add_argument("name", metavar="NAME")
-    sub.add_argument("repo", metavar="REPO", help="hub repo id: your-name/repo (created if missing)")
-    sub.add_argument("--private", action="store_true", help="create the repo as private")
-    sub.set_defaults(run=run_push)
 
 
 # --- helpers ---
@@ -385,19 +369,3 @@ def run_doctor(args) -> int:
         for warning in report.warnings:
             print(f"warning: {warning}")
     return 1 if report.fit in ("unreadable", "no") else 0
-
-
-def run_push(args) -> int:
-    from PIL import Image
-
-    from trainers.hub import push_embedding
-
-    store = _store(args)
-    emb = store.get(args.name)
-    preview_path = store.preview_path(args.name)
-    preview = None
-    if preview_path.is_file():
-        with Image.open(preview_path) as opened:
-            preview = opened.convert("RGB")
-    print(push_embedding(emb, store.path(args.name), args.repo, private=args.private, preview=preview))
-    return 0

@@ -97,8 +97,6 @@ def new_job_id(name: str, now: float | None = None) -> str:
     slug = _ID_UNSAFE.sub("-", name).strip("-")[:40] or "run"
     return f"{slug}-{stamp}-{secrets.token_hex(2)}"
 
-    return True
-
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -4,7 +4,6 @@ import pytest
 import tomllib
 import torch
 
-from embeddings.errors import TokensmithError
 from trainers.config import (
     ConfigError,
     TrainConfig,
@@ -63,7 +62,8 @@ def test_unknown_key_is_an_error_listing_valid_keys(tmp_path):
         ({"learning_rate": "nan"}, "learning_rate must be a finite number"),
         ({"dvar_threshold": "inf"}, "dvar_threshold must be a finite number"),
         ({"lr_schedule": "nan:100, 0.01"}, "lr_schedule: learning rate nan"),
-        ({"push_to_hub": "not a repo"}, "push_to_hub = 'not a repo': give a hub repo id like"),
+        ({"push_to_hub": "not a repo"}, "hub repo 'not a repo': give a repo id like 'your-name/"),
+        ({"push_to_hub": "me/"}, "hub repo 'me/'"),
         ({"init": True}, "init must be text, got True; quote it in YAML"),
         ({"preview_prompt": "a cat"}, "preview_prompt = 'a cat' has no \\[name\\]"),
         ({"lr_schedule": "cosin"}, "lr_schedule: unknown learning-rate schedule 'cosin'"),
@@ -123,8 +123,8 @@ def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(t
     with pytest.raises(ConfigError, match="vectors must not be negative"):
         TrainConfig(vectors=-1)
     for mixed in ("<three", "red <three>", "<three> <three>"):  # a typo, or words and an embedding together
-        with pytest.raises(TokensmithError, match="write its name alone in brackets"):
-            resolve_vectors(TrainConfig(init=mixed), demo, store)
+        with pytest.raises(ConfigError, match="write its name alone in brackets"):
+            TrainConfig(init=mixed)  # refused with the config, before any model loads
 
 
 def test_config_and_template_files_that_are_not_utf8_name_the_file(tmp_path):

@@ -193,7 +193,7 @@ def test_a_resume_that_would_compute_something_else_names_what_changed(setup, tm
 
 def test_options_added_or_removed_since_a_checkpoint_do_not_block_its_resume():
     from trainers.config import TrainConfig
-    from trainers.session import computed_values, config_changes
+    from trainers.resume import computed_values, config_changes
 
     cfg = TrainConfig(name="kitty", learning_rate=0.01)
     saved = computed_values(cfg)

@@ -191,9 +191,13 @@ def check(cfg: TrainConfig) -> None:
             f"resolution = {cfg.resolution} is larger than any Stable Diffusion model trains at (at most "
             f"{MAX_RESOLUTION}); use 0 for the model's native size (512 for SD 1.x, 768 SD 2.x, 1024 SDXL)"
         )
-    if cfg.push_to_hub and (cfg.push_to_hub.count("/") != 1 or " " in cfg.push_to_hub):
-        raise ConfigError(
-            f"push_to_hub = {cfg.push_to_hub!r}: give a hub repo id like 'your-name/{cfg.name or 'my-token'}'"
+    if cfg.push_to_hub:
+        check_repo_id(cfg.push_to_hub, cfg.name or "my-token")
+    init = cfg.init.strip()
+    if ("<" in init or ">" in init) and not (init[:1] == "<" and init[-1:] == ">" and init.count("<") == 1):
+        raise ConfigError(  # '<base', 'blue <base>': neither one stored embedding nor plain words
+            f"init = {init!r}: to start from a stored embedding write its name alone in brackets (<base>); "
+            "otherwise give a word or phrase without < >"
         )
     try:  # read the schedule now, not after the model has loaded and the latents are cached
         schedule_for(cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps)
@@ -211,6 +215,12 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"templates = {cfg.templates!r}: use object, style, captions, or a path to a .txt template file"
         )
+
+
+def check_repo_id(repo_id: str, name: str) -> None:
+    """A hub repo id is 'owner/repo' (`--push-to-hub`, `tokensmith push`); anything else is refused."""
+    if repo_id.count("/") != 1 or " " in repo_id or repo_id.startswith("/") or repo_id.endswith("/"):
+        raise ConfigError(f"hub repo {repo_id!r}: give a repo id like 'your-name/{name}'")
 
 
 # --- reading ---

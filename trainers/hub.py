@@ -13,6 +13,7 @@ from pathlib import Path
 
 from embeddings import Embedding
 from embeddings.errors import TokensmithError, first_line
+from trainers.config import check_repo_id
 
 
 class UploadError(TokensmithError):
@@ -115,8 +116,7 @@ def push_embedding(
     emb: Embedding, path: Path, repo_id: str, *, private: bool = False, preview=None, api=None
 ) -> str:
     """Create (or reuse) the hub model repo and upload the embedding file, its card and a preview; its URL."""
-    if repo_id.count("/") != 1:
-        raise TokensmithError(f"--push-to-hub {repo_id!r}: give a repo id like 'your-name/{emb.name}'")
+    check_repo_id(repo_id, emb.name)
     if api is None:
         from huggingface_hub import HfApi
 

@@ -74,15 +74,8 @@ def restore_model(model, originals: dict) -> None:
 
 def stored_init(cfg, spec: FamilySpec, store):
     """The stored embedding the run starts from when the init is written `<name>`, else None."""
-    init = (cfg.init or spec.default_init).strip()
-    if init.startswith("<") and init.endswith(">") and init.count("<") == 1:
-        return store.get(init[1:-1])
-    if "<" in init or ">" in init:  # '<base', 'blue <base>': not one stored embedding, and not plain words
-        raise TokensmithError(
-            f"--init {init!r}: to start from a stored embedding write its name alone in brackets (<base>); "
-            "otherwise give a word or phrase without < >"
-        )
-    return None
+    init = (cfg.init or spec.default_init).strip()  # its form is checked with the config
+    return store.get(init[1:-1]) if init.startswith("<") and init.endswith(">") else None
 
 
 def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, stored) -> torch.Tensor:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from embeddings.errors import EmbeddingFormatError, TokensmithError, first_line
 from embeddings.formats.pickled import load_pickle
@@ -309,8 +310,6 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    from safetensors import SafetensorError
-
     try:
         with _quiet_loading():
             return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
@@ -337,8 +336,6 @@ def _looks_sdxl(path: Path, config: str | None = None) -> bool:
 def _checkpoint_keys(path: Path) -> list[str]:
     """The tensor names of a single-file checkpoint; .ckpt/.pt/.bin are read with weights_only=True."""
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as handle:
                 return list(handle.keys())

@@ -1,4 +1,5 @@
-"""The bookkeeping of one run: where it lives, what it logs, its snapshots, checkpoints and resume, SIGTERM.
+"""The bookkeeping of one run: where it lives, what it logs, its snapshots and checkpoints, SIGTERM/Ctrl-C.
+Whether a run may resume (its config, its images) is trainers/resume.py's.
 
 `train()` (trainers/trainer.py) holds the order of work; this module holds the state that order touches, so
 the loop reads as steps and not as file handling.
@@ -23,124 +24,10 @@ from trainers import checkpoint as ckpt_io
 from trainers import config as config_io
 from trainers.config import TrainConfig
 from trainers.data import batches
+from trainers.resume import computed_values, refuse_changes
 from trainers.runfolder import RunFolder
 
 TRAINER_VERSION = "tokensmith-ti/1"
-# Keys that say where and how a run is kept (and which step is stored, and where a checkpoint's configs
-# are), not what it computes: they may change on resume.
-KEPT_NOT_COMPUTED = (
-    "run_dir",
-    "resume",
-    "overwrite",
-    "trackers",
-    "push_to_hub",
-    "hub_private",
-    "keep",
-    "model_config",
-)
-# Keys that only decide when a run ends: a resume may change them too, to train a run for longer or a finished
-# run further. The steps already taken are the same either way (learning rates are a function of the step;
-# cosine, whose rates depend on the total, keeps its steps).
-ENDING = ("steps", "early_stopping", "min_steps", "dvar_window", "dvar_threshold")
-
-
-def computed_values(cfg: TrainConfig) -> dict:
-    """The config values that decide what a run computes, as JSON values (what a checkpoint records)."""
-    values = {k: v for k, v in cfg.to_dict().items() if k not in KEPT_NOT_COMPUTED}
-    return json.loads(json.dumps(values))
-
-
-# Per-family defaults (key: the value that asks for one), resolved once the model is loaded.
-RESOLVED_LATER = {"vectors": 0, **dict.fromkeys(config_io.PER_FAMILY, -1)}
-
-
-def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
-    """'key: before -> now' for each value a resume may not change (an empty list: the resume is allowed).
-
-    An option added since the checkpoint was written counts as its default then (an option is added with
-    the default that keeps the old behaviour); an option this version no longer has is ignored. A per-family
-    default not yet resolved is not compared (the check after loading the model compares the number).
-    """
-    now, defaults = computed_values(cfg), computed_values(TrainConfig())
-    changes = []
-    for key, value in now.items():
-        if key in ENDING and not (key == "steps" and cfg.lr_schedule == "cosine"):
-            continue
-        if key in RESOLVED_LATER and value == RESOLVED_LATER[key]:
-            continue
-        before = saved.get(key, defaults[key])
-        if key == "images" and before:  # a run from before paths were stored absolute: as typed, from here
-            before = str(Path(before).expanduser().resolve())
-        if before != value:
-            changes.append(f"{key}: {before!r} -> {value!r}")
-    return changes
-
-
-def image_list(images) -> list[list]:
-    """[file name, size in bytes] of each training image: what a resume checks is still there."""
-    return [[image.path.name, image.path.stat().st_size] for image in images]
-
-
-def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:
-    """Refuse a resume whose images or config would compute something else than its newest checkpoint,
-    before anything in the run folder is rewritten (its config.toml stays the run's own, as advised)."""
-    before = folder.read_image_list()
-    now = image_list(images)
-    if before is not None and before != now:
-        was, is_ = dict(map(tuple, before)), dict(map(tuple, now))
-        changed = {name for name in was.keys() & is_.keys() if was[name] != is_[name]}
-        parts = [
-            _few("added", is_.keys() - was.keys()),
-            _few("removed", was.keys() - is_.keys()),
-            _few("changed", changed),
-        ]
-        raise TokensmithError(
-            f"the images in {cfg.images} changed since the run began ({len(before)} -> {len(now)} images: "
-            f"{'; '.join(filter(None, parts))}); restore them to resume, or start a new run without --resume"
-        )
-    latest = folder.latest_checkpoint()
-    if latest is not None:
-        meta = ckpt_io.read_meta(latest)
-        refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg)
-
-
-def _few(label: str, names: set) -> str:
-    shown = sorted(names)
-    return f"{label} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}" if shown else ""
-
-
-def refuse_changes(latest: Path, folder: RunFolder, saved: dict, step: int, cfg: TrainConfig) -> None:
-    changes = config_changes(saved, cfg)
-    if changes:
-        shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
-        raise TokensmithError(
-            f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
-            f"own config (tokensmith train --config {folder.config_path} --resume). Only where the "
-            f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
-        )
-    if cfg.steps < step:
-        raise TokensmithError(
-            f"the checkpoint in {latest} is at step {step}, past --steps {cfg.steps}; pass --steps {step} "
-            "or more"
-        )
-
-
-def check_train_further(cfg: TrainConfig, folder: RunFolder, done: dict) -> None:
-    """A finished run (its `done` event) resumes only to train further: more steps, or other ending rules."""
-    trained = int(done.get("steps") or 0)
-    try:
-        before = config_io.load(folder.config_path)  # the finished run's resolved config
-        changed = any(getattr(before, key) != getattr(cfg, key) for key in ENDING)
-    except (OSError, TokensmithError):
-        changed = False
-    if changed and cfg.steps > trained:
-        return
-    hint = " and --no-early-stopping (it stopped early)" if done.get("reason") == "early_stopped" else ""
-    raise TokensmithError(
-        f"the run in {folder.root} already finished ({done.get('message')}); nothing to resume. To train "
-        f"it further, pass --resume with --steps above {trained}{hint}, and --overwrite to replace the "
-        "stored embedding"
-    )
 
 
 def default_home() -> Path:
@@ -160,7 +47,7 @@ def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
         if not existing:
             raise TokensmithError(f"no run of '{cfg.name}' to resume under {runs}; pass --run-dir DIR")
         return existing[-1]
-    return runs / cfg.name if not existing else _next_numbered(runs, cfg.name, numbered)
+    return runs / cfg.name if not existing else _next_numbered(runs, cfg.name)
 
 
 def _numbered(runs: Path, name: str) -> list[Path]:
@@ -169,8 +56,9 @@ def _numbered(runs: Path, name: str) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(name) + 1 :]))
 
 
-def _next_numbered(runs: Path, name: str, numbered: list[Path]) -> Path:
+def _next_numbered(runs: Path, name: str) -> Path:
     """NAME-k after the highest number there, so a deleted NAME-2 beside NAME-3 does not hand out NAME-3."""
+    numbered = _numbered(runs, name)
     last = int(numbered[-1].name[len(name) + 1 :]) if numbered else 1
     return runs / f"{name}-{last + 1}"
 
@@ -184,8 +72,7 @@ def claim_run_folder(cfg: TrainConfig, home: Path, folder: RunFolder) -> RunFold
                 f"run folder {folder.root} is in use by process {holder}; wait for that run to end or stop "
                 "it (SIGTERM), or pass another --run-dir"
             )
-        runs = Path(home) / "runs"
-        folder = RunFolder(_next_numbered(runs, cfg.name, _numbered(runs, cfg.name)))
+        folder = RunFolder(_next_numbered(Path(home) / "runs", cfg.name))
     return folder
 
 
@@ -193,12 +80,12 @@ class StopFlag:
     """Set by a signal: SIGTERM (the UI's Cancel) or a first Ctrl-C; the loop checks it between steps and
     ends cleanly (snapshot, checkpoint, a `stopped` event). A second Ctrl-C interrupts at once."""
 
-    def __init__(self, signums: tuple[int, ...]):
-        self.signums, self.raised, self._previous = signums, False, {}
+    def __init__(self):
+        self.raised, self._previous = False, {}
 
     @classmethod
     def install(cls, *signums: int) -> StopFlag:
-        flag = cls(signums)
+        flag = cls()
         for signum in signums:
             # not the main thread (e.g. a UI thread): ValueError, and cancellation is by the caller then
             with contextlib.suppress(ValueError):

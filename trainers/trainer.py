@@ -22,17 +22,15 @@ from trainers.hub import UploadError, push_embedding
 from trainers.loop import tune_malloc
 from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model, weight_dtype
 from trainers.processes import joined_as_main
+from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder
 from trainers.session import (
     RunState,
     StopFlag,
-    check_resume,
     check_trackers,
-    check_train_further,
     claim_run_folder,
     default_home,
-    image_list,
     resolve_run_dir,
     start_trackers,
     write_run_files,
@@ -176,13 +174,12 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         return emb
     except BaseException as exc:
         advice = out_of_memory_advice(exc, cfg)
-        if not accelerator.is_main_process or isinstance(exc, UploadError):  # stored, and said so in `done`
-            pass
-        elif isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: mid-step, after the last checkpoint
+        # a failed upload's run is done and stored (its `done` event says so); a second Ctrl-C stops mid-step
+        if accelerator.is_main_process and isinstance(exc, KeyboardInterrupt):
             folder.event(
-                "stopped", "interrupted; resume with --resume (from the last checkpoint)", name=cfg.name
+                "stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name
             )
-        else:
+        elif accelerator.is_main_process and not isinstance(exc, UploadError):
             folder.event("failed", str(advice) if advice else f"{type(exc).__name__}: {exc}", name=cfg.name)
         if advice:
             raise advice from None
