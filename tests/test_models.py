@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from trainers import models
 from trainers.models import DEMO_MARKER, ModelLoadError, demo_model_dir, detect_family, load_model
 from trainers.tiny import tiny_pipeline, tiny_tokenizer
 
@@ -153,11 +154,39 @@ def test_hub_id_without_a_network_says_the_hub_is_unreachable(monkeypatch):
             ) from None
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(models, "hub_unreachable", lambda: None)  # the name resolves; connecting fails
     monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", unreachable)
     with pytest.raises(
         ModelLoadError, match=r"cannot reach the Hugging Face hub .*ConnectError: \[Errno -2\]"
     ):
         load_model("nobody-here/not-cached")
+
+
+def test_a_hub_id_whose_host_does_not_resolve_is_looked_up_in_the_cache_only(monkeypatch):
+    """No 23 s of huggingface_hub's retries: one DNS lookup, then the cache (as huggingface_hub ends up)."""
+    import socket
+
+    import diffusers
+
+    asked = []
+
+    def cache_only(repo_id, local_files_only=False, **kwargs):
+        asked.append(local_files_only)
+        raise OSError(f"{repo_id} is not in the cache")
+
+    def no_dns(host, port, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for name in models.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", cache_only)
+    with pytest.raises(ModelLoadError, match=r"cannot resolve huggingface.co: \[Errno -2\] Name or service"):
+        load_model("nobody-here/not-cached")
+    assert asked == [True]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the proxy resolves names: not asked
+    assert models.hub_unreachable() is None
 
 
 def test_single_file_without_configs_offline_says_what_to_do(tmp_path):

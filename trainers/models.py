@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,22 +257,26 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
 def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
     from diffusers import DiffusionPipeline
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = _offline_by_choice()
+    unreachable = None if offline else hub_unreachable()
+    local_only = offline or unreachable is not None  # the cache alone, as huggingface_hub falls back to
     try:
-        index = DiffusionPipeline.load_config(repo_id, local_files_only=offline)
+        with warnings.catch_warnings():  # diffusers passes hf_hub_download an argument it deprecated
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+            index = DiffusionPipeline.load_config(repo_id, local_files_only=local_only)
         cls = _pipeline_class(index)
         kwargs = (
             {"safety_checker": None, "requires_safety_checker": False} if "XL" not in cls.__name__ else {}
         )
         with _quiet_loading():
-            return cls.from_pretrained(repo_id, dtype=dtype, local_files_only=offline, **kwargs)
+            return cls.from_pretrained(repo_id, dtype=dtype, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         if offline:
             raise ModelLoadError(
                 f"hub model {repo_id!r} is not in the local cache and HF_HUB_OFFLINE=1: download it on a "
                 f"machine with a network (`huggingface-cli download {repo_id}`) or pass a local folder"
             ) from exc
-        network = _network_error(exc)
+        network = unreachable or _network_error(exc)
         if network:
             raise ModelLoadError(
                 f"cannot reach the Hugging Face hub for {repo_id!r} ({network}) and it is not in the local "
@@ -282,6 +287,34 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
             f"could not load hub model {repo_id!r}: {first_line(exc)} (check the id, your network and any "
             "access token: `hf auth login`)"
         ) from exc
+
+
+def _offline_by_choice() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> str | None:
+    """'cannot resolve huggingface.co (...)' when the hub's host name does not resolve, else None.
+
+    Without a network huggingface_hub retries each request for 23 s (1+2+4+8+8) before it looks in its cache;
+    one DNS lookup says the same at once. Behind a proxy the proxy resolves names, so nothing is asked.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.getaddrinfo(url.hostname, url.port or 443)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {url.hostname}: {exc}"
+    return None
 
 
 NETWORK_WORDS = ("connecterror", "connectionerror", "timeout", "name or service not known", "name resolution")
@@ -309,10 +342,10 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
         kwargs["config"] = config
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    local_only = _offline_by_choice() or hub_unreachable() is not None
     try:
         with _quiet_loading():
-            return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
+            return cls.from_single_file(str(path), local_files_only=local_only, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
         hint = (
             "single-file loading needs the model's configs: from the Hugging Face hub (network or cache), or "
