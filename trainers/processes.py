@@ -7,7 +7,14 @@ here, explicitly. With one process every function is a plain local operation.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
+
+# How long a process waits at a collective for the others. NCCL's default is 10 minutes, and the other
+# processes wait that long while the main one alone caches latents (`--refine-latents` on SDXL) or draws
+# previews; a launcher ends the rest when one process dies, so a long limit only delays a true deadlock.
+WAIT_LIMIT = timedelta(hours=2)
 
 
 def joined_as_main() -> bool:
@@ -17,7 +24,7 @@ def joined_as_main() -> bool:
     from accelerate.utils import parse_flag_from_env
 
     # the same process setup the Accelerator makes later (it reads ACCELERATE_USE_CPU; PartialState does not)
-    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=WAIT_LIMIT)
     processes.wait_for_everyone()
     return processes.is_main_process
 
