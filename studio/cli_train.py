@@ -50,6 +50,7 @@ def register(subparsers, common) -> None:
                 dest=name,
                 default=None,
                 metavar=f.metadata.get("metavar") or name.split("_")[-1].upper(),
+                type=_flag_value(name),
                 choices=f.metadata.get("choices"),
                 help=help_text,
             )
@@ -71,6 +72,20 @@ def register(subparsers, common) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed for the rendered images and the samples")
     demo.add_argument("--json", action="store_true", help="print the scores as JSON on stdout")
     demo.set_defaults(run=run_demo)
+
+
+def _flag_value(name: str):
+    """argparse's `type` for the flag of config key `name`: a value of the wrong kind (`--vectors two`) is a
+    usage error (exit 2) worded as the config file's would be."""
+    from trainers.config import ConfigError, coerce
+
+    def convert(text: str):
+        try:
+            return coerce(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def config_from_args(args):
@@ -194,7 +209,7 @@ class ProgressBar:
 def run_train(args) -> int:
 
     from trainers.processes import launch_rank
-    from trainers.trainer import kept_note, summary, train
+    from trainers.trainer import RunStopped, kept_note, summary, train
 
     set_cpu_threads()
     cfg = config_from_args(args)
@@ -203,6 +218,10 @@ def run_train(args) -> int:
     bar = ProgressBar(cfg.steps, disable=quiet)
     try:
         emb = train(cfg, home=args.home, on_progress=bar, echo=bar.write)
+    except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
+        bar.close()
+        print(f"tokensmith train: {exc}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
     info = summary(emb)

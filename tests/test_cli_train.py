@@ -76,10 +76,19 @@ def test_missing_images_or_bad_config_is_one_line_and_exit_1(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_bad_choice_is_a_usage_error():
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        (["--crop", "squash"], "argument --crop: invalid choice: 'squash'"),
+        (["--vectors", "two"], "argument --vectors: vectors must be a whole number, got 'two'"),
+        (["--learning-rate", "fast"], "argument --learning-rate: learning_rate must be a number, got 'fast'"),
+    ],
+)
+def test_a_flag_value_of_the_wrong_kind_is_a_usage_error(flag, said, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["train", "--images", "x", "--name", "cat", "--crop", "squash"])
+        main(["train", "--images", "x", "--name", "cat", *flag])
     assert info.value.code == EXIT_USAGE
+    assert said in capsys.readouterr().err
 
 
 def test_train_stores_the_embedding_and_prints_json(images, tiny_model, tmp_path, tokensmith_home, capsys):

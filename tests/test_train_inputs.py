@@ -1,6 +1,7 @@
 """What `train` checks about its inputs before the work starts: an image file passed as the folder, hidden
 files, huge images, images changed under a resume, a token too long for the model's prompts, two runs of one
-name at once, and the images' folder kept as an absolute path."""
+name at once, the images' folder kept as an absolute path, and the `init:` line that says what the rows
+start from."""
 
 import os
 import subprocess
@@ -100,3 +101,20 @@ def test_a_run_folder_that_is_a_file_or_the_images_folder_is_refused(tmp_path):
         "1.png",
         "2.png",
     ]
+
+
+def test_the_run_says_what_its_rows_start_from(tmp_path):
+    """The init's tokens, how they fill the vectors, and a word the vocabulary splits into pieces."""
+    images = square_images(tmp_path / "images")
+    said = []
+    cfg = quick_config(images, tmp_path / "run", init="a zebra", vectors=1, steps=1)
+    train(cfg, home=tmp_path / "home", model=tiny_model("sd1"), echo=said.append)
+    note = next(line for line in said if line.startswith("init:"))
+    assert note == (
+        "init: 'a zebra' -> a, z, e, b, r, a (6 tokens, averaged into 1 vector); 'zebra' is split into "
+        "pieces: it is not one token in this model's vocabulary"
+    )
+    said.clear()
+    cfg = quick_config(images, tmp_path / "run2", name="other", init="<thing>", vectors=2, steps=1)
+    train(cfg, home=tmp_path / "home", model=tiny_model("sd1"), echo=said.append)
+    assert "init: <thing> (1 vector, repeated over 2 vectors)" in said

@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from trainers.config import load
     from trainers.processes import launch_rank
-    from trainers.trainer import kept_note, summary, train
+    from trainers.trainer import RunStopped, kept_note, summary, train
 
     try:
         cfg = load(args.config, overrides={"resume": True} if args.resume else None)
         home = Path(args.home).expanduser() if args.home else None
         emb = train(cfg, home=home, echo=_echo, on_progress=_progress_line if launch_rank() == 0 else None)
+    except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
+        print(f"python -m trainers: {exc}", file=sys.stderr)
+        return 1
     except (TokensmithError, ValueError, KeyError, OSError) as exc:
         print(f"python -m trainers: error: {exc}", file=sys.stderr)
         return 1

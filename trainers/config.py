@@ -226,7 +226,7 @@ def check_repo_id(repo_id: str, name: str) -> None:
 # --- reading ---
 
 
-def _coerce(name: str, value):
+def coerce(name: str, value):
     """Convert a file or flag value to the field's type, or say what was expected."""
     kind = _TYPES[name]
     if kind is bool:
@@ -266,7 +266,7 @@ def from_mapping(values: dict, *, base: TrainConfig | None = None) -> TrainConfi
         raise ConfigError(
             f"unknown training config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(FIELDS))}"
         )
-    changes = {key: _coerce(key, value) for key, value in values.items()}
+    changes = {key: coerce(key, value) for key, value in values.items()}
     return dataclasses.replace(base or TrainConfig(), **changes)
 
 

@@ -98,6 +98,41 @@ def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
     return int(next(iter(stored.vectors.values())).shape[0]) if stored else spec.default_vectors
 
 
+def init_note(cfg, spec: FamilySpec, model, store) -> str:
+    """What the new rows start from, for the run's log, e.g. "init: 'cat' -> c, at (2 tokens, averaged into 1
+    vector); 'cat' is split into pieces: it is not one token in this model's vocabulary"."""
+    n = cfg.vectors
+    stored = stored_init(cfg, spec, store)
+    if stored is not None:
+        k = int(next(iter(stored.vectors.values())).shape[0])
+        return f"init: <{stored.name}> ({k} vector{'s' * (k != 1)}{_spread_how(k, n)})"
+    text = cfg.init or spec.default_init
+    _, tokenizer, _ = model.encoders[0]
+
+    def pieces(words: str) -> list[str]:
+        ids = tokenizer(words, add_special_tokens=False).input_ids
+        return [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
+
+    shown = pieces(text)
+    note = f"init: {text!r} -> {', '.join(shown)} ({len(shown)} token{'s' * (len(shown) != 1)}"
+    note += f"{_spread_how(len(shown), n)})"
+    split = [word for word in text.split() if len(pieces(word)) > 1]
+    if split:
+        words = ", ".join(repr(word) for word in split)
+        one = "it is" if len(split) == 1 else "they are"
+        note += f"; {words} {'is' if len(split) == 1 else 'are'} split into pieces: {one} not one token in "
+        note += "this model's vocabulary"
+    return note
+
+
+def _spread_how(k: int, n: int) -> str:
+    if k == n:
+        return ", one per vector"
+    if k < n:
+        return f", repeated over {n} vectors"
+    return f", averaged into {n} vector{'s' * (n != 1)}"
+
+
 def attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:
     rows, stored = [], stored_init(cfg, spec, store)  # read once, used by every encoder
     for key, tokenizer, text_encoder in model.encoders:

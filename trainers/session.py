@@ -43,10 +43,11 @@ def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
     numbered = _numbered(runs, cfg.name)
     taken = [runs / cfg.name, *numbered]
     existing = [p for p in taken if (p / "progress.jsonl").exists()]
-    if cfg.resume:
-        if not existing:
+    if cfg.resume:  # a run killed while it prepared has its config but no progress yet: it starts over
+        begun = [p for p in taken if (p / "progress.jsonl").exists() or (p / "config.toml").exists()]
+        if not begun:
             raise TokensmithError(f"no run of '{cfg.name}' to resume under {runs}; pass --run-dir DIR")
-        return existing[-1]
+        return begun[-1]
     return runs / cfg.name if not existing else _next_numbered(runs, cfg.name)
 
 
@@ -76,12 +77,19 @@ def claim_run_folder(cfg: TrainConfig, home: Path, folder: RunFolder) -> RunFold
     return folder
 
 
+class StopRequested(BaseException):
+    """A SIGTERM or Ctrl-C while the run prepares (loading the model, caching latents, step 0): there is no
+    step to end after, so the stop interrupts at once. A BaseException, like KeyboardInterrupt, so that no
+    library's `except Exception` swallows it."""
+
+
 class StopFlag:
     """Set by a signal: SIGTERM (the UI's Cancel) or a first Ctrl-C; the loop checks it between steps and
-    ends cleanly (snapshot, checkpoint, a `stopped` event). A second Ctrl-C interrupts at once."""
+    ends cleanly (snapshot, checkpoint, a `stopped` event). A second Ctrl-C interrupts at once. Until the
+    loop starts (`preparing`), either signal raises StopRequested instead: loading SDXL takes minutes."""
 
     def __init__(self):
-        self.raised, self._previous = False, {}
+        self.raised, self.preparing, self._previous = False, True, {}
 
     @classmethod
     def install(cls, *signums: int) -> StopFlag:
@@ -93,6 +101,9 @@ class StopFlag:
         return flag
 
     def _handle(self, signum, frame) -> None:
+        if self.preparing:
+            self.raised = True
+            raise StopRequested
         if signum == signal.SIGINT:
             if self.raised:
                 raise KeyboardInterrupt

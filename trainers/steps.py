@@ -186,6 +186,7 @@ class Steps:
             return Ending(start, "early_stopped", self.stopper)
         step, bad_losses = start, 0
         self.state.start_clock(start)
+        stop.preparing = False  # from here a stop waits for the step in hand to end
         while step < cfg.steps:
             loss = self.update(step)
             step += 1

@@ -20,7 +20,14 @@ from trainers.data import load_images
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError, push_embedding
 from trainers.loop import tune_malloc
-from trainers.modelprep import attach_rows, prepare_model, resolve_vectors, restore_model, weight_dtype
+from trainers.modelprep import (
+    attach_rows,
+    init_note,
+    prepare_model,
+    resolve_vectors,
+    restore_model,
+    weight_dtype,
+)
 from trainers.processes import joined_as_main
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
@@ -28,6 +35,7 @@ from trainers.runfolder import RunFolder
 from trainers.session import (
     RunState,
     StopFlag,
+    StopRequested,
     check_trackers,
     claim_run_folder,
     default_home,
@@ -83,16 +91,29 @@ def train(
         raise TokensmithError(FP16_NEEDS_A_GPU)
     images = load_images(cfg.images, min_images=cfg.min_images)
     main = joined_as_main()  # False in the other processes of an `accelerate launch` run
-    if not main:  # they share the main process's folder; it writes the run's files and tells
-        return _start(cfg, images, folder, store, model, home, main=False)
-    folder = claim_run_folder(cfg, home, folder)
+    stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
     try:
-        return _start(cfg, images, folder, store, model, home, on_progress=on_progress, echo=echo)
+        if not main:  # they share the main process's folder; it writes the run's files and tells
+            return _start(cfg, images, folder, store, model, home, stop, main=False)
+        folder = claim_run_folder(cfg, home, folder)
+        try:
+            return _start(cfg, images, folder, store, model, home, stop, on_progress=on_progress, echo=echo)
+        finally:
+            folder.release()  # a later run (or a resume) may take the folder, even from this same process
+    except StopRequested:
+        raise RunStopped(STOPPED_PREPARING) from None
     finally:
-        folder.release()  # a later run (or a resume) may take the folder, even from this same process
+        stop.uninstall()
 
 
-def _start(cfg, images, folder, store, model, home, *, main=True, on_progress=None, echo=None) -> Embedding:
+class RunStopped(TokensmithError):
+    """The run was stopped (SIGTERM, Ctrl-C) before its first step: there is no embedding to return."""
+
+
+STOPPED_PREPARING = "stopped while preparing, before any step was taken; run it again with --resume"
+
+
+def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progress=None, echo=None):
     """Create the run folder (checked for a resume), write its files, load the model and run."""
     cfg = cfg.replace(run_dir=str(folder.root))
     folder.create(resume=cfg.resume)
@@ -100,15 +121,23 @@ def _start(cfg, images, folder, store, model, home, *, main=True, on_progress=No
         check_resume(cfg, folder, images)
     elif main:
         folder.write_image_list(image_list(images))
-    if not main:
-        return _run(cfg, images, folder, store, model or _load(cfg), home, None)
-    commands = write_run_files(cfg, folder)
-    if echo:
+    if main:
+        commands = write_run_files(cfg, folder)
+    if main and echo:
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
         echo("multi-GPU / multi-node: " + commands[1])
         echo("preparing: loading the model, caching the images' latents, step 0's validation and previews")
-    return _run(cfg, images, folder, store, model or _load(cfg), home, on_progress)
+    if model is None:
+        try:
+            model = _load(cfg)
+        except BaseException as exc:  # the run folder says why it ended (the studio shows it)
+            if main:
+                _record_end(folder, cfg, exc)
+            raise
+    if not main:
+        on_progress = echo = None
+    return _run(cfg, images, folder, store, model, home, stop, on_progress, echo)
 
 
 FP16_NEEDS_A_GPU = (
@@ -132,7 +161,7 @@ def _load(cfg: TrainConfig):
     return load_model(cfg.model, dtype=dtype, config=cfg.model_config or None)
 
 
-def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Embedding:
+def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, echo) -> Embedding:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -140,7 +169,6 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
     # Accelerate keeps one AcceleratorState per process and refuses another precision once one is set; a
     # process that trains twice (the Python API, the test suite) needs a fresh one. Distributed setup is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
     # Accumulation is the loop's own (each micro-batch's loss is divided by grad_accum); telling Accelerate
     # too would divide again in accelerator.backward.
     accelerator = Accelerator(
@@ -167,6 +195,8 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError(FP16_NEEDS_A_GPU)
+        if echo:
+            echo(init_note(cfg, spec, model, store))
         conditioner = attach_rows(model, spec, cfg, store)
         steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, steps.run(stop))
@@ -174,13 +204,8 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
         return emb
     except BaseException as exc:
         advice = out_of_memory_advice(exc, cfg)
-        # a failed upload's run is done and stored (its `done` event says so); a second Ctrl-C stops mid-step
-        if accelerator.is_main_process and isinstance(exc, KeyboardInterrupt):
-            folder.event(
-                "stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name
-            )
-        elif accelerator.is_main_process and not isinstance(exc, UploadError):
-            folder.event("failed", str(advice) if advice else f"{type(exc).__name__}: {exc}", name=cfg.name)
+        if accelerator.is_main_process:
+            _record_end(folder, cfg, exc, advice)
         if advice:
             raise advice from None
         raise
@@ -189,9 +214,20 @@ def _run(cfg, images, folder: RunFolder, store, model, home, on_progress) -> Emb
             for rows in conditioner.rows:
                 detach_rows(rows)
         restore_model(model, originals)
-        stop.uninstall()
         if cfg.trackers:
             accelerator.end_training()
+
+
+def _record_end(folder: RunFolder, cfg: TrainConfig, exc: BaseException, advice=None) -> None:
+    """The `stopped` or `failed` event of a run that ended by an exception. A failed upload's run is done
+    and stored (its `done` event says so); a second Ctrl-C stops mid-step."""
+    if isinstance(exc, StopRequested):
+        folder.event("stopped", STOPPED_PREPARING, name=cfg.name)
+    elif isinstance(exc, KeyboardInterrupt):
+        folder.event("stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name)
+    elif not isinstance(exc, UploadError):  # our own errors are worded for the user; others name their type
+        said = advice or (exc if isinstance(exc, TokensmithError) else None)
+        folder.event("failed", str(said) if said else f"{type(exc).__name__}: {exc}", name=cfg.name)
 
 
 def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithError | None:
