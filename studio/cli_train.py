@@ -308,7 +308,7 @@ def run_demo(args) -> int:
     from trainers.config import TrainConfig
     from trainers.families import spec_for
     from trainers.models import load_model
-    from trainers.trainer import train
+    from trainers.trainer import RunStopped, summary, train
 
     set_cpu_threads()
     started = time.monotonic()
@@ -347,8 +347,16 @@ def run_demo(args) -> int:
     bar = ProgressBar(cfg.steps)
     try:
         emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=bar.write)
+    except RunStopped:  # Ctrl-C while it prepared; the demo starts afresh each time, so no --resume
+        emb = None
     finally:
         bar.close()
+    if emb is None or summary(emb).get("end") == "stopped":
+        print(
+            "tokensmith demo: stopped before it finished training; run `tokensmith demo` again",
+            file=sys.stderr,
+        )
+        return 1
     after = sample(f"a <{name}>")
     blend_prompt = f"a <0.5*<{name}> + 0.5*{DEMO_BLEND_WITH}>"
     blended = sample(blend_prompt)

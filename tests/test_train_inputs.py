@@ -112,7 +112,7 @@ def test_the_run_says_what_its_rows_start_from(tmp_path):
     note = next(line for line in said if line.startswith("init:"))
     assert note == (
         "init: 'a zebra' -> a, z, e, b, r, a (6 tokens, averaged into 1 vector); 'zebra' is split into "
-        "pieces: it is not one token in this model's vocabulary"
+        "pieces by this model's vocabulary"
     )
     said.clear()
     cfg = quick_config(images, tmp_path / "run2", name="other", init="<thing>", vectors=2, steps=1)

@@ -4,6 +4,8 @@ found when the run ends."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from embeddings.errors import TokensmithError
@@ -98,30 +100,36 @@ def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
     return int(next(iter(stored.vectors.values())).shape[0]) if stored else spec.default_vectors
 
 
-def init_note(cfg, spec: FamilySpec, model, store) -> str:
+def init_note(cfg, spec: FamilySpec, model, store, *, resumed_from: int | None = None) -> str | None:
     """What the new rows start from, for the run's log, e.g. "init: 'cat' -> c, at (2 tokens, averaged into 1
-    vector); 'cat' is split into pieces: it is not one token in this model's vocabulary"."""
+    vector); 'cat' is split into pieces: it is not one token in this model's vocabulary". None for an init
+    with no tokens (its error follows)."""
     n = cfg.vectors
+    text = cfg.init or spec.default_init
+    if resumed_from is not None:
+        return f"init: the checkpoint's rows at step {resumed_from} (the run began from {text!r})"
     stored = stored_init(cfg, spec, store)
     if stored is not None:
         k = int(next(iter(stored.vectors.values())).shape[0])
         return f"init: <{stored.name}> ({k} vector{'s' * (k != 1)}{_spread_how(k, n)})"
-    text = cfg.init or spec.default_init
     _, tokenizer, _ = model.encoders[0]
 
-    def pieces(words: str) -> list[str]:
-        ids = tokenizer(words, add_special_tokens=False).input_ids
-        return [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
+    def ids_of(words: str) -> list[int]:
+        return tokenizer(words, add_special_tokens=False).input_ids
 
-    shown = pieces(text)
-    note = f"init: {text!r} -> {', '.join(shown)} ({len(shown)} token{'s' * (len(shown) != 1)}"
-    note += f"{_spread_how(len(shown), n)})"
-    split = [word for word in text.split() if len(pieces(word)) > 1]
-    if split:
-        words = ", ".join(repr(word) for word in split)
-        one = "it is" if len(split) == 1 else "they are"
-        note += f"; {words} {'is' if len(split) == 1 else 'are'} split into pieces: {one} not one token in "
-        note += "this model's vocabulary"
+    ids = ids_of(text)
+    if not ids:
+        return None
+    shown = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
+    note = f"init: {text!r} -> {', '.join(shown)} ({len(ids)} token{'s' * (len(ids) != 1)}"
+    note += f"{_spread_how(len(ids), n)})"
+    words = re.findall(r"\w+", text)
+    unknown = [word for word in words if tokenizer.unk_token_id in ids_of(word)]
+    split = [word for word in words if word not in unknown and len(ids_of(word)) > 1]
+    for found, what in ((unknown, "unknown to"), (split, "split into pieces by")):
+        if found:
+            note += f"; {', '.join(repr(word) for word in found)} {'is' if len(found) == 1 else 'are'} "
+            note += f"{what} this model's vocabulary"
     return note
 
 

@@ -222,6 +222,11 @@ class RunFolder:
         found = [p for p in self.checkpoints.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
         return max(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
 
+    def checkpoint_step(self) -> int | None:
+        """The step of the newest complete checkpoint, None when there is none."""
+        latest = self.latest_checkpoint()
+        return int(STEP_DIR.match(latest.name).group(1)) if latest else None
+
     def prune_checkpoints(self, keep: int = 2) -> None:
         """Keep the newest `keep` checkpoints and remove stale temp folders."""
         if not self.checkpoints.is_dir():

@@ -78,18 +78,21 @@ def claim_run_folder(cfg: TrainConfig, home: Path, folder: RunFolder) -> RunFold
 
 
 class StopRequested(BaseException):
-    """A SIGTERM or Ctrl-C while the run prepares (loading the model, caching latents, step 0): there is no
-    step to end after, so the stop interrupts at once. A BaseException, like KeyboardInterrupt, so that no
-    library's `except Exception` swallows it."""
+    """A Ctrl-C while the run prepares (loading the model, caching latents, step 0): there is no step to end
+    after, so the stop interrupts at once. A BaseException, like KeyboardInterrupt, so that no library's
+    `except Exception` swallows it."""
 
 
 class StopFlag:
     """Set by a signal: SIGTERM (the UI's Cancel) or a first Ctrl-C; the loop checks it between steps and
     ends cleanly (snapshot, checkpoint, a `stopped` event). A second Ctrl-C interrupts at once. Until the
-    loop starts (`preparing`), either signal raises StopRequested instead: loading SDXL takes minutes."""
+    loop starts (`preparing`: loading SDXL takes minutes) a stop is at once: a Ctrl-C raises StopRequested, a
+    SIGTERM ends the process as its default action does, once `on_stop` has recorded the stop. Raising would
+    not end it at once: a hub download's worker threads finish their files first, and exit waits for them."""
 
     def __init__(self):
         self.raised, self.preparing, self._previous = False, True, {}
+        self.on_stop = None  # writes the `stopped` event, once the run folder has its config
 
     @classmethod
     def install(cls, *signums: int) -> StopFlag:
@@ -103,6 +106,11 @@ class StopFlag:
     def _handle(self, signum, frame) -> None:
         if self.preparing:
             self.raised = True
+            if signum == signal.SIGTERM:
+                self.record_stop()
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                os._exit(128 + signum)  # not reached: the default action ends the process
             raise StopRequested
         if signum == signal.SIGINT:
             if self.raised:
@@ -113,6 +121,13 @@ class StopFlag:
                 flush=True,
             )
         self.raised = True
+
+    def record_stop(self) -> None:
+        """The `stopped` event of a stop while preparing: written once, once the folder has its config."""
+        on_stop, self.on_stop = self.on_stop, None
+        if on_stop is not None:
+            with contextlib.suppress(Exception):  # the stop goes ahead even where the event cannot be written
+                on_stop()
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():

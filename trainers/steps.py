@@ -182,11 +182,13 @@ class Steps:
         self._choose_text_attention()
         if start == 0:
             self.log_start()
-        elif cfg.early_stopping and self.stopper.stopped_at(start):  # killed after it stopped early
+        stop.preparing = (
+            False  # from here a stop waits for the step in hand to end (or lets the run be stored)
+        )
+        if start and cfg.early_stopping and self.stopper.stopped_at(start):  # killed after it stopped early
             return Ending(start, "early_stopped", self.stopper)
         step, bad_losses = start, 0
         self.state.start_clock(start)
-        stop.preparing = False  # from here a stop waits for the step in hand to end
         while step < cfg.steps:
             loss = self.update(step)
             step += 1

@@ -100,17 +100,23 @@ def train(
             return _start(cfg, images, folder, store, model, home, stop, on_progress=on_progress, echo=echo)
         finally:
             folder.release()  # a later run (or a resume) may take the folder, even from this same process
-    except StopRequested:
-        raise RunStopped(STOPPED_PREPARING) from None
+    except StopRequested:  # a Ctrl-C while preparing (a SIGTERM then ends the process: StopFlag)
+        stop.record_stop()
+        raise RunStopped(stopped_preparing(folder)) from None
     finally:
         stop.uninstall()
 
 
 class RunStopped(TokensmithError):
-    """The run was stopped (SIGTERM, Ctrl-C) before its first step: there is no embedding to return."""
+    """The run was stopped (Ctrl-C) while it prepared, before a new step: there is no embedding to return."""
 
 
-STOPPED_PREPARING = "stopped while preparing, before any step was taken; run it again with --resume"
+def stopped_preparing(folder: RunFolder) -> str:
+    """The `stopped` message of a run stopped while it prepared: what --resume will do."""
+    step = folder.checkpoint_step()
+    if step is None:
+        return "stopped while preparing, before any step was taken; run it again with --resume"
+    return f"stopped while preparing to resume, nothing more trained; --resume continues from step {step}"
 
 
 def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progress=None, echo=None):
@@ -123,6 +129,8 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         folder.write_image_list(image_list(images))
     if main:
         commands = write_run_files(cfg, folder)
+        # from here a stop while preparing is recorded: --resume finds the run by its config
+        stop.on_stop = lambda: folder.event("stopped", stopped_preparing(folder), name=cfg.name)
     if main and echo:
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
@@ -195,8 +203,9 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError(FP16_NEEDS_A_GPU)
-        if echo:
-            echo(init_note(cfg, spec, model, store))
+        resumed_from = folder.checkpoint_step() if cfg.resume else None
+        if echo and (note := init_note(cfg, spec, model, store, resumed_from=resumed_from)):
+            echo(note)
         conditioner = attach_rows(model, spec, cfg, store)
         steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, steps.run(stop))
@@ -222,8 +231,8 @@ def _record_end(folder: RunFolder, cfg: TrainConfig, exc: BaseException, advice=
     """The `stopped` or `failed` event of a run that ended by an exception. A failed upload's run is done
     and stored (its `done` event says so); a second Ctrl-C stops mid-step."""
     if isinstance(exc, StopRequested):
-        folder.event("stopped", STOPPED_PREPARING, name=cfg.name)
-    elif isinstance(exc, KeyboardInterrupt):
+        return  # train() records it (StopFlag.record_stop)
+    if isinstance(exc, KeyboardInterrupt):
         folder.event("stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name)
     elif not isinstance(exc, UploadError):  # our own errors are worded for the user; others name their type
         said = advice or (exc if isinstance(exc, TokensmithError) else None)
