@@ -191,3 +191,15 @@ def test_the_demo_stopped_before_it_trained_says_to_run_it_again(tmp_path, monke
     err = capsys.readouterr().err
     assert "tokensmith demo: stopped before it finished training; run `tokensmith demo` again" in err
     assert "--resume" not in err
+
+
+def test_a_ctrl_c_before_the_run_folder_is_written_says_to_run_the_command_again(tmp_path, monkeypatch):
+    def claimed_and_interrupted(cfg, home, folder):
+        os.kill(os.getpid(), signal.SIGINT)
+        return folder
+
+    monkeypatch.setattr(trainer_module, "claim_run_folder", claimed_and_interrupted)
+    images = square_images(tmp_path / "images")
+    with pytest.raises(RunStopped, match="stopped before the run began; run the same command again"):
+        train(quick_config(images, tmp_path / "run"), home=tmp_path / "home", model=tiny_model("sd1"))
+    assert not (tmp_path / "run" / "progress.jsonl").exists()

@@ -102,6 +102,8 @@ def train(
             folder.release()  # a later run (or a resume) may take the folder, even from this same process
     except StopRequested:  # a Ctrl-C while preparing (a SIGTERM then ends the process: StopFlag)
         stop.record_stop()
+        if not folder.config_path.exists():  # stopped before the run folder was written: nothing to resume
+            raise RunStopped("stopped before the run began; run the same command again") from None
         raise RunStopped(stopped_preparing(folder)) from None
     finally:
         stop.uninstall()
