@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "studio.cli_explore",
     "studio.cli_embeddings",
     "studio.cli_share",
+    "studio.cli_runs",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
