@@ -34,7 +34,7 @@ def run_runs(args) -> int:
     from studio.jobs import JobRunner
 
     runner = JobRunner(args.home)
-    rows = [_row(job, runner.state(job)) for job in runner.jobs()]
+    rows = [_row(job, runner) for job in runner.jobs()]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -43,11 +43,11 @@ def run_runs(args) -> int:
         print(f"no training runs under {runner.runs_dir}: `tokensmith train` starts one", file=sys.stderr)
         return 0
     width = max(len(row["run"]) for row in rows)
-    print(f"{'RUN':<{width}}  {'STATUS':<8}  {'STEP':>9}  {'VAL':>7}  {'METRIC':>7}  UPDATED")
+    print(f"{'RUN':<{width}}  {'STATUS':<10}  {'STEP':>9}  {'VAL':>7}  {'METRIC':>7}  UPDATED")
     for row in rows:
         step = f"{row['step']}/{row['total']}" if row["total"] else str(row["step"])
         print(
-            f"{row['run']:<{width}}  {row['status']:<8}  {step:>9}  {_num(row['val_loss']):>7}  "
+            f"{row['run']:<{width}}  {row['status']:<10}  {step:>9}  {_num(row['val_loss']):>7}  "
             f"{_num(row['metric']):>7}  {row['updated'] or '-'}"
         )
         if row["message"]:
@@ -57,12 +57,20 @@ def run_runs(args) -> int:
     return 0
 
 
-def _row(job, state) -> dict:
+def _row(job, runner) -> dict:
+    """One run as the listing shows it; a folder that cannot be read is listed as `unreadable`, with why."""
     progress = job.run_dir / "progress.jsonl"
-    updated = progress.stat().st_mtime if progress.exists() else None
-    return {
-        "run": job.id,
-        "run_dir": str(job.run_dir),
+    row = {"run": job.id, "run_dir": str(job.run_dir), "status": "unreadable", "step": 0, "total": None}
+    row |= dict.fromkeys(("loss", "val_loss", "metric", "eta", "updated", "embedding", "resume"))
+    try:
+        state = runner.state(job)
+        updated = progress.stat().st_mtime if progress.is_file() else None
+    except OSError as exc:
+        return row | {"message": f"cannot read {progress}: {exc}"}
+    message = state.message
+    if state.status == "ended":  # the studio shows the log below its message; the CLI has none
+        message = "the trainer exited without a final record (killed, or it crashed)"
+    row |= {
         "status": state.status,
         "step": state.step,
         "total": state.total,
@@ -71,12 +79,15 @@ def _row(job, state) -> dict:
         "metric": state.metric,
         "eta": state.eta,
         "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(updated)) if updated else None,
-        "message": state.message,
+        "message": message,
         "embedding": state.embedding_name if state.status == "done" else None,
-        "resume": f"tokensmith train --run-dir {shlex.quote(str(job.run_dir))} --resume"
-        if state.resumable
-        else None,
     }
+    if state.resumable and (job.run_dir / "config.toml").is_file():
+        where = f"--run-dir {shlex.quote(str(job.run_dir))} --home {shlex.quote(str(runner.home))}"
+        row["resume"] = f"tokensmith train {where} --resume"
+    elif state.resumable:
+        row["message"] = f"{message}; it has no config.toml to resume from: start it again".lstrip("; ")
+    return row
 
 
 def _num(value: float | None) -> str:

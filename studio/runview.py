@@ -103,9 +103,9 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
     and whether a cancel was sent."""
     progress = run_dir / "progress.jsonl"
     rows, final = read_progress(progress)
-    if final is not None and progress.stat().st_mtime < launched:
-        # the last line of the run before this launch (a resume, or training further): the trainer has not
-        # rewritten the log yet, or exited before it could (its log says why)
+    if final is not None and (alive or progress.stat().st_mtime < launched):
+        # the last line of the run before this launch (a resume, or training further, from the studio or the
+        # CLI while its trainer lives): the trainer has not rewritten the log yet, or exited before it could
         final = None
     last = rows[-1] if rows else {}
     message = str(final.get("message", "")) if final else ""

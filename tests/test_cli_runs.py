@@ -46,13 +46,13 @@ def test_runs_lists_each_status_with_how_to_resume(tmp_path, capsys):
         ["dog", "stopped", "3/6", "0.25", "12.5"],
         ["cat", "done", "3/6", "0.25", "12.5"],
     ]
-    assert f"  resume: tokensmith train --run-dir {stopped} --resume" in lines
+    assert f"  resume: tokensmith train --run-dir {stopped} --home {tmp_path} --resume" in lines
     assert "  stored cat after 6 steps" in lines
 
     assert main(["runs", "--home", str(tmp_path), "--json"]) == EXIT_OK
     rows = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["cat"]["embedding"] == "cat" and rows["cat"]["resume"] is None
-    assert rows["fox"]["resume"] is None and rows["owl"]["resume"].endswith("owl --resume")
+    assert rows["fox"]["resume"] is None and "runs/owl --home" in rows["owl"]["resume"]
     assert rows["dog"]["val_loss"] == 0.25 and rows["dog"]["total"] == 6
 
 
@@ -60,3 +60,23 @@ def test_runs_with_no_runs_says_how_to_start_one(tmp_path, capsys):
     assert main(["runs", "--home", str(tmp_path)]) == EXIT_OK
     out, err = capsys.readouterr()
     assert out == "" and "no training runs under" in err and "tokensmith train" in err
+
+
+def test_a_live_resume_of_a_finished_run_is_running_and_odd_folders_are_listed(tmp_path, capsys):
+    """A trainer alive in a folder whose log still ends with the last run's event is that run resumed (the CLI
+    records no launch time); a folder without a config cannot be resumed; one that cannot be read is listed
+    as such, and the others still are."""
+    runs = tmp_path / "runs"
+    step = {"step": 2, "total": 2}
+    done = {"event": "done", "message": "stored", "name": "again"}
+    _run_folder(runs, "again", [step], done, pid=os.getpid())
+    bare = _run_folder(runs, "bare", [step], {"event": "stopped", "message": "stopped at step 2"}, at=1)
+    (bare / "config.toml").unlink()
+    broken = runs / "broken"
+    (broken / "progress.jsonl").mkdir(parents=True)
+    (broken / "config.toml").write_text('name = "broken"\n')
+    assert main(["runs", "--home", str(tmp_path), "--json"]) == EXIT_OK
+    rows = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (rows["again"]["status"], rows["again"]["resume"]) == ("running", None)
+    assert rows["bare"]["resume"] is None and rows["bare"]["message"].endswith("start it again")
+    assert rows["broken"]["status"] == "unreadable" and "cannot read" in rows["broken"]["message"]

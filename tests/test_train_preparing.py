@@ -203,3 +203,27 @@ def test_a_ctrl_c_before_the_run_folder_is_written_says_to_run_the_command_again
     with pytest.raises(RunStopped, match="stopped before the run began; run the same command again"):
         train(quick_config(images, tmp_path / "run"), home=tmp_path / "home", model=tiny_model("sd1"))
     assert not (tmp_path / "run" / "progress.jsonl").exists()
+
+
+def test_a_stop_during_the_cleanup_after_a_failure_leaves_the_failure(tmp_path, monkeypatch):
+    """The `failed` event is the run's last word: a Ctrl-C while the model is being restored afterwards
+    neither adds a `stopped` event nor cuts the restore short, and the failure is what the caller gets."""
+    images = square_images(tmp_path / "images")
+    restore = trainer_module.restore_model
+    restored = []
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("broken rows")
+
+    def interrupted_restore(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        restore(*args, **kwargs)
+        restored.append(True)
+
+    monkeypatch.setattr(trainer_module, "attach_rows", fail)
+    monkeypatch.setattr(trainer_module, "restore_model", interrupted_restore)
+    with pytest.raises(RuntimeError, match="broken rows"):
+        train(quick_config(images, tmp_path / "run"), home=tmp_path / "home", model=tiny_model("sd1"))
+    assert restored == [True]
+    failed = _last(tmp_path / "run")
+    assert failed["event"] == "failed" and failed["message"] == "RuntimeError: broken rows"

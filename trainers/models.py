@@ -293,7 +293,8 @@ def _offline_by_choice() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+# the hub is https: its client takes HTTPS_PROXY or ALL_PROXY (HTTP_PROXY is for http:// URLs only)
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def hub_unreachable() -> str | None:

@@ -91,7 +91,7 @@ class StopFlag:
     not end it at once: a hub download's worker threads finish their files first, and exit waits for them."""
 
     def __init__(self):
-        self.raised, self.preparing, self._previous = False, True, {}
+        self.raised, self.preparing, self.over, self._previous = False, True, False, {}
         self.on_stop = None  # writes the `stopped` event, once the run folder has its config
 
     @classmethod
@@ -115,6 +115,9 @@ class StopFlag:
         if signum == signal.SIGINT:
             if self.raised:
                 raise KeyboardInterrupt
+            self.raised = True
+            if self.over:  # cleaning up after the run's last event: no step to stop after
+                return
             print(
                 "\nstopping after this step (a checkpoint, then --resume continues); Ctrl-C again quits now",
                 file=sys.stderr,
@@ -128,6 +131,11 @@ class StopFlag:
         if on_stop is not None:
             with contextlib.suppress(Exception):  # the stop goes ahead even where the event cannot be written
                 on_stop()
+
+    def ended(self) -> None:
+        """The run has its final event (failed): a signal during the cleanup that follows neither records a
+        stop nor interrupts the cleanup (the model's weights being restored)."""
+        self.preparing, self.over, self.on_stop = False, True, None
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():

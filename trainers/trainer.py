@@ -142,8 +142,7 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         try:
             model = _load(cfg)
         except BaseException as exc:  # the run folder says why it ended (the studio shows it)
-            if main:
-                _record_end(folder, cfg, exc)
+            _record_end(folder, cfg, exc, stop, main=main)
             raise
     if not main:
         on_progress = echo = None
@@ -215,8 +214,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         return emb
     except BaseException as exc:
         advice = out_of_memory_advice(exc, cfg)
-        if accelerator.is_main_process:
-            _record_end(folder, cfg, exc, advice)
+        _record_end(folder, cfg, exc, stop, main=accelerator.is_main_process, advice=advice)
         if advice:
             raise advice from None
         raise
@@ -229,11 +227,15 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
             accelerator.end_training()
 
 
-def _record_end(folder: RunFolder, cfg: TrainConfig, exc: BaseException, advice=None) -> None:
-    """The `stopped` or `failed` event of a run that ended by an exception. A failed upload's run is done
-    and stored (its `done` event says so); a second Ctrl-C stops mid-step."""
+def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, main: bool, advice=None):
+    """The `stopped` or `failed` event (main process) of a run that ended by an exception; from here a signal
+    no longer records a stop. A failed upload's run is done and stored (its `done` event says so); a second
+    Ctrl-C stops mid-step."""
     if isinstance(exc, StopRequested):
         return  # train() records it (StopFlag.record_stop)
+    stop.ended()
+    if not main:
+        return
     if isinstance(exc, KeyboardInterrupt):
         folder.event("stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name)
     elif not isinstance(exc, UploadError):  # our own errors are worded for the user; others name their type
