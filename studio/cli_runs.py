@@ -65,8 +65,8 @@ def _row(job, runner) -> dict:
     try:
         state = runner.state(job)
         updated = progress.stat().st_mtime if progress.is_file() else None
-    except OSError as exc:
-        return row | {"message": f"cannot read {progress}: {exc}"}
+    except OSError as exc:  # e.g. job.json or the pid file unreadable; the run view reports progress.jsonl
+        return row | {"message": f"cannot read {job.run_dir}: {exc}"}
     message = state.message
     if state.status == "ended":  # the studio shows the log below its message; the CLI has none
         message = "the trainer exited without a final record (killed, or it crashed)"

@@ -17,7 +17,7 @@ class RunState:
     """A snapshot of a run folder: the latest progress row (with the newest validation loss and metric), the
     final event if any, and the files so far."""
 
-    status: str  # "starting" | "running" | "done" | "failed" | "stopped" | "ended"
+    status: str  # "starting" | "running" | "done" | "failed" | "stopped" | "ended" | "unreadable"
     step: int = 0
     total: int | None = None
     loss: float | None = None
@@ -102,8 +102,12 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
     """What a run folder says, given whether its trainer is alive, when it was (re)launched (epoch seconds)
     and whether a cancel was sent."""
     progress = run_dir / "progress.jsonl"
-    rows, final = read_progress(progress)
-    if final is not None and (alive or progress.stat().st_mtime < launched):
+    try:
+        rows, final = read_progress(progress)
+        written = progress.stat().st_mtime if final is not None else 0.0
+    except OSError as exc:  # not a file, or not ours to read: say so, and the other runs still show
+        return RunState(status="unreadable", message=f"cannot read {progress}: {exc}")
+    if final is not None and (alive or written < launched):
         # the last line of the run before this launch (a resume, or training further, from the studio or the
         # CLI while its trainer lives): the trainer has not rewritten the log yet, or exited before it could
         final = None

@@ -269,3 +269,11 @@ def test_the_latest_validation_loss_and_metric_stay_on_show_between_their_steps(
     (tmp_path / "progress.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     state = read_run(tmp_path, alive=True)
     assert (state.step, state.loss, state.val_loss, state.metric) == (27, 0.25, 0.29, 20.3)
+
+
+def test_a_run_folder_that_cannot_be_read_is_shown_as_unreadable(tmp_path):
+    folder = tmp_path / "run"
+    (folder / "progress.jsonl").mkdir(parents=True)  # not a file: reading it fails
+    state = read_run(folder, alive=False)
+    assert state.status == "unreadable" and "cannot read" in state.message
+    assert not state.active and not state.resumable

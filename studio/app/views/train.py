@@ -13,7 +13,15 @@ from trainers.runfolder import progress_line
 
 POLL_S = 2.0  # the fragment's refresh while a job runs (about 5 % of a core per watching tab)
 CHART_POINTS = 500  # the loss chart draws the last N rows only, so long runs stay cheap to poll
-STATUS_ICONS = {"starting": "⏳", "running": "🏃", "done": "✅", "stopped": "⏹️", "failed": "❌", "ended": "⚠️"}
+STATUS_ICONS = {
+    "starting": "⏳",
+    "running": "🏃",
+    "done": "✅",
+    "stopped": "⏹️",
+    "failed": "❌",
+    "ended": "⚠️",
+    "unreadable": "❓",
+}
 
 
 @st.cache_resource(show_spinner="Loading the trainer (once per studio process)…")
@@ -205,7 +213,7 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         kept = f" It {note}." if note else ""
         st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
         st.page_link("views/library.py", label="Open the Library", icon="📚")
-    elif state.status in ("failed", "ended"):
+    elif state.status in ("failed", "ended", "unreadable"):
         st.error(state.message or "training failed")
         if state.log_tail:
             st.code(state.log_tail, language=None)
