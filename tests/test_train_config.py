@@ -110,16 +110,20 @@ def test_replace_checks_the_new_values():
 def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(tmp_path):
     from embeddings import Embedding, Store
     from trainers.families import spec_for
-    from trainers.modelprep import resolve_vectors
+    from trainers.modelprep import resolve_vectors, stored_init
 
     store = Store(tmp_path / "store")
     store.put(Embedding("three", {"emb_params": torch.randn(3, 64)}))
     demo, sd1 = spec_for("demo"), spec_for("sd1")
     assert TrainConfig().vectors == 0
-    assert resolve_vectors(TrainConfig(), demo, store) == 2  # a colour word and a shape word
-    assert resolve_vectors(TrainConfig(), sd1, store) == 1
-    assert resolve_vectors(TrainConfig(init="<three>"), demo, store) == 3
-    assert resolve_vectors(TrainConfig(vectors=4, init="<three>"), demo, store) == 4
+
+    def vectors(cfg, spec):
+        return resolve_vectors(cfg, spec, stored_init(cfg, spec, store))
+
+    assert vectors(TrainConfig(), demo) == 2  # a colour word and a shape word
+    assert vectors(TrainConfig(), sd1) == 1
+    assert vectors(TrainConfig(init="<three>"), demo) == 3
+    assert vectors(TrainConfig(vectors=4, init="<three>"), demo) == 4
     with pytest.raises(ConfigError, match="vectors must not be negative"):
         TrainConfig(vectors=-1)
     for mixed in ("<three", "red <three>", "<three> <three>"):  # a typo, or words and an embedding together

@@ -92,23 +92,21 @@ def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store
     return spread(stored.vectors[key].float(), cfg.vectors)
 
 
-def resolve_vectors(cfg, spec: FamilySpec, store) -> int:
-    """cfg.vectors, or when 0: the init embedding's own vector count, else the family's default."""
+def resolve_vectors(cfg, spec: FamilySpec, stored) -> int:
+    """cfg.vectors, or when 0: the `stored` init embedding's own vector count, else the family's default."""
     if cfg.vectors:
         return cfg.vectors
-    stored = stored_init(cfg, spec, store)
     return int(next(iter(stored.vectors.values())).shape[0]) if stored else spec.default_vectors
 
 
-def init_note(cfg, spec: FamilySpec, model, store, *, resumed_from: int | None = None) -> str | None:
-    """What the new rows start from, for the run's log, e.g. "init: 'cat' -> c, at (2 tokens, averaged into 1
-    vector); 'cat' is split into pieces: it is not one token in this model's vocabulary". None for an init
-    with no tokens (its error follows)."""
+def init_note(cfg, spec: FamilySpec, model, stored, *, resumed_from: int | None = None) -> str | None:
+    """What the new rows start from, for the run's log, e.g. "init: 'cat' -> c, at (2 tokens, one per
+    vector); 'cat' is split into pieces by this model's vocabulary". `stored`: the init embedding (or None).
+    None for an init with no tokens (its error follows)."""
     n = cfg.vectors
     text = cfg.init or spec.default_init
     if resumed_from is not None:
         return f"init: the checkpoint's rows at step {resumed_from} (the run began from {text!r})"
-    stored = stored_init(cfg, spec, store)
     if stored is not None:
         k = int(next(iter(stored.vectors.values())).shape[0])
         return f"init: <{stored.name}> ({k} vector{'s' * (k != 1)}{_spread_how(k, n)})"
@@ -123,9 +121,9 @@ def init_note(cfg, spec: FamilySpec, model, store, *, resumed_from: int | None =
     shown = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
     note = f"init: {text!r} -> {', '.join(shown)} ({len(ids)} token{'s' * (len(ids) != 1)}"
     note += f"{_spread_how(len(ids), n)})"
-    words = re.findall(r"\w+", text)
-    unknown = [word for word in words if tokenizer.unk_token_id in ids_of(word)]
-    split = [word for word in words if word not in unknown and len(ids_of(word)) > 1]
+    word_ids = {word: ids_of(word) for word in re.findall(r"\w+", text)}
+    unknown = [word for word, found in word_ids.items() if tokenizer.unk_token_id in found]
+    split = [word for word, found in word_ids.items() if word not in unknown and len(found) > 1]
     for found, what in ((unknown, "unknown to"), (split, "split into pieces by")):
         if found:
             note += f"; {', '.join(repr(word) for word in found)} {'is' if len(found) == 1 else 'are'} "
@@ -141,8 +139,9 @@ def _spread_how(k: int, n: int) -> str:
     return f", averaged into {n} vector{'s' * (n != 1)}"
 
 
-def attach_rows(model, spec: FamilySpec, cfg, store) -> Conditioner:
-    rows, stored = [], stored_init(cfg, spec, store)  # read once, used by every encoder
+def attach_rows(model, spec: FamilySpec, cfg, stored) -> Conditioner:
+    """The new rows in every encoder, from `stored` (the init embedding, or None: the init text)."""
+    rows = []
     for key, tokenizer, text_encoder in model.encoders:
         init = init_vectors(cfg, spec, key, tokenizer, text_encoder, stored)
         rows.append(attach(key, tokenizer, text_encoder, cfg.name, init.to(text_encoder.device)))

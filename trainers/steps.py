@@ -182,9 +182,8 @@ class Steps:
         self._choose_text_attention()
         if start == 0:
             self.log_start()
-        stop.preparing = (
-            False  # from here a stop waits for the step in hand to end (or lets the run be stored)
-        )
+        # from here a stop waits for the step in hand to end (or lets the run be stored)
+        stop.preparing = False
         if start and cfg.early_stopping and self.stopper.stopped_at(start):  # killed after it stopped early
             return Ending(start, "early_stopped", self.stopper)
         step, bad_losses = start, 0

@@ -26,6 +26,7 @@ from trainers.modelprep import (
     prepare_model,
     resolve_vectors,
     restore_model,
+    stored_init,
     weight_dtype,
 )
 from trainers.processes import joined_as_main
@@ -102,8 +103,6 @@ def train(
             folder.release()  # a later run (or a resume) may take the folder, even from this same process
     except StopRequested:  # a Ctrl-C while preparing (a SIGTERM then ends the process: StopFlag)
         stop.record_stop()
-        if not folder.config_path.exists():  # stopped before the run folder was written: nothing to resume
-            raise RunStopped("stopped before the run began; run the same command again") from None
         raise RunStopped(stopped_preparing(folder)) from None
     finally:
         stop.uninstall()
@@ -114,7 +113,10 @@ class RunStopped(TokensmithError):
 
 
 def stopped_preparing(folder: RunFolder) -> str:
-    """The `stopped` message of a run stopped while it prepared: what --resume will do."""
+    """The `stopped` message of a run stopped while it prepared: what --resume will do (nothing, before the
+    run folder has its config)."""
+    if not folder.config_path.exists():
+        return "stopped before the run began; run the same command again"
     step = folder.checkpoint_step()
     if step is None:
         return "stopped while preparing, before any step was taken; run it again with --resume"
@@ -190,9 +192,10 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
     originals = prepare_model(model, accelerator, cfg)
     conditioner = None
     try:
+        stored = stored_init(cfg, spec, store)  # the init embedding, when the init is `<name>`: read once
         resolved = {}  # per-family defaults, resolved now that the family is known; config.toml records them
         if not cfg.vectors:
-            resolved["vectors"] = resolve_vectors(cfg, spec, store)
+            resolved["vectors"] = resolve_vectors(cfg, spec, stored)
         for key in PER_FAMILY:
             if getattr(cfg, key) < 0:
                 resolved[key] = getattr(spec, key)
@@ -204,10 +207,11 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError(FP16_NEEDS_A_GPU)
-        resumed_from = folder.checkpoint_step() if cfg.resume else None
-        if echo and (note := init_note(cfg, spec, model, store, resumed_from=resumed_from)):
-            echo(note)
-        conditioner = attach_rows(model, spec, cfg, store)
+        if echo:
+            resumed_from = folder.checkpoint_step() if cfg.resume else None
+            if note := init_note(cfg, spec, model, stored, resumed_from=resumed_from):
+                echo(note)
+        conditioner = attach_rows(model, spec, cfg, stored)
         steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, steps.run(stop))
         conditioner = None
