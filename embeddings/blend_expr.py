@@ -8,6 +8,7 @@ slerp(<cat>, <dog>, 0.3)       spherical interpolation, 0.3 of the way from cat 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -99,13 +100,21 @@ def _term(tokens: list[tuple[str, str]], i: int, text: str) -> tuple[tuple[Opera
     if at(i)[0] == "num":
         if at(i + 1) != ("op", "*"):
             raise BlendSyntaxError(f"expected '*' after {at(i)[1]} in {text!r}")
-        return (_operand(at(i + 2), text), float(at(i)[1])), i + 3
+        return (_operand(at(i + 2), text), _number(at(i)[1])), i + 3
     operand = _operand(at(i), text)
     if at(i + 1) == ("op", "*"):
         if at(i + 2)[0] != "num":
             raise BlendSyntaxError(f"expected a number after '*' in {text!r}")
-        return (operand, float(at(i + 2)[1])), i + 3
+        return (operand, _number(at(i + 2)[1])), i + 3
     return (operand, 1.0), i + 1
+
+
+def _number(text: str) -> float:
+    """A weight as written; one too large for a float (1e400) is an error, not infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise BlendSyntaxError(f"the number {text} is too large for a weight")
+    return value
 
 
 def _parse_call(tokens: list[tuple[str, str]], text: str) -> BlendSpec:
@@ -115,5 +124,9 @@ def _parse_call(tokens: list[tuple[str, str]], text: str) -> BlendSpec:
     if tokens[6][0] != "num":
         raise BlendSyntaxError(f"the third argument of {tokens[0][1]} must be a number; got {tokens[6][1]!r}")
     t = float(tokens[6][1])
+    if not 0.0 <= t <= 1.0:
+        raise BlendSyntaxError(
+            f"{tokens[0][1]}'s t must be between 0 and 1 (0: the first, 1: the second); got {t:g}"
+        )
     a, b = _operand(tokens[2], text), _operand(tokens[4], text)
     return BlendSpec(tokens[0][1], ((a, 1.0 - t), (b, t)))

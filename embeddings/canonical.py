@@ -170,15 +170,15 @@ def canonical_meta(emb: Embedding) -> dict[str, str]:
 
 
 def canonical_bytes(emb: Embedding) -> bytes:
-    """The canonical file's bytes for `emb`."""
-    return safetensors.torch.save(dict(emb.vectors), metadata=canonical_meta(emb))
-
-
-def save_canonical(emb: Embedding, path: Path, *, overwrite: bool = True) -> Path:
-    """Write `emb` as a canonical file, atomically; overwrite=False raises FileExistsError if it exists."""
+    """The canonical file's bytes for `emb` (the store writes these too, so the layout is checked here)."""
     if not is_canonical_layout(emb.vectors):
         raise EmbeddingFormatError(
             f"embedding '{emb.name}' has keys {sorted(emb.vectors)}; the canonical file holds emb_params or "
             "clip_l + clip_g"
         )
+    return safetensors.torch.save(dict(emb.vectors), metadata=canonical_meta(emb))
+
+
+def save_canonical(emb: Embedding, path: Path, *, overwrite: bool = True) -> Path:
+    """Write `emb` as a canonical file, atomically; overwrite=False raises FileExistsError if it exists."""
     return atomic_write_bytes(Path(path), canonical_bytes(emb), overwrite=overwrite)

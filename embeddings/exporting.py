@@ -39,6 +39,12 @@ def export(
         raise EmbeddingFormatError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out_path = Path(out_path)
     targets = planned_outputs(emb, fmt, out_path)
+    folders = [p for p in targets if p.is_dir()]
+    if folders:
+        suffix = ".png" if fmt == "a1111-png" else (".pt" if fmt == "a1111-pt" else ".safetensors")
+        raise IsADirectoryError(
+            f"{folders[0]} is a folder; give the file to write, e.g. --out {folders[0] / (emb.name + suffix)}"
+        )
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; choose another --out or pass --force")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from embeddings.canonical import is_canonical_layout, load_canonical, load_safetensors, read_header
 from embeddings.errors import EmbeddingFormatError
-from embeddings.formats.diffusers import combine_pair, pair_of
+from embeddings.formats.diffusers import combine_pair, pair_of, same_token
 from embeddings.formats.layouts import embedding_from_dict
 from embeddings.formats.pickled import read_pickled
 from embeddings.formats.png import PNG_SIGNATURE, read_image
@@ -93,7 +93,10 @@ def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) ->
         raise FileNotFoundError(f"{path}: no such file or folder")
     pair = pair_of(path)
     if pair and not path.is_dir():
-        return [_import_pair(pair)]
+        first, second = (import_file(p) for p in pair)
+        if not same_token(first, second):  # two unrelated files that happen to carry the pair's names
+            return [first if path == pair[0] else second]
+        return [combine_pair(first, second, pair[0].parent)]
     if not path.is_dir():
         return [import_file(path)]
     out: list[Embedding] = []

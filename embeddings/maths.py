@@ -167,7 +167,10 @@ def _base_rows(tokenizer: Any, text_encoder: Any) -> tuple[torch.Tensor, torch.T
 def nearest_tokens(
     vectors: torch.Tensor, tokenizer: Any, text_encoder: Any, k: int = 10
 ) -> list[list[Neighbour]]:
-    """For each of the (n, width) vectors, the k ordinary vocabulary tokens with the highest cosine."""
+    """For each of the (n, width) vectors, the k ordinary vocabulary tokens with the highest cosine; none for
+    an all-zero vector (a blend's zero padding), which has no direction to compare."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
     ids, rows = _base_rows(tokenizer, text_encoder)
     if vectors.shape[1] != rows.shape[1]:
         raise EmbeddingFormatError(
@@ -178,7 +181,10 @@ def nearest_tokens(
     cosine = unit @ unit_rows.T  # (n, V)
     top = cosine.topk(min(k, rows.shape[0]), dim=1)
     out = []
-    for values, positions in zip(top.values, top.indices, strict=True):
+    for vector, values, positions in zip(vectors, top.values, top.indices, strict=True):
+        if not vector.any():
+            out.append([])
+            continue
         token_ids = [int(ids[p]) for p in positions]
         out.append(
             [

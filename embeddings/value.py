@@ -104,7 +104,10 @@ class Embedding:
             raise EmbeddingFormatError("an embedding needs a non-empty name")
         if not isinstance(self.vectors, dict) or not self.vectors:
             raise EmbeddingFormatError(f"embedding '{self.name}' has no vectors")
-        vectors = {str(k): _checked_tensor(self.name, str(k), t) for k, t in self.vectors.items()}
+        # Encoder order (clip_l before clip_g), whatever order the file stored them in (safetensors sorts).
+        given = {str(k): t for k, t in self.vectors.items()}
+        order = sorted(given, key=lambda k: (*ENCODER_KEYS, k).index(k))
+        vectors = {k: _checked_tensor(self.name, k, given[k]) for k in order}
         counts = {k: t.shape[0] for k, t in vectors.items()}
         if len(set(counts.values())) > 1:
             raise EmbeddingFormatError(

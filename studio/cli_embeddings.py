@@ -14,6 +14,17 @@ def _epilog(text: str) -> dict:
     return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(subparsers, common) -> None:
     """Add the embeddings commands to the `tokensmith` parser."""
     sub = subparsers.add_parser(
@@ -101,7 +112,9 @@ def register(subparsers, common) -> None:
     sub.add_argument("--name", required=True, help="name of the new embedding")
     sub.add_argument("--model", help="model whose vocabulary gives words their vectors (default: demo)")
     sub.add_argument("--keep-norm", action="store_true", help="keep the operands' mean vector norm")
-    sub.add_argument("--vectors", type=int, metavar="N", help="crop or zero-pad the result to N vectors")
+    sub.add_argument(
+        "--vectors", type=_at_least_one, metavar="N", help="crop or zero-pad the result to N vectors"
+    )
     sub.add_argument("--force", action="store_true", help="replace an embedding of the same name")
     sub.set_defaults(run=run_blend)
 
@@ -115,7 +128,7 @@ def register(subparsers, common) -> None:
     )
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("--model", default="demo", help="model whose vocabulary to search (default: demo)")
-    sub.add_argument("-k", type=int, default=10, help="tokens per vector (default 10)")
+    sub.add_argument("-k", type=_at_least_one, default=10, help="tokens per vector (default 10)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_nearest)
 
@@ -165,6 +178,7 @@ def run_import(args) -> int:
     for path in args.paths:
         found.extend(import_path(Path(path), skipped=skipped))
     for path, reason in skipped:
+        reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
     if not found:
         raise StoreError("nothing to import: no file held an embedding")
@@ -249,10 +263,17 @@ def run_show(args) -> int:
 def run_export(args) -> int:
     from PIL import Image
 
-    from embeddings.exporting import export
+    from embeddings.exporting import export, planned_outputs
 
     store = _store(args)
     emb = store.get(args.name)
+    root = store.root.resolve()
+    for target in planned_outputs(emb, args.format, Path(args.out)):
+        if target.resolve().is_relative_to(root):
+            raise ValueError(
+                f"{target} is inside the store ({store.root}), whose files only tokensmith's own commands "
+                "write; export to a path outside it"
+            )
     image = None
     preview = store.preview_path(args.name)
     if args.format == "a1111-png" and preview.is_file():
@@ -341,6 +362,7 @@ def run_nearest(args) -> int:
         print(f"{key} (vocabulary norm: mean {vocab['mean']:.3g}, {vocab['min']:.3g}..{vocab['max']:.3g}):")
         for token, row, norm in zip(tokens, found["neighbours"], found["norms"]["norms"], strict=True):
             near = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
+            near = near or "(a zero vector: no direction)"
             print(f"  {token} (norm {norm:.3g}): {near}")
     return 0
 

@@ -187,6 +187,27 @@ def test_blend_of_words_nearest_and_doctor_with_a_model(tmp_path, capsys, tiny_m
     assert code == EXIT_ERROR and "trained for SD 1.x (width 768)" in out
 
 
+def test_nearest_needs_k_of_at_least_one_and_skips_zero_padding(tmp_path, capsys, tiny_model):
+    for bad in ("0", "-2"):  # -k -2 was a RuntimeError traceback from topk, -k 0 printed empty rows
+        with pytest.raises(SystemExit) as info:
+            main(["nearest", "x", "--model", str(tiny_model), "-k", bad])
+        assert info.value.code == EXIT_USAGE
+        assert "argument -k: must be at least 1" in capsys.readouterr().err
+    run(capsys, "blend", "keyboard", "--name", "padded", "--model", tiny_model, "--vectors", "2")
+    code, out, _ = run(capsys, "nearest", "padded", "--model", tiny_model, "-k", "2")
+    assert code == EXIT_OK and "keyboard" in out.splitlines()[1]
+    assert out.splitlines()[2].endswith("(norm 0): (a zero vector: no direction)")
+
+
+def test_export_into_the_store_is_refused(tmp_path, capsys, tokensmith_home):
+    run(capsys, "import", write(tmp_path, "cat"))
+    stored = tokensmith_home / "embeddings" / "cat.safetensors"
+    before = stored.read_bytes()
+    code, _, err = run(capsys, "export", "cat", "--format", "a1111-pt", "--out", stored, "--force")
+    assert code == EXIT_ERROR and "is inside the store" in err
+    assert stored.read_bytes() == before and run(capsys, "show", "cat")[0] == EXIT_OK
+
+
 def test_doctor_without_a_model_and_on_bad_files(tmp_path, capsys):
     code, out, _ = run(capsys, "doctor", write(tmp_path, "cat"))
     assert code == EXIT_OK and "SD 1.x" in out and "--model" in out

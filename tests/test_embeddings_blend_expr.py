@@ -49,6 +49,8 @@ def test_words_need_a_model():
         ("slerp(<cat>, <dog>)", "slerp\\(<a>, <b>, t\\)"),
         ("0.5*<cat> + 0.5*$", "cannot read"),
         ("0.5*", "expected <name> or a word"),
+        ("slerp(<cat>, <dog>, 1.5)", "t must be between 0 and 1.*got 1.5"),
+        ("<cat>*1e400 + <dog>", "1e400 is too large for a weight"),
     ],
 )
 def test_bad_expressions_say_what_is_wrong(text, message):

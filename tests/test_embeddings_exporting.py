@@ -83,6 +83,38 @@ def test_diffusers_pickle_for_a_bin_or_pt_out_path(tmp_path, name):
     assert list(data) == ["<thing>"]
 
 
+def test_an_existing_folder_as_out_asks_for_a_file_name_not_force(tmp_path):
+    (tmp_path / "folder").mkdir()
+    for overwrite in (False, True):  # --force cannot help, so the error does not suggest it
+        with pytest.raises(
+            IsADirectoryError, match=r"folder is a folder; give the file.*folder[/\\]thing\.pt$"
+        ):
+            export(make("sd1"), "a1111-pt", tmp_path / "folder", overwrite=overwrite)
+
+
+def test_a_failed_sdxl_pair_export_leaves_the_old_pair_whole(tmp_path, monkeypatch):
+    import os
+
+    from embeddings.formats import diffusers
+
+    out = tmp_path / "pair"
+    export(make("sdxl"), "diffusers", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace, calls = os.replace, []
+
+    def second_rename_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(diffusers.os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="No space left"):
+        export(make("sdxl", n=5), "diffusers", out, overwrite=True)
+    monkeypatch.setattr(diffusers.os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the first file was put back; no temps
+
+
 def test_an_unwritable_output_is_named_in_the_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match=r"cannot write .*file[/\\]x\.pt") as caught:

@@ -52,6 +52,48 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, container):
     assert not marker.exists()
 
 
+class _SystemCall:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy", "protocol-2"])
+def test_an_os_system_pickle_is_refused_as_unsafe_without_torchs_advice(tmp_path, container):
+    # torch words a blocked module ("Trying to load unsupported GLOBAL posix.system whose module posix is
+    # blocked") differently from other globals; it must still read as refused, never as "corrupt", and
+    # torch's own advice to re-run with weights_only=False must not reach the user.
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"x": _SystemCall(f"touch {marker}")}
+    if container == "zip":
+        torch.save(payload, evil)
+    elif container == "legacy":
+        torch.save(payload, evil, _use_new_zipfile_serialization=False)
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(UnsafePickleError, match=r"refused.*GLOBAL posix\.system") as info:
+        import_path(evil)
+    assert "weights_only" not in str(info.value) and not marker.exists()
+
+
+def test_a_refused_global_is_named_without_torchs_allow_list_advice(tmp_path):
+    import subprocess
+
+    class _Popen:
+        def __reduce__(self):
+            return (subprocess.Popen, (["true"],))
+
+    evil = tmp_path / "popen.pt"
+    torch.save({"x": _Popen()}, evil)
+    with pytest.raises(UnsafePickleError, match=r"Popen was not an allowed global by default\)$"):
+        import_path(evil)
+
+
 def test_random_bytes_in_a_pickle_are_corrupt_not_malicious(tmp_path):
     import random
 
@@ -125,6 +167,19 @@ def test_pickles_that_are_not_embeddings(tmp_path):
     for name, message in expected.items():
         with pytest.raises(EmbeddingFormatError, match=message):
             import_path(tmp_path / name)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_emb_params_mixed_with_sdxl_keys_is_refused_at_import(tmp_path, suffix):
+    # it used to be stored, and then `show`, `export` and `rename` could not read the stored file
+    tensors = {"emb_params": vec(2, 768), "clip_l": vec(2, 768, seed=1)}
+    path = tmp_path / f"mixed{suffix}"
+    if suffix == ".pt":
+        torch.save(tensors, path)
+    else:
+        safetensors.torch.save_file(tensors, path)
+    with pytest.raises(EmbeddingFormatError, match=r"mixed.*clip_l, emb_params mix emb_params"):
+        import_path(path)
 
 
 def test_absurd_sizes_are_refused_before_loading(tmp_path, monkeypatch):

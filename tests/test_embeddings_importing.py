@@ -62,8 +62,24 @@ def test_a_folder_with_unmatched_pair_files_imports_them_one_by_one(tmp_path):
     safetensors.torch.save_file({"<a>": vec(1, 768)}, str(tmp_path / "learned_embeds.safetensors"))
     safetensors.torch.save_file({"<b>": vec(1, 1280)}, str(tmp_path / "learned_embeds_2.safetensors"))
     assert sorted(e.name for e in import_path(tmp_path)) == ["a", "b"]
-    with pytest.raises(EmbeddingFormatError, match="different tokens"):
-        import_path(tmp_path / "learned_embeds.safetensors")
+    # one of them, named: that file alone (it used to fail: "import the files one by one")
+    (first,) = import_path(tmp_path / "learned_embeds.safetensors")
+    (second,) = import_path(tmp_path / "learned_embeds_2.safetensors")
+    assert (first.name, first.widths, second.name, second.widths) == (
+        "a",
+        {"emb_params": 768},
+        "b",
+        {"emb_params": 1280},
+    )
+
+
+def test_an_a1111_pickle_renamed_to_safetensors_is_read_as_the_pickle_it_is(tmp_path):
+    # torch.load picks its safetensors reader for a *path* ending in .safetensors; the importer sniffs bytes
+    rows = vec(2, 768)
+    path = tmp_path / "renamed.safetensors"
+    torch.save({"string_to_param": {"*": rows}, "name": "renamed", "step": 500}, path)
+    (emb,) = import_path(path)
+    assert torch.equal(emb.vectors["emb_params"], rows) and emb.meta["steps"] == "500"
 
 
 def test_a1111_pt_keeps_its_provenance(tmp_path):

@@ -29,6 +29,13 @@ def test_put_get_round_trip_and_layout(store, tokensmith_home):
     assert got.meta["init"] == "cat" and store.names() == ["cat"] and store.exists("cat")
 
 
+def test_put_refuses_a_layout_no_reader_accepts(store):
+    mixed = Embedding("mixed", {"emb_params": torch.zeros(1, 768), "clip_l": torch.zeros(1, 768)})
+    with pytest.raises(EmbeddingFormatError, match="canonical file holds emb_params or clip_l"):
+        store.put(mixed)
+    assert store.names() == []
+
+
 def test_existing_name_is_never_overwritten_without_overwrite(store):
     store.put(emb(value=1.0))
     with pytest.raises(StoreError, match=r"already exists.*--force"):

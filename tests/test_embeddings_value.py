@@ -56,6 +56,13 @@ def test_bad_tensors_get_a_clear_error(tensor, message):
         Embedding("bad", {"emb_params": tensor})
 
 
+def test_sdxl_vectors_are_in_encoder_order_whatever_order_they_came_in():
+    given = {"clip_g": torch.zeros(1, 1280), "clip_l": torch.zeros(1, 768)}  # safetensors' sorted order
+    emb = Embedding("xl", given)
+    assert list(emb.vectors) == ["clip_l", "clip_g"] and list(emb.widths) == ["clip_l", "clip_g"]
+    assert "width clip_l 768, clip_g 1280" in emb.describe()
+
+
 def test_encoders_must_agree_on_vector_count():
     with pytest.raises(EmbeddingFormatError, match="same n"):
         Embedding("x", {"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(3, 1280)})

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from embeddings.errors import EmbeddingFormatError
-from embeddings.files import fsync_dir, write_temp
+from embeddings.files import fsync_dir, temp_path_for, write_temp
 from embeddings.value import SDXL_KEYS, SINGLE_KEY, Embedding
 
 PAIR_NAMES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
@@ -33,9 +33,14 @@ def pair_of(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def same_token(first: Embedding, second: Embedding) -> bool:
+    """Whether the two files of a pair hold the same token (one SDXL embedding), not two unrelated ones."""
+    return first.meta.get("token") == second.meta.get("token")
+
+
 def combine_pair(first: Embedding, second: Embedding, folder: Path) -> Embedding:
     """The SDXL embedding of a diffusers pair: first file clip_l, second clip_g; tokens must agree."""
-    if first.meta.get("token") != second.meta.get("token"):
+    if not same_token(first, second):
         raise EmbeddingFormatError(
             f"{folder}: the SDXL pair holds different tokens ({first.meta.get('token')} vs "
             f"{second.meta.get('token')}); import the files one by one"
@@ -92,10 +97,35 @@ def write_diffusers(emb: Embedding, out: Path) -> list[Path]:
         for target, tensor in plan:
             data = _file_bytes(token, tensor, meta, pickled=pickled)
             temps.append((write_temp(target, lambda tmp, d=data: tmp.write_bytes(d)), target))
-        for tmp, target in temps:
-            os.replace(tmp, target)
+        _replace_all(temps)
     finally:
         for tmp, _target in temps:
             tmp.unlink(missing_ok=True)
     fsync_dir(plan[0][0].parent)
     return [target for target, _ in plan]
+
+
+def _replace_all(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each (temp, target); if one rename fails, put back the targets already replaced, so an SDXL
+    pair is never left half new and half old."""
+    done: list[tuple[Path, Path | None]] = []  # (target, the old file's backup or None)
+    backups: list[Path] = []
+    try:
+        for tmp, target in moves:
+            backup = None
+            if len(moves) > 1 and target.is_file():
+                backup = temp_path_for(target)
+                os.link(target, backup)
+                backups.append(backup)
+            os.replace(tmp, target)
+            done.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(done):
+            if backup is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(backup, target)
+        raise
+    finally:
+        for backup in backups:
+            backup.unlink(missing_ok=True)

@@ -26,6 +26,11 @@ def layout_of(data: dict) -> str:
         return "a1111"
     tensor_keys = [k for k, v in data.items() if isinstance(v, torch.Tensor)]
     if tensor_keys and set(tensor_keys) <= set(ENCODER_KEYS):
+        if SINGLE_KEY in tensor_keys and len(tensor_keys) > 1:
+            raise EmbeddingFormatError(
+                f"keys {', '.join(sorted(tensor_keys))} mix emb_params (one text encoder) with per-encoder "
+                "keys (clip_l + clip_g for SDXL): not one embedding; save each layout in its own file"
+            )
         return "canonical"
     if len(data) == 1 and tensor_keys:
         return "diffusers"

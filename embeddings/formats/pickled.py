@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from embeddings.errors import EmbeddingFormatError, first_line
+from embeddings.errors import EmbeddingFormatError
 from embeddings.files import atomic_write
 from embeddings.formats.layouts import embedding_from_dict
 from embeddings.value import SINGLE_KEY, Embedding
@@ -36,11 +36,17 @@ def _allow_parameter_dicts() -> contextlib.AbstractContextManager:
 
 
 def _unpickler_reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that says what it met ('Unsupported global: GLOBAL os.system',
-    'Unsupported operand 86'), else the error's first line."""
+    """The line of torch's weights-only refusal that says what it met: 'Unsupported global: GLOBAL os.system',
+    'Trying to load unsupported GLOBAL posix.system whose module posix is blocked', 'Unsupported operand 149'.
+
+    Never torch's advice around it, which suggests re-running with weights_only=False: for an untrusted file
+    that is the one thing not to do.
+    """
     lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(exc).splitlines()]
-    detail = [line for line in lines if line.lower().startswith("unsupported")]
-    return detail[0] if detail else first_line(exc)
+    detail = [line for line in lines if "unsupported" in line.lower() and "weights_only" not in line]
+    if not detail:
+        return "torch's weights-only loader refused it"
+    return detail[0].split(". Please")[0]  # not its advice to allow-list what it refused
 
 
 def load_pickle(path: Path, *, mmap: bool = False) -> object:
@@ -50,8 +56,12 @@ def load_pickle(path: Path, *, mmap: bool = False) -> object:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine; we report errors
             warnings.simplefilter("ignore", UserWarning)
             with _allow_parameter_dicts():
-                mapped = mmap and zipfile.is_zipfile(path)
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+                if mmap and zipfile.is_zipfile(path):
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                # An open file, not the path: torch picks its safetensors reader for a path that ends in
+                # .safetensors, and A1111 pickles get renamed so.
+                with open(path, "rb") as file:
+                    return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
         if "global" in reason.lower():  # it names a function or class to import: what an attack needs
