@@ -18,11 +18,21 @@ from embeddings.formats.layouts import embedding_from_dict
 from embeddings.formats.pickled import read_pickled
 from embeddings.formats.png import PNG_SIGNATURE, read_image
 from embeddings.store import safe_name
-from embeddings.value import Embedding
+from embeddings.value import Embedding, family_claim_fits
 
 SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt", ".png", ".webp")
 MAX_FILE_BYTES = 256 * 1024 * 1024  # embeddings are KB to a few MB; a model checkpoint is GBs
-FOREIGN_META_DROPPED = ("format", "sha256", "family", "num_vectors", "tokensmith.version", "name")
+# A foreign header's own bookkeeping: recomputed for the stored file (source_* describe this import).
+FOREIGN_META_DROPPED = (
+    "format",
+    "sha256",
+    "family",
+    "num_vectors",
+    "tokensmith.version",
+    "name",
+    "source_format",
+    "source_file",
+)
 
 
 def sniff(path: Path) -> str:
@@ -79,6 +89,8 @@ def _read_safetensors(path: Path) -> Embedding:
     tensors, meta = load_safetensors(path)
     emb = embedding_from_dict(tensors, path=path, source_format="safetensors")
     kept = {k: v for k, v in meta.items() if k not in FOREIGN_META_DROPPED}
+    if family_claim_fits(meta.get("family", ""), emb.widths):  # e.g. 'demo', which width 64 alone cannot say
+        kept["family"] = meta["family"]
     return emb.with_meta(**kept)
 
 

@@ -36,6 +36,16 @@ def family_from_widths(widths: dict[str, int]) -> str:
     return "w" + "+".join(str(widths[k]) for k in sorted(widths))
 
 
+def family_claim_fits(family: str, widths: dict[str, int]) -> bool:
+    """Whether a foreign file's own `family` label can stand for these widths: the family its widths name
+    (sd1, sd2, sdxl), or, for widths no SD family has, a known family that no width names (the demo world)."""
+    inferred = family_from_widths(widths)
+    if family == inferred:
+        return True
+    named_by_width = set(FAMILY_BY_WIDTHS.values())
+    return family in FAMILY_TITLES and family not in named_by_width and inferred not in named_by_width
+
+
 def family_title(family: str) -> str:
     """A family label for people: 'sd2' -> 'SD 2.x', 'w64' -> 'width 64'."""
     if family in FAMILY_TITLES:

@@ -83,6 +83,25 @@ def test_diffusers_pickle_for_a_bin_or_pt_out_path(tmp_path, name):
     assert list(data) == ["<thing>"]
 
 
+def test_a_diffusers_export_keeps_the_provenance_and_the_demo_family(tmp_path):
+    meta = {"family": "demo", "trainer": '{"steps": 150}', "a1111.step": "500", "init": "red circle"}
+    demo = Embedding("dm", {"emb_params": torch.randn(2, 64)}, meta)
+    export(demo, "diffusers", tmp_path / "dm.safetensors")
+    (back,) = import_path(tmp_path / "dm.safetensors")
+    assert back.family == "demo"  # width 64 alone would say 'w64'
+    assert {k: back.meta[k] for k in meta} == meta
+    assert back.meta["source_format"] == "safetensors:diffusers"  # this import, not the exported file's
+
+
+@pytest.mark.parametrize(
+    ("claim", "width", "family"), [("sd1", 1024, "sd2"), ("demo", 768, "sd1"), ("x", 64, "w64")]
+)
+def test_a_foreign_family_label_that_contradicts_the_widths_is_not_kept(tmp_path, claim, width, family):
+    path = tmp_path / "t.safetensors"
+    safetensors.torch.save_file({"<t>": torch.randn(1, width)}, str(path), metadata={"family": claim})
+    assert import_path(path)[0].family == family
+
+
 def test_an_existing_folder_as_out_asks_for_a_file_name_not_force(tmp_path):
     (tmp_path / "folder").mkdir()
     for overwrite in (False, True):  # --force cannot help, so the error does not suggest it

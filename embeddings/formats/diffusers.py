@@ -51,12 +51,15 @@ def combine_pair(first: Embedding, second: Embedding, folder: Path) -> Embedding
 
 
 def diffusers_meta(emb: Embedding) -> dict[str, str]:
-    keep = ("family", "base_model", "steps", "init", "created", "parent")
+    """The header of a diffusers `.safetensors`: the embedding's provenance (base model, steps, init, trainer,
+    lineage, A1111's keys, ...) and its family, so importing the file again loses none of it."""
+    own = ("tokensmith.version", "num_vectors", "format", "name", "sha256", "family")
     return {
         "format": "pt",
         "name": emb.name,
         "sha256": emb.sha256,
-        **{k: emb.meta[k] for k in keep if k in emb.meta},
+        "family": emb.family,
+        **{k: v for k, v in emb.meta.items() if k not in own},
     }
 
 
