@@ -11,8 +11,12 @@ from studio.cli_generate import (
     SCHEDULERS,
     StepProgress,
     add_command,
+    check_init_image,
+    force_option,
+    img2img_options,
     make_request,
     model_options,
+    refuse_existing,
     sampling_options,
     session_for,
     store_for,
@@ -40,7 +44,8 @@ Example:
   tokensmith replay generated/a-red-circle-s3.png --out again.png
 
 Reads the image's provenance chunk and generates it again (pixel-identical on the same machine); says
-what is missing if an embedding, the model or the init image is not available or has changed.
+what is missing, and writes nothing, if an embedding, the model, the init image, a match= guide image or
+a --guide-module's source is not available or has changed.
 """
 
 GRID_EPILOG = """\
@@ -48,9 +53,11 @@ Examples:
   tokensmith grid "a <{w}*<cat> + {1-w}*<dog>>" --seeds 0-3 --sweep "w=0,0.25,0.5,0.75,1" --out blend.png
   tokensmith grid "a <{emb}> on a mat" --seeds 0-1 --sweep "emb=cat-step100,cat-step200" --out ckpt.png
   tokensmith grid "a red circle" --seeds 0-3 --sweep "guidance=1,2,4,8" --out cfg.png
+  tokensmith grid "a red circle" --init-image in.png --seeds 0-1 --sweep "strength=0.3,0.6,0.9" --out s.png
 
 Seeds across, one row per swept value. {NAME} in the prompt takes each value; {1-w}-style arithmetic
-works for numbers. Sweeping guidance, steps, strength or scheduler without a placeholder sets that option.
+works for numbers. Sweeping guidance, steps, strength or scheduler without a placeholder sets that option
+(strength needs --init-image).
 """
 
 
@@ -68,6 +75,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "--strength", type=float, default=0.6, help="how much of the schedule to re-run, 0-1 (default 0.6)"
     )
     var.add_argument("--out", type=Path, required=True, help="the grid PNG")
+    force_option(var)
     model_options(var)
     sampling_options(var, seeds=True)
     var.set_defaults(run=run_variations)
@@ -83,12 +91,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     sch.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     sch.add_argument("--out", type=Path, required=True, help="the plot PNG")
     sch.add_argument("--json", action="store_true", help="print the visited timesteps with ᾱ and σ as JSON")
+    force_option(sch)
     sch.set_defaults(run=run_schedule)
 
     rep = add("replay", "generate an image again from the provenance in its PNG", REPLAY_EPILOG)
     rep.add_argument("image", type=Path, help="a PNG written by tokensmith")
     rep.add_argument("--out", type=Path, required=True, help="where to write the new PNG")
     rep.add_argument("--model", help="use this model instead of the recorded one")
+    force_option(rep)
     rep.set_defaults(run=run_replay)
 
     grid = add("grid", "render a labelled grid of seeds × a swept value", GRID_EPILOG)
@@ -96,6 +106,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     grid.add_argument("--seeds", default="0-3", help="seeds across, e.g. 0-3 or 1,5,9 (default 0-3)")
     grid.add_argument("--sweep", required=True, metavar="NAME=V1,V2,...", help="the value down the rows")
     grid.add_argument("--out", type=Path, required=True, help="the grid PNG")
+    img2img_options(grid, "start every cell from this image (img2img)")
+    force_option(grid)
     model_options(grid)
     sampling_options(grid, seeds=True)
     grid.set_defaults(run=run_grid)
@@ -115,15 +127,20 @@ def run_variations(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
+    refuse_existing(args.out, args.force)
+    check_init_image(args.init_image)
     session = session_for(args)
-    size = args.width or session.model.resolution, args.height or session.model.resolution
+    requests = [make_request(args, p, init_image=args.init_image, strength=args.strength) for p in prompts]
+    total = len(seeds) * sum(session.step_count(req) for req in requests)  # also checks every request
+    size = (
+        session.model.resolution if args.width is None else args.width,
+        session.model.resolution if args.height is None else args.height,
+    )
     init, _sha = load_init_image(args.init_image, size)
-    run_steps = max(1, int(args.steps * args.strength))
-    progress = StepProgress(len(prompts) * len(seeds) * run_steps, "variations")
+    progress = StepProgress(total, "variations")
     rows = []
     try:
-        for prompt in prompts:
-            req = make_request(args, prompt, init_image=args.init_image, strength=args.strength)
+        for req in requests:
             row = [init]
             for seed in seeds:
                 row.append(
@@ -132,7 +149,9 @@ def run_variations(args) -> int:
             rows.append(row)
     finally:
         progress.close()
-    save_image(compose(rows, prompts, ["init image"] + [f"seed {s}" for s in seeds]), args.out)
+    save_image(
+        compose(rows, prompts, ["init image"] + [f"seed {s}" for s in seeds]), args.out, overwrite=args.force
+    )
     print(f"wrote {args.out} ({len(prompts)} prompts × {len(seeds)} seeds)")
     return 0
 
@@ -149,10 +168,13 @@ def run_schedule(args) -> int:
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the plot")
+    refuse_existing(args.out, args.force)
     model = load_model(args.model, config=args.model_config)
     scheduler = make_scheduler(args.scheduler, model.pipe.scheduler.config)
     curves = schedule_curves(scheduler, args.steps)
     title = f"{args.model} ({model.family}, {model.prediction_type}) · {args.scheduler}, {args.steps} steps"
+    if args.out.exists() and not args.force:  # appeared while the model loaded
+        refuse_existing(args.out, args.force)
     plot_schedule(curves, args.out, title=title)
     if args.json:
         print(
@@ -161,6 +183,7 @@ def run_schedule(args) -> int:
                     "out": str(args.out),
                     "model": args.model,
                     "scheduler": args.scheduler,
+                    "model_evaluations": curves.evaluations,
                     "steps": curves.table(),
                 },
                 indent=2,
@@ -168,9 +191,11 @@ def run_schedule(args) -> int:
         )
     else:
         print(
-            f"wrote {args.out}: {len(curves.visited)} timesteps visited, "
+            f"wrote {args.out}: {len(curves.visited)} sampling steps, "
             f"from t={curves.visited[0]} to t={curves.visited[-1]}"
         )
+        if curves.explanation():
+            print(curves.explanation())
     return 0
 
 
@@ -180,8 +205,11 @@ def run_replay(args) -> int:
 
     from studio.generation import replay, save_png
 
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: images are written as PNG (with provenance); use a .png name")
+    refuse_existing(args.out, args.force)
     result = replay(args.image, store=store_for(args), model=args.model)
-    save_png(result, args.out)
+    save_png(result, args.out, overwrite=args.force)
     with Image.open(args.image) as original:
         same = np.array_equal(np.asarray(original.convert("RGB")), np.asarray(result.image))
     verdict = (
@@ -195,19 +223,25 @@ def run_replay(args) -> int:
 
 def run_grid(args) -> int:
     from studio.generation import parse_seeds, parse_sweep, render_grid, save_image
+    from studio.generation.grid import requests_for
+    from studio.generation.img2img import check_strength
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
+    refuse_existing(args.out, args.force)
+    if args.init_image is not None:
+        check_strength(args.strength)
+        check_init_image(args.init_image)
     seeds = parse_seeds(args.seeds)
     sweep = parse_sweep(args.sweep)
+    base = make_request(args, args.prompt, init_image=args.init_image, strength=args.strength)
+    rows = [requests_for(base, sweep[0], value) for value in sweep[1]]  # a bad value fails before loading
     session = session_for(args)
-    progress = StepProgress(len(seeds) * len(sweep[1]) * args.steps, "grid")
+    progress = StepProgress(len(seeds) * sum(session.step_count(req) for req in rows), "grid")
     try:
-        grid, _results = render_grid(
-            session, make_request(args, args.prompt), seeds, sweep, store=store_for(args), on_step=progress
-        )
+        grid, _results = render_grid(session, base, seeds, sweep, store=store_for(args), on_step=progress)
     finally:
         progress.close()
-    save_image(grid, args.out)
+    save_image(grid, args.out, overwrite=args.force)
     print(f"wrote {args.out} ({len(sweep[1])} values × {len(seeds)} seeds)")
     return 0

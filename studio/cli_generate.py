@@ -22,6 +22,8 @@ Examples:
 Prompt language: <name> uses a stored embedding; (text:1.2) weights; <0.5*a + 0.5*<b>> and
 <slerp(<a>, <b>, 0.3)> blend tokens; [from:to:0.4] switches prompt at 40% of the steps.
 Every PNG carries its provenance; `tokensmith replay IMAGE --out NEW` makes it again.
+Nothing is overwritten: an existing --out FILE.png is refused (--force replaces it), and in a folder an
+image whose name is taken gets the next free one (a-red-circle-s0-2.png).
 """
 
 
@@ -92,6 +94,34 @@ def sampling_options(parser: argparse.ArgumentParser, *, seeds: bool = False) ->
     )
 
 
+def img2img_options(parser: argparse.ArgumentParser, init_help: str) -> None:
+    """--init-image and --strength."""
+    parser.add_argument("--init-image", type=Path, help=init_help)
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=0.6,
+        help="img2img: how much of the schedule to re-run, 0-1 (default 0.6)",
+    )
+
+
+def force_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def refuse_existing(path: Path, force: bool) -> None:
+    """FileExistsError naming the file and the flag, unless `force` or `path` is new."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out")
+
+
+def check_init_image(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"--init-image {path} is a folder: give an image file (PNG or JPEG)")
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-image {path} does not exist")
+
+
 def add_command(subparsers, common, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
     """A subcommand whose description is its help line and whose epilog (examples) keeps its layout."""
     return subparsers.add_parser(
@@ -116,13 +146,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     model_options(gen)
     sampling_options(gen)
     gen.add_argument("-n", "--num-images", type=int, default=1, help="how many images (default 1)")
-    gen.add_argument("--init-image", type=Path, help="start from this image (img2img)")
-    gen.add_argument(
-        "--strength",
-        type=float,
-        default=0.6,
-        help="img2img: how much of the schedule to re-run, 0-1 (default 0.6)",
-    )
+    img2img_options(gen, "start from this image (img2img)")
     gen.add_argument(
         "--out", type=Path, help="the PNG for one image, or a folder for several (default: ./generated/)"
     )
@@ -136,6 +160,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "--trace-steps", metavar="I,J,...", help="0-based steps to trace (default: 6 spread over the run)"
     )
     gen.add_argument("--json", action="store_true", help="print the written paths and provenance as JSON")
+    force_option(gen)
     gen.set_defaults(run=run_generate)
 
 
@@ -197,15 +222,44 @@ def _slug(prompt: str) -> str:
     return (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "image").rstrip("-")
 
 
-def _output_paths(out: Path | None, prompt: str, seeds: list[int]) -> list[Path]:
+def _output_paths(
+    out: Path | None, prompt: str, seeds: list[int], *, trace: Path | None, force: bool
+) -> list[Path]:
+    """Where each image goes: `out` itself (or out-sSEED.png) is refused if it exists, unless `force`; in a
+    folder an existing name gets the next free suffix (-2, -3, ...) so no earlier image is lost."""
     if out is not None and out.suffix.lower() == ".png":
-        if len(seeds) == 1:
-            return [out]
-        return [out.with_name(f"{out.stem}-s{s}.png") for s in seeds]
+        paths = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}-s{s}.png") for s in seeds]
+        for path in paths:
+            refuse_existing(path, force)
+            if trace is not None:
+                refuse_existing(_trace_path(trace, path), force)
+        return paths
     if out is not None and out.suffix:
         raise ValueError(f"--out {out}: give a .png file or a folder")
     folder = out or Path("generated")
-    return [folder / f"{_slug(prompt)}-s{s}.png" for s in seeds]
+    return [_free_name(folder, f"{_slug(prompt)}-s{s}", trace=trace, force=force) for s in seeds]
+
+
+def _free_name(folder: Path, stem: str, *, trace: Path | None, force: bool) -> Path:
+    """folder/stem.png, or stem-2.png, stem-3.png, ... whichever (with its trace) is not taken."""
+    n = 1
+    while True:
+        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        taken = path.exists() or (trace is not None and _trace_path(trace, path).exists())
+        if force or not taken:
+            return path
+        n += 1
+
+
+def _trace_path(trace: Path, image: Path) -> Path:
+    return trace / f"{image.stem}-trace.png"
+
+
+def run_steps(args) -> int:
+    """The sampling steps one image runs: --steps, or its last --strength share with --init-image."""
+    if getattr(args, "init_image", None) is None:
+        return args.steps
+    return max(1, min(int(args.steps * args.strength), args.steps))
 
 
 def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
@@ -218,7 +272,7 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
     except ValueError as exc:
         raise ValueError(f"--trace-steps {text!r}: give 0-based step numbers like 0,5,10") from exc
     if not steps or min(steps) < 0 or max(steps) >= total:
-        raise ValueError(f"--trace-steps {text!r}: steps run from 0 to {total - 1}")
+        raise ValueError(f"--trace-steps {text!r}: this run's sampling steps are 0 to {total - 1}")
     return steps
 
 
@@ -231,14 +285,10 @@ def run_generate(args) -> int:
 
     if args.init_image is not None:
         check_strength(args.strength)
-        if not args.init_image.is_file():
-            raise FileNotFoundError(f"--init-image {args.init_image} does not exist")
+        check_init_image(args.init_image)
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
-    paths = _output_paths(args.out, args.prompt, seeds)
-    run_steps = (
-        args.steps if args.init_image is None else max(1, min(int(args.steps * args.strength), args.steps))
-    )
-    trace_steps = _trace_steps(args.trace_steps, run_steps) if args.trace else ()
+    paths = _output_paths(args.out, args.prompt, seeds, trace=args.trace, force=args.force)
+    trace_steps = _trace_steps(args.trace_steps, run_steps(args)) if args.trace else ()
     req = make_request(
         args,
         args.prompt,
@@ -248,17 +298,18 @@ def run_generate(args) -> int:
         trace_steps=trace_steps,
     )
     session = session_for(args)
-    progress = StepProgress(args.num_images * run_steps, "generate")
+    progress = StepProgress(args.num_images * session.step_count(req), "generate")
     try:
         results = session.generate(req, store=store_for(args), on_step=progress)
     finally:
         progress.close()
     written = []
     for result, path in zip(results, paths, strict=True):
-        save_png(result, path)
+        save_png(result, path, overwrite=args.force)
         entry = {"path": str(path), "seed": result.seed}
         if result.trace is not None:
-            entry["trace"] = str(save_image(result.trace, args.trace / f"{path.stem}-trace.png"))
+            trace = save_image(result.trace, _trace_path(args.trace, path), overwrite=args.force)
+            entry["trace"] = str(trace)
         written.append(entry | {"provenance": result.provenance})
     if args.json:
         print(json.dumps(written, indent=2))

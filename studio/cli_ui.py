@@ -56,12 +56,18 @@ def streamlit_command(*, host: str, port: int) -> list[str]:
 
 def check_port_free(host: str, port: int) -> None:
     """Raise OSError with what to do if `host:port` cannot be bound."""
-    if not 0 < port < 65536:
-        raise ValueError(f"--port {port} is not a TCP port: choose one between 1024 and 65535")
+    if not 1024 <= port <= 65535:  # below 1024 are the system's ports (root only, other services)
+        raise ValueError(
+            f"--port {port} is not a TCP port the studio can use: choose one between 1024 and 65535"
+        )
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+        except socket.gaierror:
+            raise OSError(
+                f"cannot resolve --host {host!r}: give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+            ) from None
         except OSError as exc:
             raise OSError(
                 f"cannot listen on {host}:{port} ({exc.strerror}): another program (or studio) uses it; "

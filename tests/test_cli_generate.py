@@ -152,12 +152,17 @@ def test_trace_writes_a_strip(model_dir, tmp_path, capsys):
         (["a circle", "--init-image", "__FILE__", "--strength", "1.5"], "--strength"),
         (["a circle", "--swap", "puppy"], "--swap"),
         (["a circle", "--trace", "tr", "--trace-steps", "9"], "--trace-steps"),
+        (["a circle", "--init-image", "__DIR__"], "is a folder: give an image file"),
+        (["a circle", "--guidance", "nan"], "--guidance must be a number"),
+        (["a circle", "--width", "0"], "width 0 does not fit this model"),
+        (["a puppy", "--swap", "pupy=<cat>"], "swap 'pupy' matches no word"),
+        (["a circle", "--guide-module", "os:getcwd"], "cannot be called as function(image)"),
     ],
 )
 def test_bad_input_is_one_line_exit_1_and_no_file(model_dir, store, tmp_path, capsys, extra, words):
     bad_image = tmp_path / "bad.png"
     bad_image.write_bytes(b"not an image")
-    extra = [str(bad_image) if e == "__FILE__" else e for e in extra]
+    extra = [str(bad_image) if e == "__FILE__" else str(tmp_path) if e == "__DIR__" else e for e in extra]
     out = tmp_path / "never.png"
     code, _stdout, err = run(
         capsys, "generate", *extra, "--model", model_dir, "--steps", "4", "--out", str(out)
@@ -268,3 +273,101 @@ def test_readme_generation_examples_parse():
     for line in lines:
         args = parser.parse_args(shlex.split(line)[1:])
         assert args.command in COMMANDS, line
+
+
+def test_an_existing_file_is_replaced_only_with_force(model_dir, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    common = ("--model", model_dir, "--steps", "2", "--out", str(out))
+    assert run(capsys, "generate", "a red circle", *common)[0] == 0
+    before = out.read_bytes()
+    code, _stdout, err = run(capsys, "generate", "a blue square", *common)
+    assert code == 1 and f"{out} already exists: pass --force to replace it" in err
+    assert out.read_bytes() == before
+    assert run(capsys, "generate", "a blue square", *common, "--force")[0] == 0
+    assert read_provenance(out)["prompt"] == "a blue square"
+
+
+def test_prompts_with_the_same_file_name_get_their_own_files(model_dir, tmp_path, capsys):
+    folder = tmp_path / "ow"
+    for prompt in ("a red circle", "A red circle!"):  # the same slug (also: prompts alike for 48 characters)
+        argv = ("generate", prompt, "--model", model_dir, "--steps", "2", "--out", str(folder))
+        assert run(capsys, *argv)[0] == 0
+    made = sorted(folder.glob("*.png"))
+    assert [p.name for p in made] == ["a-red-circle-s0-2.png", "a-red-circle-s0.png"]
+    assert {read_provenance(p)["prompt"] for p in made} == {"a red circle", "A red circle!"}
+
+
+@pytest.mark.parametrize("command", ["grid", "variations", "replay", "schedule"])
+def test_other_outputs_are_not_overwritten_either(model_dir, tmp_path, capsys, command):
+    out = tmp_path / "taken.png"
+    out.write_bytes(b"mine")
+    init = tmp_path / "init.png"
+    Image.new("RGB", (16, 16), "red").save(init)
+    argv = {
+        "grid": ["grid", "a circle", "--seeds", "0", "--sweep", "guidance=1,2", "--model", model_dir],
+        "variations": ["variations", "--init-image", str(init), "--prompts", "a", "--model", model_dir],
+        "replay": ["replay", str(init)],
+        "schedule": ["schedule", "--model", model_dir],
+    }[command]
+    code, _stdout, err = run(capsys, *argv, "--out", str(out))
+    assert code == 1 and "already exists: pass --force" in err and out.read_bytes() == b"mine"
+
+
+def test_replay_checks_out_before_generating(model_dir, tmp_path, capsys, monkeypatch):
+    import studio.generation
+
+    def never(*args, **kwargs):
+        raise AssertionError("replay ran before --out was checked")
+
+    monkeypatch.setattr(studio.generation, "replay", never)
+    code, _stdout, err = run(capsys, "replay", str(tmp_path / "any.png"), "--out", str(tmp_path / "x.jpg"))
+    assert code == 1 and "use a .png name" in err
+
+
+def test_replay_from_another_folder_refuses_a_different_match_image(model_dir, tmp_path, capsys, monkeypatch):
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    for folder, colour in ((first, "green"), (elsewhere, "red")):
+        folder.mkdir()
+        Image.new("RGB", (16, 16), colour).save(folder / "ref.png")
+    monkeypatch.chdir(first)
+    run(capsys, "generate", "a circle", "--model", model_dir, "--steps", "2", "--guide", "match=ref.png",
+        "--out", str(tmp_path / "made.png"))  # fmt: skip
+    monkeypatch.chdir(elsewhere)
+    code, _stdout, err = run(
+        capsys, "replay", str(tmp_path / "made.png"), "--out", str(tmp_path / "again.png")
+    )
+    assert code == 0 and "pixel-identical" in capsys.readouterr().out + _stdout
+    Image.new("RGB", (16, 16), "blue").save(first / "ref.png")
+    code, _stdout, err = run(
+        capsys, "replay", str(tmp_path / "made.png"), "--out", str(tmp_path / "third.png")
+    )
+    assert code == 1 and "match image" in err and "has changed since" in err
+    assert not (tmp_path / "third.png").exists()
+
+
+def test_grid_strength_sweep_needs_and_uses_an_init_image(model_dir, tmp_path, capsys):
+    common = ("--seeds", "0", "--sweep", "strength=0.5,1", "--model", model_dir, "--steps", "4")
+    code, _stdout, err = run(capsys, "grid", "a circle", *common, "--out", str(tmp_path / "g.png"))
+    assert code == 1 and "--init-image" in err and not (tmp_path / "g.png").exists()
+    init = tmp_path / "init.png"
+    Image.new("RGB", (16, 16), "red").save(init)
+    code, stdout, _err = run(
+        capsys, "grid", "a circle", *common, "--init-image", str(init), "--out", str(tmp_path / "g.png")
+    )
+    assert code == 0 and "2 values × 1 seeds" in stdout
+
+
+def test_schedule_of_heun_has_one_row_per_step(model_dir, tmp_path, capsys):
+    options = ["--scheduler", "heun", "--steps", "5", "--out", str(tmp_path / "heun.png"), "--json"]
+    code, stdout, _err = run(capsys, "schedule", "--model", model_dir, *options)
+    report = json.loads(stdout)
+    assert code == 0 and len(report["steps"]) == 5 and report["model_evaluations"] == 9
+    first, second, last = report["steps"][0], report["steps"][1], report["steps"][-1]
+    assert first["evaluated_at"] == [first["timestep"], second["timestep"]] and len(last["evaluated_at"]) == 1
+
+
+def test_schedule_refuses_more_steps_than_generate_allows(model_dir, tmp_path, capsys):
+    code, _stdout, err = run(
+        capsys, "schedule", "--model", model_dir, "--steps", "5000", "--out", str(tmp_path / "s.png")
+    )
+    assert code == 1 and "at most 1000" in err

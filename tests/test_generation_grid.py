@@ -75,3 +75,35 @@ def test_render_grid_cells_are_the_single_images():
     assert len(results) == 2 and len(results[0]) == 2
     single = session.generate(GenerateRequest("a blue circle", seed=1, steps=4))[0]
     assert np.array_equal(np.asarray(results[1][1].image), np.asarray(single.image))
+
+
+@pytest.mark.parametrize("size", [(32, 64), (64, 32)])
+def test_cells_take_the_images_aspect_ratio(size):
+    red, blue = Image.new("RGB", size, "red"), Image.new("RGB", size, "blue")
+    sheet = compose([[red], [blue]], ["a", "b"], ["seed 0"])
+    cell_h = CELL * size[1] // size[0]
+    assert sheet.size == (ROW_LABEL_W + CELL, LABEL + 2 * cell_h)
+    x = ROW_LABEL_W + CELL // 2
+    assert sheet.getpixel((x, LABEL + cell_h - 1)) == (255, 0, 0)  # row 1 keeps its last line
+    assert sheet.getpixel((x, LABEL + cell_h)) == (0, 0, 255)  # row 2 starts right after it
+
+
+def test_a_trace_strip_takes_the_images_aspect_ratio():
+    from studio.generation.trace import LABEL_H, Trace, TraceFrame
+
+    tall = Image.new("RGB", (32, 64), "red")
+    strip = Trace([TraceFrame(0, 999, tall, tall), TraceFrame(3, 0, tall, tall)]).strip()
+    assert strip.size == (44 + 2 * CELL, LABEL_H + 2 * 2 * CELL)
+
+
+def test_a_huge_seed_range_is_refused_before_it_is_built():
+    with pytest.raises(GridError, match="give 1 to 64 seeds"):
+        parse_seeds("0-1000000000")
+    with pytest.raises(GridError, match="give 1 to 64 seeds"):
+        parse_seeds("0-40,100-130")
+
+
+def test_a_strength_sweep_needs_an_init_image():
+    with pytest.raises(GridError, match="--sweep strength changes nothing without --init-image"):
+        requests_for(GenerateRequest("a circle"), "strength", "0.5")
+    assert requests_for(GenerateRequest("a circle", init_image="in.png"), "strength", "0.5").strength == 0.5

@@ -105,3 +105,22 @@ def test_colour_guide_moves_a_tiny_model_towards_the_colour():
     plain = channel_means()
     blue = channel_means(("color=#0000ff",))
     assert blue[2] - plain[2] > 0.02 and blue[0] < plain[0]
+
+
+def test_a_guide_function_with_the_wrong_signature_is_explained():
+    with pytest.raises(GuideError, match=r"os.getcwd\(\) cannot be called as function\(image\) -> scalar"):
+        parse_guide("module=os:getcwd")
+
+
+def test_a_non_scalar_or_failing_loss_names_the_guide_and_the_problem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "guide_shapes.py").write_text(
+        "def per_channel(image):\n    return image.mean(dim=(0, 2, 3))\n\n"
+        "def broken(image):\n    return image.no_such_method()\n"
+    )
+    pipe = tiny_pipeline("sd1")
+    session = Session(LoadedModel(pipe=pipe, family="sd1", source="tiny"))
+    with pytest.raises(GuideError, match=r"got one of shape \(3,\)"):
+        session.generate(GenerateRequest("a circle", steps=2, guides=("module=guide_shapes:per_channel",)))
+    with pytest.raises(GuideError, match=r"guide 'module=guide_shapes:broken' failed \(.*no_such_method"):
+        session.generate(GenerateRequest("a circle", steps=2, guides=("module=guide_shapes:broken",)))

@@ -126,3 +126,8 @@ def test_parse_swap():
     for bad in ("puppy", "=<x>", "puppy=", "puppy=<bad name>"):
         with pytest.raises(PromptError, match="--swap"):
             parse_swap(bad)
+
+
+def test_a_swap_word_with_a_space_is_refused():
+    with pytest.raises(PromptError, match="a swap replaces one word; 'big dog' has a space"):
+        parse_swap("big dog=<cat>")

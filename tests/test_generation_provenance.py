@@ -137,3 +137,58 @@ def test_save_png_refuses_other_suffixes_and_leaves_no_file(session, tmp_path):
     with pytest.raises(TokensmithError, match=r"use a \.png name"):
         save_png(result, tmp_path / "out.jpg")
     assert list(tmp_path.iterdir()) == []
+
+
+def _reference(path, colour):
+    Image.new("RGB", (8, 8), colour).save(path)
+    return path
+
+
+def test_a_match_guide_is_kept_resolved_with_its_pixels_hash(session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _reference(tmp_path / "ref.png", (0, 200, 0))
+    [result] = session.generate(GenerateRequest("a circle", steps=2, guides=("match=ref.png,scale=0.3",)))
+    prov = result.provenance
+    assert prov["guides"] == [f"match={tmp_path / 'ref.png'},scale=0.3"]
+    assert prov["guide_files"][0]["path"] == str(tmp_path / "ref.png")
+    assert len(prov["guide_files"][0]["sha256"]) == 64
+
+
+def test_replay_refuses_a_changed_or_missing_match_image(session, tmp_path, monkeypatch):
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(first)
+    _reference(first / "ref.png", (0, 200, 0))
+    [result] = session.generate(GenerateRequest("a circle", steps=2, guides=("match=ref.png",)))
+    path = save_png(result, tmp_path / "made.png")
+    monkeypatch.chdir(elsewhere)
+    _reference(elsewhere / "ref.png", (200, 0, 0))  # the same relative name, another picture
+    assert np.array_equal(np.asarray(replay(path, session=session).image), np.asarray(result.image))
+    _reference(first / "ref.png", (0, 0, 200))
+    with pytest.raises(ReplayError, match=r"match image .*first/ref.png has changed since"):
+        replay(path, session=session)
+    (first / "ref.png").unlink()
+    with pytest.raises(ReplayError, match=r"match image .*first/ref.png is missing"):
+        replay(path, session=session)
+
+
+def test_replay_refuses_a_changed_guide_module(session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = tmp_path / "prov_guide_blue.py"
+    module.write_text("def more_blue(image):\n    return (image[:, 2] - 0.9).abs().mean()\n")
+    [result] = session.generate(
+        GenerateRequest("a circle", steps=2, guides=("module=prov_guide_blue:more_blue",))
+    )
+    path = save_png(result, tmp_path / "made.png")
+    assert result.provenance["guide_files"][0]["path"] == str(module.resolve())
+    module.write_text("def more_blue(image):\n    return (image[:, 2] - 0.1).abs().mean()\n")
+    with pytest.raises(ReplayError, match=r"guide module prov_guide_blue .* has changed since"):
+        replay(path, session=session)
+
+
+def test_replay_names_the_file_by_its_label(tmp_path):
+    plain = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(ReplayError, match=r"^'upload.png' has no tokensmith provenance") as info:
+        read_provenance(plain, label="'upload.png'")
+    assert str(tmp_path) not in str(info.value)

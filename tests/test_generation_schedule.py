@@ -54,3 +54,24 @@ def test_plot_is_written_as_a_png(config, tmp_path):
     with Image.open(out) as image:
         assert image.format == "PNG" and image.width > 600
     assert [p.name for p in out.parent.iterdir()] == ["schedule.png"]  # no temp file left behind
+
+
+def test_heun_lists_each_step_once_with_the_timesteps_it_evaluates(config):
+    curves = schedule_curves(make_scheduler("heun", config), 5)
+    assert curves.visited == [999, 749, 500, 250, 0]
+    assert curves.evaluated == [[999, 749], [749, 500], [500, 250], [250, 0], [0]]
+    assert curves.evaluations == 9 and len(curves.table()) == 5
+    assert "5 sampling steps take 9 model evaluations" in curves.explanation()
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_shows_one_row_per_step(config, name):
+    scheduler = make_scheduler(name, config)
+    curves = schedule_curves(scheduler, 6)
+    assert len(curves.visited) == len(curves.table()) == 6
+    assert curves.evaluations == len(scheduler.timesteps)  # every model evaluation belongs to one step
+
+
+def test_more_steps_than_training_timesteps_are_refused(config):
+    with pytest.raises(TokensmithError, match="at most 1000"):
+        schedule_curves(make_scheduler("ddim", config), 5000)

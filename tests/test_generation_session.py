@@ -201,3 +201,43 @@ def test_sdxl_matches_the_diffusers_pipeline_for_a_plain_prompt(sdxl_session):
         width=16,
     ).images[0]
     assert np.abs(ours - np.round(theirs * 255)).max() <= 1
+
+
+def test_heun_reports_progress_per_step_not_per_model_evaluation(session):
+    seen = []
+    session.generate(GenerateRequest("a circle", scheduler="heun", steps=5), on_step=seen.append)
+    assert [s.step for s in seen] == [1, 2, 3, 4, 5] and {s.total_steps for s in seen} == {5}
+    assert [s.timestep for s in seen] == [999, 749, 500, 250, 0]
+
+
+def test_heun_trace_steps_span_the_whole_run(session, monkeypatch):
+    from studio.generation import session as session_module
+
+    frames, frame = [], session_module.TraceFrame
+
+    def record(step, timestep, noisy, predicted):
+        frames.append((step, timestep))
+        return frame(step, timestep, noisy, predicted)
+
+    monkeypatch.setattr(session_module, "TraceFrame", record)
+    session.generate(GenerateRequest("a circle", scheduler="heun", steps=5, trace_steps=(0, 2, 4)))
+    assert frames == [(0, 999), (2, 500), (4, 0)]
+
+
+@pytest.mark.parametrize("guidance", [float("nan"), float("inf")])
+def test_non_finite_guidance_is_refused(session, guidance):
+    with pytest.raises(TokensmithError, match="--guidance must be a number"):
+        session.generate(GenerateRequest("a circle", steps=2, guidance=guidance))
+
+
+def test_zero_width_is_refused_not_taken_as_native(session):
+    with pytest.raises(TokensmithError, match="width 0 does not fit this model"):
+        session.generate(GenerateRequest("a circle", steps=2, width=0))
+
+
+def test_a_swap_whose_word_is_not_in_the_prompt_is_an_error(session, store):
+    with pytest.raises(TokensmithError, match="swap 'pupy' matches no word"):
+        session.generate(GenerateRequest("a puppy", steps=2, swaps={"pupy": "<dog>"}), store=store)
+    session.generate(
+        GenerateRequest("a circle", negative="a Puppy", steps=2, swaps={"puppy": "<dog>"}), store=store
+    )

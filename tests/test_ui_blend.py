@@ -113,3 +113,22 @@ def test_preview_store_shows_the_unsaved_blend_first(store):
     view = blending.PreviewStore(store, unsaved)
     assert view.get("cat") is unsaved and view.get("dog").name == "dog"
     assert view.names() == ["cat", "dog"] and view.root == store.root
+
+
+def test_embeddings_for_another_model_are_named_and_fitting_ones_come_first(session, tokensmith_home):
+    s = Store.for_home(tokensmith_home)
+    for name in ("a-sd1", "b-sd1"):
+        s.put(Embedding(name, {"emb_params": torch.zeros(1, 768)}, {"family": "sd1"}))
+    at = open_blend()
+    assert "cannot blend operand #1 <a-sd1>" in at.error[0].value and "'blend'" not in at.error[0].value
+    width = session.model.widths["emb_params"]
+    s.put(Embedding("z-fits", {"emb_params": torch.ones(1, width)}, {"family": "sd1"}))
+    at = open_blend()
+    assert at.selectbox(key="bl_emb_0").value == "z-fits"
+
+
+def test_a_slerp_caption_reads_as_slerp(session, store):
+    at = open_blend()
+    at.radio(key="bl_method").set_value("slerp").run()
+    assert not at.error, [e.value for e in at.error]
+    assert "slerp(<cat>, <dog>, t=0.5)" in at.image[0].proto.imgs[0].caption

@@ -46,3 +46,16 @@ def test_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["ui", "--help"])
     assert "Example" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("port", [80, 1023])
+def test_system_ports_are_refused_as_the_message_says(port):
+    with pytest.raises(ValueError, match="between 1024 and 65535"):
+        check_port_free("127.0.0.1", port)
+
+
+def test_unknown_host_says_it_cannot_be_resolved(capsys):
+    with pytest.raises(OSError, match=r"cannot resolve --host 'nosuchhost\.invalid'"):
+        check_port_free("nosuchhost.invalid", 8642)
+    assert main(["ui", "--host", "nosuchhost.invalid", "--port", "8642"]) == 1
+    assert "in use" not in capsys.readouterr().err

@@ -137,3 +137,38 @@ def test_replay_of_a_plain_png_says_why_not(session, store):
     at.file_uploader(key="gen_replay_file").set_value([("plain.png", buffer.getvalue(), "image/png")])
     at.run()
     assert "no tokensmith provenance" in at.error[0].value
+
+
+def test_a_half_typed_swap_is_explained_at_the_field_and_keeps_the_page(session, store):
+    at = generate(open_generate(), "a <red-square>", seed=5)
+    at.text_input(key="gen_swaps").set_value("puppy").run()
+    assert not at.exception, at.exception
+    [error] = at.error
+    assert "Swap 'puppy' is not WORD=<name>" in error.value and "--swap" not in error.value
+    assert at.button(key="gen_go") is not None and len(downloads(at)) == 1  # button and results stay
+    at.button(key="gen_go").click().run()
+    assert "Fix the swaps first" in at.error[-1].value and len(downloads(at)) == 1
+
+
+def test_an_unreadable_init_image_is_explained_and_keeps_the_button(session, store):
+    at = open_generate()
+    at.file_uploader(key="gen_init").set_value([("broken.png", b"not an image", "image/png")])
+    at.run()
+    assert "'broken.png' is not a readable image" in at.error[0].value
+    assert at.button(key="gen_go") is not None
+
+
+def test_strength_cannot_be_zero(session, store):
+    at = open_generate()
+    assert at.slider(key="gen_str").min > 0
+    assert "0 keeps" not in at.slider(key="gen_str").label
+
+
+def test_a_replay_error_names_the_uploaded_file(session, store):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    at = open_generate()
+    at.file_uploader(key="gen_replay_file").set_value([("plain.png", buffer.getvalue(), "image/png")])
+    at.run()
+    assert at.error[0].value.startswith("'plain.png' has no tokensmith provenance")
+    assert at.button(key="gen_go") is not None

@@ -124,3 +124,20 @@ def test_map_points_places_embeddings_and_words(session, store):
         ("cat", "embedding"), ("dog", "embedding"), ("red", "word"), ("circle", "word")
     ]  # fmt: skip
     assert skipped == []
+
+
+def test_a_bad_schedule_choice_leaves_the_other_tabs_working(session, store):
+    at = open_page("views/lab.py")
+    at.selectbox(key="lab_sched").set_value("pndm")
+    at.slider(key="lab_sched_steps").set_value(2).run()
+    assert not at.exception, at.exception
+    assert "at least 4 steps" in at.error[0].value
+    assert at.button(key="lab_trace_go") is not None and at.button(key="lab_guide_go") is not None
+
+
+def test_the_schedule_tab_lists_heun_once_per_step(session):
+    at = open_page("views/lab.py")
+    at.selectbox(key="lab_sched").set_value("heun")
+    at.slider(key="lab_sched_steps").set_value(5).run()
+    assert len(at.dataframe[0].value) == 5
+    assert any("5 sampling steps take 9 model evaluations" in c.value for c in at.caption)

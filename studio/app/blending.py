@@ -24,16 +24,26 @@ class Operand:
         return f"<{self.value}>" if self.kind == "embedding" else f'"{self.value}"'
 
 
-def resolve(operands: list[Operand], store: Any, encoders: list | None) -> list[tuple[Any, float]]:
-    """(Embedding, weight) parts for the core's blend; words become their token embeddings."""
+def resolve(
+    operands: list[Operand], store: Any, encoders: list | None, widths: dict[str, int] | None = None
+) -> list[tuple[Any, float]]:
+    """(Embedding, weight) parts for the core's blend; words become their token embeddings. With the model's
+    `widths`, a stored embedding made for another model is refused by its own name."""
     from embeddings.maths import word_operand
 
     parts = []
-    for op in operands:
+    for i, op in enumerate(operands):
         if not op.value.strip():
             raise ValueError("every operand needs a value: pick an embedding or type a word")
         if op.kind == "embedding":
-            parts.append((store.get(op.value), op.weight))
+            emb = store.get(op.value)
+            if widths is not None and emb.widths != widths:
+                raise ValueError(
+                    f"cannot blend operand #{i + 1} {op.label}: it has widths {emb.widths} but this model's "
+                    f"text encoder has {widths} (it was made for another model); pick one made for this "
+                    "model, or a word"
+                )
+            parts.append((emb, op.weight))
         else:
             if encoders is None:
                 raise ValueError("word operands need the model's tokenizer: the model could not be loaded")
@@ -56,9 +66,19 @@ def weight_rows(weights: list[float], sweep: bool) -> list[list[float]]:
     return [[1 - t, t, *weights[2:]] for t in SWEEP]
 
 
-def row_label(operands: list[Operand], weights: list[float]) -> str:
-    """'0.75 <cat> + 0.25 "dog"'."""
+def row_label(operands: list[Operand], weights: list[float], method: str = "lerp") -> str:
+    """'0.75 <cat> + 0.25 "dog"'; slerp: 'slerp(<cat>, "dog", t=0.25)' (t = w₂/(w₁+w₂), as the core does)."""
+    if method == "slerp" and len(operands) == 2:
+        total = weights[0] + weights[1]
+        t = f"{weights[1] / total:.3g}" if total else "?"
+        return f"slerp({operands[0].label}, {operands[1].label}, t={t})"
     return " + ".join(f"{w:g} {op.label}" for op, w in zip(operands, weights, strict=True))
+
+
+def fitting_first(entries: list[Any], widths: dict[str, int]) -> list[str]:
+    """Library names, those made for a model of these `widths` first (the page's default operands)."""
+    fits = [e.name for e in entries if e.widths == widths]
+    return fits + [e.name for e in entries if e.widths != widths]
 
 
 def preview_prompt(template: str, name: str) -> str:

@@ -36,6 +36,7 @@ class GridError(TokensmithError, ValueError):
 def parse_seeds(text: str) -> list[int]:
     """'0-3' -> [0, 1, 2, 3]; '1,5,9' -> [1, 5, 9]; '0-1,7' -> [0, 1, 7]."""
     seeds: list[int] = []
+    too_many = GridError(f"bad --seeds {text!r}: give 1 to {MAX_SEEDS} seeds, none negative")
     for part in text.split(","):
         part = part.strip()
         match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
@@ -44,13 +45,15 @@ def parse_seeds(text: str) -> list[int]:
                 low, high = int(match.group(1)), int(match.group(2))
                 if high < low:
                     raise ValueError
-                seeds.extend(range(low, high + 1))
             else:
-                seeds.append(int(part))
+                low = high = int(part)
         except ValueError as exc:
             raise GridError(f"bad --seeds {text!r}: write a range 0-3 or a list 1,5,9") from exc
+        if len(seeds) + high - low + 1 > MAX_SEEDS:  # counted before a range is built
+            raise too_many
+        seeds.extend(range(low, high + 1))
     if not seeds or len(seeds) > MAX_SEEDS or min(seeds) < 0:
-        raise GridError(f"bad --seeds {text!r}: give 1 to {MAX_SEEDS} seeds, none negative")
+        raise too_many
     return seeds
 
 
@@ -106,6 +109,11 @@ def requests_for(base, name: str, value: str):
         return replace(
             base, prompt=substitute(base.prompt, name, value), negative=substitute(base.negative, name, value)
         )
+    if name == "strength" and base.init_image is None:
+        raise GridError(
+            "--sweep strength changes nothing without --init-image: strength is how much of an init image "
+            "is re-made; add --init-image IMAGE"
+        )
     if name in SETTINGS:
         try:
             return replace(base, **{name: SETTINGS[name](value)})
@@ -119,8 +127,13 @@ def requests_for(base, name: str, value: str):
 
 def render_grid(session, base, seeds: list[int], sweep: tuple[str, list[str]], *, store=None, on_step=None):
     """Generate every (value, seed) cell; returns (grid image, [[Result per seed] per value])."""
+    from studio.generation.img2img import check_strength
+
     name, values = sweep
     rows = [requests_for(base, name, value) for value in values]  # all checked before any rendering
+    for req in rows:
+        if req.init_image is not None:
+            check_strength(req.strength)
     results = []
     for req in rows:
         results.append(
@@ -135,24 +148,33 @@ def render_grid(session, base, seeds: list[int], sweep: tuple[str, list[str]], *
 
 
 def compose(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str]) -> Image.Image:
-    """A labelled contact sheet; small images are enlarged with nearest-neighbour so pixels stay crisp."""
-    cell = max(CELL, max(img.width for row in cells for img in row))
+    """A labelled contact sheet; small images are enlarged with nearest-neighbour so pixels stay crisp.
+
+    Cells take the images' aspect ratio (a 32×64 image gets a 128×256 cell), so tall images never overlap
+    the next row and wide ones leave no empty band.
+    """
+    images = [img for row in cells for img in row]
+    cell_w = max(CELL, max(img.width for img in images))
+    cell_h = max(cell_w * img.height // img.width for img in images)
     columns = max(len(row) for row in cells)
-    sheet = Image.new("RGB", (ROW_LABEL_W + columns * cell, LABEL + len(cells) * cell), "white")
+    sheet = Image.new("RGB", (ROW_LABEL_W + columns * cell_w, LABEL + len(cells) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     for c, label in enumerate(col_labels):
-        draw.text((ROW_LABEL_W + c * cell + 4, 3), label, fill="black")
+        draw.text((ROW_LABEL_W + c * cell_w + 4, 3), _fit(label, cell_w - 8, draw), fill="black")
     for r, row in enumerate(cells):
-        draw.text(
-            (4, LABEL + r * cell + cell // 2 - 6), _fit(row_labels[r], ROW_LABEL_W - 8, draw), fill="black"
-        )
+        label = _fit(row_labels[r], ROW_LABEL_W - 8, draw)
+        draw.text((4, LABEL + r * cell_h + cell_h // 2 - 6), label, fill="black")
         for c, image in enumerate(row):
-            resample = Image.Resampling.NEAREST if image.width < cell else Image.Resampling.LANCZOS
-            sheet.paste(
-                image.resize((cell, cell * image.height // image.width), resample),
-                (ROW_LABEL_W + c * cell, LABEL + r * cell),
-            )
+            sheet.paste(fit_width(image, cell_w), (ROW_LABEL_W + c * cell_w, LABEL + r * cell_h))
     return sheet
+
+
+def fit_width(image: Image.Image, width: int) -> Image.Image:
+    """`image` scaled to `width`, keeping its aspect ratio (nearest-neighbour when enlarging)."""
+    if image.width == width:
+        return image
+    resample = Image.Resampling.NEAREST if image.width < width else Image.Resampling.LANCZOS
+    return image.resize((width, max(1, width * image.height // image.width)), resample)
 
 
 def _fit(text: str, width: int, draw: ImageDraw.ImageDraw) -> str:

@@ -18,6 +18,7 @@ Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`,
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ EXTRA_COLOURS = {
 }
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
+SIGNATURE = "function(image) -> scalar tensor, image (B, 3, H, W) in [0, 1]"
 
 
 class GuideError(TokensmithError, ValueError):
@@ -51,15 +53,31 @@ class GuideError(TokensmithError, ValueError):
 
 
 @dataclass(frozen=True)
+class GuideFile:
+    """The file a guide's loss reads (match's image, a module's source): a replay checks it is unchanged."""
+
+    path: str  # resolved
+    sha256: str  # match: of the image's pixels (image_sha256); module: of the source file's bytes
+
+
+@dataclass(frozen=True)
 class Guide:
-    spec: str  # as the user wrote it (kept in provenance)
+    spec: str  # as the user wrote it (error messages)
     kind: str  # color | brightness | contrast | match | module
     loss: Loss
     scale: float
-    every: int
+    every: int  # in sampling steps
+    run_spec: str = ""  # what provenance keeps: the spec with match's path resolved
+    file: GuideFile | None = None
 
     def active(self, step: int) -> bool:
         return step % self.every == 0
+
+    def record(self) -> dict:
+        """The provenance entry of a guide that reads a file ({} for the others)."""
+        if self.file is None:
+            return {}
+        return {"guide": self.run_spec, "kind": self.kind, "path": self.file.path, "sha256": self.file.sha256}
 
 
 def colour_rgb(text: str) -> tuple[float, float, float]:
@@ -105,13 +123,24 @@ def contrast_loss(level: float) -> Loss:
 
 
 def match_loss(path: Path) -> Loss:
+    return _match_loss(_reference_image(path))
+
+
+def _reference_image(path: Path):
+    """match's image as RGB, or GuideError saying what to give instead."""
     from PIL import Image, UnidentifiedImageError
 
+    if path.is_dir():
+        raise GuideError(f"match={path}: that is a folder; give a PNG or JPEG file")
     try:
         with Image.open(path) as img:
-            reference = torch.from_numpy(_rgb_array(img.convert("RGB")))  # (H, W, 3) float in [0, 1]
+            return img.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise GuideError(f"match={path}: cannot read the image ({exc}); give a PNG or JPEG file") from exc
+
+
+def _match_loss(image) -> Loss:
+    reference = torch.from_numpy(_rgb_array(image))  # (H, W, 3) float in [0, 1]
     reference = reference.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
 
     def loss(image: torch.Tensor) -> torch.Tensor:
@@ -145,7 +174,68 @@ def module_loss(target: str) -> Loss:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise GuideError(f"--guide-module {target!r}: {module_name} has no function {func_name!r}")
+    try:
+        inspect.signature(func).bind(None)
+    except TypeError:
+        raise GuideError(
+            f"--guide-module {target!r}: {module_name}.{func_name}{inspect.signature(func)} cannot be called "
+            f"as {SIGNATURE}"
+        ) from None
+    except ValueError:  # some builtins have no signature to check: the first call says
+        pass
     return func
+
+
+def module_source(module_name: str) -> Path | None:
+    """The source file of a guide module as it would be imported now (without importing it), or None."""
+    import importlib.util
+    import sys
+
+    loaded = sys.modules.get(module_name)
+    if loaded is not None:
+        origin = getattr(loaded, "__file__", None)
+    else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec is not None else None
+    return Path(origin).resolve() if origin and Path(origin).is_file() else None
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def changed_files(records: list[dict]) -> list[str]:
+    """What replaying with guides recorded by `Guide.record` would find missing or changed, in words."""
+    from studio.generation.img2img import image_sha256
+
+    problems = []
+    for entry in records:
+        if entry.get("kind") == "match":
+            path = Path(entry["path"])
+            if not path.is_file():
+                problems.append(f"match image {path} is missing")
+                continue
+            try:
+                same = image_sha256(_reference_image(path)) == entry["sha256"]
+            except GuideError:
+                same = False
+            if not same:
+                problems.append(f"match image {path} has changed since")
+        elif entry.get("kind") == "module":
+            module_name = entry["guide"].partition("=")[2].split(",")[0].partition(":")[0].strip()
+            source = module_source(module_name)
+            if source is None:
+                problems.append(f"guide module {module_name} ({entry['path']}) cannot be found")
+            elif file_sha256(source) != entry["sha256"]:
+                problems.append(f"guide module {module_name} ({source}) has changed since")
+    return problems
 
 
 def parse_guide(spec: str) -> Guide:
@@ -180,16 +270,31 @@ def parse_guide(spec: str) -> Guide:
         raise GuideError(
             f"guide {spec!r}: scale is the share of the loss removed per step: above 0, at most 1"
         )
-    return Guide(spec=spec, kind=kind, loss=_build_loss(kind, value, spec), scale=scale, every=every)
+    if kind == "match":
+        path = Path(value).expanduser().resolve()
+        image = _reference_image(path)
+        return Guide(
+            spec=spec, kind=kind, loss=_match_loss(image), scale=scale, every=every,
+            run_spec=",".join([f"match={path}", *options]), file=GuideFile(str(path), _pixels_sha256(image)),
+        )  # fmt: skip
+    if kind == "module":
+        loss = module_loss(value)
+        source = module_source(value.partition(":")[0])
+        record = GuideFile(str(source), file_sha256(source)) if source is not None else None
+        return Guide(spec=spec, kind=kind, loss=loss, scale=scale, every=every, run_spec=spec, file=record)
+    loss = _build_loss(kind, value, spec)
+    return Guide(spec=spec, kind=kind, loss=loss, scale=scale, every=every, run_spec=spec)
+
+
+def _pixels_sha256(image) -> str:
+    from studio.generation.img2img import image_sha256
+
+    return image_sha256(image)
 
 
 def _build_loss(kind: str, value: str, spec: str) -> Loss:
     if kind == "color":
         return color_loss(colour_rgb(value))
-    if kind == "match":
-        return match_loss(Path(value).expanduser())
-    if kind == "module":
-        return module_loss(value)
     try:
         level = float(value)
     except ValueError as exc:
@@ -221,7 +326,7 @@ def _polyak_step(
     """The step that removes `guide.scale` of its loss by the linear estimate, capped at MAX_STEP × |x̂0|."""
     with torch.enable_grad():
         x = x0.detach().requires_grad_(True)  # (B, C, h, w)
-        loss = _scalar(guide, guide.loss(decode(x)))  # decode: (B, 3, H, W) in [0, 1]
+        loss = _scalar(guide, _call(guide, decode(x)))  # decode: (B, 3, H, W) in [0, 1]
         (grad,) = torch.autograd.grad(loss, x)
     value = float(loss.detach())
     norm_sq = float((grad**2).sum())
@@ -232,10 +337,23 @@ def _polyak_step(
     return delta * (limit / rms) if rms > limit else delta
 
 
+def _call(guide: Guide, image: torch.Tensor) -> object:
+    """The guide's loss on `image`; a user function that fails says which guide and what it must accept."""
+    try:
+        return guide.loss(image)
+    except (TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise GuideError(f"guide {guide.spec!r} failed ({exc}): it must be {SIGNATURE}") from exc
+
+
 def _scalar(guide: Guide, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+    if not isinstance(value, torch.Tensor):
         raise GuideError(
             f"guide {guide.spec!r}: the loss must return a scalar tensor, got {type(value).__name__}"
+        )
+    if value.numel() != 1:
+        raise GuideError(
+            f"guide {guide.spec!r}: the loss must return a scalar tensor, got one of shape "
+            f"{tuple(value.shape)} (reduce it, e.g. with .mean())"
         )
     if not value.requires_grad:
         raise GuideError(f"guide {guide.spec!r}: the loss is not differentiable in the image (no gradient)")

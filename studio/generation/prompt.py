@@ -233,6 +233,8 @@ def parse_swap(spec: str) -> tuple[str, str]:
         raise PromptError(f"malformed --swap {spec!r}: write WORD=<name> (e.g. --swap puppy=<my-dog>)")
     if target.startswith("<") and not (target.endswith(">") and NAME.fullmatch(target[1:-1])):
         raise PromptError(f"malformed --swap {spec!r}: the embedding must be written <name>")
+    if any(c.isspace() for c in word):
+        raise PromptError(f"malformed --swap {spec!r}: a swap replaces one word; {word!r} has a space")
     return word, target
 
 
@@ -256,6 +258,13 @@ def apply_swaps(nodes: tuple[Node, ...], swaps: dict[str, str]) -> tuple[Node, .
         else:
             out.append(node)
     return tuple(out)
+
+
+def unmatched_swaps(swaps: dict[str, str], *prompts: tuple[Node, ...]) -> list[str]:
+    """The swap words that occur in none of `prompts` (a swap that would silently do nothing)."""
+    return [
+        word for word in swaps if all(apply_swaps(nodes, {word: swaps[word]}) == nodes for nodes in prompts)
+    ]
 
 
 def _swap_target(target: str) -> Node:

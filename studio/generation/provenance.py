@@ -40,6 +40,7 @@ def tokensmith_version() -> str:
 def provenance_dict(
     *,
     req: Any,
+    guides: list,
     model: Any,
     prompt_as_run: str,
     negative_as_run: str,
@@ -63,7 +64,8 @@ def provenance_dict(
         "embeddings": [{"name": e.name, "sha256": e.sha256} for e in embeddings],
         "blends": blends,
         "swaps": dict(req.swaps),
-        "guides": list(req.guides),
+        "guides": [g.run_spec for g in guides],  # match's path resolved, so a replay elsewhere finds it
+        "guide_files": [g.record() for g in guides if g.file is not None],
         "scheduler": req.scheduler,
         "steps": req.steps,
         "guidance": req.guidance,
@@ -124,31 +126,33 @@ def save_png(result: Any, path: str | Path, *, overwrite: bool = True) -> Path:
     return atomic_write_bytes(path, png_bytes(result.image, result.provenance), overwrite=overwrite)
 
 
-def save_image(image: Image.Image, path: str | Path) -> Path:
+def save_image(image: Image.Image, path: str | Path, *, overwrite: bool = True) -> Path:
     """A plain PNG (grids, traces), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, png_bytes(image, None))
+    return atomic_write_bytes(path, png_bytes(image, None), overwrite=overwrite)
 
 
-def read_provenance(path: str | Path) -> dict:
-    """The JSON chunk of a tokensmith PNG, or ReplayError saying why there is none."""
+def read_provenance(path: str | Path, *, label: str | None = None) -> dict:
+    """The JSON chunk of a tokensmith PNG, or ReplayError saying why there is none (naming the file as
+    `label`, e.g. an upload's own name, when given)."""
     path = Path(path)
+    name = label or str(path)
     try:
         with Image.open(path) as image:
             text = image.text.get(CHUNK) if hasattr(image, "text") else None
     except (OSError, UnidentifiedImageError) as exc:
-        raise ReplayError(f"cannot read {path}: {exc}") from exc
+        raise ReplayError(f"cannot read {name}: it is not a readable PNG ({type(exc).__name__})") from exc
     if not text:
         raise ReplayError(
-            f"{path} has no tokensmith provenance chunk: only images tokensmith wrote can be replayed"
+            f"{name} has no tokensmith provenance chunk: only images tokensmith wrote can be replayed"
         )
     try:
         prov = json.loads(text)
     except ValueError as exc:
-        raise ReplayError(f"{path}: the provenance chunk is not valid JSON ({exc})") from exc
+        raise ReplayError(f"{name}: the provenance chunk is not valid JSON ({exc})") from exc
     if prov.get("format") != FORMAT:
-        raise ReplayError(f"{path}: provenance format {prov.get('format')!r} is not one this version reads")
+        raise ReplayError(f"{name}: provenance format {prov.get('format')!r} is not one this version reads")
     return prov
 
 
@@ -176,6 +180,7 @@ def request_from(prov: dict) -> Any:
 
 def check_replayable(prov: dict, store: Store | None) -> list[str]:
     """Everything this machine lacks to replay `prov`, in words (empty: all present and unchanged)."""
+    from studio.generation.guidance import changed_files
     from studio.generation.img2img import image_sha256
 
     missing = []
@@ -188,6 +193,7 @@ def check_replayable(prov: dict, store: Store | None) -> list[str]:
                 f"embedding <{entry['name']}> in the store has changed since "
                 f"(was sha256 {entry['sha256'][:12]})"
             )
+    missing.extend(changed_files(prov.get("guide_files") or []))
     init = prov.get("init_image")
     if init:
         path = Path(init["path"]) if init.get("path") else None
@@ -205,15 +211,20 @@ def check_replayable(prov: dict, store: Store | None) -> list[str]:
 
 
 def replay(
-    path: str | Path, *, store: Store | None = None, session: Any = None, model: str | None = None
+    path: str | Path,
+    *,
+    store: Store | None = None,
+    session: Any = None,
+    model: str | None = None,
+    label: str | None = None,
 ) -> Any:
     """Re-make the image at `path` (one Result); ReplayError lists whatever is missing or changed."""
     from studio.generation.session import Session
 
-    prov = read_provenance(path)
+    prov = read_provenance(path, label=label)
     missing = check_replayable(prov, store)
     if missing:
-        raise ReplayError(f"cannot replay {path}: " + "; ".join(missing))
+        raise ReplayError(f"cannot replay {label or path}: " + "; ".join(missing))
     if session is None:
         session = Session(model or prov["model"])
     [result] = session.generate(request_from(prov), store=store)

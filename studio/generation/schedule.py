@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ SCHEDULERS = {
 }
 DEFAULT_SCHEDULER = "dpm"
 MIN_STEPS = {"pndm": 4}  # diffusers' PNDM cannot lay out fewer (its warm-up takes 3 steps)
+MAX_STEPS = 1000  # a model's training timesteps: more sampling steps than that visit nothing new
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -43,6 +44,42 @@ def check_steps(name: str, steps: int) -> None:
     low = MIN_STEPS.get(key, 1)
     if steps < low:
         raise TokensmithError(f"scheduler {name} needs at least {low} steps, not {steps}: raise --steps")
+    if steps > MAX_STEPS:
+        raise TokensmithError(f"steps must be at most {MAX_STEPS}, not {steps}: lower --steps")
+
+
+def evaluations_per_step(scheduler: Any, steps: int) -> list[int]:
+    """How many model evaluations each of the `steps` sampling steps takes, after `set_timesteps(steps)`.
+
+    Most schedulers evaluate the model once per step. Second-order ones (Heun) evaluate it twice, except in
+    their last step: 5 steps are 9 entries of `scheduler.timesteps`, [2, 2, 2, 2, 1]. PNDM warms up with
+    Runge-Kutta steps of 4 evaluations ([4, 4, 4, 1, 1]) or, when it skips them, evaluates its first step
+    twice ([2, 1, 1, 1, 1]).
+    """
+    total = len(scheduler.timesteps)
+    order = int(getattr(scheduler, "order", 1))
+    prk = getattr(scheduler, "prk_timesteps", None)
+    prk = 0 if prk is None else len(prk)
+    if order > 1:
+        counts = [order] * (steps - 1) + [1]
+    elif prk:
+        counts = [4] * (prk // 4) + [1] * (total - prk)
+    else:
+        counts = [1 + total - steps] + [1] * (steps - 1)
+    if len(counts) != steps or sum(counts) != total:  # a layout not listed above: spread them evenly
+        counts = [(k + 1) * total // steps - k * total // steps for k in range(steps)]
+    return counts
+
+
+def step_starts(counts: list[int], skip: int = 0) -> list[int]:
+    """The evaluation indices that begin each step, after the first `skip` evaluations were dropped (img2img
+    starts part-way; a step it enters in the middle still counts): [2, 2, 1] -> [0, 2, 4]."""
+    starts, at = [], 0
+    for count in counts:
+        if at + count > skip:
+            starts.append(max(at - skip, 0))
+        at += count
+    return starts
 
 
 def _scheduler_key(scheduler: Any) -> str:
@@ -59,7 +96,13 @@ class ScheduleCurves:
     """The schedule of a model's training noise and what one sampling run visits."""
 
     alphas_cumprod: torch.Tensor  # (T,) ᾱ_t for t = 0..T-1
-    visited: list[int]  # timesteps the scheduler visits, in order
+    visited: list[int]  # the timestep each sampling step starts from, in order
+    evaluated: list[list[int]] = field(default_factory=list)  # per step: the timesteps the model sees
+
+    @property
+    def evaluations(self) -> int:
+        """Model evaluations in one run (more than the steps for Heun and PNDM: see evaluations_per_step)."""
+        return sum(len(e) for e in self.evaluated) or len(self.visited)
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -79,9 +122,20 @@ class ScheduleCurves:
                 "alpha_bar": float(self.alphas_cumprod[t]),
                 "sigma": float(self.sigmas[t]),
                 "k_sigma": float(self.k_sigmas[t]),
+                "evaluated_at": self.evaluated[i] if self.evaluated else [int(t)],
             }
             for i, t in enumerate(self.visited)
         ]
+
+    def explanation(self) -> str:
+        """One sentence for when steps and model evaluations differ (else '')."""
+        if self.evaluations == len(self.visited):
+            return ""
+        return (
+            f"{len(self.visited)} sampling steps take {self.evaluations} model evaluations: this scheduler "
+            "evaluates the model more than once in some steps (a higher-order or warm-up step); each step is "
+            "listed at the timestep it starts from"
+        )
 
 
 def schedule_curves(scheduler: Any, steps: int) -> ScheduleCurves:
@@ -90,8 +144,15 @@ def schedule_curves(scheduler: Any, steps: int) -> ScheduleCurves:
         raise TokensmithError(f"steps must be 1 or more, not {steps}")
     check_steps(_scheduler_key(scheduler), steps)
     scheduler.set_timesteps(steps)
-    visited = [round(float(t)) for t in scheduler.timesteps]
-    return ScheduleCurves(alphas_cumprod=scheduler.alphas_cumprod.float().clone(), visited=visited)
+    timesteps = [round(float(t)) for t in scheduler.timesteps]
+    counts = evaluations_per_step(scheduler, steps)
+    starts = step_starts(counts)
+    evaluated = [timesteps[start : start + count] for start, count in zip(starts, counts, strict=True)]
+    return ScheduleCurves(
+        alphas_cumprod=scheduler.alphas_cumprod.float().clone(),
+        visited=[timesteps[start] for start in starts],
+        evaluated=evaluated,
+    )
 
 
 def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
@@ -109,8 +170,14 @@ def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
     visited = curves.visited
     left.scatter(visited, curves.alphas_cumprod[visited], s=14, color="tab:blue", zorder=3)
     left.scatter(
-        visited, curves.sigmas[visited], s=14, color="tab:orange", zorder=3, label="visited timesteps"
+        visited, curves.sigmas[visited], s=14, color="tab:orange", zorder=3, label="a step starts here"
     )
+    extra = sorted({t for ts in curves.evaluated for t in ts[1:]})
+    if extra:  # the second evaluations of Heun's steps (or PNDM's warm-up)
+        left.scatter(
+            extra, curves.sigmas[extra], s=22, facecolors="none", edgecolors="tab:red", zorder=4,
+            label="also evaluated within a step",
+        )  # fmt: skip
     for v in visited:
         left.axvline(v, color="gray", lw=0.4, alpha=0.5)
     left.set(xlabel="timestep t", ylabel="value", title="training schedule and the steps sampled")
@@ -118,6 +185,8 @@ def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
     right.semilogy(range(len(visited)), curves.k_sigmas[visited], marker="o", color="tab:green")
     right.set(xlabel="sampling step", ylabel="σ_t / √ᾱ_t (log)", title="noise level per sampling step")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if curves.evaluations != len(visited):
+        title += f" ({len(visited)} steps, {curves.evaluations} model evaluations)"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save_figure(fig, out)

@@ -11,6 +11,7 @@ all need the predicted clean image at every step; it uses the pipeline's UNet, V
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,8 +25,15 @@ from embeddings.errors import TokensmithError
 from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPlan
 from studio.generation.guidance import Guide, guided_x0, parse_guide
 from studio.generation.img2img import check_strength, encode_image, load_init_image, trimmed_timesteps
-from studio.generation.prompt import Node, apply_swaps, blends, parse, parse_swap, to_text
-from studio.generation.schedule import DEFAULT_SCHEDULER, check_steps, make_scheduler
+from studio.generation.prompt import Node, apply_swaps, blends, parse, parse_swap, to_text, unmatched_swaps
+from studio.generation.schedule import (
+    DEFAULT_SCHEDULER,
+    MAX_STEPS,
+    check_steps,
+    evaluations_per_step,
+    make_scheduler,
+    step_starts,
+)
 from studio.generation.trace import Trace, TraceFrame
 from trainers.models import LoadedModel, load_model
 
@@ -51,18 +59,18 @@ class GenerateRequest:
     init_image: str | Path | Image.Image | None = None
     strength: float = 0.6
     guides: tuple[str, ...] = ()  # guidance.py specs: "color=green", "module=pkg.mod:fn,scale=0.5"
-    trace_steps: tuple[int, ...] = ()  # step indices to trace (0-based); empty: no trace
+    trace_steps: tuple[int, ...] = ()  # sampling steps to trace (0-based); empty: no trace
 
 
 @dataclass
 class StepInfo:
-    """What `on_step` receives after every sampling step."""
+    """What `on_step` receives after every sampling step (a Heun step evaluates the model twice: one call)."""
 
     image_index: int
     num_images: int
     step: int  # 1-based count of steps done for this image
-    total_steps: int
-    timestep: int
+    total_steps: int  # the steps this image runs (img2img: fewer than req.steps)
+    timestep: int  # where the step started
 
 
 @dataclass
@@ -99,8 +107,15 @@ class Session:
     ) -> list[Result]:
         """Render `req.num_images` images (seeds seed, seed+1, ...); each Result carries its provenance."""
         req = self._resolved(req)
-        nodes = apply_swaps(parse(req.prompt), req.swaps)
-        negative = apply_swaps(parse(req.negative), req.swaps)
+        parsed, parsed_negative = parse(req.prompt), parse(req.negative)
+        unmatched = unmatched_swaps(req.swaps, parsed, parsed_negative)
+        if unmatched:
+            raise TokensmithError(
+                f"swap {', '.join(map(repr, unmatched))} matches no word of the prompt or the negative "
+                "prompt: check the spelling (a swap replaces a whole word, in any case)"
+            )
+        nodes = apply_swaps(parsed, req.swaps)
+        negative = apply_swaps(parsed_negative, req.swaps)
         used = self.encoder.require(nodes, store) + self.encoder.require(negative, store)
         guides = [parse_guide(spec) for spec in req.guides]
         init = None
@@ -111,7 +126,7 @@ class Session:
         for index in range(req.num_images):
             seed = req.seed + index
             image, trace = self._sample(req, nodes, negative, guides, init, seed, index, on_step)
-            provenance = self._provenance(req, nodes, negative, used, init, seed, index)
+            provenance = self._provenance(req, nodes, negative, used, init, guides, seed, index)
             results.append(Result(image=image, provenance=provenance, trace=trace))
         return results
 
@@ -119,16 +134,16 @@ class Session:
 
     def _resolved(self, req: GenerateRequest) -> GenerateRequest:
         family = self.model.family
-        width = req.width or self.model.resolution
-        height = req.height or self.model.resolution
+        width = self.model.resolution if req.width is None else req.width
+        height = self.model.resolution if req.height is None else req.height
         multiple = self._size_multiple()
         for label, value in (("width", width), ("height", height)):
             if value < multiple or value % multiple:
                 raise TokensmithError(
                     f"{label} {value} does not fit this model: use a multiple of {multiple}"
                 )
-        if req.steps < 1 or req.steps > 1000:
-            raise TokensmithError(f"--steps must be between 1 and 1000, not {req.steps}")
+        if req.steps < 1 or req.steps > MAX_STEPS:
+            raise TokensmithError(f"--steps must be between 1 and {MAX_STEPS}, not {req.steps}")
         if req.num_images < 1:
             raise TokensmithError(f"--num-images must be 1 or more, not {req.num_images}")
         if not 0 <= req.seed <= MAX_SEED - req.num_images:
@@ -136,24 +151,42 @@ class Session:
         make_scheduler(req.scheduler, self.model.pipe.scheduler.config)  # an unknown name fails here, early
         check_steps(req.scheduler, req.steps)
         guidance = DEFAULT_GUIDANCE.get(family, 7.5) if req.guidance is None else float(req.guidance)
-        if guidance < 0:
-            raise TokensmithError(f"--guidance must be 0 or more, not {guidance}")
+        if not math.isfinite(guidance) or guidance < 0:
+            raise TokensmithError(f"--guidance must be a number, 0 or more, not {guidance}")
         return replace(req, width=width, height=height, guidance=guidance)
 
     def _size_multiple(self) -> int:
         unet_levels = len(self.model.pipe.unet.config.block_out_channels) - 1
         return int(self.model.pipe.vae_scale_factor) * 2**unet_levels
 
+    def step_count(self, req: GenerateRequest) -> int:
+        """The sampling steps one image of `req` runs (img2img runs the last `strength` of them)."""
+        req = self._resolved(req)
+        if req.init_image is not None:
+            check_strength(req.strength)
+        scheduler = make_scheduler(req.scheduler, self.model.pipe.scheduler.config)
+        return len(self._schedule(scheduler, req, img2img=req.init_image is not None)[1])
+
     # --- sampling ---
+
+    @staticmethod
+    def _schedule(scheduler, req, *, img2img: bool) -> tuple[torch.Tensor, list[int]]:
+        """The timesteps of every model evaluation, and the evaluations that begin each sampling step (Heun
+        evaluates the model twice per step; see schedule.evaluations_per_step)."""
+        check_steps(req.scheduler, req.steps)
+        scheduler.set_timesteps(req.steps)
+        counts = evaluations_per_step(scheduler, req.steps)
+        timesteps = trimmed_timesteps(scheduler, req.steps, req.strength) if img2img else scheduler.timesteps
+        return timesteps, step_starts(counts, skip=len(scheduler.timesteps) - len(timesteps))
 
     def _sample(self, req, nodes, negative, guides, init, seed, index, on_step):
         pipe = self.model.pipe
         scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)
-        check_steps(req.scheduler, req.steps)
-        scheduler.set_timesteps(req.steps)
-        timesteps = trimmed_timesteps(scheduler, req.steps, req.strength) if init else scheduler.timesteps
-        plan = self.encoder.plan(nodes, len(timesteps))
-        negative_plan = self.encoder.plan(negative, len(timesteps))
+        timesteps, starts = self._schedule(scheduler, req, img2img=init is not None)
+        steps = len(starts)
+        step_of = [sum(1 for s in starts if s <= i) - 1 for i in range(len(timesteps))]  # evaluation -> step
+        plan = self.encoder.plan(nodes, steps)
+        negative_plan = self.encoder.plan(negative, steps)
         if not negative and self.model.is_sdxl and pipe.config.get("force_zeros_for_empty_prompt", False):
             negative_plan = _zeros_like(plan)  # SDXL's convention for an empty negative prompt
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -177,19 +210,25 @@ class Session:
         trace = Trace() if req.trace_steps else None
         wanted = set(req.trace_steps)
         for i, t in enumerate(timesteps):
-            fraction = i / len(timesteps)
+            step = step_of[i]
+            traced = trace is not None and step in wanted and i == starts[step]  # a step's first evaluation
+            fraction = step / steps
             x_in = scheduler.scale_model_input(latents, t)  # (1, C, h, w), variance-preserving scale
             out = self._predict(x_in, t, plan.at(fraction), negative_plan.at(fraction), req)
-            if guides or i in wanted:
+            if guides or traced:
                 alpha_bar = self._alpha_bar(scheduler, t)
                 x0 = _predicted_x0(out, x_in, alpha_bar, self.model.prediction_type)  # (1, C, h, w)
                 if guides:
-                    latents, out, x0 = self._guide(scheduler, t, latents, out, x0, alpha_bar, guides, i)
-                if trace is not None and i in wanted:
-                    trace.frames.append(TraceFrame(i, round(float(t)), self._decode(x_in), self._decode(x0)))
+                    latents, out, x0 = self._guide(scheduler, t, latents, out, x0, alpha_bar, guides, step)
+                if traced:
+                    trace.frames.append(
+                        TraceFrame(step, round(float(t)), self._decode(x_in), self._decode(x0))
+                    )
             latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
-            if on_step:
-                on_step(StepInfo(index, req.num_images, i + 1, len(timesteps), round(float(t))))
+            step_done = i + 1 == len(timesteps) or step_of[i + 1] != step
+            if on_step and step_done:
+                started = round(float(timesteps[starts[step]]))
+                on_step(StepInfo(index, req.num_images, step + 1, steps, started))
         return self._decode(latents), (trace.strip() if trace and trace.frames else None)
 
     def _predict(
@@ -256,11 +295,14 @@ class Session:
 
     # --- provenance ---
 
-    def _provenance(self, req, nodes: tuple[Node, ...], negative, used, init, seed: int, index: int) -> dict:
+    def _provenance(
+        self, req, nodes: tuple[Node, ...], negative, used, init, guides, seed: int, index: int
+    ) -> dict:
         from studio.generation.provenance import provenance_dict
 
         return provenance_dict(
             req=req,
+            guides=guides,
             model=self.model,
             prompt_as_run=to_text(nodes),
             negative_as_run=to_text(negative),

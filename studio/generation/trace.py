@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
+from studio.generation.grid import fit_width
+
 CELL = 128  # small images are enlarged (nearest) so the strip is readable
 LABEL_H = 16
 ROW_LABEL_W = 44
@@ -31,17 +33,19 @@ class Trace:
         """The labelled 2-row strip (x_t over x̂0), one column per traced step."""
         if not self.frames:
             raise ValueError("no steps were traced")
-        cell = max(CELL, self.frames[0].noisy.width)
-        width = ROW_LABEL_W + cell * len(self.frames)
-        sheet = Image.new("RGB", (width, LABEL_H + 2 * cell), "white")
+        first = self.frames[0].noisy
+        cell_w = max(CELL, first.width)
+        cell_h = cell_w * first.height // first.width  # the image's aspect ratio: tall rows for tall images
+        width = ROW_LABEL_W + cell_w * len(self.frames)
+        sheet = Image.new("RGB", (width, LABEL_H + 2 * cell_h), "white")
         draw = ImageDraw.Draw(sheet)
-        draw.text((4, LABEL_H + cell // 2), "x_t", fill="black")
-        draw.text((4, LABEL_H + cell + cell // 2), "pred", fill="black")
+        draw.text((4, LABEL_H + cell_h // 2), "x_t", fill="black")
+        draw.text((4, LABEL_H + cell_h + cell_h // 2), "pred", fill="black")
         for col, frame in enumerate(self.frames):
-            x = ROW_LABEL_W + col * cell
+            x = ROW_LABEL_W + col * cell_w
             draw.text((x + 3, 2), f"step {frame.step} t={frame.timestep}", fill="black")
-            sheet.paste(_enlarge(frame.noisy, cell), (x, LABEL_H))
-            sheet.paste(_enlarge(frame.predicted, cell), (x, LABEL_H + cell))
+            sheet.paste(fit_width(frame.noisy, cell_w), (x, LABEL_H))
+            sheet.paste(fit_width(frame.predicted, cell_w), (x, LABEL_H + cell_h))
         return sheet
 
 
@@ -50,10 +54,3 @@ def default_trace_steps(total: int, count: int = 6) -> list[int]:
     if total <= count:
         return list(range(total))
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
-
-
-def _enlarge(image: Image.Image, size: int) -> Image.Image:
-    if image.width == size:
-        return image
-    resample = Image.Resampling.NEAREST if image.width < size else Image.Resampling.LANCZOS
-    return image.resize((size, size * image.height // image.width), resample)

@@ -95,7 +95,7 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
     rows, labels = [], []
     for row_weights in blending.weight_rows(weights, settings["sweep"]):
         rows.append([cell(mix(row_weights), seed) for seed in settings["seeds"]])
-        labels.append(blending.row_label(operands, row_weights))
+        labels.append(blending.row_label(operands, row_weights, method))
     grid = compose(rows, labels, [f"seed {s}" for s in settings["seeds"]])
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
@@ -119,7 +119,8 @@ st.caption(
 )
 try:
     store = context.store()
-    operands = operands_ui(store.names())
+    widths = context.loaded_model(context.model_spec()).widths
+    operands = operands_ui(blending.fitting_first(store.list(), widths))
     method, keep_norm = method_ui(len(operands))
     name = st.text_input("Name of the blend", "blend", key="bl_name").strip()
     from embeddings import validate_name
@@ -130,12 +131,13 @@ try:
         st.info("Choose every operand (an embedding from the library, or a word) to see the preview.")
     else:
         session = context.generation_session(context.model_spec())
-        parts = blending.resolve(operands, store, session.model.encoders)
+        parts = blending.resolve(operands, store, session.model.encoders, session.model.widths)
         with st.spinner("Rendering the preview grid…"):
             grid, blended, thumbnail = preview_grid(
                 session, store, parts, operands, name, method, keep_norm, settings
             )
-        st.image(grid, caption=f"<{name}> = " + blending.row_label(operands, [op.weight for op in operands]))
+        weights = [op.weight for op in operands]
+        st.image(grid, caption=f"<{name}> = " + blending.row_label(operands, weights, method))
         save_ui(store, blended, thumbnail)
 except context.user_errors() as exc:
     st.error(context.error_text(exc))

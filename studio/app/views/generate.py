@@ -18,6 +18,7 @@ GUIDE_HELP = (
     "`module=package.module:function`; add `,scale=0.8` (0–1: the share of the loss removed per step) "
     "or `,every=2`."
 )
+MIN_STRENGTH = 0.05  # strength 0 would re-run no step at all
 
 
 # --- widgets ---
@@ -71,29 +72,43 @@ def settings_ui(schedulers: list[str]) -> dict:
     }
 
 
-def swaps_ui() -> dict[str, str]:
-    """'puppy=<my-dog>, ball=<red-ball>': words that stand for embeddings without editing the prompt."""
-    from studio.generation import swaps_from_specs
+def swaps_ui() -> dict[str, str] | None:
+    """'puppy=<my-dog>, ball=<red-ball>': words that stand for embeddings without editing the prompt.
+
+    None (with the error under the field) while a swap is half-typed or malformed."""
+    from studio.generation import PromptError, parse_swap
 
     text = st.text_input("Swaps", key="gen_swaps", placeholder="puppy=<my-dog>, ball=<red-ball>")
-    specs = [part.strip() for part in text.split(",") if part.strip()]
-    return swaps_from_specs(specs) if specs else {}
+    swaps = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            word, target = parse_swap(part)
+        except PromptError:
+            st.error(
+                f"Swap {part!r} is not WORD=<name> (one word, then an embedding or a word): "
+                "e.g. puppy=<my-dog>, ball=<red-ball>"
+            )
+            return None
+        swaps[word] = target
+    return swaps
 
 
-def init_ui() -> tuple[Path | None, float]:
-    """An optional init image (img2img) and how far from it to go."""
+def init_ui() -> tuple[Path | None, float] | None:
+    """An optional init image (img2img) and how far from it to go; None (with the error shown under the
+    uploader) when the upload is not a readable image."""
     upload = st.file_uploader("Init image (optional)", type=["png", "jpg", "jpeg", "webp"], key="gen_init")
     strength = st.slider(
-        "Strength (0 keeps the init image, 1 ignores it)", 0.0, 1.0, 0.6, 0.05, key="gen_str"
+        "Strength (low keeps the init image, 1 ignores it)", MIN_STRENGTH, 1.0, 0.6, 0.05, key="gen_str"
     )
     if upload is None:
         return None, strength
     try:
         image = Image.open(io.BytesIO(upload.getvalue())).convert("RGB")
     except OSError as exc:
-        raise ValueError(
-            f"'{upload.name}' is not a readable image ({exc}): upload a PNG, JPEG or WebP"
-        ) from None
+        st.error(f"'{upload.name}' is not a readable image ({exc}): upload a PNG, JPEG or WebP")
+        return None
     st.image(image, caption="init image", width=160)
     return keep_init_image(upload.getvalue(), image), strength
 
@@ -178,14 +193,15 @@ def replay_ui(session, store) -> None:
     with tempfile.TemporaryDirectory(prefix="tokensmith-replay-") as tmp:
         path = Path(tmp) / "image.png"
         path.write_bytes(upload.getvalue())
-        prov = read_provenance(path)
+        label = repr(upload.name)  # errors name the user's file, not the temporary copy
+        prov = read_provenance(path, label=label)
         st.caption(f"prompt: {prov.get('prompt')!r} · seed {prov.get('seed')} · model {prov.get('model')}")
         if prov.get("model") not in (None, session.model.source):
             st.warning(f"made with model {prov.get('model')}; the studio uses {session.model.source}")
         if not st.button("Replay", key="gen_replay"):
             return
         with st.spinner("Replaying…"):
-            result = replay(path, store=store, session=session)
+            result = replay(path, store=store, session=session, label=label)
         original = np.asarray(Image.open(path).convert("RGB"))
     again = np.asarray(result.image.convert("RGB"))
     same = original.shape == again.shape and np.array_equal(original, again)
@@ -205,31 +221,52 @@ def replay_ui(session, store) -> None:
 
 # --- the page ---
 
+
+def generate_ui(store, inputs: dict) -> None:
+    """The results column: run the engine when asked (an error shows here and keeps the earlier results)."""
+    if inputs["clicked"]:
+        problems = [label for label in ("swaps", "init image") if inputs[label] is None]
+        if problems:
+            st.error(f"Fix the {' and the '.join(problems)} first (see the message under the field).")
+        else:
+            init, strength = inputs["init image"]
+            try:
+                session = context.generation_session(context.model_spec())
+                st.session_state["gen_results"] = generate(
+                    session, store, inputs["prompt"], inputs["negative"], inputs["settings"],
+                    inputs["swaps"], init, strength, inputs["guides"],
+                )  # fmt: skip
+            except context.user_errors() as exc:
+                st.error(context.error_text(exc))
+    if st.session_state.get("gen_results"):
+        results_ui(st.session_state["gen_results"])
+    else:
+        st.info("Results appear here, each with its provenance and a PNG download.")
+
+
 st.title("🎨 Generate")
 try:
     from studio.generation import SCHEDULERS
 
     store = context.store()
-    left, right = st.columns([2, 3], gap="large")
-    with left:
-        prompt, negative = prompt_ui(store.names())
-        settings = settings_ui(list(SCHEDULERS))
-        swaps = swaps_ui()
-        with st.expander("Image guidance and loss guidance"):
-            init, strength = init_ui()
-            guides = guides_ui()
-        clicked = st.button("Generate", type="primary", key="gen_go")
-    with right:
-        if clicked:
-            session = context.generation_session(context.model_spec())
-            st.session_state["gen_results"] = generate(
-                session, store, prompt, negative, settings, swaps, init, strength, guides
-            )
-        if st.session_state.get("gen_results"):
-            results_ui(st.session_state["gen_results"])
-        else:
-            st.info("Results appear here, each with its provenance and a PNG download.")
-    with st.expander("Replay an image"):
-        replay_ui(context.generation_session(context.model_spec()), store)
+    names = store.names()
 except context.user_errors() as exc:
     st.error(context.error_text(exc))
+    st.stop()
+left, right = st.columns([2, 3], gap="large")
+with left:
+    inputs = {}
+    inputs["prompt"], inputs["negative"] = prompt_ui(names)
+    inputs["settings"] = settings_ui(list(SCHEDULERS))
+    inputs["swaps"] = swaps_ui()
+    with st.expander("Image guidance and loss guidance"):
+        inputs["init image"] = init_ui()
+        inputs["guides"] = guides_ui()
+    inputs["clicked"] = st.button("Generate", type="primary", key="gen_go")
+with right:
+    generate_ui(store, inputs)
+with st.expander("Replay an image"):
+    try:
+        replay_ui(context.generation_session(context.model_spec()), store)
+    except context.user_errors() as exc:
+        st.error(context.error_text(exc))

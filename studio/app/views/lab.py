@@ -43,11 +43,11 @@ def schedule_plot(source: str, name: str, steps: int, _curves) -> bytes:
         return plot_schedule(_curves, Path(tmp) / "schedule.png", title=f"{source}: {name}").read_bytes()
 
 
-def schedule_ui(session, schedulers: list[str]) -> None:
-    from studio.generation import make_scheduler, schedule_curves
+def schedule_ui(session, _store) -> None:
+    from studio.generation import SCHEDULERS, make_scheduler, schedule_curves
 
     c1, c2 = st.columns(2)
-    name = c1.selectbox("Scheduler", schedulers, key="lab_sched")
+    name = c1.selectbox("Scheduler", list(SCHEDULERS), key="lab_sched")
     steps = c2.slider("Sampling steps", 1, 100, 20, key="lab_sched_steps")
     curves = schedule_curves(make_scheduler(name, session.model.pipe.scheduler.config), steps)
     every = max(1, len(curves.alphas_cumprod) // CURVE_POINTS)
@@ -58,8 +58,10 @@ def schedule_ui(session, schedulers: list[str]) -> None:
         "σ_t (noise std)": curves.sigmas[t].tolist(),
     }
     st.line_chart(chart, x="timestep t", height=240)
+    note = curves.explanation() and f" {curves.explanation()}; `evaluated_at` lists where the model runs."
     st.caption(
         "x_t = √ᾱ_t · x0 + σ_t · ε. The sampler visits the timesteps below, from noise (ᾱ≈0) to a picture."
+        + note
     )
     st.dataframe(curves.table(), hide_index=True, height=200)
     data = schedule_plot(session.model.source, name, steps, curves)
@@ -123,17 +125,10 @@ def guide_ui(session, store) -> None:
 # --- the page ---
 
 st.title("🔬 Lab")
-try:
-    from studio.generation import SCHEDULERS
-
-    session = context.generation_session(context.model_spec())
-    store = context.store()
-    schedule_tab, trace_tab, guide_tab = st.tabs(["Noise schedule", "Trace", "Loss guide"])
-    with schedule_tab:
-        schedule_ui(session, list(SCHEDULERS))
-    with trace_tab:
-        trace_ui(session, store)
-    with guide_tab:
-        guide_ui(session, store)
-except context.user_errors() as exc:
-    st.error(context.error_text(exc))
+schedule_tab, trace_tab, guide_tab = st.tabs(["Noise schedule", "Trace", "Loss guide"])
+for tab, tab_ui in ((schedule_tab, schedule_ui), (trace_tab, trace_ui), (guide_tab, guide_ui)):
+    with tab:
+        try:  # each tab on its own: a bad choice in one leaves the others working
+            tab_ui(context.generation_session(context.model_spec()), context.store())
+        except context.user_errors() as exc:
+            st.error(context.error_text(exc))
