@@ -193,6 +193,7 @@ class ProgressBar:
             dynamic_ncols=True,
             desc="training",
             disable=self.disable,
+            smoothing=0,  # the average rate since the first record: preview steps would swing tqdm's EMA
         )
 
     def write(self, line: str) -> None:
@@ -244,6 +245,7 @@ def run_train(args) -> int:
         "num_vectors": emb.num_vectors,
         "metrics": metrics,
         "run_dir": info["config"]["run_dir"],
+        "warning": info.get("warning", ""),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -251,6 +253,8 @@ def run_train(args) -> int:
         note = kept_note(result["steps"], result["trained_steps"])
         how = "; ".join(filter(None, [result["end"].replace("_", " "), note]))
         print(f"learned <{emb.name}> ({how}); use it in a prompt as <{emb.name}>")
+    if result["warning"]:
+        print(f"tokensmith train: warning: {result['warning']}", file=sys.stderr)
     return 0
 
 

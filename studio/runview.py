@@ -22,7 +22,7 @@ class RunState:
     total: int | None = None
     loss: float | None = None
     val_loss: float | None = None
-    metric: float | None = None
+    metric: float | None = None  # the newest preview score; a finished run's: the stored step's
     lr: float | None = None
     elapsed: float | None = None
     eta: float | None = None
@@ -122,19 +122,24 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
     else:
         status, message = "ended", "the trainer exited without a final report; its log is below"
     total = last.get("total")
+    kept = int(final["kept"]) if final and isinstance(final.get("kept"), int | float) else None
+    metric = _latest(rows, "metric")
+    stored = [_number(row, "metric") for row in rows if kept is not None and row.get("step") == kept]
+    if stored and stored[-1] is not None:  # keep = best may have stored an earlier step: show what was stored
+        metric = stored[-1]
     return RunState(
         status=status,
         step=int(last.get("step", 0)),
         total=int(total) if isinstance(total, int | float) else None,
         loss=_number(last, "loss"),
         val_loss=_latest(rows, "val_loss"),
-        metric=_latest(rows, "metric"),
+        metric=metric,
         lr=_number(last, "lr"),
         elapsed=_number(last, "elapsed"),
         eta=_number(last, "eta"),
         message=message,
         embedding_name=str(final["name"]) if final and final.get("name") else None,
-        kept_step=int(final["kept"]) if final and isinstance(final.get("kept"), int | float) else None,
+        kept_step=kept,
         history=rows,
         previews=_numbered_files(run_dir / "previews", "step-*.png"),
         snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),

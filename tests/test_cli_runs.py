@@ -80,3 +80,11 @@ def test_a_live_resume_of_a_finished_run_is_running_and_odd_folders_are_listed(t
     assert (rows["again"]["status"], rows["again"]["resume"]) == ("running", None)
     assert rows["bare"]["resume"] is None and rows["bare"]["message"].endswith("start it again")
     assert rows["broken"]["status"] == "unreadable" and "cannot read" in rows["broken"]["message"]
+
+
+def test_a_finished_runs_metric_is_the_stored_steps(tmp_path, capsys):
+    rows = [{"step": 2, "total": 4, "metric": 9.0}, {"step": 4, "total": 4, "metric": 30.0}]
+    done = {"event": "done", "message": "stored kept, kept step 2 of 4", "name": "kept", "kept": 2}
+    _run_folder(tmp_path / "runs", "kept", rows, done)
+    assert main(["runs", "--home", str(tmp_path), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)[0]["metric"] == 9.0  # not step 4's 30.0

@@ -162,6 +162,8 @@ def test_the_progress_bar_starts_its_clock_at_the_first_record(capsys):
     assert bar.bar is None
     bar({"step": 101, "loss": 0.2})  # resumed from step 100's checkpoint
     assert (bar.bar.initial, bar.bar.n, bar.bar.total) == (100, 101, 150)
+    # the rate is the average since the first record: a step slowed by previews does not swing the ETA
+    assert bar.bar.smoothing == 0
     bar.close()
     assert "run folder: /tmp/run" in capsys.readouterr().err
 
@@ -187,3 +189,26 @@ def test_under_a_multi_process_launch_only_the_main_process_shows_the_bar_and_re
     assert studio.cli_train.run_train(args) == EXIT_OK
     out, err = capsys.readouterr()
     assert "learned <cat>" in out and "training" in err
+
+
+def test_a_warning_from_the_stored_steps_previews_is_printed_and_in_the_json(monkeypatch, capsys):
+    import torch
+
+    import studio.cli_train
+    import trainers.trainer
+    from embeddings import Embedding
+
+    warning = "only 0% of the stored step's previews have the training images' shape (triangle); ..."
+
+    def fake_train(cfg, *, home, on_progress, echo):
+        trainer = {"end": "finished", "trained_steps": 150, "config": {"run_dir": "run"}, "warning": warning}
+        return Embedding(cfg.name, {"emb_params": torch.zeros(1, 8)}, {"trainer": json.dumps(trainer)})
+
+    monkeypatch.setattr(trainers.trainer, "train", fake_train)
+    args = build_parser().parse_args(["train", "--images", "x", "--name", "cat"])
+    assert studio.cli_train.run_train(args) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert "learned <cat>" in out and f"tokensmith train: warning: {warning}" in err
+    args = build_parser().parse_args(["train", "--images", "x", "--name", "cat", "--json"])
+    assert studio.cli_train.run_train(args) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["warning"] == warning

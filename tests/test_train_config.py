@@ -158,3 +158,8 @@ def test_a_new_run_is_numbered_after_the_highest_run_folder(tmp_path):
     (runs / "dog").mkdir()
     (runs / "dog" / "progress.jsonl").write_text("{}\n")
     assert resolve_run_dir(TrainConfig(name="dog"), tmp_path) == runs / "dog-2"
+    # --resume by name: the newest run that did not finish, before a newer finished one; else the newest
+    (runs / "cat-3" / "progress.jsonl").write_text('{"step": 0}\n{"event": "done", "message": "stored"}\n')
+    assert resolve_run_dir(TrainConfig(name="cat", resume=True), tmp_path) == runs / "cat"
+    (runs / "cat" / "progress.jsonl").write_text('{"step": 0}\n{"event": "done", "message": "stored"}\n')
+    assert resolve_run_dir(TrainConfig(name="cat", resume=True), tmp_path) == runs / "cat-3"

@@ -50,6 +50,21 @@ def test_a_resume_refuses_images_that_changed_since_the_run_began(tmp_path):
         train(resume, home=home, model=tiny_model("sd1"))
 
 
+def test_a_resume_refuses_an_image_changed_in_place_at_the_same_size(tmp_path):
+    images = square_images(tmp_path / "images")
+    for path in images.iterdir():  # uncompressed: the file size depends on the image size alone
+        Image.open(path).convert("RGB").save(path, compress_level=0)
+    home, run = tmp_path / "home", tmp_path / "run"
+    train(quick_config(images, run, steps=3), home=home, model=tiny_model("sd1"))
+    size = (images / "0.png").stat().st_size
+    red, green, blue = Image.open(images / "0.png").convert("RGB").split()
+    Image.merge("RGB", (blue, green, red)).save(images / "0.png", compress_level=0)  # a blue square now
+    assert (images / "0.png").stat().st_size == size
+    resume = quick_config(images, run, steps=6, resume=True, overwrite=True)
+    with pytest.raises(TokensmithError, match=r"\(3 -> 3 images: changed 0\.png\)"):
+        train(resume, home=home, model=tiny_model("sd1"))
+
+
 def test_a_token_too_long_for_the_prompts_is_refused_with_the_count_that_fits(tmp_path):
     images = square_images(tmp_path / "images")
     cfg = quick_config(images, tmp_path / "run", vectors=20)  # the tiny tokenizer reads 16 tokens

@@ -30,6 +30,9 @@ class ScriptedMetric:
     def rank(self, scores) -> float:
         return scores["metric"]
 
+    def doubt(self, scores) -> str:
+        return "scored above 5" if scores["metric"] > 5 else ""
+
 
 @pytest.fixture
 def images(tmp_path):
@@ -72,6 +75,24 @@ def test_the_best_scored_snapshot_is_stored_with_provenance(images, tmp_path, to
         assert a.tobytes() == b.tobytes()  # the stored preview shows the kept step
 
 
+def test_a_stored_step_whose_previews_doubt_the_concept_says_so(
+    images, tmp_path, tokensmith_home, monkeypatch
+):
+    _script(monkeypatch, [9.0, 8.0, 6.0, 7.0])  # the best (step 4, 6.0) still doubts
+    train(_config(images, tmp_path), home=tokensmith_home, model=_model())
+    stored = Store.for_home(tokensmith_home).get("kept")
+    assert json.loads(stored.meta["trainer"])["warning"] == "scored above 5"
+    done = RunFolder(tmp_path / "run").read_progress()[-1]
+    assert done["warning"] == "scored above 5" and done["message"].endswith("; warning: scored above 5")
+    _script(monkeypatch, [9.0, 8.0, 1.0, 7.0])  # the best says learned: no warning anywhere
+    train(
+        _config(images, tmp_path, name="fine", run_dir=str(tmp_path / "fine")),
+        home=tokensmith_home,
+        model=_model(),
+    )
+    assert "warning" not in json.loads(Store.for_home(tokensmith_home).get("fine").meta["trainer"])
+
+
 def test_keep_last_stores_the_final_step(images, tmp_path, tokensmith_home, monkeypatch):
     _script(monkeypatch, [9.0, 5.0, 1.0, 7.0])
     train(_config(images, tmp_path, keep="last"), home=tokensmith_home, model=_model())
@@ -105,6 +126,21 @@ def test_the_best_so_far_survives_a_stop_and_resume(
     stored = Store.for_home(tokensmith_home).get("kept")
     assert torch.equal(stored.vectors["emb_params"], _snapshot(tmp_path, stored_step))
     assert stored.meta["steps"] == str(stored_step)
+
+
+def test_the_demo_judge_doubts_a_wrong_shape_or_a_far_colour():
+    judge = DemoJudgeMetric(target_rgb=(128.0, 0.0, 128.0), target_shape="triangle")
+    assert judge.doubt({"metric": 12.0, "shape_match": 0.75}) == ""
+    assert judge.doubt({}) == ""  # previews off
+    shape = judge.doubt({"metric": 12.0, "shape_match": 0.25})
+    assert shape.startswith(
+        "only 25% of the stored step's previews have the training images' shape (triangle)"
+    )
+    assert "--vectors 4" in shape
+    colour = judge.doubt({"metric": 55.0, "shape_match": 1.0})
+    assert colour.startswith("the stored step's previews are 55 RGB units off") and "--vectors 4" in colour
+    shapeless = DemoJudgeMetric(target_rgb=(128.0, 0.0, 128.0), target_shape=None)
+    assert shapeless.doubt({"metric": 12.0, "shape_match": 0.0}) == ""
 
 
 def test_the_demo_judge_ranks_a_wrong_shape_as_a_colour_distance():

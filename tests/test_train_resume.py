@@ -212,6 +212,10 @@ def test_a_run_that_stopped_early_continues_with_early_stopping_off(setup, tmp_p
     assert (done["reason"], done["steps"]) == ("early_stopped", 16)
     assert main(["train", "--run-dir", str(run), "--resume", "--overwrite", "--home", home]) == EXIT_ERROR
     assert "--no-early-stopping (it stopped early)" in capsys.readouterr().err
+    # more steps under the same early-stopping rule would stop again before a new step: refused, with the hint
+    longer = ["train", "--run-dir", str(run), "--resume", "--overwrite", "--steps", "30", "--home", home]
+    assert main(longer) == EXIT_ERROR
+    assert "--no-early-stopping (it stopped early)" in capsys.readouterr().err
     further = [
         "train",
         "--run-dir",

@@ -3,6 +3,7 @@ would have: the same config values, the same images. Each refusal names what cha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -63,8 +64,17 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
 
 
 def image_list(images) -> list[list]:
-    """[file name, size in bytes] of each training image: what a resume checks is still there."""
-    return [[image.path.name, image.path.stat().st_size] for image in images]
+    """[file name, size in bytes, sha256 of the bytes] of each training image: what a resume checks is still
+    there, unchanged (an edit that keeps the size, such as swapped colours in an uncompressed PNG, too)."""
+    return [[image.path.name, image.path.stat().st_size, _sha256(image.path)] for image in images]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:
@@ -72,8 +82,11 @@ def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:
     before anything in the run folder is rewritten (its config.toml stays the run's own, as advised)."""
     before = folder.read_image_list()
     now = image_list(images)
+    if before and len(before[0]) == 2:  # a run from before the list held hashes: names and sizes
+        now = [entry[:2] for entry in now]
     if before is not None and before != now:
-        was, is_ = dict(map(tuple, before)), dict(map(tuple, now))
+        was = {entry[0]: tuple(entry[1:]) for entry in before}
+        is_ = {entry[0]: tuple(entry[1:]) for entry in now}
         changed = {name for name in was.keys() & is_.keys() if was[name] != is_[name]}
         parts = [
             _few("added", is_.keys() - was.keys()),
@@ -114,14 +127,24 @@ def refuse_changes(latest: Path, folder: RunFolder, saved: dict, step: int, cfg:
 def check_train_further(cfg: TrainConfig, folder: RunFolder, done: dict) -> None:
     """A finished run (its `done` event) resumes only to train further: more steps, or other ending rules."""
     trained = int(done.get("steps") or 0)
+    stopped_early = done.get("reason") == "early_stopped"
     try:
         before = config_io.load(folder.config_path)  # the finished run's resolved config
         changed = any(getattr(before, key) != getattr(cfg, key) for key in ENDING)
+        # the same rule on the same validation losses would stop it again before its first new step
+        stops_again = (
+            stopped_early
+            and cfg.early_stopping
+            and all(
+                getattr(before, key) == getattr(cfg, key)
+                for key in ("min_steps", "dvar_window", "dvar_threshold")
+            )
+        )
     except (OSError, TokensmithError):
-        changed = False
-    if changed and cfg.steps > trained:
+        changed = stops_again = False
+    if changed and cfg.steps > trained and not stops_again:
         return
-    hint = " and --no-early-stopping (it stopped early)" if done.get("reason") == "early_stopped" else ""
+    hint = " and --no-early-stopping (it stopped early)" if stopped_early else ""
     raise TokensmithError(
         f"the run in {folder.root} already finished ({done.get('message')}); nothing to resume. To train "
         f"it further, pass --resume with --steps above {trained}{hint}, and --overwrite to replace the "

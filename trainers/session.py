@@ -36,7 +36,8 @@ def default_home() -> Path:
 
 
 def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
-    """cfg.run_dir, else HOME/runs/NAME (NAME-2, NAME-3, ... when taken; the newest one when resuming)."""
+    """cfg.run_dir, else HOME/runs/NAME (NAME-2, NAME-3, ... when taken). Resuming: the newest run of NAME
+    that did not finish (what a resume is for), else the newest (a finished run trained further)."""
     if cfg.run_dir:
         return Path(cfg.run_dir).expanduser()
     runs = Path(home) / "runs"
@@ -47,8 +48,15 @@ def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
         begun = [p for p in taken if (p / "progress.jsonl").exists() or (p / "config.toml").exists()]
         if not begun:
             raise TokensmithError(f"no run of '{cfg.name}' to resume under {runs}; pass --run-dir DIR")
-        return begun[-1]
+        unfinished = [p for p in begun if not _finished(p)]
+        return (unfinished or begun)[-1]
     return runs / cfg.name if not existing else _next_numbered(runs, cfg.name)
+
+
+def _finished(folder: Path) -> bool:
+    """Whether the run in `folder` ended with its `done` event."""
+    records = RunFolder(folder).read_progress()
+    return bool(records) and records[-1].get("event") == "done"
 
 
 def _numbered(runs: Path, name: str) -> list[Path]:
@@ -273,6 +281,10 @@ class RunState:
         if self.best is None or value <= self.best["rank"]:
             self.best = {"step": step, "rank": value, "scores": dict(scores)}
 
+    def kept_scores(self, kept: int, trained: int) -> dict:
+        """The preview scores of the stored step ({} when previews were off)."""
+        return self.best["scores"] if kept != trained and self.best else self.last_metric
+
     def kept_step(self, last_step: int) -> int:
         """The step whose vectors are stored: the best-ranked snapshot (keep = best), else the last step."""
         if self.cfg.keep == "best" and self.best is not None:
@@ -280,9 +292,10 @@ class RunState:
         return last_step
 
     def embedding(
-        self, vectors: dict, model, spec, *, steps: int, trained: int, stopper, reason: str
+        self, vectors: dict, model, spec, *, steps: int, trained: int, stopper, reason: str, warning: str = ""
     ) -> Embedding:
-        """The vectors of step `steps` (of `trained` run) with full provenance metadata."""
+        """The vectors of step `steps` (of `trained` run) with full provenance metadata; `warning` says why
+        the stored step's previews doubt that the concept was learned."""
         best = stopper.best()
         kept_best = steps != trained
         meta = {
@@ -299,6 +312,7 @@ class RunState:
                     "end": reason,
                     "trained_steps": trained,
                     "kept": "best" if kept_best else "last",
+                    **({"warning": warning} if warning else {}),
                 }
             ),
             "metrics": json.dumps(
@@ -307,7 +321,7 @@ class RunState:
                     "best_val_loss": best[1] if best else None,
                     "best_val_step": best[0] if best else None,
                     "before": self.first_metric,
-                    "after": self.best["scores"] if kept_best else self.last_metric,
+                    "after": self.kept_scores(steps, trained),
                     "last": self.last_metric,
                 }
             ),

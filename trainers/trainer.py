@@ -139,7 +139,9 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
         echo("multi-GPU / multi-node: " + commands[1])
-        echo("preparing: loading the model, caching the images' latents, step 0's validation and previews")
+        resumed = "the run's cached latents and checkpoint"
+        fresh = "caching the images' latents, step 0's validation and previews"
+        echo(f"preparing: loading the model, {resumed if cfg.resume else fresh}")
     if model is None:
         try:
             model = _load(cfg)
@@ -213,7 +215,8 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
                 echo(note)
         conditioner = attach_rows(model, spec, cfg, stored)
         steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state)
-        emb = _finish(cfg, model, spec, conditioner, folder, store, state, steps.run(stop))
+        ending = steps.run(stop)
+        emb = _finish(cfg, model, spec, conditioner, folder, store, state, ending, metric=steps.metric)
         conditioner = None
         return emb
     except BaseException as exc:
@@ -270,7 +273,7 @@ def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithErro
 # --- the result ---
 
 
-def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending) -> Embedding:
+def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending, *, metric) -> Embedding:
     vectors = {rows.key: detach_rows(rows) for rows in conditioner.rows}
     trained = ending.steps
     kept = trained
@@ -278,8 +281,18 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending)
         kept = state.kept_step(trained)
     if kept != trained:  # keep = best: an earlier snapshot's previews scored better than the last ones
         vectors = load_canonical(folder.snapshot_path(kept)).vectors
+    warning = ""
+    if metric is not None and ending.reason != "stopped":
+        warning = metric.doubt(state.kept_scores(kept, trained))
     emb = state.embedding(
-        vectors, model, spec, steps=kept, trained=trained, stopper=ending.stopper, reason=ending.reason
+        vectors,
+        model,
+        spec,
+        steps=kept,
+        trained=trained,
+        stopper=ending.stopper,
+        reason=ending.reason,
+        warning=warning,
     )
     if not state.accelerator.is_main_process:
         return emb
@@ -297,6 +310,8 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending)
     path = store.put(emb, overwrite=cfg.overwrite, preview=preview)
     how = "; ".join(filter(None, [ending.reason.replace("_", " "), kept_note(kept, trained)]))
     message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
+    if warning:
+        message += f"; warning: {warning}"
     failed_upload = None
     if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
         try:
@@ -306,7 +321,14 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending)
             failed_upload = exc
             message += f"; not uploaded: {exc}"
     folder.event(
-        "done", message, name=cfg.name, path=str(path), steps=trained, kept=kept, reason=ending.reason
+        "done",
+        message,
+        name=cfg.name,
+        path=str(path),
+        steps=trained,
+        kept=kept,
+        reason=ending.reason,
+        **({"warning": warning} if warning else {}),
     )
     if failed_upload:
         raise failed_upload

@@ -99,6 +99,12 @@ class EarlyStopper:
 DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}
 MAX_RGB_DISTANCE = 441.7  # |(255, 255, 255)|: the score of an empty sample
 SHAPE_MISS_COST = 100.0  # RGB distance a wrong shape in every sample adds when snapshots are ranked
+LEARNED_DISTANCE = 40.0  # the README's bar: a colour under this many RGB units off counts as learned
+LEARNED_SHAPES = 0.5  # ... and at least this share of samples with the training images' shape
+MORE_VECTORS = (
+    "the token may not hold the concept: more vectors hold more attributes (--vectors 4), and so may other "
+    "training images"
+)
 
 
 def sample_images(pipe, prompt: str, *, count: int, seed: int, steps: int, guidance: float) -> list:
@@ -168,6 +174,23 @@ class DemoJudgeMetric:
         missed = 1.0 - scores.get("shape_match", 1.0) if self.target_shape else 0.0
         return scores["metric"] + SHAPE_MISS_COST * missed
 
+    def doubt(self, scores: dict[str, float]) -> str:
+        """Why the stored step's previews say the concept was not learned, or '' when they say it was."""
+        if not scores:
+            return ""
+        if self.target_shape and scores.get("shape_match", 1.0) < LEARNED_SHAPES:
+            share = scores["shape_match"]
+            return (
+                f"only {share:.0%} of the stored step's previews have the training images' shape "
+                f"({self.target_shape}); {MORE_VECTORS}"
+            )
+        if scores["metric"] >= LEARNED_DISTANCE:
+            return (
+                f"the stored step's previews are {scores['metric']:.0f} RGB units off the training images' "
+                f"colour (under {LEARNED_DISTANCE:.0f} counts as learned); {MORE_VECTORS}"
+            )
+        return ""
+
 
 @dataclass(frozen=True)
 class ClipImageMetric:
@@ -225,6 +248,10 @@ class ClipImageMetric:
     def rank(self, scores: dict[str, float]) -> float:
         """Lower is better: the negated image-image similarity."""
         return -scores["metric"]
+
+    def doubt(self, scores: dict[str, float]) -> str:
+        """'': CLIP similarity has no threshold that means "learned" for every concept and model."""
+        return ""
 
 
 def preview_metric(cfg, spec, family: str, images):
