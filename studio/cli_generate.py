@@ -204,18 +204,24 @@ def make_request(args, prompt: str, **overrides):
 
 
 class StepProgress:
-    """A tqdm bar on stderr fed by the session's on_step."""
+    """A tqdm bar on stderr fed by the session's on_step, drawn at the first step: a prompt refused before
+    sampling (an unknown embedding, a bad swap) shows its error alone, without an empty bar above it."""
 
     def __init__(self, total: int, desc: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+        self.total, self.desc = total, desc
+        self.bar = None
 
     def __call__(self, info) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            options = {"unit": "step", "file": sys.stderr, "leave": False, "dynamic_ncols": True}
+            self.bar = tqdm(total=self.total, desc=self.desc, **options)
         self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _slug(prompt: str) -> str:

@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_exit_1_and_no_file(model_dir, store, tmp_path, ca
     )
     last = err.strip().splitlines()[-1]
     assert code == 1 and words in last and last.startswith("tokensmith generate: error:")
-    assert not out.exists()
+    assert not out.exists() and "generate:   0%" not in err  # no empty progress bar above the error
 
 
 def test_unreadable_init_image_is_refused(model_dir, tmp_path, capsys):
