@@ -117,7 +117,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run_variations(args) -> int:
-    from studio.generation import compose, parse_seeds, save_image
+    from studio.generation import check_swaps, compose, parse_seeds, save_image
     from studio.generation.img2img import check_strength, load_init_image
 
     check_strength(args.strength)
@@ -131,6 +131,7 @@ def run_variations(args) -> int:
     check_init_image(args.init_image)
     session = session_for(args)
     requests = [make_request(args, p, init_image=args.init_image, strength=args.strength) for p in prompts]
+    check_swaps(requests)  # across all the prompts: a swap word may belong to one of them
     total = len(seeds) * sum(session.step_count(req) for req in requests)  # also checks every request
     size = (
         session.model.resolution if args.width is None else args.width,
@@ -209,9 +210,9 @@ def run_replay(args) -> int:
         raise ValueError(f"--out {args.out}: images are written as PNG (with provenance); use a .png name")
     refuse_existing(args.out, args.force)
     result = replay(args.image, store=store_for(args), model=args.model)
-    save_png(result, args.out, overwrite=args.force)
-    with Image.open(args.image) as original:
+    with Image.open(args.image) as original:  # read before writing: --out may be the image itself
         same = np.array_equal(np.asarray(original.convert("RGB")), np.asarray(result.image))
+    save_png(result, args.out, overwrite=args.force)
     verdict = (
         "pixel-identical to the original"
         if same
@@ -222,7 +223,7 @@ def run_replay(args) -> int:
 
 
 def run_grid(args) -> int:
-    from studio.generation import parse_seeds, parse_sweep, render_grid, save_image
+    from studio.generation import check_swaps, parse_seeds, parse_sweep, render_grid, save_image
     from studio.generation.grid import requests_for
     from studio.generation.img2img import check_strength
 
@@ -236,6 +237,7 @@ def run_grid(args) -> int:
     sweep = parse_sweep(args.sweep)
     base = make_request(args, args.prompt, init_image=args.init_image, strength=args.strength)
     rows = [requests_for(base, sweep[0], value) for value in sweep[1]]  # a bad value fails before loading
+    check_swaps(rows)  # across all the rows: a swap word may occur in some swept prompts only
     session = session_for(args)
     progress = StepProgress(len(seeds) * sum(session.step_count(req) for req in rows), "grid")
     try:

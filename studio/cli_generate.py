@@ -7,6 +7,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 GENERATE_EPILOG = """\
@@ -261,13 +262,6 @@ def _trace_path(trace: Path, image: Path) -> Path:
     return trace / f"{image.stem}-trace.png"
 
 
-def run_steps(args) -> int:
-    """The sampling steps one image runs: --steps, or its last --strength share with --init-image."""
-    if getattr(args, "init_image", None) is None:
-        return args.steps
-    return max(1, min(int(args.steps * args.strength), args.steps))
-
-
 def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
     from studio.generation.trace import default_trace_steps
 
@@ -286,7 +280,7 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
 
 
 def run_generate(args) -> int:
-    from studio.generation import save_image, save_png
+    from studio.generation import check_swaps, save_image, save_png
     from studio.generation.img2img import check_strength
 
     if args.init_image is not None:
@@ -294,17 +288,15 @@ def run_generate(args) -> int:
         check_init_image(args.init_image)
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
     paths = _output_paths(args.out, args.prompt, seeds, trace=args.trace, force=args.force)
-    trace_steps = _trace_steps(args.trace_steps, run_steps(args)) if args.trace else ()
     req = make_request(
-        args,
-        args.prompt,
-        num_images=args.num_images,
-        init_image=args.init_image,
-        strength=args.strength,
-        trace_steps=trace_steps,
+        args, args.prompt, num_images=args.num_images, init_image=args.init_image, strength=args.strength
     )
+    check_swaps([req])
     session = session_for(args)
-    progress = StepProgress(args.num_images * session.step_count(req), "generate")
+    steps = session.step_count(req)  # the session's own count: img2img runs part, PNDM's warm-up counts too
+    if args.trace:
+        req = replace(req, trace_steps=_trace_steps(args.trace_steps, steps))
+    progress = StepProgress(args.num_images * steps, "generate")
     try:
         results = session.generate(req, store=store_for(args), on_step=progress)
     finally:

@@ -371,3 +371,57 @@ def test_schedule_refuses_more_steps_than_generate_allows(model_dir, tmp_path, c
         capsys, "schedule", "--model", model_dir, "--steps", "5000", "--out", str(tmp_path / "s.png")
     )
     assert code == 1 and "at most 1000" in err
+
+
+def test_a_swap_needs_to_match_one_prompt_of_a_grid_or_variations(model_dir, tmp_path, capsys):
+    common = ["--seeds", "0", "--model", model_dir, "--steps", "2", "--swap", "square=triangle"]
+    sweep = ["--sweep", "shape=circle,square"]
+    code, _stdout, err = run(
+        capsys, "grid", "a red {shape}", *sweep, *common, "--out", str(tmp_path / "g.png")
+    )
+    assert code == 0, err
+    init = tmp_path / "init.png"
+    Image.new("RGB", (16, 16), "red").save(init)
+    prompts = ["--prompts", "a red circle|a blue square", "--init-image", str(init)]
+    code, _stdout, err = run(capsys, "variations", *prompts, *common, "--out", str(tmp_path / "v.png"))
+    assert code == 0, err
+    # a word in none of them is refused before anything renders
+    code, _stdout, err = run(capsys, "grid", "a red {shape}", *sweep, *common[:-1], "star=triangle",
+                             "--out", str(tmp_path / "g2.png"))  # fmt: skip
+    assert code == 1 and "swap 'star' matches no word" in err and "step/s" not in err  # nothing rendered
+
+
+def test_pndm_img2img_traces_the_steps_it_runs(model_dir, tmp_path, capsys):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (16, 16), "red").save(init)
+    trace = ["--trace", str(tmp_path / "tr"), "--out", str(tmp_path / "p.png")]
+    args = ["a circle", "--model", model_dir, "--scheduler", "pndm", "--steps", "10", "--init-image",
+            str(init), "--strength", "0.3", *trace]  # fmt: skip
+    from studio.generation import GenerateRequest, Session
+
+    runs = Session(str(model_dir)).step_count(
+        GenerateRequest("a circle", scheduler="pndm", steps=10, init_image=str(init), strength=0.3)
+    )
+    code, _stdout, err = run(capsys, "generate", *args, "--trace-steps", str(runs - 1))
+    assert code == 0, err  # the last step the session runs can be traced (it was refused past 3 of 10)
+
+
+def test_replay_onto_the_image_itself_compares_with_the_original(
+    model_dir, store, tmp_path, capsys, monkeypatch
+):
+    image = tmp_path / "img.png"
+    assert (
+        run(capsys, "generate", "a circle", "--model", model_dir, "--steps", "2", "--out", str(image))[0] == 0
+    )
+    from studio.generation import provenance
+
+    real = provenance.replay
+
+    def redrawn(*args, **kwargs):  # as if this machine drew it differently
+        result = real(*args, **kwargs)
+        result.image.paste((255, 0, 255), (0, 0, 4, 4))
+        return result
+
+    monkeypatch.setattr("studio.generation.replay", redrawn)
+    code, stdout, _err = run(capsys, "replay", str(image), "--out", str(image), "--force")
+    assert code == 0 and "differs from the original" in stdout

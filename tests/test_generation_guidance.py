@@ -89,6 +89,23 @@ def test_user_module_contract(tmp_path, monkeypatch):
         guided_x0(x0, [parse_guide("module=my_losses:constant")], 0, identity)
 
 
+def test_a_module_edited_since_it_was_imported_is_reloaded(tmp_path, monkeypatch):
+    # the studio is one long process: the loss that runs must be the file whose hash provenance records
+    import sys
+
+    source = tmp_path / "edited_losses.py"
+    source.write_text("def level(image):\n    return image.mean() * 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "edited_losses", raising=False)
+    image = torch.full((1, 3, 2, 2), 0.5)
+    first = parse_guide("module=edited_losses:level")
+    assert first.loss(image).item() == pytest.approx(0.5)
+    source.write_text("def level(image):\n    return image.mean() * 3\n")  # the same size, maybe second
+    second = parse_guide("module=edited_losses:level")
+    assert second.loss(image).item() == pytest.approx(1.5)
+    assert second.file.sha256 != first.file.sha256
+
+
 def test_inactive_steps_leave_x0_alone():
     x0 = torch.rand(1, 3, 4, 4)
     assert guided_x0(x0, [parse_guide("color=red,every=2")], 1, lambda x: x) is x0

@@ -1,6 +1,7 @@
 """studio/generation/provenance.py: PNG chunks, A1111 parameters, pixel-identical replay, what blocks it."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -97,6 +98,25 @@ def test_replay_is_pixel_identical(session, store, tmp_path):
     again = replay(path, store=store, session=session)
     assert np.array_equal(np.asarray(again.image), np.asarray(Image.open(path).convert("RGB")))
     assert again.provenance == results[1].provenance | {"batch_seed": 12, "batch_index": 0}
+
+
+@pytest.mark.parametrize("scheduler", ["heun", "pndm"])
+def test_an_image_timed_by_model_evaluations_replays_as_it_was_made(session, store, tmp_path, scheduler):
+    # images made before prompt editing and every=K guides counted sampling steps were timed by model
+    # evaluations, and their provenance has no step_clock: a replay keeps their timing
+    request = _request(
+        prompt="a [red:blue:0.5] puppy", steps=6, scheduler=scheduler, guides=("color=green,every=2",)
+    )
+    old = session.generate(replace(request, step_clock="evaluations"), store=store)[0]
+    new = session.generate(request, store=store)[0]
+    assert not np.array_equal(np.asarray(old.image), np.asarray(new.image))  # the two clocks differ here
+    made_before = replace(old, provenance={k: v for k, v in old.provenance.items() if k != "step_clock"})
+    path = save_png(made_before, tmp_path / "before.png")
+    again = replay(path, store=store, session=session)
+    assert np.array_equal(np.asarray(again.image), np.asarray(old.image))
+    path = save_png(new, tmp_path / "now.png")
+    assert read_provenance(path)["step_clock"] == "steps"
+    assert np.array_equal(np.asarray(replay(path, store=store, session=session).image), np.asarray(new.image))
 
 
 def test_replay_of_img2img_is_pixel_identical(session, tmp_path):

@@ -235,9 +235,15 @@ def test_zero_width_is_refused_not_taken_as_native(session):
         session.generate(GenerateRequest("a circle", steps=2, width=0))
 
 
-def test_a_swap_whose_word_is_not_in_the_prompt_is_an_error(session, store):
+def test_a_swap_whose_word_is_in_no_prompt_of_the_run_is_an_error(session, store):
+    from studio.generation import check_swaps
+
     with pytest.raises(TokensmithError, match="swap 'pupy' matches no word"):
-        session.generate(GenerateRequest("a puppy", steps=2, swaps={"pupy": "<dog>"}), store=store)
-    session.generate(
-        GenerateRequest("a circle", negative="a Puppy", steps=2, swaps={"puppy": "<dog>"}), store=store
-    )
+        check_swaps([GenerateRequest("a puppy", steps=2, swaps={"pupy": "<dog>"})])
+    check_swaps([GenerateRequest("a circle", negative="a Puppy", swaps={"puppy": "<dog>"})])
+    # a grid's rows or variations' prompts: a swap word needs to occur in one of them only
+    swaps = {"square": "triangle"}
+    check_swaps([GenerateRequest("a red circle", swaps=swaps), GenerateRequest("a red square", swaps=swaps)])
+    # the session itself does not refuse, so an image made before the check (its provenance holds such a
+    # swap) still replays
+    session.generate(GenerateRequest("a circle", steps=2, swaps={"dog": "<dog>"}), store=store)

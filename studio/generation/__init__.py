@@ -7,7 +7,14 @@ from studio.generation.img2img import InitImageError
 from studio.generation.prompt import PromptError, parse, parse_swap
 from studio.generation.provenance import ReplayError, read_provenance, replay, save_image, save_png
 from studio.generation.schedule import SCHEDULERS, make_scheduler, plot_schedule, schedule_curves
-from studio.generation.session import GenerateRequest, Result, Session, StepInfo, swaps_from_specs
+from studio.generation.session import (
+    GenerateRequest,
+    Result,
+    Session,
+    StepInfo,
+    check_swaps,
+    swaps_from_specs,
+)
 
 __all__ = [
     "SCHEDULERS",
@@ -21,6 +28,7 @@ __all__ = [
     "Result",
     "Session",
     "StepInfo",
+    "check_swaps",
     "compose",
     "load_stored",
     "make_scheduler",

@@ -17,7 +17,9 @@ Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`,
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,7 +170,7 @@ def module_loss(target: str) -> Loss:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
+        module = _current_module(module_name)
     except ImportError as exc:
         raise GuideError(f"--guide-module {target!r}: cannot import {module_name!r} ({exc})") from exc
     func = getattr(module, func_name, None)
@@ -184,6 +186,28 @@ def module_loss(target: str) -> Loss:
     except ValueError:  # some builtins have no signature to check: the first call says
         pass
     return func
+
+
+_LOADED_SOURCES: dict[str, str] = {}  # guide module -> sha256 of the source this process runs
+
+
+def _current_module(module_name: str):
+    """The module as its source file is now: a long-lived process (the studio) reloads a module edited since
+    it was imported, so the code that runs is the code whose hash the image's provenance records."""
+    import sys
+
+    loaded = module_name in sys.modules
+    module = importlib.import_module(module_name)
+    source = module_source(module_name)
+    if source is None:
+        return module
+    digest = file_sha256(source)
+    if loaded and _LOADED_SOURCES.get(module_name) != digest:
+        with contextlib.suppress(NotImplementedError, OSError):  # a .pyc of the same size and second is stale
+            Path(importlib.util.cache_from_source(str(source))).unlink(missing_ok=True)
+        module = importlib.reload(module)
+    _LOADED_SOURCES[module_name] = digest
+    return module
 
 
 def module_source(module_name: str) -> Path | None:

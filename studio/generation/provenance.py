@@ -68,6 +68,7 @@ def provenance_dict(
         "guide_files": [g.record() for g in guides if g.file is not None],
         "scheduler": req.scheduler,
         "steps": req.steps,
+        "step_clock": req.step_clock,
         "guidance": req.guidance,
         "seed": seed,
         "batch_seed": req.seed,
@@ -175,6 +176,7 @@ def request_from(prov: dict) -> Any:
         init_image=init["path"] if init else None,
         strength=float(prov["strength"]) if prov.get("strength") is not None else 0.6,
         guides=tuple(prov.get("guides") or ()),
+        step_clock=prov.get("step_clock", "evaluations"),  # images from before it was recorded
     )
 
 

@@ -60,6 +60,24 @@ class GenerateRequest:
     strength: float = 0.6
     guides: tuple[str, ...] = ()  # guidance.py specs: "color=green", "module=pkg.mod:fn,scale=0.5"
     trace_steps: tuple[int, ...] = ()  # sampling steps to trace (0-based); empty: no trace
+    # What times prompt editing ([a:b:0.5]) and every=K guides: sampling steps; "evaluations" (each model
+    # evaluation, which Heun and PNDM make more of than steps) is how images made before step counting were
+    # timed, so their replays come out identical.
+    step_clock: str = "steps"
+
+
+def check_swaps(requests: list[GenerateRequest]) -> None:
+    """Refuse a swap word that occurs in no prompt or negative prompt of `requests` (one run's: a grid's rows,
+    variations' prompts), which would silently do nothing. The doors call it before rendering; the session
+    does not, so an image made before this check still replays."""
+    swaps = {word: target for req in requests for word, target in req.swaps.items()}
+    prompts = [parse(text) for req in requests for text in (req.prompt, req.negative)]
+    unmatched = unmatched_swaps(swaps, *prompts)
+    if unmatched:
+        raise TokensmithError(
+            f"swap {', '.join(map(repr, unmatched))} matches no word of the prompt or the negative prompt: "
+            "check the spelling (a swap replaces a whole word, in any case)"
+        )
 
 
 @dataclass
@@ -107,15 +125,8 @@ class Session:
     ) -> list[Result]:
         """Render `req.num_images` images (seeds seed, seed+1, ...); each Result carries its provenance."""
         req = self._resolved(req)
-        parsed, parsed_negative = parse(req.prompt), parse(req.negative)
-        unmatched = unmatched_swaps(req.swaps, parsed, parsed_negative)
-        if unmatched:
-            raise TokensmithError(
-                f"swap {', '.join(map(repr, unmatched))} matches no word of the prompt or the negative "
-                "prompt: check the spelling (a swap replaces a whole word, in any case)"
-            )
-        nodes = apply_swaps(parsed, req.swaps)
-        negative = apply_swaps(parsed_negative, req.swaps)
+        nodes = apply_swaps(parse(req.prompt), req.swaps)
+        negative = apply_swaps(parse(req.negative), req.swaps)
         used = self.encoder.require(nodes, store) + self.encoder.require(negative, store)
         guides = [parse_guide(spec) for spec in req.guides]
         init = None
@@ -185,8 +196,10 @@ class Session:
         timesteps, starts = self._schedule(scheduler, req, img2img=init is not None)
         steps = len(starts)
         step_of = [sum(1 for s in starts if s <= i) - 1 for i in range(len(timesteps))]  # evaluation -> step
-        plan = self.encoder.plan(nodes, steps)
-        negative_plan = self.encoder.plan(negative, steps)
+        by_evaluation = req.step_clock == "evaluations"
+        clock = len(timesteps) if by_evaluation else steps
+        plan = self.encoder.plan(nodes, clock)
+        negative_plan = self.encoder.plan(negative, clock)
         if not negative and self.model.is_sdxl and pipe.config.get("force_zeros_for_empty_prompt", False):
             negative_plan = _zeros_like(plan)  # SDXL's convention for an empty negative prompt
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -212,14 +225,15 @@ class Session:
         for i, t in enumerate(timesteps):
             step = step_of[i]
             traced = trace is not None and step in wanted and i == starts[step]  # a step's first evaluation
-            fraction = step / steps
+            fraction = i / clock if by_evaluation else step / clock
             x_in = scheduler.scale_model_input(latents, t)  # (1, C, h, w), variance-preserving scale
             out = self._predict(x_in, t, plan.at(fraction), negative_plan.at(fraction), req)
             if guides or traced:
                 alpha_bar = self._alpha_bar(scheduler, t)
                 x0 = _predicted_x0(out, x_in, alpha_bar, self.model.prediction_type)  # (1, C, h, w)
                 if guides:
-                    latents, out, x0 = self._guide(scheduler, t, latents, out, x0, alpha_bar, guides, step)
+                    at = i if by_evaluation else step
+                    latents, out, x0 = self._guide(scheduler, t, latents, out, x0, alpha_bar, guides, at)
                 if traced:
                     trace.frames.append(
                         TraceFrame(step, round(float(t)), self._decode(x_in), self._decode(x0))

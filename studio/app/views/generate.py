@@ -143,7 +143,7 @@ def generate(
     session, store, prompt: str, negative: str, settings: dict, swaps, init, strength, guides
 ) -> list:
     """Run the engine with a progress bar; returns [(png bytes with provenance, provenance), ...]."""
-    from studio.generation import GenerateRequest
+    from studio.generation import GenerateRequest, check_swaps
     from studio.generation.provenance import png_bytes
 
     if not prompt:
@@ -157,6 +157,7 @@ def generate(
         guides=guides,
         **settings,
     )
+    check_swaps([request])
     bar = st.progress(0.0, text="sampling…")
 
     def on_step(info) -> None:
