@@ -107,7 +107,8 @@ def init_ui() -> tuple[Path | None, float] | None:
     try:
         image = Image.open(io.BytesIO(upload.getvalue())).convert("RGB")
     except OSError as exc:
-        st.error(f"'{upload.name}' is not a readable image ({exc}): upload a PNG, JPEG or WebP")
+        reason = str(exc).split(" <_io.")[0]  # PIL names the in-memory buffer: not the user's file
+        st.error(f"'{upload.name}' is not a readable image ({reason}): upload a PNG, JPEG or WebP")
         return None
     st.image(image, caption="init image", width=160)
     return keep_init_image(upload.getvalue(), image), strength
