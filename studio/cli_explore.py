@@ -11,7 +11,7 @@ from studio.cli_generate import (
     SCHEDULERS,
     StepProgress,
     add_command,
-    check_init_image,
+    check_img2img,
     force_option,
     img2img_options,
     make_request,
@@ -118,9 +118,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def run_variations(args) -> int:
     from studio.generation import check_swaps, compose, parse_seeds, save_image
-    from studio.generation.img2img import check_strength, load_init_image
+    from studio.generation.img2img import load_init_image
 
-    check_strength(args.strength)
     prompts = [p.strip() for p in args.prompts.split("|") if p.strip()]
     if not prompts:
         raise ValueError('--prompts is empty: give prompts separated by "|", e.g. "a red square|a blue star"')
@@ -128,7 +127,7 @@ def run_variations(args) -> int:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
     refuse_existing(args.out, args.force)
-    check_init_image(args.init_image)
+    check_img2img(args.init_image, args.strength)
     session = session_for(args)
     requests = [make_request(args, p, init_image=args.init_image, strength=args.strength) for p in prompts]
     check_swaps(requests)  # across all the prompts: a swap word may belong to one of them
@@ -174,8 +173,7 @@ def run_schedule(args) -> int:
     scheduler = make_scheduler(args.scheduler, model.pipe.scheduler.config)
     curves = schedule_curves(scheduler, args.steps)
     title = f"{args.model} ({model.family}, {model.prediction_type}) · {args.scheduler}, {args.steps} steps"
-    if args.out.exists() and not args.force:  # appeared while the model loaded
-        refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)  # again: it may have appeared while the model loaded
     plot_schedule(curves, args.out, title=title)
     if args.json:
         print(
@@ -225,14 +223,11 @@ def run_replay(args) -> int:
 def run_grid(args) -> int:
     from studio.generation import check_swaps, parse_seeds, parse_sweep, render_grid, save_image
     from studio.generation.grid import requests_for
-    from studio.generation.img2img import check_strength
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
     refuse_existing(args.out, args.force)
-    if args.init_image is not None:
-        check_strength(args.strength)
-        check_init_image(args.init_image)
+    check_img2img(args.init_image, args.strength)
     seeds = parse_seeds(args.seeds)
     sweep = parse_sweep(args.sweep)
     base = make_request(args, args.prompt, init_image=args.init_image, strength=args.strength)

@@ -116,6 +116,15 @@ def refuse_existing(path: Path, force: bool) -> None:
         raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out")
 
 
+def check_img2img(init_image: Path | None, strength: float) -> None:
+    """Before any model loads: with an init image, a strength that runs steps and a file that exists."""
+    from studio.generation.img2img import check_strength
+
+    if init_image is not None:
+        check_strength(strength)
+        check_init_image(init_image)
+
+
 def check_init_image(path: Path) -> None:
     if path.is_dir():
         raise ValueError(f"--init-image {path} is a folder: give an image file (PNG or JPEG)")
@@ -281,11 +290,8 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
 
 def run_generate(args) -> int:
     from studio.generation import check_swaps, save_image, save_png
-    from studio.generation.img2img import check_strength
 
-    if args.init_image is not None:
-        check_strength(args.strength)
-        check_init_image(args.init_image)
+    check_img2img(args.init_image, args.strength)
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
     paths = _output_paths(args.out, args.prompt, seeds, trace=args.trace, force=args.force)
     req = make_request(

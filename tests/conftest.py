@@ -23,3 +23,25 @@ def tiny_session():
     from trainers.tiny import tiny_pipeline
 
     return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random SD1-style pipeline saved as a diffusers folder (what `--model DIR` reads), per module."""
+    from trainers.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipeline("sd1").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def cat_stored(tokensmith_home):
+    """The test's store with one embedding, <cat> (1 vector of the tiny pipeline's width, 32)."""
+    from embeddings import Embedding, Store
+
+    store = Store.for_home(tokensmith_home)
+    store.put(
+        Embedding("cat", {"emb_params": torch.randn(1, 32, generator=torch.Generator().manual_seed(3))})
+    )
+    return store

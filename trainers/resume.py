@@ -3,11 +3,11 @@ would have: the same config values, the same images. Each refusal names what cha
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
+from embeddings.files import file_sha256
 from trainers import checkpoint as ckpt_io
 from trainers import config as config_io
 from trainers.config import TrainConfig
@@ -66,15 +66,7 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
 def image_list(images) -> list[list]:
     """[file name, size in bytes, sha256 of the bytes] of each training image: what a resume checks is still
     there, unchanged (an edit that keeps the size, such as swapped colours in an uncompressed PNG, too)."""
-    return [[image.path.name, image.path.stat().st_size, _sha256(image.path)] for image in images]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return [[image.path.name, image.path.stat().st_size, file_sha256(image.path)] for image in images]
 
 
 def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 
 from embeddings.errors import TokensmithError
+from embeddings.files import file_sha256
+from studio.generation.img2img import image_sha256
 
 KINDS = ("color", "brightness", "contrast", "match", "module")
 DEFAULT_SCALE = 0.5  # the fraction of the loss each gradient step aims to remove
@@ -165,10 +168,7 @@ def module_loss(target: str) -> Loss:
     module_name, sep, func_name = target.partition(":")
     if not sep or not module_name or not func_name:
         raise GuideError(f"--guide-module {target!r}: write module:function, e.g. my_losses:more_blue")
-    import sys
-
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    _importable_cwd()
     try:
         module = _current_module(module_name)
     except ImportError as exc:
@@ -188,14 +188,18 @@ def module_loss(target: str) -> Loss:
     return func
 
 
+def _importable_cwd() -> None:
+    """Guide modules are imported from the current folder too (as `python -c` would)."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+
+
 _LOADED_SOURCES: dict[str, str] = {}  # guide module -> sha256 of the source this process runs
 
 
 def _current_module(module_name: str):
     """The module as its source file is now: a long-lived process (the studio) reloads a module edited since
     it was imported, so the code that runs is the code whose hash the image's provenance records."""
-    import sys
-
     loaded = module_name in sys.modules
     module = importlib.import_module(module_name)
     source = module_source(module_name)
@@ -212,15 +216,11 @@ def _current_module(module_name: str):
 
 def module_source(module_name: str) -> Path | None:
     """The source file of a guide module as it would be imported now (without importing it), or None."""
-    import importlib.util
-    import sys
-
     loaded = sys.modules.get(module_name)
     if loaded is not None:
         origin = getattr(loaded, "__file__", None)
     else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
+        _importable_cwd()
         try:
             spec = importlib.util.find_spec(module_name)
         except (ImportError, ValueError):
@@ -229,16 +229,8 @@ def module_source(module_name: str) -> Path | None:
     return Path(origin).resolve() if origin and Path(origin).is_file() else None
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def changed_files(records: list[dict]) -> list[str]:
     """What replaying with guides recorded by `Guide.record` would find missing or changed, in words."""
-    from studio.generation.img2img import image_sha256
-
     problems = []
     for entry in records:
         if entry.get("kind") == "match":
@@ -299,21 +291,16 @@ def parse_guide(spec: str) -> Guide:
         image = _reference_image(path)
         return Guide(
             spec=spec, kind=kind, loss=_match_loss(image), scale=scale, every=every,
-            run_spec=",".join([f"match={path}", *options]), file=GuideFile(str(path), _pixels_sha256(image)),
+            run_spec=",".join([f"match={path}", *options]), file=GuideFile(str(path), image_sha256(image)),
         )  # fmt: skip
     if kind == "module":
         loss = module_loss(value)
-        source = module_source(value.partition(":")[0])
-        record = GuideFile(str(source), file_sha256(source)) if source is not None else None
+        module_name = value.partition(":")[0]
+        source = module_source(module_name)  # the hash is the one of the source module_loss just ran
+        record = GuideFile(str(source), _LOADED_SOURCES[module_name]) if source is not None else None
         return Guide(spec=spec, kind=kind, loss=loss, scale=scale, every=every, run_spec=spec, file=record)
     loss = _build_loss(kind, value, spec)
     return Guide(spec=spec, kind=kind, loss=loss, scale=scale, every=every, run_spec=spec)
-
-
-def _pixels_sha256(image) -> str:
-    from studio.generation.img2img import image_sha256
-
-    return image_sha256(image)
 
 
 def _build_loss(kind: str, value: str, spec: str) -> Loss:

@@ -10,6 +10,7 @@ all need the predicted clean image at every step; it uses the pipeline's UNet, V
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import math
 from collections.abc import Callable
@@ -195,7 +196,7 @@ class Session:
         scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)
         timesteps, starts = self._schedule(scheduler, req, img2img=init is not None)
         steps = len(starts)
-        step_of = [sum(1 for s in starts if s <= i) - 1 for i in range(len(timesteps))]  # evaluation -> step
+        step_of = [bisect.bisect_right(starts, i) - 1 for i in range(len(timesteps))]  # evaluation -> step
         by_evaluation = req.step_clock == "evaluations"
         clock = len(timesteps) if by_evaluation else steps
         plan = self.encoder.plan(nodes, clock)
