@@ -79,7 +79,8 @@ def test_rows_only_gradient_equals_the_whole_table_gradient_of_the_new_row():
     pred = pipe.unet(noisy, batch.timesteps, encoder_hidden_states=hidden).sample
     torch.nn.functional.mse_loss(pred, target).backward()
     theirs = full.weight.grad[new_id]
-    assert torch.allclose(ours[0], theirs, rtol=1e-5, atol=1e-9)
+    # float rounding differs between the two graphs: elementwise within 1e-6 of the gradient's scale
+    assert torch.allclose(ours[0], theirs, rtol=1e-5, atol=1e-6 * float(theirs.abs().max()))
     assert float((ours[0] - theirs).norm() / theirs.norm()) < 6e-6
     others = torch.ones(new_id + 1, dtype=torch.bool)
     others[new_id] = False
