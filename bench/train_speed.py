@@ -4,11 +4,13 @@
     python bench/train_speed.py --quick    # fewer timed steps
     python bench/train_speed.py --sd15-size 512   # also SD 1.5's own architecture at 512 px (minutes a step)
 
-Measured in one process, one thread, the three steps interleaved so a busy neighbour slows all alike:
+Measured in one process, one thread, a floor step timed between every two trainer steps (so a busy neighbour
+slows both alike):
 - floor: UNet forward + backward on fixed inputs, gradient only to the conditioning (what any TI step
   must do);
-- tokensmith: trainers.loop's step (cached latents sampled as mean + std·ε, text encoder through the new rows
-  only, AdamW on those rows);
+- tokensmith: the trainer itself, `trainers.train` as `tokensmith train` runs it (its default templates, so a
+  batch of 4 usually holds 4 prompts; cached latents sampled as mean + std·ε, the text encoder through the new
+  rows only, AdamW on those rows, the step's log line); validation, previews and snapshots are off;
 - diffusers-style: VAE encode of the batch every step, the whole token table trainable, AdamW over it, then
   every other row restored (examples/textual_inversion/textual_inversion.py).
 The last lines are `step/floor MODEL bsB: RATIO`, one per configuration (goal: <= 1.10). bench/step_flops.py
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainers.data import build_samples, load_images
 from trainers.families import Conditioner
 from trainers.latents import encode_samples
-from trainers.loop import DiffusionMath, draw_batch, pick_text_attention, step_loss, tune_malloc
+from trainers.loop import DiffusionMath, draw_batch, tune_malloc
 from trainers.rows import attach, detach_rows
 
 PROMPT = "a photo of a [name]"
@@ -116,6 +118,13 @@ def _random_pipeline(text_config, unet, size: int):
     )
 
 
+def random_model(pipe, source: str):
+    """A random pipeline as the trainer takes it (`source` is what its run config records as the model)."""
+    from trainers.models import LoadedModel, detect_family
+
+    return LoadedModel(pipe=pipe, family=detect_family(pipe), source=f"random {source} (bench)")
+
+
 def write_images(folder: Path, size: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -129,7 +138,7 @@ def write_images(folder: Path, size: int) -> Path:
 
 
 class Steps:
-    """The three steps on one pipeline and batch size."""
+    """The floor and the diffusers-style step on one pipeline and batch size."""
 
     def __init__(self, pipe, batch_size: int, image_dir: Path):
         pipe.unet.requires_grad_(False).eval()
@@ -151,16 +160,15 @@ class Steps:
         self.maths = DiffusionMath.from_scheduler(pipe.scheduler)
         word = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer("a").input_ids[1]]
         self.rows = attach("emb_params", pipe.tokenizer, pipe.text_encoder, "bench", word[None].clone())
-        self.conditioner = Conditioner("single", [self.rows])
-        self.prompt = PROMPT.replace("[name]", self.conditioner.token_text())
-        # the trainer's own choice of text-encoder attention (the floor has no text encoder)
-        self.attention = pick_text_attention(self.conditioner, "cpu")
-        self.ours_opt = torch.optim.AdamW([self.rows.rows], lr=1e-3)
+        conditioner = Conditioner("single", [self.rows])
+        self.prompt = PROMPT.replace("[name]", conditioner.token_text())
         self.generator = torch.Generator().manual_seed(0)
         self.rng = random.Random(0)
         batch = self._batch()
         with torch.no_grad():
-            hidden, _ = self.conditioner.encode(batch.prompts, "cpu")
+            hidden, _ = conditioner.encode(batch.prompts, "cpu")
+        # the trainer attaches its own rows; the diffusers-style step puts the token into the table itself
+        detach_rows(self.rows)
         self.floor_inputs = (
             *self.maths.noisy_and_target(batch.latents, batch.noise, batch.timesteps),
             batch.timesteps,
@@ -176,11 +184,6 @@ class Steps:
         hidden = hidden.detach().requires_grad_(True)
         pred = self.pipe.unet(noisy, t, encoder_hidden_states=hidden).sample  # (B, C, h, w)
         F.mse_loss(pred, target).backward()
-
-    def ours(self) -> None:
-        step_loss(self.pipe.unet, self.conditioner, self.maths, self._batch()).backward()
-        self.ours_opt.step()
-        self.ours_opt.zero_grad(set_to_none=True)
 
     def diffusers_style(self) -> None:
         """VAE every step; whole table trainable; AdamW over it; restore every other row."""
@@ -211,7 +214,6 @@ class Steps:
 
     def use_full_table(self) -> None:
         """Switch the text encoder to diffusers' layout: the new token is a row of the trainable table."""
-        detach_rows(self.rows)
         self.pipe.text_encoder.set_attn_implementation("sdpa")  # transformers' default, as diffusers runs it
         table = self.pipe.text_encoder.get_input_embeddings()
         new_id = self.rows.module.first_id
@@ -234,9 +236,49 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def trainer_steps(
+    model, batch_size: int, image_dir: Path, home: Path, steps: int, warmup: int, between
+) -> tuple[list[float], str]:
+    """Time `steps` steps of `trainers.train` itself, as `tokensmith train` runs it on `model` (its default
+    templates, init, optimizer and bookkeeping; validation, previews and snapshots off), after `warmup` steps.
+
+    Each step is the time from the end of one progress record to the next (the update, its log line and the
+    trainer's checks); `between` runs in the progress callback, outside the timed span. Returns the step times
+    and the text-encoder attention the trainer chose."""
+    from trainers.config import TrainConfig
+    from trainers.trainer import train
+
+    total = warmup + steps + 1  # the last step also writes the embedding's snapshot and checkpoint: not timed
+    times, attention, last = [], [], None
+
+    def on_progress(record: dict) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        step = record.get("step")
+        if "text_attention" in record:
+            attention.append(record["text_attention"])
+        if isinstance(step, int) and last is not None and warmup < step < total:
+            times.append(now - last)
+            between()
+        last = time.perf_counter()
+
+    cfg = TrainConfig(
+        images=str(image_dir),
+        name=f"speed-bs{batch_size}",
+        steps=total,
+        batch_size=batch_size,
+        validate_every=0,
+        early_stopping=False,
+        save_every=0,
+        preview_images=0,
+    )
+    train(cfg, home=home, model=model, on_progress=on_progress)
+    return times, attention[0] if attention else "?"
+
+
 def measure(
     label: str,
-    pipe_factory,
+    model_factory,
     batch_size: int,
     image_dir: Path,
     steps: int,
@@ -245,14 +287,15 @@ def measure(
     baseline: bool = True,
 ) -> tuple[float, float | None]:
     """(tokensmith / floor, diffusers-style / tokensmith or None without `baseline`), medians of interleaved
-    rounds."""
-    bench = Steps(pipe_factory(), batch_size, image_dir)
-    for fn in (bench.floor, bench.ours, bench.floor):
-        timed(fn, warmup)
-    floor, ours = [], []
-    for _ in range(steps):
-        floor += timed(bench.floor, 1)
-        ours += timed(bench.ours, 1)
+    rounds: a floor step is timed between every two trainer steps."""
+    model = model_factory()
+    bench = Steps(model.pipe, batch_size, image_dir)
+    timed(bench.floor, warmup)
+    floor: list[float] = []
+    home = image_dir.parent / f"home-{label}-bs{batch_size}"
+    ours, attention = trainer_steps(
+        model, batch_size, image_dir, home, steps, warmup, lambda: floor.extend(timed(bench.floor, 1))
+    )
     f, o = statistics.median(floor), statistics.median(ours)
     line = f"{label} bs{batch_size}: floor {f * 1e3:.1f} ms, tokensmith {o * 1e3:.1f} ms"
     speedup = None
@@ -268,7 +311,7 @@ def measure(
         )  # rescaled to the first phase's floor
         line += f", diffusers-style {d * 1e3:.1f} ms"
         speedup = d / o
-    print(f"{line} (text-encoder attention: {bench.attention})", flush=True)
+    print(f"{line} (text-encoder attention: {attention})", flush=True)
     return o / f, speedup
 
 
@@ -296,15 +339,17 @@ def main() -> None:
     # (label, pipeline factory, image size, batch sizes, timed steps, measure's options)
     configs = []
     if (demo_model_dir() / "model_index.json").is_file():
-        configs.append(("demo", lambda: load_model("demo").pipe, 32, (1, 4), steps, {}))
+        configs.append(("demo", lambda: load_model("demo"), 32, (1, 4), steps, {}))
     else:
         print("demo model not built (python -m demo.build): demo rows skipped")
-    configs.append(("sd-small", sd_small_pipeline, 128, (1, 4), steps, {}))
+    sd_small = lambda: random_model(sd_small_pipeline(), "sd-small")  # noqa: E731
+    configs.append(("sd-small", sd_small, 128, (1, 4), steps, {}))
     if args.sd15_size:
         # tens of seconds a step on a CPU: batch 1, few steps, one warm-up; no diffusers-style step, whose VAE
         # here would be the small one and not SD's, so its time would mean nothing
         px, options = args.sd15_size, {"warmup": 1, "baseline": False}
-        configs.append((f"sd15-{px}px", lambda: sd15_shaped_pipeline(px), px, (1,), args.steps or 3, options))
+        sd15 = lambda: random_model(sd15_shaped_pipeline(px), f"sd15-{px}px")  # noqa: E731
+        configs.append((f"sd15-{px}px", sd15, px, (1,), args.steps or 3, options))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, factory, size, batch_sizes, timed_steps, options in configs:
