@@ -18,7 +18,7 @@ from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
 from embeddings.maths import norm_report
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
 
-PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end
+PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end: the most any SD family's prompt holds
 LOUD_NORM = 4.0  # vectors this many times the vocabulary's mean norm tend to overpower a prompt
 
 
@@ -58,7 +58,7 @@ def describe(emb: Embedding) -> list[str]:
     """What the embedding is: format, family, widths, vector count, provenance."""
     widths = ", ".join(f"{k} {w}" for k, w in emb.widths.items())
     lines = [
-        f"'{emb.name}': {_format_title(emb.meta.get('source_format', ''))}",
+        f"'{emb.name}': {format_title(emb.meta.get('source_format', ''))}",
         f"family {family_title(emb.family)} ({emb.family}); widths: {widths}; {emb.num_vectors} vector(s)",
     ]
     facts = [f"{k} {emb.meta[k]}" for k in ("base_model", "steps", "init", "created") if emb.meta.get(k)]
@@ -69,7 +69,8 @@ def describe(emb: Embedding) -> list[str]:
     return lines
 
 
-def _format_title(source: str) -> str:
+def format_title(source: str) -> str:
+    """A file format in words: 'pickle:a1111' -> 'AUTOMATIC1111 .pt (string_to_param)'."""
     titles = {
         "safetensors:canonical": "tokensmith canonical file",
         "safetensors:kohya": "kohya/ComfyUI emb_params safetensors",
@@ -136,29 +137,53 @@ def diagnose(
         report.warnings.append(
             f"the folder holds {len(more) + 1} embeddings; this report covers '{emb.name}'"
         )
-    if emb.num_vectors > PROMPT_TOKENS:
+    tokens = PROMPT_TOKENS if encoders is None else prompt_tokens(encoders)
+    if emb.num_vectors > tokens:
         report.warnings.append(
-            f"{emb.num_vectors} vectors exceed the {PROMPT_TOKENS} tokens a prompt can hold"
+            f"{emb.num_vectors} vectors exceed the {tokens} tokens a prompt "
+            + ("can hold" if encoders is None else "of this model holds")
         )
     elif emb.num_vectors > 16:
         report.warnings.append(
-            f"{emb.num_vectors} vectors use {emb.num_vectors} of a prompt's {PROMPT_TOKENS} tokens"
+            f"{emb.num_vectors} vectors use {emb.num_vectors} of a prompt's {tokens} tokens"
         )
     if emb.meta.get("source_name"):
         report.warnings.append(
             f"its name {emb.meta['source_name']!r} is stored as '{emb.name}' (safe characters)"
         )
     if encoders is None:
-        report.lines.append("give --model to check whether it fits a model")
+        if emb.num_vectors > tokens:  # no model's prompt holds it: no need to name one
+            report.fit = "no"
+            report.lines.append(
+                f"does not fit any model: its {emb.num_vectors} vectors exceed the {tokens} tokens a "
+                "prompt of SD 1.x, SD 2.x or SDXL holds"
+            )
+        else:
+            report.lines.append("give --model to check whether it fits a model")
         return report
     report.model_family = model_family or family_from_widths(
         {key: encoder_width(te) for key, _tok, te in encoders}
     )
     report.fit, lines = fit_to_model(emb, encoders, model_family=model_family)
     report.lines.extend(lines)
+    if report.fit != "no" and emb.num_vectors > tokens:  # its widths fit, but no prompt holds the token
+        report.fit = "no"
+        report.lines = [
+            *report.lines[: -len(lines)],
+            f"does not fit: its {emb.num_vectors} vectors exceed the {tokens} tokens a prompt of this "
+            f"model holds ({family_title(report.model_family)})",
+        ]
     if report.fit == "fits":
         report.norms = _norms(emb, encoders, report)
     return report
+
+
+def prompt_tokens(encoders: Sequence[tuple[str, Any, Any]]) -> int:
+    """How many tokens a prompt of this model holds: its tokenizers' length less start and end (the demo
+    world's 32 -> 30; CLIP's 77 -> 75), PROMPT_TOKENS for tokenizers without a length of their own."""
+    lengths = [getattr(tok, "model_max_length", None) for _key, tok, _te in encoders]
+    known = [int(n) - 2 for n in lengths if isinstance(n, int) and 2 < n <= 100_000]
+    return min(known, default=PROMPT_TOKENS)
 
 
 def _norms(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]], report: Diagnosis) -> dict:

@@ -39,5 +39,6 @@ def run_push(args) -> int:
     if preview_path.is_file():
         with Image.open(preview_path) as opened:
             preview = opened.convert("RGB")
-    print(push_embedding(emb, store.path(args.name), args.repo, private=args.private, preview=preview))
+    path = store.path(args.name)
+    print(push_embedding(emb, path, args.repo, private=args.private, preview=preview, home=args.home))
     return 0

@@ -212,3 +212,62 @@ def test_a_warning_from_the_stored_steps_previews_is_printed_and_in_the_json(mon
     args = build_parser().parse_args(["train", "--images", "x", "--name", "cat", "--json"])
     assert studio.cli_train.run_train(args) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["warning"] == warning
+
+
+def test_a_run_begun_with_relative_paths_continues_from_another_folder_by_its_printed_launch(
+    images, tiny_model, tmp_path, monkeypatch
+):
+    """config.toml and command.txt hold absolute paths and the run's home, so the printed launch line (with
+    --resume, as its note says) continues the run from any folder instead of starting a new one at step 0."""
+    import os
+    import shutil
+    import signal
+    from pathlib import Path
+
+    from trainers.__main__ import main as trainers_main
+    from trainers.config import load
+    from trainers.trainer import summary, train
+
+    work = tmp_path / "work"
+    shutil.copytree(images, work / "shots")
+    shutil.copytree(tiny_model, work / "model")
+    (work / "prompts.txt").write_text("a photo of [name]\n")
+    monkeypatch.chdir(work)
+
+    def stop_at_3(record):  # what the studio's Cancel does
+        if record.get("step") == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    paths = dict(images="shots", model="model", templates="prompts.txt", run_dir="runs/rel")
+    quick = dict(steps=6, batch_size=2, save_every=2, validate_every=2, preview_images=0, init="a")
+    cfg = TrainConfig(name="rel", **paths, **quick)
+    assert summary(train(cfg, home=Path("home"), on_progress=stop_at_3))["end"] == "stopped"
+    run, home = work / "runs" / "rel", work / "home"
+    written = load(run / "config.toml")
+    assert (written.images, written.model, written.templates, written.run_dir) == (
+        str(work / "shots"),
+        str(work / "model"),
+        str(work / "prompts.txt"),
+        str(run),
+    )
+    single, launch, *notes = (run / "command.txt").read_text().splitlines()
+    assert launch == f"accelerate launch -m trainers --config {run / 'config.toml'} --home {home}"
+    assert notes == [
+        "# once this run has begun, add --resume to either command to continue it, or --run-dir NEW_DIR "
+        "(and --overwrite once it is stored) to run it again"
+    ]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = build_parser().parse_args(shlex.split(single)[1:])
+    assert args.home == str(home) and config_from_args(args) == written
+    assert trainers_main([*shlex.split(launch)[4:], "--resume"]) == 0  # what follows `-m trainers`
+    records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "event" not in r] == list(range(7)), "continued from step 3"
+    assert records[-1]["event"] == "done" and Store.for_home(home).exists("rel")
+    assert not (elsewhere / "runs").exists()
+    # the same line with --run-dir NEW (and --overwrite, now that it is stored) runs it again
+    again = tmp_path / "again"
+    assert trainers_main([*shlex.split(launch)[4:], "--run-dir", str(again), "--overwrite"]) == 0
+    assert json.loads((again / "progress.jsonl").read_text().splitlines()[-1])["event"] == "done"

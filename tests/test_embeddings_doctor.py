@@ -97,3 +97,42 @@ def test_too_many_vectors_and_renamed_names_are_warned(tmp_path):
     report = diagnose(path)
     assert any("exceed the 75 tokens" in w for w in report.warnings)
     assert any("stored as 'big-name'" in w for w in report.warnings)
+
+
+def test_a_file_with_more_vectors_than_the_models_prompt_holds_does_not_fit(tmp_path):
+    pipe = tiny_pipeline("sd1")  # its tokenizer reads 16 tokens: 14 between start and end
+    path = save_canonical(
+        Embedding("long", {"emb_params": torch.randn(15, 32)}), tmp_path / "long.safetensors"
+    )
+    report = diagnose(path, pipeline_encoders(pipe))
+    assert report.fit == "no"
+    assert report.lines[-1].startswith(
+        "does not fit: its 15 vectors exceed the 14 tokens a prompt of this model"
+    )
+    assert any("15 vectors exceed the 14 tokens" in w for w in report.warnings)
+    fits = save_canonical(Embedding("ok", {"emb_params": torch.randn(14, 32)}), tmp_path / "ok.safetensors")
+    assert diagnose(fits, pipeline_encoders(pipe)).fit == "fits"
+
+
+def test_the_doctor_cli_reads_the_demo_models_prompt_length(tmp_path, capsys):
+    from clirun import run
+
+    path = save_canonical(
+        Embedding("long", {"emb_params": torch.randn(31, 64)}), tmp_path / "long.safetensors"
+    )
+    code, out, _ = run(capsys, "doctor", path, "--model", "demo")
+    assert code == 1  # the demo world reads 32 tokens: 30 between start and end
+    assert "does not fit: its 31 vectors exceed the 30 tokens a prompt of this model holds" in out
+    assert "fits this model" not in out
+
+
+def test_more_vectors_than_any_prompt_holds_does_not_fit_without_a_model(tmp_path, capsys):
+    from clirun import run
+
+    path = tmp_path / "huge.safetensors"
+    safetensors.torch.save_file({"emb_params": torch.randn(100, 768)}, str(path))
+    report = diagnose(path)
+    assert report.fit == "no" and any("100 vectors exceed the 75 tokens" in w for w in report.warnings)
+    assert "does not fit any model" in report.lines[-1]
+    code, out, _ = run(capsys, "doctor", path)
+    assert code == 1 and "does not fit any model: its 100 vectors exceed the 75 tokens" in out

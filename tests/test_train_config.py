@@ -1,5 +1,7 @@
 """TrainConfig: files, flags, unknown keys, resolved config and the equivalent commands."""
 
+from pathlib import Path
+
 import pytest
 import tomllib
 import torch
@@ -163,3 +165,92 @@ def test_a_new_run_is_numbered_after_the_highest_run_folder(tmp_path):
     assert resolve_run_dir(TrainConfig(name="cat", resume=True), tmp_path) == runs / "cat"
     (runs / "cat" / "progress.jsonl").write_text('{"step": 0}\n{"event": "done", "message": "stored"}\n')
     assert resolve_run_dir(TrainConfig(name="cat", resume=True), tmp_path) == runs / "cat-3"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("init:\n", "init is empty; give it a value, or delete the line for its default"),
+        ("run_dir:\n", "run_dir is empty"),
+        ("model_config: ~\n", "model_config is empty"),
+        ("steps:\n", r"steps is empty; give it a value, or delete the line for its default \(150\)"),
+        ("name: 0123\n", r'name must be text, got the number 83; quote it \(name: "..."\)'),  # YAML's octal
+        ("init: 1_000\n", "init must be text, got the number 1000; quote it"),
+        ("lr_schedule: 0.005\n", "lr_schedule must be text, got the number 0.005; quote it"),
+    ],
+)
+def test_empty_yaml_values_and_numbers_for_text_keys_are_refused_by_name(tmp_path, text, fragment):
+    path = tmp_path / "run.yaml"
+    path.write_text("images: shots\n" + text)
+    with pytest.raises(ConfigError, match=fragment):
+        load(path)
+
+
+def test_a_train_key_that_is_not_a_table_is_a_config_error(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("train = 5\n")
+    with pytest.raises(ConfigError, match=r"train = 5 is not a table"):
+        load(path)
+    path.write_text("[train]\nname = 'cat'\n")
+    assert load(path).name == "cat"
+
+
+def test_local_paths_become_absolute_and_hub_ids_stay_as_given(tmp_path, monkeypatch):
+    from trainers.config import absolute_path, with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sd15").mkdir()
+    (tmp_path / "owner" / "repo").mkdir(parents=True)  # a folder here wins over the hub, as in load_model
+    (tmp_path / "prompts.txt").write_text("a [name]\n")
+    cfg = TrainConfig(
+        images="shots",
+        name="cat",
+        model="sd15",
+        model_config="owner/repo",
+        clip_model="openai/clip-vit-base-patch32",
+        templates="prompts.txt",
+        run_dir="~/runs/cat",
+    )
+    absolute = with_absolute_paths(cfg)
+    assert absolute.images == str(tmp_path / "shots")  # not there yet: load_images says so by its full name
+    assert absolute.model == str(tmp_path / "sd15")
+    assert absolute.model_config == str(tmp_path / "owner" / "repo")
+    assert absolute.clip_model == "openai/clip-vit-base-patch32"  # no such folder here: a hub id
+    assert absolute.templates == str(tmp_path / "prompts.txt")
+    assert absolute.run_dir == str(Path("~/runs/cat").expanduser().resolve())
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "object").write_text("")
+    assert absolute_path("model", "demo") == "demo"  # the demo world, as load_model reads it
+    assert absolute_path("templates", "object") == "object"
+    assert absolute_path("model", "runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
+    assert absolute_path("model_config", "") == ""
+
+
+def test_equivalent_commands_name_a_home_that_is_not_the_default(tmp_path):
+    cfg = TrainConfig(images="/shots", name="cat", run_dir="/runs/cat")
+    single, multi = equivalent_commands(cfg, "/runs/cat/config.toml", home=tmp_path / "h")
+    assert single.endswith(f"--run-dir /runs/cat --home {tmp_path / 'h'}")
+    assert multi == f"accelerate launch -m trainers --config /runs/cat/config.toml --home {tmp_path / 'h'}"
+    default = equivalent_commands(cfg, "/runs/cat/config.toml", home=Path("~/.tokensmith").expanduser())
+    assert "--home" not in " ".join(default)
+    header = to_toml(cfg, home=tmp_path / "h").splitlines()[:3]
+    run = f"tokensmith train --config THIS_FILE --home {tmp_path / 'h'}"
+    assert header[0] == f"# tokensmith training config (resolved); run it with: {run}"
+    assert header[1] == f"# once its run has begun, continue it with: {run} --resume"
+    assert header[2].endswith(f"--home {tmp_path / 'h'} --run-dir NEW_DIR")
+
+
+def test_the_single_process_command_of_several_processes_accumulates_their_micro_batches():
+    from trainers.config import command_notes
+
+    cfg = TrainConfig(images="/shots", name="cat", batch_size=2, grad_accum=3, run_dir="/runs/cat")
+    single, multi = equivalent_commands(cfg, "/runs/cat/config.toml", processes=2)
+    assert "--batch-size 2 --grad-accum 6" in single  # one process: 2 processes' micro-batches each step
+    assert multi == "accelerate launch --num_processes 2 -m trainers --config /runs/cat/config.toml"
+    _, on_cpu = equivalent_commands(cfg, "/runs/cat/config.toml", processes=2, cpu=True)
+    # the README's CPU recipe: Accelerate's launcher would start one CPU process
+    recipe = "ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 -m trainers --config"
+    assert on_cpu == f"{recipe} /runs/cat/config.toml"
+    accumulate, again = command_notes(cfg, processes=2)
+    assert "--grad-accum 6" in accumulate and "2 processes at --grad-accum 3" in accumulate
+    assert "add --resume to the launch command" in again and "--run-dir NEW_DIR" in again

@@ -5,6 +5,7 @@ line naming the settings that need less)."""
 
 import json
 import os
+import shlex
 import signal
 import typing
 
@@ -123,14 +124,16 @@ def test_a_failed_upload_leaves_the_run_done_and_stored_and_push_sends_it_later(
     home = tmp_path / "home"
     monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
     cfg = quick_config(images, tmp_path / "run", push_to_hub="me/thing")
-    with pytest.raises(UploadError, match=r"NetworkDown: .*then run `tokensmith push thing me/thing`"):
+    with pytest.raises(UploadError, match=r"NetworkDown: .*then run `tokensmith push thing me/thing") as info:
         train(cfg, home=home, model=tiny_model("sd1"))
+    # the retry stores nothing new, but must read this home's store (not the default one)
+    assert str(info.value).endswith(f"`tokensmith push thing me/thing --home {home}`")
     assert Store.for_home(home).exists("thing")
     done = RunFolder(tmp_path / "run").read_progress()[-1]
     assert done["event"] == "done" and "not uploaded: upload to me/thing failed" in done["message"]
 
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    assert main(["push", "thing", "me/thing", "--home", str(home)]) == EXIT_OK
+    assert main(shlex.split(str(info.value).split("then run `")[1][:-1])[1:]) == EXIT_OK  # as advised
     assert capsys.readouterr().out.strip() == "https://huggingface.co/me/thing"
     assert RecordingApi.uploads == [("me/thing", ["README.md", "preview.png", "thing.safetensors"])]
 

@@ -4,6 +4,7 @@ SIGTERM to the main process, and resume from their shared checkpoint to the same
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,8 +18,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from embeddings import Store
 from embeddings.errors import TokensmithError
+from studio.cli import build_parser
+from studio.cli_train import config_from_args
 from trainers import TrainConfig
 from trainers.config import to_toml
+from trainers.hub import model_card
 from trainers.tiny import tiny_pipeline
 from trainers.trainer import summary, train
 
@@ -72,6 +76,15 @@ def _launch(cfg: TrainConfig, home: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+def _shell(command: str) -> subprocess.Popen:
+    """A printed command, run as a user would paste it (the venv's scripts first on the PATH)."""
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    return subprocess.Popen(
+        ["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 240.0) -> str:
     _, err = proc.communicate(timeout=timeout)
     return err
@@ -112,12 +125,17 @@ def test_two_processes_stop_together_resume_and_train_what_one_process_accumulat
     newest = max((run / "checkpoints").iterdir())
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in newest.iterdir()}
 
-    # 2. One process cannot continue two processes' run: its steps would be half the size.
-    with pytest.raises(TokensmithError, match="made by 2 process"):
+    # 2. One process cannot continue two processes' run: its steps would be half the size. The advice is the
+    # launch that can: on a CPU the README's torchrun recipe (Accelerate's launcher would start one process
+    # and be refused again), with the run's home.
+    with pytest.raises(TokensmithError, match="made by 2 process") as refused:
         train(cfg.replace(resume=True), home=home)
+    advice = str(refused.value).split("Resume with the same number of processes: ")[1]
+    recipe = "ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 -m trainers --config"
+    assert advice == f"{recipe} {run / 'config.toml'} --home {home} --resume"
 
-    # 3. Resume with both processes: one report, one run log, one stored file.
-    resumed = _launch(cfg, home, "--resume")
+    # 3. Resume with both processes, by that very command: one report, one run log, one stored file.
+    resumed = _shell(advice)
     err = _finish(resumed)
     assert resumed.returncode == 0, err[-3000:]
     assert err.count("run folder:") == 1 and err.count("learned <duo>") == 1, "only the main process reports"
@@ -129,8 +147,15 @@ def test_two_processes_stop_together_resume_and_train_what_one_process_accumulat
     assert steps == list(range(STEPS + 1)), "each step is logged once, by the main process"
     assert [r["event"] for r in records if "event" in r] == ["done"]
 
-    # 4. The same embedding, losses and validation losses as one process with 2 accumulated micro-batches.
+    # 4. The same embedding, losses and validation losses as one process with 2 accumulated micro-batches:
+    # what the run's printed single-process command runs, and what its stored file and card record.
     reference, reference_records = one_process
+    single = (run / "command.txt").read_text().splitlines()[0]
+    alone = config_from_args(build_parser().parse_args(shlex.split(single)[1:]))
+    assert alone.grad_accum == 2 and alone.batch_size == 1
+    assert {**alone.to_dict(), "run_dir": ""} == {**summary(reference)["config"], "run_dir": ""}
+    assert summary(result)["processes"] == 2 and summary(reference)["processes"] == 1
+    assert "- processes: 2, each with the batch_size and grad_accum above" in model_card(result, "me/duo")
     difference = (result.vectors["emb_params"] - reference.vectors["emb_params"]).abs().max()
     assert float(difference) <= 1e-6
     for ours, theirs in zip(records, reference_records, strict=True):

@@ -24,13 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="a TOML or YAML training config")
     parser.add_argument("--home", help="tokensmith home (default: $TOKENSMITH_HOME or ~/.tokensmith)")
     parser.add_argument("--resume", action="store_true", help="continue the config's run folder")
+    parser.add_argument("--run-dir", metavar="DIR", help="run in this folder instead of the config's run_dir")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a stored embedding of the same name"
+    )
     args = parser.parse_args(argv)
     from trainers.config import load
     from trainers.processes import launch_rank
     from trainers.trainer import RunStopped, kept_note, summary, train
 
     try:
-        cfg = load(args.config, overrides={"resume": True} if args.resume else None)
+        overrides = {key: True for key in ("resume", "overwrite") if getattr(args, key)}
+        if args.run_dir:  # a run folder's config.toml names its own folder, which refuses a second run
+            overrides["run_dir"] = args.run_dir
+        cfg = load(args.config, overrides=overrides)
         home = Path(args.home).expanduser() if args.home else None
         emb = train(cfg, home=home, echo=_echo, on_progress=_progress_line if launch_rank() == 0 else None)
     except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error

@@ -229,6 +229,10 @@ def check_repo_id(repo_id: str, name: str) -> None:
 def coerce(name: str, value):
     """Convert a file or flag value to the field's type, or say what was expected."""
     kind = _TYPES[name]
+    if value is None:  # YAML's `name:` with nothing after it (or `~`): never the text "None"
+        default = _default(name)
+        shown = f" ({default!r})" if default not in ("", []) else ""
+        raise ConfigError(f"{name} is empty; give it a value, or delete the line for its default{shown}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -256,7 +260,17 @@ def coerce(name: str, value):
         raise ConfigError(f"{name} must be a single value, got {value!r}")
     if isinstance(value, bool):  # YAML reads a bare yes/no/on/off as a boolean
         raise ConfigError(f'{name} must be text, got {value!r}; quote it in YAML ({name}: "yes")')
+    if isinstance(value, int | float):  # YAML reads 0123 as 83 (octal) and 1_000 as 1000: not what was typed
+        raise ConfigError(
+            f'{name} must be text, got the number {value!r}; quote it ({name}: "...") so the file keeps '
+            "it as written"
+        )
     return str(value)
+
+
+def _default(name: str):
+    f = FIELDS[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def from_mapping(values: dict, *, base: TrainConfig | None = None) -> TrainConfig:
@@ -297,7 +311,13 @@ def read_file(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold key = value pairs at the top level")
-    values = values.get("train", values) if set(values) == {"train"} else values
+    if set(values) == {"train"}:  # a [train] table holding the keys
+        values = values["train"]
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"config file {path}: train = {values!r} is not a table; put the keys at the top level or "
+                "under a [train] table (TOML) or train: mapping (YAML)"
+            )
     return values
 
 
@@ -305,6 +325,30 @@ def load(path: str | Path | None = None, *, overrides: dict | None = None) -> Tr
     """The config from a file (if any) with `overrides` (e.g. CLI flags) applied on top."""
     cfg = from_mapping(read_file(path)) if path else TrainConfig()
     return from_mapping(overrides or {}, base=cfg)
+
+
+# --- paths ---
+
+# Keys that may name a local file or folder. A run stores them absolute, so its config.toml, command.txt and
+# `accelerate launch --config RUN/config.toml` work from any folder (a resume from elsewhere finds its run).
+PATH_KEYS = ("images", "run_dir", "model", "model_config", "clip_model", "templates")
+
+
+def absolute_path(key: str, value: str) -> str:
+    """`value` of path key `key`, absolute when it is a local path, else as given: 'demo', a template set,
+    and a hub id (`runwayml/stable-diffusion-v1-5`) that is no file or folder here stay as they are, the
+    way trainers/models.py reads a model spec. images and run_dir are always folders."""
+    if not value or (key == "model" and value == "demo") or (key == "templates" and value in TEMPLATE_SETS):
+        return value
+    path = Path(value).expanduser()
+    if key in ("images", "run_dir") or path.exists():
+        return str(path.resolve())
+    return value
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """A copy of `cfg` whose local paths are absolute (see PATH_KEYS)."""
+    return cfg.replace(**{key: absolute_path(key, getattr(cfg, key)) for key in PATH_KEYS})
 
 
 # --- writing ---
@@ -320,9 +364,14 @@ def _toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # JSON strings are valid TOML basic strings
 
 
-def to_toml(cfg: TrainConfig) -> str:
-    """The resolved config as TOML text, every key written (a run folder's `config.toml`)."""
-    lines = ["# tokensmith training config (resolved); run it with: tokensmith train --config THIS_FILE"]
+def to_toml(cfg: TrainConfig, *, home: str | Path | None = None) -> str:
+    """The resolved config as TOML text, every key written (a run folder's `config.toml`); its header says
+    how to run it (`home`: the run's tokensmith home, named when it is not the default)."""
+    run = shlex.join(["tokensmith", "train", "--config", "THIS_FILE", *home_flags(home)])
+    lines = [f"# tokensmith training config (resolved); run it with: {run}"]
+    if cfg.run_dir:  # its run folder refuses a second run
+        lines.append(f"# once its run has begun, continue it with: {run} --resume")
+        lines.append(f"# or run it again in a new folder with: {run} --run-dir NEW_DIR")
     for name, f in FIELDS.items():
         lines.append(f"# {f.metadata['help']}")
         lines.append(f"{name} = {_toml_value(getattr(cfg, name))}")
@@ -350,8 +399,63 @@ def to_flags(cfg: TrainConfig) -> list[str]:
     return flags
 
 
-def equivalent_commands(cfg: TrainConfig, config_path: str | Path) -> list[str]:
-    """The single-process command and the multi-GPU/multi-node `accelerate launch` form of this run."""
-    single = shlex.join(["tokensmith", "train", *to_flags(cfg)])
-    multi = shlex.join(["accelerate", "launch", "-m", "trainers", "--config", str(config_path)])
-    return [single, multi]
+DEFAULT_HOME = "~/.tokensmith"
+
+
+def home_flags(home: str | Path | None) -> list[str]:
+    """['--home', HOME] when `home` is not the default ~/.tokensmith, so a printed command stores where its
+    run did even in a shell without $TOKENSMITH_HOME; [] otherwise."""
+    if home is None:
+        return []
+    home = Path(home).expanduser().resolve()
+    return [] if home == Path(DEFAULT_HOME).expanduser().resolve() else ["--home", str(home)]
+
+
+def launch_command(config_path: str | Path, *, processes: int = 1, cpu: bool = False, extra=()) -> str:
+    """The command that runs a config file on `processes` processes: `accelerate launch`, or on a CPU
+    torchrun (Accelerate's launcher starts one CPU process, whatever --num_processes says)."""
+    tail = ["-m", "trainers", "--config", str(config_path), *extra]
+    if processes > 1 and cpu:
+        torchrun = ["torchrun", "--standalone", "--nproc_per_node", str(processes), *tail]
+        return "ACCELERATE_USE_CPU=1 " + shlex.join(torchrun)
+    count = ["--num_processes", str(processes)] if processes > 1 else []
+    return shlex.join(["accelerate", "launch", *count, *tail])
+
+
+def equivalent_commands(
+    cfg: TrainConfig,
+    config_path: str | Path,
+    *,
+    home: str | Path | None = None,
+    processes: int = 1,
+    cpu: bool = False,
+) -> list[str]:
+    """The single-process command and the `accelerate launch` form of this run (of its `processes`).
+
+    P processes compute what one process computes with P times the gradient accumulation, so the single-
+    process command accumulates grad_accum × P; the launch keeps the config's per-process values.
+    """
+    where = home_flags(home)
+    alone = cfg.replace(grad_accum=cfg.grad_accum * processes) if processes > 1 else cfg
+    single = shlex.join(["tokensmith", "train", *to_flags(alone), *where])
+    return [single, launch_command(config_path, processes=processes, cpu=cpu, extra=where)]
+
+
+def command_notes(cfg: TrainConfig, *, processes: int = 1) -> list[str]:
+    """What to know about the equivalent commands (command.txt's comment lines; the CLI prints them)."""
+    notes = []
+    if processes > 1:
+        notes.append(
+            f"the single-process command has --grad-accum {cfg.grad_accum * processes}: one process "
+            f"accumulating {processes}x the micro-batches computes what this run's {processes} processes "
+            f"at --grad-accum {cfg.grad_accum} compute"
+        )
+    if cfg.run_dir:  # both name the run folder, which refuses a second run
+        again = "--run-dir NEW_DIR (and --overwrite once it is stored) to run it again"
+        notes.append(
+            "once this run has begun, add --resume to the launch command to continue it (on the same "
+            f"{processes} processes), or to either command {again}"
+            if processes > 1
+            else f"once this run has begun, add --resume to either command to continue it, or {again}"
+        )
+    return notes

@@ -7,24 +7,20 @@ The card is plain text built from the embedding's own metadata, so it is built a
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
 
 from embeddings import Embedding
+from embeddings.doctor import format_title
 from embeddings.errors import TokensmithError, first_line
-from trainers.config import check_repo_id
+from trainers.config import check_repo_id, home_flags
+from trainers.models import HUB_ID
 
 
 class UploadError(TokensmithError):
     """The upload to the hub failed; the embedding itself is stored (push it again with `tokensmith push`)."""
-
-
-FAMILY_BASES = {
-    "sd1": "runwayml/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
 
 
 def _usage(emb: Embedding, filename: str, repo_id: str) -> str:
@@ -50,26 +46,21 @@ image = pipe("a photo of a {token}").images[0]
 def model_card(
     emb: Embedding, repo_id: str, *, filename: str | None = None, preview: str | None = None
 ) -> str:
-    """The README.md of a hub repo holding one embedding: front matter, trigger, usage, training facts."""
+    """The README.md of a hub repo holding one embedding: front matter, trigger, usage, and where it came
+    from, as the file records it (trained here, or imported from another tool's file)."""
     filename = filename or f"{emb.name}.safetensors"
-    meta = emb.meta
-    trainer = json.loads(meta.get("trainer", "{}") or "{}")
-    metrics = json.loads(meta.get("metrics", "{}") or "{}")
-    config = trainer.get("config", {})
-    base = meta.get("base_model", "")
+    trainer = _json(emb.meta.get("trainer"))
+    base = emb.meta.get("base_model", "")
     front = [
         "---",
         "library_name: diffusers",
         "license: openrail++" if emb.family == "sdxl" else "license: openrail",
     ]
-    base_id = (
-        base
-        if base.count("/") == 1 and not base.startswith((".", "/", "~"))
-        else FAMILY_BASES.get(emb.family)
-    )
-    if base_id:
-        front.append(f"base_model: {base_id}")
-    front += ["tags:", "- textual-inversion", "- stable-diffusion", "- tokensmith", f"- {emb.family}", "---"]
+    if HUB_ID.match(base):  # never a guess: a local path, `demo` or another tool's checkpoint label is no id
+        front.append(f"base_model: {base}")
+    trained_here = str(trainer.get("version", "")).startswith("tokensmith")  # else another tool's file
+    tags = ["textual-inversion", "stable-diffusion", *(["tokensmith"] if trained_here else []), emb.family]
+    front += ["tags:", *(f"- {tag}" for tag in tags), "---"]
     widths = ", ".join(f"`{k}` ({emb.num_vectors}, {w})" for k, w in emb.widths.items())
     lines = [
         *front,
@@ -84,7 +75,39 @@ def model_card(
         lines += [f"![samples]({preview})", ""]
     lines += ["## Use with diffusers", "", _usage(emb, filename, repo_id), ""]
     lines += ["A1111 / ComfyUI / InvokeAI: put the file in your `embeddings` folder and write its name.", ""]
-    lines += ["## Training", "", f"- base model: `{base or 'unknown'}`", f"- init: `{meta.get('init', '')}`"]
+    if trained_here:
+        lines += _training(emb, trainer)
+    else:
+        lines += _provenance(emb)
+    return "\n".join(lines) + "\n"
+
+
+def _json(text: str | None) -> dict:
+    """A JSON object from the metadata, {} when missing or not one (another tool's key of the same name)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _imported(emb: Embedding) -> list[str]:
+    """'- imported from: ...' when the file came into the store from another file."""
+    if not emb.meta.get("source_format"):
+        return []
+    source = emb.meta.get("source_file", "")
+    return [
+        f"- imported from: {format_title(emb.meta['source_format'])}" + (f" `{source}`" if source else "")
+    ]
+
+
+def _training(emb: Embedding, trainer: dict) -> list[str]:
+    """The card's section for an embedding tokensmith trained: its base model, init, steps and settings."""
+    meta, config = emb.meta, trainer.get("config", {})
+    metrics = _json(meta.get("metrics"))
+    lines = ["## Training", "", f"- base model: `{meta.get('base_model') or 'unknown'}`"]
+    if meta.get("init"):
+        lines.append(f"- init: `{meta['init']}`")
     steps = f"- steps: {meta.get('steps', '?')} (ended: {trainer.get('end', '?')})"
     if trainer.get("kept") == "best":
         steps = (
@@ -92,9 +115,17 @@ def model_card(
             f"{trainer.get('trained_steps', '?')} (ended: {trainer.get('end', '?')})"
         )
     lines.append(steps)
-    for key in ("learning_rate", "batch_size", "vectors", "templates", "resolution", "seed"):
+    for key in ("learning_rate", "batch_size", "grad_accum", "vectors", "templates", "resolution", "seed"):
         if key in config:
             lines.append(f"- {key}: `{config[key]}`")
+    processes = int(trainer.get("processes", 1))
+    # each process takes its own micro-batches: one process would accumulate P times as many
+    if processes > 1:
+        alone = int(config.get("grad_accum", 1)) * processes
+        lines.append(
+            f"- processes: {processes}, each with the batch_size and grad_accum above (the same as one "
+            f"process with grad_accum {alone})"
+        )
     if metrics.get("best_val_loss") is not None:
         lines.append(
             f"- best validation loss: {metrics['best_val_loss']:.5f} at step {metrics['best_val_step']}"
@@ -105,17 +136,38 @@ def model_card(
                 f"{k} {v:.3f}" for k, v in metrics[label].items() if isinstance(v, int | float)
             )
             lines.append(f"- samples {label} training: {values}")
-    lines += [
-        "",
-        f"Trained with [tokensmith](https://github.com/) (`{trainer.get('version', 'tokensmith')}`).",
-    ]
-    return "\n".join(lines) + "\n"
+    lines += _imported(emb)
+    return [*lines, "", f"Trained with tokensmith (`{trainer['version']}`)."]
+
+
+def _provenance(emb: Embedding) -> list[str]:
+    """The card's section for an embedding tokensmith did not train: what the file itself records."""
+    meta = emb.meta
+    lines = ["## Provenance", ""]
+    lines += _imported(emb)
+    recorded = (("base_model", "base model"), ("steps", "steps"), ("init", "init"))
+    for key, label in recorded:
+        if meta.get(key):
+            lines.append(f"- {label} (as the file records it): `{meta[key]}`")
+    if meta.get("parent"):
+        lines.append(f"- made from: {meta['parent']}")
+    if len(lines) == 2:
+        lines.append("- the file records no training details")
+    return [*lines, "", "Not trained with tokensmith; this card was written from the file's own metadata."]
 
 
 def push_embedding(
-    emb: Embedding, path: Path, repo_id: str, *, private: bool = False, preview=None, api=None
+    emb: Embedding,
+    path: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    preview=None,
+    api=None,
+    home: Path | None = None,
 ) -> str:
-    """Create (or reuse) the hub model repo and upload the embedding file, its card and a preview; its URL."""
+    """Create (or reuse) the hub model repo and upload the embedding file, its card and a preview; its URL.
+    `home` (the store's) is named in the retry command of a failed upload when it is not the default."""
     check_repo_id(repo_id, emb.name)
     if api is None:
         from huggingface_hub import HfApi
@@ -135,6 +187,6 @@ def push_embedding(
             raise UploadError(
                 f"upload to {repo_id} failed ({type(exc).__name__}: {first_line(exc)}); check the network "
                 "and `hf auth login` (or `huggingface-cli login`), then run "
-                f"`tokensmith push {emb.name} {repo_id}`"
+                f"`{shlex.join(['tokensmith', 'push', emb.name, repo_id, *home_flags(home)])}`"
             ) from None
     return f"https://huggingface.co/{repo_id}"

@@ -37,6 +37,27 @@ def launch_rank() -> int:
     return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
 
 
+def launch_size() -> int:
+    """How many processes this launch has (1 in a plain run), read from the launcher's environment as
+    Accelerate reads it, without joining."""
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def has_gpu() -> bool:
+    """A CUDA, XPU or Apple GPU that Accelerate would train on."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
+
+
+def on_cpu() -> bool:
+    """Whether the processes train on the CPU: no GPU, or ACCELERATE_USE_CPU (which a CPU launch needs)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not has_gpu()
+
+
 def mean_over_processes(accelerator, value: float) -> float:
     """The mean of one number over the processes (the whole batch's loss from each process's share)."""
     if accelerator.num_processes == 1:

@@ -4,6 +4,7 @@ would have: the same config values, the same images. Each refusal names what cha
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
@@ -56,8 +57,8 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
         if key in RESOLVED_LATER and value == RESOLVED_LATER[key]:
             continue
         before = saved.get(key, defaults[key])
-        if key == "images" and before:  # a run from before paths were stored absolute: as typed, from here
-            before = str(Path(before).expanduser().resolve())
+        if key in config_io.PATH_KEYS and isinstance(before, str):  # a run from before paths were stored
+            before = config_io.absolute_path(key, before)  # absolute: as typed, read from here
         if before != value:
             changes.append(f"{key}: {before!r} -> {value!r}")
     return changes
@@ -69,7 +70,7 @@ def image_list(images) -> list[list]:
     return [[image.path.name, image.path.stat().st_size, file_sha256(image.path)] for image in images]
 
 
-def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:
+def check_resume(cfg: TrainConfig, folder: RunFolder, images, *, home: Path | None = None) -> None:
     """Refuse a resume whose images or config would compute something else than its newest checkpoint,
     before anything in the run folder is rewritten (its config.toml stays the run's own, as advised)."""
     before = folder.read_image_list()
@@ -92,7 +93,7 @@ def check_resume(cfg: TrainConfig, folder: RunFolder, images) -> None:
     latest = folder.latest_checkpoint()
     if latest is not None:
         meta = ckpt_io.read_meta(latest)
-        refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg)
+        refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg, home=home)
 
 
 def _few(label: str, names: set) -> str:
@@ -100,13 +101,20 @@ def _few(label: str, names: set) -> str:
     return f"{label} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}" if shown else ""
 
 
-def refuse_changes(latest: Path, folder: RunFolder, saved: dict, step: int, cfg: TrainConfig) -> None:
+def refuse_changes(
+    latest: Path, folder: RunFolder, saved: dict, step: int, cfg: TrainConfig, *, home: Path | None = None
+) -> None:
+    """Refuse a resume whose config computes something else than the checkpoint's (`home`: the run's, named
+    in the advice when it is not the default)."""
     changes = config_changes(saved, cfg)
     if changes:
         shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+        own = shlex.join(
+            ["tokensmith", "train", "--config", str(folder.config_path), *config_io.home_flags(home)]
+        )
         raise TokensmithError(
             f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
-            f"own config (tokensmith train --config {folder.config_path} --resume). Only where the "
+            f"own config ({own} --resume). Only where the "
             f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
         )
     if cfg.steps < step:

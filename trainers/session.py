@@ -159,6 +159,7 @@ class RunState:
     folder: RunFolder
     accelerator: object
     on_progress: object = None
+    home: Path | None = None  # the run's tokensmith home: commands in messages name it when not the default
     last_preview: object = None
     first_metric: dict = field(default_factory=dict)
     text_attention: str | None = None  # "sdpa" | "eager": picked at the start, kept in checkpoints
@@ -178,14 +179,20 @@ class RunState:
                 self.folder.truncate_progress_after(-1)
             return 0
         saved = ckpt_io.load(latest, self.accelerator)  # restores the optimizer (and scaler, RNG) too
-        refuse_changes(latest, self.folder, saved.config, saved.step, self.cfg)  # now with resolved defaults
+        # now with resolved defaults
+        refuse_changes(latest, self.folder, saved.config, saved.step, self.cfg, home=self.home)
         processes = int(saved.stopper.get("processes", 1))
         if processes != self.accelerator.num_processes:  # each step's batch is the processes' micro-batches
+            launch = config_io.launch_command(
+                self.folder.config_path,
+                processes=processes,
+                cpu=self.accelerator.device.type == "cpu",
+                extra=[*config_io.home_flags(self.home), "--resume"],
+            )
             raise TokensmithError(
                 f"the checkpoint in {latest} was made by {processes} process(es) and this resume has "
-                f"{self.accelerator.num_processes}; the steps would change size. Resume with the same launch "
-                f"(accelerate launch --num_processes {processes} -m trainers --config "
-                f"{self.folder.config_path} --resume)"
+                f"{self.accelerator.num_processes}; the steps would change size. Resume with the same "
+                f"number of processes: {launch}"
             )
         with torch.no_grad():
             for param, rows in zip(params, saved.rows.values(), strict=True):
@@ -312,6 +319,8 @@ class RunState:
                     "end": reason,
                     "trained_steps": trained,
                     "kept": "best" if kept_best else "last",
+                    # P processes at grad_accum G train what one process trains at grad_accum G × P
+                    "processes": self.accelerator.num_processes,
                     **({"warning": warning} if warning else {}),
                 }
             ),
@@ -354,9 +363,17 @@ def start_trackers(cfg: TrainConfig, accelerator) -> None:
         accelerator.init_trackers("tokensmith", config=flat)
 
 
-def write_run_files(cfg: TrainConfig, folder: RunFolder) -> list[str]:
-    """Write config.toml, command.txt and pid; return the equivalent commands (to print)."""
-    commands = config_io.equivalent_commands(cfg, folder.config_path)
-    folder.write_config(config_io.to_toml(cfg), commands)
+def write_run_files(
+    cfg: TrainConfig, folder: RunFolder, *, home: Path | None = None, processes: int = 1, cpu: bool = False
+) -> tuple[list[str], list[str]]:
+    """Write config.toml, command.txt and pid; return the equivalent commands and the notes on them (to
+    print). `processes`: how many the run has (`cpu`: on a CPU); `home`: named when not the default.
+
+    They are written as the run's own config, without --resume: what continues it is `--resume` added.
+    """
+    cfg = cfg.replace(resume=False)
+    commands = config_io.equivalent_commands(cfg, folder.config_path, home=home, processes=processes, cpu=cpu)
+    notes = config_io.command_notes(cfg, processes=processes)
+    folder.write_config(config_io.to_toml(cfg, home=home), [*commands, *(f"# {note}" for note in notes)])
     folder.write_pid()
-    return commands
+    return commands, notes

@@ -15,7 +15,7 @@ import torch
 
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
-from trainers.config import PER_FAMILY, TrainConfig
+from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
 from trainers.data import load_images
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError, push_embedding
@@ -29,7 +29,7 @@ from trainers.modelprep import (
     stored_init,
     weight_dtype,
 )
-from trainers.processes import joined_as_main
+from trainers.processes import has_gpu, joined_as_main, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder
@@ -64,13 +64,13 @@ def train(
     `cfg.model`; the model is left as it was found (after an fp16/bf16 run its frozen weights are back in
     their own dtype but rounded to half precision: pass a fresh copy if that matters).
     """
-    home = Path(home) if home else default_home()
+    home = (Path(home) if home else default_home()).expanduser().resolve()  # printed commands name it
     store = Store.for_home(home)
     if not cfg.name:
         raise TokensmithError("no name given; pass --name NAME (the prompt trigger becomes <NAME>)")
     store.path(cfg.name)  # validates the name before anything slow happens
-    if cfg.images:  # stored absolute: a resume or `accelerate launch` from another folder finds them
-        cfg = cfg.replace(images=str(Path(cfg.images).expanduser().resolve()))
+    # local paths stored absolute: a resume or `accelerate launch` from another folder finds them
+    cfg = with_absolute_paths(cfg)
     if model is not None:  # the config, its equivalent command and the latent cache name the model trained
         cfg = cfg.replace(model=model.source)
     folder = RunFolder(resolve_run_dir(cfg, home))
@@ -88,7 +88,7 @@ def train(
             f"an embedding named '{cfg.name}' is already stored; pass --overwrite {instead}"
         )
     check_trackers(cfg)
-    if cfg.mixed_precision == "fp16" and not _has_gpu():  # before the model loads (minutes for SDXL)
+    if cfg.mixed_precision == "fp16" and not has_gpu():  # before the model loads (minutes for SDXL)
         raise TokensmithError(FP16_NEEDS_A_GPU)
     images = load_images(cfg.images, min_images=cfg.min_images)
     main = joined_as_main()  # False in the other processes of an `accelerate launch` run
@@ -128,17 +128,21 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
     cfg = cfg.replace(run_dir=str(folder.root))
     folder.create(resume=cfg.resume)
     if cfg.resume:
-        check_resume(cfg, folder, images)
+        check_resume(cfg, folder, images, home=home)
     elif main:
         folder.write_image_list(image_list(images))
     if main:
-        commands = write_run_files(cfg, folder)
+        processes = launch_size()
+        commands, notes = write_run_files(cfg, folder, home=home, processes=processes, cpu=on_cpu())
         # from here a stop while preparing is recorded: --resume finds the run by its config
         stop.on_stop = lambda: folder.event("stopped", stopped_preparing(folder), name=cfg.name)
     if main and echo:
         echo(f"run folder: {folder.root}")
         echo("equivalent command: " + commands[0])
-        echo("multi-GPU / multi-node: " + commands[1])
+        launch = f"this launch ({processes} processes): " if processes > 1 else "multi-GPU / multi-node: "
+        echo(launch + commands[1])
+        for note in notes:
+            echo(f"note: {note}")
         resumed = "the run's cached latents and checkpoint"
         fresh = "caching the images' latents, step 0's validation and previews"
         echo(f"preparing: loading the model, {resumed if cfg.resume else fresh}")
@@ -157,12 +161,6 @@ FP16_NEEDS_A_GPU = (
     "--mixed-precision fp16 needs a GPU (there is no fp16 loss scaling on a CPU); use --mixed-precision no "
     "(bf16 runs on a CPU too, but slowly unless it has bf16 arithmetic)"
 )
-
-
-def _has_gpu() -> bool:
-    """A CUDA, XPU or Apple GPU that Accelerate would train on."""
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
 def _load(cfg: TrainConfig):
@@ -204,8 +202,9 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         if resolved:
             cfg = cfg.replace(**resolved)
             if accelerator.is_main_process:
-                write_run_files(cfg, folder)
-        state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress)
+                cpu = accelerator.device.type == "cpu"
+                write_run_files(cfg, folder, home=home, processes=accelerator.num_processes, cpu=cpu)
+        state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress, home=home)
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError(FP16_NEEDS_A_GPU)
@@ -315,7 +314,9 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending,
     failed_upload = None
     if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
         try:
-            url = push_embedding(emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview)
+            url = push_embedding(
+                emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview, home=state.home
+            )
             message += f"; uploaded to {url}"
         except UploadError as exc:
             failed_upload = exc
