@@ -117,7 +117,7 @@ class JobRunner:
 
     def start(self, request: TrainRequest, *, job_id: str | None = None) -> Job:
         """Start `tokensmith train` for `request` in a fresh run folder and return at once."""
-        self._refuse_while_running()
+        self.refuse_while_running()
         job_id = job_id or new_job_id(request.name)
         run_dir = self.runs_dir / job_id  # may exist already, holding the uploaded images
         if any((run_dir / f).exists() for f in ("job.json", "progress.jsonl")):
@@ -141,7 +141,12 @@ class JobRunner:
             raise RuntimeError(f"job '{job_id}' is still running: there is nothing to resume")
         if state.status == "done":
             raise RuntimeError(f"job '{job_id}' finished: train it further instead")
-        self._refuse_while_running()
+        if not state.can_resume:
+            raise RuntimeError(
+                f"job '{job_id}' ended before its first checkpoint: there is nothing to resume from; "
+                "start it again"
+            )
+        self.refuse_while_running()
         command = self._command_of(job)
         if "--resume" not in command:
             command = (*command, "--resume")
@@ -158,7 +163,7 @@ class JobRunner:
             raise RuntimeError(f"job '{job_id}' has not finished: only a finished job can be trained further")
         if more_steps < 1:
             raise ValueError(f"more steps must be at least 1, got {more_steps}")
-        self._refuse_while_running()
+        self.refuse_while_running()
         again = ("--resume", "--overwrite", "--no-early-stopping")
         command = [w for w in self._command_of(job) if w not in (*again, "--early-stopping")]
         if "--steps" in command:  # one --steps, so the command reads as what runs
@@ -168,7 +173,8 @@ class JobRunner:
             Job(id=job.id, run_dir=job.run_dir, name=job.name, command=tuple(command), created=job.created)
         )
 
-    def _refuse_while_running(self) -> None:
+    def refuse_while_running(self) -> None:
+        """Raise RuntimeError while a job runs (callers check before writing anything for a new one)."""
         running = [job for job in self.jobs() if self.state(job).active]
         if running:
             raise RuntimeError(

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.runfolder import RunFolder
+
 FINAL_EVENTS = ("done", "failed", "stopped")
 LOG_TAIL_LINES = 40
 
@@ -29,6 +31,7 @@ class RunState:
     message: str = ""
     embedding_name: str | None = None
     kept_step: int | None = None  # done: the step whose snapshot was stored (keep = best: maybe earlier)
+    checkpoint_step: int | None = None  # the newest complete checkpoint: where a resume continues from
     history: list[dict] = field(default_factory=list)
     previews: list[Path] = field(default_factory=list)
     snapshots: list[Path] = field(default_factory=list)
@@ -48,8 +51,13 @@ class RunState:
 
     @property
     def resumable(self) -> bool:
-        """A run that ended before finishing can continue from its last checkpoint."""
+        """A run that ended before finishing (the CLI's `--resume` starts it over without a checkpoint)."""
         return self.status in ("stopped", "failed", "ended")
+
+    @property
+    def can_resume(self) -> bool:
+        """Ended before finishing and has a checkpoint to continue from (else it can only start again)."""
+        return self.resumable and self.checkpoint_step is not None
 
 
 def read_progress(path: Path) -> tuple[list[dict], dict | None]:
@@ -140,6 +148,7 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         message=message,
         embedding_name=str(final["name"]) if final and final.get("name") else None,
         kept_step=kept,
+        checkpoint_step=RunFolder(run_dir).checkpoint_step(),
         history=rows,
         previews=_numbered_files(run_dir / "previews", "step-*.png"),
         snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),

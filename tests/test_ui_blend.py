@@ -75,6 +75,8 @@ def test_saving_over_an_existing_name_needs_replace(session, store):
     at.text_input(key="bl_name").set_value("cat").run()
     at.button(key="bl_save").click().run()
     assert "already exists" in at.error[0].value
+    assert "turn on “Replace an embedding of the same name”" in at.error[0].value
+    assert "--force" not in at.error[0].value
     at.toggle(key="bl_overwrite").set_value(True).run()
     at.button(key="bl_save").click().run()
     assert "parent" in store.get("cat").meta
@@ -87,6 +89,46 @@ def test_mismatched_widths_and_bad_names_are_explained(session, store):
     assert "cannot blend" in at.error[0].value
     at.text_input(key="bl_name").set_value("../evil").run()
     assert "invalid embedding name" in at.error[0].value
+
+
+def test_a_new_operand_count_starts_every_weight_at_an_equal_share(session, store):
+    at = open_blend()
+    assert [at.slider(key=f"bl_w_{i}").value for i in range(2)] == [0.5, 0.5]
+    at.number_input(key="bl_count").set_value(3).run()
+    assert [at.slider(key=f"bl_w_{i}").value for i in range(3)] == [0.33, 0.33, 0.33]
+    at.slider(key="bl_w_0").set_value(0.8).run()
+    assert at.slider(key="bl_w_0").value == 0.8  # a moved slider keeps its value until the count changes
+    at.number_input(key="bl_count").set_value(2).run()
+    assert [at.slider(key=f"bl_w_{i}").value for i in range(2)] == [0.5, 0.5]
+    assert not at.exception and not at.warning
+
+
+def test_an_empty_name_is_explained_under_its_field_and_the_page_stays(session, store):
+    at = open_blend()
+    at.text_input(key="bl_name").set_value("").run()
+    assert len(at.error) == 1 and "invalid embedding name ''" in at.error[0].value
+    assert at.text_input(key="bl_seeds").value == "0,1" and at.toggle(key="bl_sweep") is not None
+    assert not at.get("imgs") and not [b for b in at.button if b.key == "bl_save"]
+
+
+def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained(session, store, monkeypatch):
+    calls = []
+    generate = session.generate
+    monkeypatch.setattr(session, "generate", lambda *args, **kw: calls.append(1) or generate(*args, **kw))
+    at = open_blend()
+    at.radio(key="bl_kind_1").set_value("word").run()
+    at.text_input(key="bl_word_1").set_value("photo")
+    at.number_input(key="bl_steps").set_value(2)
+    at.text_input(key="bl_prompt").set_value("* <dog>").run()
+    assert not at.error, [e.value for e in at.error]
+    assert calls, "no preview drawn"
+    calls.clear()
+    at.run()
+    assert not calls  # the same blend, prompt and files: from the cache
+    width = session.model.widths["emb_params"]
+    store.put(Embedding("dog", {"emb_params": torch.ones(1, width)}, {"family": "sd1"}), overwrite=True)
+    at.run()
+    assert calls, "the preview still shows the old <dog>"
 
 
 def test_empty_word_asks_for_every_operand(session, store):

@@ -10,8 +10,9 @@ import pytest
 from studio.jobs import JobRunner, TrainRequest, new_job_id
 from studio.runview import read_progress, read_run
 
-# A stand-in for `tokensmith train`: writes progress rows, a preview and a snapshot, stops cleanly on SIGTERM,
-# continues from its last row with --resume, and crashes without a final event when asked to.
+# A stand-in for `tokensmith train`: writes progress rows, a preview, a snapshot and a checkpoint folder per
+# step, stops cleanly on SIGTERM, continues from its last row with --resume, and crashes without a final event
+# when asked to.
 FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, signal, sys, time
@@ -62,6 +63,7 @@ FAKE_TRAINER = textwrap.dedent(
             (run_dir / sub).mkdir(exist_ok=True)
         Image.new("RGB", (32, 32), (8 * step % 256, 0, 0)).save(run_dir / "previews" / f"step-{step:06d}.png")
         (run_dir / "snapshots" / f"step-{step:06d}.safetensors").write_bytes(b"x")
+        (run_dir / "checkpoints" / f"step-{step:06d}").mkdir(parents=True, exist_ok=True)
     if "--fail" in args:
         write({"event": "failed", "message": "loss became NaN: lower the learning rate"})
         sys.exit(1)
@@ -122,7 +124,7 @@ def test_cancel_stops_the_trainer_cleanly_and_resume_continues(runner, tmp_path,
     assert runner.state(job.id).status == "running"
     assert runner.cancel(job.id)
     state = runner.wait(job.id, timeout=20)
-    assert state.status == "stopped" and state.resumable
+    assert state.status == "stopped" and state.can_resume and state.checkpoint_step == state.step
     assert state.message.startswith("stopped at step")
     stopped_at = state.step
     assert not runner.cancel(job.id)  # nothing left to stop
@@ -136,6 +138,16 @@ def test_cancel_stops_the_trainer_cleanly_and_resume_continues(runner, tmp_path,
     assert state.status == "done"
     assert [row["step"] for row in state.history] == list(range(1, 41))
     assert state.history[stopped_at]["step"] == stopped_at + 1  # continued, not restarted
+
+
+def test_a_job_stopped_before_its_first_checkpoint_cannot_be_resumed(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STARTUP", "30")  # cancelled while the trainer starts
+    job = runner.start(request(tmp_path, steps=5))
+    runner.cancel(job.id)
+    state = runner.wait(job.id, timeout=30)
+    assert state.status == "stopped" and state.resumable and not state.can_resume
+    with pytest.raises(RuntimeError, match="nothing to resume from"):
+        runner.resume(job.id)
 
 
 def test_a_second_job_is_refused_while_one_runs(runner, tmp_path, monkeypatch):

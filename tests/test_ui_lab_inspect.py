@@ -1,6 +1,7 @@
 """The Lab and Inspect pages (AppTest, tiny random pipeline) and the map's projection."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -96,6 +97,29 @@ def test_inspect_shows_neighbours_norms_and_the_map(session, store):
 def test_a_map_click_or_the_url_selects_the_embedding(session, store):
     at = open_page("views/inspect.py", {"insp_clicked": "dog"})
     assert at.selectbox(key="insp_name").value == "dog"
+
+
+def test_a_map_click_selects_once_and_the_selectbox_wins_afterwards(session, store, monkeypatch):
+    import streamlit
+
+    clicked = SimpleNamespace(selection={"pick": [{"name": "dog"}]})  # a chart keeps its selection on reruns
+    monkeypatch.setattr(streamlit, "altair_chart", lambda *args, **kwargs: clicked)
+    at = open_page("views/inspect.py")
+    assert at.selectbox(key="insp_name").value == "dog"
+    at.selectbox(key="insp_name").set_value("cat").run()
+    assert at.selectbox(key="insp_name").value == "cat"
+    at.run()
+    assert at.selectbox(key="insp_name").value == "cat"
+
+
+def test_an_unreadable_store_file_is_named_and_the_map_still_shows(session, store):
+    (store.root / "broken.safetensors").write_bytes(b"\x00garbage")
+    at = open_page("views/inspect.py")
+    assert not at.error, [e.value for e in at.error]
+    warning = " ".join(w.value for w in at.warning)
+    assert "broken.safetensors" in warning and "tokensmith doctor" in warning
+    assert at.selectbox(key="insp_name").options == ["cat", "dog"]
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
 
 
 def test_an_embedding_for_another_model_is_explained_and_the_map_still_shows(session, store):

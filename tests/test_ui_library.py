@@ -45,6 +45,12 @@ def captions(at) -> str:
     return "\n".join(c.value for c in at.caption)
 
 
+def new_name_field(at: AppTest):
+    """The rename field of the embedding open in the details panel."""
+    [field] = [box for box in at.text_input if box.label == "New name"]
+    return field
+
+
 def test_empty_library_says_how_to_fill_it():
     at = open_library()
     assert "The library is empty" in at.info[0].value
@@ -73,7 +79,7 @@ def test_open_shows_details_and_a_download_per_format(store):
 
 def test_rename_delete_and_restore(store):
     at = open_library(emb="red-square")
-    at.text_input(key="lib_new_name").set_value("crimson-square")
+    new_name_field(at).set_value("crimson-square")
     at.button(key="lib_rename").click().run()
     assert store.names() == ["blue-star", "crimson-square"]
     assert store.preview_path("crimson-square").exists()
@@ -83,12 +89,68 @@ def test_rename_delete_and_restore(store):
     assert store.names() == ["blue-star", "crimson-square"]
 
 
-def test_rename_to_a_taken_name_is_an_error_not_a_crash(store):
+def test_rename_to_a_taken_name_is_explained_and_the_page_stays(store):
     at = open_library(emb="red-square")
-    at.text_input(key="lib_new_name").set_value("blue-star")
+    new_name_field(at).set_value("blue-star")
     at.button(key="lib_rename").click().run()
     assert "already exists" in at.error[0].value
     assert store.names() == ["blue-star", "red-square"]
+    assert [e.label for e in at.expander] == ["Doctor: do they fit the model?", "Import embeddings", "Trash"]
+
+
+def test_the_new_name_field_belongs_to_the_embedding_it_renames(store):
+    at = open_library(emb="red-square")
+    new_name_field(at).set_value("crimson").run()
+    at.button(key="open_blue-star").click().run()
+    assert new_name_field(at).value == ""
+    at.button(key="lib_rename").click().run()  # an empty field renames nothing
+    assert store.names() == ["blue-star", "red-square"]
+
+
+def test_an_import_shows_its_card_at_once(tokensmith_home, tmp_path):
+    from embeddings.exporting import export
+
+    export(emb("green-dot", seed=3), "a1111-pt", tmp_path / "green-dot.pt")
+    at = open_library()
+    at.file_uploader(key="lib_import_files").set_value(
+        [("green-dot.pt", (tmp_path / "green-dot.pt").read_bytes(), "application/octet-stream")]
+    )
+    at.run()
+    at.button(key="lib_import").click().run()
+    assert "Imported <green-dot>" in at.success[0].value
+    assert [md.value for md in at.markdown if md.value.startswith("**&lt;")] == ["**&lt;green-dot&gt;**"]
+    assert not any("The library is empty" in i.value for i in at.info)
+
+
+def test_importing_a_taken_name_points_to_the_replace_toggle(store, tmp_path):
+    from embeddings.exporting import export
+
+    export(emb("blue-star", seed=5), "canonical", tmp_path / "blue-star.safetensors")
+    at = open_library()
+    at.file_uploader(key="lib_import_files").set_value(
+        [
+            (
+                "blue-star.safetensors",
+                (tmp_path / "blue-star.safetensors").read_bytes(),
+                "application/octet-stream",
+            )
+        ]
+    )
+    at.run()
+    at.button(key="lib_import").click().run()
+    assert "turn on “Replace embeddings of the same name”" in at.error[0].value
+    assert "--force" not in at.error[0].value
+
+
+def test_an_unreadable_store_file_is_named_with_what_to_do(store):
+    (store.root / "broken.safetensors").write_bytes(b"\x00garbage")
+    at = open_library()
+    warning = " ".join(w.value for w in at.warning)
+    assert "broken.safetensors" in warning and "tokensmith doctor" in warning
+    names = [md.value for md in at.markdown if md.value.startswith("**&lt;")]
+    assert names == ["**&lt;blue-star&gt;**", "**&lt;red-square&gt;**"]
+    at.button(key="lib_trash_broken_broken").click().run()
+    assert not at.warning and not (store.root / "broken.safetensors").exists()
 
 
 def test_import_by_upload_reads_other_formats(store, tmp_path):

@@ -236,3 +236,90 @@ def test_a_checkpoint_file_gets_a_configs_field_that_reaches_the_trainer(fake_tr
     command = job_command(at, tokensmith_home)
     assert command[command.index("--model") + 1] == "/models/sd15.safetensors"
     assert command[command.index("--model-config") + 1] == "/models/sd15-configs"
+
+
+def run_folder(home: Path, rows: list[dict], final: dict | None = None, checkpoint: int | None = None) -> str:
+    """A run folder as the trainer leaves it (no process alive): its id."""
+    run_dir = home / "runs" / "cat-run"
+    run_dir.mkdir(parents=True)
+    lines = [*rows, *([final] if final else [])]
+    (run_dir / "progress.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if checkpoint is not None:
+        (run_dir / "checkpoints" / f"step-{checkpoint:06d}").mkdir(parents=True)
+    return run_dir.name
+
+
+def chart_rows(at: AppTest) -> list[dict]:
+    """The rows the page's charts draw (Streamlit ships chart data as Arrow tables)."""
+    import pyarrow as pa
+
+    rows = []
+    for chart in [*at.get("arrow_vega_lite_chart"), *at.get("vega_lite_chart")]:
+        for blob in [chart.proto.data.data, *(d.data.data for d in chart.proto.datasets)]:
+            rows += pa.ipc.open_stream(blob).read_all().to_pylist() if blob else []
+    return rows
+
+
+def test_validation_loss_logged_every_few_steps_is_drawn(tokensmith_home):
+    import math
+
+    rows = [
+        {"step": s, "total": 20, "loss": 1.0 / s} | ({"val_loss": 0.5 / s} if s % 5 == 0 else {})
+        for s in range(1, 21)
+    ]
+    job_id = run_folder(tokensmith_home, rows, {"event": "done", "name": "cat", "kept": 20})
+    at = open_train(job=job_id)
+    drawn = [r for r in chart_rows(at) if "val_loss" in r.values()]
+    values = [v for r in drawn for k, v in r.items() if k != "step" and not isinstance(v, str)]
+    assert values and all(v is not None and not math.isnan(v) for v in values), values
+    assert sorted(values) == sorted(0.5 / s for s in (5, 10, 15, 20))
+
+
+def test_a_stopped_run_says_what_resume_does_in_the_studios_words(tokensmith_home):
+    rows = [{"step": s, "total": 40, "loss": 1.0 / s} for s in range(1, 13)]
+    stopped = {"event": "stopped", "message": "stopped at step 12; resume with --resume"}
+    at = open_train(job=run_folder(tokensmith_home, rows, stopped, checkpoint=12))
+    assert [w.value for w in at.warning] == [
+        "Stopped at step 12. Resume continues from the checkpoint at step 12."
+    ]
+    assert at.button(key="resume")
+
+
+def test_a_job_cancelled_before_its_first_checkpoint_offers_no_resume(
+    fake_trainer, tokensmith_home, monkeypatch
+):
+    monkeypatch.setenv("FAKE_STARTUP", "30")  # the real trainer imports torch first
+    runner = studio.jobs.JobRunner(tokensmith_home)
+    job = runner.start(studio.jobs.TrainRequest(name="early", images=tokensmith_home, steps=5))
+    runner.cancel(job.id)
+    assert runner.wait(job.id, timeout=30).status == "stopped"
+    at = open_train(job=job.id)
+    assert not [b for b in at.button if b.key == "resume"]
+    assert any("start training again" in i.value for i in at.info)
+    assert "--resume" not in " ".join(w.value for w in at.warning)
+
+
+def test_a_job_that_failed_before_training_offers_no_resume(fake_trainer, tokensmith_home, monkeypatch):
+    monkeypatch.setenv("FAKE_REFUSE", "init: no stored embedding <nope>")  # exits before it writes anything
+    runner = studio.jobs.JobRunner(tokensmith_home)
+    job = runner.start(studio.jobs.TrainRequest(name="bad-init", images=tokensmith_home, steps=5))
+    assert runner.wait(job.id, timeout=30).status == "ended"
+    at = open_train(job=job.id)
+    assert not [b for b in at.button if b.key == "resume"]
+    assert any("start training again" in i.value for i in at.info)
+
+
+def test_a_start_refused_while_a_job_runs_leaves_no_folder(fake_trainer, tokensmith_home, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY", "0.5")
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    at = fill(open_train(), name="first", files=files, steps=40)
+    at.button(key="start").click().run()
+    first = at.query_params["job"]
+    try:
+        for name in ("second", "third"):
+            fill(at, name=name).button(key="start").click().run()
+            assert "still running" in errors(at)[0]
+        assert [p.name for p in (tokensmith_home / "runs").iterdir()] == [first]
+    finally:
+        studio.jobs.JobRunner(tokensmith_home).cancel(first)
+        studio.jobs.JobRunner(tokensmith_home).wait(first, timeout=20)

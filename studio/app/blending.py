@@ -89,6 +89,20 @@ def preview_prompt(template: str, name: str) -> str:
     )
 
 
+def stored_versions(prompt: str, store: Any, *, exclude: str) -> tuple[tuple[str, str], ...]:
+    """(name, sha256 of the stored file) of each stored embedding `prompt` names besides the blend `exclude`:
+    part of a preview's cache key, so a retrained <cat> in 'a * next to <cat>' is drawn anew."""
+    import hashlib
+
+    from studio.generation.prompt import embedding_names, parse
+
+    found = []
+    for name in embedding_names(parse(prompt)):
+        if name != exclude and store.exists(name):
+            found.append((name, hashlib.sha256(store.path(name).read_bytes()).hexdigest()))
+    return tuple(found)
+
+
 class PreviewStore:
     """The library plus one unsaved embedding, read-only: what the engine sees while a blend is previewed."""
 

@@ -36,6 +36,21 @@ def card_line(entry: Any) -> str:
     return " · ".join(parts)
 
 
+def skipped_text(path: Path, reason: str) -> str:
+    """The warning for a stored file that cannot be read, worded as `tokensmith list` warns, with what to do:
+    'skipped broken.safetensors: <reason>; see `tokensmith doctor …`, then replace or remove the file'."""
+    return (
+        f"skipped `{path.name}`: {reason}. See `tokensmith doctor {path}`, then replace the file with a "
+        "good copy, or move it out of the library folder, to clear this warning."
+    )
+
+
+def name_taken_text(name: str, toggle: str) -> str:
+    """The studio's words for a name already in the library: its Replace `toggle`, where the core's message
+    names the CLI's --force."""
+    return f"an embedding named '{name}' already exists: choose another name, or turn on “{toggle}”"
+
+
 def lineage_text(meta: dict[str, str]) -> str:
     """How an embedding came to be: '0.6 × <cat> + 0.4 × "dog" (slerp)', 'trained from "cat"', or ''."""
     raw = meta.get("parent")

@@ -7,10 +7,11 @@ import io
 
 import streamlit as st
 
-from studio.app import blending, context
+from studio.app import blending, cards, context
 from studio.app.blending import Operand
 
 MAX_OPERANDS = 4
+REPLACE_LABEL = "Replace an embedding of the same name"
 
 
 # --- widgets ---
@@ -18,9 +19,15 @@ MAX_OPERANDS = 4
 
 def operands_ui(names: list[str]) -> list[Operand]:
     """2–4 operands: each a library embedding or a word, with a weight slider."""
-    count = st.number_input("Operands", 2, MAX_OPERANDS, 2, key="bl_count")
+    count = int(st.number_input("Operands", 2, MAX_OPERANDS, 2, key="bl_count"))
+    # sliders keep their values by key: a new operand count starts every weight at 1/count again
+    fresh = st.session_state.get("bl_weights_for") != count
+    st.session_state["bl_weights_for"] = count
+    for i in range(count):
+        if fresh or f"bl_w_{i}" not in st.session_state:
+            st.session_state[f"bl_w_{i}"] = round(1.0 / count, 2)
     operands = []
-    for i in range(int(count)):
+    for i in range(count):
         c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
         default_kind = 0 if len(names) > i else 1
         kind = c1.radio(f"#{i + 1}", ["library", "word"], index=default_kind, key=f"bl_kind_{i}")
@@ -32,7 +39,7 @@ def operands_ui(names: list[str]) -> list[Operand]:
                 value = c2.selectbox("Embedding", names, index=min(i, len(names) - 1), key=f"bl_emb_{i}")
         else:
             value = c2.text_input("Word or phrase", key=f"bl_word_{i}", placeholder="typewriter")
-        weight = c3.slider("Weight", -1.0, 2.0, round(1.0 / int(count), 2), 0.05, key=f"bl_w_{i}")
+        weight = c3.slider("Weight", -1.0, 2.0, step=0.05, key=f"bl_w_{i}")
         operands.append(Operand("embedding" if kind == "library" else "word", value, float(weight)))
     return operands
 
@@ -43,6 +50,19 @@ def method_ui(count: int) -> tuple[str, bool]:
     method = c1.radio("Method", methods, horizontal=True, key="bl_method", help="slerp mixes exactly two")
     keep_norm = c2.toggle("Keep the operands' norm", key="bl_keep_norm", help="blends otherwise shrink")
     return method, keep_norm
+
+
+def name_ui() -> str:
+    """The blend's name, or '' after saying under the field why it cannot be used."""
+    from embeddings import validate_name
+
+    name = st.text_input("Name of the blend", "blend", key="bl_name").strip()
+    try:
+        validate_name(name)
+    except context.user_errors() as exc:
+        st.error(context.error_text(exc))
+        return ""
+    return name
 
 
 def preview_settings_ui() -> dict:
@@ -60,9 +80,12 @@ def preview_settings_ui() -> dict:
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def preview_cell(spec: str, sha256: str, prompt: str, seed: int, steps: int, _session, _store) -> bytes:
-    """One fixed-seed image of a blend, as PNG bytes; cached by the blend's vectors, so moving a slider back
-    to an earlier value shows its images at once."""
+def preview_cell(
+    spec: str, sha256: str, prompt: str, named: tuple, seed: int, steps: int, _session, _store
+) -> bytes:
+    """One fixed-seed image of a blend, as PNG bytes; cached by the blend's vectors and the stored files of
+    the other embeddings the prompt names (`named`), so moving a slider back to an earlier value shows its
+    images at once, and a retrained <cat> in the prompt draws anew."""
     from studio.generation import GenerateRequest
 
     [result] = _session.generate(GenerateRequest(prompt=prompt, seed=seed, steps=steps), store=_store)
@@ -80,12 +103,12 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
 
     prompt = blending.preview_prompt(settings["prompt"], name)
     spec = context.model_spec()
+    named = blending.stored_versions(prompt, store, exclude=name)
 
     def cell(emb, seed: int) -> Image.Image:
         view = blending.PreviewStore(store, emb)
-        return Image.open(
-            io.BytesIO(preview_cell(spec, emb.sha256, prompt, seed, settings["steps"], session, view))
-        )
+        png = preview_cell(spec, emb.sha256, prompt, named, seed, settings["steps"], session, view)
+        return Image.open(io.BytesIO(png))
 
     def mix(weights: list[float]):
         weighted = [(emb, w) for (emb, _), w in zip(parts, weights, strict=True)]
@@ -105,8 +128,11 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
 
 def save_ui(store, blended, thumbnail) -> None:
     """Save the blend at the sliders' weights into the library (lineage is in its metadata)."""
-    overwrite = st.toggle("Replace an embedding of the same name", key="bl_overwrite")
+    overwrite = st.toggle(REPLACE_LABEL, key="bl_overwrite")
     if st.button(f"Save <{blended.name}> to the library", type="primary", key="bl_save"):
+        if store.exists(blended.name) and not overwrite:
+            st.error(cards.name_taken_text(blended.name, REPLACE_LABEL))
+            return
         store.put(blended, overwrite=overwrite, preview=thumbnail)
         st.success(f"Saved <{blended.name}>: use it in prompts, or find it in the Library.")
 
@@ -122,14 +148,11 @@ try:
     widths = context.loaded_model(context.model_spec()).widths
     operands = operands_ui(blending.fitting_first(store.list(), widths))
     method, keep_norm = method_ui(len(operands))
-    name = st.text_input("Name of the blend", "blend", key="bl_name").strip()
-    from embeddings import validate_name
-
-    validate_name(name)
+    name = name_ui()
     settings = preview_settings_ui()
     if not all(op.value.strip() for op in operands):
         st.info("Choose every operand (an embedding from the library, or a word) to see the preview.")
-    else:
+    elif name:  # else name_ui said under the field why it cannot be used; the rest of the page stays
         session = context.generation_session(context.model_spec())
         parts = blending.resolve(operands, store, session.model.encoders, session.model.widths)
         with st.spinner("Rendering the preview grid…"):

@@ -43,14 +43,25 @@ def neighbours_ui(emb, encoders, k: int) -> None:
         )  # fmt: skip
 
 
+def readable(store, names: list[str]) -> list:
+    """The stored embeddings that load, with a warning naming each file that does not (a broken file must
+    not take the whole map with it)."""
+    embeddings = []
+    for name in names:
+        try:
+            embeddings.append(store.get(name))
+        except context.user_errors() as exc:
+            st.warning(cards.skipped_text(store.path(name), context.error_text(exc)))
+    return embeddings
+
+
 def map_ui(store, encoders, names: list[str]) -> None:
     """The PCA map; a click on a library point selects it above."""
     import altair as alt
 
     words_text = st.text_input("Words to place on the map", "red, blue, circle, square", key="insp_words")
     words = [w.strip() for w in words_text.split(",") if w.strip()]
-    embeddings = [store.get(name) for name in names]
-    points, skipped = map_points(embeddings, words, encoders)
+    points, skipped = map_points(readable(store, names), words, encoders)
     for note in skipped:
         st.caption(f"not on the map: {note}")
     if len(points) < 2:
@@ -69,11 +80,15 @@ def map_ui(store, encoders, names: list[str]) -> None:
     labels = base.mark_text(dx=9, align="left").encode(text="name:N")
     event = st.altair_chart(dots + labels, on_select="rerun", key="insp_map", width="stretch")
     chosen = [p.get("name") for p in (event.selection.get("pick") or []) if isinstance(p, dict)]
-    if chosen and chosen[0] in names and chosen[0] != st.session_state.get("insp_name"):
-        st.session_state["insp_clicked"] = chosen[0]
+    picked = chosen[0] if chosen else None
+    # the chart keeps its selection across reruns: only a new one is a click, so the selectbox wins after it
+    clicked = picked != st.session_state.get("insp_map_seen")
+    st.session_state["insp_map_seen"] = picked
+    if clicked and picked in names and picked != st.session_state.get("insp_name"):
+        st.session_state["insp_clicked"] = picked
         st.rerun()
-    elif chosen and chosen[0] not in names:
-        st.caption(f'"{chosen[0]}" is a word, not a stored embedding.')
+    elif picked is not None and picked not in names:
+        st.caption(f'"{picked}" is a word, not a stored embedding.')
 
 
 # --- the page ---
@@ -81,7 +96,10 @@ def map_ui(store, encoders, names: list[str]) -> None:
 st.title("🔎 Inspect")
 try:
     store = context.store()
-    names = store.names()
+    problems: list = []
+    names = [entry.name for entry in store.list(problems=problems)]  # headers only: a broken file is left out
+    for path, reason in problems:
+        st.warning(cards.skipped_text(path, reason))
     if not names:
         st.info("The library is empty: train or import an embedding first.")
     else:

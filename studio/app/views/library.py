@@ -11,6 +11,7 @@ from studio.app import cards, context
 
 COLUMNS = 4
 IMPORT_TYPES = ["safetensors", "pt", "bin", "ckpt", "png", "webp"]
+REPLACE_LABEL = "Replace embeddings of the same name"
 
 
 # --- widgets ---
@@ -92,21 +93,24 @@ def _preview_image(entry):
 
 
 def manage_ui(store, name: str) -> None:
-    """Rename and delete (to the trash)."""
+    """Rename and delete (to the trash); a refused one says why under the field, and the page stays."""
     c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-    new = c1.text_input("New name", key="lib_new_name", placeholder=name).strip()
-    if c2.button("Rename", key="lib_rename") and new:
-        store.rename(name, new)
-        st.session_state["lib_selected"] = new
-        st.query_params["emb"] = new
-        st.toast(f"Renamed <{name}> to <{new}>")
-        st.rerun()
-    if c3.button("Delete", key="lib_delete", icon="🗑️"):
-        store.delete(name)
-        st.session_state.pop("lib_selected", None)
-        st.query_params.pop("emb", None)
-        st.toast(f"Moved <{name}> to the trash: restore it below")
-        st.rerun()
+    new = c1.text_input("New name", key=f"lib_new_name_{name}", placeholder=name).strip()
+    try:
+        if c2.button("Rename", key="lib_rename") and new:
+            store.rename(name, new)
+            st.session_state["lib_selected"] = new
+            st.query_params["emb"] = new
+            st.toast(f"Renamed <{name}> to <{new}>")
+            st.rerun()
+        if c3.button("Delete", key="lib_delete", icon="🗑️"):
+            store.delete(name)
+            st.session_state.pop("lib_selected", None)
+            st.query_params.pop("emb", None)
+            st.toast(f"Moved <{name}> to the trash: restore it below")
+            st.rerun()
+    except context.user_errors() as exc:
+        st.error(context.error_text(exc))
 
 
 def import_ui(store) -> None:
@@ -117,7 +121,7 @@ def import_ui(store) -> None:
         accept_multiple_files=True,
         key="lib_import_files",
     )
-    overwrite = st.toggle("Replace embeddings of the same name", key="lib_import_overwrite")
+    overwrite = st.toggle(REPLACE_LABEL, key="lib_import_overwrite")
     if st.button("Import", key="lib_import", disabled=not files):
         from embeddings.importing import import_path
 
@@ -128,16 +132,45 @@ def import_ui(store) -> None:
                 path.write_bytes(file.getvalue())
             skipped: list = []
             for emb in import_path(Path(tmp), skipped=skipped):
+                if store.exists(emb.name) and not overwrite:
+                    problems.append(cards.name_taken_text(emb.name, REPLACE_LABEL))
+                    continue
                 try:
                     store.put(emb, overwrite=overwrite)
                     added.append(emb.name)
                 except context.user_errors() as exc:
                     problems.append(context.error_text(exc))
             problems += [f"{p.name}: {reason}" for p, reason in skipped]
-        if added:
-            st.success("Imported " + ", ".join(f"<{n}>" for n in added))
+        if added:  # list them: the page lists the store before this section, so run it again
+            st.session_state["lib_import_report"] = (added, problems)
+            st.rerun()
         for problem in problems:
             st.error(problem)
+
+
+def import_report_ui() -> None:
+    """What the last import added (and refused), shown once after the rerun that lists the new cards."""
+    added, problems = st.session_state.pop("lib_import_report", ([], []))
+    if added:
+        st.success("Imported " + ", ".join(f"<{n}>" for n in added))
+    for problem in problems:
+        st.error(problem)
+
+
+def problems_ui(store, problems: list) -> None:
+    """A warning naming each stored file that cannot be read (as `tokensmith list` warns), and a way out."""
+    for path, reason in problems:
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        c1.warning(cards.skipped_text(path, reason))
+        name = path.stem
+        if c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️"):
+            try:
+                store.delete(name)
+            except context.user_errors() as exc:
+                c1.error(context.error_text(exc))
+                continue
+            st.toast(f"Moved {path.name} to the trash")
+            st.rerun()
 
 
 def trash_ui(store) -> None:
@@ -181,7 +214,10 @@ def doctor_ui(entries: list) -> None:
 st.title("📚 Library")
 try:
     store = context.store()
-    entries = store.list()
+    import_report_ui()
+    problems: list = []
+    entries = store.list(problems=problems)  # a file that cannot be read is named, not hidden
+    problems_ui(store, problems)
     if not entries:
         st.info("The library is empty: train a concept on the Train page, or import embedding files below.")
     else:
@@ -190,7 +226,7 @@ try:
         st.caption(f"{len(shown)} of {len(entries)} embeddings · store: `{store.root}`")
         gallery_ui(shown)
         selected = st.session_state.get("lib_selected") or st.query_params.get("emb")
-        if selected and store.exists(selected):
+        if selected in {e.name for e in entries}:
             st.divider()
             details_ui(store, selected)
         with st.expander("Doctor: do they fit the model?"):

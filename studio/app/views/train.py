@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import streamlit as st
@@ -22,6 +23,10 @@ STATUS_ICONS = {
     "ended": "⚠️",
     "unreadable": "❓",
 }
+NOTHING_TO_RESUME = (
+    "No checkpoint was saved before it ended, so there is nothing to resume: start training again with the "
+    "form on the left."
+)
 
 
 @st.cache_resource(show_spinner="Loading the trainer (once per studio process)…")
@@ -143,6 +148,7 @@ def start_job(
         images = uploads.check_images(files)
     else:
         raise ValueError("add images of the concept first (drop them above, or type a folder path)")
+    runner.refuse_while_running()  # before the uploads are copied: a refused start leaves no folder
     job_id = new_job_id(concept["name"])
     if folder:
         image_dir = Path(folder).expanduser().resolve()  # the trainer runs inside its run folder
@@ -164,7 +170,12 @@ def start_job(
         model_config=model_config or None,
         extra_args=tuple(extra),
     )
-    return runner.start(request, job_id=job_id)
+    try:
+        return runner.start(request, job_id=job_id)
+    except context.user_errors():
+        if not folder:  # e.g. another tab started a job meanwhile: no orphan folder of copied uploads
+            shutil.rmtree(runner.runs_dir / job_id, ignore_errors=True)
+        raise
 
 
 # --- the job panel ---
@@ -218,15 +229,11 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         if state.log_tail:
             st.code(state.log_tail, language=None)
     elif state.status == "stopped":
-        st.warning(f"Stopped: {state.message}. Resume continues from the last checkpoint.")
+        st.warning(stopped_text(state))
+    if state.resumable and not state.can_resume:
+        st.info(NOTHING_TO_RESUME)
     if len(state.history) > 1:
-        rows = state.history[-CHART_POINTS:]
-        series = {
-            k: [r.get(k) for r in rows]
-            for k in ("loss", "val_loss")
-            if any(r.get(k) is not None for r in rows)
-        }
-        st.line_chart({"step": [r["step"] for r in rows], **series}, x="step", height=220)
+        loss_chart_ui(state.history[-CHART_POINTS:])
     if state.previews:
         shown, caption = state.previews[-1], f"preview at step {_step_of(state.previews[-1])}"
         kept = [p for p in state.previews if _step_of(p) == state.kept_step]
@@ -237,6 +244,41 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         except OSError as exc:
             st.caption(f"preview {shown.name} could not be shown: {exc}")
     actions_ui(runner, job_id, state)
+
+
+def stopped_text(state: RunState) -> str:
+    """The trainer's `stopped` message in the studio's words: its CLI advice ('resume with --resume') becomes
+    what the Resume button does ('stopped at step 12; resume with --resume' -> 'Stopped at step 12. Resume
+    continues from the checkpoint at step 12.')."""
+    said = state.message.split(";")[0].strip() or "stopped"
+    said = said[0].upper() + said[1:]
+    if state.can_resume:
+        return f"{said}. Resume continues from the checkpoint at step {state.checkpoint_step}."
+    return f"{said}."
+
+
+def loss_chart_ui(rows: list[dict]) -> None:
+    """Loss and validation loss against the step, each series drawn from its own points: validation is
+    logged every N steps only, and a line through the empty steps between would never be drawn."""
+    import altair as alt
+
+    points = [
+        {"step": row["step"], "series": key, "value": float(row[key])}
+        for key in ("loss", "val_loss")
+        for row in rows
+        if isinstance(row.get(key), int | float) and "step" in row
+    ]
+    if not points:
+        return
+    colours = alt.Scale(domain=["loss", "val_loss"], range=["#1f77b4", "#ff7f0e"])
+    base = alt.Chart(alt.Data(values=points)).encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("value:Q", title="loss"),
+        color=alt.Color("series:N", title=None, scale=colours, legend=alt.Legend(orient="bottom")),
+        tooltip=["step:Q", "series:N", "value:Q"],
+    )
+    dots = base.transform_filter(alt.datum.series == "val_loss").mark_point(filled=True, size=40)
+    st.altair_chart((base.mark_line() + dots).properties(height=220), width="stretch")
 
 
 def _step_of(path) -> int:
@@ -250,7 +292,7 @@ def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         if state.active and st.button("Cancel", key="cancel", icon="⏹️"):
             runner.cancel(job_id)
             st.toast("Asked the trainer to stop; it saves a checkpoint first.")
-        if state.resumable and st.button("Resume", key="resume", icon="▶️"):
+        if state.can_resume and st.button("Resume", key="resume", icon="▶️"):
             runner.resume(job_id)
             st.rerun()
         if state.status == "done":
