@@ -85,7 +85,10 @@ def _read_safetensors(path: Path) -> Embedding:
     if is_canonical_layout(keys):
         emb = load_canonical(path)
         kind = "canonical" if "tokensmith.version" in emb.meta else ("sdxl" if "clip_l" in keys else "kohya")
-        return emb.with_meta(source_format=f"safetensors:{kind}", source_file=path.name)
+        # a kohya/ComfyUI file's own `family` label (or an edited one) stands only where the widths allow it
+        claim = emb.meta.get("family", "")
+        family = None if claim and not family_claim_fits(claim, emb.widths) else claim or None
+        return emb.with_meta(source_format=f"safetensors:{kind}", source_file=path.name, family=family)
     tensors, meta = load_safetensors(path)
     emb = embedding_from_dict(tensors, path=path, source_format="safetensors")
     kept = {k: v for k, v in meta.items() if k not in FOREIGN_META_DROPPED}

@@ -96,9 +96,18 @@ def test_a_diffusers_export_keeps_the_provenance_and_the_demo_family(tmp_path):
 @pytest.mark.parametrize(
     ("claim", "width", "family"), [("sd1", 1024, "sd2"), ("demo", 768, "sd1"), ("x", 64, "w64")]
 )
-def test_a_foreign_family_label_that_contradicts_the_widths_is_not_kept(tmp_path, claim, width, family):
+@pytest.mark.parametrize("key", ["<t>", "emb_params"])  # diffusers' layout, kohya/ComfyUI's
+def test_a_foreign_family_label_that_contradicts_the_widths_is_not_kept(tmp_path, claim, width, family, key):
     path = tmp_path / "t.safetensors"
-    safetensors.torch.save_file({"<t>": torch.randn(1, width)}, str(path), metadata={"family": claim})
+    safetensors.torch.save_file({key: torch.randn(1, width)}, str(path), metadata={"family": claim})
+    assert import_path(path)[0].family == family
+
+
+@pytest.mark.parametrize(("claim", "family"), [("sd1", "sdxl"), ("sdxl", "sdxl"), ("demo", "sdxl")])
+def test_an_sdxl_files_family_label_must_fit_its_widths_too(tmp_path, claim, family):
+    path = tmp_path / "x.safetensors"
+    tensors = {"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}
+    safetensors.torch.save_file(tensors, str(path), metadata={"family": claim})
     assert import_path(path)[0].family == family
 
 
