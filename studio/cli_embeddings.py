@@ -111,6 +111,7 @@ def register(subparsers, common) -> None:
     sub.add_argument("expr", metavar="EXPR")
     sub.add_argument("--name", required=True, help="name of the new embedding")
     sub.add_argument("--model", help="model whose vocabulary gives words their vectors (default: demo)")
+    _model_config_option(sub)
     sub.add_argument("--keep-norm", action="store_true", help="keep the operands' mean vector norm")
     sub.add_argument(
         "--vectors", type=_at_least_one, metavar="N", help="crop or zero-pad the result to N vectors"
@@ -128,6 +129,7 @@ def register(subparsers, common) -> None:
     )
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("--model", default="demo", help="model whose vocabulary to search (default: demo)")
+    _model_config_option(sub)
     sub.add_argument("-k", type=_at_least_one, default=10, help="tokens per vector (default 10)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_nearest)
@@ -146,11 +148,18 @@ def register(subparsers, common) -> None:
     )
     sub.add_argument("path", metavar="PATH")
     sub.add_argument("--model", help="check the fit with this model")
+    _model_config_option(sub)
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_doctor)
 
 
 # --- helpers ---
+def _model_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-config", metavar="DIR", help="configs for a single-file checkpoint --model (offline)"
+    )
+
+
 def _store(args):
     from embeddings import Store
 
@@ -161,11 +170,11 @@ def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _load_model(spec: str):
+def _load_model(spec: str, config: str | None = None):
     from trainers.models import load_model
 
     print(f"loading model {spec} ...", file=sys.stderr)
-    return load_model(spec)
+    return load_model(spec, config=config)
 
 
 # --- commands ---
@@ -314,7 +323,7 @@ def run_blend(args) -> int:
     if store.exists(args.name) and not args.force:
         raise StoreError(f"'{args.name}' already exists; choose another --name or pass --force")
     spec = parse_blend(args.expr)
-    model = _load_model(args.model or "demo") if spec.needs_model or args.model else None
+    model = _load_model(args.model or "demo", args.model_config) if spec.needs_model or args.model else None
     parts = []
     for operand, weight in spec.parts:
         if operand.kind == "embedding":
@@ -338,7 +347,7 @@ def run_nearest(args) -> int:
     from embeddings.maths import nearest_tokens, norm_report
 
     emb = _store(args).get(args.name)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.model_config)
     try:
         per_encoder, partial = vectors_for_encoders(emb, model.encoders, model_family=model.family), False
     except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
@@ -380,7 +389,7 @@ def run_doctor(args) -> int:
         if store_path is None or not store_path.exists():
             raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
         path = store_path
-    model = _load_model(args.model) if args.model else None
+    model = _load_model(args.model, args.model_config) if args.model else None
     encoders, family = (model.encoders, model.family) if model else (None, None)
     report = diagnose(path, encoders, model_family=family)
     if args.json:

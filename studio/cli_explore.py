@@ -98,6 +98,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     rep.add_argument("image", type=Path, help="a PNG written by tokensmith")
     rep.add_argument("--out", type=Path, required=True, help="where to write the new PNG")
     rep.add_argument("--model", help="use this model instead of the recorded one")
+    rep.add_argument(
+        "--model-config",
+        metavar="DIR",
+        help="configs for a single-file checkpoint (offline), the recorded one or --model's",
+    )
     force_option(rep)
     rep.set_defaults(run=run_replay)
 
@@ -202,12 +207,17 @@ def run_replay(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from studio.generation import replay, save_png
+    from studio.generation import Session, read_provenance, replay, save_png
+    from trainers.models import load_model
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: images are written as PNG (with provenance); use a .png name")
     refuse_existing(args.out, args.force)
-    result = replay(args.image, store=store_for(args), model=args.model)
+    session = None
+    if args.model_config:  # a single-file checkpoint, recorded or given, loaded offline with these configs
+        model = args.model or read_provenance(args.image)["model"]
+        session = Session(load_model(model, config=args.model_config))
+    result = replay(args.image, store=store_for(args), model=args.model, session=session)
     with Image.open(args.image) as original:  # read before writing: --out may be the image itself
         same = np.array_equal(np.asarray(original.convert("RGB")), np.asarray(result.image))
     save_png(result, args.out, overwrite=args.force)

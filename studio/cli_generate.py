@@ -14,7 +14,7 @@ GENERATE_EPILOG = """\
 Examples:
   tokensmith generate "a red circle on a blue background" --seed 3 --out circle.png
   tokensmith generate "a <my-cat> on a yellow background" --negative "blue" -n 4 --out cats/
-  tokensmith generate "a puppy" --swap puppy=<my-cat>            # same image as writing "a <my-cat>"
+  tokensmith generate "a puppy" --swap 'puppy=<my-cat>'          # same image as writing "a <my-cat>"
   tokensmith generate "a <0.6*red + 0.4*yellow> circle"          # inline token blend
   tokensmith generate "a [red:blue:0.4] (circle:1.3)"           # prompt editing and weights
   tokensmith generate "a circle" --guide color=green --guide brightness=0.7,scale=0.3

@@ -214,3 +214,44 @@ def test_the_studio_loads_a_checkpoint_file_with_its_configs(original, tmp_path,
     session = _generation_session(str(checkpoint), str(folder))
     assert session.model.source == str(checkpoint.resolve())
     assert_same_weights(session.model.pipe, pipe)
+
+
+def test_an_image_of_a_single_file_checkpoint_replays_offline(original, tmp_path, monkeypatch):
+    """generate and replay both take --model-config: the recorded model is the checkpoint file, which cannot
+    be loaded offline without its configs."""
+    import numpy as np
+    from PIL import Image
+
+    from studio.cli import main
+
+    _pipe, folder, state = original
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(state, str(checkpoint))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    home = ["--home", str(tmp_path / "home")]
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    model = ["--model", str(checkpoint), "--model-config", str(folder)]
+    assert main(["generate", "a cat", *model, "--steps", "2", "--out", str(first), *home]) == 0
+    assert main(["replay", str(first), "--out", str(again), "--model-config", str(folder), *home]) == 0
+    with Image.open(first) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_embedding_commands_that_take_a_model_take_its_configs(original, tmp_path, monkeypatch, capsys):
+    """doctor, nearest and blend load --model like generate does: a single-file checkpoint offline needs
+    --model-config."""
+    from embeddings import Embedding, Store
+    from studio.cli import main
+
+    pipe, folder, state = original
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(state, str(checkpoint))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    home = tmp_path / "home"
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    Store.for_home(home).put(Embedding("thing", {"emb_params": torch.randn(1, width)}, {}))
+    model = ["--model", str(checkpoint), "--model-config", str(folder), "--home", str(home)]
+    assert main(["doctor", "thing", *model]) == 0
+    assert main(["nearest", "thing", "-k", "2", *model]) == 0
+    assert main(["blend", "0.5*<thing> + 0.5*cat", "--name", "mix", *model]) == 0
+    assert "fits" in capsys.readouterr().out
