@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -14,8 +15,17 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def remove_temp(tmp: Path) -> None:
+    """Remove a temp file after a failure, never raising: the failure, not the clean-up, is the news."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
 def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` for a temp file beside `path`, fsync it, return the temp path (caller renames it)."""
+    """Run `write(tmp)` for a temp file beside `path`, fsync it, return the temp path (caller renames it).
+
+    On any failure (an interrupt too) the temp file is removed and the error raised.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
@@ -23,7 +33,7 @@ def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_temp(tmp)
         raise
     return tmp
 
@@ -66,7 +76,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool =
             os.link(tmp, path)  # atomic create-if-absent
             tmp.unlink()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_temp(tmp)
         raise
     fsync_dir(path.parent)
     return path

@@ -103,6 +103,13 @@ def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) ->
     In a folder, files that are not embeddings are appended to `skipped` as (path, reason) when a list is
     given; otherwise the first one raises. A single file always raises on error.
     """
+    return [emb for _, emb in import_sources(path, skipped=skipped)]
+
+
+def import_sources(
+    path: Path, *, skipped: list[tuple[Path, str]] | None = None
+) -> list[tuple[Path, Embedding]]:
+    """`import_path`, each embedding with the file it came from (the folder, for a diffusers SDXL pair)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -110,15 +117,15 @@ def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) ->
     if pair and not path.is_dir():
         first, second = (import_file(p) for p in pair)
         if not same_token(first, second):  # two unrelated files that happen to carry the pair's names
-            return [first if path == pair[0] else second]
-        return [combine_pair(first, second, pair[0].parent)]
+            return [(path, first if path == pair[0] else second)]
+        return [(pair[0].parent, combine_pair(first, second, pair[0].parent))]
     if not path.is_dir():
-        return [import_file(path)]
-    out: list[Embedding] = []
+        return [(path, import_file(path))]
+    out: list[tuple[Path, Embedding]] = []
     paired: set[Path] = set()
     if pair:
         try:
-            out.append(_import_pair(pair))
+            out.append((path, _import_pair(pair)))
             paired.update(pair)
         except EmbeddingFormatError:
             pass  # not a matching pair (different tokens): its files are imported one by one below
@@ -126,7 +133,7 @@ def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) ->
         if file in paired or not _is_candidate(file):
             continue
         try:
-            out.append(import_file(file))
+            out.append((file, import_file(file)))
         except (EmbeddingFormatError, OSError) as exc:
             if skipped is None:
                 raise

@@ -8,11 +8,13 @@ Layout under the root (default `$TOKENSMITH_HOME/embeddings`):
     .<file>.<pid>.<rand>.tmp    a write in progress (never listed; removed on failure)
 
 Writes are atomic (temp file, fsync, rename); creating a name uses a hard link so two writers can never both
-create it; an existing name is only replaced with `overwrite=True`.
+create it; an existing name is only replaced with `overwrite=True`. A rename killed halfway (the new name
+linked, the old not yet removed) is finished by running the same rename again.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -20,6 +22,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +43,8 @@ NAME_RULE = "1-64 characters from letters, digits, '_', '-' and '.', starting wi
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Device names Windows reserves whatever the extension ("nul.safetensors" is the null device there).
 RESERVED = {"con", "prn", "aux", "nul"} | {f"{kind}{i}" for kind in ("com", "lpt") for i in range(1, 10)}
+# Header keys a rename changes; two files that differ only in these hold the same embedding.
+NAME_KEYS = ("name",)
 
 
 def _is_reserved(name: str) -> bool:
@@ -72,6 +78,23 @@ def safe_name(text: str) -> str:
 
 def _sort_key(name: str) -> tuple[str, str]:
     return (name.lower(), name)
+
+
+def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> OSError:
+    """An OSError that names `target` (not the hidden temp file beside it) and says what to do."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "the disk is full: free some space, then try again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = (
+            f"the store folder {root} is not writable: check its permissions (and that its disk is not "
+            "mounted read-only), or use another store (--home DIR or TOKENSMITH_HOME)"
+        )
+    else:
+        advice = "fix the cause, then try again"
+    error = OSError(f"cannot {doing} {target}: {reason}; {advice}")
+    error.errno = exc.errno
+    return error
 
 
 @dataclass(frozen=True)
@@ -121,9 +144,44 @@ class Store:
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()
 
+    def holds(self, emb: Embedding) -> bool:
+        """True if `emb.name` is stored with exactly `emb`'s vectors (their sha256; metadata aside).
+
+        A stored file that is unreadable or corrupted does not hold them.
+        """
+        if not self.exists(emb.name):
+            return False
+        try:
+            return self.get(emb.name).sha256 == emb.sha256
+        except (EmbeddingFormatError, OSError):
+            return False
+
+    def _check_folder(self) -> None:
+        """StoreError if a file stands where the store folder (or a folder above it) should be."""
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                if folder.is_dir():
+                    return
+                where = "is" if folder == self.root else f"cannot be made: {folder} is"
+                raise StoreError(
+                    f"the store folder {self.root} {where} a file, not a folder; move or rename that file, "
+                    "or use another store (--home DIR or TOKENSMITH_HOME)"
+                )
+
+    @contextmanager
+    def _writing(self, target: Path, doing: str = "write") -> Iterator[None]:
+        """Turn an OSError while writing `target` into one that names it and says what to do."""
+        try:
+            yield
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise _write_error(target, self.root, exc, doing) from None
+
     def _require(self, name: str) -> Path:
         path = self.path(name)
         if not path.is_file():
+            self._check_folder()
             hint = self._suggest(name)
             raise StoreError(
                 f"no embedding named '{name}' in {self.root}{hint}; `tokensmith list` shows them"
@@ -160,23 +218,26 @@ class Store:
         `preview` (a PIL image) is saved beside it as `<name>.preview.png`.
         """
         path = self.path(emb.name)
+        self._check_folder()
         self.check_case_twin(emb.name)
-        self.root.mkdir(parents=True, exist_ok=True)
         data = canonical_bytes(emb)
         try:
-            atomic_write_bytes(path, data, overwrite=overwrite)
+            with self._writing(path):
+                self.root.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, data, overwrite=overwrite)
         except FileExistsError:
             raise StoreError(
                 f"an embedding named '{emb.name}' already exists; choose another name or pass --force "
                 "(overwrite=True) to replace it"
             ) from None
         preview_path = self.preview_path(emb.name)
-        if preview is not None:
-            buffer = io.BytesIO()
-            preview.save(buffer, format="PNG")
-            atomic_write_bytes(preview_path, buffer.getvalue())
-        elif overwrite:
-            preview_path.unlink(missing_ok=True)  # an old thumbnail would show a different embedding
+        with self._writing(preview_path):
+            if preview is not None:
+                buffer = io.BytesIO()
+                preview.save(buffer, format="PNG")
+                atomic_write_bytes(preview_path, buffer.getvalue())
+            elif overwrite:
+                preview_path.unlink(missing_ok=True)  # an old thumbnail would show a different embedding
         return path
 
     def set_preview(self, name: str, image: Image) -> Path:
@@ -184,7 +245,8 @@ class Store:
         self._require(name)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return atomic_write_bytes(self.preview_path(name), buffer.getvalue())
+        with self._writing(self.preview_path(name)):
+            return atomic_write_bytes(self.preview_path(name), buffer.getvalue())
 
     # --- reading ---
     def get(self, name: str) -> Embedding:
@@ -193,6 +255,7 @@ class Store:
     def names(self) -> list[str]:
         """Stored names, sorted case-insensitively (as people read a list)."""
         if not self.root.is_dir():
+            self._check_folder()
             return []
         names = (
             entry.name[: -len(SUFFIX)]
@@ -208,6 +271,7 @@ class Store:
         receive them as (path, reason).
         """
         if not self.root.is_dir():
+            self._check_folder()
             return []
         files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
         entries = []
@@ -246,34 +310,61 @@ class Store:
 
     # --- moving ---
     def rename(self, old: str, new: str) -> Path:
-        """Give a stored embedding a new name (its header `name` follows); never replaces an existing one."""
+        """Give a stored embedding a new name (its header `name` follows); never replaces an existing one.
+
+        The steps are: create `new`, move the preview, remove `old`. If a kill stopped them halfway, `new`
+        holds the same embedding as `old` apart from its name, and running the same rename again finishes it.
+        """
         validate_name(new)
         emb = self.get(old)
         if new == old:
             raise StoreError(f"'{old}' is already called '{new}'; nothing to rename")
-        if self.exists(new):
+        if self.exists(new) and not self._unfinished_rename(emb, old, new):
             raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
         self.check_case_twin(new, allow=old)  # 'cat' -> 'Cat' is fine; onto another embedding is not
-        try:
-            atomic_write_bytes(self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False)
-        except FileExistsError:
-            raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' was created meanwhile") from None
-        old_preview = self.preview_path(old)
-        if old_preview.is_file():
-            os.replace(old_preview, self.preview_path(new))
-        self.path(old).unlink(missing_ok=True)
+        with self._writing(self.path(new)):
+            if not self.exists(new):
+                try:
+                    atomic_write_bytes(self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False)
+                except FileExistsError:
+                    raise StoreError(
+                        f"cannot rename '{old}' to '{new}': '{new}' was created meanwhile"
+                    ) from None
+            old_preview = self.preview_path(old)
+            if old_preview.is_file():
+                os.replace(old_preview, self.preview_path(new))
+            self.path(old).unlink(missing_ok=True)
         return self.path(new)
+
+    def _unfinished_rename(self, emb: Embedding, old: str, new: str) -> bool:
+        """True if `new` is what a killed `rename(old, new)` left behind.
+
+        That is `emb` (stored as `old`) under the new name: the same vectors and metadata apart from the name,
+        and the preview on one side at most.
+        """
+        if self.preview_path(old).is_file() and self.preview_path(new).is_file():
+            return False  # the rename moves the preview in one step: both sides never have one
+        try:
+            stored = self.get(new)
+        except (EmbeddingFormatError, OSError):
+            return False
+
+        def unnamed(e: Embedding) -> dict[str, str]:
+            return {k: v for k, v in e.meta.items() if k not in NAME_KEYS}
+
+        return stored.sha256 == emb.sha256 and unnamed(stored) == unnamed(emb)
 
     def delete(self, name: str) -> Path:
         """Move an embedding (and its preview) to the trash; returns its trash folder. `restore` undoes it."""
         path = self._require(name)
         folder = self.root / TRASH / f"{time.time_ns():020d}-{os.getpid()}"
-        folder.mkdir(parents=True, exist_ok=False)
-        os.replace(path, folder / path.name)
-        preview = self.preview_path(name)
-        if preview.is_file():
-            os.replace(preview, folder / preview.name)
-        (folder / "deleted.json").write_text(json.dumps({"name": name, "deleted": time.time()}))
+        with self._writing(path, "move to the trash"):
+            folder.mkdir(parents=True, exist_ok=False)
+            os.replace(path, folder / path.name)
+            preview = self.preview_path(name)
+            if preview.is_file():
+                os.replace(preview, folder / preview.name)
+            (folder / "deleted.json").write_text(json.dumps({"name": name, "deleted": time.time()}))
         return folder
 
     def trashed(self) -> list[str]:
@@ -287,6 +378,7 @@ class Store:
     def restore(self, name: str) -> Path:
         """Bring back the most recently deleted embedding of that name; refuses if the name is taken again."""
         path = self.path(name)
+        self._check_folder()
         for folder in self._trash_folders():
             trashed = folder / path.name
             if not trashed.is_file():
@@ -297,10 +389,11 @@ class Store:
                     f"(`tokensmith rename {name} NEW`)"
                 )
             self.check_case_twin(name)
-            atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
-            preview = folder / (name + PREVIEW_SUFFIX)
-            if preview.is_file():
-                os.replace(preview, self.preview_path(name))
-            shutil.rmtree(folder)
+            with self._writing(path):
+                atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
+                preview = folder / (name + PREVIEW_SUFFIX)
+                if preview.is_file():
+                    os.replace(preview, self.preview_path(name))
+                shutil.rmtree(folder)
             return path
         raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")

@@ -37,3 +37,22 @@ def test_missing_parent_folders_are_created(tmp_path):
     path = tmp_path / "a" / "b" / "f.bin"
     atomic_write_bytes(path, b"x")
     assert path.read_bytes() == b"x"
+
+
+def test_a_failing_clean_up_never_hides_the_error_that_stopped_the_write(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "f.bin"
+
+    def full(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, full)
+    monkeypatch.undo()
+    assert not path.exists()

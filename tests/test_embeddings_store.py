@@ -130,7 +130,7 @@ def test_list_reads_headers_and_finds_previews(store, monkeypatch):
 
 def test_rename_moves_file_preview_and_header_name(store):
     store.put(emb("a"), preview=Image.new("RGB", (4, 4)))
-    store.put(emb("taken"))
+    store.put(emb("taken", value=2.0))
     with pytest.raises(StoreError, match="already exists"):
         store.rename("a", "taken")
     with pytest.raises(StoreError, match="already called"):
@@ -220,3 +220,90 @@ def test_concurrent_writers_never_corrupt_or_lose_files(store):
         loaded = store.get(name)
         assert loaded.vectors["emb_params"].unique().numel() == 1
     assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- failures and kills halfway ---
+def half_renamed(store, old, new, *, preview_moved):
+    """The store as a kill during `rename(old, new)` leaves it: `new` created, `old` not yet removed."""
+    from embeddings.canonical import canonical_bytes
+    from embeddings.files import atomic_write_bytes
+
+    atomic_write_bytes(store.path(new), canonical_bytes(store.get(old).with_name(new)), overwrite=False)
+    if preview_moved:
+        store.preview_path(old).replace(store.preview_path(new))
+
+
+@pytest.mark.parametrize("preview_moved", [False, True])
+@pytest.mark.parametrize("new", ["Tri", "tri2"])
+def test_running_a_killed_rename_again_finishes_it(store, new, preview_moved):
+    store.put(emb("tri", value=3.0), preview=Image.new("RGB", (4, 4)))
+    half_renamed(store, "tri", new, preview_moved=preview_moved)
+    assert {e.name for e in store.list()} == {"tri", new}  # listing still works
+    assert store.rename("tri", new) == store.path(new)
+    assert store.names() == [new] and store.get(new).meta["name"] == new
+    assert float(store.get(new).vectors["emb_params"][0, 0]) == 3.0
+    assert store.preview_path(new).is_file() and not store.preview_path("tri").exists()
+
+
+def test_rename_still_refuses_a_target_that_is_not_its_unfinished_copy(store):
+    store.put(emb("a", value=1.0))
+    store.put(emb("b", value=1.0).with_meta(init="dog"))  # same vectors, other metadata
+    with pytest.raises(StoreError, match="'b' already exists"):
+        store.rename("a", "b")
+    store.put(emb("c", value=5.0), preview=Image.new("RGB", (4, 4)))
+    half_renamed(store, "c", "d", preview_moved=False)
+    store.set_preview("d", Image.new("RGB", (2, 2)))  # both have a preview: not what a kill leaves
+    with pytest.raises(StoreError, match="'d' already exists"):
+        store.rename("c", "d")
+    assert store.names() == ["a", "b", "c", "d"]
+
+
+def test_holds_compares_vectors_not_metadata(store):
+    store.put(emb("cat", value=1.0))
+    assert store.holds(emb("cat", value=1.0).with_meta(source_file="elsewhere.pt"))
+    assert not store.holds(emb("cat", value=2.0)) and not store.holds(emb("dog"))
+
+
+def test_a_file_where_the_store_folder_should_be_is_an_error_not_an_empty_store(store, tokensmith_home):
+    tokensmith_home.mkdir()
+    store.root.write_text("")
+    for attempt in (store.names, store.list, lambda: store.put(emb()), lambda: store.get("cat")):
+        with pytest.raises(StoreError, match=r"embeddings is a file, not a folder; move or rename that file"):
+            attempt()
+    inside = Store(store.root / "deeper" / "embeddings")
+    with pytest.raises(StoreError, match=r"cannot be made: .*embeddings is a file"):
+        inside.put(emb())
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (PermissionError(13, "Permission denied"), "is not writable: check its permissions"),
+        (OSError(30, "Read-only file system"), "is not writable"),
+        (OSError(28, "No space left on device"), "the disk is full"),
+    ],
+)
+def test_write_errors_name_the_target_not_the_temp_file(store, monkeypatch, error, says):
+    import embeddings.files as files
+
+    store.put(emb("cat", value=1.0), preview=Image.new("RGB", (4, 4)))
+
+    def failing(path, data, *, overwrite=True):
+        def write(tmp):
+            error.filename = str(tmp)  # as the OS reports it: the hidden temp file
+            raise error
+
+        return files.atomic_write(path, write, overwrite=overwrite)
+
+    monkeypatch.setattr("embeddings.store.atomic_write_bytes", failing)
+    for attempt, target in (
+        (lambda: store.put(emb("dog")), "dog.safetensors"),
+        (lambda: store.put(emb("cat", value=2.0), overwrite=True), "cat.safetensors"),
+        (lambda: store.rename("cat", "kitty"), "kitty.safetensors"),
+    ):
+        with pytest.raises(OSError, match=says) as caught:
+            attempt()
+        assert f"cannot write {store.root / target}" in str(caught.value) and ".tmp" not in str(caught.value)
+        assert caught.value.errno == error.errno
+    assert sorted(p.name for p in store.root.iterdir()) == ["cat.preview.png", "cat.safetensors"]
+    assert float(store.get("cat").vectors["emb_params"][0, 0]) == 1.0
