@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "studio.cli_demo_world",
     "studio.cli_generate",
     "studio.cli_explore",
+    "studio.cli_import",
     "studio.cli_embeddings",
     "studio.cli_share",
     "studio.cli_runs",

@@ -1,4 +1,7 @@
-"""Embedding commands: import, list, show, export, rename, rm, restore, blend, nearest, doctor."""
+"""Embedding commands: list, show, export, rename, rm, restore, blend, nearest and doctor.
+
+`import` is studio/cli_import.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from pathlib import Path
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
 
 
-def _epilog(text: str) -> dict:
+def epilog(text: str) -> dict:
+    """add_parser keyword arguments for an epilog kept as written (examples, line breaks)."""
     return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
@@ -28,29 +32,10 @@ def _at_least_one(text: str) -> int:
 def register(subparsers, common) -> None:
     """Add the embeddings commands to the `tokensmith` parser."""
     sub = subparsers.add_parser(
-        "import",
-        parents=[common],
-        help="import embedding files (any format) into the store",
-        **_epilog(
-            "Examples:\n  tokensmith import bad-hands-5.pt EasyNegative.safetensors\n"
-            "  tokensmith import sdxl-run/ --name my-style      # the diffusers SDXL pair in a folder\n"
-            "  tokensmith import card.png --force             # A1111 embedding image; replace same name\n\n"
-            "Reads diffusers {token: tensor} (.safetensors/.bin, SDXL pair), A1111 .pt and PNG/WebP images,\n"
-            "kohya/ComfyUI emb_params and SDXL clip_l/clip_g files. Pickles load with weights_only=True.\n"
-            "Prints the stored name(s), one per line."
-        ),
-    )
-    sub.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to import")
-    sub.add_argument("--name", help="store under this name (only when importing one embedding)")
-    sub.add_argument("--force", action="store_true", help="replace stored embeddings of the same name")
-    sub.add_argument("--json", action="store_true", help="print a JSON list of what was stored")
-    sub.set_defaults(run=run_import)
-
-    sub = subparsers.add_parser(
         "list",
         parents=[common],
         help="list stored embeddings (reads file headers only)",
-        **_epilog("Examples:\n  tokensmith list\n  tokensmith list --json | jq '.[].name'"),
+        **epilog("Examples:\n  tokensmith list\n  tokensmith list --json | jq '.[].name'"),
     )
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_list)
@@ -59,7 +44,7 @@ def register(subparsers, common) -> None:
         "show",
         parents=[common],
         help="show one stored embedding: metadata, shapes, norms",
-        **_epilog("Example:\n  tokensmith show bad-hands-5 --json"),
+        **epilog("Example:\n  tokensmith show bad-hands-5 --json"),
     )
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -69,7 +54,7 @@ def register(subparsers, common) -> None:
         "export",
         parents=[common],
         help="write a stored embedding in another tool's format",
-        **_epilog(
+        **epilog(
             "Examples:\n  tokensmith export my-cat --format a1111-pt --out my-cat.pt\n"
             "  tokensmith export my-xl --format diffusers --out my-xl/   # SDXL: a folder for the pair\n"
             "  tokensmith export my-cat --format a1111-png --out my-cat.png\n\n"
@@ -89,7 +74,7 @@ def register(subparsers, common) -> None:
         ("restore", "bring an embedding back from the trash", "tokensmith restore my-cat", run_restore),
     ):
         sub = subparsers.add_parser(
-            command, parents=[common], help=helptext, **_epilog(f"Example:\n  {example}")
+            command, parents=[common], help=helptext, **epilog(f"Example:\n  {example}")
         )
         sub.add_argument("name", metavar="OLD" if command == "rename" else "NAME")
         if command == "rename":
@@ -100,7 +85,7 @@ def register(subparsers, common) -> None:
         "blend",
         parents=[common],
         help="make a new embedding from a weighted mix of embeddings and words",
-        **_epilog(
+        **epilog(
             'Examples:\n  tokensmith blend "0.5*<cat> + 0.5*<dog>" --name catdog\n'
             '  tokensmith blend "slerp(<cat>, <dog>, 0.3)" --name mostly-cat --keep-norm\n'
             '  tokensmith blend "0.6*keyboard + 0.4*typewriter" --name keywriter --model demo\n\n'
@@ -123,7 +108,7 @@ def register(subparsers, common) -> None:
         "nearest",
         parents=[common],
         help="the vocabulary tokens closest to each vector of an embedding",
-        **_epilog(
+        **epilog(
             "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json"
         ),
     )
@@ -138,7 +123,7 @@ def register(subparsers, common) -> None:
         "doctor",
         parents=[common],
         help="explain what an embedding file is and whether it fits a model",
-        **_epilog(
+        **epilog(
             "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
             "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
             "  tokensmith doctor my-cat --model demo   # a stored name works too\n\n"
@@ -160,13 +145,15 @@ def _model_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _store(args):
+def store_of(args):
+    """The store under the command's --home."""
     from embeddings import Store
 
     return Store.for_home(args.home)
 
 
-def _print_json(data) -> None:
+def print_json(data) -> None:
+    """`data` as indented JSON on stdout, keys sorted."""
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -178,59 +165,16 @@ def _load_model(spec: str, config: str | None = None):
 
 
 # --- commands ---
-def run_import(args) -> int:
-    from embeddings import StoreError, validate_name
-    from embeddings.importing import import_path
-
-    store = _store(args)
-    found, skipped = [], []
-    for path in args.paths:
-        found.extend(import_path(Path(path), skipped=skipped))
-    for path, reason in skipped:
-        reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
-        print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
-    if not found:
-        raise StoreError("nothing to import: no file held an embedding")
-    if args.name is not None:  # --name '' is an invalid name, not 'no name'
-        if len(found) != 1:
-            raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")
-        found = [found[0].with_name(validate_name(args.name))]
-    names = [emb.name for emb in found]
-    folded = [n.lower() for n in names]  # <Cat> and <cat> are one token in a prompt
-    dupes = sorted({n for n in names if folded.count(n.lower()) > 1}, key=str.lower)
-    if dupes:
-        raise StoreError(
-            f"several files hold an embedding named {dupes[0]!r} (letter case aside); import them one by "
-            "one with --name"
-        )
-    taken = [n for n in names if store.exists(n)]
-    if taken and not args.force:  # checked for all before writing any, so nothing is half-imported
-        raise StoreError(f"'{taken[0]}' already exists in the store; use --name NEW or --force to replace it")
-    for name in names:
-        store.check_case_twin(name)  # 'Cat' beside a stored 'cat' is refused even with --force
-    from tqdm import tqdm
-
-    bar = tqdm(found, desc="storing", unit="emb", file=sys.stderr, disable=len(found) < 50)
-    paths = [store.put(emb, overwrite=args.force) for emb in bar]
-    if args.json:
-        _print_json(
-            [{"name": e.name, "path": str(p), "family": e.family} for e, p in zip(found, paths, strict=True)]
-        )
-    else:
-        print("\n".join(names))
-    return 0
-
-
 def run_list(args) -> int:
     problems: list = []
-    entries = _store(args).list(problems=problems)
+    entries = store_of(args).list(problems=problems)
     for path, reason in problems:
         print(
             f"tokensmith list: warning: skipped {path.name}: {reason} (see `tokensmith doctor`)",
             file=sys.stderr,
         )
     if args.json:
-        _print_json([entry.to_json() for entry in entries])
+        print_json([entry.to_json() for entry in entries])
         return 0
     if not entries:
         print("no embeddings yet: `tokensmith import FILE` or `tokensmith train` adds some", file=sys.stderr)
@@ -244,7 +188,7 @@ def run_list(args) -> int:
 
 
 def run_show(args) -> int:
-    store = _store(args)
+    store = store_of(args)
     emb = store.get(args.name)
     entry = store.entry(args.name)
     data = {
@@ -254,7 +198,7 @@ def run_show(args) -> int:
         "tokens": [f"<{emb.name}>"] + [f"<{emb.name}>_{i}" for i in range(1, emb.num_vectors)],
     }
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     print(emb.describe())
     print(f"file:    {entry.path}")
@@ -274,7 +218,7 @@ def run_export(args) -> int:
 
     from embeddings.exporting import export, planned_outputs
 
-    store = _store(args)
+    store = store_of(args)
     emb = store.get(args.name)
     root = store.root.resolve()
     for target in planned_outputs(emb, args.format, Path(args.out)):
@@ -294,13 +238,13 @@ def run_export(args) -> int:
 
 
 def run_rename(args) -> int:
-    _store(args).rename(args.name, args.new)
+    store_of(args).rename(args.name, args.new)
     print(args.new)
     return 0
 
 
 def run_rm(args) -> int:
-    _store(args).delete(args.name)
+    store_of(args).delete(args.name)
     print(
         f"moved '{args.name}' to the trash; `tokensmith restore {args.name}` brings it back", file=sys.stderr
     )
@@ -308,7 +252,7 @@ def run_rm(args) -> int:
 
 
 def run_restore(args) -> int:
-    _store(args).restore(args.name)
+    store_of(args).restore(args.name)
     print(args.name)
     return 0
 
@@ -318,7 +262,7 @@ def run_blend(args) -> int:
     from embeddings.blend_expr import parse_blend
     from embeddings.maths import blend, word_operand
 
-    store = _store(args)
+    store = store_of(args)
     validate_name(args.name)
     if store.exists(args.name) and not args.force:
         raise StoreError(f"'{args.name}' already exists; choose another --name or pass --force")
@@ -346,7 +290,7 @@ def run_nearest(args) -> int:
     from embeddings import token_names, vectors_for_encoders
     from embeddings.maths import nearest_tokens, norm_report
 
-    emb = _store(args).get(args.name)
+    emb = store_of(args).get(args.name)
     model = _load_model(args.model, args.model_config)
     try:
         per_encoder, partial = vectors_for_encoders(emb, model.encoders, model_family=model.family), False
@@ -363,7 +307,7 @@ def run_nearest(args) -> int:
             "norms": norm_report(vectors, tok, te),
         }
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     tokens = token_names(emb)
     for key, found in result.items():
@@ -393,7 +337,7 @@ def run_doctor(args) -> int:
     encoders, family = (model.encoders, model.family) if model else (None, None)
     report = diagnose(path, encoders, model_family=family)
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         for line in report.lines:
             print(line)

@@ -252,3 +252,88 @@ def test_real_files_from_other_tools(capsys, tmp_path):
     data = torch.load(tmp_path / "en.pt", weights_only=True)
     original = safetensors.torch.load_file(str(files[1]))["emb_params"].float()
     assert torch.equal(data["string_to_param"]["*"], original)
+
+
+# --- an import that stops halfway, and running it again ---
+def many(tmp_path, count=4):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(count):
+        write(folder, f"e{i}", seed=i)
+    return folder
+
+
+def fail_on_storing(monkeypatch, name, error):
+    """Make storing `name` raise `error` (once), as a full disk or a Ctrl-C would halfway through."""
+    import embeddings.store as store_module
+
+    real = store_module.atomic_write_bytes
+
+    def write_or_fail(path, data, *, overwrite=True):
+        if path.name == f"{name}.safetensors":
+            monkeypatch.setattr(store_module, "atomic_write_bytes", real)
+            raise error
+        return real(path, data, overwrite=overwrite)
+
+    monkeypatch.setattr(store_module, "atomic_write_bytes", write_or_fail)
+
+
+def test_a_full_disk_halfway_says_what_was_stored_and_a_rerun_finishes(tmp_path, capsys, monkeypatch):
+    folder = many(tmp_path)
+    fail_on_storing(monkeypatch, "e2", OSError(28, "No space left on device"))
+    code, out, err = run(capsys, "import", folder)
+    assert code == EXIT_ERROR and out.split() == ["e0", "e1"]  # what was stored is printed
+    assert f"could not store {folder / 'e2.safetensors'}" in err and "the disk is full" in err
+    assert "2 of 4 were stored (e0, e1)" in err and "run the same command again to finish" in err
+    store = Store.for_home(tmp_path / "tokensmith-home")
+    assert store.names() == ["e0", "e1"] and not [p for p in store.root.iterdir() if p.suffix == ".tmp"]
+    code, out, err = run(capsys, "import", folder)  # the same command again (the disk has room now)
+    assert code == EXIT_OK and out.split() == ["e0", "e1", "e2", "e3"]
+    assert "already stored (identical): e0, e1" in err and store.names() == ["e0", "e1", "e2", "e3"]
+
+
+def test_ctrl_c_halfway_says_what_was_stored_and_a_rerun_finishes(tmp_path, capsys, monkeypatch):
+    folder = many(tmp_path)
+    fail_on_storing(monkeypatch, "e1", KeyboardInterrupt())
+    code, out, err = run(capsys, "import", folder, "--json")
+    assert code == 130 and [e["name"] for e in json.loads(out)] == ["e0"]
+    assert f"interrupted while storing {folder / 'e1.safetensors'}" in err
+    assert "1 of 4 were stored (e0)" in err and "run the same command again" in err
+    code, out, _ = run(capsys, "import", folder, "--json")
+    imported = json.loads(out)
+    assert code == EXIT_OK and [(e["name"], e["already_stored"]) for e in imported] == [
+        ("e0", True),
+        ("e1", False),
+        ("e2", False),
+        ("e3", False),
+    ]
+
+
+def test_importing_the_same_file_twice_is_not_an_error(tmp_path, capsys, tokensmith_home):
+    path = write(tmp_path, "cat")
+    assert run(capsys, "import", path)[0] == EXIT_OK
+    store = Store.for_home(tokensmith_home)
+    from PIL import Image
+
+    store.set_preview("cat", Image.new("RGB", (4, 4)))
+    for extra in ([], ["--force"]):  # identical vectors: nothing is replaced, the preview stays
+        code, out, err = run(capsys, "import", path, *extra)
+        assert (code, out.strip()) == (EXIT_OK, "cat") and "already stored (identical): cat" in err
+    assert store.preview_path("cat").is_file()
+    (tmp_path / "other").mkdir()
+    code, _, err = run(capsys, "import", write(tmp_path / "other", "cat", seed=5))
+    assert code == EXIT_ERROR and "'cat' already exists in the store with different vectors" in err
+
+
+def test_a_file_where_the_store_folder_should_be_is_named(tmp_path, capsys, tokensmith_home):
+    path = write(tmp_path, "cat")
+    tokensmith_home.mkdir()
+    (tokensmith_home / "embeddings").write_text("not a folder")
+    for argv in (["import", path], ["list"], ["show", "cat"]):
+        code, _, err = run(capsys, *argv)
+        assert code == EXIT_ERROR and "store folder" in err and "is a file, not a folder" in err
+        assert "Errno" not in err and "no embeddings yet" not in err
+    home_file = tmp_path / "home-file"
+    home_file.write_text("")
+    code, _, err = run(capsys, "import", path, "--home", home_file)
+    assert code == EXIT_ERROR and f"{home_file} is a file, not a folder" in err and "--home" in err

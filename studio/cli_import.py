@@ -1,0 +1,142 @@
+"""The `import` command: embedding files of every format into the store, resumable when it stops halfway."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from studio.cli_embeddings import epilog, print_json, store_of
+
+
+def register(subparsers, common) -> None:
+    """Add `import` to the `tokensmith` parser."""
+    sub = subparsers.add_parser(
+        "import",
+        parents=[common],
+        help="import embedding files (any format) into the store",
+        **epilog(
+            "Examples:\n  tokensmith import bad-hands-5.pt EasyNegative.safetensors\n"
+            "  tokensmith import sdxl-run/ --name my-style      # the diffusers SDXL pair in a folder\n"
+            "  tokensmith import card.png --force             # A1111 embedding image; replace same name\n\n"
+            "Reads diffusers {token: tensor} (.safetensors/.bin, SDXL pair), A1111 .pt and PNG/WebP images,\n"
+            "kohya/ComfyUI emb_params and SDXL clip_l/clip_g files. Pickles load with weights_only=True.\n"
+            "Prints the stored name(s), one per line. An embedding already stored with identical vectors is\n"
+            "skipped, so running an import that was interrupted again finishes it."
+        ),
+    )
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to import")
+    sub.add_argument("--name", help="store under this name (only when importing one embedding)")
+    sub.add_argument("--force", action="store_true", help="replace stored embeddings of the same name")
+    sub.add_argument("--json", action="store_true", help="print a JSON list of what was stored")
+    sub.set_defaults(run=run_import)
+
+
+def run_import(args) -> int:
+    from embeddings import StoreError, validate_name
+    from embeddings.importing import import_sources
+
+    store = store_of(args)
+    found, skipped = [], []  # found: (the file it came from, embedding)
+    for path in args.paths:
+        found.extend(import_sources(Path(path), skipped=skipped))
+    for path, reason in skipped:
+        reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
+        print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
+    if not found:
+        raise StoreError("nothing to import: no file held an embedding")
+    if args.name is not None:  # --name '' is an invalid name, not 'no name'
+        if len(found) != 1:
+            raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")
+        found = [(found[0][0], found[0][1].with_name(validate_name(args.name)))]
+    names = [emb.name for _, emb in found]
+    folded = [n.lower() for n in names]  # <Cat> and <cat> are one token in a prompt
+    dupes = sorted({n for n in names if folded.count(n.lower()) > 1}, key=str.lower)
+    if dupes:
+        raise StoreError(
+            f"several files hold an embedding named {dupes[0]!r} (letter case aside); import them one by "
+            "one with --name"
+        )
+    # Checked for every file before storing any. An embedding already stored with identical vectors is not an
+    # error and is not stored again (not even with --force), so running an import that stopped halfway again
+    # finishes it. One look per name: another import may be storing the same files right now.
+    stored = [emb for _, emb in found if store.exists(emb.name)]
+    same = {emb.name for emb in stored if store.holds(emb)}
+    taken = [emb.name for emb in stored if emb.name not in same]
+    if taken and not args.force:
+        raise StoreError(
+            f"'{taken[0]}' already exists in the store with different vectors; use --name NEW or --force to "
+            "replace it"
+        )
+    for name in names:
+        store.check_case_twin(name)  # 'Cat' beside a stored 'cat' is refused even with --force
+    if same:
+        print(f"tokensmith import: already stored (identical): {_some(names, same)}", file=sys.stderr)
+    results = _store_each(store, found, same, overwrite=args.force, as_json=args.json)
+    _print_imported(results, as_json=args.json)
+    return 0
+
+
+def _some(names: list[str], chosen: set[str] | None = None, *, shown: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 7 more': the names (those in `chosen`, if given) in their order."""
+    picked = [n for n in names if chosen is None or n in chosen]
+    more = f" and {len(picked) - shown} more" if len(picked) > shown else ""
+    return ", ".join(picked[:shown]) + more
+
+
+def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool) -> list[tuple]:
+    """Store each (file, embedding) not in `same`; (embedding, path, already stored) for each.
+
+    Files are stored one by one, so an error or Ctrl-C can stop the import halfway: what was stored stays
+    (it is whole), its names are printed, and the message says which file failed and that running the same
+    command again finishes the import (it skips what is already stored).
+    """
+    from tqdm import tqdm
+
+    from embeddings import StoreError
+    from embeddings.errors import TokensmithError
+
+    results: list[tuple] = []
+    bar = tqdm(found, desc="storing", unit="emb", file=sys.stderr, disable=len(found) < 50)
+    source = found[0][0]
+    try:
+        for item in bar:
+            source, emb = item  # `source` names the file in the message if storing it fails
+            if emb.name in same:
+                results.append((emb, store.path(emb.name), True))
+                continue
+            try:
+                results.append((emb, store.put(emb, overwrite=overwrite), False))
+            except StoreError:
+                if not store.holds(emb):  # else another import stored the same embedding meanwhile: fine
+                    raise
+                results.append((emb, store.path(emb.name), True))
+    except KeyboardInterrupt:
+        _print_imported(results, as_json=as_json)
+        note = _stopped(f"interrupted while storing {source}", results, len(found))
+        print(f"tokensmith import: {note}", file=sys.stderr)
+        raise
+    except (TokensmithError, OSError, ValueError) as exc:
+        if len(found) == 1:
+            raise StoreError(f"could not store {source}: {exc}") from exc
+        _print_imported(results, as_json=as_json)
+        raise StoreError(_stopped(f"could not store {source}: {exc}", results, len(found))) from exc
+    return results
+
+
+def _stopped(what: str, results: list[tuple], total: int) -> str:
+    new = [emb.name for emb, _, already in results if not already]
+    stored = f"{len(new)} of {total} were stored ({_some(new)})" if new else "nothing new was stored"
+    return f"{what}; {stored}; run the same command again to finish: it skips what is already stored"
+
+
+def _print_imported(results: list[tuple], *, as_json: bool) -> None:
+    """The imported names on stdout, one per line (or JSON): newly stored and already stored alike."""
+    if as_json:
+        print_json(
+            [
+                {"name": e.name, "path": str(p), "family": e.family, "already_stored": already}
+                for e, p, already in results
+            ]
+        )
+    elif results:
+        print("\n".join(e.name for e, _, _ in results), flush=True)
