@@ -113,7 +113,11 @@ def force_option(parser: argparse.ArgumentParser) -> None:
 def refuse_existing(path: Path, force: bool) -> None:
     """FileExistsError naming the file and the flag, unless `force` or `path` is new."""
     if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out")
+        raise _exists(path)
+
+
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out")
 
 
 def check_img2img(init_image: Path | None, strength: float) -> None:
@@ -267,6 +271,21 @@ def _free_name(folder: Path, stem: str, *, trace: Path | None, force: bool) -> P
         n += 1
 
 
+def _write_image(result, path: Path, *, stem: str | None, trace: Path | None, force: bool) -> Path:
+    """Write `result` to `path`; into a folder (`stem`: the name's stem before its -2, -3 suffix), a name that
+    another process took while this one sampled moves on to the next free one, claimed by the write itself,
+    so no sampled image is thrown away."""
+    from studio.generation import save_png
+
+    while True:
+        try:
+            return save_png(result, path, overwrite=force)
+        except FileExistsError:  # without --force only: the write never replaces a file then
+            if stem is None:  # an --out FILE that appeared meanwhile: refused, naming it (not its temp file)
+                raise _exists(path) from None
+            path = _free_name(path.parent, stem, trace=trace, force=False)
+
+
 def _trace_path(trace: Path, image: Path) -> Path:
     return trace / f"{image.stem}-trace.png"
 
@@ -289,7 +308,7 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
 
 
 def run_generate(args) -> int:
-    from studio.generation import check_swaps, save_image, save_png
+    from studio.generation import check_swaps, save_image
 
     check_img2img(args.init_image, args.strength)
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
@@ -307,12 +326,18 @@ def run_generate(args) -> int:
         results = session.generate(req, store=store_for(args), on_step=progress)
     finally:
         progress.close()
+    into_folder = args.out is None or args.out.suffix.lower() != ".png"
     written = []
     for result, path in zip(results, paths, strict=True):
-        save_png(result, path, overwrite=args.force)
+        stem = f"{_slug(args.prompt)}-s{result.seed}" if into_folder else None
+        path = _write_image(result, path, stem=stem, trace=args.trace, force=args.force)
         entry = {"path": str(path), "seed": result.seed}
         if result.trace is not None:
-            trace = save_image(result.trace, _trace_path(args.trace, path), overwrite=args.force)
+            trace = _trace_path(args.trace, path)
+            try:
+                save_image(result.trace, trace, overwrite=args.force)
+            except FileExistsError:  # made while this one sampled: named as itself, not as the temp file
+                raise _exists(trace) from None
             entry["trace"] = str(trace)
         written.append(entry | {"provenance": result.provenance})
     if args.json:

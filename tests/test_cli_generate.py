@@ -205,3 +205,55 @@ def test_pndm_img2img_traces_the_steps_it_runs(tiny_model_dir, tmp_path, capsys)
     assert runs == 9  # PNDM trims by evaluations: strength 0.3 of 10 steps enters its warm-up
     code, _stdout, err = run(capsys, "generate", *args, "--trace-steps", str(runs - 1))
     assert code == 0, err  # the last step the session runs can be traced (it was refused past 3 of 10)
+
+
+def _taken_while_sampling(monkeypatch, *paths):
+    """Another process writes `paths` while this one samples (after the names were chosen)."""
+    from studio.generation import Session
+
+    sample = Session.generate
+
+    def generate(self, *args, **kwargs):
+        results = sample(self, *args, **kwargs)
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"another process's image")
+        return results
+
+    monkeypatch.setattr(Session, "generate", generate)
+
+
+def test_a_name_taken_while_sampling_moves_on_to_the_next_free_one(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    folder = tmp_path / "shared"
+    _taken_while_sampling(monkeypatch, folder / "a-red-circle-s0.png", folder / "a-red-circle-s1.png")
+    argv = ("generate", "a red circle", "--model", tiny_model_dir, "--steps", "2", "-n", "2", "--out", folder)
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    assert stdout.splitlines() == [
+        f"wrote {folder / 'a-red-circle-s0-2.png'} (seed 0)",
+        f"wrote {folder / 'a-red-circle-s1-2.png'} (seed 1)",
+    ]
+    assert (folder / "a-red-circle-s0.png").read_bytes() == b"another process's image"
+    assert read_provenance(folder / "a-red-circle-s1-2.png")["seed"] == 1
+    assert sorted(p.name for p in folder.iterdir()) == [  # no hidden temp file left
+        "a-red-circle-s0-2.png",
+        "a-red-circle-s0.png",
+        "a-red-circle-s1-2.png",
+        "a-red-circle-s1.png",
+    ]
+
+
+def test_an_out_file_made_while_sampling_is_refused_by_its_own_name(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "img.png"
+    _taken_while_sampling(monkeypatch, out)
+    code, _stdout, err = run(
+        capsys, "generate", "a red circle", "--model", tiny_model_dir, "--steps", "2", "--out", out
+    )
+    assert code == 1
+    assert f"error: {out} already exists: pass --force to replace it" in err and ".tmp" not in err
+    assert out.read_bytes() == b"another process's image"
+    assert [p.name for p in tmp_path.iterdir()] == ["img.png"]

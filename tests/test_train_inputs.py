@@ -1,7 +1,7 @@
 """What `train` checks about its inputs before the work starts: an image file passed as the folder, hidden
-files, huge images, images changed under a resume, a token too long for the model's prompts, two runs of one
-name at once, the images' folder kept as an absolute path, and the `init:` line that says what the rows
-start from."""
+files, a link to an image that is gone, huge images, images changed under a resume, a token too long for the
+model's prompts, two runs of one name at once, the images' folder kept as an absolute path, and the `init:`
+line that says what the rows start from."""
 
 import os
 import subprocess
@@ -28,6 +28,13 @@ def test_hidden_files_such_as_macos_forks_are_skipped(tmp_path):
     images = square_images(tmp_path / "images")
     (images / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
     assert [image.path.name for image in load_images(images)] == ["0.png", "1.png", "2.png"]
+
+
+def test_a_link_to_an_image_that_is_gone_fails_with_its_name(tmp_path):
+    images = square_images(tmp_path / "images")
+    (images / "3.png").symlink_to(tmp_path / "moved-away.png")
+    with pytest.raises(DataError, match=r"image .*3\.png is a broken link: .*moved-away\.png does not exist"):
+        load_images(images)
 
 
 def test_an_image_past_pils_size_guard_is_a_clear_error(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError, first_line
+from trainers.runfolder import writing
 
 FORMAT = "tokensmith-train-checkpoint/3"  # /3: the config's values instead of a hash of them
 OURS = ("state.safetensors", "state.json")
@@ -45,23 +46,25 @@ def save(folder: Path, ckpt: Checkpoint, accelerator) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     main = accelerator.is_main_process
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if main:
-        rows = {f"rows.{key}": value.detach().cpu().contiguous() for key, value in ckpt.rows.items()}
-        save_file(rows, str(tmp / "state.safetensors"))
-        meta = {"format": FORMAT, "step": ckpt.step, "stopper": ckpt.stopper, "config": ckpt.config}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        for path in tmp.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+    # a failed write (a full disk) removes the half-written folder: it would only take more of the space
+    with writing(f"the checkpoint of step {ckpt.step}", folder, temp=tmp if main else None):
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if main:
+            rows = {f"rows.{key}": value.detach().cpu().contiguous() for key, value in ckpt.rows.items()}
+            save_file(rows, str(tmp / "state.safetensors"))
+            meta = {"format": FORMAT, "step": ckpt.step, "stopper": ckpt.stopper, "config": ckpt.config}
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            for path in tmp.iterdir():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
     accelerator.wait_for_everyone()
     return folder
 

@@ -7,6 +7,7 @@ they are never squashed.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -97,12 +98,18 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 
 
 def image_paths(folder: Path) -> list[Path]:
-    """The training images in `folder`, sorted by name; hidden files (macOS `._x.png` forks) are skipped."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    """The training images in `folder`, sorted by name; hidden files (macOS `._x.png` forks) are skipped. A
+    link to an image that is gone is an error naming it: a missing image, not a file to pass over."""
+    found = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
+    for path in found:
+        if path.is_symlink() and not path.exists():
+            raise DataError(
+                f"image {path} is a broken link: {os.readlink(path)} does not exist; restore the image it "
+                "points to, or remove the link"
+            )
+    return [p for p in found if p.is_file()]
 
 
 def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from embeddings.errors import TokensmithError
 from trainers.data import Sample
 from trainers.modelprep import cast_weights
+from trainers.runfolder import writing
 
 ENCODE_CHUNK = 8
 REFINE_LR = 0.1  # Adam's step on the unscaled latent when fitting it to the decoder
@@ -140,8 +141,9 @@ def save_cache(cache: LatentCache, path: Path, *, made_for: dict | None = None) 
     }
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with writing("the latent cache", path, temp=tmp):
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
     return path
 
 

@@ -15,26 +15,76 @@ Every file is written atomically (temp file + rename), so a reader never sees ha
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+# torch's zip writer fails without saying why ("unexpected pos 64 vs 0", "basic_ios::clear: iostream error"):
+# with less than this free on the disk, the reason is taken to be a full disk (the failed write has just used
+# up what was left)
+LOW_SPACE = 1 << 20
+
+
+class DiskFull(TokensmithError):
+    """A write of the run failed because its disk is full; `what` names the file as a user knows it."""
+
+    def __init__(self, what: str, path: Path) -> None:
+        super().__init__(f"the disk is full while writing {what} ({path})")
+        self.what, self.path = what, Path(path)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says that a disk is full: ENOSPC (or a quota), which safetensors words in its message."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(exc) for words in ("No space left on device", "Disk quota exceeded"))
+
+
+def _free_bytes(path: Path) -> float:
+    there = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return shutil.disk_usage(there).free if there else math.inf
+    except OSError:
+        return math.inf
+
+
+@contextlib.contextmanager
+def writing(what: str, path: Path, *, temp: Path | None = None) -> Iterator[None]:
+    """Turn a full disk while writing `path` into DiskFull naming `what`; `temp` (a half-written file or
+    folder of this write) is removed on any failure, so a full disk is not left fuller."""
+    try:
+        yield
+    except BaseException as exc:
+        # torch's writer says nothing of the cause: asked before the temp file gives its space back
+        full = disk_full(exc) or (isinstance(exc, RuntimeError) and _free_bytes(Path(path)) < LOW_SPACE)
+        if temp is not None:
+            if temp.is_dir():
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                temp.unlink(missing_ok=True)
+        if full:
+            raise DiskFull(what, path) from exc
+        raise
 
 
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with writing(f"the run's {path.name}", path, temp=tmp):
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def progress_line(
@@ -171,11 +221,18 @@ class RunFolder:
         """
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         line = json.dumps(clean, allow_nan=False, default=float) + "\n"
-        with open(self.progress_path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+        path = self.progress_path
+        with writing("the run's progress.jsonl", path), open(path, "ab", buffering=0) as handle:
+            start = handle.seek(0, os.SEEK_END)
+            try:
+                rest = memoryview(line.encode("utf-8"))
+                while rest:  # an unbuffered write may take part of the line
+                    rest = rest[handle.write(rest) :]
+                if durable:
+                    os.fsync(handle.fileno())
+            except OSError:  # no torn line: the next record (a `failed` event) must start a line
+                os.ftruncate(handle.fileno(), start)
+                raise
 
     def event(self, kind: str, message: str, *, name: str = "", **extra) -> None:
         """The closing line: kind is done, failed or stopped."""
@@ -204,12 +261,18 @@ class RunFolder:
     def save_preview(self, step: int, image) -> Path:
         path = self.preview_path(step)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with writing(f"the preview of step {step}", path, temp=tmp):
+            image.save(tmp, format="PNG")
+            os.replace(tmp, path)
         return path
 
     def snapshot_path(self, step: int) -> Path:
         return self.snapshots / f"step-{step:06d}.safetensors"
+
+    @property
+    def final_path(self) -> Path:
+        """What the run stored (a run killed after its store write finds it here on resume)."""
+        return self.snapshots / "final.safetensors"
 
     # --- checkpoints ---
     def checkpoint_dir(self, step: int) -> Path:

@@ -25,7 +25,7 @@ from trainers import config as config_io
 from trainers.config import TrainConfig
 from trainers.data import batches
 from trainers.resume import computed_values, refuse_changes
-from trainers.runfolder import RunFolder
+from trainers.runfolder import RunFolder, writing
 
 TRAINER_VERSION = "tokensmith-ti/1"
 
@@ -342,7 +342,9 @@ class RunState:
             return
         vectors = {rows.key: rows.rows.detach().float().cpu().clone() for rows in conditioner.rows}
         meta = {"name": self.cfg.name, "family": spec.name, "base_model": model.source, "steps": str(step)}
-        save_canonical(Embedding(self.cfg.name, vectors, meta), self.folder.snapshot_path(step))
+        path = self.folder.snapshot_path(step)
+        with writing(f"the snapshot of step {step}", path):
+            save_canonical(Embedding(self.cfg.name, vectors, meta), path)
 
 
 def check_trackers(cfg: TrainConfig) -> None:

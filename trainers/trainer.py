@@ -6,6 +6,7 @@ stopping, previews, snapshots, checkpoints) -> the embedding, with provenance, i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Callable
@@ -29,10 +30,10 @@ from trainers.modelprep import (
     stored_init,
     weight_dtype,
 )
-from trainers.processes import has_gpu, joined_as_main, launch_size, on_cpu
+from trainers.processes import has_gpu, joined_as_main, launch_rank, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
-from trainers.runfolder import RunFolder
+from trainers.runfolder import DiskFull, RunFolder, disk_full, writing
 from trainers.session import (
     RunState,
     StopFlag,
@@ -45,6 +46,7 @@ from trainers.session import (
     write_run_files,
 )
 from trainers.steps import Ending, Steps
+from trainers.storing import check_storable, resume_command, store_result, stored_result
 
 Progress = Callable[[dict], None]
 
@@ -82,11 +84,14 @@ def train(
     last = (folder.read_progress() or [{}])[-1]
     if cfg.resume and last.get("event") == "done":
         check_train_further(cfg, folder, last)
+    elif cfg.resume and (stored := stored_result(cfg, folder, store)) is not None:
+        return _end_stored(cfg, folder, store, stored, home, echo)  # killed after its store write
     if store.exists(cfg.name) and not cfg.overwrite:
         instead = "to replace it with this run's result" if cfg.resume else "or another --name"
         raise TokensmithError(
             f"an embedding named '{cfg.name}' is already stored; pass --overwrite {instead}"
         )
+    check_storable(cfg, store)  # what the store write at the end would refuse, before hours of training
     check_trackers(cfg)
     if cfg.mixed_precision == "fp16" and not has_gpu():  # before the model loads (minutes for SDXL)
         raise TokensmithError(FP16_NEEDS_A_GPU)
@@ -101,6 +106,8 @@ def train(
             return _start(cfg, images, folder, store, model, home, stop, on_progress=on_progress, echo=echo)
         finally:
             folder.release()  # a later run (or a resume) may take the folder, even from this same process
+    except DiskFull as exc:  # writing the run's first files (the run's own failures are worded in _run)
+        raise disk_full_advice(exc, folder, home) from None
     except StopRequested:  # a Ctrl-C while preparing (a SIGTERM then ends the process: StopFlag)
         stop.record_stop()
         raise RunStopped(stopped_preparing(folder)) from None
@@ -219,7 +226,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         conditioner = None
         return emb
     except BaseException as exc:
-        advice = out_of_memory_advice(exc, cfg)
+        advice = out_of_memory_advice(exc, cfg) or disk_full_advice(exc, folder, home)
         _record_end(folder, cfg, exc, stop, main=accelerator.is_main_process, advice=advice)
         if advice:
             raise advice from None
@@ -246,7 +253,8 @@ def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, m
         folder.event("stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name)
     elif not isinstance(exc, UploadError):  # our own errors are worded for the user; others name their type
         said = advice or (exc if isinstance(exc, TokensmithError) else None)
-        folder.event("failed", str(said) if said else f"{type(exc).__name__}: {exc}", name=cfg.name)
+        with contextlib.suppress(DiskFull):  # no room for the event either: the error itself says so
+            folder.event("failed", str(said) if said else f"{type(exc).__name__}: {exc}", name=cfg.name)
 
 
 def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithError | None:
@@ -267,6 +275,27 @@ def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithErro
         options.append("fewer --preview-images")
     hint = "; try " + ", ".join(options) if options else "; use a smaller --resolution or a larger GPU"
     return TokensmithError(f"training ran out of memory ({text[:160]}){hint}")
+
+
+def disk_full_advice(exc: BaseException, folder: RunFolder, home: Path) -> TokensmithError | None:
+    """A one-line error for a run whose disk filled up: what it was writing and the command that continues
+    it once there is space; None for any other exception."""
+    if isinstance(exc, DiskFull):
+        what, path = exc.what, exc.path
+    elif disk_full(exc):  # a write not named by `writing`
+        what, path = "the run's files", getattr(exc, "filename", None) or folder.root
+    else:
+        return None
+    step = folder.checkpoint_step()
+    if folder.config_path.exists():
+        again = resume_command(folder, home)
+        kept = f"it continues from its checkpoint of step {step}" if step else "it starts again from step 0"
+        kept = f"nothing written so far is lost; {kept}"
+    else:
+        again, kept = "the same command again", "the run had not begun"
+    return TokensmithError(
+        f"the disk is full while writing {what} ({path}): free space there and run `{again}` ({kept})"
+    )
 
 
 # --- the result ---
@@ -305,9 +334,19 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending,
         return emb
     # the kept step's preview from the run folder: a run resumed at its last step has drawn none in memory
     preview = _open_image(folder.preview_path(kept)) or state.last_preview
-    save_canonical(emb, folder.snapshots / "final.safetensors")
-    path = store.put(emb, overwrite=cfg.overwrite, preview=preview)
-    how = "; ".join(filter(None, [ending.reason.replace("_", " "), kept_note(kept, trained)]))
+    with writing("the run's final snapshot", folder.final_path):
+        save_canonical(emb, folder.final_path)
+    path = store_result(cfg, folder, store, emb, preview, state.home)
+    _record_done(cfg, folder, emb, path, preview, state.home)
+    return emb
+
+
+def _record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, home) -> None:
+    """Upload when asked, then the `done` event of a stored run (its facts from the file's metadata)."""
+    info = summary(emb)
+    kept = int(emb.meta.get("steps", 0))
+    trained, reason, warning = int(info.get("trained_steps", kept)), info.get("end", ""), info.get("warning")
+    how = "; ".join(filter(None, [reason.replace("_", " "), kept_note(kept, trained)]))
     message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
     if warning:
         message += f"; warning: {warning}"
@@ -315,7 +354,7 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending,
     if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
         try:
             url = push_embedding(
-                emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview, home=state.home
+                emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview, home=home
             )
             message += f"; uploaded to {url}"
         except UploadError as exc:
@@ -328,11 +367,32 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending,
         path=str(path),
         steps=trained,
         kept=kept,
-        reason=ending.reason,
+        reason=reason,
         **({"warning": warning} if warning else {}),
     )
     if failed_upload:
         raise failed_upload
+
+
+# --- a run killed between its store write and its `done` event ---
+
+
+def _end_stored(cfg, folder: RunFolder, store: Store, emb: Embedding, home: Path, echo) -> Embedding:
+    """Finish a run that was killed after storing its result: its `done` event (and upload), nothing trained
+    or stored again."""
+    if launch_rank() != 0:  # the main process alone writes the run's files
+        return emb
+    folder = claim_run_folder(cfg, home, folder)  # refused while a live process holds the run
+    try:
+        if echo:
+            echo(f"run folder: {folder.root}")
+            echo(f"the run stored its result ({store.path(cfg.name)}) before it ended: recording it as done")
+        preview = _open_image(folder.preview_path(int(emb.meta.get("steps", 0))))
+        if preview is not None and not store.preview_path(cfg.name).exists():
+            store.set_preview(cfg.name, preview)  # the thumbnail is written just after the embedding
+        _record_done(cfg, folder, emb, store.path(cfg.name), preview, home)
+    finally:
+        folder.release()
     return emb
 
 

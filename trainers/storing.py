@@ -1,0 +1,112 @@
+"""How a run meets the store: what the store write at the end would refuse is refused before the run
+begins; a name another run stored meanwhile is told in train's words; a run killed after its store write is
+recognised by its stored result."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+from pathlib import Path
+
+from embeddings import Embedding, Store, load_canonical
+from embeddings.errors import StoreError, TokensmithError
+from trainers.config import TrainConfig, home_flags
+from trainers.resume import ENDING, config_changes
+from trainers.runfolder import RunFolder, writing
+
+
+def check_storable(cfg: TrainConfig, store: Store) -> None:
+    """Refuse a name that differs from a stored one only in letter case (the store refuses to hold both) and a
+    store folder that is a file or cannot be written: the store write comes only after the whole run."""
+    _check_writable(store.root)
+    twin = store.case_twin(cfg.name)
+    if twin is not None:
+        same = f"'{twin}' is already stored and differs from '{cfg.name}' only in letter case (prompts read "
+        same += f"<{cfg.name}> case-insensitively: they would be the same token)"
+        if cfg.resume:  # the name is part of the run's config
+            raise TokensmithError(
+                f"{same}; this run's name is part of its config: to resume it, move the stored one aside "
+                f"first (`tokensmith rename {twin} NEW` or `tokensmith rm {twin}`), or start a new run with "
+                "another --name"
+            )
+        raise TokensmithError(
+            f"{same}; start the run with another --name, or with --name {twin} --overwrite to replace it"
+        )
+
+
+def _check_writable(root: Path) -> None:
+    """TokensmithError when the store folder `root` is a file or cannot be written (or created)."""
+    there = next(p for p in (root, *root.parents) if p.exists())  # the store folder, or where it will be
+    where = "" if there == root else f" (the store folder {root} would be made in it)"
+    if not there.is_dir():
+        raise TokensmithError(
+            f"{there} is a file, where the store keeps trained embeddings in a folder{where}; move the file "
+            "away, or pass another --home"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=there):  # permissions, a read-only filesystem: what a write meets
+            pass
+    except OSError as exc:
+        raise TokensmithError(
+            f"cannot write in {there} ({exc.strerror}), where the trained embedding is to be stored{where}; "
+            "make it writable, or pass another --home"
+        ) from None
+
+
+def resume_command(folder: RunFolder, home: Path | None) -> str:
+    """`tokensmith train --run-dir RUN [--home HOME] --resume`: what continues the run in `folder`."""
+    return shlex.join(["tokensmith", "train", "--run-dir", str(folder.root), *home_flags(home), "--resume"])
+
+
+# --- the store write ---
+
+
+def store_result(cfg, folder: RunFolder, store: Store, emb: Embedding, preview, home) -> Path:
+    """store.put in train's words: when another run stored the name (or a case twin) while this one trained,
+    how to store this run's result, which is kept in the run folder."""
+    try:
+        with writing(f"the stored file of '{cfg.name}'", store.path(cfg.name)):
+            return store.put(emb, overwrite=cfg.overwrite, preview=preview)
+    except StoreError:
+        twin = store.case_twin(cfg.name)
+        if twin is None and not store.exists(cfg.name):  # not a name taken meanwhile: its own words
+            raise
+        final = folder.final_path
+        resume = resume_command(folder, home)
+        elsewhere = shlex.join(["tokensmith", "import", str(final), "--name", "NEW", *home_flags(home)])
+        if twin is None:
+            raise TokensmithError(
+                f"an embedding named '{cfg.name}' was stored by another run while this one trained; this "
+                f"run's result is kept in {final}: to store it in place of that one, run `{resume} "
+                f"--overwrite`, or import it under another name (`{elsewhere}`)"
+            ) from None
+        raise TokensmithError(
+            f"'{twin}' was stored while this run trained and differs from '{cfg.name}' only in letter case "
+            f"(prompts read <{cfg.name}> case-insensitively: they would be the same token); this run's "
+            f"result is kept in {final}: import it under another name (`{elsewhere}`), or move '{twin}' "
+            f"aside (`tokensmith rename {twin} NEW`) and run `{resume}`"
+        ) from None
+
+
+def stored_result(cfg: TrainConfig, folder: RunFolder, store: Store) -> Embedding | None:
+    """The stored embedding when it is this run's result: the vectors of its `snapshots/final.safetensors`,
+    stored by this run (the file's trainer metadata names the run folder) with the config it resumes with."""
+    if not (store.exists(cfg.name) and folder.final_path.is_file()):
+        return None
+    try:
+        stored, final = store.get(cfg.name), load_canonical(folder.final_path)
+    except (TokensmithError, OSError):  # not this run's result then: the usual checks say what to do
+        return None
+    made = _trainer(stored).get("config", {})
+    if stored.sha256 != final.sha256 or not made.get("run_dir"):
+        return None
+    if Path(made["run_dir"]).resolve() != folder.root.resolve():
+        return None
+    # a finished run resumed to train further, killed before its new result: its config asks for more
+    same_ending = all(made.get(key) == getattr(cfg, key) for key in (*ENDING, "keep"))
+    return stored if same_ending and not config_changes(made, cfg) else None
+
+
+def _trainer(emb: Embedding) -> dict:
+    return json.loads(emb.meta.get("trainer", "{}"))
