@@ -157,8 +157,15 @@ class Store:
             return False
 
     def _check_folder(self) -> None:
-        """StoreError if a file stands where the store folder (or a folder above it) should be."""
+        """StoreError if a file, or a link to nothing, stands where the store folder (or one above it) should
+        be."""
         for folder in (self.root, *self.root.parents):
+            if folder.is_symlink() and not folder.exists():
+                raise StoreError(
+                    f"the store folder {self.root} cannot be made: {folder} is a link to "
+                    f"{os.readlink(folder)}, which does not exist (a disk that is not mounted?); mount or "
+                    "fix it, or use another store (--home DIR or TOKENSMITH_HOME)"
+                )
             if folder.exists():
                 if folder.is_dir():
                     return
@@ -221,9 +228,10 @@ class Store:
         self._check_folder()
         self.check_case_twin(emb.name)
         data = canonical_bytes(emb)
+        with self._writing(self.root):  # not the name-taken error below: a broken link there is no embedding
+            self.root.mkdir(parents=True, exist_ok=True)
         try:
             with self._writing(path):
-                self.root.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, data, overwrite=overwrite)
         except FileExistsError:
             raise StoreError(
@@ -345,8 +353,13 @@ class Store:
         if self.preview_path(old).is_file() and self.preview_path(new).is_file():
             return False  # the rename moves the preview in one step: both sides never have one
         try:
+            if self.path(old).samefile(self.path(new)):  # one file: a case-insensitive filesystem's 'Cat'
+                return False
             stored = self.get(new)
         except (EmbeddingFormatError, OSError):
+            return False
+        header = read_header(self.path(new)).get("__metadata__") or {}
+        if header.get("name") != new:  # the rename writes the new name into the header it creates
             return False
 
         def unnamed(e: Embedding) -> dict[str, str]:

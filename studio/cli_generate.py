@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import replace
@@ -265,7 +266,8 @@ def _free_name(folder: Path, stem: str, *, trace: Path | None, force: bool) -> P
     n = 1
     while True:
         path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
-        taken = path.exists() or (trace is not None and _trace_path(trace, path).exists())
+        # lexists: a broken link is taken too (the write cannot claim its name)
+        taken = os.path.lexists(path) or (trace is not None and os.path.lexists(_trace_path(trace, path)))
         if force or not taken:
             return path
         n += 1
@@ -283,7 +285,9 @@ def _write_image(result, path: Path, *, stem: str | None, trace: Path | None, fo
         except FileExistsError:  # without --force only: the write never replaces a file then
             if stem is None:  # an --out FILE that appeared meanwhile: refused, naming it (not its temp file)
                 raise _exists(path) from None
-            path = _free_name(path.parent, stem, trace=trace, force=False)
+            taken, path = path, _free_name(path.parent, stem, trace=trace, force=False)
+            if path == taken:  # the name looks free but cannot be written: say so rather than loop
+                raise _exists(path) from None
 
 
 def _trace_path(trace: Path, image: Path) -> Path:

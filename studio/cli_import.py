@@ -56,11 +56,12 @@ def run_import(args) -> int:
             f"several files hold an embedding named {dupes[0]!r} (letter case aside); import them one by "
             "one with --name"
         )
-    # Checked for every file before storing any. An embedding already stored with identical vectors is not an
-    # error and is not stored again (not even with --force), so running an import that stopped halfway again
-    # finishes it. One look per name: another import may be storing the same files right now.
+    # Checked for every file before storing any. Without --force, an embedding already stored with identical
+    # vectors is not an error and is not stored again, so running an import that stopped halfway again
+    # finishes it; --force replaces it (its header may differ: a family label, the provenance). One look per
+    # name: another import may be storing the same files right now.
     stored = [emb for _, emb in found if store.exists(emb.name)]
-    same = {emb.name for emb in stored if store.holds(emb)}
+    same = set() if args.force else {emb.name for emb in stored if store.holds(emb)}
     taken = [emb.name for emb in stored if emb.name not in same]
     if taken and not args.force:
         raise StoreError(

@@ -316,9 +316,8 @@ def test_importing_the_same_file_twice_is_not_an_error(tmp_path, capsys, tokensm
     from PIL import Image
 
     store.set_preview("cat", Image.new("RGB", (4, 4)))
-    for extra in ([], ["--force"]):  # identical vectors: nothing is replaced, the preview stays
-        code, out, err = run(capsys, "import", path, *extra)
-        assert (code, out.strip()) == (EXIT_OK, "cat") and "already stored (identical): cat" in err
+    code, out, err = run(capsys, "import", path)  # identical vectors: nothing is replaced, the preview stays
+    assert (code, out.strip()) == (EXIT_OK, "cat") and "already stored (identical): cat" in err
     assert store.preview_path("cat").is_file()
     (tmp_path / "other").mkdir()
     code, _, err = run(capsys, "import", write(tmp_path / "other", "cat", seed=5))
@@ -337,3 +336,16 @@ def test_a_file_where_the_store_folder_should_be_is_named(tmp_path, capsys, toke
     home_file.write_text("")
     code, _, err = run(capsys, "import", path, "--home", home_file)
     assert code == EXIT_ERROR and f"{home_file} is a file, not a folder" in err and "--home" in err
+
+
+def test_force_replaces_an_identical_embedding_whose_header_is_wrong(tmp_path, capsys, tokensmith_home):
+    """--force is how a stored file's header is corrected (a wrong family label stored by an older import):
+    identical vectors are skipped only without it."""
+    path = write(tmp_path, "cat")
+    assert run(capsys, "import", path)[0] == EXIT_OK
+    store = Store.for_home(tokensmith_home)
+    wrong = store.get("cat").with_meta(family="sdxl", note="stale")
+    store.put(wrong, overwrite=True)
+    code, out, err = run(capsys, "import", path, "--force")
+    assert (code, out.strip()) == (EXIT_OK, "cat") and "already stored" not in err
+    assert "note" not in store.get("cat").meta

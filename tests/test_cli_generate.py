@@ -257,3 +257,15 @@ def test_an_out_file_made_while_sampling_is_refused_by_its_own_name(
     assert f"error: {out} already exists: pass --force to replace it" in err and ".tmp" not in err
     assert out.read_bytes() == b"another process's image"
     assert [p.name for p in tmp_path.iterdir()] == ["img.png"]
+
+
+def test_a_broken_link_in_the_output_folder_is_a_taken_name(tiny_model_dir, tmp_path, capsys):
+    """A link to nothing does not exist() but its name cannot be written: it is skipped like a file (the
+    write used to retry that same name for ever)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "a-red-circle-s0.png").symlink_to(tmp_path / "gone.png")
+    argv = ("generate", "a red circle", "--model", tiny_model_dir, "--steps", "2", "--out", folder)
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    assert stdout.strip() == f"wrote {folder / 'a-red-circle-s0-2.png'} (seed 0)"

@@ -307,3 +307,30 @@ def test_write_errors_name_the_target_not_the_temp_file(store, monkeypatch, erro
         assert caught.value.errno == error.errno
     assert sorted(p.name for p in store.root.iterdir()) == ["cat.preview.png", "cat.safetensors"]
     assert float(store.get("cat").vectors["emb_params"][0, 0]) == 1.0
+
+
+def test_a_rename_onto_the_same_file_never_removes_it(store):
+    """On a case-insensitive filesystem 'Cat' is the file 'cat' itself (a link plays that here): it is not
+    what a killed rename leaves, so the rename must not finish by removing the old name."""
+    store.put(emb("cat", value=4.0))
+    store.path("kitty").symlink_to(store.path("cat").name)  # 'kitty' resolves to the very same file
+    with pytest.raises(StoreError, match="'kitty' already exists"):
+        store.rename("cat", "kitty")
+    assert float(store.get("cat").vectors["emb_params"][0, 0]) == 4.0
+
+
+def test_a_copy_that_still_carries_the_old_name_is_not_an_unfinished_rename(store):
+    store.put(emb("tri", value=3.0))
+    store.path("tri2").write_bytes(store.path("tri").read_bytes())  # header name 'tri': no rename wrote it
+    with pytest.raises(StoreError, match="'tri2' already exists"):
+        store.rename("tri", "tri2")
+    assert store.exists("tri")
+
+
+def test_a_store_folder_that_is_a_link_to_nothing_is_named(store, tokensmith_home):
+    tokensmith_home.mkdir()
+    store.root.symlink_to(tokensmith_home / "unmounted-disk")
+    with pytest.raises(StoreError, match=r"is a link to .*unmounted-disk, which does not exist"):
+        store.put(emb("cat"))
+    with pytest.raises(StoreError, match="which does not exist"):
+        store.list()

@@ -226,13 +226,19 @@ def test_local_paths_become_absolute_and_hub_ids_stay_as_given(tmp_path, monkeyp
     assert absolute_path("model_config", "") == ""
 
 
-def test_equivalent_commands_name_a_home_that_is_not_the_default(tmp_path):
+def test_equivalent_commands_name_a_home_that_is_not_the_default(tmp_path, monkeypatch):
     cfg = TrainConfig(images="/shots", name="cat", run_dir="/runs/cat")
     single, multi = equivalent_commands(cfg, "/runs/cat/config.toml", home=tmp_path / "h")
     assert single.endswith(f"--run-dir /runs/cat --home {tmp_path / 'h'}")
     assert multi == f"accelerate launch -m trainers --config /runs/cat/config.toml --home {tmp_path / 'h'}"
-    default = equivalent_commands(cfg, "/runs/cat/config.toml", home=Path("~/.tokensmith").expanduser())
+    default_home = Path("~/.tokensmith").expanduser()
+    monkeypatch.delenv("TOKENSMITH_HOME")
+    default = equivalent_commands(cfg, "/runs/cat/config.toml", home=default_home)
     assert "--home" not in " ".join(default)
+    # with $TOKENSMITH_HOME elsewhere, a bare command would store there: the default home is named
+    monkeypatch.setenv("TOKENSMITH_HOME", str(tmp_path / "elsewhere"))
+    single, _ = equivalent_commands(cfg, "/runs/cat/config.toml", home=default_home)
+    assert single.endswith(f"--home {default_home.resolve()}")
     header = to_toml(cfg, home=tmp_path / "h").splitlines()[:3]
     run = f"tokensmith train --config THIS_FILE --home {tmp_path / 'h'}"
     assert header[0] == f"# tokensmith training config (resolved); run it with: {run}"

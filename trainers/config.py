@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shlex
 import typing
 from dataclasses import dataclass, field
@@ -403,12 +404,15 @@ DEFAULT_HOME = "~/.tokensmith"
 
 
 def home_flags(home: str | Path | None) -> list[str]:
-    """['--home', HOME] when `home` is not the default ~/.tokensmith, so a printed command stores where its
-    run did even in a shell without $TOKENSMITH_HOME; [] otherwise."""
+    """[] when `home` is ~/.tokensmith and $TOKENSMITH_HOME (if set) names it too, else ['--home', HOME]: a
+    printed command stores where its run did, in this shell and in one without $TOKENSMITH_HOME."""
     if home is None:
         return []
     home = Path(home).expanduser().resolve()
-    return [] if home == Path(DEFAULT_HOME).expanduser().resolve() else ["--home", str(home)]
+    defaults = {Path(DEFAULT_HOME).expanduser().resolve()}
+    if os.environ.get("TOKENSMITH_HOME"):  # where the command would run in this shell
+        defaults.add(Path(os.environ["TOKENSMITH_HOME"]).expanduser().resolve())
+    return [] if defaults == {home} else ["--home", str(home)]
 
 
 def launch_command(config_path: str | Path, *, processes: int = 1, cpu: bool = False, extra=()) -> str:

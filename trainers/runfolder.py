@@ -33,6 +33,7 @@ STEP_DIR = re.compile(r"^step-(\d{6,})$")
 # with less than this free on the disk, the reason is taken to be a full disk (the failed write has just used
 # up what was left)
 LOW_SPACE = 1 << 20
+ZIP_WRITER_WORDS = ("unexpected pos", "iostream error", "PytorchStreamWriter")  # what torch's writer says
 
 
 class DiskFull(TokensmithError):
@@ -66,7 +67,11 @@ def writing(what: str, path: Path, *, temp: Path | None = None) -> Iterator[None
         yield
     except BaseException as exc:
         # torch's writer says nothing of the cause: asked before the temp file gives its space back
-        full = disk_full(exc) or (isinstance(exc, RuntimeError) and _free_bytes(Path(path)) < LOW_SPACE)
+        full = disk_full(exc) or (
+            isinstance(exc, RuntimeError)
+            and any(words in str(exc) for words in ZIP_WRITER_WORDS)
+            and _free_bytes(Path(path)) < LOW_SPACE
+        )
         if temp is not None:
             if temp.is_dir():
                 shutil.rmtree(temp, ignore_errors=True)

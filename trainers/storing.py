@@ -5,6 +5,7 @@ recognised by its stored result."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import tempfile
 from pathlib import Path
@@ -37,6 +38,12 @@ def check_storable(cfg: TrainConfig, store: Store) -> None:
 
 def _check_writable(root: Path) -> None:
     """TokensmithError when the store folder `root` is a file or cannot be written (or created)."""
+    for folder in (root, *root.parents):
+        if folder.is_symlink() and not folder.exists():
+            raise TokensmithError(
+                f"{folder} is a link to {os.readlink(folder)}, which does not exist (a disk that is not "
+                "mounted?), where the store keeps trained embeddings; mount or fix it, or pass another --home"
+            )
     there = next(p for p in (root, *root.parents) if p.exists())  # the store folder, or where it will be
     where = "" if there == root else f" (the store folder {root} would be made in it)"
     if not there.is_dir():

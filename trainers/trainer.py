@@ -288,13 +288,14 @@ def disk_full_advice(exc: BaseException, folder: RunFolder, home: Path) -> Token
         return None
     step = folder.checkpoint_step()
     if folder.config_path.exists():
-        again = resume_command(folder, home)
         kept = f"it continues from its checkpoint of step {step}" if step else "it starts again from step 0"
-        kept = f"nothing written so far is lost; {kept}"
+        then = f"run `{resume_command(folder, home)}` (nothing written so far is lost; {kept})"
     else:
-        again, kept = "the same command again", "the run had not begun"
+        then = "run the same command again (the run had not begun)"
+    cause = exc.__cause__ if isinstance(exc, DiskFull) and exc.__cause__ is not None else exc
+    said = f"{type(cause).__name__}: {first_line(cause)[:160]}"
     return TokensmithError(
-        f"the disk is full while writing {what} ({path}): free space there and run `{again}` ({kept})"
+        f"the disk is full while writing {what} ({path}; {said}): free space there and {then}"
     )
 
 
