@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -75,6 +76,9 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool =
         else:
             os.link(tmp, path)  # atomic create-if-absent
             tmp.unlink()
+    except FileExistsError:  # os.link names the hidden temp file first: name only the file that exists
+        remove_temp(tmp)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
     except BaseException:
         remove_temp(tmp)
         raise

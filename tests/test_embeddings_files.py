@@ -56,3 +56,16 @@ def test_a_failing_clean_up_never_hides_the_error_that_stopped_the_write(tmp_pat
         atomic_write(path, full)
     monkeypatch.undo()
     assert not path.exists()
+
+
+def test_a_name_taken_meanwhile_is_named_not_the_temp_file(tmp_path):
+    """os.link's error names the hidden temp file first; what the caller (and the user) needs is the name
+    that exists (grid, variations, replay and schedule show this error as it is)."""
+    from embeddings.files import atomic_write_bytes
+
+    target = tmp_path / "grid.png"
+    target.write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError) as taken:
+        atomic_write_bytes(target, b"mine", overwrite=False)
+    assert taken.value.filename == str(target) and ".tmp" not in str(taken.value)
+    assert target.read_bytes() == b"someone else's" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
