@@ -218,3 +218,17 @@ def test_doctor_gives_each_embedding_a_verdict_for_the_model(store, monkeypatch)
     }
     assert verdicts["<fits-well>"].startswith("✅") and "fits this model" in verdicts["<fits-well>"]
     assert verdicts["<red-square>"].startswith("❌") and "does not fit" in verdicts["<red-square>"]
+
+
+def test_importing_an_embedding_already_in_the_library_is_no_error(store, tmp_path):
+    """The same vectors again (an import done twice): said once, as the CLI says it, not refused."""
+    from embeddings.exporting import export
+
+    export(store.get("blue-star"), "a1111-pt", tmp_path / "blue-star.pt")
+    at = open_library()
+    upload = ("blue-star.pt", (tmp_path / "blue-star.pt").read_bytes(), "application/octet-stream")
+    at.file_uploader(key="lib_import_files").set_value([upload])
+    at.run()
+    at.button(key="lib_import").click().run()
+    assert not at.error
+    assert any("Already in the library with identical vectors: <blue-star>" in i.value for i in at.info)

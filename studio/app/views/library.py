@@ -125,7 +125,7 @@ def import_ui(store) -> None:
     if st.button("Import", key="lib_import", disabled=not files):
         from embeddings.importing import import_path
 
-        added, problems = [], []
+        added, problems, same = [], [], []
         with tempfile.TemporaryDirectory(prefix="tokensmith-import-") as tmp:
             for file in files:
                 path = Path(tmp) / Path(file.name).name
@@ -133,7 +133,10 @@ def import_ui(store) -> None:
             skipped: list = []
             for emb in import_path(Path(tmp), skipped=skipped):
                 if store.exists(emb.name) and not overwrite:
-                    problems.append(cards.name_taken_text(emb.name, REPLACE_LABEL))
+                    if store.holds(emb):  # the same vectors again: nothing to do, and nothing wrong
+                        same.append(emb.name)
+                    else:
+                        problems.append(cards.name_taken_text(emb.name, REPLACE_LABEL))
                     continue
                 try:
                     store.put(emb, overwrite=overwrite)
@@ -142,17 +145,21 @@ def import_ui(store) -> None:
                     problems.append(context.error_text(exc))
             problems += [f"{p.name}: {reason}" for p, reason in skipped]
         if added:  # list them: the page lists the store before this section, so run it again
-            st.session_state["lib_import_report"] = (added, problems)
+            st.session_state["lib_import_report"] = (added, problems, same)
             st.rerun()
-        for problem in problems:
-            st.error(problem)
+        _report(added, problems, same)
 
 
 def import_report_ui() -> None:
     """What the last import added (and refused), shown once after the rerun that lists the new cards."""
-    added, problems = st.session_state.pop("lib_import_report", ([], []))
+    _report(*st.session_state.pop("lib_import_report", ([], [], [])))
+
+
+def _report(added: list[str], problems: list[str], same: list[str]) -> None:
     if added:
         st.success("Imported " + ", ".join(f"<{n}>" for n in added))
+    if same:
+        st.info("Already in the library with identical vectors: " + ", ".join(f"<{n}>" for n in same))
     for problem in problems:
         st.error(problem)
 
