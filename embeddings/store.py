@@ -15,6 +15,7 @@ linked, the old not yet removed) is finished by running the same rename again.
 from __future__ import annotations
 
 import errno
+import filecmp
 import hashlib
 import io
 import json
@@ -389,21 +390,25 @@ class Store:
         return sorted((p for p in trash.iterdir() if p.is_dir()), reverse=True) if trash.is_dir() else []
 
     def restore(self, name: str) -> Path:
-        """Bring back the most recently deleted embedding of that name; refuses if the name is taken again."""
+        """Bring back the most recently deleted embedding of that name; refuses if the name is taken again
+        (except by this restore's own copy, left by a kill before the trash folder was removed)."""
         path = self.path(name)
         self._check_folder()
         for folder in self._trash_folders():
             trashed = folder / path.name
             if not trashed.is_file():
                 continue
-            if path.exists():
+            # a restore killed after its copy left the same file in the store and in the trash: finish it
+            unfinished = path.is_file() and filecmp.cmp(path, trashed, shallow=False)
+            if path.exists() and not unfinished:
                 raise StoreError(
                     f"cannot restore '{name}': an embedding of that name exists; rename it first "
                     f"(`tokensmith rename {name} NEW`)"
                 )
             self.check_case_twin(name)
             with self._writing(path):
-                atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
+                if not unfinished:
+                    atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
                 preview = folder / (name + PREVIEW_SUFFIX)
                 if preview.is_file():
                     os.replace(preview, self.preview_path(name))

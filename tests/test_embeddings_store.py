@@ -334,3 +334,20 @@ def test_a_store_folder_that_is_a_link_to_nothing_is_named(store, tokensmith_hom
         store.put(emb("cat"))
     with pytest.raises(StoreError, match="which does not exist"):
         store.list()
+
+
+def test_a_restore_killed_after_its_copy_finishes_when_run_again(store, monkeypatch):
+    store.put(emb("cat", value=6.0), preview=Image.new("RGB", (4, 4)))
+    store.delete("cat")
+    monkeypatch.setattr("shutil.rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # the kill: copied back and preview moved, trash not yet removed
+        store.restore("cat")
+    monkeypatch.undo()
+    assert store.restore("cat") == store.path("cat")
+    assert float(store.get("cat").vectors["emb_params"][0, 0]) == 6.0 and store.preview_path("cat").is_file()
+    with pytest.raises(StoreError, match="not in the trash"):  # the trash entry is gone: finished
+        store.restore("cat")
+    store.delete("cat")
+    store.put(emb("cat", value=7.0))  # another embedding took the name: still refused
+    with pytest.raises(StoreError, match="an embedding of that name exists"):
+        store.restore("cat")
