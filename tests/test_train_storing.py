@@ -75,6 +75,21 @@ def test_a_read_only_store_folder_is_refused_before_training(tmp_path, no_model)
         store.chmod(0o755)
 
 
+def test_a_store_on_a_read_only_filesystem_is_refused_before_training(tmp_path, no_model, monkeypatch):
+    """What a write meets on a disk mounted read-only (root included, unlike the permission test above)."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    images = square_images(tmp_path / "images")
+    (tmp_path / "home" / "embeddings").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(TokensmithError, match=r"cannot write in .*embeddings \(Read-only file system\)"):
+        train(quick_config(images, tmp_path / "run", model="tiny"), home=tmp_path / "home")
+
+
 # --- a name stored by another run meanwhile ---
 
 
