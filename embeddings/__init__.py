@@ -20,8 +20,8 @@ _LAZY = {
     "save_canonical": "embeddings.canonical",
     "Store": "embeddings.store",
     "StoreEntry": "embeddings.store",
-    "safe_name": "embeddings.store",
-    "validate_name": "embeddings.store",
+    "safe_name": "embeddings.names",
+    "validate_name": "embeddings.names",
     "InstallError": "embeddings.inject",
     "expand_prompt": "embeddings.inject",
     "install": "embeddings.inject",
@@ -112,5 +112,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
         word_vectors,
     )
     from embeddings.maths import blend, nearest_tokens, norm_report, word_operand
-    from embeddings.store import Store, StoreEntry, safe_name, validate_name
+    from embeddings.names import safe_name, validate_name
+    from embeddings.store import Store, StoreEntry
     from embeddings.value import Embedding, family_from_widths, family_title

@@ -17,7 +17,7 @@ from embeddings.formats.diffusers import combine_pair, pair_of, same_token
 from embeddings.formats.layouts import embedding_from_dict
 from embeddings.formats.pickled import read_pickled
 from embeddings.formats.png import PNG_SIGNATURE, read_image
-from embeddings.store import safe_name
+from embeddings.names import safe_name
 from embeddings.value import Embedding, family_claim_fits
 
 SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt", ".png", ".webp")

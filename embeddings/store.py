@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import errno
 import filecmp
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
 from embeddings.files import atomic_write, atomic_write_bytes
+from embeddings.names import validate_name
 from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
 
 if TYPE_CHECKING:
@@ -40,41 +39,8 @@ if TYPE_CHECKING:
 SUFFIX = ".safetensors"
 PREVIEW_SUFFIX = ".preview.png"
 TRASH = ".trash"
-NAME_RULE = "1-64 characters from letters, digits, '_', '-' and '.', starting with a letter or digit"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Device names Windows reserves whatever the extension ("nul.safetensors" is the null device there).
-RESERVED = {"con", "prn", "aux", "nul"} | {f"{kind}{i}" for kind in ("com", "lpt") for i in range(1, 10)}
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
-
-
-def _is_reserved(name: str) -> bool:
-    return name.split(".", 1)[0].lower() in RESERVED
-
-
-def validate_name(name: str) -> str:
-    """Return `name` if it is a safe embedding name, else raise StoreError saying the rule."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise StoreError(f"invalid embedding name {name!r}: use {NAME_RULE} (no '..', no path separators)")
-    if name.endswith(".preview") or name.endswith(".tmp"):
-        raise StoreError(f"invalid embedding name {name!r}: names may not end in '.preview' or '.tmp'")
-    if _is_reserved(name):
-        raise StoreError(
-            f"invalid embedding name {name!r}: {name.split('.', 1)[0]} is a device name on Windows; "
-            "choose another name"
-        )
-    return name
-
-
-def safe_name(text: str) -> str:
-    """A valid name made from any text (a file stem, an A1111 `name`): 'bad hands (v5)' -> 'bad-hands-v5'."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")
-    cleaned = re.sub(r"\.{2,}", ".", cleaned)
-    cleaned = re.sub(r"\.(preview|tmp)$", "", cleaned)[:64].rstrip("-.")
-    if not cleaned:  # nothing ASCII left ('日本'): a stable name from the text, distinct per text
-        return "emb-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    cleaned = cleaned if cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
-    return "emb-" + cleaned[:60] if _is_reserved(cleaned) else cleaned
 
 
 def _sort_key(name: str) -> tuple[str, str]:

@@ -24,7 +24,8 @@ DEMO_EXAMPLE = """Example:
 
 
 def register(subparsers, common) -> None:
-    from trainers.config import FIELDS, flag_name
+    from trainers.commands import flag_name
+    from trainers.config import FIELDS
 
     train = subparsers.add_parser(
         "train",

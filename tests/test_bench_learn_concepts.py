@@ -1,27 +1,18 @@
 """bench/learn_concepts.py judges what it says: renders of a concept pass its bar, renders of another colour
 or shape fail it, and one concept runs end to end to its `learned ...` line."""
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
 from demo.world import parse_concept, render
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.benchload import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("learn_concepts", ROOT / "bench" / "learn_concepts.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return load_bench("learn_concepts")
 
 
 def renders(text: str, n: int = 12) -> list:

@@ -2,24 +2,16 @@
 SD 2.x and SDXL pipelines have the published parameter counts, the family the loader would detect, and each
 family's prediction type."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.benchload import load_bench
 from trainers.models import detect_family
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = ROOT / "bench" / "real_architecture.py"  # it puts bench/ on sys.path for step_flops itself
-    spec = importlib.util.spec_from_file_location("real_architecture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("real_architecture")
 
 
 def millions(module) -> int:

@@ -1,21 +1,15 @@
 """bench/step_flops.py counts what it says: the text encoder's FLOPs match the matmuls of its layers, and at
 SD 1.5's size the encoder is under 2% of the floor (the claim the README's performance section makes)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from transformers import CLIPTextConfig, CLIPTextModel
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.benchload import load_bench
 
 
 @pytest.fixture(scope="module")
 def step_flops():
-    spec = importlib.util.spec_from_file_location("step_flops", ROOT / "bench" / "step_flops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("step_flops")
 
 
 def test_encoder_flops_are_its_layers_matmuls_forward_and_backward(step_flops):

@@ -9,7 +9,8 @@ from PIL import Image
 from embeddings import Store
 from studio.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, build_parser, main
 from studio.cli_train import config_from_args
-from trainers.config import TrainConfig, equivalent_commands
+from trainers.commands import equivalent_commands
+from trainers.config import TrainConfig
 from trainers.tiny import tiny_pipeline
 
 

@@ -6,15 +6,8 @@ import pytest
 import tomllib
 import torch
 
-from trainers.config import (
-    ConfigError,
-    TrainConfig,
-    equivalent_commands,
-    from_mapping,
-    load,
-    to_flags,
-    to_toml,
-)
+from trainers.commands import equivalent_commands, to_flags, to_toml
+from trainers.config import ConfigError, TrainConfig, from_mapping, load
 
 
 def test_toml_file_and_flags_fill_one_config(tmp_path):
@@ -247,7 +240,7 @@ def test_equivalent_commands_name_a_home_that_is_not_the_default(tmp_path, monke
 
 
 def test_the_single_process_command_of_several_processes_accumulates_their_micro_batches():
-    from trainers.config import command_notes
+    from trainers.commands import command_notes
 
     cfg = TrainConfig(images="/shots", name="cat", batch_size=2, grad_accum=3, run_dir="/runs/cat")
     single, multi = equivalent_commands(cfg, "/runs/cat/config.toml", processes=2)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 _LAZY = {
     "ConfigError": ("trainers.config", "ConfigError"),
     "TrainConfig": ("trainers.config", "TrainConfig"),
-    "equivalent_commands": ("trainers.config", "equivalent_commands"),
-    "to_toml": ("trainers.config", "to_toml"),
+    "equivalent_commands": ("trainers.commands", "equivalent_commands"),
+    "to_toml": ("trainers.commands", "to_toml"),
     "load_config": ("trainers.config", "load"),
     "train": ("trainers.trainer", "train"),
 }
@@ -24,7 +24,8 @@ _LAZY = {
 __all__ = ["ConfigError", "TrainConfig", "equivalent_commands", "load_config", "to_toml", "train"]
 
 if TYPE_CHECKING:
-    from trainers.config import ConfigError, TrainConfig, equivalent_commands, to_toml
+    from trainers.commands import equivalent_commands, to_toml
+    from trainers.config import ConfigError, TrainConfig
     from trainers.config import load as load_config
     from trainers.trainer import train
 

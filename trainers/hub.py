@@ -15,8 +15,10 @@ from pathlib import Path
 from embeddings import Embedding
 from embeddings.doctor import format_title
 from embeddings.errors import TokensmithError, first_line
-from trainers.config import check_repo_id, home_flags
+from trainers.commands import home_flags
+from trainers.config import check_repo_id
 from trainers.models import HUB_ID
+from trainers.storing import summary
 
 
 class UploadError(TokensmithError):
@@ -49,7 +51,7 @@ def model_card(
     """The README.md of a hub repo holding one embedding: front matter, trigger, usage, and where it came
     from, as the file records it (trained here, or imported from another tool's file)."""
     filename = filename or f"{emb.name}.safetensors"
-    trainer = _json(emb.meta.get("trainer"))
+    trainer = summary(emb)
     base = emb.meta.get("base_model", "")
     front = [
         "---",

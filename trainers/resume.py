@@ -10,6 +10,7 @@ from pathlib import Path
 from embeddings.errors import TokensmithError
 from embeddings.files import file_sha256
 from trainers import checkpoint as ckpt_io
+from trainers import commands
 from trainers import config as config_io
 from trainers.config import TrainConfig
 from trainers.runfolder import RunFolder
@@ -110,7 +111,7 @@ def refuse_changes(
     if changes:
         shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
         own = shlex.join(
-            ["tokensmith", "train", "--config", str(folder.config_path), *config_io.home_flags(home)]
+            ["tokensmith", "train", "--config", str(folder.config_path), *commands.home_flags(home)]
         )
         raise TokensmithError(
             f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddings.errors import TokensmithError
+from embeddings.errors import TokensmithError, first_line
+from trainers.commands import resume_command
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 # torch's zip writer fails without saying why ("unexpected pos 64 vs 0", "basic_ios::clear: iostream error"):
@@ -307,3 +308,25 @@ class RunFolder:
         )
         for old in found[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def disk_full_advice(exc: BaseException, folder: RunFolder, home: Path) -> TokensmithError | None:
+    """A one-line error for a run whose disk filled up: what it was writing and the command that continues
+    it once there is space; None for any other exception."""
+    if isinstance(exc, DiskFull):
+        what, path = exc.what, exc.path
+    elif disk_full(exc):  # a write not named by `writing`
+        what, path = "the run's files", getattr(exc, "filename", None) or folder.root
+    else:
+        return None
+    step = folder.checkpoint_step()
+    if folder.config_path.exists():
+        kept = f"it continues from its checkpoint of step {step}" if step else "it starts again from step 0"
+        then = f"run `{resume_command(folder.root, home)}` (nothing written so far is lost; {kept})"
+    else:
+        then = "run the same command again (the run had not begun)"
+    cause = exc.__cause__ if isinstance(exc, DiskFull) and exc.__cause__ is not None else exc
+    said = f"{type(cause).__name__}: {first_line(cause)[:160]}"
+    return TokensmithError(
+        f"the disk is full while writing {what} ({path}; {said}): free space there and {then}"
+    )

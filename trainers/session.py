@@ -21,7 +21,7 @@ import torch
 from embeddings import Embedding, save_canonical
 from embeddings.errors import TokensmithError
 from trainers import checkpoint as ckpt_io
-from trainers import config as config_io
+from trainers import commands
 from trainers.config import TrainConfig
 from trainers.data import batches
 from trainers.resume import computed_values, refuse_changes
@@ -183,11 +183,11 @@ class RunState:
         refuse_changes(latest, self.folder, saved.config, saved.step, self.cfg, home=self.home)
         processes = int(saved.stopper.get("processes", 1))
         if processes != self.accelerator.num_processes:  # each step's batch is the processes' micro-batches
-            launch = config_io.launch_command(
+            launch = commands.launch_command(
                 self.folder.config_path,
                 processes=processes,
                 cpu=self.accelerator.device.type == "cpu",
-                extra=[*config_io.home_flags(self.home), "--resume"],
+                extra=[*commands.home_flags(self.home), "--resume"],
             )
             raise TokensmithError(
                 f"the checkpoint in {latest} was made by {processes} process(es) and this resume has "
@@ -374,8 +374,8 @@ def write_run_files(
     They are written as the run's own config, without --resume: what continues it is `--resume` added.
     """
     cfg = cfg.replace(resume=False)
-    commands = config_io.equivalent_commands(cfg, folder.config_path, home=home, processes=processes, cpu=cpu)
-    notes = config_io.command_notes(cfg, processes=processes)
-    folder.write_config(config_io.to_toml(cfg, home=home), [*commands, *(f"# {note}" for note in notes)])
+    lines = commands.equivalent_commands(cfg, folder.config_path, home=home, processes=processes, cpu=cpu)
+    notes = commands.command_notes(cfg, processes=processes)
+    folder.write_config(commands.to_toml(cfg, home=home), [*lines, *(f"# {note}" for note in notes)])
     folder.write_pid()
-    return commands, notes
+    return lines, notes

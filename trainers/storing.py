@@ -12,7 +12,8 @@ from pathlib import Path
 
 from embeddings import Embedding, Store, load_canonical
 from embeddings.errors import StoreError, TokensmithError
-from trainers.config import TrainConfig, home_flags
+from trainers.commands import home_flags, resume_command
+from trainers.config import TrainConfig
 from trainers.resume import ENDING, config_changes
 from trainers.runfolder import RunFolder, writing
 
@@ -61,11 +62,6 @@ def _check_writable(root: Path) -> None:
         ) from None
 
 
-def resume_command(folder: RunFolder, home: Path | None) -> str:
-    """`tokensmith train --run-dir RUN [--home HOME] --resume`: what continues the run in `folder`."""
-    return shlex.join(["tokensmith", "train", "--run-dir", str(folder.root), *home_flags(home), "--resume"])
-
-
 # --- the store write ---
 
 
@@ -80,7 +76,7 @@ def store_result(cfg, folder: RunFolder, store: Store, emb: Embedding, preview, 
         if twin is None and not store.exists(cfg.name):  # not a name taken meanwhile: its own words
             raise
         final = folder.final_path
-        resume = resume_command(folder, home)
+        resume = resume_command(folder.root, home)
         elsewhere = shlex.join(["tokensmith", "import", str(final), "--name", "NEW", *home_flags(home)])
         if twin is None:
             raise TokensmithError(
@@ -105,7 +101,7 @@ def stored_result(cfg: TrainConfig, folder: RunFolder, store: Store) -> Embeddin
         stored, final = store.get(cfg.name), load_canonical(folder.final_path)
     except (TokensmithError, OSError):  # not this run's result then: the usual checks say what to do
         return None
-    made = _trainer(stored).get("config", {})
+    made = summary(stored).get("config", {})
     if stored.sha256 != final.sha256 or not made.get("run_dir"):
         return None
     if Path(made["run_dir"]).resolve() != folder.root.resolve():
@@ -115,5 +111,11 @@ def stored_result(cfg: TrainConfig, folder: RunFolder, store: Store) -> Embeddin
     return stored if same_ending and not config_changes(made, cfg) else None
 
 
-def _trainer(emb: Embedding) -> dict:
-    return json.loads(emb.meta.get("trainer", "{}"))
+def summary(emb: Embedding) -> dict:
+    """The trainer's provenance of an embedding as a dict (decoded from its metadata); {} when it has none or
+    it is not a JSON object (another tool's key of the same name)."""
+    try:
+        value = json.loads(emb.meta.get("trainer") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -7,7 +7,6 @@ stopping, previews, snapshots, checkpoints) -> the embedding, with provenance, i
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from trainers.modelprep import (
 from trainers.processes import has_gpu, joined_as_main, launch_rank, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
-from trainers.runfolder import DiskFull, RunFolder, disk_full, writing
+from trainers.runfolder import DiskFull, RunFolder, disk_full_advice, writing
 from trainers.session import (
     RunState,
     StopFlag,
@@ -46,7 +45,7 @@ from trainers.session import (
     write_run_files,
 )
 from trainers.steps import Ending, Steps
-from trainers.storing import check_storable, resume_command, store_result, stored_result
+from trainers.storing import check_storable, store_result, stored_result, summary
 
 Progress = Callable[[dict], None]
 
@@ -277,28 +276,6 @@ def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithErro
     return TokensmithError(f"training ran out of memory ({text[:160]}){hint}")
 
 
-def disk_full_advice(exc: BaseException, folder: RunFolder, home: Path) -> TokensmithError | None:
-    """A one-line error for a run whose disk filled up: what it was writing and the command that continues
-    it once there is space; None for any other exception."""
-    if isinstance(exc, DiskFull):
-        what, path = exc.what, exc.path
-    elif disk_full(exc):  # a write not named by `writing`
-        what, path = "the run's files", getattr(exc, "filename", None) or folder.root
-    else:
-        return None
-    step = folder.checkpoint_step()
-    if folder.config_path.exists():
-        kept = f"it continues from its checkpoint of step {step}" if step else "it starts again from step 0"
-        then = f"run `{resume_command(folder, home)}` (nothing written so far is lost; {kept})"
-    else:
-        then = "run the same command again (the run had not begun)"
-    cause = exc.__cause__ if isinstance(exc, DiskFull) and exc.__cause__ is not None else exc
-    said = f"{type(cause).__name__}: {first_line(cause)[:160]}"
-    return TokensmithError(
-        f"the disk is full while writing {what} ({path}; {said}): free space there and {then}"
-    )
-
-
 # --- the result ---
 
 
@@ -410,8 +387,3 @@ def _open_image(path: Path):
 def kept_note(kept: int, trained: int) -> str:
     """How every door tells which step was stored: '' when the last, else 'kept step 75 of 150, ...'."""
     return "" if kept == trained else f"kept step {kept} of {trained}, whose previews scored best"
-
-
-def summary(emb: Embedding) -> dict:
-    """The trainer's provenance of an embedding as a dict (decoded from its metadata)."""
-    return json.loads(emb.meta.get("trainer", "{}"))
