@@ -20,10 +20,11 @@ def register(subparsers, common) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "Examples:\n  tokensmith runs\n  tokensmith runs --json\n\n"
-            "One line per run folder under HOME/runs, newest first: its status (starting, running, done,\n"
-            "stopped, failed, or ended: the trainer exited without a final record), step, latest validation\n"
-            "loss and preview score, and when it last wrote. A finished run's message follows, and a run\n"
-            "that can continue shows the command that resumes it."
+            "One line per run folder under HOME/runs, newest first (by when the run began): its\n"
+            "status (starting, running, done, stopped, failed, ended: the trainer exited without a final\n"
+            "record, or unreadable), step, latest validation loss and preview score, and when it last\n"
+            "wrote. A finished run's message follows, and a run that did not finish shows the command\n"
+            "that resumes it: from its newest checkpoint, or from step 0 when it saved none."
         ),
     )
     sub.add_argument("--json", action="store_true", help="print the runs as JSON on stdout")
@@ -34,6 +35,7 @@ def run_runs(args) -> int:
     from studio.jobs import JobRunner
 
     runner = JobRunner(args.home)
+    _check_home(runner)
     rows = [_row(job, runner) for job in runner.jobs()]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
@@ -53,8 +55,24 @@ def run_runs(args) -> int:
         if row["message"]:
             print(f"  {row['message']}")
         if row["resume"]:
-            print(f"  resume: {row['resume']}")
+            print(f"  resume: {row['resume']}  # {_resume_note(row['checkpoint_step'])}")
     return 0
+
+
+def _check_home(runner) -> None:
+    """A --home (or its runs/) that is a file holds no runs: say so, rather than that there are none."""
+    from embeddings.errors import TokensmithError
+
+    for folder, what in ((runner.home, "the tokensmith home"), (runner.runs_dir, "its runs folder")):
+        if folder.exists() and not folder.is_dir():
+            raise TokensmithError(f"{folder} ({what}) is a file, not a folder: pass --home with a folder")
+
+
+def _resume_note(checkpoint_step: int | None) -> str:
+    """What the resume command does: a shell comment, so the line still pastes as a command."""
+    if checkpoint_step is None:
+        return "starts over from step 0: the run saved no checkpoint"
+    return f"continues from step {checkpoint_step}"
 
 
 def _row(job, runner) -> dict:
@@ -62,11 +80,12 @@ def _row(job, runner) -> dict:
     progress = job.run_dir / "progress.jsonl"
     row = {"run": job.id, "run_dir": str(job.run_dir), "status": "unreadable", "step": 0, "total": None}
     row |= dict.fromkeys(("loss", "val_loss", "metric", "eta", "updated", "embedding", "resume"))
+    row |= {"created": _when(job.created), "checkpoint_step": None, "kept_step": None, "previews": []}
+    state = runner.state(job)  # a folder it cannot read is `unreadable`, with why
     try:
-        state = runner.state(job)
         updated = progress.stat().st_mtime if progress.is_file() else None
-    except OSError as exc:  # e.g. job.json or the pid file unreadable; the run view reports progress.jsonl
-        return row | {"message": f"cannot read {job.run_dir}: {exc}"}
+    except OSError as exc:  # gone or unreadable since: the folder changed under the listing
+        return row | {"message": f"cannot read {progress}: {exc}"}
     message = state.message
     if state.status == "ended":  # the studio shows the log below its message; the CLI has none
         message = "the trainer exited without a final record (killed, or it crashed)"
@@ -78,9 +97,12 @@ def _row(job, runner) -> dict:
         "val_loss": state.val_loss,
         "metric": state.metric,
         "eta": state.eta,
-        "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(updated)) if updated else None,
+        "updated": _when(updated),
         "message": message,
         "embedding": state.embedding_name if state.status == "done" else None,
+        "checkpoint_step": state.checkpoint_step,  # where --resume continues from (None: from step 0)
+        "kept_step": state.kept_step,
+        "previews": [str(path) for path in state.previews],
     }
     if state.resumable and (job.run_dir / "config.toml").is_file():
         where = f"--run-dir {shlex.quote(str(job.run_dir))} --home {shlex.quote(str(runner.home))}"
@@ -88,6 +110,10 @@ def _row(job, runner) -> dict:
     elif state.resumable:
         row["message"] = f"{message}; it has no config.toml to resume from: start it again".lstrip("; ")
     return row
+
+
+def _when(seconds: float | None) -> str | None:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else None
 
 
 def _num(value: float | None) -> str:

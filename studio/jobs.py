@@ -7,6 +7,10 @@ browser reload, a second tab or a restarted UI finds every job again; runs start
 `--run-dir` under `$home/runs/` are listed too. Cancelling sends SIGTERM; the trainer stops cleanly and writes
 a `stopped` event. Resuming starts the same command again with `--resume` in the same folder. Reading a
 run folder for display is studio/runview.py.
+
+Whether a job runs is never taken from a pid alone (a killed trainer's pid is soon another process's): it is
+this runner's own child, or the trainer's lock on the run folder (RunFolder.claim), or, until the trainer
+takes that lock, the process job.json names if it started when the job was launched.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from studio.runview import RunState, read_run
-from trainers.runfolder import pid_alive, read_pid
+from trainers.runfolder import RunFolder
 
 # The trainer as the CLI runs it; tests pass a fake command instead.
 TRAINER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "studio", "train")
+# How far a process's start time (read from /proc, to about a second) may be from the job's `launched` for it
+# to be taken as the process this studio launched.
+LAUNCH_SLACK_S = 2.0
 
 
 # --- what to run ---
@@ -81,14 +88,17 @@ class Job:
     created: float = 0.0
     pid: int | None = None
     launched: float = 0.0  # when the current process started (a resume relaunches in the same folder)
-    cancelled: bool = False
+    cancelled: bool = False  # a cancel was sent to the launch above (not to a trainer that claimed it since)
+    problem: str = ""  # why the folder's job.json cannot be read: the job lists as unreadable (not saved)
 
     def to_json(self) -> str:
         data = asdict(self) | {"run_dir": str(self.run_dir), "command": list(self.command)}
+        del data["problem"]
         return json.dumps(data, indent=2)
 
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+RUN_FILES = ("job.json", "progress.jsonl", "config.toml")  # a folder under runs/ with one of these is a run
 
 
 def new_job_id(name: str, now: float | None = None) -> str:
@@ -96,6 +106,74 @@ def new_job_id(name: str, now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
     slug = _ID_UNSAFE.sub("-", name).strip("-")[:40] or "run"
     return f"{slug}-{stamp}-{secrets.token_hex(2)}"
+
+
+# job.json's fields: the types each may have, and how a message names them. A job.json that breaks these is
+# damaged: the job lists as unreadable rather than being guessed at.
+_FIELDS = {
+    "name": ((str,), "a string"),
+    "command": ((list,), "a list of words"),
+    "created": ((int, float), "a number"),
+    "pid": ((int,), "a process id"),
+    "launched": ((int, float), "a number"),
+    "cancelled": ((bool,), "true or false"),
+}
+
+
+def _job_record(path: Path) -> dict:
+    """What job.json says ({} for a run the CLI started: it has none); ValueError naming what is wrong when it
+    is not a JSON object with fields of the right types, OSError when it cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    for key, (types, kind) in _FIELDS.items():
+        value = data.get(key)
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if value is not None and wrong:
+            raise ValueError(f"its {key} is {json.dumps(value)[:40]}, not {kind}")
+    if not all(isinstance(word, str) for word in data.get("command") or ()):
+        raise ValueError(f"its command is not {_FIELDS['command'][1]}")
+    return data
+
+
+def _created(run_dir: Path) -> float:
+    """When the run began, for a folder without job.json: its oldest file's time. The folder's own time
+    changes at every atomic write, and a resume rewrites config.toml and progress.jsonl, but not images.json
+    or the latent cache."""
+    try:
+        times = [entry.stat().st_mtime for entry in run_dir.iterdir() if entry.is_file()]
+        return min(times, default=run_dir.stat().st_mtime)
+    except OSError:
+        return 0.0
+
+
+def _newer_than(run_dir: Path, when: float) -> bool:
+    """Whether a trainer wrote the run folder after `when`: its pid file (a claim) or progress.jsonl."""
+    for name in ("pid", "progress.jsonl"):
+        try:
+            if (run_dir / name).stat().st_mtime > when:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds, to about a second): field 22 of /proc/PID/stat, in clock
+    ticks after boot. None where there is no /proc (not Linux) or no such process."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -141,6 +219,10 @@ class JobRunner:
             raise RuntimeError(f"job '{job_id}' is still running: there is nothing to resume")
         if state.status == "done":
             raise RuntimeError(f"job '{job_id}' finished: train it further instead")
+        if state.status == "unreadable":
+            raise RuntimeError(
+                f"job '{job_id}' cannot be resumed: {state.message}; repair or remove its folder"
+            )
         if not state.can_resume:
             raise RuntimeError(
                 f"job '{job_id}' ended before its first checkpoint: there is nothing to resume from; "
@@ -236,55 +318,95 @@ class JobRunner:
         """Every run folder under `$home/runs/`, newest first."""
         if not self.runs_dir.is_dir():
             return []
-        found = [
-            self._load(d)
-            for d in self.runs_dir.iterdir()
-            if d.is_dir() and any((d / f).exists() for f in ("job.json", "progress.jsonl", "config.toml"))
-        ]
+        found = []
+        for run_dir in self.runs_dir.iterdir():
+            try:
+                if run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES):
+                    found.append(self._load(run_dir))
+            except OSError as exc:  # one damaged folder is listed as such; the others still are
+                problem = f"cannot read {run_dir}: {exc}"
+                found.append(Job(id=run_dir.name, run_dir=run_dir, name=run_dir.name, problem=problem))
         return sorted(found, key=lambda job: (job.created, job.id), reverse=True)
 
     def _load(self, run_dir: Path) -> Job:
+        """The job of `run_dir`; when its job.json cannot be read, a job that says why (it lists as
+        unreadable)."""
+        path = run_dir / "job.json"
         try:
-            data = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            data = {}  # a run the CLI started: the folder alone tells its story
-        created = data.get("created") or run_dir.stat().st_mtime
+            data = _job_record(path)  # {}: a run the CLI started, the folder alone tells its story
+        except (OSError, ValueError) as exc:
+            return Job(
+                id=run_dir.name,
+                run_dir=run_dir,
+                name=run_dir.name,
+                created=_created(run_dir),
+                problem=f"cannot read {path}: {exc}",
+            )
+        # a cancel rewrote job.json: a trainer that claimed the folder after it (a resume from the CLI) was
+        # not cancelled
+        cancelled = bool(data.get("cancelled")) and not _newer_than(run_dir, path.stat().st_mtime)
         return Job(
             id=run_dir.name,
             run_dir=run_dir,
-            name=str(data.get("name") or run_dir.name),
+            name=data.get("name") or run_dir.name,
             command=tuple(data.get("command") or ()),
-            created=float(created),
+            created=float(data.get("created") or _created(run_dir)),
             pid=data.get("pid"),
-            launched=float(data.get("launched", 0.0)),
-            cancelled=bool(data.get("cancelled", False)),
+            launched=float(data.get("launched") or 0.0),
+            cancelled=cancelled,
         )
 
-    def alive(self, job: Job) -> bool:
-        """Whether the job's trainer process is still running."""
+    def _launch_alive(self, job: Job) -> bool:
+        """Whether the process this studio launched for the job still runs: a child of this runner (its pid
+        cannot be reused before it is reaped), or job.json's pid if that process started at the launch."""
         proc = self._procs.get(job.id)
         if proc is not None and proc.pid == job.pid:
             return proc.poll() is None
-        pid = job.pid or read_pid(job.run_dir / "pid")
-        return pid_alive(pid)
+        if not job.pid or not job.launched:
+            return False
+        started = _started_at(job.pid)
+        return started is not None and abs(started - job.launched) <= LAUNCH_SLACK_S
+
+    def alive(self, job: Job) -> bool:
+        """Whether the job's trainer runs: the launch this studio made, or any trainer (a resume from the CLI
+        included) that holds the run folder's lock. A pid file or job.json pid alone proves nothing."""
+        return self._launch_alive(job) or RunFolder(job.run_dir).alive()
 
     def state(self, job: Job | str) -> RunState:
-        """Read the job's run folder now."""
+        """Read the job's run folder now; a folder that cannot be read is `unreadable`, with why."""
         job = self.get(job) if isinstance(job, str) else job
-        return read_run(job.run_dir, alive=self.alive(job), launched=job.launched, cancelled=job.cancelled)
+        if job.problem:
+            return RunState(status="unreadable", message=job.problem)
+        try:
+            alive = self.alive(job)
+            return read_run(job.run_dir, alive=alive, launched=job.launched, cancelled=job.cancelled)
+        except OSError as exc:
+            return RunState(status="unreadable", message=f"cannot read {job.run_dir}: {exc}")
 
     # --- stopping ---
 
     def cancel(self, job_id: str) -> bool:
-        """Ask the trainer to stop (SIGTERM); it writes a `stopped` event. False if it was not running."""
+        """Ask the trainer to stop (SIGTERM); it writes a `stopped` event. False if it was not running.
+
+        Only a process shown to be this run's is signalled: the studio's own launch gets the SIGTERM in its
+        whole process group (its own session: accelerate's children too), a trainer that holds the run
+        folder's lock (started from the CLI, say) gets it alone, which stops every process of its launch."""
         job = self.get(job_id)
-        if not self.alive(job):
+        if job.problem:
             return False
-        pid = job.pid or read_pid(job.run_dir / "pid")
+        if self._launch_alive(job):
+            pid, group = job.pid, True
+        else:
+            pid, group = RunFolder(job.run_dir).holder(), False
+        if not pid:
+            return False
         if (job.run_dir / "job.json").exists():
             _write_atomic(job.run_dir / "job.json", replace(job, cancelled=True).to_json())
         try:
-            os.killpg(os.getpgid(pid), signal.SIGTERM)
+            if group and os.getpgid(pid) == pid:  # the session it was started in: nothing else is in it
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return False
         except PermissionError:

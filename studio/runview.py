@@ -101,6 +101,15 @@ def _number(row: dict, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _whole(value) -> int | None:
+    """`value` as a step count when it is one (5, 5.0), else None (None, "x", True, 2.5, inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():  # nan and inf too
+        return None
+    return int(value)
+
+
 def _latest(rows: list[dict], key: str) -> float | None:
     """The newest number logged under `key` (validation and preview scores come every N steps only)."""
     return next((value for row in reversed(rows) if (value := _number(row, key)) is not None), None)
@@ -115,6 +124,12 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         written = progress.stat().st_mtime if final is not None else 0.0
     except OSError as exc:  # not a file, or not ours to read: say so, and the other runs still show
         return RunState(status="unreadable", message=f"cannot read {progress}: {exc}")
+    damaged = next((row for row in rows if _whole(row["step"]) is None), None)
+    if damaged is not None:  # not written by a trainer: say so rather than guess at the run's step
+        step = json.dumps(damaged["step"])[:40]
+        return RunState(
+            status="unreadable", message=f"cannot read {progress}: a row's step is {step}, not a step number"
+        )
     if final is not None and (alive or written < launched):
         # the last line of the run before this launch (a resume, or training further, from the studio or the
         # CLI while its trainer lives): the trainer has not rewritten the log yet, or exited before it could
@@ -129,16 +144,15 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         status, message = "stopped", "cancelled before the trainer reported"
     else:
         status, message = "ended", "the trainer exited without a final report; its log is below"
-    total = last.get("total")
-    kept = int(final["kept"]) if final and isinstance(final.get("kept"), int | float) else None
+    kept = _whole(final.get("kept")) if final else None
     metric = _latest(rows, "metric")
     stored = [_number(row, "metric") for row in rows if kept is not None and row.get("step") == kept]
     if stored and stored[-1] is not None:  # keep = best may have stored an earlier step: show what was stored
         metric = stored[-1]
     return RunState(
         status=status,
-        step=int(last.get("step", 0)),
-        total=int(total) if isinstance(total, int | float) else None,
+        step=_whole(last.get("step", 0)),
+        total=_whole(last.get("total")),
         loss=_number(last, "loss"),
         val_loss=_latest(rows, "val_loss"),
         metric=metric,

@@ -1,18 +1,22 @@
 """The job runner (studio/jobs.py) against a fake trainer that honours the run-folder contract."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from studio.jobs import JobRunner, TrainRequest, new_job_id
 from studio.runview import read_progress, read_run
 
-# A stand-in for `tokensmith train`: writes progress rows, a preview, a snapshot and a checkpoint folder per
-# step, stops cleanly on SIGTERM, continues from its last row with --resume, and crashes without a final event
-# when asked to.
+# A stand-in for `tokensmith train`: claims the run folder (its lock on `pid`), writes progress rows, a
+# preview, a snapshot and a checkpoint folder per step, stops cleanly on SIGTERM, continues from its last row
+# with --resume, and crashes without a final event when asked to.
 FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, signal, sys, time
@@ -29,11 +33,12 @@ FAKE_TRAINER = textwrap.dedent(
     run_dir = Path(opt("--run-dir"))
     steps = int(opt("--steps", "5"))
     delay = float(os.environ.get("FAKE_DELAY", "0.02"))
-    (run_dir / "pid").write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("FAKE_STARTUP", "0")))  # the real trainer imports torch first
+    from trainers.runfolder import RunFolder
+    assert RunFolder(run_dir).claim() is None  # the lock on `pid` that tells the studio this run lives
     (run_dir / "config.toml").write_text(f'name = "{opt("--name")}"\\n')
     progress = run_dir / "progress.jsonl"
     start = 0
-    time.sleep(float(os.environ.get("FAKE_STARTUP", "0")))  # the real trainer imports torch first
     if "--resume" in args:  # like the trainer: keep the rows, drop the old final event (atomic rewrite)
         rows = [json.loads(l) for l in progress.read_text().splitlines() if l.strip()]
         rows = [r for r in rows if "event" not in r]
@@ -78,6 +83,12 @@ def runner(tmp_path, tokensmith_home):
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     return JobRunner(tokensmith_home, trainer_command=(sys.executable, str(script)))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def request(tmp_path, **kw) -> TrainRequest:
@@ -289,3 +300,128 @@ def test_a_run_folder_that_cannot_be_read_is_shown_as_unreadable(tmp_path):
     state = read_run(folder, alive=False)
     assert state.status == "unreadable" and "cannot read" in state.message
     assert not state.active and not state.resumable
+
+
+# --- whose process a job's is, and damaged folders ---
+
+# A trainer started from the CLI in a job's folder (`tokensmith train --run-dir … --resume`): it claims the
+# folder and lives on
+CLI_TRAINER = (
+    "import sys, time\nfrom pathlib import Path\nfrom trainers.runfolder import RunFolder\n"
+    "print(RunFolder(Path(sys.argv[1])).claim(), flush=True)\ntime.sleep(60)\n"
+)
+
+
+def _job_folder(runner, job_id: str, rows: list[dict], **job) -> Path:
+    """A job's run folder as the studio left it: job.json (launched an hour ago) and progress.jsonl."""
+    run_dir = runner.runs_dir / job_id
+    (run_dir / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run_dir / "config.toml").write_text('name = "cat"\n')
+    (run_dir / "progress.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    launched = time.time() - 3600
+    record = {"id": job_id, "run_dir": str(run_dir), "name": "cat", "command": ["x"], "created": launched}
+    (run_dir / "job.json").write_text(json.dumps(record | {"launched": launched} | job))
+    os.utime(run_dir / "job.json", (launched + 60, launched + 60))  # the cancel, if any, came then
+    return run_dir
+
+
+def test_a_finished_job_whose_pid_now_belongs_to_another_process_is_done_and_never_signalled(runner):
+    rows = [{"step": 2, "total": 2}, {"event": "done", "name": "cat", "message": "stored cat"}]
+    other = subprocess.Popen(  # the pid job.json names, reused by an unrelated process group
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        _job_folder(runner, "cat-1", rows, pid=other.pid)
+        (runner.runs_dir / "cat-1" / "pid").write_text(f"{other.pid}\n")  # left by a SIGKILL
+        assert runner.state("cat-1").status == "done"
+        runner.refuse_while_running()  # nothing runs
+        assert not runner.cancel("cat-1")
+        time.sleep(0.1)
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _cli_trainer(run_dir: Path) -> subprocess.Popen:
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", CLI_TRAINER, str(run_dir)], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert trainer.stdout.readline() == b"None\n"  # it holds the folder
+    return trainer
+
+
+def test_a_cancelled_job_resumed_from_the_cli_is_running_and_cancel_reaches_that_trainer(runner):
+    """The studio's trainer (job.json's pid) was cancelled; `tokensmith train --run-dir … --resume` took the
+    folder after that."""
+    run_dir = _job_folder(runner, "cat-2", [{"step": 2, "total": 9}], pid=_dead_pid(), cancelled=True)
+    trainer = _cli_trainer(run_dir)
+    try:
+        assert runner.state("cat-2").status == "running"
+        with pytest.raises(RuntimeError, match="still running"):
+            runner.refuse_while_running()
+        trainer.kill()  # killed without a final record: it ended (the cancel was not sent to it)
+        trainer.wait()
+        assert runner.state("cat-2").status == "ended"
+    finally:
+        trainer.kill()
+        trainer.wait()
+        trainer.stdout.close()
+
+    trainer = _cli_trainer(run_dir)  # resumed again, and cancelled from the studio this time
+    try:
+        assert runner.cancel("cat-2")
+        assert trainer.wait(timeout=10) == -signal.SIGTERM
+        assert runner.state("cat-2").status == "stopped"
+    finally:
+        trainer.kill()
+        trainer.wait()
+        trainer.stdout.close()
+
+
+def test_a_restarted_studio_knows_its_launch_before_the_trainer_claims_the_folder(
+    runner, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FAKE_STARTUP", "30")  # the trainer is still importing torch
+    job = runner.start(request(tmp_path, steps=5))
+    fresh = JobRunner(runner.home, trainer_command=runner.trainer_command)  # a new UI process
+    assert fresh.state(job.id).status == "starting"
+    with pytest.raises(RuntimeError, match="still running"):
+        fresh.refuse_while_running()
+    assert fresh.cancel(job.id)
+    assert runner.wait(job.id, timeout=20).status == "stopped"
+
+
+def _job_json_folder(run_dir: Path) -> None:
+    (run_dir / "job.json").unlink()
+    (run_dir / "job.json").mkdir()
+
+
+DAMAGED = {
+    "job.json is a folder": _job_json_folder,
+    "job.json is a list": lambda run: (run / "job.json").write_text("[]"),
+    "job.json's created is a word": lambda run: (run / "job.json").write_text('{"created": "yesterday"}'),
+    "job.json is not UTF-8": lambda run: (run / "job.json").write_bytes(b"\xff\xfe{}"),
+    "a progress row's step is null": lambda run: _append(run, {"step": None, "total": 5}),
+    "a progress row's step is a word": lambda run: _append(run, {"step": "x"}),
+}
+
+
+def _append(run_dir: Path, row: dict) -> None:
+    with (run_dir / "progress.jsonl").open("a") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+@pytest.mark.parametrize("damage", DAMAGED, ids=list(DAMAGED))
+def test_a_damaged_run_folder_is_unreadable_and_the_others_still_list(runner, damage):
+    rows = [{"step": 2, "total": 2}, {"event": "done", "name": "cat", "message": "stored cat"}]
+    _job_folder(runner, "good", rows)
+    DAMAGED[damage](_job_folder(runner, "bad", rows[:1]))
+    assert sorted(job.id for job in runner.jobs()) == ["bad", "good"]
+    bad = runner.state("bad")
+    assert bad.status == "unreadable" and bad.message.startswith("cannot read ")
+    assert runner.state("good").status == "done"
+    runner.refuse_while_running()
+    assert not runner.cancel("bad")
+    with pytest.raises(RuntimeError, match="cannot be resumed: cannot read "):
+        runner.resume("bad")

@@ -8,7 +8,8 @@
     snapshots/step-000050.safetensors   embedding snapshots (canonical files)
     checkpoints/step-000050/         Accelerate save_state (optimizer, RNG) + rows, stopper, step
     latents.safetensors              the run's latent cache (trainers/latents.py), read again on resume
-    pid                              the training process id (SIGTERM it to stop cleanly)
+    pid                              the training process id (SIGTERM it to stop cleanly), locked
+                                     (flock) by that process for as long as it lives: see RunFolder.claim
 
 Every file is written atomically (temp file + rename), so a reader never sees half of one.
 """
@@ -29,12 +30,21 @@ from pathlib import Path
 from embeddings.errors import TokensmithError, first_line
 from trainers.commands import resume_command
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a live process with the pid file's pid holds the folder instead
+    fcntl = None
+
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 # torch's zip writer fails without saying why ("unexpected pos 64 vs 0", "basic_ios::clear: iostream error"):
 # with less than this free on the disk, the reason is taken to be a full disk (the failed write has just used
 # up what was left)
 LOW_SPACE = 1 << 20
 ZIP_WRITER_WORDS = ("unexpected pos", "iostream error", "PytorchStreamWriter")  # what torch's writer says
+# The run folders this process has claimed: (st_dev, st_ino) of the folder -> its locked pid file descriptor.
+# A flock belongs to an open file, not to a process, so this process's own test of its pid file would find it
+# locked "by another run": it asks here first.
+_CLAIMS: dict[tuple[int, int], int] = {}
 
 
 class DiskFull(TokensmithError):
@@ -137,6 +147,61 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _pid_in(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 64, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _probe(path: Path) -> tuple[bool, int | None]:
+    """Whether a live trainer holds the pid file `path` locked, and the pid it wrote there. A shared,
+    non-blocking lock, dropped at once: it fails only against a trainer's exclusive one, and never against
+    another reader's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a fifo in its place does not hang
+    except FileNotFoundError:
+        return False, None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _pid_in(fd)  # claim writes the pid before the file takes its name: never empty
+        return False, None
+    finally:
+        os.close(fd)  # drops the shared lock with it
+
+
+@contextlib.contextmanager
+def _one_claimant(root: Path) -> Iterator[None]:
+    """Claimants of one folder, one at a time (a lock on the folder itself, held for microseconds): the test
+    of the old pid file and the new one taking its name must not interleave with another's."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _locked_pid_file(path: Path) -> int:
+    """Write this process's pid to a new file, lock it and give it `path`'s name; the open, locked descriptor.
+
+    Locked before it is renamed, a pid file at `path` is never seen unlocked while its trainer lives, nor
+    empty, so an exclusive lock there always comes with the pid of the process that holds it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with writing("the run's pid file", path, temp=tmp):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can know this file yet
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and writers of one run folder."""
@@ -191,33 +256,100 @@ class RunFolder:
         except (OSError, ValueError):
             return None
 
+    @property
+    def pid_path(self) -> Path:
+        return self.root / "pid"
+
+    def _key(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.root)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
     def write_pid(self) -> None:
-        _atomic_text(self.root / "pid", f"{os.getpid()}\n")
+        """Record this process as the folder's trainer: nothing to do after `claim` (which wrote it), else
+        claim the folder now; refused while another live trainer holds it."""
+        if self._key() in _CLAIMS:
+            return
+        if (holder := self.claim()) is not None:
+            raise TokensmithError(
+                f"run folder {self.root} is in use by process {holder}; pass another --run-dir"
+            )
 
     def claim(self) -> int | None:
-        """Take the folder for this process by its `pid` file; the pid of a live process that holds it, else
-        None (claimed). Two runs started at once under one name must not share a folder."""
+        """Take the folder for this process, until `release` or the process ends; the pid of a live trainer
+        that holds it, else None (claimed; this process's own claim counts as claimed). Two runs started at
+        once under one name must not share a folder.
+
+        The claim is an exclusive `flock` on the `pid` file, held for the trainer's whole life: the kernel
+        drops it however the process ends (SIGKILL, the OOM killer, a reboot), so a pid file left behind holds
+        nothing, whatever process has its pid now. Only the main process of a multi-process launch claims (the
+        others share its folder). A child forked without exec (a data-loader worker) shares the lock until it
+        exits too. Where there is no flock (Windows) a live process with the file's pid holds the folder,
+        which a reused pid can fool.
+        """
         if self.root.exists() and not self.root.is_dir():
             raise TokensmithError(f"run folder {self.root} is a file; pass --run-dir with a folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / "pid"
+        if self._key() in _CLAIMS:
+            return None
+        if fcntl is None:
+            return self._claim_by_pid()
+        with _one_claimant(self.root):
+            held, holder = _probe(self.pid_path)
+            if held:
+                return holder or 0  # 0: a locker that wrote no pid (not a tokensmith trainer)
+            _CLAIMS[self._key()] = _locked_pid_file(self.pid_path)
+        return None
+
+    def _claim_by_pid(self) -> int | None:
+        """`claim` without flock: an exclusive create of the pid file, or a pid file whose process is gone."""
         try:
-            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            handle = os.open(self.pid_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            holder = read_pid(path)
+            holder = read_pid(self.pid_path)
             if holder and holder != os.getpid() and pid_alive(holder):
                 return holder
-            self.write_pid()  # a finished or killed run's pid: the folder is free
+            _atomic_text(self.pid_path, f"{os.getpid()}\n")  # a finished or killed run's pid: free
             return None
         with os.fdopen(handle, "w") as out:
             out.write(f"{os.getpid()}\n")
         return None
 
+    def holder(self) -> int | None:
+        """The pid of the live trainer that holds the folder (this process, if it does), else None: a pid
+        file without its lock is a dead run's, even when another process has that pid now. Raises OSError
+        when the pid file is there but cannot be opened."""
+        if self._key() in _CLAIMS:
+            return os.getpid()
+        if fcntl is None:
+            pid = read_pid(self.pid_path)
+            return pid if pid_alive(pid) else None
+        held, pid = _probe(self.pid_path)
+        return pid if held else None
+
+    def alive(self) -> bool:
+        """Whether a live trainer holds the folder (see `holder`)."""
+        if self._key() in _CLAIMS or fcntl is None:
+            return self.holder() is not None
+        return _probe(self.pid_path)[0]
+
     def release(self) -> None:
-        """Give up the claim: remove the `pid` file when it still names this process."""
-        path = self.root / "pid"
-        if read_pid(path) == os.getpid():
-            path.unlink(missing_ok=True)
+        """Give up the claim: remove the `pid` file when it is still this process's, and drop its lock."""
+        key = self._key()
+        fd = _CLAIMS.pop(key, None) if key else None
+        if fd is None:
+            if fcntl is None and read_pid(self.pid_path) == os.getpid():
+                self.pid_path.unlink(missing_ok=True)
+            return
+        try:
+            if os.stat(self.pid_path).st_ino == os.fstat(fd).st_ino:  # removed before the lock is dropped
+                self.pid_path.unlink()
+        except OSError:
+            pass  # gone already: nothing to remove
+        finally:
+            os.close(fd)
 
     def log(self, record: dict, *, durable: bool = False) -> None:
         """Append one JSON line, flushed (readers skip a torn last line); `durable` also fsyncs it.
