@@ -16,6 +16,7 @@ _LAZY = {
     "family_from_widths": "embeddings.value",
     "family_title": "embeddings.value",
     "load_canonical": "embeddings.canonical",
+    "package_version": "embeddings.canonical",
     "read_header": "embeddings.canonical",
     "save_canonical": "embeddings.canonical",
     "Store": "embeddings.store",
@@ -26,6 +27,7 @@ _LAZY = {
     "expand_prompt": "embeddings.inject",
     "install": "embeddings.inject",
     "installed_tokens": "embeddings.inject",
+    "needs_partial": "embeddings.inject",
     "token_names": "embeddings.inject",
     "uninstall": "embeddings.inject",
     "vectors_for_encoders": "embeddings.inject",
@@ -68,7 +70,9 @@ __all__ = [
     "installed_tokens",
     "load_canonical",
     "nearest_tokens",
+    "needs_partial",
     "norm_report",
+    "package_version",
     "parse_blend",
     "read_header",
     "safe_name",
@@ -96,7 +100,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from embeddings.blend_expr import BlendSpec, parse_blend
-    from embeddings.canonical import load_canonical, read_header, save_canonical
+    from embeddings.canonical import load_canonical, package_version, read_header, save_canonical
     from embeddings.doctor import Diagnosis, diagnose
     from embeddings.exporting import FORMATS as EXPORT_FORMATS
     from embeddings.exporting import export
@@ -106,6 +110,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
         expand_prompt,
         install,
         installed_tokens,
+        needs_partial,
         token_names,
         uninstall,
         vectors_for_encoders,

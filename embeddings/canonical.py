@@ -37,6 +37,17 @@ SAFETENSORS_DTYPES = {
 }
 
 
+def package_version() -> str:
+    """The installed tokensmith release ('unknown' when run from a tree that is not installed); not
+    FORMAT_VERSION, which versions the file layout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokensmith")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embeddings.errors import EmbeddingFormatError
-from embeddings.importing import import_path
+from embeddings.importing import import_path, lone_pair_half
 from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
 from embeddings.maths import norm_report
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
@@ -102,22 +102,28 @@ def fit_to_model(
     `model_family` (e.g. LoadedModel.family, "demo") names the model; by default it follows from the widths.
     """
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
-    model = f"{family_title(model_family or family_from_widths(widths))} ({widths_text(widths)})"
+    model = family_with_widths(model_family or family_from_widths(widths), widths)
     try:
         vectors_for_encoders(emb, encoders, model_family=model_family)
         return "fits", [f"fits this model ({model}): use <{emb.name}> in prompts"]
     except InstallError:
         pass
-    why = f"trained for {family_title(emb.family)} ({widths_text(emb.widths)}); this model is {model}"
+    why = f"trained for {family_with_widths(emb.family, emb.widths)}; this model is {model}"
     try:
-        vectors_for_encoders(emb, encoders, partial=True)
+        vectors_for_encoders(emb, encoders, partial=True, model_family=model_family)
     except InstallError:
         return "no", [f"does not fit: {why}"]
     if SINGLE_KEY in emb.vectors:
-        how = "it can go into SDXL's clip_l encoder only (clip_g gets zero vectors)"
+        how = "use --partial to put it in SDXL's clip_l encoder only (clip_g gets zero vectors)"
     else:
-        how = "its clip_l half can be used alone in this model"
+        how = "use --partial to use its clip_l half alone in this model"
     return "partial", [f"does not fully fit: {why}", f"partial option: {how}; expect a weaker effect"]
+
+
+def family_with_widths(family: str, widths: dict[str, int]) -> str:
+    """'SD 1.x (width 768)', 'SDXL (clip_l 32, clip_g 48)'; 'width 32' alone where the family is its width."""
+    title, detail = family_title(family), widths_text(widths)
+    return title if title == detail else f"{title} ({detail})"
 
 
 def diagnose(
@@ -133,6 +139,8 @@ def diagnose(
     except (EmbeddingFormatError, OSError) as exc:
         return Diagnosis(str(path), "unreadable", [f"not a usable embedding: {exc}"])
     report = Diagnosis(str(path), "unknown", describe(emb), embedding=emb)
+    if note := lone_pair_half(path):
+        report.warnings.append(note)
     if more:
         report.warnings.append(
             f"the folder holds {len(more) + 1} embeddings; this report covers '{emb.name}'"

@@ -124,11 +124,18 @@ def import_sources(
     out: list[tuple[Path, Embedding]] = []
     paired: set[Path] = set()
     if pair:
+        # two files of different tokens are imported one by one below; any other fault of the pair (the
+        # halves disagree on the vector count, one is unreadable) is the pair's, as when one file is given
         try:
-            out.append((path, _import_pair(pair)))
-            paired.update(pair)
-        except EmbeddingFormatError:
-            pass  # not a matching pair (different tokens): its files are imported one by one below
+            first, second = (import_file(p) for p in pair)
+            if same_token(first, second):
+                out.append((path, combine_pair(first, second, path)))
+                paired.update(pair)
+        except (EmbeddingFormatError, OSError) as exc:
+            if skipped is None:
+                raise
+            skipped.append((path, str(exc)))
+            paired.update(pair)  # neither half is imported alone: it would not be the SDXL embedding
     for file in sorted(path.iterdir()):
         if file in paired or not _is_candidate(file):
             continue
@@ -153,6 +160,40 @@ def _is_candidate(file: Path) -> bool:
     )
 
 
-def _import_pair(pair: tuple[Path, Path]) -> Embedding:
-    first, second = (import_file(p) for p in pair)
-    return combine_pair(first, second, pair[0].parent)
+def lone_pair_half(path: Path) -> str | None:
+    """What to do with a file that is one half of a diffusers SDXL pair met without its partner, else None.
+
+    It is named `learned_embeds_2.*` (the name only diffusers' SDXL script writes), or its header says
+    `family: sdxl` while it holds one encoder's vectors (tokensmith writes that header into both halves).
+    On its own such a file imports as an unrelated single-encoder embedding: the clip_g half is useless
+    alone, and the clip_l half is the SDXL concept without its larger encoder.
+    """
+    path = Path(path)
+    if not path.is_file() or pair_of(path) is not None:
+        return None
+    stem = path.name.lower().partition(".")[0]
+    if stem != "learned_embeds_2" and not _claims_sdxl_with_one_key(path):
+        return None
+    if stem == "learned_embeds_2":
+        half, partner = "the clip_g (text_encoder_2) half", "learned_embeds" + path.suffix
+    elif stem == "learned_embeds":
+        half, partner = "the clip_l (text_encoder) half", "learned_embeds_2" + path.suffix
+    else:
+        half, partner = "one half", "its partner (learned_embeds + learned_embeds_2)"
+    return (
+        f"this is {half} of a diffusers SDXL pair, alone it is not the SDXL embedding: put it beside "
+        f"{partner} and import their folder"
+    )
+
+
+def _claims_sdxl_with_one_key(path: Path) -> bool:
+    """A diffusers {token: tensor} safetensors file whose header says `family: sdxl`."""
+    if sniff(path) != "safetensors":
+        return False
+    try:
+        header = read_header(path)
+    except (EmbeddingFormatError, OSError):
+        return False  # unreadable: the import itself says why
+    keys = [k for k in header if k != "__metadata__"]
+    meta = header.get("__metadata__") or {}
+    return not is_canonical_layout(keys) and meta.get("family") == "sdxl"

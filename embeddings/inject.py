@@ -79,10 +79,10 @@ def vectors_for_encoders(
         elif partial and _fits_clip_l(emb, widths):
             vectors = torch.zeros(emb.num_vectors, widths[key])  # (n, width): this encoder gets no concept
         else:
+            advice = partial_advice(emb) if _partial_possible(emb, widths) else ""
             raise InstallError(
                 f"embedding '{emb.name}' ({family_title(emb.family)} keys {sorted(emb.vectors)}) doesn't fit "
-                f"this model ({model}, encoders {keys})"
-                + (": try the partial clip_l-only install" if _partial_possible(emb, widths) else "")
+                f"this model ({model}, encoders {keys})" + (f": {advice}" if advice else "")
             )
         if vectors.shape[1] != widths[key]:
             raise InstallError(
@@ -95,13 +95,17 @@ def vectors_for_encoders(
 
 
 # --- install / uninstall ---
-def install(emb: Embedding, encoders: Encoders, *, partial: bool = False) -> list[str]:
+def install(
+    emb: Embedding, encoders: Encoders, *, partial: bool = False, model_family: str | None = None
+) -> list[str]:
     """Add `emb`'s tokens to every tokenizer and write its vectors into the text encoders; returns the tokens.
 
     Re-installing a name replaces its vectors (that is how a swap works); a changed vector count adds or
-    removes `<name>_k` tokens so that the tokenizer holds exactly the current ones.
+    removes `<name>_k` tokens so that the tokenizer holds exactly the current ones. `partial` and
+    `model_family` are vectors_for_encoders' (the clip_l-only install; the model's name in errors).
     """
-    per_encoder = vectors_for_encoders(emb, encoders, partial=partial)  # checks everything before any change
+    # checks everything before any change
+    per_encoder = vectors_for_encoders(emb, encoders, partial=partial, model_family=model_family)
     tokens = token_names(emb)
     for (_key, tokenizer, text_encoder), vectors in zip(encoders, per_encoder, strict=True):
         _check_no_vocab_clash(tokens, tokenizer)
@@ -142,6 +146,19 @@ def installed_tokens(name: str, tokenizer: Any) -> list[str]:
 def _fits_clip_l(emb: Embedding, widths: dict[str, int]) -> bool:
     """A single-encoder embedding whose width is that of this (SDXL-style) model's clip_l encoder."""
     return SINGLE_KEY in emb.vectors and "clip_l" in widths and emb.widths[SINGLE_KEY] == widths["clip_l"]
+
+
+def needs_partial(emb: Embedding, encoders: Encoders) -> bool:
+    """Whether `emb` fits these encoders only with `partial=True` (an SD 1.x embedding on SDXL, whose
+    clip_g then gets zero vectors; an SDXL embedding on SD 1.x, of which only the clip_l half is used)."""
+    return _partial_possible(emb, {key: encoder_width(te) for key, _tok, te in encoders})
+
+
+def partial_advice(emb: Embedding) -> str:
+    """How to ask for the clip_l-only install, in the words of the generate/grid/variations flag."""
+    if SINGLE_KEY in emb.vectors:
+        return "use --partial to put it in clip_l only (clip_g gets zero vectors; expect a weaker effect)"
+    return "use --partial to use its clip_l half only (expect a weaker effect)"
 
 
 def _partial_possible(emb: Embedding, widths: dict[str, int]) -> bool:

@@ -29,16 +29,25 @@ MAX_WIDTH = 16384
 
 
 def family_from_widths(widths: dict[str, int]) -> str:
-    """'sd1' for {emb_params: 768}, 'sd2' for 1024, 'sdxl' for clip_l 768 + clip_g 1280, else e.g. 'w64'."""
+    """'sd1' for {emb_params: 768}, 'sd2' for 1024, 'sdxl' for clip_l + clip_g, else e.g. 'w64'.
+
+    The clip_l + clip_g key layout is SDXL's whatever its widths (a tiny test pipeline, an SDXL derivative
+    with other encoders): the model trains and injects those keys exactly as SDXL does. Other layouts are
+    named by their widths in encoder order ('w32+48' for clip_l 32 + t5xxl 48).
+    """
     known = FAMILY_BY_WIDTHS.get(tuple(sorted(widths.items())))
     if known:
         return known
-    return "w" + "+".join(str(widths[k]) for k in sorted(widths))
+    if sorted(widths) == sorted(SDXL_KEYS):
+        return "sdxl"
+    order = sorted(sorted(widths), key=lambda k: (*ENCODER_KEYS, k).index(k))  # clip_l first, as displayed
+    return "w" + "+".join(str(widths[k]) for k in order)
 
 
 def family_claim_fits(family: str, widths: dict[str, int]) -> bool:
     """Whether a foreign file's own `family` label can stand for these widths: the family its widths name
-    (sd1, sd2, sdxl), or, for widths no SD family has, a known family that no width names (the demo world)."""
+    (sd1, sd2, or sdxl for any clip_l + clip_g pair), or, for widths no SD family has, a known family that no
+    width names (the demo world)."""
     inferred = family_from_widths(widths)
     if family == inferred:
         return True

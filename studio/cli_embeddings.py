@@ -297,10 +297,11 @@ def run_nearest(args) -> int:
     except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
         per_encoder = vectors_for_encoders(emb, model.encoders, partial=True, model_family=model.family)
         partial = True
-    result = {}
+    result, left_out = {}, []
     for (key, tok, te), vectors in zip(model.encoders, per_encoder, strict=True):
         if partial and not vectors.any():
-            continue  # the zero half of a partial install has no neighbours worth showing
+            left_out.append(key)  # the zero half of a partial install has no neighbours worth showing
+            continue
         rows = nearest_tokens(vectors, tok, te, k=args.k)
         result[key] = {
             "neighbours": [[vars(n) for n in row] for row in rows],
@@ -317,7 +318,23 @@ def run_nearest(args) -> int:
             near = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
             near = near or "(a zero vector: no direction)"
             print(f"  {token} (norm {norm:.3g}): {near}")
+    if partial:
+        print(_partial_note(emb, left_out, [key for key, _tok, _te in model.encoders]))
     return 0
+
+
+def _partial_note(emb, left_out: list[str], model_keys: list[str]) -> str:
+    """Why a partial fit's nearest tokens cover one encoder only."""
+    if left_out:
+        return (
+            f"note: '{emb.name}' fits this model only partly (generate --partial): {', '.join(left_out)} "
+            "would get zero vectors, so it is not shown"
+        )
+    unused = [key for key in emb.vectors if key not in model_keys and key != "clip_l"]
+    return (
+        f"note: '{emb.name}' fits this model only partly (generate --partial): only its clip_l half is "
+        f"used and shown; this model has no encoder for {', '.join(unused) or 'the rest'}"
+    )
 
 
 def run_doctor(args) -> int:

@@ -20,6 +20,7 @@ Examples:
   tokensmith generate "a [red:blue:0.4] (circle:1.3)"           # prompt editing and weights
   tokensmith generate "a circle" --guide color=green --guide brightness=0.7,scale=0.3
   tokensmith generate "a blue square" --init-image in.png --strength 0.5 --trace trace/
+  tokensmith generate "a <sd15-style> house" --model ./sdxl --partial   # SD 1.x embedding, clip_l only
 
 Prompt language: <name> uses a stored embedding; (text:1.2) weights; <0.5*a + 0.5*<b>> and
 <slerp(<a>, <b>, 0.3)> blend tokens; [from:to:0.4] switches prompt at 40% of the steps.
@@ -77,6 +78,12 @@ def sampling_options(parser: argparse.ArgumentParser, *, seeds: bool = False) ->
         default=[],
         metavar="WORD=<name>",
         help="make WORD stand for an embedding (repeatable)",
+    )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="let in embeddings that fit this model only partly: an SD 1.x one goes into SDXL's clip_l "
+        "(clip_g gets zero vectors), an SDXL one's clip_l half into SD 1.x; a weaker effect",
     )
     parser.add_argument(
         "--guide",
@@ -183,11 +190,13 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def session_for(args):
-    """A generation session on the model the arguments name."""
+    """A generation session on the model the arguments name, with --partial's install when given."""
     from studio.generation import Session
     from trainers.models import load_model
 
-    return Session(load_model(args.model, config=getattr(args, "model_config", None)))
+    session = Session(load_model(args.model, config=getattr(args, "model_config", None)))
+    session.encoder.partial = getattr(args, "partial", False)
+    return session
 
 
 def store_for(args):

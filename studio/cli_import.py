@@ -33,7 +33,7 @@ def register(subparsers, common) -> None:
 
 def run_import(args) -> int:
     from embeddings import StoreError, validate_name
-    from embeddings.importing import import_sources
+    from embeddings.importing import import_sources, lone_pair_half
 
     store = store_of(args)
     found, skipped = [], []  # found: (the file it came from, embedding)
@@ -44,6 +44,9 @@ def run_import(args) -> int:
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
     if not found:
         raise StoreError("nothing to import: no file held an embedding")
+    for source in dict.fromkeys(source for source, _ in found):
+        if note := lone_pair_half(source):
+            print(f"tokensmith import: warning: {source}: {note}", file=sys.stderr)
     if args.name is not None:  # --name '' is an invalid name, not 'no name'
         if len(found) != 1:
             raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")

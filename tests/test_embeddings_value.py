@@ -16,7 +16,8 @@ def test_family_from_widths_covers_known_and_unusual_models():
     assert family_from_widths({"emb_params": 1024}) == "sd2"
     assert family_from_widths({"clip_l": 768, "clip_g": 1280}) == "sdxl"
     assert family_from_widths({"emb_params": 64}) == "w64"
-    assert family_from_widths({"clip_l": 32, "clip_g": 48}) == "w48+32"
+    assert family_from_widths({"clip_l": 32, "clip_g": 48}) == "sdxl"  # the key layout is SDXL's
+    assert family_from_widths({"t5xxl": 48, "clip_l": 32}) == "w32+48"  # encoder order, clip_l first
     assert family_title("sd2") == "SD 2.x" and family_title("w64") == "width 64"
 
 

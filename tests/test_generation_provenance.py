@@ -212,3 +212,42 @@ def test_replay_names_the_file_by_its_label(tmp_path):
     with pytest.raises(ReplayError, match=r"^'upload.png' has no tokensmith provenance") as info:
         read_provenance(plain, label="'upload.png'")
     assert str(tmp_path) not in str(info.value)
+
+
+def _with_chunk(path, prov):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CHUNK, json.dumps(prov))
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda p: p.pop("prompt"), "lacks 'prompt'"),
+        (lambda p: p.update(width="abc"), "has a bad 'width': \"abc\""),
+        (lambda p: p.update(guidance=None), "lacks 'guidance'"),
+        (lambda p: p.update(embeddings=[{"name": "cat"}]), "has a bad 'embeddings' list"),
+        (lambda p: p.update(init_image="x.png"), "has a bad 'init_image'"),
+    ],
+)
+def test_a_chunk_changed_by_hand_is_named_field_by_field(session, store, tmp_path, change, said):
+    [result] = session.generate(_request(), store=store)
+    prov = json.loads(json.dumps(result.provenance))
+    change(prov)
+    path = _with_chunk(tmp_path / "edited.png", prov)
+    with pytest.raises(ReplayError) as caught:
+        replay(path, store=store, session=session)
+    expected = f"{path}: the provenance chunk {said}; it was changed after tokensmith wrote it"
+    assert str(caught.value) == expected
+
+
+def test_a_missing_or_huge_file_is_named_for_what_it_is(tmp_path, monkeypatch):
+    with pytest.raises(ReplayError, match=r"cannot read .*gone\.png: it does not exist"):
+        read_provenance(tmp_path / "gone.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 px is past twice this: PIL refuses it
+    with pytest.raises(ReplayError, match=r"big\.png: it is far too large to be an image tokensmith wrote"):
+        read_provenance(tmp_path / "big.png")

@@ -240,3 +240,14 @@ def test_loading_says_nothing_about_torchvision_in_a_fresh_process():
     command = [sys.executable, "-c", code]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     assert "torchvision" not in done.stderr + done.stdout
+
+
+def test_planned_encoder_keys_are_read_without_loading(sd1_folder, sdxl_folder, tmp_path):
+    assert models.planned_encoder_keys("demo") == ("emb_params",)
+    assert models.planned_encoder_keys(str(sd1_folder)) == ("emb_params",)
+    assert models.planned_encoder_keys(str(sdxl_folder)) == ("clip_l", "clip_g")
+    checkpoint = tmp_path / "xl.safetensors"  # key names say SDXL: a second text encoder
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4)}, str(checkpoint))
+    assert models.planned_encoder_keys(str(checkpoint)) == ("clip_l", "clip_g")
+    assert models.planned_encoder_keys("owner/some-model") is None  # only loading can tell
+    assert models.planned_encoder_keys(str(tmp_path / "missing")) is None

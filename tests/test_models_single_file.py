@@ -255,3 +255,22 @@ def test_embedding_commands_that_take_a_model_take_its_configs(original, tmp_pat
     assert main(["nearest", "thing", "-k", "2", *model]) == 0
     assert main(["blend", "0.5*<thing> + 0.5*cat", "--name", "mix", *model]) == 0
     assert "fits" in capsys.readouterr().out
+
+
+def test_a_single_file_load_prints_no_diffusers_warnings(original, tmp_path):
+    """diffusers warns about fp32 modules it then handles; the user sees tokensmith's one loading line."""
+    import logging
+
+    _pipe, folder, state = original
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(state, str(checkpoint))
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    library = logging.getLogger("diffusers")  # its handlers print to stderr; ours only records
+    library.addHandler(handler)
+    try:
+        load_model(str(checkpoint), config=str(folder))
+    finally:
+        library.removeHandler(handler)
+    assert seen == []

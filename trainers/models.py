@@ -84,6 +84,27 @@ def pipeline_encoders(pipe: Any) -> list[tuple[str, Any, Any]]:
     return [("emb_params", pipe.tokenizer, pipe.text_encoder)]
 
 
+def planned_encoder_keys(spec: str, config: str | None = None) -> tuple[str, ...] | None:
+    """The encoder keys `load_model(spec)` will give, read from the model's files without loading it:
+    ('clip_l', 'clip_g') for SDXL, ('emb_params',) otherwise; None when only loading can tell (a hub id, or
+    a path that is not a model: load_model says why). Lets a command refuse, in a moment, what cannot fit
+    the model (an SD 1.x `--init <name>` for an SDXL run) before minutes of loading."""
+    single = ("emb_params",)
+    if spec.strip() == "demo":
+        return single
+    path = Path(spec.strip()).expanduser()
+    try:
+        if path.is_dir():
+            sdxl = _index_is_sdxl(json.loads((path / "model_index.json").read_text(encoding="utf-8")))
+        elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            sdxl = _looks_sdxl(path, config)
+        else:
+            return None
+    except (OSError, ValueError, AttributeError, ModelLoadError):
+        return None
+    return ("clip_l", "clip_g") if sdxl else single
+
+
 # --- family detection ---
 
 
@@ -186,10 +207,18 @@ def _finish(model: LoadedModel, device: str) -> LoadedModel:
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """Hide diffusers'/transformers' per-component loading bars: loading is one step to the user."""
+    """Hide diffusers'/transformers' per-component loading bars: loading is one step to the user.
+
+    diffusers' warnings are hidden too (unless DIFFUSERS_VERBOSITY asks for them): a single-file load
+    warns about fp32 modules it then handles, and offline it announces a download it cannot make, before
+    tokensmith's own error says what to do.
+    """
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    level = diffusers_logging.get_verbosity()
+    if not os.environ.get("DIFFUSERS_VERBOSITY"):
+        diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
@@ -197,6 +226,7 @@ def _quiet_loading() -> Iterator[None]:
     finally:
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
+        diffusers_logging.set_verbosity(level)
 
 
 def _resolve_image_processors() -> None:
@@ -221,9 +251,12 @@ def _resolve_image_processors() -> None:
 def _pipeline_class(model_index: dict) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    if "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None]):
-        return StableDiffusionXLPipeline
-    return StableDiffusionPipeline
+    return StableDiffusionXLPipeline if _index_is_sdxl(model_index) else StableDiffusionPipeline
+
+
+def _index_is_sdxl(model_index: dict) -> bool:
+    """Whether a model_index.json names a second text encoder (SDXL)."""
+    return "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None])
 
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from embeddings import Embedding, save_canonical
+from embeddings import Embedding, package_version, save_canonical
 from embeddings.errors import TokensmithError
 from trainers import checkpoint as ckpt_io
 from trainers import commands
@@ -262,7 +262,9 @@ class RunState:
         if val_loss is not None:
             self.last_val = val_loss
         if metric is not None:
-            scores = {"metric": metric, **extra}
+            # the preview scores are the numbers; step 0's record also names the text attention chosen,
+            # which belongs in progress.jsonl, not in the stored file's metrics
+            scores = {"metric": metric, **{k: v for k, v in extra.items() if _is_number(v)}}
             self.first_metric = self.first_metric or scores
             self.last_metric = scores
         if self.accelerator.is_main_process:
@@ -315,7 +317,9 @@ class RunState:
             "trainer": json.dumps(
                 {
                     "version": TRAINER_VERSION,
+                    "package": package_version(),  # the release that trained it (the card names it)
                     "config": self.cfg.to_dict(),
+                    "resolution": self.cfg.resolution or model.resolution,  # config 0: the model's own
                     "end": reason,
                     "trained_steps": trained,
                     "kept": "best" if kept_best else "last",
@@ -345,6 +349,10 @@ class RunState:
         path = self.folder.snapshot_path(step)
         with writing(f"the snapshot of step {step}", path):
             save_canonical(Embedding(self.cfg.name, vectors, meta), path)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_trackers(cfg: TrainConfig) -> None:

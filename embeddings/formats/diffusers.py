@@ -46,6 +46,13 @@ def combine_pair(first: Embedding, second: Embedding, folder: Path) -> Embedding
             f"{second.meta.get('token')}); import the files one by one"
         )
     vectors = {"clip_l": first.vectors[SINGLE_KEY], "clip_g": second.vectors[SINGLE_KEY]}
+    counts = [tensor.shape[0] for tensor in vectors.values()]
+    if counts[0] != counts[1]:
+        raise EmbeddingFormatError(
+            f"{folder}: the SDXL pair's files disagree: learned_embeds holds {counts[0]} vector(s) of "
+            f"{first.meta.get('token')} but learned_embeds_2 holds {counts[1]}; both encoders need the same "
+            "count (re-export the pair)"
+        )
     meta = {**first.meta, "source_format": "diffusers:sdxl-pair", "source_file": folder.name}
     return Embedding(first.name, vectors, meta)
 
@@ -83,7 +90,8 @@ def write_diffusers(emb: Embedding, out: Path) -> list[Path]:
         plan = [(out, emb.vectors[SINGLE_KEY])]
         pickled = out.suffix.lower() in PICKLE_SUFFIXES
     elif set(emb.vectors) == set(SDXL_KEYS):
-        looks_like_a_file = out.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not out.is_dir()
+        # any suffix (file.txt too) reads as a file name; an existing folder with a dot in its name is fine
+        looks_like_a_file = bool(out.suffix) and not out.is_dir()
         if (out.exists() and not out.is_dir()) or looks_like_a_file:
             raise EmbeddingFormatError(
                 f"{out}: an SDXL export to diffusers is two files (learned_embeds.safetensors + "

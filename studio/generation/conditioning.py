@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from embeddings import Embedding, Store, expand_prompt, install
+from embeddings import Embedding, Store, expand_prompt, install, needs_partial
 from embeddings.errors import TokensmithError
 from studio.generation.prompt import Blend, Node, PromptError, blends, embedding_names, schedule
 from trainers.models import LoadedModel
+
+# The metadata key that marks an embedding installed with the clip_l-only (partial) install; provenance
+# records those names so that `replay` installs them the same way.
+INSTALL_META, PARTIAL = "install", "partial"
 
 
 @dataclass
@@ -42,13 +46,20 @@ class PromptPlan:
 
 
 class PromptEncoder:
-    """Compel over a model's text encoder(s), plus the embeddings installed into them."""
+    """Compel over a model's text encoder(s), plus the embeddings installed into them.
 
-    def __init__(self, model: LoadedModel) -> None:
+    `partial` (the CLI's --partial) lets in an embedding that fits only partly: an SD 1.x one into SDXL's
+    clip_l (clip_g gets zero vectors), an SDXL one's clip_l half into SD 1.x; without it such an embedding
+    is refused with that advice. It is opt-in because only half of the text conditioning carries the
+    concept: a weaker effect.
+    """
+
+    def __init__(self, model: LoadedModel, *, partial: bool = False) -> None:
         from compel import Compel, ReturnedEmbeddingsType
 
         self.model = model
-        self.installed: dict[str, Embedding] = {}  # name -> what is in the tokenizer now
+        self.partial = partial
+        self.installed: dict[str, Embedding] = {}  # name -> what is in the tokenizer now (marked if partly)
         self._cache: dict[str, Conditioning] = {}
         # One Compel per encoder (compel's own multi-encoder mode is deprecated); SDXL concatenates the
         # penultimate hidden states of both and takes the pooled embedding from the second, as diffusers does.
@@ -96,12 +107,18 @@ class PromptEncoder:
             raise PromptError(f"cannot blend {blend.expression}: {exc}") from exc
 
     def _ensure(self, emb: Embedding) -> Embedding:
+        """Install `emb` unless it is in already; returns it as installed (marked when it went in partly)."""
         current = self.installed.get(emb.name)
-        if current is None or current.sha256 != emb.sha256:
-            install(emb, self.model.encoders)
-            self.installed[emb.name] = emb
+        # a partial install left by an earlier --partial request is redone (and refused) without the flag
+        stale = current is None or current.sha256 != emb.sha256
+        if stale or (installed_partly(current) and not self.partial):
+            encoders = self.model.encoders
+            partly = self.partial and needs_partial(emb, encoders)
+            install(emb, encoders, partial=self.partial, model_family=self.model.family)
+            current = emb.with_meta(**{INSTALL_META: PARTIAL}) if partly else emb
+            self.installed[emb.name] = current
             self._cache.clear()
-        return emb
+        return current
 
     # --- encoding ---
 
@@ -137,6 +154,11 @@ class PromptEncoder:
                 f"the prompt is {count} tokens but this model reads at most {limit}: shorten it "
                 f"({_short(plain)!r})"
             )
+
+
+def installed_partly(emb: Embedding) -> bool:
+    """Whether the PromptEncoder put `emb` in with the clip_l-only (partial) install."""
+    return emb.meta.get(INSTALL_META) == PARTIAL
 
 
 def load_stored(name: str, store: Store | None) -> Embedding:

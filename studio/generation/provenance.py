@@ -1,8 +1,8 @@
 """Provenance: every PNG carries how it was made, and `replay` makes it again pixel for pixel.
 
 Two text chunks: `tokensmith` (JSON: prompt, negative, model and family, each embedding's name and sha256,
-blends, swaps, guides, scheduler, steps, guidance, seed, size, init image hash, version) and `parameters`
-(the AUTOMATIC1111 infotext, so other tools show the settings too).
+those installed partly (--partial), blends, swaps, guides, scheduler, steps, guidance, seed, size, init
+image hash, version) and `parameters` (the AUTOMATIC1111 infotext, so other tools show the settings too).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from embeddings import Store
+from embeddings import Store, package_version
 from embeddings.errors import TokensmithError
 from embeddings.files import atomic_write_bytes
+from studio.generation.conditioning import installed_partly
 from studio.generation.schedule import sampler_title
 
 CHUNK = "tokensmith"
@@ -26,15 +27,6 @@ FORMAT = 1
 
 class ReplayError(TokensmithError):
     """An image that cannot be replayed here; the message says what is missing."""
-
-
-def tokensmith_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tokensmith")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def provenance_dict(
@@ -52,9 +44,10 @@ def provenance_dict(
 ) -> dict:
     """The JSON chunk's content for one image of a request."""
     init_path = str(Path(req.init_image).resolve()) if isinstance(req.init_image, str | Path) else None
+    partly = [e.name for e in embeddings if installed_partly(e)]
     return {
         "format": FORMAT,
-        "tokensmith": tokensmith_version(),
+        "tokensmith": package_version(),
         "prompt": req.prompt,
         "negative": req.negative,
         "prompt_as_run": prompt_as_run,  # after swaps
@@ -62,6 +55,8 @@ def provenance_dict(
         "model": model.source,
         "family": model.family,
         "embeddings": [{"name": e.name, "sha256": e.sha256} for e in embeddings],
+        # installed clip_l-only (--partial); replay installs them so again. Absent when none was.
+        **({"partial": partly} if partly else {}),
         "blends": blends,
         "swaps": dict(req.swaps),
         "guides": [g.run_spec for g in guides],  # match's path resolved, so a replay elsewhere finds it
@@ -139,10 +134,14 @@ def read_provenance(path: str | Path, *, label: str | None = None) -> dict:
     `label`, e.g. an upload's own name, when given)."""
     path = Path(path)
     name = label or str(path)
+    if not path.exists():
+        raise ReplayError(f"cannot read {name}: it does not exist")
     try:
         with Image.open(path) as image:
             text = image.text.get(CHUNK) if hasattr(image, "text") else None
-    except (OSError, UnidentifiedImageError) as exc:
+    except Image.DecompressionBombError as exc:  # not an OSError; and past any size tokensmith writes
+        raise ReplayError(f"cannot read {name}: it is far too large to be an image tokensmith wrote") from exc
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ReplayError(f"cannot read {name}: it is not a readable PNG ({type(exc).__name__})") from exc
     if not text:
         raise ReplayError(
@@ -152,9 +151,43 @@ def read_provenance(path: str | Path, *, label: str | None = None) -> dict:
         prov = json.loads(text)
     except ValueError as exc:
         raise ReplayError(f"{name}: the provenance chunk is not valid JSON ({exc})") from exc
-    if prov.get("format") != FORMAT:
-        raise ReplayError(f"{name}: provenance format {prov.get('format')!r} is not one this version reads")
+    if not isinstance(prov, dict) or prov.get("format") != FORMAT:
+        found = prov.get("format") if isinstance(prov, dict) else None
+        raise ReplayError(f"{name}: provenance format {found!r} is not one this version reads")
+    if problem := _malformed(prov):
+        raise ReplayError(f"{name}: the provenance chunk {problem}; it was changed after tokensmith wrote it")
     return prov
+
+
+# what request_from and check_replayable read, and the types they need
+REQUIRED = {"prompt": str, "negative": str, "scheduler": str, "model": str}
+WHOLE = ("seed", "steps", "width", "height")
+
+
+def _malformed(prov: dict) -> str | None:
+    """What makes a chunk unusable for a replay ('lacks 'prompt'', 'has a bad 'width': "abc"'), else None."""
+    for key, kind in REQUIRED.items():
+        if key not in prov:
+            return f"lacks {key!r}"
+        if not isinstance(prov[key], kind):
+            return f"has a bad {key!r}: {json.dumps(prov[key])}"
+    for key in (*WHOLE, "guidance"):
+        value = prov.get(key)
+        if value is None:
+            return f"lacks {key!r}"
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if not (whole if key in WHOLE else isinstance(value, int | float) and not isinstance(value, bool)):
+            return f"has a bad {key!r}: {json.dumps(value)}"
+    entries = prov.get("embeddings", [])
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("sha256"), str)
+        for e in entries
+    ):
+        return "has a bad 'embeddings' list"
+    init = prov.get("init_image")
+    if init is not None and not (isinstance(init, dict) and isinstance(init.get("sha256"), str)):
+        return "has a bad 'init_image'"
+    return None
 
 
 def request_from(prov: dict) -> Any:
@@ -202,13 +235,17 @@ def check_replayable(prov: dict, store: Store | None) -> list[str]:
         if path is None or not path.is_file():
             missing.append(f"init image {init.get('path') or '(given in memory)'} is not available")
         else:
-            with Image.open(path) as image:
-                size = (int(prov["width"]), int(prov["height"]))
-                rgb = image.convert("RGB")
-                if rgb.size != size:
-                    rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-                if image_sha256(rgb) != init["sha256"]:
-                    missing.append(f"init image {path} has changed since")
+            try:
+                with Image.open(path) as image:
+                    size = (int(prov["width"]), int(prov["height"]))
+                    rgb = image.convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                missing.append(f"init image {path} can no longer be read ({type(exc).__name__})")
+                return missing
+            if rgb.size != size:
+                rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+            if image_sha256(rgb) != init["sha256"]:
+                missing.append(f"init image {path} has changed since")
     return missing
 
 
@@ -229,5 +266,10 @@ def replay(
         raise ReplayError(f"cannot replay {label or path}: " + "; ".join(missing))
     if session is None:
         session = Session(model or prov["model"])
-    [result] = session.generate(request_from(prov), store=store)
+    asked = session.encoder.partial
+    session.encoder.partial = bool(prov.get("partial"))  # as the image was made: --partial or not
+    try:
+        [result] = session.generate(request_from(prov), store=store)
+    finally:
+        session.encoder.partial = asked
     return result
