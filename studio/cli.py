@@ -66,10 +66,13 @@ class UsageError(ValueError):
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    """Errors that deserve one line, not a traceback: ours, bad values, missing or clashing files."""
+    """Errors that deserve one line, not a traceback: ours, bad values, missing or clashing files, and an
+    image too large to open (PIL's guard is not an OSError)."""
+    from PIL import Image
+
     from embeddings.errors import TokensmithError
 
-    return isinstance(exc, TokensmithError | ValueError | KeyError | OSError)
+    return isinstance(exc, TokensmithError | ValueError | KeyError | OSError | Image.DecompressionBombError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -247,3 +247,41 @@ def test_a_swap_whose_word_is_in_no_prompt_of_the_run_is_an_error(session, store
     # the session itself does not refuse, so an image made before the check (its provenance holds such a
     # swap) still replays
     session.generate(GenerateRequest("a circle", steps=2, swaps={"dog": "<dog>"}), store=store)
+
+
+# --- init images read as a viewer shows them ---
+
+
+def test_an_init_image_file_is_read_upright_and_eight_bit(session, tmp_path):
+    from PIL import Image
+
+    from studio.generation.img2img import load_init_image
+
+    gray16, rotated = tmp_path / "gray16.png", tmp_path / "rot.jpg"
+    Image.fromarray(np.full((16, 16), 20000, dtype=np.uint16)).save(gray16)  # 31 % gray, stored as I;16
+    wide = np.zeros((16, 32, 3), dtype=np.uint8)  # stored wide, red left; EXIF 6: viewed tall, red on top
+    wide[:, :16, 0], wide[:, 16:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(wide).save(rotated, exif=exif)
+    assert load_init_image(gray16, (16, 16))[0].getpixel((0, 0)) == (78, 78, 78)  # not white
+    upright, _sha = load_init_image(rotated, (16, 32))
+    top, bottom = upright.getpixel((8, 4)), upright.getpixel((8, 28))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+    # reader 1 (images made before) still gets the pixels they were made from
+    assert load_init_image(gray16, (16, 16), reader=1)[0].getpixel((0, 0)) == (255, 255, 255)
+    assert load_init_image(rotated, (16, 32), reader=1)[0].getpixel((12, 4))[2] > 200  # as stored: blue right
+
+
+def test_an_init_image_too_large_to_open_is_an_init_image_error(session, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from studio.generation import InitImageError
+
+    path = tmp_path / "bomb.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2000 pixels: 64×64 is a "bomb"
+    with pytest.raises(
+        InitImageError, match=r"init image .*bomb.png is too large \(4096 pixels.*downscale it"
+    ):
+        session.generate(GenerateRequest("a circle", steps=2, init_image=path))

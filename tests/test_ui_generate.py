@@ -3,8 +3,10 @@ downloads with provenance, img2img, guides and replay."""
 
 import io
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -154,7 +156,8 @@ def test_an_unreadable_init_image_is_explained_and_keeps_the_button(session, sto
     at = open_generate()
     at.file_uploader(key="gen_init").set_value([("broken.png", b"not an image", "image/png")])
     at.run()
-    assert "'broken.png' is not a readable image" in at.error[0].value and "_io." not in at.error[0].value
+    assert "cannot read init image 'broken.png': it is not an image" in at.error[0].value
+    assert "_io." not in at.error[0].value
     assert at.button(key="gen_go") is not None
 
 
@@ -172,3 +175,167 @@ def test_a_replay_error_names_the_uploaded_file(session, store):
     at.run()
     assert at.error[0].value.startswith("'plain.png' has no tokensmith provenance")
     assert at.button(key="gen_go") is not None
+
+
+# --- init images as a viewer sees them, and ones too large to open ---
+
+
+def png_of(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_a_sixteen_bit_or_rotated_init_image_is_used_as_a_viewer_shows_it(session, store):
+    gray16 = png_of(Image.fromarray(np.full((16, 16), 20000, dtype=np.uint16)))  # 31 % gray, I;16
+    wide = np.zeros((16, 32, 3), dtype=np.uint8)  # stored wide, red left; EXIF 6: viewed tall, red on top
+    wide[:, :16, 0], wide[:, 16:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = png_of(Image.fromarray(wide), "JPEG", exif=exif)
+    at = open_generate()
+    kept = []
+    for name, data in (("gray16.png", gray16), ("rot.jpg", rotated)):
+        at.file_uploader(key="gen_init").set_value([(name, data, "image/png")])
+        generate(at, "a thing")
+        kept.append(Image.open(provenance_of(at.session_state["gen_results"][0][0])["init_image"]["path"]))
+    assert kept[0].getpixel((0, 0)) == (78, 78, 78)  # 20000 / 257, not clipped to white
+    assert kept[1].size == (16, 32) and kept[1].getpixel((8, 4))[0] > 200  # upright: red on top
+
+
+def test_a_too_large_init_image_is_explained_and_keeps_the_button(session, store, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2000 pixels: 64×64 is a "bomb"
+    at = open_generate()
+    at.file_uploader(key="gen_init").set_value([("bomb.png", png_of(Image.new("L", (64, 64))), "image/png")])
+    at.run()
+    assert not at.exception, at.exception
+    assert "init image 'bomb.png' is too large" in at.error[0].value and "downscale it" in at.error[0].value
+    assert at.button(key="gen_go") is not None
+
+
+def test_a_too_large_replay_upload_is_explained(session, store, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    at = open_generate()
+    at.file_uploader(key="gen_replay_file").set_value(
+        [("bomb.png", png_of(Image.new("L", (64, 64))), "image/png")]
+    )
+    at.run()
+    assert not at.exception, at.exception
+    assert "too large" in at.error[0].value and "DOS attack" not in at.error[0].value
+    assert at.button(key="gen_go") is not None
+
+
+def test_an_odd_shaped_init_image_says_it_is_stretched(session, store):
+    at = open_generate()
+    at.file_uploader(key="gen_init").set_value([("odd.png", png_of(Image.new("RGB", (37, 91))), "image/png")])
+    at.run()
+    [note] = [c.value for c in at.caption if "stretched" in c.value]
+    assert "stretched to 16×16" in note and "37:91" in note  # the tiny model's native size
+    at.number_input(key="gen_width").set_value(16)
+    at.number_input(key="gen_height").set_value(40)
+    at.run()
+    assert not [c for c in at.caption if "stretched" in c.value]  # near enough its own shape
+
+
+def test_a_large_init_image_is_decoded_once_per_upload(session, store, monkeypatch):
+    from trainers import pictures
+
+    calls = []
+    read = pictures.read_picture
+    monkeypatch.setattr(pictures, "read_picture", lambda *a, **k: calls.append(1) or read(*a, **k))
+    at = open_generate()
+    at.file_uploader(key="gen_init").set_value([("in.png", png_of(Image.new("RGB", (40, 30))), "image/png")])
+    at.run()
+    at.text_input(key="gen_negative").set_value("blurry").run()
+    at.text_input(key="gen_negative").set_value("blurry, dark").run()
+    assert len(calls) == 1
+    at.file_uploader(key="gen_init").set_value([("other.png", png_of(Image.new("RGB", (8, 8))), "image/png")])
+    at.run()
+    assert len(calls) == 2
+
+
+# --- guide code that fails, and the progress bar ---
+
+
+def test_a_guide_module_with_a_syntax_error_is_explained_and_keeps_the_page(
+    session, store, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "page_badmod", raising=False)
+    (tmp_path / "page_badmod.py").write_text("import torch\ndef more_blue(image)\n    return image.mean()\n")
+    at = open_generate()
+    at.text_area(key="gen_guides").set_value("module=page_badmod:more_blue")
+    generate(at, "a white circle")
+    assert "page_badmod.py line 2: expected ':'" in at.error[0].value
+    assert at.file_uploader(key="gen_replay_file") is not None  # the rest of the page is drawn
+
+
+@pytest.mark.parametrize(
+    "prompt, guide",
+    [
+        ("a <nope>", ""),  # refused before sampling
+        # fails at the second sampling step, after the first one drew the bar (4 loss calls per step)
+        ("a thing", "module=fails_later:f"),
+    ],
+)
+def test_no_progress_bar_is_left_above_an_error(session, store, tmp_path, monkeypatch, prompt, guide):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "fails_later", raising=False)
+    (tmp_path / "fails_later.py").write_text(
+        "CALLS = []\n\ndef f(image):\n    CALLS.append(1)\n"
+        "    if len(CALLS) > 4:\n        raise RuntimeError('broke at step 2')\n    return image.mean()\n"
+    )
+    at = open_generate()
+    at.text_area(key="gen_guides").set_value(guide)
+    generate(at, prompt)
+    assert at.error and not at.get("progress"), [e.value for e in at.error]
+
+
+def test_engine_messages_name_the_fields_not_cli_flags(session, store):
+    at = open_generate()
+    at.selectbox(key="gen_scheduler").set_value("pndm")
+    generate(at, "a thing", steps=2)
+    assert "raise Steps" in at.error[0].value and "--steps" not in at.error[0].value
+    at = generate(open_generate(), "a <red-sqare>")
+    assert "the Library page shows the stored names" in at.error[0].value
+    assert "tokensmith list" not in at.error[0].value
+
+
+# --- replay and download ---
+
+
+def test_the_replay_result_stays_while_other_fields_change(session, store):
+    at = generate(open_generate(), "a <red-square>", seed=11)
+    png = at.session_state["gen_results"][0][0]
+    at.file_uploader(key="gen_replay_file").set_value([("made.png", png, "image/png")])
+    at.run()
+    at.button(key="gen_replay").click().run()
+    at.text_input(key="gen_negative").set_value("blurry").run()
+    assert "Pixel-identical" in at.success[0].value
+    assert [i.proto.imgs[0].caption for i in at.image][-2:] == ["uploaded", "replayed"]
+    at.file_uploader(key="gen_replay_file").set_value(
+        [("plain.png", png_of(Image.new("RGB", (8, 8))), "image/png")]
+    )
+    at.run()
+    assert not at.success  # another upload: the earlier verdict is not shown for it
+
+
+def test_the_download_is_named_by_prompt_and_seed(session, store, monkeypatch):
+    import streamlit as st
+
+    names = []
+    button = st.download_button
+    monkeypatch.setattr(
+        st, "download_button", lambda *a, **k: names.append(k["file_name"]) or button(*a, **k)
+    )
+    generate(open_generate(), "A red circle, on blue!", seed=3)
+    assert names == ["a-red-circle-on-blue-s3.png"]
+
+
+def test_the_insert_list_marks_embeddings_made_for_another_model(session, store):
+    store.put(Embedding("sd15-style", {"emb_params": torch.zeros(1, 768)}))  # SD 1.x width, not the tiny 32
+    at = open_generate()
+    assert at.selectbox(key="gen_insert_name").options == ["red-square", "sd15-style (not for this model)"]
+    at.selectbox(key="gen_insert_name").set_value("sd15-style")
+    at.button(key="gen_insert").click().run()
+    assert at.text_area(key="gen_prompt").value == "<sd15-style>"  # the name itself, not the label

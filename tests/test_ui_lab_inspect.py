@@ -81,6 +81,22 @@ def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
     assert "unknown guide" in at.error[0].value
 
 
+def test_an_empty_prompt_is_refused_in_the_lab_as_in_generate(session, store):
+    for tab in ("lab_trace", "lab_guide"):
+        at = open_page("views/lab.py")
+        at.text_input(key=f"{tab}_prompt").set_value("  ")
+        at.button(key=f"{tab}_go").click().run()
+        assert [e.value for e in at.error] == ["write a prompt first"]
+        assert tab not in at.session_state
+
+
+def test_a_schedule_error_names_the_tab_s_field_not_a_cli_flag(session, store):
+    at = open_page("views/lab.py")
+    at.selectbox(key="lab_sched").set_value("pndm")
+    at.slider(key="lab_sched_steps").set_value(2).run()
+    assert "raise Sampling steps" in at.error[0].value and "--steps" not in at.error[0].value
+
+
 # --- Inspect ---
 
 

@@ -2,6 +2,7 @@
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -56,3 +57,19 @@ def test_folder_reading_keeps_images_only(tmp_path):
         uploads.read_folder(tmp_path / "empty")
     with pytest.raises(ValueError, match="does not exist on the machine running the studio"):
         uploads.read_folder(tmp_path / "missing")
+
+
+def test_an_image_too_large_to_open_is_a_value_error_naming_it(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2000 pixels: 64×64 is a "bomb"
+    with pytest.raises(ValueError, match=r"'bomb.png' is too large to train on .*resize it below"):
+        uploads.check_image("bomb.png", png())
+    with pytest.raises(ValueError, match=r"'bomb.png' is too large to train on"):
+        uploads.check_images([("bomb.png", png()), ("ok.png", png())])
+
+
+def test_thumbnails_show_what_the_trainer_reads():
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 20000, dtype=np.uint16)).save(buffer, format="PNG")  # I;16
+    assert uploads.thumbnail(buffer.getvalue()).getpixel((0, 0)) == (78, 78, 78)  # not clipped to white
+    with pytest.raises(OSError, match="it is not an image"):  # what the Train page catches
+        uploads.thumbnail(b"hello")

@@ -6,6 +6,8 @@ and browser reloads. The model spec and the job id also live in `st.query_params
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +27,38 @@ MODEL_CONFIG_HELP = (
 )
 # Errors a user can act on: shown with st.error at the page, never as a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, RuntimeError, LookupError)
+# What the core's messages say for a terminal user, and what the studio offers instead, on every page.
+STUDIO_WORDS = {"`tokensmith list`": "the Library page"}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """USER_ERRORS plus the project's own family (imported lazily: the core may still be loading)."""
+    """USER_ERRORS plus the project's own family and PIL's guard against huge images, which is not an
+    OSError (imported lazily: the core may still be loading)."""
+    from PIL import Image
+
     from embeddings.errors import TokensmithError
 
-    return (*USER_ERRORS, TokensmithError)
+    return (*USER_ERRORS, TokensmithError, Image.DecompressionBombError)
 
 
-def error_text(exc: BaseException) -> str:
-    """One line for the user: KeyError's message without the quotes repr() adds."""
+def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -> str:
+    """One line for the user: KeyError's message without the quotes repr() adds, in the studio's words.
+
+    `fields` maps the CLI flags the engine's messages name to the page's fields ({"--steps": "Steps"}:
+    "raise --steps" reads "raise Steps"); flags not in it stay as they are."""
+    from PIL import Image
+
     if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
-    return str(exc) or type(exc).__name__
+        text = str(exc.args[0])
+    elif isinstance(exc, Image.DecompressionBombError):  # PIL's own words end in "DOS attack"
+        text = f"the image is too large to open safely ({str(exc).split(', could be')[0]}): downscale it"
+    else:
+        text = str(exc) or type(exc).__name__
+    for cli, studio in STUDIO_WORDS.items():
+        text = text.replace(cli, studio)
+    for flag, label in (fields or {}).items():
+        text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", label, text)
+    return text
 
 
 # --- home and model ---

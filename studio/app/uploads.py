@@ -8,7 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from trainers.pictures import PictureError, read_picture
 
 IMAGE_TYPES = ("png", "jpg", "jpeg", "webp")
 MIN_IMAGES = 2
@@ -55,6 +57,11 @@ def check_image(name: str, data: bytes) -> tuple[int, int]:
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"'{name}' could not be read as an image ({exc}): is the file complete?") from None
+    except Image.DecompressionBombError:  # so large that PIL refuses to open it (and not an OSError)
+        raise ValueError(
+            f"'{name}' is too large to train on (too many pixels to open safely): resize it below "
+            f"{int(MAX_PIXELS**0.5)} pixels per side"
+        ) from None
     if min(size) < MIN_SIDE:
         raise ValueError(
             f"'{name}' is only {size[0]}×{size[1]} pixels: use images at least {MIN_SIDE} px a side"
@@ -104,8 +111,11 @@ def save_images(images: list[TrainingImage], folder: Path) -> Path:
 
 
 def thumbnail(data: bytes, side: int = 160) -> Image.Image:
-    """A small upright copy of an image for the page (EXIF orientation applied)."""
-    with Image.open(io.BytesIO(data)) as image:
-        small = ImageOps.exif_transpose(image).convert("RGB")
-        small.thumbnail((side, side))
-        return small
+    """A small copy of an image for the page, as the trainer reads it (upright, 16-bit scaled); OSError
+    saying why when it cannot be read (too large included: check_image names the problem in full)."""
+    try:
+        small = read_picture(data)
+    except PictureError as exc:
+        raise OSError(str(exc)) from None
+    small.thumbnail((side, side))
+    return small

@@ -21,8 +21,10 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,16 +134,13 @@ def match_loss(path: Path) -> Loss:
 
 
 def _reference_image(path: Path):
-    """match's image as RGB, or GuideError saying what to give instead."""
-    from PIL import Image, UnidentifiedImageError
+    """match's image as RGB, as a viewer shows it (trainers.pictures), or GuideError saying what to give."""
+    from trainers.pictures import PictureError, read_picture
 
-    if path.is_dir():
-        raise GuideError(f"match={path}: that is a folder; give a PNG or JPEG file")
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise GuideError(f"match={path}: cannot read the image ({exc}); give a PNG or JPEG file") from exc
+        return read_picture(path, role="match image")
+    except PictureError as exc:
+        raise GuideError(str(exc)) from None
 
 
 def _match_loss(image) -> Loss:
@@ -164,28 +163,53 @@ def _rgb_array(img):
 
 
 def module_loss(target: str) -> Loss:
-    """'package.module:function' -> the function, imported (the current folder is importable)."""
+    """'package.module:function' -> the function, imported (the current folder is importable).
+
+    Errors name the guide as the studio's guide box writes it (`module=...`), which the CLI's --guide-module
+    adds too, so one message reads right in both doors."""
+    name = f"guide 'module={target}'"
     module_name, sep, func_name = target.partition(":")
     if not sep or not module_name or not func_name:
-        raise GuideError(f"--guide-module {target!r}: write module:function, e.g. my_losses:more_blue")
+        raise GuideError(f"{name}: write module:function, e.g. my_losses:more_blue")
     _importable_cwd()
     try:
         module = _current_module(module_name)
     except ImportError as exc:
-        raise GuideError(f"--guide-module {target!r}: cannot import {module_name!r} ({exc})") from exc
+        raise GuideError(f"{name}: cannot import {module_name!r} ({exc})") from exc
+    except SyntaxError as exc:  # IndentationError too
+        raise GuideError(f"{name}: {_where_syntax(exc)}: {exc.msg}; fix the module's source") from exc
+    except Exception as exc:  # the module's own top-level code may raise anything: name the guide, keep it
+        where = module_source(module_name)
+        raise GuideError(f"{name}: importing {module_name} failed ({_what(exc, where)}); fix it") from exc
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise GuideError(f"--guide-module {target!r}: {module_name} has no function {func_name!r}")
+        raise GuideError(f"{name}: {module_name} has no function {func_name!r}")
     try:
         inspect.signature(func).bind(None)
     except TypeError:
         raise GuideError(
-            f"--guide-module {target!r}: {module_name}.{func_name}{inspect.signature(func)} cannot be called "
-            f"as {SIGNATURE}"
+            f"{name}: {module_name}.{func_name}{inspect.signature(func)} cannot be called as {SIGNATURE}"
         ) from None
     except ValueError:  # some builtins have no signature to check: the first call says
         pass
     return func
+
+
+def _where_syntax(exc: SyntaxError) -> str:
+    """'badmod.py line 2' (the file's name: the user knows where their module is)."""
+    return f"{Path(exc.filename).name if exc.filename else 'the module'} line {exc.lineno}"
+
+
+def _what(exc: BaseException, source: str | Path | None) -> str:
+    """The error and the line of the guide's module `source` that raised it (its innermost frame there):
+    "NameError: name 'x' is not defined, at my_losses.py line 3"."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if source is None:
+        return text
+    source = Path(source).resolve()
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [frame.lineno for frame in frames if Path(frame.filename).resolve() == source]
+    return f"{text}, at {source.name} line {lines[-1]}" if lines else text
 
 
 def _importable_cwd() -> None:
@@ -263,8 +287,8 @@ def parse_guide(spec: str) -> Guide:
         kind = "color"
     if not sep or kind not in KINDS or not value:
         raise GuideError(
-            f"unknown guide {spec!r}: use color=NAME_OR_HEX, brightness=F, contrast=F, match=PATH "
-            "(optionally ,scale=S ,every=K) or --guide-module module:function"
+            f"unknown guide {spec!r}: use color=NAME_OR_HEX, brightness=F, contrast=F, match=PATH or "
+            "module=package.module:function (optionally ,scale=S ,every=K)"
         )
     scale, every = DEFAULT_SCALE, DEFAULT_EVERY
     for option in options:
@@ -337,23 +361,44 @@ def _polyak_step(
     """The step that removes `guide.scale` of its loss by the linear estimate, capped at MAX_STEP × |x̂0|."""
     with torch.enable_grad():
         x = x0.detach().requires_grad_(True)  # (B, C, h, w)
-        loss = _scalar(guide, _call(guide, decode(x)))  # decode: (B, 3, H, W) in [0, 1]
-        (grad,) = torch.autograd.grad(loss, x)
+        image = decode(x)  # (B, 3, H, W) in [0, 1]
+        with _users_code(guide):  # the loss and its backward pass run the user's code
+            loss = _scalar(guide, guide.loss(image))
+            (grad,) = torch.autograd.grad(loss, x)
     value = float(loss.detach())
+    if not math.isfinite(value):  # NaN passes every test below and would blacken the image
+        raise GuideError(
+            f"guide {guide.spec!r}: the loss is {value}, not a finite number: it must be >= 0 and finite "
+            "(look for a log of 0, a square root of a negative number or a division by 0)"
+        )
+    if value <= 0:
+        return torch.zeros_like(x0)  # satisfied
+    if not torch.isfinite(grad).all():
+        raise GuideError(
+            f"guide {guide.spec!r}: the loss is {value:g} but its gradient is not finite (nan or inf): make "
+            "the loss smooth where the image is (no square root or log of 0, for example)"
+        )
     norm_sq = float((grad**2).sum())
-    if value <= 0 or norm_sq == 0:
-        return torch.zeros_like(x0)  # satisfied, or nothing to follow
+    if norm_sq == 0:
+        return torch.zeros_like(x0)  # nothing to follow
     delta = -guide.scale * value * grad / norm_sq  # (B, C, h, w)
     rms, limit = delta.pow(2).mean().sqrt(), MAX_STEP * x0.pow(2).mean().sqrt().clamp_min(1e-6)
     return delta * (limit / rms) if rms > limit else delta
 
 
-def _call(guide: Guide, image: torch.Tensor) -> object:
-    """The guide's loss on `image`; a user function that fails says which guide and what it must accept."""
+@contextlib.contextmanager
+def _users_code(guide: Guide) -> Iterator[None]:
+    """Run a guide's loss: whatever the user's function raises becomes a GuideError naming the guide and the
+    line, with the original kept as its cause (`--debug` shows its traceback)."""
     try:
-        return guide.loss(image)
-    except (TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        raise GuideError(f"guide {guide.spec!r} failed ({exc}): it must be {SIGNATURE}") from exc
+        yield
+    except GuideError:
+        raise
+    except Exception as exc:  # user code may raise anything; KeyboardInterrupt still stops the run
+        what = _what(exc, guide.file.path if guide.file is not None else None)
+        misuse = isinstance(exc, TypeError | ValueError | RuntimeError | IndexError | AttributeError)
+        hint = f"it must be {SIGNATURE}" if misuse else "fix the function"  # a tensor misused, or a plain bug
+        raise GuideError(f"guide {guide.spec!r} failed ({what}): {hint}") from exc
 
 
 def _scalar(guide: Guide, value: object) -> torch.Tensor:

@@ -15,26 +15,47 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from embeddings.errors import TokensmithError
+from trainers.pictures import PictureError, read_picture
+
+# How init image files are read: 1 as PIL's convert gives them, 2 upright and 8-bit (trainers.pictures).
+# Provenance can record it, so an image made by an older reader replays from the pixels it was made from.
+INIT_READER = 2
 
 
 class InitImageError(TokensmithError, ValueError):
     """An init image or strength that cannot be used."""
 
 
-def load_init_image(source: str | Path | Image.Image, size: tuple[int, int]) -> tuple[Image.Image, str]:
-    """The init image as RGB at `size` (width, height), and the sha256 of its pixels (for provenance)."""
+def load_init_image(
+    source: str | Path | Image.Image, size: tuple[int, int], *, reader: int = INIT_READER
+) -> tuple[Image.Image, str]:
+    """The init image as RGB at `size` (width, height), and the sha256 of its pixels (for provenance).
+
+    A file is read as a viewer shows it (EXIF orientation, 16-bit scaled; trainers.pictures); `reader=1`
+    reads it as tokensmith did before, so an image made then can be replayed with the pixels it was made from.
+    """
     if isinstance(source, Image.Image):
         image = source.convert("RGB")
+    elif reader == 1:
+        image = _first_reader(Path(source).expanduser())
     else:
-        path = Path(source).expanduser()
         try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise InitImageError(f"cannot read init image {path}: {exc}; give a PNG or JPEG file") from exc
+            image = read_picture(source, role="init image")
+        except PictureError as exc:
+            raise InitImageError(str(exc)) from None
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image, image_sha256(image)
+
+
+def _first_reader(path: Path) -> Image.Image:
+    """The init image as reader 1 read it: the stored pixels as PIL converts them (stored orientation,
+    16-bit clipped), which an image made before reader 2 was made from."""
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InitImageError(f"cannot read init image {path}: {exc}; give a PNG or JPEG file") from exc
 
 
 def image_sha256(image: Image.Image) -> str:

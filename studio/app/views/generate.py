@@ -3,7 +3,7 @@ their provenance and download as PNG; any tokensmith PNG can be replayed."""
 
 from __future__ import annotations
 
-import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,6 +19,16 @@ GUIDE_HELP = (
     "or `,every=2`."
 )
 MIN_STRENGTH = 0.05  # strength 0 would re-run no step at all
+STRETCH_NOTED = 0.05  # an init image whose aspect ratio is changed by more than this is said to be stretched
+PREVIEW_SIDE = 320  # the init image's preview is kept this small: a 24-megapixel photo would redraw slowly
+# The engine's messages name the CLI's flags; on this page they name the fields (context.error_text).
+FIELDS = {
+    "--steps": "Steps",
+    "--guidance": "Guidance",
+    "--seed": "Seed",
+    "--num-images": "Images",
+    "--strength": "Strength",
+}
 
 
 # --- widgets ---
@@ -32,19 +42,33 @@ def insert_name(name_key: str) -> None:
         st.session_state["gen_prompt"] = f"{prompt} <{name}>".strip()
 
 
-def prompt_ui(names: list[str]) -> tuple[str, str]:
-    """Prompt and negative prompt; library names can be inserted as <name>."""
+def prompt_ui(names: list[str], misfits: set[str]) -> tuple[str, str]:
+    """Prompt and negative prompt; library names can be inserted as <name> (`misfits`, made for another
+    model, are marked: using them is an error)."""
     st.text_area(
         "Prompt", key="gen_prompt", height=80, placeholder="a <my-cat> on a blue background, (red:1.2) ball"
     )
     if names:
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-        c1.selectbox("Library", names, key="gen_insert_name")
+        c1.selectbox(
+            "Library", names, key="gen_insert_name",
+            format_func=lambda name: f"{name} (not for this model)" if name in misfits else name,
+        )  # fmt: skip
         c2.button(
             "Insert", key="gen_insert", on_click=insert_name, args=("gen_insert_name",), width="stretch"
         )
     negative = st.text_input("Negative prompt", key="gen_negative", placeholder="blurry, <bad-hands>")
     return st.session_state.get("gen_prompt", "").strip(), negative.strip()
+
+
+def misfit_names(store) -> set[str]:
+    """The stored embeddings whose vector widths are not this model's (made for another family), from the
+    files' headers; none while the model does not load (the results column says why)."""
+    try:
+        widths = context.generation_session(context.model_spec()).model.widths
+    except context.user_errors():
+        return set()
+    return {entry.name for entry in store.list() if entry.widths != widths}
 
 
 def settings_ui(schedulers: list[str]) -> dict:
@@ -53,13 +77,11 @@ def settings_ui(schedulers: list[str]) -> dict:
     seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
     steps = c2.slider("Steps", 1, 100, 20, key="gen_steps")
     c3, c4 = st.columns(2)
-    guidance = c3.number_input(
-        "Guidance", 0.0, 30.0, None, 0.5, key="gen_guidance", placeholder="model default"
-    )
+    guidance = c3.number_input("Guidance", 0.0, 30.0, None, 0.5, key="gen_guidance", placeholder="default")
     scheduler = c4.selectbox("Scheduler", schedulers, key="gen_scheduler")
     c5, c6, c7 = st.columns(3)
-    width = c5.number_input("Width", 8, 2048, None, 8, key="gen_width", placeholder="model's native")
-    height = c6.number_input("Height", 8, 2048, None, 8, key="gen_height", placeholder="model's native")
+    width = c5.number_input("Width", 8, 2048, None, 8, key="gen_width", placeholder="native")
+    height = c6.number_input("Height", 8, 2048, None, 8, key="gen_height", placeholder="native")
     count = c7.number_input("Images", 1, 8, 1, key="gen_count")
     return {
         "seed": int(seed),
@@ -95,38 +117,74 @@ def swaps_ui() -> dict[str, str] | None:
     return swaps
 
 
-def init_ui() -> tuple[Path | None, float] | None:
+def init_ui(size: tuple[int, int] | None) -> tuple[Path | None, float] | None:
     """An optional init image (img2img) and how far from it to go; None (with the error shown under the
-    uploader) when the upload is not a readable image."""
+    uploader) when the upload is not a readable image. `size` is what the image will be generated at (None
+    while unknown), to say when the init image is stretched to it."""
     upload = st.file_uploader("Init image (optional)", type=["png", "jpg", "jpeg", "webp"], key="gen_init")
     strength = st.slider(
         "Strength (low keeps the init image, 1 ignores it)", MIN_STRENGTH, 1.0, 0.6, 0.05, key="gen_str"
     )
     if upload is None:
         return None, strength
-    try:
-        image = Image.open(io.BytesIO(upload.getvalue())).convert("RGB")
-    except OSError as exc:
-        reason = str(exc).split(" <_io.")[0]  # PIL names the in-memory buffer: not the user's file
-        st.error(f"'{upload.name}' is not a readable image ({reason}): upload a PNG, JPEG or WebP")
+    kept = kept_upload(upload)
+    if isinstance(kept, str):
+        st.error(kept)
         return None
-    st.image(image, caption="init image", width=160)
-    return keep_init_image(upload.getvalue(), image), strength
+    path, preview, (width, height) = kept
+    st.image(preview, caption=f"init image, {width}×{height}", width=160)
+    if size is not None and abs(width / height - size[0] / size[1]) > STRETCH_NOTED * size[0] / size[1]:
+        st.caption(
+            f"It is stretched to {size[0]}×{size[1]}, so its shape changes: set Width and Height in its "
+            f"proportion ({width}:{height}) to keep it."
+        )
+    return path, strength
 
 
-def keep_init_image(data: bytes, image: Image.Image) -> Path:
-    """Keep an uploaded init image under HOME/studio/init-images/ (named by content), so the provenance of
-    what it makes points to a file that still exists and the image can be replayed later."""
-    import hashlib
+def kept_upload(upload) -> tuple[Path, object, tuple[int, int]] | str:
+    """The uploaded init image read once per upload (not at every rerun of the page: a large photo takes a
+    second to decode): where it is kept, a small preview and its size; or the message saying why it cannot
+    be used."""
+    from trainers.pictures import PictureError, read_picture
+
+    cached = st.session_state.get("gen_init_kept")
+    if cached is None or cached[0] != upload.file_id:
+        try:
+            image = read_picture(upload.getvalue(), name=upload.name, role="init image")
+        except PictureError as exc:
+            cached = (upload.file_id, str(exc))
+        else:
+            preview = image.copy()
+            preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+            cached = (upload.file_id, (keep_init_image(image), preview, image.size))
+        st.session_state["gen_init_kept"] = cached
+    return cached[1]
+
+
+def keep_init_image(image: Image.Image) -> Path:
+    """Keep an uploaded init image under HOME/studio/init-images/ (named by its pixels, as it was read:
+    upright and 8-bit), so the provenance of what it makes points to a file that still exists and the image
+    can be replayed later."""
+    from studio.generation.img2img import image_sha256
 
     folder = context.home() / "studio" / "init-images"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}.png"
+    path = folder / f"{image_sha256(image)[:16]}.png"
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         image.save(tmp, format="PNG")
         tmp.replace(path)
     return path
+
+
+def native_size(settings: dict) -> tuple[int, int] | None:
+    """The size the next image is made at: the fields, else the model's own (None when the model does not
+    load; the results column says why)."""
+    try:
+        native = context.generation_session(context.model_spec()).model.resolution
+    except context.user_errors():
+        return None
+    return settings["width"] or native, settings["height"] or native
 
 
 def guides_ui() -> tuple[str, ...]:
@@ -159,16 +217,24 @@ def generate(
         **settings,
     )
     check_swaps([request])
-    bar = st.progress(0.0, text="sampling…")
+    slot = st.empty()  # the bar appears at the first step: a request refused before sampling shows no bar
 
     def on_step(info) -> None:
         done = info.image_index * info.total_steps + info.step
         total = info.num_images * info.total_steps
-        bar.progress(done / total, text=f"image {info.image_index + 1}/{info.num_images} · step {info.step}")
+        slot.progress(done / total, text=f"image {info.image_index + 1}/{info.num_images} · step {info.step}")
 
-    results = session.generate(request, store=store, on_step=on_step)
-    bar.empty()
+    try:
+        results = session.generate(request, store=store, on_step=on_step)
+    finally:
+        slot.empty()  # also after an error part-way (a guide failing at step k)
     return [(png_bytes(r.image, r.provenance), r.provenance) for r in results]
+
+
+def download_name(prov: dict) -> str:
+    """'a-red-circle-s3.png': the prompt and the seed, as the CLI names its files."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(prov.get("prompt", "")).lower()).strip("-")[:48].rstrip("-")
+    return f"{slug or 'image'}-s{prov.get('seed')}.png"
 
 
 def results_ui(results: list) -> None:
@@ -178,7 +244,7 @@ def results_ui(results: list) -> None:
         with cols[i % len(cols)]:
             st.image(png, caption=f"seed {prov.get('seed')}", width="stretch")
             st.download_button(
-                "Download PNG", png, file_name=f"tokensmith-seed{prov.get('seed')}.png", mime="image/png",
+                "Download PNG", png, file_name=download_name(prov), mime="image/png",
                 key=f"gen_dl_{i}",
             )  # fmt: skip
             with st.expander("Provenance"):
@@ -186,7 +252,8 @@ def results_ui(results: list) -> None:
 
 
 def replay_ui(session, store) -> None:
-    """Re-make an image from the provenance inside a tokensmith PNG, and say whether it matches."""
+    """Re-make an image from the provenance inside a tokensmith PNG, and say whether it matches; the result
+    stays (keyed by the upload) while the page reruns for other widgets."""
     from studio.generation import read_provenance, replay
 
     upload = st.file_uploader("A PNG written by tokensmith", type=["png"], key="gen_replay_file")
@@ -200,25 +267,28 @@ def replay_ui(session, store) -> None:
         st.caption(f"prompt: {prov.get('prompt')!r} · seed {prov.get('seed')} · model {prov.get('model')}")
         if prov.get("model") not in (None, session.model.source):
             st.warning(f"made with model {prov.get('model')}; the studio uses {session.model.source}")
-        if not st.button("Replay", key="gen_replay"):
-            return
-        with st.spinner("Replaying…"):
-            result = replay(path, store=store, session=session, label=label)
-        original = np.asarray(Image.open(path).convert("RGB"))
-    again = np.asarray(result.image.convert("RGB"))
-    same = original.shape == again.shape and np.array_equal(original, again)
+        if st.button("Replay", key="gen_replay"):
+            with st.spinner("Replaying…"):
+                result = replay(path, store=store, session=session, label=label)
+            original = np.asarray(Image.open(path).convert("RGB"))
+            st.session_state["gen_replayed"] = (upload.file_id, result.image, verdict(original, result.image))
+    replayed = st.session_state.get("gen_replayed")
+    if replayed is None or replayed[0] != upload.file_id:
+        return
+    _file_id, image, (same, text) = replayed
     c1, c2 = st.columns(2)
     c1.image(upload.getvalue(), caption="uploaded", width="stretch")
-    c2.image(result.image, caption="replayed", width="stretch")
-    if same:
-        st.success("Pixel-identical to the uploaded image.")
-    else:
-        diff = (
-            np.abs(original.astype(int) - again.astype(int)).max()
-            if original.shape == again.shape
-            else "size"
-        )
-        st.warning(f"Replayed, but not pixel-identical (max difference {diff}): another machine or version?")
+    c2.image(image, caption="replayed", width="stretch")
+    (st.success if same else st.warning)(text)
+
+
+def verdict(original: np.ndarray, image: Image.Image) -> tuple[bool, str]:
+    """Whether a replay is pixel-identical to the uploaded image, and the sentence that says so."""
+    again = np.asarray(image.convert("RGB"))
+    if original.shape == again.shape and np.array_equal(original, again):
+        return True, "Pixel-identical to the uploaded image."
+    diff = np.abs(original.astype(int) - again.astype(int)).max() if original.shape == again.shape else "size"
+    return False, f"Replayed, but not pixel-identical (max difference {diff}): another machine or version?"
 
 
 # --- the page ---
@@ -239,7 +309,7 @@ def generate_ui(store, inputs: dict) -> None:
                     inputs["swaps"], init, strength, inputs["guides"],
                 )  # fmt: skip
             except context.user_errors() as exc:
-                st.error(context.error_text(exc))
+                st.error(context.error_text(exc, fields=FIELDS))
     if st.session_state.get("gen_results"):
         results_ui(st.session_state["gen_results"])
     else:
@@ -258,11 +328,11 @@ except context.user_errors() as exc:
 left, right = st.columns([2, 3], gap="large")
 with left:
     inputs = {}
-    inputs["prompt"], inputs["negative"] = prompt_ui(names)
+    inputs["prompt"], inputs["negative"] = prompt_ui(names, misfit_names(store))
     inputs["settings"] = settings_ui(list(SCHEDULERS))
     inputs["swaps"] = swaps_ui()
     with st.expander("Image guidance and loss guidance"):
-        inputs["init image"] = init_ui()
+        inputs["init image"] = init_ui(native_size(inputs["settings"]))
         inputs["guides"] = guides_ui()
     inputs["clicked"] = st.button("Generate", type="primary", key="gen_go")
 with right:
@@ -271,4 +341,4 @@ with st.expander("Replay an image"):
     try:
         replay_ui(context.generation_session(context.model_spec()), store)
     except context.user_errors() as exc:
-        st.error(context.error_text(exc))
+        st.error(context.error_text(exc, fields=FIELDS))

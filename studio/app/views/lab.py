@@ -15,6 +15,9 @@ from studio.app import context
 CURVE_POINTS = (
     200  # the ᾱ_t / σ_t chart draws every k-th timestep (1000 points cost the browser, not insight)
 )
+# The engine's messages name CLI flags; here they name each tab's fields (context.error_text).
+SCHEDULE_FIELDS = {"--steps": "Sampling steps"}
+RUN_FIELDS = {"--steps": "Steps"}
 
 
 def png(image) -> bytes:
@@ -82,6 +85,12 @@ def run_ui(prefix: str, default_prompt: str) -> dict:
     return {"prompt": prompt, "seed": int(seed), "steps": int(steps)}
 
 
+def require_prompt(settings: dict) -> None:
+    """The Lab's rule is Generate's: an empty prompt is refused, not sampled as the unconditional image."""
+    if not settings["prompt"].strip():
+        raise ValueError("write a prompt first")
+
+
 def trace_ui(session, store) -> None:
     from studio.generation import GenerateRequest
     from studio.generation.trace import default_trace_steps
@@ -89,6 +98,7 @@ def trace_ui(session, store) -> None:
     settings = run_ui("lab_trace", "a red circle on a blue background")
     count = st.slider("Columns (traced steps)", 2, 10, 6, key="lab_trace_cols")
     if st.button("Trace", key="lab_trace_go"):
+        require_prompt(settings)
         steps = tuple(default_trace_steps(settings["steps"], count))
         with st.spinner("Sampling with a trace…"):
             [result] = session.generate(GenerateRequest(**settings, trace_steps=steps), store=store)
@@ -107,6 +117,7 @@ def guide_ui(session, store) -> None:
     settings = run_ui("lab_guide", "a red circle on a blue background")
     spec = st.text_input("Guide", "color=green", key="lab_guide_spec", help="as in Generate's guides")
     if st.button("Compare", key="lab_guide_go"):
+        require_prompt(settings)
         parse_guide(spec)  # a clear error before any sampling
         with st.spinner("Sampling twice, same seed…"):
             [plain] = session.generate(GenerateRequest(**settings), store=store)
@@ -126,9 +137,14 @@ def guide_ui(session, store) -> None:
 
 st.title("🔬 Lab")
 schedule_tab, trace_tab, guide_tab = st.tabs(["Noise schedule", "Trace", "Loss guide"])
-for tab, tab_ui in ((schedule_tab, schedule_ui), (trace_tab, trace_ui), (guide_tab, guide_ui)):
+tabs = (
+    (schedule_tab, schedule_ui, SCHEDULE_FIELDS),
+    (trace_tab, trace_ui, RUN_FIELDS),
+    (guide_tab, guide_ui, RUN_FIELDS),
+)
+for tab, tab_ui, fields in tabs:
     with tab:
         try:  # each tab on its own: a bad choice in one leaves the others working
             tab_ui(context.generation_session(context.model_spec()), context.store())
         except context.user_errors() as exc:
-            st.error(context.error_text(exc))
+            st.error(context.error_text(exc, fields=fields))

@@ -1,0 +1,97 @@
+"""Pictures as the user sees them: one reader for training images, init images and guide images.
+
+A file on disk is not what a viewer shows: a phone photo is stored sideways with an EXIF orientation, and a
+16-bit PNG holds values up to 65535 that PIL's own `convert` clips to white. `read_picture` applies both, so
+every door (the trainer, img2img, `match=` guides, the studio's uploads) reads the same pixels, and every way
+PIL can fail on a file becomes one error that names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embeddings.errors import TokensmithError
+
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel, more than 8 bits
+ALPHA_MODES = ("RGBA", "LA", "PA")
+
+
+class PictureError(TokensmithError, ValueError):
+    """A picture that cannot be read; the message names the file and what to do."""
+
+
+def read_picture(
+    source: str | Path | bytes, *, name: str | None = None, role: str = "image", alpha: bool = False
+) -> Image.Image:
+    """The picture at `source` (a path, or a file's bytes called `name`) upright and 8-bit, as RGB; as RGBA
+    when `alpha` is set and the picture has transparency.
+
+    `role` names it in errors ("init image" -> "cannot read init image in.png: ..."). PictureError for a
+    missing file, a folder, a file that is not an image or is cut short, and one too large to open safely.
+    """
+    # a path as the user wrote it (as the trainer's other messages do); an upload by its quoted file name
+    label = f"'{name}'" if name else str(source) if not isinstance(source, bytes) else "(an upload)"
+    if isinstance(source, str | Path):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise PictureError(f"{role} {label} is a folder: give an image file (PNG or JPEG)")
+        if not path.exists():
+            raise PictureError(f"{role} {label} does not exist: check the path")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as opened:
+            image = _eight_bit(ImageOps.exif_transpose(opened))
+            mode = "RGBA" if alpha and _has_alpha(image) else "RGB"
+            return image.convert(mode)
+    except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
+        raise PictureError(_too_large(role, label, exc)) from None
+    except UnidentifiedImageError:
+        raise PictureError(
+            f"cannot read {role} {label}: it is not an image (PNG, JPEG, WebP or another format PIL knows); "
+            "give a PNG or JPEG file"
+        ) from None
+    # ValueError: PIL's text-chunk limits (a PNG stuffed with metadata); struct.error: a cut header field
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        reason = str(exc).split(" <_io.")[0] or type(exc).__name__  # not the in-memory buffer's repr
+        raise PictureError(
+            f"cannot read {role} {label} ({reason}): is the file complete? re-save it as PNG"
+        ) from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A one-channel picture of more than 8 bits scaled to 8-bit 'L' (PIL's own convert clips it to white
+    instead): integers as 0..65535, floats as 0..1 when they lie there (else as integers)."""
+    if image.mode not in HIGH_DEPTH_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)  # (H, W)
+    finite = values[np.isfinite(values)]
+    if image.mode == "F" and finite.size and finite.min() >= 0 and finite.max() <= 1:
+        values = values * 255.0
+    else:
+        values = values / 257.0  # 65535 -> 255
+    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or "transparency" in image.info
+
+
+def _too_large(role: str, label: str, exc: Image.DecompressionBombError) -> str:
+    """'init image a.png is too large (196 megapixels, ...)' (PIL's message has the pixel count only)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = _pixels(int(found.group(1))) if found else "too many pixels"
+    limit = _pixels(2 * (Image.MAX_IMAGE_PIXELS or 0))  # PIL refuses above twice its warning limit
+    return (
+        f"{role} {label} is too large ({size}, more than the {limit} that are safe to open); downscale it "
+        "(a few thousand pixels a side is plenty)"
+    )
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e6:.0f} megapixels" if count >= 10**6 else f"{count} pixels"
