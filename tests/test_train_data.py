@@ -68,13 +68,61 @@ def test_too_few_images_names_the_files_of_other_image_types(tmp_path):
         load_images(tmp_path, min_images=3)
 
 
+def test_a_png_pil_refuses_with_a_value_error_is_named(tmp_path):
+    """PIL raises ValueError (not OSError) for a text chunk that decompresses past its 1 MB limit."""
+    from PIL.PngImagePlugin import PngInfo
+
+    _save(tmp_path / "ok.png")
+    info = PngInfo()
+    info.add_text("comment", "x" * 2_000_000, zip=True)  # a zTXt chunk of a few KB
+    Image.new("RGB", (32, 32)).save(tmp_path / "bomb.png", pnginfo=info)
+    with pytest.raises(
+        DataError, match=r"cannot read image .*bomb\.png \(Decompressed data too large.*re-save"
+    ):
+        load_images(tmp_path)
+
+
+def test_a_struct_error_from_pil_is_named_too(tmp_path, monkeypatch):
+    """A cut header field reaches struct.unpack in PIL: struct.error is neither OSError nor ValueError."""
+    import struct
+
+    import trainers.data
+
+    def cut(image):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    _save(tmp_path / "cut.png")
+    monkeypatch.setattr(trainers.data.ImageOps, "exif_transpose", cut)
+    with pytest.raises(DataError, match=r"cannot read image .*cut\.png \(unpack requires"):
+        load_images(tmp_path)
+
+
+def test_a_fully_transparent_image_is_refused_with_its_name(tmp_path):
+    _save(tmp_path / "ok.png")
+    Image.new("RGBA", (32, 32), (255, 255, 255, 0)).save(tmp_path / "clear.png")
+    with pytest.raises(DataError, match=r"image .*clear\.png is fully transparent"):
+        load_images(tmp_path)
+    half = Image.new("RGBA", (32, 32), (255, 255, 255, 0))
+    half.paste((10, 20, 30, 255), (0, 0, 16, 32))
+    half.save(tmp_path / "clear.png")
+    assert [i.image.mode for i in load_images(tmp_path)] == ["RGBA", "RGB"]
+
+
+def test_images_only_in_subfolders_get_a_hint(tmp_path):
+    (tmp_path / "cats").mkdir()
+    _save(tmp_path / "cats" / "a.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"its subfolders cats/ hold images, but subfolders are not searched"):
+        load_images(tmp_path)
+
+
 def test_templates_fill_name_and_filewords():
     assert fill_template("a photo of a [name], [filewords]", "<cat> <cat>_1", "on a sofa") == (
         "a photo of a <cat> <cat>_1, on a sofa"
     )
     assert fill_template("[name], [filewords]", "<cat>", "") == "<cat>"
-    assert template_set("style")[0] == "a painting in the style of [name]"
-    assert template_set("object", family_object_templates=("a [name]",)) == ("a [name]",)
+    assert template_set("style")[0] == "a painting in the style of [name], [filewords]"
+    assert template_set("object", family_object_templates=("a [name]",)) == ("a [name], [filewords]",)
 
 
 def test_template_file_lines_must_hold_name(tmp_path):

@@ -323,3 +323,25 @@ def test_a_start_refused_while_a_job_runs_leaves_no_folder(fake_trainer, tokensm
     finally:
         studio.jobs.JobRunner(tokensmith_home).cancel(first)
         studio.jobs.JobRunner(tokensmith_home).wait(first, timeout=20)
+
+
+@pytest.mark.parametrize("kind", ["an object", "a style"])
+def test_captions_next_to_a_folders_images_reach_the_prompts(fake_trainer, tokensmith_home, tmp_path, kind):
+    """The folder box says NAME.txt captions join the prompts: the templates the job trains with use them."""
+    from trainers.data import fill_template, load_images, template_set
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.png").write_bytes(png())
+    (folder / "0.txt").write_text("on a red sofa")
+    at = fill(open_train())
+    assert "joins its prompts as a caption" in at.text_input(key="folder").placeholder
+    at.text_input(key="folder").set_value(str(folder))
+    at.radio(key="kind").set_value(kind).run()
+    at.button(key="start").click().run()
+    assert not errors(at), errors(at)
+    command = job_command(at, tokensmith_home)
+    templates = command[command.index("--templates") + 1] if "--templates" in command else "object"
+    caption = load_images(command[command.index("--images") + 1])[0].caption
+    assert all(fill_template(t, "<x>", caption).endswith(", on a red sofa") for t in template_set(templates))

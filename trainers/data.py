@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from embeddings.errors import TokensmithError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif", ".jfif")  # named when too few
+OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif", ".jfif")  # named as skipped
 MIN_SIDE = 16  # smaller images carry no concept worth learning
 RANDOM_CROPS = 4  # random crops per image, each cached once (latents are cached per crop and flip)
 
@@ -49,6 +50,10 @@ STYLE_TEMPLATES = (
     "a weird painting in the style of [name]", "a large painting in the style of [name]",
 )  # fmt: skip
 CAPTION_TEMPLATES = ("[name], [filewords]",)
+# Appended to the object and style sets, as A1111's subject_filewords/style_filewords do: an image's NAME.txt
+# caption joins its prompts ('a photo of a <cat>, on a sofa'), and an image without one keeps the paper's own
+# prompt ('a photo of a <cat>': fill_template tidies the empty part away), so uncaptioned runs are unchanged.
+FILEWORDS_TAIL = ", [filewords]"
 
 
 class DataError(TokensmithError, ValueError):
@@ -78,10 +83,27 @@ class Sample:
 # --- images and captions ---
 
 
-def _caption_for(path: Path) -> str:
-    text_file = path.with_suffix(".txt")
-    if not text_file.is_file():
+def _caption_files(folder: Path) -> dict[str, list[Path]]:
+    """The folder's .txt files by lower-cased name: 'IMG_1.TXT' captions 'IMG_1.JPG' as it does on Windows
+    and macOS, whose file systems ignore case (a folder copied from one must caption the same here)."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() == ".txt" and not path.name.startswith(".") and path.is_file():
+            found.setdefault(path.name.lower(), []).append(path)
+    return found
+
+
+def _caption_for(path: Path, text_files: dict[str, list[Path]]) -> str:
+    """The caption of the image at `path` from its NAME.txt ('' when it has none); an exact-case NAME.txt
+    wins over others that differ only in case, and two of those alone are an error naming both."""
+    candidates = text_files.get(path.with_suffix(".txt").name.lower(), [])
+    exact = [c for c in candidates if c.name == path.with_suffix(".txt").name]
+    if len(candidates) > 1 and not exact:
+        names = " and ".join(c.name for c in candidates)
+        raise DataError(f"{names} both caption {path.name}; keep one of them")
+    if not candidates:
         return ""
+    text_file = (exact or candidates)[0]
     try:
         return text_file.read_text(encoding="utf-8-sig").strip()  # -sig: Windows editors' byte-order mark
     except UnicodeDecodeError as exc:
@@ -112,8 +134,48 @@ def image_paths(folder: Path) -> list[Path]:
     return [p for p in found if p.is_file()]
 
 
+def _few(names: list[str], shown: int = 3) -> str:
+    """'a.gif, b.gif, c.gif, ...': the first few names, for a message that should stay one line."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def other_images(folder: Path) -> list[str]:
+    """Names of the image files in `folder` that are not read (GIF, BMP, TIFF, ...): what a user converts."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+
+
+def _image_subfolders(folder: Path) -> list[str]:
+    """Names of the subfolders that hold training images: a folder of class folders is not searched."""
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            if any(c.suffix.lower() in IMAGE_SUFFIXES for c in sub.iterdir()):
+                found.append(sub.name)
+        except OSError:  # an unreadable subfolder: no hint from it
+            continue
+    return found
+
+
+def _too_few(folder: Path, count: int, min_images: int) -> DataError:
+    """The error for a folder with fewer than `min_images` images, with what the user probably meant."""
+    hint = ""
+    if others := other_images(folder):
+        hint += f"; convert {_few(others)} to PNG"
+    if subfolders := _image_subfolders(folder):
+        shown = _few([f"{name}/" for name in subfolders])
+        hint += (
+            f"; its subfolders {shown} hold images, but subfolders are not searched: pass one of them "
+            f"(--images {folder / subfolders[0]}) or move the images up into {folder}"
+        )
+    return DataError(
+        f"{folder} holds {count} image(s) (PNG/JPEG/WebP) but at least {min_images} are needed; "
+        f"add more images (3-10 varied ones work best){hint}"
+    )
+
+
 def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
-    """Every image in `folder` (sorted by name), EXIF-rotated; clear errors for unreadable or tiny files."""
+    """Every image in `folder` (sorted by name), EXIF-rotated; clear errors for unreadable, tiny or fully
+    transparent files."""
     folder = Path(folder)
     if str(folder) and folder.is_file():
         raise DataError(f"{folder} is a file; pass --images DIR, the folder that holds your training images")
@@ -123,31 +185,40 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
         )
     paths = image_paths(folder)
     if len(paths) < min_images:
-        others = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        hint = f"; convert {shown} to PNG" if others else ""
-        raise DataError(
-            f"{folder} holds {len(paths)} image(s) (PNG/JPEG/WebP) but at least {min_images} are needed; "
-            f"add more images (3-10 varied ones work best){hint}"
-        )
+        raise _too_few(folder, len(paths), min_images)
+    text_files = _caption_files(folder)
     images = []
     for path in paths:
-        try:
-            with Image.open(path) as opened:
-                image = _eight_bit(ImageOps.exif_transpose(opened))
-                image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DataError(f"cannot read image {path} ({exc}); remove it or re-save it as PNG") from None
-        except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
-            raise DataError(f"image {path} is too large ({exc}); downscale it to 1-2K a side") from None
+        image = _read(path)
         if min(image.size) < MIN_SIDE:
             raise DataError(
                 f"image {path} is {image.size[0]}x{image.size[1]} pixels, smaller than {MIN_SIDE}; "
                 "remove it or use a larger image"
             )
         mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB"
-        images.append(TrainImage(path=path, image=image.convert(mode), caption=_caption_for(path)))
+        image = image.convert(mode)
+        if mode == "RGBA" and image.getchannel("A").getextrema() == (0, 0):
+            # it would train as a flat gray square (and with --alpha-weight its steps would teach nothing)
+            raise DataError(
+                f"image {path} is fully transparent (every pixel has alpha 0), so it shows nothing to learn; "
+                "remove it or re-export it with its visible layer"
+            )
+        images.append(TrainImage(path=path, image=image, caption=_caption_for(path, text_files)))
     return images
+
+
+def _read(path: Path) -> Image.Image:
+    """The image at `path`, upright and 8-bit; any way PIL can fail on a file is an error naming it."""
+    try:
+        with Image.open(path) as opened:
+            image = _eight_bit(ImageOps.exif_transpose(opened))
+            image.load()
+    # ValueError: PIL's text-chunk limits (a PNG stuffed with metadata); struct.error: a cut header field
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise DataError(f"cannot read image {path} ({exc}); remove it or re-save it as PNG") from None
+    except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
+        raise DataError(f"image {path} is too large ({exc}); downscale it to 1-2K a side") from None
+    return image
 
 
 # --- templates ---
@@ -156,11 +227,12 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
 def template_set(
     templates: str, *, family_object_templates: tuple[str, ...] | None = None
 ) -> tuple[str, ...]:
-    """The prompt templates named by a config value: object, style, captions, or lines of a .txt file."""
+    """The prompt templates named by a config value: object, style, captions, or lines of a .txt file. The
+    object and style sets end in [filewords], so an image's NAME.txt caption joins its prompts."""
     if templates == "object":
-        return family_object_templates or OBJECT_TEMPLATES
+        return tuple(line + FILEWORDS_TAIL for line in family_object_templates or OBJECT_TEMPLATES)
     if templates == "style":
-        return STYLE_TEMPLATES
+        return tuple(line + FILEWORDS_TAIL for line in STYLE_TEMPLATES)
     if templates == "captions":
         return CAPTION_TEMPLATES
     path = Path(templates)
@@ -181,6 +253,40 @@ def fill_template(template: str, token_text: str, caption: str) -> str:
     text = template.replace("[name]", token_text).replace("[filewords]", caption)
     text = re.sub(r"\s*,\s*(,\s*)*", ", ", text)  # collapse empty comma-separated parts
     return re.sub(r"\s+", " ", text).strip(" ,")
+
+
+def data_notes(folder: str | Path, images: list[TrainImage], templates: str) -> list[str]:
+    """What to know about the training data before training: how many images (and which image files were
+    skipped), and captions that the templates leave out, or [filewords] that no caption fills."""
+    folder = Path(folder)
+    captioned = [image for image in images if image.caption]
+    with_captions = f" ({len(captioned)} with NAME.txt captions)" if captioned else ""
+    found = f"training on {len(images)} image(s) from {folder}{with_captions}"
+    if others := other_images(folder):
+        found += f"; skipped {_few(others)}: only PNG/JPEG/WebP are read, convert them to PNG to use them"
+    notes = [found]
+    if templates in ("object", "style"):  # the caption joins each prompt where there is one: nothing to add
+        return notes
+    uses_captions = any("[filewords]" in line for line in template_set(templates))
+    if captioned and not uses_captions:
+        notes.append(
+            f"{len(captioned)} of {len(images)} images have NAME.txt captions, but the templates in "
+            f"{templates} have no [filewords], so the captions are not used; add [filewords] to the template "
+            "lines (or use --templates object, style or captions) to train with them"
+        )
+    elif uses_captions and not captioned:
+        notes.append(
+            f"the templates use [filewords] but no image in {folder} has a NAME.txt caption, so it stays "
+            "empty in every prompt; write a caption next to each image (IMAGE.txt), or use --templates "
+            "object or style"
+        )
+    elif uses_captions and len(captioned) < len(images):
+        missing = [image.path.name for image in images if not image.caption]
+        notes.append(
+            f"{len(missing)} of {len(images)} images have no NAME.txt caption ({_few(missing)}): [filewords] "
+            "stays empty in their prompts"
+        )
+    return notes
 
 
 # --- crops, buckets, flips ---

@@ -57,7 +57,7 @@ def images_ui() -> tuple[list[tuple[str, bytes]], str]:
     folder = st.text_input(
         "…or a folder on this machine",
         key="folder",
-        placeholder="/path/to/images (optional NAME.txt captions are used too)",
+        placeholder="/path/to/images (a NAME.txt next to an image joins its prompts as a caption)",
     ).strip()
     pairs = [(f.name, f.getvalue()) for f in files or []]
     if pairs and not folder:
