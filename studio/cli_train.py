@@ -210,6 +210,7 @@ class ProgressBar:
 
 def run_train(args) -> int:
 
+    from trainers.hub import UploadError
     from trainers.processes import launch_rank
     from trainers.trainer import RunStopped, kept_note, summary, train
 
@@ -218,12 +219,17 @@ def run_train(args) -> int:
     # under `accelerate launch` or torchrun, the main process alone shows the bar and the result
     quiet = launch_rank() != 0
     bar = ProgressBar(cfg.steps, disable=quiet)
+    failed_upload = None
     try:
         emb = train(cfg, home=args.home, on_progress=bar, echo=bar.write)
     except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
         bar.close()
         print(f"tokensmith train: {exc}", file=sys.stderr)
         return 1
+    except UploadError as exc:  # the run is done and stored: its result is shown, then the upload's error
+        if exc.embedding is None:
+            raise
+        emb, failed_upload = exc.embedding, exc
     finally:
         bar.close()
     info = summary(emb)
@@ -248,15 +254,35 @@ def run_train(args) -> int:
         "run_dir": info["config"]["run_dir"],
         "warning": info.get("warning", ""),
     }
+    if cfg.push_to_hub:
+        result |= upload_outcome(result["run_dir"], failed_upload)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         note = kept_note(result["steps"], result["trained_steps"])
         how = "; ".join(filter(None, [result["end"].replace("_", " "), note]))
         print(f"learned <{emb.name}> ({how}); use it in a prompt as <{emb.name}>")
+        if result.get("url"):
+            print(f"uploaded to {result['url']}")
     if result["warning"]:
         print(f"tokensmith train: warning: {result['warning']}", file=sys.stderr)
+    if failed_upload is not None:
+        print(f"tokensmith train: error: {failed_upload}", file=sys.stderr)
+        return 1
     return 0
+
+
+def upload_outcome(run_dir: str, failed_upload) -> dict:
+    """The --push-to-hub keys of train's result: {"uploaded": true, "url": ...} (the URL from the run's
+    `done` event), or {"uploaded": false, "upload_error": ...}."""
+    from pathlib import Path
+
+    from trainers.runfolder import RunFolder
+
+    if failed_upload is not None:
+        return {"uploaded": False, "upload_error": str(failed_upload)}
+    done = (RunFolder(Path(run_dir)).read_progress() or [{}])[-1]
+    return {"uploaded": True, "url": done.get("url", "")}
 
 
 # --- tokensmith demo ---

@@ -81,6 +81,16 @@ def test_a_token_too_long_for_the_prompts_is_refused_with_the_count_that_fits(tm
         train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
 
 
+def test_a_caption_joins_the_default_object_prompts(tmp_path):
+    """NAME.txt captions reach the training prompts without --templates captions: a long one makes the
+    prompt too long for the tiny tokenizer, and the refusal shows the prompt with the caption in it."""
+    images = square_images(tmp_path / "images")
+    (images / "0.txt").write_text("on a red sofa in a sunny room by the big window")
+    cfg = quick_config(images, tmp_path / "run", vectors=1)
+    with pytest.raises(TokensmithError, match=r"prompt '.*<thing>, on a red sofa in a sunny room by the big"):
+        train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
+
+
 def test_the_images_folder_is_kept_absolute(tmp_path, monkeypatch):
     square_images(tmp_path / "images")
     monkeypatch.chdir(tmp_path)
@@ -92,11 +102,13 @@ def test_the_images_folder_is_kept_absolute(tmp_path, monkeypatch):
 def test_a_run_folder_held_by_a_live_process_is_not_shared(tmp_path):
     images = square_images(tmp_path / "images")
     home = tmp_path / "home"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    taken = home / "runs" / "thing"
+    claim = "import sys, time; from pathlib import Path; from trainers.runfolder import RunFolder; "
+    claim += "print(RunFolder(Path(sys.argv[1])).claim(), flush=True); time.sleep(60)"
+    # another run of the same name, just started: it holds the folder's lock
+    holder = subprocess.Popen([sys.executable, "-c", claim, str(taken)], stdout=subprocess.PIPE, text=True)
     try:
-        taken = home / "runs" / "thing"
-        taken.mkdir(parents=True)
-        (taken / "pid").write_text(f"{holder.pid}\n")  # another run of the same name, just started
+        assert holder.stdout.readline() == "None\n"
         cfg = quick_config(images, "", steps=1)
         train(cfg, home=home, model=tiny_model("sd1"))
         assert (home / "runs" / "thing-2" / "progress.jsonl").is_file()
@@ -106,8 +118,13 @@ def test_a_run_folder_held_by_a_live_process_is_not_shared(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
+    assert (taken / "pid").exists()  # a killed holder leaves its pid file, but not its lock
     assert RunFolder(taken).claim() is None  # a dead holder's folder is free again
-    assert int((taken / "pid").read_text()) == os.getpid()
+    try:
+        assert int((taken / "pid").read_text()) == os.getpid()
+    finally:
+        RunFolder(taken).release()
 
 
 def test_a_run_folder_that_is_a_file_or_the_images_folder_is_refused(tmp_path):
@@ -140,3 +157,24 @@ def test_the_run_says_what_its_rows_start_from(tmp_path):
     cfg = quick_config(images, tmp_path / "run2", name="other", init="<thing>", vectors=2, steps=1)
     train(cfg, home=tmp_path / "home", model=tiny_model("sd1"), echo=said.append)
     assert "init: <thing> (1 vector, repeated over 2 vectors)" in said
+
+
+def test_an_sd1_init_embedding_for_an_sdxl_model_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import torch
+
+    from embeddings import Embedding, Store
+    from trainers import modelprep, models
+    from trainers.tiny import tiny_pipeline
+
+    folder = tmp_path / "tiny-sdxl"
+    tiny_pipeline("sdxl").save_pretrained(folder)
+    home = tmp_path / "home"
+    Store.for_home(home).put(Embedding("sd1cat", {"emb_params": torch.zeros(1, 32)}))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    images = square_images(tmp_path / "images")
+    cfg = quick_config(images, tmp_path / "run", model=str(folder), init="<sd1cat>")
+    with pytest.raises(TokensmithError) as caught:
+        train(cfg, home=home)
+    assert str(caught.value) == modelprep.init_misfit(Store.for_home(home).get("sd1cat"), "clip_l")
+    assert "an SD 1.x/2.x-style embedding cannot start its token; use a word" in str(caught.value)
+    assert not (tmp_path / "run").exists()

@@ -21,8 +21,8 @@ from embeddings.errors import TokensmithError
 from studio.cli import build_parser
 from studio.cli_train import config_from_args
 from trainers import TrainConfig
+from trainers.card import model_card
 from trainers.commands import to_toml
-from trainers.hub import model_card
 from trainers.tiny import tiny_pipeline
 from trainers.trainer import summary, train
 

@@ -1,161 +1,106 @@
-"""Sharing: a model card for a trained embedding and `--push-to-hub` through huggingface_hub.
+"""Sharing: `--push-to-hub` and `tokensmith push` upload a stored embedding, its model card and preview
+through huggingface_hub.
 
-The card is plain text built from the embedding's own metadata, so it is built and checked offline; only
-`push_embedding` touches the network.
+The card and the public copy of the file are built offline (trainers/card.py); only `push_embedding` touches
+the network, and its errors say the hub's own reason and what to do about it.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-import shutil
 import tempfile
 from pathlib import Path
 
 from embeddings import Embedding
-from embeddings.doctor import format_title
-from embeddings.errors import TokensmithError, first_line
+from embeddings.errors import TokensmithError
+from trainers.card import check_license, model_card, write_public_copy
 from trainers.commands import home_flags
 from trainers.config import check_repo_id
-from trainers.models import HUB_ID
-from trainers.storing import summary
+from trainers.models import NETWORK_WORDS
 
 
 class UploadError(TokensmithError):
-    """The upload to the hub failed; the embedding itself is stored (push it again with `tokensmith push`)."""
+    """The upload to the hub failed; the embedding itself is stored (push it again with `tokensmith push`).
+
+    `embedding` is the stored result when a training run's upload failed: train() raises this error after
+    the run is done, and its caller still shows the run's result."""
+
+    embedding: Embedding | None = None
 
 
-def _usage(emb: Embedding, filename: str, repo_id: str) -> str:
-    token = f"<{emb.name}>"
-    if set(emb.vectors) == {"clip_l", "clip_g"}:
-        return f"""```python
-from huggingface_hub import hf_hub_download
-from safetensors.torch import load_file
-
-state = load_file(hf_hub_download("{repo_id}", "{filename}"))
-pipe.load_textual_inversion(state["clip_l"], token="{token}", text_encoder=pipe.text_encoder,
-                            tokenizer=pipe.tokenizer)
-pipe.load_textual_inversion(state["clip_g"], token="{token}", text_encoder=pipe.text_encoder_2,
-                            tokenizer=pipe.tokenizer_2)
-image = pipe("a photo of a {token}").images[0]
-```"""
-    return f"""```python
-pipe.load_textual_inversion("{repo_id}", weight_name="{filename}", token="{token}")
-image = pipe("a photo of a {token}").images[0]
-```"""
+# --- the upload ---
 
 
-def model_card(
-    emb: Embedding, repo_id: str, *, filename: str | None = None, preview: str | None = None
+def push_command(
+    name: str, repo_id: str, *, private: bool = False, license_id: str | None = None, home=None
 ) -> str:
-    """The README.md of a hub repo holding one embedding: front matter, trigger, usage, and where it came
-    from, as the file records it (trained here, or imported from another tool's file)."""
-    filename = filename or f"{emb.name}.safetensors"
-    trainer = summary(emb)
-    base = emb.meta.get("base_model", "")
-    front = [
-        "---",
-        "library_name: diffusers",
-        "license: openrail++" if emb.family == "sdxl" else "license: openrail",
-    ]
-    if HUB_ID.match(base):  # never a guess: a local path, `demo` or another tool's checkpoint label is no id
-        front.append(f"base_model: {base}")
-    trained_here = str(trainer.get("version", "")).startswith("tokensmith")  # else another tool's file
-    tags = ["textual-inversion", "stable-diffusion", *(["tokensmith"] if trained_here else []), emb.family]
-    front += ["tags:", *(f"- {tag}" for tag in tags), "---"]
-    widths = ", ".join(f"`{k}` ({emb.num_vectors}, {w})" for k, w in emb.widths.items())
-    lines = [
-        *front,
-        "",
-        f"# {emb.name}: a textual-inversion embedding",
-        "",
-        f"Trigger: **`<{emb.name}>`** in a prompt. Family: {emb.family}. Tensors: {widths} in `{filename}`",
-        "(the layout A1111, ComfyUI, kohya and InvokeAI read as is).",
-        "",
-    ]
-    if preview:
-        lines += [f"![samples]({preview})", ""]
-    lines += ["## Use with diffusers", "", _usage(emb, filename, repo_id), ""]
-    lines += ["A1111 / ComfyUI / InvokeAI: put the file in your `embeddings` folder and write its name.", ""]
-    if trained_here:
-        lines += _training(emb, trainer)
-    else:
-        lines += _provenance(emb)
-    return "\n".join(lines) + "\n"
+    """The `tokensmith push` that repeats an upload: same repo, visibility, licence and store."""
+    flags = [*(["--private"] if private else []), *(["--license", license_id] if license_id else [])]
+    return shlex.join(["tokensmith", "push", name, repo_id, *flags, *home_flags(home)])
 
 
-def _json(text: str | None) -> dict:
-    """A JSON object from the metadata, {} when missing or not one (another tool's key of the same name)."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+def failure_reason(exc: BaseException) -> str:
+    """The hub's own words for a failed request: 'HTTP 403: You don't have the rights to ...' (its
+    server_message, else the error's last non-empty line: huggingface_hub puts its generic lines first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = getattr(exc, "server_message", None) or (lines[-1] if lines else "")
+    status = _status(exc)
+    return f"HTTP {status}: {said}"[:300] if status else f"{type(exc).__name__}: {said}"[:300]
 
 
-def _imported(emb: Embedding) -> list[str]:
-    """'- imported from: ...' when the file came into the store from another file."""
-    if not emb.meta.get("source_format"):
-        return []
-    source = emb.meta.get("source_file", "")
-    return [
-        f"- imported from: {format_title(emb.meta['source_format'])}" + (f" `{source}`" if source else "")
-    ]
+def _status(exc: BaseException) -> int | None:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
 
 
-def _training(emb: Embedding, trainer: dict) -> list[str]:
-    """The card's section for an embedding tokensmith trained: its base model, init, steps and settings."""
-    meta, config = emb.meta, trainer.get("config", {})
-    metrics = _json(meta.get("metrics"))
-    lines = ["## Training", "", f"- base model: `{meta.get('base_model') or 'unknown'}`"]
-    if meta.get("init"):
-        lines.append(f"- init: `{meta['init']}`")
-    steps = f"- steps: {meta.get('steps', '?')} (ended: {trainer.get('end', '?')})"
-    if trainer.get("kept") == "best":
-        steps = (
-            f"- steps: {meta.get('steps', '?')}, the best-scored snapshot of a run of "
-            f"{trainer.get('trained_steps', '?')} (ended: {trainer.get('end', '?')})"
+def _is_network(exc: BaseException) -> bool:
+    """Whether the hub was never reached (no network, DNS, refused, timed out), anywhere in the chain of
+    causes huggingface_hub wraps it in."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return True
+        if any(word in f"{type(exc).__name__}: {exc}".lower() for word in NETWORK_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def failure_advice(exc: BaseException, repo_id: str) -> str:
+    """What to do about a failed upload, by its cause: the login (401), write rights (403), the hub (5xx),
+    the network; both login and network when the error does not tell."""
+    status = _status(exc)
+    login = "`hf auth login` (older huggingface_hub: `huggingface-cli login`)"
+    if status == 401:
+        return f"the hub did not accept your login: log in with {login} or set HF_TOKEN to a valid token"
+    if status == 403:
+        namespace = repo_id.split("/")[0]
+        return (
+            f"your login may not write to {repo_id}: push to a repo under your own name or an organisation "
+            f"where you have write rights, or log in (`hf auth login`) with a token that may write to "
+            f"'{namespace}'"
         )
-    lines.append(steps)
-    for key in ("learning_rate", "batch_size", "grad_accum", "vectors", "templates", "resolution", "seed"):
-        if key in config:
-            lines.append(f"- {key}: `{config[key]}`")
-    processes = int(trainer.get("processes", 1))
-    # each process takes its own micro-batches: one process would accumulate P times as many
-    if processes > 1:
-        alone = int(config.get("grad_accum", 1)) * processes
-        lines.append(
-            f"- processes: {processes}, each with the batch_size and grad_accum above (the same as one "
-            f"process with grad_accum {alone})"
-        )
-    if metrics.get("best_val_loss") is not None:
-        lines.append(
-            f"- best validation loss: {metrics['best_val_loss']:.5f} at step {metrics['best_val_step']}"
-        )
-    for label in ("before", "after"):
-        if metrics.get(label):
-            values = ", ".join(
-                f"{k} {v:.3f}" for k, v in metrics[label].items() if isinstance(v, int | float)
-            )
-            lines.append(f"- samples {label} training: {values}")
-    lines += _imported(emb)
-    return [*lines, "", f"Trained with tokensmith (`{trainer['version']}`)."]
+    if status is not None and status >= 500:
+        return "the hub had a server error: try again later"
+    if _is_network(exc):
+        return "the hub could not be reached: check the network (and HF_ENDPOINT or a proxy, if you set one)"
+    return f"check the network, and log in with {login}"
 
 
-def _provenance(emb: Embedding) -> list[str]:
-    """The card's section for an embedding tokensmith did not train: what the file itself records."""
-    meta = emb.meta
-    lines = ["## Provenance", ""]
-    lines += _imported(emb)
-    recorded = (("base_model", "base model"), ("steps", "steps"), ("init", "init"))
-    for key, label in recorded:
-        if meta.get(key):
-            lines.append(f"- {label} (as the file records it): `{meta[key]}`")
-    if meta.get("parent"):
-        lines.append(f"- made from: {meta['parent']}")
-    if len(lines) == 2:
-        lines.append("- the file records no training details")
-    return [*lines, "", "Not trained with tokensmith; this card was written from the file's own metadata."]
+def _check_private(api, repo_id: str, *, retry: str, public: str) -> None:
+    """Refuse an upload asked to be private into a repo that already exists and is public: create_repo's
+    `private` applies to a new repo only, and uploading would publish the file. `retry` and `public`: the
+    push commands with and without --private."""
+    private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
+    if private is True:
+        return
+    state = "is public" if private is False else "does not say whether it is private"
+    raise UploadError(
+        f"{repo_id} already exists and {state}, and --private does not change an existing repo: nothing "
+        f"was uploaded; make it private on the hub (its Settings page) and run `{retry}`, or run `{public}` "
+        "to upload into the public repo"
+    )
 
 
 def push_embedding(
@@ -167,28 +112,47 @@ def push_embedding(
     preview=None,
     api=None,
     home: Path | None = None,
+    license_id: str | None = None,
 ) -> str:
     """Create (or reuse) the hub model repo and upload the embedding file, its card and a preview; its URL.
-    `home` (the store's) is named in the retry command of a failed upload when it is not the default."""
+
+    The uploaded file is the store's file at `path` without local paths (write_public_copy); the card is
+    built from `emb`. `private` refuses an existing public repo. `home` (the store's) is named in the retry
+    command of a failed upload when it is not the default."""
     check_repo_id(repo_id, emb.name)
+    if license_id:
+        check_license(license_id)
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()
+    retry = push_command(emb.name, repo_id, private=private, license_id=license_id, home=home)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        shutil.copy2(path, folder / f"{emb.name}.safetensors")
+        write_public_copy(path, folder / f"{emb.name}.safetensors")
         if preview is not None:
             preview.save(folder / "preview.png")
-        card = model_card(emb, repo_id, preview="preview.png" if preview is not None else None)
+        card = model_card(
+            emb, repo_id, preview="preview.png" if preview is not None else None, license_id=license_id
+        )
         (folder / "README.md").write_text(card, encoding="utf-8")
         try:
-            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            if private:
+                public = push_command(emb.name, repo_id, license_id=license_id, home=home)
+                _check_private(api, repo_id, retry=retry, public=public)
             api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f"Add <{emb.name}>")
+        except UploadError:
+            raise
         except Exception as exc:  # httpx's network errors, the hub's HTTP and login errors share no base
             raise UploadError(
-                f"upload to {repo_id} failed ({type(exc).__name__}: {first_line(exc)}); check the network "
-                "and `hf auth login` (or `huggingface-cli login`), then run "
-                f"`{shlex.join(['tokensmith', 'push', emb.name, repo_id, *home_flags(home)])}`"
+                f"upload to {repo_id} failed ({failure_reason(exc)}); {failure_advice(exc, repo_id)}, "
+                f"then run `{retry}`"
             ) from None
-    return f"https://huggingface.co/{repo_id}"
+    return str(url) if url else _default_url(repo_id)  # a RepoUrl: the hub's address, a mirror's too
+
+
+def _default_url(repo_id: str) -> str:
+    from huggingface_hub import constants
+
+    return f"{constants.ENDPOINT.rstrip('/')}/{repo_id}"

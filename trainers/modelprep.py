@@ -85,11 +85,34 @@ def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, store
     if stored is None:
         return spread(phrase_vectors(cfg.init or spec.default_init, tokenizer, text_encoder), cfg.vectors)
     if key not in stored.vectors:
-        raise TokensmithError(
-            f"init embedding <{stored.name}> has keys {sorted(stored.vectors)} "
-            f"but this {spec.name} model needs {key}"
-        )
+        raise TokensmithError(init_misfit(stored, key))
     return spread(stored.vectors[key].float(), cfg.vectors)
+
+
+def init_misfit(stored, key: str) -> str:
+    """Why a stored init embedding cannot start a token on a model whose encoder `key` it lacks."""
+    kinds = {"emb_params": "an SD 1.x/2.x-style embedding", "clip_l": "an SDXL embedding"}
+    kind = kinds.get(next(iter(stored.vectors)), "this embedding")
+    needs = "SDXL's clip_l + clip_g" if key in ("clip_l", "clip_g") else "one text encoder (emb_params)"
+    return (
+        f"init embedding <{stored.name}> has keys {sorted(stored.vectors)} but this model needs {needs}: "
+        f"{kind} cannot start its token; use a word (--init cat) or an embedding made for this model"
+    )
+
+
+def check_init_fits(cfg, store) -> None:
+    """Refuse an init embedding `<name>` that the model's encoders cannot take, before the model loads (read
+    from the model's files; a hub id is checked once it has loaded)."""
+    from trainers.models import planned_encoder_keys
+
+    init = (cfg.init or "").strip()
+    if not (init.startswith("<") and init.endswith(">")):
+        return
+    keys = planned_encoder_keys(cfg.model, cfg.model_config or None)
+    stored = store.get(init[1:-1])
+    missing = [key for key in keys or () if key not in stored.vectors]
+    if missing:
+        raise TokensmithError(init_misfit(stored, missing[0]))
 
 
 def resolve_vectors(cfg, spec: FamilySpec, stored) -> int:

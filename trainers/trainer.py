@@ -16,12 +16,13 @@ import torch
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
 from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
-from trainers.data import load_images
+from trainers.data import data_notes, load_images
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError, push_embedding
 from trainers.loop import tune_malloc
 from trainers.modelprep import (
     attach_rows,
+    check_init_fits,
     init_note,
     prepare_model,
     resolve_vectors,
@@ -63,7 +64,8 @@ def train(
     `on_progress` gets every progress record (the dicts of progress.jsonl); `echo` gets the lines a user
     should see (run folder, equivalent commands). `model` (a trainers.models.LoadedModel) skips loading
     `cfg.model`; the model is left as it was found (after an fp16/bf16 run its frozen weights are back in
-    their own dtype but rounded to half precision: pass a fresh copy if that matters).
+    their own dtype but rounded to half precision: pass a fresh copy if that matters). A failed
+    `push_to_hub` upload raises UploadError once the run is done and stored; its `embedding` is the result.
     """
     home = (Path(home) if home else default_home()).expanduser().resolve()  # printed commands name it
     store = Store.for_home(home)
@@ -94,6 +96,8 @@ def train(
     check_trackers(cfg)
     if cfg.mixed_precision == "fp16" and not has_gpu():  # before the model loads (minutes for SDXL)
         raise TokensmithError(FP16_NEEDS_A_GPU)
+    if model is None:  # a given model is checked as it is, once the run starts
+        check_init_fits(cfg, store)
     images = load_images(cfg.images, min_images=cfg.min_images)
     main = joined_as_main()  # False in the other processes of an `accelerate launch` run
     stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
@@ -147,7 +151,7 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         echo("equivalent command: " + commands[0])
         launch = f"this launch ({processes} processes): " if processes > 1 else "multi-GPU / multi-node: "
         echo(launch + commands[1])
-        for note in notes:
+        for note in [*data_notes(cfg.images, images, cfg.templates), *notes]:
             echo(f"note: {note}")
         resumed = "the run's cached latents and checkpoint"
         fresh = "caching the images' latents, step 0's validation and previews"
@@ -328,16 +332,18 @@ def _record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, ho
     message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
     if warning:
         message += f"; warning: {warning}"
-    failed_upload = None
+    failed_upload, upload = None, {}
     if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
         try:
             url = push_embedding(
                 emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview, home=home
             )
             message += f"; uploaded to {url}"
+            upload = {"url": url}
         except UploadError as exc:
             failed_upload = exc
             message += f"; not uploaded: {exc}"
+            upload = {"upload_error": str(exc)}
     folder.event(
         "done",
         message,
@@ -347,8 +353,10 @@ def _record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, ho
         kept=kept,
         reason=reason,
         **({"warning": warning} if warning else {}),
+        **upload,
     )
-    if failed_upload:
+    if failed_upload:  # after the `done` event: the run's caller gets the stored result with the error
+        failed_upload.embedding = emb
         raise failed_upload
 
 

@@ -1,0 +1,286 @@
+"""The model card of a stored embedding and the copy of its file that goes public.
+
+Both are built from the embedding's own metadata, offline: the card says what the file records (trained
+here, imported from another tool, or blended), and the uploaded copy is the store's file with local paths
+cut to their base names. trainers/hub.py uploads them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path, PureWindowsPath
+
+from embeddings import Embedding, load_canonical, package_version
+from embeddings.canonical import canonical_bytes
+from embeddings.doctor import format_title
+from embeddings.errors import TokensmithError
+from trainers.config import PATH_KEYS
+from trainers.models import HUB_ID
+from trainers.storing import summary
+
+# the base models' own licences: an embedding trained on one is shared under it (the hub's licence ids)
+FAMILY_LICENSES = {"sd1": "creativeml-openrail-m", "sd2": "openrail++", "sdxl": "openrail++"}
+LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # apache-2.0, cc-by-nc-4.0, openrail++, other
+
+
+def check_license(license_id: str) -> str:
+    """`license_id` when it has the shape of a hub licence id; else a TokensmithError that says so."""
+    if not LICENSE_ID.match(license_id):
+        raise TokensmithError(
+            f"licence {license_id!r}: give a hub licence id such as apache-2.0, cc-by-4.0, "
+            "creativeml-openrail-m or other (lower case, no spaces)"
+        )
+    return license_id
+
+
+def card_license(emb: Embedding, license_id: str | None = None) -> str | None:
+    """The licence the card states: the one given, else the base model's for an embedding trained here on
+    SD 1.x/2.x/SDXL; None (no claim) for imports, blends and the demo world, whose terms tokensmith cannot
+    know."""
+    if license_id:
+        return license_id
+    return FAMILY_LICENSES.get(emb.family) if _trained_here(summary(emb)) else None
+
+
+def _trained_here(trainer: dict) -> bool:
+    return str(trainer.get("version", "")).startswith("tokensmith")  # else another tool's file, or none
+
+
+# --- local paths: named on the card and in the uploaded file by their base name only ---
+
+
+def is_local_path(value: str) -> bool:
+    """Whether a recorded model/images/... value names a file or folder on this machine (absolute, as the
+    trainer records them, or ~ / ./ relative), not a hub id, `demo` or another tool's label."""
+    return value.startswith(("/", "~", "./", "../", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
+
+
+def _public(value):
+    """A local path cut to its base name ('/home/ann/models/sd15' -> 'sd15'); anything else as it is."""
+    if isinstance(value, str) and is_local_path(value):
+        return PureWindowsPath(value).name or value  # splits on / and \ alike
+    return value
+
+
+def _shown(value) -> str:
+    """A recorded value as the card shows it, in backticks; '`sd15` (local)' for a local path."""
+    return f"`{_public(value)}` (local)" if isinstance(value, str) and is_local_path(value) else f"`{value}`"
+
+
+def public_meta(meta: dict[str, str]) -> dict[str, str]:
+    """The metadata of the uploaded copy: local paths (the base model, the trainer config's images, run_dir,
+    model, templates...) cut to their base names; the store's file keeps them, for resumes and `runs`."""
+    public = {**meta}
+    for key in ("base_model", "source_file"):
+        if key in public:
+            public[key] = _public(public[key])
+    trainer = _json(meta.get("trainer"))
+    if isinstance(trainer.get("config"), dict):
+        config = {k: _public(v) if k in PATH_KEYS else v for k, v in trainer["config"].items()}
+        if config != trainer["config"]:  # else the text as it is: the file is uploaded byte for byte
+            public["trainer"] = json.dumps({**trainer, "config": config})
+    return public
+
+
+def write_public_copy(path: Path, dest: Path) -> None:
+    """The store's file at `path` as it is uploaded, written to `dest`: the same tensors (so the same sha256)
+    under public_meta; a byte copy when there is no local path to cut."""
+    stored = load_canonical(path)
+    meta = public_meta(stored.meta)
+    if meta == stored.meta:
+        shutil.copyfile(path, dest)
+    else:
+        dest.write_bytes(canonical_bytes(Embedding(stored.name, stored.vectors, meta)))
+
+
+# --- the model card ---
+
+
+def _usage(emb: Embedding, filename: str, repo_id: str) -> str:
+    token = f"<{emb.name}>"
+    if set(emb.vectors) == {"clip_l", "clip_g"}:
+        return f"""```python
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+
+state = load_file(hf_hub_download("{repo_id}", "{filename}"))
+pipe.load_textual_inversion(state["clip_l"], token="{token}", text_encoder=pipe.text_encoder,
+                            tokenizer=pipe.tokenizer)
+pipe.load_textual_inversion(state["clip_g"], token="{token}", text_encoder=pipe.text_encoder_2,
+                            tokenizer=pipe.tokenizer_2)
+image = pipe("a photo of a {token}").images[0]
+```"""
+    return f"""```python
+pipe.load_textual_inversion("{repo_id}", weight_name="{filename}", token="{token}")
+image = pipe("a photo of a {token}").images[0]
+```"""
+
+
+def model_card(
+    emb: Embedding,
+    repo_id: str,
+    *,
+    filename: str | None = None,
+    preview: str | None = None,
+    license_id: str | None = None,
+) -> str:
+    """The README.md of a hub repo holding one embedding: front matter, trigger, usage, and where it came
+    from, as the file records it (trained here, or imported from another tool's file). Local paths show as
+    their base names; `license_id` overrides the licence card_license picks."""
+    filename = filename or f"{emb.name}.safetensors"
+    trainer = summary(emb)
+    base = emb.meta.get("base_model", "")
+    front = ["---", "library_name: diffusers"]
+    if licence := card_license(emb, license_id):
+        front.append(f"license: {licence}")
+    if HUB_ID.match(base):  # never a guess: a local path, `demo` or another tool's checkpoint label is no id
+        front.append(f"base_model: {base}")
+    trained_here = _trained_here(trainer)
+    tags = ["textual-inversion", "stable-diffusion", *(["tokensmith"] if trained_here else []), emb.family]
+    front += ["tags:", *(f"- {tag}" for tag in tags), "---"]
+    widths = ", ".join(f"`{k}` ({emb.num_vectors}, {w})" for k, w in emb.widths.items())
+    lines = [
+        *front,
+        "",
+        f"# {emb.name}: a textual-inversion embedding",
+        "",
+        f"Trigger: **`<{emb.name}>`** in a prompt. Family: {emb.family}. Tensors: {widths} in `{filename}`",
+        "(the layout A1111, ComfyUI, kohya and InvokeAI read as is).",
+        "",
+    ]
+    if preview:
+        lines += [f"![samples]({preview})", ""]
+    lines += ["## Use with diffusers", "", _usage(emb, filename, repo_id), ""]
+    lines += ["A1111 / ComfyUI / InvokeAI: put the file in your `embeddings` folder and write its name.", ""]
+    if trained_here:
+        lines += _training(emb, trainer)
+    else:
+        lines += _provenance(emb)
+    return "\n".join(lines) + "\n"
+
+
+def _json(text: str | None) -> dict:
+    """A JSON object from the metadata, {} when missing or not one (another tool's key of the same name)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _imported(emb: Embedding) -> list[str]:
+    """'- imported from: ...' when the file came into the store from another file."""
+    if not emb.meta.get("source_format"):
+        return []
+    source = emb.meta.get("source_file", "")
+    return [
+        f"- imported from: {format_title(emb.meta['source_format'])}"
+        + (f" {_shown(source)}" if source else "")
+    ]
+
+
+def _training(emb: Embedding, trainer: dict) -> list[str]:
+    """The card's section for an embedding tokensmith trained: its base model, init, steps and settings."""
+    meta, config = emb.meta, trainer.get("config", {})
+    metrics = _json(meta.get("metrics"))
+    lines = ["## Training", "", f"- base model: {_shown(meta.get('base_model') or 'unknown')}"]
+    if meta.get("init"):
+        lines.append(f"- init: `{meta['init']}`")
+    steps = f"- steps: {meta.get('steps', '?')} (ended: {trainer.get('end', '?')})"
+    if trainer.get("kept") == "best":
+        steps = (
+            f"- steps: {meta.get('steps', '?')}, the best-scored snapshot of a run of "
+            f"{trainer.get('trained_steps', '?')} (ended: {trainer.get('end', '?')})"
+        )
+    lines.append(steps)
+    settings = {**config, **({"resolution": trainer["resolution"]} if trainer.get("resolution") else {})}
+    for key in ("learning_rate", "batch_size", "grad_accum", "vectors", "templates", "resolution", "seed"):
+        if key in settings:
+            lines.append(f"- {key}: {_setting(key, settings[key])}")
+    processes = int(trainer.get("processes", 1))
+    # each process takes its own micro-batches: one process would accumulate P times as many
+    if processes > 1:
+        alone = int(config.get("grad_accum", 1)) * processes
+        lines.append(
+            f"- processes: {processes}, each with the batch_size and grad_accum above (the same as one "
+            f"process with grad_accum {alone})"
+        )
+    if metrics.get("best_val_loss") is not None:
+        lines.append(
+            f"- best validation loss: {metrics['best_val_loss']:.5f} at step {metrics['best_val_step']}"
+        )
+    for label in ("before", "after"):
+        if metrics.get(label):
+            values = ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics[label].items() if isinstance(v, int | float)
+            )
+            lines.append(f"- samples {label} training: {values}")
+    lines += _imported(emb)
+    return [*lines, "", _trained_with(trainer)]
+
+
+def _setting(key: str, value) -> str:
+    """A training setting as the card shows it: resolution 0 is the base model's native size."""
+    if key == "resolution" and value in (0, "0"):
+        return "the base model's native size"
+    return _shown(value)
+
+
+def _trained_with(trainer: dict) -> str:
+    """The card's last line: the tokensmith that trained the file when it records one, else the one that
+    wrote the card (the trainer's `version` is its metadata format, not a release)."""
+    if trainer.get("package"):
+        return f"Trained with tokensmith {trainer['package']}."
+    return f"Trained with tokensmith; card written by tokensmith {package_version()}."
+
+
+def lineage_words(parent: object) -> str | None:
+    """A blend's lineage in words, None when it is not one of ours:
+    'a lerp blend of <r1> (weight 0.5) and the word "red" (weight 0.5)'."""
+    if not isinstance(parent, dict) or not isinstance(parent.get("operands"), list):
+        return None
+    parts = []
+    for operand in parent["operands"]:
+        if not isinstance(operand, dict) or not isinstance(operand.get("weight"), int | float):
+            return None
+        name = operand.get("name", "?")
+        what = f'the word "{name}"' if operand.get("kind") == "word" else f"<{name}>"
+        parts.append(f"{what} (weight {operand['weight']:g})")
+    if not parts:
+        return None
+    joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    words = f"a {parent.get('method', 'lerp')} blend of {joined}"
+    if parent.get("keep_norm"):
+        words += ", rescaled to the operands' mean norm"
+    if parent.get("num_vectors"):
+        words += f", cut to {parent['num_vectors']} vector(s)"
+    return words
+
+
+def _provenance(emb: Embedding) -> list[str]:
+    """The card's section for an embedding tokensmith did not train: what the file itself records."""
+    meta = emb.meta
+    lines = ["## Provenance", ""]
+    lines += _imported(emb)
+    blend = lineage_words(_parent(emb))
+    recorded = (("base_model", "base model"), ("steps", "steps"), ("init", "init"))
+    for key, label in recorded:
+        if meta.get(key) and not (key == "init" and blend):  # a blend's init is its formula: said below
+            lines.append(f"- {label} (as the file records it): {_shown(meta[key])}")
+    if blend:
+        lines.append(f"- made from: {blend}")
+    elif meta.get("parent"):
+        lines.append(f"- lineage (as the file records it): `{meta['parent']}`")
+    if len(lines) == 2:
+        lines.append("- the file records no training details")
+    made = "Blended with tokensmith, not trained" if blend else "Not trained with tokensmith"
+    return [*lines, "", f"{made}; this card was written from the file's own metadata."]
+
+
+def _parent(emb: Embedding) -> object:
+    try:
+        return emb.parent
+    except ValueError:  # another tool's `parent` key that is no JSON
+        return None
