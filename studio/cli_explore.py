@@ -224,7 +224,8 @@ def run_replay(args) -> int:
     verdict = (
         "pixel-identical to the original"
         if same
-        else "differs from the original (another machine or library version?)"
+        else "differs from the original (another machine, library version or torch thread count: "
+        "OMP_NUM_THREADS?)"
     )
     print(f"wrote {args.out}: {verdict}")
     return 0

@@ -288,7 +288,11 @@ def verdict(original: np.ndarray, image: Image.Image) -> tuple[bool, str]:
     if original.shape == again.shape and np.array_equal(original, again):
         return True, "Pixel-identical to the uploaded image."
     diff = np.abs(original.astype(int) - again.astype(int)).max() if original.shape == again.shape else "size"
-    return False, f"Replayed, but not pixel-identical (max difference {diff}): another machine or version?"
+    return (
+        False,
+        f"Replayed, but not pixel-identical (max difference {diff}): another machine, library version or "
+        "torch thread count (OMP_NUM_THREADS)?",
+    )
 
 
 # --- the page ---
