@@ -251,3 +251,35 @@ def test_a_missing_or_huge_file_is_named_for_what_it_is(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 px is past twice this: PIL refuses it
     with pytest.raises(ReplayError, match=r"big\.png: it is far too large to be an image tokensmith wrote"):
         read_provenance(tmp_path / "big.png")
+
+
+def _rotated_jpeg(path):
+    """A JPEG stored top-red/bottom-blue whose EXIF says to turn it a quarter: viewers show it on its side."""
+    pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+    pixels[:8, :, 0], pixels[8:, :, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    return path
+
+
+def test_an_img2img_image_from_a_rotated_photo_replays_from_the_upright_pixels(session, tmp_path):
+    init = _rotated_jpeg(tmp_path / "photo.jpg")
+    [result] = session.generate(GenerateRequest("a red circle", init_image=init, strength=0.5, steps=6))
+    assert result.provenance["init_image"]["reader"] == 2
+    path = save_png(result, tmp_path / "i2i.png")
+    again = replay(path, store=None, session=session)  # was: "init image ... has changed since"
+    assert np.array_equal(np.asarray(again.image), np.asarray(result.image))
+
+
+def test_an_image_made_before_the_reader_was_recorded_replays_with_the_first_reader(session, tmp_path):
+    init = _rotated_jpeg(tmp_path / "photo.jpg")
+    request = GenerateRequest("a red circle", init_image=init, strength=0.5, steps=6)
+    [old] = session.generate(replace(request, init_reader=1))
+    [new] = session.generate(request)
+    assert not np.array_equal(np.asarray(old.image), np.asarray(new.image))  # the readers differ here
+    prov = json.loads(json.dumps(old.provenance))
+    del prov["init_image"]["reader"]  # as images made before it was recorded
+    path = _with_chunk(tmp_path / "before.png", prov)
+    again = replay(path, store=None, session=session)
+    assert np.array_equal(np.asarray(again.image), np.asarray(old.image))

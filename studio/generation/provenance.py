@@ -70,7 +70,10 @@ def provenance_dict(
         "batch_index": index,
         "width": req.width,
         "height": req.height,
-        "init_image": None if init_sha256 is None else {"path": init_path, "sha256": init_sha256},
+        # reader: how the file was read (img2img.INIT_READER); absent in images made by reader 1
+        "init_image": None
+        if init_sha256 is None
+        else {"path": init_path, "sha256": init_sha256, "reader": req.init_reader},
         "strength": req.strength if init_sha256 is not None else None,
     }
 
@@ -185,7 +188,9 @@ def _malformed(prov: dict) -> str | None:
     ):
         return "has a bad 'embeddings' list"
     init = prov.get("init_image")
-    if init is not None and not (isinstance(init, dict) and isinstance(init.get("sha256"), str)):
+    if init is not None and not (
+        isinstance(init, dict) and isinstance(init.get("sha256"), str) and init.get("reader", 1) in (1, 2)
+    ):
         return "has a bad 'init_image'"
     return None
 
@@ -210,13 +215,19 @@ def request_from(prov: dict) -> Any:
         strength=float(prov["strength"]) if prov.get("strength") is not None else 0.6,
         guides=tuple(prov.get("guides") or ()),
         step_clock=prov.get("step_clock", "evaluations"),  # images from before it was recorded
+        init_reader=init_reader(init),
     )
+
+
+def init_reader(init: dict | None) -> int:
+    """How the image's init file was read: its record's `reader`, 1 for images made before it was recorded."""
+    return int((init or {}).get("reader", 1))
 
 
 def check_replayable(prov: dict, store: Store | None) -> list[str]:
     """Everything this machine lacks to replay `prov`, in words (empty: all present and unchanged)."""
     from studio.generation.guidance import changed_files
-    from studio.generation.img2img import image_sha256
+    from studio.generation.img2img import InitImageError, load_init_image
 
     missing = []
     names = store.names() if store is not None else []
@@ -235,16 +246,13 @@ def check_replayable(prov: dict, store: Store | None) -> list[str]:
         if path is None or not path.is_file():
             missing.append(f"init image {init.get('path') or '(given in memory)'} is not available")
         else:
+            size = (int(prov["width"]), int(prov["height"]))
             try:
-                with Image.open(path) as image:
-                    size = (int(prov["width"]), int(prov["height"]))
-                    rgb = image.convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                missing.append(f"init image {path} can no longer be read ({type(exc).__name__})")
+                _, sha256 = load_init_image(path, size, reader=init_reader(init))
+            except InitImageError as exc:
+                missing.append(f"init image {path} can no longer be read ({exc})")
                 return missing
-            if rgb.size != size:
-                rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-            if image_sha256(rgb) != init["sha256"]:
+            if sha256 != init["sha256"]:
                 missing.append(f"init image {path} has changed since")
     return missing
 

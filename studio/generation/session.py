@@ -25,7 +25,13 @@ from embeddings import Store
 from embeddings.errors import TokensmithError
 from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPlan
 from studio.generation.guidance import Guide, guided_x0, parse_guide
-from studio.generation.img2img import check_strength, encode_image, load_init_image, trimmed_timesteps
+from studio.generation.img2img import (
+    INIT_READER,
+    check_strength,
+    encode_image,
+    load_init_image,
+    trimmed_timesteps,
+)
 from studio.generation.prompt import Node, apply_swaps, blends, parse, parse_swap, to_text, unmatched_swaps
 from studio.generation.schedule import (
     DEFAULT_SCHEDULER,
@@ -65,6 +71,8 @@ class GenerateRequest:
     # evaluation, which Heun and PNDM make more of than steps) is how images made before step counting were
     # timed, so their replays come out identical.
     step_clock: str = "steps"
+    # How an init image file is read (img2img.INIT_READER): an image made by an older reader replays with it.
+    init_reader: int = INIT_READER
 
 
 def check_swaps(requests: list[GenerateRequest]) -> None:
@@ -133,7 +141,7 @@ class Session:
         init = None
         if req.init_image is not None:
             check_strength(req.strength)
-            init = load_init_image(req.init_image, (req.width, req.height))
+            init = load_init_image(req.init_image, (req.width, req.height), reader=req.init_reader)
         results = []
         for index in range(req.num_images):
             seed = req.seed + index
