@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import random
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from embeddings.errors import TokensmithError
+from trainers.pictures import PictureError, read_picture
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif", ".jfif")  # named as skipped
@@ -111,14 +111,6 @@ def _caption_for(path: Path, text_files: dict[str, list[Path]]) -> str:
         raise DataError(f"{problem}; re-save it as UTF-8") from None
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit grayscale ('I;16', 'I') scaled to 8-bit 'L'; PIL's own convert clips it to white instead."""
-    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        return image
-    values = np.asarray(image, dtype=np.float64)  # (H, W) in 0..65535
-    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
-
-
 def image_paths(folder: Path) -> list[Path]:
     """The training images in `folder`, sorted by name; hidden files (macOS `._x.png` forks) are skipped. A
     link to an image that is gone is an error naming it: a missing image, not a file to pass over."""
@@ -195,9 +187,7 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
                 f"image {path} is {image.size[0]}x{image.size[1]} pixels, smaller than {MIN_SIDE}; "
                 "remove it or use a larger image"
             )
-        mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB"
-        image = image.convert(mode)
-        if mode == "RGBA" and image.getchannel("A").getextrema() == (0, 0):
+        if image.mode == "RGBA" and image.getchannel("A").getextrema() == (0, 0):
             # it would train as a flat gray square (and with --alpha-weight its steps would teach nothing)
             raise DataError(
                 f"image {path} is fully transparent (every pixel has alpha 0), so it shows nothing to learn; "
@@ -208,17 +198,12 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
 
 
 def _read(path: Path) -> Image.Image:
-    """The image at `path`, upright and 8-bit; any way PIL can fail on a file is an error naming it."""
+    """The image at `path` upright and 8-bit (trainers.pictures), RGBA when it has transparency; any way PIL
+    can fail on a file is an error naming it."""
     try:
-        with Image.open(path) as opened:
-            image = _eight_bit(ImageOps.exif_transpose(opened))
-            image.load()
-    # ValueError: PIL's text-chunk limits (a PNG stuffed with metadata); struct.error: a cut header field
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise DataError(f"cannot read image {path} ({exc}); remove it or re-save it as PNG") from None
-    except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
-        raise DataError(f"image {path} is too large ({exc}); downscale it to 1-2K a side") from None
-    return image
+        return read_picture(path, alpha=True)
+    except PictureError as exc:
+        raise DataError(str(exc)) from None
 
 
 # --- templates ---
