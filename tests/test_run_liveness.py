@@ -1,4 +1,4 @@
-"""Whether a run folder's trainer lives (trainers/runfolder.py): the trainer's lock on its `pid` file, held
+"""Whether a run folder's trainer lives (trainers/runlock.py): the trainer's lock on its `pid` file, held
 for its whole life, not whichever process has the pid that the file names."""
 
 import contextlib

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError, first_line
-from trainers.runfolder import writing
+from trainers.writes import writing
 
 FORMAT = "tokensmith-train-checkpoint/3"  # /3: the config's values instead of a hash of them
 OURS = ("state.safetensors", "state.json")

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from embeddings.errors import TokensmithError
 from trainers.data import Sample
 from trainers.modelprep import cast_weights
-from trainers.runfolder import writing
+from trainers.writes import writing
 
 ENCODE_CHUNK = 8
 REFINE_LR = 0.1  # Adam's step on the unscaled latent when fitting it to the decoder

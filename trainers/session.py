@@ -25,7 +25,8 @@ from trainers import commands
 from trainers.config import TrainConfig
 from trainers.data import batches
 from trainers.resume import computed_values, refuse_changes
-from trainers.runfolder import RunFolder, writing
+from trainers.runfolder import RunFolder
+from trainers.writes import writing
 
 TRAINER_VERSION = "tokensmith-ti/1"
 

@@ -15,7 +15,8 @@ from embeddings.errors import StoreError, TokensmithError
 from trainers.commands import home_flags, resume_command
 from trainers.config import TrainConfig
 from trainers.resume import ENDING, config_changes
-from trainers.runfolder import RunFolder, writing
+from trainers.runfolder import RunFolder
+from trainers.writes import writing
 
 
 def check_storable(cfg: TrainConfig, store: Store) -> None:

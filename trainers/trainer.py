@@ -33,7 +33,7 @@ from trainers.modelprep import (
 from trainers.processes import has_gpu, joined_as_main, launch_rank, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
-from trainers.runfolder import DiskFull, RunFolder, disk_full_advice, writing
+from trainers.runfolder import RunFolder, disk_full_advice
 from trainers.session import (
     RunState,
     StopFlag,
@@ -47,6 +47,7 @@ from trainers.session import (
 )
 from trainers.steps import Ending, Steps
 from trainers.storing import check_storable, store_result, stored_result, summary
+from trainers.writes import DiskFull, writing
 
 Progress = Callable[[dict], None]
 
