@@ -17,21 +17,23 @@ Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`,
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
-import inspect
 import math
-import sys
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from embeddings.errors import TokensmithError
 from embeddings.files import file_sha256
+from studio.generation.guide_modules import (  # noqa: F401  (GuideError and SIGNATURE: guidance's API)
+    SIGNATURE,
+    GuideError,
+    Loss,
+    module_loss,
+    module_source,
+    ran_sha256,
+    users_code,
+)
 from studio.generation.img2img import image_sha256
 
 KINDS = ("color", "brightness", "contrast", "match", "module")
@@ -50,13 +52,6 @@ EXTRA_COLOURS = {
     "teal": (0, 128, 128),
     "lime": (0, 255, 0),
 }
-
-Loss = Callable[[torch.Tensor], torch.Tensor]
-SIGNATURE = "function(image) -> scalar tensor, image (B, 3, H, W) in [0, 1]"
-
-
-class GuideError(TokensmithError, ValueError):
-    """A guide spec that cannot be used; says what to write instead."""
 
 
 @dataclass(frozen=True)
@@ -162,97 +157,6 @@ def _rgb_array(img):
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def module_loss(target: str) -> Loss:
-    """'package.module:function' -> the function, imported (the current folder is importable).
-
-    Errors name the guide as the studio's guide box writes it (`module=...`), which the CLI's --guide-module
-    adds too, so one message reads right in both doors."""
-    name = f"guide 'module={target}'"
-    module_name, sep, func_name = target.partition(":")
-    if not sep or not module_name or not func_name:
-        raise GuideError(f"{name}: write module:function, e.g. my_losses:more_blue")
-    _importable_cwd()
-    try:
-        module = _current_module(module_name)
-    except ImportError as exc:
-        raise GuideError(f"{name}: cannot import {module_name!r} ({exc})") from exc
-    except SyntaxError as exc:  # IndentationError too
-        raise GuideError(f"{name}: {_where_syntax(exc)}: {exc.msg}; fix the module's source") from exc
-    except Exception as exc:  # the module's own top-level code may raise anything: name the guide, keep it
-        where = module_source(module_name)
-        raise GuideError(f"{name}: importing {module_name} failed ({_what(exc, where)}); fix it") from exc
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise GuideError(f"{name}: {module_name} has no function {func_name!r}")
-    try:
-        inspect.signature(func).bind(None)
-    except TypeError:
-        raise GuideError(
-            f"{name}: {module_name}.{func_name}{inspect.signature(func)} cannot be called as {SIGNATURE}"
-        ) from None
-    except ValueError:  # some builtins have no signature to check: the first call says
-        pass
-    return func
-
-
-def _where_syntax(exc: SyntaxError) -> str:
-    """'badmod.py line 2' (the file's name: the user knows where their module is)."""
-    return f"{Path(exc.filename).name if exc.filename else 'the module'} line {exc.lineno}"
-
-
-def _what(exc: BaseException, source: str | Path | None) -> str:
-    """The error and the line of the guide's module `source` that raised it (its innermost frame there):
-    "NameError: name 'x' is not defined, at my_losses.py line 3"."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if source is None:
-        return text
-    source = Path(source).resolve()
-    frames = traceback.extract_tb(exc.__traceback__)
-    lines = [frame.lineno for frame in frames if Path(frame.filename).resolve() == source]
-    return f"{text}, at {source.name} line {lines[-1]}" if lines else text
-
-
-def _importable_cwd() -> None:
-    """Guide modules are imported from the current folder too (as `python -c` would)."""
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-
-
-_LOADED_SOURCES: dict[str, str] = {}  # guide module -> sha256 of the source this process runs
-
-
-def _current_module(module_name: str):
-    """The module as its source file is now: a long-lived process (the studio) reloads a module edited since
-    it was imported, so the code that runs is the code whose hash the image's provenance records."""
-    loaded = module_name in sys.modules
-    module = importlib.import_module(module_name)
-    source = module_source(module_name)
-    if source is None:
-        return module
-    digest = file_sha256(source)
-    if loaded and _LOADED_SOURCES.get(module_name) != digest:
-        with contextlib.suppress(NotImplementedError, OSError):  # a .pyc of the same size and second is stale
-            Path(importlib.util.cache_from_source(str(source))).unlink(missing_ok=True)
-        module = importlib.reload(module)
-    _LOADED_SOURCES[module_name] = digest
-    return module
-
-
-def module_source(module_name: str) -> Path | None:
-    """The source file of a guide module as it would be imported now (without importing it), or None."""
-    loaded = sys.modules.get(module_name)
-    if loaded is not None:
-        origin = getattr(loaded, "__file__", None)
-    else:
-        _importable_cwd()
-        try:
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            return None
-        origin = spec.origin if spec is not None else None
-    return Path(origin).resolve() if origin and Path(origin).is_file() else None
-
-
 def changed_files(records: list[dict]) -> list[str]:
     """What replaying with guides recorded by `Guide.record` would find missing or changed, in words."""
     problems = []
@@ -321,7 +225,7 @@ def parse_guide(spec: str) -> Guide:
         loss = module_loss(value)
         module_name = value.partition(":")[0]
         source = module_source(module_name)  # the hash is the one of the source module_loss just ran
-        record = GuideFile(str(source), _LOADED_SOURCES[module_name]) if source is not None else None
+        record = GuideFile(str(source), ran_sha256(module_name)) if source is not None else None
         return Guide(spec=spec, kind=kind, loss=loss, scale=scale, every=every, run_spec=spec, file=record)
     loss = _build_loss(kind, value, spec)
     return Guide(spec=spec, kind=kind, loss=loss, scale=scale, every=every, run_spec=spec)
@@ -362,7 +266,8 @@ def _polyak_step(
     with torch.enable_grad():
         x = x0.detach().requires_grad_(True)  # (B, C, h, w)
         image = decode(x)  # (B, 3, H, W) in [0, 1]
-        with _users_code(guide):  # the loss and its backward pass run the user's code
+        source = guide.file.path if guide.file is not None else None
+        with users_code(guide.spec, source):  # the loss and its backward pass run the user's code
             loss = _scalar(guide, guide.loss(image))
             (grad,) = torch.autograd.grad(loss, x)
     value = float(loss.detach())
@@ -384,21 +289,6 @@ def _polyak_step(
     delta = -guide.scale * value * grad / norm_sq  # (B, C, h, w)
     rms, limit = delta.pow(2).mean().sqrt(), MAX_STEP * x0.pow(2).mean().sqrt().clamp_min(1e-6)
     return delta * (limit / rms) if rms > limit else delta
-
-
-@contextlib.contextmanager
-def _users_code(guide: Guide) -> Iterator[None]:
-    """Run a guide's loss: whatever the user's function raises becomes a GuideError naming the guide and the
-    line, with the original kept as its cause (`--debug` shows its traceback)."""
-    try:
-        yield
-    except GuideError:
-        raise
-    except Exception as exc:  # user code may raise anything; KeyboardInterrupt still stops the run
-        what = _what(exc, guide.file.path if guide.file is not None else None)
-        misuse = isinstance(exc, TypeError | ValueError | RuntimeError | IndexError | AttributeError)
-        hint = f"it must be {SIGNATURE}" if misuse else "fix the function"  # a tensor misused, or a plain bug
-        raise GuideError(f"guide {guide.spec!r} failed ({what}): {hint}") from exc
 
 
 def _scalar(guide: Guide, value: object) -> torch.Tensor:
