@@ -72,6 +72,19 @@ def test_a_resume_refuses_an_image_changed_in_place_at_the_same_size(tmp_path):
         train(resume, home=home, model=tiny_model("sd1"))
 
 
+def test_a_resume_refuses_a_caption_changed_since_the_run_began(tmp_path):
+    images = square_images(tmp_path / "images")
+    (images / "1.txt").write_text("sofa")  # it joins image 1's prompts
+    home, run = tmp_path / "home", tmp_path / "run"
+    train(quick_config(images, run, steps=3, templates="captions"), home=home, model=tiny_model("sd1"))
+    (images / "1.txt").write_text("chair")
+    resume = quick_config(images, run, steps=6, templates="captions", resume=True, overwrite=True)
+    with pytest.raises(TokensmithError, match=r"\(3 -> 3 images: caption changed 1\.png\); restore them"):
+        train(resume, home=home, model=tiny_model("sd1"))
+    (images / "1.txt").write_text("sofa")
+    assert train(resume, home=home, model=tiny_model("sd1")).meta["steps"] == "6"
+
+
 def test_a_token_too_long_for_the_prompts_is_refused_with_the_count_that_fits(tmp_path):
     images = square_images(tmp_path / "images")
     cfg = quick_config(images, tmp_path / "run", vectors=20)  # the tiny tokenizer reads 16 tokens

@@ -3,6 +3,7 @@ would have: the same config values, the same images. Each refusal names what cha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -66,9 +67,17 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
 
 
 def image_list(images) -> list[list]:
-    """[file name, size in bytes, sha256 of the bytes] of each training image: what a resume checks is still
-    there, unchanged (an edit that keeps the size, such as swapped colours in an uncompressed PNG, too)."""
-    return [[image.path.name, image.path.stat().st_size, file_sha256(image.path)] for image in images]
+    """[file name, size in bytes, sha256 of the bytes, sha256 of its caption or ""] of each training image:
+    what a resume checks is still there, unchanged (an edit that keeps the size, such as swapped colours in
+    an uncompressed PNG, too; and its NAME.txt caption, which joins its prompts)."""
+    return [
+        [image.path.name, image.path.stat().st_size, file_sha256(image.path), _caption_sha256(image.caption)]
+        for image in images
+    ]
+
+
+def _caption_sha256(caption: str) -> str:
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest() if caption else ""
 
 
 def check_resume(cfg: TrainConfig, folder: RunFolder, images, *, home: Path | None = None) -> None:
@@ -76,20 +85,24 @@ def check_resume(cfg: TrainConfig, folder: RunFolder, images, *, home: Path | No
     before anything in the run folder is rewritten (its config.toml stays the run's own, as advised)."""
     before = folder.read_image_list()
     now = image_list(images)
-    if before and len(before[0]) == 2:  # a run from before the list held hashes: names and sizes
-        now = [entry[:2] for entry in now]
+    if before and len(before[0]) < 4:  # a run from before the list held hashes, or captions: what it holds
+        now = [entry[: len(before[0])] for entry in now]
     if before is not None and before != now:
         was = {entry[0]: tuple(entry[1:]) for entry in before}
         is_ = {entry[0]: tuple(entry[1:]) for entry in now}
-        changed = {name for name in was.keys() & is_.keys() if was[name] != is_[name]}
+        both = was.keys() & is_.keys()
+        changed = {name for name in both if was[name][:2] != is_[name][:2]}
+        recaptioned = {name for name in both if was[name][:2] == is_[name][:2] and was[name] != is_[name]}
         parts = [
             _few("added", is_.keys() - was.keys()),
             _few("removed", was.keys() - is_.keys()),
             _few("changed", changed),
+            _few("caption changed", recaptioned),
         ]
         raise TokensmithError(
             f"the images in {cfg.images} changed since the run began ({len(before)} -> {len(now)} images: "
-            f"{'; '.join(filter(None, parts))}); restore them to resume, or start a new run without --resume"
+            f"{'; '.join(filter(None, parts))}); restore them (and their NAME.txt captions) to resume, or "
+            "start a new run without --resume"
         )
     latest = folder.latest_checkpoint()
     if latest is not None:
