@@ -240,3 +240,17 @@ def test_push_license_is_stated_on_the_card_and_a_bad_one_is_refused(api, capsys
     assert b"\nlicense: cc-by-4.0\n" in api.uploads[1]["README.md"]
     code, _, err = run(capsys, "push", "neg", "me/neg", "--license", "My License")
     assert code == EXIT_ERROR and "give a hub licence id such as apache-2.0" in err and len(api.uploads) == 2
+
+
+def test_train_hub_license_reaches_the_card_and_the_retry(tmp_path, tiny_model_dir, api, capsys):
+    licence = ("--hub-license", "cc-by-4.0")
+    code, _, _ = run(capsys, *_train(tmp_path, tiny_model_dir, *licence))
+    assert code == EXIT_OK
+    assert "license: cc-by-4.0" in api.uploads[0]["README.md"].decode()
+    Api.fail = ConnectError("[Errno 111] Connection refused")
+    code, _, err = run(capsys, *_train(tmp_path, tiny_model_dir, *licence, "--name", "two"))
+    assert code == 1 and "`tokensmith push two me/thing --license cc-by-4.0" in err
+    code, _, err = run(capsys, "train", "--images", tmp_path / "images", "--name", "x", licence[0], "mit")
+    assert code != 0 and "hub_license = 'mit' is for an upload: add push_to_hub = USER/REPO" in err
+    code, _, err = run(capsys, *_train(tmp_path, tiny_model_dir, "--hub-license", "Not A Licence"))
+    assert code != 0 and "give a hub licence id such as apache-2.0" in err

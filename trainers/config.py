@@ -132,6 +132,12 @@ class TrainConfig:
         "", "upload the embedding and a model card to this hub repo (user/repo)", metavar="REPO"
     )
     hub_private: bool = _opt(False, "create the hub repo as private")
+    hub_license: str = _opt(
+        "",
+        "the licence the model card states (a hub licence id; default: the base model's for SD 1.x/2.x/SDXL, "
+        "none for the demo world)",
+        metavar="ID",
+    )
 
     def __post_init__(self) -> None:
         check(self)
@@ -192,6 +198,14 @@ def check(cfg: TrainConfig) -> None:
         )
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub, cfg.name or "my-token")
+    if cfg.hub_license:
+        from trainers.card import check_license  # the card reads this module's PATH_KEYS
+
+        if not cfg.push_to_hub:
+            raise ConfigError(
+                f"hub_license = {cfg.hub_license!r} is for an upload: add push_to_hub = USER/REPO"
+            )
+        check_license(cfg.hub_license)
     init = cfg.init.strip()
     if ("<" in init or ">" in init) and not (init[:1] == "<" and init[-1:] == ">" and init.count("<") == 1):
         raise ConfigError(  # '<base', 'blue <base>': neither one stored embedding nor plain words

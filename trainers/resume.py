@@ -25,6 +25,7 @@ KEPT_NOT_COMPUTED = (
     "trackers",
     "push_to_hub",
     "hub_private",
+    "hub_license",
     "keep",
     "model_config",
 )

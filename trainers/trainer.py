@@ -337,7 +337,13 @@ def _record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, ho
     if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
         try:
             url = push_embedding(
-                emb, path, cfg.push_to_hub, private=cfg.hub_private, preview=preview, home=home
+                emb,
+                path,
+                cfg.push_to_hub,
+                private=cfg.hub_private,
+                preview=preview,
+                home=home,
+                license_id=cfg.hub_license or None,
             )
             message += f"; uploaded to {url}"
             upload = {"url": url}
