@@ -254,3 +254,18 @@ def test_train_hub_license_reaches_the_card_and_the_retry(tmp_path, tiny_model_d
     assert code != 0 and "hub_license = 'mit' is for an upload: add push_to_hub = USER/REPO" in err
     code, _, err = run(capsys, *_train(tmp_path, tiny_model_dir, "--hub-license", "Not A Licence"))
     assert code != 0 and "give a hub licence id such as apache-2.0" in err
+
+
+def test_python_m_trainers_says_the_result_then_the_failed_upload(tmp_path, tiny_model_dir, api, capsys):
+    from trainers.__main__ import main as trainers_main
+
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'images = "{square_images(tmp_path / "images")}"\nname = "launched"\nmodel = "{tiny_model_dir}"\n'
+        f'steps = 2\nbatch_size = 2\npreview_images = 0\ninit = "a"\npush_to_hub = "me/launched"\n'
+    )
+    Api.fail = ConnectError("[Errno 111] Connection refused")
+    assert trainers_main(["--config", str(config), "--home", str(tmp_path / "home")]) == 1
+    lines = capsys.readouterr().err.rstrip().splitlines()
+    assert lines[-2].startswith("learned <launched> (1 vector(s)")
+    assert lines[-1].startswith("python -m trainers: error: upload to me/launched failed (ConnectError")

@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from trainers.config import load
+    from trainers.hub import UploadError
     from trainers.processes import launch_rank
     from trainers.trainer import RunStopped, kept_note, summary, train
 
+    failed_upload = None
     try:
         overrides = {key: True for key in ("resume", "overwrite") if getattr(args, key)}
         if args.run_dir:  # a run folder's config.toml names its own folder, which refuses a second run
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
         print(f"python -m trainers: {exc}", file=sys.stderr)
         return 1
+    except UploadError as exc:  # the run is done and stored: its result is said, then the upload's error
+        if exc.embedding is None:
+            print(f"python -m trainers: error: {exc}", file=sys.stderr)
+            return 1
+        emb, failed_upload = exc.embedding, exc
     except (TokensmithError, ValueError, KeyError, OSError) as exc:
         print(f"python -m trainers: error: {exc}", file=sys.stderr)
         return 1
@@ -53,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if launch_rank() == 0:  # one line for a multi-process launch
         kept = kept_note(int(emb.meta.get("steps", 0)), int(info.get("trained_steps", 0)))
         _echo(f"learned <{emb.name}> ({emb.num_vectors} vector(s){'; ' + kept if kept else ''})")
+    if failed_upload is not None:
+        _echo(f"python -m trainers: error: {failed_upload}")
+        return 1
     return 0
 
 
