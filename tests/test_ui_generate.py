@@ -339,3 +339,15 @@ def test_the_insert_list_marks_embeddings_made_for_another_model(session, store)
     at.selectbox(key="gen_insert_name").set_value("sd15-style")
     at.button(key="gen_insert").click().run()
     assert at.text_area(key="gen_prompt").value == "<sd15-style>"  # the name itself, not the label
+
+
+def test_the_partial_fit_box_lets_one_encoders_half_in_and_the_image_records_it(session, store):
+    g = torch.Generator().manual_seed(1)
+    xl = {"clip_l": torch.randn(1, 32, generator=g), "clip_g": torch.randn(1, 48, generator=g)}
+    store.put(Embedding("xl-cat", xl, {"family": "sdxl"}))  # its clip_l half has the tiny SD1 model's width
+    at = generate(open_generate(), "a <xl-cat>")
+    assert "use the Partial fit box to use its clip_l half" in at.error[0].value and not downloads(at)
+    at.checkbox(key="gen_partial").check()
+    at = generate(at, "a <xl-cat>")
+    assert not at.error and provenance_of(at.session_state["gen_results"][0][0])["partial"] == ["xl-cat"]
+    assert session.encoder.partial is False  # the shared session is set for that request only

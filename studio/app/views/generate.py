@@ -28,6 +28,7 @@ FIELDS = {
     "--seed": "Seed",
     "--num-images": "Images",
     "--strength": "Strength",
+    "--partial": "the Partial fit box",
 }
 
 
@@ -199,9 +200,13 @@ def guides_ui() -> tuple[str, ...]:
 
 
 def generate(
-    session, store, prompt: str, negative: str, settings: dict, swaps, init, strength, guides
+    session, store, prompt: str, negative: str, settings: dict, swaps, init, strength, guides, partial=False
 ) -> list:
-    """Run the engine with a progress bar; returns [(png bytes with provenance, provenance), ...]."""
+    """Run the engine with a progress bar; returns [(png bytes with provenance, provenance), ...].
+
+    `partial` lets an embedding that fits only one of the model's encoders in (generate --partial): an SD 1.x
+    embedding goes into SDXL's clip_l alone. The session is shared by every tab: it is set for this request
+    only."""
     from studio.generation import GenerateRequest, check_swaps
     from studio.generation.provenance import png_bytes
 
@@ -224,9 +229,11 @@ def generate(
         total = info.num_images * info.total_steps
         slot.progress(done / total, text=f"image {info.image_index + 1}/{info.num_images} · step {info.step}")
 
+    asked, session.encoder.partial = session.encoder.partial, partial
     try:
         results = session.generate(request, store=store, on_step=on_step)
     finally:
+        session.encoder.partial = asked
         slot.empty()  # also after an error part-way (a guide failing at step k)
     return [(png_bytes(r.image, r.provenance), r.provenance) for r in results]
 
@@ -310,7 +317,7 @@ def generate_ui(store, inputs: dict) -> None:
                 session = context.generation_session(context.model_spec())
                 st.session_state["gen_results"] = generate(
                     session, store, inputs["prompt"], inputs["negative"], inputs["settings"],
-                    inputs["swaps"], init, strength, inputs["guides"],
+                    inputs["swaps"], init, strength, inputs["guides"], inputs["partial"],
                 )  # fmt: skip
             except context.user_errors() as exc:
                 st.error(context.error_text(exc, fields=FIELDS))
@@ -335,6 +342,13 @@ with left:
     inputs["prompt"], inputs["negative"] = prompt_ui(names, misfit_names(store))
     inputs["settings"] = settings_ui(list(SCHEDULERS))
     inputs["swaps"] = swaps_ui()
+    inputs["partial"] = st.checkbox(
+        "Partial fit",
+        key="gen_partial",
+        help="Let in an embedding made for one of this model's encoders only: an SD 1.x embedding on SDXL "
+        "goes into clip_l (clip_g gets zero vectors), an SDXL embedding's clip_l half into SD 1.x. Expect a "
+        "weaker effect; the image's provenance records it and a replay repeats it.",
+    )
     with st.expander("Image guidance and loss guidance"):
         inputs["init image"] = init_ui(native_size(inputs["settings"]))
         inputs["guides"] = guides_ui()
