@@ -96,20 +96,28 @@ def vectors_for_encoders(
 
 # --- install / uninstall ---
 def install(
-    emb: Embedding, encoders: Encoders, *, partial: bool = False, model_family: str | None = None
+    emb: Embedding,
+    encoders: Encoders,
+    *,
+    partial: bool = False,
+    model_family: str | None = None,
+    token_name: str | None = None,
 ) -> list[str]:
     """Add `emb`'s tokens to every tokenizer and write its vectors into the text encoders; returns the tokens.
 
     Re-installing a name replaces its vectors (that is how a swap works); a changed vector count adds or
     removes `<name>_k` tokens so that the tokenizer holds exactly the current ones. `partial` and
     `model_family` are vectors_for_encoders' (the clip_l-only install; the model's name in errors).
+    `token_name` spells the tokens (`<token_name>`, `<token_name>_1`, ...) instead of the embedding's name,
+    which errors still use: the generation path installs under aliases no prompt syntax can misread.
     """
     # checks everything before any change
     per_encoder = vectors_for_encoders(emb, encoders, partial=partial, model_family=model_family)
-    tokens = token_names(emb)
+    name = token_name or emb.name
+    tokens = token_names(name, emb.num_vectors)
     for (_key, tokenizer, text_encoder), vectors in zip(encoders, per_encoder, strict=True):
         _check_no_vocab_clash(tokens, tokenizer)
-        stale = [t for t in installed_tokens(emb.name, tokenizer) if t not in tokens]
+        stale = [t for t in installed_tokens(name, tokenizer) if t not in tokens]
         if stale:
             _remove_tokens(stale, tokenizer, text_encoder)
         tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_added_vocab()])
@@ -201,6 +209,10 @@ def _remove_tokens(tokens: list[str], tokenizer: Any, text_encoder: Any) -> None
         kept.append(entry)
     state["added_tokens"] = kept
     tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+    # CLIPTokenizer wraps its backend's decode at __init__ to strip '</w>'; the new backend needs it again
+    rewrap = getattr(tokenizer, "_wrap_decode_method_backend_tokenizer", None)
+    if rewrap is not None:
+        rewrap()
     for attr in ("_added_tokens_decoder", "_added_tokens_encoder"):
         table = getattr(tokenizer, attr, None)
         if isinstance(table, dict):

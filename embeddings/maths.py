@@ -22,6 +22,10 @@ from embeddings.value import MAX_VECTORS, Embedding, family_title
 
 METHODS = ("lerp", "slerp")
 WORD_KIND = "word"
+# 2: slerp turns the direction t·Ω of the way and interpolates the norms linearly. 1: the first slerp, which
+# weighted the raw vectors by sin((1-t)Ω)/sin Ω and sin(tΩ)/sin Ω (right only for equal norms); kept so that
+# images made with it replay identically (provenance records the version).
+SLERP_VERSION = 2
 
 
 # --- operands ---
@@ -57,10 +61,8 @@ def _check_compatible(parts: Sequence[tuple[Embedding, float]]) -> None:
 
 
 # --- blending ---
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation row by row between (n, d) tensors; (nearly) aligned rows use lerp."""
-    a_unit = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    b_unit = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+def _arc_weights(a_unit: torch.Tensor, b_unit: torch.Tensor, t: float):
+    """sin((1-t)Ω)/sin Ω and sin(tΩ)/sin Ω per row of unit (n, d) tensors, and where Ω is ~0 or ~π."""
     cos = (a_unit * b_unit).sum(dim=1, keepdim=True).clamp(-1.0, 1.0)  # (n, 1)
     omega = torch.arccos(cos)  # (n, 1)
     sin = torch.sin(omega)
@@ -68,7 +70,22 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     safe_sin = torch.where(near, torch.ones_like(sin), sin)
     wa = torch.where(near, torch.full_like(sin, 1 - t), torch.sin((1 - t) * omega) / safe_sin)
     wb = torch.where(near, torch.full_like(sin, t), torch.sin(t * omega) / safe_sin)
-    return wa * a + wb * b  # (n, d)
+    return wa, wb, near  # (n, 1) each
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, *, version: int = SLERP_VERSION) -> torch.Tensor:
+    """Spherical interpolation row by row between (n, d) tensors: the direction turns t·Ω from a's toward
+    b's and the norm goes linearly from |a| to |b|. Rows that are (nearly) aligned or opposite, or where one
+    side is zero (a shorter operand's padding), use lerp: (1-t)·a + t·b. `version=1` is the first slerp."""
+    a_norm, b_norm = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)  # (n, 1)
+    a_unit, b_unit = a / a_norm.clamp_min(1e-12), b / b_norm.clamp_min(1e-12)  # (n, d)
+    wa, wb, near = _arc_weights(a_unit, b_unit, t)
+    if version == 1:
+        return wa * a + wb * b  # (n, d)
+    direction = wa * a_unit + wb * b_unit  # (n, d), unit length
+    norm = (1 - t) * a_norm + t * b_norm  # (n, 1)
+    lerp = near | (a_norm == 0) | (b_norm == 0)  # (n, 1)
+    return torch.where(lerp, (1 - t) * a + t * b, direction * norm)  # (n, d)
 
 
 def blend(
@@ -78,6 +95,7 @@ def blend(
     method: str = "lerp",
     keep_norm: bool = False,
     num_vectors: int | None = None,
+    slerp_version: int = SLERP_VERSION,
 ) -> Embedding:
     """A new embedding from weighted operands, per encoder key; lineage recorded in meta["parent"].
 
@@ -85,7 +103,7 @@ def blend(
     (slerp(<cat>, <dog>, 0.3) is parts [(cat, 0.7), (dog, 0.3)]). keep_norm rescales every result vector to
     the |w|-weighted mean norm of the operand vectors present at that position (blends otherwise shrink).
     num_vectors crops (or zero-pads) the result to that many vectors; by default it has as many as the
-    longest operand.
+    longest operand. slerp_version 1 is the first slerp (see SLERP_VERSION), for replaying old images.
     """
     if method not in METHODS:
         raise EmbeddingFormatError(f"unknown blend method {method!r}; use lerp or slerp")
@@ -101,7 +119,7 @@ def blend(
             if len(parts) != 2 or float(weights.sum()) == 0:
                 raise EmbeddingFormatError("slerp blends exactly two operands whose weights do not sum to 0")
             t = float(weights[1] / weights.sum())
-            mixed = slerp(stack[0], stack[1], t)  # (n, width)
+            mixed = slerp(stack[0], stack[1], t, version=slerp_version)  # (n, width)
         else:
             mixed = (weights[:, None, None] * stack).sum(dim=0)  # (n, width)
         if keep_norm:  # mean over the operands that have a vector at each position (padding excluded)

@@ -180,3 +180,25 @@ def test_the_partial_hint_is_only_given_when_the_partial_install_would_fit():
         assert "partial" not in str(caught.value)
     with pytest.raises(InstallError, match=r"trained for SD 1\.x; this model is the demo world"):
         vectors_for_encoders(rand("sd", 1, 768), model(emb_params=64), model_family="demo")
+
+
+def test_uninstall_and_a_shrinking_reinstall_keep_decode_working():
+    pipe = fresh_sd1()
+    encoders = pipeline_encoders(pipe)
+    ids = pipe.tokenizer("a red circle", add_special_tokens=False).input_ids
+    assert pipe.tokenizer.decode(ids) == "a red circle"
+    install(rand("cat", 3), encoders)
+    install(rand("cat", 1), encoders)  # drops <cat>_1, <cat>_2 through the same backend swap
+    assert pipe.tokenizer.decode(ids) == "a red circle"
+    uninstall("cat", encoders)
+    assert pipe.tokenizer.decode(ids) == "a red circle"  # not 'a</w>red</w>circle</w>'
+
+
+def test_install_under_another_token_name_keeps_the_name_in_errors():
+    pipe = fresh_sd1()
+    encoders = pipeline_encoders(pipe)
+    cat = rand("my--cat", 2)
+    assert install(cat, encoders, token_name="ts0") == ["<ts0>", "<ts0>_1"]
+    assert installed_tokens("my--cat", pipe.tokenizer) == []
+    with pytest.raises(InstallError, match="embedding 'my--cat' has width 48"):
+        install(rand("my--cat", 1, width=48), encoders, token_name="ts0")

@@ -121,3 +121,32 @@ def test_infinite_weights_and_overflowing_blends_are_refused_in_words():
         blend([(one, float("inf"))], "x")
     with pytest.raises(EmbeddingFormatError, match="overflows"):
         blend([(e("big", [[3e38, 3e38]]), 1e10)], "x")
+
+
+def _angle(u, v):
+    return math.degrees(math.acos(float(u @ v) / float(u.norm() * v.norm())))
+
+
+def test_slerp_turns_t_of_the_angle_when_the_norms_differ():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 4.0]])  # 90 degrees apart, norms 1 and 4
+    for t in (0.1, 0.3, 0.5):
+        out = slerp(a, b, t)[0]
+        assert _angle(out, a[0]) == pytest.approx(90 * t, abs=1e-3)
+        assert float(out.norm()) == pytest.approx((1 - t) * 1 + t * 4, abs=1e-5)  # norms go linearly
+
+
+def test_slerp_takes_the_present_vector_times_its_weight_where_the_other_is_padding():
+    long, short = e("long", [[1.0, 0.0], [0.0, 2.0]]), e("short", [[0.0, 1.0]])
+    out = blend([(long, 0.7), (short, 0.3)], "mix", method="slerp").vectors["emb_params"]
+    assert out[1].tolist() == pytest.approx([0.0, 0.7 * 2.0])  # as lerp: short contributes nothing there
+
+
+def test_slerp_version_1_is_the_first_slerp_for_replays():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 4.0]])
+    omega = math.pi / 2
+    old = [math.sin(0.7 * omega), 4 * math.sin(0.3 * omega)]  # sin((1-t)Ω)·a + sin(tΩ)·b, raw vectors
+    assert slerp(a, b, 0.3, version=1)[0].tolist() == pytest.approx(old)
+    pair = [(e("a", a.tolist()), 0.7), (e("b", b.tolist()), 0.3)]
+    assert blend(pair, "x", method="slerp", slerp_version=1).vectors["emb_params"][0].tolist() == (
+        pytest.approx(old)
+    )

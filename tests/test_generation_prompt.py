@@ -96,7 +96,8 @@ def test_escapes_keep_brackets_literal():
         ("a (b", "unclosed '('"),
         ("a <cat", "unclosed '<'"),
         ("a ) b", "unmatched ')'"),
-        ("a <0.5*<cat>>", "at least two operands"),
+        ("a [red|blue] circle", "alternation [a|b] is not supported"),
+        ("a (red:-0.5) circle", "a weight must be 0 or more"),
     ],
 )
 def test_malformed_prompts_say_what_and_where(bad, words):

@@ -283,3 +283,29 @@ def test_an_image_made_before_the_reader_was_recorded_replays_with_the_first_rea
     path = _with_chunk(tmp_path / "before.png", prov)
     again = replay(path, store=None, session=session)
     assert np.array_equal(np.asarray(again.image), np.asarray(old.image))
+
+
+def test_an_image_made_with_the_first_slerp_replays_with_it(session, store, tmp_path):
+    request = _request(prompt="a <slerp(<cat>, red, 0.4)> puppy", swaps={})
+    [new] = session.generate(request, store=store)
+    assert new.provenance["slerp"] == 2
+    session.encoder.slerp_version = 1  # as tokensmith made it before slerp kept the angle for unequal norms
+    try:
+        [old] = session.generate(request, store=store)
+    finally:
+        session.encoder.slerp_version = 2
+    assert not np.array_equal(np.asarray(old.image), np.asarray(new.image))  # the two slerps differ here
+    made_before = replace(old, provenance={k: v for k, v in old.provenance.items() if k != "slerp"})
+    again = replay(save_png(made_before, tmp_path / "before.png"), store=store, session=session)
+    assert np.array_equal(np.asarray(again.image), np.asarray(old.image))
+    assert again.provenance == made_before.provenance  # still says it was made with the first slerp
+    assert session.encoder.slerp_version == 2  # the session is left as it was found
+    now = replay(save_png(new, tmp_path / "now.png"), store=store, session=session)
+    assert np.array_equal(np.asarray(now.image), np.asarray(new.image)) and now.provenance["slerp"] == 2
+
+
+def test_an_unknown_slerp_version_is_named(session, store, tmp_path):
+    [result] = session.generate(_request(), store=store)
+    path = _with_chunk(tmp_path / "edited.png", result.provenance | {"slerp": 7})
+    with pytest.raises(ReplayError, match="has a bad 'slerp': 7"):
+        replay(path, store=store, session=session)

@@ -1,21 +1,33 @@
 """Prompts to tensors: install the embeddings a prompt needs, build inline blends, encode with compel.
 
-Compel does the weighting (`(text)1.2`); it reads the tokenizer as it is, so injected `<name>` tokens and
-weights compose (the failure elsewhere is pre-encoding prompts before the tokens exist). Prompt editing
-is a list of encodings, one per stretch of steps (`PromptPlan`).
+Compel does the weighting of the (text, weight) runs prompt.fragments makes (compel never parses our text);
+it reads the tokenizer as it is, so injected tokens and weights compose (the failure elsewhere is
+pre-encoding prompts before the tokens exist). Embeddings go in under aliases (`<ts0>`, `<ts0>_1`): the
+tokenizer never holds a real `<name>`, so text that merely looks like one (`\\<cat\\>`) stays text. Prompt
+editing is a list of encodings, one per stretch of steps (`PromptPlan`).
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 
 import torch
 
-from embeddings import Embedding, Store, expand_prompt, install, needs_partial
+from embeddings import Embedding, Store, install, needs_partial, token_names
 from embeddings.errors import TokensmithError
-from studio.generation.prompt import Blend, Node, PromptError, blends, embedding_names, schedule
+from embeddings.maths import SLERP_VERSION
+from studio.generation.prompt import (
+    Blend,
+    Node,
+    PromptError,
+    blends,
+    embedding_names,
+    fragments,
+    render,
+    schedule,
+    to_text,
+)
 from trainers.models import LoadedModel
 
 # The metadata key that marks an embedding installed with the clip_l-only (partial) install; provenance
@@ -34,7 +46,7 @@ class PromptPlan:
     """The conditioning for each stretch of steps: [(start_fraction, Conditioning), ...] (prompt editing)."""
 
     segments: list[tuple[float, Conditioning]]
-    texts: list[tuple[float, str]] = field(default_factory=list)  # the compel text of each segment
+    texts: list[tuple[float, str]] = field(default_factory=list)  # render()'s text of each segment
 
     def at(self, fraction: float) -> Conditioning:
         """The conditioning in force at a fraction of the steps."""
@@ -52,6 +64,9 @@ class PromptEncoder:
     clip_l (clip_g gets zero vectors), an SDXL one's clip_l half into SD 1.x; without it such an embedding
     is refused with that advice. It is opt-in because only half of the text conditioning carries the
     concept: a weaker effect.
+
+    `slerp_version` is how inline slerp blends are computed (maths.SLERP_VERSION); `replay` sets 1 for
+    images made with the first slerp.
     """
 
     def __init__(self, model: LoadedModel, *, partial: bool = False) -> None:
@@ -59,8 +74,11 @@ class PromptEncoder:
 
         self.model = model
         self.partial = partial
+        self.slerp_version = SLERP_VERSION
         self.installed: dict[str, Embedding] = {}  # name -> what is in the tokenizer now (marked if partly)
-        self._cache: dict[str, Conditioning] = {}
+        self._aliases: dict[str, str] = {}  # name -> the token name it is installed under ("ts0")
+        self._written: dict[str, str] = {}  # a name as a prompt wrote it -> the stored name (case may differ)
+        self._cache: dict[tuple, Conditioning] = {}
         # One Compel per encoder (compel's own multi-encoder mode is deprecated); SDXL concatenates the
         # penultimate hidden states of both and takes the pooled embedding from the second, as diffusers does.
         kind = (
@@ -74,7 +92,7 @@ class PromptEncoder:
                 text_encoder=te,
                 returned_embeddings_type=kind,
                 requires_pooled=model.is_sdxl and i == len(model.encoders) - 1,
-                truncate_long_prompts=True,
+                truncate_long_prompts=False,  # _check_length refuses what does not fit; never cut silently
             )
             for i, (_key, tok, te) in enumerate(model.encoders)
         ]
@@ -85,7 +103,9 @@ class PromptEncoder:
         """Install every stored embedding and inline blend the prompt uses; returns them (for provenance)."""
         used: list[Embedding] = []
         for name in embedding_names(nodes):
-            used.append(self._ensure(load_stored(name, store)))
+            emb = self._ensure(load_stored(name, store))
+            self._written[name] = emb.name
+            used.append(emb)
         for blend in blends(nodes):
             self._ensure(self.materialize(blend))
         return used
@@ -98,11 +118,11 @@ class PromptEncoder:
         parts = []
         for weight, operand in blend.parts:
             if operand.kind == "embedding":
-                parts.append((self.installed[operand.text], weight))
+                parts.append((self.installed[self._written.get(operand.text, operand.text)], weight))
             else:
                 parts.append((word_operand(operand.text, self.model.encoders), weight))  # (n_tokens, width)
         try:
-            return blend_embeddings(parts, blend.name, method=blend.method)
+            return blend_embeddings(parts, blend.name, method=blend.method, slerp_version=self.slerp_version)
         except (ValueError, TokensmithError) as exc:
             raise PromptError(f"cannot blend {blend.expression}: {exc}") from exc
 
@@ -114,7 +134,8 @@ class PromptEncoder:
         if stale or (installed_partly(current) and not self.partial):
             encoders = self.model.encoders
             partly = self.partial and needs_partial(emb, encoders)
-            install(emb, encoders, partial=self.partial, model_family=self.model.family)
+            alias = self._aliases.setdefault(emb.name, f"ts{len(self._aliases)}")
+            install(emb, encoders, partial=self.partial, model_family=self.model.family, token_name=alias)
             current = emb.with_meta(**{INSTALL_META: PARTIAL}) if partly else emb
             self.installed[emb.name] = current
             self._cache.clear()
@@ -122,38 +143,58 @@ class PromptEncoder:
 
     # --- encoding ---
 
-    def plan(self, nodes: tuple[Node, ...], steps: int) -> PromptPlan:
-        """Encode each stretch of a (parsed, swapped, installed) prompt for a run of `steps` steps."""
-        texts = schedule(nodes, steps) or [(0.0, "")]
-        return PromptPlan([(start, self.encode(text)) for start, text in texts], texts)
+    def plan(self, nodes: tuple[Node, ...], steps: int, *, what: str = "the prompt") -> PromptPlan:
+        """Encode each stretch of a (parsed, swapped, installed) prompt for a run of `steps` steps; `what`
+        names the prompt in errors ("the negative prompt")."""
+        texts = schedule(nodes, steps, self.spell)
+        return PromptPlan([(start, self.encode(nodes, start, steps, what=what)) for start, _ in texts], texts)
 
-    def encode(self, text: str) -> Conditioning:
-        """Compel text with `<name>` triggers -> Conditioning (multi-vector triggers expanded first)."""
-        text = expand_prompt(text, self.installed.values())
-        if text not in self._cache:
-            self._check_length(text)
+    def encode(
+        self, nodes: tuple[Node, ...], at: float = 0.0, steps: int = 1, *, what: str = "the prompt"
+    ) -> Conditioning:
+        """The Conditioning of installed `nodes` at step fraction `at`: compel weights prompt.fragments."""
+        runs = fragments(nodes, at, steps, self.spell)
+        pooled_text = render(nodes, at, steps, self.spell)
+        key = (tuple(runs), pooled_text)
+        if key not in self._cache:
+            self._check_length(runs, nodes, what)
+            texts, weights = [t for t, _w in runs], [w for _t, w in runs]
             parts, pooled = [], None
             with torch.no_grad():
                 for compel in self._compels:
-                    out = compel(text)
-                    if isinstance(out, tuple):
-                        out, pooled = out  # (1, L, D_k), (1, D2)
-                    parts.append(out)
+                    provider = compel.conditioning_provider
+                    parts.append(
+                        provider.get_embeddings_for_weighted_prompt_fragments(
+                            text_batch=[texts], fragment_weights_batch=[weights], device=compel.device
+                        )
+                    )  # (1, L, D_k)
+                    if compel.requires_pooled:  # as compel computes it: from the whole text, unweighted
+                        pooled = provider.get_pooled_embeddings([pooled_text], device=compel.device)
+                        # pooled: (1, D2)
             embeds = torch.cat(parts, dim=-1)  # (1, L, sum of D_k)
-            self._cache[text] = Conditioning(embeds=embeds, pooled=pooled)
-        return self._cache[text]
+            self._cache[key] = Conditioning(embeds=embeds, pooled=pooled)
+        return self._cache[key]
 
-    def _check_length(self, text: str) -> None:
-        """Truncating silently drops words (and the embeddings in them): refuse prompts that do not fit."""
-        tokenizer = self.model.encoders[0][1]
-        limit = tokenizer.model_max_length - 2  # start and end tokens
-        plain = re.sub(r"\)[-+]?[\d.]+", " ", text).replace("(", " ").replace("\\", "")  # weights off
-        count = len(tokenizer(plain, add_special_tokens=False).input_ids)
-        if count > limit:
-            raise PromptError(
-                f"the prompt is {count} tokens but this model reads at most {limit}: shorten it "
-                f"({_short(plain)!r})"
-            )
+    def spell(self, name: str) -> str:
+        """The alias tokens an installed name (as written, or a blend's) stands for: '<ts0> <ts0>_1'."""
+        stored = self._written.get(name, name)
+        if stored not in self._aliases:
+            raise PromptError(f"<{name}> is not installed: PromptEncoder.require the prompt before encoding")
+        return " ".join(token_names(self._aliases[stored], self.installed[stored].num_vectors))
+
+    def _check_length(self, runs: list[tuple[str, float]], nodes: tuple[Node, ...], what: str) -> None:
+        """Truncating silently drops words (and the embeddings in them): refuse prompts that do not fit,
+        counting the tokens compel will encode (an n-vector embedding counts n)."""
+        for compel in self._compels:
+            provider = compel.conditioning_provider
+            limit = provider.max_token_count - len(provider.bos_sequence) - len(provider.eos_sequence)
+            ids = provider.get_token_ids([t for t, _w in runs], include_start_and_end_markers=False)
+            count = sum(len(i) for i in ids)
+            if count > limit:
+                raise PromptError(
+                    f"{what} is {count} tokens but this model reads at most {limit}: shorten it "
+                    f"({_short(to_text(nodes))!r})"
+                )
 
 
 def installed_partly(emb: Embedding) -> bool:
@@ -162,8 +203,21 @@ def installed_partly(emb: Embedding) -> bool:
 
 
 def load_stored(name: str, store: Store | None) -> Embedding:
-    """An embedding from the store, or PromptError naming the closest stored names."""
+    """An embedding from the store, or PromptError naming the closest stored names.
+
+    Names match case-insensitively: <mycat> finds a stored MyCat when no other name differs from it only in
+    case (then the prompt must write the exact one).
+    """
     names = store.names() if store is not None else []
+    if name not in names:
+        folded = [n for n in names if n.lower() == name.lower()]
+        if len(folded) == 1:
+            return store.get(folded[0])
+        if folded:
+            raise PromptError(
+                f"<{name}> matches {' and '.join(f'<{n}>' for n in folded)}, which differ only in case: "
+                "write the name in its exact case"
+            )
     if store is None or name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'<{c}>' for c in close)}?" if close else ""

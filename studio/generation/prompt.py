@@ -1,16 +1,19 @@
-"""The prompt language, strings only: parse it, apply swaps, and flatten it to compel text per step fraction.
+"""The prompt language, strings only: parse it, apply swaps, flatten it to weighted text per step fraction.
 
     a <cat> on a mat                         <name>: a stored embedding (never collides with a word)
     a (<cat>:1.2) with (red:0.8) stripes     (text:W): weight; (text) is ×1.1 and [text] ÷1.1, as in A1111
     a <0.6*keyboard + 0.4*typewriter>        inline token-level blend of words and/or embeddings
     a <0.5*<cat> + 0.5*<dog>>                (weights as written; a bare operand weighs 1; '-' subtracts)
+    a <1.3*<cat>>                            one operand: a scaled token
     a <slerp(<cat>, <dog>, 0.3)>             spherical blend, 0.3 of the way from <cat> to <dog>
     a [<cat>:<dog>:0.4] on a mat             prompt editing: <cat> for the first 40% of steps, then <dog>
     a [red:blue:5] circle                    ... a `when` of 1 or more is a step number
-    a \\(literal\\) bracket                  backslash escapes ( ) [ ] < > :
+    a \\(literal\\) bracket                  backslash escapes ( ) [ ] < > : and \\ itself
 
-`parse` gives a tuple of nodes; `apply_swaps` makes a word stand for an embedding; `schedule` renders the
-compel text for each stretch of steps. Tensors live in conditioning.py.
+`parse` gives a tuple of nodes; `apply_swaps` makes a word stand for an embedding; `fragments` flattens them
+to the (text, weight) runs compel weights for a fraction of the steps, `schedule` says where the text changes.
+Compel never parses our text: its own syntax (`word+`, `"quoted"`, `.swap()`) would misread names and plain
+punctuation, so a prompt means what this language says and nothing else. Tensors live in conditioning.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from embeddings.blend_expr import BlendSyntaxError, Operand
@@ -27,6 +31,7 @@ from embeddings.errors import TokensmithError
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
 SPECIAL = "()[]<>:\\"
+ESCAPE = re.compile(r"\\([()\[\]<>:\\])")  # \X for X in SPECIAL: the character X itself
 PAREN_WEIGHT = 1.1  # A1111: (text) is ×1.1, [text] is ÷1.1
 
 
@@ -85,6 +90,17 @@ Node = Text | EmbeddingRef | Blend | Weighted | Edit
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def _weight(x: float) -> float:
+    """A weight as compel read it from `_num`'s spelling (6 significant digits), so images made when compel
+    parsed our text keep their exact weights: [text] is 0.909091, not 1/1.1."""
+    return float(_num(x))
+
+
+def literal(text: str) -> str:
+    """Source text with its escapes resolved: 'a \\(x\\) \\<y\\> 1\\:2' -> 'a (x) <y> 1:2'."""
+    return ESCAPE.sub(r"\1", text)
 
 
 def _quote_word(word: str) -> str:
@@ -170,6 +186,8 @@ class _Parser:
         if self.text[self.pos] != ":":
             self.fail(f"expected ':' or ')' to close the '(' at character {start + 1}")
         weight = self.number(closer=")", what="a weight like (text:1.2)")
+        if weight < 0:
+            self.fail("a weight must be 0 or more: (text:0) leaves the text out, below 1 fades it", at=start)
         return Weighted(children, weight)
 
     def bracket(self) -> Node:
@@ -179,6 +197,12 @@ class _Parser:
         if self.pos >= len(self.text):
             self.fail("unclosed '[': write [from:to:0.4] or escape it as \\[", at=start)
         if self.text[self.pos] == "]":
+            if any(isinstance(n, Text) and "|" in n.text for n in before):
+                self.fail(
+                    "alternation [a|b] is not supported: write one of them, or use prompt editing "
+                    "[a:b:0.5] to switch halfway",
+                    at=start,
+                )
             self.pos += 1
             return Weighted(before, 1 / PAREN_WEIGHT)
         if self.text[self.pos] != ":":
@@ -209,7 +233,7 @@ def parse_blend(expr: str) -> Blend:
     """`0.6*keyboard + 0.4*typewriter`, `0.5*<cat> + 0.5*<dog>`, `slerp(<cat>, <dog>, 0.3)` -> Blend.
 
     The expression language is the embeddings core's (`tokensmith blend` reads the same); a bare operand
-    weighs 1 and `-` subtracts.
+    weighs 1 and `-` subtracts. One operand is a scaled token: `<1.3*<cat>>`, `<-1*<cat>>`.
     """
     try:
         spec = parse_blend_expression(expr)
@@ -217,8 +241,6 @@ def parse_blend(expr: str) -> Blend:
         raise PromptError(
             f"malformed blend <{expr}>: {exc}; write <0.6*word + 0.4*<name>> or <slerp(<a>, <b>, 0.3)>"
         ) from exc
-    if len(spec.parts) < 2:
-        raise PromptError(f"malformed blend <{expr}>: a blend needs at least two operands")
     return Blend(tuple((float(w), o) for o, w in spec.parts), spec.method)
 
 
@@ -261,10 +283,26 @@ def apply_swaps(nodes: tuple[Node, ...], swaps: dict[str, str]) -> tuple[Node, .
 
 
 def unmatched_swaps(swaps: dict[str, str], *prompts: tuple[Node, ...]) -> list[str]:
-    """The swap words that occur in none of `prompts` (a swap that would silently do nothing)."""
-    return [
+    """The swap words that occur in none of `prompts` (a swap that would silently do nothing).
+
+    A word found only inside a quoted blend phrase (`<0.5*'red puppy' + ...>`) is a PromptError that says so:
+    a swap replaces a whole blend operand, and a phrase's words are one operand.
+    """
+    unmatched = [
         word for word in swaps if all(apply_swaps(nodes, {word: swaps[word]}) == nodes for nodes in prompts)
     ]
+    for word in unmatched:
+        inside = re.compile(rf"(?<![\w<]){re.escape(word)}(?![\w>])", re.I)
+        for nodes in prompts:
+            for blend in blends(nodes):
+                for _w, operand in blend.parts:
+                    if operand.kind == "word" and " " in operand.text and inside.search(operand.text):
+                        raise PromptError(
+                            f"swap {word!r} is a word of the quoted blend phrase {operand.text!r}: a swap "
+                            f"replaces a whole blend operand; write <name> in the phrase's place, or make "
+                            f"{word!r} an operand of its own"
+                        )
+    return unmatched
 
 
 def _swap_target(target: str) -> Node:
@@ -330,9 +368,15 @@ def blends(nodes: tuple[Node, ...]) -> list[Blend]:
 
 # --- flattening ---
 
+Spell = Callable[[str], str]  # an embedding's (or inline blend's) name -> the tokens that stand for it
 
-def schedule(nodes: tuple[Node, ...], steps: int) -> list[tuple[float, str]]:
-    """[(start_fraction, compel_text), ...]: the text to encode from each fraction of the steps on.
+
+def trigger(name: str) -> str:
+    return f"<{name}>"
+
+
+def schedule(nodes: tuple[Node, ...], steps: int, spell: Spell = trigger) -> list[tuple[float, str]]:
+    """[(start_fraction, text), ...]: where the prompt changes, with `render`'s text from each fraction on.
 
     'a [<cat>:<dog>:0.4]' with 10 steps -> [(0.0, 'a <cat>'), (0.4, 'a <dog>')].
     """
@@ -340,31 +384,87 @@ def schedule(nodes: tuple[Node, ...], steps: int) -> list[tuple[float, str]]:
     starts = [0.0] + [c for c in cuts if c < 1.0]
     out: list[tuple[float, str]] = []
     for start in starts:
-        text = render(nodes, start, steps)
+        text = render(nodes, start, steps, spell)
         if not out or out[-1][1] != text:
             out.append((start, text))
     return out
 
 
 def _fraction(when: float, steps: int) -> float:
+    """A `when` as a fraction of the steps. The switch happens at the first step whose fraction of the steps
+    (step / steps, counting from 0) is at least this: [a:b:0.25] over 10 steps is `a` for steps 0-2."""
     return when if when < 1 else min(when / max(steps, 1), 1.0)
 
 
-def render(nodes: tuple[Node, ...], at: float = 0.0, steps: int = 1) -> str:
-    """Compel text at step fraction `at`: weights become `(text)1.2`, embeddings and blends `<name>`."""
+def _side(node: Edit, at: float, steps: int) -> tuple[Node, ...]:
+    return node.after if at >= _fraction(node.when, steps) else node.before
+
+
+def render(nodes: tuple[Node, ...], at: float = 0.0, steps: int = 1, spell: Spell = trigger) -> str:
+    """The prompt at step fraction `at` in compel's spelling: weights `(text)1.2`, embeddings `spell(name)`.
+
+    Compel does not parse it (see `fragments`); it is the text SDXL's pooled embedding reads, spelled as when
+    compel did parse it, so those images keep their pooled embedding: `\\(` and `\\)` stay escaped.
+    """
     pieces = []
     for node in nodes:
         if isinstance(node, Text):
-            pieces.append(node.text)
+            pieces.append(re.sub(r"\\([\[\]<>:\\])", r"\1", node.text))
         elif isinstance(node, EmbeddingRef | Blend):
-            pieces.append(f"<{node.name}>")
+            pieces.append(spell(node.name))
         elif isinstance(node, Weighted):
-            inner = render(node.children, at, steps).strip()
+            inner = render(node.children, at, steps, spell).strip()
             pieces.append(f"({inner}){_num(node.weight)}" if inner else "")
         elif isinstance(node, Edit):
-            side = node.after if at >= _fraction(node.when, steps) else node.before
-            pieces.append(render(side, at, steps))
+            pieces.append(render(_side(node, at, steps), at, steps, spell))
     return re.sub(r"[ \t]{2,}", " ", "".join(pieces))
+
+
+def fragments(
+    nodes: tuple[Node, ...], at: float = 0.0, steps: int = 1, spell: Spell = trigger
+) -> list[tuple[str, float]]:
+    """The (text, weight) runs compel weights at step fraction `at`, escapes resolved.
+
+    'a (<cat>:1.2) on a [mat]' -> [('a', 1.0), ('<cat>', 1.2), ('on a', 1.0), ('mat', 0.909091)]
+
+    We hand these to compel's weighting directly instead of letting it parse text: its syntax would read
+    `<my--cat>` as a down-weight, `red+` as an up-weight, drop quotes, and glue `(red)1.1 3 circles`'s 3 onto
+    the weight. The runs are the ones compel's parser made of the text `render` wrote whenever it read that
+    text as meant, so those prompts encode exactly as before: nested weights multiply outside in, neighbours
+    of equal weight fuse, and inside a weight ',' and '.' stand alone, as compel split them there.
+    """
+    stretches: list[tuple[str, float, bool]] = []
+    _stretches(nodes, at, steps, spell, 1.0, False, stretches)
+    runs: list[tuple[str, float]] = []
+    for text, weight, weighted in stretches:
+        text = re.sub(r"([,.])", r" \1 ", text) if weighted else re.sub(r",(\S)", r", \1", text)
+        text = " ".join(text.split())
+        if not text:
+            continue
+        if runs and runs[-1][1] == weight:
+            runs[-1] = (runs[-1][0] + " " + text, weight)
+        else:
+            runs.append((text, weight))
+    return runs or [("", 1.0)]
+
+
+def _stretches(nodes, at, steps, spell, weight: float, weighted: bool, out: list) -> None:
+    """Append (text, weight, inside a weight) for each stretch of text between weight brackets."""
+    for node in nodes:
+        if isinstance(node, Weighted):
+            if render(node.children, at, steps, spell).strip():  # as `render`: an empty weight is nothing
+                out.append(("", weight, weighted))  # a bracket ends the stretch before it
+                _stretches(node.children, at, steps, spell, weight * _weight(node.weight), True, out)
+                out.append(("", weight, weighted))
+            continue
+        if isinstance(node, Edit):
+            _stretches(_side(node, at, steps), at, steps, spell, weight, weighted, out)
+            continue
+        text = spell(node.name) if isinstance(node, EmbeddingRef | Blend) else literal(node.text)
+        if out and out[-1][1:] == (weight, weighted) and out[-1][0]:
+            out[-1] = (out[-1][0] + text, weight, weighted)  # same stretch: the text is contiguous
+        else:
+            out.append((text, weight, weighted))
 
 
 def to_text(nodes: tuple[Node, ...]) -> str:

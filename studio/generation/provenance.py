@@ -1,8 +1,9 @@
 """Provenance: every PNG carries how it was made, and `replay` makes it again pixel for pixel.
 
 Two text chunks: `tokensmith` (JSON: prompt, negative, model and family, each embedding's name and sha256,
-those installed partly (--partial), blends, swaps, guides, scheduler, steps, guidance, seed, size, init
-image hash, version) and `parameters` (the AUTOMATIC1111 infotext, so other tools show the settings too).
+those installed partly (--partial), blends and the slerp they were computed with, swaps, guides, scheduler,
+steps, guidance, seed, size, init image hash, version) and `parameters` (the AUTOMATIC1111 infotext, so
+other tools show the settings too).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from embeddings import Store, package_version
 from embeddings.errors import TokensmithError
 from embeddings.files import atomic_write_bytes
+from embeddings.maths import SLERP_VERSION
 from studio.generation.conditioning import installed_partly
 from studio.generation.schedule import sampler_title
 
@@ -58,6 +60,8 @@ def provenance_dict(
         # installed clip_l-only (--partial); replay installs them so again. Absent when none was.
         **({"partial": partly} if partly else {}),
         "blends": blends,
+        # how inline slerp blends were computed (maths.SLERP_VERSION); absent in images made with slerp 1
+        "slerp": SLERP_VERSION,
         "swaps": dict(req.swaps),
         "guides": [g.run_spec for g in guides],  # match's path resolved, so a replay elsewhere finds it
         "guide_files": [g.record() for g in guides if g.file is not None],
@@ -187,6 +191,9 @@ def _malformed(prov: dict) -> str | None:
         for e in entries
     ):
         return "has a bad 'embeddings' list"
+    slerp = prov.get("slerp", 1)
+    if isinstance(slerp, bool) or slerp not in range(1, SLERP_VERSION + 1):
+        return f"has a bad 'slerp': {json.dumps(slerp)}"
     init = prov.get("init_image")
     if init is not None and not (
         isinstance(init, dict) and isinstance(init.get("sha256"), str) and init.get("reader", 1) in (1, 2)
@@ -217,6 +224,11 @@ def request_from(prov: dict) -> Any:
         step_clock=prov.get("step_clock", "evaluations"),  # images from before it was recorded
         init_reader=init_reader(init),
     )
+
+
+def slerp_version(prov: dict) -> int:
+    """How the image's inline slerp blends were computed: its record's `slerp`, 1 for images made before."""
+    return int(prov.get("slerp", 1))
 
 
 def init_reader(init: dict | None) -> int:
@@ -274,10 +286,15 @@ def replay(
         raise ReplayError(f"cannot replay {label or path}: " + "; ".join(missing))
     if session is None:
         session = Session(model or prov["model"])
-    asked = session.encoder.partial
-    session.encoder.partial = bool(prov.get("partial"))  # as the image was made: --partial or not
+    encoder = session.encoder
+    asked = encoder.partial, encoder.slerp_version
+    encoder.partial = bool(prov.get("partial"))  # as the image was made: --partial or not
+    encoder.slerp_version = slerp_version(prov)  # and with its slerp
     try:
         [result] = session.generate(request_from(prov), store=store)
     finally:
-        session.encoder.partial = asked
+        encoder.partial, encoder.slerp_version = asked
+    result.provenance.pop("slerp")  # the replay records the slerp it used: the image's own record
+    if "slerp" in prov:
+        result.provenance["slerp"] = prov["slerp"]
     return result

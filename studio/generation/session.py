@@ -208,7 +208,7 @@ class Session:
         by_evaluation = req.step_clock == "evaluations"
         clock = len(timesteps) if by_evaluation else steps
         plan = self.encoder.plan(nodes, clock)
-        negative_plan = self.encoder.plan(negative, clock)
+        negative_plan = self.encoder.plan(negative, clock, what="the negative prompt")
         if not negative and self.model.is_sdxl and pipe.config.get("force_zeros_for_empty_prompt", False):
             negative_plan = _zeros_like(plan)  # SDXL's convention for an empty negative prompt
         generator = torch.Generator("cpu").manual_seed(seed)
