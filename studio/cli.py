@@ -2,7 +2,8 @@
 
 Conventions (DESIGN.md): every subcommand takes `--home DIR` (else $TOKENSMITH_HOME, else ~/.tokensmith) and
 `--debug`; exit 0 on success, 2 on usage errors (argparse), 1 on other errors with one line that says what
-happened and what to do. Progress goes to stderr so stdout stays parseable.
+happened and what to do, 130 when Ctrl-C interrupts it (`tokensmith CMD: interrupted`; `train` and `demo`
+stop cleanly instead and exit 1 saying how to go on). Progress goes to stderr so stdout stays parseable.
 """
 
 from __future__ import annotations
@@ -29,13 +30,56 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports when the reader of a pipe stops early
+# Into a log file or a pipe a bar is not redrawn in place: every redraw would be kept. There it draws at most
+# once every this many seconds (and once when it ends).
+LOG_BAR_SECONDS = 30.0
+
+
+class UsageError(ValueError):
+    """A command given without what it needs (a required flag that no config file sets): exit 2."""
 
 
 def home_dir(override: str | Path | None = None) -> Path:
-    """The tokensmith home: `override`, else $TOKENSMITH_HOME, else ~/.tokensmith."""
-    chosen = override or os.environ.get("TOKENSMITH_HOME") or "~/.tokensmith"
+    """The tokensmith home: `override`, else $TOKENSMITH_HOME, else ~/.tokensmith.
+
+    An empty `override` is a UsageError, not "no override": `--home "$PROJECT_HOME"` with the variable unset
+    must not write into the user's own store."""
+    if override is not None and not str(override).strip():
+        raise UsageError('--home is empty: give a folder (is the variable in --home "$VAR" unset?)')
+    chosen = override if override is not None else os.environ.get("TOKENSMITH_HOME") or "~/.tokensmith"
     return Path(chosen).expanduser()
+
+
+def version() -> str:
+    """The installed distribution's version ('0.1.0'), or a note when it runs from a source tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tokensmith")
+    except PackageNotFoundError:
+        return "unknown (not installed: `pip install -e .` in the source tree)"
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def bar_options() -> dict:
+    """tqdm keyword arguments for a progress bar on stderr: redrawn in place on a terminal; into a log file
+    or a pipe, drawn at most every LOG_BAR_SECONDS rather than at every step."""
+    if sys.stderr.isatty():
+        return {"file": sys.stderr, "dynamic_ncols": True}
+    return {"file": sys.stderr, "mininterval": LOG_BAR_SECONDS, "maxinterval": LOG_BAR_SECONDS}
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -52,17 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokensmith",
         description="Train, store, convert, blend and use textual-inversion embeddings.",
-        epilog="Run `tokensmith COMMAND --help` for a command's options and an example.",
+        epilog="Run `tokensmith COMMAND --help` for a command's options and an example. --home and --debug "
+        "go after the command: tokensmith list --home DIR.",
     )
+    parser.add_argument("--version", action="version", version=f"tokensmith {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = common_parser()
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers, common)
+    for command in subparsers.choices.values():
+        # main() reports a stray argument with the command's own usage line, as argparse does its other errors
+        command.set_defaults(command_parser=command)
     return parser
-
-
-class UsageError(ValueError):
-    """A command given without what it needs (a required flag that no config file sets): exit 2."""
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -77,11 +122,19 @@ def _is_user_error(exc: BaseException) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Subparsers hand arguments they do not know to the top-level parser, whose error would name neither the
+    # command nor its usage: they are reported here by the command's own parser (exit 2).
+    args, extra = parser.parse_known_args(argv)
+    command_parser = getattr(args, "command_parser", parser)
+    if extra:
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    args.home = home_dir(args.home)
+    try:
+        args.home = home_dir(args.home)
+    except UsageError as exc:
+        command_parser.error(str(exc))
     if not args.debug:
         # transformers warns on import about optional backends (torchvision) that tokensmith never uses;
         # our own errors say what matters. --debug keeps every library message.
@@ -89,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.run(args)
     except KeyboardInterrupt:
-        print("tokensmith: interrupted", file=sys.stderr)
-        return 130
+        print(f"tokensmith {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `tokensmith list | head`: the reader has what it wanted. Point stdout at /dev/null so the
         # interpreter's final flush does not fail again, and stop quietly.
@@ -106,4 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m studio.cli`: run the imported module's main, whose UsageError is the one commands raise
+    from studio import cli
+
+    sys.exit(cli.main())

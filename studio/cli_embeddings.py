@@ -10,7 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from studio.cli import at_least_one
+from studio.cli_generate import check_model_options
+
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
+STORED_NAME = "a stored embedding's name (`tokensmith list` shows them)"
 
 
 def epilog(text: str) -> dict:
@@ -18,15 +22,9 @@ def epilog(text: str) -> dict:
     return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
-def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number >= 1 (a usage error, exit 2, otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def described(help_text: str) -> dict:
+    """add_parser keyword arguments for a command's help line, and the same as the sentence under `usage:`."""
+    return {"help": help_text, "description": help_text[0].upper() + help_text[1:] + "."}
 
 
 def register(subparsers, common) -> None:
@@ -34,7 +32,7 @@ def register(subparsers, common) -> None:
     sub = subparsers.add_parser(
         "list",
         parents=[common],
-        help="list stored embeddings (reads file headers only)",
+        **described("list stored embeddings (reads file headers only)"),
         **epilog("Examples:\n  tokensmith list\n  tokensmith list --json | jq '.[].name'"),
     )
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -43,17 +41,17 @@ def register(subparsers, common) -> None:
     sub = subparsers.add_parser(
         "show",
         parents=[common],
-        help="show one stored embedding: metadata, shapes, norms",
+        **described("show one stored embedding: metadata, shapes, norms"),
         **epilog("Example:\n  tokensmith show bad-hands-5 --json"),
     )
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("name", metavar="NAME", help=STORED_NAME)
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_show)
 
     sub = subparsers.add_parser(
         "export",
         parents=[common],
-        help="write a stored embedding in another tool's format",
+        **described("write a stored embedding in another tool's format"),
         **epilog(
             "Examples:\n  tokensmith export my-cat --format a1111-pt --out my-cat.pt\n"
             "  tokensmith export my-xl --format diffusers --out my-xl/   # SDXL: a folder for the pair\n"
@@ -62,8 +60,10 @@ def register(subparsers, common) -> None:
             "a1111-pt: the .pt dict A1111 writes; a1111-png: the preview with the sd-ti-embedding chunk."
         ),
     )
-    sub.add_argument("name", metavar="NAME")
-    sub.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    sub.add_argument("name", metavar="NAME", help=STORED_NAME)
+    sub.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="the format to write (see below)"
+    )
     sub.add_argument("--out", required=True, metavar="PATH", help="output file (diffusers SDXL: a folder)")
     sub.add_argument("--force", action="store_true", help="replace existing output files")
     sub.set_defaults(run=run_export)
@@ -74,32 +74,40 @@ def register(subparsers, common) -> None:
         ("restore", "bring an embedding back from the trash", "tokensmith restore my-cat", run_restore),
     ):
         sub = subparsers.add_parser(
-            command, parents=[common], help=helptext, **epilog(f"Example:\n  {example}")
+            command, parents=[common], **described(helptext), **epilog(f"Example:\n  {example}")
         )
-        sub.add_argument("name", metavar="OLD" if command == "rename" else "NAME")
         if command == "rename":
-            sub.add_argument("new", metavar="NEW")
+            sub.add_argument("name", metavar="OLD", help="the stored name to change")
+            sub.add_argument("new", metavar="NEW", help="the new name (one that is not stored yet)")
+        elif command == "restore":
+            sub.add_argument("name", metavar="NAME", help="the name of an embedding in the trash")
+        else:
+            sub.add_argument("name", metavar="NAME", help=STORED_NAME)
         sub.set_defaults(run=fn)
 
     sub = subparsers.add_parser(
         "blend",
         parents=[common],
-        help="make a new embedding from a weighted mix of embeddings and words",
+        **described("make a new embedding from a weighted mix of embeddings and words"),
         **epilog(
             'Examples:\n  tokensmith blend "0.5*<cat> + 0.5*<dog>" --name catdog\n'
             '  tokensmith blend "slerp(<cat>, <dog>, 0.3)" --name mostly-cat --keep-norm\n'
-            '  tokensmith blend "0.6*keyboard + 0.4*typewriter" --name keywriter --model demo\n\n'
-            "<name> is a stored embedding; a bare word (or 'a phrase') is that text's token embeddings in\n"
-            "--model. Shorter operands are zero-padded to the longest; SDXL blends act per encoder."
+            '  tokensmith blend "0.6*red + 0.4*yellow" --name orange-ish --model demo\n\n'
+            "<name> is a stored embedding; a bare word is its token embedding in --model, and must be one\n"
+            "token of its vocabulary (a word it splits into pieces is refused: the mix would be of letter\n"
+            "fragments); 'a quoted phrase' is all its tokens, one vector each. Each word's tokens are\n"
+            "printed on stderr. Shorter operands are zero-padded to the longest; SDXL blends act per encoder."
         ),
     )
-    sub.add_argument("expr", metavar="EXPR")
+    sub.add_argument(
+        "expr", metavar="EXPR", help='the blend, e.g. "0.5*<cat> + 0.5*<dog>" (quote it for the shell)'
+    )
     sub.add_argument("--name", required=True, help="name of the new embedding")
     sub.add_argument("--model", help="model whose vocabulary gives words their vectors (default: demo)")
     _model_config_option(sub)
     sub.add_argument("--keep-norm", action="store_true", help="keep the operands' mean vector norm")
     sub.add_argument(
-        "--vectors", type=_at_least_one, metavar="N", help="crop or zero-pad the result to N vectors"
+        "--vectors", type=at_least_one, metavar="N", help="crop or zero-pad the result to N vectors"
     )
     sub.add_argument("--force", action="store_true", help="replace an embedding of the same name")
     sub.set_defaults(run=run_blend)
@@ -107,22 +115,22 @@ def register(subparsers, common) -> None:
     sub = subparsers.add_parser(
         "nearest",
         parents=[common],
-        help="the vocabulary tokens closest to each vector of an embedding",
+        **described("show the vocabulary tokens closest to each vector of an embedding"),
         **epilog(
             "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json"
         ),
     )
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("name", metavar="NAME", help=STORED_NAME)
     sub.add_argument("--model", default="demo", help="model whose vocabulary to search (default: demo)")
     _model_config_option(sub)
-    sub.add_argument("-k", type=_at_least_one, default=10, help="tokens per vector (default 10)")
+    sub.add_argument("-k", type=at_least_one, default=10, help="tokens per vector (default 10)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_nearest)
 
     sub = subparsers.add_parser(
         "doctor",
         parents=[common],
-        help="explain what an embedding file is and whether it fits a model",
+        **described("explain what an embedding file is and whether it fits a model"),
         **epilog(
             "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
             "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
@@ -131,7 +139,9 @@ def register(subparsers, common) -> None:
             "how to use it), 1 when it is unreadable or does not fit."
         ),
     )
-    sub.add_argument("path", metavar="PATH")
+    sub.add_argument(
+        "path", metavar="PATH", help="an embedding file (any format), a folder, or a stored name"
+    )
     sub.add_argument("--model", help="check the fit with this model")
     _model_config_option(sub)
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -267,7 +277,10 @@ def run_blend(args) -> int:
     if store.exists(args.name) and not args.force:
         raise StoreError(f"'{args.name}' already exists; choose another --name or pass --force")
     spec = parse_blend(args.expr)
+    check_model_options(args.model, args.model_config, "blend")
     model = _load_model(args.model or "demo", args.model_config) if spec.needs_model or args.model else None
+    if spec.needs_model:
+        check_word_operands(spec, args.expr, model.encoders[0][1])
     parts = []
     for operand, weight in spec.parts:
         if operand.kind == "embedding":
@@ -286,11 +299,41 @@ def run_blend(args) -> int:
     return 0
 
 
+def check_word_operands(spec, expr: str, tokenizer) -> None:
+    """Print each word operand's tokens on stderr ("'red' -> red (1 token)"), then refuse an unquoted word
+    that is not one token of the vocabulary: the model splits a word it does not know into pieces
+    ('keyboard' -> k, e, y, bo, a, r, d), and a blend of those is of letter fragments, not of the word.
+    A quoted phrase blends all its tokens on purpose."""
+    from embeddings.blend_expr import TOKEN
+
+    bare = {match.group("word") for match in TOKEN.finditer(expr) if match.group("word")}
+    refused = []
+    for text in dict.fromkeys(operand.text for operand, _ in spec.parts if operand.kind == "word"):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        pieces = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
+        print(f"{text!r} -> {', '.join(pieces)} ({len(ids)} token{'s' * (len(ids) != 1)})", file=sys.stderr)
+        if text in bare and (len(ids) > 1 or tokenizer.unk_token_id in ids):
+            refused.append((text, pieces))
+    if refused:
+        text, pieces = refused[0]
+        how = (
+            f"it splits into {len(pieces)} pieces ({', '.join(pieces)}), so the blend would mix those "
+            "fragments"
+            if len(pieces) > 1
+            else "it reads as the unknown token, so the blend would mix that"
+        )
+        raise ValueError(
+            f"{text!r} is not a word of this model's vocabulary: {how}, not the word; use a word the model "
+            f"knows as one token, or quote it ('{text}') to blend its pieces on purpose"
+        )
+
+
 def run_nearest(args) -> int:
     from embeddings import token_names, vectors_for_encoders
     from embeddings.maths import nearest_tokens, norm_report
 
     emb = store_of(args).get(args.name)
+    check_model_options(args.model, args.model_config, "nearest")
     model = _load_model(args.model, args.model_config)
     try:
         per_encoder, partial = vectors_for_encoders(emb, model.encoders, model_family=model.family), False
@@ -350,6 +393,7 @@ def run_doctor(args) -> int:
         if store_path is None or not store_path.exists():
             raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
         path = store_path
+    check_model_options(args.model, args.model_config, "doctor")
     model = _load_model(args.model, args.model_config) if args.model else None
     encoders, family = (model.encoders, model.family) if model else (None, None)
     report = diagnose(path, encoders, model_family=family)

@@ -11,7 +11,9 @@ from studio.cli_generate import (
     SCHEDULERS,
     StepProgress,
     add_command,
+    check_embeddings,
     check_img2img,
+    check_model_options,
     force_option,
     img2img_options,
     make_request,
@@ -133,9 +135,11 @@ def run_variations(args) -> int:
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
     refuse_existing(args.out, args.force)
     check_img2img(args.init_image, args.strength)
-    session = session_for(args)
     requests = [make_request(args, p, init_image=args.init_image, strength=args.strength) for p in prompts]
     check_swaps(requests)  # across all the prompts: a swap word may belong to one of them
+    store = store_for(args)
+    check_embeddings(requests, store)  # before the first row samples, not when the row that needs it does
+    session = session_for(args)
     total = len(seeds) * sum(session.step_count(req) for req in requests)  # also checks every request
     size = (
         session.model.resolution if args.width is None else args.width,
@@ -148,17 +152,20 @@ def run_variations(args) -> int:
         for req in requests:
             row = [init]
             for seed in seeds:
-                row.append(
-                    session.generate(_with_seed(req, seed), store=store_for(args), on_step=progress)[0].image
-                )
+                row.append(session.generate(_with_seed(req, seed), store=store, on_step=progress)[0].image)
             rows.append(row)
     finally:
         progress.close()
     save_image(
         compose(rows, prompts, ["init image"] + [f"seed {s}" for s in seeds]), args.out, overwrite=args.force
     )
-    print(f"wrote {args.out} ({len(prompts)} prompts × {len(seeds)} seeds)")
+    print(f"wrote {args.out} ({_count(len(prompts), 'prompt')} × {_count(len(seeds), 'seed')})")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 seed', '2 seeds'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _with_seed(req, seed: int):
@@ -174,6 +181,7 @@ def run_schedule(args) -> int:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the plot")
     refuse_existing(args.out, args.force)
+    check_model_options(args.model, args.model_config, "schedule")
     model = load_model(args.model, config=args.model_config)
     scheduler = make_scheduler(args.scheduler, model.pipe.scheduler.config)
     curves = schedule_curves(scheduler, args.steps)
@@ -216,6 +224,7 @@ def run_replay(args) -> int:
     session = None
     if args.model_config:  # a single-file checkpoint, recorded or given, loaded offline with these configs
         model = args.model or read_provenance(args.image)["model"]
+        check_model_options(model, args.model_config, "replay")
         session = Session(load_model(model, config=args.model_config))
     result = replay(args.image, store=store_for(args), model=args.model, session=session)
     with Image.open(args.image) as original:  # read before writing: --out may be the image itself
@@ -244,12 +253,14 @@ def run_grid(args) -> int:
     base = make_request(args, args.prompt, init_image=args.init_image, strength=args.strength)
     rows = [requests_for(base, sweep[0], value) for value in sweep[1]]  # a bad value fails before loading
     check_swaps(rows)  # across all the rows: a swap word may occur in some swept prompts only
+    store = store_for(args)
+    check_embeddings(rows, store)  # every row's <name>s, before the first row samples
     session = session_for(args)
     progress = StepProgress(len(seeds) * sum(session.step_count(req) for req in rows), "grid")
     try:
-        grid, _results = render_grid(session, base, seeds, sweep, store=store_for(args), on_step=progress)
+        grid, _results = render_grid(session, base, seeds, sweep, store=store, on_step=progress)
     finally:
         progress.close()
     save_image(grid, args.out, overwrite=args.force)
-    print(f"wrote {args.out} ({len(sweep[1])} values × {len(seeds)} seeds)")
+    print(f"wrote {args.out} ({_count(len(sweep[1]), 'value')} × {_count(len(seeds), 'seed')})")
     return 0

@@ -25,6 +25,7 @@ Examples:
 Prompt language: <name> uses a stored embedding; (text:1.2) weights; <0.5*a + 0.5*<b>> and
 <slerp(<a>, <b>, 0.3)> blend tokens; [from:to:0.4] switches prompt at 40% of the steps.
 Every PNG carries its provenance; `tokensmith replay IMAGE --out NEW` makes it again.
+--out is a .png file, or a folder: one that exists, or any name that ends with / (v1.2/ is a folder).
 Nothing is overwritten: an existing --out FILE.png is refused (--force replaces it), and in a folder an
 image whose name is taken gets the next free one (a-red-circle-s0-2.png).
 """
@@ -48,6 +49,18 @@ def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-config", metavar="DIR", help="configs for a single-file checkpoint (offline)"
     )
+
+
+def check_model_options(model: str | None, model_config: str | None, command: str) -> None:
+    """Before any model loads: a --model-config path that does not exist is refused (exit 1); one given with a
+    --model that does not read it (not a single-file checkpoint) is ignored, with a warning on stderr."""
+    from trainers.config import MODEL_CONFIG_UNUSED, check_model_config, model_config_unused
+
+    if not model_config:
+        return
+    check_model_config(model_config)
+    if model_config_unused(model or "demo", model_config):
+        print(f"tokensmith {command}: warning: {MODEL_CONFIG_UNUSED}", file=sys.stderr)
 
 
 def sampling_options(parser: argparse.ArgumentParser, *, seeds: bool = False) -> None:
@@ -170,7 +183,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     gen.add_argument("-n", "--num-images", type=int, default=1, help="how many images (default 1)")
     img2img_options(gen, "start from this image (img2img)")
     gen.add_argument(
-        "--out", type=Path, help="the PNG for one image, or a folder for several (default: ./generated/)"
+        "--out",
+        metavar="PATH",
+        help="the PNG for one image, or a folder for several (default: ./generated/); a name ending in / "
+        "is always a folder",
     )
     gen.add_argument(
         "--trace",
@@ -194,6 +210,7 @@ def session_for(args):
     from studio.generation import Session
     from trainers.models import load_model
 
+    check_model_options(args.model, getattr(args, "model_config", None), args.command)
     session = Session(load_model(args.model, config=getattr(args, "model_config", None)))
     session.encoder.partial = getattr(args, "partial", False)
     return session
@@ -204,6 +221,24 @@ def store_for(args):
     from embeddings import Store
 
     return Store.for_home(args.home)
+
+
+def check_embeddings(requests, store) -> None:
+    """Before any model loads: every <name> the requests use (prompts, negative prompts, blend operands,
+    swap targets) is stored, so a typo in a grid's last row is not found after the rows above it sampled.
+    The error is the one sampling would give (studio.generation.load_stored: close names suggested)."""
+    from studio.generation import load_stored, parse
+    from studio.generation.prompt import EmbeddingRef, apply_swaps, embedding_names
+
+    names: list[str] = []
+    for req in requests:
+        targets = tuple(EmbeddingRef(t[1:-1]) for t in req.swaps.values() if t.startswith("<"))
+        for text in (req.prompt, req.negative):
+            for name in embedding_names(apply_swaps(parse(text), req.swaps) + targets):
+                if name not in names:
+                    names.append(name)
+    for name in names:
+        load_stored(name, store)
 
 
 def make_request(args, prompt: str, **overrides):
@@ -239,8 +274,9 @@ class StepProgress:
         if self.bar is None:
             from tqdm import tqdm
 
-            options = {"unit": "step", "file": sys.stderr, "leave": False, "dynamic_ncols": True}
-            self.bar = tqdm(total=self.total, desc=self.desc, **options)
+            from studio.cli import bar_options
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="step", leave=False, **bar_options())
         self.bar.update(1)
 
     def close(self) -> None:
@@ -252,21 +288,40 @@ def _slug(prompt: str) -> str:
     return (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "image").rstrip("-")
 
 
+def out_file(out: str | None) -> Path | None:
+    """--out as the PNG file to write, or None when it names a folder (or is not given).
+
+    A folder is one that exists or a name that ends with '/': `v1.2/` and an existing `v1.2 outputs` are
+    folders, not files of the wrong type. Any other name with a suffix other than .png is refused."""
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        return None
+    if path.suffix.lower() == ".png":
+        return path
+    if path.suffix:
+        raise ValueError(
+            f"--out {out}: images are written as PNG: give a .png name, or a folder (end a new folder's "
+            f"name with /: --out {out}/)"
+        )
+    return None
+
+
 def _output_paths(
-    out: Path | None, prompt: str, seeds: list[int], *, trace: Path | None, force: bool
+    out: str | None, prompt: str, seeds: list[int], *, trace: Path | None, force: bool
 ) -> list[Path]:
     """Where each image goes: `out` itself (or out-sSEED.png) is refused if it exists, unless `force`; in a
     folder an existing name gets the next free suffix (-2, -3, ...) so no earlier image is lost."""
-    if out is not None and out.suffix.lower() == ".png":
-        paths = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}-s{s}.png") for s in seeds]
+    file = out_file(out)
+    if file is not None:
+        paths = [file] if len(seeds) == 1 else [file.with_name(f"{file.stem}-s{s}.png") for s in seeds]
         for path in paths:
             refuse_existing(path, force)
             if trace is not None:
                 refuse_existing(_trace_path(trace, path), force)
         return paths
-    if out is not None and out.suffix:
-        raise ValueError(f"--out {out}: give a .png file or a folder")
-    folder = out or Path("generated")
+    folder = Path(out).expanduser() if out is not None else Path("generated")
     return [_free_name(folder, f"{_slug(prompt)}-s{s}", trace=trace, force=force) for s in seeds]
 
 
@@ -325,21 +380,23 @@ def run_generate(args) -> int:
 
     check_img2img(args.init_image, args.strength)
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
+    into_folder = out_file(args.out) is None
     paths = _output_paths(args.out, args.prompt, seeds, trace=args.trace, force=args.force)
     req = make_request(
         args, args.prompt, num_images=args.num_images, init_image=args.init_image, strength=args.strength
     )
     check_swaps([req])
+    store = store_for(args)
+    check_embeddings([req], store)
     session = session_for(args)
     steps = session.step_count(req)  # the session's own count: img2img runs part, PNDM's warm-up counts too
     if args.trace:
         req = replace(req, trace_steps=_trace_steps(args.trace_steps, steps))
     progress = StepProgress(args.num_images * steps, "generate")
     try:
-        results = session.generate(req, store=store_for(args), on_step=progress)
+        results = session.generate(req, store=store, on_step=progress)
     finally:
         progress.close()
-    into_folder = args.out is None or args.out.suffix.lower() != ".png"
     written = []
     for result, path in zip(results, paths, strict=True):
         stem = f"{_slug(args.prompt)}-s{result.seed}" if into_folder else None

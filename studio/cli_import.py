@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.cli_embeddings import epilog, print_json, store_of
+from studio.cli_embeddings import described, epilog, print_json, store_of
 
 
 def register(subparsers, common) -> None:
@@ -13,15 +13,16 @@ def register(subparsers, common) -> None:
     sub = subparsers.add_parser(
         "import",
         parents=[common],
-        help="import embedding files (any format) into the store",
+        **described("import embedding files (any format) into the store"),
         **epilog(
             "Examples:\n  tokensmith import bad-hands-5.pt EasyNegative.safetensors\n"
             "  tokensmith import sdxl-run/ --name my-style      # the diffusers SDXL pair in a folder\n"
             "  tokensmith import card.png --force             # A1111 embedding image; replace same name\n\n"
             "Reads diffusers {token: tensor} (.safetensors/.bin, SDXL pair), A1111 .pt and PNG/WebP images,\n"
             "kohya/ComfyUI emb_params and SDXL clip_l/clip_g files. Pickles load with weights_only=True.\n"
-            "Prints the stored name(s), one per line. An embedding already stored with identical vectors is\n"
-            "skipped, so running an import that was interrupted again finishes it."
+            "Prints the stored name(s), one per line (on stderr, FILE -> NAME where a name differs from the\n"
+            "file's). An embedding already stored with identical vectors is skipped, so running an import\n"
+            "that was interrupted again finishes it."
         ),
     )
     sub.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to import")
@@ -51,6 +52,8 @@ def run_import(args) -> int:
         if len(found) != 1:
             raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")
         found = [(found[0][0], found[0][1].with_name(validate_name(args.name)))]
+    else:
+        _say_renamed(found)
     names = [emb.name for _, emb in found]
     folded = [n.lower() for n in names]  # <Cat> and <cat> are one token in a prompt
     dupes = sorted({n for n in names if folded.count(n.lower()) > 1}, key=str.lower)
@@ -80,6 +83,14 @@ def run_import(args) -> int:
     return 0
 
 
+def _say_renamed(found: list[tuple]) -> None:
+    """On stderr, each file whose embedding is stored under a name other than the file's own, so the stored
+    names can be found: '日本.safetensors -> emb-cf2abf0c5b' (a name made valid, or the file's own)."""
+    for source, emb in found:
+        if emb.name != Path(source).stem:
+            print(f"tokensmith import: {source} -> {emb.name}", file=sys.stderr)
+
+
 def _some(names: list[str], chosen: set[str] | None = None, *, shown: int = 5) -> str:
     """'a, b, c' or 'a, b, c, d, e and 7 more': the names (those in `chosen`, if given) in their order."""
     picked = [n for n in names if chosen is None or n in chosen]
@@ -88,7 +99,7 @@ def _some(names: list[str], chosen: set[str] | None = None, *, shown: int = 5) -
 
 
 def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool) -> list[tuple]:
-    """Store each (file, embedding) not in `same`; (embedding, path, already stored) for each.
+    """Store each (file, embedding) not in `same`; (file, embedding, path, already stored) for each.
 
     Files are stored one by one, so an error or Ctrl-C can stop the import halfway: what was stored stays
     (it is whole), its names are printed, and the message says which file failed and that running the same
@@ -98,22 +109,23 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
 
     from embeddings import StoreError
     from embeddings.errors import TokensmithError
+    from studio.cli import bar_options
 
     results: list[tuple] = []
-    bar = tqdm(found, desc="storing", unit="emb", file=sys.stderr, disable=len(found) < 50)
+    bar = tqdm(found, desc="storing", unit="emb", disable=len(found) < 50, **bar_options())
     source = found[0][0]
     try:
         for item in bar:
             source, emb = item  # `source` names the file in the message if storing it fails
             if emb.name in same:
-                results.append((emb, store.path(emb.name), True))
+                results.append((source, emb, store.path(emb.name), True))
                 continue
             try:
-                results.append((emb, store.put(emb, overwrite=overwrite), False))
+                results.append((source, emb, store.put(emb, overwrite=overwrite), False))
             except StoreError:
                 if not store.holds(emb):  # else another import stored the same embedding meanwhile: fine
                     raise
-                results.append((emb, store.path(emb.name), True))
+                results.append((source, emb, store.path(emb.name), True))
     except KeyboardInterrupt:
         _print_imported(results, as_json=as_json)
         note = _stopped(f"interrupted while storing {source}", results, len(found))
@@ -128,19 +140,26 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
 
 
 def _stopped(what: str, results: list[tuple], total: int) -> str:
-    new = [emb.name for emb, _, already in results if not already]
+    new = [emb.name for _, emb, _, already in results if not already]
     stored = f"{len(new)} of {total} were stored ({_some(new)})" if new else "nothing new was stored"
     return f"{what}; {stored}; run the same command again to finish: it skips what is already stored"
 
 
 def _print_imported(results: list[tuple], *, as_json: bool) -> None:
-    """The imported names on stdout, one per line (or JSON): newly stored and already stored alike."""
+    """The imported names on stdout, one per line (or JSON, with the file each came from): newly stored and
+    already stored alike."""
     if as_json:
         print_json(
             [
-                {"name": e.name, "path": str(p), "family": e.family, "already_stored": already}
-                for e, p, already in results
+                {
+                    "name": e.name,
+                    "path": str(p),
+                    "source": str(source),
+                    "family": e.family,
+                    "already_stored": already,
+                }
+                for source, e, p, already in results
             ]
         )
     elif results:
-        print("\n".join(e.name for e, _, _ in results), flush=True)
+        print("\n".join(e.name for _, e, _, _ in results), flush=True)

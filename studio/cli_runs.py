@@ -17,6 +17,7 @@ def register(subparsers, common) -> None:
         "runs",
         parents=[common],
         help="list training runs: status, step, validation loss, how to resume",
+        description="List the training runs under HOME/runs: status, step, validation loss, how to resume.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "Examples:\n  tokensmith runs\n  tokensmith runs --json\n\n"

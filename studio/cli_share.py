@@ -13,6 +13,7 @@ def register(subparsers, common) -> None:
         "push",
         parents=[common],
         help="upload a stored embedding with a model card to a Hugging Face hub repo",
+        description="Upload a stored embedding with a model card to a Hugging Face hub repo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "Examples:\n  tokensmith push my-cat your-name/my-cat\n"
@@ -26,7 +27,7 @@ def register(subparsers, common) -> None:
             "repo's URL."
         ),
     )
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("name", metavar="NAME", help="a stored embedding's name (`tokensmith list` shows them)")
     sub.add_argument("repo", metavar="REPO", help="hub repo id: your-name/repo (created if missing)")
     sub.add_argument("--private", action="store_true", help="create the repo as private")
     sub.add_argument(

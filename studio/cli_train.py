@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from studio.cli import UsageError
+from studio.cli import UsageError, at_least_one, bar_options
 
 TRAIN_EXAMPLE = """Examples:
   tokensmith train --images shots/ --name my-cat --init cat
@@ -69,8 +69,15 @@ def register(subparsers, common) -> None:
     )
     demo.add_argument("--concept", default=None, help="a held-out demo concept (default: purple triangle)")
     demo.add_argument("--out", default=None, metavar="DIR", help="output folder (default: HOME/demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the trainer default)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the rendered images and the samples")
+    demo.add_argument(
+        "--steps",
+        type=at_least_one,
+        default=None,
+        help=f"training steps, 1 or more (default: train's, {FIELDS['steps'].default})",
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed for the rendered images and the samples (default 0)"
+    )
     demo.add_argument("--json", action="store_true", help="print the scores as JSON on stdout")
     demo.set_defaults(run=run_demo)
 
@@ -117,7 +124,7 @@ def _run_config(overrides: dict, home) -> str:
     from trainers.session import resolve_run_dir
 
     if not overrides.get("run_dir") and not overrides.get("name"):
-        raise ValueError("--resume needs --run-dir DIR or --name NAME (or --config FILE) to find the run")
+        raise UsageError("--resume needs --run-dir DIR or --name NAME (or --config FILE) to find the run")
     probe = TrainConfig(name=overrides.get("name", ""), run_dir=overrides.get("run_dir", ""), resume=True)
     config_path = Path(resolve_run_dir(probe, home)) / "config.toml"
     if not config_path.is_file():
@@ -189,12 +196,11 @@ class ProgressBar:
         return tqdm(
             total=self.total,
             initial=initial,
-            file=sys.stderr,
             unit="step",
-            dynamic_ncols=True,
             desc="training",
             disable=self.disable,
             smoothing=0,  # the average rate since the first record: preview steps would swing tqdm's EMA
+            **bar_options(),
         )
 
     def write(self, line: str) -> None:
@@ -307,17 +313,24 @@ def _judge_row(images, concept) -> dict:
     }
 
 
-def _demo_out(args):
-    """The output folder; an old demo run folder inside it is replaced (the demo is meant to be re-run)."""
-    import shutil
+def _demo_folder(args):
+    """The output folder (--out, else HOME/demo), refused when it is a file; nothing is written yet."""
     from pathlib import Path
 
     out = Path(args.out).expanduser() if args.out else args.home / "demo"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file: give a folder for the demo's images and run")
+    return out
+
+
+def _prepare_demo_folder(out) -> None:
+    """Make the output folder; an old demo run folder in it is replaced (the demo is meant to be re-run)."""
+    import shutil
+
     run = out / "run"
     if (run / "progress.jsonl").is_file() and (run / "config.toml").is_file():
         shutil.rmtree(run)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _steps_text(emb) -> str:
@@ -350,7 +363,18 @@ def run_demo(args) -> int:
             file=sys.stderr,
         )
     name = "demo-" + f"{concept.colour}-{concept.shape}"
-    out = _demo_out(args)
+    out = _demo_folder(args)
+    # the training config first: a value it refuses fails now, not after rendering, loading and sampling
+    changes = {"steps": args.steps} if args.steps is not None else {}
+    cfg = TrainConfig(
+        images=str(out / "images"),
+        name=name,
+        run_dir=str(out / "run"),
+        overwrite=True,
+        seed=args.seed,
+        **changes,
+    )
+    _prepare_demo_folder(out)
     rng = random.Random(args.seed)
     shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
     for i, shot in enumerate(shots):
@@ -366,15 +390,6 @@ def run_demo(args) -> int:
         return [result.image for result in session.generate(request, store=store)]
 
     before = sample(f"a {init}")
-    changes = {"steps": args.steps} if args.steps else {}
-    cfg = TrainConfig(
-        images=str(out / "images"),
-        name=name,
-        run_dir=str(out / "run"),
-        overwrite=True,
-        seed=args.seed,
-        **changes,
-    )
     bar = ProgressBar(cfg.steps)
     try:
         emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=bar.write)

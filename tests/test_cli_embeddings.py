@@ -349,3 +349,64 @@ def test_force_replaces_an_identical_embedding_whose_header_is_wrong(tmp_path, c
     code, out, err = run(capsys, "import", path, "--force")
     assert (code, out.strip()) == (EXIT_OK, "cat") and "already stored" not in err
     assert "note" not in store.get("cat").meta
+
+
+def test_blend_prints_word_tokens_and_refuses_a_bare_word_split_into_pieces(tmp_path, capsys, tiny_model):
+    """The tiny vocabulary knows 'keyboard' but not 'zebra', which it splits into letters: a bare 'zebra'
+    would blend letter fragments, so it is refused; quoted, it is blended on purpose."""
+    code, _out, err = run(capsys, "blend", "0.5*keyboard + 0.5*zebra", "--name", "kz", "--model", tiny_model)
+    assert code == EXIT_ERROR
+    assert "'keyboard' -> keyboard (1 token)" in err and "'zebra' -> z, e, b, r, a (5 tokens)" in err
+    assert "'zebra' is not a word of this model's vocabulary: it splits into 5 pieces" in err
+    assert "quote it ('zebra') to blend its pieces on purpose" in err
+    assert not Store.for_home(tokensmith_home_of(tmp_path)).exists("kz")
+    code, out, err = run(capsys, "blend", "0.5*keyboard + 0.5*'zebra'", "--name", "kz", "--model", tiny_model)
+    assert (code, out.strip()) == (EXIT_OK, "kz") and "'zebra' -> z, e, b, r, a (5 tokens)" in err
+
+
+def tokensmith_home_of(tmp_path: Path) -> Path:
+    return tmp_path / "tokensmith-home"  # conftest's per-test home
+
+
+def test_blend_help_examples_blend_whole_words_of_the_demo_world(capsys):
+    """`blend --help` offers examples on --model demo: each bare word must be one token of its vocabulary."""
+    import re
+    import shlex
+
+    from transformers import CLIPTokenizer
+
+    from embeddings.blend_expr import parse_blend
+    from studio.cli_embeddings import check_word_operands
+    from trainers.models import demo_model_dir
+
+    with pytest.raises(SystemExit):
+        main(["blend", "--help"])
+    help_text = capsys.readouterr().out
+    examples = [shlex.split(quoted)[0] for quoted in re.findall(r'tokensmith blend ("[^"]+")', help_text)]
+    assert len(examples) == 3
+    assert any(parse_blend(e).needs_model for e in examples)
+    tokenizer = CLIPTokenizer.from_pretrained(demo_model_dir() / "tokenizer")
+    for expr in examples:
+        check_word_operands(parse_blend(expr), expr, tokenizer)  # raises for a word split into pieces
+
+
+def test_import_says_which_file_became_which_name_and_json_carries_the_file(tmp_path, capsys):
+    odd = tmp_path / "日本.safetensors"
+    write(tmp_path, "plain").rename(odd)
+    same = write(tmp_path, "cat", seed=1)
+    code, out, err = run(capsys, "import", odd, same)
+    stored = out.split()
+    assert code == EXIT_OK and stored[0].startswith("emb-") and stored[1] == "cat"
+    assert f"tokensmith import: {odd} -> {stored[0]}" in err and " -> cat" not in err
+    code, out, _err = run(capsys, "import", odd, same, "--json")
+    sources = {entry["name"]: entry["source"] for entry in json.loads(out)}
+    assert sources == {stored[0]: str(odd), "cat": str(same)}
+
+
+def test_nearest_and_doctor_refuse_a_missing_model_config(tmp_path, capsys):
+    run(capsys, "import", write(tmp_path, "cat"))
+    commands = (["nearest", "cat"], ["doctor", "cat", "--model", "demo"], ["blend", "<cat>", "--name", "c2"])
+    for argv in commands:
+        code, _out, err = run(capsys, *argv, "--model-config", "/no/such/dir")
+        assert code == EXIT_ERROR and "--model-config /no/such/dir does not exist" in err
+        assert "loading model" not in err

@@ -146,7 +146,7 @@ def test_grid_strength_sweep_needs_and_uses_an_init_image(tiny_model_dir, tmp_pa
     code, stdout, _err = run(
         capsys, "grid", "a circle", *common, "--init-image", str(init), "--out", str(tmp_path / "g.png")
     )
-    assert code == 0 and "2 values × 1 seeds" in stdout
+    assert code == 0 and "2 values × 1 seed)" in stdout
 
 
 def test_schedule_of_heun_has_one_row_per_step(tiny_model_dir, tmp_path, capsys):
@@ -203,3 +203,35 @@ def test_replay_onto_the_image_itself_compares_with_the_original(
     monkeypatch.setattr("studio.generation.replay", redrawn)
     code, stdout, _err = run(capsys, "replay", str(image), "--out", str(image), "--force")
     assert code == 0 and "differs from the original" in stdout
+
+
+def test_grid_and_variations_find_an_unknown_embedding_before_any_row_renders(
+    tiny_model_dir, cat_stored, tmp_path, capsys, monkeypatch
+):
+    """A typo in the last row's <name> is said before the model loads, not after the rows above it sampled."""
+    import trainers.models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded before every row's embeddings were checked")
+
+    monkeypatch.setattr(trainers.models, "load_model", never)
+    init = tmp_path / "init.png"
+    Image.new("RGB", (16, 16), "red").save(init)
+    common = ["--seeds", "0-1", "--model", tiny_model_dir, "--steps", "2"]
+    for argv in (
+        ["grid", "a <{e}>", "--sweep", "e=cat,nosuch"],
+        ["grid", "a {c} circle", "--sweep", "c=red,blue", "--negative", "<nosuch>"],
+        ["grid", "a red puppy", "--sweep", "guidance=1,2", "--swap", "puppy=<nosuch>"],
+        ["variations", "--init-image", init, "--prompts", "a red square|a <nosuch>"],
+    ):
+        code, _stdout, err = run(capsys, *argv, *common, "--out", tmp_path / "g.png")
+        assert code == 1 and "unknown embedding <nosuch>" in err and "step/s" not in err, err
+        assert not (tmp_path / "g.png").exists()
+
+
+def test_schedule_checks_model_config_before_loading(tiny_model_dir, tmp_path, capsys):
+    code, _stdout, err = run(
+        capsys, "schedule", "--model", tiny_model_dir, "--model-config", "/no/such/dir",
+        "--out", tmp_path / "s.png",
+    )  # fmt: skip
+    assert code == 1 and "--model-config /no/such/dir does not exist" in err

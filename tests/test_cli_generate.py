@@ -269,3 +269,48 @@ def test_a_broken_link_in_the_output_folder_is_a_taken_name(tiny_model_dir, tmp_
     code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     assert stdout.strip() == f"wrote {folder / 'a-red-circle-s0-2.png'} (seed 0)"
+
+
+def test_out_is_a_folder_when_it_exists_or_ends_with_a_slash_even_named_with_a_dot(
+    tiny_model_dir, tmp_path, capsys
+):
+    existing = tmp_path / "v1.2 outputs"
+    existing.mkdir()
+    common = ["a red circle", "--model", tiny_model_dir, "--steps", "2"]
+    code, stdout, err = run(capsys, "generate", *common, "--out", str(existing))
+    assert code == 0, err
+    assert [p.name for p in existing.iterdir()] == ["a-red-circle-s0.png"] and str(existing) in stdout
+    new = tmp_path / "run.v2"
+    code, _stdout, err = run(capsys, "generate", *common, "-n", "2", "--out", f"{new}/")
+    assert code == 0, err
+    assert sorted(p.name for p in new.iterdir()) == ["a-red-circle-s0.png", "a-red-circle-s1.png"]
+    code, _stdout, err = run(capsys, "generate", *common, "--out", str(tmp_path / "foo.jpg"))
+    assert code == 1 and "--out" in err and "images are written as PNG: give a .png name, or a folder" in err
+
+
+def test_an_unknown_embedding_or_model_config_is_refused_before_the_model_loads(
+    tiny_model_dir, cat_stored, tmp_path, capsys, monkeypatch
+):
+    import trainers.models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded before the arguments were checked")
+
+    out = ["--out", str(tmp_path / "x.png")]
+    with monkeypatch.context() as patch:
+        patch.setattr(trainers.models, "load_model", never)
+        for argv, said in (
+            (["a <catt>"], "unknown embedding <catt>"),
+            (["a circle", "--negative", "<nosuch>"], "unknown embedding <nosuch>"),
+            (["a puppy", "--swap", "puppy=<nosuch>"], "unknown embedding <nosuch>"),
+            (["a <0.5*<cat> + 0.5*<nosuch>>"], "unknown embedding <nosuch>"),
+            (["a circle", "--model-config", "/no/such/dir"], "--model-config /no/such/dir does not exist"),
+        ):
+            code, _stdout, err = run(capsys, "generate", *argv, "--model", tiny_model_dir, *out)
+            assert code == 1 and said in err, err
+    # a --model-config that the model does not read (a diffusers folder has its own) is ignored, said so
+    code, _stdout, err = run(
+        capsys, "generate", "a <cat>", "--model", tiny_model_dir, "--model-config", tiny_model_dir,
+        "--steps", "2", *out,
+    )  # fmt: skip
+    assert code == 0 and "tokensmith generate: warning: --model-config is only used for a single-file" in err

@@ -15,7 +15,15 @@ import torch
 
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
-from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
+from trainers.config import (
+    MODEL_CONFIG_UNUSED,
+    PER_FAMILY,
+    TrainConfig,
+    check_clip_model,
+    check_model_config,
+    model_config_unused,
+    with_absolute_paths,
+)
 from trainers.data import data_notes, load_images
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError, push_embedding
@@ -95,6 +103,10 @@ def train(
         )
     check_storable(cfg, store)  # what the store write at the end would refuse, before hours of training
     check_trackers(cfg)
+    check_model_config(cfg.model_config)  # local paths a run reads only once the model has loaded
+    check_clip_model(cfg.clip_model)
+    if echo and model is None and model_config_unused(cfg.model, cfg.model_config):
+        echo(f"note: {MODEL_CONFIG_UNUSED}")
     if cfg.mixed_precision == "fp16" and not has_gpu():  # before the model loads (minutes for SDXL)
         raise TokensmithError(FP16_NEEDS_A_GPU)
     if model is None:  # a given model is checked as it is, once the run starts
