@@ -3,7 +3,9 @@
 Background = median of the border pixels (no shape enters the margin). Foreground = pixels far from it; its
 colour is the larger of two colour clusters there (so pattern stripes and antialiased edges do not pull
 it). Shape = best soft-IoU match of the foreground mask, cropped to its bounding box and resized to a square,
-against templates rendered by the world's own renderer. Size = the bounding box's extent.
+against templates rendered by the world's own renderer, upright and tilted by up to TILTS (the renderer never
+tilts a shape, but a user's drawing of one may: a square tilted by 10 degrees, cropped to its bounding box, is
+rounder than an upright one and would otherwise read as a circle). Size = the bounding box's extent.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image
 from demo.world import BACKGROUNDS, COLOURS, MARGIN, POSITIONS, SHAPES, SIZES, Concept, parse_concept, render
 
 TEMPLATE_SIDE = 16
+TILTS = (-15.0, -10.0, -5.0, 5.0, 10.0, 15.0)  # degrees; circles need none, they look the same at any tilt
 MIN_FOREGROUND = 4.0  # pixels of foreground (soft) below which an image counts as empty
 
 
@@ -63,12 +66,13 @@ def _crop_normalised(mask: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _templates(resolution: int) -> dict[str, list[np.ndarray]]:
-    """Normalised masks of every shape at every size, rendered clean (white on black) at `resolution`."""
+def _templates(resolution: int) -> dict[str, np.ndarray]:
+    """Normalised masks of every shape at every size, upright and tilted by TILTS, rendered clean (white on
+    black) at `resolution`: shape -> (T, TEMPLATE_SIDE, TEMPLATE_SIDE)."""
     rng = random.Random(0)
-    out: dict[str, list[np.ndarray]] = {}
+    out: dict[str, np.ndarray] = {}
     for shape in SHAPES:
-        out[shape] = []
+        masks = []
         for size in SIZES:
             img = render(
                 Concept(shape, "white", "black", size, "center", "plain"), rng, resolution=resolution
@@ -77,8 +81,29 @@ def _templates(resolution: int) -> dict[str, list[np.ndarray]]:
             mask = (arr.mean(axis=2) - BACKGROUNDS["black"][0]) / (
                 COLOURS["white"][0] - BACKGROUNDS["black"][0]
             )
-            out[shape].append(_crop_normalised(np.clip(mask, 0, 1)))
+            mask = np.clip(mask, 0, 1)  # (R, R)
+            masks.append(_crop_normalised(mask))
+            masks += [_crop_normalised(_tilted(mask, tilt)) for tilt in TILTS if shape != "circle"]
+        out[shape] = np.stack(masks)  # (T, S, S)
     return out
+
+
+def _tilted(mask: np.ndarray, degrees: float) -> np.ndarray:
+    """A soft mask turned by `degrees` about its centre (bicubic, so edges stay soft as drawn), on a canvas
+    padded so that no corner of a large shape is cut off."""
+    padded = np.pad(mask, mask.shape[0] // 4)
+    img = Image.fromarray((padded * 255).astype(np.uint8), mode="L")
+    turned = img.rotate(degrees, resample=Image.BICUBIC, fillcolor=0)
+    return np.asarray(turned, dtype=np.float32) / 255.0
+
+
+def _shape_scores(norm: np.ndarray, resolution: int) -> dict[str, float]:
+    """Soft IoU of a normalised mask with each shape's best template, upright or tilted."""
+    scores = {}
+    for shape, templates in _templates(resolution).items():  # (T, S, S)
+        overlap = np.minimum(norm, templates).sum(axis=(1, 2)) / np.maximum(norm, templates).sum(axis=(1, 2))
+        scores[shape] = float(overlap.max())
+    return scores
 
 
 def judge(image: Image.Image | np.ndarray) -> Verdict:
@@ -102,10 +127,7 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
     if mask.sum() < MIN_FOREGROUND * (h * w) / 1024 or not (mask > 0.5).any():
         return _empty(bg, background)
     norm = _crop_normalised(mask)
-    scores = {
-        shape: max(float(np.minimum(norm, t).sum() / np.maximum(norm, t).sum()) for t in templates)
-        for shape, templates in _templates(w).items()
-    }
+    scores = _shape_scores(norm, w)
     shape = max(scores, key=scores.get)
     ys, xs = np.nonzero(mask > 0.5)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / w

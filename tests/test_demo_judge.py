@@ -1,11 +1,12 @@
 """The judge reads the renderer's own images back: colour, shape, background, size (at 32 px and larger)."""
 
+import math
 import random
 from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from demo import world
 from demo.judge import distance_to, judge, matches
@@ -84,3 +85,63 @@ def test_stray_specks_of_a_noisy_sample_do_not_change_the_verdict():
         noisy[2, 3], noisy[29, 27], noisy[4, 28] = (255, 255, 255), (0, 0, 0), (0, 0, 0)
         a, b = judge(clean), judge(noisy)
         assert (b.shape, b.colour, b.size) == (a.shape, a.colour, a.size) == (shape, "orange", "medium")
+
+
+ARM = 1 / 3  # the cross's arm half-width, as the world draws it
+OUTLINES = {  # corners in a [-1, 1] box, apex up, drawn by PIL rather than the world's renderer
+    "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
+    "triangle": [(0, -1), (1, 1), (-1, 1)],
+    "cross": [
+        *[(-ARM, -1), (ARM, -1), (ARM, -ARM), (1, -ARM), (1, ARM), (ARM, ARM)],
+        *[(ARM, 1), (-ARM, 1), (-ARM, ARM), (-1, ARM), (-1, -ARM), (-ARM, -ARM)],
+    ],
+    "star": [
+        (
+            (1 if i % 2 == 0 else 0.45) * math.cos(i * math.pi / 5 - math.pi / 2),
+            (1 if i % 2 == 0 else 0.45) * math.sin(i * math.pi / 5 - math.pi / 2),
+        )
+        for i in range(10)
+    ],
+}
+
+
+def _drawn(shape: str, degrees: float, *, side: int, antialiased: bool) -> Image.Image:
+    """A yellow shape drawn with PIL, turned by `degrees`, 56% of the side, centred on the world's gray."""
+    scale = 4 if antialiased else 1
+    n, half, turn = side * scale, 0.28 * side * scale, math.radians(degrees)
+    cos, sin = math.cos(turn), math.sin(turn)
+    points = [
+        (n / 2 + half * (x * cos - y * sin), n / 2 + half * (x * sin + y * cos)) for x, y in OUTLINES[shape]
+    ]
+    image = Image.new("RGB", (n, n), world.BACKGROUNDS["gray"])
+    ImageDraw.Draw(image).polygon(points, fill=world.COLOURS["yellow"])
+    return image.resize((side, side), Image.LANCZOS) if antialiased else image
+
+
+@pytest.mark.parametrize("shape", ["square", "triangle", "cross", "star"])
+def test_a_tilted_shape_keeps_its_shape(shape):
+    """A user's drawing may be tilted (the renderer never tilts): a square at 6-15 degrees, cropped to its
+    bounding box, is rounder than an upright one and was read as a circle."""
+    wrong = [
+        (degrees, side, antialiased, verdict.shape)
+        for degrees in (-15, -12, -9, -6, -3, 3, 6, 9, 12, 15)
+        for side in (32, 128)
+        for antialiased in (False, True)
+        if (verdict := judge(_drawn(shape, degrees, side=side, antialiased=antialiased))).shape != shape
+    ]
+    assert wrong == []
+
+
+def test_circles_drawn_with_pil_stay_circles_at_every_size():
+    """The tilted templates take no circle: a rounded tilted square must not outscore a real circle."""
+    for side in (32, 64, 128):
+        for extent in (0.3, 0.38, 0.5, 0.56, 0.64, 0.78):
+            for antialiased in (False, True):
+                scale = 4 if antialiased else 1
+                n, half = side * scale, extent * side * scale / 2
+                image = Image.new("RGB", (n, n), world.BACKGROUNDS["gray"])
+                ImageDraw.Draw(image).ellipse(
+                    [n / 2 - half, n / 2 - half, n / 2 + half, n / 2 + half], "cyan"
+                )
+                image = image.resize((side, side), Image.LANCZOS) if antialiased else image
+                assert judge(image).shape == "circle", (side, extent, antialiased)

@@ -116,6 +116,13 @@ def demo_model_dir() -> Path:
     return Path(getattr(demo, "DEMO_MODEL_DIR", default))
 
 
+def on_demo_world(spec: str) -> bool:
+    """Whether load_model(spec) gives the demo world, read without loading it ('demo' or a copy of its
+    folder)."""
+    spec = str(spec).strip()
+    return spec == "demo" or is_demo_folder(Path(spec).expanduser())
+
+
 def is_demo_folder(folder: str | Path) -> bool:
     """True for the shipped demo model folder, or any copy of it (it carries the demo marker file)."""
     folder = Path(folder)

@@ -15,7 +15,7 @@ import torch
 
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
-from trainers.data import Sample, build_samples, fill_template, template_set
+from trainers.data import Sample, build_samples, fill_template, template_set, world_captions
 from trainers.families import Conditioner, FamilySpec
 from trainers.latents import LatentCache, encode_samples, run_cache
 from trainers.loop import Batch, DiffusionMath, draw_batch, pick_text_attention, set_text_attention, step_loss
@@ -119,7 +119,8 @@ class Steps:
             seed=cfg.seed,
         )
         templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
-        captions = [image.caption for image in images]
+        # the demo world names a background that varies, as its own captions do (trainers.data.world_captions)
+        captions = world_captions(images) if spec.name == "demo" else [image.caption for image in images]
         check_prompt_length(conditioner, templates, captions, cfg)
         cache = run_cache(
             state.folder.latents_path,

@@ -38,6 +38,7 @@ from trainers.modelprep import (
     stored_init,
     weight_dtype,
 )
+from trainers.models import on_demo_world
 from trainers.processes import has_gpu, joined_as_main, launch_rank, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
@@ -164,7 +165,8 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         echo("equivalent command: " + commands[0])
         launch = f"this launch ({processes} processes): " if processes > 1 else "multi-GPU / multi-node: "
         echo(launch + commands[1])
-        for note in [*data_notes(cfg.images, images, cfg.templates), *notes]:
+        demo_world = model.family == "demo" if model is not None else on_demo_world(cfg.model)
+        for note in [*data_notes(cfg.images, images, cfg.templates, demo_world=demo_world), *notes]:
             echo(f"note: {note}")
         resumed = "the run's cached latents and checkpoint"
         fresh = "caching the images' latents, step 0's validation and previews"

@@ -102,8 +102,8 @@ SHAPE_MISS_COST = 100.0  # RGB distance a wrong shape in every sample adds when 
 LEARNED_DISTANCE = 40.0  # the README's bar: a colour under this many RGB units off counts as learned
 LEARNED_SHAPES = 0.5  # ... and at least this share of samples with the training images' shape
 MORE_VECTORS = (
-    "the token may not hold the concept: more vectors hold more attributes (--vectors 4), and so may other "
-    "training images"
+    "the token may not hold the concept: more vectors hold more attributes (--vectors 4), and so may "
+    "captions naming what varies (on a blue background) or other training images"
 )
 
 
@@ -132,6 +132,19 @@ def grid(images: list):
     return sheet
 
 
+def _voted_shape(verdicts) -> str | None:
+    """The shape the judge reads in most training images. A tie goes to the shape read more surely (the
+    higher mean shape score), then to the first name: never to set order, which changes with each process's
+    string-hash seed, so a run and its resume rank snapshots against the same shape."""
+    votes: dict[str, list[float]] = {}
+    for verdict in verdicts:
+        if verdict.shape:
+            votes.setdefault(verdict.shape, []).append(verdict.shape_score)
+    if not votes:
+        return None
+    return min(votes, key=lambda shape: (-len(votes[shape]), -statistics.fmean(votes[shape]), shape))
+
+
 @dataclass(frozen=True)
 class DemoJudgeMetric:
     """Demo world: mean RGB distance from the samples' foreground colour to the training images' (lower is
@@ -152,8 +165,7 @@ class DemoJudgeMetric:
                 "the demo judge sees no foreground in the training images; are they demo-world images?"
             )
         target = tuple(float(statistics.median(c[i] for c in colours)) for i in range(3))
-        shapes = [v.shape for v in verdicts if v.shape]
-        return cls(target_rgb=target, target_shape=max(set(shapes), key=shapes.count) if shapes else None)
+        return cls(target_rgb=target, target_shape=_voted_shape(verdicts))
 
     def score(self, images) -> dict[str, float]:
         from demo.judge import judge
