@@ -245,7 +245,9 @@ def data_notes(
 ) -> list[str]:
     """What to know about the training data before training: how many images (and which image files were
     skipped), captions that the templates leave out, or [filewords] that no caption fills, and on the demo
-    world (`demo_world`) the background captions that world_captions gives the images."""
+    world (`demo_world`) the background captions that trainers.worldcaptions gives the images."""
+    from trainers.worldcaptions import background_note
+
     folder = Path(folder)
     captioned = [image for image in images if image.caption]
     with_captions = f" ({len(captioned)} with NAME.txt captions)" if captioned else ""
@@ -255,7 +257,7 @@ def data_notes(
     notes = [found]
     paper = templates in ("object", "style")  # they end in [filewords]
     uses_captions = paper or any("[filewords]" in line for line in template_set(templates))
-    if demo_world and uses_captions and (note := _background_note(images)):
+    if demo_world and uses_captions and (note := background_note(images)):
         notes.append(note)
     if paper:  # the caption joins each prompt where there is one: nothing to add
         return notes
@@ -278,65 +280,6 @@ def data_notes(
             "stays empty in their prompts"
         )
     return notes
-
-
-# --- the demo world's backgrounds ---
-
-
-def _judged_backgrounds(images: list[TrainImage]) -> list[str]:
-    """The demo judge's background of each image as it is trained (transparency over the world's gray), or
-    [] when every image has a NAME.txt caption, which wins over anything the pixels say."""
-    from demo.judge import judge
-    from demo.world import BACKGROUNDS, DEFAULT_BACKGROUND
-
-    if all(item.caption for item in images):
-        return []
-    names = []
-    for item in images:
-        image = item.image
-        if image.mode == "RGBA":  # as _to_tensors composites it
-            under = Image.new("RGB", image.size, BACKGROUNDS[DEFAULT_BACKGROUND])
-            under.paste(image, mask=image.getchannel("A"))
-            image = under
-        names.append(judge(image.convert("RGB")).background)
-    return names
-
-
-def world_captions(images: list[TrainImage]) -> list[str]:
-    """The demo world's training captions: an image's NAME.txt caption, else, when the images' backgrounds
-    are not all the same, its background in the world's own words ('on a blue background'; none for the
-    default gray, which the world's captions leave out too).
-
-    A background that varies is not part of the concept, but with no word for it a 2-vector token has to
-    hold each image's background besides its colour and shape, and drops the shape (measured: green crosses
-    on blue, white, yellow and black came out as other shapes on gray, 0/8 crosses; captioned, 8/8). One
-    shared background may be part of the concept, so such a set keeps its captions as they are. Derived
-    from the pixels, so a resumed run computes the same prompts.
-    """
-    from demo.world import DEFAULT_BACKGROUND
-
-    names = _judged_backgrounds(images)
-    if len(set(names)) < 2:
-        return [image.caption for image in images]
-    return [
-        image.caption or ("" if name == DEFAULT_BACKGROUND else f"on a {name} background")
-        for image, name in zip(images, names, strict=True)
-    ]
-
-
-def _background_note(images: list[TrainImage]) -> str:
-    """What world_captions does to a demo-world run's images ('' when it leaves them as they are)."""
-    names = list(dict.fromkeys(_judged_backgrounds(images)))
-    if len(names) < 2:
-        return ""
-    uncaptioned = sum(not image.caption for image in images)
-    which = "images are"
-    if uncaptioned < len(images):
-        which = f"the {uncaptioned} images without a NAME.txt caption are"
-    return (
-        f"the backgrounds vary ({', '.join(names)}): {which} captioned with their background, as the "
-        "world's own captions do; write NAME.txt captions to choose otherwise"
-    )
 
 
 # --- crops, buckets, flips ---

@@ -15,7 +15,7 @@ import torch
 
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
-from trainers.data import Sample, build_samples, fill_template, template_set, world_captions
+from trainers.data import Sample, build_samples, fill_template, template_set
 from trainers.families import Conditioner, FamilySpec
 from trainers.latents import LatentCache, encode_samples, run_cache
 from trainers.loop import Batch, DiffusionMath, draw_batch, pick_text_attention, set_text_attention, step_loss
@@ -32,6 +32,7 @@ from trainers.validation import (
     preview_metric,
     sample_images,
 )
+from trainers.worldcaptions import world_captions
 
 MAX_BAD_LOSSES = 3  # consecutive non-finite losses (fp16 skips those steps) before the run is failed
 # the config keys that decide the latent cache: a resume reuses the run's cache file only when they agree
@@ -119,7 +120,7 @@ class Steps:
             seed=cfg.seed,
         )
         templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
-        # the demo world names a background that varies, as its own captions do (trainers.data.world_captions)
+        # the demo world names a background that varies, as its own captions do (trainers.worldcaptions)
         captions = world_captions(images) if spec.name == "demo" else [image.caption for image in images]
         check_prompt_length(conditioner, templates, captions, cfg)
         cache = run_cache(

@@ -1,0 +1,68 @@
+"""The demo world's training captions: a background that varies across the training images is named, in the
+world's own words, so a 2-vector token does not spend itself on it (trainers/steps.py uses them on the demo
+world only; a NAME.txt caption always wins)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    from trainers.data import TrainImage
+
+
+def _judged_backgrounds(images: list[TrainImage]) -> list[str]:
+    """The demo judge's background of each image as it is trained (transparency over the world's gray), or
+    [] when every image has a NAME.txt caption, which wins over anything the pixels say."""
+    from demo.judge import judge
+    from demo.world import BACKGROUNDS, DEFAULT_BACKGROUND
+
+    if all(item.caption for item in images):
+        return []
+    names = []
+    for item in images:
+        image = item.image
+        if image.mode == "RGBA":  # as _to_tensors composites it
+            under = Image.new("RGB", image.size, BACKGROUNDS[DEFAULT_BACKGROUND])
+            under.paste(image, mask=image.getchannel("A"))
+            image = under
+        names.append(judge(image.convert("RGB")).background)
+    return names
+
+
+def world_captions(images: list[TrainImage]) -> list[str]:
+    """The demo world's training captions: an image's NAME.txt caption, else, when the images' backgrounds
+    are not all the same, its background in the world's own words ('on a blue background'; none for the
+    default gray, which the world's captions leave out too).
+
+    A background that varies is not part of the concept, but with no word for it a 2-vector token has to
+    hold each image's background besides its colour and shape, and drops the shape (measured: green crosses
+    on blue, white, yellow and black came out as other shapes on gray, 0/8 crosses; captioned, 8/8). One
+    shared background may be part of the concept, so such a set keeps its captions as they are. Derived
+    from the pixels, so a resumed run computes the same prompts.
+    """
+    from demo.world import DEFAULT_BACKGROUND
+
+    names = _judged_backgrounds(images)
+    if len(set(names)) < 2:
+        return [image.caption for image in images]
+    return [
+        image.caption or ("" if name == DEFAULT_BACKGROUND else f"on a {name} background")
+        for image, name in zip(images, names, strict=True)
+    ]
+
+
+def background_note(images: list[TrainImage]) -> str:
+    """What world_captions does to a demo-world run's images ('' when it leaves them as they are)."""
+    names = list(dict.fromkeys(_judged_backgrounds(images)))
+    if len(names) < 2:
+        return ""
+    uncaptioned = sum(not image.caption for image in images)
+    which = "images are"
+    if uncaptioned < len(images):
+        which = f"the {uncaptioned} images without a NAME.txt caption are"
+    return (
+        f"the backgrounds vary ({', '.join(names)}): {which} captioned with their background, as the "
+        "world's own captions do; write NAME.txt captions to choose otherwise"
+    )
