@@ -54,7 +54,7 @@ def model_options(parser: argparse.ArgumentParser) -> None:
 def check_model_options(model: str | None, model_config: str | None, command: str) -> None:
     """Before any model loads: a --model-config path that does not exist is refused (exit 1); one given with a
     --model that does not read it (not a single-file checkpoint) is ignored, with a warning on stderr."""
-    from trainers.config import MODEL_CONFIG_UNUSED, check_model_config, model_config_unused
+    from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_model_config, model_config_unused
 
     if not model_config:
         return

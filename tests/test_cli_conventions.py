@@ -10,7 +10,8 @@ from clirun import run
 from PIL import Image
 
 from studio.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, build_parser, home_dir, main, version
-from trainers.config import ConfigError, check_clip_model, check_model_config, model_config_unused
+from trainers.config import ConfigError
+from trainers.pathchecks import check_clip_model, check_model_config, model_config_unused
 
 
 def usage_error(capsys, *argv) -> str:

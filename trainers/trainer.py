@@ -15,15 +15,7 @@ import torch
 
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
-from trainers.config import (
-    MODEL_CONFIG_UNUSED,
-    PER_FAMILY,
-    TrainConfig,
-    check_clip_model,
-    check_model_config,
-    model_config_unused,
-    with_absolute_paths,
-)
+from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
 from trainers.data import data_notes, load_images
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError, push_embedding
@@ -39,6 +31,7 @@ from trainers.modelprep import (
     weight_dtype,
 )
 from trainers.models import on_demo_world
+from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_clip_model, check_model_config, model_config_unused
 from trainers.processes import has_gpu, joined_as_main, launch_rank, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
