@@ -228,7 +228,8 @@ def check_embeddings(requests, store) -> None:
     swap targets) is stored, so a typo in a grid's last row is not found after the rows above it sampled.
     The error is the one sampling would give (studio.generation.load_stored: close names suggested)."""
     from studio.generation import load_stored, parse
-    from studio.generation.prompt import EmbeddingRef, apply_swaps, embedding_names
+    from studio.generation.prompt import EmbeddingRef, embedding_names
+    from studio.generation.swaps import apply_swaps
 
     names: list[str] = []
     for req in requests:

@@ -9,15 +9,14 @@ from studio.generation.prompt import (
     PromptError,
     Text,
     Weighted,
-    apply_swaps,
     blends,
     embedding_names,
     parse,
-    parse_swap,
     render,
     schedule,
     to_text,
 )
+from studio.generation.swaps import apply_swaps, parse_swap
 
 
 def test_embedding_triggers_are_nodes_not_words():

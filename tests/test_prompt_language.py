@@ -13,7 +13,8 @@ from compel.prompt_parser import PromptParser
 from embeddings import Embedding, Store
 from studio.generation import GenerateRequest, Session
 from studio.generation.conditioning import PromptEncoder, load_stored
-from studio.generation.prompt import PromptError, blends, fragments, parse, render, unmatched_swaps
+from studio.generation.prompt import PromptError, blends, fragments, parse, render
+from studio.generation.swaps import unmatched_swaps
 from trainers.models import LoadedModel, detect_family
 from trainers.tiny import tiny_pipeline
 

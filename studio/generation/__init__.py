@@ -4,7 +4,7 @@ from studio.generation.conditioning import PromptEncoder, load_stored
 from studio.generation.grid import compose, parse_seeds, parse_sweep, render_grid
 from studio.generation.guidance import Guide, GuideError, parse_guide
 from studio.generation.img2img import InitImageError
-from studio.generation.prompt import PromptError, parse, parse_swap
+from studio.generation.prompt import PromptError, parse
 from studio.generation.provenance import ReplayError, read_provenance, replay, save_image, save_png
 from studio.generation.schedule import SCHEDULERS, make_scheduler, plot_schedule, schedule_curves
 from studio.generation.session import (
@@ -15,6 +15,7 @@ from studio.generation.session import (
     check_swaps,
     swaps_from_specs,
 )
+from studio.generation.swaps import parse_swap
 
 __all__ = [
     "SCHEDULERS",

@@ -32,7 +32,7 @@ from studio.generation.img2img import (
     load_init_image,
     trimmed_timesteps,
 )
-from studio.generation.prompt import Node, apply_swaps, blends, parse, parse_swap, to_text, unmatched_swaps
+from studio.generation.prompt import Node, blends, parse, to_text
 from studio.generation.schedule import (
     DEFAULT_SCHEDULER,
     MAX_STEPS,
@@ -41,6 +41,7 @@ from studio.generation.schedule import (
     make_scheduler,
     step_starts,
 )
+from studio.generation.swaps import apply_swaps, parse_swap, unmatched_swaps
 from studio.generation.trace import Trace, TraceFrame
 from trainers.models import LoadedModel, load_model
 
