@@ -126,3 +126,30 @@ def test_runs_started_at_once_in_one_folder_get_it_once(tmp_path):
     finally:
         for proc in procs:
             stop(proc)
+
+
+def test_a_filesystem_that_refuses_locks_falls_back_to_the_pid_file_with_a_warning(
+    tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from trainers import runlock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))  # NFS without a lock manager says this
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    monkeypatch.setattr(runlock, "_warned", [])
+    dead = RunFolder(tmp_path / "dead")
+    dead.root.mkdir()
+    (dead.root / "pid").write_text("999999999\n")  # a killed run's pid file: nobody has that pid
+    assert dead.holder() is None and not dead.alive()
+    folder = RunFolder(tmp_path / "run")
+    assert folder.claim() is None  # claimed by the pid file, as where there is no flock
+    assert folder.alive() and folder.holder() == os.getpid()
+    assert int((folder.root / "pid").read_text()) == os.getpid()
+    assert capsys.readouterr().err.count("does not lock files (No locks available)") == 1  # said once
+    folder.release()
+    assert not (folder.root / "pid").exists() and not folder.alive()
+    (folder.root / "pid").write_text(f"{os.getppid()}\n")  # a live process's pid: the folder is taken
+    assert folder.claim() == os.getppid()
