@@ -61,13 +61,16 @@ def test_the_notes_say_so_on_the_demo_world_only(tmp_path):
     images = load_images(folder)
     notes = data_notes(folder, images, "object", demo_world=True)
     assert notes[1:] == [
-        "the backgrounds vary (gray, blue, white): images are captioned with their background, as the "
-        "world's own captions do; write NAME.txt captions to choose otherwise"
+        "the backgrounds vary (gray, blue, white): 2 image(s) without a NAME.txt caption are captioned with "
+        "their background (on a blue background, on a white background; gray is left unsaid, as in the "
+        "world's own captions); write NAME.txt captions to choose otherwise"
     ]
     assert data_notes(folder, images, "object")[1:] == []  # a real model: nothing is added
-    (folder / "img0.txt").write_text("on a gray background")
+    (folder / "img1.txt").write_text("on a blue background")
     notes = data_notes(folder, load_images(folder), "object", demo_world=True)
-    assert "(gray, blue, white): the 2 images without a NAME.txt caption are captioned" in notes[1]
+    assert "(gray, blue, white): 1 image(s) without a NAME.txt caption are captioned" in notes[1]
+    (folder / "img2.txt").write_text("on a white background")  # the gray one gets nothing: no note
+    assert data_notes(folder, load_images(folder), "object", demo_world=True)[1:] == []
     plain = tmp_path / "plain.txt"
     plain.write_text("a photo of [name]\n")  # no [filewords]: no caption reaches a prompt
     assert not any("backgrounds vary" in n for n in data_notes(folder, images, str(plain), demo_world=True))

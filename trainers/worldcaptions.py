@@ -54,15 +54,18 @@ def world_captions(images: list[TrainImage]) -> list[str]:
 
 
 def background_note(images: list[TrainImage]) -> str:
-    """What world_captions does to a demo-world run's images ('' when it leaves them as they are)."""
+    """What world_captions adds to a demo-world run's images ('' when it adds nothing)."""
     names = list(dict.fromkeys(_judged_backgrounds(images)))
-    if len(names) < 2:
+    added = [
+        caption
+        for image, caption in zip(images, world_captions(images), strict=True)
+        if caption != image.caption
+    ]
+    if not added:
         return ""
-    uncaptioned = sum(not image.caption for image in images)
-    which = "images are"
-    if uncaptioned < len(images):
-        which = f"the {uncaptioned} images without a NAME.txt caption are"
+    said = ", ".join(dict.fromkeys(added))
     return (
-        f"the backgrounds vary ({', '.join(names)}): {which} captioned with their background, as the "
-        "world's own captions do; write NAME.txt captions to choose otherwise"
+        f"the backgrounds vary ({', '.join(names)}): {len(added)} image(s) without a NAME.txt caption are "
+        f"captioned with their background ({said}; gray is left unsaid, as in the world's own captions); "
+        "write NAME.txt captions to choose otherwise"
     )
