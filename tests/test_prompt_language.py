@@ -197,3 +197,16 @@ def test_a_swap_inside_a_quoted_blend_phrase_says_so():
     with pytest.raises(PromptError, match="'puppy' is a word of the quoted blend phrase 'red puppy'"):
         unmatched_swaps({"puppy": "<cat>"}, nodes)
     assert unmatched_swaps({"kitten": "<cat>"}, nodes) == ["kitten"]
+
+
+def test_literal_text_spelled_like_an_alias_stays_text(model, store):
+    encoder = PromptEncoder(model)
+    nodes = parse(r"a <cat> and \<ts0\> circle")
+    encoder.require(nodes, store)
+    alias = encoder.spell("cat").split()[0]
+    assert alias == "<ts0>"  # the embedding's own token: the escaped text spells it
+    [(text, _weight)] = fragments(nodes, spell=encoder.spell)
+    literal_part = text.split(" and ", 1)[1]
+    assert literal_part == "< ts0> circle"
+    tokens = model.pipe.tokenizer.tokenize(literal_part)
+    assert alias not in tokens and tokens[0] == "<</w>"  # text, as '\\<cat\\>' is

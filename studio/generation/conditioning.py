@@ -18,6 +18,7 @@ from embeddings import Embedding, Store, install, needs_partial, token_names
 from embeddings.errors import TokensmithError
 from embeddings.maths import SLERP_VERSION
 from studio.generation.prompt import (
+    ALIAS_PREFIX,
     Blend,
     Node,
     PromptError,
@@ -134,7 +135,7 @@ class PromptEncoder:
         if stale or (installed_partly(current) and not self.partial):
             encoders = self.model.encoders
             partly = self.partial and needs_partial(emb, encoders)
-            alias = self._aliases.setdefault(emb.name, f"ts{len(self._aliases)}")
+            alias = self._aliases.setdefault(emb.name, f"{ALIAS_PREFIX}{len(self._aliases)}")
             install(emb, encoders, partial=self.partial, model_family=self.model.family, token_name=alias)
             current = emb.with_meta(**{INSTALL_META: PARTIAL}) if partly else emb
             self.installed[emb.name] = current

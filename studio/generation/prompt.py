@@ -33,6 +33,11 @@ NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
 SPECIAL = "()[]<>:\\"
 ESCAPE = re.compile(r"\\([()\[\]<>:\\])")  # \X for X in SPECIAL: the character X itself
 PAREN_WEIGHT = 1.1  # A1111: (text) is ×1.1, [text] is ÷1.1
+# Embeddings are installed under aliases <ts0>, <ts0>_1, ... (conditioning.py). Literal text spelled like one
+# (`\<ts0\>`) gets a space after its '<': CLIP's tokenizer splits '<' off either way, so the text tokenizes
+# as it would without the alias, and never as the installed token.
+ALIAS_PREFIX = "ts"
+ALIAS_SHAPED = re.compile(rf"<(?={ALIAS_PREFIX}\d+>)")
 
 
 class PromptError(TokensmithError, ValueError):
@@ -371,7 +376,10 @@ def _stretches(nodes, at, steps, spell, weight: float, weighted: bool, out: list
         if isinstance(node, Edit):
             _stretches(_side(node, at, steps), at, steps, spell, weight, weighted, out)
             continue
-        text = spell(node.name) if isinstance(node, EmbeddingRef | Blend) else literal(node.text)
+        if isinstance(node, EmbeddingRef | Blend):
+            text = spell(node.name)
+        else:
+            text = ALIAS_SHAPED.sub("< ", literal(node.text))
         if out and out[-1][1:] == (weight, weighted) and out[-1][0]:
             out[-1] = (out[-1][0] + text, weight, weighted)  # same stretch: the text is contiguous
         else:
