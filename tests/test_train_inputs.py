@@ -191,3 +191,22 @@ def test_an_sd1_init_embedding_for_an_sdxl_model_is_refused_before_the_model_loa
     assert str(caught.value) == modelprep.init_misfit(Store.for_home(home).get("sd1cat"), "clip_l")
     assert "an SD 1.x/2.x-style embedding cannot start its token; use a word" in str(caught.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_init_embedding_of_another_width_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import torch
+
+    from embeddings import Embedding, Store
+    from trainers import models
+
+    home = tmp_path / "home"
+    Store.for_home(home).put(Embedding("sd15-cat", {"emb_params": torch.zeros(1, 768)}))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    images = square_images(tmp_path / "images")
+    cfg = quick_config(images, tmp_path / "run", model="demo", init="<sd15-cat>")
+    said = r"width 768 \(emb_params\) but this model's text encoder has 64"
+    with pytest.raises(TokensmithError, match=said):
+        train(cfg, home=home)
+    assert not (tmp_path / "run").exists()
+    assert models.planned_encoder_widths("demo") == {"emb_params": 64}
+    assert models.planned_encoder_widths("owner/some-model") is None  # a hub id: only loading tells

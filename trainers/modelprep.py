@@ -101,9 +101,10 @@ def init_misfit(stored, key: str) -> str:
 
 
 def check_init_fits(cfg, store) -> None:
-    """Refuse an init embedding `<name>` that the model's encoders cannot take, before the model loads (read
-    from the model's files; a hub id is checked once it has loaded)."""
-    from trainers.models import planned_encoder_keys
+    """Refuse an init embedding `<name>` that the model's encoders cannot take, before the model loads: its
+    keys, and for a diffusers folder (the demo world's too) its widths, read from the model's files (a hub id
+    is checked once it has loaded)."""
+    from trainers.models import planned_encoder_keys, planned_encoder_widths
 
     init = (cfg.init or "").strip()
     if not (init.startswith("<") and init.endswith(">")):
@@ -113,6 +114,13 @@ def check_init_fits(cfg, store) -> None:
     missing = [key for key in keys or () if key not in stored.vectors]
     if missing:
         raise TokensmithError(init_misfit(stored, missing[0]))
+    for key, width in (planned_encoder_widths(cfg.model) or {}).items():
+        if stored.widths[key] != width:
+            raise TokensmithError(
+                f"init embedding <{stored.name}> has width {stored.widths[key]} ({key}) but this model's "
+                f"text encoder has {width}: it was made for another model; use a word (--init cat) or an "
+                "embedding made for this model"
+            )
 
 
 def resolve_vectors(cfg, spec: FamilySpec, stored) -> int:

@@ -105,6 +105,23 @@ def planned_encoder_keys(spec: str, config: str | None = None) -> tuple[str, ...
     return ("clip_l", "clip_g") if sdxl else single
 
 
+def planned_encoder_widths(spec: str) -> dict[str, int] | None:
+    """{key: width} of a diffusers folder's text encoders (the demo world's too), read from their
+    config.json without loading them; None where only loading can tell (a single file, a hub id)."""
+    folder = demo_model_dir() if spec.strip() == "demo" else Path(spec.strip()).expanduser()
+    keys = planned_encoder_keys(spec)
+    if keys is None or not folder.is_dir():
+        return None
+    widths = {}
+    for key, sub in zip(keys, ("text_encoder", "text_encoder_2"), strict=False):
+        try:
+            config = json.loads((folder / sub / "config.json").read_text(encoding="utf-8"))
+            widths[key] = int(config["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return widths
+
+
 # --- family detection ---
 
 
