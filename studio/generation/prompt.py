@@ -2,7 +2,7 @@
 
     a <cat> on a mat                         <name>: a stored embedding (never collides with a word)
     a (<cat>:1.2) with (red:0.8) stripes     (text:W): weight; (text) is ×1.1 and [text] ÷1.1, as in A1111
-    a <0.6*keyboard + 0.4*typewriter>        inline token-level blend of words and/or embeddings
+    a <0.6*red + 0.4*yellow>                 inline token-level blend of words and/or embeddings
     a <0.5*<cat> + 0.5*<dog>>                (weights as written; a bare operand weighs 1; '-' subtracts)
     a <1.3*<cat>>                            one operand: a scaled token
     a <slerp(<cat>, <dog>, 0.3)>             spherical blend, 0.3 of the way from <cat> to <dog>
@@ -70,7 +70,7 @@ class Blend:
 
     @property
     def expression(self) -> str:
-        """A canonical spelling: `<0.6*keyboard + 0.4*typewriter>`, `<slerp(<cat>, <dog>, 0.3)>`."""
+        """A canonical spelling: `<0.6*red + 0.4*yellow>`, `<slerp(<cat>, <dog>, 0.3)>`."""
         spell = [f"<{o.text}>" if o.kind == "embedding" else _quote_word(o.text) for _w, o in self.parts]
         if self.method == "slerp":
             return f"<slerp({spell[0]}, {spell[1]}, {_num(self.parts[1][0])})>"
@@ -235,7 +235,7 @@ class _Parser:
 
 
 def parse_blend(expr: str) -> Blend:
-    """`0.6*keyboard + 0.4*typewriter`, `0.5*<cat> + 0.5*<dog>`, `slerp(<cat>, <dog>, 0.3)` -> Blend.
+    """`0.6*red + 0.4*yellow`, `0.5*<cat> + 0.5*<dog>`, `slerp(<cat>, <dog>, 0.3)` -> Blend.
 
     The expression language is the embeddings core's (`tokensmith blend` reads the same); a bare operand
     weighs 1 and `-` subtracts. One operand is a scaled token: `<1.3*<cat>>`, `<-1*<cat>>`.
