@@ -36,6 +36,8 @@ class RunState:
     previews: list[Path] = field(default_factory=list)
     snapshots: list[Path] = field(default_factory=list)
     log_tail: str = ""
+    warning: str = ""  # done: why the stored step's previews doubt that the concept was learned
+    notes: list[str] = field(default_factory=list)  # the trainer's `note:` lines (the data it found)
 
     @property
     def active(self) -> bool:
@@ -86,6 +88,20 @@ def read_progress(path: Path) -> tuple[list[dict], dict | None]:
 
 def _numbered_files(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+# The trainer's notes that are CLI advice on reusing printed commands, not facts about the run: left out.
+CLI_ONLY_NOTES = ("once this run has begun",)
+
+
+def _notes(path: Path) -> list[str]:
+    """The `note: ...` lines the trainer printed before training (the data it found, captions it added)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    said = [line.removeprefix("note: ").strip() for line in lines if line.startswith("note: ")]
+    return [note for note in dict.fromkeys(said) if not note.startswith(CLI_ONLY_NOTES)]
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -167,4 +183,6 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         previews=_numbered_files(run_dir / "previews", "step-*.png"),
         snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),
         log_tail=_tail(run_dir / "log.txt") if status in ("failed", "ended") else "",
+        warning=str(final.get("warning") or "") if final else "",
+        notes=_notes(run_dir / "log.txt"),
     )

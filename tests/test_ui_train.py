@@ -345,3 +345,23 @@ def test_captions_next_to_a_folders_images_reach_the_prompts(fake_trainer, token
     templates = command[command.index("--templates") + 1] if "--templates" in command else "object"
     caption = load_images(command[command.index("--images") + 1])[0].caption
     assert all(fill_template(t, "<x>", caption).endswith(", on a red sofa") for t in template_set(templates))
+
+
+def test_a_finished_run_shows_its_warning_and_the_trainers_notes(tokensmith_home):
+    rows = [{"step": s, "total": 20, "loss": 1.0 / s} for s in range(1, 21)]
+    warning = "only 25% of the stored step's previews have the training images' shape (triangle)"
+    final = {"event": "done", "name": "cat", "kept": 20, "warning": warning}
+    job_id = run_folder(tokensmith_home, rows, final)
+    (tokensmith_home / "runs" / job_id / "log.txt").write_text(
+        "note: training on 3 image(s) from /data/cats; skipped a.gif: only PNG/JPEG/WebP are read\n"
+        "note: the backgrounds vary (gray, blue): 1 image(s) without a NAME.txt caption are captioned\n"
+        "note: once this run has begun, add --resume to either command to continue it\n"
+        "step 20/20 · loss 0.05\n"
+    )
+    at = open_train(job=job_id)
+    assert not any("Learned <cat>" in s.value for s in at.success)  # not a plain success
+    assert any("Stored <cat>" in w.value and warning in w.value for w in at.warning)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("training on 3 image(s)") and "skipped a.gif" in c for c in captions)
+    assert any(c.startswith("the backgrounds vary") for c in captions)
+    assert not any("--resume" in c for c in captions)  # CLI advice stays in the log

@@ -55,8 +55,16 @@ def check_image(name: str, data: bytes) -> tuple[int, int]:
                     f"{int(MAX_PIXELS**0.5)} pixels per side"
                 )
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"'{name}' could not be read as an image ({exc}): is the file complete?") from None
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"'{name}' could not be read as an image (not a format PIL knows, or cut short): remove it, or "
+            "re-save it as PNG"
+        ) from None
+    except (OSError, SyntaxError) as exc:
+        reason = str(exc).split(" <_io.")[0] or type(exc).__name__  # not the in-memory buffer's repr
+        raise ValueError(
+            f"'{name}' could not be read as an image ({reason}): is the file complete?"
+        ) from None
     except Image.DecompressionBombError:  # so large that PIL refuses to open it (and not an OSError)
         raise ValueError(
             f"'{name}' is too large to train on (too many pixels to open safely): resize it below "

@@ -222,12 +222,19 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
 
         note = kept_note(state.kept_step, state.step) if state.kept_step is not None else ""
         kept = f" It {note}." if note else ""
-        st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
+        if state.warning:  # stored, but its previews doubt the concept was learned
+            st.warning(f"Stored <{name}> in the Library.{kept} But {state.warning}")
+        else:
+            st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
         st.page_link("views/library.py", label="Open the Library", icon="📚")
     elif state.status in ("failed", "ended", "unreadable"):
         st.error(state.message or "training failed")
         if state.log_tail:
-            st.code(state.log_tail, language=None)
+            st.code(state.log_tail, language=None, wrap_lines=True)
+    if state.notes:
+        with st.expander("What the trainer noted about the data", expanded=state.active):
+            for note in state.notes:
+                st.caption(note)
     elif state.status == "stopped":
         st.warning(stopped_text(state))
     if state.resumable and not state.can_resume:
