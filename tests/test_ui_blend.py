@@ -148,6 +148,9 @@ def test_preview_prompt_and_labels():
     assert blending.preview_prompt("a photo of", "mix") == "a photo of <mix>"
     ops = [Operand("embedding", "cat", 0.5), Operand("word", "dog", 0.5)]
     assert blending.row_label(ops, [0.25, 0.75]) == '0.25 <cat> + 0.75 "dog"'
+    assert blending.row_label(ops, [0.25, 0.75], "slerp") == 'slerp(<cat>, "dog", t=0.75)'
+    # a sweep's rows differ only in t, and the grid cuts labels at its label column: t comes first there
+    assert blending.row_label(ops, [0.25, 0.75], "slerp", t_first=True) == 't=0.75: slerp(<cat>, "dog")'
 
 
 def test_preview_store_shows_the_unsaved_blend_first(store):

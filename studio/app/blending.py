@@ -66,11 +66,18 @@ def weight_rows(weights: list[float], sweep: bool) -> list[list[float]]:
     return [[1 - t, t, *weights[2:]] for t in SWEEP]
 
 
-def row_label(operands: list[Operand], weights: list[float], method: str = "lerp") -> str:
-    """'0.75 <cat> + 0.25 "dog"'; slerp: 'slerp(<cat>, "dog", t=0.25)' (t = w₂/(w₁+w₂), as the core does)."""
+def row_label(
+    operands: list[Operand], weights: list[float], method: str = "lerp", *, t_first: bool = False
+) -> str:
+    """'0.75 <cat> + 0.25 "dog"'; slerp: 'slerp(<cat>, "dog", t=0.25)' (t = w₂/(w₁+w₂), as the core does).
+
+    `t_first` ('t=0.25: slerp(<cat>, "dog")') for a sweep's row labels, which a grid cuts at its label
+    column's width: the rows differ only in t, so it comes first."""
     if method == "slerp" and len(operands) == 2:
         total = weights[0] + weights[1]
         t = f"{weights[1] / total:.3g}" if total else "?"
+        if t_first:
+            return f"t={t}: slerp({operands[0].label}, {operands[1].label})"
         return f"slerp({operands[0].label}, {operands[1].label}, t={t})"
     return " + ".join(f"{w:g} {op.label}" for op, w in zip(operands, weights, strict=True))
 

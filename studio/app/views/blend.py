@@ -118,7 +118,7 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
     rows, labels = [], []
     for row_weights in blending.weight_rows(weights, settings["sweep"]):
         rows.append([cell(mix(row_weights), seed) for seed in settings["seeds"]])
-        labels.append(blending.row_label(operands, row_weights, method))
+        labels.append(blending.row_label(operands, row_weights, method, t_first=True))
     grid = compose(rows, labels, [f"seed {s}" for s in settings["seeds"]])
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
