@@ -92,12 +92,14 @@ def _numbered_files(folder: Path, pattern: str) -> list[Path]:
 
 # The trainer's notes that are CLI advice on reusing printed commands, not facts about the run: left out.
 CLI_ONLY_NOTES = ("once this run has begun",)
+NOTES_BYTES = 64 * 1024  # how much of log.txt the notes are looked for in
 
 
 def _notes(path: Path) -> list[str]:
     """The `note: ...` lines the trainer printed before training (the data it found, captions it added)."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:  # they come before the first step: the head of the log, not the whole of it at every poll
+        with open(path, "rb") as log:
+            lines = log.read(NOTES_BYTES).decode("utf-8", errors="replace").splitlines()
     except OSError:
         return []
     said = [line.removeprefix("note: ").strip() for line in lines if line.startswith("note: ")]

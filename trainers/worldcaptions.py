@@ -42,9 +42,13 @@ def world_captions(images: list[TrainImage]) -> list[str]:
     shared background may be part of the concept, so such a set keeps its captions as they are. Derived
     from the pixels, so a resumed run computes the same prompts.
     """
+    return _captions(images, _judged_backgrounds(images))
+
+
+def _captions(images: list[TrainImage], names: list[str]) -> list[str]:
+    """world_captions, given the images' judged background `names` (judging is the costly part)."""
     from demo.world import DEFAULT_BACKGROUND
 
-    names = _judged_backgrounds(images)
     if len(set(names)) < 2:
         return [image.caption for image in images]
     return [
@@ -55,17 +59,14 @@ def world_captions(images: list[TrainImage]) -> list[str]:
 
 def background_note(images: list[TrainImage]) -> str:
     """What world_captions adds to a demo-world run's images ('' when it adds nothing)."""
-    names = list(dict.fromkeys(_judged_backgrounds(images)))
-    added = [
-        caption
-        for image, caption in zip(images, world_captions(images), strict=True)
-        if caption != image.caption
-    ]
+    judged = _judged_backgrounds(images)  # once: each image goes through the judge
+    captions = zip(images, _captions(images, judged), strict=True)
+    added = [caption for image, caption in captions if caption != image.caption]
     if not added:
         return ""
-    said = ", ".join(dict.fromkeys(added))
+    said, seen = ", ".join(dict.fromkeys(added)), ", ".join(dict.fromkeys(judged))
     return (
-        f"the backgrounds vary ({', '.join(names)}): {len(added)} image(s) without a NAME.txt caption are "
+        f"the backgrounds vary ({seen}): {len(added)} image(s) without a NAME.txt caption are "
         f"captioned with their background ({said}; gray is left unsaid, as in the world's own captions); "
         "write NAME.txt captions to choose otherwise"
     )
