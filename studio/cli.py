@@ -19,6 +19,7 @@ from pathlib import Path
 # Modules import their heavy dependencies (torch, diffusers) inside the run functions so `--help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "studio.cli_train",
+    "studio.cli_demo",
     "studio.cli_ui",
     "studio.cli_demo_world",
     "studio.cli_generate",

@@ -1,4 +1,4 @@
-"""`tokensmith train` (learn a concept token from images) and `tokensmith demo` (the whole story, offline)."""
+"""`tokensmith train`: learn a concept token from images (the demo command is studio/cli_demo.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from studio.cli import UsageError, at_least_one, bar_options
+from studio.cli import UsageError, bar_options
 
 TRAIN_EXAMPLE = """Examples:
   tokensmith train --images shots/ --name my-cat --init cat
@@ -17,10 +17,6 @@ TRAIN_EXAMPLE = """Examples:
   tokensmith train --name my-cat --resume --steps 300 --overwrite   # train a finished run further
 Every flag is also a config key (--batch-size 4 <-> batch_size = 4). The run folder holds config.toml,
 command.txt, progress.jsonl, previews/, snapshots/ and checkpoints/; SIGTERM stops cleanly."""
-
-DEMO_EXAMPLE = """Example:
-  tokensmith demo                          # renders a held-out concept, trains <demo-purple-triangle>, ...
-  tokensmith demo --concept "orange star" --out demo-run/"""
 
 
 def register(subparsers, common) -> None:
@@ -56,30 +52,6 @@ def register(subparsers, common) -> None:
                 help=help_text,
             )
     train.set_defaults(run=run_train)
-
-    demo = subparsers.add_parser(
-        "demo",
-        parents=[common],
-        help="the main job, offline: render a new concept, train a token for it, generate, blend, compare",
-        description="Render 5 images of a concept the demo world never saw, train a token on them, store it, "
-        "generate with it and with a blend, and write a labelled contact sheet with before/after "
-        "judge scores.",
-        epilog=DEMO_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_argument("--concept", default=None, help="a held-out demo concept (default: purple triangle)")
-    demo.add_argument("--out", default=None, metavar="DIR", help="output folder (default: HOME/demo)")
-    demo.add_argument(
-        "--steps",
-        type=at_least_one,
-        default=None,
-        help=f"training steps, 1 or more (default: train's, {FIELDS['steps'].default})",
-    )
-    demo.add_argument(
-        "--seed", type=int, default=0, help="seed for the rendered images and the samples (default 0)"
-    )
-    demo.add_argument("--json", action="store_true", help="print the scores as JSON on stdout")
-    demo.set_defaults(run=run_demo)
 
 
 def _flag_value(name: str):
@@ -289,153 +261,3 @@ def upload_outcome(run_dir: str, failed_upload) -> dict:
         return {"uploaded": False, "upload_error": str(failed_upload)}
     done = (RunFolder(Path(run_dir)).read_progress() or [{}])[-1]
     return {"uploaded": True, "url": done.get("url", "")}
-
-
-# --- tokensmith demo ---
-
-DEMO_CONCEPT = "purple triangle"
-DEMO_IMAGES = 5
-DEMO_SAMPLES = 4
-DEMO_BLEND_WITH = "red"
-
-
-def _judge_row(images, concept) -> dict:
-    """Judge scores of samples against a concept: mean colour distance, colour and shape hit counts."""
-    from demo.judge import distance_to, judge
-
-    verdicts = [judge(image) for image in images]
-    distances = [min(distance_to(image, concept), 441.7) for image in images]
-    return {
-        "colour_distance": round(sum(distances) / len(distances), 1),
-        "colour_hits": sum(v.colour == concept.colour for v in verdicts),
-        "shape_hits": sum(v.shape == concept.shape for v in verdicts),
-        "n": len(images),
-    }
-
-
-def _demo_folder(args):
-    """The output folder (--out, else HOME/demo), refused when it is a file; nothing is written yet."""
-    from pathlib import Path
-
-    out = Path(args.out).expanduser() if args.out else args.home / "demo"
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file: give a folder for the demo's images and run")
-    return out
-
-
-def _prepare_demo_folder(out) -> None:
-    """Make the output folder; an old demo run folder in it is replaced (the demo is meant to be re-run)."""
-    import shutil
-
-    run = out / "run"
-    if (run / "progress.jsonl").is_file() and (run / "config.toml").is_file():
-        shutil.rmtree(run)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-
-
-def _steps_text(emb) -> str:
-    """'after 150 steps', with ', kept step 125 of 150, ...' when an earlier snapshot was stored."""
-    from trainers.trainer import kept_note, summary
-
-    kept, trained = int(emb.meta["steps"]), int(summary(emb).get("trained_steps", emb.meta["steps"]))
-    return ", ".join(filter(None, [f"after {trained} steps", kept_note(kept, trained)]))
-
-
-def run_demo(args) -> int:
-    """Render a held-out concept, train a token on it, store it, generate with it and a blend, compare."""
-    import random
-    import time
-
-    from demo.world import parse_concept, render
-    from embeddings import Store
-    from studio.generation import GenerateRequest, Session, compose
-    from trainers.config import TrainConfig
-    from trainers.families import spec_for
-    from trainers.models import load_model
-    from trainers.trainer import RunStopped, summary, train
-
-    set_cpu_threads()
-    started = time.monotonic()
-    concept = parse_concept(args.concept or DEMO_CONCEPT)
-    if not concept.is_held_out:
-        print(
-            f"note: the demo world already knows '{concept}'; held-out ones show learning best",
-            file=sys.stderr,
-        )
-    name = "demo-" + f"{concept.colour}-{concept.shape}"
-    out = _demo_folder(args)
-    # the training config first: a value it refuses fails now, not after rendering, loading and sampling
-    changes = {"steps": args.steps} if args.steps is not None else {}
-    cfg = TrainConfig(
-        images=str(out / "images"),
-        name=name,
-        run_dir=str(out / "run"),
-        overwrite=True,
-        seed=args.seed,
-        **changes,
-    )
-    _prepare_demo_folder(out)
-    rng = random.Random(args.seed)
-    shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
-    for i, shot in enumerate(shots):
-        shot.save(out / "images" / f"{i}.png")
-    print(f"rendered {DEMO_IMAGES} images of '{concept}' into {out / 'images'}", file=sys.stderr)
-
-    model = load_model("demo")
-    session, store = Session(model), Store.for_home(args.home)
-    init = spec_for(model.family).default_init
-
-    def sample(prompt: str) -> list:
-        request = GenerateRequest(prompt=prompt, seed=args.seed, num_images=DEMO_SAMPLES)
-        return [result.image for result in session.generate(request, store=store)]
-
-    before = sample(f"a {init}")
-    bar = ProgressBar(cfg.steps)
-    try:
-        emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=bar.write)
-    except RunStopped:  # Ctrl-C while it prepared; the demo starts afresh each time, so no --resume
-        emb = None
-    finally:
-        bar.close()
-    if emb is None or summary(emb).get("end") == "stopped":
-        print(
-            "tokensmith demo: stopped before it finished training; run `tokensmith demo` again",
-            file=sys.stderr,
-        )
-        return 1
-    after = sample(f"a <{name}>")
-    blend_prompt = f"a <0.5*<{name}> + 0.5*{DEMO_BLEND_WITH}>"
-    blended = sample(blend_prompt)
-    scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
-    rows = [shots[:DEMO_SAMPLES], before, after, blended]
-    labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>", f"blend: {blend_prompt[2:]}"]
-    sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
-    sheet_path = out / "contact-sheet.png"
-    sheet.save(sheet_path)
-    result = {
-        "concept": str(concept),
-        "name": name,
-        "steps": int(emb.meta["steps"]),
-        "stored": str(store.path(name)),
-        "contact_sheet": str(sheet_path),
-        "seconds": round(time.monotonic() - started, 1),
-        **scores,
-    }
-    report = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
-    b, a = scores["before"], scores["after"]
-    lines = [
-        f"concept        {concept} (never seen by the demo model)"
-        if concept.is_held_out
-        else f"concept        {concept}",
-        f"token          <{name}> {_steps_text(emb)}, stored at {result['stored']}",
-        f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
-        f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
-        f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
-        f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}",
-        f"contact sheet  {sheet_path}",
-        f"time           {result['seconds']} s",
-    ]
-    print("\n".join(lines), file=report)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainers import models
+from trainers import models, network
 from trainers.models import DEMO_MARKER, ModelLoadError, demo_model_dir, detect_family, load_model
 from trainers.tiny import tiny_pipeline, tiny_tokenizer
 
@@ -178,7 +178,7 @@ def test_a_hub_id_whose_host_does_not_resolve_is_looked_up_in_the_cache_only(mon
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    for name in models.PROXY_VARIABLES:
+    for name in network.PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", cache_only)
@@ -186,7 +186,7 @@ def test_a_hub_id_whose_host_does_not_resolve_is_looked_up_in_the_cache_only(mon
         load_model("nobody-here/not-cached")
     assert asked == [True]
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the proxy resolves names: not asked
-    assert models.hub_unreachable() is None
+    assert network.hub_unreachable() is None
 
 
 def test_single_file_without_configs_offline_says_what_to_do(tmp_path):

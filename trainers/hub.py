@@ -16,7 +16,7 @@ from embeddings.errors import TokensmithError
 from trainers.card import check_license, model_card, write_public_copy
 from trainers.commands import home_flags
 from trainers.config import check_repo_id
-from trainers.models import NETWORK_WORDS
+from trainers.network import network_error
 
 
 class UploadError(TokensmithError):
@@ -53,20 +53,6 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _is_network(exc: BaseException) -> bool:
-    """Whether the hub was never reached (no network, DNS, refused, timed out), anywhere in the chain of
-    causes huggingface_hub wraps it in."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return True
-        if any(word in f"{type(exc).__name__}: {exc}".lower() for word in NETWORK_WORDS):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def failure_advice(exc: BaseException, repo_id: str) -> str:
     """What to do about a failed upload, by its cause: the login (401), write rights (403), the hub (5xx),
     the network; both login and network when the error does not tell."""
@@ -83,7 +69,7 @@ def failure_advice(exc: BaseException, repo_id: str) -> str:
         )
     if status is not None and status >= 500:
         return "the hub had a server error: try again later"
-    if _is_network(exc):
+    if network_error(exc):
         return "the hub could not be reached: check the network (and HF_ENDPOINT or a proxy, if you set one)"
     return f"check the network, and log in with {login}"
 

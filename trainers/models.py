@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 
 from embeddings.errors import EmbeddingFormatError, TokensmithError, first_line
 from embeddings.formats.pickled import load_pickle
+from trainers.network import hub_unreachable, network_error, offline_by_choice
 
 DEMO_MARKER = "tokensmith_demo.json"  # a marker file that makes any folder count as the demo world
 DEMO_WORLD_FILE, DEMO_WORLD_NAME = "world.json", "tokensmith demo world"  # what demo.build writes
@@ -314,7 +315,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
 def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
     from diffusers import DiffusionPipeline
 
-    offline = _offline_by_choice()
+    offline = offline_by_choice()
     unreachable = None if offline else hub_unreachable()
     local_only = offline or unreachable is not None  # the cache alone, as huggingface_hub falls back to
     try:
@@ -333,7 +334,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
                 f"hub model {repo_id!r} is not in the local cache and HF_HUB_OFFLINE=1: download it on a "
                 f"machine with a network (`huggingface-cli download {repo_id}`) or pass a local folder"
             ) from exc
-        network = unreachable or _network_error(exc)
+        network = unreachable or network_error(exc)
         if network:
             raise ModelLoadError(
                 f"cannot reach the Hugging Face hub for {repo_id!r} ({network}) and it is not in the local "
@@ -346,51 +347,6 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
         ) from exc
 
 
-def _offline_by_choice() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-# the hub is https: its client takes HTTPS_PROXY or ALL_PROXY (HTTP_PROXY is for http:// URLs only)
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
-def hub_unreachable() -> str | None:
-    """'cannot resolve huggingface.co (...)' when the hub's host name does not resolve, else None.
-
-    Without a network huggingface_hub retries each request for 23 s (1+2+4+8+8) before it looks in its cache;
-    one DNS lookup says the same at once. Behind a proxy the proxy resolves names, so nothing is asked.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return None
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.getaddrinfo(url.hostname, url.port or 443)
-    except (OSError, UnicodeError) as exc:
-        return f"cannot resolve {url.hostname}: {exc}"
-    return None
-
-
-NETWORK_WORDS = ("connecterror", "connectionerror", "timeout", "name or service not known", "name resolution")
-
-
-def _network_error(exc: BaseException) -> str | None:
-    """'ConnectError: [Errno -2] Name or service not known' when the failure was the network's (anywhere in
-    the chain of causes diffusers and huggingface_hub wrap it in), else None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = f"{type(exc).__name__}: {first_line(exc)}"
-        if any(word in text.lower() for word in NETWORK_WORDS):
-            return text[:160]
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -400,7 +356,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any
         kwargs["config"] = config
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    local_only = _offline_by_choice() or hub_unreachable() is not None
+    local_only = offline_by_choice() or hub_unreachable() is not None
     try:
         with _quiet_loading():
             return cls.from_single_file(str(path), local_files_only=local_only, **kwargs)
