@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from studio.cli import at_least_one
-from studio.cli_generate import check_model_options
+from studio.cli_options import check_model_options
 
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
 STORED_NAME = "a stored embedding's name (`tokensmith list` shows them)"

@@ -6,22 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from studio.cli_generate import (
+from studio.cli_generate import StepProgress, check_embeddings, make_request, session_for, store_for
+from studio.cli_options import (
     DEFAULT_SCHEDULER,
     SCHEDULERS,
-    StepProgress,
     add_command,
-    check_embeddings,
     check_img2img,
     check_model_options,
     force_option,
     img2img_options,
-    make_request,
     model_options,
     refuse_existing,
     sampling_options,
-    session_for,
-    store_for,
 )
 
 VARIATIONS_EPILOG = """\

@@ -1,5 +1,5 @@
-"""Command `generate`, and the options and helpers every image command shares (studio/cli_explore.py has the
-others): thin doors onto studio.generation."""
+"""Command `generate`, and the helpers every image command shares (their options are studio/cli_options.py,
+the other commands studio/cli_explore.py): thin doors onto studio.generation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ import argparse
 import json
 import os
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
+
+from studio.cli_options import (
+    add_command,
+    check_img2img,
+    check_model_options,
+    exists_error,
+    force_option,
+    img2img_options,
+    model_options,
+    refuse_existing,
+    sampling_options,
+)
 
 GENERATE_EPILOG = """\
 Examples:
@@ -29,144 +40,6 @@ Every PNG carries its provenance; `tokensmith replay IMAGE --out NEW` makes it a
 Nothing is overwritten: an existing --out FILE.png is refused (--force replaces it), and in a folder an
 image whose name is taken gets the next free one (a-red-circle-s0-2.png).
 """
-
-
-# --- shared options ---
-
-# The names of studio.generation.schedule.SCHEDULERS, repeated so `--help` does not import torch (a test
-# checks they agree).
-SCHEDULERS = ("ddim", "ddpm", "dpm", "euler", "euler-a", "heun", "pndm", "unipc")
-DEFAULT_SCHEDULER = "dpm"
-
-
-def model_options(parser: argparse.ArgumentParser) -> None:
-    """--model and --model-config, shared by every command that loads a model."""
-    parser.add_argument(
-        "--model",
-        default="demo",
-        help="demo (default), a diffusers folder, a .safetensors/.ckpt, or a hub id",
-    )
-    parser.add_argument(
-        "--model-config", metavar="DIR", help="configs for a single-file checkpoint (offline)"
-    )
-
-
-def check_model_options(model: str | None, model_config: str | None, command: str) -> None:
-    """Before any model loads: a --model-config path that does not exist is refused (exit 1); one given with a
-    --model that does not read it (not a single-file checkpoint) is ignored, with a warning on stderr."""
-    from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_model_config, model_config_unused
-
-    if not model_config:
-        return
-    check_model_config(model_config)
-    if model_config_unused(model or "demo", model_config):
-        print(f"tokensmith {command}: warning: {MODEL_CONFIG_UNUSED}", file=sys.stderr)
-
-
-def sampling_options(parser: argparse.ArgumentParser, *, seeds: bool = False) -> None:
-    """Prompt and sampler options of generate, variations and grid (`seeds`: the command has --seeds)."""
-    parser.add_argument("--negative", default="", help="negative prompt (may use <name>)")
-    if not seeds:
-        parser.add_argument(
-            "--seed", type=int, default=0, help="seed of the first image (default 0); image k uses seed+k"
-        )
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (default: demo 4, SDXL 5, else 7.5)",
-    )
-    parser.add_argument(
-        "--scheduler",
-        default=DEFAULT_SCHEDULER,
-        choices=sorted(SCHEDULERS),
-        help=f"sampler (default {DEFAULT_SCHEDULER})",
-    )
-    parser.add_argument("--width", type=int, help="image width (default: the model's native size)")
-    parser.add_argument("--height", type=int, help="image height (default: the model's native size)")
-    parser.add_argument(
-        "--swap",
-        action="append",
-        default=[],
-        metavar="WORD=<name>",
-        help="make WORD stand for an embedding (repeatable)",
-    )
-    parser.add_argument(
-        "--partial",
-        action="store_true",
-        help="let in embeddings that fit this model only partly: an SD 1.x one goes into SDXL's clip_l "
-        "(clip_g gets zero vectors), an SDXL one's clip_l half into SD 1.x; a weaker effect",
-    )
-    parser.add_argument(
-        "--guide",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="loss guide: color=NAME|#hex, brightness=F, contrast=F, match=PATH; "
-        "add ,scale=S ,every=K (repeatable)",
-    )
-    parser.add_argument(
-        "--guide-module",
-        action="append",
-        default=[],
-        metavar="MODULE:FUNCTION",
-        help="your own loss: function(image (B,3,H,W) in [0,1]) -> scalar; "
-        "add ,scale=S ,every=K (repeatable)",
-    )
-
-
-def img2img_options(parser: argparse.ArgumentParser, init_help: str) -> None:
-    """--init-image and --strength."""
-    parser.add_argument("--init-image", type=Path, help=init_help)
-    parser.add_argument(
-        "--strength",
-        type=float,
-        default=0.6,
-        help="img2img: how much of the schedule to re-run, 0-1 (default 0.6)",
-    )
-
-
-def force_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--force", action="store_true", help="replace an existing output file")
-
-
-def refuse_existing(path: Path, force: bool) -> None:
-    """FileExistsError naming the file and the flag, unless `force` or `path` is new."""
-    if path.exists() and not force:
-        raise _exists(path)
-
-
-def _exists(path: Path) -> FileExistsError:
-    return FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out")
-
-
-def check_img2img(init_image: Path | None, strength: float) -> None:
-    """Before any model loads: with an init image, a strength that runs steps and a file that exists."""
-    from studio.generation.img2img import check_strength
-
-    if init_image is not None:
-        check_strength(strength)
-        check_init_image(init_image)
-
-
-def check_init_image(path: Path) -> None:
-    if path.is_dir():
-        raise ValueError(f"--init-image {path} is a folder: give an image file (PNG or JPEG)")
-    if not path.is_file():
-        raise FileNotFoundError(f"--init-image {path} does not exist")
-
-
-def add_command(subparsers, common, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
-    """A subcommand whose description is its help line and whose epilog (examples) keeps its layout."""
-    return subparsers.add_parser(
-        name,
-        parents=[common],
-        help=help_text,
-        description=help_text[0].upper() + help_text[1:] + ".",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -349,10 +222,10 @@ def _write_image(result, path: Path, *, stem: str | None, trace: Path | None, fo
             return save_png(result, path, overwrite=force)
         except FileExistsError:  # without --force only: the write never replaces a file then
             if stem is None:  # an --out FILE that appeared meanwhile: refused, naming it (not its temp file)
-                raise _exists(path) from None
+                raise exists_error(path) from None
             taken, path = path, _free_name(path.parent, stem, trace=trace, force=False)
             if path == taken:  # the name looks free but cannot be written: say so rather than loop
-                raise _exists(path) from None
+                raise exists_error(path) from None
 
 
 def _trace_path(trace: Path, image: Path) -> Path:
@@ -408,7 +281,7 @@ def run_generate(args) -> int:
             try:
                 save_image(result.trace, trace, overwrite=args.force)
             except FileExistsError:  # made while this one sampled: named as itself, not as the temp file
-                raise _exists(trace) from None
+                raise exists_error(trace) from None
             entry["trace"] = str(trace)
         written.append(entry | {"provenance": result.provenance})
     if args.json:

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from embeddings.errors import TokensmithError
-from studio.cli_generate import DEFAULT_SCHEDULER as CLI_DEFAULT
-from studio.cli_generate import SCHEDULERS as CLI_NAMES
+from studio.cli_options import DEFAULT_SCHEDULER as CLI_DEFAULT
+from studio.cli_options import SCHEDULERS as CLI_NAMES
 from studio.generation.schedule import (
     DEFAULT_SCHEDULER,
     SCHEDULERS,
