@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from clirun import run
-from PIL import Image
+from tinyrun import square_images
 
 from studio.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, build_parser, home_dir, main, version
 from trainers.config import ConfigError
@@ -180,11 +180,7 @@ def test_model_config_and_clip_model_paths_are_checked(tmp_path):
 
 @pytest.fixture
 def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(2):
-        Image.new("RGB", (16, 16), (200, 40 * i, 30)).save(folder / f"{i}.png")
-    return folder
+    return square_images(tmp_path / "images", 2)
 
 
 QUICK = ["--steps", "1", "--batch-size", "1", "--preview-images", "0", "--validate-every", "0"]
