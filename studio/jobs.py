@@ -6,7 +6,7 @@ plus the trainer's own record (`config.toml`, `command.txt`, `progress.jsonl`, `
 browser reload, a second tab or a restarted UI finds every job again; runs started from the CLI with
 `--run-dir` under `$home/runs/` are listed too. Cancelling sends SIGTERM; the trainer stops cleanly and writes
 a `stopped` event. Resuming starts the same command again with `--resume` in the same folder. Reading a
-run folder for display is studio/runview.py.
+run folder for display is studio/runview.py; job.json and /proc are read in studio/jobfiles.py.
 
 Whether a job runs is never taken from a pid alone (a killed trainer's pid is soon another process's): it is
 this runner's own child, or the trainer's lock on the run folder (RunFolder.claim), or, until the trainer
@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from studio.jobfiles import created_at, job_record, newer_than, started_at, write_atomic
 from studio.runview import RunState, read_run
 from trainers.runfolder import RunFolder
 
@@ -106,80 +107,6 @@ def new_job_id(name: str, now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
     slug = _ID_UNSAFE.sub("-", name).strip("-")[:40] or "run"
     return f"{slug}-{stamp}-{secrets.token_hex(2)}"
-
-
-# job.json's fields: the types each may have, and how a message names them. A job.json that breaks these is
-# damaged: the job lists as unreadable rather than being guessed at.
-_FIELDS = {
-    "name": ((str,), "a string"),
-    "command": ((list,), "a list of words"),
-    "created": ((int, float), "a number"),
-    "pid": ((int,), "a process id"),
-    "launched": ((int, float), "a number"),
-    "cancelled": ((bool,), "true or false"),
-}
-
-
-def _job_record(path: Path) -> dict:
-    """What job.json says ({} for a run the CLI started: it has none); ValueError naming what is wrong when it
-    is not a JSON object with fields of the right types, OSError when it cannot be read."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
-    for key, (types, kind) in _FIELDS.items():
-        value = data.get(key)
-        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if value is not None and wrong:
-            raise ValueError(f"its {key} is {json.dumps(value)[:40]}, not {kind}")
-    if not all(isinstance(word, str) for word in data.get("command") or ()):
-        raise ValueError(f"its command is not {_FIELDS['command'][1]}")
-    return data
-
-
-def _created(run_dir: Path) -> float:
-    """When the run began, for a folder without job.json: its oldest file's time. The folder's own time
-    changes at every atomic write, and a resume rewrites config.toml and progress.jsonl, but not images.json
-    or the latent cache."""
-    try:
-        times = [entry.stat().st_mtime for entry in run_dir.iterdir() if entry.is_file()]
-        return min(times, default=run_dir.stat().st_mtime)
-    except OSError:
-        return 0.0
-
-
-def _newer_than(run_dir: Path, when: float) -> bool:
-    """Whether a trainer wrote the run folder after `when`: its pid file (a claim) or progress.jsonl."""
-    for name in ("pid", "progress.jsonl"):
-        try:
-            if (run_dir / name).stat().st_mtime > when:
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _started_at(pid: int) -> float | None:
-    """When process `pid` started (epoch seconds, to about a second): field 22 of /proc/PID/stat, in clock
-    ticks after boot. None where there is no /proc (not Linux) or no such process."""
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class JobRunner:
@@ -300,7 +227,7 @@ class JobRunner:
             launched=launched,
         )
         self._procs[job.id] = proc
-        _write_atomic(job.run_dir / "job.json", job.to_json())
+        write_atomic(job.run_dir / "job.json", job.to_json())
         return job
 
     # --- finding and reading ---
@@ -333,24 +260,24 @@ class JobRunner:
         unreadable)."""
         path = run_dir / "job.json"
         try:
-            data = _job_record(path)  # {}: a run the CLI started, the folder alone tells its story
+            data = job_record(path)  # {}: a run the CLI started, the folder alone tells its story
         except (OSError, ValueError) as exc:
             return Job(
                 id=run_dir.name,
                 run_dir=run_dir,
                 name=run_dir.name,
-                created=_created(run_dir),
+                created=created_at(run_dir),
                 problem=f"cannot read {path}: {exc}",
             )
         # a cancel rewrote job.json: a trainer that claimed the folder after it (a resume from the CLI) was
         # not cancelled
-        cancelled = bool(data.get("cancelled")) and not _newer_than(run_dir, path.stat().st_mtime)
+        cancelled = bool(data.get("cancelled")) and not newer_than(run_dir, path.stat().st_mtime)
         return Job(
             id=run_dir.name,
             run_dir=run_dir,
             name=data.get("name") or run_dir.name,
             command=tuple(data.get("command") or ()),
-            created=float(data.get("created") or _created(run_dir)),
+            created=float(data.get("created") or created_at(run_dir)),
             pid=data.get("pid"),
             launched=float(data.get("launched") or 0.0),
             cancelled=cancelled,
@@ -364,7 +291,7 @@ class JobRunner:
             return proc.poll() is None
         if not job.pid or not job.launched:
             return False
-        started = _started_at(job.pid)
+        started = started_at(job.pid)
         return started is not None and abs(started - job.launched) <= LAUNCH_SLACK_S
 
     def alive(self, job: Job) -> bool:
@@ -401,7 +328,7 @@ class JobRunner:
         if not pid:
             return False
         if (job.run_dir / "job.json").exists():
-            _write_atomic(job.run_dir / "job.json", replace(job, cancelled=True).to_json())
+            write_atomic(job.run_dir / "job.json", replace(job, cancelled=True).to_json())
         try:
             if group and os.getpgid(pid) == pid:  # the session it was started in: nothing else is in it
                 os.killpg(pid, signal.SIGTERM)
