@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "studio.cli_explore",
     "studio.cli_import",
     "studio.cli_embeddings",
+    "studio.cli_vectors",
     "studio.cli_share",
     "studio.cli_runs",
 )

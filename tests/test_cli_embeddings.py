@@ -376,7 +376,7 @@ def test_blend_help_examples_blend_whole_words_of_the_demo_world(capsys):
     from transformers import CLIPTokenizer
 
     from embeddings.blend_expr import parse_blend
-    from studio.cli_embeddings import check_word_operands
+    from studio.cli_vectors import check_word_operands
     from trainers.models import demo_model_dir
 
     with pytest.raises(SystemExit):

@@ -1,0 +1,225 @@
+"""Embedding maths and checks against a model's vocabulary: blend, nearest and doctor."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from studio.cli import at_least_one
+from studio.cli_embeddings import (
+    STORED_NAME,
+    described,
+    epilog,
+    load_model_noting,
+    model_config_option,
+    print_json,
+    store_of,
+)
+from studio.cli_options import check_model_options
+
+
+def register(subparsers, common) -> None:
+    """Add blend, nearest and doctor to the `tokensmith` parser."""
+    sub = subparsers.add_parser(
+        "blend",
+        parents=[common],
+        **described("make a new embedding from a weighted mix of embeddings and words"),
+        **epilog(
+            'Examples:\n  tokensmith blend "0.5*<cat> + 0.5*<dog>" --name catdog\n'
+            '  tokensmith blend "slerp(<cat>, <dog>, 0.3)" --name mostly-cat --keep-norm\n'
+            '  tokensmith blend "0.6*red + 0.4*yellow" --name orange-ish --model demo\n\n'
+            "<name> is a stored embedding; a bare word is its token embedding in --model, and must be one\n"
+            "token of its vocabulary (a word it splits into pieces is refused: the mix would be of letter\n"
+            "fragments); 'a quoted phrase' is all its tokens, one vector each. Each word's tokens are\n"
+            "printed on stderr. Shorter operands are zero-padded to the longest; SDXL blends act per encoder."
+        ),
+    )
+    sub.add_argument(
+        "expr", metavar="EXPR", help='the blend, e.g. "0.5*<cat> + 0.5*<dog>" (quote it for the shell)'
+    )
+    sub.add_argument("--name", required=True, help="name of the new embedding")
+    sub.add_argument("--model", help="model whose vocabulary gives words their vectors (default: demo)")
+    model_config_option(sub)
+    sub.add_argument("--keep-norm", action="store_true", help="keep the operands' mean vector norm")
+    sub.add_argument(
+        "--vectors", type=at_least_one, metavar="N", help="crop or zero-pad the result to N vectors"
+    )
+    sub.add_argument("--force", action="store_true", help="replace an embedding of the same name")
+    sub.set_defaults(run=run_blend)
+
+    sub = subparsers.add_parser(
+        "nearest",
+        parents=[common],
+        **described("show the vocabulary tokens closest to each vector of an embedding"),
+        **epilog(
+            "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json"
+        ),
+    )
+    sub.add_argument("name", metavar="NAME", help=STORED_NAME)
+    sub.add_argument("--model", default="demo", help="model whose vocabulary to search (default: demo)")
+    model_config_option(sub)
+    sub.add_argument("-k", type=at_least_one, default=10, help="tokens per vector (default 10)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_nearest)
+
+    sub = subparsers.add_parser(
+        "doctor",
+        parents=[common],
+        **described("explain what an embedding file is and whether it fits a model"),
+        **epilog(
+            "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
+            "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
+            "  tokensmith doctor my-cat --model demo   # a stored name works too\n\n"
+            "Exit code 0 when the file is readable and fits (or no --model was given; a partial fit prints\n"
+            "how to use it), 1 when it is unreadable or does not fit."
+        ),
+    )
+    sub.add_argument(
+        "path", metavar="PATH", help="an embedding file (any format), a folder, or a stored name"
+    )
+    sub.add_argument("--model", help="check the fit with this model")
+    model_config_option(sub)
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_doctor)
+
+
+def run_blend(args) -> int:
+    from embeddings import StoreError, validate_name, vectors_for_encoders
+    from embeddings.blend_expr import parse_blend
+    from embeddings.maths import blend, word_operand
+
+    store = store_of(args)
+    validate_name(args.name)
+    if store.exists(args.name) and not args.force:
+        raise StoreError(f"'{args.name}' already exists; choose another --name or pass --force")
+    spec = parse_blend(args.expr)
+    check_model_options(args.model, args.model_config, "blend")
+    model = (
+        load_model_noting(args.model or "demo", args.model_config) if spec.needs_model or args.model else None
+    )
+    if spec.needs_model:
+        check_word_operands(spec, args.expr, model.encoders[0][1])
+    parts = []
+    for operand, weight in spec.parts:
+        if operand.kind == "embedding":
+            parts.append((store.get(operand.text), weight))
+        else:
+            parts.append((word_operand(operand.text, model.encoders), weight))
+    result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm, num_vectors=args.vectors)
+    if model is not None:
+        vectors_for_encoders(
+            result, model.encoders, model_family=model.family
+        )  # a clear error now if the result does not fit --model
+        if spec.needs_model:
+            result = result.with_meta(base_model=model.source, family=model.family)
+    store.put(result, overwrite=args.force)
+    print(args.name)
+    return 0
+
+
+def check_word_operands(spec, expr: str, tokenizer) -> None:
+    """Print each word operand's tokens on stderr ("'red' -> red (1 token)"), then refuse an unquoted word
+    that is not one token of the vocabulary: the model splits a word it does not know into pieces
+    ('keyboard' -> k, e, y, bo, a, r, d), and a blend of those is of letter fragments, not of the word.
+    A quoted phrase blends all its tokens on purpose."""
+    from embeddings.blend_expr import TOKEN
+
+    bare = {match.group("word") for match in TOKEN.finditer(expr) if match.group("word")}
+    refused = []
+    for text in dict.fromkeys(operand.text for operand, _ in spec.parts if operand.kind == "word"):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        pieces = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
+        print(f"{text!r} -> {', '.join(pieces)} ({len(ids)} token{'s' * (len(ids) != 1)})", file=sys.stderr)
+        if text in bare and (len(ids) > 1 or tokenizer.unk_token_id in ids):
+            refused.append((text, pieces))
+    if refused:
+        text, pieces = refused[0]
+        how = (
+            f"it splits into {len(pieces)} pieces ({', '.join(pieces)}), so the blend would mix those "
+            "fragments"
+            if len(pieces) > 1
+            else "it reads as the unknown token, so the blend would mix that"
+        )
+        raise ValueError(
+            f"{text!r} is not a word of this model's vocabulary: {how}, not the word; use a word the model "
+            f"knows as one token, or quote it ('{text}') to blend its pieces on purpose"
+        )
+
+
+def run_nearest(args) -> int:
+    from embeddings import token_names, vectors_for_encoders
+    from embeddings.maths import nearest_tokens, norm_report
+
+    emb = store_of(args).get(args.name)
+    check_model_options(args.model, args.model_config, "nearest")
+    model = load_model_noting(args.model, args.model_config)
+    try:
+        per_encoder, partial = vectors_for_encoders(emb, model.encoders, model_family=model.family), False
+    except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
+        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True, model_family=model.family)
+        partial = True
+    result, left_out = {}, []
+    for (key, tok, te), vectors in zip(model.encoders, per_encoder, strict=True):
+        if partial and not vectors.any():
+            left_out.append(key)  # the zero half of a partial install has no neighbours worth showing
+            continue
+        rows = nearest_tokens(vectors, tok, te, k=args.k)
+        result[key] = {
+            "neighbours": [[vars(n) for n in row] for row in rows],
+            "norms": norm_report(vectors, tok, te),
+        }
+    if args.json:
+        print_json(result)
+        return 0
+    tokens = token_names(emb)
+    for key, found in result.items():
+        vocab = found["norms"]["vocab"]
+        print(f"{key} (vocabulary norm: mean {vocab['mean']:.3g}, {vocab['min']:.3g}..{vocab['max']:.3g}):")
+        for token, row, norm in zip(tokens, found["neighbours"], found["norms"]["norms"], strict=True):
+            near = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
+            near = near or "(a zero vector: no direction)"
+            print(f"  {token} (norm {norm:.3g}): {near}")
+    if partial:
+        print(_partial_note(emb, left_out, [key for key, _tok, _te in model.encoders]))
+    return 0
+
+
+def _partial_note(emb, left_out: list[str], model_keys: list[str]) -> str:
+    """Why a partial fit's nearest tokens cover one encoder only."""
+    if left_out:
+        return (
+            f"note: '{emb.name}' fits this model only partly (generate --partial): {', '.join(left_out)} "
+            "would get zero vectors, so it is not shown"
+        )
+    unused = [key for key in emb.vectors if key not in model_keys and key != "clip_l"]
+    return (
+        f"note: '{emb.name}' fits this model only partly (generate --partial): only its clip_l half is "
+        f"used and shown; this model has no encoder for {', '.join(unused) or 'the rest'}"
+    )
+
+
+def run_doctor(args) -> int:
+    from embeddings import Store, StoreError
+    from embeddings.doctor import diagnose
+
+    path = Path(args.path)
+    if not path.exists():
+        try:
+            store_path = Store.for_home(args.home).path(args.path)
+        except StoreError:
+            store_path = None
+        if store_path is None or not store_path.exists():
+            raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
+        path = store_path
+    check_model_options(args.model, args.model_config, "doctor")
+    model = load_model_noting(args.model, args.model_config) if args.model else None
+    encoders, family = (model.encoders, model.family) if model else (None, None)
+    report = diagnose(path, encoders, model_family=family)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for line in report.lines:
+            print(line)
+        for warning in report.warnings:
+            print(f"warning: {warning}")
+    return 1 if report.fit in ("unreadable", "no") else 0
