@@ -86,7 +86,8 @@ def _prepare_demo_folder(out) -> None:
 
 def _steps_text(emb) -> str:
     """'after 150 steps', with ', kept step 125 of 150, ...' when an earlier snapshot was stored."""
-    from trainers.trainer import kept_note, summary
+    from trainers.ending import kept_note
+    from trainers.storing import summary
 
     kept, trained = int(emb.meta["steps"]), int(summary(emb).get("trained_steps", emb.meta["steps"]))
     return ", ".join(filter(None, [f"after {trained} steps", kept_note(kept, trained)]))
@@ -103,7 +104,8 @@ def run_demo(args) -> int:
     from trainers.config import TrainConfig
     from trainers.families import spec_for
     from trainers.models import load_model
-    from trainers.trainer import RunStopped, summary, train
+    from trainers.storing import summary
+    from trainers.trainer import RunStopped, train
 
     set_cpu_threads()
     started = time.monotonic()

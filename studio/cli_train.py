@@ -188,9 +188,11 @@ class ProgressBar:
 
 def run_train(args) -> int:
 
+    from trainers.ending import kept_note
     from trainers.hub import UploadError
     from trainers.processes import launch_rank
-    from trainers.trainer import RunStopped, kept_note, summary, train
+    from trainers.storing import summary
+    from trainers.trainer import RunStopped, train
 
     set_cpu_threads()
     cfg = config_from_args(args)

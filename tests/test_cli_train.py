@@ -227,7 +227,8 @@ def test_a_run_begun_with_relative_paths_continues_from_another_folder_by_its_pr
 
     from trainers.__main__ import main as trainers_main
     from trainers.config import load
-    from trainers.trainer import summary, train
+    from trainers.storing import summary
+    from trainers.trainer import train
 
     work = tmp_path / "work"
     shutil.copytree(images, work / "shots")

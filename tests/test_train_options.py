@@ -17,7 +17,7 @@ from trainers import steps as steps_module
 from trainers.loop import Batch, DiffusionMath, step_loss
 from trainers.runfolder import RunFolder
 from trainers.session import RunState
-from trainers.trainer import summary
+from trainers.storing import summary
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ from studio.cli_train import config_from_args
 from trainers import TrainConfig
 from trainers.card import model_card
 from trainers.commands import to_toml
+from trainers.storing import summary
 from trainers.tiny import tiny_pipeline
-from trainers.trainer import summary, train
+from trainers.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 40

@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from trainers.config import load
+    from trainers.ending import kept_note
     from trainers.hub import UploadError
     from trainers.processes import launch_rank
-    from trainers.trainer import RunStopped, kept_note, summary, train
+    from trainers.storing import summary
+    from trainers.trainer import RunStopped, train
 
     failed_upload = None
     try:

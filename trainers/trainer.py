@@ -17,8 +17,9 @@ from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
 from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
 from trainers.data import data_notes, load_images
+from trainers.ending import end_stored, open_image, record_done
 from trainers.families import check_family_keys, spec_for
-from trainers.hub import UploadError, push_embedding
+from trainers.hub import UploadError
 from trainers.loop import tune_malloc
 from trainers.modelprep import (
     attach_rows,
@@ -32,7 +33,7 @@ from trainers.modelprep import (
 )
 from trainers.models import on_demo_world
 from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_clip_model, check_model_config, model_config_unused
-from trainers.processes import has_gpu, joined_as_main, launch_rank, launch_size, on_cpu
+from trainers.processes import has_gpu, joined_as_main, launch_size, on_cpu
 from trainers.resume import check_resume, check_train_further, image_list
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder, disk_full_advice
@@ -48,7 +49,7 @@ from trainers.session import (
     write_run_files,
 )
 from trainers.steps import Ending, Steps
-from trainers.storing import check_storable, store_result, stored_result, summary
+from trainers.storing import check_storable, store_result, stored_result
 from trainers.writes import DiskFull, writing
 
 Progress = Callable[[dict], None]
@@ -89,7 +90,7 @@ def train(
     if cfg.resume and last.get("event") == "done":
         check_train_further(cfg, folder, last)
     elif cfg.resume and (stored := stored_result(cfg, folder, store)) is not None:
-        return _end_stored(cfg, folder, store, stored, home, echo)  # killed after its store write
+        return end_stored(cfg, folder, store, stored, home, echo)  # killed after its store write
     if store.exists(cfg.name) and not cfg.overwrite:
         instead = "to replace it with this run's result" if cfg.resume else "or another --name"
         raise TokensmithError(
@@ -323,89 +324,9 @@ def _finish(cfg, model, spec, conditioner, folder, store, state, ending: Ending,
         )
         return emb
     # the kept step's preview from the run folder: a run resumed at its last step has drawn none in memory
-    preview = _open_image(folder.preview_path(kept)) or state.last_preview
+    preview = open_image(folder.preview_path(kept)) or state.last_preview
     with writing("the run's final snapshot", folder.final_path):
         save_canonical(emb, folder.final_path)
     path = store_result(cfg, folder, store, emb, preview, state.home)
-    _record_done(cfg, folder, emb, path, preview, state.home)
+    record_done(cfg, folder, emb, path, preview, state.home)
     return emb
-
-
-def _record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, home) -> None:
-    """Upload when asked, then the `done` event of a stored run (its facts from the file's metadata)."""
-    info = summary(emb)
-    kept = int(emb.meta.get("steps", 0))
-    trained, reason, warning = int(info.get("trained_steps", kept)), info.get("end", ""), info.get("warning")
-    how = "; ".join(filter(None, [reason.replace("_", " "), kept_note(kept, trained)]))
-    message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
-    if warning:
-        message += f"; warning: {warning}"
-    failed_upload, upload = None, {}
-    if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
-        try:
-            url = push_embedding(
-                emb,
-                path,
-                cfg.push_to_hub,
-                private=cfg.hub_private,
-                preview=preview,
-                home=home,
-                license_id=cfg.hub_license or None,
-            )
-            message += f"; uploaded to {url}"
-            upload = {"url": url}
-        except UploadError as exc:
-            failed_upload = exc
-            message += f"; not uploaded: {exc}"
-            upload = {"upload_error": str(exc)}
-    folder.event(
-        "done",
-        message,
-        name=cfg.name,
-        path=str(path),
-        steps=trained,
-        kept=kept,
-        reason=reason,
-        **({"warning": warning} if warning else {}),
-        **upload,
-    )
-    if failed_upload:  # after the `done` event: the run's caller gets the stored result with the error
-        failed_upload.embedding = emb
-        raise failed_upload
-
-
-# --- a run killed between its store write and its `done` event ---
-
-
-def _end_stored(cfg, folder: RunFolder, store: Store, emb: Embedding, home: Path, echo) -> Embedding:
-    """Finish a run that was killed after storing its result: its `done` event (and upload), nothing trained
-    or stored again."""
-    if launch_rank() != 0:  # the main process alone writes the run's files
-        return emb
-    folder = claim_run_folder(cfg, home, folder)  # refused while a live process holds the run
-    try:
-        if echo:
-            echo(f"run folder: {folder.root}")
-            echo(f"the run stored its result ({store.path(cfg.name)}) before it ended: recording it as done")
-        preview = _open_image(folder.preview_path(int(emb.meta.get("steps", 0))))
-        if preview is not None and not store.preview_path(cfg.name).exists():
-            store.set_preview(cfg.name, preview)  # the thumbnail is written just after the embedding
-        _record_done(cfg, folder, emb, store.path(cfg.name), preview, home)
-    finally:
-        folder.release()
-    return emb
-
-
-def _open_image(path: Path):
-    """The PNG at `path` loaded into memory, or None when it is missing (previews were off)."""
-    from PIL import Image
-
-    if not path.is_file():
-        return None
-    with Image.open(path) as image:
-        return image.copy()
-
-
-def kept_note(kept: int, trained: int) -> str:
-    """How every door tells which step was stored: '' when the last, else 'kept step 75 of 150, ...'."""
-    return "" if kept == trained else f"kept step {kept} of {trained}, whose previews scored best"

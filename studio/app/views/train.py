@@ -218,7 +218,7 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     st.progress(state.fraction, text=progress_text(state))
     if state.status == "done":
         name = state.embedding_name or runner.get(job_id).name
-        from trainers.trainer import kept_note
+        from trainers.ending import kept_note
 
         note = kept_note(state.kept_step, state.step) if state.kept_step is not None else ""
         kept = f" It {note}." if note else ""

@@ -1,0 +1,91 @@
+"""The end of a stored run: its `done` event, the upload when asked, and what every door says of the step it
+kept. A run killed between its store write and its `done` event ends here too, with nothing trained or stored
+again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embeddings import Embedding, Store
+from trainers.hub import UploadError, push_embedding
+from trainers.processes import launch_rank
+from trainers.runfolder import RunFolder
+from trainers.session import claim_run_folder
+from trainers.storing import summary
+
+
+def record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, home) -> None:
+    """Upload when asked, then the `done` event of a stored run (its facts from the file's metadata)."""
+    info = summary(emb)
+    kept = int(emb.meta.get("steps", 0))
+    trained, reason, warning = int(info.get("trained_steps", kept)), info.get("end", ""), info.get("warning")
+    how = "; ".join(filter(None, [reason.replace("_", " "), kept_note(kept, trained)]))
+    message = f"stored {cfg.name} after {trained} steps ({how}) at {path}"
+    if warning:
+        message += f"; warning: {warning}"
+    failed_upload, upload = None, {}
+    if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
+        try:
+            url = push_embedding(
+                emb,
+                path,
+                cfg.push_to_hub,
+                private=cfg.hub_private,
+                preview=preview,
+                home=home,
+                license_id=cfg.hub_license or None,
+            )
+            message += f"; uploaded to {url}"
+            upload = {"url": url}
+        except UploadError as exc:
+            failed_upload = exc
+            message += f"; not uploaded: {exc}"
+            upload = {"upload_error": str(exc)}
+    folder.event(
+        "done",
+        message,
+        name=cfg.name,
+        path=str(path),
+        steps=trained,
+        kept=kept,
+        reason=reason,
+        **({"warning": warning} if warning else {}),
+        **upload,
+    )
+    if failed_upload:  # after the `done` event: the run's caller gets the stored result with the error
+        failed_upload.embedding = emb
+        raise failed_upload
+
+
+def end_stored(cfg, folder: RunFolder, store: Store, emb: Embedding, home: Path, echo) -> Embedding:
+    """Finish a run that was killed after storing its result: its `done` event (and upload), nothing trained
+    or stored again."""
+    if launch_rank() != 0:  # the main process alone writes the run's files
+        return emb
+    folder = claim_run_folder(cfg, home, folder)  # refused while a live process holds the run
+    try:
+        if echo:
+            echo(f"run folder: {folder.root}")
+            echo(f"the run stored its result ({store.path(cfg.name)}) before it ended: recording it as done")
+        preview = open_image(folder.preview_path(int(emb.meta.get("steps", 0))))
+        if preview is not None and not store.preview_path(cfg.name).exists():
+            store.set_preview(cfg.name, preview)  # the thumbnail is written just after the embedding
+        record_done(cfg, folder, emb, store.path(cfg.name), preview, home)
+    finally:
+        folder.release()
+    return emb
+
+
+def open_image(path: Path):
+    """The PNG at `path` loaded into memory, or None when it is missing (previews were off)."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    with Image.open(path) as image:
+        return image.copy()
+
+
+def kept_note(kept: int, trained: int) -> str:
+    """How every door tells which step was stored: '' when the last, else 'kept step 75 of 150, ...'."""
+    return "" if kept == trained else f"kept step {kept} of {trained}, whose previews scored best"
