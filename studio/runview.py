@@ -5,6 +5,7 @@ snapshots and the log tail. The folder is the record, so reading it is all the U
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from trainers.runfolder import RunFolder
 
 FINAL_EVENTS = ("done", "failed", "stopped")
 LOG_TAIL_LINES = 40
+# the last line of a trainer that refused to run: `tokensmith train: error: ...` (`python -m trainers` alike)
+ERROR_LINE = re.compile(r"^(?:tokensmith [\w-]+|python -m trainers): error: (?P<why>.+)$")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,13 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _refusal(log_tail: str) -> str | None:
+    """The error a trainer printed before it exited without a final event (it refused the run before writing
+    anything: a bad init, no checkpoint to resume), or None."""
+    found = [match["why"] for line in log_tail.splitlines() if (match := ERROR_LINE.match(line.strip()))]
+    return found[-1] if found else None
+
+
 def _number(row: dict, key: str) -> float | None:
     value = row.get(key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -161,7 +171,10 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
     elif cancelled:  # SIGTERM arrived before the trainer could report (e.g. while it imported torch)
         status, message = "stopped", "cancelled before the trainer reported"
     else:
-        status, message = "ended", "the trainer exited without a final report; its log is below"
+        why = _refusal(_tail(run_dir / "log.txt"))
+        status = "ended"
+        message = f"the trainer stopped: {why}" if why else "the trainer exited without a final report"
+        message += "; its log is below"
     kept = _whole(final.get("kept")) if final else None
     metric = _latest(rows, "metric")
     stored = [_number(row, "metric") for row in rows if kept is not None and row.get("step") == kept]

@@ -300,11 +300,16 @@ def test_a_job_cancelled_before_its_first_checkpoint_offers_no_resume(
 
 
 def test_a_job_that_failed_before_training_offers_no_resume(fake_trainer, tokensmith_home, monkeypatch):
-    monkeypatch.setenv("FAKE_REFUSE", "init: no stored embedding <nope>")  # exits before it writes anything
+    refusal = "tokensmith train: error: init: no stored embedding <nope>"  # as the trainer prints it
+    monkeypatch.setenv("FAKE_REFUSE", refusal)  # it exits before it writes anything
     runner = studio.jobs.JobRunner(tokensmith_home)
     job = runner.start(studio.jobs.TrainRequest(name="bad-init", images=tokensmith_home, steps=5))
     assert runner.wait(job.id, timeout=30).status == "ended"
     at = open_train(job=job.id)
+    # the refusal itself heads the page, not only a generic "exited" above the log
+    assert [e.value for e in at.error] == [
+        "the trainer stopped: init: no stored embedding <nope>; its log is below"
+    ]
     assert not [b for b in at.button if b.key == "resume"]
     assert any("start training again" in i.value for i in at.info)
 
