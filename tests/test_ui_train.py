@@ -330,6 +330,15 @@ def test_a_start_refused_while_a_job_runs_leaves_no_folder(fake_trainer, tokensm
         studio.jobs.JobRunner(tokensmith_home).wait(first, timeout=20)
 
 
+def test_a_start_from_a_name_not_in_the_library_is_refused_before_any_job(fake_trainer, tokensmith_home):
+    files = [(f"{i}.png", png(), "image/png") for i in range(2)]
+    at = fill(open_train(), name="cat", files=files)
+    at.text_input(key="init").set_value("<no-such-cat>").run()
+    at.button(key="start").click().run()
+    assert "<no-such-cat>, which is not in the library" in errors(at)[0]
+    assert not (tokensmith_home / "runs").exists() or not list((tokensmith_home / "runs").iterdir())
+
+
 @pytest.mark.parametrize("kind", ["an object", "a style"])
 def test_captions_next_to_a_folders_images_reach_the_prompts(fake_trainer, tokensmith_home, tmp_path, kind):
     """The folder box says NAME.txt captions join the prompts: the templates the job trains with use them."""

@@ -142,6 +142,12 @@ def start_job(
             f"an embedding named '{concept['name']}' is already in the library: choose another name, "
             "or tick “Replace a stored embedding” under More options"
         )
+    init = concept["init"]
+    if init.startswith("<") and init.endswith(">") and not context.store().exists(init[1:-1]):
+        raise ValueError(
+            f"“Start from” names {init}, which is not in the library: give a stored embedding's name (the "
+            "Library lists them), a word or a phrase, or leave it empty"
+        )
     if folder:
         uploads.check_images(uploads.read_folder(folder))
     elif files:
