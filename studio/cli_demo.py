@@ -84,6 +84,18 @@ def _prepare_demo_folder(out) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
+def _demo_echo(bar):
+    """The trainer's lines for the bar, less its advice on continuing the run with --resume: the demo has no
+    --resume, it starts afresh each time."""
+    from trainers.commands import RESUME_NOTE
+
+    def echo(text: str) -> None:
+        if not text.removeprefix("note: ").startswith(RESUME_NOTE):
+            bar.write(text)
+
+    return echo
+
+
 def _steps_text(emb) -> str:
     """'after 150 steps', with ', kept step 125 of 150, ...' when an earlier snapshot was stored."""
     from trainers.ending import kept_note
@@ -145,7 +157,7 @@ def run_demo(args) -> int:
     before = sample(f"a {init}")
     bar = ProgressBar(cfg.steps)
     try:
-        emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=bar.write)
+        emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=_demo_echo(bar))
     except RunStopped:  # Ctrl-C while it prepared; the demo starts afresh each time, so no --resume
         emb = None
     finally:

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.commands import RESUME_NOTE
 from trainers.runfolder import RunFolder
 
 FINAL_EVENTS = ("done", "failed", "stopped")
@@ -94,7 +95,7 @@ def _numbered_files(folder: Path, pattern: str) -> list[Path]:
 
 
 # The trainer's notes that are CLI advice on reusing printed commands, not facts about the run: left out.
-CLI_ONLY_NOTES = ("once this run has begun",)
+CLI_ONLY_NOTES = (RESUME_NOTE,)
 NOTES_BYTES = 64 * 1024  # how much of log.txt the notes are looked for in
 
 

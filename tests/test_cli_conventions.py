@@ -200,3 +200,17 @@ def test_train_refuses_a_missing_config_or_clip_folder_before_the_model_loads(
     assert code == EXIT_ERROR and said in err
     assert "preparing" not in err  # said before loading the model and caching latents
     assert not (tokensmith_home / "runs" / "zz").exists()  # and no failed run folder is left behind
+
+
+def test_demo_leaves_out_the_trainers_advice_on_resume_which_it_has_no_flag_for():
+    from studio.cli_demo import _demo_echo
+    from trainers.commands import command_notes
+    from trainers.config import TrainConfig
+
+    written = []
+    echo = _demo_echo(type("Bar", (), {"write": staticmethod(written.append)}))
+    (advice,) = command_notes(TrainConfig(images="x", name="n", run_dir="r"))
+    facts = ["note: training on 5 image(s) from x", "init: 'red circle' -> red, circle"]
+    for line in (f"note: {advice}", *facts):
+        echo(line)
+    assert written == facts

@@ -101,6 +101,11 @@ def equivalent_commands(
     return [single, launch_command(config_path, processes=processes, cpu=cpu, extra=where)]
 
 
+# How the note on continuing a run from its printed commands begins: advice for the CLI alone (the studio and
+# `tokensmith demo` continue runs their own way, and leave it out).
+RESUME_NOTE = "once this run has begun"
+
+
 def command_notes(cfg: TrainConfig, *, processes: int = 1) -> list[str]:
     """What to know about the equivalent commands (command.txt's comment lines; the CLI prints them)."""
     notes = []
@@ -113,10 +118,10 @@ def command_notes(cfg: TrainConfig, *, processes: int = 1) -> list[str]:
     if cfg.run_dir:  # both name the run folder, which refuses a second run
         again = "--run-dir NEW_DIR (and --overwrite once it is stored) to run it again"
         notes.append(
-            "once this run has begun, add --resume to the launch command to continue it (on the same "
+            f"{RESUME_NOTE}, add --resume to the launch command to continue it (on the same "
             f"{processes} processes), or to either command {again}"
             if processes > 1
-            else f"once this run has begun, add --resume to either command to continue it, or {again}"
+            else f"{RESUME_NOTE}, add --resume to either command to continue it, or {again}"
         )
     return notes
 

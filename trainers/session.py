@@ -128,7 +128,7 @@ class StopFlag:
             if self.over:  # cleaning up after the run's last event: no step to stop after
                 return
             print(
-                "\nstopping after this step (a checkpoint, then --resume continues); Ctrl-C again quits now",
+                "\nstopping after this step (it saves a checkpoint first); Ctrl-C again quits now",
                 file=sys.stderr,
                 flush=True,
             )
