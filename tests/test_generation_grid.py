@@ -61,6 +61,28 @@ def test_compose_lays_out_labelled_cells():
     assert sheet.getpixel((ROW_LABEL_W + CELL + 5, LABEL + CELL + 5)) == (0, 0, 255)  # row 1, seed 1
 
 
+def test_a_long_row_label_wraps_onto_lines_instead_of_losing_its_end():
+    from PIL import ImageDraw
+
+    from studio.generation.grid import label_lines
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label = "0.75 <my-long-cat-name> + 0.25 <another-long-dog>"
+    lines = label_lines(label, ROW_LABEL_W - 8, draw, max_lines=9)
+    assert len(lines) > 1 and " ".join(lines) == label  # every weight and name is on the sheet
+    assert all(draw.textlength(line) <= ROW_LABEL_W - 8 for line in lines)
+    squeezed = label_lines(label, ROW_LABEL_W - 8, draw, max_lines=1)
+    assert len(squeezed) == 1 and squeezed[0].endswith("…")
+    sheet = compose([[Image.new("RGB", (16, 16), "red")]], [label], ["seed 0"])
+    inked_rows = {
+        y
+        for y in range(LABEL, LABEL + CELL)
+        for x in range(ROW_LABEL_W)
+        if sheet.getpixel((x, y)) != (255, 255, 255)
+    }
+    assert max(inked_rows) - min(inked_rows) > 12  # drawn on more than one line
+
+
 def test_render_grid_cells_are_the_single_images():
     import numpy as np
 

@@ -71,8 +71,8 @@ def row_label(
 ) -> str:
     """'0.75 <cat> + 0.25 "dog"'; slerp: 'slerp(<cat>, "dog", t=0.25)' (t = w₂/(w₁+w₂), as the core does).
 
-    `t_first` ('t=0.25: slerp(<cat>, "dog")') for a sweep's row labels, which a grid cuts at its label
-    column's width: the rows differ only in t, so it comes first."""
+    `t_first` ('t=0.25: slerp(<cat>, "dog")') for a sweep's row labels: the rows differ only in t, so it is
+    read first (a grid wraps a long label onto lines, and cuts it only past what its row has room for)."""
     if method == "slerp" and len(operands) == 2:
         total = weights[0] + weights[1]
         t = f"{weights[1] / total:.3g}" if total else "?"

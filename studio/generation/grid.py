@@ -25,6 +25,7 @@ SETTINGS = {"guidance": float, "steps": int, "strength": float, "scheduler": str
 CELL = 128
 LABEL = 18
 ROW_LABEL_W = 150
+LINE = 12  # a row label's line height, in PIL's default font
 MAX_SEEDS = 64
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
@@ -162,8 +163,10 @@ def compose(cells: list[list[Image.Image]], row_labels: list[str], col_labels: l
     for c, label in enumerate(col_labels):
         draw.text((ROW_LABEL_W + c * cell_w + 4, 3), _fit(label, cell_w - 8, draw), fill="black")
     for r, row in enumerate(cells):
-        label = _fit(row_labels[r], ROW_LABEL_W - 8, draw)
-        draw.text((4, LABEL + r * cell_h + cell_h // 2 - 6), label, fill="black")
+        lines = label_lines(row_labels[r], ROW_LABEL_W - 8, draw, max_lines=max(1, cell_h // LINE - 1))
+        top = LABEL + r * cell_h + (cell_h - len(lines) * LINE) // 2
+        for i, line in enumerate(lines):
+            draw.text((4, top + i * LINE), line, fill="black")
         for c, image in enumerate(row):
             sheet.paste(fit_width(image, cell_w), (ROW_LABEL_W + c * cell_w, LABEL + r * cell_h))
     return sheet
@@ -175,6 +178,22 @@ def fit_width(image: Image.Image, width: int) -> Image.Image:
         return image
     resample = Image.Resampling.NEAREST if image.width < width else Image.Resampling.LANCZOS
     return image.resize((width, max(1, width * image.height // image.width)), resample)
+
+
+def label_lines(text: str, width: int, draw: ImageDraw.ImageDraw, *, max_lines: int) -> list[str]:
+    """`text` wrapped at spaces into lines of at most `width` px ('0.75 <my-cat> + 0.25 <dog>' on two lines
+    rather than cut before its second weight); a word wider than a line, or text beyond `max_lines`, ends
+    in '…'."""
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], " ".join(lines[max_lines - 1 :])]
+    return [_fit(line, width, draw) for line in lines] or [""]
 
 
 def _fit(text: str, width: int, draw: ImageDraw.ImageDraw) -> str:
