@@ -183,9 +183,15 @@ def test_bad_settings_are_refused(session, kw, words):
         session.generate(GenerateRequest("a circle", **kw))
 
 
-def test_prompt_longer_than_the_model_reads_is_refused(session):
-    with pytest.raises(PromptError, match="reads at most 14"):
-        session.generate(GenerateRequest("a " + "red " * 20 + "circle"))
+def test_a_prompt_longer_than_one_window_is_drawn_from_all_of_it(session, sdxl_session):
+    """Past the window (14 tokens on the tiny model) the rest of a prompt still counts, and a long negative
+    prompt pairs with a short prompt."""
+    long = "a red circle. " + "blue " * 20 + "square"
+    assert not np.array_equal(pixels(session, long), pixels(session, "a red circle."))
+    assert not np.array_equal(
+        pixels(session, "a red circle", negative="red " * 20), pixels(session, "a red circle", negative="red")
+    )
+    assert pixels(sdxl_session, long, negative="a " * 30).shape[-1] == 3
 
 
 def test_sdxl_matches_the_diffusers_pipeline_for_a_plain_prompt(sdxl_session):

@@ -149,15 +149,28 @@ def test_text_that_looks_like_a_trigger_stays_text(model, store):
     assert not torch.equal(literal, encode(encoder, "a <cat>", store))
 
 
-def test_a_prompt_compel_would_make_too_long_is_refused_not_cut(model):
-    encoder = PromptEncoder(model)  # the tiny model reads 14 tokens; the parentheses are two of these 15
-    with pytest.raises(PromptError, match="the prompt is 15 tokens but this model reads at most 14"):
-        encode(encoder, r"\(" + "red " * 12 + r"red\)")
+def test_a_prompt_longer_than_one_window_is_encoded_in_windows_not_cut(model):
+    """The tiny model reads 14 tokens a window: a 21-token prompt is two windows, split at its sentence end,
+    each exactly the encoding of its own text (as A1111 and compel do)."""
+    encoder = PromptEncoder(model)
+    first, second = "a red circle " + "red " * 8 + ".", "a blue " * 4 + "square"
+    both = encode(encoder, f"{first} {second}")
+    assert both.shape[1] == 2 * 16
+    assert torch.equal(both[:, :16], encode(encoder, first))
+    assert torch.equal(both[:, 16:], encode(encoder, second))
+    weighted = encode(encoder, rf"{first} (a blue)1.4 " + "a blue " * 3 + "square")
+    assert torch.equal(weighted[:, :16], both[:, :16]) and not torch.equal(weighted[:, 16:], both[:, 16:])
 
 
-def test_a_too_long_negative_prompt_is_named(model):
-    with pytest.raises(PromptError, match="the negative prompt is 15 tokens"):
-        Session(model).generate(GenerateRequest("a red circle", negative="red " * 15, steps=1))
+def test_the_shorter_of_prompt_and_negative_prompt_gets_empty_windows(model):
+    encoder = PromptEncoder(model)
+    plan = encoder.plan(parse("a red circle"), 4)
+    negative = encoder.plan(parse("blue " * 20), 4, what="the negative prompt")
+    plan, negative = encoder.same_length(plan, negative)
+    cond = plan.at(0.0).embeds
+    assert cond.shape == negative.at(0.0).embeds.shape == (1, 32, 32)
+    assert torch.equal(cond[:, :16], encode(encoder, "a red circle"))
+    assert torch.equal(cond[:, 16:], encode(encoder, ""))  # the empty prompt's window
 
 
 def test_a_single_operand_blend_scales_a_token(model, store):

@@ -2,7 +2,9 @@
 
 Compel does the weighting of the (text, weight) runs prompt.fragments makes (compel never parses our text);
 it reads the tokenizer as it is, so injected tokens and weights compose (the failure elsewhere is
-pre-encoding prompts before the tokens exist). Embeddings go in under aliases (`<ts0>`, `<ts0>_1`): the
+pre-encoding prompts before the tokens exist). A prompt longer than the text encoder's window is encoded in
+windows (each its own BOS ... EOS, split at a sentence or phrase end where one is near), joined along the
+tokens, as A1111 and compel do. Embeddings go in under aliases (`<ts0>`, `<ts0>_1`): the
 tokenizer never holds a real `<name>`, so text that merely looks like one (`\\<cat\\>`) stays text. Prompt
 editing is a list of encodings, one per stretch of steps (`PromptPlan`).
 """
@@ -93,7 +95,7 @@ class PromptEncoder:
                 text_encoder=te,
                 returned_embeddings_type=kind,
                 requires_pooled=model.is_sdxl and i == len(model.encoders) - 1,
-                truncate_long_prompts=False,  # _check_length refuses what does not fit; never cut silently
+                truncate_long_prompts=False,  # a long prompt is encoded in windows, never cut
             )
             for i, (_key, tok, te) in enumerate(model.encoders)
         ]
@@ -158,7 +160,6 @@ class PromptEncoder:
         pooled_text = render(nodes, at, steps, self.spell)
         key = (tuple(runs), pooled_text)
         if key not in self._cache:
-            self._check_length(runs, nodes, what)
             texts, weights = [t for t, _w in runs], [w for _t, w in runs]
             parts, pooled = [], None
             with torch.no_grad():
@@ -172,7 +173,8 @@ class PromptEncoder:
                     if compel.requires_pooled:  # as compel computes it: from the whole text, unweighted
                         pooled = provider.get_pooled_embeddings([pooled_text], device=compel.device)
                         # pooled: (1, D2)
-            embeds = torch.cat(parts, dim=-1)  # (1, L, sum of D_k)
+            self._check_windows(parts, nodes, what)
+            embeds = torch.cat(parts, dim=-1)  # (1, L, sum of D_k); L: (window + 2) x windows
             self._cache[key] = Conditioning(embeds=embeds, pooled=pooled)
         return self._cache[key]
 
@@ -183,19 +185,42 @@ class PromptEncoder:
             raise PromptError(f"<{name}> is not installed: PromptEncoder.require the prompt before encoding")
         return " ".join(token_names(self._aliases[stored], self.installed[stored].num_vectors))
 
-    def _check_length(self, runs: list[tuple[str, float]], nodes: tuple[Node, ...], what: str) -> None:
-        """Truncating silently drops words (and the embeddings in them): refuse prompts that do not fit,
-        counting the tokens compel will encode (an n-vector embedding counts n)."""
-        for compel in self._compels:
-            provider = compel.conditioning_provider
-            limit = provider.max_token_count - len(provider.bos_sequence) - len(provider.eos_sequence)
-            ids = provider.get_token_ids([t for t, _w in runs], include_start_and_end_markers=False)
-            count = sum(len(i) for i in ids)
-            if count > limit:
-                raise PromptError(
-                    f"{what} is {count} tokens but this model reads at most {limit}: shorten it "
-                    f"({_short(to_text(nodes))!r})"
-                )
+    def window(self) -> int:
+        """How many tokens one window of the text encoder holds (75 for CLIP: 77 less BOS and EOS)."""
+        provider = self._compels[0].conditioning_provider
+        return provider.max_token_count - len(provider.bos_sequence) - len(provider.eos_sequence)
+
+    def _check_windows(self, parts: list[torch.Tensor], nodes: tuple[Node, ...], what: str) -> None:
+        """SDXL's two encoders must split a long prompt into the same windows (their hidden states are
+        joined token by token); a pair of tokenizers that disagree is said, not cropped to fit."""
+        lengths = {part.shape[1] for part in parts}
+        if len(lengths) > 1:
+            raise PromptError(
+                f"{what} splits into windows of different lengths in this model's two text encoders "
+                f"({', '.join(str(n) for n in sorted(lengths))} tokens): shorten it to one window of "
+                f"{self.window()} tokens ({_short(to_text(nodes))!r})"
+            )
+
+    def same_length(self, *plans: PromptPlan) -> list[PromptPlan]:
+        """`plans` with every segment as long as the longest: a long prompt is several windows, and the
+        prompt and the negative prompt go through the UNet side by side, so the shorter ones get windows of
+        the empty prompt appended (what A1111 and compel do)."""
+        longest = max(cond.embeds.shape[1] for plan in plans for _start, cond in plan.segments)
+        return [
+            PromptPlan([(start, self._padded(cond, longest)) for start, cond in plan.segments], plan.texts)
+            for plan in plans
+        ]
+
+    def _padded(self, cond: Conditioning, length: int) -> Conditioning:
+        missing = length - cond.embeds.shape[1]
+        if missing <= 0:
+            return cond
+        with torch.no_grad():
+            empty = torch.cat(
+                [c.conditioning_provider.empty_z for c in self._compels], dim=-1
+            )  # (1, window + 2, D)
+        windows = empty.to(cond.embeds).repeat(1, missing // empty.shape[1], 1)
+        return Conditioning(embeds=torch.cat([cond.embeds, windows], dim=1), pooled=cond.pooled)
 
 
 def installed_partly(emb: Embedding) -> bool:

@@ -210,6 +210,7 @@ class Session:
         clock = len(timesteps) if by_evaluation else steps
         plan = self.encoder.plan(nodes, clock)
         negative_plan = self.encoder.plan(negative, clock, what="the negative prompt")
+        plan, negative_plan = self.encoder.same_length(plan, negative_plan)
         if not negative and self.model.is_sdxl and pipe.config.get("force_zeros_for_empty_prompt", False):
             negative_plan = _zeros_like(plan)  # SDXL's convention for an empty negative prompt
         generator = torch.Generator("cpu").manual_seed(seed)
