@@ -43,6 +43,7 @@ _LAZY = {
     "parse_blend": "embeddings.blend_expr",
     "BlendSpec": "embeddings.blend_expr",
     "diagnose": "embeddings.doctor",
+    "diagnose_each": "embeddings.doctor",
     "Diagnosis": "embeddings.doctor",
 }
 _RENAMED = {"EXPORT_FORMATS": "FORMATS"}
@@ -60,6 +61,7 @@ __all__ = [
     "TokensmithError",
     "blend",
     "diagnose",
+    "diagnose_each",
     "expand_prompt",
     "export",
     "family_from_widths",
@@ -101,7 +103,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from embeddings.blend_expr import BlendSpec, parse_blend
     from embeddings.canonical import load_canonical, package_version, read_header, save_canonical
-    from embeddings.doctor import Diagnosis, diagnose
+    from embeddings.doctor import Diagnosis, diagnose, diagnose_each
     from embeddings.exporting import FORMATS as EXPORT_FORMATS
     from embeddings.exporting import export
     from embeddings.importing import import_file, import_path

@@ -149,6 +149,8 @@ def load_canonical(path: Path) -> Embedding:
             f"{path}: keys {sorted(tensors)} are not the canonical layout (emb_params, or clip_l + clip_g); "
             "use `tokensmith import` to convert other layouts"
         )
+    # one vector saved 1-D, (dim,): A1111 and the pickle and diffusers readers take it as (1, dim); so do we
+    tensors = {key: t.unsqueeze(0) if t.dim() == 1 else t for key, t in tensors.items()}
     try:
         emb = Embedding(path.stem, tensors, {**meta, "name": path.stem})
     except EmbeddingFormatError as exc:

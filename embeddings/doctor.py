@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embeddings.errors import EmbeddingFormatError
-from embeddings.importing import import_path, lone_pair_half
+from embeddings.importing import import_path, import_sources, lone_pair_half
 from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
 from embeddings.maths import norm_report
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
@@ -112,12 +112,27 @@ def fit_to_model(
     try:
         vectors_for_encoders(emb, encoders, partial=True, model_family=model_family)
     except InstallError:
-        return "no", [f"does not fit: {why}"]
+        return "no", [f"does not fit: {why}", *_swapped_hint(emb.widths, widths)]
     if SINGLE_KEY in emb.vectors:
         how = "use --partial to put it in SDXL's clip_l encoder only (clip_g gets zero vectors)"
     else:
         how = "use --partial to use its clip_l half alone in this model"
     return "partial", [f"does not fully fit: {why}", f"partial option: {how}; expect a weaker effect"]
+
+
+def _swapped_hint(widths: dict[str, int], model_widths: dict[str, int]) -> list[str]:
+    """A sentence when the file's clip_l and clip_g widths are the model's the other way round (a converter
+    that wrote the keys swapped), else none."""
+    keys = set(widths)
+    if keys != {"clip_l", "clip_g"} or set(model_widths) != keys or widths["clip_l"] == widths["clip_g"]:
+        return []
+    if (widths["clip_l"], widths["clip_g"]) != (model_widths["clip_g"], model_widths["clip_l"]):
+        return []
+    return [
+        f"its clip_l and clip_g look swapped: its clip_l ({widths['clip_l']}) has the width of this model's "
+        f"clip_g and the other way round; the tool that wrote it mixed up the keys (swap them back, or get "
+        "another copy)"
+    ]
 
 
 def family_with_widths(family: str, widths: dict[str, int]) -> str:
@@ -131,36 +146,63 @@ def diagnose(
 ) -> Diagnosis:
     """Read `path` and explain it; with `encoders` (a model's triples) also say whether and how it fits.
 
-    `model_family` (LoadedModel.family) names the model in the sentences; by default its widths do.
+    `model_family` (LoadedModel.family) names the model in the sentences; by default its widths do. For a
+    folder of several embeddings this reports the first (`diagnose_each` reports them all).
     """
     path = Path(path)
     try:
         (emb, *more) = import_path(path)
     except (EmbeddingFormatError, OSError) as exc:
         return Diagnosis(str(path), "unreadable", [f"not a usable embedding: {exc}"])
-    report = Diagnosis(str(path), "unknown", describe(emb), embedding=emb)
-    if note := lone_pair_half(path):
-        report.warnings.append(note)
+    report = _diagnose_embedding(emb, path, encoders, model_family)
     if more:
         report.warnings.append(
             f"the folder holds {len(more) + 1} embeddings; this report covers '{emb.name}'"
         )
+    return report
+
+
+def diagnose_each(
+    path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None, *, model_family: str | None = None
+) -> list[Diagnosis]:
+    """One Diagnosis per embedding at `path`: for a folder, each file in it and its subfolders (files that
+    do not read as embeddings too, as "unreadable"); for a file, its own."""
+    path = Path(path)
+    skipped: list[tuple[Path, str]] = []
+    try:
+        found = import_sources(path, skipped=skipped if path.is_dir() else None)
+    except (EmbeddingFormatError, OSError) as exc:
+        return [Diagnosis(str(path), "unreadable", [f"not a usable embedding: {exc}"])]
+    reports = [_diagnose_embedding(emb, source, encoders, model_family) for source, emb in found]
+    unreadable = [Diagnosis(str(p), "unreadable", [f"not a usable embedding: {why}"]) for p, why in skipped]
+    return sorted(reports + unreadable, key=lambda report: report.path)
+
+
+def _diagnose_embedding(
+    emb: Embedding, path: Path, encoders: Sequence[tuple[str, Any, Any]] | None, model_family: str | None
+) -> Diagnosis:
+    """The report on `emb`, read from `path`."""
+    report = Diagnosis(str(path), "unknown", describe(emb), embedding=emb)
+    if note := lone_pair_half(path):
+        report.warnings.append(note)
+    report.warnings.extend(_zero_warnings(emb))
     tokens = PROMPT_TOKENS if encoders is None else prompt_tokens(encoders)
     if emb.num_vectors > tokens:
-        report.warnings.append(
-            f"{emb.num_vectors} vectors exceed the {tokens} tokens a prompt "
-            + ("can hold" if encoders is None else "of this model holds")
+        too_many = f"{emb.num_vectors} vectors exceed the {tokens} tokens a prompt " + (
+            "can hold" if encoders is None else "of this model holds"
         )
-    elif emb.num_vectors > 16:
-        report.warnings.append(
-            f"{emb.num_vectors} vectors use {emb.num_vectors} of a prompt's {tokens} tokens"
-        )
+    else:
+        too_many = None
+        if emb.num_vectors > 16:
+            report.warnings.append(
+                f"{emb.num_vectors} vectors use {emb.num_vectors} of a prompt's {tokens} tokens"
+            )
     if emb.meta.get("source_name"):
         report.warnings.append(
             f"its name {emb.meta['source_name']!r} is stored as '{emb.name}' (safe characters)"
         )
     if encoders is None:
-        if emb.num_vectors > tokens:  # no model's prompt holds it: no need to name one
+        if too_many:  # no model's prompt holds it: no need to name one (the verdict says it, not a warning)
             report.fit = "no"
             report.lines.append(
                 f"does not fit any model: its {emb.num_vectors} vectors exceed the {tokens} tokens a "
@@ -174,16 +216,29 @@ def diagnose(
     )
     report.fit, lines = fit_to_model(emb, encoders, model_family=model_family)
     report.lines.extend(lines)
-    if report.fit != "no" and emb.num_vectors > tokens:  # its widths fit, but no prompt holds the token
+    if report.fit != "no" and too_many:  # its widths fit, but no prompt holds the token: the verdict says so
         report.fit = "no"
         report.lines = [
             *report.lines[: -len(lines)],
             f"does not fit: its {emb.num_vectors} vectors exceed the {tokens} tokens a prompt of this "
             f"model holds ({family_title(report.model_family)})",
         ]
+    elif too_many:  # it does not fit for its widths; the length is a second reason
+        report.warnings.append(too_many)
     if report.fit == "fits":
         report.norms = _norms(emb, encoders, report)
     return report
+
+
+def _zero_warnings(emb: Embedding) -> list[str]:
+    """A warning when vectors are all zero: such a vector has no direction and adds nothing to a prompt."""
+    zero = [i for i in range(emb.num_vectors) if not any(t[i].any() for t in emb.vectors.values())]
+    if not zero:
+        return []
+    if len(zero) == emb.num_vectors:
+        return ["every vector is zero: it does nothing in a prompt (an untrained or damaged file?)"]
+    which = ", ".join(str(i) for i in zero)
+    return [f"vector(s) {which} of {emb.num_vectors} are zero and add nothing to a prompt (blend padding?)"]
 
 
 def prompt_tokens(encoders: Sequence[tuple[str, Any, Any]]) -> int:

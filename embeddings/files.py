@@ -6,9 +6,14 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")  # what temp_path_for names
+STALE_TEMP_SECONDS = 3600  # a write takes milliseconds: an hour-old temp file of a gone process is litter
 
 
 def temp_path_for(path: Path) -> Path:
@@ -20,6 +25,39 @@ def remove_temp(tmp: Path) -> None:
     """Remove a temp file after a failure, never raising: the failure, not the clean-up, is the news."""
     with contextlib.suppress(OSError):
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the hidden temp files that killed writes left in `folder` (an hour old, their process gone on
+    this machine); returns what was removed. Never raises: a write must not fail over litter."""
+    removed: list[Path] = []
+    try:
+        scanned = list(os.scandir(folder))
+    except OSError:
+        return removed
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for entry in scanned:
+        match = TEMP_PATTERN.fullmatch(entry.name)
+        try:
+            if not match or not entry.is_file() or entry.stat().st_mtime > cutoff:
+                continue
+            if _process_alive(int(match["pid"])):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
 
 
 def write_temp(path: Path, write: Callable[[Path], None]) -> Path:

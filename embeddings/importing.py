@@ -98,7 +98,8 @@ def _read_safetensors(path: Path) -> Embedding:
 
 
 def import_path(path: Path, *, skipped: list[tuple[Path, str]] | None = None) -> list[Embedding]:
-    """Every embedding at `path`: a file, the diffusers SDXL pair (either file or its folder), or a folder.
+    """Every embedding at `path`: a file, the diffusers SDXL pair (either file or its folder), or a folder
+    with its subfolders (as A1111 scans its embeddings folder; hidden folders such as a store's .trash aside).
 
     In a folder, files that are not embeddings are appended to `skipped` as (path, reason) when a list is
     given; otherwise the first one raises. A single file always raises on error.
@@ -122,7 +123,43 @@ def import_sources(
     if not path.is_dir():
         return [(path, import_file(path))]
     out: list[tuple[Path, Embedding]] = []
+    for folder in _folders(path):
+        out.extend(_import_folder(folder, skipped))
+    if not out and not skipped:
+        raise EmbeddingFormatError(
+            f"{path}: no embedding files here or in its subfolders (looked for {', '.join(SUFFIXES)})"
+        )
+    return out
+
+
+def _folders(top: Path) -> list[Path]:
+    """`top` and every folder below it, in name order, hidden ones (.trash, .git) left out. Links to folders
+    are followed, as A1111 does, each real folder once (a link back up would loop)."""
+    seen: set[Path] = set()
+    order: list[Path] = []
+
+    def visit(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        order.append(folder)
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return  # an unreadable subfolder: its files cannot be candidates either
+        for child in children:
+            visit(child)
+
+    visit(top)
+    return order
+
+
+def _import_folder(path: Path, skipped: list[tuple[Path, str]] | None) -> list[tuple[Path, Embedding]]:
+    """The embeddings of the files directly in `path` (its SDXL pair as one)."""
+    out: list[tuple[Path, Embedding]] = []
     paired: set[Path] = set()
+    pair = pair_of(path)
     if pair:
         # two files of different tokens are imported one by one below; any other fault of the pair (the
         # halves disagree on the vector count, one is unreadable) is the pair's, as when one file is given
@@ -145,8 +182,6 @@ def import_sources(
             if skipped is None:
                 raise
             skipped.append((file, str(exc)))
-    if not out and not skipped:
-        raise EmbeddingFormatError(f"{path}: no embedding files here (looked for {', '.join(SUFFIXES)})")
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
+import unicodedata
 
 from embeddings.errors import StoreError
 
@@ -33,11 +35,43 @@ def validate_name(name: str) -> str:
 
 
 def safe_name(text: str) -> str:
-    """A valid name made from any text (a file stem, an A1111 `name`): 'bad hands (v5)' -> 'bad-hands-v5'."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")
+    """A valid name made from any text (a file stem, an A1111 `name`): 'bad hands (v5)' -> 'bad-hands-v5',
+    'café' -> 'cafe' (accents dropped, not the letters)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", _ascii_letters(text).strip()).strip("-.")
     cleaned = re.sub(r"\.{2,}", ".", cleaned)
     cleaned = re.sub(r"\.(preview|tmp)$", "", cleaned)[:64].rstrip("-.")
     if not cleaned:  # nothing ASCII left ('日本'): a stable name from the text, distinct per text
         return "emb-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     cleaned = cleaned if cleaned[0].isalnum() else ("emb-" + cleaned).rstrip("-.")[:64]
     return "emb-" + cleaned[:60] if _is_reserved(cleaned) else cleaned
+
+
+def _ascii_letters(text: str) -> str:
+    """`text` with accents taken off letters ('café' -> 'cafe', 'ﬁ' -> 'fi'); other characters stay as they
+    are (the caller replaces them)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether `validate_name` accepts `name`."""
+    try:
+        validate_name(name)
+    except StoreError:
+        return False
+    return True
+
+
+def stray_name_text(name: str) -> str:
+    """Why a file copied into the store under `name` is not an embedding name, and the command that gives it
+    one: "invalid embedding name 'EasyNegative (1)': ...; `tokensmith rename 'EasyNegative (1)'
+    EasyNegative-1` gives it a valid name (or `tokensmith rm` moves it to the trash)"."""
+    try:
+        validate_name(name)
+        reason = f"'{name}' is a valid name"
+    except StoreError as exc:
+        reason = str(exc).split("; choose another name")[0]
+    return (
+        f"{reason}; `tokensmith rename {shlex.quote(name)} {safe_name(name)}` gives it a valid name (or "
+        f"`tokensmith rm {shlex.quote(name)}` moves it to the trash)"
+    )

@@ -5,15 +5,23 @@ Layout under the root (default `$TOKENSMITH_HOME/embeddings`):
     <name>.safetensors          the embedding (canonical file)
     <name>.preview.png          its thumbnail, optional
     .trash/<stamp>/<name>.*     deleted embeddings, restorable
-    .<file>.<pid>.<rand>.tmp    a write in progress (never listed; removed on failure)
+    .<file>.<pid>.<rand>.tmp    a write in progress (never listed; removed on failure, and by a later write
+                                once its process is gone and it is an hour old)
 
 Writes are atomic (temp file, fsync, rename); creating a name uses a hard link so two writers can never both
-create it; an existing name is only replaced with `overwrite=True`. A rename killed halfway (the new name
-linked, the old not yet removed) is finished by running the same rename again.
+create it; an existing name is only replaced with `overwrite=True`. The check for a name that differs from a
+stored one only in letter case and the write after it run under an exclusive lock on the store folder, so two
+writers cannot slip 'dog' and 'Dog' in side by side. A rename killed halfway (the new name linked, the old not
+yet removed) is finished by running the same rename again.
+
+A file copied in by hand under a name the rules refuse ('EasyNegative (1).safetensors') is reported by `list`
+as a problem, not listed; `rename` and `delete` accept its exact stem, so it can be given a valid name or be
+trashed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import filecmp
 import io
@@ -27,10 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; its filesystems are case-insensitive: 'dog' and 'Dog' are one file
+    fcntl = None
+
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
-from embeddings.files import atomic_write, atomic_write_bytes
-from embeddings.names import validate_name
+from embeddings.files import atomic_write, atomic_write_bytes, remove_stale_temps
+from embeddings.names import is_valid_name, stray_name_text, validate_name
 from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
 
 if TYPE_CHECKING:
@@ -41,6 +54,8 @@ PREVIEW_SUFFIX = ".preview.png"
 TRASH = ".trash"
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
+# Embedding files of other formats that the store does not read (`list` names them; `import` converts them).
+OTHER_SUFFIXES = (".pt", ".bin", ".ckpt", ".png", ".webp")
 
 
 def _sort_key(name: str) -> tuple[str, str]:
@@ -111,6 +126,46 @@ class Store:
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()
 
+    def stray_path(self, name: str, folder: Path | None = None) -> Path | None:
+        """The file `<name>.safetensors` in `folder` (the store root) when `name` breaks the naming rules but
+        a file of exactly that stem is there (copied in by hand: 'EasyNegative (1)', 'CON'), else None.
+
+        The stem is matched against the folder's own listing, so no name can reach outside the folder.
+        """
+        folder = self.root if folder is None else folder
+        if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or os.sep in name:
+            return None
+        try:
+            validate_name(name)
+            return None  # a valid name is found by `path`
+        except StoreError:
+            pass
+        file_name = name + SUFFIX
+        try:
+            listed = file_name in os.listdir(folder)
+        except OSError:
+            return None
+        return folder / file_name if listed and (folder / file_name).is_file() else None
+
+    def stored_file(self, name: str) -> Path | None:
+        """The file holding `name` (also a file under a name the rules refuse, see `stray_path`), or None."""
+        stray = self.stray_path(name)
+        if stray is not None:
+            return stray
+        try:
+            path = self.path(name)
+        except StoreError:
+            return None
+        return path if path.is_file() else None
+
+    def resolve(self, name: str) -> str:
+        """`name` as stored: itself when stored, else the one stored name equal to it in letter case aside
+        (prompts match `<cat>` to 'Cat', so `show cat` finds it too); otherwise `name` unchanged."""
+        if not is_valid_name(name) or self.exists(name):
+            return name
+        folded = [n for n in self.names() if n.lower() == name.lower()]
+        return folded[0] if len(folded) == 1 else name
+
     def holds(self, emb: Embedding) -> bool:
         """True if `emb.name` is stored with exactly `emb`'s vectors (their sha256; metadata aside).
 
@@ -152,7 +207,14 @@ class Store:
         except OSError as exc:
             raise _write_error(target, self.root, exc, doing) from None
 
-    def _require(self, name: str) -> Path:
+    def _require(self, name: str, *, stray_ok: bool = False) -> Path:
+        """The file of stored `name`, or StoreError saying what is wrong. `stray_ok` also accepts the exact
+        stem of a file whose name breaks the rules (for rename and delete: the ways out)."""
+        stray = self.stray_path(name)
+        if stray is not None:
+            if stray_ok:
+                return stray
+            raise StoreError(stray_name_text(name))
         path = self.path(name)
         if not path.is_file():
             self._check_folder()
@@ -181,6 +243,22 @@ class Store:
                 f"(or `tokensmith rename {twin} {name}`)"
             )
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on the store folder for a check-then-write (the case-twin rule): other writers of
+        this store wait. Best effort where the filesystem has no flock (some network mounts)."""
+        if fcntl is None:
+            yield
+            return
+        with self._writing(self.root):
+            fd = os.open(self.root, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: write unlocked, as before the lock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def _suggest(self, name: str) -> str:
         close = [n for n in self.names() if n.lower() == name.lower() or name.lower() in n.lower()]
         return f" (did you mean {', '.join(close[:3])}?)" if close else ""
@@ -193,13 +271,16 @@ class Store:
         """
         path = self.path(emb.name)
         self._check_folder()
-        self.check_case_twin(emb.name)
+        self.check_case_twin(emb.name)  # early, before the bytes are made; again under the lock below
         data = canonical_bytes(emb)
         with self._writing(self.root):  # not the name-taken error below: a broken link there is no embedding
             self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.root)  # what killed writes left behind
         try:
-            with self._writing(path):
-                atomic_write_bytes(path, data, overwrite=overwrite)
+            with self._locked():
+                self.check_case_twin(emb.name)
+                with self._writing(path):
+                    atomic_write_bytes(path, data, overwrite=overwrite)
         except FileExistsError:
             raise StoreError(
                 f"an embedding named '{emb.name}' already exists; choose another name or pass --force "
@@ -237,13 +318,17 @@ class Store:
             for entry in os.scandir(self.root)
             if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
         )
-        return sorted(names, key=_sort_key)
+        return sorted((n for n in names if is_valid_name(n)), key=_sort_key)
 
-    def list(self, *, problems: list[tuple[Path, str]] | None = None) -> list[StoreEntry]:
+    def list(
+        self, *, problems: list[tuple[Path, str]] | None = None, others: list[Path] | None = None
+    ) -> list[StoreEntry]:
         """Every stored embedding with its header facts (headers only).
 
-        Unreadable files are skipped (a broken file must not hide the others); pass a list as `problems` to
-        receive them as (path, reason).
+        Unreadable files, and files whose stem is not a valid name (copied in by hand), are skipped (a broken
+        file must not hide the others); pass a list as `problems` to receive them as (path, reason), the
+        reason saying what to do. Pass a list as `others` to receive the embedding files of other formats in
+        the folder (`.pt`, `.bin`, images that are not previews), which the store does not read.
         """
         if not self.root.is_dir():
             self._check_folder()
@@ -251,11 +336,16 @@ class Store:
         files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
         entries = []
         for file_name in sorted((f for f in files if f.endswith(SUFFIX)), key=_sort_key):
+            name = file_name[: -len(SUFFIX)]
             try:
-                entries.append(self._entry(file_name[: -len(SUFFIX)], self.root / file_name, files))
-            except (EmbeddingFormatError, OSError) as exc:
+                if not is_valid_name(name):
+                    raise StoreError(stray_name_text(name))
+                entries.append(self._entry(name, self.root / file_name, files))
+            except (EmbeddingFormatError, StoreError, OSError) as exc:
                 if problems is not None:
                     problems.append((self.root / file_name, str(exc)))
+        if others is not None:
+            others.extend(self.root / f for f in sorted(files, key=_sort_key) if _other_format(f))
         return entries
 
     def entry(self, name: str) -> StoreEntry:
@@ -291,24 +381,26 @@ class Store:
         holds the same embedding as `old` apart from its name, and running the same rename again finishes it.
         """
         validate_name(new)
-        emb = self.get(old)
+        old_path = self._require(old, stray_ok=True)  # a hand-copied 'EasyNegative (1)' gets a valid name
+        emb = load_canonical(old_path)
         if new == old:
             raise StoreError(f"'{old}' is already called '{new}'; nothing to rename")
         if self.exists(new) and not self._unfinished_rename(emb, old, new):
             raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
         self.check_case_twin(new, allow=old)  # 'cat' -> 'Cat' is fine; onto another embedding is not
-        with self._writing(self.path(new)):
+        with self._locked(), self._writing(self.path(new)):
             if not self.exists(new):
+                self.check_case_twin(new, allow=old)  # again, under the lock
                 try:
                     atomic_write_bytes(self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False)
                 except FileExistsError:
                     raise StoreError(
                         f"cannot rename '{old}' to '{new}': '{new}' was created meanwhile"
                     ) from None
-            old_preview = self.preview_path(old)
+            old_preview = old_path.with_name(old + PREVIEW_SUFFIX)
             if old_preview.is_file():
                 os.replace(old_preview, self.preview_path(new))
-            self.path(old).unlink(missing_ok=True)
+            old_path.unlink(missing_ok=True)
         return self.path(new)
 
     def _unfinished_rename(self, emb: Embedding, old: str, new: str) -> bool:
@@ -317,10 +409,11 @@ class Store:
         That is `emb` (stored as `old`) under the new name: the same vectors and metadata apart from the name,
         and the preview on one side at most.
         """
-        if self.preview_path(old).is_file() and self.preview_path(new).is_file():
+        old_path = self.stray_path(old) or self.path(old)
+        if old_path.with_name(old + PREVIEW_SUFFIX).is_file() and self.preview_path(new).is_file():
             return False  # the rename moves the preview in one step: both sides never have one
         try:
-            if self.path(old).samefile(self.path(new)):  # one file: a case-insensitive filesystem's 'Cat'
+            if old_path.samefile(self.path(new)):  # one file: a case-insensitive filesystem's 'Cat'
                 return False
             stored = self.get(new)
         except (EmbeddingFormatError, OSError):
@@ -336,12 +429,12 @@ class Store:
 
     def delete(self, name: str) -> Path:
         """Move an embedding (and its preview) to the trash; returns its trash folder. `restore` undoes it."""
-        path = self._require(name)
+        path = self._require(name, stray_ok=True)  # a hand-copied file under a refused name can be trashed
         folder = self.root / TRASH / f"{time.time_ns():020d}-{os.getpid()}"
         with self._writing(path, "move to the trash"):
             folder.mkdir(parents=True, exist_ok=False)
             os.replace(path, folder / path.name)
-            preview = self.preview_path(name)
+            preview = path.with_name(name + PREVIEW_SUFFIX)
             if preview.is_file():
                 os.replace(preview, folder / preview.name)
             (folder / "deleted.json").write_text(json.dumps({"name": name, "deleted": time.time()}))
@@ -358,9 +451,11 @@ class Store:
     def restore(self, name: str) -> Path:
         """Bring back the most recently deleted embedding of that name; refuses if the name is taken again
         (except by this restore's own copy, left by a kill before the trash folder was removed)."""
-        path = self.path(name)
+        folders = self._trash_folders()
+        stray = next((p for f in folders if (p := self.stray_path(name, f)) is not None), None)
+        path = self.root / stray.name if stray is not None else self.path(name)  # undo a delete exactly
         self._check_folder()
-        for folder in self._trash_folders():
+        for folder in folders:
             trashed = folder / path.name
             if not trashed.is_file():
                 continue
@@ -372,12 +467,19 @@ class Store:
                     f"(`tokensmith rename {name} NEW`)"
                 )
             self.check_case_twin(name)
-            with self._writing(path):
+            with self._locked(), self._writing(path):
                 if not unfinished:
+                    self.check_case_twin(name)  # again, under the lock
                     atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
                 preview = folder / (name + PREVIEW_SUFFIX)
                 if preview.is_file():
-                    os.replace(preview, self.preview_path(name))
+                    os.replace(preview, path.with_name(name + PREVIEW_SUFFIX))
                 shutil.rmtree(folder)
             return path
         raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")
+
+
+def _other_format(file_name: str) -> bool:
+    """An embedding file of another format (`.pt`, `.bin`, an image that is not a store preview)."""
+    lower = file_name.lower()
+    return lower.endswith(OTHER_SUFFIXES) and not lower.endswith(PREVIEW_SUFFIX)

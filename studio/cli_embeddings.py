@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -113,10 +114,16 @@ def load_model_noting(spec: str, config: str | None = None):
 # --- commands ---
 def run_list(args) -> int:
     problems: list = []
-    entries = store_of(args).list(problems=problems)
+    others: list = []
+    entries = store_of(args).list(problems=problems, others=others)
     for path, reason in problems:
+        reason = reason.removeprefix(f"{path}: ")  # the reader's errors start with the file, named already
+        hint = "" if "`tokensmith " in reason else " (see `tokensmith doctor`)"  # else it says what to do
+        print(f"tokensmith list: warning: skipped {path.name}: {reason}{hint}", file=sys.stderr)
+    for path in others:
         print(
-            f"tokensmith list: warning: skipped {path.name}: {reason} (see `tokensmith doctor`)",
+            f"tokensmith list: note: not read: {path.name}: the store reads only .safetensors files; if it "
+            f"is an embedding, `tokensmith import {shlex.quote(str(path))}` stores a copy in that format",
             file=sys.stderr,
         )
     if args.json:
@@ -135,8 +142,9 @@ def run_list(args) -> int:
 
 def run_show(args) -> int:
     store = store_of(args)
-    emb = store.get(args.name)
-    entry = store.entry(args.name)
+    name = store.resolve(args.name)  # `show cat` finds 'Cat', as <cat> does in a prompt
+    emb = store.get(name)
+    entry = store.entry(name)
     data = {
         **entry.to_json(),
         "sha256": emb.sha256,
@@ -165,7 +173,8 @@ def run_export(args) -> int:
     from embeddings.exporting import export, planned_outputs
 
     store = store_of(args)
-    emb = store.get(args.name)
+    name = store.resolve(args.name)
+    emb = store.get(name)
     root = store.root.resolve()
     for target in planned_outputs(emb, args.format, Path(args.out)):
         if target.resolve().is_relative_to(root):
@@ -174,7 +183,7 @@ def run_export(args) -> int:
                 "write; export to a path outside it"
             )
     image = None
-    preview = store.preview_path(args.name)
+    preview = store.preview_path(name)
     if args.format == "a1111-png" and preview.is_file():
         with Image.open(preview) as opened:
             image = opened.convert("RGB")

@@ -40,6 +40,7 @@ def run_import(args) -> int:
     found, skipped = [], []  # found: (the file it came from, embedding)
     for path in args.paths:
         found.extend(import_sources(Path(path), skipped=skipped))
+    found = _distinct(found)  # `cat.pt ./cat.pt`, or a folder and a file in it: one embedding, stored once
     for path, reason in skipped:
         reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
@@ -55,13 +56,7 @@ def run_import(args) -> int:
     else:
         _say_renamed(found)
     names = [emb.name for _, emb in found]
-    folded = [n.lower() for n in names]  # <Cat> and <cat> are one token in a prompt
-    dupes = sorted({n for n in names if folded.count(n.lower()) > 1}, key=str.lower)
-    if dupes:
-        raise StoreError(
-            f"several files hold an embedding named {dupes[0]!r} (letter case aside); import them one by "
-            "one with --name"
-        )
+    _refuse_clashes(found)
     # Checked for every file before storing any. Without --force, an embedding already stored with identical
     # vectors is not an error and is not stored again, so running an import that stopped halfway again
     # finishes it; --force replaces it (its header may differ: a family label, the provenance). One look per
@@ -70,10 +65,7 @@ def run_import(args) -> int:
     same = set() if args.force else {emb.name for emb in stored if store.holds(emb)}
     taken = [emb.name for emb in stored if emb.name not in same]
     if taken and not args.force:
-        raise StoreError(
-            f"'{taken[0]}' already exists in the store with different vectors; use --name NEW or --force to "
-            "replace it"
-        )
+        raise _taken_error(store, taken[0])
     for name in names:
         store.check_case_twin(name)  # 'Cat' beside a stored 'cat' is refused even with --force
     if same:
@@ -81,6 +73,58 @@ def run_import(args) -> int:
     results = _store_each(store, found, same, overwrite=args.force, as_json=args.json)
     _print_imported(results, as_json=args.json)
     return 0
+
+
+def _distinct(found: list[tuple]) -> list[tuple]:
+    """`found` without repeats: the same file reached twice (given twice, or in a folder also given), or two
+    files holding the same embedding under the same name (a copy). The first of each is kept."""
+    seen: set = set()
+    out = []
+    for source, emb in found:
+        keys = {("file", Path(source).resolve()), ("embedding", emb.name, emb.sha256)}
+        if keys & seen:
+            continue
+        seen |= keys
+        out.append((source, emb))
+    return out
+
+
+def _refuse_clashes(found: list[tuple]) -> None:
+    """StoreError naming the files behind the first name that several embeddings share (letter case aside:
+    <Cat> and <cat> are one token in a prompt), before anything is stored."""
+    from embeddings import StoreError
+
+    by_name: dict[str, list[str]] = {}
+    for source, emb in found:
+        by_name.setdefault(emb.name.lower(), []).append(f"{source} ({emb.name})")
+    clashes = sorted((name, files) for name, files in by_name.items() if len(files) > 1)
+    if clashes:
+        name, files = clashes[0]
+        more = f"; {len(clashes) - 1} more name(s) clash too" if len(clashes) > 1 else ""
+        raise StoreError(
+            f"several files hold an embedding named {name!r} (letter case aside): {', '.join(files)}{more}; "
+            "import them one by one with --name, or leave one out"
+        )
+
+
+def _taken_error(store, name: str):
+    """The error for a name stored with other vectors: a clash, or a stored file that cannot be read (then
+    --force is the repair, not a choice between two embeddings)."""
+    from embeddings import EmbeddingFormatError, StoreError
+    from embeddings.errors import first_line
+
+    try:
+        store.get(name)
+    except (EmbeddingFormatError, OSError) as exc:
+        why = first_line(exc).removeprefix(f"{store.path(name)}: ")
+        return StoreError(
+            f"'{name}' is stored, but the stored file cannot be read ({why}); --force replaces it with the "
+            "imported one (or use --name NEW to import under another name)"
+        )
+    return StoreError(
+        f"'{name}' already exists in the store with different vectors; use --name NEW or --force to "
+        "replace it"
+    )
 
 
 def _say_renamed(found: list[tuple]) -> None:

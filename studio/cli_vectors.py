@@ -70,8 +70,9 @@ def register(subparsers, common) -> None:
             "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
             "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
             "  tokensmith doctor my-cat --model demo   # a stored name works too\n\n"
+            "A folder gets a report per embedding in it and its subfolders (--json: a list).\n"
             "Exit code 0 when the file is readable and fits (or no --model was given; a partial fit prints\n"
-            "how to use it), 1 when it is unreadable or does not fit."
+            "how to use it), 1 when it is unreadable or does not fit (for a folder: when any file is)."
         ),
     )
     sub.add_argument(
@@ -102,7 +103,7 @@ def run_blend(args) -> int:
     parts = []
     for operand, weight in spec.parts:
         if operand.kind == "embedding":
-            parts.append((store.get(operand.text), weight))
+            parts.append((store.get(store.resolve(operand.text)), weight))  # <cat> finds 'Cat'
         else:
             parts.append((word_operand(operand.text, model.encoders), weight))
     result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm, num_vectors=args.vectors)
@@ -150,7 +151,8 @@ def run_nearest(args) -> int:
     from embeddings import token_names, vectors_for_encoders
     from embeddings.maths import nearest_tokens, norm_report
 
-    emb = store_of(args).get(args.name)
+    store = store_of(args)
+    emb = store.get(store.resolve(args.name))
     check_model_options(args.model, args.model_config, "nearest")
     model = load_model_noting(args.model, args.model_config)
     try:
@@ -199,27 +201,31 @@ def _partial_note(emb, left_out: list[str], model_keys: list[str]) -> str:
 
 
 def run_doctor(args) -> int:
-    from embeddings import Store, StoreError
-    from embeddings.doctor import diagnose
+    from embeddings import Store
+    from embeddings.doctor import diagnose, diagnose_each
 
     path = Path(args.path)
     if not path.exists():
-        try:
-            store_path = Store.for_home(args.home).path(args.path)
-        except StoreError:
-            store_path = None
-        if store_path is None or not store_path.exists():
+        store = Store.for_home(args.home)
+        store_path = store.stored_file(store.resolve(args.path))  # also a hand-copied 'EasyNegative (1)'
+        if store_path is None:
             raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
         path = store_path
     check_model_options(args.model, args.model_config, "doctor")
     model = load_model_noting(args.model, args.model_config) if args.model else None
     encoders, family = (model.encoders, model.family) if model else (None, None)
-    report = diagnose(path, encoders, model_family=family)
-    if args.json:
-        print_json(report.to_json())
+    if path.is_dir():  # every embedding in the folder and its subfolders (one for a diffusers SDXL pair)
+        reports = diagnose_each(path, encoders, model_family=family)
     else:
-        for line in report.lines:
-            print(line)
-        for warning in report.warnings:
-            print(f"warning: {warning}")
-    return 1 if report.fit in ("unreadable", "no") else 0
+        reports = [diagnose(path, encoders, model_family=family)]
+    if args.json:
+        print_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
+    else:
+        for i, report in enumerate(reports):
+            if len(reports) > 1:
+                print(("\n" if i else "") + f"== {report.path}")
+            for line in report.lines:
+                print(line)
+            for warning in report.warnings:
+                print(f"warning: {warning}")
+    return 1 if any(report.fit in ("unreadable", "no") for report in reports) else 0

@@ -160,8 +160,10 @@ def test_a1111_pt_is_the_dict_a1111_writes_and_loads_with_weights_only(tmp_path)
         "step",
         "sd_checkpoint",
         "sd_checkpoint_name",
+        "tokensmith",  # our metadata as strings; A1111 and diffusers read only the keys they know
     }
     assert data["string_to_param"]["*"].shape == (3, 768) and data["name"] == "thing" and data["step"] == 120
+    assert all(type(k) is str and type(v) is str for k, v in data["tokensmith"].items())
 
 
 def test_a1111_sdxl_dict_holds_only_tensors_because_a1111_detaches_every_value(tmp_path):

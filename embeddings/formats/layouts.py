@@ -14,10 +14,13 @@ from pathlib import Path
 import torch
 
 from embeddings.errors import EmbeddingFormatError
-from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding
+from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_claim_fits
 
 A1111_META = {"step": "a1111.step", "sd_checkpoint": "a1111.sd_checkpoint", "name": "a1111.name"}
 A1111_META["sd_checkpoint_name"] = "a1111.sd_checkpoint_name"
+A1111_EXTRA_KEY = "tokensmith"  # our metadata inside an A1111 dict (strings only); other readers ignore it
+# Metadata a file's reader recomputes, never carried from one file to the next.
+OWN_META = ("tokensmith.version", "format", "name", "num_vectors", "sha256", "source_format", "source_file")
 
 
 def layout_of(data: dict) -> str:
@@ -87,7 +90,8 @@ def _from_a1111(data: dict, path: Path) -> Embedding:
     if len(params) != 1:
         raise EmbeddingFormatError(f"the file has {len(params)} terms; an A1111 embedding has exactly one")
     (tensor,) = params.values()
-    meta = {}
+    vectors = _as_2d(tensor, "string_to_param")
+    meta = _carried_meta(data, {SINGLE_KEY: vectors.shape[-1]})  # A1111's own keys below win over ours
     for key, meta_key in A1111_META.items():
         value = data.get(key)
         if value is not None and isinstance(value, str | int | float):
@@ -98,7 +102,25 @@ def _from_a1111(data: dict, path: Path) -> Embedding:
         label = meta.get("a1111.sd_checkpoint_name", "")
         checkpoint_hash = meta.get("a1111.sd_checkpoint")
         meta["base_model"] = f"{label} [{checkpoint_hash}]".strip() if checkpoint_hash else label
-    return Embedding(_stem(path), {SINGLE_KEY: _as_2d(tensor, "string_to_param")}, meta)
+    return Embedding(_stem(path), {SINGLE_KEY: vectors}, meta)
+
+
+def carried_meta(emb: Embedding) -> dict[str, str]:
+    """The metadata an exported A1111 dict carries under A1111_EXTRA_KEY: all but what a reader recomputes,
+    with the family (width 64 alone cannot say 'demo')."""
+    return {"family": emb.family, **{k: v for k, v in emb.meta.items() if k not in (*OWN_META, "family")}}
+
+
+def _carried_meta(data: dict, widths: dict[str, int]) -> dict[str, str]:
+    """The metadata under A1111_EXTRA_KEY of a dict we exported; string pairs only (the file is untrusted),
+    and a `family` only where the widths allow it."""
+    extra = data.get(A1111_EXTRA_KEY)
+    if not isinstance(extra, dict):
+        return {}
+    meta = {k: v for k, v in extra.items() if type(k) is str and type(v) is str and k not in OWN_META}
+    if "family" in meta and not family_claim_fits(meta["family"], widths):
+        del meta["family"]
+    return meta
 
 
 def _as_2d(tensor: object, key: str) -> torch.Tensor:

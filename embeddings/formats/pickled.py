@@ -2,6 +2,8 @@
 
 Loaded only with `torch.load(..., weights_only=True)`: tensors, dicts, lists, strings and numbers, nothing
 that runs code. A pickle that asks for anything else is refused with a clear error; none of it is executed.
+When torch refuses a file, its opcodes are read with `pickletools` (which executes nothing) to tell a pickle
+that imports code (refused as unsafe, whatever tripped torch first) from a corrupt one.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import pickletools
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,10 +20,23 @@ import torch
 
 from embeddings.errors import EmbeddingFormatError
 from embeddings.files import atomic_write
-from embeddings.formats.layouts import embedding_from_dict
+from embeddings.formats.layouts import A1111_EXTRA_KEY, carried_meta, embedding_from_dict
 from embeddings.value import SINGLE_KEY, Embedding
 
 A1111_PLACEHOLDER_ID = 265  # the id A1111 records for its "*" placeholder (string_to_token); informative only
+MAX_PICKLE_SCAN = 64 * 1024 * 1024  # the opcode scan reads at most this much of a pickle
+STRING_OPS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "SHORT_BINSTRING",
+    "BINSTRING",
+    "STRING",
+}
+GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+QUIET_OPS = {"PROTO", "FRAME", "MEMOIZE", *PUT_OPS}  # opcodes that push nothing onto the stack
 
 
 class UnsafePickleError(EmbeddingFormatError):
@@ -49,6 +65,127 @@ def _unpickler_reason(exc: Exception) -> str:
     return detail[0].split(". Please")[0]  # not its advice to allow-list what it refused
 
 
+def _safe_globals() -> set[str]:
+    """'module.name' of every global torch's weights-only loader allows (and our ParameterDict)."""
+    from torch import _weights_only_unpickler as unpickler
+
+    allowed = getattr(unpickler, "_get_allowed_globals", None)  # private: absent in some torch, then a rule
+    names = set(allowed()) if allowed else set()
+    return names | {"torch.nn.modules.container.ParameterDict"}
+
+
+def _is_safe_global(name: str, safe: set[str]) -> bool:
+    return name in safe or (not safe and (name.startswith("torch.") or name == "collections.OrderedDict"))
+
+
+def pickle_globals(data: bytes) -> list[str]:
+    """'module.name' of every global the pickles in `data` import (GLOBAL, INST, STACK_GLOBAL), in order,
+    read with pickletools: nothing is executed. A torch legacy file holds several pickles, then raw tensor
+    bytes; the scan stops where the opcodes stop making sense. An unresolved STACK_GLOBAL is named '?'."""
+    found: list[str] = []
+    stream = io.BytesIO(data[:MAX_PICKLE_SCAN])
+    while stream.tell() < len(data):
+        recent: list[object] = []  # what each opcode pushed: the strings, None for anything else
+        memo: dict[object, object] = {}
+        try:
+            for opcode, arg, _pos in pickletools.genops(stream):
+                name = opcode.name
+                if name in ("GLOBAL", "INST"):
+                    found.append(".".join(str(arg).split(" ", 1)))
+                elif name == "STACK_GLOBAL":
+                    module, attr = recent[-2:] if len(recent) >= 2 else [None, None]
+                    found.append(
+                        f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else "?"
+                    )
+                if name in STRING_OPS:
+                    recent.append(arg.decode("latin-1") if isinstance(arg, bytes) else arg)
+                elif name in GET_OPS:
+                    recent.append(memo.get(arg))
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif name in PUT_OPS:
+                    memo[arg] = recent[-1] if recent else None
+                elif name not in QUIET_OPS:
+                    recent.append(None)
+        except (ValueError, KeyError, EOFError, IndexError, UnicodeDecodeError):
+            break  # the end of the pickles (raw tensor bytes follow) or a corrupt one: nothing more to read
+    return found
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals outside torch's safe set that `path` imports (for a torch zip file, its data.pkl)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.infolist() if m.filename.endswith("data.pkl")]
+                pickles = [archive.open(m).read(MAX_PICKLE_SCAN) for m in members]
+        else:
+            with open(path, "rb") as file:
+                pickles = [file.read(MAX_PICKLE_SCAN)]
+    except (
+        OSError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        ValueError,
+        EOFError,
+    ):  # a zip too broken to open
+        return []
+    safe = _safe_globals()
+    named = [name for data in pickles for name in pickle_globals(data)]
+    return list(dict.fromkeys(name for name in named if not _is_safe_global(name, safe)))
+
+
+def _refusal(path: Path, exc: Exception) -> EmbeddingFormatError:
+    """The error for a file torch's weights-only loader refused: unsafe when torch names a global it refused,
+    or when the pickle's opcodes import anything outside torch's safe set (whatever torch tripped over first:
+    protocol 4's FRAME comes before the GLOBAL); else corrupt, truncated, or not torch's."""
+    reason = _unpickler_reason(exc) if isinstance(exc, pickle.UnpicklingError) else ""
+    if "global" in reason.lower():  # it names a function or class to import: what an attack needs
+        return _unsafe(path, _first_sentence(reason))
+    unsafe = _unsafe_globals(path)
+    if unsafe:
+        return _unsafe(path, "it imports " + ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else ""))
+    if reason:
+        return EmbeddingFormatError(
+            f"{path}: not a readable torch file: corrupt, not a pickle, or pickled in a way torch's safe "
+            f"loader does not read; nothing was executed ({_first_sentence(reason)})"
+        )
+    if _is_cut_zip(path):
+        return EmbeddingFormatError(
+            f"{path}: the file is truncated (it ends early: the zip directory torch files end with is "
+            "missing); download or copy it again"
+        )
+    text = _first_sentence(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+    return EmbeddingFormatError(
+        f"{path}: not a readable torch file: truncated, or not written by torch.save "
+        f"({type(exc).__name__}{': ' + text if text else ''})"
+    )
+
+
+def _unsafe(path: Path, detail: str) -> UnsafePickleError:
+    return UnsafePickleError(
+        f"{path}: refused: this pickle wants to run code or build objects that are not plain tensors and "
+        f"dicts, so it may be malicious; nothing was executed ({detail})"
+    )
+
+
+def _is_cut_zip(path: Path) -> bool:
+    """A file that starts as a zip (torch's format since 1.6) but has no zip directory at its end: cut off."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of a library's message, whole (miniz's run on: '... If you are seeing this error,
+    there is a high'), cut at `limit` characters only when the sentence is longer."""
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
+
+
 def load_pickle(path: Path, *, mmap: bool = False) -> object:
     """The plain data inside a torch pickle, refusing anything else (weights_only=True). `mmap` maps the
     tensors of a zip-format file instead of reading them (for multi-GB checkpoints); legacy files are read."""
@@ -62,25 +199,10 @@ def load_pickle(path: Path, *, mmap: bool = False) -> object:
                 # .safetensors, and A1111 pickles get renamed so.
                 with open(path, "rb") as file:
                     return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if "global" in reason.lower():  # it names a function or class to import: what an attack needs
-            raise UnsafePickleError(
-                f"{path}: refused: this pickle wants to run code or build objects that are not plain tensors "
-                f"and dicts, so it may be malicious; nothing was executed ({reason[:160]})"
-            ) from None
-        raise EmbeddingFormatError(
-            f"{path}: not a readable torch file: corrupt, not a pickle, or pickled in a way torch's safe "
-            f"loader does not read; nothing was executed ({reason[:160]})"
-        ) from None
     except FileNotFoundError:
         raise
     except Exception as exc:  # the untrusted-file boundary: torch raises many types here
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise EmbeddingFormatError(
-            f"{path}: not a readable torch file: truncated, or not written by torch.save "
-            f"({type(exc).__name__}{': ' + text[:160] if text else ''})"
-        ) from None
+        raise _refusal(path, exc) from None
 
 
 def read_pickled(path: Path) -> Embedding:
@@ -92,6 +214,9 @@ def a1111_dict(emb: Embedding) -> dict:
     """The dict A1111 saves: `string_to_param` plus `name`/`step`/checkpoint for one encoder; for SDXL only
     `clip_l`/`clip_g` tensors, because A1111's SDXL branch calls `.detach()` on every value of the dict (the
     name then comes from the file stem, as A1111 does for every .pt).
+
+    One encoder's dict also carries the rest of the metadata (family, init, trainer, lineage) as a dict of
+    strings under `tokensmith`: A1111 and diffusers read only the keys they know, so nothing is lost.
     """
     if set(emb.vectors) != {SINGLE_KEY}:
         return {k: v.clone() for k, v in emb.vectors.items()}
@@ -103,6 +228,7 @@ def a1111_dict(emb: Embedding) -> dict:
         "step": int(steps) if steps.isdigit() else None,
         "sd_checkpoint": emb.meta.get("a1111.sd_checkpoint"),
         "sd_checkpoint_name": emb.meta.get("a1111.sd_checkpoint_name") or emb.meta.get("base_model"),
+        A1111_EXTRA_KEY: carried_meta(emb),
     }
 
 
