@@ -87,8 +87,34 @@ def test_mismatched_widths_and_bad_names_are_explained(session, store):
     at = open_blend()
     at.selectbox(key="bl_emb_1").set_value("wide").run()
     assert "cannot blend" in at.error[0].value
+    assert "it has width 1024 but this model's text encoder has width 32" in at.error[0].value  # no repr
     at.text_input(key="bl_name").set_value("../evil").run()
     assert "invalid embedding name" in at.error[0].value
+
+
+def test_a_blend_of_words_is_labelled_with_the_model_as_the_cli_labels_it(session, store):
+    """`tokensmith blend "0.6*red + 0.4*yellow"` stores the model's family and base_model; the page too."""
+    at = open_blend()
+    for i, word in enumerate(["red", "photo"]):
+        at.radio(key=f"bl_kind_{i}").set_value("word").run()
+        at.text_input(key=f"bl_word_{i}").set_value(word).run()
+    at.text_input(key="bl_name").set_value("reddish").run()
+    at.button(key="bl_save").click().run()
+    assert not at.error, [e.value for e in at.error]
+    saved = store.entry("reddish")
+    assert (saved.family, saved.meta.get("base_model")) == ("sd1", "tiny-sd1")  # not 'w32' from its width
+
+
+def test_make_blend_labels_with_the_model_only_when_words_are_mixed(session, store):
+    model = session.model
+    parts = [(store.get("cat"), 0.5), (store.get("dog"), 0.5)]
+    blended = blending.make_blend(parts, "catdog", method="lerp", keep_norm=False, model=model)
+    assert "base_model" not in blended.meta  # the operands' own provenance, as the CLI keeps it
+    worded = blending.resolve(
+        [Operand("embedding", "cat", 0.5), Operand("word", "red", 0.5)], store, model.encoders
+    )
+    blended = blending.make_blend(worded, "catred", method="lerp", keep_norm=False, model=model)
+    assert (blended.meta["family"], blended.meta["base_model"]) == ("sd1", "tiny-sd1")
 
 
 def test_a_new_operand_count_starts_every_weight_at_an_equal_share(session, store):

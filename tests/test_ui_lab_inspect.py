@@ -133,7 +133,11 @@ def test_an_unreadable_store_file_is_named_and_the_map_still_shows(session, stor
     at = open_page("views/inspect.py")
     assert not at.error, [e.value for e in at.error]
     warning = " ".join(w.value for w in at.warning)
-    assert "broken.safetensors" in warning and "tokensmith doctor" in warning
+    assert (
+        "broken.safetensors" in warning
+        and "Move it to the trash" in warning
+        and "tokensmith doctor" not in warning
+    )
     assert at.selectbox(key="insp_name").options == ["cat", "dog"]
     assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
 
@@ -143,7 +147,54 @@ def test_an_embedding_for_another_model_is_explained_and_the_map_still_shows(ses
     at = open_page("views/inspect.py")
     at.selectbox(key="insp_name").set_value("wide").run()
     assert at.error, "no explanation for a width mismatch"
+    assert "this model is SD 1.x" in at.error[0].value  # the model's family, not only its width
     assert any("not on the map: <wide>" in c.value for c in at.caption)
+
+
+def test_a_partial_fit_shows_the_half_that_fits_with_a_note(tokensmith_home, monkeypatch):
+    """As `tokensmith nearest`: an SD 1.x-style embedding on SDXL shows its clip_l neighbours."""
+    from trainers.models import LoadedModel
+    from trainers.tiny import tiny_pipeline
+
+    xl = LoadedModel(tiny_pipeline("sdxl"), "sdxl", "tiny-sdxl")
+    monkeypatch.setattr(context, "loaded_model", lambda spec: xl)
+    vectors = torch.randn(2, xl.widths["clip_l"], generator=torch.Generator().manual_seed(0))
+    Store.for_home(tokensmith_home).put(Embedding("sd1ish", {"emb_params": vectors}))
+    at = open_page("views/inspect.py")
+    assert not at.error, [e.value for e in at.error]
+    [table] = at.dataframe
+    assert list(table.value.columns) == ["vector 0", "vector 1"]
+    assert [m.value for m in at.markdown if m.value.startswith("**clip")] == [
+        "**clip_l** · 2 vector(s) · width 32"
+    ]
+    [note] = [i.value for i in at.info if "only partly" in i.value]
+    assert note.startswith("<sd1ish> fits this model only partly: clip_g would get zero vectors")
+    assert "Partial fit box on the Generate page" in note and "--partial" not in note
+
+
+def test_a_zero_vector_says_so_and_the_table_keeps_its_shape(session, store):
+    width = session.model.widths["emb_params"]
+    padded = torch.cat(
+        [torch.randn(1, width, generator=torch.Generator().manual_seed(5)), torch.zeros(1, width)]
+    )
+    store.put(Embedding("padded", {"emb_params": padded}))
+    at = open_page("views/inspect.py", {"insp_name": "padded"})
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["vector 0", "vector 1"] and len(table) == 8
+    assert list(table["vector 1"]) == ["(a zero vector: no direction)"] + [""] * 7
+
+
+def test_an_entry_that_does_not_load_is_explained_and_the_map_still_shows(session, store, monkeypatch):
+    from embeddings import StoreError
+
+    def entry(self, name):
+        raise StoreError(f"'{name}' went away")  # e.g. removed by the CLI between the listing and this look
+
+    monkeypatch.setattr(Store, "entry", entry)
+    at = open_page("views/inspect.py")
+    assert "'cat' went away" in at.error[0].value
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
 
 
 def test_project_2d_separates_distinct_points_and_keeps_order():

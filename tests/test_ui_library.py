@@ -3,17 +3,15 @@
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
+from apppage import open_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store, load_canonical
 from studio.app import cards
-
-APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 
 
 def emb(name, n=1, width=8, seed=0, **meta) -> Embedding:
@@ -32,13 +30,7 @@ def store(tokensmith_home) -> Store:
 
 
 def open_library(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.run()
-    at.switch_page("views/library.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("views/library.py", **query)
 
 
 def captions(at) -> str:
@@ -146,7 +138,11 @@ def test_an_unreadable_store_file_is_named_with_what_to_do(store):
     (store.root / "broken.safetensors").write_bytes(b"\x00garbage")
     at = open_library()
     warning = " ".join(w.value for w in at.warning)
-    assert "broken.safetensors" in warning and "tokensmith doctor" in warning
+    assert (
+        "broken.safetensors" in warning
+        and "Move it to the trash" in warning
+        and "tokensmith doctor" not in warning
+    )
     names = [md.value for md in at.markdown if md.value.startswith("**&lt;")]
     assert names == ["**&lt;blue-star&gt;**", "**&lt;red-square&gt;**"]
     at.button(key="lib_trash_broken_broken").click().run()
@@ -218,6 +214,8 @@ def test_doctor_gives_each_embedding_a_verdict_for_the_model(store, monkeypatch)
     }
     assert verdicts["<fits-well>"].startswith("✅") and "fits this model" in verdicts["<fits-well>"]
     assert verdicts["<red-square>"].startswith("❌") and "does not fit" in verdicts["<red-square>"]
+    assert "this model is SD 1.x (width 32)" in verdicts["<red-square>"]  # the model's family, as the CLI
+    assert "provenance" not in verdicts["<red-square>"]  # the fit only: the card shows the rest
 
 
 def test_importing_an_embedding_already_in_the_library_is_no_error(store, tmp_path):

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from apppage import open_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import studio.jobs
 from tests.test_ui_jobs import FAKE_TRAINER
 
-APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 TRAIN = "views/train.py"
 
 
@@ -36,13 +36,7 @@ def fake_trainer(tmp_path, monkeypatch):
 
 
 def open_train(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.run()
-    at.switch_page(TRAIN).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(TRAIN, **query)
 
 
 def fill(at: AppTest, *, name="red-square", files=None, steps=3) -> AppTest:

@@ -29,6 +29,7 @@ def resolve(
 ) -> list[tuple[Any, float]]:
     """(Embedding, weight) parts for the core's blend; words become their token embeddings. With the model's
     `widths`, a stored embedding made for another model is refused by its own name."""
+    from embeddings.doctor import widths_text
     from embeddings.maths import word_operand
 
     parts = []
@@ -39,9 +40,9 @@ def resolve(
             emb = store.get(op.value)
             if widths is not None and emb.widths != widths:
                 raise ValueError(
-                    f"cannot blend operand #{i + 1} {op.label}: it has widths {emb.widths} but this model's "
-                    f"text encoder has {widths} (it was made for another model); pick one made for this "
-                    "model, or a word"
+                    f"cannot blend operand #{i + 1} {op.label}: it has {widths_text(emb.widths)} but this "
+                    f"model's text encoder has {widths_text(widths)} (it was made for another model); pick "
+                    "one made for this model, or a word"
                 )
             parts.append((emb, op.weight))
         else:
@@ -51,11 +52,20 @@ def resolve(
     return parts
 
 
-def make_blend(parts: list[tuple[Any, float]], name: str, *, method: str, keep_norm: bool) -> Any:
-    """The core's blend (lerp or slerp, optional norm keeping), with its lineage in the metadata."""
-    from embeddings.maths import blend
+def make_blend(
+    parts: list[tuple[Any, float]], name: str, *, method: str, keep_norm: bool, model: Any = None
+) -> Any:
+    """The core's blend (lerp or slerp, optional norm keeping), with its lineage in the metadata.
 
-    return blend(parts, name, method=method, keep_norm=keep_norm)
+    A blend with a word operand is labelled with the `model` (a LoadedModel) whose vocabulary gave the word
+    its vectors, its family and base_model, as `tokensmith blend` labels it: a blend of the demo world's
+    words is 'demo', not the 'w64' its width alone would say."""
+    from embeddings.maths import WORD_KIND, blend
+
+    result = blend(parts, name, method=method, keep_norm=keep_norm)
+    if model is not None and any(emb.meta.get("operand") == WORD_KIND for emb, _ in parts):
+        result = result.with_meta(base_model=model.source, family=model.family)
+    return result
 
 
 def weight_rows(weights: list[float], sweep: bool) -> list[list[float]]:

@@ -1,5 +1,6 @@
-"""What the Library shows about a stored embedding, as plain values: its card line, lineage, search match and
-the bytes of each export format (no Streamlit here, so the page stays a thin script)."""
+"""What the Library shows about a stored embedding, as plain values: its card line, lineage, search match,
+the bytes of each export format, and the embeddings a batch of uploaded files holds (no Streamlit here, so
+the page stays a thin script)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import io
 import json
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,11 @@ def card_line(entry: Any) -> str:
 
 
 def skipped_text(path: Path, reason: str) -> str:
-    """The warning for a stored file that cannot be read, worded as `tokensmith list` warns, with what to do:
-    'skipped broken.safetensors: <reason>; see `tokensmith doctor …`, then replace or remove the file'."""
+    """The warning for a stored file that cannot be read, worded as `tokensmith list` warns, with what the
+    studio offers: 'skipped `broken.safetensors`: <reason>. Move it to the trash …, or replace the file …'."""
     return (
-        f"skipped `{path.name}`: {reason}. See `tokensmith doctor {path}`, then replace the file with a "
-        "good copy, or move it out of the library folder, to clear this warning."
+        f"skipped `{path.name}`: {reason}. Move it to the trash (on the Library page), or replace the file "
+        "with a good copy, to clear this warning."
     )
 
 
@@ -121,3 +123,117 @@ def export_download(emb: Any, fmt: str, *, image: Any = None) -> Download:
             for path in written:
                 archive.write(path, arcname=f"{emb.name}/{path.name}")
         return Download(f"{emb.name}.{fmt}.zip", buffer.getvalue(), "application/zip")
+
+
+# --- uploads ---
+
+
+@dataclass
+class Uploads:
+    """What a batch of uploaded files holds: each embedding with the upload(s) it came from, the files that
+    held none (one message each), and warnings about files that import but may not be what was meant."""
+
+    found: list[tuple[str, Any]] = field(default_factory=list)  # (file name(s), Embedding)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:
+    """The embeddings in uploaded (file name, bytes), each file read on its own as `tokensmith import FILE`
+    reads it, so two uploads of one name (every diffusers download is `learned_embeds.safetensors`) never
+    replace each other, and a `*.preview.png` or `.hidden.pt` picked by hand is read. The two halves of a
+    diffusers SDXL pair uploaded together still make one embedding. Messages name the uploads, never the
+    temporary folder they are read from; an embedding uploaded twice is kept once."""
+    from embeddings.importing import lone_pair_half
+
+    out = Uploads()
+    with tempfile.TemporaryDirectory(prefix="tokensmith-import-") as tmp:
+        for i, group in enumerate(_upload_groups(files)):
+            folder = Path(tmp) / str(i)  # one folder per upload (or pair): equal names cannot clash
+            folder.mkdir()
+            shown = {folder / _file_name(name): _file_name(name) for name, _ in group}
+            for path, (_, data) in zip(shown, group, strict=True):
+                path.write_bytes(data)
+            if len(group) > 1:
+                shown[folder] = " + ".join(shown.values())
+            _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
+            for path, name in shown.items():
+                if note := lone_pair_half(path):
+                    out.warnings.append(f"{name}: {_without_paths(note, shown)}")
+    out.found = _distinct(out.found)
+    return out
+
+
+def _file_name(name: str) -> str:
+    """The upload's own file name (a browser sends no folders; a name that is only folders gets one)."""
+    return Path(name).name or "upload"
+
+
+def _distinct(found: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """`found` without repeats of an embedding (the same name and vectors): a file uploaded twice."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for source, emb in found:
+        if (emb.name, emb.sha256) not in seen:
+            seen.add((emb.name, emb.sha256))
+            out.append((source, emb))
+    return out
+
+
+def _upload_groups(files: Sequence[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """One upload per group, except one `learned_embeds` with one `learned_embeds_2` of the same kind: the
+    halves of a diffusers SDXL pair, read together (with several of either, none can be told apart)."""
+    from embeddings.formats.diffusers import PAIR_NAMES, PAIR_NAMES_BIN
+
+    groups: list[list[tuple[str, bytes]]] = []
+    paired: set[int] = set()
+    for names in (PAIR_NAMES, PAIR_NAMES_BIN):
+        halves = [[i for i, (n, _) in enumerate(files) if Path(n).name == name] for name in names]
+        if all(len(found) == 1 for found in halves):
+            groups.append([files[found[0]] for found in halves])
+            paired.update(found[0] for found in halves)
+    return groups + [[file] for i, file in enumerate(files) if i not in paired]
+
+
+def _read_group(path: Path, shown: dict[Path, str], out: Uploads) -> None:
+    """Import `path` (one uploaded file, or the folder of an uploaded pair) into `out`."""
+    from embeddings.errors import TokensmithError
+    from embeddings.importing import import_sources
+
+    skipped: list[tuple[Path, str]] = []
+    try:
+        sources = import_sources(path, skipped=skipped)
+    except (TokensmithError, ValueError, OSError) as exc:  # a single file raises what a folder skips
+        sources, skipped = [], [(path, str(exc))]
+    for source, emb in sources:
+        if source == path and path.is_dir():  # the pair's embedding: its uploads, not the temporary folder
+            emb = emb.with_meta(source_file=shown[path])
+        out.found.append((shown.get(source, source.name), emb))
+    for source, reason in skipped:
+        name = shown.get(source, source.name)
+        out.problems.append(f"{name}: {_without_paths(reason, shown).removeprefix(f'{name}: ')}")
+
+
+def _without_paths(text: str, shown: dict[Path, str]) -> str:
+    """`text` with each temporary path replaced by the upload's name (the longest paths first)."""
+    for path in sorted(shown, key=lambda p: len(str(p)), reverse=True):
+        text = text.replace(str(path), shown[path])
+    return text
+
+
+def name_clashes(found: Sequence[tuple[str, Any]]) -> list[str]:
+    """One message per name that several uploads hold (letter case aside: `<Cat>` and `<cat>` are one token
+    in a prompt), naming the files: the rule of `tokensmith import`, which then stores none of them."""
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for source, emb in found:
+        by_name.setdefault(emb.name.lower(), []).append((source, emb.name))
+    clashes = []
+    for held in by_name.values():
+        if len(held) > 1:
+            names = " / ".join(f"<{n}>" for n in dict.fromkeys(name for _, name in held))
+            clashes.append(
+                f"{len(held)} files hold an embedding named {names} (letter case aside, one token in a "
+                f"prompt): {', '.join(source for source, _ in held)}. Nothing was imported: import one of "
+                "them, rename it in the Library, then import the next"
+            )
+    return clashes

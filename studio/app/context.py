@@ -7,7 +7,7 @@ and browser reloads. The model spec and the job id also live in `st.query_params
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,31 @@ MODEL_CONFIG_HELP = (
 # Errors a user can act on: shown with st.error at the page, never as a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, RuntimeError, LookupError)
 # What the core's messages say for a terminal user, and what the studio offers instead, on every page.
-STUDIO_WORDS = {"`tokensmith list`": "the Library page"}
+STUDIO_WORDS = {
+    "`tokensmith list`": "the Library page",
+    "use `tokensmith import` to convert": "import the file on the Library page to convert",
+}
+# The same for advice that names its subject, as (pattern, replacement) for re.sub; a Python repr of a list
+# or dict of names ("keys ['clip_g', 'clip_l']", "widths {'emb_params': 768}") is read out as plain words.
+STUDIO_PATTERNS: tuple[tuple[str, str | Callable[[re.Match], str]], ...] = (
+    # the case-twin hint renames the *other* embedding, which is not what a rename or restore here wants
+    (r" \(or `tokensmith rename [^`]*`\)", ""),
+    (
+        r"rename it first \(`tokensmith rename (?P<name>[^`\s]+) NEW`\)",
+        r"rename or delete the stored <\g<name>> first (open it in the Library)",
+    ),
+    (r"put it beside (?P<partner>.+?) and import their folder", r"upload it together with \g<partner>"),
+    (  # a file copied into the store under a name the rules refuse: the Library offers both ways out
+        r"`tokensmith rename (?:'[^']*'|[^`\s]+) (?P<new>[^`\s]+)` gives it a valid name \(or `tokensmith rm "
+        r"(?:'[^']*'|[^`\s]+)` moves it to the trash\)",
+        r"the Library can rename it to <\g<new>> or move it to the trash",
+    ),
+    (r"\[('[^'\[\]]*'(?:, '[^'\[\]]*')*)\]", lambda m: m.group(1).replace("'", "")),
+    (
+        r"\{('[\w.-]+': [\d.]+(?:, '[\w.-]+': [\d.]+)*)\}",
+        lambda m: m.group(1).replace("'", "").replace(":", ""),
+    ),
+)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -54,8 +78,19 @@ def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -
         text = f"the image is too large to open safely ({str(exc).split(', could be')[0]}): downscale it"
     else:
         text = str(exc) or type(exc).__name__
+    return studio_text(text, fields=fields)
+
+
+def studio_text(text: str, *, fields: Mapping[str, str] | None = None) -> str:
+    """A core message (an error, a doctor's verdict, an import warning) in the studio's words: what a page
+    offers where the CLI names a command, plain words for Python reprs, and `fields` as in `error_text`.
+
+    "choose another name (or `tokensmith rename dog Dog`)" -> "choose another name";
+    "keys ['clip_g', 'clip_l']" -> "keys clip_g, clip_l"."""
     for cli, studio in STUDIO_WORDS.items():
         text = text.replace(cli, studio)
+    for pattern, replacement in STUDIO_PATTERNS:
+        text = re.sub(pattern, replacement, text)
     for flag, label in (fields or {}).items():
         text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", label, text)
     return text

@@ -112,7 +112,7 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
 
     def mix(weights: list[float]):
         weighted = [(emb, w) for (emb, _), w in zip(parts, weights, strict=True)]
-        return blending.make_blend(weighted, name, method=method, keep_norm=keep_norm)
+        return blending.make_blend(weighted, name, method=method, keep_norm=keep_norm, model=session.model)
 
     weights = [op.weight for op in operands]
     rows, labels = [], []

@@ -19,17 +19,22 @@ def pick_ui(names: list[str]) -> str:
     return st.selectbox("Embedding", names, key="insp_name")
 
 
-def neighbours_ui(emb, encoders, k: int) -> None:
-    """Per vector (and per encoder for SDXL): the k closest ordinary tokens by cosine."""
-    from embeddings import vectors_for_encoders
+ZERO_VECTOR = "(a zero vector: no direction)"
+# The core's advice names generate's flag; the studio's control for it is on the Generate page.
+FIELDS = {"--partial": "the Partial fit box on the Generate page"}
+
+
+def neighbours_ui(emb, model, k: int) -> None:
+    """Per vector (and per encoder for SDXL): the k closest ordinary tokens by cosine. An embedding that fits
+    this model only partly shows the half that fits, with a note, as `tokensmith nearest` does."""
     from embeddings.maths import nearest_tokens, norm_report
 
-    for (key, tok, te), vectors in zip(encoders, vectors_for_encoders(emb, encoders), strict=True):
+    shown, note = fitting_halves(emb, model)
+    for (key, tok, te), vectors in shown:
         st.markdown(f"**{key}** · {vectors.shape[0]} vector(s) · width {vectors.shape[1]}")
-        table = {}
-        for i, row in enumerate(nearest_tokens(vectors, tok, te, k=k)):
-            table[f"vector {i}"] = [f"{n.token} ({n.cosine:.2f})" for n in row]
-        st.dataframe(table, hide_index=False, width="stretch")
+        st.dataframe(
+            neighbour_table(nearest_tokens(vectors, tok, te, k=k)), hide_index=False, width="stretch"
+        )
         report = norm_report(vectors, tok, te)
         vocab = report["vocab"]
         st.caption(
@@ -41,27 +46,70 @@ def neighbours_ui(emb, encoders, k: int) -> None:
              "norm": [*report["norms"], vocab["mean"]]},
             x="vector", y="norm", height=180,
         )  # fmt: skip
+    if note:
+        st.info(note)
 
 
-def readable(store, names: list[str]) -> list:
+def fitting_halves(emb, model) -> tuple[list, str | None]:
+    """((key, tokenizer, text_encoder), (n, width) vectors) for each encoder worth showing, and a note when
+    `emb` fits `model` only partly: an SD 1.x embedding on SDXL shows its clip_l half (clip_g would get zero
+    vectors), an SDXL one on SD 1.x its clip_l half. InstallError when no part of it fits."""
+    from embeddings import vectors_for_encoders
+
+    try:
+        per_encoder = vectors_for_encoders(emb, model.encoders, model_family=model.family)
+        return list(zip(model.encoders, per_encoder, strict=True)), None
+    except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
+        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True, model_family=model.family)
+    pairs = list(zip(model.encoders, per_encoder, strict=True))
+    left_out = [encoder[0] for encoder, vectors in pairs if not vectors.any()]  # zeros have no neighbours
+    shown = [(encoder, vectors) for encoder, vectors in pairs if vectors.any()]
+    use = "the Partial fit box on the Generate page uses it so"
+    if left_out:
+        return shown, (
+            f"<{emb.name}> fits this model only partly: {', '.join(left_out)} would get zero vectors, so it "
+            f"is not shown ({use})"
+        )
+    keys = [key for key, _tok, _te in model.encoders]
+    unused = [key for key in emb.vectors if key not in keys and key != "clip_l"]
+    return shown, (
+        f"<{emb.name}> fits this model only partly: only its clip_l half is used and shown ({use}); this "
+        f"model has no encoder for {', '.join(unused) or 'the rest'}"
+    )
+
+
+def neighbour_table(rows: list[list]) -> dict[str, list[str]]:
+    """One column per vector, 'token (cosine)' best first; a zero vector (a blend's padding) has no
+    neighbours and says so, its column padded so that every column has the same length (unequal columns
+    turn the table over)."""
+    length = max((len(row) for row in rows), default=0) or 1
+    table = {}
+    for i, row in enumerate(rows):
+        cells = [f"{n.token} ({n.cosine:.2f})" for n in row] or [ZERO_VECTOR]
+        table[f"vector {i}"] = cells + [""] * (length - len(cells))
+    return table
+
+
+def readable(store, entries: list) -> list:
     """The stored embeddings that load, with a warning naming each file that does not (a broken file must
     not take the whole map with it)."""
     embeddings = []
-    for name in names:
+    for entry in entries:
         try:
-            embeddings.append(store.get(name))
+            embeddings.append(store.get(entry.name))
         except context.user_errors() as exc:
-            st.warning(cards.skipped_text(store.path(name), context.error_text(exc)))
+            st.warning(cards.skipped_text(entry.path, context.error_text(exc)))
     return embeddings
 
 
-def map_ui(store, encoders, names: list[str]) -> None:
+def map_ui(store, encoders, entries: list) -> None:
     """The PCA map; a click on a library point selects it above."""
     import altair as alt
 
+    names = [entry.name for entry in entries]
     words_text = st.text_input("Words to place on the map", "red, blue, circle, square", key="insp_words")
     words = [w.strip() for w in words_text.split(",") if w.strip()]
-    points, skipped = map_points(readable(store, names), words, encoders)
+    points, skipped = map_points(readable(store, entries), words, encoders)
     for note in skipped:
         st.caption(f"not on the map: {note}")
     if len(points) < 2:
@@ -97,22 +145,27 @@ st.title("🔎 Inspect")
 try:
     store = context.store()
     problems: list = []
-    names = [entry.name for entry in store.list(problems=problems)]  # headers only: a broken file is left out
+    entries = store.list(problems=problems)  # headers only: a broken file is left out
     for path, reason in problems:
-        st.warning(cards.skipped_text(path, reason))
-    if not names:
+        st.warning(cards.skipped_text(path, context.studio_text(reason)))
+    if not entries:
         st.info("The library is empty: train or import an embedding first.")
     else:
-        name = pick_ui(names)
-        entry = store.entry(name)
-        st.caption(f"{cards.card_line(entry)} · {cards.lineage_text(entry.meta)}")
+        name = pick_ui([entry.name for entry in entries])
+        try:  # listed, but gone or unreadable since: said here, and the map still shows
+            entry = store.entry(name)
+            st.caption(f"{cards.card_line(entry)} · {cards.lineage_text(entry.meta)}")
+        except context.user_errors() as exc:
+            entry = None
+            st.error(context.error_text(exc))
         model = context.loaded_model(context.model_spec())
         k = st.slider("Neighbours", 3, 20, 8, key="insp_k")
-        try:
-            neighbours_ui(store.get(name), model.encoders, k)
-        except context.user_errors() as exc:  # e.g. trained for another model: the map still shows
-            st.error(context.error_text(exc))
+        if entry is not None:
+            try:
+                neighbours_ui(store.get(name), model, k)
+            except context.user_errors() as exc:  # e.g. trained for another model: the map still shows
+                st.error(context.error_text(exc, fields=FIELDS))
         st.subheader("Map of the library")
-        map_ui(store, model.encoders, names)
+        map_ui(store, model.encoders, entries)
 except context.user_errors() as exc:
     st.error(context.error_text(exc))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from studio.app import cards, context
@@ -47,8 +44,10 @@ def gallery_ui(entries: list) -> None:
 
 
 def details_ui(store, name: str) -> None:
-    """Everything about one embedding and what can be done with it."""
+    """Everything about one embedding and what can be done with it (loaded first: a file that does not load
+    raises before anything is drawn, and `unloadable_ui` takes its place)."""
     entry = store.entry(name)
+    emb = store.get(name)
     st.subheader(f"<{name}>")
     left, right = st.columns([2, 3])
     with left:
@@ -62,14 +61,44 @@ def details_ui(store, name: str) -> None:
         st.dataframe(
             {"key": list(entry.meta), "value": list(entry.meta.values())}, hide_index=True, height=240
         )
-    export_ui(store, entry)
+    export_ui(emb, entry)
     manage_ui(store, name)
 
 
-def export_ui(store, entry) -> None:
+def unloadable_ui(store, entry, exc: BaseException) -> None:
+    """The details panel of a listed embedding that does not load (a corrupted file, a file copied in under a
+    name the store refuses): what is wrong, and the ways out, Move to the trash and Close; the rest of the
+    page (Doctor, Import, Trash) stays."""
+    name = entry.name
+    st.subheader(f"<{name}>")
+    st.error(f"<{name}> cannot be opened: {context.error_text(exc)}")
+    c1, c2, _ = st.columns([1, 1, 3])
+    if c1.button("Move to the trash", key="lib_trash_unloadable", icon="🗑️"):
+        try:
+            store.delete(name)
+        except context.user_errors() as refused:
+            st.error(
+                f"{context.error_text(refused)}. Move `{entry.path.name}` out of the library folder "
+                f"`{store.root}` by hand, or give it a valid name there, to clear it."
+            )
+        else:
+            close_details()
+            st.toast(f"Moved <{name}> to the trash: restore it below")
+            st.rerun()
+    if c2.button("Close", key="lib_close"):
+        close_details()
+        st.rerun()
+
+
+def close_details() -> None:
+    """No embedding open: the details panel goes, and a reload (?emb=) does not bring it back."""
+    st.session_state.pop("lib_selected", None)
+    st.query_params.pop("emb", None)
+
+
+def export_ui(emb, entry) -> None:
     """One download button per export format."""
     st.markdown("**Download**")
-    emb = store.get(entry.name)
     image = _preview_image(entry)
     cols = st.columns(len(cards.EXPORT_LABELS))
     for col, (fmt, label) in zip(cols, cards.EXPORT_LABELS.items(), strict=True):
@@ -105,8 +134,7 @@ def manage_ui(store, name: str) -> None:
             st.rerun()
         if c3.button("Delete", key="lib_delete", icon="🗑️"):
             store.delete(name)
-            st.session_state.pop("lib_selected", None)
-            st.query_params.pop("emb", None)
+            close_details()
             st.toast(f"Moved <{name}> to the trash: restore it below")
             st.rerun()
     except context.user_errors() as exc:
@@ -123,61 +151,92 @@ def import_ui(store) -> None:
     )
     overwrite = st.toggle(REPLACE_LABEL, key="lib_import_overwrite")
     if st.button("Import", key="lib_import", disabled=not files):
-        from embeddings.importing import import_path
-
-        added, problems, same = [], [], []
-        with tempfile.TemporaryDirectory(prefix="tokensmith-import-") as tmp:
-            for file in files:
-                path = Path(tmp) / Path(file.name).name
-                path.write_bytes(file.getvalue())
-            skipped: list = []
-            for emb in import_path(Path(tmp), skipped=skipped):
-                if store.exists(emb.name) and not overwrite:
-                    if store.holds(emb):  # the same vectors again: nothing to do, and nothing wrong
-                        same.append(emb.name)
-                    else:
-                        problems.append(cards.name_taken_text(emb.name, REPLACE_LABEL))
-                    continue
-                try:
-                    store.put(emb, overwrite=overwrite)
-                    added.append(emb.name)
-                except context.user_errors() as exc:
-                    problems.append(context.error_text(exc))
-            problems += [f"{p.name}: {reason}" for p, reason in skipped]
+        uploads = cards.read_uploads([(file.name, file.getvalue()) for file in files])
+        problems = [context.studio_text(p) for p in uploads.problems]
+        warnings = [context.studio_text(w) for w in uploads.warnings]
+        clashes = cards.name_clashes(uploads.found)
+        if clashes:  # as `tokensmith import`: checked for every file before any is stored
+            _report([], clashes + problems, [], warnings)
+            return
+        added, same = store_uploads(store, uploads.found, problems, overwrite=overwrite)
         if added:  # list them: the page lists the store before this section, so run it again
-            st.session_state["lib_import_report"] = (added, problems, same)
+            st.session_state["lib_import_report"] = (added, problems, same, warnings)
             st.rerun()
-        _report(added, problems, same)
+        _report(added, problems, same, warnings)
+
+
+def store_uploads(store, found: list, problems: list[str], *, overwrite: bool) -> tuple[list, list]:
+    """Store each (upload, embedding); the names added and those already stored with identical vectors. What
+    is refused is appended to `problems`, naming the upload."""
+    added, same = [], []
+    for source, emb in found:
+        twin = store.case_twin(emb.name)
+        if twin is not None:  # refused with Replace on too: <Cat> would replace a different <cat>
+            problems.append(
+                f"{source}: <{emb.name}> differs from the stored <{twin}> only in letter case, and prompts "
+                f"read them as one token; rename or delete <{twin}> first"
+            )
+        elif store.exists(emb.name) and not overwrite:
+            if store.holds(emb):  # the same vectors again: nothing to do, and nothing wrong
+                same.append(emb.name)
+            else:
+                problems.append(f"{source}: {cards.name_taken_text(emb.name, REPLACE_LABEL)}")
+        else:
+            try:
+                store.put(emb, overwrite=overwrite)
+                added.append(emb.name)
+            except context.user_errors() as exc:
+                problems.append(f"{source}: {context.error_text(exc)}")
+    return added, same
 
 
 def import_report_ui() -> None:
     """What the last import added (and refused), shown once after the rerun that lists the new cards."""
-    _report(*st.session_state.pop("lib_import_report", ([], [], [])))
+    _report(*st.session_state.pop("lib_import_report", ([], [], [], [])))
 
 
-def _report(added: list[str], problems: list[str], same: list[str]) -> None:
+def _report(added: list[str], problems: list[str], same: list[str], warnings: list[str]) -> None:
     if added:
         st.success("Imported " + ", ".join(f"<{n}>" for n in added))
     if same:
         st.info("Already in the library with identical vectors: " + ", ".join(f"<{n}>" for n in same))
+    for warning in warnings:
+        st.warning(warning)
     for problem in problems:
         st.error(problem)
 
 
 def problems_ui(store, problems: list) -> None:
-    """A warning naming each stored file that cannot be read (as `tokensmith list` warns), and a way out."""
+    """A warning naming each stored file that cannot be read (as `tokensmith list` warns), and the ways out:
+    Move to the trash, and for a file copied in under a name the store refuses, Rename to a valid one."""
     for path, reason in problems:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        c1.warning(cards.skipped_text(path, reason))
+        c1.warning(cards.skipped_text(path, context.studio_text(reason)))
         name = path.stem
-        if c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️"):
-            try:
+        valid = valid_name_for(name)
+        try:
+            if valid and c2.button(f"Rename to <{valid}>", key=f"lib_rename_stray_{name}"):
+                store.rename(name, valid)
+                st.toast(f"Renamed {path.name} to <{valid}>")
+                st.rerun()
+            if c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️"):
                 store.delete(name)
-            except context.user_errors() as exc:
-                c1.error(context.error_text(exc))
-                continue
-            st.toast(f"Moved {path.name} to the trash")
-            st.rerun()
+                st.toast(f"Moved {path.name} to the trash")
+                st.rerun()
+        except context.user_errors() as exc:
+            c1.error(context.error_text(exc))
+
+
+def valid_name_for(stem: str) -> str | None:
+    """A valid name for a stored file's `stem` ('EasyNegative (1)' -> 'EasyNegative-1'), None if it is one."""
+    from embeddings import StoreError, validate_name
+    from embeddings.names import safe_name
+
+    try:
+        validate_name(stem)
+    except StoreError:
+        return safe_name(stem)
+    return None
 
 
 def trash_ui(store) -> None:
@@ -189,11 +248,29 @@ def trash_ui(store) -> None:
         c1, c2 = st.columns([4, 1])
         c1.markdown(f"<{name}>")
         if c2.button("Restore", key=f"restore_{name}"):
-            store.restore(name)
+            try:
+                restore(store, name)
+            except context.user_errors() as exc:
+                c1.error(context.error_text(exc))
+                continue
             st.toast(f"Restored <{name}>")
             st.rerun()
 
 
+def restore(store, name: str) -> None:
+    """Bring `name` back from the trash; a stored name differing only in letter case is refused in the
+    studio's words (the core's hint would rename that one, and then this restore is refused again)."""
+    twin = store.case_twin(name)
+    if twin is not None:
+        raise ValueError(
+            f"cannot restore <{name}>: the stored <{twin}> differs from it only in letter case, and prompts "
+            f"read them as one token; rename or delete <{twin}> first (open it in the Library)"
+        )
+    store.restore(name)
+
+
+# The doctor's advice names generate's flag; the studio's control for it is on the Generate page.
+DOCTOR_FIELDS = {"--partial": "the Partial fit box on the Generate page"}
 FIT_ICONS = {"fits": "✅", "partial": "🟡", "no": "❌", "unknown": "❔", "unreadable": "⚠️"}
 
 
@@ -205,15 +282,26 @@ def doctor_ui(entries: list) -> None:
     from embeddings.doctor import diagnose
 
     with st.spinner("Loading the model…"):
-        encoders = context.loaded_model(spec).encoders
+        model = context.loaded_model(spec)
     for entry in entries:
-        report = diagnose(entry.path, encoders)
+        report = diagnose(entry.path, model.encoders, model_family=model.family)
         icon = FIT_ICONS.get(report.fit, "")
+        verdict = " ".join(verdict_lines(report))
         st.markdown(
-            f"{icon} **<{entry.name}>** — {report.fit}: " + " ".join(report.lines[2:] or report.lines)
+            f"{icon} **<{entry.name}>** — {report.fit}: {context.studio_text(verdict, fields=DOCTOR_FIELDS)}"
         )
         for warning in report.warnings:
-            st.caption(f"⚠️ {warning}")
+            st.caption(f"⚠️ {context.studio_text(warning, fields=DOCTOR_FIELDS)}")
+
+
+def verdict_lines(report) -> list[str]:
+    """The doctor's sentences about the fit, without those that describe the file (its format, family,
+    provenance and raw lineage: the card says those)."""
+    from embeddings.doctor import describe
+
+    if report.embedding is None:
+        return report.lines
+    return report.lines[len(describe(report.embedding)) :] or report.lines
 
 
 # --- the page ---
@@ -233,9 +321,13 @@ try:
         st.caption(f"{len(shown)} of {len(entries)} embeddings · store: `{store.root}`")
         gallery_ui(shown)
         selected = st.session_state.get("lib_selected") or st.query_params.get("emb")
-        if selected in {e.name for e in entries}:
+        listed = {e.name: e for e in entries}
+        if selected in listed:
             st.divider()
-            details_ui(store, selected)
+            try:
+                details_ui(store, selected)
+            except context.user_errors() as exc:  # listed but does not load: a way out, and the page stays
+                unloadable_ui(store, listed[selected], exc)
         with st.expander("Doctor: do they fit the model?"):
             doctor_ui(shown)
     with st.expander("Import embeddings", expanded=not entries):

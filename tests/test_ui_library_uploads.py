@@ -1,0 +1,253 @@
+"""The Library's import by upload (studio/app/cards.py read_uploads) and its ways out of a stored file that is
+listed but does not load (AppTest)."""
+
+import shutil
+
+import pytest
+import torch
+from apppage import open_page
+from safetensors.torch import save
+from streamlit.testing.v1 import AppTest
+
+from embeddings import Embedding, Store
+from embeddings.exporting import export
+from studio.app import cards, context
+
+EXPANDERS = ["Doctor: do they fit the model?", "Import embeddings", "Trash"]
+
+
+def emb(name, n=1, width=8, seed=0) -> Embedding:
+    return Embedding(
+        name, {"emb_params": torch.randn(n, width, generator=torch.Generator().manual_seed(seed))}
+    )
+
+
+def diffusers_file(token: str, width: int = 768, seed: int = 0) -> bytes:
+    """What diffusers' textual-inversion scripts write: {token: (1, width)}."""
+    return save({token: torch.randn(1, width, generator=torch.Generator().manual_seed(seed))})
+
+
+@pytest.fixture
+def store(tokensmith_home) -> Store:
+    s = Store.for_home(tokensmith_home)
+    s.put(emb("cat", seed=1))
+    s.put(emb("dog", seed=2))
+    return s
+
+
+def open_library(**query) -> AppTest:
+    return open_page("views/library.py", **query)
+
+
+def upload(at: AppTest, files: list[tuple[str, bytes]], *, replace: bool = False) -> AppTest:
+    at.file_uploader(key="lib_import_files").set_value([(n, d, "application/octet-stream") for n, d in files])
+    at.run()
+    if replace:
+        at.toggle(key="lib_import_overwrite").set_value(True).run()
+    at.button(key="lib_import").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+# --- import by upload ---
+
+
+def test_two_uploads_of_the_same_file_name_are_both_imported(tokensmith_home):
+    """Every diffusers concept download is called learned_embeds.safetensors."""
+    at = upload(
+        open_library(),
+        [
+            ("learned_embeds.safetensors", diffusers_file("<cat-toy>", seed=1)),
+            ("learned_embeds.safetensors", diffusers_file("<dog-toy>", seed=2)),
+        ],
+    )
+    assert not at.error, texts(at.error)
+    assert Store.for_home(tokensmith_home).names() == ["cat-toy", "dog-toy"]
+    assert "Imported <cat-toy>, <dog-toy>" in at.success[0].value
+
+
+def test_uploads_holding_one_name_are_refused_naming_the_files_and_nothing_is_stored(tokensmith_home):
+    """The rule of `tokensmith import`, checked before anything is stored; Replace does not lift it."""
+    at = upload(
+        open_library(),
+        [
+            ("cat.safetensors", save({"emb_params": torch.zeros(2, 8)})),
+            ("cat.pt", save({"emb_params": torch.ones(2, 8)})),
+            ("bird.safetensors", save({"emb_params": torch.ones(1, 8)})),
+        ],
+        replace=True,
+    )
+    [error] = at.error
+    assert "2 files hold an embedding named <cat>" in error.value
+    assert "cat.safetensors, cat.pt" in error.value and "Nothing was imported" in error.value
+    assert Store.for_home(tokensmith_home).names() == []
+
+
+def test_names_that_differ_only_in_letter_case_clash_too():
+    found = [("Cat.pt", emb("Cat")), ("cat.safetensors", emb("cat", seed=1)), ("dog.pt", emb("dog"))]
+    [clash] = cards.name_clashes(found)
+    assert clash.startswith("2 files hold an embedding named <Cat> / <cat> (letter case aside")
+    assert "Cat.pt, cat.safetensors" in clash
+
+
+def test_a_preview_png_and_a_dotfile_picked_by_hand_are_imported(tokensmith_home, tmp_path):
+    """A folder import skips `*.preview.png` and dotfiles; files the user picked one by one are read."""
+    export(emb("bad-hands", n=2, seed=3), "a1111-png", tmp_path / "bh.png")
+    export(emb("hidden", seed=4), "a1111-pt", tmp_path / "hidden.pt")
+    at = upload(
+        open_library(),
+        [
+            ("bh.preview.png", (tmp_path / "bh.png").read_bytes()),
+            (".hidden.pt", (tmp_path / "hidden.pt").read_bytes()),
+        ],
+    )
+    assert not at.error, texts(at.error)
+    assert Store.for_home(tokensmith_home).names() == ["bad-hands", "hidden"]
+
+
+def test_an_unreadable_upload_is_named_once_without_the_temporary_folder(tokensmith_home, tmp_path):
+    export(emb("green", seed=5), "a1111-pt", tmp_path / "green.pt")
+    at = upload(
+        open_library(),
+        [("junk.safetensors", b"not an embedding"), ("green.pt", (tmp_path / "green.pt").read_bytes())],
+    )
+    [error] = at.error
+    assert error.value.startswith("junk.safetensors: ") and error.value.count("junk.safetensors") == 1
+    assert "tokensmith-import" not in error.value and "/" not in error.value
+    assert "Imported <green>" in at.success[0].value
+
+
+def test_an_sdxl_pair_uploaded_together_is_one_embedding(tokensmith_home):
+    at = upload(
+        open_library(),
+        [
+            ("learned_embeds.safetensors", diffusers_file("<xl>", 768)),
+            ("learned_embeds_2.safetensors", diffusers_file("<xl>", 1280)),
+        ],
+    )
+    assert not at.error and not at.warning, texts(at.error) + texts(at.warning)
+    xl = Store.for_home(tokensmith_home).get("xl")
+    assert xl.widths == {"clip_l": 768, "clip_g": 1280}
+    assert xl.meta["source_file"] == "learned_embeds.safetensors + learned_embeds_2.safetensors"
+
+
+def test_a_lone_half_of_an_sdxl_pair_is_imported_with_a_warning_in_the_studio_s_words(tokensmith_home):
+    at = upload(open_library(), [("learned_embeds_2.safetensors", diffusers_file("<xl>", 1280))])
+    assert "Imported <xl>" in at.success[0].value
+    [warning] = at.warning
+    assert warning.value.startswith("learned_embeds_2.safetensors: this is the clip_g (text_encoder_2) half")
+    assert "upload it together with learned_embeds.safetensors" in warning.value
+    assert "import their folder" not in warning.value
+
+
+def test_the_same_file_uploaded_twice_is_imported_once(tokensmith_home):
+    data = diffusers_file("<cat-toy>")
+    at = upload(open_library(), [("a.safetensors", data), ("a.safetensors", data)])
+    assert not at.error, texts(at.error)
+    assert Store.for_home(tokensmith_home).names() == ["cat-toy"]
+
+
+def test_an_upload_that_differs_from_a_stored_name_only_in_case_is_refused_in_studio_words(store, tmp_path):
+    at = upload(open_library(), [("Cat.safetensors", save({"emb_params": torch.ones(1, 8)}))], replace=True)
+    [error] = at.error
+    assert error.value == (
+        "Cat.safetensors: <Cat> differs from the stored <cat> only in letter case, and prompts read them as "
+        "one token; rename or delete <cat> first"
+    )
+    assert store.names() == ["cat", "dog"]
+
+
+# --- a listed file that does not load ---
+
+
+def test_a_file_copied_in_under_an_invalid_name_is_named_with_ways_out_and_the_page_stays(store):
+    """The A1111 habit: 'EasyNegative (1).safetensors' beside the original, even open in the URL."""
+    shutil.copy(store.path("cat"), store.root / "cat (1).safetensors")
+    at = open_library(emb="cat (1)")
+    assert not at.error, texts(at.error)
+    assert [e.label for e in at.expander] == EXPANDERS
+    [warning] = at.warning
+    assert (
+        "cat (1).safetensors" in warning.value
+        and "the Library can rename it to <cat-1> or move it to the trash" in warning.value
+        and "`tokensmith" not in warning.value
+    )
+    at.button(key="lib_rename_stray_cat (1)").click().run()
+    assert not at.error and not at.warning and store.names() == ["cat", "cat-1", "dog"]
+
+
+def test_a_listed_file_that_does_not_load_offers_close_and_the_page_stays(store):
+    data = bytearray(store.path("cat").read_bytes())
+    data[-1] ^= 0xFF
+    store.path("cat").write_bytes(bytes(data))
+    at = open_library(emb="cat")
+    assert "<cat> cannot be opened" in at.error[0].value
+    assert [e.label for e in at.expander] == EXPANDERS
+    at.button(key="lib_close").click().run()
+    assert "emb" not in at.query_params and not at.error
+    assert [e.label for e in at.expander] == EXPANDERS
+
+
+def test_a_corrupted_stored_file_can_be_moved_to_the_trash_from_its_panel(store):
+    data = bytearray(store.path("cat").read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the tensor data: the header still reads, the sha256 does not match
+    store.path("cat").write_bytes(bytes(data))
+    at = open_library(emb="cat")
+    assert "<cat> cannot be opened" in at.error[0].value
+    assert [e.label for e in at.expander] == EXPANDERS  # the error's advice (restore, re-import) is drawn
+    at.button(key="lib_trash_unloadable").click().run()
+    assert not at.error and store.names() == ["dog"] and store.trashed() == ["cat"]
+    assert "emb" not in at.query_params
+
+
+# --- the studio's words ---
+
+
+def test_a_rename_onto_a_case_twin_shows_no_cli_command(store):
+    at = open_library(emb="cat")
+    [field] = [box for box in at.text_input if box.label == "New name"]
+    field.set_value("Dog")
+    at.button(key="lib_rename").click().run()
+    assert "differs from 'Dog' only in letter case" in at.error[0].value
+    assert at.error[0].value.endswith("choose another name") and "tokensmith" not in at.error[0].value
+
+
+def test_a_restore_blocked_by_a_stored_name_says_what_to_do_in_the_studio(store):
+    store.delete("cat")
+    store.put(emb("cat", seed=9))
+    at = open_library()
+    at.button(key="restore_cat").click().run()
+    assert "rename or delete the stored <cat> first (open it in the Library)" in at.error[0].value
+    assert "tokensmith" not in at.error[0].value
+    store.delete("cat")
+    store.put(emb("CAT", seed=9))
+    at.run()
+    at.button(key="restore_cat").click().run()
+    assert at.error[0].value == (
+        "cannot restore <cat>: the stored <CAT> differs from it only in letter case, and prompts read them "
+        "as one token; rename or delete <CAT> first (open it in the Library)"
+    )
+
+
+def test_studio_text_reads_python_reprs_and_cli_advice_as_words():
+    assert (
+        context.studio_text(
+            "embedding 'x' (SDXL keys ['clip_g', 'clip_l']) doesn't fit this model (SD 1.x, encoders "
+            "['emb_params']): use --partial",
+            fields={"--partial": "the Partial fit box"},
+        )
+        == "embedding 'x' (SDXL keys clip_g, clip_l) doesn't fit this model (SD 1.x, encoders emb_params): "
+        "use the Partial fit box"
+    )
+    assert context.studio_text("widths {'clip_l': 768, 'clip_g': 1280}") == "widths clip_l 768, clip_g 1280"
+    assert (
+        context.studio_text("choose another name (or `tokensmith rename dog Dog`)") == "choose another name"
+    )
+    assert "`tokensmith" not in context.studio_text(
+        "x.safetensors: keys ['<cat>'] are not the canonical layout (emb_params, or clip_l + clip_g); use "
+        "`tokensmith import` to convert other layouts"
+    )
