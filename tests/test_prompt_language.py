@@ -162,6 +162,23 @@ def test_a_prompt_longer_than_one_window_is_encoded_in_windows_not_cut(model):
     assert torch.equal(weighted[:, :16], both[:, :16]) and not torch.equal(weighted[:, 16:], both[:, 16:])
 
 
+def test_an_embedding_at_a_window_boundary_goes_whole_into_the_next_window(model, store):
+    encoder = PromptEncoder(model)  # <cat> has 2 vectors; the 13 words before it leave room for one
+    both = encode(encoder, "a red circle " + "red " * 10 + "<cat> square", store)
+    assert both.shape[1] == 2 * 16
+    assert torch.equal(both[:, 16:], encode(encoder, "<cat> square", store))
+
+
+def test_a_prompt_whose_windows_would_cut_an_embedding_apart_is_refused(model, store):
+    store.put(Embedding("long", {"emb_params": torch.randn(20, 32)}))
+    encoder = PromptEncoder(model)
+    with pytest.raises(PromptError, match=r"cut <long> across two windows: its 20 vectors .* \(14\)"):
+        encode(encoder, "a <long>", store)
+    store.put(Embedding("twelve", {"emb_params": torch.randn(12, 32)}))
+    with pytest.raises(PromptError, match="cut <twelve> across two windows: nothing before it"):
+        encode(encoder, "<cat><cat><twelve> square", store)  # no word end before the 14th token
+
+
 def test_the_shorter_of_prompt_and_negative_prompt_gets_empty_windows(model):
     encoder = PromptEncoder(model)
     plan = encoder.plan(parse("a red circle"), 4)

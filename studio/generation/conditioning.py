@@ -12,6 +12,7 @@ editing is a list of encodings, one per stretch of steps (`PromptPlan`).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ from studio.generation.prompt import (
 )
 from trainers.models import LoadedModel
 
+# A later vector's alias token ('<ts0>_3'): a window that begins with one has cut its embedding apart.
+ALIAS_PART = re.compile(rf"<(?P<alias>{ALIAS_PREFIX}\d+)>_\d+")
 # The metadata key that marks an embedding installed with the clip_l-only (partial) install; provenance
 # records those names so that `replay` installs them the same way.
 INSTALL_META, PARTIAL = "install", "partial"
@@ -160,6 +163,7 @@ class PromptEncoder:
         pooled_text = render(nodes, at, steps, self.spell)
         key = (tuple(runs), pooled_text)
         if key not in self._cache:
+            self._check_whole(runs, what)
             texts, weights = [t for t, _w in runs], [w for _t, w in runs]
             parts, pooled = [], None
             with torch.no_grad():
@@ -189,6 +193,33 @@ class PromptEncoder:
         """How many tokens one window of the text encoder holds (75 for CLIP: 77 less BOS and EOS)."""
         provider = self._compels[0].conditioning_provider
         return provider.max_token_count - len(provider.bos_sequence) - len(provider.eos_sequence)
+
+    def _check_whole(self, runs: list[tuple[str, float]], what: str) -> None:
+        """Refuse a prompt whose windows would cut an embedding apart: its later vectors would be read in
+        another BOS ... EOS context, without the first ones. Compel splits a long prompt at a sentence,
+        phrase or word end, which keeps an embedding whole when one comes before it in the window; an
+        embedding with more vectors than a window, or one run into another, has none."""
+        provider = self._compels[0].conditioning_provider
+        ids, _weights, _mask = provider.get_token_ids_and_expand_weights(
+            [text for text, _w in runs], [w for _t, w in runs], device="cpu"
+        )
+        tokens = provider.tokenizer.convert_ids_to_tokens(ids.tolist())
+        names = {alias: name for name, alias in self._aliases.items()}
+        size, first = provider.max_token_count, len(provider.bos_sequence)
+        for start in range(size, len(tokens), size):  # the first token of each later window
+            cut = ALIAS_PART.fullmatch(tokens[start + first])
+            if cut is None:
+                continue
+            name = names.get(cut["alias"], cut["alias"])
+            count = self.installed[name].num_vectors if name in self.installed else 0
+            how = (
+                f"its {count} vectors are more than one window of this model's text encoder holds "
+                f"({self.window()}), so it cannot be read whole: use an embedding with fewer vectors"
+                if count > self.window()
+                else "nothing before it in the window is a word end to split at: put a word or a comma "
+                "between it and what it follows, or shorten the prompt"
+            )
+            raise PromptError(f"{what} would cut <{name}> across two windows: {how}")
 
     def _check_windows(self, parts: list[torch.Tensor], nodes: tuple[Node, ...], what: str) -> None:
         """SDXL's two encoders must split a long prompt into the same windows (their hidden states are
