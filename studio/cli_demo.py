@@ -155,6 +155,7 @@ def run_demo(args) -> int:
         return [result.image for result in session.generate(request, store=store)]
 
     before = sample(f"a {init}")
+    replacing = store.exists(name)  # an earlier demo's token of this concept: the demo replaces it
     bar = ProgressBar(cfg.steps)
     try:
         emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=_demo_echo(bar))
@@ -180,9 +181,12 @@ def run_demo(args) -> int:
     result = {
         "concept": str(concept),
         "name": name,
-        "steps": int(emb.meta["steps"]),
-        "stored": str(store.path(name)),
-        "contact_sheet": str(sheet_path),
+        "held_out": concept.is_held_out,
+        "steps": int(emb.meta["steps"]),  # the step stored, as in `train --json`
+        "trained_steps": int(summary(emb).get("trained_steps", emb.meta["steps"])),
+        "stored": str(store.path(name).resolve()),
+        "replaced": replacing,
+        "contact_sheet": str(sheet_path.resolve()),
         "seconds": round(time.monotonic() - started, 1),
         **scores,
     }
@@ -192,12 +196,13 @@ def run_demo(args) -> int:
         f"concept        {concept} (never seen by the demo model)"
         if concept.is_held_out
         else f"concept        {concept}",
-        f"token          <{name}> {_steps_text(emb)}, stored at {result['stored']}",
+        f"token          <{name}> {_steps_text(emb)}, stored at {result['stored']}"
+        + (" (replacing an earlier demo's)" if replacing else ""),
         f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
         f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
         f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
         f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}",
-        f"contact sheet  {sheet_path}",
+        f"contact sheet  {result['contact_sheet']}",
         f"time           {result['seconds']} s",
     ]
     print("\n".join(lines), file=report)

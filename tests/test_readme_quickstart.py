@@ -37,7 +37,9 @@ def test_tokensmith_demo_learns_the_held_out_concept(tokensmith_home, tmp_path, 
     assert before["colour_distance"] - after["colour_distance"] >= MARGIN, result
     assert after["colour_hits"] >= 3, result  # of 4 samples, the judge names the concept's colour
     assert after["shape_hits"] >= 3 and before["shape_hits"] == 0, result  # ... and the triangle
-    assert result["steps"] <= 150
+    assert result["steps"] <= result["trained_steps"] <= 150  # the stored step, and what was trained
+    assert result["held_out"] and not result["replaced"]
+    assert result["contact_sheet"] == str((out / "contact-sheet.png").resolve())
     stored = Store.for_home(tokensmith_home).get(result["name"])
     assert stored.family == "demo" and stored.meta["base_model"] == "demo"
     sheet = Image.open(out / "contact-sheet.png")
