@@ -56,7 +56,7 @@ def run_runs(args) -> int:
         if row["message"]:
             print(f"  {row['message']}")
         if row["resume"]:
-            print(f"  resume: {row['resume']}  # {_resume_note(row['checkpoint_step'])}")
+            print(f"  resume: {row['resume']}  # {_resume_note(row['checkpoint_step'], row['status'])}")
     return 0
 
 
@@ -69,8 +69,15 @@ def _check_home(runner) -> None:
             raise TokensmithError(f"{folder} ({what}) is a file, not a folder: pass --home with a folder")
 
 
-def _resume_note(checkpoint_step: int | None) -> str:
-    """What the resume command does: a shell comment, so the line still pastes as a command."""
+def _resume_note(checkpoint_step: int | None, status: str = "") -> str:
+    """What the resume command does: a shell comment, so the line still pastes as a command. A run that
+    failed before its first checkpoint mostly failed on its own settings (too many vectors for the model, an
+    init it cannot read): starting it over with them fails again."""
+    if checkpoint_step is None and status == "failed":
+        return (
+            "starts over from step 0 with the same settings (the run saved no checkpoint): if the error "
+            "above is about them, start a new run with other settings instead"
+        )
     if checkpoint_step is None:
         return "starts over from step 0: the run saved no checkpoint"
     return f"continues from step {checkpoint_step}"

@@ -128,7 +128,8 @@ def test_the_resume_line_says_where_it_continues_from(tmp_path, capsys):
     assert main(["runs", "--home", str(tmp_path)]) == EXIT_OK
     resumes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  resume:")]
     assert [line.split("--resume")[1] for line in resumes] == [
-        "  # starts over from step 0: the run saved no checkpoint",
+        "  # starts over from step 0 with the same settings (the run saved no checkpoint): if the error "
+        "above is about them, start a new run with other settings instead",  # failed before any checkpoint
         "  # continues from step 9",
     ]
     assert main(["runs", "--home", str(tmp_path), "--json"]) == EXIT_OK
