@@ -170,6 +170,11 @@ def bench_models() -> list[tuple[str, int, int]]:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help says what the script counts, and runs nothing
     torch.set_num_threads(1)
     rows = bench_models() + [(label, *real_size(family)) for label, family in REAL_SIZES.items()]
     for label, unet, encoders in rows:

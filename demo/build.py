@@ -208,7 +208,7 @@ def build(cfg: BuildConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo.build",
-        description="Build the demo-world model (seeded; about 55 minutes on a 2-core CPU).",
+        description="Build the demo-world model (seeded; about 52 minutes on a 2-core CPU).",
         epilog="Example: python -m demo.build                      # rebuild demo/model\n"
         "         python -m demo.build --out /tmp/m --num-images 2000 --vae-minutes 0 --vae-steps 50 \\\n"
         "           --unet-minutes 0 --unet-steps 100   # a smoke build",

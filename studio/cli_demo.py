@@ -29,7 +29,11 @@ def register(subparsers, common) -> None:
         epilog=DEMO_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--concept", default=None, help="a held-out demo concept (default: purple triangle)")
+    demo.add_argument(
+        "--concept",
+        default=None,
+        help="a demo-world concept; held-out ones show learning best (default: purple triangle)",
+    )
     demo.add_argument("--out", default=None, metavar="DIR", help="output folder (default: HOME/demo)")
     demo.add_argument(
         "--steps",
@@ -102,7 +106,7 @@ def _steps_text(emb) -> str:
     from trainers.storing import summary
 
     kept, trained = int(emb.meta["steps"]), int(summary(emb).get("trained_steps", emb.meta["steps"]))
-    return ", ".join(filter(None, [f"after {trained} steps", kept_note(kept, trained)]))
+    return ", ".join(filter(None, [f"after {trained} step{'s' * (trained != 1)}", kept_note(kept, trained)]))
 
 
 def run_demo(args) -> int:

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         note = " (held out of the demo model's training)" if concept.is_held_out else ""
-        print(f"wrote {len(written)} images of '{world.caption(concept)}'{note} to {out}", file=sys.stderr)
+        count = f"{len(written)} image{'s' * (len(written) != 1)}"
+        print(f"wrote {count} of '{world.caption(concept)}'{note} to {out}", file=sys.stderr)
         print(out)
     return 0
