@@ -78,10 +78,12 @@ def at_least_one(text: str) -> int:
 
 def bar_options() -> dict:
     """tqdm keyword arguments for a progress bar on stderr: redrawn in place on a terminal; into a log file
-    or a pipe, drawn at most every LOG_BAR_SECONDS rather than at every step."""
+    or a pipe, drawn at most every LOG_BAR_SECONDS rather than at every step, and first after that long (a
+    shorter job leaves no 0% bar, nor the blanks that erase it, in the log)."""
     if sys.stderr.isatty():
         return {"file": sys.stderr, "dynamic_ncols": True}
-    return {"file": sys.stderr, "mininterval": LOG_BAR_SECONDS, "maxinterval": LOG_BAR_SECONDS}
+    every = LOG_BAR_SECONDS
+    return {"file": sys.stderr, "mininterval": every, "maxinterval": every, "delay": every}
 
 
 def common_parser() -> argparse.ArgumentParser:

@@ -138,6 +138,7 @@ def test_progress_bars_into_a_log_draw_rarely_and_on_a_terminal_in_place(monkeyp
     steps.close()
     training.close()
     assert log.getvalue().count("\r") <= 6  # drawn at the start and the end, not once per step
+    assert "0%" not in log.getvalue()  # a job shorter than LOG_BAR_SECONDS leaves no bar and no blanks
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
