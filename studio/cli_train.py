@@ -74,6 +74,11 @@ def config_from_args(args):
 
     overrides = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if args.style:
+        if overrides.get("templates", "style") != "style":  # which one was meant cannot be guessed
+            raise UsageError(
+                f"--style is --templates style; it cannot go with --templates {overrides['templates']}: "
+                "drop one of them"
+            )
         overrides["templates"] = "style"
     config_file = args.config
     if overrides.get("resume") and not config_file:

@@ -182,6 +182,7 @@ def test_under_a_multi_process_launch_only_the_main_process_shows_the_bar_and_re
         return Embedding(cfg.name, {"emb_params": torch.zeros(1, 8)}, {"trainer": json.dumps(trainer)})
 
     monkeypatch.setattr(trainers.trainer, "train", fake_train)
+    monkeypatch.setattr("studio.cli.LOG_BAR_SECONDS", 0)  # into a pipe: the bar drawn at once, not after 30 s
     args = build_parser().parse_args(["train", "--images", "x", "--name", "cat"])
     monkeypatch.setenv("RANK", "1")
     assert studio.cli_train.run_train(args) == EXIT_OK

@@ -153,7 +153,9 @@ def test_a_ctrl_c_while_a_run_that_stopped_early_is_stored_on_resume_lets_it_be_
 
 def test_a_failed_model_load_is_recorded_in_the_run_folder(tmp_path, capsys):
     images = square_images(tmp_path / "images")
-    missing, home = tmp_path / "no-such-model", tmp_path / "home"
+    # a folder that only loading finds is no diffusers model (a missing path is refused before the run folder)
+    missing, home = tmp_path / "not-a-model", tmp_path / "home"
+    missing.mkdir()
     argv = ["train", "--images", str(images), "--name", "thing", "--model", str(missing), "--home", str(home)]
     code = main(argv)
     assert code == 1

@@ -18,6 +18,7 @@ from embeddings.doctor import format_title
 from embeddings.errors import TokensmithError
 from trainers.config import PATH_KEYS
 from trainers.models import HUB_ID
+from trainers.schedules import is_piecewise
 from trainers.storing import summary
 
 # the base models' own licences: an embedding trained on one is shared under it (the hub's licence ids)
@@ -196,7 +197,8 @@ def _training(emb: Embedding, trainer: dict) -> list[str]:
         )
     lines.append(steps)
     settings = {**config, **({"resolution": trainer["resolution"]} if trainer.get("resolution") else {})}
-    for key in ("learning_rate", "batch_size", "grad_accum", "vectors", "templates", "resolution", "seed"):
+    others = ("batch_size", "grad_accum", "vectors", "templates", "resolution", "seed")
+    for key in (*_schedule_keys(settings), *others):
         if key in settings:
             lines.append(f"- {key}: {_setting(key, settings[key])}")
     processes = int(trainer.get("processes", 1))
@@ -219,6 +221,16 @@ def _training(emb: Embedding, trainer: dict) -> list[str]:
             lines.append(f"- samples {label} training: {values}")
     lines += _imported(emb)
     return [*lines, "", _trained_with(trainer)]
+
+
+def _schedule_keys(settings: dict) -> tuple[str, ...]:
+    """The learning-rate settings the run used: a piecewise schedule gives every rate itself (its
+    learning_rate was never used), warmup_steps count only where the run warmed up."""
+    schedule = str(settings.get("lr_schedule", "constant"))
+    if is_piecewise(schedule):
+        return ("lr_schedule",)
+    warmed = schedule in ("warmup", "cosine") and settings.get("warmup_steps")
+    return ("learning_rate", "lr_schedule", *(("warmup_steps",) if warmed else ()))
 
 
 def _setting(key: str, value) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import tomllib
 
 from embeddings.errors import TokensmithError
-from trainers.schedules import ScheduleError, schedule_for
+from trainers.schedules import ScheduleError, is_piecewise, schedule_for
 
 TEMPLATE_SETS = ("object", "style", "captions")
 CROPS = ("center", "random", "bucket")
@@ -29,6 +29,7 @@ KEEPS = ("best", "last")
 # Keys whose -1 means "the model family's default" (trainers/families.py), resolved once the model is loaded.
 PER_FAMILY = ("refine_latents", "preview_images")
 MAX_RESOLUTION = 4096  # pixels a side: past any SD model (SDXL: 1024), and a guard against a typo's memory
+MAX_SEED = 2**32 - 1  # diffusers' and A1111's range (a micro-step's generator takes seed * 1_000_003 + k)
 
 
 class ConfigError(TokensmithError, ValueError):
@@ -58,7 +59,9 @@ class TrainConfig:
         metavar="TEXT",
     )
     vectors: int = _opt(
-        0, "vectors per token (<name>, <name>_1, ...); 0: an init embedding's own count, else the family's"
+        0,
+        "vectors per token (<name>, <name>_1, ...); 0: an init embedding's own count, else the family's "
+        "(on --resume: the run's own)",
     )
     templates: str = _opt(
         "object", "prompt templates: object, style, captions, or a .txt file with [name]/[filewords]"
@@ -94,7 +97,7 @@ class TrainConfig:
     min_snr_gamma: float = _opt(0.0, "min-SNR loss weighting gamma (0: off; 5 is the paper's value)")
     mixed_precision: str = _opt("no", "no, fp16 or bf16 (through Accelerate)", choices=PRECISIONS)
     gradient_checkpointing: bool = _opt(False, "trade compute for memory in the UNet")
-    seed: int = _opt(0, "seed for data order, noise, timesteps and previews")
+    seed: int = _opt(0, "seed for data order, noise, timesteps and previews (0 to 4294967295)")
     # --- knowing when it has learned ---
     validate_every: int = _opt(10, "deterministic validation loss every N steps (0: off)", metavar="N")
     validation_size: int = _opt(8, "fixed (image, noise, timestep) triples in the validation set")
@@ -140,6 +143,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        # a schedule's name as typed ('Cosine ', from a form or a YAML file) is the schedule: one spelling
+        # kept, so the config.toml, the resume check and the card all read 'cosine'
+        object.__setattr__(self, "lr_schedule", schedule_name(self.lr_schedule))
         check(self)
 
     def replace(self, **changes) -> TrainConfig:
@@ -148,6 +154,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def schedule_name(value: str) -> str:
+    """`lr_schedule` as stored: stripped, a name lower-cased ('Cosine ' -> 'cosine'); piecewise strings
+    keep their own spelling ('0.005:100, 1e-3')."""
+    value = str(value).strip()
+    return value if is_piecewise(value) else value.lower()
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -191,6 +204,11 @@ def check(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be a finite number, got {getattr(cfg, name)}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(
+            f"seed = {cfg.seed}: give a whole number from 0 to {MAX_SEED}; a run's seed is fixed, so that it "
+            "can be repeated and resumed (there is no random seed: pick another number for another draw)"
+        )
     if cfg.resolution > MAX_RESOLUTION:
         raise ConfigError(
             f"resolution = {cfg.resolution} is larger than any Stable Diffusion model trains at (at most "
@@ -198,6 +216,8 @@ def check(cfg: TrainConfig) -> None:
         )
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub, cfg.name or "my-token")
+    if cfg.hub_private and not cfg.push_to_hub:
+        raise ConfigError("hub_private is for an upload: add push_to_hub = USER/REPO, or drop hub_private")
     if cfg.hub_license:
         from trainers.card import check_license  # the card reads this module's PATH_KEYS
 
@@ -216,6 +236,7 @@ def check(cfg: TrainConfig) -> None:
         schedule_for(cfg.lr_schedule, cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps)
     except ScheduleError as exc:
         raise ConfigError(f"lr_schedule: {exc}") from None
+    _check_schedule_keys(cfg)
     for tracker in cfg.trackers:
         if tracker not in TRACKERS:
             raise ConfigError(f"tracker {tracker!r} is not one of {', '.join(TRACKERS)}")
@@ -227,6 +248,32 @@ def check(cfg: TrainConfig) -> None:
     if cfg.templates not in TEMPLATE_SETS and not cfg.templates.endswith(".txt"):
         raise ConfigError(
             f"templates = {cfg.templates!r}: use object, style, captions, or a path to a .txt template file"
+        )
+
+
+def unused_by_schedule(lr_schedule: str) -> tuple[str, ...]:
+    """The keys a schedule does not read: a piecewise string gives every rate itself, and only warmup and
+    cosine warm up."""
+    if is_piecewise(lr_schedule):
+        return ("learning_rate", "warmup_steps")
+    return ("warmup_steps",) if lr_schedule == "constant" else ()
+
+
+def _check_schedule_keys(cfg: TrainConfig) -> None:
+    """Refuse a learning_rate or warmup_steps that the schedule would ignore: the run would not do what the
+    config says."""
+    piecewise = is_piecewise(cfg.lr_schedule)
+    if piecewise and cfg.learning_rate != _default("learning_rate"):
+        raise ConfigError(
+            f"learning_rate = {cfg.learning_rate} is not used: the piecewise lr_schedule "
+            f"{cfg.lr_schedule!r} gives every step's rate; drop learning_rate, or put the rate in the "
+            "schedule"
+        )
+    if cfg.warmup_steps and (piecewise or cfg.lr_schedule == "constant"):
+        schedule = f"the piecewise lr_schedule {cfg.lr_schedule!r}" if piecewise else "lr_schedule constant"
+        raise ConfigError(
+            f"warmup_steps = {cfg.warmup_steps} does nothing under {schedule}; use lr_schedule warmup or "
+            "cosine to warm up, or drop warmup_steps"
         )
 
 
@@ -291,10 +338,24 @@ def from_mapping(values: dict, *, base: TrainConfig | None = None) -> TrainConfi
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(
-            f"unknown training config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(FIELDS))}"
+            f"unknown training config key(s) {', '.join(unknown)}{_did_you_mean(unknown)}; valid keys: "
+            f"{', '.join(sorted(FIELDS))}"
         )
     changes = {key: coerce(key, value) for key, value in values.items()}
     return dataclasses.replace(base or TrainConfig(), **changes)
+
+
+def _did_you_mean(unknown: list[str]) -> str:
+    """' (did you mean batch_size?)' for keys that are near a valid one: a flag's spelling (batch-size), a
+    typo (learning_rat)."""
+    import difflib
+
+    guesses = []
+    for key in unknown:
+        spelled = str(key).strip().lstrip("-").replace("-", "_").lower()
+        close = difflib.get_close_matches(spelled, FIELDS, n=1, cutoff=0.8)  # an exact match first
+        guesses += [f"{key} -> {close[0]}"] if close else []
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
 
 def read_file(path: str | Path) -> dict:
@@ -308,12 +369,13 @@ def read_file(path: str | Path) -> dict:
         raise ConfigError(
             f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
-    if path.suffix == ".toml":
+    suffix = path.suffix.lower()  # RUN.TOML, saved by a tool that upper-cases names
+    if suffix == ".toml":
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    elif path.suffix in (".yaml", ".yml"):
+    elif suffix in (".yaml", ".yml"):
         import yaml
 
         try:

@@ -168,10 +168,12 @@ def _too_few(folder: Path, count: int, min_images: int) -> DataError:
 def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
     """Every image in `folder` (sorted by name), EXIF-rotated; clear errors for unreadable, tiny or fully
     transparent files."""
+    if not str(folder).strip():  # Path("") is ".": the current folder, not what was meant
+        raise DataError('no image folder given; pass --images DIR (images = "DIR" in a config file)')
     folder = Path(folder)
-    if str(folder) and folder.is_file():
+    if folder.is_file():
         raise DataError(f"{folder} is a file; pass --images DIR, the folder that holds your training images")
-    if not str(folder) or not folder.is_dir():
+    if not folder.is_dir():
         raise DataError(
             f"image folder {str(folder)!r} does not exist; pass --images DIR with your training images"
         )
@@ -195,6 +197,16 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
             )
         images.append(TrainImage(path=path, image=image, caption=_caption_for(path, text_files)))
     return images
+
+
+def check_alpha(images: list[TrainImage], *, alpha_weight: bool) -> None:
+    """Refuse alpha_weight for images that have no alpha channel (before any model loads: `train` checks it
+    with the images)."""
+    if alpha_weight and not any(item.image.mode == "RGBA" for item in images):
+        raise DataError(
+            "alpha_weight is on but no training image has an alpha channel; save them as RGBA PNG, or drop "
+            "--alpha-weight"
+        )
 
 
 def _read(path: Path) -> Image.Image:
@@ -326,10 +338,7 @@ def build_samples(
     seed: int,
 ) -> list[Sample]:
     """Every cached variant: one per image (RANDOM_CROPS for random crops), and its mirror when flipping."""
-    if alpha_weight and not any(item.image.mode == "RGBA" for item in images):
-        raise DataError(
-            "alpha_weight is on but no training image has an alpha channel; save them as RGBA PNG"
-        )
+    check_alpha(images, alpha_weight=alpha_weight)
     rng = random.Random(seed)
     samples = []
     for index, item in enumerate(images):

@@ -57,6 +57,15 @@ FAMILIES = {
 }
 
 
+def planned_defaults(model: str) -> FamilySpec:
+    """The per-family defaults a run of `model` (a --model value) will get, known before it loads: the demo
+    world's, else SD's (SD 1.x, 2.x and SDXL share them). For messages; the run resolves them from the
+    loaded model."""
+    from trainers.models import on_demo_world
+
+    return FAMILIES["demo"] if on_demo_world(model) else FAMILIES["sd1"]
+
+
 def spec_for(family: str) -> FamilySpec:
     """The spec of a family; other single-encoder models ('w<width>', e.g. tiny test pipes) train like SD."""
     if family.startswith("w") and family[1:].isdigit():

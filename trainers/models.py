@@ -185,11 +185,8 @@ def load_model(
     checkpoint, for machines without a network. Raises ModelLoadError with what to do when it cannot load.
     """
     _resolve_image_processors()  # before any of the loaders below imports diffusers' pipelines
+    check_model_spec(spec)
     spec = str(spec).strip()
-    if not spec:
-        raise ModelLoadError(
-            "empty --model: give 'demo', a diffusers folder, a .safetensors/.ckpt file or a hub id"
-        )
     if spec == "demo":
         folder = demo_model_dir()
         if not (folder / "model_index.json").is_file():
@@ -212,11 +209,31 @@ def load_model(
             )
         pipe = _load_single_file(path, dtype, config)
         return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=str(path.resolve())), device)
-    if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
-        pipe = _load_hub(spec, dtype)
-        return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=spec), device)
+    if not _is_hub_id(spec):  # something that exists but is neither a folder nor a file
+        raise ModelLoadError(f"{spec} is not a model: give a diffusers folder or a single-file checkpoint")
+    pipe = _load_hub(spec, dtype)
+    return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=spec), device)
+
+
+def _is_hub_id(spec: str) -> bool:
+    return bool(HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse, without loading anything, a --model that `load_model` could only refuse: empty, or none of
+    'demo', an existing folder or file, or a hub id ('Demo', './typo'). `train` checks it before it makes a
+    run folder, so a typo leaves nothing behind."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelLoadError(
+            "empty --model: give 'demo', a diffusers folder, a .safetensors/.ckpt file or a hub id"
+        )
+    if spec == "demo" or Path(spec).expanduser().exists() or _is_hub_id(spec):
+        return
+    hint = "; did you mean 'demo'?" if spec.lower() == "demo" else ""
     raise ModelLoadError(
-        f"no model {spec!r}: it is not 'demo', an existing folder or file, or a hub id like 'owner/name'"
+        f"no model {spec!r}: it is not 'demo', an existing folder or file, or a hub id like "
+        f"'owner/name'{hint}"
     )
 
 

@@ -43,6 +43,31 @@ def computed_values(cfg: TrainConfig) -> dict:
 
 # Per-family defaults (key: the value that asks for one), resolved once the model is loaded.
 RESOLVED_LATER = {"vectors": 0, **dict.fromkeys(config_io.PER_FAMILY, -1)}
+# Keys whose value asks for the family's default: a resume that leaves one so takes its run's own value from
+# the newest checkpoint (where the numbers are resolved; init "" stays "", the family's word)
+LEFT_TO_THE_FAMILY = {"init": "", **RESOLVED_LATER}
+
+
+class ResumeRefused(TokensmithError):
+    """A resume that would compute something else than its run; refused before anything in the run folder
+    changes (its config.toml, command.txt and progress.jsonl stay the run's own, so the advice works)."""
+
+
+def with_run_values(cfg: TrainConfig, folder: RunFolder) -> TrainConfig:
+    """`cfg` with its newest checkpoint's values for the keys it leaves to the family's default (vectors 0,
+    refine_latents and preview_images -1, init ""): a resume continues the run as it was. A run started
+    with `--config run.toml --vectors 3` resumes with `--config run.toml --resume`; its vectors stay 3 (the
+    family's 2 would be a change, and refused). Without a checkpoint the run starts over: `cfg` as it is."""
+    latest = folder.latest_checkpoint()
+    if latest is None:
+        return cfg
+    saved = ckpt_io.read_meta(latest).get("config", {})
+    own = {
+        key: saved[key]
+        for key, unset in LEFT_TO_THE_FAMILY.items()
+        if getattr(cfg, key) == unset and type(saved.get(key)) is type(unset)
+    }
+    return cfg.replace(**own) if own else cfg
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -50,12 +75,18 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
 
     An option added since the checkpoint was written counts as its default then (an option is added with
     the default that keeps the old behaviour); an option this version no longer has is ignored. A per-family
-    default not yet resolved is not compared (the check after loading the model compares the number).
+    default not yet resolved is not compared (the check after loading the model compares the number), nor a
+    key the schedule does not read.
     """
     now, defaults = computed_values(cfg), computed_values(TrainConfig())
+    # what the schedule does not read computes nothing (lr_schedule itself is compared): a run from before
+    # such keys were refused resumes once they are dropped
+    unused = config_io.unused_by_schedule(cfg.lr_schedule)
     changes = []
     for key, value in now.items():
         if key in ENDING and not (key == "steps" and cfg.lr_schedule == "cosine"):
+            continue
+        if key in unused:
             continue
         if key in RESOLVED_LATER and value == RESOLVED_LATER[key]:
             continue
@@ -63,8 +94,23 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
         if key in config_io.PATH_KEYS and isinstance(before, str):  # a run from before paths were stored
             before = config_io.absolute_path(key, before)  # absolute: as typed, read from here
         if before != value:
-            changes.append(f"{key}: {before!r} -> {value!r}")
+            changes.append(f"{key}: {_shown(key, before, cfg)} -> {_shown(key, value, cfg)}")
     return changes
+
+
+def _shown(key: str, value, cfg: TrainConfig) -> str:
+    """A value in a refusal; one that asks for the family's default says which ("'' (the family's default
+    'red circle')"), not a bare ''."""
+    if key not in LEFT_TO_THE_FAMILY or value != LEFT_TO_THE_FAMILY[key] or isinstance(value, bool):
+        return repr(value)
+    if key == "vectors" and cfg.init.strip().startswith("<"):
+        return f"{value!r} (the init embedding's own count)"
+    from trainers.families import planned_defaults
+
+    spec = planned_defaults(cfg.model)
+    defaults = {"init": spec.default_init, "vectors": spec.default_vectors}
+    default = defaults[key] if key in defaults else getattr(spec, key)
+    return f"{value!r} (the family's default {default!r})"
 
 
 def image_list(images) -> list[list]:
@@ -75,6 +121,27 @@ def image_list(images) -> list[list]:
         [image.path.name, image.path.stat().st_size, file_sha256(image.path), _caption_sha256(image.caption)]
         for image in images
     ]
+
+
+def template_record(templates: str) -> dict | None:
+    """{"file", "sha256"} of a .txt template file, what a resume checks is unchanged (its lines are the
+    prompts, and the validation set's); None for a named set (object, style, captions)."""
+    if templates in config_io.TEMPLATE_SETS:
+        return None
+    path = Path(templates)
+    return {"file": templates, "sha256": file_sha256(path) if path.is_file() else ""}
+
+
+def _check_template_file(cfg: TrainConfig, folder: RunFolder) -> None:
+    """Refuse a resume whose template file (the same path: another path is a config change) was edited."""
+    before = folder.read_template_record()
+    if before is None or before.get("file") != cfg.templates:
+        return
+    if (template_record(cfg.templates) or {}).get("sha256") != before.get("sha256"):
+        raise ResumeRefused(
+            f"the template file {cfg.templates} changed since the run began (the prompts it trains on, and "
+            "its validation set, come from it); restore it to resume, or start a new run without --resume"
+        )
 
 
 def _caption_sha256(caption: str) -> str:
@@ -100,11 +167,12 @@ def check_resume(cfg: TrainConfig, folder: RunFolder, images, *, home: Path | No
             _few("changed", changed),
             _few("caption changed", recaptioned),
         ]
-        raise TokensmithError(
+        raise ResumeRefused(
             f"the images in {cfg.images} changed since the run began ({len(before)} -> {len(now)} images: "
             f"{'; '.join(filter(None, parts))}); restore them (and their NAME.txt captions) to resume, or "
             "start a new run without --resume"
         )
+    _check_template_file(cfg, folder)
     latest = folder.latest_checkpoint()
     if latest is not None:
         meta = ckpt_io.read_meta(latest)
@@ -127,15 +195,35 @@ def refuse_changes(
         own = shlex.join(
             ["tokensmith", "train", "--config", str(folder.config_path), *commands.home_flags(home)]
         )
-        raise TokensmithError(
+        raise ResumeRefused(
             f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
             f"own config ({own} --resume). Only where the "
             f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
         )
     if cfg.steps < step:
-        raise TokensmithError(
+        raise ResumeRefused(
             f"the checkpoint in {latest} is at step {step}, past --steps {cfg.steps}; pass --steps {step} "
             "or more"
+        )
+
+
+def check_resume_loaded(cfg: TrainConfig, folder: RunFolder, *, processes: int, cpu: bool, home=None) -> None:
+    """Once the model has loaded and the per-family defaults are resolved: refuse a resume whose resolved
+    config, or number of processes, differs from its newest checkpoint's, before the run's files are
+    rewritten (a refused resume leaves the run folder as it was)."""
+    latest = folder.latest_checkpoint()
+    if latest is None:  # no checkpoint: the run starts over
+        return
+    meta = ckpt_io.read_meta(latest)
+    refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg, home=home)
+    made_by = int(meta.get("stopper", {}).get("processes", 1))
+    if made_by != processes:  # each step's batch is the processes' micro-batches
+        launch = commands.launch_command(
+            folder.config_path, processes=made_by, cpu=cpu, extra=[*commands.home_flags(home), "--resume"]
+        )
+        raise ResumeRefused(
+            f"the checkpoint in {latest} was made by {made_by} process(es) and this resume has {processes}; "
+            f"the steps would change size. Resume with the same number of processes: {launch}"
         )
 
 

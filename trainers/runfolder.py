@@ -8,6 +8,8 @@
     snapshots/step-000050.safetensors   embedding snapshots (canonical files)
     checkpoints/step-000050/         Accelerate save_state (optimizer, RNG) + rows, stopper, step
     latents.safetensors              the run's latent cache (trainers/latents.py), read again on resume
+    images.json, templates.json      the images' (and a .txt template file's) sha256 when the run began:
+                                     a resume checks they are unchanged
     pid                              the training process id (SIGTERM it to stop cleanly), locked
                                      (flock) by that process for as long as it lives: see RunFolder.claim
 
@@ -108,6 +110,22 @@ class RunFolder:
             return json.loads((self.root / "images.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+    def write_template_record(self, record: dict | None) -> None:
+        """The .txt template file's path and sha256 when the run began (None: a named template set)."""
+        path = self.root / "templates.json"
+        if record is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_text(path, json.dumps(record) + "\n")
+
+    def read_template_record(self) -> dict | None:
+        """What `write_template_record` wrote; None for a named set, or a run from before it was written."""
+        try:
+            record = json.loads((self.root / "templates.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
 
     @property
     def pid_path(self) -> Path:

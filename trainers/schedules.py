@@ -39,6 +39,10 @@ def parse_piecewise(text: str) -> list[tuple[float, int | None]]:
             ) from None
         if not math.isfinite(rate) or rate <= 0:
             raise ScheduleError(f"learning rate {rate} in {text!r} must be a positive number")
+        if until is not None and until < 1:  # it would hold for no step at all
+            raise ScheduleError(
+                f"the step {until} in {part!r} must be 1 or more: a rate holds until (before) its step"
+            )
         if pieces and (pieces[-1][1] is None or (until is not None and until <= pieces[-1][1])):
             raise ScheduleError(
                 f"the steps in {text!r} must increase and only the last piece may omit its step"

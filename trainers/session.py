@@ -24,7 +24,7 @@ from trainers import checkpoint as ckpt_io
 from trainers import commands
 from trainers.config import TrainConfig
 from trainers.data import batches
-from trainers.resume import computed_values, refuse_changes
+from trainers.resume import computed_values
 from trainers.runfolder import RunFolder
 from trainers.writes import writing
 
@@ -179,22 +179,9 @@ class RunState:
             if self.accelerator.is_main_process:
                 self.folder.truncate_progress_after(-1)
             return 0
+        # the config and the number of processes were compared with the checkpoint's before the run's files
+        # were written (trainers.resume.check_resume_loaded)
         saved = ckpt_io.load(latest, self.accelerator)  # restores the optimizer (and scaler, RNG) too
-        # now with resolved defaults
-        refuse_changes(latest, self.folder, saved.config, saved.step, self.cfg, home=self.home)
-        processes = int(saved.stopper.get("processes", 1))
-        if processes != self.accelerator.num_processes:  # each step's batch is the processes' micro-batches
-            launch = commands.launch_command(
-                self.folder.config_path,
-                processes=processes,
-                cpu=self.accelerator.device.type == "cpu",
-                extra=[*commands.home_flags(self.home), "--resume"],
-            )
-            raise TokensmithError(
-                f"the checkpoint in {latest} was made by {processes} process(es) and this resume has "
-                f"{self.accelerator.num_processes}; the steps would change size. Resume with the same "
-                f"number of processes: {launch}"
-            )
         with torch.no_grad():
             for param, rows in zip(params, saved.rows.values(), strict=True):
                 param.copy_(rows.to(param.device, param.dtype))
@@ -319,7 +306,8 @@ class RunState:
                 {
                     "version": TRAINER_VERSION,
                     "package": package_version(),  # the release that trained it (the card names it)
-                    "config": self.cfg.to_dict(),
+                    # the run's config, not this invocation's --resume / --overwrite (as its config.toml)
+                    "config": self.cfg.replace(resume=False, overwrite=False).to_dict(),
                     "resolution": self.cfg.resolution or model.resolution,  # config 0: the model's own
                     "end": reason,
                     "trained_steps": trained,
@@ -374,17 +362,23 @@ def start_trackers(cfg: TrainConfig, accelerator) -> None:
         accelerator.init_trackers("tokensmith", config=flat)
 
 
+def run_commands(
+    cfg: TrainConfig, folder: RunFolder, *, home: Path | None = None, processes: int = 1, cpu: bool = False
+) -> tuple[list[str], list[str]]:
+    """The run's equivalent commands and the notes on them (what `write_run_files` writes and the CLI
+    prints): the run's own config, without --resume (what continues it is `--resume` added)."""
+    cfg = cfg.replace(resume=False)
+    lines = commands.equivalent_commands(cfg, folder.config_path, home=home, processes=processes, cpu=cpu)
+    return lines, commands.command_notes(cfg, processes=processes)
+
+
 def write_run_files(
     cfg: TrainConfig, folder: RunFolder, *, home: Path | None = None, processes: int = 1, cpu: bool = False
 ) -> tuple[list[str], list[str]]:
     """Write config.toml, command.txt and pid; return the equivalent commands and the notes on them (to
-    print). `processes`: how many the run has (`cpu`: on a CPU); `home`: named when not the default.
-
-    They are written as the run's own config, without --resume: what continues it is `--resume` added.
-    """
-    cfg = cfg.replace(resume=False)
-    lines = commands.equivalent_commands(cfg, folder.config_path, home=home, processes=processes, cpu=cpu)
-    notes = commands.command_notes(cfg, processes=processes)
-    folder.write_config(commands.to_toml(cfg, home=home), [*lines, *(f"# {note}" for note in notes)])
+    print). `processes`: how many the run has (`cpu`: on a CPU); `home`: named when not the default."""
+    lines, notes = run_commands(cfg, folder, home=home, processes=processes, cpu=cpu)
+    toml = commands.to_toml(cfg.replace(resume=False), home=home)
+    folder.write_config(toml, [*lines, *(f"# {note}" for note in notes)])
     folder.write_pid()
     return lines, notes

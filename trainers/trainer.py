@@ -16,7 +16,7 @@ import torch
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
 from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
-from trainers.data import data_notes, load_images
+from trainers.data import check_alpha, data_notes, load_images
 from trainers.ending import end_stored, open_image, record_done
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError
@@ -31,10 +31,18 @@ from trainers.modelprep import (
     stored_init,
     weight_dtype,
 )
-from trainers.models import on_demo_world
+from trainers.models import check_model_spec, on_demo_world
 from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_clip_model, check_model_config, model_config_unused
 from trainers.processes import has_gpu, joined_as_main, launch_size, on_cpu
-from trainers.resume import check_resume, check_train_further, image_list
+from trainers.resume import (
+    ResumeRefused,
+    check_resume,
+    check_resume_loaded,
+    check_train_further,
+    image_list,
+    template_record,
+    with_run_values,
+)
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder, disk_full_advice
 from trainers.session import (
@@ -45,6 +53,7 @@ from trainers.session import (
     claim_run_folder,
     default_home,
     resolve_run_dir,
+    run_commands,
     start_trackers,
     write_run_files,
 )
@@ -75,12 +84,19 @@ def train(
     store = Store.for_home(home)
     if not cfg.name:
         raise TokensmithError("no name given; pass --name NAME (the prompt trigger becomes <NAME>)")
+    if not cfg.images.strip():  # not the current folder: `python -m trainers` with a config that has none
+        raise TokensmithError(
+            'no images given; pass --images DIR (images = "DIR" in a config file), the folder of your '
+            "training images"
+        )
     store.path(cfg.name)  # validates the name before anything slow happens
     # local paths stored absolute: a resume or `accelerate launch` from another folder finds them
     cfg = with_absolute_paths(cfg)
     if model is not None:  # the config, its equivalent command and the latent cache name the model trained
         cfg = cfg.replace(model=model.source)
     folder = RunFolder(resolve_run_dir(cfg, home))
+    if cfg.resume:  # what the resume leaves to the family's default is the run's own value
+        cfg = with_run_values(cfg, folder)
     if cfg.images and folder.root.expanduser().resolve() == Path(cfg.images):
         raise TokensmithError(
             f"--run-dir {folder.root} is the images folder; the run's files would mix with the images "
@@ -98,6 +114,8 @@ def train(
         )
     check_storable(cfg, store)  # what the store write at the end would refuse, before hours of training
     check_trackers(cfg)
+    if model is None:  # a typo ('Demo', './typo') is refused before a run folder is made
+        check_model_spec(cfg.model)
     check_model_config(cfg.model_config)  # local paths a run reads only once the model has loaded
     check_clip_model(cfg.clip_model)
     if echo and model is None and model_config_unused(cfg.model, cfg.model_config):
@@ -107,6 +125,7 @@ def train(
     if model is None:  # a given model is checked as it is, once the run starts
         check_init_fits(cfg, store)
     images = load_images(cfg.images, min_images=cfg.min_images)
+    check_alpha(images, alpha_weight=cfg.alpha_weight)
     main = joined_as_main()  # False in the other processes of an `accelerate launch` run
     stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
     try:
@@ -149,9 +168,14 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         check_resume(cfg, folder, images, home=home)
     elif main:
         folder.write_image_list(image_list(images))
+        folder.write_template_record(template_record(cfg.templates))
+    # a resume from a checkpoint writes the run's files once the model has loaded and the checkpoint has
+    # been compared with the resolved config (_run): a refused resume leaves them the run's own
+    continues = cfg.resume and folder.latest_checkpoint() is not None
     if main:
         processes = launch_size()
-        commands, notes = write_run_files(cfg, folder, home=home, processes=processes, cpu=on_cpu())
+        write = run_commands if continues else write_run_files
+        commands, notes = write(cfg, folder, home=home, processes=processes, cpu=on_cpu())
         # from here a stop while preparing is recorded: --resume finds the run by its config
         stop.on_stop = lambda: folder.event("stopped", stopped_preparing(folder), name=cfg.name)
     if main and echo:
@@ -162,9 +186,7 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         demo_world = model.family == "demo" if model is not None else on_demo_world(cfg.model)
         for note in [*data_notes(cfg.images, images, cfg.templates, demo_world=demo_world), *notes]:
             echo(f"note: {note}")
-        resumed = "the run's cached latents and checkpoint"
-        fresh = "caching the images' latents, step 0's validation and previews"
-        echo(f"preparing: loading the model, {resumed if cfg.resume else fresh}")
+        echo(f"preparing: loading the model, {preparing_what(cfg, folder)}")
     if model is None:
         try:
             model = _load(cfg)
@@ -174,6 +196,17 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
     if not main:
         on_progress = echo = None
     return _run(cfg, images, folder, store, model, home, stop, on_progress, echo)
+
+
+def preparing_what(cfg: TrainConfig, folder: RunFolder) -> str:
+    """What the run does before its first step, for the 'preparing' line: a resume without a checkpoint
+    (killed before its first one, or --save-every 0) starts over, as `tokensmith runs` says."""
+    fresh = "caching the images' latents, step 0's validation and previews"
+    if not cfg.resume:
+        return fresh
+    if folder.latest_checkpoint() is None:
+        return f"{fresh} (no checkpoint to continue from: the run starts over from step 0)"
+    return "the run's cached latents and checkpoint"
 
 
 FP16_NEEDS_A_GPU = (
@@ -218,11 +251,12 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         for key in PER_FAMILY:
             if getattr(cfg, key) < 0:
                 resolved[key] = getattr(spec, key)
-        if resolved:
-            cfg = cfg.replace(**resolved)
-            if accelerator.is_main_process:
-                cpu = accelerator.device.type == "cpu"
-                write_run_files(cfg, folder, home=home, processes=accelerator.num_processes, cpu=cpu)
+        cfg = cfg.replace(**resolved)
+        cpu, processes = accelerator.device.type == "cpu", accelerator.num_processes
+        if cfg.resume:  # before the run's files change: a refused resume leaves them as they were
+            check_resume_loaded(cfg, folder, processes=processes, cpu=cpu, home=home)
+        if (resolved or cfg.resume) and accelerator.is_main_process:
+            write_run_files(cfg, folder, home=home, processes=processes, cpu=cpu)
         state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress, home=home)
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
@@ -259,7 +293,7 @@ def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, m
     if isinstance(exc, StopRequested):
         return  # train() records it (StopFlag.record_stop)
     stop.ended()
-    if not main:
+    if not main or isinstance(exc, ResumeRefused):  # a refused resume leaves the run resumable as it was
         return
     if isinstance(exc, KeyboardInterrupt):
         folder.event("stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name)
