@@ -157,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or not _is_user_error(exc):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, UsageError):  # as argparse reports its own usage errors: the usage line first
+            command_parser.print_usage(sys.stderr)
         print(f"tokensmith {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     return EXIT_OK if code is None else code

@@ -60,6 +60,15 @@ def test_resume_without_a_run_to_find_is_a_usage_error(capsys):
     assert "--resume needs --run-dir DIR or --name NAME" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv", [["train", "--name", "foo"], ["train", "--images", "x"], ["train", "--resume"]]
+)
+def test_a_usage_error_the_command_finds_itself_comes_with_its_usage_line(argv, capsys):
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tokensmith train") and "tokensmith train: error: " in err
+
+
 def test_demo_steps_below_one_is_a_usage_error_before_anything_is_rendered(tmp_path, capsys):
     for bad in ("0", "-5"):
         err = usage_error(capsys, "demo", "--steps", bad, "--out", tmp_path / "demo")
