@@ -14,6 +14,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -24,7 +25,8 @@ from embeddings.formats.layouts import A1111_EXTRA_KEY, carried_meta, embedding_
 from embeddings.value import SINGLE_KEY, Embedding
 
 A1111_PLACEHOLDER_ID = 265  # the id A1111 records for its "*" placeholder (string_to_token); informative only
-MAX_PICKLE_SCAN = 64 * 1024 * 1024  # the opcode scan reads at most this much of a pickle
+MAX_PICKLE_SCAN = 8 * 1024 * 1024  # the opcode scan reads at most this much (an embedding's pickle is KBs)
+LEGACY_PICKLES = 5  # torch's legacy format: magic, protocol, system info, the object, storage keys
 STRING_OPS = {
     "SHORT_BINUNICODE",
     "BINUNICODE",
@@ -65,38 +67,45 @@ def _unpickler_reason(exc: Exception) -> str:
     return detail[0].split(". Please")[0]  # not its advice to allow-list what it refused
 
 
-def _safe_globals() -> set[str]:
-    """'module.name' of every global torch's weights-only loader allows (and our ParameterDict)."""
+def _safe_globals() -> set[str] | None:
+    """'module.name' of every global torch's weights-only loader allows (and our ParameterDict); None where
+    torch does not say (the list is private API), and then `_is_safe_global` goes by a rule."""
     from torch import _weights_only_unpickler as unpickler
 
-    allowed = getattr(unpickler, "_get_allowed_globals", None)  # private: absent in some torch, then a rule
-    names = set(allowed()) if allowed else set()
-    return names | {"torch.nn.modules.container.ParameterDict"}
+    allowed = getattr(unpickler, "_get_allowed_globals", None)
+    if allowed is None:
+        return None
+    return set(allowed()) | {"torch.nn.modules.container.ParameterDict"}
 
 
-def _is_safe_global(name: str, safe: set[str]) -> bool:
-    return name in safe or (not safe and (name.startswith("torch.") or name == "collections.OrderedDict"))
+def _is_safe_global(name: str, safe: set[str] | None) -> bool:
+    if safe is not None:
+        return name in safe
+    return name.startswith("torch.") or name in ("collections.OrderedDict", "_codecs.encode")
 
 
-def pickle_globals(data: bytes) -> list[str]:
-    """'module.name' of every global the pickles in `data` import (GLOBAL, INST, STACK_GLOBAL), in order,
-    read with pickletools: nothing is executed. A torch legacy file holds several pickles, then raw tensor
-    bytes; the scan stops where the opcodes stop making sense. An unresolved STACK_GLOBAL is named '?'."""
+def pickle_globals(data: bytes, *, pickles: int = LEGACY_PICKLES) -> list[str]:
+    """'module.name' of every global the first `pickles` pickles in `data` import (GLOBAL, INST,
+    STACK_GLOBAL), in order, read with pickletools: nothing is executed. A torch legacy file is five pickles,
+    then raw tensor bytes, which are never read as opcodes; the scan also stops where the opcodes stop making
+    sense (a file cut short). A STACK_GLOBAL whose names the scan cannot follow is left out: the file is
+    refused anyway, and raw bytes must not read as an import."""
     found: list[str] = []
     stream = io.BytesIO(data[:MAX_PICKLE_SCAN])
-    while stream.tell() < len(data):
-        recent: list[object] = []  # what each opcode pushed: the strings, None for anything else
+    for _ in range(pickles):
+        if stream.tell() >= len(data):
+            break
+        recent: deque[object] = deque(maxlen=2)  # what the last opcodes pushed: strings, None for others
         memo: dict[object, object] = {}
         try:
             for opcode, arg, _pos in pickletools.genops(stream):
                 name = opcode.name
                 if name in ("GLOBAL", "INST"):
                     found.append(".".join(str(arg).split(" ", 1)))
-                elif name == "STACK_GLOBAL":
-                    module, attr = recent[-2:] if len(recent) >= 2 else [None, None]
-                    found.append(
-                        f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else "?"
-                    )
+                elif name == "STACK_GLOBAL" and len(recent) == 2:
+                    module, attr = recent
+                    if isinstance(module, str) and isinstance(attr, str):
+                        found.append(f"{module}.{attr}")
                 if name in STRING_OPS:
                     recent.append(arg.decode("latin-1") if isinstance(arg, bytes) else arg)
                 elif name in GET_OPS:
@@ -108,31 +117,33 @@ def pickle_globals(data: bytes) -> list[str]:
                 elif name not in QUIET_OPS:
                     recent.append(None)
         except (ValueError, KeyError, EOFError, IndexError, UnicodeDecodeError):
-            break  # the end of the pickles (raw tensor bytes follow) or a corrupt one: nothing more to read
+            break  # a corrupt or cut-short pickle: nothing more to read
     return found
 
 
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle bytes torch would read, at most MAX_PICKLE_SCAN of them: a zip file's one top-level
+    `<archive>/data.pkl` (never every member: a small zip can hold many large ones), else the file's head."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            top = [m for m in archive.infolist() if m.filename.count("/") == 1]
+            member = next((m for m in top if m.filename.endswith("/data.pkl")), None)
+            if member is None:
+                return b""
+            with archive.open(member) as pickled:
+                return pickled.read(MAX_PICKLE_SCAN)
+    with open(path, "rb") as file:
+        return file.read(MAX_PICKLE_SCAN)
+
+
 def _unsafe_globals(path: Path) -> list[str]:
-    """The globals outside torch's safe set that `path` imports (for a torch zip file, its data.pkl)."""
+    """The globals outside torch's safe set that `path`'s pickle imports."""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.infolist() if m.filename.endswith("data.pkl")]
-                pickles = [archive.open(m).read(MAX_PICKLE_SCAN) for m in members]
-        else:
-            with open(path, "rb") as file:
-                pickles = [file.read(MAX_PICKLE_SCAN)]
-    except (
-        OSError,
-        zipfile.BadZipFile,
-        RuntimeError,
-        ValueError,
-        EOFError,
-    ):  # a zip too broken to open
+        data = _pickle_bytes(path)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):  # unreadable, or a broken zip
         return []
     safe = _safe_globals()
-    named = [name for data in pickles for name in pickle_globals(data)]
-    return list(dict.fromkeys(name for name in named if not _is_safe_global(name, safe)))
+    return list(dict.fromkeys(name for name in pickle_globals(data) if not _is_safe_global(name, safe)))
 
 
 def _refusal(path: Path, exc: Exception) -> EmbeddingFormatError:
