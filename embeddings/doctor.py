@@ -18,7 +18,9 @@ from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
 from embeddings.maths import norm_report
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
 
-PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end: the most any SD family's prompt holds
+# CLIP's 77 positions minus start and end: what one window of any SD family's text encoder holds. A longer
+# prompt is read in windows, but an embedding must fit in one (its vectors are never split across windows).
+WINDOW_TOKENS = 75
 LOUD_NORM = 4.0  # vectors this many times the vocabulary's mean norm tend to overpower a prompt
 
 
@@ -186,16 +188,17 @@ def _diagnose_embedding(
     if note := lone_pair_half(path):
         report.warnings.append(note)
     report.warnings.extend(_zero_warnings(emb))
-    tokens = PROMPT_TOKENS if encoders is None else prompt_tokens(encoders)
+    tokens = WINDOW_TOKENS if encoders is None else window_tokens(encoders)
     if emb.num_vectors > tokens:
-        too_many = f"{emb.num_vectors} vectors exceed the {tokens} tokens a prompt " + (
-            "can hold" if encoders is None else "of this model holds"
+        too_many = f"{emb.num_vectors} vectors exceed the {tokens} tokens of a prompt window " + (
+            "in any model" if encoders is None else "of this model"
         )
     else:
         too_many = None
         if emb.num_vectors > 16:
             report.warnings.append(
-                f"{emb.num_vectors} vectors use {emb.num_vectors} of a prompt's {tokens} tokens"
+                f"{emb.num_vectors} vectors take {emb.num_vectors} of the {tokens} tokens of their prompt "
+                "window: the words around the token have less room there"
             )
     if emb.meta.get("source_name"):
         report.warnings.append(
@@ -205,8 +208,8 @@ def _diagnose_embedding(
         if too_many:  # no model's prompt holds it: no need to name one (the verdict says it, not a warning)
             report.fit = "no"
             report.lines.append(
-                f"does not fit any model: its {emb.num_vectors} vectors exceed the {tokens} tokens a "
-                "prompt of SD 1.x, SD 2.x or SDXL holds"
+                f"does not fit any model: its {emb.num_vectors} vectors exceed the {tokens} tokens one "
+                "prompt window of SD 1.x, SD 2.x or SDXL holds (an embedding must fit in one)"
             )
         else:
             report.lines.append("give --model to check whether it fits a model")
@@ -220,8 +223,8 @@ def _diagnose_embedding(
         report.fit = "no"
         report.lines = [
             *report.lines[: -len(lines)],
-            f"does not fit: its {emb.num_vectors} vectors exceed the {tokens} tokens a prompt of this "
-            f"model holds ({family_title(report.model_family)})",
+            f"does not fit: its {emb.num_vectors} vectors exceed the {tokens} tokens one prompt window of "
+            f"this model holds ({family_title(report.model_family)}; an embedding must fit in one)",
         ]
     elif too_many:  # it does not fit for its widths; the length is a second reason
         report.warnings.append(too_many)
@@ -241,12 +244,12 @@ def _zero_warnings(emb: Embedding) -> list[str]:
     return [f"vector(s) {which} of {emb.num_vectors} are zero and add nothing to a prompt (blend padding?)"]
 
 
-def prompt_tokens(encoders: Sequence[tuple[str, Any, Any]]) -> int:
-    """How many tokens a prompt of this model holds: its tokenizers' length less start and end (the demo
-    world's 32 -> 30; CLIP's 77 -> 75), PROMPT_TOKENS for tokenizers without a length of their own."""
+def window_tokens(encoders: Sequence[tuple[str, Any, Any]]) -> int:
+    """How many tokens one prompt window of this model holds: its tokenizers' length less start and end (the
+    demo world's 32 -> 30; CLIP's 77 -> 75), WINDOW_TOKENS for tokenizers without a length of their own."""
     lengths = [getattr(tok, "model_max_length", None) for _key, tok, _te in encoders]
     known = [int(n) - 2 for n in lengths if isinstance(n, int) and 2 < n <= 100_000]
-    return min(known, default=PROMPT_TOKENS)
+    return min(known, default=WINDOW_TOKENS)
 
 
 def _norms(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]], report: Diagnosis) -> dict:

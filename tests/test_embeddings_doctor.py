@@ -108,7 +108,7 @@ def test_a_file_with_more_vectors_than_the_models_prompt_holds_does_not_fit(tmp_
     report = diagnose(path, pipeline_encoders(pipe))
     assert report.fit == "no"
     assert report.lines[-1].startswith(
-        "does not fit: its 15 vectors exceed the 14 tokens a prompt of this model"
+        "does not fit: its 15 vectors exceed the 14 tokens one prompt window of this model holds"
     )
     assert not any("exceed" in w for w in report.warnings)  # said once, in the verdict
     fits = save_canonical(Embedding("ok", {"emb_params": torch.randn(14, 32)}), tmp_path / "ok.safetensors")
@@ -123,7 +123,7 @@ def test_the_doctor_cli_reads_the_demo_models_prompt_length(tmp_path, capsys):
     )
     code, out, _ = run(capsys, "doctor", path, "--model", "demo")
     assert code == 1  # the demo world reads 32 tokens: 30 between start and end
-    assert "does not fit: its 31 vectors exceed the 30 tokens a prompt of this model holds" in out
+    assert "does not fit: its 31 vectors exceed the 30 tokens one prompt window of this model holds" in out
     assert "fits this model" not in out
 
 

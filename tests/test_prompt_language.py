@@ -177,6 +177,8 @@ def test_a_prompt_whose_windows_would_cut_an_embedding_apart_is_refused(model, s
     store.put(Embedding("twelve", {"emb_params": torch.randn(12, 32)}))
     with pytest.raises(PromptError, match="cut <twelve> across two windows: nothing before it"):
         encode(encoder, "<cat><cat><twelve> square", store)  # no word end before the 14th token
+    with pytest.raises(PromptError, match=r"cut <0\.5\*<long> \+ 0\.5\*red> across two windows"):
+        encode(encoder, "a <0.5*<long> + 0.5*red> circle", store)  # a blend is named as the prompt wrote it
 
 
 def test_the_shorter_of_prompt_and_negative_prompt_gets_empty_windows(model):

@@ -85,6 +85,7 @@ class PromptEncoder:
         self._aliases: dict[str, str] = {}  # name -> the token name it is installed under ("ts0")
         self._written: dict[str, str] = {}  # a name as a prompt wrote it -> the stored name (case may differ)
         self._cache: dict[tuple, Conditioning] = {}
+        self._blend_text: dict[str, str] = {}  # an inline blend's internal name -> its expression
         # One Compel per encoder (compel's own multi-encoder mode is deprecated); SDXL concatenates the
         # penultimate hidden states of both and takes the pooled embedding from the second, as diffusers does.
         kind = (
@@ -114,6 +115,7 @@ class PromptEncoder:
             used.append(emb)
         for blend in blends(nodes):
             self._ensure(self.materialize(blend))
+            self._blend_text[blend.name] = blend.expression  # how errors name it: as the prompt wrote it
         return used
 
     def materialize(self, blend: Blend) -> Embedding:
@@ -219,7 +221,8 @@ class PromptEncoder:
                 else "nothing before it in the window is a word end to split at: put a word or a comma "
                 "between it and what it follows, or shorten the prompt"
             )
-            raise PromptError(f"{what} would cut <{name}> across two windows: {how}")
+            shown = self._blend_text.get(name, f"<{name}>")
+            raise PromptError(f"{what} would cut {shown} across two windows: {how}")
 
     def _check_windows(self, parts: list[torch.Tensor], nodes: tuple[Node, ...], what: str) -> None:
         """SDXL's two encoders must split a long prompt into the same windows (their hidden states are
