@@ -13,6 +13,18 @@ class StoreError(TokensmithError):
     """A store operation was refused (bad name, name taken, not found)."""
 
 
+class StrayNameError(StoreError):
+    """A file in the store under a name the rules refuse (copied in by hand: 'EasyNegative (1)'). The message
+    gives the CLI's ways out; `name` (the file's stem), `reason` (why the name is refused) and `valid_name`
+    (what a rename would call it) let another door, the studio, word its own."""
+
+    def __init__(self, message: str, *, name: str, reason: str, valid_name: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.reason = reason
+        self.valid_name = valid_name
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line
     errors that wrap a library's multi-line one."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from embeddings.canonical import is_canonical_layout, load_canonical, load_safetensors, read_header
@@ -232,3 +233,42 @@ def _claims_sdxl_with_one_key(path: Path) -> bool:
     keys = [k for k in header if k != "__metadata__"]
     meta = header.get("__metadata__") or {}
     return not is_canonical_layout(keys) and meta.get("family") == "sdxl"
+
+
+# --- several files in one import (the CLI's arguments, the studio's uploads) ---
+def distinct_sources(found: Sequence[tuple[Path, Embedding]]) -> list[tuple[Path, Embedding]]:
+    """`found` (file, embedding) without repeats: the same file reached twice (given twice, or in a folder
+    also given), or two files holding the same embedding under the same name (a copy). The first of each
+    is kept."""
+    seen: set = set()
+    out = []
+    for source, emb in found:
+        keys = {("file", Path(source).resolve()), ("embedding", emb.name, emb.sha256)}
+        if keys & seen:
+            continue
+        seen |= keys
+        out.append((source, emb))
+    return out
+
+
+def name_clashes(found: Sequence[tuple[Path | str, Embedding]]) -> list[str]:
+    """One sentence per name that several of `found`'s embeddings hold, naming their files, in the order
+    met: what an import refuses before it stores any (the caller adds its own way out). Letter case aside:
+    <Cat> and <cat> are one token in a prompt.
+
+    '2 files hold an embedding named <Cat> / <cat> (letter case aside, one token in a prompt): Cat.pt
+    (<Cat>), cat.safetensors (<cat>)'; one spelling: '... named <cat> (...): a/cat.pt, b/cat.pt'."""
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for source, emb in found:
+        by_name.setdefault(emb.name.lower(), []).append((str(source), emb.name))
+    clashes = []
+    for held in by_name.values():
+        if len(held) < 2:
+            continue
+        spellings = list(dict.fromkeys(name for _, name in held))
+        files = [f"{source} (<{name}>)" if len(spellings) > 1 else source for source, name in held]
+        clashes.append(
+            f"{len(held)} files hold an embedding named {' / '.join(f'<{n}>' for n in spellings)} (letter "
+            f"case aside, one token in a prompt): {', '.join(files)}"
+        )
+    return clashes

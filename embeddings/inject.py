@@ -94,6 +94,32 @@ def vectors_for_encoders(
     return out
 
 
+def fitting_halves(
+    emb: Embedding, encoders: Encoders, *, model_family: str | None = None
+) -> tuple[list[tuple[tuple[str, Any, Any], torch.Tensor]], str | None]:
+    """Each encoder worth inspecting `emb` in, with its (n, width) vectors, and a note when `emb` fits these
+    encoders only partly (None when it fits): an SD 1.x embedding on SDXL shows its clip_l half (clip_g would
+    get zero vectors, which have no neighbours), an SDXL one on SD 1.x its clip_l half. InstallError when no
+    part of it fits. What `tokensmith nearest` and the studio's Inspect page show."""
+    try:
+        per_encoder = vectors_for_encoders(emb, encoders, model_family=model_family)
+        return list(zip(encoders, per_encoder, strict=True)), None
+    except InstallError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
+        per_encoder = vectors_for_encoders(emb, encoders, partial=True, model_family=model_family)
+    pairs = list(zip(encoders, per_encoder, strict=True))
+    left_out = [encoder[0] for encoder, vectors in pairs if not vectors.any()]
+    shown = [(encoder, vectors) for encoder, vectors in pairs if vectors.any()]
+    partly, how = f"<{emb.name}> fits this model only partly", "(that is how --partial installs it)"
+    if left_out:
+        return shown, f"{partly}: {', '.join(left_out)} would get zero vectors, so it is not shown {how}"
+    keys = [key for key, _tok, _te in encoders]
+    unused = [key for key in emb.vectors if key not in keys and key != "clip_l"]
+    return shown, (
+        f"{partly}: only its clip_l half is used and shown {how}; this model has no encoder for "
+        f"{', '.join(unused) or 'the rest'}"
+    )
+
+
 # --- install / uninstall ---
 def install(
     emb: Embedding,

@@ -138,6 +138,17 @@ def blend(
     return Embedding(name, vectors, meta)
 
 
+def labelled_with_vocabulary(
+    result: Embedding, parts: Sequence[tuple[Embedding, float]], *, base_model: str, family: str
+) -> Embedding:
+    """The blend `result` of `parts` labelled with the model whose vocabulary gave its word operands their
+    vectors (its `base_model` and `family`) when any operand is a word: a blend of the demo world's words is
+    'demo', not the 'w64' its width alone would say. A blend of stored embeddings only keeps their labels."""
+    if not any(emb.meta.get("operand") == WORD_KIND for emb, _ in parts):
+        return result
+    return result.with_meta(base_model=base_model, family=family)
+
+
 def _lineage_meta(
     parts: Sequence[tuple[Embedding, float]], method: str, keep_norm: bool, num_vectors: int | None
 ) -> dict[str, str]:

@@ -8,7 +8,7 @@ import re
 import shlex
 import unicodedata
 
-from embeddings.errors import StoreError
+from embeddings.errors import StoreError, StrayNameError
 
 NAME_RULE = "1-64 characters from letters, digits, '_', '-' and '.', starting with a letter or digit"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -55,23 +55,30 @@ def _ascii_letters(text: str) -> str:
 
 def is_valid_name(name: str) -> bool:
     """Whether `validate_name` accepts `name`."""
-    try:
-        validate_name(name)
-    except StoreError:
-        return False
-    return True
+    return name_refusal(name) is None
 
 
-def stray_name_text(name: str) -> str:
-    """Why a file copied into the store under `name` is not an embedding name, and the command that gives it
-    one: "invalid embedding name 'EasyNegative (1)': ...; `tokensmith rename 'EasyNegative (1)'
-    EasyNegative-1` gives it a valid name (or `tokensmith rm` moves it to the trash)"."""
+def name_refusal(name: str) -> str | None:
+    """Why `validate_name` refuses `name`, without its advice to choose another (a rename suggestion follows
+    it where the name is a file's), or None for a valid name."""
     try:
         validate_name(name)
-        reason = f"'{name}' is a valid name"
     except StoreError as exc:
-        reason = str(exc).split("; choose another name")[0]
-    return (
-        f"{reason}; `tokensmith rename {shlex.quote(name)} {safe_name(name)}` gives it a valid name (or "
-        f"`tokensmith rm {shlex.quote(name)}` moves it to the trash)"
+        return str(exc).split("; choose another name")[0]
+    return None
+
+
+def stray_name_error(name: str) -> StrayNameError:
+    """The error for a file copied into the store under `name`, which is not an embedding name: why, and the
+    commands that give it one or trash it: "invalid embedding name 'EasyNegative (1)': ...; `tokensmith
+    rename 'EasyNegative (1)' EasyNegative-1` gives it a valid name (or `tokensmith rm ...` moves it to the
+    trash)". The facts travel as attributes too, for a door without a shell (see StrayNameError)."""
+    reason = name_refusal(name) or f"'{name}' is a valid name"
+    valid = safe_name(name)
+    return StrayNameError(
+        f"{reason}; `tokensmith rename {shlex.quote(name)} {valid}` gives it a valid name (or "
+        f"`tokensmith rm {shlex.quote(name)}` moves it to the trash)",
+        name=name,
+        reason=reason,
+        valid_name=valid,
     )

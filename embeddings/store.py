@@ -43,7 +43,7 @@ except ImportError:  # Windows: no flock; its filesystems are case-insensitive: 
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
 from embeddings.files import atomic_write, atomic_write_bytes, remove_stale_temps
-from embeddings.names import is_valid_name, stray_name_text, validate_name
+from embeddings.names import is_valid_name, stray_name_error, validate_name
 from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class Store:
         if stray is not None:
             if stray_ok:
                 return stray
-            raise StoreError(stray_name_text(name))
+            raise stray_name_error(name)
         path = self.path(name)
         if not path.is_file():
             self._check_folder()
@@ -339,7 +339,7 @@ class Store:
             name = file_name[: -len(SUFFIX)]
             try:
                 if not is_valid_name(name):
-                    raise StoreError(stray_name_text(name))
+                    raise stray_name_error(name)
                 entries.append(self._entry(name, self.root / file_name, files))
             except (EmbeddingFormatError, StoreError, OSError) as exc:
                 if problems is not None:

@@ -34,13 +34,13 @@ def register(subparsers, common) -> None:
 
 def run_import(args) -> int:
     from embeddings import StoreError, validate_name
-    from embeddings.importing import import_sources, lone_pair_half
+    from embeddings.importing import distinct_sources, import_sources, lone_pair_half, name_clashes
 
     store = store_of(args)
     found, skipped = [], []  # found: (the file it came from, embedding)
     for path in args.paths:
         found.extend(import_sources(Path(path), skipped=skipped))
-    found = _distinct(found)  # `cat.pt ./cat.pt`, or a folder and a file in it: one embedding, stored once
+    found = distinct_sources(found)  # `cat.pt ./cat.pt`, or a folder and a file in it: stored once
     for path, reason in skipped:
         reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
@@ -56,7 +56,9 @@ def run_import(args) -> int:
     else:
         _say_renamed(found)
     names = [emb.name for _, emb in found]
-    _refuse_clashes(found)
+    clashes = name_clashes(found)
+    if clashes:
+        raise StoreError(f"{'; '.join(clashes)}; import them one by one with --name, or leave one out")
     # Checked for every file before storing any. Without --force, an embedding already stored with identical
     # vectors is not an error and is not stored again, so running an import that stopped halfway again
     # finishes it; --force replaces it (its header may differ: a family label, the provenance). One look per
@@ -73,38 +75,6 @@ def run_import(args) -> int:
     results = _store_each(store, found, same, overwrite=args.force, as_json=args.json)
     _print_imported(results, as_json=args.json)
     return 0
-
-
-def _distinct(found: list[tuple]) -> list[tuple]:
-    """`found` without repeats: the same file reached twice (given twice, or in a folder also given), or two
-    files holding the same embedding under the same name (a copy). The first of each is kept."""
-    seen: set = set()
-    out = []
-    for source, emb in found:
-        keys = {("file", Path(source).resolve()), ("embedding", emb.name, emb.sha256)}
-        if keys & seen:
-            continue
-        seen |= keys
-        out.append((source, emb))
-    return out
-
-
-def _refuse_clashes(found: list[tuple]) -> None:
-    """StoreError naming the files behind the first name that several embeddings share (letter case aside:
-    <Cat> and <cat> are one token in a prompt), before anything is stored."""
-    from embeddings import StoreError
-
-    by_name: dict[str, list[str]] = {}
-    for source, emb in found:
-        by_name.setdefault(emb.name.lower(), []).append(f"{source} ({emb.name})")
-    clashes = sorted((name, files) for name, files in by_name.items() if len(files) > 1)
-    if clashes:
-        name, files = clashes[0]
-        more = f"; {len(clashes) - 1} more name(s) clash too" if len(clashes) > 1 else ""
-        raise StoreError(
-            f"several files hold an embedding named {name!r} (letter case aside): {', '.join(files)}{more}; "
-            "import them one by one with --name, or leave one out"
-        )
 
 
 def _taken_error(store, name: str):

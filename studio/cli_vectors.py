@@ -87,7 +87,7 @@ def register(subparsers, common) -> None:
 def run_blend(args) -> int:
     from embeddings import StoreError, validate_name, vectors_for_encoders
     from embeddings.blend_expr import parse_blend
-    from embeddings.maths import blend, word_operand
+    from embeddings.maths import blend, labelled_with_vocabulary, word_operand
 
     store = store_of(args)
     validate_name(args.name)
@@ -111,8 +111,7 @@ def run_blend(args) -> int:
         vectors_for_encoders(
             result, model.encoders, model_family=model.family
         )  # a clear error now if the result does not fit --model
-        if spec.needs_model:
-            result = result.with_meta(base_model=model.source, family=model.family)
+        result = labelled_with_vocabulary(result, parts, base_model=model.source, family=model.family)
     store.put(result, overwrite=args.force)
     print(args.name)
     return 0
@@ -148,23 +147,17 @@ def check_word_operands(spec, expr: str, tokenizer) -> None:
 
 
 def run_nearest(args) -> int:
-    from embeddings import token_names, vectors_for_encoders
+    from embeddings import token_names
+    from embeddings.inject import fitting_halves
     from embeddings.maths import nearest_tokens, norm_report
 
     store = store_of(args)
     emb = store.get(store.resolve(args.name))
     check_model_options(args.model, args.model_config, "nearest")
     model = load_model_noting(args.model, args.model_config)
-    try:
-        per_encoder, partial = vectors_for_encoders(emb, model.encoders, model_family=model.family), False
-    except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
-        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True, model_family=model.family)
-        partial = True
-    result, left_out = {}, []
-    for (key, tok, te), vectors in zip(model.encoders, per_encoder, strict=True):
-        if partial and not vectors.any():
-            left_out.append(key)  # the zero half of a partial install has no neighbours worth showing
-            continue
+    shown, note = fitting_halves(emb, model.encoders, model_family=model.family)
+    result = {}
+    for (key, tok, te), vectors in shown:
         rows = nearest_tokens(vectors, tok, te, k=args.k)
         result[key] = {
             "neighbours": [[vars(n) for n in row] for row in rows],
@@ -181,28 +174,15 @@ def run_nearest(args) -> int:
             near = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
             near = near or "(a zero vector: no direction)"
             print(f"  {token} (norm {norm:.3g}): {near}")
-    if partial:
-        print(_partial_note(emb, left_out, [key for key, _tok, _te in model.encoders]))
+    if note:
+        print(f"note: {note}")
     return 0
-
-
-def _partial_note(emb, left_out: list[str], model_keys: list[str]) -> str:
-    """Why a partial fit's nearest tokens cover one encoder only."""
-    if left_out:
-        return (
-            f"note: '{emb.name}' fits this model only partly (generate --partial): {', '.join(left_out)} "
-            "would get zero vectors, so it is not shown"
-        )
-    unused = [key for key in emb.vectors if key not in model_keys and key != "clip_l"]
-    return (
-        f"note: '{emb.name}' fits this model only partly (generate --partial): only its clip_l half is "
-        f"used and shown; this model has no encoder for {', '.join(unused) or 'the rest'}"
-    )
 
 
 def run_doctor(args) -> int:
     from embeddings import Store
     from embeddings.doctor import diagnose, diagnose_each
+    from embeddings.formats.diffusers import pair_of
 
     path = Path(args.path)
     if not path.exists():
@@ -214,12 +194,15 @@ def run_doctor(args) -> int:
     check_model_options(args.model, args.model_config, "doctor")
     model = load_model_noting(args.model, args.model_config) if args.model else None
     encoders, family = (model.encoders, model.family) if model else (None, None)
-    if path.is_dir():  # every embedding in the folder and its subfolders (one for a diffusers SDXL pair)
+    # a folder: every embedding in it and its subfolders, a JSON list however many (a diffusers SDXL pair's
+    # own folder is one embedding, reported as a file is)
+    folder = path.is_dir() and pair_of(path) is None
+    if path.is_dir():
         reports = diagnose_each(path, encoders, model_family=family)
     else:
         reports = [diagnose(path, encoders, model_family=family)]
     if args.json:
-        print_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
+        print_json([r.to_json() for r in reports] if folder else reports[0].to_json())
     else:
         for i, report in enumerate(reports):
             if len(reports) > 1:

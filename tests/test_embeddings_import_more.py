@@ -145,8 +145,8 @@ def test_different_files_holding_one_name_are_refused_naming_the_files(tmp_path,
     first = write(tmp_path / "a", "cat", seed=1)
     second = write(tmp_path / "b", "Cat", seed=2)
     code, _, err = run(capsys, "import", first, second)
-    assert code == EXIT_ERROR and "several files hold an embedding named 'cat'" in err
-    assert f"{first} (cat)" in err and f"{second} (Cat)" in err
+    assert code == EXIT_ERROR and "2 files hold an embedding named <cat> / <Cat>" in err
+    assert f"{first} (<cat>)" in err and f"{second} (<Cat>)" in err
     assert Store.for_home(tokensmith_home).names() == []
 
 
@@ -201,6 +201,8 @@ def test_the_doctor_reports_every_file_of_a_folder(tmp_path, capsys):
     assert code == EXIT_ERROR and [r["fit"] for r in json.loads(out)] == ["unknown", "unreadable", "unknown"]
     code, out, _ = run(capsys, "doctor", tmp_path / "f" / "sub")
     assert code == EXIT_OK and out.startswith("'dog'")  # one embedding: the report as for a file
+    code, out, _ = run(capsys, "doctor", tmp_path / "f" / "sub", "--json")
+    assert code == EXIT_OK and [r["fit"] for r in json.loads(out)] == ["unknown"]  # a folder: a list, always
 
 
 # --- 1-D vectors (polish 9) ---

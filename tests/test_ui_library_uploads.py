@@ -9,7 +9,7 @@ from apppage import open_page
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
 
-from embeddings import Embedding, Store
+from embeddings import Embedding, Store, StoreError
 from embeddings.exporting import export
 from studio.app import cards, context
 
@@ -91,7 +91,7 @@ def test_names_that_differ_only_in_letter_case_clash_too():
     found = [("Cat.pt", emb("Cat")), ("cat.safetensors", emb("cat", seed=1)), ("dog.pt", emb("dog"))]
     [clash] = cards.name_clashes(found)
     assert clash.startswith("2 files hold an embedding named <Cat> / <cat> (letter case aside")
-    assert "Cat.pt, cat.safetensors" in clash
+    assert "Cat.pt (<Cat>), cat.safetensors (<cat>). Nothing was imported" in clash
 
 
 def test_a_preview_png_and_a_dotfile_picked_by_hand_are_imported(tokensmith_home, tmp_path):
@@ -251,3 +251,31 @@ def test_studio_text_reads_python_reprs_and_cli_advice_as_words():
         "x.safetensors: keys ['<cat>'] are not the canonical layout (emb_params, or clip_l + clip_g); use "
         "`tokensmith import` to convert other layouts"
     )
+
+
+def test_text_a_message_quotes_is_not_rewritten():
+    """A prompt quoted in an error stays as written, so its "character 25" still points into it."""
+    from studio.generation.prompt import PromptError, parse
+
+    with pytest.raises(PromptError) as raised:
+        parse("a ['red', 'blue'] ball ((")
+    assert "\"a ['red', 'blue'] ball (\"" in str(raised.value)
+    assert context.error_text(raised.value) == str(raised.value)
+    assert context.studio_text("has ['red', 'blue'] and {'a': 1}") == "has ['red', 'blue'] and {'a': 1}"
+
+
+def test_a_file_stored_under_a_name_with_an_apostrophe_gets_the_librarys_ways_out(store):
+    """shlex quotes "Bob's cat" as 'Bob'"'"'s cat': the studio's words come from the error's facts, not from
+    reading its shell command back."""
+    shutil.copy(store.path("cat"), store.root / "Bob's cat.safetensors")
+    with pytest.raises(StoreError) as raised:
+        store.get("Bob's cat")
+    text = context.error_text(raised.value)
+    assert text.endswith("; the Library can rename it to <Bob-s-cat> or move it to the trash")
+    assert text.startswith('invalid embedding name "Bob\'s cat"') and "tokensmith" not in text
+    at = open_library()
+    [warning] = at.warning
+    assert "the Library can rename it to <Bob-s-cat> or move it to the trash" in warning.value
+    assert "tokensmith" not in warning.value
+    at.button(key="lib_rename_stray_Bob's cat").click().run()
+    assert not at.error and not at.warning and store.names() == ["Bob-s-cat", "cat", "dog"]

@@ -74,10 +74,17 @@ def restore_model(model, originals: dict) -> None:
             text_encoder.set_attn_implementation(attention)
 
 
+def init_embedding_name(init: str) -> str | None:
+    """The stored embedding an init text names, written `<name>` (spaces around it aside), else None (a word
+    or phrase): ' <cat> ' -> 'cat', 'cat' -> None. Its form is checked with the config."""
+    init = init.strip()
+    return init[1:-1] if init.startswith("<") and init.endswith(">") else None
+
+
 def stored_init(cfg, spec: FamilySpec, store):
     """The stored embedding the run starts from when the init is written `<name>`, else None."""
-    init = (cfg.init or spec.default_init).strip()  # its form is checked with the config
-    return store.get(init[1:-1]) if init.startswith("<") and init.endswith(">") else None
+    name = init_embedding_name(cfg.init or spec.default_init)
+    return None if name is None else store.get(name)
 
 
 def init_vectors(cfg, spec: FamilySpec, key: str, tokenizer, text_encoder, stored) -> torch.Tensor:
@@ -106,11 +113,11 @@ def check_init_fits(cfg, store) -> None:
     is checked once it has loaded)."""
     from trainers.models import planned_encoder_keys, planned_encoder_widths
 
-    init = (cfg.init or "").strip()
-    if not (init.startswith("<") and init.endswith(">")):
+    name = init_embedding_name(cfg.init or "")
+    if name is None:
         return
     keys = planned_encoder_keys(cfg.model, cfg.model_config or None)
-    stored = store.get(init[1:-1])
+    stored = store.get(name)
     missing = [key for key in keys or () if key not in stored.vectors]
     if missing:
         raise TokensmithError(init_misfit(stored, missing[0]))

@@ -103,9 +103,11 @@ def _shown(key: str, value, cfg: TrainConfig) -> str:
     'red circle')"), not a bare ''."""
     if key not in LEFT_TO_THE_FAMILY or value != LEFT_TO_THE_FAMILY[key] or isinstance(value, bool):
         return repr(value)
-    if key == "vectors" and cfg.init.strip().startswith("<"):
-        return f"{value!r} (the init embedding's own count)"
     from trainers.families import planned_defaults
+    from trainers.modelprep import init_embedding_name
+
+    if key == "vectors" and init_embedding_name(cfg.init) is not None:
+        return f"{value!r} (the init embedding's own count)"
 
     spec = planned_defaults(cfg.model)
     defaults = {"init": spec.default_init, "vectors": spec.default_vectors}

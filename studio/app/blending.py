@@ -58,14 +58,13 @@ def make_blend(
     """The core's blend (lerp or slerp, optional norm keeping), with its lineage in the metadata.
 
     A blend with a word operand is labelled with the `model` (a LoadedModel) whose vocabulary gave the word
-    its vectors, its family and base_model, as `tokensmith blend` labels it: a blend of the demo world's
-    words is 'demo', not the 'w64' its width alone would say."""
-    from embeddings.maths import WORD_KIND, blend
+    its vectors, as `tokensmith blend` labels it (the core's `labelled_with_vocabulary`)."""
+    from embeddings.maths import blend, labelled_with_vocabulary
 
     result = blend(parts, name, method=method, keep_norm=keep_norm)
-    if model is not None and any(emb.meta.get("operand") == WORD_KIND for emb, _ in parts):
-        result = result.with_meta(base_model=model.source, family=model.family)
-    return result
+    if model is None:
+        return result
+    return labelled_with_vocabulary(result, parts, base_model=model.source, family=model.family)
 
 
 def weight_rows(weights: list[float], sweep: bool) -> list[list[float]]:

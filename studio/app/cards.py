@@ -143,10 +143,12 @@ def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:
     reads it, so two uploads of one name (every diffusers download is `learned_embeds.safetensors`) never
     replace each other, and a `*.preview.png` or `.hidden.pt` picked by hand is read. The two halves of a
     diffusers SDXL pair uploaded together still make one embedding. Messages name the uploads, never the
-    temporary folder they are read from; an embedding uploaded twice is kept once."""
-    from embeddings.importing import lone_pair_half
+    temporary folder they are read from; an embedding uploaded twice is kept once (`import`'s rule)."""
+    from embeddings.importing import distinct_sources, lone_pair_half
 
     out = Uploads()
+    found: list[tuple[Path, Any]] = []  # (the temporary file or pair folder, embedding)
+    uploaded: dict[Path, str] = {}  # temporary path -> the upload(s) it holds
     with tempfile.TemporaryDirectory(prefix="tokensmith-import-") as tmp:
         for i, group in enumerate(_upload_groups(files)):
             folder = Path(tmp) / str(i)  # one folder per upload (or pair): equal names cannot clash
@@ -156,28 +158,19 @@ def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:
                 path.write_bytes(data)
             if len(group) > 1:
                 shown[folder] = " + ".join(shown.values())
-            _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
+            found += _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
+            uploaded |= shown
             for path, name in shown.items():
                 if note := lone_pair_half(path):
                     out.warnings.append(f"{name}: {_without_paths(note, shown)}")
-    out.found = _distinct(out.found)
+        distinct = distinct_sources(found)  # resolves the paths: inside the folder's lifetime
+    out.found = [(uploaded.get(source, source.name), emb) for source, emb in distinct]
     return out
 
 
 def _file_name(name: str) -> str:
     """The upload's own file name (a browser sends no folders; a name that is only folders gets one)."""
     return Path(name).name or "upload"
-
-
-def _distinct(found: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """`found` without repeats of an embedding (the same name and vectors): a file uploaded twice."""
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for source, emb in found:
-        if (emb.name, emb.sha256) not in seen:
-            seen.add((emb.name, emb.sha256))
-            out.append((source, emb))
-    return out
 
 
 def _upload_groups(files: Sequence[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
@@ -195,8 +188,9 @@ def _upload_groups(files: Sequence[tuple[str, bytes]]) -> list[list[tuple[str, b
     return groups + [[file] for i, file in enumerate(files) if i not in paired]
 
 
-def _read_group(path: Path, shown: dict[Path, str], out: Uploads) -> None:
-    """Import `path` (one uploaded file, or the folder of an uploaded pair) into `out`."""
+def _read_group(path: Path, shown: dict[Path, str], out: Uploads) -> list[tuple[Path, Any]]:
+    """The (source, embedding) pairs of `path` (one uploaded file, or the folder of an uploaded pair); what
+    it does not hold goes into `out.problems`, naming the upload."""
     from embeddings.errors import TokensmithError
     from embeddings.importing import import_sources
 
@@ -205,13 +199,13 @@ def _read_group(path: Path, shown: dict[Path, str], out: Uploads) -> None:
         sources = import_sources(path, skipped=skipped)
     except (TokensmithError, ValueError, OSError) as exc:  # a single file raises what a folder skips
         sources, skipped = [], [(path, str(exc))]
-    for source, emb in sources:
-        if source == path and path.is_dir():  # the pair's embedding: its uploads, not the temporary folder
-            emb = emb.with_meta(source_file=shown[path])
-        out.found.append((shown.get(source, source.name), emb))
     for source, reason in skipped:
         name = shown.get(source, source.name)
         out.problems.append(f"{name}: {_without_paths(reason, shown).removeprefix(f'{name}: ')}")
+    return [  # the pair's embedding names its uploads, not the temporary folder
+        (source, emb.with_meta(source_file=shown[path]) if source == path and path.is_dir() else emb)
+        for source, emb in sources
+    ]
 
 
 def _without_paths(text: str, shown: dict[Path, str]) -> str:
@@ -222,18 +216,11 @@ def _without_paths(text: str, shown: dict[Path, str]) -> str:
 
 
 def name_clashes(found: Sequence[tuple[str, Any]]) -> list[str]:
-    """One message per name that several uploads hold (letter case aside: `<Cat>` and `<cat>` are one token
-    in a prompt), naming the files: the rule of `tokensmith import`, which then stores none of them."""
-    by_name: dict[str, list[tuple[str, str]]] = {}
-    for source, emb in found:
-        by_name.setdefault(emb.name.lower(), []).append((source, emb.name))
-    clashes = []
-    for held in by_name.values():
-        if len(held) > 1:
-            names = " / ".join(f"<{n}>" for n in dict.fromkeys(name for _, name in held))
-            clashes.append(
-                f"{len(held)} files hold an embedding named {names} (letter case aside, one token in a "
-                f"prompt): {', '.join(source for source, _ in held)}. Nothing was imported: import one of "
-                "them, rename it in the Library, then import the next"
-            )
-    return clashes
+    """One message per name that several uploads hold, naming the files (the core's `name_clashes`, the
+    rule of `tokensmith import`, which then stores none of them), with the studio's way out."""
+    from embeddings.importing import name_clashes as clashes_of
+
+    return [
+        f"{clash}. Nothing was imported: import one of them, rename it in the Library, then import the next"
+        for clash in clashes_of(found)
+    ]

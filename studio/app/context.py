@@ -7,7 +7,7 @@ and browser reloads. The model spec and the job id also live in `st.query_params
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,8 @@ STUDIO_WORDS = {
     "`tokensmith list`": "the Library page",
     "use `tokensmith import` to convert": "import the file on the Library page to convert",
 }
-# The same for advice that names its subject, as (pattern, replacement) for re.sub; a Python repr of a list
-# or dict of names ("keys ['clip_g', 'clip_l']", "widths {'emb_params': 768}") is read out as plain words.
-STUDIO_PATTERNS: tuple[tuple[str, str | Callable[[re.Match], str]], ...] = (
+# The same for advice that names its subject, as (pattern, replacement) for re.sub.
+STUDIO_PATTERNS: tuple[tuple[str, str], ...] = (
     # the case-twin hint renames the *other* embedding, which is not what a rename or restore here wants
     (r" \(or `tokensmith rename [^`]*`\)", ""),
     (
@@ -42,17 +41,14 @@ STUDIO_PATTERNS: tuple[tuple[str, str | Callable[[re.Match], str]], ...] = (
         r"rename or delete the stored <\g<name>> first (open it in the Library)",
     ),
     (r"put it beside (?P<partner>.+?) and import their folder", r"upload it together with \g<partner>"),
-    (  # a file copied into the store under a name the rules refuse: the Library offers both ways out
-        r"`tokensmith rename (?:'[^']*'|[^`\s]+) (?P<new>[^`\s]+)` gives it a valid name \(or `tokensmith rm "
-        r"(?:'[^']*'|[^`\s]+)` moves it to the trash\)",
-        r"the Library can rename it to <\g<new>> or move it to the trash",
-    ),
-    (r"\[('[^'\[\]]*'(?:, '[^'\[\]]*')*)\]", lambda m: m.group(1).replace("'", "")),
-    (
-        r"\{('[\w.-]+': [\d.]+(?:, '[\w.-]+': [\d.]+)*)\}",
-        lambda m: m.group(1).replace("'", "").replace(":", ""),
-    ),
 )
+# A Python repr of the names a core message lists, read out as plain words: "keys ['clip_g', 'clip_l']" ->
+# "keys clip_g, clip_l", "widths {'emb_params': 768}" -> "widths emb_params 768". Only after the words that
+# introduce such a list, so text a message quotes (a prompt's "a ['red', 'blue'] ball") stays as written.
+REPR_LIST = re.compile(r"\b(?P<words>keys|encoders) \[(?P<items>'[^'\[\]]*'(?:, '[^'\[\]]*')*)\]")
+REPR_DICT = re.compile(r"\b(?P<words>widths) \{(?P<items>'[\w.-]+': [\d.]+(?:, '[\w.-]+': [\d.]+)*)\}")
+# The core's advice names generate's flag; on the other pages the studio's control for it is on Generate.
+GENERATE_FIELDS = {"--partial": "the Partial fit box on the Generate page"}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -72,7 +68,11 @@ def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -
     "raise --steps" reads "raise Steps"); flags not in it stay as they are."""
     from PIL import Image
 
-    if isinstance(exc, KeyError) and exc.args:
+    from embeddings.errors import StrayNameError
+
+    if isinstance(exc, StrayNameError):  # its advice is shell commands: the Library's buttons instead
+        text = stray_text(exc.reason, exc.valid_name)
+    elif isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])
     elif isinstance(exc, Image.DecompressionBombError):  # PIL's own words end in "DOS attack"
         text = f"the image is too large to open safely ({str(exc).split(', could be')[0]}): downscale it"
@@ -83,7 +83,8 @@ def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -
 
 def studio_text(text: str, *, fields: Mapping[str, str] | None = None) -> str:
     """A core message (an error, a doctor's verdict, an import warning) in the studio's words: what a page
-    offers where the CLI names a command, plain words for Python reprs, and `fields` as in `error_text`.
+    offers where the CLI names a command, plain words for the reprs of key and width lists, and `fields`
+    as in `error_text`.
 
     "choose another name (or `tokensmith rename dog Dog`)" -> "choose another name";
     "keys ['clip_g', 'clip_l']" -> "keys clip_g, clip_l"."""
@@ -91,9 +92,32 @@ def studio_text(text: str, *, fields: Mapping[str, str] | None = None) -> str:
         text = text.replace(cli, studio)
     for pattern, replacement in STUDIO_PATTERNS:
         text = re.sub(pattern, replacement, text)
+    text = REPR_LIST.sub(lambda m: f"{m['words']} {_unquoted(m['items'])}", text)
+    text = REPR_DICT.sub(lambda m: f"{m['words']} {_unquoted(m['items']).replace(':', '')}", text)
     for flag, label in (fields or {}).items():
         text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", label, text)
     return text
+
+
+def _unquoted(items: str) -> str:
+    return items.replace("'", "")
+
+
+def stray_text(reason: str, valid_name: str) -> str:
+    """Why a file copied into the store is not an embedding name, and the Library's ways out (where the
+    core's StrayNameError names shell commands)."""
+    return f"{reason}; the Library can rename it to <{valid_name}> or move it to the trash"
+
+
+def problem_text(path: Path, reason: str) -> str:
+    """Why `Store.list` skipped the stored file `path`, in the studio's words: a file copied in under a name
+    the rules refuse (the store says so before reading it) gets the Library's ways out."""
+    from embeddings.names import name_refusal, safe_name
+
+    refusal = name_refusal(path.stem)
+    if refusal is not None:
+        return stray_text(refusal, safe_name(path.stem))
+    return studio_text(reason)
 
 
 # --- home and model ---

@@ -20,16 +20,15 @@ def pick_ui(names: list[str]) -> str:
 
 
 ZERO_VECTOR = "(a zero vector: no direction)"
-# The core's advice names generate's flag; the studio's control for it is on the Generate page.
-FIELDS = {"--partial": "the Partial fit box on the Generate page"}
 
 
 def neighbours_ui(emb, model, k: int) -> None:
     """Per vector (and per encoder for SDXL): the k closest ordinary tokens by cosine. An embedding that fits
     this model only partly shows the half that fits, with a note, as `tokensmith nearest` does."""
+    from embeddings.inject import fitting_halves
     from embeddings.maths import nearest_tokens, norm_report
 
-    shown, note = fitting_halves(emb, model)
+    shown, note = fitting_halves(emb, model.encoders, model_family=model.family)
     for (key, tok, te), vectors in shown:
         st.markdown(f"**{key}** · {vectors.shape[0]} vector(s) · width {vectors.shape[1]}")
         st.dataframe(
@@ -47,35 +46,7 @@ def neighbours_ui(emb, model, k: int) -> None:
             x="vector", y="norm", height=180,
         )  # fmt: skip
     if note:
-        st.info(note)
-
-
-def fitting_halves(emb, model) -> tuple[list, str | None]:
-    """((key, tokenizer, text_encoder), (n, width) vectors) for each encoder worth showing, and a note when
-    `emb` fits `model` only partly: an SD 1.x embedding on SDXL shows its clip_l half (clip_g would get zero
-    vectors), an SDXL one on SD 1.x its clip_l half. InstallError when no part of it fits."""
-    from embeddings import vectors_for_encoders
-
-    try:
-        per_encoder = vectors_for_encoders(emb, model.encoders, model_family=model.family)
-        return list(zip(model.encoders, per_encoder, strict=True)), None
-    except ValueError:  # an SD 1.x embedding on SDXL (or the reverse): look at the half that fits
-        per_encoder = vectors_for_encoders(emb, model.encoders, partial=True, model_family=model.family)
-    pairs = list(zip(model.encoders, per_encoder, strict=True))
-    left_out = [encoder[0] for encoder, vectors in pairs if not vectors.any()]  # zeros have no neighbours
-    shown = [(encoder, vectors) for encoder, vectors in pairs if vectors.any()]
-    use = "the Partial fit box on the Generate page uses it so"
-    if left_out:
-        return shown, (
-            f"<{emb.name}> fits this model only partly: {', '.join(left_out)} would get zero vectors, so it "
-            f"is not shown ({use})"
-        )
-    keys = [key for key, _tok, _te in model.encoders]
-    unused = [key for key in emb.vectors if key not in keys and key != "clip_l"]
-    return shown, (
-        f"<{emb.name}> fits this model only partly: only its clip_l half is used and shown ({use}); this "
-        f"model has no encoder for {', '.join(unused) or 'the rest'}"
-    )
+        st.info(context.studio_text(note, fields=context.GENERATE_FIELDS))
 
 
 def neighbour_table(rows: list[list]) -> dict[str, list[str]]:
@@ -147,7 +118,7 @@ try:
     problems: list = []
     entries = store.list(problems=problems)  # headers only: a broken file is left out
     for path, reason in problems:
-        st.warning(cards.skipped_text(path, context.studio_text(reason)))
+        st.warning(cards.skipped_text(path, context.problem_text(path, reason)))
     if not entries:
         st.info("The library is empty: train or import an embedding first.")
     else:
@@ -164,7 +135,7 @@ try:
             try:
                 neighbours_ui(store.get(name), model, k)
             except context.user_errors() as exc:  # e.g. trained for another model: the map still shows
-                st.error(context.error_text(exc, fields=FIELDS))
+                st.error(context.error_text(exc, fields=context.GENERATE_FIELDS))
         st.subheader("Map of the library")
         map_ui(store, model.encoders, entries)
 except context.user_errors() as exc:

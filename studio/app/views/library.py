@@ -66,9 +66,10 @@ def details_ui(store, name: str) -> None:
 
 
 def unloadable_ui(store, entry, exc: BaseException) -> None:
-    """The details panel of a listed embedding that does not load (a corrupted file, a file copied in under a
-    name the store refuses): what is wrong, and the ways out, Move to the trash and Close; the rest of the
-    page (Doctor, Import, Trash) stays."""
+    """The details panel of a listed embedding that does not load (a corrupted file, or one changed or
+    removed since the listing; a file under a name the store refuses is never listed, `problems_ui` offers
+    its ways out): what is wrong, and the ways out, Move to the trash and Close; the rest of the page
+    (Doctor, Import, Trash) stays."""
     name = entry.name
     st.subheader(f"<{name}>")
     st.error(f"<{name}> cannot be opened: {context.error_text(exc)}")
@@ -79,7 +80,7 @@ def unloadable_ui(store, entry, exc: BaseException) -> None:
         except context.user_errors() as refused:
             st.error(
                 f"{context.error_text(refused)}. Move `{entry.path.name}` out of the library folder "
-                f"`{store.root}` by hand, or give it a valid name there, to clear it."
+                f"`{store.root}` by hand to clear it."
             )
         else:
             close_details()
@@ -211,7 +212,7 @@ def problems_ui(store, problems: list) -> None:
     Move to the trash, and for a file copied in under a name the store refuses, Rename to a valid one."""
     for path, reason in problems:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        c1.warning(cards.skipped_text(path, context.studio_text(reason)))
+        c1.warning(cards.skipped_text(path, context.problem_text(path, reason)))
         name = path.stem
         valid = valid_name_for(name)
         try:
@@ -229,14 +230,9 @@ def problems_ui(store, problems: list) -> None:
 
 def valid_name_for(stem: str) -> str | None:
     """A valid name for a stored file's `stem` ('EasyNegative (1)' -> 'EasyNegative-1'), None if it is one."""
-    from embeddings import StoreError, validate_name
-    from embeddings.names import safe_name
+    from embeddings.names import is_valid_name, safe_name
 
-    try:
-        validate_name(stem)
-    except StoreError:
-        return safe_name(stem)
-    return None
+    return None if is_valid_name(stem) else safe_name(stem)
 
 
 def trash_ui(store) -> None:
@@ -269,8 +265,6 @@ def restore(store, name: str) -> None:
     store.restore(name)
 
 
-# The doctor's advice names generate's flag; the studio's control for it is on the Generate page.
-DOCTOR_FIELDS = {"--partial": "the Partial fit box on the Generate page"}
 FIT_ICONS = {"fits": "✅", "partial": "🟡", "no": "❌", "unknown": "❔", "unreadable": "⚠️"}
 
 
@@ -286,12 +280,10 @@ def doctor_ui(entries: list) -> None:
     for entry in entries:
         report = diagnose(entry.path, model.encoders, model_family=model.family)
         icon = FIT_ICONS.get(report.fit, "")
-        verdict = " ".join(verdict_lines(report))
-        st.markdown(
-            f"{icon} **<{entry.name}>** — {report.fit}: {context.studio_text(verdict, fields=DOCTOR_FIELDS)}"
-        )
+        verdict = context.studio_text(" ".join(verdict_lines(report)), fields=context.GENERATE_FIELDS)
+        st.markdown(f"{icon} **<{entry.name}>** — {report.fit}: {verdict}")
         for warning in report.warnings:
-            st.caption(f"⚠️ {context.studio_text(warning, fields=DOCTOR_FIELDS)}")
+            st.caption(f"⚠️ {context.studio_text(warning, fields=context.GENERATE_FIELDS)}")
 
 
 def verdict_lines(report) -> list[str]:

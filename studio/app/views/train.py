@@ -133,6 +133,7 @@ def start_job(
 ) -> Job:
     """Check everything a user can get wrong, then start the job; raises with a message saying what to fix."""
     from embeddings import validate_name
+    from trainers.modelprep import init_embedding_name
 
     if not concept["name"]:
         raise ValueError("give the concept a name first: it becomes the prompt trigger <name>")
@@ -142,11 +143,11 @@ def start_job(
             f"an embedding named '{concept['name']}' is already in the library: choose another name, "
             "or tick “Replace a stored embedding” under More options"
         )
-    init = concept["init"]
-    if init.startswith("<") and init.endswith(">") and not context.store().exists(init[1:-1]):
+    init_name = init_embedding_name(concept["init"])
+    if init_name is not None and not context.store().exists(init_name):
         raise ValueError(
-            f"“Start from” names {init}, which is not in the library: give a stored embedding's name (the "
-            "Library lists them), a word or a phrase, or leave it empty"
+            f"“Start from” names <{init_name}>, which is not in the library: give a stored embedding's name "
+            "(the Library lists them), a word or a phrase, or leave it empty"
         )
     if folder:
         uploads.check_images(uploads.read_folder(folder))
