@@ -107,7 +107,7 @@ def fit_to_model(
     model = family_with_widths(model_family or family_from_widths(widths), widths)
     try:
         vectors_for_encoders(emb, encoders, model_family=model_family)
-        return "fits", [f"fits this model ({model}): use <{emb.name}> in prompts"]
+        return "fits", [f"fits this model, {model}: use <{emb.name}> in prompts"]
     except InstallError:
         pass
     why = f"trained for {family_with_widths(emb.family, emb.widths)}; this model is {model}"
@@ -196,9 +196,14 @@ def _diagnose_embedding(
     else:
         too_many = None
         if emb.num_vectors > 16:
+            room = tokens - emb.num_vectors
             report.warnings.append(
                 f"{emb.num_vectors} vectors take {emb.num_vectors} of the {tokens} tokens of their prompt "
-                "window: the words around the token have less room there"
+                + (
+                    f"window: {room} are left for the words around the token there"
+                    if room
+                    else "window: no words fit beside the token in its window"
+                )
             )
     if emb.meta.get("source_name"):
         report.warnings.append(
@@ -240,8 +245,21 @@ def _zero_warnings(emb: Embedding) -> list[str]:
         return []
     if len(zero) == emb.num_vectors:
         return ["every vector is zero: it does nothing in a prompt (an untrained or damaged file?)"]
-    which = ", ".join(str(i) for i in zero)
-    return [f"vector(s) {which} of {emb.num_vectors} are zero and add nothing to a prompt (blend padding?)"]
+    which = _ranges([i + 1 for i in zero])  # counted from 1, as people count vectors
+    if len(zero) == 1:
+        return [f"vector {which} of {emb.num_vectors} is zero and adds nothing to a prompt (blend padding?)"]
+    return [f"vectors {which} of {emb.num_vectors} are zero and add nothing to a prompt (blend padding?)"]
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[2, 3, 4, 7] -> '2-4, 7'."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def window_tokens(encoders: Sequence[tuple[str, Any, Any]]) -> int:

@@ -51,7 +51,7 @@ def test_the_doctor_calls_a_tiny_sdxl_file_sdxl_as_list_does(tmp_path):
     report = diagnose(save_canonical(xl(), tmp_path / "xlcat.safetensors"), encoders)
     assert report.fit == "fits"
     assert "family SDXL (sdxl); widths: clip_l 32, clip_g 48; 1 vector(s)" in report.lines
-    assert "fits this model (SDXL (clip_l 32, clip_g 48))" in report.lines[-1]
+    assert "fits this model, SDXL (clip_l 32, clip_g 48)" in report.lines[-1]
 
 
 # --- finding 3: a pair whose files disagree is refused as a pair ---

@@ -351,3 +351,11 @@ def test_the_partial_fit_box_lets_one_encoders_half_in_and_the_image_records_it(
     at = generate(at, "a <xl-cat>")
     assert not at.error and provenance_of(at.session_state["gen_results"][0][0])["partial"] == ["xl-cat"]
     assert session.encoder.partial is False  # the shared session is set for that request only
+
+
+def test_a_refused_prompt_says_the_image_below_is_the_previous_prompts(session, store):
+    at = generate(open_generate(), "a <red-square>", seed=5)
+    at = generate(at, "a <no-such-thing>")
+    assert at.error and "no-such-thing" in at.error[0].value
+    assert "Below: the previous result, of 'a <red-square>'." in [c.value for c in at.caption]
+    assert len(downloads(at)) == 1  # the earlier result stays, labelled

@@ -313,14 +313,19 @@ def generate_ui(store, inputs: dict) -> None:
             st.error(f"Fix the {' and the '.join(problems)} first (see the message under the field).")
         else:
             init, strength = inputs["init image"]
+            failed = True
             try:
                 session = context.generation_session(context.model_spec())
                 st.session_state["gen_results"] = generate(
                     session, store, inputs["prompt"], inputs["negative"], inputs["settings"],
                     inputs["swaps"], init, strength, inputs["guides"], inputs["partial"],
                 )  # fmt: skip
+                failed = False
             except context.user_errors() as exc:
                 st.error(context.error_text(exc, fields=FIELDS))
+            if failed and st.session_state.get("gen_results"):  # what stays below is not this prompt's
+                earlier = st.session_state["gen_results"][0][1].get("prompt", "")
+                st.caption(f"Below: the previous result, of {earlier!r}.")
     if st.session_state.get("gen_results"):
         results_ui(st.session_state["gen_results"])
     else:
