@@ -24,6 +24,7 @@ class RunState:
     final event if any, and the files so far."""
 
     status: str  # "starting" | "running" | "done" | "failed" | "stopped" | "ended" | "unreadable"
+    # ("failed": the trainer said why, in a final event or a refusal; "ended": it exited without a word)
     step: int = 0
     total: int | None = None
     loss: float | None = None
@@ -171,11 +172,12 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         status = "running" if rows else "starting"
     elif cancelled:  # SIGTERM arrived before the trainer could report (e.g. while it imported torch)
         status, message = "stopped", "cancelled before the trainer reported"
+    elif why := _refusal(_tail(run_dir / "log.txt")):
+        # it refused the run before writing (a bad init, a refused resume): failed, as a refusal after it
+        # wrote its first lines (a prompt too long for the model) is, with the trainer's reason alone
+        status, message = "failed", why
     else:
-        why = _refusal(_tail(run_dir / "log.txt"))
-        status = "ended"
-        message = f"the trainer stopped: {why}" if why else "the trainer exited without a final report"
-        message += "; its log is below"
+        status, message = "ended", "the trainer exited without a final report; its log is below"
     kept = _whole(final.get("kept")) if final else None
     metric = _latest(rows, "metric")
     stored = [_number(row, "metric") for row in rows if kept is not None and row.get("step") == kept]

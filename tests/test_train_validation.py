@@ -120,3 +120,33 @@ def test_the_shape_warning_names_captions_among_the_remedies():
     doubt = metric.doubt({"metric": 20.0, "shape_match": 0.0})
     assert doubt.startswith("only 0% of the stored step's previews have the training images' shape (cross)")
     assert "captions naming what varies (on a blue background)" in doubt
+
+
+@pytest.mark.parametrize(
+    ("vectors", "advice"), [(1, "(--vectors 2)"), (3, "(--vectors 6)"), (7, "(--vectors 14)")]
+)
+def test_the_more_vectors_advice_names_a_count_above_the_runs(vectors, advice):
+    metric = DemoJudgeMetric(target_rgb=(40.0, 170.0, 50.0), target_shape="cross", vectors=vectors)
+    doubt = metric.doubt({"metric": 20.0, "shape_match": 0.0})
+    assert f"more vectors hold more attributes {advice}, and so may captions" in doubt
+
+
+@pytest.mark.parametrize("vectors", [8, 16])
+def test_a_run_with_many_vectors_is_not_told_a_count(vectors):
+    metric = DemoJudgeMetric(target_rgb=(40.0, 170.0, 50.0), target_shape="cross", vectors=vectors)
+    doubt = metric.doubt({"metric": 55.0, "shape_match": 1.0})
+    assert "more vectors hold more attributes, and so may captions" in doubt and "--vectors" not in doubt
+
+
+def test_the_demo_judge_is_told_the_runs_resolved_vectors(monkeypatch):
+    from types import SimpleNamespace
+
+    from trainers import validation
+
+    told = {}
+    monkeypatch.setattr(
+        DemoJudgeMetric, "from_training_images", classmethod(lambda cls, images, **kw: told.update(kw))
+    )
+    cfg = SimpleNamespace(clip_model="", vectors=16)
+    validation.preview_metric(cfg, SimpleNamespace(default_init="object"), "demo", [])
+    assert told == {"vectors": 16}

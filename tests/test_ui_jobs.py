@@ -279,7 +279,17 @@ def test_a_launch_that_exits_before_writing_is_not_read_as_the_previous_runs_end
     monkeypatch.setenv("FAKE_REFUSE", "refused: no checkpoint")  # it exits before touching the run folder
     runner.train_further(job.id, 2)
     state = runner.wait(job.id, timeout=30)
-    assert state.status == "ended" and "refused: no checkpoint" in state.log_tail
+    assert state.status == "ended" and "refused: no checkpoint" in state.log_tail  # no `error:` line
+
+
+def test_a_trainer_that_refuses_before_writing_has_failed_with_its_reason(runner, tmp_path, monkeypatch):
+    """A refusal before the run folder is written (a bad init) reads as one after it (a prompt too long for
+    the model, a `failed` event): failed, with the trainer's reason as the message."""
+    monkeypatch.setenv("FAKE_REFUSE", "tokensmith train: error: init: no stored embedding <nope>")
+    job = runner.start(request(tmp_path, steps=3))
+    state = runner.wait(job.id, timeout=30)
+    assert (state.status, state.message) == ("failed", "init: no stored embedding <nope>")
+    assert state.resumable and not state.can_resume
 
 
 def test_the_latest_validation_loss_and_metric_stay_on_show_between_their_steps(tmp_path):

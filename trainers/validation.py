@@ -101,10 +101,19 @@ MAX_RGB_DISTANCE = 441.7  # |(255, 255, 255)|: the score of an empty sample
 SHAPE_MISS_COST = 100.0  # RGB distance a wrong shape in every sample adds when snapshots are ranked
 LEARNED_DISTANCE = 40.0  # the README's bar: a colour under this many RGB units off counts as learned
 LEARNED_SHAPES = 0.5  # ... and at least this share of samples with the training images' shape
-MORE_VECTORS = (
-    "the token may not hold the concept: more vectors hold more attributes (--vectors 4), and so may "
-    "captions naming what varies (on a blue background) or other training images"
-)
+MANY_VECTORS = 8  # from this many on, "more vectors" names no count: the captions are the likelier remedy
+
+
+def more_vectors(vectors: int) -> str:
+    """What to try when the previews doubt the concept, for a run of `vectors` vectors: a count above it
+    (twice it; the trainer refuses one its prompts have no room for), none once the run used many.
+
+    more_vectors(2) -> '...more vectors hold more attributes (--vectors 4), and so may captions ...'"""
+    count = f" (--vectors {2 * vectors})" if vectors < MANY_VECTORS else ""
+    return (
+        f"the token may not hold the concept: more vectors hold more attributes{count}, and so may "
+        "captions naming what varies (on a blue background) or other training images"
+    )
 
 
 def sample_images(pipe, prompt: str, *, count: int, seed: int, steps: int, guidance: float) -> list:
@@ -152,10 +161,11 @@ class DemoJudgeMetric:
 
     target_rgb: tuple[float, float, float]
     target_shape: str | None
+    vectors: int = 2  # the run's vectors (the demo family's default), which the doubt's advice goes above
     name: str = "judge_colour_distance"
 
     @classmethod
-    def from_training_images(cls, images) -> DemoJudgeMetric:
+    def from_training_images(cls, images, *, vectors: int = 2) -> DemoJudgeMetric:
         from demo.judge import judge
 
         verdicts = [judge(image.convert("RGB")) for image in images]
@@ -165,7 +175,7 @@ class DemoJudgeMetric:
                 "the demo judge sees no foreground in the training images; are they demo-world images?"
             )
         target = tuple(float(statistics.median(c[i] for c in colours)) for i in range(3))
-        return cls(target_rgb=target, target_shape=_voted_shape(verdicts))
+        return cls(target_rgb=target, target_shape=_voted_shape(verdicts), vectors=vectors)
 
     def score(self, images) -> dict[str, float]:
         from demo.judge import judge
@@ -194,12 +204,12 @@ class DemoJudgeMetric:
             share = scores["shape_match"]
             return (
                 f"only {share:.0%} of the stored step's previews have the training images' shape "
-                f"({self.target_shape}); {MORE_VECTORS}"
+                f"({self.target_shape}); {more_vectors(self.vectors)}"
             )
         if scores["metric"] >= LEARNED_DISTANCE:
             return (
                 f"the stored step's previews are {scores['metric']:.0f} RGB units off the training images' "
-                f"colour (under {LEARNED_DISTANCE:.0f} counts as learned); {MORE_VECTORS}"
+                f"colour (under {LEARNED_DISTANCE:.0f} counts as learned); {more_vectors(self.vectors)}"
             )
         return ""
 
@@ -273,6 +283,6 @@ def preview_metric(cfg, spec, family: str, images):
     if cfg.clip_model:
         text = fill_template(cfg.preview_prompt, cfg.init or spec.default_init, "")
         return ClipImageMetric.load(cfg.clip_model, [image.image for image in images], text)
-    if family == "demo":
-        return DemoJudgeMetric.from_training_images([image.image for image in images])
+    if family == "demo":  # cfg.vectors is resolved by now (0, the default, became the run's count)
+        return DemoJudgeMetric.from_training_images([image.image for image in images], vectors=cfg.vectors)
     return None

@@ -23,6 +23,15 @@ STATUS_ICONS = {
     "ended": "⚠️",
     "unreadable": "❓",
 }
+# The trainer's messages name its CLI flags ("use --vectors 7 or fewer"); the page names its fields instead.
+TRAIN_FIELDS = {
+    "--vectors": "Vectors",
+    "--init": "Start from",
+    "--steps": "Steps",
+    "--learning-rate": "Learning rate",
+    "--save-every": "Preview + snapshot every N steps",
+    "--overwrite": "Replace a stored embedding of the same name",
+}
 NOTHING_TO_RESUME = (
     "No checkpoint was saved before it ended, so there is nothing to resume: start training again with the "
     "form on the left."
@@ -81,24 +90,24 @@ def concept_ui(defaults: dict) -> dict:
         placeholder="a word, a phrase or <stored-name> (empty: the family's default)",
     ).strip()
     c1, c2, c3 = st.columns(3)
+    # No maximums: Streamlit does not commit a value over one, so the job would run with the last value
+    # committed. The trainer refuses Vectors its prompts have no room for, and says the model's limit.
     vectors = c1.number_input(
         "Vectors",
-        0,
-        16,
-        defaults["vectors"],
+        min_value=0,
+        value=defaults["vectors"],
         key="vectors",
-        help="each costs a token; 0: the model's default (2 on the demo world, 1 on SD), "
+        help="each costs a token of the prompt; 0: the model's default (2 on the demo world, 1 on SD), "
         "or an init embedding's own count",
     )
-    steps = c2.number_input("Steps", 1, 20000, defaults["steps"], key="steps")
+    steps = c2.number_input("Steps", min_value=1, value=defaults["steps"], key="steps")
     lr = c3.number_input("Learning rate", 1e-5, 1.0, defaults["learning_rate"], format="%.4f", key="lr")
     kind = st.radio("It is", ["an object", "a style"], horizontal=True, key="kind")
     with st.expander("More options"):
         save_every = st.number_input(
             "Preview + snapshot every N steps (0: only at the end)",
-            0,
-            10000,
-            defaults["save_every"],
+            min_value=0,
+            value=defaults["save_every"],
             key="every",
         )
         early = st.toggle("Stop early when it has learned", value=True, key="early")
@@ -133,7 +142,6 @@ def start_job(
 ) -> Job:
     """Check everything a user can get wrong, then start the job; raises with a message saying what to fix."""
     from embeddings import validate_name
-    from trainers.modelprep import init_embedding_name
 
     if not concept["name"]:
         raise ValueError("give the concept a name first: it becomes the prompt trigger <name>")
@@ -143,12 +151,7 @@ def start_job(
             f"an embedding named '{concept['name']}' is already in the library: choose another name, "
             "or tick “Replace a stored embedding” under More options"
         )
-    init_name = init_embedding_name(concept["init"])
-    if init_name is not None and not context.store().exists(init_name):
-        raise ValueError(
-            f"“Start from” names <{init_name}>, which is not in the library: give a stored embedding's name "
-            "(the Library lists them), a word or a phrase, or leave it empty"
-        )
+    check_start_from(concept["init"], model, model_config)
     if folder:
         uploads.check_images(uploads.read_folder(folder))
     elif files:
@@ -183,6 +186,34 @@ def start_job(
         if not folder:  # e.g. another tab started a job meanwhile: no orphan folder of copied uploads
             shutil.rmtree(runner.runs_dir / job_id, ignore_errors=True)
         raise
+
+
+def check_start_from(init: str, model: str, model_config: str = "") -> None:
+    """Refuse, before a job starts, a “Start from” the trainer would refuse once launched: brackets around
+    part of a phrase, or a <name> that is not stored, cannot be read, or was made for another model (its keys
+    and widths against the model's files; a hub id's are known only once it loads, so the trainer checks)."""
+    from trainers.config import ConfigError, TrainConfig
+    from trainers.modelprep import check_init_fits, init_embedding_name
+
+    try:
+        cfg = TrainConfig(init=init, model=model, model_config=model_config)
+    except ConfigError as exc:  # "init = 'a <cat> toy': ... write its name alone in brackets (<base>) ..."
+        raise ValueError(str(exc).replace("init = ", "“Start from” ", 1)) from None
+    name = init_embedding_name(init)
+    if name is None:
+        return
+    store = context.store()
+    if not store.exists(name):
+        twin = store.case_twin(name)
+        hint = f" (names are matched as written: did you mean <{twin}>?)" if twin else ""
+        raise ValueError(
+            f"“Start from” names <{name}>, which is not in the library{hint}: give a stored embedding's name "
+            "(the Library lists them), a word or a phrase, or leave it empty"
+        )
+    try:
+        check_init_fits(cfg, store)  # reads the stored file: a damaged one fails its checksum here
+    except context.user_errors() as exc:
+        raise ValueError(f"“Start from” <{name}> cannot start this run: {context.error_text(exc)}") from None
 
 
 # --- the job panel ---
@@ -230,20 +261,20 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         note = kept_note(state.kept_step, state.step) if state.kept_step is not None else ""
         kept = f" It {note}." if note else ""
         if state.warning:  # stored, but its previews doubt the concept was learned
-            st.warning(f"Stored <{name}> in the Library.{kept} But {state.warning}")
+            st.warning(f"Stored <{name}> in the Library.{kept} But {trainer_text(state.warning)}")
         else:
             st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
         st.page_link("views/library.py", label="Open the Library", icon="📚")
     elif state.status in ("failed", "ended", "unreadable"):
-        st.error(state.message or "training failed")
-        if state.log_tail:
+        st.error(trainer_text(state.message) or "training failed")
+        if state.log_tail:  # the log as written: it is the record, CLI flags and all
             st.code(state.log_tail, language=None, wrap_lines=True)
+    elif state.status == "stopped":
+        st.warning(stopped_text(state))
     if state.notes:
         with st.expander("What the trainer noted about the data", expanded=state.active):
             for note in state.notes:
-                st.caption(note)
-    elif state.status == "stopped":
-        st.warning(stopped_text(state))
+                st.caption(trainer_text(note))
     if state.resumable and not state.can_resume:
         st.info(NOTHING_TO_RESUME)
     if len(state.history) > 1:
@@ -260,11 +291,17 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     actions_ui(runner, job_id, state)
 
 
+def trainer_text(text: str) -> str:
+    """A message of the trainer's in the page's words: its flags become the form's fields ('use --vectors 7
+    or fewer' -> 'use Vectors 7 or fewer')."""
+    return context.studio_text(text, fields=TRAIN_FIELDS)
+
+
 def stopped_text(state: RunState) -> str:
     """The trainer's `stopped` message in the studio's words: its CLI advice ('resume with --resume') becomes
     what the Resume button does ('stopped at step 12; resume with --resume' -> 'Stopped at step 12. Resume
     continues from the checkpoint at step 12.')."""
-    said = state.message.split(";")[0].strip() or "stopped"
+    said = trainer_text(state.message).split(";")[0].strip() or "stopped"
     said = said[0].upper() + said[1:]
     if state.can_resume:
         return f"{said}. Resume continues from the checkpoint at step {state.checkpoint_step}."
@@ -323,7 +360,7 @@ def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
                 runner.train_further(job_id, int(more))
                 st.rerun()
     except context.user_errors() as exc:
-        st.error(context.error_text(exc))
+        st.error(context.error_text(exc, fields=TRAIN_FIELDS))
 
 
 def progress_ui(runner: JobRunner, job_id: str) -> None:
@@ -337,7 +374,7 @@ def progress_ui(runner: JobRunner, job_id: str) -> None:
             state = runner.state(job_id)
             state_ui(runner, job_id, state)
         except context.user_errors() as exc:  # a fragment's errors never reach the page's handler
-            st.error(context.error_text(exc))
+            st.error(context.error_text(exc, fields=TRAIN_FIELDS))
             return
         if active and not state.active:
             st.rerun()
@@ -369,7 +406,7 @@ with left:
             st.query_params["job"] = job.id
             st.rerun()
         except context.user_errors() as exc:
-            st.error(context.error_text(exc))
+            st.error(context.error_text(exc, fields=TRAIN_FIELDS))
 with right:
     st.subheader("Jobs")
     job_id = job_choice_ui(runner)
@@ -377,4 +414,4 @@ with right:
         try:
             progress_ui(runner, job_id)
         except context.user_errors() as exc:
-            st.error(context.error_text(exc))
+            st.error(context.error_text(exc, fields=TRAIN_FIELDS))
