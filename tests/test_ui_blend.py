@@ -92,6 +92,16 @@ def test_mismatched_widths_and_bad_names_are_explained(session, store):
     assert "invalid embedding name" in at.error[0].value
 
 
+def test_an_operand_that_does_not_load_is_named(session, store):
+    data = bytearray(store.path("dog").read_bytes())
+    data[-1] ^= 0xFF  # the sha256 no longer matches
+    store.path("dog").write_bytes(bytes(data))
+    at = open_blend()
+    [error] = at.error
+    assert error.value.startswith("cannot blend operand #2 <dog>: the tensor data does not match the sha256")
+    assert str(store.root) not in error.value
+
+
 def test_a_blend_of_words_is_labelled_with_the_model_as_the_cli_labels_it(session, store):
     """`tokensmith blend "0.6*red + 0.4*yellow"` stores the model's family and base_model; the page too."""
     at = open_blend()

@@ -170,6 +170,24 @@ def test_a_partial_fit_shows_the_half_that_fits_with_a_note(tokensmith_home, mon
     [note] = [i.value for i in at.info if "only partly" in i.value]
     assert note.startswith("<sd1ish> fits this model only partly: clip_g would get zero vectors")
     assert "Partial fit box on the Generate page" in note and "--partial" not in note
+    kinds = [type(n).__name__ for n in at.main]
+    assert kinds.index("Info") < kinds.index("Dataframe")  # the note says which half the table shows
+
+
+def test_the_caption_has_no_trailing_separator_without_lineage(session, store):
+    store.put(Embedding("plain", {"emb_params": torch.ones(1, session.model.widths["emb_params"])}))
+    at = open_page("views/inspect.py", {"insp_name": "plain"})
+    captions = [c.value for c in at.caption]
+    assert any(c.endswith(" · 1 vector") for c in captions)  # 'sd1 · 1 vector', not 'sd1 · 1 vector · '
+    assert not any(c.rstrip().endswith("·") for c in captions)
+
+
+def test_not_on_the_map_notes_are_in_the_studio_s_words(session, store):
+    store.put(Embedding("xl", {"clip_l": torch.zeros(1, 768), "clip_g": torch.ones(1, 1280)}))
+    at = open_page("views/inspect.py")
+    [note] = [c.value for c in at.caption if c.value.startswith("not on the map: <xl>")]
+    assert "['" not in note and "--partial" not in note
+    assert "SD 1.x" in note  # the model as its family names it (on the demo world: "the demo world")
 
 
 def test_a_zero_vector_says_so_and_the_table_keeps_its_shape(session, store):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 
 import pytest
@@ -88,6 +89,41 @@ def test_rename_to_a_taken_name_is_explained_and_the_page_stays(store):
     assert "already exists" in at.error[0].value
     assert store.names() == ["blue-star", "red-square"]
     assert [e.label for e in at.expander] == ["Doctor: do they fit the model?", "Import embeddings", "Trash"]
+
+
+def test_a_refused_rename_leaves_delete_on_the_page_and_says_what_to_do(store):
+    at = open_library(emb="red-square")
+    new_name_field(at).set_value("blue-star")
+    at.button(key="lib_rename").click().run()
+    delete = at.button(key="lib_delete")  # the other way out is still drawn
+    assert at.error[0].value == (
+        "cannot rename 'red-square' to 'blue-star': <blue-star> already exists: choose another name, or "
+        "delete <blue-star> first"
+    )
+    delete.click().run()
+    assert store.names() == ["blue-star"] and store.trashed() == ["red-square"]
+
+
+def test_the_details_panel_reads_widths_as_words(store):
+    at = open_library(emb="blue-star")
+    assert any(md.value.endswith("\nwidth 8") for md in at.markdown)
+    assert not any("{" in md.value for md in at.markdown)
+
+
+def test_doctor_verdict_sentences_are_joined_with_a_sentence_break(store, monkeypatch):
+    """'…this model is width 32 partial option: …' read as one run-on sentence."""
+    from trainers.models import LoadedModel
+    from trainers.tiny import tiny_pipeline
+
+    tiny = LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1")
+    width = tiny.widths["emb_params"]
+    store.put(Embedding("xl-cat", {"clip_l": torch.ones(1, width), "clip_g": torch.ones(1, 2 * width)}))
+    monkeypatch.setattr("studio.app.context.loaded_model", lambda spec: tiny)
+    at = open_library()
+    at.button(key="lib_doctor").click().run()
+    [verdict] = [md.value for md in at.markdown if "**<xl-cat>**" in md.value]
+    assert verdict.startswith("🟡") and "partial option" in verdict
+    assert re.search(r"[^.:;] partial option", verdict) is None, verdict
 
 
 def test_the_new_name_field_belongs_to_the_embedding_it_renames(store):

@@ -135,13 +135,74 @@ def test_an_sdxl_pair_uploaded_together_is_one_embedding(tokensmith_home):
     assert xl.meta["source_file"] == "learned_embeds.safetensors + learned_embeds_2.safetensors"
 
 
-def test_a_lone_half_of_an_sdxl_pair_is_imported_with_a_warning_in_the_studio_s_words(tokensmith_home):
+def test_a_lone_half_of_an_sdxl_pair_is_not_stored_and_says_to_upload_both_halves(tokensmith_home):
+    """Stored, it would take the SDXL embedding's name, and uploading the pair afterwards is refused."""
     at = upload(open_library(), [("learned_embeds_2.safetensors", diffusers_file("<xl>", 1280))])
-    assert "Imported <xl>" in at.success[0].value
-    [warning] = at.warning
-    assert warning.value.startswith("learned_embeds_2.safetensors: this is the clip_g (text_encoder_2) half")
-    assert "upload it together with learned_embeds.safetensors" in warning.value
-    assert "import their folder" not in warning.value
+    assert not at.success and not at.warning
+    [error] = at.error
+    assert error.value.startswith("learned_embeds_2.safetensors: not imported: this is the clip_g")
+    assert "upload it together with learned_embeds.safetensors" in error.value
+    assert "import their folder" not in error.value
+    assert Store.for_home(tokensmith_home).names() == []
+
+
+def test_an_sdxl_pair_uploaded_with_other_diffusers_files_is_still_one_embedding(tokensmith_home):
+    """Every diffusers download is learned_embeds.safetensors: the half of the pair is the one whose token
+    its learned_embeds_2 holds, and the other file is imported on its own."""
+    at = upload(
+        open_library(),
+        [
+            ("learned_embeds.safetensors", diffusers_file("<cat-toy>", 768, seed=1)),
+            ("learned_embeds.safetensors", diffusers_file("<xl>", 768)),
+            ("learned_embeds_2.safetensors", diffusers_file("<xl>", 1280)),
+        ],
+    )
+    assert not at.error and not at.warning, texts(at.error) + texts(at.warning)
+    store = Store.for_home(tokensmith_home)
+    assert store.names() == ["cat-toy", "xl"]
+    assert store.get("xl").widths == {"clip_l": 768, "clip_g": 1280}
+    assert store.get("cat-toy").widths == {"emb_params": 768}
+
+
+def test_sdxl_halves_that_cannot_be_matched_are_named_once_and_not_stored(tokensmith_home):
+    at = upload(
+        open_library(),
+        [
+            ("learned_embeds.safetensors", diffusers_file("<xl>", 768, seed=1)),
+            ("learned_embeds.safetensors", diffusers_file("<xl>", 768, seed=2)),
+            ("learned_embeds_2.safetensors", diffusers_file("<xl>", 1280)),
+            ("cat.safetensors", diffusers_file("<cat-toy>", 768, seed=3)),
+        ],
+    )
+    [error] = at.error
+    assert error.value.startswith(  # equal names told apart by their place in the list (and size)
+        "learned_embeds.safetensors (1st upload, 3.1 KB), learned_embeds.safetensors (2nd upload, 3.1 KB), "
+    )
+    assert "learned_embeds_2.safetensors: not imported" in error.value
+    assert error.value.endswith(
+        "upload an SDXL pair (learned_embeds + learned_embeds_2) on its own, apart from other diffusers files"
+    )
+    assert not at.warning and "together with" not in error.value
+    assert Store.for_home(tokensmith_home).names() == ["cat-toy"]
+
+
+def test_uploads_of_one_file_name_that_clash_are_told_apart_by_place_and_size(tokensmith_home):
+    """A browser sends no folder: data/c/redtok.safetensors and data/d/redtok.safetensors look alike."""
+    small = save({"emb_params": torch.zeros(1, 8)})
+    large = save({"emb_params": torch.ones(2, 8)})
+    at = upload(open_library(), [("redtok.safetensors", small), ("redtok.safetensors", large)])
+    [error] = at.error
+    assert (
+        f"redtok.safetensors (1st upload, {len(small)} B), redtok.safetensors (2nd upload, {len(large)} B)"
+        in error.value
+    )
+
+
+def test_upload_labels_name_equal_file_names_by_place_and_size():
+    files = [("a.pt", b"x" * 3), ("b/a.pt", b"x" * 1500), ("c.pt", b""), *[("a.pt", b"")] * 10]
+    labels = cards.upload_labels(files)
+    assert labels[:3] == ["a.pt (1st upload, 3 B)", "a.pt (2nd upload, 1.5 KB)", "c.pt"]
+    assert labels[11:] == ["a.pt (12th upload, 0 B)", "a.pt (13th upload, 0 B)"]
 
 
 def test_the_same_file_uploaded_twice_is_imported_once(tokensmith_home):
@@ -192,13 +253,53 @@ def test_a_listed_file_that_does_not_load_offers_close_and_the_page_stays(store)
     assert [e.label for e in at.expander] == EXPANDERS
 
 
+def test_a_stray_file_is_offered_a_free_name_and_its_warning_says_each_way_out_once(store):
+    """'cat (1)' beside a stored <cat-1> (a copy renamed before): <cat-1> is taken, <cat-1-2> is free."""
+    store.put(emb("cat-1", seed=7))
+    shutil.copy(store.path("cat"), store.root / "cat (1).safetensors")
+    at = open_library()
+    [warning] = at.warning
+    assert warning.value.endswith("; the Library can rename it to <cat-1-2> or move it to the trash")
+    assert "good copy" not in warning.value and warning.value.count("trash") == 1
+    at.button(key="lib_rename_stray_cat (1)").click().run()
+    assert not at.error and not at.warning and store.names() == ["cat", "cat-1", "cat-1-2", "dog"]
+
+
+def test_a_refused_stray_rename_keeps_move_to_the_trash_and_says_what_to_do(store, monkeypatch):
+    """The suggested name was taken between drawing the button and pressing it (by the CLI, say)."""
+    shutil.copy(store.path("cat"), store.root / "cat (1).safetensors")
+    store.put(emb("cat-1", seed=7))
+    monkeypatch.setattr(context, "free_name", lambda store, stem: "cat-1")  # as the page was drawn
+    at = open_library()
+    at.button(key="lib_rename_stray_cat (1)").click().run()
+    [error] = at.error
+    assert error.value == (
+        "cannot rename cat (1).safetensors to <cat-1>: <cat-1> already exists: delete <cat-1> first, or move "
+        "this file to the trash"
+    )
+    at.button(key="lib_trash_broken_cat (1)").click().run()
+    assert not at.error and not (store.root / "cat (1).safetensors").exists()
+
+
+def test_a_broken_stored_file_is_named_once_without_its_folder(store):
+    (store.root / "broken.safetensors").write_bytes(b"\x00garbage")
+    at = open_library()
+    [warning] = at.warning
+    assert warning.value.startswith("skipped `broken.safetensors`: ")
+    assert str(store.root) not in warning.value and "on the Library page" not in warning.value
+
+
 def test_a_corrupted_stored_file_can_be_moved_to_the_trash_from_its_panel(store):
     data = bytearray(store.path("cat").read_bytes())
     data[-1] ^= 0xFF  # a flipped bit in the tensor data: the header still reads, the sha256 does not match
     store.path("cat").write_bytes(bytes(data))
     at = open_library(emb="cat")
     assert "<cat> cannot be opened" in at.error[0].value
-    assert [e.label for e in at.expander] == EXPANDERS  # the error's advice (restore, re-import) is drawn
+    assert [e.label for e in at.expander] == EXPANDERS  # the error's advice (re-import) is drawn
+    assert "re-import it on the Library page with “Replace embeddings of the same name” on" in (
+        at.error[0].value
+    )
+    assert "restore it from trash" not in at.error[0].value  # the trash holds no older copy
     at.button(key="lib_trash_unloadable").click().run()
     assert not at.error and store.names() == ["dog"] and store.trashed() == ["cat"]
     assert "emb" not in at.query_params

@@ -37,7 +37,7 @@ def resolve(
         if not op.value.strip():
             raise ValueError("every operand needs a value: pick an embedding or type a word")
         if op.kind == "embedding":
-            emb = store.get(op.value)
+            emb = _stored_operand(store, op, i)
             if widths is not None and emb.widths != widths:
                 raise ValueError(
                     f"cannot blend operand #{i + 1} {op.label}: it has {widths_text(emb.widths)} but this "
@@ -50,6 +50,20 @@ def resolve(
                 raise ValueError("word operands need the model's tokenizer: the model could not be loaded")
             parts.append((word_operand(op.value.strip(), encoders), op.weight))
     return parts
+
+
+def _stored_operand(store: Any, op: Operand, i: int) -> Any:
+    """The stored embedding of operand #i+1; one that does not load is refused naming the operand, as a
+    misfit is (the store's message names only its file)."""
+    from embeddings.errors import TokensmithError
+
+    try:
+        return store.get(op.value)
+    except (TokensmithError, KeyError, ValueError, OSError) as exc:
+        reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        path = str(store.path(op.value))
+        reason = reason.removeprefix(f"{path}: ").replace(path, Path(path).name)
+        raise ValueError(f"cannot blend operand #{i + 1} {op.label}: {reason}") from exc
 
 
 def make_blend(

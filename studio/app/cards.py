@@ -8,7 +8,7 @@ import io
 import json
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,15 @@ def card_line(entry: Any) -> str:
     return " · ".join(parts)
 
 
-def skipped_text(path: Path, reason: str) -> str:
+def skipped_text(path: Path, reason: str, *, on_library_page: bool = False) -> str:
     """The warning for a stored file that cannot be read, worded as `tokensmith list` warns, with what the
-    studio offers: 'skipped `broken.safetensors`: <reason>. Move it to the trash …, or replace the file …'."""
+    studio offers: 'skipped `broken.safetensors`: <reason>. Move it to the trash …, or replace the file …'
+    (the reason's own copy of the path left out: the file is named once)."""
+    reason = reason.removeprefix(f"{path}: ").replace(str(path), path.name)
+    where = "" if on_library_page else " (on the Library page)"
     return (
-        f"skipped `{path.name}`: {reason}. Move it to the trash (on the Library page), or replace the file "
-        "with a good copy, to clear this warning."
+        f"skipped `{path.name}`: {reason}. Move it to the trash{where}, or replace the file with a good "
+        "copy, to clear this warning."
     )
 
 
@@ -142,30 +145,66 @@ def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:
     """The embeddings in uploaded (file name, bytes), each file read on its own as `tokensmith import FILE`
     reads it, so two uploads of one name (every diffusers download is `learned_embeds.safetensors`) never
     replace each other, and a `*.preview.png` or `.hidden.pt` picked by hand is read. The two halves of a
-    diffusers SDXL pair uploaded together still make one embedding. Messages name the uploads, never the
-    temporary folder they are read from; an embedding uploaded twice is kept once (`import`'s rule)."""
+    diffusers SDXL pair uploaded together still make one embedding; a half without its partner is not
+    stored (alone it is not the SDXL embedding). Messages name the uploads, never the temporary folder they
+    are read from, and uploads of one file name by their place and size; an embedding uploaded twice is kept
+    once (`import`'s rule)."""
     from embeddings.importing import distinct_sources, lone_pair_half
 
     out = Uploads()
+    labels = upload_labels(files)
     found: list[tuple[Path, Any]] = []  # (the temporary file or pair folder, embedding)
     uploaded: dict[Path, str] = {}  # temporary path -> the upload(s) it holds
+    unpaired: list[str] = []  # halves that could not be told apart: one message for them all
     with tempfile.TemporaryDirectory(prefix="tokensmith-import-") as tmp:
-        for i, group in enumerate(_upload_groups(files)):
-            folder = Path(tmp) / str(i)  # one folder per upload (or pair): equal names cannot clash
+        groups, unmatched = _upload_groups(files, lambda i: _token_of(files[i], Path(tmp) / f"probe-{i}"))
+        for g, group in enumerate(groups):
+            folder = Path(tmp) / str(g)  # one folder per upload (or pair): equal names cannot clash
             folder.mkdir()
-            shown = {folder / _file_name(name): _file_name(name) for name, _ in group}
-            for path, (_, data) in zip(shown, group, strict=True):
-                path.write_bytes(data)
-            if len(group) > 1:
-                shown[folder] = " + ".join(shown.values())
-            found += _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
+            shown = {folder / _file_name(files[i][0]): labels[i] for i in group}
+            for path, i in zip(shown, group, strict=True):
+                path.write_bytes(files[i][1])
             uploaded |= shown
-            for path, name in shown.items():
-                if note := lone_pair_half(path):
-                    out.warnings.append(f"{name}: {_without_paths(note, shown)}")
+            if len(group) > 1:
+                shown[folder] = uploaded[folder] = " + ".join(labels[i] for i in group)
+            elif group[0] in unmatched:
+                unpaired.append(labels[group[0]])
+                continue
+            elif note := lone_pair_half(next(iter(shown))):
+                out.problems.append(f"{labels[group[0]]}: not imported: {_without_paths(note, shown)}")
+                continue
+            found += _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
         distinct = distinct_sources(found)  # resolves the paths: inside the folder's lifetime
+    if unpaired:
+        out.problems.append(
+            f"{', '.join(unpaired)}: not imported: these are halves of a diffusers SDXL pair, and which "
+            "learned_embeds goes with which learned_embeds_2 could not be told: upload an SDXL pair "
+            "(learned_embeds + learned_embeds_2) on its own, apart from other diffusers files"
+        )
     out.found = [(uploaded.get(source, source.name), emb) for source, emb in distinct]
     return out
+
+
+def upload_labels(files: Sequence[tuple[str, bytes]]) -> list[str]:
+    """How messages name each upload: its file name, and where several uploads share one (a browser sends
+    no folders), their place in the list and size: 'redtok.safetensors (2nd upload, 930 B)'."""
+    names = [_file_name(name) for name, _ in files]
+    return [
+        f"{name} ({_ordinal(i + 1)} upload, {_size_text(len(data))})" if names.count(name) > 1 else name
+        for i, (name, (_, data)) in enumerate(zip(names, files, strict=True))
+    ]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _size_text(size: int) -> str:
+    """'928 B', '1.2 KB', '3.4 MB'."""
+    if size < 1000:
+        return f"{size} B"
+    return f"{size / 1000:.1f} KB" if size < 1000**2 else f"{size / 1000**2:.1f} MB"
 
 
 def _file_name(name: str) -> str:
@@ -173,19 +212,47 @@ def _file_name(name: str) -> str:
     return Path(name).name or "upload"
 
 
-def _upload_groups(files: Sequence[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-    """One upload per group, except one `learned_embeds` with one `learned_embeds_2` of the same kind: the
-    halves of a diffusers SDXL pair, read together (with several of either, none can be told apart)."""
+def _token_of(file: tuple[str, bytes], folder: Path) -> str | None:
+    """The token a diffusers file holds (what pairs an SDXL pair's halves), None if it does not read."""
+    from embeddings.errors import TokensmithError
+    from embeddings.importing import import_file
+
+    folder.mkdir(exist_ok=True)
+    path = folder / _file_name(file[0])
+    path.write_bytes(file[1])
+    try:
+        return import_file(path).meta.get("token")
+    except (TokensmithError, ValueError, OSError):
+        return None
+
+
+def _upload_groups(
+    files: Sequence[tuple[str, bytes]], token_of: Callable[[int], str | None]
+) -> tuple[list[list[int]], set[int]]:
+    """The uploads' indices, one per group, except the halves of a diffusers SDXL pair, read together: the
+    one `learned_embeds_2` of a kind with its one `learned_embeds`, or among several of those the one whose
+    token (`token_of`) is its own. Also the indices of the pair files that could not be told apart (several
+    `learned_embeds_2`, or several `learned_embeds` that hold its token, or none that does)."""
     from embeddings.formats.diffusers import PAIR_NAMES, PAIR_NAMES_BIN
 
-    groups: list[list[tuple[str, bytes]]] = []
-    paired: set[int] = set()
-    for names in (PAIR_NAMES, PAIR_NAMES_BIN):
-        halves = [[i for i, (n, _) in enumerate(files) if Path(n).name == name] for name in names]
-        if all(len(found) == 1 for found in halves):
-            groups.append([files[found[0]] for found in halves])
-            paired.update(found[0] for found in halves)
-    return groups + [[file] for i, file in enumerate(files) if i not in paired]
+    groups: list[list[int]] = []
+    unmatched: set[int] = set()
+    for first_name, second_name in (PAIR_NAMES, PAIR_NAMES_BIN):
+        firsts = [i for i, (n, _) in enumerate(files) if _file_name(n) == first_name]
+        seconds = [i for i, (n, _) in enumerate(files) if _file_name(n) == second_name]
+        if len(seconds) == 1 and len(firsts) == 1:  # as a folder pairs them (the import checks the tokens)
+            groups.append([firsts[0], seconds[0]])
+            continue
+        if not (firsts and seconds):
+            continue
+        tokens = {token_of(i) for i in seconds} - {None}
+        matching = [i for i in firsts if token_of(i) in tokens]
+        if len(seconds) == 1 and len(matching) == 1:
+            groups.append([matching[0], seconds[0]])
+        else:  # the other learned_embeds are ordinary diffusers files, read on their own
+            unmatched.update(seconds + matching)
+    paired = {i for group in groups for i in group}
+    return groups + [[i] for i in range(len(files)) if i not in paired], unmatched
 
 
 def _read_group(path: Path, shown: dict[Path, str], out: Uploads) -> list[tuple[Path, Any]]:

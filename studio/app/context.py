@@ -31,6 +31,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, R
 STUDIO_WORDS = {
     "`tokensmith list`": "the Library page",
     "use `tokensmith import` to convert": "import the file on the Library page to convert",
+    # the trash holds no older copy of a stored file, and a plain re-import is refused as "already exists"
+    "restore it from trash or re-import it": "re-import it on the Library page with “Replace embeddings of "
+    "the same name” on",
 }
 # The same for advice that names its subject, as (pattern, replacement) for re.sub.
 STUDIO_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -41,6 +44,11 @@ STUDIO_PATTERNS: tuple[tuple[str, str], ...] = (
         r"rename or delete the stored <\g<name>> first (open it in the Library)",
     ),
     (r"put it beside (?P<partner>.+?) and import their folder", r"upload it together with \g<partner>"),
+    # a rename onto a taken name: the Library's ways out, not the shell's "remove it"
+    (
+        r"'(?P<name>[^']+)' already exists; remove it first",
+        r"<\g<name>> already exists: choose another name, or delete <\g<name>> first",
+    ),
 )
 # A Python repr of the names a core message lists, read out as plain words: "keys ['clip_g', 'clip_l']" ->
 # "keys clip_g, clip_l", "widths {'emb_params': 768}" -> "widths emb_params 768". Only after the words that
@@ -109,15 +117,31 @@ def stray_text(reason: str, valid_name: str) -> str:
     return f"{reason}; the Library can rename it to <{valid_name}> or move it to the trash"
 
 
-def problem_text(path: Path, reason: str) -> str:
-    """Why `Store.list` skipped the stored file `path`, in the studio's words: a file copied in under a name
-    the rules refuse (the store says so before reading it) gets the Library's ways out."""
-    from embeddings.names import name_refusal, safe_name
+def free_name(store: Any, stem: str) -> str:
+    """A valid name for the stored file `stem` that no stored embedding holds (letter case aside):
+    'EasyNegative (1)' -> 'EasyNegative-1', or 'EasyNegative-1-2' when <EasyNegative-1> is taken."""
+    from embeddings.names import safe_name
+
+    base = safe_name(stem)
+    taken = {name.lower() for name in store.names()}
+    name, count = base, 1
+    while name.lower() in taken:
+        count += 1
+        name = f"{base[: 63 - len(str(count))]}-{count}"
+    return name
+
+
+def problem_text(store: Any, path: Path, reason: str, *, on_library_page: bool = False) -> str:
+    """The warning for a stored file that `store.list` skipped, in the studio's words: a file copied in under
+    a name the rules refuse (the store says so before reading it) gets the Library's ways out, with a name
+    that is free; an unreadable one the trash or a good copy (`cards.skipped_text`)."""
+    from embeddings.names import name_refusal
+    from studio.app.cards import skipped_text
 
     refusal = name_refusal(path.stem)
     if refusal is not None:
-        return stray_text(refusal, safe_name(path.stem))
-    return studio_text(reason)
+        return f"skipped `{path.name}`: {stray_text(refusal, free_name(store, path.stem))}"
+    return skipped_text(path, studio_text(reason), on_library_page=on_library_page)
 
 
 # --- home and model ---

@@ -31,8 +31,11 @@ def project_2d(rows: torch.Tensor) -> torch.Tensor:
     return coords  # (N, 2)
 
 
-def map_points(embeddings: list[Any], words: list[str], encoders: list) -> tuple[list[MapPoint], list[str]]:
-    """Points for every embedding that fits the model and every word; plus notes on what was left out."""
+def map_points(
+    embeddings: list[Any], words: list[str], encoders: list, *, model_family: str | None = None
+) -> tuple[list[MapPoint], list[str]]:
+    """Points for every embedding that fits the model and every word; plus notes on what was left out
+    (`model_family` names the model in them: "the demo world", not "width 64")."""
     from embeddings import vectors_for_encoders, word_vectors
     from embeddings.errors import TokensmithError
 
@@ -40,7 +43,7 @@ def map_points(embeddings: list[Any], words: list[str], encoders: list) -> tuple
     names, kinds, rows, skipped = [], [], [], []
     for emb in embeddings:
         try:
-            vectors = vectors_for_encoders(emb, encoders)[0]  # (n, width) in the first encoder
+            vectors = vectors_for_encoders(emb, encoders, model_family=model_family)[0]  # (n, width)
         except TokensmithError as exc:
             skipped.append(f"<{emb.name}>: {exc}")
             continue

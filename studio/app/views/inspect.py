@@ -29,6 +29,8 @@ def neighbours_ui(emb, model, k: int) -> None:
     from embeddings.maths import nearest_tokens, norm_report
 
     shown, note = fitting_halves(emb, model.encoders, model_family=model.family)
+    if note:  # before the tables: it says which half they show
+        st.info(context.studio_text(note, fields=context.GENERATE_FIELDS))
     for (key, tok, te), vectors in shown:
         st.markdown(f"**{key}** · {vectors.shape[0]} vector(s) · width {vectors.shape[1]}")
         st.dataframe(
@@ -45,8 +47,6 @@ def neighbours_ui(emb, model, k: int) -> None:
              "norm": [*report["norms"], vocab["mean"]]},
             x="vector", y="norm", height=180,
         )  # fmt: skip
-    if note:
-        st.info(context.studio_text(note, fields=context.GENERATE_FIELDS))
 
 
 def neighbour_table(rows: list[list]) -> dict[str, list[str]]:
@@ -73,16 +73,16 @@ def readable(store, entries: list) -> list:
     return embeddings
 
 
-def map_ui(store, encoders, entries: list) -> None:
+def map_ui(store, model, entries: list) -> None:
     """The PCA map; a click on a library point selects it above."""
     import altair as alt
 
     names = [entry.name for entry in entries]
     words_text = st.text_input("Words to place on the map", "red, blue, circle, square", key="insp_words")
     words = [w.strip() for w in words_text.split(",") if w.strip()]
-    points, skipped = map_points(readable(store, entries), words, encoders)
+    points, skipped = map_points(readable(store, entries), words, model.encoders, model_family=model.family)
     for note in skipped:
-        st.caption(f"not on the map: {note}")
+        st.caption(f"not on the map: {context.studio_text(note, fields=context.GENERATE_FIELDS)}")
     if len(points) < 2:
         st.info("The map needs at least two points: add words or embeddings.")
         return
@@ -118,14 +118,14 @@ try:
     problems: list = []
     entries = store.list(problems=problems)  # headers only: a broken file is left out
     for path, reason in problems:
-        st.warning(cards.skipped_text(path, context.problem_text(path, reason)))
+        st.warning(context.problem_text(store, path, reason))
     if not entries:
         st.info("The library is empty: train or import an embedding first.")
     else:
         name = pick_ui([entry.name for entry in entries])
         try:  # listed, but gone or unreadable since: said here, and the map still shows
             entry = store.entry(name)
-            st.caption(f"{cards.card_line(entry)} · {cards.lineage_text(entry.meta)}")
+            st.caption(" · ".join(filter(None, [cards.card_line(entry), cards.lineage_text(entry.meta)])))
         except context.user_errors() as exc:
             entry = None
             st.error(context.error_text(exc))
@@ -137,6 +137,6 @@ try:
             except context.user_errors() as exc:  # e.g. trained for another model: the map still shows
                 st.error(context.error_text(exc, fields=context.GENERATE_FIELDS))
         st.subheader("Map of the library")
-        map_ui(store, model.encoders, entries)
+        map_ui(store, model, entries)
 except context.user_errors() as exc:
     st.error(context.error_text(exc))

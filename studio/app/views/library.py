@@ -53,7 +53,7 @@ def details_ui(store, name: str) -> None:
     with left:
         if entry.preview is not None:
             st.image(entry.preview.read_bytes(), width=256)
-        st.markdown(f"**{cards.card_line(entry)}**  \nwidths: {entry.widths}")
+        st.markdown(f"**{cards.card_line(entry)}**  \n{widths_text(entry.widths)}")
         lineage = cards.lineage_text(entry.meta)
         if lineage:
             st.markdown(f"Lineage: {lineage}")
@@ -123,17 +123,20 @@ def _preview_image(entry):
 
 
 def manage_ui(store, name: str) -> None:
-    """Rename and delete (to the trash); a refused one says why under the field, and the page stays."""
+    """Rename and delete (to the trash); a refused one says why under the field, and the page stays. Both
+    buttons are drawn before either acts, so a refused rename leaves Delete on the page."""
     c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     new = c1.text_input("New name", key=f"lib_new_name_{name}", placeholder=name).strip()
+    rename = c2.button("Rename", key="lib_rename")
+    delete = c3.button("Delete", key="lib_delete", icon="🗑️")
     try:
-        if c2.button("Rename", key="lib_rename") and new:
+        if rename and new:
             store.rename(name, new)
             st.session_state["lib_selected"] = new
             st.query_params["emb"] = new
             st.toast(f"Renamed <{name}> to <{new}>")
             st.rerun()
-        if c3.button("Delete", key="lib_delete", icon="🗑️"):
+        if delete:
             store.delete(name)
             close_details()
             st.toast(f"Moved <{name}> to the trash: restore it below")
@@ -209,18 +212,23 @@ def _report(added: list[str], problems: list[str], same: list[str], warnings: li
 
 def problems_ui(store, problems: list) -> None:
     """A warning naming each stored file that cannot be read (as `tokensmith list` warns), and the ways out:
-    Move to the trash, and for a file copied in under a name the store refuses, Rename to a valid one."""
+    Move to the trash, and for a file copied in under a name the store refuses, Rename to a free valid one.
+    Every button is drawn before any acts, so a refused rename leaves Move to the trash on the page."""
+    from embeddings.names import is_valid_name
+
     for path, reason in problems:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        c1.warning(cards.skipped_text(path, context.problem_text(path, reason)))
+        c1.warning(context.problem_text(store, path, reason, on_library_page=True))
         name = path.stem
-        valid = valid_name_for(name)
+        valid = None if is_valid_name(name) else context.free_name(store, name)
+        rename = valid is not None and c2.button(f"Rename to <{valid}>", key=f"lib_rename_stray_{name}")
+        trash = c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️")
         try:
-            if valid and c2.button(f"Rename to <{valid}>", key=f"lib_rename_stray_{name}"):
-                store.rename(name, valid)
+            if rename:
+                rename_stray(store, path, valid)
                 st.toast(f"Renamed {path.name} to <{valid}>")
                 st.rerun()
-            if c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️"):
+            if trash:
                 store.delete(name)
                 st.toast(f"Moved {path.name} to the trash")
                 st.rerun()
@@ -228,11 +236,15 @@ def problems_ui(store, problems: list) -> None:
             c1.error(context.error_text(exc))
 
 
-def valid_name_for(stem: str) -> str | None:
-    """A valid name for a stored file's `stem` ('EasyNegative (1)' -> 'EasyNegative-1'), None if it is one."""
-    from embeddings.names import is_valid_name, safe_name
-
-    return None if is_valid_name(stem) else safe_name(stem)
+def rename_stray(store, path, valid: str) -> None:
+    """Give the hand-copied file `path` the name `valid`; refused in the studio's words when `valid` was
+    taken since the page was drawn (the core's advice is to remove it, and this row has no name field)."""
+    if store.exists(valid):
+        raise ValueError(
+            f"cannot rename {path.name} to <{valid}>: <{valid}> already exists: delete <{valid}> first, or "
+            "move this file to the trash"
+        )
+    store.rename(path.stem, valid)
 
 
 def trash_ui(store) -> None:
@@ -280,7 +292,7 @@ def doctor_ui(entries: list) -> None:
     for entry in entries:
         report = diagnose(entry.path, model.encoders, model_family=model.family)
         icon = FIT_ICONS.get(report.fit, "")
-        verdict = context.studio_text(" ".join(verdict_lines(report)), fields=context.GENERATE_FIELDS)
+        verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.GENERATE_FIELDS)
         st.markdown(f"{icon} **<{entry.name}>** — {report.fit}: {verdict}")
         for warning in report.warnings:
             st.caption(f"⚠️ {context.studio_text(warning, fields=context.GENERATE_FIELDS)}")
@@ -294,6 +306,20 @@ def verdict_lines(report) -> list[str]:
     if report.embedding is None:
         return report.lines
     return report.lines[len(describe(report.embedding)) :] or report.lines
+
+
+def sentences(lines: list[str]) -> str:
+    """The doctor's lines as one paragraph, each a sentence: 'this model is width 32', 'partial option: …'
+    -> 'this model is width 32. partial option: …' (a line ending in punctuation keeps its own)."""
+    lines = [line.strip() for line in lines if line.strip()]
+    return " ".join(line if line.endswith((".", "!", "?", ":")) else f"{line}." for line in lines)
+
+
+def widths_text(widths: dict[str, int]) -> str:
+    """'width 64', or 'widths clip_l 768, clip_g 1280', for the details panel (not a Python dict)."""
+    from embeddings.doctor import widths_text as text
+
+    return text(widths) if len(widths) == 1 else f"widths {text(widths)}"
 
 
 # --- the page ---
