@@ -3,6 +3,7 @@
     python bench/real_architecture.py --family sdxl --resolution 128 --steps 2              # CPU: 14 GB RAM
     python bench/real_architecture.py --family sdxl --resolution 1024 --precision bf16      # the GPU check
     python bench/real_architecture.py --family sd2 --resolution 768 --precision fp16 --steps 20
+    python bench/real_architecture.py --family sdxl --resolution 1024 --precision bf16 --steps 20 --floor 20
 
 No real weights are needed or downloaded: the UNet and text encoders are built from their published configs
 (bench/step_flops.py's), with a small word-level tokenizer over the real 49,408-row vocabulary, SD's own VAE
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no", help="mixed precision")
     parser.add_argument("--steps", type=int, default=3, help="training steps (the first warms up)")
     parser.add_argument("--previews", type=int, default=0, metavar="N", help="preview samples at the end")
+    parser.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N floor steps (UNet forward + backward to the conditioning) and print step/floor",
+    )
     args = parser.parse_args(argv)
     from trainers import TrainConfig, train
     from trainers.models import LoadedModel, detect_family
@@ -159,7 +167,46 @@ def main(argv: list[str] | None = None) -> int:
         f"peak memory {memory:.1f} GB ({measured}), rows {rows}, "
         f"{'finite' if finite else 'NOT FINITE'}"
     )
+    if args.floor:
+        floor = floor_seconds(pipe.unet, args.family, args.resolution, args.precision, args.floor)
+        print(
+            f"floor {run}: {floor * 1e3:.0f} ms (median of {args.floor}), step {per_step * 1e3:.0f} ms, "
+            f"step/floor {per_step / floor:.2f}"
+        )
     return 0 if finite else 1
+
+
+def floor_seconds(unet, family: str, px: int, precision: str, repeats: int) -> float:
+    """The median time of a floor step on `unet` (what any TI step must do: UNet forward + backward to the
+    conditioning, fixed inputs), with the frozen weights in the run's precision under the same autocast, on
+    the device the trainer used; the first two steps warm up."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    unet = unet.to(device, dtype).requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    latent = px // 8
+    noisy, target = (torch.randn(1, 4, latent, latent, generator=generator).to(device) for _ in range(2))
+    hidden = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator).to(device)
+    t = torch.tensor([500], device=device)
+    added = None
+    if family == "sdxl":  # the pooled text embedding and the time ids
+        text_embeds = torch.randn(1, 1280, generator=generator).to(device)  # (1, 1280)
+        time_ids = torch.tensor([[px, px, 0, 0, px, px]], dtype=torch.float32, device=device)  # (1, 6)
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+    times = []
+    for i in range(repeats + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        conditioning = hidden.detach().requires_grad_(True)
+        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            pred = unet(noisy, t, encoder_hidden_states=conditioning, added_cond_kwargs=added).sample
+        torch.nn.functional.mse_loss(pred.float(), target).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
