@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# A store folder's files: <name>.safetensors and its thumbnail <name>.preview.png
+SUFFIX, PREVIEW_SUFFIX = ".safetensors", ".preview.png"
 TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")  # what temp_path_for names
 STALE_TEMP_SECONDS = 3600  # a write takes milliseconds: an hour-old temp file of a gone process is litter
 

@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import filecmp
 import io
-import json
 import os
-import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,16 +38,14 @@ except ImportError:  # Windows: no flock; its filesystems are case-insensitive: 
 
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
-from embeddings.files import atomic_write, atomic_write_bytes, remove_stale_temps
+from embeddings.files import PREVIEW_SUFFIX, SUFFIX, atomic_write_bytes, remove_stale_temps
 from embeddings.names import is_valid_name, stray_name_error, validate_name
+from embeddings.trash import Trash
 from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-SUFFIX = ".safetensors"
-PREVIEW_SUFFIX = ".preview.png"
-TRASH = ".trash"
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
 # Embedding files of other formats that the store does not read (`list` names them; `import` converts them).
@@ -103,7 +97,7 @@ class StoreEntry:
         }
 
 
-class Store:
+class Store(Trash):
     """put/get/list/rename/delete/restore for embeddings kept as files under `root`."""
 
     def __init__(self, root: Path) -> None:
@@ -426,57 +420,6 @@ class Store:
             return {k: v for k, v in e.meta.items() if k not in NAME_KEYS}
 
         return stored.sha256 == emb.sha256 and unnamed(stored) == unnamed(emb)
-
-    def delete(self, name: str) -> Path:
-        """Move an embedding (and its preview) to the trash; returns its trash folder. `restore` undoes it."""
-        path = self._require(name, stray_ok=True)  # a hand-copied file under a refused name can be trashed
-        folder = self.root / TRASH / f"{time.time_ns():020d}-{os.getpid()}"
-        with self._writing(path, "move to the trash"):
-            folder.mkdir(parents=True, exist_ok=False)
-            os.replace(path, folder / path.name)
-            preview = path.with_name(name + PREVIEW_SUFFIX)
-            if preview.is_file():
-                os.replace(preview, folder / preview.name)
-            (folder / "deleted.json").write_text(json.dumps({"name": name, "deleted": time.time()}))
-        return folder
-
-    def trashed(self) -> list[str]:
-        """Names in the trash (each may appear once per deletion), newest first."""
-        return [f.name[: -len(SUFFIX)] for folder in self._trash_folders() for f in folder.glob("*" + SUFFIX)]
-
-    def _trash_folders(self) -> list[Path]:
-        trash = self.root / TRASH
-        return sorted((p for p in trash.iterdir() if p.is_dir()), reverse=True) if trash.is_dir() else []
-
-    def restore(self, name: str) -> Path:
-        """Bring back the most recently deleted embedding of that name; refuses if the name is taken again
-        (except by this restore's own copy, left by a kill before the trash folder was removed)."""
-        folders = self._trash_folders()
-        stray = next((p for f in folders if (p := self.stray_path(name, f)) is not None), None)
-        path = self.root / stray.name if stray is not None else self.path(name)  # undo a delete exactly
-        self._check_folder()
-        for folder in folders:
-            trashed = folder / path.name
-            if not trashed.is_file():
-                continue
-            # a restore killed after its copy left the same file in the store and in the trash: finish it
-            unfinished = path.is_file() and filecmp.cmp(path, trashed, shallow=False)
-            if path.exists() and not unfinished:
-                raise StoreError(
-                    f"cannot restore '{name}': an embedding of that name exists; rename it first "
-                    f"(`tokensmith rename {name} NEW`)"
-                )
-            self.check_case_twin(name)
-            with self._locked(), self._writing(path):
-                if not unfinished:
-                    self.check_case_twin(name)  # again, under the lock
-                    atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
-                preview = folder / (name + PREVIEW_SUFFIX)
-                if preview.is_file():
-                    os.replace(preview, path.with_name(name + PREVIEW_SUFFIX))
-                shutil.rmtree(folder)
-            return path
-        raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")
 
 
 def _other_format(file_name: str) -> bool:

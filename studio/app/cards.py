@@ -133,12 +133,11 @@ def export_download(emb: Any, fmt: str, *, image: Any = None) -> Download:
 
 @dataclass
 class Uploads:
-    """What a batch of uploaded files holds: each embedding with the upload(s) it came from, the files that
-    held none (one message each), and warnings about files that import but may not be what was meant."""
+    """What a batch of uploaded files holds: each embedding with the upload(s) it came from, and the files
+    that are not imported (one message each: no embedding, a lone half of an SDXL pair, ...)."""
 
     found: list[tuple[str, Any]] = field(default_factory=list)  # (file name(s), Embedding)
     problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:

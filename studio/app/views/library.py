@@ -157,16 +157,15 @@ def import_ui(store) -> None:
     if st.button("Import", key="lib_import", disabled=not files):
         uploads = cards.read_uploads([(file.name, file.getvalue()) for file in files])
         problems = [context.studio_text(p) for p in uploads.problems]
-        warnings = [context.studio_text(w) for w in uploads.warnings]
         clashes = cards.name_clashes(uploads.found)
         if clashes:  # as `tokensmith import`: checked for every file before any is stored
-            _report([], clashes + problems, [], warnings)
+            _report([], clashes + problems, [])
             return
         added, same = store_uploads(store, uploads.found, problems, overwrite=overwrite)
         if added:  # list them: the page lists the store before this section, so run it again
-            st.session_state["lib_import_report"] = (added, problems, same, warnings)
+            st.session_state["lib_import_report"] = (added, problems, same)
             st.rerun()
-        _report(added, problems, same, warnings)
+        _report(added, problems, same)
 
 
 def store_uploads(store, found: list, problems: list[str], *, overwrite: bool) -> tuple[list, list]:
@@ -196,16 +195,14 @@ def store_uploads(store, found: list, problems: list[str], *, overwrite: bool) -
 
 def import_report_ui() -> None:
     """What the last import added (and refused), shown once after the rerun that lists the new cards."""
-    _report(*st.session_state.pop("lib_import_report", ([], [], [], [])))
+    _report(*st.session_state.pop("lib_import_report", ([], [], [])))
 
 
-def _report(added: list[str], problems: list[str], same: list[str], warnings: list[str]) -> None:
+def _report(added: list[str], problems: list[str], same: list[str]) -> None:
     if added:
         st.success("Imported " + ", ".join(f"<{n}>" for n in added))
     if same:
         st.info("Already in the library with identical vectors: " + ", ".join(f"<{n}>" for n in same))
-    for warning in warnings:
-        st.warning(warning)
     for problem in problems:
         st.error(problem)
 
