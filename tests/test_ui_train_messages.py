@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import studio.jobs
 from embeddings import Embedding, Store
 from tests import test_ui_train
 from tests.test_ui_train import errors, fill, job_command, open_train, png, run_folder
@@ -73,8 +74,13 @@ def test_a_value_above_the_old_maximum_reaches_the_job(fake_trainer, tokensmith_
     at.number_input(key=key).set_value(value).run()
     at.button(key="start").click().run()
     assert not errors(at), errors(at)
-    command = job_command(at, tokensmith_home)
-    assert command[command.index(flag) + 1] == str(value)
+    try:
+        command = job_command(at, tokensmith_home)
+        assert command[command.index(flag) + 1] == str(value)
+    finally:  # a 50,000-step fake job must not outlive the test (it slowed every test after it)
+        runner = studio.jobs.JobRunner(tokensmith_home)
+        runner.cancel(at.query_params["job"])
+        runner.wait(at.query_params["job"], timeout=20)
 
 
 # --- "Start from" refused before launch ---
