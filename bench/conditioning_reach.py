@@ -55,7 +55,7 @@ def fit(unet, conditioner, prompt: str, params: list, cache, maths, *, steps: in
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        indices = torch.randint(0, len(cache.sizes), (4,), generator=generator).tolist()
+        indices = torch.randint(0, len(cache.means), (4,), generator=generator).tolist()
         batch = draw_batch(cache, indices, [prompt] * 4, maths, generator)
         step_loss(unet, conditioner, maths, batch).backward()
         optimizer.step()

@@ -229,3 +229,29 @@ def test_captions_with_a_byte_order_mark_read_and_other_encodings_are_clear_erro
     (tmp_path / "a.txt").write_bytes("caf\xe9 sign".encode("latin-1"))
     with pytest.raises(DataError, match=r"a\.txt is not UTF-8.*re-save it as UTF-8"):
         load_images(tmp_path)
+
+
+def test_sdxl_time_ids_say_the_source_size_and_where_each_crop_lies(tmp_path):
+    from PIL import ImageOps
+
+    from trainers.data import TrainImage, _to_tensors
+
+    # (30, 60, 3): every column differs, so a crop's place and mirroring show in its pixels
+    columns = np.tile(np.arange(60, dtype=np.uint8)[None, :, None] * 4, (30, 1, 3))
+    image = Image.fromarray(columns)
+    item = TrainImage(path=tmp_path / "wide.png", image=image, caption="")
+    samples = build_samples(
+        [item], resolution=16, crop="random", flip=True, alpha_weight=False, multiple=8, seed=3
+    )
+    scaled = image.resize((32, 16), Image.Resampling.BICUBIC)  # covers 16x16, aspect kept
+    for sample in samples:
+        height, width, top, left, target_h, target_w = sample.time_ids
+        assert (height, width, target_h, target_w) == (30, 60, 16, 16)
+        shown = ImageOps.mirror(scaled) if sample.flipped else scaled
+        expected, _ = _to_tensors(shown.crop((left, top, left + 16, top + 16)), False)
+        assert torch.equal(sample.pixels, expected)  # the crop the ids describe is the one trained on
+    assert len({sample.time_ids[3] for sample in samples}) > 2  # random crops lie at different places
+    (centre,) = build_samples(
+        [item], resolution=16, crop="center", flip=False, alpha_weight=False, multiple=8, seed=3
+    )
+    assert centre.time_ids == (30, 60, 0, 8, 16, 16)

@@ -14,9 +14,10 @@ def _samples():
     generator = torch.Generator().manual_seed(0)
     weight = torch.zeros(1, 16, 16)
     weight[:, :, :8] = 1.0
+    ids = (16, 24, 0, 4, 16, 16)  # a 24x16 source, centre-cropped to 16 px
     return [
-        Sample(0, torch.rand(3, 16, 16, generator=generator) * 2 - 1, weight, False, (16, 16)),
-        Sample(0, torch.rand(3, 16, 16, generator=generator) * 2 - 1, weight, True, (16, 16)),
+        Sample(0, torch.rand(3, 16, 16, generator=generator) * 2 - 1, weight, False, (16, 16), ids),
+        Sample(0, torch.rand(3, 16, 16, generator=generator) * 2 - 1, weight, True, (16, 16), ids),
     ]
 
 
@@ -30,7 +31,7 @@ def test_cache_holds_the_vae_distribution_times_its_scaling_factor():
     assert torch.allclose(torch.stack(cache.means), dist.mean * scale, atol=1e-6)
     assert torch.allclose(torch.stack(cache.stds), dist.std * scale, atol=1e-6)
     assert cache.weights[0].shape == (1, 8, 8) and cache.weights[0][0, 0].tolist() == [1.0] * 4 + [0.0] * 4
-    assert cache.sizes == [(16, 16), (16, 16)]
+    assert cache.time_ids == [(16, 24, 0, 4, 16, 16)] * 2
 
 
 def test_draws_are_mean_plus_std_noise_from_the_generator():
@@ -120,7 +121,7 @@ def test_the_run_cache_is_made_once_and_a_resume_reads_the_file_it_began_with(tm
     state = PartialState(cpu=True)
     first = run_cache(path, encode, made_for=made_for, accelerator=state, reuse=False)
     assert path.is_file() and len(calls) == 1
-    assert first.sizes == [(16, 16), (16, 16)] and first.weights[0].shape == (1, 8, 8)
+    assert first.time_ids == [(16, 24, 0, 4, 16, 16)] * 2 and first.weights[0].shape == (1, 8, 8)
 
     marked = load_cache(path)
     marked.means[0].fill_(7.0)

@@ -196,3 +196,24 @@ def test_half_precision_weights_are_cast_before_they_move_to_the_device(monkeypa
     assert moved == [[torch.bfloat16] * 3]
     restore_model(model, originals)
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
+
+
+def test_the_sdxl_unet_is_told_each_image_s_size_and_crop(tmp_path, tokensmith_home):
+    from PIL import Image
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    for i in range(3):  # wider than the 32 px square each is cropped to
+        Image.new("RGB", (48, 32), (200, 40 * i, 30)).save(folder / f"{i}.png")
+    model = tiny_model("sdxl")
+    seen = []
+    hook = model.pipe.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True
+    )
+    try:
+        config = _quick(folder, tmp_path, steps=2, flip=False, resolution=32, preview_images=0)
+        train(config, home=tokensmith_home, model=model)
+    finally:
+        hook.remove()
+    rows = {tuple(row) for ids in seen for row in ids.tolist()}  # training and validation steps alike
+    assert seen and rows == {(32.0, 48.0, 0.0, 8.0, 32.0, 32.0)}  # source 48x32; crop 8 px in from the left

@@ -44,8 +44,9 @@ def test_stopper_state_round_trips():
 
 def test_validation_set_is_fixed_and_spreads_timesteps():
     means = [torch.full((4, 2, 2), float(i)) for i in range(3)]
-    cache = LatentCache(means=means, stds=[torch.ones(4, 2, 2)] * 3, weights=[None] * 3, sizes=[(16, 16)] * 3)
-    samples = [Sample(i, torch.zeros(3, 16, 16), None, False, (16, 16)) for i in range(3)]
+    ids = (16, 16, 0, 0, 16, 16)
+    cache = LatentCache(means=means, stds=[torch.ones(4, 2, 2)] * 3, weights=[None] * 3, time_ids=[ids] * 3)
+    samples = [Sample(i, torch.zeros(3, 16, 16), None, False, (16, 16), ids) for i in range(3)]
     kwargs = dict(size=6, num_timesteps=1000, seed=5)
     first = build_validation_set(cache, samples, ["a [name]"], ["", "", ""], **kwargs)
     again = build_validation_set(cache, samples, ["a [name]"], ["", "", ""], **kwargs)

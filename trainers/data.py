@@ -78,6 +78,9 @@ class Sample:
     weight: torch.Tensor | None  # (1, H, W) in [0, 1] from alpha, or None
     flipped: bool
     bucket: tuple[int, int]  # (width, height)
+    # SDXL's micro-conditioning: the image's own (height, width), where the crop's top left lies in the image
+    # scaled to cover the bucket (mirrored with the image), and the bucket's (height, width)
+    time_ids: tuple[int, int, int, int, int, int]
 
 
 # --- images and captions ---
@@ -306,8 +309,12 @@ def bucket_for(size: tuple[int, int], resolution: int, multiple: int) -> tuple[i
     return best_w, best_h
 
 
-def _cover_and_crop(image: Image.Image, target: tuple[int, int], offset: tuple[float, float]) -> Image.Image:
-    """Scale so the image covers `target` (aspect kept), then crop at `offset` (0..1 of the slack)."""
+def _cover_and_crop(
+    image: Image.Image, target: tuple[int, int], offset: tuple[float, float]
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Scale so the image covers `target` (aspect kept), then crop at `offset` (0..1 of the slack).
+
+    Returns the crop and where it lies: (top, left, scaled height, scaled width)."""
     tw, th = target
     scale = max(tw / image.width, th / image.height)
     resized = image.resize(
@@ -315,7 +322,23 @@ def _cover_and_crop(image: Image.Image, target: tuple[int, int], offset: tuple[f
     )
     left = round((resized.width - tw) * offset[0])
     top = round((resized.height - th) * offset[1])
-    return resized.crop((left, top, left + tw, top + th))
+    return resized.crop((left, top, left + tw, top + th)), (top, left, resized.height, resized.width)
+
+
+def _time_ids(
+    original: tuple[int, int], place: tuple[int, int, int, int], target: tuple[int, int], mirrored: bool
+) -> tuple[int, int, int, int, int, int]:
+    """SDXL's micro-conditioning of one sample, as SDXL was trained: the source's size (a small photo says
+    "upscaled", so the token need not learn its blur) and the crop's top left (an off-centre crop says
+    "cropped", so the token need not learn the cut). Generation asks for (size, size, 0, 0, size, size).
+
+    `original` and `target` are (width, height), `place` is `_cover_and_crop`'s; a mirrored crop's left is
+    measured from the mirrored image's left edge."""
+    (width, height), (tw, th) = original, target
+    top, left, _, scaled_width = place
+    if mirrored:
+        left = scaled_width - left - tw
+    return (height, width, top, left, th, tw)
 
 
 def _to_tensors(image: Image.Image, alpha_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -350,11 +373,12 @@ def build_samples(
         if crop == "random":
             offsets = [(rng.random(), rng.random()) for _ in range(RANDOM_CROPS)]
         for offset in offsets:
-            cropped = _cover_and_crop(item.image, target, offset)
+            cropped, place = _cover_and_crop(item.image, target, offset)
             for mirrored in (False, True) if flip else (False,):
                 shown = ImageOps.mirror(cropped) if mirrored else cropped
                 pixels, weight = _to_tensors(shown, alpha_weight)
-                samples.append(Sample(index, pixels, weight, mirrored, target))
+                time_ids = _time_ids(item.image.size, place, target, mirrored)
+                samples.append(Sample(index, pixels, weight, mirrored, target, time_ids))
     return samples
 
 

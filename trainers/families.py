@@ -153,12 +153,6 @@ class Conditioner:
         states = torch.cat(hidden, dim=-1)[gather]  # (B, L, D_l + D_g)
         return states, {"text_embeds": pooled[gather]}
 
-    @staticmethod
-    def time_ids(sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """SDXL micro-conditioning: (original h, w, crop top, left, target h, w) per sample; (B, 6)."""
-        rows = [[h, w, 0, 0, h, w] for h, w in sizes]
-        return torch.tensor(rows, device=device, dtype=dtype)  # (B, 6)
-
 
 def check_family_keys(family: str, encoders: list[tuple[str, object, object]]) -> None:
     """The model's encoders must be the ones the family trains (one for SD, clip_l + clip_g for SDXL)."""

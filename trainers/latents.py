@@ -30,7 +30,7 @@ from trainers.writes import writing
 
 ENCODE_CHUNK = 8
 REFINE_LR = 0.1  # Adam's step on the unscaled latent when fitting it to the decoder
-CACHE_FORMAT = "tokensmith-latents/1"
+CACHE_FORMAT = "tokensmith-latents/2"  # /2: SDXL time ids per sample, not pixel sizes
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class LatentCache:
     means: list[torch.Tensor]  # each (C, h, w)
     stds: list[torch.Tensor]  # each (C, h, w)
     weights: list[torch.Tensor | None]  # each (1, h, w) or None
-    sizes: list[tuple[int, int]]  # original (height, width) in pixels, for SDXL time ids
+    time_ids: list[tuple[int, ...]]  # each sample's SDXL micro-conditioning (Sample.time_ids)
 
     def draw(
         self, indices: list[int], generator: torch.Generator
@@ -103,8 +103,8 @@ def encode_samples(
             weights.append(None)
             continue
         weights.append(F.adaptive_avg_pool2d(sample.weight[None], mean.shape[-2:])[0])  # (1, h, w)
-    sizes = [tuple(sample.pixels.shape[-2:]) for sample in samples]
-    return LatentCache(means=means, stds=stds, weights=weights, sizes=sizes)
+    time_ids = [sample.time_ids for sample in samples]
+    return LatentCache(means=means, stds=stds, weights=weights, time_ids=time_ids)
 
 
 def fit_to_decoder(vae, pixels, start, weight, *, steps: int) -> torch.Tensor:
@@ -136,7 +136,7 @@ def save_cache(cache: LatentCache, path: Path, *, made_for: dict | None = None) 
             tensors[f"weight.{i}"] = weight.contiguous()
     meta = {
         "format": CACHE_FORMAT,
-        "sizes": json.dumps([list(size) for size in cache.sizes]),
+        "time_ids": json.dumps([list(ids) for ids in cache.time_ids]),
         "made_for": json.dumps(made_for or {}, sort_keys=True),
     }
     path = Path(path)
@@ -165,13 +165,13 @@ def load_cache(path: Path) -> LatentCache:
         raise TokensmithError(f"{path} is not a latent cache this version reads; delete it to encode anew")
     try:
         tensors = load_file(str(path))
-        sizes = [tuple(size) for size in json.loads(meta["sizes"])]
-        n = len(sizes)
+        time_ids = [tuple(ids) for ids in json.loads(meta["time_ids"])]
+        n = len(time_ids)
         return LatentCache(
             means=[tensors[f"mean.{i}"] for i in range(n)],
             stds=[tensors[f"std.{i}"] for i in range(n)],
             weights=[tensors.get(f"weight.{i}") for i in range(n)],
-            sizes=sizes,
+            time_ids=time_ids,
         )
     except (OSError, ValueError, KeyError) as exc:
         reason = f"latent cache {path} is incomplete ({exc}); delete it to encode anew"

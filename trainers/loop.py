@@ -64,14 +64,14 @@ class Batch:
     noise: torch.Tensor  # (B, C, h, w)
     timesteps: torch.Tensor  # (B,)
     prompts: list[str]
-    sizes: list[tuple[int, int]]
+    time_ids: list[tuple[int, ...]]  # SDXL micro-conditioning per sample (Sample.time_ids)
     weights: torch.Tensor | None  # (B, 1, h, w) alpha weights, or None
 
     def to(self, device) -> Batch:
         """The same batch with its tensors on `device` (the draws are made on the CPU)."""
         weights = None if self.weights is None else self.weights.to(device)
         tensors = (self.latents.to(device), self.noise.to(device), self.timesteps.to(device))
-        return Batch(*tensors, self.prompts, self.sizes, weights)
+        return Batch(*tensors, self.prompts, self.time_ids, weights)
 
 
 def parameter_dtype(module) -> torch.dtype:
@@ -92,7 +92,7 @@ def step_loss(
     noisy, target = maths.noisy_and_target(batch.latents, batch.noise, batch.timesteps)  # (B, C, h, w) ×2
     hidden, added = conditioner.encode(batch.prompts, device)  # (B, L, D)
     if added is not None:
-        added["time_ids"] = conditioner.time_ids(batch.sizes, device, hidden.dtype)  # (B, 6)
+        added["time_ids"] = torch.tensor(batch.time_ids, device=device, dtype=hidden.dtype)  # (B, 6)
     dtype = parameter_dtype(unet)
     pred = unet(
         noisy.to(dtype), batch.timesteps, encoder_hidden_states=hidden.to(dtype), added_cond_kwargs=added
@@ -113,8 +113,8 @@ def draw_batch(cache, indices: list[int], prompts: list[str], maths: DiffusionMa
     latents, weights = cache.draw(indices, generator)  # (B, C, h, w)
     noise = torch.randn(latents.shape, generator=generator)  # (B, C, h, w)
     timesteps = torch.randint(0, maths.num_timesteps, (len(indices),), generator=generator)  # (B,)
-    sizes = [cache.sizes[i] for i in indices]
-    return Batch(latents, noise, timesteps, prompts, sizes, weights)
+    time_ids = [cache.time_ids[i] for i in indices]
+    return Batch(latents, noise, timesteps, prompts, time_ids, weights)
 
 
 ATTENTION_CHOICES = ("sdpa", "eager")

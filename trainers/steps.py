@@ -281,7 +281,7 @@ class Steps:
         prompts = [
             fill_template(t, self.token_text, c) for t, c in zip(val.templates, val.captions, strict=True)
         ]
-        batch = Batch(val.latents, val.noise, val.timesteps, prompts, val.sizes, val.weights)
+        batch = Batch(val.latents, val.noise, val.timesteps, prompts, val.time_ids, val.weights)
         with torch.no_grad(), self.accelerator.autocast():
             loss = self.loss(batch.to(self.accelerator.device))
         return mean_over_processes(self.accelerator, float(loss))

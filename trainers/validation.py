@@ -24,7 +24,7 @@ class ValidationSet:
     timesteps: torch.Tensor  # (K,)
     templates: list[str]  # K templates, filled with the token text when used
     captions: list[str]
-    sizes: list[tuple[int, int]]
+    time_ids: list[tuple[int, ...]]
     weights: torch.Tensor | None  # (K, 1, h, w) or None
 
 
@@ -47,7 +47,7 @@ def build_validation_set(cache, samples, templates, captions, *, size: int, num_
         timesteps=timesteps,
         templates=[templates[i % len(templates)] for i in range(size)],
         captions=[captions[samples[i].image_index] for i in picks],
-        sizes=[cache.sizes[i] for i in picks],
+        time_ids=[cache.time_ids[i] for i in picks],
         weights=weights,
     )
 
