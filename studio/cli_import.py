@@ -41,14 +41,16 @@ def run_import(args) -> int:
     for path in args.paths:
         found.extend(import_sources(Path(path), skipped=skipped))
     found = distinct_sources(found)  # `cat.pt ./cat.pt`, or a folder and a file in it: stored once
+    # A half of an SDXL pair alone is not the SDXL embedding (the studio's uploads skip it too): stored, it
+    # would be an unrelated one-encoder embedding under the concept's name.
+    halves = {source: note for source, _ in found if (note := lone_pair_half(source))}
+    skipped += [(source, note) for source, note in halves.items()]
+    found = [(source, emb) for source, emb in found if source not in halves]
     for path, reason in skipped:
         reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
     if not found:
         raise StoreError("nothing to import: no file held an embedding")
-    for source in dict.fromkeys(source for source, _ in found):
-        if note := lone_pair_half(source):
-            print(f"tokensmith import: warning: {source}: {note}", file=sys.stderr)
     if args.name is not None:  # --name '' is an invalid name, not 'no name'
         if len(found) != 1:
             raise StoreError(f"--name applies to one embedding, but {len(found)} were found; drop --name")

@@ -146,15 +146,22 @@ def test_the_text_attention_choice_stays_out_of_the_stored_preview_scores():
     assert state.first_metric == {"metric": 0.5, "clip_text": 0.25}  # metrics.before of the stored file
 
 
-def test_import_warns_that_a_lone_half_is_not_the_sdxl_embedding(tmp_path, capsys):
+def test_import_skips_a_lone_half_as_the_studio_does(tmp_path, capsys):
+    from embeddings import Store
     from studio.cli import main
 
     export(xl(widths=(768, 1280)), "diffusers", tmp_path / "pair")
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(tmp_path / "pair" / "learned_embeds_2.safetensors", lone)
-    assert main(["import", str(lone / "learned_embeds_2.safetensors"), "--home", str(tmp_path / "home")]) == 0
+    home = tmp_path / "home"
+    assert main(["import", str(lone / "learned_embeds_2.safetensors"), "--home", str(home)]) == 1
     err = capsys.readouterr().err
-    assert "warning:" in err and "the clip_g (text_encoder_2) half of a diffusers SDXL pair" in err
-    main(["import", str(tmp_path / "pair"), "--home", str(tmp_path / "home2")])
-    assert "warning" not in capsys.readouterr().err  # the pair's folder is the embedding
+    assert "skipped" in err and "the clip_g (text_encoder_2) half of a diffusers SDXL pair" in err
+    assert "nothing to import" in err and Store.for_home(home).names() == []
+    export(Embedding(name="dog", vectors={"emb_params": torch.ones(1, 768)}), "a1111-pt", tmp_path / "dog.pt")
+    assert main(["import", str(lone), str(tmp_path / "dog.pt"), "--home", str(home)]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert Store.for_home(home).names() == ["dog"]  # the rest of the import is stored
+    assert main(["import", str(tmp_path / "pair"), "--home", str(tmp_path / "home2")]) == 0
+    assert "skipped" not in capsys.readouterr().err  # the pair's folder is the embedding
