@@ -94,6 +94,16 @@ def test_a_token_too_long_for_the_prompts_is_refused_with_the_count_that_fits(tm
         train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
 
 
+def test_a_resolution_the_model_cannot_halve_is_refused_with_the_sizes_that_fit(tmp_path):
+    images = square_images(tmp_path / "images")
+    cfg = quick_config(images, tmp_path / "run", resolution=18)  # the tiny model takes multiples of 4 px
+    with pytest.raises(
+        TokensmithError, match=r"resolution 18 px .* multiple of 4 px; use --resolution 16 or 20"
+    ):
+        train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
+    assert not (tmp_path / "run" / "latents.safetensors").exists()  # refused before any latent was cached
+
+
 def test_a_caption_joins_the_default_object_prompts(tmp_path):
     """NAME.txt captions reach the training prompts without --templates captions: a long one makes the
     prompt too long for the tiny tokenizer, and the refusal shows the prompt with the caption in it."""

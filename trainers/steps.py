@@ -72,6 +72,19 @@ def check_prompt_length(conditioner: Conditioner, templates, captions, cfg: Trai
             )
 
 
+def check_resolution(resolution: int, multiple: int, native: int) -> None:
+    """Refuse a training size the model cannot take: its VAE and UNet halve the sides again and again, so
+    they must be a multiple of `multiple` px (64 for SD; a bucket's sides are rounded to it)."""
+    if resolution % multiple == 0:
+        return
+    below, above = resolution // multiple * multiple, (resolution // multiple + 1) * multiple
+    sizes = f"{below} or {above}" if below else str(above)
+    raise TokensmithError(
+        f"training resolution {resolution} px does not fit this model: its VAE and UNet need sides that are "
+        f"a multiple of {multiple} px; use --resolution {sizes} (or 0 for its native {native})"
+    )
+
+
 @dataclass(frozen=True)
 class Ending:
     """How the steps ended: the last step taken and why ("finished" | "early_stopped" | "stopped")."""
@@ -110,6 +123,7 @@ class Steps:
         the learning-rate schedule; load the newest checkpoint into them when resuming."""
         pipe, device = model.pipe, accelerator.device
         multiple = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        check_resolution(cfg.resolution or model.resolution, multiple, model.resolution)
         samples = build_samples(
             images,
             resolution=cfg.resolution or model.resolution,
