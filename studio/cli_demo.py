@@ -51,7 +51,26 @@ def register(subparsers, common) -> None:
 DEMO_CONCEPT = "purple triangle"
 DEMO_IMAGES = 5
 DEMO_SAMPLES = 4
-DEMO_BLEND_WITH = "red"
+# The blend row turns the token halfway to a colour word (slerp): on the demo world its samples keep the
+# concept's shape in the word's colour (measured: purple triangle -> 4/4 blue triangles, two trained tokens).
+# A linear 0.5/0.5 mix with a word changed nothing: the trained vectors are longer than the word's.
+DEMO_BLEND_WITH = ("blue", "red")  # the first that is not the concept's own colour
+
+
+def _blend_prompt(name: str, concept) -> str:
+    word = next(colour for colour in DEMO_BLEND_WITH if colour != concept.colour)
+    return f"a <slerp(<{name}>, {word}, 0.5)>"
+
+
+def _reads_as(images) -> dict:
+    """What the judge reads most often in `images`: {'reads_as': 'blue triangle', 'count': 4, 'n': 4}."""
+    from collections import Counter
+
+    from demo.judge import judge
+
+    seen = Counter(" ".join(filter(None, (v.colour, v.shape))) or "nothing" for v in map(judge, images))
+    reads_as, count = seen.most_common(1)[0]
+    return {"reads_as": reads_as, "count": count, "n": len(images)}
 
 
 def _judge_row(images, concept) -> dict:
@@ -174,9 +193,10 @@ def run_demo(args) -> int:
         )
         return 1
     after = sample(f"a <{name}>")
-    blend_prompt = f"a <0.5*<{name}> + 0.5*{DEMO_BLEND_WITH}>"
+    blend_prompt = _blend_prompt(name, concept)
     blended = sample(blend_prompt)
     scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
+    blend = {"prompt": blend_prompt, **_reads_as(blended)}
     rows = [shots[:DEMO_SAMPLES], before, after, blended]
     labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>", f"blend: {blend_prompt[2:]}"]
     sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
@@ -193,6 +213,7 @@ def run_demo(args) -> int:
         "contact_sheet": str(sheet_path.resolve()),
         "seconds": round(time.monotonic() - started, 1),
         **scores,
+        "blend": blend,
     }
     report = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
     b, a = scores["before"], scores["after"]
@@ -206,6 +227,7 @@ def run_demo(args) -> int:
         f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
         f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
         f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}",
+        f"blend          {blend_prompt[2:]} reads as {blend['reads_as']} ({blend['count']}/{blend['n']})",
         f"contact sheet  {result['contact_sheet']}",
         f"time           {result['seconds']} s",
     ]

@@ -1,5 +1,6 @@
 """THE README'S MAIN JOB, END TO END: `tokensmith demo` renders a held-out concept, trains a token on the demo
-world, stores it, generates with it and with a blend, writes the contact sheet and prints judge scores.
+world, stores it, generates with it and with a blend (the concept's shape in a word's colour), writes the
+contact sheet and prints judge scores.
 
 It is also the demo-world learning test: after training, the samples' foreground colour must be within
 LEARNED_DISTANCE of the concept's colour (RGB distance, the demo judge) and MARGIN closer than before, and at
@@ -30,13 +31,17 @@ def test_tokensmith_demo_learns_the_held_out_concept(tokensmith_home, tmp_path, 
     assert main(["demo", "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    for label in ("concept", "token", "before", "after", "contact sheet", "time"):
+    for label in ("concept", "token", "before", "after", "blend", "contact sheet", "time"):
         assert any(line.startswith(label) for line in captured.err.splitlines()), captured.err
     before, after = result["before"], result["after"]
     assert after["colour_distance"] <= LEARNED_DISTANCE, result
     assert before["colour_distance"] - after["colour_distance"] >= MARGIN, result
     assert after["colour_hits"] >= 3, result  # of 4 samples, the judge names the concept's colour
     assert after["shape_hits"] >= 3 and before["shape_hits"] == 0, result  # ... and the triangle
+    # the blend turns the token halfway to "blue": the concept's triangle in the word's colour
+    blend = result["blend"]
+    assert blend["prompt"] == f"a <slerp(<{result['name']}>, blue, 0.5)>", blend
+    assert blend["reads_as"] == "blue triangle" and blend["count"] >= 3, blend
     assert result["steps"] <= result["trained_steps"] <= 150  # the stored step, and what was trained
     assert result["held_out"] and not result["replaced"]
     assert result["contact_sheet"] == str((out / "contact-sheet.png").resolve())
