@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainers import models, network
+from trainers import loaders, models, network
 from trainers.models import DEMO_MARKER, ModelLoadError, demo_model_dir, detect_family, load_model
 from trainers.tiny import tiny_pipeline, tiny_tokenizer
 
@@ -154,7 +154,7 @@ def test_hub_id_without_a_network_says_the_hub_is_unreachable(monkeypatch):
             ) from None
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(models, "hub_unreachable", lambda: None)  # the name resolves; connecting fails
+    monkeypatch.setattr(loaders, "hub_unreachable", lambda: None)  # the name resolves; connecting fails
     monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", unreachable)
     with pytest.raises(
         ModelLoadError, match=r"cannot reach the Hugging Face hub .*ConnectError: \[Errno -2\]"

@@ -128,7 +128,7 @@ SDXL_KEYS = {
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_an_sdxl_checkpoint_is_told_from_its_key_names(original, tmp_path, suffix):
-    from trainers.models import _looks_sdxl
+    from trainers.loaders import looks_sdxl
 
     _pipe, _folder, sd1_state = original
     for state, expected in ((SDXL_KEYS, True), (sd1_state, False)):
@@ -137,20 +137,20 @@ def test_an_sdxl_checkpoint_is_told_from_its_key_names(original, tmp_path, suffi
             save_file(state, str(path))
         else:
             torch.save({"state_dict": state}, str(path))  # .ckpt files nest their tensors
-        assert _looks_sdxl(path) is expected, path
+        assert looks_sdxl(path) is expected, path
 
 
 def test_a_config_folder_names_the_pipeline_class(original, tmp_path):
-    from trainers.models import _looks_sdxl
+    from trainers.loaders import looks_sdxl
 
     _pipe, folder, sd1_state = original
     checkpoint = tmp_path / "model.ckpt"
     torch.save({"state_dict": sd1_state}, str(checkpoint))
-    assert _looks_sdxl(checkpoint, str(folder)) is False
+    assert looks_sdxl(checkpoint, str(folder)) is False
     xl = tmp_path / "xl-configs"
     xl.mkdir()
     (xl / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
-    assert _looks_sdxl(checkpoint, str(xl)) is True  # the folder's word wins over the keys
+    assert looks_sdxl(checkpoint, str(xl)) is True  # the folder's word wins over the keys
 
 
 class _RunsCode:

@@ -7,39 +7,38 @@
     model.family      # "demo" | "sd1" | "sd2" | "sdxl" (or "w<width>" for other single-encoder models)
     model.encoders    # [(key, tokenizer, text_encoder), ...] what the embeddings core installs into
 
-Tiny random pipelines for tests live beside it, in `trainers/tiny.py`.
+The readers of a folder, a hub id and a checkpoint are in `trainers/loaders.py`; tiny random pipelines for
+tests live beside it, in `trainers/tiny.py`.
 This module lives in trainers/ (not studio/) because both the trainer and the generation engine load
 models, and trainers may not import studio.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from embeddings.errors import EmbeddingFormatError, TokensmithError, first_line
-from embeddings.formats.pickled import load_pickle
-from trainers.network import hub_unreachable, network_error, offline_by_choice
+from trainers.loaders import (
+    ModelLoadError,
+    index_is_sdxl,
+    load_folder,
+    load_hub,
+    load_single_file,
+    looks_sdxl,
+    resolve_image_processors,
+)
 
 DEMO_MARKER = "tokensmith_demo.json"  # a marker file that makes any folder count as the demo world
 DEMO_WORLD_FILE, DEMO_WORLD_NAME = "world.json", "tokensmith demo world"  # what demo.build writes
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FAMILY_BY_WIDTH = {768: "sd1", 1024: "sd2"}
-
-
-class ModelLoadError(TokensmithError):
-    """A model that could not be found or loaded; the message says what to do."""
 
 
 @dataclass
@@ -96,9 +95,9 @@ def planned_encoder_keys(spec: str, config: str | None = None) -> tuple[str, ...
     path = Path(spec.strip()).expanduser()
     try:
         if path.is_dir():
-            sdxl = _index_is_sdxl(json.loads((path / "model_index.json").read_text(encoding="utf-8")))
+            sdxl = index_is_sdxl(json.loads((path / "model_index.json").read_text(encoding="utf-8")))
         elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-            sdxl = _looks_sdxl(path, config)
+            sdxl = looks_sdxl(path, config)
         else:
             return None
     except (OSError, ValueError, AttributeError, ModelLoadError):
@@ -184,7 +183,7 @@ def load_model(
     `config` (single-file checkpoints only) names a diffusers folder or hub id whose configs describe the
     checkpoint, for machines without a network. Raises ModelLoadError with what to do when it cannot load.
     """
-    _resolve_image_processors()  # before any of the loaders below imports diffusers' pipelines
+    resolve_image_processors()  # before any of the loaders below imports diffusers' pipelines
     check_model_spec(spec)
     spec = str(spec).strip()
     if spec == "demo":
@@ -194,11 +193,11 @@ def load_model(
                 f"the demo model is not built yet (no {folder / 'model_index.json'}): "
                 "run `python -m demo.build`"
             )
-        pipe = _load_folder(folder, dtype)
+        pipe = load_folder(folder, dtype)
         return _finish(LoadedModel(pipe=pipe, family="demo", source="demo"), device)
     path = Path(spec).expanduser()
     if path.is_dir():
-        pipe = _load_folder(path, dtype)
+        pipe = load_folder(path, dtype)
         family = "demo" if is_demo_folder(path) else detect_family(pipe)
         return _finish(LoadedModel(pipe=pipe, family=family, source=str(path.resolve())), device)
     if path.is_file():
@@ -207,11 +206,11 @@ def load_model(
                 f"{path} is not a model: give a diffusers folder or a single-file checkpoint "
                 f"({', '.join(SINGLE_FILE_SUFFIXES)})"
             )
-        pipe = _load_single_file(path, dtype, config)
+        pipe = load_single_file(path, dtype, config)
         return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=str(path.resolve())), device)
     if not _is_hub_id(spec):  # something that exists but is neither a folder nor a file
         raise ModelLoadError(f"{spec} is not a model: give a diffusers folder or a single-file checkpoint")
-    pipe = _load_hub(spec, dtype)
+    pipe = load_hub(spec, dtype)
     return _finish(LoadedModel(pipe=pipe, family=detect_family(pipe), source=spec), device)
 
 
@@ -245,174 +244,3 @@ def _finish(model: LoadedModel, device: str) -> LoadedModel:
     model.pipe.unet.requires_grad_(False)
     model.pipe.vae.requires_grad_(False)
     return model
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide diffusers'/transformers' per-component loading bars: loading is one step to the user.
-
-    diffusers' warnings are hidden too (unless DIFFUSERS_VERBOSITY asks for them): a single-file load
-    warns about fp32 modules it then handles, and offline it announces a download it cannot make, before
-    tokensmith's own error says what to do.
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    level = diffusers_logging.get_verbosity()
-    if not os.environ.get("DIFFUSERS_VERBOSITY"):
-        diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
-        diffusers_logging.set_verbosity(level)
-
-
-def _resolve_image_processors() -> None:
-    """Look up the image processors diffusers imports, with transformers' warnings off.
-
-    Without torchvision, transformers falls back to its PIL image processors for CLIP and SigLIP (the ones an
-    SD pipeline's feature extractor uses anyway). The first lookup of each name warns that it does; the
-    warning tells a tokensmith user nothing they can act on. After this lookup transformers keeps the fallback
-    and no later import of the names warns."""
-    import transformers
-    from transformers.utils import logging as transformers_logging
-
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        for name in ("CLIPImageProcessor", "SiglipImageProcessor"):
-            getattr(transformers, name, None)
-    finally:
-        transformers_logging.set_verbosity(level)
-
-
-def _pipeline_class(model_index: dict) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if _index_is_sdxl(model_index) else StableDiffusionPipeline
-
-
-def _index_is_sdxl(model_index: dict) -> bool:
-    """Whether a model_index.json names a second text encoder (SDXL)."""
-    return "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None])
-
-
-def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise ModelLoadError(
-            f"{folder} is not a diffusers model folder (no model_index.json): give a folder written by "
-            "`save_pretrained`, a single-file checkpoint, or a hub id"
-        )
-    try:
-        model_index = json.loads(index_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{index_path} is unreadable ({exc}): re-copy or re-download the model") from exc
-    cls = _pipeline_class(model_index)
-    kwargs = (
-        {"safety_checker": None, "requires_safety_checker": False}
-        if cls.__name__ == "StableDiffusionPipeline"
-        else {}
-    )
-    try:
-        with _quiet_loading():
-            pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(
-            f"could not load the diffusers model in {folder}: {first_line(exc)} "
-            "(is a component folder or weight file missing or truncated? re-copy the model)"
-        ) from exc
-    return pipe
-
-
-def _load_hub(repo_id: str, dtype: torch.dtype) -> Any:
-    from diffusers import DiffusionPipeline
-
-    offline = offline_by_choice()
-    unreachable = None if offline else hub_unreachable()
-    local_only = offline or unreachable is not None  # the cache alone, as huggingface_hub falls back to
-    try:
-        with warnings.catch_warnings():  # diffusers passes hf_hub_download an argument it deprecated
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
-            index = DiffusionPipeline.load_config(repo_id, local_files_only=local_only)
-        cls = _pipeline_class(index)
-        kwargs = (
-            {"safety_checker": None, "requires_safety_checker": False} if "XL" not in cls.__name__ else {}
-        )
-        with _quiet_loading():
-            return cls.from_pretrained(repo_id, dtype=dtype, local_files_only=local_only, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        if offline:
-            raise ModelLoadError(
-                f"hub model {repo_id!r} is not in the local cache and HF_HUB_OFFLINE=1: download it on a "
-                f"machine with a network (`huggingface-cli download {repo_id}`) or pass a local folder"
-            ) from exc
-        network = unreachable or network_error(exc)
-        if network:
-            raise ModelLoadError(
-                f"cannot reach the Hugging Face hub for {repo_id!r} ({network}) and it is not in the local "
-                "cache: connect to a network, or download it elsewhere (`hf download "
-                f"{repo_id}`) and pass its folder, or set HF_HUB_OFFLINE=1 to use the cache only"
-            ) from exc
-        raise ModelLoadError(
-            f"could not load hub model {repo_id!r}: {first_line(exc)} (check the id, your network and any "
-            "access token: `hf auth login`)"
-        ) from exc
-
-
-def _load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if _looks_sdxl(path, config) else StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}  # from_single_file still names it torch_dtype
-    if config is not None:
-        kwargs["config"] = config
-    if cls is StableDiffusionPipeline:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    local_only = offline_by_choice() or hub_unreachable() is not None
-    try:
-        with _quiet_loading():
-            return cls.from_single_file(str(path), local_files_only=local_only, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
-        hint = (
-            "single-file loading needs the model's configs: from the Hugging Face hub (network or cache), or "
-            "pass a diffusers folder of the same architecture as `config` (CLI: --model-config DIR)"
-        )
-        raise ModelLoadError(f"could not load checkpoint {path}: {first_line(exc)}; {hint}") from exc
-
-
-def _looks_sdxl(path: Path, config: str | None = None) -> bool:
-    """SDXL or not: the config folder's pipeline class when one is given, else whether the checkpoint has a
-    second text encoder (conditioner.embedders.1); only key names are read (a .ckpt is memory-mapped)."""
-    index = Path(config).expanduser() / "model_index.json" if config else None
-    if index is not None and index.is_file():
-        try:
-            return "XL" in str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
-        except (OSError, ValueError):
-            pass  # an unreadable config is diffusers' to report; fall back to the keys
-    return any(key.startswith("conditioner.embedders.1.") for key in _checkpoint_keys(path))
-
-
-def _checkpoint_keys(path: Path) -> list[str]:
-    """The tensor names of a single-file checkpoint; .ckpt/.pt/.bin are read with weights_only=True."""
-    if path.suffix.lower() == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                return list(handle.keys())
-        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-            message = f"{path} is not a readable safetensors file ({exc}): re-download it"
-            raise ModelLoadError(message) from exc
-    try:
-        state = load_pickle(path, mmap=True)  # weights_only=True: a .ckpt that would run code is refused
-    except EmbeddingFormatError as exc:
-        raise ModelLoadError(
-            f"{exc}; a .ckpt must hold tensors only (it is read with weights_only=True): convert it to "
-            ".safetensors or re-download it"
-        ) from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    return [str(key) for key in state] if isinstance(state, dict) else []
