@@ -6,6 +6,9 @@ it). Shape = best soft-IoU match of the foreground mask, cropped to its bounding
 against templates rendered by the world's own renderer, upright and tilted by up to TILTS (the renderer never
 tilts a shape, but a user's drawing of one may: a square tilted by 10 degrees, cropped to its bounding box, is
 rounder than an upright one and would otherwise read as a circle). Size = the bounding box's extent.
+
+An image larger than MAX_SIDE is read shrunk to it: the templates are rendered at the side an image is read
+at (4x supersampled), so a 6000 px photo would otherwise cost a 24000 px canvas per template (minutes, GB).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from demo.world import BACKGROUNDS, COLOURS, MARGIN, POSITIONS, SHAPES, SIZES, C
 TEMPLATE_SIDE = 16
 TILTS = (-15.0, -10.0, -5.0, 5.0, 10.0, 15.0)  # degrees; circles need none, they look the same at any tilt
 MIN_FOREGROUND = 4.0  # pixels of foreground (soft) below which an image counts as empty
+MAX_SIDE = 128  # px: the largest the world renders (bench/learn_concepts.py); larger images are shrunk to it
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,28 @@ def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     return np.asarray(image, dtype=np.float32)  # (H, W, 3) in 0..255
+
+
+def judged_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The (width, height) the judge reads an image of `size` at: its own up to MAX_SIDE on the longer side,
+    else shrunk to that, aspect kept: judged_size((2000, 1500)) == (128, 96)."""
+    width, height = size
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _judged_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """The image as the judge reads it, (H, W, 3) in 0..255: shrunk to judged_size by averaging (as the world
+    averages its supersampled canvas) when larger than MAX_SIDE."""
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image, dtype=np.float32)
+        if max(arr.shape[:2]) <= MAX_SIDE:
+            return arr
+        image = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+    image = image.convert("RGB")
+    if max(image.size) > MAX_SIDE:
+        image = image.resize(judged_size(image.size), Image.Resampling.BOX)
+    return _as_array(image)
 
 
 def _crop_normalised(mask: np.ndarray) -> np.ndarray:
@@ -107,9 +133,12 @@ def _shape_scores(norm: np.ndarray, resolution: int) -> dict[str, float]:
 
 
 def judge(image: Image.Image | np.ndarray) -> Verdict:
-    """Read an image of the demo world back into words (any square resolution)."""
-    arr = _as_array(image)
+    """Read an image of the demo world back into words. Any size: one larger than MAX_SIDE is read shrunk
+    (judged_size); a non-square one is measured against its shorter side, which the trainer's centre crop
+    keeps whole."""
+    arr = _judged_array(image)
     h, w, _ = arr.shape
+    side = min(h, w)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])  # (2H+2W, 3)
     bg = np.median(border, axis=0)
     background, _ = _nearest(bg, BACKGROUNDS)
@@ -127,10 +156,10 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
     if mask.sum() < MIN_FOREGROUND * (h * w) / 1024 or not (mask > 0.5).any():
         return _empty(bg, background)
     norm = _crop_normalised(mask)
-    scores = _shape_scores(norm, w)
+    scores = _shape_scores(norm, max(side, TEMPLATE_SIDE))  # a sliver of a strip still renders templates
     shape = max(scores, key=scores.get)
     ys, xs = np.nonzero(mask > 0.5)
-    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / w
+    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / side
     size = min(SIZES, key=lambda s: abs(SIZES[s] - extent))
     return Verdict(
         colour=colour,
@@ -176,7 +205,7 @@ def _without_specks(binary: np.ndarray) -> np.ndarray:
     out = np.zeros_like(binary, dtype=bool)
     if not regions:
         return out
-    floor = max(3 * (binary.shape[1] / 32) ** 2, 0.1 * max(len(r) for r in regions))
+    floor = max(3 * (min(binary.shape) / 32) ** 2, 0.1 * max(len(r) for r in regions))
     for region in regions:
         if len(region) >= floor:
             out[region[:, 0], region[:, 1]] = True
