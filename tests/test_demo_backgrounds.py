@@ -10,7 +10,8 @@ from tinyrun import quick_config, tiny_model
 from demo.world import Concept, render
 from trainers import steps as steps_module
 from trainers import train
-from trainers.data import data_notes, load_images
+from trainers.data import load_images
+from trainers.datanotes import data_notes
 from trainers.worldcaptions import world_captions
 
 

@@ -8,11 +8,11 @@ from trainers.data import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
     DataError,
-    data_notes,
     fill_template,
     load_images,
     template_set,
 )
+from trainers.datanotes import data_notes
 
 
 def _save(path, size=(32, 32)):

@@ -245,7 +245,7 @@ def check(cfg: TrainConfig) -> None:
             f"preview_prompt = {cfg.preview_prompt!r} has no [name]: previews (and the step kept) would "
             "not show the token; write e.g. 'a photo of [name]'"
         )
-    if cfg.templates not in TEMPLATE_SETS and not cfg.templates.endswith(".txt"):
+    if cfg.templates not in TEMPLATE_SETS and not cfg.templates.lower().endswith(".txt"):  # MY.TXT too
         raise ConfigError(
             f"templates = {cfg.templates!r}: use object, style, captions, or a path to a .txt template file"
         )

@@ -1,8 +1,9 @@
 """Training data: images (EXIF-rotated), captions, prompt templates, crops, buckets, flips and alpha weights.
 
 Everything here runs before any model loads, so a bad folder fails in a second with a message naming the
-file. Images of another aspect ratio are centre- or randomly cropped, or put in a bucket of their own shape;
-they are never squashed.
+file. Images of another aspect ratio are centre- or randomly cropped, or put in a bucket of their own shape
+(up to MAX_ASPECT: a panorama is cropped to it); they are never squashed. Once checked, an image is kept only
+as large as its crops need (`fit_for_training`), not at a photo's full size for the whole run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif", ".jfif")  # named as skipped
 MIN_SIDE = 16  # smaller images carry no concept worth learning
 RANDOM_CROPS = 4  # random crops per image, each cached once (latents are cached per crop and flip)
+MAX_ASPECT = 4.0  # a bucket is at most 4:1 (or 1:4), as kohya caps it; a wider image is centre-cropped to it
+KEEP_SCALE = 2  # kept images' shorter side: at most twice the training resolution (the crops' shorter side)
+IGNORED_CAPTION_SUFFIX = ".caption"  # kohya's and BLIP's caption files: named in a note, not read
 
 # The ImageNet template sets of the textual-inversion paper (as in diffusers' and kohya's scripts).
 OBJECT_TEMPLATES = (
@@ -65,8 +69,15 @@ class TrainImage:
     """One training image, upright (EXIF applied), with its caption text ('' when it has none)."""
 
     path: Path
-    image: Image.Image  # RGB or RGBA
+    image: Image.Image  # RGB or RGBA; after `fit_for_training`, no larger than the crops need
     caption: str
+    source_size: tuple[int, int] | None = None  # the file's own (width, height); None: image.size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the picture as the file shows it, whatever `image` was downscaled to: its
+        aspect picks the bucket, and SDXL's time ids name it."""
+        return self.source_size or self.image.size
 
 
 @dataclass(frozen=True)
@@ -86,12 +97,14 @@ class Sample:
 # --- images and captions ---
 
 
-def _caption_files(folder: Path) -> dict[str, list[Path]]:
+def caption_files(folder: Path) -> dict[str, list[Path]]:
     """The folder's .txt files by lower-cased name: 'IMG_1.TXT' captions 'IMG_1.JPG' as it does on Windows
-    and macOS, whose file systems ignore case (a folder copied from one must caption the same here)."""
+    and macOS, whose file systems ignore case (a folder copied from one must caption the same here). A link
+    whose caption is gone is kept: `_caption_for` names it, as `image_paths` names an image's."""
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() == ".txt" and not path.name.startswith(".") and path.is_file():
+        broken = path.is_symlink() and not path.exists()
+        if path.suffix.lower() == ".txt" and not path.name.startswith(".") and (path.is_file() or broken):
             found.setdefault(path.name.lower(), []).append(path)
     return found
 
@@ -107,6 +120,11 @@ def _caption_for(path: Path, text_files: dict[str, list[Path]]) -> str:
     if not candidates:
         return ""
     text_file = (exact or candidates)[0]
+    if text_file.is_symlink() and not text_file.exists():
+        raise DataError(
+            f"caption {text_file} is a broken link: {os.readlink(text_file)} does not exist; restore the "
+            "caption it points to, or remove the link"
+        )
     try:
         return text_file.read_text(encoding="utf-8-sig").strip()  # -sig: Windows editors' byte-order mark
     except UnicodeDecodeError as exc:
@@ -129,7 +147,7 @@ def image_paths(folder: Path) -> list[Path]:
     return [p for p in found if p.is_file()]
 
 
-def _few(names: list[str], shown: int = 3) -> str:
+def few(names: list[str], shown: int = 3) -> str:
     """'a.gif, b.gif, c.gif, ...': the first few names, for a message that should stay one line."""
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
@@ -139,28 +157,33 @@ def other_images(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
 
 
-def _image_subfolders(folder: Path) -> list[str]:
-    """Names of the subfolders that hold training images: a folder of class folders is not searched."""
+def image_subfolders(folder: Path) -> list[tuple[str, int]]:
+    """(name, image count) of the subfolders that hold training images, most images first: a folder of
+    class folders is not searched. Counted as `image_paths` counts (macOS `._x.png` forks are no images),
+    and a Mac zip's `__MACOSX/` (nothing but such forks) is no suggestion."""
     found = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            if any(c.suffix.lower() in IMAGE_SUFFIXES for c in sub.iterdir()):
-                found.append(sub.name)
-        except OSError:  # an unreadable subfolder: no hint from it
+        if sub.name == "__MACOSX":
             continue
-    return found
+        try:
+            count = len(image_paths(sub))
+        except (OSError, DataError):  # an unreadable subfolder, or one with a broken link: no hint from it
+            continue
+        if count:
+            found.append((sub.name, count))
+    return sorted(found, key=lambda named: -named[1])  # stable: by name among equal counts
 
 
-def _too_few(folder: Path, count: int, min_images: int) -> DataError:
+def _toofew(folder: Path, count: int, min_images: int) -> DataError:
     """The error for a folder with fewer than `min_images` images, with what the user probably meant."""
     hint = ""
     if others := other_images(folder):
-        hint += f"; convert {_few(others)} to PNG"
-    if subfolders := _image_subfolders(folder):
-        shown = _few([f"{name}/" for name in subfolders])
+        hint += f"; convert {few(others)} to PNG"
+    if subfolders := image_subfolders(folder):
+        shown = few([f"{name}/" for name, _count in subfolders])
         hint += (
             f"; its subfolders {shown} hold images, but subfolders are not searched: pass one of them "
-            f"(--images {folder / subfolders[0]}) or move the images up into {folder}"
+            f"(--images {folder / subfolders[0][0]}) or move the images up into {folder}"
         )
     return DataError(
         f"{folder} holds {count} image(s) (PNG/JPEG/WebP) but at least {min_images} are needed; "
@@ -182,8 +205,8 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
         )
     paths = image_paths(folder)
     if len(paths) < min_images:
-        raise _too_few(folder, len(paths), min_images)
-    text_files = _caption_files(folder)
+        raise _toofew(folder, len(paths), min_images)
+    text_files = caption_files(folder)
     images = []
     for path in paths:
         image = _read(path)
@@ -198,8 +221,28 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
                 f"image {path} is fully transparent (every pixel has alpha 0), so it shows nothing to learn; "
                 "remove it or re-export it with its visible layer"
             )
-        images.append(TrainImage(path=path, image=image, caption=_caption_for(path, text_files)))
+        caption = _caption_for(path, text_files)
+        images.append(TrainImage(path=path, image=image, caption=caption, source_size=image.size))
     return images
+
+
+def fit_for_training(images: list[TrainImage], *, resolution: int) -> list[TrainImage]:
+    """The images with each one's shorter side at most KEEP_SCALE × `resolution` (aspect and alpha kept,
+    never upscaled): every crop scales an image's shorter side to about `resolution` or less, so a 24 MP
+    photo need not stay in memory at 72 MB for the whole run. An image already that small is kept as it is
+    (its crops are the same pixels); `size` stays the file's own."""
+    keep = KEEP_SCALE * resolution
+    fitted = []
+    for item in images:
+        width, height = item.image.size
+        if min(width, height) <= keep:
+            fitted.append(item)
+            continue
+        scale = keep / min(width, height)
+        size = (max(keep, round(width * scale)), max(keep, round(height * scale)))
+        smaller = item.image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # RGBA: premultiplied
+        fitted.append(replace(item, image=smaller, source_size=item.size))
+    return fitted
 
 
 def check_alpha(images: list[TrainImage], *, alpha_weight: bool) -> None:
@@ -242,10 +285,19 @@ def template_set(
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"template file {path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    lines = tuple(line.strip() for line in text.splitlines() if line.strip())
-    if not lines or not all("[name]" in line for line in lines):
-        raise DataError(f"every line of template file {path} must contain [name] (and may use [filewords])")
-    return lines
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise DataError(
+            f"template file {path} is empty; write one prompt per line, each must contain [name] (and may "
+            "use [filewords]), e.g. 'a photo of [name], [filewords]'"
+        )
+    for number, line in lines:
+        if "[name]" not in line:
+            raise DataError(
+                f"template file {path}: line {number} {line!r} has no [name]; every line must contain [name] "
+                "(and may use [filewords])"
+            )
+    return tuple(line for _number, line in lines)
 
 
 def fill_template(template: str, token_text: str, caption: str) -> str:
@@ -255,55 +307,14 @@ def fill_template(template: str, token_text: str, caption: str) -> str:
     return re.sub(r"\s+", " ", text).strip(" ,")
 
 
-def data_notes(
-    folder: str | Path, images: list[TrainImage], templates: str, *, demo_world: bool = False
-) -> list[str]:
-    """What to know about the training data before training: how many images (and which image files were
-    skipped), captions that the templates leave out, or [filewords] that no caption fills, and on the demo
-    world (`demo_world`) the background captions that trainers.worldcaptions gives the images."""
-    from trainers.worldcaptions import background_note
-
-    folder = Path(folder)
-    captioned = [image for image in images if image.caption]
-    with_captions = f" ({len(captioned)} with NAME.txt captions)" if captioned else ""
-    found = f"training on {len(images)} image(s) from {folder}{with_captions}"
-    if others := other_images(folder):
-        found += f"; skipped {_few(others)}: only PNG/JPEG/WebP are read, convert them to PNG to use them"
-    notes = [found]
-    paper = templates in ("object", "style")  # they end in [filewords]
-    uses_captions = paper or any("[filewords]" in line for line in template_set(templates))
-    if demo_world and uses_captions and (note := background_note(images)):
-        notes.append(note)
-    if paper:  # the caption joins each prompt where there is one: nothing to add
-        return notes
-    if captioned and not uses_captions:
-        notes.append(
-            f"{len(captioned)} of {len(images)} images have NAME.txt captions, but the templates in "
-            f"{templates} have no [filewords], so the captions are not used; add [filewords] to the template "
-            "lines (or use --templates object, style or captions) to train with them"
-        )
-    elif uses_captions and not captioned:
-        notes.append(
-            f"the templates use [filewords] but no image in {folder} has a NAME.txt caption, so it stays "
-            "empty in every prompt; write a caption next to each image (IMAGE.txt), or use --templates "
-            "object or style"
-        )
-    elif uses_captions and len(captioned) < len(images):
-        missing = [image.path.name for image in images if not image.caption]
-        notes.append(
-            f"{len(missing)} of {len(images)} images have no NAME.txt caption ({_few(missing)}): [filewords] "
-            "stays empty in their prompts"
-        )
-    return notes
-
-
 # --- crops, buckets, flips ---
 
 
 def bucket_for(size: tuple[int, int], resolution: int, multiple: int) -> tuple[int, int]:
-    """(width, height) of about resolution² pixels, sides a multiple of `multiple`, nearest in aspect."""
+    """(width, height) of about resolution² pixels, sides a multiple of `multiple`, nearest in aspect; at
+    most MAX_ASPECT:1 (a 16x4000 strip would make a 126:1 bucket of twice the pixels)."""
     width, height = size
-    aspect = width / height
+    aspect = min(max(width / height, 1 / MAX_ASPECT), MAX_ASPECT)
     best_w = max(multiple, round(resolution * aspect**0.5 / multiple) * multiple)
     best_h = max(multiple, round(resolution / aspect**0.5 / multiple) * multiple)
     return best_w, best_h
@@ -360,24 +371,26 @@ def build_samples(
     multiple: int,
     seed: int,
 ) -> list[Sample]:
-    """Every cached variant: one per image (RANDOM_CROPS for random crops), and its mirror when flipping."""
+    """Every cached variant: one per image (up to RANDOM_CROPS for random crops: an image of the target's
+    aspect has no room to move, so its crops are one), and its mirror when flipping."""
     check_alpha(images, alpha_weight=alpha_weight)
     rng = random.Random(seed)
     samples = []
     for index, item in enumerate(images):
-        if crop == "bucket":
-            target = bucket_for(item.image.size, resolution, multiple)
-        else:
-            target = (resolution, resolution)
+        target = bucket_for(item.size, resolution, multiple) if crop == "bucket" else (resolution, resolution)
         offsets = [(0.5, 0.5)]
         if crop == "random":
             offsets = [(rng.random(), rng.random()) for _ in range(RANDOM_CROPS)]
+        places = set()
         for offset in offsets:
             cropped, place = _cover_and_crop(item.image, target, offset)
+            if place in places:  # the same pixels as a crop already cached: its latents would be too
+                continue
+            places.add(place)
             for mirrored in (False, True) if flip else (False,):
                 shown = ImageOps.mirror(cropped) if mirrored else cropped
                 pixels, weight = _to_tensors(shown, alpha_weight)
-                time_ids = _time_ids(item.image.size, place, target, mirrored)
+                time_ids = _time_ids(item.size, place, target, mirrored)
                 samples.append(Sample(index, pixels, weight, mirrored, target, time_ids))
     return samples
 

@@ -30,7 +30,7 @@ from trainers.writes import writing
 
 ENCODE_CHUNK = 8
 REFINE_LR = 0.1  # Adam's step on the unscaled latent when fitting it to the decoder
-CACHE_FORMAT = "tokensmith-latents/2"  # /2: SDXL time ids per sample, not pixel sizes
+CACHE_FORMAT = "tokensmith-latents/3"  # /2: SDXL time ids per sample; /3: fitted images, deduplicated crops
 
 
 @dataclass(frozen=True)

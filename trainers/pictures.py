@@ -1,16 +1,19 @@
 """Pictures as the user sees them: one reader for training images, init images and guide images.
 
-A file on disk is not what a viewer shows: a phone photo is stored sideways with an EXIF orientation, and a
-16-bit PNG holds values up to 65535 that PIL's own `convert` clips to white. `read_picture` applies both, so
-every door (the trainer, img2img, `match=` guides, the studio's uploads) reads the same pixels, and every way
-PIL can fail on a file becomes one error that names the file and says what to do.
+A file on disk is not what a viewer shows: a phone photo is stored sideways with an EXIF orientation, a
+16-bit PNG holds values up to 65535 that PIL's own `convert` clips to white, and a photo tagged with a colour
+profile (Adobe RGB, Display P3, a press CMYK) shows its colours through that profile. `read_picture` applies
+all three, so every door (the trainer, img2img, `match=` guides, the studio's uploads) reads the same pixels,
+and every way PIL can fail on a file becomes one error that names the file and says what to do.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from embeddings.errors import TokensmithError
 
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel, more than 8 bits
 ALPHA_MODES = ("RGBA", "LA", "PA")
+PROFILE_MODES = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}  # an ICC profile's colour space -> PIL's mode
 
 
 class PictureError(TokensmithError, ValueError):
@@ -33,7 +37,8 @@ def read_picture(
     when `alpha` is set and the picture has transparency.
 
     `role` names it in errors ("init image" -> "cannot read init image in.png: ..."). PictureError for a
-    missing file, a folder, a file that is not an image or is cut short, and one too large to open safely.
+    missing file, a folder, an empty file, a file that is not an image or is cut short, and one too large to
+    open safely. An embedded colour profile is applied (the pixels become sRGB, as a viewer shows them).
     """
     # a path as the user wrote it (as the trainer's other messages do); an upload by its quoted file name
     label = f"'{name}'" if name else str(source) if not isinstance(source, bytes) else "(an upload)"
@@ -43,11 +48,17 @@ def read_picture(
             raise PictureError(f"{role} {label} is a folder: give an image file (PNG or JPEG)")
         if not path.exists():
             raise PictureError(f"{role} {label} does not exist: check the path")
+    if (len(source) if isinstance(source, bytes) else path.stat().st_size) == 0:
+        raise PictureError(f"{role} {label} is empty (0 bytes): give a PNG or JPEG file")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as opened:
-            image = _eight_bit(ImageOps.exif_transpose(opened))
-            mode = "RGBA" if alpha and _has_alpha(image) else "RGB"
-            return image.convert(mode)
+        with warnings.catch_warnings():
+            # PIL warns (without the file's name) above MAX_IMAGE_PIXELS; such a photo is read, and the
+            # trainer names it in a note (trainers.datanotes.data_notes). Twice the limit is refused below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as opened:
+                image = _to_srgb(_eight_bit(ImageOps.exif_transpose(opened)))
+                mode = "RGBA" if alpha and _has_alpha(image) else "RGB"
+                return image.convert(mode)
     except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
         raise PictureError(_too_large(role, label, exc)) from None
     except UnidentifiedImageError:
@@ -76,6 +87,39 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         values = values / 257.0  # 65535 -> 255
     values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """`image` through its embedded ICC profile into sRGB, alpha kept (RGB or RGBA); as it is when it has no
+    profile, or one that LittleCMS cannot read or that describes no RGB, CMYK or gray colours."""
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return image
+    try:
+        from PIL import ImageCms  # LittleCMS: in every Pillow wheel; a Pillow built without it reads on
+    except ImportError:
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        base_mode = PROFILE_MODES.get(source.profile.xcolor_space.strip())
+        if base_mode is None:  # a Lab or device-link profile: no sRGB picture to be had from it
+            return image
+        alpha = image.convert("RGBA").getchannel("A") if _has_alpha(image) else None
+        base = image if image.mode == base_mode else image.convert(base_mode)
+        shown = ImageCms.profileToProfile(base, source, _srgb(), outputMode="RGB")
+    except (OSError, ValueError, ImageCms.PyCMSError):  # a broken profile: pixels as stored
+        return image
+    if alpha is not None:
+        shown.putalpha(alpha)  # a profile describes colours only: alpha stays as stored
+    return shown
+
+
+@functools.cache
+def _srgb():
+    """LittleCMS's sRGB profile (ImageCms.ImageCmsProfile), built once."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _has_alpha(image: Image.Image) -> bool:

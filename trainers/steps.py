@@ -51,25 +51,59 @@ def count_bad_losses(loss: float, before: int, step: int) -> int:
     return bad
 
 
-def check_prompt_length(conditioner: Conditioner, templates, captions, cfg: TrainConfig) -> None:
-    """Refuse a run whose training prompts would be cut at the tokenizer's length: the cut-off vectors of
-    the token would never be trained (and the stored token would not fit in a prompt)."""
+def check_prompt_length(conditioner: Conditioner, templates, captions, cfg: TrainConfig) -> str | None:
+    """Refuse a run whose token would be cut off a training prompt at the tokenizer's length: the cut-off
+    vectors of the token would never be trained (and the stored token would not fit in a prompt). A prompt
+    cut only after its token (a long caption's tail) trains as A1111 and kohya train it: truncated by the
+    tokenizer. Returns the note that says so, or None when no prompt is cut."""
     token_text = conditioner.token_text()
     pairs = [(template, caption) for template in templates for caption in dict.fromkeys(captions)]
+    prompts = [fill_template(t, token_text, c) for t, c in pairs]
+    # each prompt up to its token's last vector: the part that must fit (a caption before [name] counts)
+    reaches = [prompt[: prompt.rfind(token_text) + len(token_text)] for prompt in prompts]
+    note = None
     for rows in conditioner.rows:
         limit = rows.tokenizer.model_max_length  # start and end tokens included
         if limit > 100_000:  # a tokenizer without a length of its own: the text encoder says no more
             continue
-        lengths = rows.tokenizer([fill_template(t, token_text, c) for t, c in pairs]).input_ids
-        length, (template, caption) = max(zip(map(len, lengths), pairs, strict=True), key=lambda x: x[0])
-        if length > limit:
-            shown = fill_template(template, f"<{cfg.name}>", caption)
-            fit = cfg.vectors - (length - limit)
-            advice = f"--vectors {fit} or fewer" if fit >= 1 else "shorter captions or templates"
-            raise TokensmithError(
-                f"the training prompt {shown!r} is {length} tokens with {cfg.vectors} vectors, more than "
-                f"the {limit} this model reads; use {advice}"
+        # verbose=False: counting a long prompt's tokens is no "indexing errors" warning
+        lengths = [len(ids) for ids in rows.tokenizer(prompts, verbose=False).input_ids]
+        reach, at = max(
+            (len(ids), i) for i, ids in enumerate(rows.tokenizer(reaches, verbose=False).input_ids)
+        )
+        if reach > limit:
+            raise TokensmithError(_token_cut_off(pairs[at], lengths[at], reach, limit, cfg))
+        cut = [i for i, length in enumerate(lengths) if length > limit]
+        if cut and note is None:
+            longest = max(cut, key=lambda i: lengths[i])
+            shown = fill_template(*_named(pairs[longest], cfg))
+            note = (
+                f"{len(cut)} of {len(prompts)} training prompts are longer than the {limit} tokens this "
+                f"model reads (the longest, {shown!r}, is {lengths[longest]}): they are cut at the end, "
+                "after the token, so only their captions' last words are not trained on"
             )
+    return note
+
+
+def _named(pair: tuple[str, str], cfg: TrainConfig) -> tuple[str, str, str]:
+    """fill_template's arguments to show a (template, caption) pair with the token as the user writes it."""
+    template, caption = pair
+    return template, f"<{cfg.name}>", caption
+
+
+def _token_cut_off(pair: tuple[str, str], length: int, reach: int, limit: int, cfg: TrainConfig) -> str:
+    """The refusal of a prompt whose token's vectors end at token `reach`, past the tokenizer's `limit`."""
+    template, caption = pair
+    shown = fill_template(*_named(pair, cfg))
+    fit = cfg.vectors - (reach - limit)
+    advice = f"--vectors {fit} or fewer" if fit >= 1 else "shorter captions or templates"
+    if caption and "[filewords]" in template and template.index("[filewords]") < template.rindex("[name]"):
+        advice += " (or put [name] before [filewords] in the templates: then only a caption's end is cut)"
+    where = "" if reach == length else f" ({reach} up to the end of its token)"
+    return (
+        f"the training prompt {shown!r} is {length} tokens with {cfg.vectors} vectors, more than the {limit} "
+        f"this model reads{where}; use {advice}"
+    )
 
 
 def check_resolution(resolution: int, multiple: int, native: int) -> None:
@@ -118,9 +152,20 @@ class Steps:
     metric: object  # a preview metric (judge or CLIP), or None off the main process or when there is none
 
     @classmethod
-    def prepare(cls, cfg, images, model, spec, conditioner, accelerator, state: RunState) -> Steps:
+    def prepare(
+        cls,
+        cfg,
+        images,
+        model,
+        spec,
+        conditioner,
+        accelerator,
+        state: RunState,
+        echo: Callable[[str], None] | None = None,
+    ) -> Steps:
         """Crop and cache the images' latents, build the validation set, the optimizer over the new rows and
-        the learning-rate schedule; load the newest checkpoint into them when resuming."""
+        the learning-rate schedule; load the newest checkpoint into them when resuming. `echo` gets the
+        note on training prompts that are cut after their token."""
         pipe, device = model.pipe, accelerator.device
         multiple = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
         check_resolution(cfg.resolution or model.resolution, multiple, model.resolution)
@@ -136,7 +181,8 @@ class Steps:
         templates = template_set(cfg.templates, family_object_templates=spec.object_templates)
         # the demo world names a background that varies, as its own captions do (trainers.worldcaptions)
         captions = world_captions(images) if spec.name == "demo" else [image.caption for image in images]
-        check_prompt_length(conditioner, templates, captions, cfg)
+        if (note := check_prompt_length(conditioner, templates, captions, cfg)) and echo:
+            echo(f"note: {note}")
         cache = run_cache(
             state.folder.latents_path,
             lambda: encode_samples(pipe.vae, samples, device=device, refine_steps=cfg.refine_latents),

@@ -7,6 +7,7 @@ stopping, previews, snapshots, checkpoints) -> the embedding, with provenance, i
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
 from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
-from trainers.data import check_alpha, data_notes, load_images
+from trainers.data import check_alpha, fit_for_training, load_images, template_set
+from trainers.datanotes import data_notes
 from trainers.ending import end_stored, open_image, record_done
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError
@@ -31,7 +33,7 @@ from trainers.modelprep import (
     stored_init,
     weight_dtype,
 )
-from trainers.models import check_model_spec, on_demo_world
+from trainers.models import check_model_spec, demo_model_dir, on_demo_world, planned_encoder_keys
 from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_clip_model, check_model_config, model_config_unused
 from trainers.processes import has_gpu, joined_as_main, launch_size, on_cpu
 from trainers.resume import (
@@ -126,6 +128,9 @@ def train(
         check_init_fits(cfg, store)
     images = load_images(cfg.images, min_images=cfg.min_images)
     check_alpha(images, alpha_weight=cfg.alpha_weight)
+    template_set(cfg.templates)  # a missing or bad template file, before a run folder names the run
+    # from here the images are kept only as large as their crops need, not at a photo's size for the run
+    images = fit_for_training(images, resolution=largest_resolution(cfg, model))
     main = joined_as_main()  # False in the other processes of an `accelerate launch` run
     stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
     try:
@@ -184,7 +189,8 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         launch = f"this launch ({processes} processes): " if processes > 1 else "multi-GPU / multi-node: "
         echo(launch + commands[1])
         demo_world = model.family == "demo" if model is not None else on_demo_world(cfg.model)
-        for note in [*data_notes(cfg.images, images, cfg.templates, demo_world=demo_world), *notes]:
+        found = data_notes(cfg.images, images, cfg.templates, demo_world=demo_world, crop=cfg.crop)
+        for note in [*found, *notes]:
             echo(f"note: {note}")
         echo(f"preparing: loading the model, {preparing_what(cfg, folder)}")
     if model is None:
@@ -207,6 +213,29 @@ def preparing_what(cfg: TrainConfig, folder: RunFolder) -> str:
     if folder.latest_checkpoint() is None:
         return f"{fresh} (no checkpoint to continue from: the run starts over from step 0)"
     return "the run's cached latents and checkpoint"
+
+
+LARGEST_NATIVE = {"sd": 768, "sdxl": 1024}  # the largest native resolution of each kind of model
+
+
+def largest_resolution(cfg: TrainConfig, model) -> int:
+    """The training resolution, read before the model loads where it must be: --resolution, the given
+    model's, a diffusers folder's native one (UNet sample size × VAE scale factor: the demo world's 32), else
+    the largest its kind trains at (768 for SD 1.x/2.x, 1024 for SDXL and a model only loading can tell)."""
+    if cfg.resolution:
+        return cfg.resolution
+    if model is not None:
+        return model.resolution
+    spec = cfg.model.strip()
+    folder = demo_model_dir() if spec == "demo" else Path(spec).expanduser()
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    keys = planned_encoder_keys(spec, cfg.model_config or None)
+    return LARGEST_NATIVE["sd"] if keys == ("emb_params",) else LARGEST_NATIVE["sdxl"]
 
 
 FP16_NEEDS_A_GPU = (
@@ -266,7 +295,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
             if note := init_note(cfg, spec, model, stored, resumed_from=resumed_from):
                 echo(note)
         conditioner = attach_rows(model, spec, cfg, stored)
-        steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state)
+        steps = Steps.prepare(cfg, images, model, spec, conditioner, accelerator, state, echo=echo)
         ending = steps.run(stop)
         emb = _finish(cfg, model, spec, conditioner, folder, store, state, ending, metric=steps.metric)
         conditioner = None
