@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from studio.cli_generate import StepProgress, check_embeddings, make_request, session_for, store_for
+from studio.cli_generate import (
+    StepProgress,
+    check_embeddings,
+    check_guides,
+    make_request,
+    session_for,
+    store_for,
+)
 from studio.cli_options import (
     DEFAULT_SCHEDULER,
     SCHEDULERS,
@@ -38,12 +45,14 @@ the timesteps the scheduler visits, and plots the noise level per sampling step 
 """
 
 REPLAY_EPILOG = """\
-Example:
+Examples:
   tokensmith replay generated/a-red-circle-s3.png --out again.png
+  tokensmith replay cfg.png --cell 3 --out cell3.png        # image 3 (row by row) of a grid
 
 Reads the image's provenance chunk and generates it again (pixel-identical on the same machine); says
 what is missing, and writes nothing, if an embedding, the model, the init image, a match= guide image or
-a --guide-module's source is not available or has changed.
+a --guide-module's source is not available or has changed. A grid, variations sheet or trace strip records
+the provenance of each image in it: --cell K replays one.
 """
 
 GRID_EPILOG = """\
@@ -95,6 +104,12 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     rep = add("replay", "generate an image again from the provenance in its PNG", REPLAY_EPILOG)
     rep.add_argument("image", type=Path, help="a PNG written by tokensmith")
     rep.add_argument("--out", type=Path, required=True, help="where to write the new PNG")
+    rep.add_argument(
+        "--cell",
+        type=int,
+        metavar="K",
+        help="replay image K (1, 2, ... row by row) of a grid or variations sheet (a trace strip: 1)",
+    )
     rep.add_argument("--model", help="use this model instead of the recorded one")
     rep.add_argument(
         "--model-config",
@@ -120,8 +135,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run_variations(args) -> int:
-    from studio.generation import check_swaps, compose, parse_seeds, save_image
+    from studio.generation import check_swaps, compose, parse_seeds
+    from studio.generation.grid import sheet_cells
     from studio.generation.img2img import load_init_image
+    from studio.generation.provenance import save_sheet, sheet_provenance
 
     prompts = [p.strip() for p in args.prompts.split("|") if p.strip()]
     if not prompts:
@@ -130,9 +147,10 @@ def run_variations(args) -> int:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
     refuse_existing(args.out, args.force)
-    check_img2img(args.init_image, args.strength)
+    check_img2img(args.init_image, args.strength, [args.scheduler])
     requests = [make_request(args, p, init_image=args.init_image, strength=args.strength) for p in prompts]
     check_swaps(requests)  # across all the prompts: a swap word may belong to one of them
+    check_guides(requests)
     store = store_for(args)
     check_embeddings(requests, store)  # before the first row samples, not when the row that needs it does
     session = session_for(args)
@@ -143,18 +161,18 @@ def run_variations(args) -> int:
     )
     init, _sha = load_init_image(args.init_image, size)
     progress = StepProgress(total, "variations")
-    rows = []
+    results = []
     try:
         for req in requests:
-            row = [init]
-            for seed in seeds:
-                row.append(session.generate(_with_seed(req, seed), store=store, on_step=progress)[0].image)
-            rows.append(row)
+            results.append(
+                [session.generate(_with_seed(req, seed), store=store, on_step=progress)[0] for seed in seeds]
+            )
     finally:
         progress.close()
-    save_image(
-        compose(rows, prompts, ["init image"] + [f"seed {s}" for s in seeds]), args.out, overwrite=args.force
-    )
+    rows = [[init, *(result.image for result in row)] for row in results]
+    sheet = compose(rows, prompts, ["init image"] + [f"seed {s}" for s in seeds])
+    chunk = sheet_provenance("variations", sheet_cells(rows, results))
+    save_sheet(sheet, chunk, args.out, overwrite=args.force)
     print(f"wrote {args.out} ({_count(len(prompts), 'prompt')} × {_count(len(seeds), 'seed')})")
     return 0
 
@@ -212,51 +230,65 @@ def run_replay(args) -> int:
     from PIL import Image
 
     from studio.generation import Session, read_provenance, replay, save_png
+    from studio.generation.grid import fit_width
+    from studio.generation.provenance import cell_box
     from trainers.models import load_model
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: images are written as PNG (with provenance); use a .png name")
     refuse_existing(args.out, args.force)
+    read_provenance(args.image, cell=args.cell)  # a sheet without --cell (or a bad K) is said before loading
     session = None
     if args.model_config:  # a single-file checkpoint, recorded or given, loaded offline with these configs
-        model = args.model or read_provenance(args.image)["model"]
+        model = args.model or read_provenance(args.image, cell=args.cell)["model"]
         check_model_options(model, args.model_config, "replay")
         session = Session(load_model(model, config=args.model_config))
-    result = replay(args.image, store=store_for(args), model=args.model, session=session)
+    result = replay(args.image, store=store_for(args), model=args.model, session=session, cell=args.cell)
+    box = cell_box(args.image, args.cell) if args.cell is not None else None
     with Image.open(args.image) as original:  # read before writing: --out may be the image itself
-        same = np.array_equal(np.asarray(original.convert("RGB")), np.asarray(result.image))
+        if args.cell is None:
+            same = np.array_equal(np.asarray(original.convert("RGB")), np.asarray(result.image))
+        elif box is not None:  # the cell as the sheet shows it: scaled to the cell's width
+            shown = fit_width(result.image, box[2] - box[0])
+            same = np.array_equal(np.asarray(original.convert("RGB").crop(box)), np.asarray(shown))
     save_png(result, args.out, overwrite=args.force)
-    verdict = (
-        "pixel-identical to the original"
-        if same
-        else "differs from the original (another machine, library version or torch thread count: "
-        "OMP_NUM_THREADS?)"
-    )
+    if args.cell is not None and box is None:
+        verdict = "the image this trace strip traced (the strip holds no copy of it to compare with)"
+    elif same:
+        verdict = "pixel-identical to the original" + (f"'s cell {args.cell}" if args.cell else "")
+    else:
+        verdict = (
+            "differs from the original (another machine, library version or torch thread count: "
+            "OMP_NUM_THREADS?)"
+        )
     print(f"wrote {args.out}: {verdict}")
     return 0
 
 
 def run_grid(args) -> int:
-    from studio.generation import check_swaps, parse_seeds, parse_sweep, render_grid, save_image
-    from studio.generation.grid import requests_for
+    from studio.generation import check_swaps, parse_seeds, parse_sweep, render_grid
+    from studio.generation.grid import requests_for, sheet_cells
+    from studio.generation.provenance import save_sheet, sheet_provenance
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")
     refuse_existing(args.out, args.force)
-    check_img2img(args.init_image, args.strength)
     seeds = parse_seeds(args.seeds)
     sweep = parse_sweep(args.sweep)
     base = make_request(args, args.prompt, init_image=args.init_image, strength=args.strength)
     rows = [requests_for(base, sweep[0], value) for value in sweep[1]]  # a bad value fails before loading
+    check_img2img(args.init_image, args.strength, [req.scheduler for req in rows])  # a sweep may set them
     check_swaps(rows)  # across all the rows: a swap word may occur in some swept prompts only
+    check_guides(rows)
     store = store_for(args)
     check_embeddings(rows, store)  # every row's <name>s, before the first row samples
     session = session_for(args)
     progress = StepProgress(len(seeds) * sum(session.step_count(req) for req in rows), "grid")
     try:
-        grid, _results = render_grid(session, base, seeds, sweep, store=store, on_step=progress)
+        grid, results = render_grid(session, base, seeds, sweep, store=store, on_step=progress)
     finally:
         progress.close()
-    save_image(grid, args.out, overwrite=args.force)
+    images = [[result.image for result in row] for row in results]
+    save_sheet(grid, sheet_provenance("grid", sheet_cells(images, results)), args.out, overwrite=args.force)
     print(f"wrote {args.out} ({_count(len(sweep[1]), 'value')} × {_count(len(seeds), 'seed')})")
     return 0

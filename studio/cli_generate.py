@@ -19,6 +19,7 @@ from studio.cli_options import (
     img2img_options,
     model_options,
     refuse_existing,
+    refuse_file_as_folder,
     sampling_options,
 )
 
@@ -115,6 +116,15 @@ def check_embeddings(requests, store) -> None:
         load_stored(name, store)
 
 
+def check_guides(requests) -> None:
+    """Before any model loads: every --guide and --guide-module of `requests` parses, its match= image reads
+    and its module imports (the error is the one sampling would give, minutes later on SDXL)."""
+    from studio.generation import parse_guide
+
+    for spec in dict.fromkeys(spec for req in requests for spec in req.guides):
+        parse_guide(spec)
+
+
 def make_request(args, prompt: str, **overrides):
     """A GenerateRequest from the shared sampling options, with `overrides` applied."""
     from studio.generation import GenerateRequest, swaps_from_specs
@@ -188,6 +198,8 @@ def _output_paths(
     """Where each image goes: `out` itself (or out-sSEED.png) is refused if it exists, unless `force`; in a
     folder an existing name gets the next free suffix (-2, -3, ...) so no earlier image is lost."""
     file = out_file(out)
+    if trace is not None:
+        refuse_file_as_folder(trace, "--trace")
     if file is not None:
         paths = [file] if len(seeds) == 1 else [file.with_name(f"{file.stem}-s{s}.png") for s in seeds]
         for path in paths:
@@ -196,6 +208,7 @@ def _output_paths(
                 refuse_existing(_trace_path(trace, path), force)
         return paths
     folder = Path(out).expanduser() if out is not None else Path("generated")
+    refuse_file_as_folder(folder)  # `--out notes` with a file `notes`: said now, not after sampling
     return [_free_name(folder, f"{_slug(prompt)}-s{s}", trace=trace, force=force) for s in seeds]
 
 
@@ -250,9 +263,13 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
 
 
 def run_generate(args) -> int:
-    from studio.generation import check_swaps, save_image
+    from studio.cli import UsageError
+    from studio.generation import check_swaps
+    from studio.generation.provenance import save_sheet, sheet_provenance
 
-    check_img2img(args.init_image, args.strength)
+    if args.trace_steps is not None and args.trace is None:
+        raise UsageError("--trace-steps needs --trace DIR (the folder for the trace strips)")
+    check_img2img(args.init_image, args.strength, [args.scheduler])
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
     into_folder = out_file(args.out) is None
     paths = _output_paths(args.out, args.prompt, seeds, trace=args.trace, force=args.force)
@@ -260,6 +277,7 @@ def run_generate(args) -> int:
         args, args.prompt, num_images=args.num_images, init_image=args.init_image, strength=args.strength
     )
     check_swaps([req])
+    check_guides([req])
     store = store_for(args)
     check_embeddings([req], store)
     session = session_for(args)
@@ -279,7 +297,8 @@ def run_generate(args) -> int:
         if result.trace is not None:
             trace = _trace_path(args.trace, path)
             try:
-                save_image(result.trace, trace, overwrite=args.force)
+                chunk = sheet_provenance("trace", [(result.provenance, None)])  # its image's
+                save_sheet(result.trace, chunk, trace, overwrite=args.force)
             except FileExistsError:  # made while this one sampled: named as itself, not as the temp file
                 raise exists_error(trace) from None
             entry["trace"] = str(trace)

@@ -4,6 +4,7 @@ nearest, doctor): the model, sampling and img2img options, and the checks that r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -106,20 +107,35 @@ def force_option(parser: argparse.ArgumentParser) -> None:
 
 
 def refuse_existing(path: Path, force: bool) -> None:
-    """FileExistsError naming the file and the flag, unless `force` or `path` is new."""
+    """FileExistsError naming the file and the flag, unless `force` or `path` is new; and, before anything
+    runs, an error when a folder on the way to it is a file (`--out notes/x.png` with a file `notes`)."""
+    refuse_file_as_folder(path.parent)
     if path.exists() and not force:
         raise exists_error(path)
+
+
+def refuse_file_as_folder(folder: Path, flag: str = "--out") -> None:
+    """NotADirectoryError when `folder`, or a folder above it, is an existing file (or a link to one): the
+    output could never be written there, and nothing should sample first to find out."""
+    for above in (folder, *folder.parents):
+        if above.is_dir():
+            return
+        if os.path.lexists(above):
+            raise NotADirectoryError(f"{above} is a file, not a folder: choose another {flag}")
 
 
 def exists_error(path: Path) -> FileExistsError:
     return FileExistsError(f"{path} already exists: pass --force to replace it, or choose another --out")
 
 
-def check_img2img(init_image: Path | None, strength: float) -> None:
-    """Before any model loads: with an init image, a strength that runs steps and a file that exists."""
-    from studio.generation.img2img import check_strength
+def check_img2img(init_image: Path | None, strength: float, schedulers: list[str]) -> None:
+    """Before any model loads: with an init image, a strength that runs steps, a file that exists and
+    `schedulers` (every one the run uses: a grid may sweep them) that honour strength (not pndm)."""
+    from studio.generation.img2img import check_img2img_scheduler, check_strength
 
     if init_image is not None:
+        for scheduler in schedulers:
+            check_img2img_scheduler(scheduler)
         check_strength(strength)
         check_init_image(init_image)
 

@@ -266,7 +266,7 @@ def _rotated_jpeg(path):
 def test_an_img2img_image_from_a_rotated_photo_replays_from_the_upright_pixels(session, tmp_path):
     init = _rotated_jpeg(tmp_path / "photo.jpg")
     [result] = session.generate(GenerateRequest("a red circle", init_image=init, strength=0.5, steps=6))
-    assert result.provenance["init_image"]["reader"] == 2
+    assert result.provenance["init_image"]["reader"] == 3  # INIT_READER: upright, transparency on gray
     path = save_png(result, tmp_path / "i2i.png")
     again = replay(path, store=None, session=session)  # was: "init image ... has changed since"
     assert np.array_equal(np.asarray(again.image), np.asarray(result.image))

@@ -233,7 +233,7 @@ def test_heun_trace_steps_span_the_whole_run(session, monkeypatch):
 
 @pytest.mark.parametrize("guidance", [float("nan"), float("inf")])
 def test_non_finite_guidance_is_refused(session, guidance):
-    with pytest.raises(TokensmithError, match="--guidance must be a number"):
+    with pytest.raises(TokensmithError, match="--guidance must be a finite number"):
         session.generate(GenerateRequest("a circle", steps=2, guidance=guidance))
 
 

@@ -13,9 +13,11 @@ prompt sets that setting instead.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from dataclasses import replace
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -117,13 +119,30 @@ def requests_for(base, name: str, value: str):
         )
     if name in SETTINGS:
         try:
-            return replace(base, **{name: SETTINGS[name](value)})
+            setting = SETTINGS[name](value)
         except ValueError as exc:
             raise GridError(f"--sweep {name}: {value!r} is not a valid {name}") from exc
+        if (allowed := _allowed(name, setting)) is not None:
+            raise GridError(f"--sweep {name}: {value!r} is not a valid {name}: use {allowed}")
+        return replace(base, **{name: setting})
     raise GridError(
         f"--sweep {name}: the prompt has no {{{name}}} placeholder and {name!r} is not one of "
         f"{', '.join(SETTINGS)}"
     )
+
+
+def _allowed(name: str, setting: Any) -> str | None:
+    """What a swept setting may be, when `setting` is not that (else None): said as the sweep's own error,
+    not as a flag's, before any model loads."""
+    from studio.generation.schedule import MAX_STEPS
+
+    if name == "steps" and not 1 <= setting <= MAX_STEPS:
+        return f"1 to {MAX_STEPS}"
+    if name == "guidance" and not (math.isfinite(setting) and setting >= 0):
+        return "a finite number, 0 or more"
+    if name == "strength" and not 0 < setting <= 1:
+        return "a number above 0 and at most 1"
+    return None
 
 
 def render_grid(session, base, seeds: list[int], sweep: tuple[str, list[str]], *, store=None, on_step=None):
@@ -154,9 +173,7 @@ def compose(cells: list[list[Image.Image]], row_labels: list[str], col_labels: l
     Cells take the images' aspect ratio (a 32×64 image gets a 128×256 cell), so tall images never overlap
     the next row and wide ones leave no empty band.
     """
-    images = [img for row in cells for img in row]
-    cell_w = max(CELL, max(img.width for img in images))
-    cell_h = max(cell_w * img.height // img.width for img in images)
+    cell_w, cell_h = _cell_size(cells)
     columns = max(len(row) for row in cells)
     sheet = Image.new("RGB", (ROW_LABEL_W + columns * cell_w, LABEL + len(cells) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
@@ -168,8 +185,34 @@ def compose(cells: list[list[Image.Image]], row_labels: list[str], col_labels: l
         for i, line in enumerate(lines):
             draw.text((4, top + i * LINE), line, fill="black")
         for c, image in enumerate(row):
-            sheet.paste(fit_width(image, cell_w), (ROW_LABEL_W + c * cell_w, LABEL + r * cell_h))
+            sheet.paste(fit_width(image, cell_w), cell_box(cells, r, c)[:2])
     return sheet
+
+
+def _cell_size(cells: list[list[Image.Image]]) -> tuple[int, int]:
+    """compose's cell (width, height): the widest image, at least CELL; the tallest at that width."""
+    images = [img for row in cells for img in row]
+    cell_w = max(CELL, max(img.width for img in images))
+    return cell_w, max(cell_w * img.height // img.width for img in images)
+
+
+def cell_box(cells: list[list[Image.Image]], row: int, column: int) -> tuple[int, int, int, int]:
+    """Where compose pastes cells[row][column]: (left, top, right, bottom) in the sheet."""
+    cell_w, cell_h = _cell_size(cells)
+    image = cells[row][column]
+    left, top = ROW_LABEL_W + column * cell_w, LABEL + row * cell_h
+    return left, top, left + cell_w, top + max(1, cell_w * image.height // image.width)
+
+
+def sheet_cells(cells: list[list[Image.Image]], results: list[list[Any]]) -> list[tuple[dict, tuple]]:
+    """Each generated image's provenance and its box in compose's sheet, row by row: what a sheet's chunk
+    records (provenance.sheet_provenance), so `replay --cell K` makes one again. `results[r]` are row r's
+    generated images, the last ones of `cells[r]` (a variations row starts with its init image)."""
+    found = []
+    for r, (row, made) in enumerate(zip(cells, results, strict=True)):
+        first = len(row) - len(made)
+        found.extend((result.provenance, cell_box(cells, r, first + c)) for c, result in enumerate(made))
+    return found
 
 
 def fit_width(image: Image.Image, width: int) -> Image.Image:

@@ -17,8 +17,9 @@ Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`,
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from studio.generation.guide_modules import (  # noqa: F401  (GuideError and SIG
     SIGNATURE,
     GuideError,
     Loss,
+    import_root,
+    importable_from,
     module_loss,
     module_source,
     ran_sha256,
@@ -173,13 +176,42 @@ def changed_files(records: list[dict]) -> list[str]:
             if not same:
                 problems.append(f"match image {path} has changed since")
         elif entry.get("kind") == "module":
-            module_name = entry["guide"].partition("=")[2].split(",")[0].partition(":")[0].strip()
-            source = module_source(module_name)
+            module_name = _recorded_module(entry)
+            source = module_source(module_name) or _recorded_source(entry)
             if source is None:
-                problems.append(f"guide module {module_name} ({entry['path']}) cannot be found")
+                problems.append(
+                    f"guide module {module_name} ({entry['path']}) cannot be found: run replay from the "
+                    f"folder that holds {module_name.replace('.', '/')}.py, or add that folder to PYTHONPATH"
+                )
             elif file_sha256(source) != entry["sha256"]:
                 problems.append(f"guide module {module_name} ({source}) has changed since")
     return problems
+
+
+def _recorded_module(entry: dict) -> str:
+    """'my_losses' of a module guide's record ({'guide': 'module=my_losses:more_blue,scale=0.8', ...})."""
+    return entry["guide"].partition("=")[2].split(",")[0].partition(":")[0].strip()
+
+
+def _recorded_source(entry: dict) -> Path | None:
+    """A module guide's recorded file, when the module can be imported from there (its folder is not on the
+    path here: a replay from another folder); changed_files then compares its hash."""
+    path = Path(entry["path"])
+    return path if path.is_file() and import_root(_recorded_module(entry), path) is not None else None
+
+
+@contextlib.contextmanager
+def importable_guides(records: list[dict]) -> Iterator[None]:
+    """While a replay runs: the guide modules that do not import by name from here import from the folders
+    their provenance records (changed_files has checked that the recorded files are unchanged)."""
+    folders = []
+    for entry in records:
+        if entry.get("kind") == "module" and module_source(_recorded_module(entry)) is None:
+            source = _recorded_source(entry)
+            if source is not None:
+                folders.append(import_root(_recorded_module(entry), source))
+    with importable_from(folders):
+        yield
 
 
 def parse_guide(spec: str) -> Guide:

@@ -124,6 +124,31 @@ def module_source(module_name: str) -> Path | None:
     return Path(origin).resolve() if origin and Path(origin).is_file() else None
 
 
+def import_root(module_name: str, path: Path) -> Path | None:
+    """The folder from which `module_name` imports as the file `path`, or None when the path does not fit
+    the name: /w for my_losses at /w/my_losses.py, /w for pkg.losses at /w/pkg/losses.py or pkg at
+    /w/pkg/__init__.py."""
+    parts = module_name.split(".")
+    for tail in ([*parts[:-1], f"{parts[-1]}.py"], [*parts, "__init__.py"]):
+        if len(path.parts) > len(tail) and list(path.parts[-len(tail) :]) == tail:
+            return Path(*path.parts[: -len(tail)])
+    return None
+
+
+@contextlib.contextmanager
+def importable_from(folders: list[Path]) -> Iterator[None]:
+    """`folders` on the import path for the duration (a replay's guide modules, by their recorded files)."""
+    added = [str(folder) for folder in folders if str(folder) not in sys.path]
+    sys.path[:0] = added
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
 @contextlib.contextmanager
 def users_code(spec: str, source: str | Path | None) -> Iterator[None]:
     """Run a guide's loss (`spec` as the user wrote it, `source` its module's file): whatever the user's

@@ -17,9 +17,12 @@ from PIL import Image, UnidentifiedImageError
 from embeddings.errors import TokensmithError
 from trainers.pictures import PictureError, read_picture
 
-# How init image files are read: 1 as PIL's convert gives them, 2 upright and 8-bit (trainers.pictures).
-# Provenance can record it, so an image made by an older reader replays from the pixels it was made from.
-INIT_READER = 2
+# How init image files are read: 1 as PIL's convert gives them, 2 upright and 8-bit (trainers.pictures),
+# 3 as 2 with transparency composited onto gray (flatten_alpha). Provenance records it, so an image made by
+# an older reader replays from the pixels it was made from.
+INIT_READER = 3
+GRAY = 0.5  # what transparent pixels show: the gray trainers.data composites training images onto
+STRENGTHLESS = ("pndm",)  # schedulers whose img2img does not honour strength (check_img2img_scheduler)
 
 
 class InitImageError(TokensmithError, ValueError):
@@ -31,21 +34,34 @@ def load_init_image(
 ) -> tuple[Image.Image, str]:
     """The init image as RGB at `size` (width, height), and the sha256 of its pixels (for provenance).
 
-    A file is read as a viewer shows it (EXIF orientation, 16-bit scaled; trainers.pictures); `reader=1`
-    reads it as tokensmith did before, so an image made then can be replayed with the pixels it was made from.
+    A file is read as a viewer shows it (EXIF orientation, 16-bit scaled; trainers.pictures), transparent
+    parts on gray as training sees them (flatten_alpha); `reader=1` or `2` reads it as tokensmith did before,
+    so an image made then can be replayed with the pixels it was made from.
     """
     if isinstance(source, Image.Image):
-        image = source.convert("RGB")
+        image = flatten_alpha(source) if reader >= 3 else source.convert("RGB")
     elif reader == 1:
         image = _first_reader(Path(source).expanduser())
     else:
         try:
-            image = read_picture(source, role="init image")
+            image = read_picture(source, role="init image", alpha=reader >= 3)
         except PictureError as exc:
             raise InitImageError(str(exc)) from None
+        image = flatten_alpha(image)
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image, image_sha256(image)
+
+
+def flatten_alpha(image: Image.Image) -> Image.Image:
+    """An RGB image as its transparent parts show on GRAY (the training images' background, trainers.data),
+    not as the colour stored under alpha 0 (usually black); an image without transparency as it is."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image.convert("RGB")
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+    alpha = rgba[..., 3:]  # (H, W, 1)
+    rgb = rgba[..., :3] * alpha + (1.0 - alpha) * GRAY  # (H, W, 3) in [0, 1]
+    return Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")
 
 
 def _first_reader(path: Path) -> Image.Image:
@@ -74,6 +90,24 @@ def encode_image(vae: Any, image: Image.Image) -> torch.Tensor:
         latent = vae.encode(pixels).latent_dist.mean  # (1, C, H/f, W/f)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latent - shift) * vae.config.scaling_factor
+
+
+def check_img2img_scheduler(scheduler: str) -> None:
+    """Refuse a scheduler whose img2img ignores strength (before any model loads, in the doors).
+
+    diffusers trims an img2img schedule by model evaluations (`trimmed_timesteps`); PNDM's warm-up makes 12
+    of its 29 evaluations at 20 steps, so the cut lands far too early and starts PLMS with no history: at
+    strength 0.1 the image changes more than at 0.8. diffusers' own img2img pipeline does the same.
+    """
+    from studio.generation.schedule import SCHEDULERS
+
+    key = scheduler.strip().lower().replace("_", "-")
+    if key in STRENGTHLESS:
+        honour = ", ".join(name for name in SCHEDULERS if name not in STRENGTHLESS)
+        raise InitImageError(
+            f"scheduler {key} cannot start from an init image: its warm-up steps break strength (a low "
+            f"strength would change the image most); choose one that honours strength: {honour}"
+        )
 
 
 def check_strength(strength: float) -> float:

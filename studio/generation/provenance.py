@@ -4,6 +4,10 @@ Two text chunks: `tokensmith` (JSON: prompt, negative, model and family, each em
 those installed partly (--partial), blends and the slerp they were computed with, swaps, guides, scheduler,
 steps, guidance, seed, size, init image hash, version) and `parameters` (the AUTOMATIC1111 infotext, so
 other tools show the settings too).
+
+A sheet of images (a grid, variations, a trace strip) carries one `tokensmith` chunk with a `sheet` kind and
+its `cells`: each generated image's provenance and where it sits, row by row, so `replay --cell K` makes
+one of them again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from studio.generation.schedule import sampler_title
 CHUNK = "tokensmith"
 A1111_CHUNK = "parameters"
 FORMAT = 1
+SHEET_WORDS = {"grid": "grid", "variations": "variations sheet", "trace": "trace strip"}
 
 
 class ReplayError(TokensmithError):
@@ -79,6 +84,9 @@ def provenance_dict(
         if init_sha256 is None
         else {"path": init_path, "sha256": init_sha256, "reader": req.init_reader},
         "strength": req.strength if init_sha256 is not None else None,
+        # DDIM/DDPM's clipping of x̂0 (schedule.make_scheduler); absent in images made before it was turned
+        # off, which replay with the model config's own setting (null)
+        "clip_sample": req.clip_sample,
     }
 
 
@@ -111,10 +119,12 @@ def _model_label(source: str) -> str:
 
 
 def png_bytes(image: Image.Image, prov: dict | None) -> bytes:
+    """PNG bytes with the provenance chunks: one image's (and its A1111 infotext), or a sheet's."""
     info = PngImagePlugin.PngInfo()
     if prov is not None:
         info.add_text(CHUNK, json.dumps(prov, sort_keys=True))
-        info.add_text(A1111_CHUNK, a1111_parameters(prov))
+        if "sheet" not in prov:  # a sheet's cells have their own settings: no one infotext fits
+            info.add_text(A1111_CHUNK, a1111_parameters(prov))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
@@ -125,22 +135,61 @@ def save_png(result: Any, path: str | Path, *, overwrite: bool = True) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise TokensmithError(f"{path}: images are written as PNG (with provenance); use a .png name")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     return atomic_write_bytes(path, png_bytes(result.image, result.provenance), overwrite=overwrite)
 
 
 def save_image(image: Image.Image, path: str | Path, *, overwrite: bool = True) -> Path:
-    """A plain PNG (grids, traces), atomically."""
+    """A plain PNG (no provenance), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     return atomic_write_bytes(path, png_bytes(image, None), overwrite=overwrite)
 
 
-def read_provenance(path: str | Path, *, label: str | None = None) -> dict:
-    """The JSON chunk of a tokensmith PNG, or ReplayError saying why there is none (naming the file as
-    `label`, e.g. an upload's own name, when given)."""
+def sheet_provenance(kind: str, cells: list[tuple[dict, tuple[int, int, int, int] | None]]) -> dict:
+    """The chunk of a sheet (`kind`: grid | variations | trace): each cell's provenance and its box in the
+    sheet (left, top, right, bottom; None when the sheet holds no copy of the image, as a trace strip)."""
+    return {
+        "format": FORMAT,
+        "tokensmith": package_version(),
+        "sheet": kind,
+        "cells": [{"provenance": prov, "box": None if box is None else list(box)} for prov, box in cells],
+    }
+
+
+def save_sheet(image: Image.Image, sheet: dict, path: str | Path, *, overwrite: bool = True) -> Path:
+    """A sheet (grid, variations, trace strip) with its cells' provenance (`sheet_provenance`), atomically."""
     path = Path(path)
+    _make_folder(path.parent)
+    return atomic_write_bytes(path, png_bytes(image, sheet), overwrite=overwrite)
+
+
+def _make_folder(folder: Path) -> None:
+    """`folder` and those above it, or NotADirectoryError naming the one that is a file (never a
+    FileExistsError, which the doors read as "the image's own name is taken")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise NotADirectoryError(f"{blocking} is a file, not a folder: choose another --out") from None
+
+
+def read_provenance(path: str | Path, *, label: str | None = None, cell: int | None = None) -> dict:
+    """The JSON chunk of a tokensmith PNG, or ReplayError saying why there is none (naming the file as
+    `label`, e.g. an upload's own name, when given). For a sheet (grid, variations, trace strip), the
+    provenance of its image number `cell` (1, 2, ... row by row); a sheet without `cell` is a ReplayError
+    that says how many images it holds."""
     name = label or str(path)
+    prov = _read_chunk(Path(path), name)
+    if "sheet" in prov or cell is not None:
+        prov = _sheet_cell(prov, name, cell)
+    if problem := _malformed(prov):
+        raise ReplayError(f"{name}: the provenance chunk {problem}; it was changed after tokensmith wrote it")
+    return prov
+
+
+def _read_chunk(path: Path, name: str) -> dict:
+    """The `tokensmith` chunk of the PNG at `path` as JSON of a format this version reads."""
     if not path.exists():
         raise ReplayError(f"cannot read {name}: it does not exist")
     try:
@@ -152,7 +201,8 @@ def read_provenance(path: str | Path, *, label: str | None = None) -> dict:
         raise ReplayError(f"cannot read {name}: it is not a readable PNG ({type(exc).__name__})") from exc
     if not text:
         raise ReplayError(
-            f"{name} has no tokensmith provenance chunk: only images tokensmith wrote can be replayed"
+            f"{name} has no tokensmith provenance chunk: only the images tokensmith generates can be "
+            "replayed (and the grids, variations and trace strips that record their cells)"
         )
     try:
         prov = json.loads(text)
@@ -161,9 +211,40 @@ def read_provenance(path: str | Path, *, label: str | None = None) -> dict:
     if not isinstance(prov, dict) or prov.get("format") != FORMAT:
         found = prov.get("format") if isinstance(prov, dict) else None
         raise ReplayError(f"{name}: provenance format {found!r} is not one this version reads")
-    if problem := _malformed(prov):
-        raise ReplayError(f"{name}: the provenance chunk {problem}; it was changed after tokensmith wrote it")
     return prov
+
+
+def _sheet_cell(prov: dict, name: str, cell: int | None) -> dict:
+    """The provenance of image `cell` of the sheet `prov`, or ReplayError saying how to choose one."""
+    if "sheet" not in prov:
+        raise ReplayError(f"{name} is one image, not a grid: replay it without --cell")
+    cells = prov.get("cells")
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and "provenance" in c for c in cells):
+        raise ReplayError(f"{name}: the provenance chunk has a bad 'cells' list; it was changed since")
+    what = SHEET_WORDS.get(prov["sheet"], "sheet")
+    if prov["sheet"] == "trace":
+        how = "replay the image it traces with --cell 1"
+    else:
+        how = f"replay one of them with --cell K (1 to {len(cells)}, row by row)"
+    if cell is None:
+        count = f"{len(cells)} image{'s' * (len(cells) != 1)}"
+        raise ReplayError(f"{name} is a {what} of {count}, not one image: {how}")
+    if not 1 <= cell <= len(cells):
+        raise ReplayError(f"{name} has no cell {cell}: {how}")
+    chosen = cells[cell - 1]["provenance"]
+    if not isinstance(chosen, dict):
+        raise ReplayError(f"{name}: cell {cell} has no provenance record; it was changed since")
+    return chosen
+
+
+def cell_box(path: str | Path, cell: int) -> tuple[int, int, int, int] | None:
+    """Where image `cell` sits in the sheet at `path` (left, top, right, bottom), or None when the sheet
+    holds no copy of it (a trace strip); read_provenance has checked the cell."""
+    prov = _read_chunk(Path(path), str(path))
+    cells = prov.get("cells") if "sheet" in prov else None
+    box = cells[cell - 1].get("box") if isinstance(cells, list) and 1 <= cell <= len(cells) else None
+    fits = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)
+    return tuple(box) if fits else None  # type: ignore[return-value]
 
 
 # what request_from and check_replayable read, and the types they need
@@ -196,9 +277,11 @@ def _malformed(prov: dict) -> str | None:
         return f"has a bad 'slerp': {json.dumps(slerp)}"
     init = prov.get("init_image")
     if init is not None and not (
-        isinstance(init, dict) and isinstance(init.get("sha256"), str) and init.get("reader", 1) in (1, 2)
+        isinstance(init, dict) and isinstance(init.get("sha256"), str) and init.get("reader", 1) in (1, 2, 3)
     ):
         return "has a bad 'init_image'"
+    if not isinstance(prov.get("clip_sample"), bool | None):
+        return f"has a bad 'clip_sample': {json.dumps(prov['clip_sample'])}"
     return None
 
 
@@ -223,6 +306,7 @@ def request_from(prov: dict) -> Any:
         guides=tuple(prov.get("guides") or ()),
         step_clock=prov.get("step_clock", "evaluations"),  # images from before it was recorded
         init_reader=init_reader(init),
+        clip_sample=prov.get("clip_sample"),  # absent: None, the config's own (how they were sampled)
     )
 
 
@@ -276,11 +360,14 @@ def replay(
     session: Any = None,
     model: str | None = None,
     label: str | None = None,
+    cell: int | None = None,
 ) -> Any:
-    """Re-make the image at `path` (one Result); ReplayError lists whatever is missing or changed."""
+    """Re-make the image at `path` (one Result; image `cell`, 1, 2, ... row by row, of a grid, variations
+    sheet or trace strip); ReplayError lists whatever is missing or changed."""
+    from studio.generation.guidance import importable_guides
     from studio.generation.session import Session
 
-    prov = read_provenance(path, label=label)
+    prov = read_provenance(path, label=label, cell=cell)
     missing = check_replayable(prov, store)
     if missing:
         raise ReplayError(f"cannot replay {label or path}: " + "; ".join(missing))
@@ -291,7 +378,8 @@ def replay(
     encoder.partial = bool(prov.get("partial"))  # as the image was made: --partial or not
     encoder.slerp_version = slerp_version(prov)  # and with its slerp
     try:
-        [result] = session.generate(request_from(prov), store=store)
+        with importable_guides(prov.get("guide_files") or []):  # a guide module from its recorded folder
+            [result] = session.generate(request_from(prov), store=store, as_recorded=True)
     finally:
         encoder.partial, encoder.slerp_version = asked
     result.provenance.pop("slerp")  # the replay records the slerp it used: the image's own record

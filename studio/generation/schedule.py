@@ -28,14 +28,24 @@ MIN_STEPS = {"pndm": 4}  # diffusers' PNDM cannot lay out fewer (its warm-up tak
 MAX_STEPS = 1000  # a model's training timesteps: more sampling steps than that visit nothing new
 
 
-def make_scheduler(name: str, base_config: Any) -> Any:
-    """A fresh scheduler of kind `name` built from a model's scheduler config (its betas, prediction type)."""
+def make_scheduler(name: str, base_config: Any, *, clip_sample: bool | None = False) -> Any:
+    """A fresh scheduler of kind `name` built from a model's scheduler config (its betas, prediction type).
+
+    DDIM and DDPM clip their predicted x̂0 to [-1, 1] unless told not to (`clip_sample`, True by default in
+    diffusers), which is right for pixels and wrong for a latent: "a red circle" comes out a faint purple
+    blob on the demo world. diffusers' StableDiffusionPipeline turns it off for every latent model, and so
+    do we; `clip_sample=None` keeps what the config (or the class default) says, as images made before
+    this were sampled, so their replays come out identical.
+    """
     import diffusers
 
     key = name.strip().lower().replace("_", "-")
     if key not in SCHEDULERS:
         raise TokensmithError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
-    return getattr(diffusers, SCHEDULERS[key][0]).from_config(base_config)
+    scheduler = getattr(diffusers, SCHEDULERS[key][0]).from_config(base_config)
+    if clip_sample is not None and scheduler.config.get("clip_sample", clip_sample) != clip_sample:
+        scheduler.register_to_config(clip_sample=clip_sample)
+    return scheduler
 
 
 def check_steps(name: str, steps: int) -> None:
@@ -98,6 +108,11 @@ class ScheduleCurves:
     alphas_cumprod: torch.Tensor  # (T,) ᾱ_t for t = 0..T-1
     visited: list[int]  # the timestep each sampling step starts from, in order
     evaluated: list[list[int]] = field(default_factory=list)  # per step: the timesteps the model sees
+    # What the table reports where the scheduler has it, rather than the training table at the rounded t
+    # the plot indexes by: per step, the exact timesteps the model sees (Euler's are fractional) and the
+    # scheduler's own σ in k-diffusion scale where the step starts.
+    exact: list[list[float]] = field(default_factory=list)
+    step_k_sigmas: list[float] = field(default_factory=list)
 
     @property
     def evaluations(self) -> int:
@@ -115,17 +130,26 @@ class ScheduleCurves:
         return ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # (T,)
 
     def table(self) -> list[dict[str, float]]:
-        return [
-            {
-                "step": i,
-                "timestep": int(t),
-                "alpha_bar": float(self.alphas_cumprod[t]),
-                "sigma": float(self.sigmas[t]),
-                "k_sigma": float(self.k_sigmas[t]),
-                "evaluated_at": self.evaluated[i] if self.evaluated else [int(t)],
-            }
-            for i, t in enumerate(self.visited)
-        ]
+        """One row per sampling step: its timestep (fractional where the scheduler's is), ᾱ, σ and k-σ (from
+        the scheduler's own σ where it has them: Euler, Heun, DPM, UniPC; else the training table's)."""
+        rows = []
+        for i, t in enumerate(self.visited):
+            if self.step_k_sigmas:
+                k_sigma = self.step_k_sigmas[i]
+                alpha_bar = 1.0 / (1.0 + k_sigma**2)
+            else:
+                k_sigma, alpha_bar = float(self.k_sigmas[t]), float(self.alphas_cumprod[t])
+            rows.append(
+                {
+                    "step": i,
+                    "timestep": self.exact[i][0] if self.exact else int(t),
+                    "alpha_bar": alpha_bar,
+                    "sigma": (1.0 - alpha_bar) ** 0.5,
+                    "k_sigma": k_sigma,
+                    "evaluated_at": self.exact[i] if self.exact else self.evaluated[i] or [int(t)],
+                }
+            )
+        return rows
 
     def explanation(self) -> str:
         """One sentence for when steps and model evaluations differ (else '')."""
@@ -144,15 +168,24 @@ def schedule_curves(scheduler: Any, steps: int) -> ScheduleCurves:
         raise TokensmithError(f"steps must be 1 or more, not {steps}")
     check_steps(_scheduler_key(scheduler), steps)
     scheduler.set_timesteps(steps)
-    timesteps = [round(float(t)) for t in scheduler.timesteps]
+    exact = [_number(float(t)) for t in scheduler.timesteps]
     counts = evaluations_per_step(scheduler, steps)
     starts = step_starts(counts)
-    evaluated = [timesteps[start : start + count] for start, count in zip(starts, counts, strict=True)]
+    per_step = [exact[start : start + count] for start, count in zip(starts, counts, strict=True)]
+    own = getattr(scheduler, "sigmas", None)  # aligned with timesteps (one more: the final σ)
+    own = [float(own[start]) for start in starts] if own is not None and len(own) >= len(exact) else []
     return ScheduleCurves(
         alphas_cumprod=scheduler.alphas_cumprod.float().clone(),
-        visited=[timesteps[start] for start in starts],
-        evaluated=evaluated,
+        visited=[round(ts[0]) for ts in per_step],
+        evaluated=[[round(t) for t in ts] for ts in per_step],
+        exact=per_step,
+        step_k_sigmas=own,
     )
+
+
+def _number(t: float) -> float | int:
+    """A timestep as it is: 749.25 stays fractional, 749.0 is 749."""
+    return int(t) if float(t).is_integer() else t
 
 
 def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:

@@ -27,6 +27,7 @@ from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPl
 from studio.generation.guidance import Guide, guided_x0, parse_guide
 from studio.generation.img2img import (
     INIT_READER,
+    check_img2img_scheduler,
     check_strength,
     encode_image,
     load_init_image,
@@ -74,6 +75,9 @@ class GenerateRequest:
     step_clock: str = "steps"
     # How an init image file is read (img2img.INIT_READER): an image made by an older reader replays with it.
     init_reader: int = INIT_READER
+    # DDIM/DDPM clipping of x̂0 to [-1, 1] (schedule.make_scheduler): off for latents; None keeps the model
+    # config's own setting (diffusers' default: on), as images made before it was turned off were sampled.
+    clip_sample: bool | None = False
 
 
 def check_swaps(requests: list[GenerateRequest]) -> None:
@@ -132,8 +136,14 @@ class Session:
         *,
         store: Store | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
+        as_recorded: bool = False,
     ) -> list[Result]:
-        """Render `req.num_images` images (seeds seed, seed+1, ...); each Result carries its provenance."""
+        """Render `req.num_images` images (seeds seed, seed+1, ...); each Result carries its provenance.
+
+        `as_recorded`: `req` re-makes an image from its provenance (replay), so the refusals added since for
+        new images (PNDM from an init image) do not apply: an image made before them still replays."""
+        if req.init_image is not None and not as_recorded:
+            check_img2img_scheduler(req.scheduler)
         req = self._resolved(req)
         nodes = apply_swaps(parse(req.prompt), req.swaps)
         negative = apply_swaps(parse(req.negative), req.swaps)
@@ -161,7 +171,8 @@ class Session:
         for label, value in (("width", width), ("height", height)):
             if value < multiple or value % multiple:
                 raise TokensmithError(
-                    f"{label} {value} does not fit this model: use a multiple of {multiple}"
+                    f"--{label} {value} does not fit this model: use a multiple of {multiple} "
+                    f"({_nearest_multiples(value, multiple)})"
                 )
         if req.steps < 1 or req.steps > MAX_STEPS:
             raise TokensmithError(f"--steps must be between 1 and {MAX_STEPS}, not {req.steps}")
@@ -173,7 +184,7 @@ class Session:
         check_steps(req.scheduler, req.steps)
         guidance = DEFAULT_GUIDANCE.get(family, 7.5) if req.guidance is None else float(req.guidance)
         if not math.isfinite(guidance) or guidance < 0:
-            raise TokensmithError(f"--guidance must be a number, 0 or more, not {guidance}")
+            raise TokensmithError(f"--guidance must be a finite number, 0 or more, not {guidance}")
         return replace(req, width=width, height=height, guidance=guidance)
 
     def _size_multiple(self) -> int:
@@ -202,7 +213,7 @@ class Session:
 
     def _sample(self, req, nodes, negative, guides, init, seed, index, on_step):
         pipe = self.model.pipe
-        scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)
+        scheduler = make_scheduler(req.scheduler, pipe.scheduler.config, clip_sample=req.clip_sample)
         timesteps, starts = self._schedule(scheduler, req, img2img=init is not None)
         steps = len(starts)
         step_of = [bisect.bisect_right(starts, i) - 1 for i in range(len(timesteps))]  # evaluation -> step
@@ -347,6 +358,12 @@ def _predicted_x0(out: torch.Tensor, x_in: torch.Tensor, alpha_bar: torch.Tensor
     if prediction_type == "sample":
         return out
     return (x_in - s * out) / a
+
+
+def _nearest_multiples(value: int, multiple: int) -> str:
+    """'32 or 40' for 36 in multiples of 8; '8' for 3, 0 or -8 (the smallest size)."""
+    below = value // multiple * multiple
+    return " or ".join(map(str, sorted({max(below, multiple), max(below + multiple, multiple)})))
 
 
 def _zeros_like(plan: PromptPlan) -> PromptPlan:
