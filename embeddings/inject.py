@@ -85,10 +85,12 @@ def vectors_for_encoders(
                 f"this model ({model}, encoders {keys})" + (f": {advice}" if advice else "")
             )
         if vectors.shape[1] != widths[key]:
+            # 'emb_params' is the file's key, not an encoder: a one-encoder model has just "its text encoder"
+            encoder = "text encoder" if key == SINGLE_KEY else f"{key} text encoder"
+            hint = "; use --model demo" if emb.family == "demo" else ""
             raise InstallError(
-                f"embedding '{emb.name}' has width {vectors.shape[1]} but this model's encoder '{key}' has "
-                f"width {widths[key]}: it was trained for {family_title(emb.family)}; this model is "
-                f"{model}"
+                f"embedding '{emb.name}' has width {vectors.shape[1]} but this model's {encoder} has width "
+                f"{widths[key]}: it was trained for {family_title(emb.family)}; this model is {model}{hint}"
             )
         out.append(vectors)
     return out

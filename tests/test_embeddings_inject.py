@@ -98,8 +98,15 @@ def test_uninstall_removes_tokens_rows_and_allows_reinstall():
 
 
 def test_width_mismatch_is_explained_in_words(sd1_pipe):
-    with pytest.raises(InstallError, match=r"width 768 .* trained for SD 1.x; this model is width 32"):
+    with pytest.raises(InstallError, match=r"width 768 .* trained for SD 1.x; this model is width 32$"):
         install(Embedding("x", {"emb_params": torch.zeros(1, 768)}), pipeline_encoders(sd1_pipe))
+    with pytest.raises(InstallError) as caught:  # the file's key is not called an encoder; the demo is named
+        install(
+            Embedding("d", {"emb_params": torch.zeros(1, 64)}, {"family": "demo"}),
+            pipeline_encoders(sd1_pipe),
+        )
+    assert "but this model's text encoder has width 32" in str(caught.value)
+    assert str(caught.value).endswith("trained for the demo world; this model is width 32; use --model demo")
 
 
 def test_word_clash_is_refused():
