@@ -16,6 +16,10 @@ from pathlib import Path
 SUFFIX, PREVIEW_SUFFIX = ".safetensors", ".preview.png"
 TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")  # what temp_path_for names
 STALE_TEMP_SECONDS = 3600  # a write takes milliseconds: an hour-old temp file of a gone process is litter
+# The hidden temp names of this project's writes, each standing in for the file `file` beside it:
+# '.x.png.123.ab12cd34.tmp' (temp_path_for), '.config.toml.tmp-123' (run folders), '.job.json.123.tmp'
+OTHER_TEMP_PATTERNS = (re.compile(r"\.(?P<file>.+)\.tmp-\d+"), re.compile(r"\.(?P<file>.+)\.\d+\.tmp"))
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def temp_path_for(path: Path) -> Path:
@@ -109,7 +113,14 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool =
     got there first, so two processes can never both "create" the same name.
     """
     path = Path(path)
-    tmp = write_temp(path, write)
+    return commit_temp(write_temp(path, write), path, overwrite=overwrite)
+
+
+def commit_temp(tmp: Path, path: Path, *, overwrite: bool = True) -> Path:
+    """Give the temp file `tmp` (from `write_temp`) the name `path`, as `atomic_write` does; on failure the
+    temp file is removed. Writing first and committing later lets a caller write two files before either
+    takes its name (the store: an embedding and its thumbnail)."""
+    path = Path(path)
     try:
         if overwrite:
             os.replace(tmp, path)
@@ -129,3 +140,45 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool =
 def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> Path:
     """`atomic_write` for bytes already in memory."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
+
+
+# --- a write that failed ---
+
+
+def final_path(path: str | Path) -> Path:
+    """The file a hidden temp file stands in for ('.x.png.123.ab12cd34.tmp' -> 'x.png', the run folder's
+    '.pid.tmp-123' -> 'pid'); any other path as it is."""
+    path = Path(path)
+    for pattern in (TEMP_PATTERN, *OTHER_TEMP_PATTERNS):
+        if match := pattern.fullmatch(path.name):
+            return path.with_name(match["file"])
+    return path
+
+
+def write_failure(
+    exc: BaseException, target: str | Path | None = None, *, then: str = "try again"
+) -> str | None:
+    """One line for an OSError straight from the system that says a disk is full, read-only or not
+    permitted, naming `target` (else the file the error names, a temp file by the file it stands in for),
+    with what to do; None for any other error, and for one already worded (it has no strerror).
+
+    "the disk is full while writing out/x.png: free some space, then try again"
+    "out/x.png is on a read-only disk: choose another place for it (or remount the disk writable)"
+    """
+    if not isinstance(exc, OSError) or exc.strerror is None:
+        return None
+    if target is None:  # a rename names its source first: the destination is the file a user asked for
+        named = exc.filename2 or exc.filename
+        target = final_path(os.fsdecode(named)) if named is not None else None
+    if exc.errno in FULL_DISK:
+        full = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+        while_writing = f" while writing {target}" if target is not None else ""
+        return f"{full}{while_writing}: free some space, then {then}"
+    if exc.errno == errno.EROFS:
+        what = f"{target} is" if target is not None else "the file is"
+        return f"{what} on a read-only disk: choose another place for it (or remount the disk writable)"
+    if exc.errno in (errno.EACCES, errno.EPERM):  # a read or a write: the words fit both
+        what = f"{target}: " if target is not None else ""
+        advice = "check the permissions of it and its folder, or choose another place"
+        return f"{what}{exc.strerror.lower()}; {advice}"
+    return None

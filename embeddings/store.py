@@ -38,7 +38,16 @@ except ImportError:  # Windows: no flock; its filesystems are case-insensitive: 
 
 from embeddings.canonical import canonical_bytes, load_canonical, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
-from embeddings.files import PREVIEW_SUFFIX, SUFFIX, atomic_write_bytes, remove_stale_temps
+from embeddings.files import (
+    PREVIEW_SUFFIX,
+    SUFFIX,
+    atomic_write_bytes,
+    commit_temp,
+    remove_stale_temps,
+    remove_temp,
+    temp_path_for,
+    write_temp,
+)
 from embeddings.names import is_valid_name, stray_name_error, validate_name
 from embeddings.trash import Trash
 from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
@@ -56,7 +65,17 @@ def _sort_key(name: str) -> tuple[str, str]:
     return (name.lower(), name)
 
 
-def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> OSError:
+class StoreWriteError(OSError):
+    """A store write that failed, in words that name the file and say what to do (`errno`: the system's).
+    `target` (the file) and `reason` (the system's words) let a caller that gives its own advice (the
+    trainer's resume line) name the file without repeating the store's."""
+
+    def __init__(self, message: str, *, code: int | None, target: Path, reason: str) -> None:
+        super().__init__(message)  # one argument: str() is the message, not '[Errno 28] ...'
+        self.errno, self.target, self.reason = code, Path(target), reason
+
+
+def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> StoreWriteError:
     """An OSError that names `target` (not the hidden temp file beside it) and says what to do."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -68,9 +87,9 @@ def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> OSError:
         )
     else:
         advice = "fix the cause, then try again"
-    error = OSError(f"cannot {doing} {target}: {reason}; {advice}")
-    error.errno = exc.errno
-    return error
+    return StoreWriteError(
+        f"cannot {doing} {target}: {reason}; {advice}", code=exc.errno, target=target, reason=reason
+    )
 
 
 @dataclass(frozen=True)
@@ -261,42 +280,47 @@ class Store(Trash):
     def put(self, emb: Embedding, *, overwrite: bool = False, preview: Image | None = None) -> Path:
         """Store `emb` under its name; an existing name raises StoreError unless overwrite=True.
 
-        `preview` (a PIL image) is saved beside it as `<name>.preview.png`.
+        `preview` (a PIL image) is saved beside it as `<name>.preview.png`. The store never shows one
+        embedding's thumbnail beside another's: the new thumbnail is written before anything changes, and the
+        one there (the replaced embedding's, or one a killed `delete` left) is moved aside while the new
+        embedding takes its name. A failure (a full disk) leaves both old files as they were; a kill leaves
+        no thumbnail rather than a wrong one.
         """
-        path = self.path(emb.name)
+        path, preview_path = self.path(emb.name), self.preview_path(emb.name)
         self._check_folder()
         self.check_case_twin(emb.name)  # early, before the bytes are made; again under the lock below
         data = canonical_bytes(emb)
         with self._writing(self.root):  # not the name-taken error below: a broken link there is no embedding
             self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.root)  # what killed writes left behind
+        new_preview = None
         try:
+            if preview is not None:
+                png = _png_bytes(preview)
+                with self._writing(preview_path):
+                    new_preview = write_temp(preview_path, lambda tmp: tmp.write_bytes(png))
             with self._locked():
                 self.check_case_twin(emb.name)
+                if not overwrite and path.exists():
+                    raise FileExistsError(path)
                 with self._writing(path):
-                    atomic_write_bytes(path, data, overwrite=overwrite)
+                    _put_pair(path, data, preview_path, new_preview, overwrite=overwrite)
         except FileExistsError:
             raise StoreError(
                 f"an embedding named '{emb.name}' already exists; choose another name or pass --force "
                 "(overwrite=True) to replace it"
             ) from None
-        preview_path = self.preview_path(emb.name)
-        with self._writing(preview_path):
-            if preview is not None:
-                buffer = io.BytesIO()
-                preview.save(buffer, format="PNG")
-                atomic_write_bytes(preview_path, buffer.getvalue())
-            elif overwrite:
-                preview_path.unlink(missing_ok=True)  # an old thumbnail would show a different embedding
+        finally:
+            if new_preview is not None:
+                remove_temp(new_preview)  # gone already when it took its name
         return path
 
     def set_preview(self, name: str, image: Image) -> Path:
         """Attach (or replace) the thumbnail of a stored embedding."""
         self._require(name)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        png = _png_bytes(image)
         with self._writing(self.preview_path(name)):
-            return atomic_write_bytes(self.preview_path(name), buffer.getvalue())
+            return atomic_write_bytes(self.preview_path(name), png)
 
     # --- reading ---
     def get(self, name: str) -> Embedding:
@@ -420,6 +444,37 @@ class Store(Trash):
             return {k: v for k, v in e.meta.items() if k not in NAME_KEYS}
 
         return stored.sha256 == emb.sha256 and unnamed(stored) == unnamed(emb)
+
+
+def _put_pair(
+    path: Path, data: bytes, preview_path: Path, new_preview: Path | None, *, overwrite: bool
+) -> None:
+    """Write the embedding file with the thumbnail there moved aside (put back if the write fails), then give
+    the new thumbnail (written already, as the temp file `new_preview`) its name."""
+    aside = temp_path_for(preview_path)  # a temp name: a kill's leftover is removed as stale
+    try:
+        os.replace(preview_path, aside)
+    except FileNotFoundError:
+        aside = None
+    try:
+        atomic_write_bytes(path, data, overwrite=overwrite)
+    except BaseException:
+        if aside is not None:
+            with contextlib.suppress(OSError):  # a rename needs no space: the old pair is whole again
+                os.replace(aside, preview_path)
+        raise
+    try:
+        if new_preview is not None:
+            commit_temp(new_preview, preview_path)
+    finally:
+        if aside is not None:
+            remove_temp(aside)
+
+
+def _png_bytes(image: Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _other_format(file_name: str) -> bool:

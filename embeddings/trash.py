@@ -4,8 +4,9 @@ atomic writes it uses, so a restore obeys the same letter-case rule as a put."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import filecmp
-import json
 import os
 import shutil
 import time
@@ -22,16 +23,30 @@ class Trash:
     _check_folder, _writing and _locked)."""
 
     def delete(self, name: str) -> Path:
-        """Move an embedding (and its preview) to the trash; returns its trash folder. `restore` undoes it."""
+        """Move an embedding (and its preview) to the trash; returns its trash folder. `restore` undoes it.
+
+        Renames only, after the folder is made: a full disk refuses the folder, before anything moves. The
+        preview goes first, so a kill between the two leaves the embedding without its thumbnail, never a
+        thumbnail without its embedding (which a later embedding of that name would show). The folder's
+        name holds the time of the deletion; nothing else is recorded.
+        """
         path = self._require(name, stray_ok=True)  # a hand-copied file under a refused name can be trashed
         folder = self.root / TRASH / f"{time.time_ns():020d}-{os.getpid()}"
+        preview = path.with_name(name + PREVIEW_SUFFIX)
         with self._writing(path, "move to the trash"):
             folder.mkdir(parents=True, exist_ok=False)
-            os.replace(path, folder / path.name)
-            preview = path.with_name(name + PREVIEW_SUFFIX)
-            if preview.is_file():
+            moved = preview.is_file()
+            if moved:
                 os.replace(preview, folder / preview.name)
-            (folder / "deleted.json").write_text(json.dumps({"name": name, "deleted": time.time()}))
+            try:
+                os.replace(path, folder / path.name)
+            except BaseException:
+                if moved:  # the embedding stays: so does its thumbnail
+                    with contextlib.suppress(OSError):
+                        os.replace(folder / preview.name, preview)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                raise
         return folder
 
     def trashed(self) -> list[str]:
@@ -64,10 +79,23 @@ class Trash:
             with self._locked(), self._writing(path):
                 if not unfinished:
                     self.check_case_twin(name)  # again, under the lock
-                    atomic_write(path, lambda tmp, src=trashed: shutil.copyfile(src, tmp), overwrite=False)
+                    _bring_back(trashed, path)
                 preview = folder / (name + PREVIEW_SUFFIX)
                 if preview.is_file():
                     os.replace(preview, path.with_name(name + PREVIEW_SUFFIX))
                 shutil.rmtree(folder)
             return path
         raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")
+
+
+def _bring_back(trashed: Path, path: Path) -> None:
+    """Give the trashed file its name in the store again, never replacing a file there: a hard link needs
+    no space (a mistaken `rm` can be undone on a full disk); a copy where the filesystem has no links."""
+    try:
+        os.link(trashed, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        atomic_write(path, lambda tmp: shutil.copyfile(trashed, tmp), overwrite=False)

@@ -124,6 +124,14 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, TokensmithError | ValueError | KeyError | OSError | Image.DecompressionBombError)
 
 
+def user_text(exc: BaseException) -> str:
+    """An error's one line: a full or read-only disk that no command worded names the file and what to do
+    ("the disk is full while writing out/x.png: free some space, then try again"), not '[Errno 28] ...'."""
+    from embeddings.files import write_failure
+
+    return write_failure(exc) or str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Subparsers hand arguments they do not know to the top-level parser, whose error would name neither the
@@ -156,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug or not _is_user_error(exc):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else user_text(exc)
         if isinstance(exc, UsageError):  # as argparse reports its own usage errors: the usage line first
             command_parser.print_usage(sys.stderr)
         print(f"tokensmith {args.command}: error: {message}", file=sys.stderr)

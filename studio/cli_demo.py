@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from studio.cli import at_least_one
 from studio.cli_train import ProgressBar, set_cpu_threads
@@ -107,6 +108,43 @@ def _prepare_demo_folder(out) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
+def _save_png(image, path) -> None:
+    """Write a PNG completely or not at all (a full disk leaves no truncated file, an older one intact)."""
+    from embeddings.files import atomic_write
+
+    with _demo_writes(path):
+        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+@contextmanager
+def _demo_writes(path):
+    """A full or read-only disk while writing `path` as one line that names it and says what to do."""
+    from embeddings.errors import TokensmithError
+    from embeddings.files import write_failure
+
+    try:
+        yield
+    except OSError as exc:
+        line = write_failure(exc, path, then="run `tokensmith demo` again")
+        if line is None:
+            raise
+        raise TokensmithError(line) from None
+
+
+@contextmanager
+def _after_storing(name: str, stored):
+    """Errors after the token was stored say so: it is kept and usable, whatever failed after it."""
+    from embeddings.errors import TokensmithError
+
+    try:
+        yield
+    except (OSError, TokensmithError) as exc:
+        raise TokensmithError(
+            f"{exc}; the token <{name}> was trained and stored before this ({stored}): prompts can use it "
+            "as it is"
+        ) from None
+
+
 def _demo_echo(bar):
     """The trainer's lines for the bar, less its advice on continuing the run with --resume: the demo has no
     --resume, it starts afresh each time."""
@@ -162,11 +200,12 @@ def run_demo(args) -> int:
         seed=args.seed,
         **changes,
     )
-    _prepare_demo_folder(out)
+    with _demo_writes(out):
+        _prepare_demo_folder(out)
     rng = random.Random(args.seed)
     shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
     for i, shot in enumerate(shots):
-        shot.save(out / "images" / f"{i}.png")
+        _save_png(shot, out / "images" / f"{i}.png")
     print(f"rendered {DEMO_IMAGES} images of '{concept}' into {out / 'images'}", file=sys.stderr)
 
     model = load_model("demo")
@@ -192,16 +231,18 @@ def run_demo(args) -> int:
             file=sys.stderr,
         )
         return 1
-    after = sample(f"a <{name}>")
-    blend_prompt = _blend_prompt(name, concept)
-    blended = sample(blend_prompt)
-    scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
-    blend = {"prompt": blend_prompt, **_reads_as(blended)}
-    rows = [shots[:DEMO_SAMPLES], before, after, blended]
-    labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>", f"blend: {blend_prompt[2:]}"]
-    sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
     sheet_path = out / "contact-sheet.png"
-    sheet.save(sheet_path)
+    with _after_storing(name, store.path(name)):
+        after = sample(f"a <{name}>")
+        blend_prompt = _blend_prompt(name, concept)
+        blended = sample(blend_prompt)
+        scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
+        blend = {"prompt": blend_prompt, **_reads_as(blended)}
+        rows = [shots[:DEMO_SAMPLES], before, after, blended]
+        labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>"]
+        labels.append(f"blend: {blend_prompt[2:]}")
+        sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
+        _save_png(sheet, sheet_path)
     result = {
         "concept": str(concept),
         "name": name,

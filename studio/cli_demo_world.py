@@ -42,6 +42,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from demo import world
+    from embeddings.files import atomic_write
 
     if args.num < 1:
         raise ValueError(f"-n must be at least 1 (got {args.num})")
@@ -52,16 +53,20 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file: give a folder to write the images into")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_failed(exc, out, [], args.num) from None
     stem = "-".join(world.caption(concept).split()[1:])
     rng = random.Random(args.seed)
     written = []
     for i in range(args.num):
         image = world.render(concept, rng, resolution=resolution)
         path = out / f"{stem}-{i:03d}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
+        try:
+            atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
+        except OSError as exc:
+            raise _write_failed(exc, path, written, args.num) from None
         written.append(str(path))
     if args.json:
         import json
@@ -75,3 +80,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {count} of '{world.caption(concept)}'{note} to {out}", file=sys.stderr)
         print(out)
     return 0
+
+
+def _write_failed(exc: OSError, path: Path, written: list[str], total: int) -> Exception:
+    """A full or read-only disk as one line naming the image and what was written before it; any other
+    error as it is."""
+    from embeddings.errors import TokensmithError
+    from embeddings.files import write_failure
+
+    line = write_failure(exc, path, then="run the same command again")
+    if line is None:
+        return exc
+    if written:
+        names = ", ".join(Path(p).name for p in written)
+        line += f" ({len(written)} of {total} images were written: {names})"
+    return TokensmithError(line)

@@ -241,6 +241,24 @@ def _write_image(result, path: Path, *, stem: str | None, trace: Path | None, fo
                 raise exists_error(path) from None
 
 
+def _write_result(result, path: Path, args, *, into_folder: bool) -> dict:
+    """Write one generated image (and its trace strip); the entry `generate` prints for it."""
+    from studio.generation.provenance import save_sheet, sheet_provenance
+
+    stem = f"{_slug(args.prompt)}-s{result.seed}" if into_folder else None
+    path = _write_image(result, path, stem=stem, trace=args.trace, force=args.force)
+    entry = {"path": str(path), "seed": result.seed}
+    if result.trace is not None:
+        trace = _trace_path(args.trace, path)
+        try:
+            chunk = sheet_provenance("trace", [(result.provenance, None)])  # its image's
+            save_sheet(result.trace, chunk, trace, overwrite=args.force)
+        except FileExistsError:  # made while this one sampled: named as itself, not as the temp file
+            raise exists_error(trace) from None
+        entry["trace"] = str(trace)
+    return entry | {"provenance": result.provenance}
+
+
 def _trace_path(trace: Path, image: Path) -> Path:
     return trace / f"{image.stem}-trace.png"
 
@@ -263,9 +281,10 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
 
 
 def run_generate(args) -> int:
+    from embeddings.errors import TokensmithError
+    from embeddings.files import write_failure
     from studio.cli import UsageError
     from studio.generation import check_swaps
-    from studio.generation.provenance import save_sheet, sheet_provenance
 
     if args.trace_steps is not None and args.trace is None:
         raise UsageError("--trace-steps needs --trace DIR (the folder for the trace strips)")
@@ -291,18 +310,15 @@ def run_generate(args) -> int:
         progress.close()
     written = []
     for result, path in zip(results, paths, strict=True):
-        stem = f"{_slug(args.prompt)}-s{result.seed}" if into_folder else None
-        path = _write_image(result, path, stem=stem, trace=args.trace, force=args.force)
-        entry = {"path": str(path), "seed": result.seed}
-        if result.trace is not None:
-            trace = _trace_path(args.trace, path)
-            try:
-                chunk = sheet_provenance("trace", [(result.provenance, None)])  # its image's
-                save_sheet(result.trace, chunk, trace, overwrite=args.force)
-            except FileExistsError:  # made while this one sampled: named as itself, not as the temp file
-                raise exists_error(trace) from None
-            entry["trace"] = str(trace)
-        written.append(entry | {"provenance": result.provenance})
+        try:
+            written.append(_write_result(result, path, args, into_folder=into_folder))
+        except OSError as exc:  # a full or read-only disk: the images already written are kept, and named
+            if not (line := write_failure(exc, then="run the same command again")) or not written:
+                raise
+            names = ", ".join(entry["path"] for entry in written)
+            raise TokensmithError(
+                f"{line} ({len(written)} of {len(paths)} images were written: {names})"
+            ) from None
     if args.json:
         print(json.dumps(written, indent=2))
     else:

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from embeddings.files import atomic_write_bytes
+
 # job.json's fields: the types each may have, and how a message names them. A job.json that breaks these is
 # damaged: the job lists as unreadable rather than being guessed at.
 JOB_FIELDS = {
@@ -76,6 +78,5 @@ def started_at(pid: int) -> float | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write `path` completely or not at all: a temp file, fsynced, renamed; removed when the write fails."""
+    atomic_write_bytes(path, text.encode("utf-8"))

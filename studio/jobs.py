@@ -15,10 +15,12 @@ takes that lock, the process job.json names if it started when the job was launc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +100,16 @@ class Job:
         return json.dumps(data, indent=2)
 
 
+def _end_group(proc: subprocess.Popen) -> None:
+    """Kill a just-launched trainer and its children (its own session) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (AttributeError, OSError):  # no process groups (Windows), or gone already
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 RUN_FILES = ("job.json", "progress.jsonl", "config.toml")  # a folder under runs/ with one of these is a run
 
@@ -127,6 +139,7 @@ class JobRunner:
         run_dir = self.runs_dir / job_id  # may exist already, holding the uploaded images
         if any((run_dir / f).exists() for f in ("job.json", "progress.jsonl")):
             raise FileExistsError(f"run folder {run_dir} already holds a job: resume it or start a new one")
+        made = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         command = (
             *self.trainer_command,
@@ -136,7 +149,12 @@ class JobRunner:
             "--home",
             str(self.home),
         )
-        return self._launch(Job(id=job_id, run_dir=run_dir, name=request.name, command=command))
+        try:
+            return self._launch(Job(id=job_id, run_dir=run_dir, name=request.name, command=command))
+        except BaseException:
+            if made:  # a start that failed (a full disk) leaves no folder that no page lists
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
     def resume(self, job_id: str) -> Job:
         """Continue a stopped, failed or crashed job from its last checkpoint, in the same run folder."""
@@ -226,8 +244,12 @@ class JobRunner:
             pid=proc.pid,
             launched=launched,
         )
+        try:
+            write_atomic(job.run_dir / "job.json", job.to_json())
+        except BaseException:  # a job the studio cannot record (a full disk) must not train unheard
+            _end_group(proc)
+            raise
         self._procs[job.id] = proc
-        write_atomic(job.run_dir / "job.json", job.to_json())
         return job
 
     # --- finding and reading ---

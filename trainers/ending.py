@@ -68,8 +68,10 @@ def end_stored(cfg, folder: RunFolder, store: Store, emb: Embedding, home: Path,
             echo(f"run folder: {folder.root}")
             echo(f"the run stored its result ({store.path(cfg.name)}) before it ended: recording it as done")
         preview = open_image(folder.preview_path(int(emb.meta.get("steps", 0))))
-        if preview is not None and not store.preview_path(cfg.name).exists():
-            store.set_preview(cfg.name, preview)  # the thumbnail is written just after the embedding
+        if preview is not None and not same_pixels(stored_thumbnail(store, cfg.name), preview):
+            # missing (the write failed, or a kill came before it) or another embedding's (one stored by
+            # an older tokensmith, which replaced the embedding before its thumbnail)
+            store.set_preview(cfg.name, preview)
         record_done(cfg, folder, emb, store.path(cfg.name), preview, home)
     finally:
         folder.release()
@@ -84,6 +86,21 @@ def open_image(path: Path):
         return None
     with Image.open(path) as image:
         return image.copy()
+
+
+def stored_thumbnail(store: Store, name: str):
+    """The stored thumbnail of `name`, or None when it is missing or unreadable (written again then)."""
+    try:
+        return open_image(store.preview_path(name))
+    except OSError:  # PIL's UnidentifiedImageError, a truncated file
+        return None
+
+
+def same_pixels(a, b) -> bool:
+    """Whether two images (None: missing) have the same pixels (a thumbnail is a run preview saved again)."""
+    if a is None or b is None:
+        return False
+    return (a.mode, a.size) == (b.mode, b.size) and a.tobytes() == b.tobytes()
 
 
 def kept_note(kept: int, trained: int) -> str:

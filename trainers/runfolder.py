@@ -18,20 +18,26 @@ Every file is written atomically (temp file + rename), so a reader never sees ha
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from embeddings.errors import TokensmithError, first_line
+from embeddings.files import TEMP_PATTERN, final_path
 from trainers import runlock
 from trainers.commands import resume_command
 from trainers.writes import DiskFull, atomic_text, disk_full, writing
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+RUN_TEMP = re.compile(r"\.(?P<file>.+)\.tmp-(?P<pid>\d+)")  # a run file's write in progress: '.pid.tmp-123'
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def progress_line(
@@ -88,14 +94,55 @@ class RunFolder:
         return self.root / "latents.safetensors"
 
     def create(self, *, resume: bool) -> None:
-        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming)."""
+        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming). The temp
+        files of killed writes are removed (see `remove_stale_temps`)."""
         if not resume and self.progress_path.exists():
             raise TokensmithError(
                 f"run folder {self.root} already holds a run; pass --resume to continue it or choose "
                 "another --run-dir"
             )
-        for folder in (self.root, self.previews, self.snapshots, self.checkpoints):
-            folder.mkdir(parents=True, exist_ok=True)
+        with self._writable():
+            for folder in (self.root, self.previews, self.snapshots, self.checkpoints):
+                folder.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temps()
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Remove the temp files that killed writes of this run left ('.config.toml.tmp-PID', a preview's, the
+        latent cache's, a snapshot's), whose process is gone; returns what was removed. Checkpoint temp
+        folders are `prune_checkpoints`'. Never raises: litter must not stop a run."""
+        removed = []
+        for folder in (self.root, self.previews, self.snapshots):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                match = RUN_TEMP.fullmatch(entry.name) or TEMP_PATTERN.fullmatch(entry.name)
+                pid = int(match["pid"]) if match else None
+                if pid is None or pid == os.getpid() or runlock.pid_alive(pid):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+                except OSError:
+                    continue
+        return removed
+
+    @contextlib.contextmanager
+    def _writable(self) -> Iterator[None]:
+        """A run folder that cannot be made or written (a read-only disk, no permission) as one line that
+        names it and the file, and says what to do."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in NOT_WRITABLE or exc.strerror is None:
+                raise
+            named = final_path(os.fsdecode(exc.filename)) if exc.filename is not None else self.root
+            raise TokensmithError(
+                f"cannot write the run folder {self.root} ({named}: {exc.strerror}): make it writable, or "
+                "pass another --run-dir"
+            ) from None
 
     def write_config(self, toml_text: str, commands: list[str]) -> None:
         atomic_text(self.config_path, toml_text)
@@ -148,8 +195,9 @@ class RunFolder:
         runlock.py): a pid file left by a killed run holds nothing."""
         if self.root.exists() and not self.root.is_dir():
             raise TokensmithError(f"run folder {self.root} is a file; pass --run-dir with a folder")
-        self.root.mkdir(parents=True, exist_ok=True)
-        return runlock.claim(self.root)
+        with self._writable():
+            self.root.mkdir(parents=True, exist_ok=True)
+            return runlock.claim(self.root)
 
     def holder(self) -> int | None:
         """The pid of the live trainer that holds the folder (this process, if it does), else None."""

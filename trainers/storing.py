@@ -12,11 +12,13 @@ from pathlib import Path
 
 from embeddings import Embedding, Store, load_canonical
 from embeddings.errors import StoreError, TokensmithError
+from embeddings.files import PREVIEW_SUFFIX
+from embeddings.store import StoreWriteError
 from trainers.commands import home_flags, resume_command
 from trainers.config import TrainConfig
 from trainers.resume import ENDING, config_changes
 from trainers.runfolder import RunFolder
-from trainers.writes import writing
+from trainers.writes import DiskFull, disk_full, writing
 
 
 def check_storable(cfg: TrainConfig, store: Store) -> None:
@@ -71,7 +73,7 @@ def store_result(cfg, folder: RunFolder, store: Store, emb: Embedding, preview, 
     how to store this run's result, which is kept in the run folder."""
     try:
         with writing(f"the stored file of '{cfg.name}'", store.path(cfg.name)):
-            return store.put(emb, overwrite=cfg.overwrite, preview=preview)
+            return _put(cfg, store, emb, preview)
     except StoreError:
         twin = store.case_twin(cfg.name)
         if twin is None and not store.exists(cfg.name):  # not a name taken meanwhile: its own words
@@ -91,6 +93,19 @@ def store_result(cfg, folder: RunFolder, store: Store, emb: Embedding, preview, 
             f"result is kept in {final}: import it under another name (`{elsewhere}`), or move '{twin}' "
             f"aside (`tokensmith rename {twin} NEW`) and run `{resume}`"
         ) from None
+
+
+def _put(cfg, store: Store, emb: Embedding, preview) -> Path:
+    """store.put, its full-disk error naming the file that failed (the embedding or its thumbnail) with the
+    system's words alone: the advice is the trainer's (the resume line), said once."""
+    try:
+        return store.put(emb, overwrite=cfg.overwrite, preview=preview)
+    except StoreWriteError as exc:
+        if not disk_full(exc):
+            raise
+        thumbnail = exc.target.name.endswith(PREVIEW_SUFFIX)
+        what = f"the {'thumbnail' if thumbnail else 'stored file'} of '{cfg.name}'"
+        raise DiskFull(what, exc.target) from OSError(exc.errno, exc.reason)
 
 
 def stored_result(cfg: TrainConfig, folder: RunFolder, store: Store) -> Embedding | None:

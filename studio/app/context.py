@@ -34,6 +34,7 @@ STUDIO_WORDS = {
     # the trash holds no older copy of a stored file, and a plain re-import is refused as "already exists"
     "restore it from trash or re-import it": "re-import it on the Library page with “Replace embeddings of "
     "the same name” on",
+    "; use --model demo": "; set the sidebar's Model to demo",
 }
 # The same for advice that names its subject, as (pattern, replacement) for re.sub.
 STUDIO_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -73,10 +74,12 @@ def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -
     """One line for the user: KeyError's message without the quotes repr() adds, in the studio's words.
 
     `fields` maps the CLI flags the engine's messages name to the page's fields ({"--steps": "Steps"}:
-    "raise --steps" reads "raise Steps"); flags not in it stay as they are."""
+    "raise --steps" reads "raise Steps"); flags not in it stay as they are. A full or read-only disk that
+    no engine message worded names the file and what to do (embeddings.files.write_failure)."""
     from PIL import Image
 
     from embeddings.errors import StrayNameError
+    from embeddings.files import write_failure
 
     if isinstance(exc, StrayNameError):  # its advice is shell commands: the Library's buttons instead
         text = stray_text(exc.reason, exc.valid_name)
@@ -84,6 +87,8 @@ def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -
         text = str(exc.args[0])
     elif isinstance(exc, Image.DecompressionBombError):  # PIL's own words end in "DOS attack"
         text = f"the image is too large to open safely ({str(exc).split(', could be')[0]}): downscale it"
+    elif (disk := write_failure(exc)) is not None:
+        text = disk
     else:
         text = str(exc) or type(exc).__name__
     return studio_text(text, fields=fields)

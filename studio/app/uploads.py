@@ -3,8 +3,10 @@ what is wrong with which file and what to do."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,10 +113,27 @@ def read_folder(folder: str | Path) -> list[tuple[str, bytes]]:
 
 
 def save_images(images: list[TrainingImage], folder: Path) -> Path:
-    """Write the checked images into `folder` (created if missing) and return it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for image in images:
-        (folder / image.name).write_bytes(image.data)
+    """Write the checked images into `folder` (created if missing) and return it. A write that fails (a full
+    disk) removes what this call wrote: the folders it made, else the images."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    written: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            path = folder / image.name
+            written.append(path)
+            path.write_bytes(image.data)
+    except BaseException:
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
+            for parent in made[1:]:  # only while empty: another writer may have put something there
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        else:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+        raise
     return folder
 
 
