@@ -226,12 +226,9 @@ def run_schedule(args) -> int:
 
 
 def run_replay(args) -> int:
-    import numpy as np
-    from PIL import Image
 
     from studio.generation import Session, read_provenance, replay, save_png
-    from studio.generation.grid import fit_width
-    from studio.generation.provenance import cell_box
+    from studio.generation.provenance import matches_original
     from trainers.models import load_model
 
     if args.out.suffix.lower() != ".png":
@@ -244,15 +241,9 @@ def run_replay(args) -> int:
         check_model_options(model, args.model_config, "replay")
         session = Session(load_model(model, config=args.model_config))
     result = replay(args.image, store=store_for(args), model=args.model, session=session, cell=args.cell)
-    box = cell_box(args.image, args.cell) if args.cell is not None else None
-    with Image.open(args.image) as original:  # read before writing: --out may be the image itself
-        if args.cell is None:
-            same = np.array_equal(np.asarray(original.convert("RGB")), np.asarray(result.image))
-        elif box is not None:  # the cell as the sheet shows it: scaled to the cell's width
-            shown = fit_width(result.image, box[2] - box[0])
-            same = np.array_equal(np.asarray(original.convert("RGB").crop(box)), np.asarray(shown))
+    same = matches_original(args.image, result.image, args.cell)  # before writing: --out may be the image
     save_png(result, args.out, overwrite=args.force)
-    if args.cell is not None and box is None:
+    if same is None:
         verdict = "the image this trace strip traced (the strip holds no copy of it to compare with)"
     elif same:
         verdict = "pixel-identical to the original" + (f"'s cell {args.cell}" if args.cell else "")

@@ -122,6 +122,37 @@ def test_img2img_keeps_the_init_image_for_replay(session, store, tokensmith_home
     assert Path(prov["init_image"]["path"]).parent == tokensmith_home / "studio" / "init-images"
 
 
+def test_a_transparent_init_upload_is_kept_on_the_training_gray(session, store, tokensmith_home):
+    image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # transparent black around a red square
+    image.paste((220, 30, 30, 255), (4, 4, 12, 12))
+    at = open_generate()
+    at.file_uploader(key="gen_init").set_value([("logo.png", png_of(image), "image/png")])
+    generate(at, "a thing")
+    prov = provenance_of(at.session_state["gen_results"][0][0])
+    kept = Image.open(prov["init_image"]["path"])
+    assert kept.getpixel((0, 0)) == (128, 128, 128) and kept.getpixel((8, 8)) == (220, 30, 30)
+
+
+def test_one_image_of_a_grid_replays_in_the_studio(session, store):
+    from studio.generation import GenerateRequest
+    from studio.generation.grid import compose, sheet_cells
+    from studio.generation.provenance import png_bytes, sheet_provenance
+
+    request = GenerateRequest(prompt="a <red-square>", seed=5, steps=3, num_images=2)
+    results = session.generate(request, store=store)
+    cells = [[result.image for result in results]]
+    grid = compose(cells, ["a <red-square>"], ["seed 5", "seed 6"])
+    png = png_bytes(grid, sheet_provenance("grid", sheet_cells(cells, [results])))
+    at = open_generate()
+    at.file_uploader(key="gen_replay_file").set_value([("grid.png", png, "image/png")])
+    at.run()
+    at.number_input(key="gen_replay_cell").set_value(2).run()
+    assert any("seed 6" in c.value for c in at.caption)  # the chosen image's provenance
+    at.button(key="gen_replay").click().run()
+    assert not at.exception and "Pixel-identical" in at.success[0].value
+    assert [i.proto.imgs[0].caption for i in at.image][-2:] == ["uploaded, image 2", "replayed"]
+
+
 def test_replay_of_a_downloaded_png_is_pixel_identical(session, store):
     at = generate(open_generate(), "a <red-square>", seed=11)
     png = at.session_state["gen_results"][0][0]

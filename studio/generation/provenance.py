@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from embeddings import Store, package_version
@@ -245,6 +246,32 @@ def cell_box(path: str | Path, cell: int) -> tuple[int, int, int, int] | None:
     box = cells[cell - 1].get("box") if isinstance(cells, list) and 1 <= cell <= len(cells) else None
     fits = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)
     return tuple(box) if fits else None  # type: ignore[return-value]
+
+
+def sheet_cells_count(path: str | Path, *, label: str | None = None) -> tuple[str, int] | None:
+    """(kind, number of images) of a sheet tokensmith wrote ("grid", 4), or None for a single image; a file
+    without a tokensmith chunk is the ReplayError `read_provenance` gives."""
+    prov = _read_chunk(Path(path), label or str(path))
+    if "sheet" not in prov:
+        return None
+    cells = prov.get("cells")
+    return str(prov["sheet"]), len(cells) if isinstance(cells, list) else 0
+
+
+def matches_original(path: str | Path, image: Image.Image, cell: int | None = None) -> bool | None:
+    """Whether a replayed `image` is pixel-identical to the image at `path` (to its cell `cell`, scaled as
+    the sheet shows it); None when the sheet holds no copy of the image (a trace strip)."""
+    from studio.generation.grid import fit_width
+
+    with Image.open(path) as opened:
+        original = opened.convert("RGB")
+    if cell is None:
+        return np.array_equal(np.asarray(original), np.asarray(image.convert("RGB")))
+    box = cell_box(path, cell)
+    if box is None:
+        return None
+    shown = fit_width(image.convert("RGB"), box[2] - box[0])
+    return np.array_equal(np.asarray(original.crop(box)), np.asarray(shown))
 
 
 # what request_from and check_replayable read, and the types they need

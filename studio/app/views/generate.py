@@ -7,7 +7,6 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 from PIL import Image
 
@@ -29,6 +28,8 @@ FIELDS = {
     "--num-images": "Images",
     "--strength": "Strength",
     "--partial": "the Partial fit box",
+    "--width": "Width",
+    "--height": "Height",
 }
 
 
@@ -146,12 +147,15 @@ def kept_upload(upload) -> tuple[Path, object, tuple[int, int]] | str:
     """The uploaded init image read once per upload (not at every rerun of the page: a large photo takes a
     second to decode): where it is kept, a small preview and its size; or the message saying why it cannot
     be used."""
+    from studio.generation.img2img import flatten_alpha
     from trainers.pictures import PictureError, read_picture
 
     cached = st.session_state.get("gen_init_kept")
     if cached is None or cached[0] != upload.file_id:
-        try:
-            image = read_picture(upload.getvalue(), name=upload.name, role="init image")
+        try:  # transparent parts on the training gray, as the CLI reads an init image
+            image = flatten_alpha(
+                read_picture(upload.getvalue(), name=upload.name, role="init image", alpha=True)
+            )
         except PictureError as exc:
             cached = (upload.file_id, str(exc))
         else:
@@ -166,15 +170,14 @@ def keep_init_image(image: Image.Image) -> Path:
     """Keep an uploaded init image under HOME/studio/init-images/ (named by its pixels, as it was read:
     upright and 8-bit), so the provenance of what it makes points to a file that still exists and the image
     can be replayed later."""
+    from embeddings.files import atomic_write
     from studio.generation.img2img import image_sha256
 
     folder = context.home() / "studio" / "init-images"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{image_sha256(image)[:16]}.png"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
+    if not path.exists():  # completely or not at all: a failed write (a full disk) leaves no temp file
+        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return path
 
 
@@ -262,6 +265,7 @@ def replay_ui(session, store) -> None:
     """Re-make an image from the provenance inside a tokensmith PNG, and say whether it matches; the result
     stays (keyed by the upload) while the page reruns for other widgets."""
     from studio.generation import read_provenance, replay
+    from studio.generation.provenance import cell_box, matches_original, sheet_cells_count
 
     upload = st.file_uploader("A PNG written by tokensmith", type=["png"], key="gen_replay_file")
     if upload is None:
@@ -270,35 +274,51 @@ def replay_ui(session, store) -> None:
         path = Path(tmp) / "image.png"
         path.write_bytes(upload.getvalue())
         label = repr(upload.name)  # errors name the user's file, not the temporary copy
-        prov = read_provenance(path, label=label)
+        cell = None
+        if sheet := sheet_cells_count(path, label=label):  # a grid, variations sheet or trace strip
+            kind, count = sheet
+            cell = int(
+                st.number_input(
+                    f"Image of this {kind} to replay (row by row)", 1, max(count, 1), 1, key="gen_replay_cell"
+                )
+            )
+        prov = read_provenance(path, label=label, cell=cell)
         st.caption(f"prompt: {prov.get('prompt')!r} · seed {prov.get('seed')} · model {prov.get('model')}")
         if prov.get("model") not in (None, session.model.source):
             st.warning(f"made with model {prov.get('model')}; the studio uses {session.model.source}")
         if st.button("Replay", key="gen_replay"):
             with st.spinner("Replaying…"):
-                result = replay(path, store=store, session=session, label=label)
-            original = np.asarray(Image.open(path).convert("RGB"))
-            st.session_state["gen_replayed"] = (upload.file_id, result.image, verdict(original, result.image))
+                result = replay(path, store=store, session=session, label=label, cell=cell)
+            shown = upload.getvalue()
+            if cell is not None and (box := cell_box(path, cell)) is not None:
+                shown = Image.open(path).convert("RGB").crop(box)  # the cell as the sheet shows it
+            same = matches_original(path, result.image, cell)
+            st.session_state["gen_replayed"] = (
+                (upload.file_id, cell),
+                shown,
+                result.image,
+                replay_verdict(same),
+            )
     replayed = st.session_state.get("gen_replayed")
-    if replayed is None or replayed[0] != upload.file_id:
+    if replayed is None or replayed[0] != (upload.file_id, cell):
         return
-    _file_id, image, (same, text) = replayed
+    _key, shown, image, (same, text) = replayed
     c1, c2 = st.columns(2)
-    c1.image(upload.getvalue(), caption="uploaded", width="stretch")
+    c1.image(shown, caption="uploaded" if cell is None else f"uploaded, image {cell}", width="stretch")
     c2.image(image, caption="replayed", width="stretch")
     (st.success if same else st.warning)(text)
 
 
-def verdict(original: np.ndarray, image: Image.Image) -> tuple[bool, str]:
-    """Whether a replay is pixel-identical to the uploaded image, and the sentence that says so."""
-    again = np.asarray(image.convert("RGB"))
-    if original.shape == again.shape and np.array_equal(original, again):
+def replay_verdict(same: bool | None) -> tuple[bool, str]:
+    """Whether a replay matched what was uploaded (`matches_original`), and the sentence that says so."""
+    if same is None:
+        return True, "Replayed the image this trace strip traced (the strip holds no copy of it to compare)."
+    if same:
         return True, "Pixel-identical to the uploaded image."
-    diff = np.abs(original.astype(int) - again.astype(int)).max() if original.shape == again.shape else "size"
     return (
         False,
-        f"Replayed, but not pixel-identical (max difference {diff}): another machine, library version or "
-        "torch thread count (OMP_NUM_THREADS)?",
+        "Replayed, but not pixel-identical: another machine, library version or torch thread count "
+        "(OMP_NUM_THREADS)?",
     )
 
 
