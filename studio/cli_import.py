@@ -49,6 +49,8 @@ def run_import(args) -> int:
     for path, reason in skipped:
         reason = reason.removeprefix(f"{path}: ")  # the importer's errors already start with the file
         print(f"tokensmith import: skipped {path}: {reason}", file=sys.stderr)
+    if not found and halves and len(halves) == len(skipped):
+        raise StoreError("nothing imported: each file was a lone half of an SDXL pair (see above)")
     if not found:
         raise StoreError("nothing to import: no file held an embedding")
     if args.name is not None:  # --name '' is an invalid name, not 'no name'

@@ -387,6 +387,8 @@ def test_resume_removes_the_temp_files_of_killed_writes(tmp_path):
     kept = [folder.root / f".progress.jsonl.tmp-{alive}", folder.root / f".images.json.tmp-{os.getpid()}"]
     for path in (*litter, *kept):
         path.write_bytes(b"half")
+    folder.create(resume=True, main=False)  # another process of a launch (maybe on another machine)
+    assert all(p.exists() for p in litter)  # it cannot tell the main process's live writes from dead ones
     folder.create(resume=True)
     assert [p for p in litter if p.exists()] == []
     assert all(p.exists() for p in kept)  # another live process's write, or this one's own

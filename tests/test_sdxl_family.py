@@ -158,7 +158,8 @@ def test_import_skips_a_lone_half_as_the_studio_does(tmp_path, capsys):
     assert main(["import", str(lone / "learned_embeds_2.safetensors"), "--home", str(home)]) == 1
     err = capsys.readouterr().err
     assert "skipped" in err and "the clip_g (text_encoder_2) half of a diffusers SDXL pair" in err
-    assert "nothing to import" in err and Store.for_home(home).names() == []
+    assert "nothing imported: each file was a lone half of an SDXL pair" in err
+    assert Store.for_home(home).names() == []
     export(Embedding(name="dog", vectors={"emb_params": torch.ones(1, 768)}), "a1111-pt", tmp_path / "dog.pt")
     assert main(["import", str(lone), str(tmp_path / "dog.pt"), "--home", str(home)]) == 0
     assert "skipped" in capsys.readouterr().err

@@ -139,6 +139,8 @@ def test_images_are_kept_downscaled_with_their_own_size_for_sdxl(tmp_path):
     (loaded,) = load_images(tmp_path)
     (kept,) = fit_for_training([loaded], resolution=16)
     assert kept.image.size == (64, 32) and kept.size == (200, 100)  # shorter side at 2 x 16, aspect kept
+    (read_fitted,) = load_images(tmp_path, fit_to=16)  # as train reads them: fitted as each is read
+    assert read_fitted.image.tobytes() == kept.image.tobytes() and read_fitted.size == (200, 100)
     for crop in ("center", "random", "bucket"):
         samples = build_samples(
             [kept], resolution=16, crop=crop, flip=True, alpha_weight=False, multiple=8, seed=0
@@ -331,14 +333,27 @@ def test_bucket_aspect_is_capped_and_a_panorama_is_cropped_at_the_centre(tmp_pat
     assert data_notes(tmp_path, images, "object", crop="center")[1:] == []
 
 
-def test_random_crops_of_an_image_without_room_to_move_are_cached_once(tmp_path):
+def test_random_crops_of_an_image_without_room_to_move_are_encoded_once_and_drawn_as_often(tmp_path):
+    from trainers.latents import encode_samples
+    from trainers.tiny import tiny_pipeline
+
     _save(tmp_path / "square.png")
     _gradient((48, 32)).save(tmp_path / "wide.png")
     samples = build_samples(
         load_images(tmp_path), resolution=16, crop="random", flip=True, alpha_weight=False, multiple=8, seed=0
     )
-    assert [s.image_index for s in samples].count(0) == 2  # one crop of the square, and its mirror
-    assert [s.image_index for s in samples].count(1) == 8  # the wide one moves: 4 crops, 4 mirrors
+    square = [s for s in samples if s.image_index == 0]
+    assert len(square) == 8 and len({id(s) for s in square}) == 2  # one crop and its mirror, listed 4 times
+    assert len({id(s) for s in samples if s.image_index == 1}) == 8  # the wide one moves: 4 crops, 4 mirrors
+    vae = tiny_pipeline("sd1").vae
+    encoded = []
+    real = vae.encode
+    vae.encode = lambda pixels: encoded.append(len(pixels)) or real(pixels)
+    cache = encode_samples(vae, samples)
+    assert sum(encoded) == 10  # each distinct sample once
+    first = samples.index(square[0])
+    repeats = [i for i, s in enumerate(samples) if s is square[0]]
+    assert all(torch.equal(cache.means[i], cache.means[first]) for i in repeats)
 
 
 # --- the smaller notes and errors ---

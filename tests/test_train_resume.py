@@ -238,3 +238,21 @@ def test_a_run_that_stopped_early_continues_with_early_stopping_off(setup, tmp_p
     whole = Store.for_home(whole_home).get("kitty")
     difference = (continued.vectors["emb_params"] - whole.vectors["emb_params"]).abs().max()
     assert float(difference) <= 1e-6
+
+
+def test_a_resume_whose_latent_cache_an_older_version_wrote_is_refused(setup, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from trainers.latents import _metadata
+
+    home, run = str(tmp_path / "home"), tmp_path / "run"
+    assert main([*_args(setup, run, steps=4), "--home", home]) == 0
+    cache = run / "latents.safetensors"
+    meta = _metadata(cache)
+    save_file(load_file(str(cache)), str(cache), metadata={**meta, "format": "tokensmith-latents/1"})
+    before = cache.read_bytes()
+    further = ["train", "--run-dir", str(run), "--resume", "--steps", "6", "--overwrite", "--home", home]
+    assert main(further) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "is tokensmith-latents/1, written by an older tokensmith" in err and "--run-dir NEW_DIR" in err
+    assert cache.read_bytes() == before  # refused before anything was encoded again

@@ -191,9 +191,10 @@ def _toofew(folder: Path, count: int, min_images: int) -> DataError:
     )
 
 
-def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
+def load_images(folder: str | Path, *, min_images: int = 1, fit_to: int = 0) -> list[TrainImage]:
     """Every image in `folder` (sorted by name), EXIF-rotated; clear errors for unreadable, tiny or fully
-    transparent files."""
+    transparent files. With `fit_to` (a training resolution) each image is kept as `fit_for_training` keeps
+    it as soon as it is checked, so a folder of large photos never sits in memory at full size."""
     if not str(folder).strip():  # Path("") is ".": the current folder, not what was meant
         raise DataError('no image folder given; pass --images DIR (images = "DIR" in a config file)')
     folder = Path(folder)
@@ -222,7 +223,8 @@ def load_images(folder: str | Path, *, min_images: int = 1) -> list[TrainImage]:
                 "remove it or re-export it with its visible layer"
             )
         caption = _caption_for(path, text_files)
-        images.append(TrainImage(path=path, image=image, caption=caption, source_size=image.size))
+        item = TrainImage(path=path, image=image, caption=caption, source_size=image.size)
+        images.extend(fit_for_training([item], resolution=fit_to) if fit_to else [item])
     return images
 
 
@@ -371,8 +373,11 @@ def build_samples(
     multiple: int,
     seed: int,
 ) -> list[Sample]:
-    """Every cached variant: one per image (up to RANDOM_CROPS for random crops: an image of the target's
-    aspect has no room to move, so its crops are one), and its mirror when flipping."""
+    """Every cached variant: one per image (RANDOM_CROPS for random crops), and its mirror when flipping.
+
+    An image of the target's aspect has no room to move, so its random crops are one crop: it is listed
+    RANDOM_CROPS times as the same Sample objects (the epoch draws each image as often as any other, and
+    `encode_samples` encodes an object once)."""
     check_alpha(images, alpha_weight=alpha_weight)
     rng = random.Random(seed)
     samples = []
@@ -381,17 +386,19 @@ def build_samples(
         offsets = [(0.5, 0.5)]
         if crop == "random":
             offsets = [(rng.random(), rng.random()) for _ in range(RANDOM_CROPS)]
-        places = set()
+        made: dict[tuple[int, ...], list[Sample]] = {}  # crop place -> its samples
         for offset in offsets:
             cropped, place = _cover_and_crop(item.image, target, offset)
-            if place in places:  # the same pixels as a crop already cached: its latents would be too
+            if place in made:  # the same pixels as a crop already made: the same samples again
+                samples.extend(made[place])
                 continue
-            places.add(place)
+            made[place] = []
             for mirrored in (False, True) if flip else (False,):
                 shown = ImageOps.mirror(cropped) if mirrored else cropped
                 pixels, weight = _to_tensors(shown, alpha_weight)
                 time_ids = _time_ids(item.size, place, target, mirrored)
-                samples.append(Sample(index, pixels, weight, mirrored, target, time_ids))
+                made[place].append(Sample(index, pixels, weight, mirrored, target, time_ids))
+            samples.extend(made[place])
     return samples
 
 

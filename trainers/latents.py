@@ -80,8 +80,10 @@ def encode_samples(
     means: list[torch.Tensor] = [None] * len(samples)  # type: ignore[list-item]
     stds: list[torch.Tensor] = [None] * len(samples)  # type: ignore[list-item]
     by_size: dict[tuple[int, ...], list[int]] = {}
+    first: dict[int, int] = {}  # id(sample) -> its first index: a sample listed again is encoded once
     for index, sample in enumerate(samples):
-        by_size.setdefault(tuple(sample.pixels.shape), []).append(index)
+        if first.setdefault(id(sample), index) == index:
+            by_size.setdefault(tuple(sample.pixels.shape), []).append(index)
     for members in by_size.values():
         for start in range(0, len(members), ENCODE_CHUNK):
             chunk = members[start : start + ENCODE_CHUNK]
@@ -97,6 +99,9 @@ def encode_samples(
             std = (dist.std * scale).float().cpu()  # (b, C, h, w)
             for row, i in enumerate(chunk):
                 means[i], stds[i] = mean[row].clone(), std[row].clone()
+    for index, sample in enumerate(samples):  # the repeats: copies (a cache file holds no shared tensors)
+        if means[index] is None:
+            means[index], stds[index] = means[first[id(sample)]].clone(), stds[first[id(sample)]].clone()
     weights = []
     for sample, mean in zip(samples, means, strict=True):
         if sample.weight is None:
@@ -176,6 +181,17 @@ def load_cache(path: Path) -> LatentCache:
     except (OSError, ValueError, KeyError) as exc:
         reason = f"latent cache {path} is incomplete ({exc}); delete it to encode anew"
         raise TokensmithError(reason) from None
+
+
+def cache_format(path: Path) -> str | None:
+    """The format a cache file says it has ('tokensmith-latents/3'), '?' for a file that is not readable as
+    one, None when there is no file."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return _metadata(path).get("format", "?")
+    except TokensmithError:
+        return "?"
 
 
 def _made_for(path: Path) -> str | None:

@@ -179,6 +179,23 @@ def check_resume(cfg: TrainConfig, folder: RunFolder, images, *, home: Path | No
     if latest is not None:
         meta = ckpt_io.read_meta(latest)
         refuse_changes(latest, folder, meta.get("config", {}), int(meta.get("step", 0)), cfg, home=home)
+        _check_cache_format(folder)
+
+
+def _check_cache_format(folder: RunFolder) -> None:
+    """Refuse a resume whose latent cache an older tokensmith wrote: it read the images differently (today's
+    crops, colour profiles and SDXL time ids), so encoding them again would train the rest of the run on
+    other numbers than its checkpoint's, and it would end unlike the run it continues."""
+    from trainers.latents import CACHE_FORMAT, cache_format
+
+    made_by = cache_format(folder.latents_path)  # an unreadable file is simply made again (run_cache)
+    if made_by is not None and made_by.startswith("tokensmith-latents/") and made_by != CACHE_FORMAT:
+        raise ResumeRefused(
+            f"this run's latent cache ({folder.latents_path.name}) is {made_by}, written by an older "
+            f"tokensmith that read the images differently (this one writes {CACHE_FORMAT}): continued here, "
+            "the run would not end as it would have; start a new run with --run-dir NEW_DIR (or without "
+            "--resume)"
+        )
 
 
 def _few(label: str, names: set) -> str:

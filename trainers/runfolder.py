@@ -93,9 +93,10 @@ class RunFolder:
     def latents_path(self) -> Path:
         return self.root / "latents.safetensors"
 
-    def create(self, *, resume: bool) -> None:
-        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming). The temp
-        files of killed writes are removed (see `remove_stale_temps`)."""
+    def create(self, *, resume: bool, main: bool = True) -> None:
+        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming). The main
+        process removes the temp files of killed writes (see `remove_stale_temps`): only it writes them, and
+        a process of the launch on another machine cannot tell a live write of it from a dead one's."""
         if not resume and self.progress_path.exists():
             raise TokensmithError(
                 f"run folder {self.root} already holds a run; pass --resume to continue it or choose "
@@ -104,7 +105,8 @@ class RunFolder:
         with self._writable():
             for folder in (self.root, self.previews, self.snapshots, self.checkpoints):
                 folder.mkdir(parents=True, exist_ok=True)
-        self.remove_stale_temps()
+        if main:
+            self.remove_stale_temps()
 
     def remove_stale_temps(self) -> list[Path]:
         """Remove the temp files that killed writes of this run left ('.config.toml.tmp-PID', a preview's, the

@@ -17,7 +17,7 @@ import torch
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError, first_line
 from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
-from trainers.data import check_alpha, fit_for_training, load_images, template_set
+from trainers.data import check_alpha, load_images, template_set
 from trainers.datanotes import data_notes
 from trainers.ending import end_stored, open_image, record_done
 from trainers.families import check_family_keys, spec_for
@@ -126,11 +126,10 @@ def train(
         raise TokensmithError(FP16_NEEDS_A_GPU)
     if model is None:  # a given model is checked as it is, once the run starts
         check_init_fits(cfg, store)
-    images = load_images(cfg.images, min_images=cfg.min_images)
+    # each image kept only as large as its crops need as soon as it is read, not at a photo's size
+    images = load_images(cfg.images, min_images=cfg.min_images, fit_to=largest_resolution(cfg, model))
     check_alpha(images, alpha_weight=cfg.alpha_weight)
     template_set(cfg.templates)  # a missing or bad template file, before a run folder names the run
-    # from here the images are kept only as large as their crops need, not at a photo's size for the run
-    images = fit_for_training(images, resolution=largest_resolution(cfg, model))
     main = joined_as_main()  # False in the other processes of an `accelerate launch` run
     stop = StopFlag.install(signal.SIGTERM, signal.SIGINT)
     try:
@@ -168,7 +167,7 @@ def stopped_preparing(folder: RunFolder) -> str:
 def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progress=None, echo=None):
     """Create the run folder (checked for a resume), write its files, load the model and run."""
     cfg = cfg.replace(run_dir=str(folder.root))
-    folder.create(resume=cfg.resume)
+    folder.create(resume=cfg.resume, main=main)
     if cfg.resume:
         check_resume(cfg, folder, images, home=home)
     elif main:

@@ -165,13 +165,13 @@ class DemoJudgeMetric:
     name: str = "judge_colour_distance"
 
     @classmethod
-    def from_training_images(cls, images, *, vectors: int = 2, resolution: int = 0) -> DemoJudgeMetric:
-        """The target from the training images as the model trains on them: each one's centre crop at
-        `resolution` (0: the demo model's own, the size its previews are sampled at), as_trained."""
+    def from_training_images(cls, images, *, vectors: int = 2) -> DemoJudgeMetric:
+        """The target from the training images as the model trains on them: each one's centre crop at the
+        demo model's own size, the size its previews are sampled at (worldcaptions.as_trained)."""
         from demo.judge import judge
         from trainers.worldcaptions import as_trained
 
-        verdicts = [judge(as_trained(image, resolution)) for image in images]
+        verdicts = [judge(as_trained(image)) for image in images]
         colours = [v.colour_rgb for v in verdicts if v.colour_rgb is not None]
         if not colours:
             raise ValueError(

@@ -13,17 +13,18 @@ if TYPE_CHECKING:
     from trainers.data import TrainImage
 
 
-def as_trained(image: Image.Image, resolution: int = 0) -> Image.Image:
+def as_trained(image: Image.Image) -> Image.Image:
     """What the demo model trains on of a training image, for the judge to read: the trainer's centre crop
-    at `resolution` (0: the demo model's own, demo.world.RESOLUTION), transparency over the world's gray.
+    at the demo model's own size (demo.world.RESOLUTION), transparency over the world's gray. A run at
+    another --resolution or --crop is judged from this crop too: the judge reads a background and a colour,
+    which a crop's size and place hardly change.
 
     The judge reads a picture's border as its background, and a photo's border is not the crop's; and read
     at full size, a 6000 px photo cost it minutes and GB (its templates are rendered at the side it reads)."""
     from demo.world import BACKGROUNDS, DEFAULT_BACKGROUND, RESOLUTION
     from trainers.data import _cover_and_crop
 
-    side = resolution or RESOLUTION
-    cropped, _ = _cover_and_crop(image, (side, side), (0.5, 0.5))  # as build_samples' centre crop
+    cropped, _ = _cover_and_crop(image, (RESOLUTION, RESOLUTION), (0.5, 0.5))  # as build_samples' centre crop
     if cropped.mode == "RGBA":  # as _to_tensors composites it
         under = Image.new("RGB", cropped.size, BACKGROUNDS[DEFAULT_BACKGROUND])
         under.paste(cropped, mask=cropped.getchannel("A"))
@@ -31,17 +32,17 @@ def as_trained(image: Image.Image, resolution: int = 0) -> Image.Image:
     return cropped.convert("RGB")
 
 
-def _judged_backgrounds(images: list[TrainImage], resolution: int) -> list[str]:
+def _judged_backgrounds(images: list[TrainImage]) -> list[str]:
     """The demo judge's background of each image as it is trained (as_trained), or [] when every image has a
     NAME.txt caption, which wins over anything the pixels say."""
     from demo.judge import judge
 
     if all(item.caption for item in images):
         return []
-    return [judge(as_trained(item.image, resolution)).background for item in images]
+    return [judge(as_trained(item.image)).background for item in images]
 
 
-def world_captions(images: list[TrainImage], *, resolution: int = 0) -> list[str]:
+def world_captions(images: list[TrainImage]) -> list[str]:
     """The demo world's training captions: an image's NAME.txt caption, else, when the images' backgrounds
     are not all the same, its background in the world's own words ('on a blue background'; none for the
     default gray, which the world's captions leave out too).
@@ -50,10 +51,10 @@ def world_captions(images: list[TrainImage], *, resolution: int = 0) -> list[str
     hold each image's background besides its colour and shape, and drops the shape (measured: green crosses
     on blue, white, yellow and black came out as other shapes on gray, 0/8 crosses; captioned, 8/8). One
     shared background may be part of the concept, so such a set keeps its captions as they are. Derived
-    from the pixels of the centre crop that trains at `resolution` (0: the demo model's), so a resumed run
-    computes the same prompts.
+    from the pixels of the centre crop that trains (as_trained), so a resumed run computes the same
+    prompts.
     """
-    return _captions(images, _judged_backgrounds(images, resolution))
+    return _captions(images, _judged_backgrounds(images))
 
 
 def _captions(images: list[TrainImage], names: list[str]) -> list[str]:
@@ -68,9 +69,9 @@ def _captions(images: list[TrainImage], names: list[str]) -> list[str]:
     ]
 
 
-def background_note(images: list[TrainImage], *, resolution: int = 0) -> str:
+def background_note(images: list[TrainImage]) -> str:
     """What world_captions adds to a demo-world run's images ('' when it adds nothing)."""
-    judged = _judged_backgrounds(images, resolution)  # once: each image goes through the judge
+    judged = _judged_backgrounds(images)  # once: each image goes through the judge
     captions = zip(images, _captions(images, judged), strict=True)
     added = [caption for image, caption in captions if caption != image.caption]
     if not added:
