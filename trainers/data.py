@@ -174,7 +174,7 @@ def image_subfolders(folder: Path) -> list[tuple[str, int]]:
     return sorted(found, key=lambda named: -named[1])  # stable: by name among equal counts
 
 
-def _toofew(folder: Path, count: int, min_images: int) -> DataError:
+def _too_few(folder: Path, count: int, min_images: int) -> DataError:
     """The error for a folder with fewer than `min_images` images, with what the user probably meant."""
     hint = ""
     if others := other_images(folder):
@@ -206,7 +206,7 @@ def load_images(folder: str | Path, *, min_images: int = 1, fit_to: int = 0) -> 
         )
     paths = image_paths(folder)
     if len(paths) < min_images:
-        raise _toofew(folder, len(paths), min_images)
+        raise _too_few(folder, len(paths), min_images)
     text_files = caption_files(folder)
     images = []
     for path in paths:
@@ -322,7 +322,7 @@ def bucket_for(size: tuple[int, int], resolution: int, multiple: int) -> tuple[i
     return best_w, best_h
 
 
-def _cover_and_crop(
+def cover_and_crop(
     image: Image.Image, target: tuple[int, int], offset: tuple[float, float]
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Scale so the image covers `target` (aspect kept), then crop at `offset` (0..1 of the slack).
@@ -345,7 +345,7 @@ def _time_ids(
     "upscaled", so the token need not learn its blur) and the crop's top left (an off-centre crop says
     "cropped", so the token need not learn the cut). Generation asks for (size, size, 0, 0, size, size).
 
-    `original` and `target` are (width, height), `place` is `_cover_and_crop`'s; a mirrored crop's left is
+    `original` and `target` are (width, height), `place` is `cover_and_crop`'s; a mirrored crop's left is
     measured from the mirrored image's left edge."""
     (width, height), (tw, th) = original, target
     top, left, _, scaled_width = place
@@ -388,7 +388,7 @@ def build_samples(
             offsets = [(rng.random(), rng.random()) for _ in range(RANDOM_CROPS)]
         made: dict[tuple[int, ...], list[Sample]] = {}  # crop place -> its samples
         for offset in offsets:
-            cropped, place = _cover_and_crop(item.image, target, offset)
+            cropped, place = cover_and_crop(item.image, target, offset)
             if place in made:  # the same pixels as a crop already made: the same samples again
                 samples.extend(made[place])
                 continue
