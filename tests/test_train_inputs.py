@@ -103,6 +103,11 @@ def test_a_resolution_the_model_cannot_halve_is_refused_with_the_sizes_that_fit(
     ):
         train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
     assert not (tmp_path / "run" / "latents.safetensors").exists()  # refused before any latent was cached
+    # the advised retry takes the same --run-dir over without --resume: the refused run never took a step
+    emb = train(cfg.replace(resolution=16), home=tmp_path / "home", model=tiny_model("sd1"))
+    assert emb.meta["steps"] == str(cfg.steps)
+    with pytest.raises(TokensmithError, match="already holds a run"):  # a run that trained is kept
+        train(cfg.replace(resolution=16, name="again"), home=tmp_path / "home", model=tiny_model("sd1"))
 
 
 def test_a_caption_joins_the_default_object_prompts(tmp_path):

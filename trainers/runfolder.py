@@ -94,9 +94,13 @@ class RunFolder:
         return self.root / "latents.safetensors"
 
     def create(self, *, resume: bool, main: bool = True) -> None:
-        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming). The main
-        process removes the temp files of killed writes (see `remove_stale_temps`): only it writes them, and
-        a process of the launch on another machine cannot tell a live write of it from a dead one's."""
+        """Make the folder; a fresh run refuses a folder that already holds a run (unless resuming), but
+        takes over one whose run never took a step (refused while preparing: the retry with the advised fix).
+        The main process removes the temp files of killed writes (see `remove_stale_temps`): only it writes
+        them, and a process of the launch on another machine cannot tell a live write of it from a dead
+        one's."""
+        if not resume and self.progress_path.exists() and self.never_trained():
+            self.progress_path.unlink()  # a run refused before its first step (its settings): nothing to keep
         if not resume and self.progress_path.exists():
             raise TokensmithError(
                 f"run folder {self.root} already holds a run; pass --resume to continue it or choose "
@@ -277,6 +281,24 @@ class RunFolder:
     # --- checkpoints ---
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:06d}"
+
+    def never_trained(self) -> bool:
+        """Whether the run here took no step and saved no checkpoint (it failed or stopped while preparing,
+        e.g. refused for its resolution), so a fresh run may take the folder over with nothing lost."""
+        if self.checkpoint_step() is not None:
+            return False
+        try:
+            lines = self.progress_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return False
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return False  # not a log this version wrote: leave it alone
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > 0:
+                return False
+        return True
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder (half-written ones have a .tmp name and are ignored)."""
