@@ -5,6 +5,8 @@ A file on disk is not what a viewer shows: a phone photo is stored sideways with
 profile (Adobe RGB, Display P3, a press CMYK) shows its colours through that profile. `read_picture` applies
 all three, so every door (the trainer, img2img, `match=` guides, the studio's uploads) reads the same pixels,
 and every way PIL can fail on a file becomes one error that names the file and says what to do.
+`profile=False` reads a file as tokensmith did before it applied profiles, so an image made then from it
+(img2img, `match=`) replays from the pixels it was made from.
 """
 
 from __future__ import annotations
@@ -31,14 +33,21 @@ class PictureError(TokensmithError, ValueError):
 
 
 def read_picture(
-    source: str | Path | bytes, *, name: str | None = None, role: str = "image", alpha: bool = False
+    source: str | Path | bytes,
+    *,
+    name: str | None = None,
+    role: str = "image",
+    alpha: bool = False,
+    profile: bool = True,
 ) -> Image.Image:
     """The picture at `source` (a path, or a file's bytes called `name`) upright and 8-bit, as RGB; as RGBA
     when `alpha` is set and the picture has transparency.
 
     `role` names it in errors ("init image" -> "cannot read init image in.png: ..."). PictureError for a
     missing file, a folder, an empty file, a file that is not an image or is cut short, and one too large to
-    open safely. An embedded colour profile is applied (the pixels become sRGB, as a viewer shows them).
+    open safely. An embedded colour profile is applied (the pixels become sRGB, as a viewer shows them, and
+    the result carries no profile); `profile=False` keeps the pixels as stored, as tokensmith read them
+    before it applied profiles, so an image made then from such a file replays from the same pixels.
     """
     # a path as the user wrote it (as the trainer's other messages do); an upload by its quoted file name
     label = f"'{name}'" if name else str(source) if not isinstance(source, bytes) else "(an upload)"
@@ -56,7 +65,8 @@ def read_picture(
             # trainer names it in a note (trainers.datanotes.data_notes). Twice the limit is refused below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as opened:
-                image = _to_srgb(_eight_bit(ImageOps.exif_transpose(opened)))
+                image = _eight_bit(ImageOps.exif_transpose(opened))
+                image = _to_srgb(image) if profile else image
                 mode = "RGBA" if alpha and _has_alpha(image) else "RGB"
                 return image.convert(mode)
     except Image.DecompressionBombError as exc:  # PIL's guard against huge images: not an OSError
@@ -111,6 +121,9 @@ def _to_srgb(image: Image.Image) -> Image.Image:
         return image
     if alpha is not None:
         shown.putalpha(alpha)  # a profile describes colours only: alpha stays as stored
+    # the pixels are sRGB now: a copy saved from them (the studio's kept init image) must not carry the
+    # source's profile, or a reader that applies it would convert them a second time
+    shown.info.pop("icc_profile", None)
     return shown
 
 

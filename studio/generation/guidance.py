@@ -18,6 +18,7 @@ Specs (`--guide`, repeatable): `color=green`, `color=#00ff00`, `brightness=0.8`,
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ KINDS = ("color", "brightness", "contrast", "match", "module")
 DEFAULT_SCALE = 0.5  # the fraction of the loss each gradient step aims to remove
 DEFAULT_EVERY = 1
 ITERATIONS = 4  # gradient steps on x̂0 per guided sampling step
+# How match images are read: 1 upright and 8-bit (trainers.pictures, the colour profile not applied), 2 as 1
+# with the profile applied. The guide's record keeps it (absent: 1), so an image made by reader 1 replays
+# from the pixels it was made from.
+MATCH_READER = 2
 MAX_STEP = 0.5  # a step's RMS is at most this times the RMS of x̂0 (flat losses would otherwise jump)
 # Colour names beyond the demo world's own (which take precedence, so "green" means the demo's green).
 EXTRA_COLOURS = {
@@ -63,6 +68,7 @@ class GuideFile:
 
     path: str  # resolved
     sha256: str  # match: of the image's pixels (image_sha256); module: of the source file's bytes
+    reader: int | None = None  # match: how the image was read (MATCH_READER)
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,13 @@ class Guide:
         """The provenance entry of a guide that reads a file ({} for the others)."""
         if self.file is None:
             return {}
-        return {"guide": self.run_spec, "kind": self.kind, "path": self.file.path, "sha256": self.file.sha256}
+        entry = {
+            "guide": self.run_spec,
+            "kind": self.kind,
+            "path": self.file.path,
+            "sha256": self.file.sha256,
+        }
+        return entry if self.file.reader is None else entry | {"reader": self.file.reader}
 
 
 def colour_rgb(text: str) -> tuple[float, float, float]:
@@ -131,14 +143,28 @@ def match_loss(path: Path) -> Loss:
     return _match_loss(_reference_image(path))
 
 
-def _reference_image(path: Path):
-    """match's image as RGB, as a viewer shows it (trainers.pictures), or GuideError saying what to give."""
+def _reference_image(path: Path, reader: int = MATCH_READER):
+    """match's image as RGB, as a viewer shows it (trainers.pictures; `reader=1`: its colour profile not
+    applied, as images made before MATCH_READER 2 read it), or GuideError saying what to give."""
     from trainers.pictures import PictureError, read_picture
 
     try:
-        return read_picture(path, role="match image")
+        return read_picture(path, role="match image", profile=reader >= 2)
     except PictureError as exc:
         raise GuideError(str(exc)) from None
+
+
+# While a replay runs (importable_guides): each recorded match image's resolved path -> the reader it was
+# read with, so parse_guide reads it as it was read when the image was made
+_REPLAY_READERS: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+    "match_readers", default=None
+)
+
+
+def match_reader(entry: dict) -> int:
+    """How a match guide's recorded image was read: its record's `reader`, 1 for images made before it was
+    recorded."""
+    return int(entry.get("reader", 1))
 
 
 def _match_loss(image) -> Loss:
@@ -166,11 +192,17 @@ def changed_files(records: list[dict]) -> list[str]:
     for entry in records:
         if entry.get("kind") == "match":
             path = Path(entry["path"])
+            if entry.get("reader", 1) not in range(1, MATCH_READER + 1):
+                problems.append(
+                    f"match image {path} was read by a newer tokensmith (reader {entry['reader']!r}): "
+                    "update tokensmith to replay this image"
+                )
+                continue
             if not path.is_file():
                 problems.append(f"match image {path} is missing")
                 continue
             try:
-                same = image_sha256(_reference_image(path)) == entry["sha256"]
+                same = image_sha256(_reference_image(path, match_reader(entry))) == entry["sha256"]
             except GuideError:
                 same = False
             if not same:
@@ -203,15 +235,21 @@ def _recorded_source(entry: dict) -> Path | None:
 @contextlib.contextmanager
 def importable_guides(records: list[dict]) -> Iterator[None]:
     """While a replay runs: the guide modules that do not import by name from here import from the folders
-    their provenance records (changed_files has checked that the recorded files are unchanged)."""
+    their provenance records (changed_files has checked that the recorded files are unchanged), and match
+    images are read by the reader their records name."""
     folders = []
     for entry in records:
         if entry.get("kind") == "module" and module_source(_recorded_module(entry)) is None:
             source = _recorded_source(entry)
             if source is not None:
                 folders.append(import_root(_recorded_module(entry), source))
-    with importable_from(folders):
-        yield
+    readers = {entry["path"]: match_reader(entry) for entry in records if entry.get("kind") == "match"}
+    token = _REPLAY_READERS.set(readers)
+    try:
+        with importable_from(folders):
+            yield
+    finally:
+        _REPLAY_READERS.reset(token)
 
 
 def parse_guide(spec: str) -> Guide:
@@ -248,10 +286,12 @@ def parse_guide(spec: str) -> Guide:
         )
     if kind == "match":
         path = Path(value).expanduser().resolve()
-        image = _reference_image(path)
+        reader = (_REPLAY_READERS.get() or {}).get(str(path), MATCH_READER)  # a replay: as it was read
+        image = _reference_image(path, reader)
         return Guide(
             spec=spec, kind=kind, loss=_match_loss(image), scale=scale, every=every,
-            run_spec=",".join([f"match={path}", *options]), file=GuideFile(str(path), image_sha256(image)),
+            run_spec=",".join([f"match={path}", *options]),
+            file=GuideFile(str(path), image_sha256(image), reader),
         )  # fmt: skip
     if kind == "module":
         loss = module_loss(value)

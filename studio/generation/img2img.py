@@ -17,9 +17,10 @@ from PIL import Image, UnidentifiedImageError
 from embeddings.errors import TokensmithError
 from trainers.pictures import PictureError, read_picture
 
-# How init image files are read: 1 as PIL's convert gives them, 2 upright and 8-bit (trainers.pictures),
-# 3 as 2 with transparency composited onto gray (flatten_alpha). Provenance records it, so an image made by
-# an older reader replays from the pixels it was made from.
+# How init image files are read: 1 as PIL's convert gives them, 2 upright and 8-bit (trainers.pictures, its
+# colour profile not applied), 3 as 2 with the colour profile applied and transparency composited onto gray
+# (flatten_alpha). Provenance records it, so an image made by an older reader replays from the pixels it was
+# made from.
 INIT_READER = 3
 GRAY = 0.5  # what transparent pixels show: the gray trainers.data composites training images onto
 STRENGTHLESS = ("pndm",)  # schedulers whose img2img does not honour strength (check_img2img_scheduler)
@@ -34,9 +35,9 @@ def load_init_image(
 ) -> tuple[Image.Image, str]:
     """The init image as RGB at `size` (width, height), and the sha256 of its pixels (for provenance).
 
-    A file is read as a viewer shows it (EXIF orientation, 16-bit scaled; trainers.pictures), transparent
-    parts on gray as training sees them (flatten_alpha); `reader=1` or `2` reads it as tokensmith did before,
-    so an image made then can be replayed with the pixels it was made from.
+    A file is read as a viewer shows it (EXIF orientation, 16-bit scaled, colour profile applied;
+    trainers.pictures), transparent parts on gray as training sees them (flatten_alpha); `reader=1` or `2`
+    reads it as tokensmith did before, so an image made then can be replayed with the pixels it was made from.
     """
     if isinstance(source, Image.Image):
         image = flatten_alpha(source) if reader >= 3 else source.convert("RGB")
@@ -44,10 +45,12 @@ def load_init_image(
         image = _first_reader(Path(source).expanduser())
     else:
         try:
-            image = read_picture(source, role="init image", alpha=reader >= 3)
+            image = read_picture(source, role="init image", alpha=reader >= 3, profile=reader >= 3)
         except PictureError as exc:
             raise InitImageError(str(exc)) from None
-        image = flatten_alpha(image)
+        # reader 2 kept a palette's transparent colour as stored (RGB with a `transparency` key, which
+        # flatten_alpha would put on gray)
+        image = flatten_alpha(image) if reader >= 3 else image
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image, image_sha256(image)

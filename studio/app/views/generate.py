@@ -168,17 +168,32 @@ def kept_upload(upload) -> tuple[Path, object, tuple[int, int]] | str:
 
 def keep_init_image(image: Image.Image) -> Path:
     """Keep an uploaded init image under HOME/studio/init-images/ (named by its pixels, as it was read:
-    upright and 8-bit), so the provenance of what it makes points to a file that still exists and the image
-    can be replayed later."""
+    upright, 8-bit, sRGB), so the provenance of what it makes points to a file that still exists and the image
+    can be replayed later.
+
+    The file holds those pixels and no colour profile, so the init image reader reads back exactly them.
+    A file of that name kept by an earlier studio may carry the upload's profile (its pixels read through
+    it again): it stays as it is, for the images made from it, and these pixels are kept beside it."""
     from embeddings.files import atomic_write
-    from studio.generation.img2img import image_sha256
+    from studio.generation.img2img import InitImageError, image_sha256, load_init_image
 
     folder = context.home() / "studio" / "init-images"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{image_sha256(image)[:16]}.png"
-    if not path.exists():  # completely or not at all: a failed write (a full disk) leaves no temp file
-        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-    return path
+    digest = image_sha256(image)
+    plain = image.copy()
+    plain.info.pop("icc_profile", None)  # read through it already (trainers.pictures), or unreadable
+    number = 0
+    while True:
+        path = folder / (f"{digest[:16]}.png" if number == 0 else f"{digest[:16]}-{number}.png")
+        if not path.exists():  # completely or not at all: a failed write (a full disk) leaves no temp file
+            atomic_write(path, lambda tmp: plain.save(tmp, format="PNG"))
+            return path
+        try:
+            if load_init_image(path, image.size)[1] == digest:  # as the session will read it
+                return path
+        except InitImageError:  # a damaged file: keep the upload beside it
+            pass
+        number += 1
 
 
 def native_size(settings: dict) -> tuple[int, int] | None:
@@ -265,7 +280,7 @@ def replay_ui(session, store) -> None:
     """Re-make an image from the provenance inside a tokensmith PNG, and say whether it matches; the result
     stays (keyed by the upload) while the page reruns for other widgets."""
     from studio.generation import read_provenance, replay
-    from studio.generation.provenance import cell_box, matches_original, sheet_cells_count
+    from studio.generation.sheets import cell_box, matches_original, sheet_cells_count
 
     upload = st.file_uploader("A PNG written by tokensmith", type=["png"], key="gen_replay_file")
     if upload is None:
