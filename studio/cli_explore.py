@@ -138,7 +138,7 @@ def run_variations(args) -> int:
     from studio.generation import check_swaps, compose, parse_seeds
     from studio.generation.grid import sheet_cells
     from studio.generation.img2img import load_init_image
-    from studio.generation.provenance import save_sheet, sheet_provenance
+    from studio.generation.sheets import save_sheet, sheet_provenance
 
     prompts = [p.strip() for p in args.prompts.split("|") if p.strip()]
     if not prompts:
@@ -228,7 +228,7 @@ def run_schedule(args) -> int:
 def run_replay(args) -> int:
 
     from studio.generation import Session, read_provenance, replay, save_png
-    from studio.generation.provenance import matches_original
+    from studio.generation.sheets import matches_original
     from trainers.models import load_model
 
     if args.out.suffix.lower() != ".png":
@@ -244,7 +244,7 @@ def run_replay(args) -> int:
     same = matches_original(args.image, result.image, args.cell)  # before writing: --out may be the image
     save_png(result, args.out, overwrite=args.force)
     if same is None:
-        verdict = "the image this trace strip traced (the strip holds no copy of it to compare with)"
+        verdict = "re-made the image the trace strip traces (the strip holds no copy of it to compare with)"
     elif same:
         verdict = "pixel-identical to the original" + (f"'s cell {args.cell}" if args.cell else "")
     else:
@@ -259,7 +259,7 @@ def run_replay(args) -> int:
 def run_grid(args) -> int:
     from studio.generation import check_swaps, parse_seeds, parse_sweep, render_grid
     from studio.generation.grid import requests_for, sheet_cells
-    from studio.generation.provenance import save_sheet, sheet_provenance
+    from studio.generation.sheets import save_sheet, sheet_provenance
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: give a .png file for the grid")

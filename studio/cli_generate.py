@@ -243,7 +243,7 @@ def _write_image(result, path: Path, *, stem: str | None, trace: Path | None, fo
 
 def _write_result(result, path: Path, args, *, into_folder: bool) -> dict:
     """Write one generated image (and its trace strip); the entry `generate` prints for it."""
-    from studio.generation.provenance import save_sheet, sheet_provenance
+    from studio.generation.sheets import save_sheet, sheet_provenance
 
     stem = f"{_slug(args.prompt)}-s{result.seed}" if into_folder else None
     path = _write_image(result, path, stem=stem, trace=args.trace, force=args.force)

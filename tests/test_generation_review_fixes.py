@@ -202,10 +202,10 @@ def test_variations_and_a_trace_record_their_images(tiny_model_dir, init_png, tm
     argv = ["generate", "a circle", "--model", tiny_model_dir, "--steps", "3", "--trace", trace]
     assert run(capsys, *argv, "--out", tmp_path / "t.png")[0] == 0
     strip = trace / "t-trace.png"
-    with pytest.raises(ReplayError, match="is a trace strip of 1 image, not one image: replay the image"):
+    with pytest.raises(ReplayError, match="is a trace strip, not an image: replay the image it traces with"):
         read_provenance(strip)
     code, out, _err = run(capsys, "replay", strip, "--cell", "1", "--out", tmp_path / "t2.png")
-    assert code == 0 and "the image this trace strip traced" in out
+    assert code == 0 and "re-made the image the trace strip traces" in out
     assert np.array_equal(pixels(tmp_path / "t2.png"), pixels(tmp_path / "t.png"))
 
 

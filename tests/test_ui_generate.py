@@ -136,7 +136,8 @@ def test_a_transparent_init_upload_is_kept_on_the_training_gray(session, store, 
 def test_one_image_of_a_grid_replays_in_the_studio(session, store):
     from studio.generation import GenerateRequest
     from studio.generation.grid import compose, sheet_cells
-    from studio.generation.provenance import png_bytes, sheet_provenance
+    from studio.generation.provenance import png_bytes
+    from studio.generation.sheets import sheet_provenance
 
     request = GenerateRequest(prompt="a <red-square>", seed=5, steps=3, num_images=2)
     results = session.generate(request, store=store)

@@ -206,7 +206,7 @@ def cell_box(cells: list[list[Image.Image]], row: int, column: int) -> tuple[int
 
 def sheet_cells(cells: list[list[Image.Image]], results: list[list[Any]]) -> list[tuple[dict, tuple]]:
     """Each generated image's provenance and its box in compose's sheet, row by row: what a sheet's chunk
-    records (provenance.sheet_provenance), so `replay --cell K` makes one again. `results[r]` are row r's
+    records (sheets.sheet_provenance), so `replay --cell K` makes one again. `results[r]` are row r's
     generated images, the last ones of `cells[r]` (a variations row starts with its init image)."""
     found = []
     for r, (row, made) in enumerate(zip(cells, results, strict=True)):

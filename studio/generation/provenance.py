@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from embeddings import Store, package_version
@@ -136,36 +135,18 @@ def save_png(result: Any, path: str | Path, *, overwrite: bool = True) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise TokensmithError(f"{path}: images are written as PNG (with provenance); use a .png name")
-    _make_folder(path.parent)
+    make_folder(path.parent)
     return atomic_write_bytes(path, png_bytes(result.image, result.provenance), overwrite=overwrite)
 
 
 def save_image(image: Image.Image, path: str | Path, *, overwrite: bool = True) -> Path:
     """A plain PNG (no provenance), atomically."""
     path = Path(path)
-    _make_folder(path.parent)
+    make_folder(path.parent)
     return atomic_write_bytes(path, png_bytes(image, None), overwrite=overwrite)
 
 
-def sheet_provenance(kind: str, cells: list[tuple[dict, tuple[int, int, int, int] | None]]) -> dict:
-    """The chunk of a sheet (`kind`: grid | variations | trace): each cell's provenance and its box in the
-    sheet (left, top, right, bottom; None when the sheet holds no copy of the image, as a trace strip)."""
-    return {
-        "format": FORMAT,
-        "tokensmith": package_version(),
-        "sheet": kind,
-        "cells": [{"provenance": prov, "box": None if box is None else list(box)} for prov, box in cells],
-    }
-
-
-def save_sheet(image: Image.Image, sheet: dict, path: str | Path, *, overwrite: bool = True) -> Path:
-    """A sheet (grid, variations, trace strip) with its cells' provenance (`sheet_provenance`), atomically."""
-    path = Path(path)
-    _make_folder(path.parent)
-    return atomic_write_bytes(path, png_bytes(image, sheet), overwrite=overwrite)
-
-
-def _make_folder(folder: Path) -> None:
+def make_folder(folder: Path) -> None:
     """`folder` and those above it, or NotADirectoryError naming the one that is a file (never a
     FileExistsError, which the doors read as "the image's own name is taken")."""
     try:
@@ -181,7 +162,7 @@ def read_provenance(path: str | Path, *, label: str | None = None, cell: int | N
     provenance of its image number `cell` (1, 2, ... row by row); a sheet without `cell` is a ReplayError
     that says how many images it holds."""
     name = label or str(path)
-    prov = _read_chunk(Path(path), name)
+    prov = read_chunk(Path(path), name)
     if "sheet" in prov or cell is not None:
         prov = _sheet_cell(prov, name, cell)
     if problem := _malformed(prov):
@@ -189,7 +170,7 @@ def read_provenance(path: str | Path, *, label: str | None = None, cell: int | N
     return prov
 
 
-def _read_chunk(path: Path, name: str) -> dict:
+def read_chunk(path: Path, name: str) -> dict:
     """The `tokensmith` chunk of the PNG at `path` as JSON of a format this version reads."""
     if not path.exists():
         raise ReplayError(f"cannot read {name}: it does not exist")
@@ -227,51 +208,16 @@ def _sheet_cell(prov: dict, name: str, cell: int | None) -> dict:
         how = "replay the image it traces with --cell 1"
     else:
         how = f"replay one of them with --cell K (1 to {len(cells)}, row by row)"
+    if cell is None and prov["sheet"] == "trace":
+        raise ReplayError(f"{name} is a {what}, not an image: {how}")
     if cell is None:
-        count = f"{len(cells)} image{'s' * (len(cells) != 1)}"
-        raise ReplayError(f"{name} is a {what} of {count}, not one image: {how}")
+        raise ReplayError(f"{name} is a {what} of {len(cells)} images, not one image: {how}")
     if not 1 <= cell <= len(cells):
         raise ReplayError(f"{name} has no cell {cell}: {how}")
     chosen = cells[cell - 1]["provenance"]
     if not isinstance(chosen, dict):
         raise ReplayError(f"{name}: cell {cell} has no provenance record; it was changed since")
     return chosen
-
-
-def cell_box(path: str | Path, cell: int) -> tuple[int, int, int, int] | None:
-    """Where image `cell` sits in the sheet at `path` (left, top, right, bottom), or None when the sheet
-    holds no copy of it (a trace strip); read_provenance has checked the cell."""
-    prov = _read_chunk(Path(path), str(path))
-    cells = prov.get("cells") if "sheet" in prov else None
-    box = cells[cell - 1].get("box") if isinstance(cells, list) and 1 <= cell <= len(cells) else None
-    fits = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)
-    return tuple(box) if fits else None  # type: ignore[return-value]
-
-
-def sheet_cells_count(path: str | Path, *, label: str | None = None) -> tuple[str, int] | None:
-    """(kind, number of images) of a sheet tokensmith wrote ("grid", 4), or None for a single image; a file
-    without a tokensmith chunk is the ReplayError `read_provenance` gives."""
-    prov = _read_chunk(Path(path), label or str(path))
-    if "sheet" not in prov:
-        return None
-    cells = prov.get("cells")
-    return str(prov["sheet"]), len(cells) if isinstance(cells, list) else 0
-
-
-def matches_original(path: str | Path, image: Image.Image, cell: int | None = None) -> bool | None:
-    """Whether a replayed `image` is pixel-identical to the image at `path` (to its cell `cell`, scaled as
-    the sheet shows it); None when the sheet holds no copy of the image (a trace strip)."""
-    from studio.generation.grid import fit_width
-
-    with Image.open(path) as opened:
-        original = opened.convert("RGB")
-    if cell is None:
-        return np.array_equal(np.asarray(original), np.asarray(image.convert("RGB")))
-    box = cell_box(path, cell)
-    if box is None:
-        return None
-    shown = fit_width(image.convert("RGB"), box[2] - box[0])
-    return np.array_equal(np.asarray(original.crop(box)), np.asarray(shown))
 
 
 # what request_from and check_replayable read, and the types they need
