@@ -292,11 +292,10 @@ def replay_ui(session, store) -> None:
         cell = None
         if sheet := sheet_cells_count(path, label=label):  # a grid, variations sheet or trace strip
             kind, count = sheet
-            cell = int(
-                st.number_input(
-                    f"Image of this {kind} to replay (row by row)", 1, max(count, 1), 1, key="gen_replay_cell"
-                )
-            )
+            cell = 1  # a trace strip (or a one-image grid) holds one image: nothing to choose
+            if count > 1:
+                label_text = f"Image of this {kind} to replay (1 is the top left, row by row)"
+                cell = int(st.number_input(label_text, 1, count, 1, key="gen_replay_cell"))
         prov = read_provenance(path, label=label, cell=cell)
         st.caption(f"prompt: {prov.get('prompt')!r} · seed {prov.get('seed')} · model {prov.get('model')}")
         if prov.get("model") not in (None, session.model.source):
