@@ -182,3 +182,18 @@ def write_failure(
         advice = "check the permissions of it and its folder, or choose another place"
         return f"{what}{exc.strerror.lower()}; {advice}"
     return None
+
+
+def write_failure_error(
+    exc: OSError, target: str | Path | None = None, *, then: str = "try again", written=(), total: int = 0
+) -> Exception:
+    """`write_failure` as the error to raise: a TokensmithError of its one line, saying which of a batch's
+    `total` files were `written` before this one failed (they are kept); any other error is `exc` itself."""
+    from embeddings.errors import TokensmithError
+
+    line = write_failure(exc, target, then=then)
+    if line is None:
+        return exc
+    if written:
+        line += f" ({len(written)} of {total} images were written: {', '.join(map(str, written))})"
+    return TokensmithError(line)

@@ -119,16 +119,12 @@ def _save_png(image, path) -> None:
 @contextmanager
 def _demo_writes(path):
     """A full or read-only disk while writing `path` as one line that names it and says what to do."""
-    from embeddings.errors import TokensmithError
-    from embeddings.files import write_failure
+    from embeddings.files import write_failure_error
 
     try:
         yield
     except OSError as exc:
-        line = write_failure(exc, path, then="run `tokensmith demo` again")
-        if line is None:
-            raise
-        raise TokensmithError(line) from None
+        raise write_failure_error(exc, path, then="run `tokensmith demo` again") from None
 
 
 @contextmanager

@@ -42,7 +42,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from demo import world
-    from embeddings.files import atomic_write
+    from embeddings.files import atomic_write, write_failure_error
 
     if args.num < 1:
         raise ValueError(f"-n must be at least 1 (got {args.num})")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _write_failed(exc, out, [], args.num) from None
+        raise write_failure_error(exc, out, then="run the same command again") from None
     stem = "-".join(world.caption(concept).split()[1:])
     rng = random.Random(args.seed)
     written = []
@@ -66,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
         except OSError as exc:
-            raise _write_failed(exc, path, written, args.num) from None
+            raise write_failure_error(
+                exc,
+                path,
+                then="run the same command again",
+                written=[Path(w).name for w in written],
+                total=args.num,
+            ) from None
         written.append(str(path))
     if args.json:
         import json
@@ -80,18 +86,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {count} of '{world.caption(concept)}'{note} to {out}", file=sys.stderr)
         print(out)
     return 0
-
-
-def _write_failed(exc: OSError, path: Path, written: list[str], total: int) -> Exception:
-    """A full or read-only disk as one line naming the image and what was written before it; any other
-    error as it is."""
-    from embeddings.errors import TokensmithError
-    from embeddings.files import write_failure
-
-    line = write_failure(exc, path, then="run the same command again")
-    if line is None:
-        return exc
-    if written:
-        names = ", ".join(Path(p).name for p in written)
-        line += f" ({len(written)} of {total} images were written: {names})"
-    return TokensmithError(line)

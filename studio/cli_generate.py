@@ -281,8 +281,7 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
 
 
 def run_generate(args) -> int:
-    from embeddings.errors import TokensmithError
-    from embeddings.files import write_failure
+    from embeddings.files import write_failure_error
     from studio.cli import UsageError
     from studio.generation import check_swaps
 
@@ -313,12 +312,9 @@ def run_generate(args) -> int:
         try:
             written.append(_write_result(result, path, args, into_folder=into_folder))
         except OSError as exc:  # a full or read-only disk: the images already written are kept, and named
-            if not (line := write_failure(exc, then="run the same command again")) or not written:
-                raise
-            names = ", ".join(entry["path"] for entry in written)
-            raise TokensmithError(
-                f"{line} ({len(written)} of {len(paths)} images were written: {names})"
-            ) from None
+            done = [entry["path"] for entry in written]
+            then = "run the same command again"
+            raise write_failure_error(exc, then=then, written=done, total=len(paths)) from None
     if args.json:
         print(json.dumps(written, indent=2))
     else:

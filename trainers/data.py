@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from embeddings.errors import TokensmithError
-from trainers.pictures import PictureError, read_picture
+from trainers.pictures import GRAY, PictureError, read_picture
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".avif", ".jfif")  # named as skipped
@@ -357,7 +357,7 @@ def _time_ids(
 def _to_tensors(image: Image.Image, alpha_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
     alpha = rgba[..., 3:]
-    rgb = rgba[..., :3] * alpha + (1.0 - alpha) * 0.5 if image.mode == "RGBA" else rgba[..., :3]
+    rgb = rgba[..., :3] * alpha + (1.0 - alpha) * GRAY if image.mode == "RGBA" else rgba[..., :3]
     pixels = torch.from_numpy(rgb).permute(2, 0, 1) * 2.0 - 1.0  # (3, H, W)
     weight = torch.from_numpy(alpha).permute(2, 0, 1).contiguous() if alpha_weight else None  # (1, H, W)
     return pixels.contiguous(), weight

@@ -25,6 +25,7 @@ from embeddings.errors import TokensmithError
 
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one channel, more than 8 bits
 ALPHA_MODES = ("RGBA", "LA", "PA")
+GRAY = 0.5  # what transparent pixels show, in [0, 1]: the gray training images are composited onto
 PROFILE_MODES = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}  # an ICC profile's colour space -> PIL's mode
 
 
@@ -152,3 +153,15 @@ def _too_large(role: str, label: str, exc: Image.DecompressionBombError) -> str:
 
 def _pixels(count: int) -> str:
     return f"{count / 1e6:.0f} megapixels" if count >= 10**6 else f"{count} pixels"
+
+
+def flatten_alpha(image: Image.Image) -> Image.Image:
+    """An RGB image as its transparent parts show on GRAY, not as the colour stored under alpha 0 (usually
+    black); an image without transparency as it is. The one rule for every door: init images (img2img,
+    the studio's uploads), and what the demo judge reads of a training image (trainers.worldcaptions)."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image.convert("RGB")
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+    alpha = rgba[..., 3:]  # (H, W, 1)
+    rgb = rgba[..., :3] * alpha + (1.0 - alpha) * GRAY  # (H, W, 3) in [0, 1]
+    return Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")

@@ -21,15 +21,12 @@ def as_trained(image: Image.Image) -> Image.Image:
 
     The judge reads a picture's border as its background, and a photo's border is not the crop's; and read
     at full size, a 6000 px photo cost it minutes and GB (its templates are rendered at the side it reads)."""
-    from demo.world import BACKGROUNDS, DEFAULT_BACKGROUND, RESOLUTION
+    from demo.world import RESOLUTION
     from trainers.data import cover_and_crop
+    from trainers.pictures import flatten_alpha
 
     cropped, _ = cover_and_crop(image, (RESOLUTION, RESOLUTION), (0.5, 0.5))  # as build_samples' centre crop
-    if cropped.mode == "RGBA":  # as _to_tensors composites it
-        under = Image.new("RGB", cropped.size, BACKGROUNDS[DEFAULT_BACKGROUND])
-        under.paste(cropped, mask=cropped.getchannel("A"))
-        cropped = under
-    return cropped.convert("RGB")
+    return flatten_alpha(cropped)  # on the gray _to_tensors composites onto
 
 
 def _judged_backgrounds(images: list[TrainImage]) -> list[str]:

@@ -15,14 +15,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from embeddings.errors import TokensmithError
-from trainers.pictures import PictureError, read_picture
+from trainers.pictures import PictureError, flatten_alpha, read_picture
 
 # How init image files are read: 1 as PIL's convert gives them, 2 upright and 8-bit (trainers.pictures, its
 # colour profile not applied), 3 as 2 with the colour profile applied and transparency composited onto gray
 # (flatten_alpha). Provenance records it, so an image made by an older reader replays from the pixels it was
 # made from.
 INIT_READER = 3
-GRAY = 0.5  # what transparent pixels show: the gray trainers.data composites training images onto
 STRENGTHLESS = ("pndm",)  # schedulers whose img2img does not honour strength (check_img2img_scheduler)
 
 
@@ -54,17 +53,6 @@ def load_init_image(
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image, image_sha256(image)
-
-
-def flatten_alpha(image: Image.Image) -> Image.Image:
-    """An RGB image as its transparent parts show on GRAY (the training images' background, trainers.data),
-    not as the colour stored under alpha 0 (usually black); an image without transparency as it is."""
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
-        return image.convert("RGB")
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
-    alpha = rgba[..., 3:]  # (H, W, 1)
-    rgb = rgba[..., :3] * alpha + (1.0 - alpha) * GRAY  # (H, W, 3) in [0, 1]
-    return Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")
 
 
 def _first_reader(path: Path) -> Image.Image:

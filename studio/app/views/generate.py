@@ -147,8 +147,7 @@ def kept_upload(upload) -> tuple[Path, object, tuple[int, int]] | str:
     """The uploaded init image read once per upload (not at every rerun of the page: a large photo takes a
     second to decode): where it is kept, a small preview and its size; or the message saying why it cannot
     be used."""
-    from studio.generation.img2img import flatten_alpha
-    from trainers.pictures import PictureError, read_picture
+    from trainers.pictures import PictureError, flatten_alpha, read_picture
 
     cached = st.session_state.get("gen_init_kept")
     if cached is None or cached[0] != upload.file_id:
