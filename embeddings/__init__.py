@@ -20,7 +20,7 @@ _LAZY = {
     "read_header": "embeddings.canonical",
     "save_canonical": "embeddings.canonical",
     "Store": "embeddings.store",
-    "StoreEntry": "embeddings.store",
+    "StoreEntry": "embeddings.listing",
     "safe_name": "embeddings.names",
     "validate_name": "embeddings.names",
     "InstallError": "embeddings.inject",
@@ -118,7 +118,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
         vectors_for_encoders,
         word_vectors,
     )
+    from embeddings.listing import StoreEntry
     from embeddings.maths import blend, nearest_tokens, norm_report, word_operand
     from embeddings.names import safe_name, validate_name
-    from embeddings.store import Store, StoreEntry
+    from embeddings.store import Store
     from embeddings.value import Embedding, family_from_widths, family_title

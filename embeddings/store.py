@@ -27,7 +27,6 @@ import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,21 +47,16 @@ from embeddings.files import (
     temp_path_for,
     write_temp,
 )
+from embeddings.listing import Listing
 from embeddings.names import is_valid_name, stray_name_error, validate_name
 from embeddings.trash import Trash
-from embeddings.value import ENCODER_KEYS, Embedding, family_from_widths
+from embeddings.value import Embedding
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
-# Embedding files of other formats that the store does not read (`list` names them; `import` converts them).
-OTHER_SUFFIXES = (".pt", ".bin", ".ckpt", ".png", ".webp")
-
-
-def _sort_key(name: str) -> tuple[str, str]:
-    return (name.lower(), name)
 
 
 class StoreWriteError(OSError):
@@ -92,31 +86,7 @@ def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> StoreWri
     )
 
 
-@dataclass(frozen=True)
-class StoreEntry:
-    """What a listing knows from a file's header alone (no tensor data read)."""
-
-    name: str
-    path: Path
-    family: str
-    num_vectors: int
-    widths: dict[str, int]
-    meta: dict[str, str]
-    preview: Path | None
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "family": self.family,
-            "num_vectors": self.num_vectors,
-            "widths": self.widths,
-            "meta": self.meta,
-            "preview": str(self.preview) if self.preview else None,
-        }
-
-
-class Store(Trash):
+class Store(Listing, Trash):
     """put/get/list/rename/delete/restore for embeddings kept as files under `root`."""
 
     def __init__(self, root: Path) -> None:
@@ -326,71 +296,6 @@ class Store(Trash):
     def get(self, name: str) -> Embedding:
         return load_canonical(self._require(name))
 
-    def names(self) -> list[str]:
-        """Stored names, sorted case-insensitively (as people read a list)."""
-        if not self.root.is_dir():
-            self._check_folder()
-            return []
-        names = (
-            entry.name[: -len(SUFFIX)]
-            for entry in os.scandir(self.root)
-            if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
-        )
-        return sorted((n for n in names if is_valid_name(n)), key=_sort_key)
-
-    def list(
-        self, *, problems: list[tuple[Path, str]] | None = None, others: list[Path] | None = None
-    ) -> list[StoreEntry]:
-        """Every stored embedding with its header facts (headers only).
-
-        Unreadable files, and files whose stem is not a valid name (copied in by hand), are skipped (a broken
-        file must not hide the others); pass a list as `problems` to receive them as (path, reason), the
-        reason saying what to do. Pass a list as `others` to receive the embedding files of other formats in
-        the folder (`.pt`, `.bin`, images that are not previews), which the store does not read.
-        """
-        if not self.root.is_dir():
-            self._check_folder()
-            return []
-        files = {entry.name for entry in os.scandir(self.root) if not entry.name.startswith(".")}
-        entries = []
-        for file_name in sorted((f for f in files if f.endswith(SUFFIX)), key=_sort_key):
-            name = file_name[: -len(SUFFIX)]
-            try:
-                if not is_valid_name(name):
-                    raise stray_name_error(name)
-                entries.append(self._entry(name, self.root / file_name, files))
-            except (EmbeddingFormatError, StoreError, OSError) as exc:
-                if problems is not None:
-                    problems.append((self.root / file_name, str(exc)))
-        if others is not None:
-            others.extend(self.root / f for f in sorted(files, key=_sort_key) if _other_format(f))
-        return entries
-
-    def entry(self, name: str) -> StoreEntry:
-        """The header facts of one stored embedding."""
-        path = self._require(name)
-        return self._entry(name, path, {p.name for p in self.root.iterdir()})
-
-    def _entry(self, name: str, path: Path, files: set[str]) -> StoreEntry:
-        header = read_header(path)
-        meta = header.pop("__metadata__", {})
-        widths, count = {}, 0
-        rank = {key: i for i, key in enumerate(ENCODER_KEYS)}  # clip_l before clip_g, as people read SDXL
-        for key, entry in sorted(header.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])):
-            shape = entry["shape"]
-            widths[key] = shape[-1] if shape else 0
-            count = max(count, shape[0] if len(shape) == 2 else 1)
-        preview = name + PREVIEW_SUFFIX
-        return StoreEntry(
-            name=name,
-            path=path,
-            family=meta.get("family") or family_from_widths(widths),
-            num_vectors=count,
-            widths=widths,
-            meta=meta,
-            preview=self.root / preview if preview in files else None,
-        )
-
     # --- moving ---
     def rename(self, old: str, new: str) -> Path:
         """Give a stored embedding a new name (its header `name` follows); never replaces an existing one.
@@ -475,9 +380,3 @@ def _png_bytes(image: Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _other_format(file_name: str) -> bool:
-    """An embedding file of another format (`.pt`, `.bin`, an image that is not a store preview)."""
-    lower = file_name.lower()
-    return lower.endswith(OTHER_SUFFIXES) and not lower.endswith(PREVIEW_SUFFIX)
