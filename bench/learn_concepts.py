@@ -110,7 +110,7 @@ def learn(
     """Train one concept with the defaults (+ options) and judge 12 fresh samples of `a <token>`."""
     from embeddings import Store
     from trainers import train
-    from trainers.config import from_mapping
+    from trainers.configfile import from_mapping
 
     name = concept_text.replace(" ", "-")
     folder = render_images(concept_text, home / "images" / name, image_seed, images, size)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from studio.generation import Session
-    from trainers.config import from_mapping
+    from trainers.configfile import from_mapping
     from trainers.models import load_model
 
     options = parse_options(args.option)

@@ -57,7 +57,8 @@ def register(subparsers, common) -> None:
 def _flag_value(name: str):
     """argparse's `type` for the flag of config key `name`: a value of the wrong kind (`--vectors two`) is a
     usage error (exit 2) worded as the config file's would be."""
-    from trainers.config import ConfigError, coerce
+    from trainers.config import ConfigError
+    from trainers.configfile import coerce
 
     def convert(text: str):
         try:
@@ -70,7 +71,8 @@ def _flag_value(name: str):
 
 def config_from_args(args):
     """The TrainConfig of `tokensmith train` flags (on top of --config FILE when given)."""
-    from trainers.config import FIELDS, load
+    from trainers.config import FIELDS
+    from trainers.configfile import load
 
     overrides = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if args.style:

@@ -227,7 +227,7 @@ def test_a_run_begun_with_relative_paths_continues_from_another_folder_by_its_pr
     from pathlib import Path
 
     from trainers.__main__ import main as trainers_main
-    from trainers.config import load
+    from trainers.configfile import load
     from trainers.storing import summary
     from trainers.trainer import train
 

@@ -7,7 +7,8 @@ import tomllib
 import torch
 
 from trainers.commands import equivalent_commands, to_flags, to_toml
-from trainers.config import ConfigError, TrainConfig, from_mapping, load
+from trainers.config import ConfigError, TrainConfig
+from trainers.configfile import from_mapping, load
 
 
 def test_toml_file_and_flags_fill_one_config(tmp_path):
@@ -127,7 +128,7 @@ def test_vectors_zero_means_the_init_embeddings_count_else_the_familys_default(t
 
 
 def test_config_and_template_files_that_are_not_utf8_name_the_file(tmp_path):
-    from trainers.config import read_file
+    from trainers.configfile import read_file
     from trainers.data import DataError, template_set
 
     config = tmp_path / "run.toml"

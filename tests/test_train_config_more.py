@@ -16,7 +16,8 @@ from embeddings.errors import TokensmithError
 from studio.cli import EXIT_ERROR, EXIT_USAGE, main
 from trainers import TrainConfig, train
 from trainers.card import model_card
-from trainers.config import ConfigError, from_mapping, load
+from trainers.config import ConfigError
+from trainers.configfile import from_mapping, load
 from trainers.runfolder import RunFolder
 
 

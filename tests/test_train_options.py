@@ -12,8 +12,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from embeddings import Store
 from trainers import TrainConfig, train
-from trainers import config as config_io
 from trainers import steps as steps_module
+from trainers.configfile import load as load_config
 from trainers.loop import Batch, DiffusionMath, step_loss
 from trainers.runfolder import RunFolder
 from trainers.session import RunState
@@ -186,6 +186,6 @@ def test_trackers_get_the_moving_numbers_of_each_record(tmp_path):
 def test_a_model_passed_in_is_the_one_the_run_files_and_command_name(images, tmp_path):
     lines = []
     train(_quiet(images, tmp_path / "run"), home=tmp_path / "h", model=tiny_model("sd1"), echo=lines.append)
-    written = config_io.load(tmp_path / "run" / "config.toml")
+    written = load_config(tmp_path / "run" / "config.toml")
     assert written.model == "tiny-sd1"
     assert any(line.startswith("equivalent command: ") and "--model tiny-sd1" in line for line in lines)

@@ -17,7 +17,7 @@ _LAZY = {
     "TrainConfig": ("trainers.config", "TrainConfig"),
     "equivalent_commands": ("trainers.commands", "equivalent_commands"),
     "to_toml": ("trainers.commands", "to_toml"),
-    "load_config": ("trainers.config", "load"),
+    "load_config": ("trainers.configfile", "load"),
     "train": ("trainers.trainer", "train"),
 }
 
@@ -26,7 +26,7 @@ __all__ = ["ConfigError", "TrainConfig", "equivalent_commands", "load_config", "
 if TYPE_CHECKING:
     from trainers.commands import equivalent_commands, to_toml
     from trainers.config import ConfigError, TrainConfig
-    from trainers.config import load as load_config
+    from trainers.configfile import load as load_config
     from trainers.trainer import train
 
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--overwrite", action="store_true", help="replace a stored embedding of the same name"
     )
     args = parser.parse_args(argv)
-    from trainers.config import load
+    from trainers.configfile import load
     from trainers.ending import kept_note
     from trainers.hub import UploadError
     from trainers.processes import launch_rank

@@ -14,6 +14,7 @@ from trainers import checkpoint as ckpt_io
 from trainers import commands
 from trainers import config as config_io
 from trainers.config import TrainConfig
+from trainers.configfile import load as load_config
 from trainers.runfolder import RunFolder
 
 # Keys that say where and how a run is kept (and which step is stored, and where a checkpoint's configs
@@ -251,7 +252,7 @@ def check_train_further(cfg: TrainConfig, folder: RunFolder, done: dict) -> None
     trained = int(done.get("steps") or 0)
     stopped_early = done.get("reason") == "early_stopped"
     try:
-        before = config_io.load(folder.config_path)  # the finished run's resolved config
+        before = load_config(folder.config_path)  # the finished run's resolved config
         changed = any(getattr(before, key) != getattr(cfg, key) for key in ENDING)
         # the same rule on the same validation losses would stop it again before its first new step
         stops_again = (
