@@ -72,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import tempfile
 
-    from trainers.data import build_samples, load_images
+    from trainers.data import load_images
     from trainers.families import Conditioner, tokenize
     from trainers.latents import encode_samples
     from trainers.loop import DiffusionMath
     from trainers.models import load_model
     from trainers.rows import attach, detach_rows
+    from trainers.samples import build_samples
 
     torch.set_num_threads(1)
     pipe = load_model("demo").pipe

@@ -32,11 +32,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainers.data import build_samples, load_images
+from trainers.data import load_images
 from trainers.families import Conditioner
 from trainers.latents import encode_samples
 from trainers.loop import DiffusionMath, draw_batch, tune_malloc
 from trainers.rows import attach, detach_rows
+from trainers.samples import build_samples
 
 PROMPT = "a photo of a [name]"
 

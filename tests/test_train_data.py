@@ -5,15 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainers.data import (
-    DataError,
-    batches,
-    bucket_for,
-    build_samples,
-    fill_template,
-    load_images,
-    template_set,
-)
+from trainers.data import DataError, fill_template, load_images, template_set
+from trainers.samples import batches, bucket_for, build_samples
 
 
 def _save(path, size=(32, 32), colour=(200, 30, 40), mode="RGB"):
@@ -86,13 +79,13 @@ def test_a_struct_error_from_pil_is_named_too(tmp_path, monkeypatch):
     """A cut header field reaches struct.unpack in PIL: struct.error is neither OSError nor ValueError."""
     import struct
 
-    import trainers.data
+    import trainers.pictures
 
     def cut(image):
         raise struct.error("unpack requires a buffer of 4 bytes")
 
     _save(tmp_path / "cut.png")
-    monkeypatch.setattr(trainers.data.ImageOps, "exif_transpose", cut)
+    monkeypatch.setattr(trainers.pictures.ImageOps, "exif_transpose", cut)
     with pytest.raises(DataError, match=r"cannot read image .*cut\.png \(unpack requires"):
         load_images(tmp_path)
 
@@ -235,7 +228,8 @@ def test_captions_with_a_byte_order_mark_read_and_other_encodings_are_clear_erro
 def test_sdxl_time_ids_say_the_source_size_and_where_each_crop_lies(tmp_path):
     from PIL import ImageOps
 
-    from trainers.data import TrainImage, _to_tensors
+    from trainers.data import TrainImage
+    from trainers.samples import _to_tensors
 
     # (30, 60, 3): every column differs, so a crop's place and mirroring show in its pixels
     columns = np.tile(np.arange(60, dtype=np.uint8)[None, :, None] * 4, (30, 1, 3))

@@ -11,13 +11,8 @@ from tinyrun import quick_config, square_images, tiny_model
 from embeddings.errors import TokensmithError
 from trainers import TrainConfig, train
 from trainers.config import ConfigError
-from trainers.data import (
-    DataError,
-    build_samples,
-    fit_for_training,
-    load_images,
-    template_set,
-)
+from trainers.data import DataError, fit_for_training, load_images, template_set
+from trainers.samples import build_samples
 
 # --- a template file is read before the run folder is made (finding 2) ---
 

@@ -12,14 +12,10 @@ from imagefiles import gradient, save_plain
 from PIL import Image
 from tinyrun import square_images
 
-from trainers.data import (
-    DataError,
-    bucket_for,
-    build_samples,
-    load_images,
-)
+from trainers.data import DataError, load_images
 from trainers.datanotes import data_notes
 from trainers.pictures import PictureError, read_picture
+from trainers.samples import bucket_for, build_samples
 
 # --- the subfolder hint (finding 5) and subfolders beside images ---
 

@@ -5,8 +5,8 @@ import dataclasses
 
 import torch
 
-from trainers.data import Sample
 from trainers.latents import encode_samples
+from trainers.samples import Sample
 from trainers.tiny import tiny_pipeline
 
 

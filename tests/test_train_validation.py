@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainers.data import Sample
 from trainers.latents import LatentCache
+from trainers.samples import Sample
 from trainers.validation import DemoJudgeMetric, EarlyStopper, build_validation_set
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 
 from trainers.data import (
     IGNORED_CAPTION_SUFFIX,
-    MAX_ASPECT,
     TrainImage,
     caption_files,
     few,
@@ -21,6 +20,7 @@ from trainers.data import (
     other_images,
     template_set,
 )
+from trainers.samples import MAX_ASPECT
 
 
 def data_notes(

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError
-from trainers.data import Sample
 from trainers.modelprep import cast_weights
+from trainers.samples import Sample
 from trainers.writes import writing
 
 ENCODE_CHUNK = 8

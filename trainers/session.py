@@ -23,9 +23,9 @@ from embeddings.errors import TokensmithError
 from trainers import checkpoint as ckpt_io
 from trainers import commands
 from trainers.config import TrainConfig
-from trainers.data import batches
 from trainers.resume import computed_values
 from trainers.runfolder import RunFolder
+from trainers.samples import batches
 from trainers.writes import writing
 
 TRAINER_VERSION = "tokensmith-ti/1"

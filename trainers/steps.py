@@ -15,12 +15,13 @@ import torch
 
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
-from trainers.data import Sample, build_samples, fill_template, template_set
+from trainers.data import fill_template, template_set
 from trainers.families import Conditioner, FamilySpec
 from trainers.latents import LatentCache, encode_samples, run_cache
 from trainers.loop import Batch, DiffusionMath, draw_batch, pick_text_attention, set_text_attention, step_loss
 from trainers.processes import any_process, apply_update, mean_over_processes
 from trainers.runfolder import RunFolder
+from trainers.samples import Sample, build_samples
 from trainers.schedules import schedule_for
 from trainers.session import RunState, StopFlag
 from trainers.validation import (

@@ -22,8 +22,8 @@ def as_trained(image: Image.Image) -> Image.Image:
     The judge reads a picture's border as its background, and a photo's border is not the crop's; and read
     at full size, a 6000 px photo cost it minutes and GB (its templates are rendered at the side it reads)."""
     from demo.world import RESOLUTION
-    from trainers.data import cover_and_crop
     from trainers.pictures import flatten_alpha
+    from trainers.samples import cover_and_crop
 
     cropped, _ = cover_and_crop(image, (RESOLUTION, RESOLUTION), (0.5, 0.5))  # as build_samples' centre crop
     return flatten_alpha(cropped)  # on the gray _to_tensors composites onto
