@@ -274,3 +274,40 @@ def test_a_single_file_load_prints_no_diffusers_warnings(original, tmp_path):
     finally:
         library.removeHandler(handler)
     assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ({"emb_params": torch.zeros(2, 32)}, "is an embedding file, not a model: import it"),
+        ({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 64)}, "is an embedding file"),
+        ({"<cat-toy>": torch.zeros(32)}, "is an embedding file"),
+        (
+            {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)},
+            r"holds no UNet weights \(model.diffusion_model.\*; it has lora_unet_down",
+        ),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_named_as_such_before_diffusers_runs(
+    tmp_path, monkeypatch, state, says
+):
+    """An embedding or a LoRA given as --model: said at once, not as a config or network failure later."""
+    import diffusers
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("diffusers was asked to load a file that holds no model")
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_single_file", must_not_run)
+    path = tmp_path / "thing.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ModelLoadError, match=says):
+        load_model(str(path))
+
+
+def test_an_a1111_pt_embedding_given_as_model_is_named_an_embedding(tmp_path):
+    path = tmp_path / "bad-hands-5.pt"
+    torch.save(
+        {"string_to_param": {"*": torch.zeros(2, 32)}, "string_to_token": {"*": 265}, "name": "b"}, path
+    )
+    with pytest.raises(ModelLoadError, match=r"bad-hands-5.pt is an embedding file, not a model"):
+        load_model(str(path))

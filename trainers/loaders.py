@@ -147,7 +147,9 @@ def load_hub(repo_id: str, dtype: torch.dtype) -> Any:
 def load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    cls = StableDiffusionXLPipeline if looks_sdxl(path, config) else StableDiffusionPipeline
+    keys = _checkpoint_keys(path)
+    _check_holds_a_model(path, keys)
+    cls = StableDiffusionXLPipeline if looks_sdxl(path, config, keys) else StableDiffusionPipeline
     kwargs: dict[str, Any] = {"torch_dtype": dtype}  # from_single_file still names it torch_dtype
     if config is not None:
         kwargs["config"] = config
@@ -165,16 +167,44 @@ def load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
         raise ModelLoadError(f"could not load checkpoint {path}: {first_line(exc)}; {hint}") from exc
 
 
-def looks_sdxl(path: Path, config: str | None = None) -> bool:
+def looks_sdxl(path: Path, config: str | None = None, keys: list[str] | None = None) -> bool:
     """SDXL or not: the config folder's pipeline class when one is given, else whether the checkpoint has a
-    second text encoder (conditioner.embedders.1); only key names are read (a .ckpt is memory-mapped)."""
+    second text encoder (conditioner.embedders.1); only key names are read (a .ckpt is memory-mapped), or
+    `keys` when the caller has read them."""
     index = Path(config).expanduser() / "model_index.json" if config else None
     if index is not None and index.is_file():
         try:
             return "XL" in str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
         except (OSError, ValueError):
             pass  # an unreadable config is diffusers' to report; fall back to the keys
-    return any(key.startswith("conditioner.embedders.1.") for key in _checkpoint_keys(path))
+    keys = _checkpoint_keys(path) if keys is None else keys
+    return any(key.startswith("conditioner.embedders.1.") for key in keys)
+
+
+# Top-level keys of the embedding files people pass as --model by mistake: tokensmith's and kohya's
+# safetensors, and A1111's .pt dict (diffusers' learned_embeds.* hold '<token>' keys).
+EMBEDDING_KEYS = {"emb_params", "clip_l", "clip_g", "string_to_param", "string_to_token", "name", "step"}
+EMBEDDING_KEYS |= {"sd_checkpoint", "sd_checkpoint_name"}
+
+
+def _check_holds_a_model(path: Path, keys: list[str]) -> None:
+    """ModelLoadError, in a moment, for a file without the UNet every SD/SDXL checkpoint holds
+    (model.diffusion_model.*): an embedding, a LoRA or a VAE given as --model. diffusers would otherwise
+    fail later, blaming its configs or the network."""
+    if any(key.startswith("model.diffusion_model.") for key in keys):
+        return
+    if keys and all(key in EMBEDDING_KEYS or key.startswith("<") for key in keys):
+        raise ModelLoadError(
+            f"{path} is an embedding file, not a model: import it with `tokensmith import {path}` and write "
+            "its <name> in prompts; --model takes a diffusers folder, a hub id or a full single-file "
+            "checkpoint"
+        )
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") if keys else "no tensors"
+    raise ModelLoadError(
+        f"{path} is not a Stable Diffusion checkpoint: it holds no UNet weights (model.diffusion_model.*; "
+        f"it has {shown}), so it may be a LoRA, a VAE or an embedding; --model takes a diffusers folder, a "
+        "hub id or a full single-file checkpoint"
+    )
 
 
 def _checkpoint_keys(path: Path) -> list[str]:
