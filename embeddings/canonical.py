@@ -1,11 +1,14 @@
 """The canonical file: one `.safetensors` per embedding (`emb_params` or `clip_l`/`clip_g`), string metadata.
 
-Readers that only need names and metadata call `read_header`, which reads the header bytes, never tensor data.
+Readers that only need names and metadata call `read_header`, which reads the header bytes, never tensor data;
+`canonical_shapes` applies `load_canonical`'s layout rules to such a header, so that the store's listing and
+its loads agree on which files are embeddings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from datetime import datetime, timezone
@@ -15,26 +18,28 @@ import safetensors.torch
 import torch
 
 from embeddings.errors import EmbeddingFormatError
-from embeddings.files import atomic_write_bytes
-from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding
+from embeddings.files import atomic_write_bytes, safetensors_bytes
+from embeddings.value import ENCODER_KEYS, MAX_VECTORS, MAX_WIDTH, SINGLE_KEY, Embedding
 
 FORMAT_VERSION = "1"  # tokensmith.version: the version of this file layout
 FIRST_READ = 8192  # one read covers the 8-byte length and a typical header
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # safetensors' own limit is 100 MB; an embedding header is a few KB
-SAFETENSORS_DTYPES = {
-    "F64",
-    "F32",
-    "F16",
-    "BF16",
-    "I64",
-    "I32",
-    "I16",
-    "I8",
-    "U8",
-    "BOOL",
-    "F8_E4M3",
-    "F8_E5M2",
+# safetensors' dtype names and their sizes in bytes; torch reads the first six as floating point
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
 }
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
 def package_version() -> str:
@@ -93,15 +98,18 @@ def read_header(path: Path | str) -> dict:
 
 
 def _check_entries(path: Path | str, header: dict, *, data_size: int) -> None:
+    """Every tensor entry well formed and its bytes where the data is, as safetensors' own reader checks
+    before it loads: so a file that passes here, headers only, is one that safetensors reads."""
     meta = header.get("__metadata__", {})
     if not isinstance(meta, dict) or not all(type(v) is str for v in meta.values()):
         raise EmbeddingFormatError(f"{path}: header metadata must map strings to strings")
+    spans = []
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         try:
             shape, (start, end) = entry["shape"], entry["data_offsets"]
-            ok = entry["dtype"] in SAFETENSORS_DTYPES and all(type(d) is int and d >= 0 for d in shape)
+            ok = entry["dtype"] in DTYPE_BYTES and all(type(d) is int and d >= 0 for d in shape)
             ok = ok and type(start) is int and type(end) is int
         except (TypeError, KeyError, ValueError):
             ok = False
@@ -111,6 +119,30 @@ def _check_entries(path: Path | str, header: dict, *, data_size: int) -> None:
             raise EmbeddingFormatError(
                 f"{path}: tensor '{key}' claims bytes {start}..{end} but the file has {data_size}: truncated?"
             )
+        if end - start != math.prod(shape) * DTYPE_BYTES[entry["dtype"]]:
+            raise EmbeddingFormatError(
+                f"{path}: tensor '{key}' ({entry['dtype']}, shape {tuple(shape)}) does not fit its "
+                f"{end - start} bytes: the file is corrupted"
+            )
+        spans.append((start, end, key))
+    _check_tiling(path, sorted(spans), data_size=data_size)
+
+
+def _check_tiling(path: Path | str, spans: list[tuple[int, int, str]], *, data_size: int) -> None:
+    """The tensors' byte ranges, sorted, follow one another and fill the data exactly (no overlap, gap or
+    trailing bytes), as safetensors requires."""
+    at = 0
+    for start, end, key in spans:
+        if start != at:
+            raise EmbeddingFormatError(
+                f"{path}: tensor '{key}' starts at byte {start}, not {at}: the file is corrupted"
+            )
+        at = end
+    if at != data_size:
+        raise EmbeddingFormatError(
+            f"{path}: its tensors hold {at} bytes but the file has {data_size} after the header: the file is "
+            "corrupted"
+        )
 
 
 def header_tensors(header: dict) -> dict[str, list[int]]:
@@ -126,30 +158,76 @@ def is_canonical_layout(keys: set[str] | list[str]) -> bool:
     return bool(keys) and keys <= set(ENCODER_KEYS) - {SINGLE_KEY}
 
 
-# --- loading ---
-def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the string metadata of a safetensors file, with errors that name the file."""
-    header = read_header(path)
-    try:
-        tensors = safetensors.torch.load_file(str(path))
-    except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
-        raise EmbeddingFormatError(f"{path}: not a readable safetensors file ({exc})") from None
-    return tensors, dict(header.get("__metadata__", {}))
+# --- the canonical layout, from the header ---
+def canonical_shapes(path: Path | str, header: dict) -> dict[str, tuple[int, int]]:
+    """Each encoder key's (n, dim), clip_l before clip_g, from a header alone; or EmbeddingFormatError saying
+    why `load_canonical` refuses the file: keys that are not the canonical layout, values that are not
+    floating point, a shape that is not (n, dim) (one vector saved 1-D, (dim,), counts as (1, dim)), sizes
+    past an embedding's, or keys that disagree on n.
 
-
-def load_canonical(path: Path) -> Embedding:
-    """Read a canonical file (also kohya/ComfyUI `emb_params` and SDXL `clip_l`/`clip_g` files).
-
-    The name is the file stem. Files that carry our `sha256` are checked against their tensor data.
+    The store's listing (headers only) and `load_canonical` both apply it, so a listed file loads; only what
+    the tensor data holds (NaN values, a sha256 that does not match) is left for `load_canonical` to find.
+    {"emb_params": F32 (768,)} -> {"emb_params": (1, 768)}; {"<cat>": F32 (1, 768)} raises.
     """
-    path = Path(path)
-    tensors, meta = load_safetensors(path)
+    tensors = {key: entry for key, entry in header.items() if key != "__metadata__"}
     if not is_canonical_layout(tensors):
         raise EmbeddingFormatError(
             f"{path}: keys {sorted(tensors)} are not the canonical layout (emb_params, or clip_l + clip_g); "
             "use `tokensmith import` to convert other layouts"
         )
-    # one vector saved 1-D, (dim,): A1111 and the pickle and diffusers readers take it as (1, dim); so do we
+    shapes = {key: _vectors_shape(path, key, tensors[key]) for key in sorted(tensors, key=ENCODER_KEYS.index)}
+    counts = {key: n for key, (n, _) in shapes.items()}
+    if len(set(counts.values())) > 1:
+        raise EmbeddingFormatError(
+            f"{path}: encoders disagree on the vector count {counts}; every key needs the same n"
+        )
+    return shapes
+
+
+def _vectors_shape(path: Path | str, key: str, entry: dict) -> tuple[int, int]:
+    """(n, dim) of one key's header entry, with the rules Embedding applies to the loaded tensor."""
+    where = f"{path}: key '{key}'"
+    if entry["dtype"] not in FLOAT_DTYPES:
+        raise EmbeddingFormatError(f"{where}: dtype {entry['dtype']} is not a floating-point type")
+    shape = tuple(entry["shape"])
+    if len(shape) == 1:  # one vector saved 1-D: A1111, the pickle and diffusers readers take it as (1, dim)
+        shape = (1, *shape)
+    if len(shape) != 2:
+        raise EmbeddingFormatError(f"{where}: shape {shape} is {len(shape)}-D; expected (n, dim)")
+    n, dim = shape
+    if not (1 <= n <= MAX_VECTORS) or not (1 <= dim <= MAX_WIDTH):
+        raise EmbeddingFormatError(
+            f"{where}: shape {shape} is not an embedding (expected 1..{MAX_VECTORS} vectors of width "
+            f"1..{MAX_WIDTH})"
+        )
+    return n, dim
+
+
+# --- loading ---
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file, with errors that name the file."""
+    header = read_header(path)
+    return _load_tensors(path), dict(header.get("__metadata__", {}))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
+        raise EmbeddingFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_canonical(path: Path) -> Embedding:
+    """Read a canonical file (also kohya/ComfyUI `emb_params` and SDXL `clip_l`/`clip_g` files).
+
+    The name is the file stem. The header is checked first, by the rules the store's listing applies
+    (`canonical_shapes`); files that carry our `sha256` are checked against their tensor data.
+    """
+    path = Path(path)
+    header = read_header(path)
+    canonical_shapes(path, header)
+    tensors, meta = _load_tensors(path), dict(header.get("__metadata__", {}))
+    # one vector saved 1-D, (dim,), is (1, dim), as canonical_shapes counts it
     tensors = {key: t.unsqueeze(0) if t.dim() == 1 else t for key, t in tensors.items()}
     try:
         emb = Embedding(path.stem, tensors, {**meta, "name": path.stem})
@@ -189,7 +267,7 @@ def canonical_bytes(emb: Embedding) -> bytes:
             f"embedding '{emb.name}' has keys {sorted(emb.vectors)}; the canonical file holds emb_params or "
             "clip_l + clip_g"
         )
-    return safetensors.torch.save(dict(emb.vectors), metadata=canonical_meta(emb))
+    return safetensors_bytes(dict(emb.vectors), canonical_meta(emb))
 
 
 def save_canonical(emb: Embedding, path: Path, *, overwrite: bool = True) -> Path:

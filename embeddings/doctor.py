@@ -12,16 +12,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embeddings.canonical import read_header
 from embeddings.errors import EmbeddingFormatError
+from embeddings.files import SUFFIX
 from embeddings.importing import import_path, import_sources, lone_pair_half
-from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
+from embeddings.inject import InstallError, encoder_width, swapped_hint, vectors_for_encoders
 from embeddings.maths import norm_report
+from embeddings.names import is_valid_name, stray_name_error
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
 
 # CLIP's 77 positions minus start and end: what one window of any SD family's text encoder holds. A longer
 # prompt is read in windows, but an embedding must fit in one (its vectors are never split across windows).
 WINDOW_TOKENS = 75
 LOUD_NORM = 4.0  # vectors this many times the vocabulary's mean norm tend to overpower a prompt
+SDXL_WIDTHS = {"clip_l": 768, "clip_g": 1280}  # SDXL's own text encoders
+CANONICAL = "safetensors:canonical"  # a tokensmith file (store or export): the source_format its reader gives
+
+# Every source_format the importers give (container:layout), in words; a test checks that none is missing.
+FORMAT_TITLES = {
+    CANONICAL: "tokensmith canonical file",
+    "safetensors:kohya": "kohya/ComfyUI emb_params safetensors",
+    "safetensors:sdxl": "SDXL clip_l/clip_g safetensors",
+    "safetensors:diffusers": "diffusers {token: tensor} safetensors",
+    "diffusers:sdxl-pair": "diffusers SDXL pair (learned_embeds + learned_embeds_2)",
+    "pickle:a1111": "AUTOMATIC1111 .pt (string_to_param)",
+    "pickle:diffusers": "diffusers {token: tensor} pickle (.bin)",
+    "pickle:kohya": "kohya emb_params pickle",
+    "pickle:sdxl": "SDXL clip_l/clip_g pickle",
+    "image:a1111": "AUTOMATIC1111 embedding image",
+    "image:sdxl": "SDXL clip_l/clip_g embedding image (A1111 PNG)",
+    "image:kohya": "emb_params embedding image (A1111 PNG)",
+    "image:diffusers": "diffusers {token: tensor} embedding image (A1111 PNG)",
+}
 
 
 @dataclass
@@ -46,7 +68,7 @@ class Diagnosis:
             if emb is None
             else {
                 "name": emb.name,
-                "format": emb.meta.get("source_format"),
+                "format": file_format(emb),  # this file's; meta's source_format is what it was imported from
                 "family": emb.family,
                 "widths": emb.widths,
                 "num_vectors": emb.num_vectors,
@@ -57,15 +79,21 @@ class Diagnosis:
 
 
 def describe(emb: Embedding) -> list[str]:
-    """What the embedding is: format, family, widths, vector count, provenance."""
+    """What the embedding is: format, family, widths, vector count, provenance (with the file it was imported
+    from, for a tokensmith file that records one)."""
     widths = ", ".join(f"{k} {w}" for k, w in emb.widths.items())
+    own = file_format(emb)
     lines = [
-        f"'{emb.name}': {format_title(emb.meta.get('source_format', ''))}",
+        f"'{emb.name}': {format_title(own)}",
         f"family {family_title(emb.family)} ({emb.family}); widths: {widths}; {emb.num_vectors} vector(s)",
     ]
     facts = [f"{k} {emb.meta[k]}" for k in ("base_model", "steps", "init", "created") if emb.meta.get(k)]
     if facts:
         lines.append("provenance: " + "; ".join(facts))
+    source = emb.meta.get("source_format", "")
+    if source and source != own:  # a tokensmith file that records what it was imported from
+        origin = f" {emb.meta['source_file']!r}" if emb.meta.get("source_file") else ""
+        lines.append(f"imported from{origin}: {format_title(source)}")
     if emb.meta.get("parent"):
         lines.append(f"lineage: {emb.meta['parent']}")
     return lines
@@ -73,19 +101,13 @@ def describe(emb: Embedding) -> list[str]:
 
 def format_title(source: str) -> str:
     """A file format in words: 'pickle:a1111' -> 'AUTOMATIC1111 .pt (string_to_param)'."""
-    titles = {
-        "safetensors:canonical": "tokensmith canonical file",
-        "safetensors:kohya": "kohya/ComfyUI emb_params safetensors",
-        "safetensors:sdxl": "SDXL clip_l/clip_g safetensors",
-        "safetensors:diffusers": "diffusers {token: tensor} safetensors",
-        "diffusers:sdxl-pair": "diffusers SDXL pair (learned_embeds + learned_embeds_2)",
-        "pickle:a1111": "AUTOMATIC1111 .pt (string_to_param)",
-        "pickle:diffusers": "diffusers {token: tensor} pickle (.bin)",
-        "pickle:kohya": "kohya emb_params pickle",
-        "pickle:sdxl": "SDXL clip_l/clip_g pickle",
-        "image:a1111": "AUTOMATIC1111 embedding image",
-    }
-    return titles.get(source, source or "unknown format")
+    return FORMAT_TITLES.get(source, source or "unknown format")
+
+
+def file_format(emb: Embedding) -> str:
+    """The format of the file `emb` was read from: a tokensmith file (it carries `tokensmith.version`) is
+    canonical whatever its `source_format` records (the file it was imported from)."""
+    return CANONICAL if "tokensmith.version" in emb.meta else emb.meta.get("source_format", "")
 
 
 def widths_text(widths: dict[str, int]) -> str:
@@ -114,27 +136,13 @@ def fit_to_model(
     try:
         vectors_for_encoders(emb, encoders, partial=True, model_family=model_family)
     except InstallError:
-        return "no", [f"does not fit: {why}", *_swapped_hint(emb.widths, widths)]
+        swapped = swapped_hint(emb.widths, widths)
+        return "no", [f"does not fit: {why}", *([swapped] if swapped else [])]
     if SINGLE_KEY in emb.vectors:
         how = "use --partial to put it in SDXL's clip_l encoder only (clip_g gets zero vectors)"
     else:
         how = "use --partial to use its clip_l half alone in this model"
     return "partial", [f"does not fully fit: {why}", f"partial option: {how}; expect a weaker effect"]
-
-
-def _swapped_hint(widths: dict[str, int], model_widths: dict[str, int]) -> list[str]:
-    """A sentence when the file's clip_l and clip_g widths are the model's the other way round (a converter
-    that wrote the keys swapped), else none."""
-    keys = set(widths)
-    if keys != {"clip_l", "clip_g"} or set(model_widths) != keys or widths["clip_l"] == widths["clip_g"]:
-        return []
-    if (widths["clip_l"], widths["clip_g"]) != (model_widths["clip_g"], model_widths["clip_l"]):
-        return []
-    return [
-        f"its clip_l and clip_g look swapped: its clip_l ({widths['clip_l']}) has the width of this model's "
-        f"clip_g and the other way round; the tool that wrote it mixed up the keys (swap them back, or get "
-        "another copy)"
-    ]
 
 
 def family_with_widths(family: str, widths: dict[str, int]) -> str:
@@ -144,19 +152,25 @@ def family_with_widths(family: str, widths: dict[str, int]) -> str:
 
 
 def diagnose(
-    path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None, *, model_family: str | None = None
+    path: Path,
+    encoders: Sequence[tuple[str, Any, Any]] | None = None,
+    *,
+    model_family: str | None = None,
+    store_root: Path | None = None,
 ) -> Diagnosis:
     """Read `path` and explain it; with `encoders` (a model's triples) also say whether and how it fits.
 
     `model_family` (LoadedModel.family) names the model in the sentences; by default its widths do. For a
-    folder of several embeddings this reports the first (`diagnose_each` reports them all).
+    folder of several embeddings this reports the first (`diagnose_each` reports them all). `store_root`
+    (the store's folder) lets a file copied there by hand under a name the store refuses get the rename that
+    fixes it.
     """
     path = Path(path)
     try:
         (emb, *more) = import_path(path)
     except (EmbeddingFormatError, OSError) as exc:
         return Diagnosis(str(path), "unreadable", [f"not a usable embedding: {exc}"])
-    report = _diagnose_embedding(emb, path, encoders, model_family)
+    report = _diagnose_embedding(emb, path, encoders, model_family, store_root)
     if more:
         report.warnings.append(
             f"the folder holds {len(more) + 1} embeddings; this report covers '{emb.name}'"
@@ -165,29 +179,39 @@ def diagnose(
 
 
 def diagnose_each(
-    path: Path, encoders: Sequence[tuple[str, Any, Any]] | None = None, *, model_family: str | None = None
+    path: Path,
+    encoders: Sequence[tuple[str, Any, Any]] | None = None,
+    *,
+    model_family: str | None = None,
+    store_root: Path | None = None,
 ) -> list[Diagnosis]:
     """One Diagnosis per embedding at `path`: for a folder, each file in it and its subfolders (files that
-    do not read as embeddings too, as "unreadable"); for a file, its own."""
+    do not read as embeddings too, as "unreadable"); for a file, its own. The keywords are `diagnose`'s."""
     path = Path(path)
     skipped: list[tuple[Path, str]] = []
     try:
         found = import_sources(path, skipped=skipped if path.is_dir() else None)
     except (EmbeddingFormatError, OSError) as exc:
         return [Diagnosis(str(path), "unreadable", [f"not a usable embedding: {exc}"])]
-    reports = [_diagnose_embedding(emb, source, encoders, model_family) for source, emb in found]
+    reports = [_diagnose_embedding(emb, source, encoders, model_family, store_root) for source, emb in found]
     unreadable = [Diagnosis(str(p), "unreadable", [f"not a usable embedding: {why}"]) for p, why in skipped]
     return sorted(reports + unreadable, key=lambda report: report.path)
 
 
 def _diagnose_embedding(
-    emb: Embedding, path: Path, encoders: Sequence[tuple[str, Any, Any]] | None, model_family: str | None
+    emb: Embedding,
+    path: Path,
+    encoders: Sequence[tuple[str, Any, Any]] | None,
+    model_family: str | None,
+    store_root: Path | None = None,
 ) -> Diagnosis:
     """The report on `emb`, read from `path`."""
+    emb = _with_recorded_source(emb, path)
     report = Diagnosis(str(path), "unknown", describe(emb), embedding=emb)
     if note := lone_pair_half(path):
         report.warnings.append(note)
     report.warnings.extend(_zero_warnings(emb))
+    report.warnings.extend(_swapped_warning(emb, encoders))
     tokens = WINDOW_TOKENS if encoders is None else window_tokens(encoders)
     if emb.num_vectors > tokens:
         too_many = f"{emb.num_vectors} vectors exceed the {tokens} tokens of a prompt window " + (
@@ -205,10 +229,7 @@ def _diagnose_embedding(
                     else "window: no words fit beside the token in its window"
                 )
             )
-    if emb.meta.get("source_name"):
-        report.warnings.append(
-            f"its name {emb.meta['source_name']!r} is stored as '{emb.name}' (safe characters)"
-        )
+    report.warnings.extend(_name_warnings(emb, path, store_root))
     if encoders is None:
         if too_many:  # no model's prompt holds it: no need to name one (the verdict says it, not a warning)
             report.fit = "no"
@@ -236,6 +257,49 @@ def _diagnose_embedding(
     if report.fit == "fits":
         report.norms = _norms(emb, encoders, report)
     return report
+
+
+def _with_recorded_source(emb: Embedding, path: Path) -> Embedding:
+    """`emb` read from a tokensmith file, with the source_format and source_file its header records (what it
+    was imported from, as `show` has them) instead of the ones reading it gave (the file itself, which
+    `file_format` tells anyway); other embeddings as they are."""
+    if emb.meta.get("source_format") != CANONICAL or not path.is_file():
+        return emb
+    try:
+        recorded = read_header(path).get("__metadata__", {})
+    except (EmbeddingFormatError, OSError):
+        return emb
+    return emb.with_meta(
+        **{key: recorded.get(key) or None for key in ("source_format", "source_file")}  # None: not recorded
+    )
+
+
+def _swapped_warning(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]] | None) -> list[str]:
+    """The swapped-keys sentence against SDXL's own widths (clip_l 1280, clip_g 768 is SDXL's file written
+    the wrong way round), unless the verdict already says it against the model's."""
+    if encoders is not None and swapped_hint(
+        emb.widths, {key: encoder_width(te) for key, _tok, te in encoders}
+    ):
+        return []
+    hint = swapped_hint(emb.widths, SDXL_WIDTHS, model="SDXL's")
+    return [hint] if hint else []
+
+
+def _name_warnings(emb: Embedding, path: Path, store_root: Path | None) -> list[str]:
+    """A sentence when the file's name is not a store name: for a file in the store folder (copied in by
+    hand) the rename that fixes it, as `list` gives it; elsewhere the name an import would store it as."""
+    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else ""
+    in_store = (
+        store_root is not None and path.is_file() and path.parent.resolve() == Path(store_root).resolve()
+    )
+    if in_store and stem and not stem.startswith(".") and not is_valid_name(stem):
+        return [f"the store cannot use this file under its name: {stray_name_error(stem)}"]
+    if emb.meta.get("source_name"):
+        return [
+            f"its name {emb.meta['source_name']!r} would be stored as '{emb.name}' by `tokensmith import` "
+            "(safe characters)"
+        ]
+    return []
 
 
 def _zero_warnings(emb: Embedding) -> list[str]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +92,27 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """`safetensors.torch.save(tensors, metadata)` with its header's keys in sorted order.
+
+    safetensors writes the metadata in an order that changes from one process to the next, so the same
+    embedding would get other bytes (another sha256, another hub commit, another A1111 hash) on every write.
+    Only the header's JSON is rewritten: tensor offsets count from the end of the header, and the header is
+    padded with spaces to 8 bytes, as safetensors pads it.
+    """
+    import safetensors.torch
+
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    ordered = {key: header[key] for key in sorted(header)}  # '__metadata__' sorts before tensor names
+    if "__metadata__" in ordered:
+        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
 def fsync_dir(folder: Path) -> None:

@@ -16,9 +16,17 @@ from typing import Any
 import torch
 
 from embeddings.errors import TokensmithError
-from embeddings.value import SINGLE_KEY, Embedding, family_from_widths, family_title
+from embeddings.value import (
+    FAMILY_TITLES,
+    SDXL_KEYS,
+    SINGLE_KEY,
+    Embedding,
+    family_from_widths,
+    family_title,
+)
 
 Encoders = Sequence[tuple[str, Any, Any]]
+SD_FAMILIES = ("sd1", "sd2", "sdxl")  # the families a user's own model (not the demo world) can be of
 
 
 class InstallError(TokensmithError, ValueError):
@@ -63,7 +71,8 @@ def vectors_for_encoders(
     """
     keys = [key for key, _tok, _te in encoders]
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
-    model = family_title(model_family or _model_family(encoders))  # LoadedModel.family names it best
+    family = model_family or _model_family(encoders)  # LoadedModel.family names it best
+    model = family_title(family)
     out = []
     for key, _tok, _te in encoders:
         if key in emb.vectors:
@@ -79,7 +88,7 @@ def vectors_for_encoders(
         elif partial and _fits_clip_l(emb, widths):
             vectors = torch.zeros(emb.num_vectors, widths[key])  # (n, width): this encoder gets no concept
         else:
-            advice = partial_advice(emb) if _partial_possible(emb, widths) else ""
+            advice = partial_advice(emb) if _partial_possible(emb, widths) else model_advice(emb, family)
             raise InstallError(
                 f"embedding '{emb.name}' ({family_title(emb.family)} keys {sorted(emb.vectors)}) doesn't fit "
                 f"this model ({model}, encoders {keys})" + (f": {advice}" if advice else "")
@@ -87,13 +96,57 @@ def vectors_for_encoders(
         if vectors.shape[1] != widths[key]:
             # 'emb_params' is the file's key, not an encoder: a one-encoder model has just "its text encoder"
             encoder = "text encoder" if key == SINGLE_KEY else f"{key} text encoder"
-            hint = "; use --model demo" if emb.family == "demo" else ""
+            swapped = swapped_hint(emb.widths, widths)
+            if swapped:  # "trained for SDXL; this model is SDXL" would explain nothing
+                why = swapped
+            elif emb.family == family and family in SD_FAMILIES:  # a small SDXL-layout model, say
+                why = f"it was trained for another {model} model than this one (its widths differ)"
+            else:
+                hint = model_advice(emb, family)
+                why = f"it was trained for {family_title(emb.family)}; this model is {model}" + (
+                    f"; {hint}" if hint else ""
+                )
             raise InstallError(
                 f"embedding '{emb.name}' has width {vectors.shape[1]} but this model's {encoder} has width "
-                f"{widths[key]}: it was trained for {family_title(emb.family)}; this model is {model}{hint}"
+                f"{widths[key]}: {why}"
             )
         out.append(vectors)
     return out
+
+
+def model_advice(emb: Embedding, model_family: str) -> str:
+    """Which --model to pass instead, for an embedding made for another family than the model's: '' when
+    that family is unknown (a width alone names no model to get) or the same.
+
+    'pass --model with an SD 1.x model (a diffusers folder, a hub id or a .safetensors checkpoint)'
+    """
+    if emb.family == model_family:
+        return ""
+    if emb.family == "demo":
+        return "use --model demo"
+    if emb.family in SD_FAMILIES and model_family in FAMILY_TITLES:
+        return (
+            f"pass --model with an {family_title(emb.family)} model (a diffusers folder, a hub id or a "
+            ".safetensors checkpoint)"
+        )
+    return ""
+
+
+def swapped_hint(widths: dict[str, int], model_widths: dict[str, int], *, model: str = "this model's") -> str:
+    """A sentence when a file's clip_l and clip_g widths are `model`'s the other way round (a converter that
+    wrote the keys swapped), else ''."""
+    if set(widths) != set(SDXL_KEYS) or set(model_widths) != set(SDXL_KEYS):
+        return ""
+    if widths["clip_l"] == widths["clip_g"]:
+        return ""
+    if (widths["clip_l"], widths["clip_g"]) != (model_widths["clip_g"], model_widths["clip_l"]):
+        return ""
+    return (
+        f"its clip_l and clip_g look swapped: its clip_l ({widths['clip_l']}) has the width of {model} "
+        "clip_g and the other way round; the tool that wrote it mixed up the keys: get a correct copy, or "
+        "save its clip_l tensor as clip_g and its clip_g tensor as clip_l (safetensors in Python) and "
+        "import that file"
+    )
 
 
 def fitting_halves(

@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddings.canonical import read_header
+from embeddings.canonical import canonical_shapes, read_header
 from embeddings.errors import EmbeddingFormatError, StoreError
 from embeddings.files import PREVIEW_SUFFIX, SUFFIX
 from embeddings.names import is_valid_name, stray_name_error
-from embeddings.value import ENCODER_KEYS, family_from_widths
+from embeddings.value import family_from_widths
 
 # Embedding files of other formats that the store does not read (`list` names them; `import` converts them).
 OTHER_SUFFIXES = (".pt", ".bin", ".ckpt", ".png", ".webp")
@@ -94,20 +94,18 @@ class Listing:
         return self._entry(name, path, {p.name for p in self.root.iterdir()})
 
     def _entry(self, name: str, path: Path, files: set[str]) -> StoreEntry:
+        """The entry of one file, or EmbeddingFormatError where `load_canonical` would refuse it (the same
+        header rules, `canonical_shapes`): a listed embedding is one that `show` and prompts can load."""
         header = read_header(path)
-        meta = header.pop("__metadata__", {})
-        widths, count = {}, 0
-        rank = {key: i for i, key in enumerate(ENCODER_KEYS)}  # clip_l before clip_g, as people read SDXL
-        for key, entry in sorted(header.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])):
-            shape = entry["shape"]
-            widths[key] = shape[-1] if shape else 0
-            count = max(count, shape[0] if len(shape) == 2 else 1)
+        shapes = canonical_shapes(path, header)  # clip_l before clip_g, as people read SDXL
+        meta = header.get("__metadata__", {})
+        widths = {key: dim for key, (_, dim) in shapes.items()}
         preview = name + PREVIEW_SUFFIX
         return StoreEntry(
             name=name,
             path=path,
             family=meta.get("family") or family_from_widths(widths),
-            num_vectors=count,
+            num_vectors=next(iter(shapes.values()))[0],
             widths=widths,
             meta=meta,
             preview=self.root / preview if preview in files else None,

@@ -7,8 +7,10 @@ padded with zero vectors (as embedding-merge does), so at positions it lacks it 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,50 +180,61 @@ def _lineage_meta(
 
 
 # --- looking at vectors ---
+END_OF_WORD = "</w>"  # CLIP's BPE marks a word's last piece: 'cat</w>' is the word, 'ca' only starts one
+PIECE_MARK = "…"  # shown after a piece that a word goes on from: 'squar…' ('squar' + 'e</w>'), 'c…' vs 'c'
+
+
 @dataclass(frozen=True)
 class Neighbour:
+    """A vocabulary token near a vector: `token` is its decoded text (a control byte as is; 'c' for both the
+    piece and the word c), `label` how to show it (printable, unique among the tokens shown: token_labels)."""
+
     token: str
     token_id: int
     cosine: float
+    label: str
 
 
-def _base_rows(tokenizer: Any, text_encoder: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids and rows of the ordinary vocabulary (no special or added tokens)."""
+def _base_rows(tokenizer: Any, text_encoder: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Ids, rows and token strings of the ordinary vocabulary: no special or added tokens, and no rows the
+    tokenizer has no token for (an encoder padded or resized past its tokenizer: no prompt reaches them)."""
     weight = text_encoder.get_input_embeddings().weight.detach().float().cpu()  # (vocab, width)
     excluded = set(tokenizer.get_added_vocab().values()) | set(getattr(tokenizer, "all_special_ids", []))
-    ids = torch.tensor([i for i in range(weight.shape[0]) if i not in excluded])
-    return ids, weight[ids]  # (V,), (V, width)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(weight.shape[0])))  # None past the tokenizer's end
+    kept = [i for i, piece in enumerate(pieces) if piece is not None and i not in excluded]
+    ids = torch.tensor(kept, dtype=torch.long)
+    return ids, weight[ids], [pieces[i] for i in kept]  # (V,), (V, width), V strings
 
 
 def nearest_tokens(
     vectors: torch.Tensor, tokenizer: Any, text_encoder: Any, k: int = 10
 ) -> list[list[Neighbour]]:
-    """For each of the (n, width) vectors, the k ordinary vocabulary tokens with the highest cosine; none for
-    an all-zero vector (a blend's zero padding), which has no direction to compare."""
+    """For each of the (n, width) vectors, the k ordinary vocabulary tokens with the highest cosine (equal
+    cosines, to the 4 places reported, in token id order); none for an all-zero vector (a blend's zero
+    padding), which has no direction to compare. Labels are unique across all the rows returned."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
-    ids, rows = _base_rows(tokenizer, text_encoder)
+    ids, rows, pieces = _base_rows(tokenizer, text_encoder)
     if vectors.shape[1] != rows.shape[1]:
         raise EmbeddingFormatError(
             f"vectors of width {vectors.shape[1]} do not match a vocabulary of width {rows.shape[1]}"
         )
     unit_rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (V, width)
     unit = vectors.float() / vectors.float().norm(dim=1, keepdim=True).clamp_min(1e-12)  # (n, width)
-    cosine = unit @ unit_rows.T  # (n, V)
-    top = cosine.topk(min(k, rows.shape[0]), dim=1)
-    out = []
-    for vector, values, positions in zip(vectors, top.values, top.indices, strict=True):
-        if not vector.any():
-            out.append([])
-            continue
-        token_ids = [int(ids[p]) for p in positions]
-        out.append(
-            [
-                Neighbour(_display(tokenizer, t), t, round(float(v), 4))
-                for t, v in zip(token_ids, values, strict=True)
-            ]
-        )
-    return out
+    cosine = torch.round(unit @ unit_rows.T, decimals=4)  # (n, V), as reported
+    # a stable sort keeps ties in vocabulary order (ids ascend), where topk's order among them is unspecified
+    order = cosine.sort(dim=1, descending=True, stable=True).indices[:, :k]  # (n, min(k, V))
+    found = [positions.tolist() if v.any() else [] for v, positions in zip(vectors, order, strict=True)]
+    shown = sorted({p for row in found for p in row})  # positions in `ids`
+    labels = token_labels(tokenizer, [int(ids[p]) for p in shown], [pieces[p] for p in shown], pieces)
+    return [
+        [_neighbour(tokenizer, int(ids[p]), float(cosine[i, p]), labels) for p in row]
+        for i, row in enumerate(found)
+    ]
+
+
+def _neighbour(tokenizer: Any, token_id: int, cosine: float, labels: dict[int, str]) -> Neighbour:
+    return Neighbour(_display(tokenizer, token_id), token_id, round(cosine, 4), labels[token_id])
 
 
 def _display(tokenizer: Any, token_id: int) -> str:
@@ -229,9 +242,56 @@ def _display(tokenizer: Any, token_id: int) -> str:
     return text or tokenizer.convert_ids_to_tokens(token_id)
 
 
+def token_labels(
+    tokenizer: Any, token_ids: Sequence[int], pieces: Sequence[str], vocabulary: Sequence[str]
+) -> dict[int, str]:
+    """How to show each token (id -> label) so that none garbles a terminal and no two look alike: a word's
+    last piece as the word ('c</w>' -> 'c'), a piece a word goes on from marked ('c' -> 'c…') when the
+    `vocabulary` (its token strings) marks word ends at all, a control byte or a lone byte of a UTF-8
+    character escaped ('\\x07', '\\xc8'), and '#id' after labels that are still equal ('c#99')."""
+    marks_ends = any(piece.endswith(END_OF_WORD) for piece in vocabulary)
+    labels = {}
+    for token_id, piece in zip(token_ids, pieces, strict=True):
+        word = piece.removesuffix(END_OF_WORD)
+        label = _printable(tokenizer.decode([token_id]).strip(), word) or f"#{token_id}"
+        labels[token_id] = label + PIECE_MARK if marks_ends and word == piece else label
+    counts = Counter(labels.values())
+    return {i: f"{label}#{i}" if counts[label] > 1 else label for i, label in labels.items()}
+
+
+def _shows_as_itself(char: str) -> bool:
+    return char.isprintable() and not char.isspace() and char != "\ufffd"  # U+FFFD: bytes that were lost
+
+
+def _printable(text: str, symbol: str) -> str:
+    """`text` if every character shows as itself; else the bytes the byte-level BPE `symbol` stands for
+    (CLIP's 'ć' is the byte 7, 'È' the byte 0xc8, half of a UTF-8 character), with those that are not
+    printable text escaped: '\\x07', '\\xc8'. A symbol outside that alphabet: `text` escaped."""
+    if text and all(_shows_as_itself(c) for c in text):
+        return text
+    byte_of = _byte_values()
+    if symbol and all(c in byte_of for c in symbol):
+        text = bytes(byte_of[c] for c in symbol).decode("utf-8", errors="backslashreplace")
+    return "".join(c if _shows_as_itself(c) else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+@functools.cache
+def _byte_values() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2, CLIP): the character that stands for each byte -> the byte. Printable
+    Latin-1 bytes stand for themselves, the others (controls, space, ...) for characters from U+0100 on."""
+    kept = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    extra = iter(range(0x100, 0x200))
+    return {(chr(b) if b in kept else chr(next(extra))): b for b in range(256)}
+
+
 def norm_report(vectors: torch.Tensor, tokenizer: Any, text_encoder: Any) -> dict:
     """The vectors' norms next to the vocabulary's (mean, std, min, max); each norm / the mean."""
-    _ids, rows = _base_rows(tokenizer, text_encoder)
+    _ids, rows, _pieces = _base_rows(tokenizer, text_encoder)
     vocab = rows.norm(dim=1)  # (V,)
     norms = vectors.float().norm(dim=1)  # (n,)
     mean = float(vocab.mean())

@@ -118,7 +118,12 @@ def run_list(args) -> int:
     entries = store_of(args).list(problems=problems, others=others)
     for path, reason in problems:
         reason = reason.removeprefix(f"{path}: ")  # the reader's errors start with the file, named already
-        hint = "" if "`tokensmith " in reason else " (see `tokensmith doctor`)"  # else it says what to do
+        stem = shlex.quote(path.name.removesuffix(".safetensors"))
+        hint = (  # a reason that names no command: what the file is, and the way to clear it out
+            ""
+            if "`tokensmith " in reason
+            else f" (`tokensmith doctor {stem}` says more; `tokensmith rm {stem}` moves it to the trash)"
+        )
         print(f"tokensmith list: warning: skipped {path.name}: {reason}{hint}", file=sys.stderr)
     for path in others:
         print(

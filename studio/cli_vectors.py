@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def register(subparsers, common) -> None:
         parents=[common],
         **described("show the vocabulary tokens closest to each vector of an embedding"),
         **epilog(
-            "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json"
+            "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json\n\n"
+            "Scores are cosines. Tokens read: 'cat' a word, 'squar…' a piece that a word goes on from,\n"
+            "'\\x07' a byte that is not text, and '#id' after two that would look alike. --json adds the\n"
+            "partial-fit note (null when it fits), each key's source key in the embedding and its tokens."
         ),
     )
     sub.add_argument("name", metavar="NAME", help=STORED_NAME)
@@ -76,12 +80,25 @@ def register(subparsers, common) -> None:
         ),
     )
     sub.add_argument(
-        "path", metavar="PATH", help="an embedding file (any format), a folder, or a stored name"
+        "path",
+        metavar="PATH",
+        type=not_empty,
+        help="an embedding file (any format), a folder, or a stored name",
     )
     sub.add_argument("--model", help="check the fit with this model")
     model_config_option(sub)
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_doctor)
+
+
+def not_empty(text: str) -> str:
+    """An argparse type for PATH: '' is a usage error (exit 2), not Path('') (which is '.', the folder this
+    runs in, doctored with all its subfolders)."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "is empty; give a file, a folder ('.' for this one) or a stored name"
+        )
+    return text
 
 
 def run_blend(args) -> int:
@@ -147,6 +164,8 @@ def check_word_operands(spec, expr: str, tokenizer) -> None:
 
 
 def run_nearest(args) -> int:
+    """Per encoder: each vector's nearest tokens and the norms; --json the same, with the note of a partial
+    fit (null when it fits), the `<name>_k` tokens and, per encoder key, the embedding's `source` key."""
     from embeddings import token_names
     from embeddings.inject import fitting_halves
     from embeddings.maths import nearest_tokens, norm_report
@@ -156,27 +175,40 @@ def run_nearest(args) -> int:
     check_model_options(args.model, args.model_config, "nearest")
     model = load_model_noting(args.model, args.model_config)
     shown, note = fitting_halves(emb, model.encoders, model_family=model.family)
+    tokens = token_names(emb)
     result = {}
     for (key, tok, te), vectors in shown:
         rows = nearest_tokens(vectors, tok, te, k=args.k)
         result[key] = {
+            "source": source_key(emb, key),
+            "tokens": tokens,
             "neighbours": [[vars(n) for n in row] for row in rows],
             "norms": norm_report(vectors, tok, te),
         }
     if args.json:
-        print_json(result)
+        print_json({**result, "note": note})
         return 0
-    tokens = token_names(emb)
     for key, found in result.items():
         vocab = found["norms"]["vocab"]
-        print(f"{key} (vocabulary norm: mean {vocab['mean']:.3g}, {vocab['min']:.3g}..{vocab['max']:.3g}):")
+        print(
+            f"{key} (vocabulary norm: mean {vocab['mean']:.3g}, {vocab['min']:.3g}..{vocab['max']:.3g}), "
+            "nearest tokens by cosine:"
+        )
         for token, row, norm in zip(tokens, found["neighbours"], found["norms"]["norms"], strict=True):
-            near = ", ".join(f"{n['token']} {n['cosine']:.3f}" for n in row)
+            near = ", ".join(f"{n['label']} {n['cosine']:.3f}" for n in row)
             near = near or "(a zero vector: no direction)"
             print(f"  {token} (norm {norm:.3g}): {near}")
     if note:
         print(f"note: {note}")
     return 0
+
+
+def source_key(emb, encoder_key: str) -> str:
+    """The key of `emb` whose vectors fitting_halves showed in the model's `encoder_key`: the same key, else
+    (an SDXL file on an SD 1.x model) its clip_l half, else (a one-key file) its only key."""
+    if encoder_key in emb.vectors:
+        return encoder_key
+    return "clip_l" if "clip_l" in emb.vectors else next(iter(emb.vectors))
 
 
 def run_doctor(args) -> int:
@@ -185,8 +217,8 @@ def run_doctor(args) -> int:
     from embeddings.formats.diffusers import pair_of
 
     path = Path(args.path)
+    store = Store.for_home(args.home)  # a file in it under a name the store refuses gets the rename advice
     if not path.exists():
-        store = Store.for_home(args.home)
         store_path = store.stored_file(store.resolve(args.path))  # also a hand-copied 'EasyNegative (1)'
         if store_path is None:
             raise FileNotFoundError(f"{path}: no such file, and no stored embedding of that name")
@@ -198,9 +230,9 @@ def run_doctor(args) -> int:
     # own folder is one embedding, reported as a file is)
     folder = path.is_dir() and pair_of(path) is None
     if path.is_dir():
-        reports = diagnose_each(path, encoders, model_family=family)
+        reports = diagnose_each(path, encoders, model_family=family, store_root=store.root)
     else:
-        reports = [diagnose(path, encoders, model_family=family)]
+        reports = [diagnose(path, encoders, model_family=family, store_root=store.root)]
     if args.json:
         print_json([r.to_json() for r in reports] if folder else reports[0].to_json())
     else:

@@ -69,7 +69,7 @@ def test_cli_list_names_refused_stems_and_other_formats_and_rename_fixes_them(st
     assert "skipped EasyNegative (1).safetensors" in err and "tokensmith rename 'EasyNegative (1)'" in err
     assert "not read: bad-hands-5.pt" in err and f"tokensmith import {store.root / 'bad-hands-5.pt'}" in err
     code, out, _ = run(capsys, "doctor", "EasyNegative (1)")
-    assert code == EXIT_OK and "its name 'EasyNegative (1)' is stored as 'EasyNegative-1'" in out
+    assert code == EXIT_OK and "`tokensmith rename 'EasyNegative (1)' EasyNegative-1`" in out
     code, out, _ = run(capsys, "rename", "EasyNegative (1)", "EasyNegative-1")
     assert code == EXIT_OK and store.names() == ["EasyNegative-1"]
 

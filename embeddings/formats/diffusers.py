@@ -8,11 +8,10 @@ import io
 import os
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from embeddings.errors import EmbeddingFormatError
-from embeddings.files import fsync_dir, temp_path_for, write_temp
+from embeddings.files import fsync_dir, safetensors_bytes, temp_path_for, write_temp
 from embeddings.value import SDXL_KEYS, SINGLE_KEY, Embedding
 
 PAIR_NAMES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
@@ -75,7 +74,7 @@ def _file_bytes(token: str, tensor: torch.Tensor, meta: dict[str, str], *, pickl
         buffer = io.BytesIO()
         torch.save({token: tensor.clone()}, buffer)
         return buffer.getvalue()
-    return safetensors.torch.save({token: tensor.contiguous()}, metadata=meta)
+    return safetensors_bytes({token: tensor.contiguous()}, meta)
 
 
 def write_diffusers(emb: Embedding, out: Path) -> list[Path]:

@@ -50,13 +50,14 @@ def neighbours_ui(emb, model, k: int) -> None:
 
 
 def neighbour_table(rows: list[list]) -> dict[str, list[str]]:
-    """One column per vector, 'token (cosine)' best first; a zero vector (a blend's padding) has no
+    """One column per vector, 'token (cosine)' best first, the token labelled as `tokensmith nearest` shows
+    it ('c' the word, 'c…' a piece of one, '\\x07' a control byte); a zero vector (a blend's padding) has no
     neighbours and says so, its column padded so that every column has the same length (unequal columns
     turn the table over)."""
     length = max((len(row) for row in rows), default=0) or 1
     table = {}
     for i, row in enumerate(rows):
-        cells = [f"{n.token} ({n.cosine:.2f})" for n in row] or [ZERO_VECTOR]
+        cells = [f"{n.label} ({n.cosine:.2f})" for n in row] or [ZERO_VECTOR]
         table[f"vector {i}"] = cells + [""] * (length - len(cells))
     return table
 
