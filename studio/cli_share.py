@@ -19,12 +19,12 @@ def register(subparsers, common) -> None:
             "Examples:\n  tokensmith push my-cat your-name/my-cat\n"
             "  tokensmith push my-cat your-name/my-cat --private\n"
             "  tokensmith push EasyNegative your-name/easynegative --license other\n\n"
-            "Uploads the canonical file (local paths in its metadata cut to their base names), its\n"
-            "preview and a model card built from its metadata (what `tokensmith train --push-to-hub`\n"
-            "does). The card states the base model's licence for a file trained here on SD 1.x/2.x/SDXL,\n"
-            "and none for imports, blends and the demo world unless --license gives one. --private\n"
-            "refuses a repo that already exists and is public. Log in first: `hf auth login`. Prints the\n"
-            "repo's URL."
+            "Uploads the canonical file (tokensmith's own metadata only, local paths cut to their base\n"
+            "names), its preview and a model card built from its metadata (what `tokensmith train\n"
+            "--push-to-hub` does). The card states the base model's licence for a file trained here on\n"
+            "one of SD 1.x/2.x/SDXL's own hub repos, and none otherwise unless --license gives one.\n"
+            "--private refuses a repo that already exists and is public; a repo that holds another\n"
+            "embedding is refused unless --force. Log in first: `hf auth login`. Prints the repo's URL."
         ),
     )
     sub.add_argument("name", metavar="NAME", help="a stored embedding's name (`tokensmith list` shows them)")
@@ -36,25 +36,30 @@ def register(subparsers, common) -> None:
         metavar="ID",
         help="the licence the card states, a hub licence id (apache-2.0, cc-by-4.0, other, ...)",
     )
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="push into a repo that holds another embedding: its .safetensors files are deleted in the same "
+        "commit",
+    )
     sub.set_defaults(run=run_push)
 
 
 def run_push(args) -> int:
     from embeddings import Store
-    from trainers.card import card_license, check_license
+    from trainers.card import card_license, no_license_note
+    from trainers.config import check_repo_id
     from trainers.hub import push_embedding
+    from trainers.licenses import check_license
 
     if args.license_id:
         check_license(args.license_id)
+    check_repo_id(args.repo, args.name)  # before the licence note: a refused id uploads nothing
     store = Store.for_home(args.home)
     emb = store.get(args.name)
     preview = _preview(store.preview_path(args.name))
     if card_license(emb, args.license_id) is None:
-        print(
-            "tokensmith push: note: the card states no licence (tokensmith cannot know the terms of an "
-            "imported, blended or demo-world embedding); pass --license ID to state one",
-            file=sys.stderr,
-        )
+        print(f"tokensmith push: note: {no_license_note(emb)}", file=sys.stderr)
     url = push_embedding(
         emb,
         store.path(args.name),
@@ -63,6 +68,7 @@ def run_push(args) -> int:
         preview=preview,
         home=args.home,
         license_id=args.license_id,
+        force=args.force,
     )
     print(url)
     return 0

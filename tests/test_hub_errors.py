@@ -37,7 +37,7 @@ class Api:
     def repo_info(self, repo_id, **kwargs):
         return SimpleNamespace(private=Api.existing != "public")
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message):
+    def upload_folder(self, *, repo_id, folder_path, commit_message, delete_patterns=None):
         from pathlib import Path
 
         Api.uploads.append({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
@@ -251,7 +251,8 @@ def test_train_hub_license_reaches_the_card_and_the_retry(tmp_path, tiny_model_d
     code, _, err = run(capsys, *_train(tmp_path, tiny_model_dir, *licence, "--name", "two"))
     assert code == 1 and "`tokensmith push two me/thing --license cc-by-4.0" in err
     code, _, err = run(capsys, "train", "--images", tmp_path / "images", "--name", "x", licence[0], "mit")
-    assert code != 0 and "hub_license = 'mit' is for an upload: add push_to_hub = USER/REPO" in err
+    refused = "--hub-license mit / hub_license = 'mit' is for an upload: add --push-to-hub USER/REPO"
+    assert code != 0 and refused in err
     code, _, err = run(capsys, *_train(tmp_path, tiny_model_dir, "--hub-license", "Not A Licence"))
     assert code != 0 and "give a hub licence id such as apache-2.0" in err
 

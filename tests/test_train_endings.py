@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import typing
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -111,7 +112,10 @@ class RecordingApi:
     def create_repo(self, repo_id, **kwargs):
         pass
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message):
+    def repo_info(self, repo_id, **kwargs):  # a new repo: no files yet
+        return SimpleNamespace(private=False, siblings=[])
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message, delete_patterns=None):
         RecordingApi.uploads.append((repo_id, sorted(os.listdir(folder_path))))
 
 

@@ -34,7 +34,7 @@ def _emb(vectors):
 def test_card_for_sdxl_explains_both_encoders_and_the_training():
     card = model_card(_emb({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}), "me/my-cat")
     assert card.startswith("---\nlibrary_name: diffusers\n")
-    assert "base_model: stabilityai/sdxl-turbo" in card and "- textual-inversion" in card
+    assert "base_model: stabilityai/sdxl-turbo" in card and "- textual_inversion" in card
     assert 'state["clip_g"], token="<my-cat>", text_encoder=pipe.text_encoder_2' in card
     assert "`clip_l` (2, 768), `clip_g` (2, 1280)" in card
     assert (
@@ -63,12 +63,12 @@ class FakeApi:
         self.calls.append(("repo_info", repo_id))
         return SimpleNamespace(private=self.existing != "public")
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message):
+    def upload_folder(self, *, repo_id, folder_path, commit_message, delete_patterns=None):
         from pathlib import Path
 
         files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
         self.calls.append(("upload_folder", repo_id, sorted(files), commit_message))
-        self.files = files
+        self.files, self.deleted = files, delete_patterns
 
 
 def test_push_uploads_the_file_card_and_preview(tmp_path):
@@ -183,10 +183,12 @@ def _licence(card: str) -> str | None:
 
 
 def test_card_states_the_base_models_licence_and_none_it_cannot_know():
-    assert _licence(model_card(_trained("sd1"), "me/x")) == "creativeml-openrail-m"
-    assert _licence(model_card(_trained("sd2"), "me/x")) == "openrail++"
-    assert _licence(model_card(_trained("sdxl"), "me/x")) == "openrail++"
-    assert _licence(model_card(_trained("demo"), "me/x")) is None
+    sd15, sd21 = "runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1"
+    xl = "stabilityai/stable-diffusion-xl-base-1.0"
+    assert _licence(model_card(_trained("sd1", base_model=sd15), "me/x")) == "creativeml-openrail-m"
+    assert _licence(model_card(_trained("sd2", base_model=sd21), "me/x")) == "openrail++"
+    assert _licence(model_card(_trained("sdxl", base_model=xl), "me/x")) == "openrail++"
+    assert _licence(model_card(_trained("demo", base_model="demo"), "me/x")) is None
     imported = Embedding("neg", {"emb_params": torch.zeros(2, 768)}, {"family": "sd1", "source_format": "pt"})
     assert _licence(model_card(imported, "me/neg")) is None  # another author's file: their terms
     assert _licence(model_card(imported, "me/neg", license_id="cc-by-4.0")) == "cc-by-4.0"

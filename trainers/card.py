@@ -1,8 +1,8 @@
 """The model card of a stored embedding and the copy of its file that goes public.
 
 Both are built from the embedding's own metadata, offline: the card says what the file records (trained
-here, imported from another tool, or blended), and the uploaded copy is the store's file with local paths
-cut to their base names. trainers/hub.py uploads them.
+here, imported from another tool, or blended), and the uploaded copy is the store's file with tokensmith's
+own metadata only, local paths cut to their base names. trainers/hub.py uploads them.
 """
 
 from __future__ import annotations
@@ -15,41 +15,78 @@ from pathlib import Path, PureWindowsPath
 from embeddings import Embedding, load_canonical, package_version
 from embeddings.canonical import canonical_bytes
 from embeddings.doctor import format_title
-from embeddings.errors import TokensmithError
-from trainers.config import PATH_KEYS
+from embeddings.value import FAMILY_BY_WIDTHS, family_title
+from trainers.licenses import BASE_LICENSES
 from trainers.models import HUB_ID
 from trainers.schedules import is_piecewise
 from trainers.storing import summary
 
-# the base models' own licences: an embedding trained on one is shared under it (the hub's licence ids)
-FAMILY_LICENSES = {"sd1": "creativeml-openrail-m", "sd2": "openrail++", "sdxl": "openrail++"}
-LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # apache-2.0, cc-by-nc-4.0, openrail++, other
+SD_TOOLS_FAMILIES = ("sd1", "sd2", "sdxl")  # A1111, ComfyUI and InvokeAI load these families' files
 
 
-def check_license(license_id: str) -> str:
-    """`license_id` when it has the shape of a hub licence id; else a TokensmithError that says so."""
-    if not LICENSE_ID.match(license_id):
-        raise TokensmithError(
-            f"licence {license_id!r}: give a hub licence id such as apache-2.0, cc-by-4.0, "
-            "creativeml-openrail-m or other (lower case, no spaces)"
-        )
-    return license_id
+def base_license(emb: Embedding) -> str | None:
+    """The licence of the base model an embedding was trained on here, when it is one BASE_LICENSES lists."""
+    if not _trained_here(summary(emb)):
+        return None
+    return BASE_LICENSES.get(emb.meta.get("base_model", "").strip().lower())
 
 
 def card_license(emb: Embedding, license_id: str | None = None) -> str | None:
-    """The licence the card states: the one given, else the base model's for an embedding trained here on
-    SD 1.x/2.x/SDXL; None (no claim) for imports, blends and the demo world, whose terms tokensmith cannot
-    know."""
-    if license_id:
-        return license_id
-    return FAMILY_LICENSES.get(emb.family) if _trained_here(summary(emb)) else None
+    """The licence the card states: the one given, else the base model's for an embedding trained here on a
+    base model BASE_LICENSES lists; None (no claim) for any other base, imports, blends and the demo world,
+    whose terms tokensmith cannot know."""
+    return license_id or base_license(emb)
+
+
+def no_license_note(emb: Embedding) -> str:
+    """Why the card of `emb` states no licence (when card_license is None), for the push's note."""
+    trainer = summary(emb)
+    if _trained_here(trainer) and emb.family == "demo":
+        why = "tokensmith states none for a demo-world embedding"
+    elif _trained_here(trainer):
+        base = _public(emb.meta.get("base_model") or "unknown")
+        why = (
+            f"tokensmith knows the terms of SD 1.x/2.x/SDXL's own base repos only, such as "
+            f"runwayml/stable-diffusion-v1-5, and the base model `{base}` is not one of them"
+        )
+    elif lineage_words(_parent(emb)):
+        why = "tokensmith cannot know the terms of a blend's parts"
+    elif emb.meta.get("source_format"):
+        why = "tokensmith cannot know the terms of an imported embedding"
+    else:
+        why = "tokensmith cannot know the terms of an embedding it did not train"
+    return f"the card states no licence: {why}; pass --license ID to state one"
 
 
 def _trained_here(trainer: dict) -> bool:
     return str(trainer.get("version", "")).startswith("tokensmith")  # else another tool's file, or none
 
 
-# --- local paths: named on the card and in the uploaded file by their base name only ---
+# --- the uploaded copy: tokensmith's own metadata only, local paths cut to their base names ---
+
+# The metadata keys tokensmith writes and documents (DESIGN.md). Another tool's keys (kohya's ss_*, which
+# hold output and dataset folders and caption tags, A1111's a1111.*, modelspec.*) stay in the store's file
+# and are left out of the uploaded copy: their values are not ours to vet, and the card already says what
+# the file's provenance is.
+PUBLIC_KEYS = (
+    "tokensmith.version",
+    "format",
+    "name",
+    "family",
+    "base_model",
+    "num_vectors",
+    "init",
+    "steps",
+    "created",
+    "trainer",
+    "metrics",
+    "parent",
+    "sha256",
+    "source_format",
+    "source_file",
+    "source_name",
+    "token",
+)
 
 
 def is_local_path(value: str) -> bool:
@@ -65,29 +102,46 @@ def _public(value):
     return value
 
 
+def _public_json(value):
+    """`value` (parsed JSON) with every local path cut, in keys as in values, at any depth."""
+    if isinstance(value, dict):
+        return {_public(k): _public_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public_json(v) for v in value]
+    return _public(value)
+
+
+def public_value(text: str) -> str:
+    """A metadata value as it goes public: a local path cut to its base name; JSON text (the trainer's
+    config, a lineage) with the paths inside it cut, the same text when there are none.
+    '{"images": "/home/ann/cat"}' -> '{"images": "cat"}'."""
+    if is_local_path(text):
+        return _public(text)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(parsed, dict | list):
+        return text
+    cut = _public_json(parsed)
+    return text if cut == parsed else json.dumps(cut)
+
+
 def _shown(value) -> str:
     """A recorded value as the card shows it, in backticks; '`sd15` (local)' for a local path."""
     return f"`{_public(value)}` (local)" if isinstance(value, str) and is_local_path(value) else f"`{value}`"
 
 
 def public_meta(meta: dict[str, str]) -> dict[str, str]:
-    """The metadata of the uploaded copy: local paths (the base model, the trainer config's images, run_dir,
-    model, templates...) cut to their base names; the store's file keeps them, for resumes and `runs`."""
-    public = {**meta}
-    for key in ("base_model", "source_file"):
-        if key in public:
-            public[key] = _public(public[key])
-    trainer = _json(meta.get("trainer"))
-    if isinstance(trainer.get("config"), dict):
-        config = {k: _public(v) if k in PATH_KEYS else v for k, v in trainer["config"].items()}
-        if config != trainer["config"]:  # else the text as it is: the file is uploaded byte for byte
-            public["trainer"] = json.dumps({**trainer, "config": config})
-    return public
+    """The metadata of the uploaded copy: PUBLIC_KEYS only, local paths (the base model, the trainer config's
+    images, run_dir, model, templates...) cut to their base names wherever they are; the store's file keeps
+    all of it, for resumes and `runs`."""
+    return {key: public_value(value) for key, value in meta.items() if key in PUBLIC_KEYS}
 
 
 def write_public_copy(path: Path, dest: Path) -> None:
     """The store's file at `path` as it is uploaded, written to `dest`: the same tensors (so the same sha256)
-    under public_meta; a byte copy when there is no local path to cut."""
+    under public_meta; a byte copy when public_meta changes nothing."""
     stored = load_canonical(path)
     meta = public_meta(stored.meta)
     if meta == stored.meta:
@@ -99,24 +153,75 @@ def write_public_copy(path: Path, dest: Path) -> None:
 # --- the model card ---
 
 
-def _usage(emb: Embedding, filename: str, repo_id: str) -> str:
-    token = f"<{emb.name}>"
-    if set(emb.vectors) == {"clip_l", "clip_g"}:
-        return f"""```python
-from huggingface_hub import hf_hub_download
-from safetensors.torch import load_file
+def loads_in_sd_tools(emb: Embedding) -> bool:
+    """Whether A1111, ComfyUI and InvokeAI can load `emb`: an SD 1.x/2.x/SDXL family at that family's own
+    widths (a demo-world or a tiny test model's embedding fits no SD checkpoint)."""
+    standard = FAMILY_BY_WIDTHS.get(tuple(sorted(emb.widths.items())))
+    return emb.family in SD_TOOLS_FAMILIES and standard == emb.family
 
-state = load_file(hf_hub_download("{repo_id}", "{filename}"))
-pipe.load_textual_inversion(state["clip_l"], token="{token}", text_encoder=pipe.text_encoder,
-                            tokenizer=pipe.tokenizer)
-pipe.load_textual_inversion(state["clip_g"], token="{token}", text_encoder=pipe.text_encoder_2,
-                            tokenizer=pipe.tokenizer_2)
-image = pipe("a photo of a {token}").images[0]
-```"""
-    return f"""```python
-pipe.load_textual_inversion("{repo_id}", weight_name="{filename}", token="{token}")
-image = pipe("a photo of a {token}").images[0]
-```"""
+
+def _pipeline(emb: Embedding) -> str:
+    """The snippet's `pipe` line: the base model's pipeline when the file names it by a hub id, else a
+    comment on which pipeline `pipe` must be."""
+    base = emb.meta.get("base_model", "")
+    if HUB_ID.match(base):
+        return f'pipe = DiffusionPipeline.from_pretrained("{base}")  # add .to("cuda") on a GPU'
+    if emb.family == "demo":
+        return "# pipe: a diffusers pipeline of tokensmith's demo world (its model folder)"
+    if loads_in_sd_tools(emb):
+        return f"# pipe: a diffusers pipeline of an {family_title(emb.family)} model"
+    return "# pipe: a diffusers pipeline of the model this embedding was trained on"
+
+
+def _usage(emb: Embedding, filename: str, repo_id: str) -> str:
+    """The diffusers snippet: copy-paste runnable when the base model is a hub id."""
+    token = f"<{emb.name}>"
+    from_hub = HUB_ID.match(emb.meta.get("base_model", ""))
+    imports = ["from diffusers import DiffusionPipeline"] if from_hub else []
+    if set(emb.vectors) == {"clip_l", "clip_g"}:
+        indent = " " * len("pipe.load_textual_inversion(")
+        imports += ["from huggingface_hub import hf_hub_download", "from safetensors.torch import load_file"]
+        load = [
+            f'state = load_file(hf_hub_download("{repo_id}", "{filename}"))',
+            f'pipe.load_textual_inversion(state["clip_l"], token="{token}", text_encoder=pipe.text_encoder,',
+            f"{indent}tokenizer=pipe.tokenizer)",
+            f'pipe.load_textual_inversion(state["clip_g"], token="{token}", '
+            "text_encoder=pipe.text_encoder_2,",
+            f"{indent}tokenizer=pipe.tokenizer_2)",
+        ]
+    else:
+        load = [f'pipe.load_textual_inversion("{repo_id}", weight_name="{filename}", token="{token}")']
+    lines = [*imports, *([""] if imports else []), _pipeline(emb), *load]
+    return "\n".join(["```python", *lines, f'image = pipe("a photo of {token}").images[0]', "```"])
+
+
+def _tools(emb: Embedding, filename: str) -> list[str]:
+    """How other tools use the file: each one's own prompt syntax for an SD model's embedding; for any other
+    family, where it works instead."""
+    if loads_in_sd_tools(emb):
+        return [
+            "## Use in A1111, ComfyUI, InvokeAI",
+            "",
+            f"Put `{filename}` in the tool's embeddings folder (InvokeAI: install it as an embedding), "
+            f"with an {family_title(emb.family)} model, and write in a prompt:",
+            "",
+            f"- AUTOMATIC1111 / Forge: `{emb.name}`",
+            f"- ComfyUI: `embedding:{emb.name}`",
+            f"- InvokeAI: `<{emb.name}>`",
+            "",
+        ]
+    if emb.family == "demo":
+        where = (
+            "This embedding belongs to tokensmith's demo world (text width "
+            f"{', '.join(map(str, emb.widths.values()))}): it loads only there (`--model demo`), in no "
+            "Stable Diffusion model or UI."
+        )
+    else:
+        where = (
+            f"This embedding's widths ({', '.join(f'{k} {w}' for k, w in emb.widths.items())}) fit no "
+            "Stable Diffusion 1.x/2.x/SDXL model: it loads only into the model it was trained on."
+        )
+    return [where, ""]
 
 
 def model_card(
@@ -139,22 +244,25 @@ def model_card(
     if HUB_ID.match(base):  # never a guess: a local path, `demo` or another tool's checkpoint label is no id
         front.append(f"base_model: {base}")
     trained_here = _trained_here(trainer)
-    tags = ["textual-inversion", "stable-diffusion", *(["tokensmith"] if trained_here else []), emb.family]
+    sd = ["stable-diffusion"] if loads_in_sd_tools(emb) else []
+    # textual_inversion: the tag the hub reads to offer diffusers' loader for the repo
+    tags = ["textual_inversion", *sd, *(["tokensmith"] if trained_here else []), emb.family]
     front += ["tags:", *(f"- {tag}" for tag in tags), "---"]
     widths = ", ".join(f"`{k}` ({emb.num_vectors}, {w})" for k, w in emb.widths.items())
+    layout = " (the layout A1111, ComfyUI, kohya and InvokeAI read as is)" if sd else ""
     lines = [
         *front,
         "",
         f"# {emb.name}: a textual-inversion embedding",
         "",
-        f"Trigger: **`<{emb.name}>`** in a prompt. Family: {emb.family}. Tensors: {widths} in `{filename}`",
-        "(the layout A1111, ComfyUI, kohya and InvokeAI read as is).",
+        f"Trigger: **`<{emb.name}>`** in a prompt. Family: {emb.family}. Tensors: {widths} in "
+        f"`{filename}`{layout}.",
         "",
     ]
     if preview:
         lines += [f"![samples]({preview})", ""]
     lines += ["## Use with diffusers", "", _usage(emb, filename, repo_id), ""]
-    lines += ["A1111 / ComfyUI / InvokeAI: put the file in your `embeddings` folder and write its name.", ""]
+    lines += _tools(emb, filename)
     if trained_here:
         lines += _training(emb, trainer)
     else:
@@ -284,7 +392,7 @@ def _provenance(emb: Embedding) -> list[str]:
     if blend:
         lines.append(f"- made from: {blend}")
     elif meta.get("parent"):
-        lines.append(f"- lineage (as the file records it): `{meta['parent']}`")
+        lines.append(f"- lineage (as the file records it): `{public_value(meta['parent'])}`")
     if len(lines) == 2:
         lines.append("- the file records no training details")
     made = "Blended with tokensmith, not trained" if blend else "Not trained with tokensmith"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
+from trainers.licenses import check_license
 from trainers.schedules import ScheduleError, is_piecewise, schedule_for
 
 TEMPLATE_SETS = ("object", "style", "captions")
@@ -220,14 +221,15 @@ def check(cfg: TrainConfig) -> None:
         )
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub, cfg.name or "my-token")
+    # the same config comes from flags or a file: each message names both spellings
+    upload = "add --push-to-hub USER/REPO (in a config file: push_to_hub = USER/REPO)"
     if cfg.hub_private and not cfg.push_to_hub:
-        raise ConfigError("hub_private is for an upload: add push_to_hub = USER/REPO, or drop hub_private")
+        raise ConfigError(f"--hub-private / hub_private is for an upload: {upload}, or drop it")
     if cfg.hub_license:
-        from trainers.card import check_license  # the card reads this module's PATH_KEYS
-
         if not cfg.push_to_hub:
             raise ConfigError(
-                f"hub_license = {cfg.hub_license!r} is for an upload: add push_to_hub = USER/REPO"
+                f"--hub-license {cfg.hub_license} / hub_license = {cfg.hub_license!r} is for an upload: "
+                f"{upload}, or drop it"
             )
         check_license(cfg.hub_license)
     init = cfg.init.strip()
@@ -282,9 +284,18 @@ def _check_schedule_keys(cfg: TrainConfig) -> None:
 
 
 def check_repo_id(repo_id: str, name: str) -> None:
-    """A hub repo id is 'owner/repo' (`--push-to-hub`, `tokensmith push`); anything else is refused."""
+    """A hub repo id is 'owner/repo' (`--push-to-hub`, `tokensmith push`) by the hub's own rules (offline:
+    huggingface_hub's validate_repo_id), so a run never trains for an upload the hub would refuse."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    example = f"give a repo id like 'your-name/{name}'"
     if repo_id.count("/") != 1 or " " in repo_id or repo_id.startswith("/") or repo_id.endswith("/"):
-        raise ConfigError(f"hub repo {repo_id!r}: give a repo id like 'your-name/{name}'")
+        raise ConfigError(f"hub repo {repo_id!r}: {example}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        said = str(exc).split("\n")[0].rstrip(".")
+        raise ConfigError(f"hub repo {repo_id!r} is not one the hub accepts ({said}): {example}") from None
 
 
 # --- paths ---

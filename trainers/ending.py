@@ -4,10 +4,12 @@ again."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 from embeddings import Embedding, Store
-from trainers.hub import UploadError, push_embedding
+from trainers.hub import UploadError, push_command, push_embedding
 from trainers.processes import launch_rank
 from trainers.runfolder import RunFolder
 from trainers.session import claim_run_folder
@@ -26,21 +28,22 @@ def record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, hom
     failed_upload, upload = None, {}
     if cfg.push_to_hub:  # a failed upload leaves the run done and its embedding stored: push that again
         try:
-            url = push_embedding(
-                emb,
-                path,
-                cfg.push_to_hub,
-                private=cfg.hub_private,
-                preview=preview,
-                home=home,
-                license_id=cfg.hub_license or None,
-            )
+            with stop_ends_upload():
+                url = push_embedding(
+                    emb,
+                    path,
+                    cfg.push_to_hub,
+                    private=cfg.hub_private,
+                    preview=preview,
+                    home=home,
+                    license_id=cfg.hub_license or None,
+                )
             message += f"; uploaded to {url}"
             upload = {"url": url}
-        except UploadError as exc:
-            failed_upload = exc
-            message += f"; not uploaded: {exc}"
-            upload = {"upload_error": str(exc)}
+        except (UploadError, UploadStopped) as exc:
+            failed_upload = exc if isinstance(exc, UploadError) else stopped_upload(cfg, path, home)
+            message += f"; not uploaded: {failed_upload}"
+            upload = {"upload_error": str(failed_upload)}
     folder.event(
         "done",
         message,
@@ -55,6 +58,43 @@ def record_done(cfg, folder: RunFolder, emb: Embedding, path: Path, preview, hom
     if failed_upload:  # after the `done` event: the run's caller gets the stored result with the error
         failed_upload.embedding = emb
         raise failed_upload
+
+
+class UploadStopped(BaseException):
+    """SIGTERM or Ctrl-C during a finished run's upload. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` in huggingface_hub swallows it."""
+
+
+@contextlib.contextmanager
+def stop_ends_upload():
+    """SIGTERM and Ctrl-C end the upload at once (UploadStopped) while it runs: the run is done and its
+    embedding stored, so there is no step to stop after, and waiting on a slow hub is what the user is
+    stopping. The run's own handlers (trainers/session.py's StopFlag) are given back after."""
+
+    def stop(signum, frame):
+        raise UploadStopped
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # not the main thread (e.g. a UI thread): ValueError, and the upload runs as it would without this
+        with contextlib.suppress(ValueError):
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stopped_upload(cfg, path: Path, home) -> UploadError:
+    """The error of a run whose upload was stopped: the embedding is stored, and the push that sends it."""
+    push = push_command(
+        cfg.name, cfg.push_to_hub, private=cfg.hub_private, license_id=cfg.hub_license or None, home=home
+    )
+    return UploadError(
+        f"the upload to {cfg.push_to_hub} was stopped; the embedding is stored ({path}): push it later with "
+        f"`{push}`"
+    )
 
 
 def end_stored(cfg, folder: RunFolder, store: Store, emb: Embedding, home: Path, echo) -> Embedding:

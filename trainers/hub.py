@@ -2,21 +2,28 @@
 through huggingface_hub.
 
 The card and the public copy of the file are built offline (trainers/card.py); only `push_embedding` touches
-the network, and its errors say the hub's own reason and what to do about it.
+the network, with a bounded wait per request, and its errors say the hub's own reason and what to do about it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import tempfile
 from pathlib import Path
 
 from embeddings import Embedding
 from embeddings.errors import TokensmithError
-from trainers.card import check_license, model_card, write_public_copy
+from trainers.card import model_card, write_public_copy
 from trainers.commands import home_flags
 from trainers.config import check_repo_id
+from trainers.licenses import LICENSES_PAGE, check_license
 from trainers.network import network_error
+
+# huggingface_hub's client waits for an answer forever; our requests give up after these (seconds), so a
+# silent network ends the upload with advice instead of hanging a finished run (uploads are a few KB)
+CONNECT_TIMEOUT_S = 20.0
+READ_TIMEOUT_S = 60.0
 
 
 class UploadError(TokensmithError):
@@ -32,10 +39,20 @@ class UploadError(TokensmithError):
 
 
 def push_command(
-    name: str, repo_id: str, *, private: bool = False, license_id: str | None = None, home=None
+    name: str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    license_id: str | None = None,
+    force: bool = False,
+    home=None,
 ) -> str:
     """The `tokensmith push` that repeats an upload: same repo, visibility, licence and store."""
-    flags = [*(["--private"] if private else []), *(["--license", license_id] if license_id else [])]
+    flags = [
+        *(["--private"] if private else []),
+        *(["--license", license_id] if license_id else []),
+        *(["--force"] if force else []),
+    ]
     return shlex.join(["tokensmith", "push", name, repo_id, *flags, *home_flags(home)])
 
 
@@ -53,11 +70,22 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def card_refused(exc: BaseException) -> bool:
+    """Whether the hub refused the model card's metadata: huggingface_hub checks the README before it
+    uploads and raises ValueError('Invalid metadata in README.md. ...') with the hub's reasons."""
+    return isinstance(exc, ValueError) and "Invalid metadata" in str(exc)
+
+
 def failure_advice(exc: BaseException, repo_id: str) -> str:
-    """What to do about a failed upload, by its cause: the login (401), write rights (403), the hub (5xx),
-    the network; both login and network when the error does not tell."""
+    """What to do about a failed upload, by its cause: the card (refused metadata), the request (another
+    4xx), the login (401), write rights (403), the hub (5xx), the network; both login and network when the
+    error does not tell."""
     status = _status(exc)
     login = "`hf auth login` (older huggingface_hub: `huggingface-cli login`)"
+    if card_refused(exc):
+        if "license" in str(exc).lower():
+            return f"the hub refused the card's licence: pick one from {LICENSES_PAGE} (or `other`)"
+        return "the hub refused the card's metadata (tokensmith writes it: please report this)"
     if status == 401:
         return f"the hub did not accept your login: log in with {login} or set HF_TOKEN to a valid token"
     if status == 403:
@@ -67,18 +95,45 @@ def failure_advice(exc: BaseException, repo_id: str) -> str:
             f"where you have write rights, or log in (`hf auth login`) with a token that may write to "
             f"'{namespace}'"
         )
+    if status in (400, 422):
+        return "the hub refused the request: fix what it says"
     if status is not None and status >= 500:
         return "the hub had a server error: try again later"
-    if network_error(exc):
+    said = network_error(exc) or ""
+    if "timeout" in said.split(":")[0].lower():  # httpx's ConnectTimeout, ReadTimeout, WriteTimeout
+        return (
+            "the hub did not answer in time: check the network (and HF_ENDPOINT or a proxy, if you set one), "
+            "or try again later"
+        )
+    if said:
         return "the hub could not be reached: check the network (and HF_ENDPOINT or a proxy, if you set one)"
     return f"check the network, and log in with {login}"
 
 
-def _check_private(api, repo_id: str, *, retry: str, public: str) -> None:
+@contextlib.contextmanager
+def bounded_waits():
+    """huggingface_hub's shared client with CONNECT_TIMEOUT_S / READ_TIMEOUT_S for the requests made inside,
+    its own timeout given back after: other users of the client in this process keep theirs. (A client
+    without a settable timeout, the requests-based huggingface_hub < 1.0, is left as it is.)"""
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    before = getattr(session, "timeout", None)
+    if not hasattr(before, "read"):  # no httpx Timeout to replace
+        yield
+        return
+    session.timeout = type(before)(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        session.timeout = before
+
+
+def _check_private(info, repo_id: str, *, retry: str, public: str) -> None:
     """Refuse an upload asked to be private into a repo that already exists and is public: create_repo's
-    `private` applies to a new repo only, and uploading would publish the file. `retry` and `public`: the
-    push commands with and without --private."""
-    private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
+    `private` applies to a new repo only, and uploading would publish the file. `info`: the repo's
+    repo_info; `retry` and `public`: the push commands with and without --private."""
+    private = getattr(info, "private", None)
     if private is True:
         return
     state = "is public" if private is False else "does not say whether it is private"
@@ -86,6 +141,26 @@ def _check_private(api, repo_id: str, *, retry: str, public: str) -> None:
         f"{repo_id} already exists and {state}, and --private does not change an existing repo: nothing "
         f"was uploaded; make it private on the hub (its Settings page) and run `{retry}`, or run `{public}` "
         "to upload into the public repo"
+    )
+
+
+def other_embeddings(info, filename: str) -> list[str]:
+    """The `.safetensors` files of a repo (its repo_info) other than `filename`: another embedding's, which
+    the card about to be uploaded would not describe."""
+    files = [getattr(sibling, "rfilename", "") for sibling in getattr(info, "siblings", None) or []]
+    return sorted(f for f in files if f.endswith(".safetensors") and f != filename)
+
+
+def _check_others(others: list[str], repo_id: str, *, force: bool, retry: str) -> list[str]:
+    """The files to delete with the upload (`force`), or an UploadError when the repo holds `others`: one
+    repo holds one embedding and the card that describes it."""
+    if not others or force:
+        return others
+    them = "it" if len(others) == 1 else "them"
+    raise UploadError(
+        f"{repo_id} already holds another embedding ({', '.join(others)}), and its card would describe only "
+        f"this one: nothing was uploaded; push into a repo of its own, or run `{retry}` to replace {them} "
+        f"(deleted in the same commit; the repo's history keeps {them})"
     )
 
 
@@ -99,12 +174,14 @@ def push_embedding(
     api=None,
     home: Path | None = None,
     license_id: str | None = None,
+    force: bool = False,
 ) -> str:
     """Create (or reuse) the hub model repo and upload the embedding file, its card and a preview; its URL.
 
     The uploaded file is the store's file at `path` without local paths (write_public_copy); the card is
-    built from `emb`. `private` refuses an existing public repo. `home` (the store's) is named in the retry
-    command of a failed upload when it is not the default."""
+    built from `emb`. `private` refuses an existing public repo. A repo that holds another embedding's
+    `.safetensors` is refused, or with `force` those files are deleted in the upload's commit. `home` (the
+    store's) is named in the retry command of a failed upload when it is not the default."""
     check_repo_id(repo_id, emb.name)
     if license_id:
         check_license(license_id)
@@ -112,10 +189,11 @@ def push_embedding(
         from huggingface_hub import HfApi
 
         api = HfApi()
-    retry = push_command(emb.name, repo_id, private=private, license_id=license_id, home=home)
-    with tempfile.TemporaryDirectory() as tmp:
+    retry = push_command(emb.name, repo_id, private=private, license_id=license_id, force=force, home=home)
+    filename = f"{emb.name}.safetensors"
+    with tempfile.TemporaryDirectory() as tmp, bounded_waits():
         folder = Path(tmp)
-        write_public_copy(path, folder / f"{emb.name}.safetensors")
+        write_public_copy(path, folder / filename)
         if preview is not None:
             preview.save(folder / "preview.png")
         card = model_card(
@@ -124,13 +202,27 @@ def push_embedding(
         (folder / "README.md").write_text(card, encoding="utf-8")
         try:
             url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.repo_info(repo_id, repo_type="model")
             if private:
-                public = push_command(emb.name, repo_id, license_id=license_id, home=home)
-                _check_private(api, repo_id, retry=retry, public=public)
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f"Add <{emb.name}>")
+                public = push_command(emb.name, repo_id, license_id=license_id, force=force, home=home)
+                _check_private(info, repo_id, retry=retry, public=public)
+            replace = push_command(
+                emb.name, repo_id, private=private, license_id=license_id, force=True, home=home
+            )
+            stale = _check_others(other_embeddings(info, filename), repo_id, force=force, retry=replace)
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                commit_message=f"Add <{emb.name}>",
+                delete_patterns=stale or None,
+            )
         except UploadError:
             raise
         except Exception as exc:  # httpx's network errors, the hub's HTTP and login errors share no base
+            if card_refused(exc) and license_id:  # the same licence would be refused again
+                retry = push_command(
+                    emb.name, repo_id, private=private, license_id="ID", force=force, home=home
+                )
             raise UploadError(
                 f"upload to {repo_id} failed ({failure_reason(exc)}); {failure_advice(exc, repo_id)}, "
                 f"then run `{retry}`"
