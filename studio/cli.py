@@ -1,9 +1,12 @@
 """The `tokensmith` command: one parser; each subcommand is registered by the module that owns it.
 
 Conventions (DESIGN.md): every subcommand takes `--home DIR` (else $TOKENSMITH_HOME, else ~/.tokensmith) and
-`--debug`; exit 0 on success, 2 on usage errors (argparse), 1 on other errors with one line that says what
-happened and what to do, 130 when Ctrl-C interrupts it (`tokensmith CMD: interrupted`; `train` and `demo`
-stop cleanly instead and exit 1 saying how to go on). Progress goes to stderr so stdout stays parseable.
+`--debug`, before or after the command's name; exit 0 on success, 2 on usage errors (argparse), 1 on other
+errors with one line that says what happened and what to do (`--debug` adds the traceback, not another exit
+status), 130 when Ctrl-C interrupts it (`tokensmith CMD: interrupted`; `train` and `demo` stop cleanly instead
+and exit 1 saying how to go on), 141 when the reader of a pipe stops early. Progress goes to stderr so stdout
+stays parseable. Flags are spelled in full: a prefix (`--num` for `--num-images`) is refused, since a flag
+added later would change what an old script's prefix means.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,11 +51,19 @@ def home_dir(override: str | Path | None = None) -> Path:
     """The tokensmith home: `override`, else $TOKENSMITH_HOME, else ~/.tokensmith.
 
     An empty `override` is a UsageError, not "no override": `--home "$PROJECT_HOME"` with the variable unset
-    must not write into the user's own store."""
+    must not write into the user's own store. An empty $TOKENSMITH_HOME is refused for the same reason
+    (`TOKENSMITH_HOME="$PROJECT_HOME" tokensmith ...`); unset, it means ~/.tokensmith."""
     if override is not None and not str(override).strip():
         raise UsageError('--home is empty: give a folder (is the variable in --home "$VAR" unset?)')
-    chosen = override if override is not None else os.environ.get("TOKENSMITH_HOME") or "~/.tokensmith"
-    return Path(chosen).expanduser()
+    if override is not None:
+        return Path(override).expanduser()
+    env = os.environ.get("TOKENSMITH_HOME")
+    if env is not None and not env.strip():
+        raise UsageError(
+            "TOKENSMITH_HOME is set but empty: give it a folder, or unset it for ~/.tokensmith "
+            '(is the variable in TOKENSMITH_HOME="$VAR" unset?)'
+        )
+    return Path(env or "~/.tokensmith").expanduser()
 
 
 def version() -> str:
@@ -86,13 +98,25 @@ def bar_options() -> dict:
     return {"file": sys.stderr, "mininterval": every, "maxinterval": every, "delay": every}
 
 
-def common_parser() -> argparse.ArgumentParser:
-    """Options every subcommand accepts (added as a parent parser)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--home", metavar="DIR", help="tokensmith home (default: $TOKENSMITH_HOME or ~/.tokensmith)"
+def add_common_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--home and --debug, which go before the command's name (`tokensmith --debug list`) or after it."""
+    home, debug = (None, False) if defaults else (argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        default=home,
+        help="tokensmith home (default: $TOKENSMITH_HOME or ~/.tokensmith)",
     )
-    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument(
+        "--debug", action="store_true", default=debug, help="show the full traceback on errors"
+    )
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (added as a parent parser). Without defaults: the command's parser
+    sets its values after the top level's, and must not reset a --home or --debug given before the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common, defaults=False)
     return common
 
 
@@ -101,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tokensmith",
         description="Train, store, convert, blend and use textual-inversion embeddings.",
         epilog="Run `tokensmith COMMAND --help` for a command's options and an example. --home and --debug "
-        "go after the command: tokensmith list --home DIR.",
+        "go before or after the command: tokensmith --home DIR list, or tokensmith list --home DIR.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"tokensmith {version()}")
+    add_common_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = common_parser()
     for module_name in COMMAND_MODULES:
@@ -111,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in subparsers.choices.values():
         # main() reports a stray argument with the command's own usage line, as argparse does its other errors
         command.set_defaults(command_parser=command)
+        # `--num 2` for --num-images would mean another flag once one named --number is added
+        command.allow_abbrev = False
     return parser
 
 
@@ -132,6 +160,15 @@ def user_text(exc: BaseException) -> str:
     return write_failure(exc) or str(exc)
 
 
+def _unrecognized(extra: list[str], command_parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments: ..."; for a flag of the command given before the command's name,
+    which only the top level saw, where it goes: "--json goes after the command: tokensmith list --json"."""
+    early = [arg for arg in extra if arg in command_parser._option_string_actions]
+    if early:
+        return f"{early[0]} goes after the command: {command_parser.prog} {early[0]}"
+    return f"unrecognized arguments: {' '.join(extra)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Subparsers hand arguments they do not know to the top-level parser, whose error would name neither the
@@ -139,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     command_parser = getattr(args, "command_parser", parser)
     if extra:
-        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command_parser.error(_unrecognized(extra, command_parser))
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -162,8 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as exc:
-        if args.debug or not _is_user_error(exc):
+        if not _is_user_error(exc):
             raise
+        if args.debug:  # the traceback as well, and still the exit status a script checks for
+            traceback.print_exc()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else user_text(exc)
         if isinstance(exc, UsageError):  # as argparse reports its own usage errors: the usage line first
             command_parser.print_usage(sys.stderr)

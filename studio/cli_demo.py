@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from studio.cli import at_least_one
+from studio.cli import EXIT_ERROR, at_least_one
+from studio.cli_demo_world import check_seed, readable
 from studio.cli_train import ProgressBar, set_cpu_threads
+
+if TYPE_CHECKING:
+    from demo.world import Concept
+    from embeddings import Embedding
 
 DEMO_EXAMPLE = """Example:
   tokensmith demo                          # renders a held-out concept, trains <demo-purple-triangle>, ...
@@ -88,14 +99,39 @@ def _judge_row(images, concept) -> dict:
     }
 
 
-def _demo_folder(args):
-    """The output folder (--out, else HOME/demo), refused when it is a file; nothing is written yet."""
-    from pathlib import Path
+def _demo_folder(args) -> Path:
+    """The output folder (--out, else HOME/demo), refused before anything is written when it, or a folder
+    above it, is a file; the message names that file and what to pass instead."""
+    from studio.cli_options import refuse_file_as_folder
 
-    out = Path(args.out).expanduser() if args.out else args.home / "demo"
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file: give a folder for the demo's images and run")
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"--out {out} is a file: give a folder for the demo's images and run")
+        refuse_file_as_folder(out, "--out")  # 'notes is a file, not a folder', not '[Errno 20]' later
+    else:
+        out = args.home / "demo"
+        if os.path.lexists(out) and not out.is_dir():
+            raise NotADirectoryError(
+                f"{out} is a file, not a folder: move it, or pass --out with a folder for the demo's images "
+                "and run"
+            )
+    _refuse_file_as_home(args.home)
     return out
+
+
+def _refuse_file_as_home(home: Path) -> None:
+    """A home that is a file (or lies below one) holds no store: say so now, as `runs` does, rather than
+    after rendering, or as '[Errno 20]' while making HOME/demo."""
+    for above in (home, *home.parents):
+        if above.is_dir():
+            return
+        if os.path.lexists(above):
+            where = "" if above == home else f", so the tokensmith home {home} cannot be made"
+            what = " (the tokensmith home)" if above == home else ""
+            raise NotADirectoryError(
+                f"{above}{what} is a file, not a folder{where}: pass --home with a folder"
+            )
 
 
 def _prepare_demo_folder(out) -> None:
@@ -162,14 +198,59 @@ def _steps_text(emb) -> str:
     return ", ".join(filter(None, [f"after {trained} step{'s' * (trained != 1)}", kept_note(kept, trained)]))
 
 
+@dataclass
+class _Trained:
+    """What the demo's first half (render, sample `before`, train and store) hands its second (sample,
+    blend, compare)."""
+
+    concept: Concept
+    name: str
+    out: Path
+    init: str  # the word the token started from: the `before` prompt is `a INIT`
+    shots: list  # the rendered training images
+    before: list  # samples of `a INIT`
+    sample: Callable[[str], list]  # a prompt -> DEMO_SAMPLES images, with the demo's seed and store
+    emb: Embedding  # the token as trained and stored
+    stored: Path
+    replacing: bool  # an earlier demo's token of this concept was replaced
+
+
+STOPPED_TRAINING = "tokensmith demo: stopped before it finished training; run `tokensmith demo` again"
+
+
 def run_demo(args) -> int:
-    """Render a held-out concept, train a token on it, store it, generate with it and a blend, compare."""
+    """Render a held-out concept, train a token on it, store it, generate with it and a blend, compare.
+
+    A Ctrl-C stops it at any point as it stops train (exit 1, one line; README "CLI reference"), saying
+    whether the token was stored; it need not be continued, since each demo starts afresh."""
+    started = time.monotonic()
+    try:
+        trained = _train_demo(args)
+    except KeyboardInterrupt:  # while rendering, loading, sampling `before`, or a second Ctrl-C in training
+        trained = None
+    if trained is None:
+        print(STOPPED_TRAINING, file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return _show_demo(args, trained, started)
+    except KeyboardInterrupt:
+        print(
+            f"tokensmith demo: stopped after training: the token <{trained.name}> is stored "
+            f"({trained.stored}) and prompts can use it; run `tokensmith demo` again for its samples and "
+            "contact sheet",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+def _train_demo(args) -> _Trained | None:
+    """Render the concept, sample the init word, train and store the token; None when a Ctrl-C stopped the
+    training (the trainer then stores nothing)."""
     import random
-    import time
 
     from demo.world import parse_concept, render
     from embeddings import Store
-    from studio.generation import GenerateRequest, Session, compose
+    from studio.generation import GenerateRequest, Session
     from trainers.config import TrainConfig
     from trainers.families import spec_for
     from trainers.models import load_model
@@ -177,14 +258,14 @@ def run_demo(args) -> int:
     from trainers.trainer import RunStopped, train
 
     set_cpu_threads()
-    started = time.monotonic()
     concept = parse_concept(args.concept or DEMO_CONCEPT)
+    shown = readable(str(concept))  # 'an orange star'; prompts keep the model's own 'a orange star'
     if not concept.is_held_out:
         print(
-            f"note: the demo world already knows '{concept}'; held-out ones show learning best",
-            file=sys.stderr,
+            f"note: the demo world already knows '{shown}'; held-out ones show learning best", file=sys.stderr
         )
     name = "demo-" + f"{concept.colour}-{concept.shape}"
+    check_seed(args.seed)  # in demo-images' words: TrainConfig's speak of a resume, which the demo has not
     out = _demo_folder(args)
     # the training config first: a value it refuses fails now, not after rendering, loading and sampling
     changes = {"steps": args.steps} if args.steps is not None else {}
@@ -202,7 +283,7 @@ def run_demo(args) -> int:
     shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
     for i, shot in enumerate(shots):
         _save_png(shot, out / "images" / f"{i}.png")
-    print(f"rendered {DEMO_IMAGES} images of '{concept}' into {out / 'images'}", file=sys.stderr)
+    print(f"rendered {DEMO_IMAGES} images of '{shown}' into {out / 'images'}", file=sys.stderr)
 
     model = load_model("demo")
     session, store = Session(model), Store.for_home(args.home)
@@ -218,57 +299,65 @@ def run_demo(args) -> int:
     try:
         emb = train(cfg, home=args.home, on_progress=bar, model=model, echo=_demo_echo(bar))
     except RunStopped:  # Ctrl-C while it prepared; the demo starts afresh each time, so no --resume
-        emb = None
+        return None
     finally:
         bar.close()
-    if emb is None or summary(emb).get("end") == "stopped":
-        print(
-            "tokensmith demo: stopped before it finished training; run `tokensmith demo` again",
-            file=sys.stderr,
-        )
-        return 1
-    sheet_path = out / "contact-sheet.png"
-    with _after_storing(name, store.path(name)):
-        after = sample(f"a <{name}>")
+    if summary(emb).get("end") == "stopped":
+        return None
+    return _Trained(concept, name, out, init, shots, before, sample, emb, store.path(name), replacing)
+
+
+def _show_demo(args, t: _Trained, started: float) -> int:
+    """Sample the stored token and its blend, write the contact sheet and print the judge's scores."""
+    from studio.generation import compose
+    from trainers.storing import summary
+
+    concept, name = t.concept, t.name
+    sheet_path = t.out / "contact-sheet.png"
+    with _after_storing(name, t.stored):
+        after = t.sample(f"a <{name}>")
         blend_prompt = _blend_prompt(name, concept)
-        blended = sample(blend_prompt)
-        scores = {"before": _judge_row(before, concept), "after": _judge_row(after, concept)}
+        blended = t.sample(blend_prompt)
+        scores = {"before": _judge_row(t.before, concept), "after": _judge_row(after, concept)}
         blend = {"prompt": blend_prompt, **_reads_as(blended)}
-        rows = [shots[:DEMO_SAMPLES], before, after, blended]
-        labels = [f"training: {concept}", f"before: a {init}", f"after: a <{name}>"]
+        rows = [t.shots[:DEMO_SAMPLES], t.before, after, blended]
+        labels = [f"training: {readable(str(concept))}", f"before: a {t.init}", f"after: a <{name}>"]
         labels.append(f"blend: {blend_prompt[2:]}")
         sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
         _save_png(sheet, sheet_path)
     result = {
-        "concept": str(concept),
+        "concept": readable(str(concept)),
         "name": name,
         "held_out": concept.is_held_out,
-        "steps": int(emb.meta["steps"]),  # the step stored, as in `train --json`
-        "trained_steps": int(summary(emb).get("trained_steps", emb.meta["steps"])),
-        "stored": str(store.path(name).resolve()),
-        "replaced": replacing,
+        "steps": int(t.emb.meta["steps"]),  # the step stored, as in `train --json`
+        "trained_steps": int(summary(t.emb).get("trained_steps", t.emb.meta["steps"])),
+        "stored": str(t.stored.resolve()),
+        "replaced": t.replacing,
         "contact_sheet": str(sheet_path.resolve()),
         "seconds": round(time.monotonic() - started, 1),
         **scores,
         "blend": blend,
     }
     report = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
-    b, a = scores["before"], scores["after"]
-    lines = [
-        f"concept        {concept} (never seen by the demo model)"
-        if concept.is_held_out
-        else f"concept        {concept}",
-        f"token          <{name}> {_steps_text(emb)}, stored at {result['stored']}"
-        + (" (replacing an earlier demo's)" if replacing else ""),
-        f"before ({init:>6}) colour distance {b['colour_distance']:6.1f}   "
-        f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
-        f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
-        f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}",
-        f"blend          {blend_prompt[2:]} reads as {blend['reads_as']} ({blend['count']}/{blend['n']})",
-        f"contact sheet  {result['contact_sheet']}",
-        f"time           {result['seconds']} s",
-    ]
-    print("\n".join(lines), file=report)
+    print("\n".join(_report_lines(result, t)), file=report)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def _report_lines(result: dict, t: _Trained) -> list[str]:
+    """The scores as the README's Quick start shows them: one labelled line each."""
+    b, a, blend = result["before"], result["after"], result["blend"]
+    held_out = " (never seen by the demo model)" if t.concept.is_held_out else ""
+    return [
+        f"concept        {result['concept']}{held_out}",
+        f"token          <{t.name}> {_steps_text(t.emb)}, stored at {result['stored']}"
+        + (" (replacing an earlier demo's)" if t.replacing else ""),
+        f"before ({t.init:>6}) colour distance {b['colour_distance']:6.1f}   "
+        f"colour {b['colour_hits']}/{b['n']}   shape {b['shape_hits']}/{b['n']}",
+        f"after  (token)  colour distance {a['colour_distance']:6.1f}   "
+        f"colour {a['colour_hits']}/{a['n']}   shape {a['shape_hits']}/{a['n']}",
+        f"blend          {blend['prompt'][2:]} reads as {blend['reads_as']} ({blend['count']}/{blend['n']})",
+        f"contact sheet  {result['contact_sheet']}",
+        f"time           {result['seconds']} s",
+    ]

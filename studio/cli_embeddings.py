@@ -115,7 +115,8 @@ def load_model_noting(spec: str, config: str | None = None):
 def run_list(args) -> int:
     problems: list = []
     others: list = []
-    entries = store_of(args).list(problems=problems, others=others)
+    store = store_of(args)
+    entries = store.list(problems=problems, others=others)
     for path, reason in problems:
         reason = reason.removeprefix(f"{path}: ")  # the reader's errors start with the file, named already
         stem = shlex.quote(path.name.removesuffix(".safetensors"))
@@ -135,7 +136,11 @@ def run_list(args) -> int:
         print_json([entry.to_json() for entry in entries])
         return 0
     if not entries:
-        print("no embeddings yet: `tokensmith import FILE` or `tokensmith train` adds some", file=sys.stderr)
+        # the folder named: a --home with a typo lists nothing, and says where it looked
+        print(
+            f"no embeddings in {store.root} yet: `tokensmith import FILE` or `tokensmith train` adds some",
+            file=sys.stderr,
+        )
         return 0
     width = max(len(e.name) for e in entries)
     for e in entries:

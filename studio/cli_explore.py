@@ -226,21 +226,28 @@ def run_schedule(args) -> int:
 
 
 def run_replay(args) -> int:
-
-    from studio.generation import Session, read_provenance, replay, save_png
+    from studio.generation import read_provenance, replay, save_png
     from studio.generation.sheets import matches_original
-    from trainers.models import load_model
 
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: images are written as PNG (with provenance); use a .png name")
     refuse_existing(args.out, args.force)
-    read_provenance(args.image, cell=args.cell)  # a sheet without --cell (or a bad K) is said before loading
-    session = None
+    prov = read_provenance(args.image, cell=args.cell)  # a sheet without --cell (or a bad K): before loading
+    model = args.model or prov["model"]
     if args.model_config:  # a single-file checkpoint, recorded or given, loaded offline with these configs
-        model = args.model or read_provenance(args.image, cell=args.cell)["model"]
         check_model_options(model, args.model_config, "replay")
-        session = Session(load_model(model, config=args.model_config))
-    result = replay(args.image, store=store_for(args), model=args.model, session=session, cell=args.cell)
+    progress = StepProgress(None, "replay")
+    try:
+        result = replay(
+            args.image,
+            store=store_for(args),
+            model=model,
+            model_config=args.model_config,
+            cell=args.cell,
+            on_step=progress,
+        )
+    finally:
+        progress.close()
     same = matches_original(args.image, result.image, args.cell)  # before writing: --out may be the image
     save_png(result, args.out, overwrite=args.force)
     if same is None:

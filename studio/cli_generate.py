@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,20 +149,34 @@ def make_request(args, prompt: str, **overrides):
 
 class StepProgress:
     """A tqdm bar on stderr fed by the session's on_step, drawn at the first step: a prompt refused before
-    sampling (an unknown embedding, a bad swap) shows its error alone, without an empty bar above it."""
+    sampling (an unknown embedding, a bad swap) shows its error alone, without an empty bar above it.
+    `total` None: the steps of the first step's request (its images × the steps each runs)."""
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int | None, desc: str) -> None:
         self.total, self.desc = total, desc
         self.bar = None
 
     def __call__(self, info) -> None:
         if self.bar is None:
+            if self.total is None:
+                self.total = info.num_images * info.total_steps
             from tqdm import tqdm
 
             from studio.cli import bar_options
 
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step", leave=False, **bar_options())
         self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        """`line` on stdout now (a pipe reader sees it at once); on a terminal, above the bar rather than
+        through it. (Into a log, tqdm.write would draw the bar that bar_options holds back.)"""
+        if self.bar is None or not sys.stderr.isatty():
+            print(line, flush=True)
+            return
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -277,11 +292,50 @@ def _trace_steps(text: str | None, total: int) -> tuple[int, ...]:
     return steps
 
 
+def _wrote_line(entry: dict) -> str:
+    trace = f", trace {entry['trace']}" if "trace" in entry else ""
+    return f"wrote {entry['path']} (seed {entry['seed']}){trace}"
+
+
+def _rest_note(written: list[dict], seeds: list[int]) -> str:
+    """'2 of 6 images were written: a-s0.png, a-s1.png; --seed 2 -n 4 makes the rest'."""
+    done = len(written)
+    paths = ", ".join(entry["path"] for entry in written)
+    rest = f"--seed {seeds[done]} -n {len(seeds) - done} makes the rest"
+    return f"{done} of {len(seeds)} images were written: {paths}; {rest}"
+
+
+def _write_each(session, req, paths: list[Path], args, *, store, progress, written: list[dict]) -> None:
+    """Sample and write `req`'s images one by one into `paths`, appending each one's entry to `written` and
+    printing its line as it is written; a failure at a later image names the images already kept."""
+    from embeddings.errors import TokensmithError
+    from embeddings.files import write_failure_error
+    from studio.cli import user_text
+
+    seeds = [req.seed + index for index in range(req.num_images)]
+    into_folder = out_file(args.out) is None
+    images = session.each_image(req, store=store, on_step=progress)  # each one as soon as it is sampled
+    for path in paths:
+        try:
+            result = next(images)
+        except (TokensmithError, ValueError) as exc:  # e.g. out of memory at a larger seed's image
+            if not written:
+                raise
+            raise TokensmithError(f"{user_text(exc)} ({_rest_note(written, seeds)})") from exc
+        try:
+            written.append(_write_result(result, path, args, into_folder=into_folder))
+        except OSError as exc:  # a full or read-only disk: the images already written are kept, and named
+            done = [entry["path"] for entry in written]
+            then = "run the same command again"
+            raise write_failure_error(exc, then=then, written=done, total=len(paths)) from None
+        if not args.json:
+            progress.write(_wrote_line(written[-1]))
+
+
 # --- commands ---
 
 
 def run_generate(args) -> int:
-    from embeddings.files import write_failure_error
     from studio.cli import UsageError
     from studio.generation import check_swaps
 
@@ -289,7 +343,6 @@ def run_generate(args) -> int:
         raise UsageError("--trace-steps needs --trace DIR (the folder for the trace strips)")
     check_img2img(args.init_image, args.strength, [args.scheduler])
     seeds = list(range(args.seed, args.seed + max(args.num_images, 1)))
-    into_folder = out_file(args.out) is None
     paths = _output_paths(args.out, args.prompt, seeds, trace=args.trace, force=args.force)
     req = make_request(
         args, args.prompt, num_images=args.num_images, init_image=args.init_image, strength=args.strength
@@ -299,28 +352,24 @@ def run_generate(args) -> int:
     store = store_for(args)
     check_embeddings([req], store)
     session = session_for(args)
-    steps = session.step_count(req)  # the session's own count: img2img runs part, PNDM's warm-up counts too
+    # the session's own count (img2img runs part, PNDM's warm-up counts too); it also checks the whole
+    # batch (its last seed in range) before the first image samples
+    steps = session.step_count(req)
     if args.trace:
         req = replace(req, trace_steps=_trace_steps(args.trace_steps, steps))
     progress = StepProgress(args.num_images * steps, "generate")
+    written: list[dict] = []
     try:
-        results = session.generate(req, store=store, on_step=progress)
+        _write_each(session, req, paths, args, store=store, progress=progress, written=written)
+    except KeyboardInterrupt:  # what is written stays, and is named (as `import` does)
+        progress.close()  # first: the lines below would otherwise run through the bar
+        if written:
+            if args.json:
+                print(json.dumps(written, indent=2))
+            print(f"tokensmith generate: {_rest_note(written, seeds)}", file=sys.stderr)
+        raise
     finally:
         progress.close()
-    written = []
-    for result, path in zip(results, paths, strict=True):
-        try:
-            written.append(_write_result(result, path, args, into_folder=into_folder))
-        except OSError as exc:  # a full or read-only disk: the images already written are kept, and named
-            done = [entry["path"] for entry in written]
-            then = "run the same command again"
-            raise write_failure_error(exc, then=then, written=done, total=len(paths)) from None
     if args.json:
         print(json.dumps(written, indent=2))
-    else:
-        for entry in written:
-            print(
-                f"wrote {entry['path']} (seed {entry['seed']})"
-                + (f", trace {entry['trace']}" if "trace" in entry else "")
-            )
     return 0

@@ -18,6 +18,10 @@ TRAIN_EXAMPLE = """Examples:
 Every flag is also a config key (--batch-size 4 <-> batch_size = 4). The run folder holds config.toml,
 command.txt, progress.jsonl, previews/, snapshots/ and checkpoints/; SIGTERM stops cleanly."""
 
+# Other spellings of a config key's flag: every other command that replaces a stored embedding of the same
+# name calls that --force. The config key (and the equivalent command printed) keeps the key's own name.
+ALIASES = {"overwrite": ("--force",)}
+
 
 def register(subparsers, common) -> None:
     from trainers.commands import flag_name
@@ -38,9 +42,8 @@ def register(subparsers, common) -> None:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         help_text = option_help(f.metadata["help"], default)
         if isinstance(default, bool):
-            train.add_argument(
-                flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
+            flags = (flag_name(name), *ALIASES.get(name, ()))
+            train.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             train.add_argument(
                 flag_name(name),
@@ -194,7 +197,9 @@ class ProgressBar:
 
 
 def run_train(args) -> int:
+    from pathlib import Path
 
+    from trainers.commands import resume_command
     from trainers.ending import kept_note
     from trainers.hub import UploadError
     from trainers.processes import launch_rank
@@ -223,8 +228,9 @@ def run_train(args) -> int:
     if quiet:
         return 1 if info.get("end") == "stopped" else 0
     if info.get("end") == "stopped":
+        resume = resume_command(Path(info["config"]["run_dir"]), args.home)
         print(
-            f"tokensmith train: stopped at step {emb.meta.get('steps')}; continue with --resume",
+            f"tokensmith train: stopped at step {emb.meta.get('steps')}; continue with: {resume}",
             file=sys.stderr,
         )
         return 1

@@ -212,16 +212,17 @@ def _taken_while_sampling(monkeypatch, *paths):
     """Another process writes `paths` while this one samples (after the names were chosen)."""
     from studio.generation import Session
 
-    sample = Session.generate
+    sample = Session.each_image
 
-    def generate(self, *args, **kwargs):
-        results = sample(self, *args, **kwargs)
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"another process's image")
-        return results
+    def each_image(self, *args, **kwargs):
+        for index, result in enumerate(sample(self, *args, **kwargs)):
+            if index == 0:  # the first image is sampled: the other process has written meanwhile
+                for path in paths:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(b"another process's image")
+            yield result
 
-    monkeypatch.setattr(Session, "generate", generate)
+    monkeypatch.setattr(Session, "each_image", each_image)
 
 
 def test_a_name_taken_while_sampling_moves_on_to_the_next_free_one(

@@ -3,7 +3,9 @@ own loader given our files produces the same text-encoder outputs as our injecti
 """
 
 import base64
+import errno
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -143,11 +145,22 @@ def test_a_failed_sdxl_pair_export_leaves_the_old_pair_whole(tmp_path, monkeypat
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the first file was put back; no temps
 
 
-def test_an_unwritable_output_is_named_in_the_error(tmp_path):
-    (tmp_path / "file").write_text("")
-    with pytest.raises(OSError, match=r"cannot write .*file[/\\]x\.pt") as caught:
-        export(make("sd1"), "a1111-pt", tmp_path / "file" / "x.pt")  # a folder that is a file
+def test_an_unwritable_output_is_named_in_the_error(tmp_path, monkeypatch):
+    def refused(self, data):  # what a folder the user may not write into does to the temp file
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", refused)
+    says = r"cannot write .*x\.pt: Permission denied; choose another --out"
+    with pytest.raises(OSError, match=says) as caught:
+        export(make("sd1"), "a1111-pt", tmp_path / "x.pt")
     assert ".tmp" not in str(caught.value)
+
+
+def test_a_file_where_the_outputs_folder_should_be_is_named_before_writing(tmp_path):
+    """Not 'cannot write file/x.pt: File exists', which reads as if x.pt existed (--force would not help)."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"file is a file, not a folder: choose another --out"):
+        export(make("sd1"), "a1111-pt", tmp_path / "file" / "x.pt")
 
 
 def test_a1111_pt_is_the_dict_a1111_writes_and_loads_with_weights_only(tmp_path):

@@ -334,25 +334,32 @@ def replay(
     model: str | None = None,
     label: str | None = None,
     cell: int | None = None,
+    model_config: str | None = None,
+    on_step: Any = None,
 ) -> Any:
     """Re-make the image at `path` (one Result; image `cell`, 1, 2, ... row by row, of a grid, variations
-    sheet or trace strip); ReplayError lists whatever is missing or changed."""
+    sheet or trace strip); ReplayError lists whatever is missing or changed.
+
+    Without a `session`, `model` (else the recorded one; a single file with `model_config`'s configs) loads
+    only after those checks, so a missing embedding is said without a wait. `on_step` sees each sampling
+    step (a progress bar)."""
     from studio.generation.guidance import importable_guides
     from studio.generation.session import Session
+    from trainers.models import load_model
 
     prov = read_provenance(path, label=label, cell=cell)
     missing = check_replayable(prov, store)
     if missing:
         raise ReplayError(f"cannot replay {label or path}: " + "; ".join(missing))
     if session is None:
-        session = Session(model or prov["model"])
+        session = Session(load_model(model or prov["model"], config=model_config))
     encoder = session.encoder
     asked = encoder.partial, encoder.slerp_version
     encoder.partial = bool(prov.get("partial"))  # as the image was made: --partial or not
     encoder.slerp_version = slerp_version(prov)  # and with its slerp
     try:
         with importable_guides(prov.get("guide_files") or []):  # a guide module from its recorded folder
-            [result] = session.generate(request_from(prov), store=store, as_recorded=True)
+            [result] = session.generate(request_from(prov), store=store, on_step=on_step, as_recorded=True)
     finally:
         encoder.partial, encoder.slerp_version = asked
     result.provenance.pop("slerp")  # the replay records the slerp it used: the image's own record

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from embeddings import Store
-from embeddings.errors import TokensmithError
+from embeddings.errors import TokensmithError, first_line
 from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPlan
 from studio.generation.guidance import Guide, guided_x0, parse_guide
 from studio.generation.img2img import (
@@ -44,6 +44,7 @@ from studio.generation.schedule import (
 )
 from studio.generation.swaps import apply_swaps, parse_swap, unmatched_swaps
 from studio.generation.trace import Trace, TraceFrame
+from trainers.config import MAX_RESOLUTION
 from trainers.models import LoadedModel, load_model
 
 DEFAULT_STEPS = 20
@@ -142,9 +143,22 @@ class Session:
 
         `as_recorded`: `req` re-makes an image from its provenance (replay), so the refusals added since for
         new images (PNDM from an init image) do not apply: an image made before them still replays."""
+        return list(self.each_image(req, store=store, on_step=on_step, as_recorded=as_recorded))
+
+    def each_image(
+        self,
+        req: GenerateRequest,
+        *,
+        store: Store | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+        as_recorded: bool = False,
+    ) -> Iterator[Result]:
+        """`generate`, one image at a time: each is yielded as soon as it is sampled, so a caller can keep it
+        before the next one starts (`generate -n 50` stopped at image 49 keeps 48). Everything the request
+        needs is checked before the first image samples."""
         if req.init_image is not None and not as_recorded:
             check_img2img_scheduler(req.scheduler)
-        req = self._resolved(req)
+        req = self._resolved(req, as_recorded=as_recorded)
         nodes = apply_swaps(parse(req.prompt), req.swaps)
         negative = apply_swaps(parse(req.negative), req.swaps)
         used = self.encoder.require(nodes, store) + self.encoder.require(negative, store)
@@ -153,22 +167,32 @@ class Session:
         if req.init_image is not None:
             check_strength(req.strength)
             init = load_init_image(req.init_image, (req.width, req.height), reader=req.init_reader)
-        results = []
         for index in range(req.num_images):
             seed = req.seed + index
-            image, trace = self._sample(req, nodes, negative, guides, init, seed, index, on_step)
+            try:
+                image, trace = self._sample(req, nodes, negative, guides, init, seed, index, on_step)
+            except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if (advice := self._out_of_memory(exc, req)) is None:
+                    raise
+                raise advice from exc  # --debug still shows where the memory ran out
             provenance = self._provenance(req, nodes, negative, used, init, guides, seed, index)
-            results.append(Result(image=image, provenance=provenance, trace=trace))
-        return results
+            yield Result(image=image, provenance=provenance, trace=trace)
 
     # --- request checks ---
 
-    def _resolved(self, req: GenerateRequest) -> GenerateRequest:
+    def _resolved(self, req: GenerateRequest, *, as_recorded: bool = False) -> GenerateRequest:
+        """`req` with the model's defaults filled in, or a TokensmithError naming the setting to change.
+        A replay (`as_recorded`) skips the size limit added since: the image it re-makes fitted in memory."""
         family = self.model.family
         width = self.model.resolution if req.width is None else req.width
         height = self.model.resolution if req.height is None else req.height
         multiple = self._size_multiple()
         for label, value in (("width", width), ("height", height)):
+            if value > MAX_RESOLUTION and not as_recorded:  # train's limit: a typo would exhaust memory
+                raise TokensmithError(
+                    f"--{label} {value} is too large: at most {MAX_RESOLUTION} (this model's native size is "
+                    f"{self.model.resolution}; leave --{label} out to use it)"
+                )
             if value < multiple or value % multiple:
                 raise TokensmithError(
                     f"--{label} {value} does not fit this model: use a multiple of {multiple} "
@@ -186,6 +210,23 @@ class Session:
         if not math.isfinite(guidance) or guidance < 0:
             raise TokensmithError(f"--guidance must be a finite number, 0 or more, not {guidance}")
         return replace(req, width=width, height=height, guidance=guidance)
+
+    def _out_of_memory(self, exc: BaseException, req: GenerateRequest) -> TokensmithError | None:
+        """A one-line error for sampling that ran out of GPU or CPU memory, naming the settings that need
+        less (as trainers.trainer.out_of_memory_advice does for training); None for any other exception.
+        Images are sampled one at a time, so fewer --num-images would not help."""
+        text = first_line(exc)
+        typed = isinstance(exc, torch.OutOfMemoryError | MemoryError)  # CUDA's; Python's (numpy, PIL)
+        worded = "out of memory" in text.lower() or "can't allocate memory" in text  # MPS; torch's CPU
+        if not typed and not worded:
+            return None
+        native = self.model.resolution
+        hint = f"use a smaller --width/--height (this model's native size is {native})"
+        if req.guides:
+            hint += ", or fewer loss guides (--guide: they back-propagate through the VAE)"
+        return TokensmithError(
+            f"generating a {req.width}x{req.height} image ran out of memory ({text[:160]}); {hint}"
+        )
 
     def _size_multiple(self) -> int:
         unet_levels = len(self.model.pipe.unet.config.block_out_channels) - 1
