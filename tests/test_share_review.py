@@ -112,10 +112,14 @@ def test_a_kohya_header_and_an_a1111_checkpoint_name_reach_the_hub_without_local
         (tmp_path / "up").mkdir(exist_ok=True)
         (tmp_path / "up" / f"{name}.safetensors").write_bytes(upload[f"{name}.safetensors"])
         public = load_canonical(tmp_path / "up" / f"{name}.safetensors")
-        assert not any(key.startswith(("ss_", "a1111.")) for key in public.meta)
+        assert not any(key.startswith(("ss_", "modelspec.")) for key in public.meta)
         assert public.meta["sha256"] == store.get(name).sha256  # the same tensors
     assert store.get("kohya-thing").meta["ss_output_dir"] == "/home/ann/secret/out"  # the store keeps it
-    assert load_canonical(tmp_path / "up" / "p.safetensors").meta["base_model"] == "x.ckpt [abc]"
+    public = load_canonical(tmp_path / "up" / "p.safetensors")
+    assert public.meta["base_model"] == "x.ckpt [abc]"
+    # the A1111 keys tokensmith's own importer wrote go up with their paths cut: a re-import of the pushed
+    # copy exports the same A1111 checkpoint name and hash
+    assert public.meta["a1111.sd_checkpoint_name"] == "x.ckpt" and public.meta["a1111.sd_checkpoint"] == "abc"
 
 
 def test_public_meta_cuts_local_paths_inside_json_keys_and_values():
@@ -296,6 +300,21 @@ def test_a_repo_holding_another_embedding_is_refused_unless_forced(api, capsys, 
     assert code == EXIT_OK and api.uploads[0]["deleted"] == ["old-cat.safetensors"]
     api.files = ["README.md", "cat.safetensors"]  # a re-push of the same embedding deletes nothing
     assert run(capsys, "push", "cat", "me/cats")[0] == EXIT_OK and api.uploads[1]["deleted"] is None
+
+
+def test_force_deletes_another_embedding_by_its_name_even_with_pattern_characters(
+    api, capsys, tokensmith_home
+):
+    """The hub reads delete_patterns as fnmatch patterns: 'cat [v1].safetensors' must match itself."""
+    import fnmatch
+
+    Store.for_home(tokensmith_home).put(Embedding("cat", {"emb_params": torch.ones(1, 768)}))
+    api.files = ["README.md", "cat [v1].safetensors", "cat.safetensors"]
+    assert run(capsys, "push", "cat", "me/cats", "--force")[0] == EXIT_OK
+    (pattern,) = api.uploads[0]["deleted"]
+    assert fnmatch.fnmatch("cat [v1].safetensors", pattern) and not fnmatch.fnmatch(
+        "cat v.safetensors", pattern
+    )
 
 
 # --- polish: flag wording ---

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         "--overwrite", action="store_true", help="replace a stored embedding of the same name"
     )
     args = parser.parse_args(argv)
+    if args.home is not None and not args.home.strip():  # as the CLI: never the user's own home by accident
+        parser.error('--home is empty: give a folder (is the variable in --home "$VAR" unset?)')
     from trainers.configfile import load
     from trainers.ending import kept_note
     from trainers.hub import UploadError

@@ -64,10 +64,11 @@ def _trained_here(trainer: dict) -> bool:
 
 # --- the uploaded copy: tokensmith's own metadata only, local paths cut to their base names ---
 
-# The metadata keys tokensmith writes and documents (DESIGN.md). Another tool's keys (kohya's ss_*, which
-# hold output and dataset folders and caption tags, A1111's a1111.*, modelspec.*) stay in the store's file
-# and are left out of the uploaded copy: their values are not ours to vet, and the card already says what
-# the file's provenance is.
+# The metadata keys tokensmith writes and documents (DESIGN.md), and the a1111.* keys its importer writes and
+# `export --format a1111-pt` reads back (the checkpoint name and hash an A1111 file recorded). Another tool's
+# own keys (kohya's ss_*, which hold output and dataset folders and caption tags; modelspec.*) stay in the
+# store's file and are left out of the uploaded copy: their values are not ours to vet, and the card already
+# says what the file's provenance is.
 PUBLIC_KEYS = (
     "tokensmith.version",
     "format",
@@ -87,6 +88,7 @@ PUBLIC_KEYS = (
     "source_name",
     "token",
 )
+PUBLIC_PREFIXES = ("a1111.",)
 
 
 def is_local_path(value: str) -> bool:
@@ -136,7 +138,11 @@ def public_meta(meta: dict[str, str]) -> dict[str, str]:
     """The metadata of the uploaded copy: PUBLIC_KEYS only, local paths (the base model, the trainer config's
     images, run_dir, model, templates...) cut to their base names wherever they are; the store's file keeps
     all of it, for resumes and `runs`."""
-    return {key: public_value(value) for key, value in meta.items() if key in PUBLIC_KEYS}
+    return {
+        key: public_value(value)
+        for key, value in meta.items()
+        if key in PUBLIC_KEYS or key.startswith(PUBLIC_PREFIXES)
+    }
 
 
 def write_public_copy(path: Path, dest: Path) -> None:

@@ -231,7 +231,10 @@ def check(cfg: TrainConfig) -> None:
                 f"--hub-license {cfg.hub_license} / hub_license = {cfg.hub_license!r} is for an upload: "
                 f"{upload}, or drop it"
             )
-        check_license(cfg.hub_license)
+        try:
+            check_license(cfg.hub_license)
+        except TokensmithError as exc:
+            raise ConfigError(str(exc)) from None
     init = cfg.init.strip()
     if ("<" in init or ">" in init) and not (init[:1] == "<" and init[-1:] == ">" and init.count("<") == 1):
         raise ConfigError(  # '<base', 'blue <base>': neither one stored embedding nor plain words

@@ -117,6 +117,19 @@ def read_file(path: str | Path) -> dict:
 
 
 def load(path: str | Path | None = None, *, overrides: dict | None = None) -> TrainConfig:
-    """The config from a file (if any) with `overrides` (e.g. CLI flags) applied on top."""
-    cfg = from_mapping(read_file(path)) if path else TrainConfig()
-    return from_mapping(overrides or {}, base=cfg)
+    """The config from a file (if any) with `overrides` (e.g. CLI flags) applied on top.
+
+    The values are checked once merged, so a flag can mend a value the file holds that is no longer valid
+    (an old run's config.toml, resumed with `--hub-license other`); an error that the file's own values
+    cause names the file."""
+    values = read_file(path) if path else {}
+    try:
+        return from_mapping({**values, **(overrides or {})})
+    except ConfigError as exc:
+        if not path:
+            raise
+        try:
+            from_mapping(values)
+        except ConfigError:  # the file's own values: say where they are
+            raise ConfigError(f"config file {path}: {exc}") from None
+        raise

@@ -8,6 +8,7 @@ the network, with a bounded wait per request, and its errors say the hub's own r
 from __future__ import annotations
 
 import contextlib
+import glob
 import shlex
 import tempfile
 from pathlib import Path
@@ -214,7 +215,7 @@ def push_embedding(
                 repo_id=repo_id,
                 folder_path=str(folder),
                 commit_message=f"Add <{emb.name}>",
-                delete_patterns=stale or None,
+                delete_patterns=[glob.escape(name) for name in stale] or None,  # names, not patterns
             )
         except UploadError:
             raise

@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from studio.cli import home_dir
+from studio.cli import UsageError, home_dir
 from studio.jobs import JobRunner
 
 DEFAULT_MODEL = "demo"
@@ -153,8 +153,14 @@ def problem_text(store: Any, path: Path, reason: str, *, on_library_page: bool =
 
 
 def home() -> Path:
-    """The tokensmith home the studio serves ($TOKENSMITH_HOME, set by `tokensmith ui --home`)."""
-    return home_dir()
+    """The tokensmith home the studio serves ($TOKENSMITH_HOME, set by `tokensmith ui --home`). Set but
+    empty (the app started by hand with an unset variable), the page says so and stops."""
+    try:
+        return home_dir()
+    except UsageError as exc:
+        st.error(f"{exc}; or start the studio with `tokensmith ui --home DIR`")
+        st.stop()
+        raise  # st.stop() ends the script run; outside one, the error stands
 
 
 def model_spec() -> str:
