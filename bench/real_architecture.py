@@ -99,12 +99,18 @@ def peak_memory_gb() -> tuple[float, str]:
 
 
 def step_seconds(run_dir: Path) -> float:
-    """The median time between consecutive steps of a run's progress.jsonl (the first step warms up)."""
+    """The median time between consecutive steps of a run's progress.jsonl (the first step warms up). A
+    step that also validated or rendered previews (its record has val_loss or metric) is left out: that
+    time is not the step's."""
     from trainers.runfolder import RunFolder
 
-    records = RunFolder(run_dir).read_progress()
-    elapsed = [r["elapsed"] for r in records if "step" in r and r["step"] > 0]
-    gaps = [b - a for a, b in itertools.pairwise(elapsed)]
+    records = [r for r in RunFolder(run_dir).read_progress() if "step" in r and r["step"] > 0]
+    extra = ("val_loss", "metric")
+    gaps = [
+        b["elapsed"] - a["elapsed"]
+        for a, b in itertools.pairwise(records)
+        if all(b.get(key) is None for key in extra)
+    ]
     return statistics.median(gaps) if gaps else float("nan")
 
 

@@ -152,6 +152,36 @@ def export(pipe, out: Path, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_out(cfg: BuildConfig) -> None:
+    """SystemExit, before anything is built, for an --out the export would wrongly replace: the export
+    renames the folder away and deletes it, so it must be new, empty or an earlier build's model; and the log
+    and sample grid must not lie inside it."""
+    out = Path(cfg.out).resolve()
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {cfg.out} is a file: give a new or empty folder for the model")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not (out / "model_index.json").is_file():
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise SystemExit(
+            f"--out {cfg.out} holds files that are not a model ({shown}); the export replaces the whole "
+            "folder: give a new or empty folder"
+        )
+    for flag, path in (("--log", cfg.log), ("--samples", cfg.samples)):
+        if path is not None and out in Path(path).resolve().parents:
+            raise SystemExit(
+                f"{flag} {path} is inside --out {cfg.out}, which the export replaces: put it beside"
+            )
+
+
+def finished_model(folder: Path) -> bool:
+    """Whether `folder` holds a finished build's model (its metadata's stage is 'final')."""
+    try:
+        meta = json.loads((Path(folder) / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("build") or {}).get("stage") == "final"
+
+
 def folder_megabytes(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
 
@@ -161,6 +191,7 @@ def build(cfg: BuildConfig) -> Path:
     """Run every step and write the model to `cfg.out`; returns that folder."""
     from demo.evaluate import evaluate, format_report, sample_grid
 
+    check_out(cfg)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     log = Log(cfg.log)
@@ -187,11 +218,18 @@ def build(cfg: BuildConfig) -> Path:
     for key in ("unet", "text_encoder"):
         log(f"{key}: {sum(p.numel() for p in parts[key].parameters()) / 1e6:.2f} M parameters")
 
+    # an interim model never replaces a finished one (a rebuild stopped part-way must not leave demo/model
+    # 30% trained): it goes beside it, and the final export replaces both
+    interim_out = cfg.out.with_name(cfg.out.name + ".interim") if finished_model(cfg.out) else cfg.out
+
     def save(ema: dict, step: int, stage: str, *, evaluate_it: bool = False) -> None:
         pipe = make_pipeline({**parts, **ema}, cfg.arch)
         meta = metadata(cfg, stage=stage, unet_step=step, elapsed_s=log.elapsed(), scaling=scaling)
-        export(pipe, cfg.out, meta)
-        log(f"exported {stage} model (unet step {step}) to {cfg.out}: {folder_megabytes(cfg.out):.2f} MB")
+        target = interim_out if stage == "interim" else cfg.out
+        export(pipe, target, meta)
+        log(f"exported {stage} model (unet step {step}) to {target}: {folder_megabytes(target):.2f} MB")
+        if stage == "final" and interim_out != cfg.out:
+            shutil.rmtree(interim_out, ignore_errors=True)
         if evaluate_it:
             log(f"quick evaluation ({stage}):\n{format_report(evaluate(pipe, quick=True))}")
 
@@ -216,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     defaults = BuildConfig()
     parser.add_argument("--out", type=Path, default=defaults.out, help="model folder (default: demo/model)")
-    parser.add_argument("--log", type=Path, default=defaults.log)
-    parser.add_argument("--samples", type=Path, default=defaults.samples)
+    parser.add_argument(
+        "--log", type=Path, help="build log (default: demo/build.log; with --out DIR, DIR.build.log)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        help="sample grid (default: demo/samples.png; with --out DIR, DIR.samples.png)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-images", type=int, default=defaults.num_images)
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="at most this many")
@@ -234,11 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (default 2)")
     args = parser.parse_args(argv)
+    shipped = Path(args.out).resolve() == Path(defaults.out).resolve()
+    out, beside = Path(args.out), Path(args.out).resolve()  # resolved: `--out .` has a name too
+    # a build elsewhere keeps its log and grid beside its model, not over the shipped demo/build.log
+    log = args.log or (defaults.log if shipped else beside.with_name(beside.name + ".build.log"))
+    samples = args.samples or (
+        defaults.samples if shipped else beside.with_name(beside.name + ".samples.png")
+    )
     cfg = replace(
         defaults,
-        out=args.out,
-        log=args.log,
-        samples=args.samples,
+        out=out,
+        log=log,
+        samples=samples,
         seed=args.seed,
         num_images=args.num_images,
         vae_steps=args.vae_steps,

@@ -47,3 +47,12 @@ def test_step_seconds_is_the_median_gap_after_the_first_step(bench, tmp_path):
     lines += [{"step": 3, "elapsed": 14.0}, {"step": 4, "elapsed": 16.5}, {"event": "done"}]
     log.write_text("\n".join(map(str, lines)).replace("'", '"'))
     assert bench.step_seconds(tmp_path) == 2.5  # gaps 2.0, 3.0, 2.5 after the warm-up step
+
+
+def test_a_step_that_also_rendered_previews_is_not_counted_as_step_time(bench, tmp_path):
+    """--previews N renders samples at the last step: 14 s of previews is not a 14 s step."""
+    log = tmp_path / "progress.jsonl"
+    lines = [{"step": 0, "elapsed": 0.0}, {"step": 1, "elapsed": 9.0}, {"step": 2, "elapsed": 12.0}]
+    lines += [{"step": 3, "elapsed": 26.0, "metric": 0.5}, {"event": "done"}]
+    log.write_text("\n".join(map(str, lines)).replace("'", '"'))
+    assert bench.step_seconds(tmp_path) == 3.0

@@ -116,3 +116,48 @@ def test_step_plan_stops_when_the_budget_is_spent():
     plan.start -= 5.0  # ...already spent five seconds ago
     plan.replan(250)
     assert plan.total == 250
+
+
+def test_an_out_folder_holding_other_files_is_refused_before_anything_builds(tmp_path):
+    """The export replaces the whole folder: a folder of notes given as --out would be deleted."""
+    from demo.build import check_out
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match=r"holds files that are not a model \(todo.txt\)"):
+        build(tiny(tmp_path, "x", out=tmp_path / "notes"))
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert not (tmp_path / "x").exists()  # refused before the log was opened
+    with pytest.raises(SystemExit, match="is inside --out"):
+        check_out(tiny(tmp_path, "y", log=tmp_path / "y" / "model" / "build.log"))
+
+
+def test_a_rebuild_over_a_finished_model_puts_its_interim_beside_it(built, tmp_path, monkeypatch):
+    """A rebuild stopped after its interim export must not leave the finished model 30% trained."""
+    import shutil
+
+    import demo.build as build_module
+
+    first, _, _ = built
+    out = tmp_path / "model"
+    shutil.copytree(first, out)
+    real_export, seen = build_module.export, []
+
+    def watch(pipe, target, meta):
+        seen.append((target, meta["build"]["stage"]))
+        real_export(pipe, target, meta)
+
+    monkeypatch.setattr(build_module, "export", watch)
+    build(tiny(tmp_path, "again", out=out))
+    assert seen == [(out.with_name("model.interim"), "interim"), (out, "final")]
+    assert not out.with_name("model.interim").exists()  # the final export removed it
+
+
+def test_a_build_elsewhere_logs_beside_its_model_not_over_the_shipped_log(tmp_path, monkeypatch):
+    import demo.build as build_module
+
+    made = []
+    monkeypatch.setattr(build_module, "build", made.append)
+    build_module.main(["--out", str(tmp_path / "m")])
+    (cfg,) = made
+    assert cfg.log == tmp_path / "m.build.log" and cfg.samples == tmp_path / "m.samples.png"
