@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         home = Path(args.home).expanduser() if args.home else None
         emb = train(cfg, home=home, echo=_echo, on_progress=_progress_line if launch_rank() == 0 else None)
     except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
-        print(f"python -m trainers: {exc}", file=sys.stderr)
+        if launch_rank() == 0:  # one line for a multi-process launch
+            _echo(f"python -m trainers: {exc}")
         return 1
     except UploadError as exc:  # the run is done and stored: its result is said, then the upload's error
         if exc.embedding is None:
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m trainers: error: {exc}", file=sys.stderr)
         return 1
     info = summary(emb)
-    if info.get("end") == "stopped":  # SIGTERM: every process stopped at the same step
-        _echo(f"python -m trainers: stopped at step {emb.meta.get('steps')}; continue with --resume")
+    if info.get("end") == "stopped":  # SIGTERM: every process stopped at the same step; the main one says so
+        if launch_rank() == 0:
+            _echo(f"python -m trainers: stopped at step {emb.meta.get('steps')}; continue with --resume")
         return 1
     if launch_rank() == 0:  # one line for a multi-process launch
         kept = kept_note(int(emb.meta.get("steps", 0)), int(info.get("trained_steps", 0)))

@@ -49,11 +49,18 @@ class DiffusionMath:
         return noisy, ab.sqrt() * noise - (1 - ab).sqrt() * x0  # (B, C, h, w): velocity
 
     def min_snr_weights(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
-        """Per-sample loss weights of min-SNR-γ (Hang et al. 2023): (B,)."""
+        """Per-sample loss weights of min-SNR-γ (Hang et al. 2023): min(SNR, γ)/SNR for ε-prediction,
+        min(SNR, γ)/(SNR + 1) for v-prediction; (B,).
+
+        Where SNR is 0 (a zero-terminal-SNR schedule's last timestep) the ε weight is its limit, 1 (it is 1
+        for every SNR up to γ): min(0, γ)/0 is NaN, and one such sample would turn the rows NaN.
+        min_snr_weights([999], 5) -> [1.] (ε, ᾱ_999 = 0)."""
         ab = self.alphas_cumprod.to(t.device)[t]  # (B,)
-        snr = ab / (1 - ab)  # (B,)
+        snr = ab / (1 - ab)  # (B,): 0 where ᾱ is 0
         clipped = snr.clamp(max=gamma)  # (B,)
-        return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
+        if self.prediction_type == "epsilon":
+            return torch.where(snr > 0, clipped / snr, torch.ones_like(snr))  # (B,)
+        return clipped / (snr + 1)  # (B,): 0 at SNR 0
 
 
 @dataclass(frozen=True)

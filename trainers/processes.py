@@ -17,6 +17,51 @@ import torch
 WAIT_LIMIT = timedelta(hours=2)
 
 
+def accelerator_for(*, mixed_precision: str, trackers: list[str], project_dir: str):
+    """The run's Accelerator, with the config's precision and trackers.
+
+    Accumulation is the loop's own (each micro-batch's loss is divided by grad_accum): an Accelerator left to
+    read `accelerate launch --gradient_accumulation_steps N` (or an accelerate config file) would divide every
+    gradient by N again in `accelerator.backward`, and accumulate nothing, so it is told one step outright.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
+        log_with=trackers or None,
+        project_dir=project_dir,
+    )
+
+
+def launcher_notes(*, mixed_precision: str, grad_accum: int) -> list[str]:
+    """A note for each setting of the launcher (`accelerate launch` flags or an accelerate config file, which
+    reach the run as ACCELERATE_* variables) that differs from the run's config, which alone decides: the
+    config is what a resume, the printed commands and the model card repeat. The launcher's defaults (no
+    mixed precision, one step) say nothing and get no note."""
+    import os
+
+    notes = []
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if precision not in ("", "no", mixed_precision):
+        notes.append(
+            f"the launcher's mixed precision {precision} (accelerate launch --mixed_precision, or an "
+            f"accelerate config file) is not used: this run trains with its config's mixed_precision = "
+            f'"{mixed_precision}"; set mixed_precision = "{precision}" there (--mixed-precision {precision} '
+            "for tokensmith train) to use it"
+        )
+    steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip()
+    if steps not in ("", "1", str(grad_accum)):
+        notes.append(
+            f"the launcher's gradient accumulation ({steps} steps: accelerate launch "
+            "--gradient_accumulation_steps, or an accelerate config file) is not used: this run accumulates "
+            f"its config's grad_accum = {grad_accum}; set grad_accum = {steps} there (--grad-accum {steps} "
+            "for tokensmith train) to use it"
+        )
+    return notes
+
+
 def joined_as_main() -> bool:
     """Join the other processes of a multi-process launch (none: a plain run) once each has checked the run
     folder, so no process finds a progress.jsonl that the main one has just begun; True in the main one."""

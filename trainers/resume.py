@@ -18,7 +18,9 @@ from trainers.configfile import load as load_config
 from trainers.runfolder import RunFolder
 
 # Keys that say where and how a run is kept (and which step is stored, and where a checkpoint's configs
-# are), not what it computes: they may change on resume.
+# are), or how much memory it computes with (gradient checkpointing recomputes activations, bit for bit), not
+# what it computes: they may change on resume. A checkpoint records none of them (an older one that does is
+# read as before: keys missing from the config now are not compared).
 KEPT_NOT_COMPUTED = (
     "run_dir",
     "resume",
@@ -29,6 +31,7 @@ KEPT_NOT_COMPUTED = (
     "hub_license",
     "keep",
     "model_config",
+    "gradient_checkpointing",
 )
 # Keys that only decide when a run ends: a resume may change them too, to train a run for longer or a finished
 # run further. The steps already taken are the same either way (learning rates are a function of the step;
@@ -217,8 +220,8 @@ def refuse_changes(
         )
         raise ResumeRefused(
             f"the checkpoint in {latest} was made with another config ({shown}); resume with the run's "
-            f"own config ({own} --resume). Only where the "
-            f"run is kept and when it ends ({', '.join(ENDING)}; not steps under cosine) may change"
+            f"own config ({own} --resume). Only where the run is kept, gradient checkpointing and when "
+            f"it ends ({', '.join(ENDING)}; not steps under cosine) may change"
         )
     if cfg.steps < step:
         raise ResumeRefused(

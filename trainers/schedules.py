@@ -18,10 +18,16 @@ class ScheduleError(TokensmithError, ValueError):
     """A learning-rate schedule string cannot be read."""
 
 
+# A1111's step for a rate that holds until the end (the same as a last piece without a step)
+OPEN_END = -1
+
+
 def parse_piecewise(text: str) -> list[tuple[float, int | None]]:
     """'0.005:100, 1e-3:1000, 1e-5' -> [(0.005, 100), (0.001, 1000), (1e-05, None)] (A1111's syntax).
 
-    Each `rate:step` pair holds `rate` until (excluding) `step`; a last rate without a step holds forever.
+    Each `rate:step` pair holds `rate` until (excluding) `step`; a last rate without a step (or with A1111's
+    `:-1`, "until the end") holds forever. Unlike A1111, the last piece's step does not end training (the
+    run ends at --steps): past it the last rate holds. '1e-3:-1' -> [(0.001, None)].
     """
     pieces: list[tuple[float, int | None]] = []
     for raw in text.split(","):
@@ -32,6 +38,7 @@ def parse_piecewise(text: str) -> list[tuple[float, int | None]]:
         try:
             rate = float(rate_text)
             until = int(step_text) if step_text.strip() else None
+            until = None if until == OPEN_END else until
         except ValueError:
             raise ScheduleError(
                 f"cannot read learning-rate piece {part!r}; "
@@ -41,7 +48,8 @@ def parse_piecewise(text: str) -> list[tuple[float, int | None]]:
             raise ScheduleError(f"learning rate {rate} in {text!r} must be a positive number")
         if until is not None and until < 1:  # it would hold for no step at all
             raise ScheduleError(
-                f"the step {until} in {part!r} must be 1 or more: a rate holds until (before) its step"
+                f"the step {until} in {part!r} must be 1 or more: a rate holds until (before) its step "
+                f"(a last rate holds until the end without a step, or with A1111's :{OPEN_END})"
             )
         if pieces and (pieces[-1][1] is None or (until is not None and until <= pieces[-1][1])):
             raise ScheduleError(

@@ -35,7 +35,7 @@ from trainers.modelprep import (
 )
 from trainers.models import check_model_spec, demo_model_dir, on_demo_world, planned_encoder_keys
 from trainers.pathchecks import MODEL_CONFIG_UNUSED, check_clip_model, check_model_config, model_config_unused
-from trainers.processes import has_gpu, joined_as_main, launch_size, on_cpu
+from trainers.processes import accelerator_for, has_gpu, joined_as_main, launch_size, launcher_notes, on_cpu
 from trainers.resume import (
     ResumeRefused,
     check_resume,
@@ -253,20 +253,18 @@ def _load(cfg: TrainConfig):
 
 
 def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, echo) -> Embedding:
-    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     tune_malloc()
     # Accelerate keeps one AcceleratorState per process and refuses another precision once one is set; a
     # process that trains twice (the Python API, the test suite) needs a fresh one. Distributed setup is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    # Accumulation is the loop's own (each micro-batch's loss is divided by grad_accum); telling Accelerate
-    # too would divide again in accelerator.backward.
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        log_with=cfg.trackers or None,
-        project_dir=str(folder.root),
+    accelerator = accelerator_for(
+        mixed_precision=cfg.mixed_precision, trackers=cfg.trackers, project_dir=str(folder.root)
     )
+    if echo and accelerator.is_main_process:  # the config decides; a launcher's own settings are said unused
+        for note in launcher_notes(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum):
+            echo(f"note: {note}")
     spec = spec_for(model.family)
     check_family_keys(spec.name, model.encoders)
     originals = prepare_model(model, accelerator, cfg)
@@ -333,22 +331,36 @@ def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, m
 
 def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithError | None:
     """A one-line error for a run that ran out of GPU (or CPU) memory, naming the settings that need less;
-    None for any other exception."""
+    None for any other exception. A resume is told only what a resume accepts (gradient checkpointing); the
+    settings that change what the run computes need a new run."""
     text = first_line(exc)
     gpu = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text.lower()
     if not gpu and "can't allocate memory" not in text:  # torch's CPU allocator
         return None
-    options = []
-    if cfg.batch_size > 1:
-        options.append(f"--batch-size 1 --grad-accum {cfg.batch_size * cfg.grad_accum} (the same batch)")
-    if not cfg.gradient_checkpointing:
-        options.append("--gradient-checkpointing")
+    checkpointing = [] if cfg.gradient_checkpointing else ["--gradient-checkpointing"]
+    batch = [f"--batch-size 1 --grad-accum {cfg.batch_size * cfg.grad_accum} (the same batch)"]
+    options = batch if cfg.batch_size > 1 else []
     if cfg.mixed_precision == "no":
         options.append("--mixed-precision bf16 (or fp16 on GPUs without bf16)")
     if cfg.preview_images > 1:
         options.append("fewer --preview-images")
+    said = f"training ran out of memory ({text[:160]})"
+    if cfg.resume:
+        return TokensmithError(said + _resume_memory_hint(checkpointing, options))
+    options[int(cfg.batch_size > 1) : 0] = checkpointing  # after the batch size, as before
     hint = "; try " + ", ".join(options) if options else "; use a smaller --resolution or a larger GPU"
-    return TokensmithError(f"training ran out of memory ({text[:160]}){hint}")
+    return TokensmithError(said + hint)
+
+
+def _resume_memory_hint(checkpointing: list[str], options: list[str]) -> str:
+    """The advice for a resume that ran out of memory: it may add gradient checkpointing (which computes the
+    same numbers), and any other saving changes what the run computes, so it needs a new run folder."""
+    hint = f"; resume with {checkpointing[0]} (a resume accepts it)" if checkpointing else ""
+    if options:
+        shown = ", ".join(options)
+        hint += f"; a new run (--run-dir NEW_DIR) may also use {shown} (a resume refuses them: "
+        hint += "they change its config)"
+    return hint or "; use a larger GPU, or start a new run with a smaller --resolution (--run-dir NEW_DIR)"
 
 
 # --- the result ---

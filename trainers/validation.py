@@ -73,6 +73,9 @@ class EarlyStopper:
         asks this of its checkpoint's losses: a run killed after it stopped early ends where it ended."""
         if not self.steps or self.steps[-1] != step:
             return False
+        # the window's variance means something against a history at least twice its length (with fewer,
+        # the window is most of it), so the earliest stop is the later of min_steps and the step of the
+        # 2·window-th validation loss: step 120 with the defaults (validate every 10, window 6, min 60)
         if step < self.min_steps or len(self.history) < 2 * self.window:
             return False
         overall = statistics.pvariance(self.history)
