@@ -33,13 +33,21 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from embeddings import Embedding, Store
-    from studio.generation import GenerateRequest, Session
+    from embeddings import Store
+    from studio.generation import Session
     from trainers.models import load_model
 
     model = load_model(args.model)
     session = Session(model)
-    store = Store(Path(tempfile.mkdtemp(prefix="tokensmith-bench-")) / "embeddings")
+    with tempfile.TemporaryDirectory(prefix="tokensmith-bench-") as tmp:  # removed when the bench ends
+        return _measure(args, model, session, Store(Path(tmp) / "embeddings"))
+
+
+def _measure(args, model, session, store) -> int:
+    """Time plain and injected prompts, interleaved, and print the ratio (the bench's lines)."""
+    from embeddings import Embedding
+    from studio.generation import GenerateRequest
+
     vectors = {
         key: torch.randn(1, width, generator=torch.Generator().manual_seed(0))
         for key, width in model.widths.items()

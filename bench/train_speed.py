@@ -316,12 +316,22 @@ def measure(
     return o / f, speedup
 
 
+def _at_least_one(text: str) -> int:
+    """argparse's type for --steps: a median needs at least one timed step."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer timed steps (noisier)")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps per configuration")
+    parser.add_argument(
+        "--steps", type=_at_least_one, default=0, help="timed steps per configuration (default 20; --quick 8)"
+    )
     parser.add_argument(
         "--sd15-size",
         type=int,
