@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -297,12 +298,15 @@ def _wrote_line(entry: dict) -> str:
     return f"wrote {entry['path']} (seed {entry['seed']}){trace}"
 
 
-def _rest_note(written: list[dict], seeds: list[int]) -> str:
-    """'2 of 6 images were written: a-s0.png, a-s1.png; --seed 2 -n 4 makes the rest'."""
+def _rest_note(written: list[dict], seeds: list[int], paths: list[Path], *, into_folder: bool) -> str:
+    """'2 of 6 images were written: a-s0.png, a-s1.png; --seed 2 -n 4 makes the rest'. One image left of a
+    batch into `--out FILE.png` names its own file: one image alone would be written as FILE.png."""
     done = len(written)
-    paths = ", ".join(entry["path"] for entry in written)
-    rest = f"--seed {seeds[done]} -n {len(seeds) - done} makes the rest"
-    return f"{done} of {len(seeds)} images were written: {paths}; {rest}"
+    shown = ", ".join(entry["path"] for entry in written)
+    left = len(seeds) - done
+    out = f" --out {shlex.quote(str(paths[done]))}" if left == 1 and not into_folder else ""
+    rest = f"--seed {seeds[done]} -n {left}{out} makes the rest"
+    return f"{done} of {len(seeds)} images were written: {shown}; {rest}"
 
 
 def _write_each(session, req, paths: list[Path], args, *, store, progress, written: list[dict]) -> None:
@@ -321,7 +325,8 @@ def _write_each(session, req, paths: list[Path], args, *, store, progress, writt
         except (TokensmithError, ValueError) as exc:  # e.g. out of memory at a larger seed's image
             if not written:
                 raise
-            raise TokensmithError(f"{user_text(exc)} ({_rest_note(written, seeds)})") from exc
+            note = _rest_note(written, seeds, paths, into_folder=into_folder)
+            raise TokensmithError(f"{user_text(exc)} ({note})") from exc
         try:
             written.append(_write_result(result, path, args, into_folder=into_folder))
         except OSError as exc:  # a full or read-only disk: the images already written are kept, and named
@@ -366,7 +371,8 @@ def run_generate(args) -> int:
         if written:
             if args.json:
                 print(json.dumps(written, indent=2))
-            print(f"tokensmith generate: {_rest_note(written, seeds)}", file=sys.stderr)
+            note = _rest_note(written, seeds, paths, into_folder=out_file(args.out) is None)
+            print(f"tokensmith generate: {note}", file=sys.stderr)
         raise
     finally:
         progress.close()

@@ -194,3 +194,13 @@ def test_train_help_lists_both_spellings_on_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--overwrite, --no-overwrite, --force, --no-force" in capsys.readouterr().out
+
+
+def test_one_image_left_of_a_batch_into_a_file_names_the_file_it_would_have_had(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """`-n 1 --out cats.png` writes cats.png, not cats-s3.png: the rest note says --out for the last one."""
+    _stop_at_seed(monkeypatch, 3, KeyboardInterrupt())
+    code, _, err = _generate(capsys, tiny_model_dir, tmp_path / "cats.png")
+    assert code == EXIT_INTERRUPTED
+    assert f"; --seed 3 -n 1 --out {tmp_path / 'cats-s3.png'} makes the rest" in err
