@@ -8,13 +8,13 @@ a1111-png   an image carrying the `sd-ti-embedding` chunk (the store's preview, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PIL import Image
 
 from embeddings.canonical import save_canonical
 from embeddings.errors import EmbeddingFormatError
+from embeddings.files import refuse_file_as_folder
 from embeddings.formats.diffusers import PAIR_NAMES, write_diffusers
 from embeddings.formats.pickled import write_a1111_pt
 from embeddings.formats.png import write_a1111_png
@@ -46,7 +46,7 @@ def export(
         raise IsADirectoryError(
             f"{folders[0]} is a folder; give the file to write, e.g. --out {folders[0] / (emb.name + suffix)}"
         )
-    _refuse_file_as_folder(targets[0].parent)  # an SDXL pair's two files share it
+    refuse_file_as_folder(targets[0].parent)  # an SDXL pair's two files share it
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; choose another --out or pass --force")
@@ -61,15 +61,3 @@ def export(
     except OSError as exc:  # name the output, not the temp file beside it
         reason = exc.strerror or str(exc)
         raise OSError(f"cannot write {out_path}: {reason}; choose another --out") from None
-
-
-def _refuse_file_as_folder(folder: Path) -> None:
-    """NotADirectoryError when `folder`, or one above it, is a file: the export could never be written
-    there, and making the folder would fail with 'File exists', which reads as if the output existed (and
-    --force would not help). The words of the CLI's own check (studio.cli_options), which this package
-    cannot import."""
-    for above in (folder, *folder.parents):
-        if above.is_dir():
-            return
-        if os.path.lexists(above):
-            raise NotADirectoryError(f"{above} is a file, not a folder: choose another --out")

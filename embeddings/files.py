@@ -115,6 +115,17 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
+def refuse_file_as_folder(folder: Path, flag: str = "--out") -> None:
+    """NotADirectoryError when `folder`, or a folder above it, is an existing file (or a link to one): the
+    output could never be written there (making the folder would fail with 'File exists', which reads as if
+    the output existed), and nothing should sample or train first to find out."""
+    for above in (folder, *folder.parents):
+        if above.is_dir():
+            return
+        if os.path.lexists(above):
+            raise NotADirectoryError(f"{above} is a file, not a folder: choose another {flag}")
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename durable (best effort: some filesystems refuse to open folders)."""
     try:

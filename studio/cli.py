@@ -57,13 +57,13 @@ def home_dir(override: str | Path | None = None) -> Path:
         raise UsageError('--home is empty: give a folder (is the variable in --home "$VAR" unset?)')
     if override is not None:
         return Path(override).expanduser()
-    env = os.environ.get("TOKENSMITH_HOME")
-    if env is not None and not env.strip():
-        raise UsageError(
-            "TOKENSMITH_HOME is set but empty: give it a folder, or unset it for ~/.tokensmith "
-            '(is the variable in TOKENSMITH_HOME="$VAR" unset?)'
-        )
-    return Path(env or "~/.tokensmith").expanduser()
+    from embeddings.errors import TokensmithError
+    from trainers.commands import home_from_environment
+
+    try:
+        return home_from_environment()
+    except TokensmithError as exc:  # the environment of the command line is wrong: a usage error
+        raise UsageError(str(exc)) from None
 
 
 def version() -> str:

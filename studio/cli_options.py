@@ -4,9 +4,10 @@ nearest, doctor): the model, sampling and img2img options, and the checks that r
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from embeddings.files import refuse_file_as_folder  # also for the CLI modules that import it here
 
 # The names of studio.generation.schedule.SCHEDULERS, repeated so `--help` does not import torch (a test
 # checks they agree).
@@ -112,16 +113,6 @@ def refuse_existing(path: Path, force: bool) -> None:
     refuse_file_as_folder(path.parent)
     if path.exists() and not force:
         raise exists_error(path)
-
-
-def refuse_file_as_folder(folder: Path, flag: str = "--out") -> None:
-    """NotADirectoryError when `folder`, or a folder above it, is an existing file (or a link to one): the
-    output could never be written there, and nothing should sample first to find out."""
-    for above in (folder, *folder.parents):
-        if above.is_dir():
-            return
-        if os.path.lexists(above):
-            raise NotADirectoryError(f"{above} is a file, not a folder: choose another {flag}")
 
 
 def exists_error(path: Path) -> FileExistsError:

@@ -7,18 +7,18 @@ import sys
 import pytest
 
 from embeddings.errors import TokensmithError
+from trainers.commands import home_from_environment
 from trainers.config import ConfigError
 from trainers.configfile import load
-from trainers.session import default_home
 
 
 @pytest.mark.parametrize("value", ["", "  "])
 def test_the_trainer_refuses_an_empty_tokensmith_home(monkeypatch, value):
     monkeypatch.setenv("TOKENSMITH_HOME", value)
     with pytest.raises(TokensmithError, match="TOKENSMITH_HOME is set but empty"):
-        default_home()
+        home_from_environment()
     monkeypatch.delenv("TOKENSMITH_HOME")
-    assert default_home().name == ".tokensmith"
+    assert home_from_environment().name == ".tokensmith"
 
 
 def test_python_m_trainers_refuses_an_empty_home_flag(tmp_path):

@@ -22,10 +22,11 @@ from embeddings import Embedding, Store, import_path, load_canonical, save_canon
 from embeddings.errors import TokensmithError
 from studio.cli import EXIT_ERROR, EXIT_OK
 from trainers import train
-from trainers.card import model_card, public_meta
+from trainers.card import model_card
 from trainers.config import ConfigError, TrainConfig, check_repo_id
 from trainers.hub import UploadError, failure_advice, push_embedding
 from trainers.licenses import check_license
+from trainers.publiccopy import public_meta
 from trainers.runfolder import RunFolder
 
 

@@ -58,7 +58,7 @@ def test_a_stopped_run_resumes_with_gradient_checkpointing_added(world, tmp_path
 
 
 def _oom(cfg: TrainConfig) -> str:
-    from trainers.trainer import out_of_memory_advice
+    from trainers.memory import out_of_memory_advice
 
     return str(out_of_memory_advice(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), cfg))
 

@@ -1,23 +1,18 @@
-"""The model card of a stored embedding and the copy of its file that goes public.
-
-Both are built from the embedding's own metadata, offline: the card says what the file records (trained
-here, imported from another tool, or blended), and the uploaded copy is the store's file with tokensmith's
-own metadata only, local paths cut to their base names. trainers/hub.py uploads them.
+"""The model card of a stored embedding, built from its own metadata, offline: it says what the file
+records (trained here, imported from another tool, or blended). trainers/publiccopy.py makes the copy of the
+file that goes public with it; trainers/hub.py uploads both.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
-from pathlib import Path, PureWindowsPath
 
-from embeddings import Embedding, load_canonical, package_version
-from embeddings.canonical import canonical_bytes
+from embeddings import Embedding, package_version
 from embeddings.doctor import format_title
 from embeddings.value import FAMILY_BY_WIDTHS, family_title
 from trainers.licenses import BASE_LICENSES
 from trainers.models import HUB_ID
+from trainers.publiccopy import cut_path, is_local_path, public_value
 from trainers.schedules import is_piecewise
 from trainers.storing import summary
 
@@ -44,7 +39,7 @@ def no_license_note(emb: Embedding) -> str:
     if _trained_here(trainer) and emb.family == "demo":
         why = "tokensmith states none for a demo-world embedding"
     elif _trained_here(trainer):
-        base = _public(emb.meta.get("base_model") or "unknown")
+        base = cut_path(emb.meta.get("base_model") or "unknown")
         why = (
             f"tokensmith knows the terms of SD 1.x/2.x/SDXL's own base repos only, such as "
             f"runwayml/stable-diffusion-v1-5, and the base model `{base}` is not one of them"
@@ -62,98 +57,9 @@ def _trained_here(trainer: dict) -> bool:
     return str(trainer.get("version", "")).startswith("tokensmith")  # else another tool's file, or none
 
 
-# --- the uploaded copy: tokensmith's own metadata only, local paths cut to their base names ---
-
-# The metadata keys tokensmith writes and documents (DESIGN.md), and the a1111.* keys its importer writes and
-# `export --format a1111-pt` reads back (the checkpoint name and hash an A1111 file recorded). Another tool's
-# own keys (kohya's ss_*, which hold output and dataset folders and caption tags; modelspec.*) stay in the
-# store's file and are left out of the uploaded copy: their values are not ours to vet, and the card already
-# says what the file's provenance is.
-PUBLIC_KEYS = (
-    "tokensmith.version",
-    "format",
-    "name",
-    "family",
-    "base_model",
-    "num_vectors",
-    "init",
-    "steps",
-    "created",
-    "trainer",
-    "metrics",
-    "parent",
-    "sha256",
-    "source_format",
-    "source_file",
-    "source_name",
-    "token",
-)
-PUBLIC_PREFIXES = ("a1111.",)
-
-
-def is_local_path(value: str) -> bool:
-    """Whether a recorded model/images/... value names a file or folder on this machine (absolute, as the
-    trainer records them, or ~ / ./ relative), not a hub id, `demo` or another tool's label."""
-    return value.startswith(("/", "~", "./", "../", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
-
-
-def _public(value):
-    """A local path cut to its base name ('/home/ann/models/sd15' -> 'sd15'); anything else as it is."""
-    if isinstance(value, str) and is_local_path(value):
-        return PureWindowsPath(value).name or value  # splits on / and \ alike
-    return value
-
-
-def _public_json(value):
-    """`value` (parsed JSON) with every local path cut, in keys as in values, at any depth."""
-    if isinstance(value, dict):
-        return {_public(k): _public_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_public_json(v) for v in value]
-    return _public(value)
-
-
-def public_value(text: str) -> str:
-    """A metadata value as it goes public: a local path cut to its base name; JSON text (the trainer's
-    config, a lineage) with the paths inside it cut, the same text when there are none.
-    '{"images": "/home/ann/cat"}' -> '{"images": "cat"}'."""
-    if is_local_path(text):
-        return _public(text)
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text
-    if not isinstance(parsed, dict | list):
-        return text
-    cut = _public_json(parsed)
-    return text if cut == parsed else json.dumps(cut)
-
-
 def _shown(value) -> str:
     """A recorded value as the card shows it, in backticks; '`sd15` (local)' for a local path."""
-    return f"`{_public(value)}` (local)" if isinstance(value, str) and is_local_path(value) else f"`{value}`"
-
-
-def public_meta(meta: dict[str, str]) -> dict[str, str]:
-    """The metadata of the uploaded copy: PUBLIC_KEYS only, local paths (the base model, the trainer config's
-    images, run_dir, model, templates...) cut to their base names wherever they are; the store's file keeps
-    all of it, for resumes and `runs`."""
-    return {
-        key: public_value(value)
-        for key, value in meta.items()
-        if key in PUBLIC_KEYS or key.startswith(PUBLIC_PREFIXES)
-    }
-
-
-def write_public_copy(path: Path, dest: Path) -> None:
-    """The store's file at `path` as it is uploaded, written to `dest`: the same tensors (so the same sha256)
-    under public_meta; a byte copy when public_meta changes nothing."""
-    stored = load_canonical(path)
-    meta = public_meta(stored.meta)
-    if meta == stored.meta:
-        shutil.copyfile(path, dest)
-    else:
-        dest.write_bytes(canonical_bytes(Embedding(stored.name, stored.vectors, meta)))
+    return f"`{cut_path(value)}` (local)" if isinstance(value, str) and is_local_path(value) else f"`{value}`"
 
 
 # --- the model card ---

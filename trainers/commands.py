@@ -8,6 +8,7 @@ import os
 import shlex
 from pathlib import Path
 
+from embeddings.errors import TokensmithError
 from trainers.config import FIELDS, TrainConfig
 
 
@@ -57,6 +58,18 @@ def to_flags(cfg: TrainConfig) -> list[str]:
 
 
 DEFAULT_HOME = "~/.tokensmith"
+
+
+def home_from_environment() -> Path:
+    """$TOKENSMITH_HOME, else ~/.tokensmith. Set but empty, it is refused (TokensmithError):
+    `TOKENSMITH_HOME="$PROJECT_HOME"` with the variable unset must not store into the user's own home."""
+    env = os.environ.get("TOKENSMITH_HOME")
+    if env is not None and not env.strip():
+        raise TokensmithError(
+            "TOKENSMITH_HOME is set but empty: give it a folder, or unset it for ~/.tokensmith "
+            '(is the variable in TOKENSMITH_HOME="$VAR" unset?)'
+        )
+    return Path(env or DEFAULT_HOME).expanduser()
 
 
 def home_flags(home: str | Path | None) -> list[str]:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from embeddings import Embedding
 from embeddings.errors import TokensmithError
-from trainers.card import model_card, write_public_copy
+from trainers.card import model_card
 from trainers.commands import home_flags
 from trainers.config import check_repo_id
 from trainers.licenses import LICENSES_PAGE, check_license
 from trainers.network import network_error
+from trainers.publiccopy import write_public_copy
 
 # huggingface_hub's client waits for an answer forever; our requests give up after these (seconds), so a
 # silent network ends the upload with advice instead of hanging a finished run (uploads are a few KB)

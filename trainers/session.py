@@ -31,19 +31,6 @@ from trainers.writes import writing
 TRAINER_VERSION = "tokensmith-ti/1"
 
 
-def default_home() -> Path:
-    """$TOKENSMITH_HOME, else ~/.tokensmith (the CLI passes its resolved --home instead). Set but empty, it
-    is refused, as the CLI refuses it: `TOKENSMITH_HOME="$PROJECT_HOME"` with the variable unset must not
-    store into the user's own home."""
-    env = os.environ.get("TOKENSMITH_HOME")
-    if env is not None and not env.strip():
-        raise TokensmithError(
-            "TOKENSMITH_HOME is set but empty: give it a folder, or unset it for ~/.tokensmith "
-            '(is the variable in TOKENSMITH_HOME="$VAR" unset?)'
-        )
-    return Path(env or "~/.tokensmith").expanduser()
-
-
 def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
     """cfg.run_dir, else HOME/runs/NAME (NAME-2, NAME-3, ... when taken). Resuming: the newest run of NAME
     that did not finish (what a resume is for), else the newest (a finished run trained further)."""

@@ -12,10 +12,9 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from embeddings import Embedding, Store, load_canonical, save_canonical
-from embeddings.errors import TokensmithError, first_line
+from embeddings.errors import TokensmithError
+from trainers.commands import home_from_environment
 from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
 from trainers.data import check_alpha, load_images, template_set
 from trainers.datanotes import data_notes
@@ -23,6 +22,7 @@ from trainers.ending import end_stored, open_image, record_done
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError
 from trainers.loop import tune_malloc
+from trainers.memory import out_of_memory_advice
 from trainers.modelprep import (
     attach_rows,
     check_init_fits,
@@ -53,7 +53,6 @@ from trainers.session import (
     StopRequested,
     check_trackers,
     claim_run_folder,
-    default_home,
     resolve_run_dir,
     run_commands,
     start_trackers,
@@ -82,7 +81,7 @@ def train(
     their own dtype but rounded to half precision: pass a fresh copy if that matters). A failed
     `push_to_hub` upload raises UploadError once the run is done and stored; its `embedding` is the result.
     """
-    home = (Path(home) if home else default_home()).expanduser().resolve()  # printed commands name it
+    home = (Path(home) if home else home_from_environment()).expanduser().resolve()  # commands name it
     store = Store.for_home(home)
     if not cfg.name:
         raise TokensmithError("no name given; pass --name NAME (the prompt trigger becomes <NAME>)")
@@ -327,40 +326,6 @@ def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, m
         said = advice or (exc if isinstance(exc, TokensmithError) else None)
         with contextlib.suppress(DiskFull):  # no room for the event either: the error itself says so
             folder.event("failed", str(said) if said else f"{type(exc).__name__}: {exc}", name=cfg.name)
-
-
-def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithError | None:
-    """A one-line error for a run that ran out of GPU (or CPU) memory, naming the settings that need less;
-    None for any other exception. A resume is told only what a resume accepts (gradient checkpointing); the
-    settings that change what the run computes need a new run."""
-    text = first_line(exc)
-    gpu = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text.lower()
-    if not gpu and "can't allocate memory" not in text:  # torch's CPU allocator
-        return None
-    checkpointing = [] if cfg.gradient_checkpointing else ["--gradient-checkpointing"]
-    batch = [f"--batch-size 1 --grad-accum {cfg.batch_size * cfg.grad_accum} (the same batch)"]
-    options = batch if cfg.batch_size > 1 else []
-    if cfg.mixed_precision == "no":
-        options.append("--mixed-precision bf16 (or fp16 on GPUs without bf16)")
-    if cfg.preview_images > 1:
-        options.append("fewer --preview-images")
-    said = f"training ran out of memory ({text[:160]})"
-    if cfg.resume:
-        return TokensmithError(said + _resume_memory_hint(checkpointing, options))
-    options[int(cfg.batch_size > 1) : 0] = checkpointing  # after the batch size, as before
-    hint = "; try " + ", ".join(options) if options else "; use a smaller --resolution or a larger GPU"
-    return TokensmithError(said + hint)
-
-
-def _resume_memory_hint(checkpointing: list[str], options: list[str]) -> str:
-    """The advice for a resume that ran out of memory: it may add gradient checkpointing (which computes the
-    same numbers), and any other saving changes what the run computes, so it needs a new run folder."""
-    hint = f"; resume with {checkpointing[0]} (a resume accepts it)" if checkpointing else ""
-    if options:
-        shown = ", ".join(options)
-        hint += f"; a new run (--run-dir NEW_DIR) may also use {shown} (a resume refuses them: "
-        hint += "they change its config)"
-    return hint or "; use a larger GPU, or start a new run with a smaller --resolution (--run-dir NEW_DIR)"
 
 
 # --- the result ---

@@ -260,7 +260,7 @@ def _malformed(prov: dict) -> str | None:
 
 def request_from(prov: dict) -> Any:
     """The GenerateRequest that makes exactly this one image again."""
-    from studio.generation.session import GenerateRequest
+    from studio.generation.requests import GenerateRequest
 
     init = prov.get("init_image")
     return GenerateRequest(

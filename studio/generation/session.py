@@ -14,8 +14,7 @@ import bisect
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,7 +25,6 @@ from embeddings.errors import TokensmithError, first_line
 from studio.generation.conditioning import Conditioning, PromptEncoder, PromptPlan
 from studio.generation.guidance import Guide, guided_x0, parse_guide
 from studio.generation.img2img import (
-    INIT_READER,
     check_img2img_scheduler,
     check_strength,
     encode_image,
@@ -34,92 +32,22 @@ from studio.generation.img2img import (
     trimmed_timesteps,
 )
 from studio.generation.prompt import Node, blends, parse, to_text
+from studio.generation.requests import GenerateRequest, Result, StepInfo
 from studio.generation.schedule import (
-    DEFAULT_SCHEDULER,
     MAX_STEPS,
     check_steps,
     evaluations_per_step,
     make_scheduler,
     step_starts,
 )
-from studio.generation.swaps import apply_swaps, parse_swap, unmatched_swaps
+from studio.generation.swaps import apply_swaps
 from studio.generation.trace import Trace, TraceFrame
 from trainers.config import MAX_RESOLUTION
+from trainers.memory import is_out_of_memory
 from trainers.models import LoadedModel, load_model
 
-DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}  # others: 7.5, the SD 1.x/2.x habit
 MAX_SEED = 2**63 - 1
-
-
-@dataclass
-class GenerateRequest:
-    """Everything one generation needs; `num_images` images use seeds seed, seed+1, ..."""
-
-    prompt: str
-    negative: str = ""
-    seed: int = 0
-    steps: int = DEFAULT_STEPS
-    guidance: float | None = None  # None: the model family's usual value (demo 4, SDXL 5, else 7.5)
-    scheduler: str = DEFAULT_SCHEDULER
-    width: int | None = None  # None: the model's native size
-    height: int | None = None
-    num_images: int = 1
-    swaps: dict[str, str] = field(default_factory=dict)  # word -> "<name>" (or a word)
-    init_image: str | Path | Image.Image | None = None
-    strength: float = 0.6
-    guides: tuple[str, ...] = ()  # guidance.py specs: "color=green", "module=pkg.mod:fn,scale=0.5"
-    trace_steps: tuple[int, ...] = ()  # sampling steps to trace (0-based); empty: no trace
-    # What times prompt editing ([a:b:0.5]) and every=K guides: sampling steps; "evaluations" (each model
-    # evaluation, which Heun and PNDM make more of than steps) is how images made before step counting were
-    # timed, so their replays come out identical.
-    step_clock: str = "steps"
-    # How an init image file is read (img2img.INIT_READER): an image made by an older reader replays with it.
-    init_reader: int = INIT_READER
-    # DDIM/DDPM clipping of x̂0 to [-1, 1] (schedule.make_scheduler): off for latents; None keeps the model
-    # config's own setting (diffusers' default: on), as images made before it was turned off were sampled.
-    clip_sample: bool | None = False
-
-
-def check_swaps(requests: list[GenerateRequest]) -> None:
-    """Refuse a swap word that occurs in no prompt or negative prompt of `requests` (one run's: a grid's rows,
-    variations' prompts), which would silently do nothing. The doors call it before rendering; the session
-    does not, so an image made before this check still replays."""
-    swaps = {word: target for req in requests for word, target in req.swaps.items()}
-    prompts = [parse(text) for req in requests for text in (req.prompt, req.negative)]
-    unmatched = unmatched_swaps(swaps, *prompts)
-    if unmatched:
-        raise TokensmithError(
-            f"swap {', '.join(map(repr, unmatched))} matches no word of the prompt or the negative prompt: "
-            "check the spelling (a swap replaces a whole word, in any case)"
-        )
-
-
-@dataclass
-class StepInfo:
-    """What `on_step` receives after every sampling step (a Heun step evaluates the model twice: one call)."""
-
-    image_index: int
-    num_images: int
-    step: int  # 1-based count of steps done for this image
-    total_steps: int  # the steps this image runs (img2img: fewer than req.steps)
-    timestep: int  # where the step started
-
-
-@dataclass
-class Result:
-    image: Image.Image
-    provenance: dict
-    trace: Image.Image | None = None  # the labelled strip, when trace_steps were asked for
-
-    @property
-    def seed(self) -> int:
-        return int(self.provenance["seed"])
-
-
-def swaps_from_specs(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """['puppy=<cat>', ...] (the CLI's --swap) -> {'puppy': '<cat>'}."""
-    return dict(parse_swap(spec) for spec in specs)
 
 
 class Session:
@@ -213,13 +141,11 @@ class Session:
 
     def _out_of_memory(self, exc: BaseException, req: GenerateRequest) -> TokensmithError | None:
         """A one-line error for sampling that ran out of GPU or CPU memory, naming the settings that need
-        less (as trainers.trainer.out_of_memory_advice does for training); None for any other exception.
+        less (as trainers.memory.out_of_memory_advice does for training); None for any other exception.
         Images are sampled one at a time, so fewer --num-images would not help."""
-        text = first_line(exc)
-        typed = isinstance(exc, torch.OutOfMemoryError | MemoryError)  # CUDA's; Python's (numpy, PIL)
-        worded = "out of memory" in text.lower() or "can't allocate memory" in text  # MPS; torch's CPU
-        if not typed and not worded:
+        if not is_out_of_memory(exc):
             return None
+        text = first_line(exc)
         native = self.model.resolution
         hint = f"use a smaller --width/--height (this model's native size is {native})"
         if req.guides:
@@ -420,4 +346,4 @@ def _unique(embeddings: list) -> list:
     return list(seen.values())
 
 
-__all__ = ["GenerateRequest", "PromptPlan", "Result", "Session", "StepInfo", "swaps_from_specs"]
+__all__ = ["GenerateRequest", "PromptPlan", "Result", "Session", "StepInfo"]
