@@ -109,7 +109,8 @@ def make_pipeline(parts: dict, arch: Architecture):
 
 
 def metadata(cfg: BuildConfig, *, stage: str, unet_step: int, elapsed_s: float, scaling: float) -> dict:
-    """What the model folder's world.json says: the world, its held-out concepts and how it was built."""
+    """What the model folder's tokensmith_demo.json says: the world, its held-out concepts and how it was
+    built (with the build's paths relative to the repo, so the shipped file names no one's folders)."""
     return {
         "name": "tokensmith demo world",
         "resolution": cfg.arch.resolution,
@@ -133,9 +134,20 @@ def metadata(cfg: BuildConfig, *, stage: str, unet_step: int, elapsed_s: float, 
             "stage": stage,
             "unet_step": unet_step,
             "elapsed_s": round(elapsed_s, 1),
-            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+            "config": json.loads(json.dumps(asdict(cfg), default=portable_path)),
         },
     }
+
+
+def portable_path(value) -> str:
+    """A config value JSON can't hold, as the build metadata records it: a path relative to the repo when
+    inside it (else as given), anything else as its str."""
+    if not isinstance(value, Path):
+        return str(value)
+    try:
+        return value.resolve().relative_to(DEMO_DIR.parent.resolve()).as_posix()
+    except ValueError:
+        return str(value)
 
 
 def export(pipe, out: Path, meta: dict) -> None:

@@ -1,6 +1,7 @@
 """The build script, run tiny: it writes a loadable diffusers folder atomically, reproducibly per seed."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,19 @@ def test_a_build_elsewhere_logs_beside_its_model_not_over_the_shipped_log(tmp_pa
     build_module.main(["--out", str(tmp_path / "m")])
     (cfg,) = made
     assert cfg.log == tmp_path / "m.build.log" and cfg.samples == tmp_path / "m.samples.png"
+
+
+def test_build_metadata_records_paths_inside_the_repo_relative_to_it():
+    from demo.build import DEMO_DIR, portable_path
+
+    assert portable_path(DEMO_DIR / "model") == "demo/model"
+    assert portable_path(Path("/elsewhere/model")) == "/elsewhere/model"
+    assert portable_path(3) == "3"
+
+
+def test_the_shipped_metadata_names_no_absolute_path():
+    from demo import DEMO_MODEL_DIR
+
+    config = json.loads((DEMO_MODEL_DIR / METADATA_FILE).read_text())["build"]["config"]
+    paths = (config["out"], config["log"], config["samples"])
+    assert paths == ("demo/model", "demo/build.log", "demo/samples.png")
