@@ -215,6 +215,23 @@ def test_settings_the_run_would_ignore_are_refused(values, fragment):
         from_mapping(values)
 
 
+def test_turning_validation_off_says_that_early_stopping_goes_with_it():
+    from trainers.config import setting_notes
+
+    (note,) = setting_notes(TrainConfig(validate_every=0, steps=40))
+    assert "turns off the validation loss, and early stopping with it" in note and "step 40" in note
+    assert setting_notes(TrainConfig(validate_every=0, early_stopping=False)) == []
+    assert setting_notes(TrainConfig()) == []
+
+
+def test_a_warmup_schedule_without_warmup_steps_is_said_to_be_constant():
+    from trainers.config import setting_notes
+
+    (note,) = setting_notes(TrainConfig(lr_schedule="warmup"))
+    assert "is a constant rate: give --warmup-steps N" in note
+    assert setting_notes(TrainConfig(lr_schedule="warmup", warmup_steps=5)) == []
+
+
 def test_schedule_names_are_read_as_typed_and_stored_in_one_spelling():
     assert from_mapping({"lr_schedule": "Cosine ", "warmup_steps": 2}).lr_schedule == "cosine"
     assert TrainConfig(lr_schedule=" 0.005:100, 1e-3 ").lr_schedule == "0.005:100, 1e-3"
@@ -251,4 +268,14 @@ def test_a_key_the_schedule_does_not_read_is_not_a_change_on_resume():
     assert config_changes(saved, TrainConfig(lr_schedule="warmup")) == [
         "lr_schedule: 'constant' -> 'warmup'",
         "warmup_steps: 3 -> 0",
+    ]
+
+
+def test_a_run_without_validation_prints_that_it_will_not_stop_early(tmp_path):
+    said = []
+    cfg = quick_config(square_images(tmp_path / "images"), tmp_path / "run", validate_every=0, steps=1)
+    train(cfg, home=tmp_path / "home", model=tiny_model("sd1"), echo=said.append)
+    assert [line for line in said if "early stopping with it" in line] == [
+        "note: --validate-every 0 (validate_every = 0) turns off the validation loss, and early stopping "
+        "with it (it reads those losses): the run goes to step 1; validate every N steps to stop early"
     ]

@@ -286,6 +286,23 @@ def _check_schedule_keys(cfg: TrainConfig) -> None:
         )
 
 
+def setting_notes(cfg: TrainConfig) -> list[str]:
+    """What to know about settings that are allowed but turn something else off (printed as notes)."""
+    notes = []
+    if cfg.early_stopping and not cfg.validate_every:
+        notes.append(
+            "--validate-every 0 (validate_every = 0) turns off the validation loss, and early stopping with "
+            f"it (it reads those losses): the run goes to step {cfg.steps}; validate every N steps to stop "
+            "early"
+        )
+    if cfg.lr_schedule == "warmup" and not cfg.warmup_steps:
+        notes.append(
+            "--lr-schedule warmup with --warmup-steps 0 (warmup_steps = 0) is a constant rate: give "
+            "--warmup-steps N to warm up over N steps"
+        )
+    return notes
+
+
 def check_repo_id(repo_id: str, name: str) -> None:
     """A hub repo id is 'owner/repo' (`--push-to-hub`, `tokensmith push`) by the hub's own rules (offline:
     huggingface_hub's validate_repo_id), so a run never trains for an upload the hub would refuse."""

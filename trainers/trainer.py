@@ -15,7 +15,7 @@ from pathlib import Path
 from embeddings import Embedding, Store, load_canonical, save_canonical
 from embeddings.errors import TokensmithError
 from trainers.commands import home_from_environment
-from trainers.config import PER_FAMILY, TrainConfig, with_absolute_paths
+from trainers.config import PER_FAMILY, TrainConfig, setting_notes, with_absolute_paths
 from trainers.data import check_alpha, load_images, template_set
 from trainers.datanotes import data_notes
 from trainers.ending import end_stored, open_image, record_done
@@ -188,7 +188,7 @@ def _start(cfg, images, folder, store, model, home, stop, *, main=True, on_progr
         echo(launch + commands[1])
         demo_world = model.family == "demo" if model is not None else on_demo_world(cfg.model)
         found = data_notes(cfg.images, images, cfg.templates, demo_world=demo_world, crop=cfg.crop)
-        for note in [*found, *notes]:
+        for note in [*found, *notes, *setting_notes(cfg)]:
             echo(f"note: {note}")
         echo(f"preparing: loading the model, {preparing_what(cfg, folder)}")
     if model is None:
