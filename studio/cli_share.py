@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers, common) -> None:
@@ -24,7 +25,9 @@ def register(subparsers, common) -> None:
             "--push-to-hub` does). The card states the base model's licence for a file trained here on\n"
             "one of SD 1.x/2.x/SDXL's own hub repos, and none otherwise unless --license gives one.\n"
             "--private refuses a repo that already exists and is public; a repo that holds another\n"
-            "embedding is refused unless --force. Log in first: `hf auth login`. Prints the repo's URL."
+            "embedding is refused unless --force. Log in first: `hf auth login`. Prints the repo's URL.\n"
+            "--dry-run DIR uploads nothing (no login, no network): it writes those files into DIR to read\n"
+            "first, and prints their paths."
         ),
     )
     sub.add_argument("name", metavar="NAME", help="a stored embedding's name (`tokensmith list` shows them)")
@@ -41,6 +44,12 @@ def register(subparsers, common) -> None:
         action="store_true",
         help="push into a repo that holds another embedding: its .safetensors files are deleted in the same "
         "commit",
+    )
+    sub.add_argument(
+        "--dry-run",
+        metavar="DIR",
+        help="upload nothing: write the files the upload would hold (the embedding, preview.png, README.md "
+        "card) into DIR",
     )
     sub.set_defaults(run=run_push)
 
@@ -60,6 +69,8 @@ def run_push(args) -> int:
     preview = _preview(store.preview_path(args.name))
     if card_license(emb, args.license_id) is None:
         print(f"tokensmith push: note: {no_license_note(emb)}", file=sys.stderr)
+    if args.dry_run is not None:
+        return _dry_run(args, store, emb, preview)
     url = push_embedding(
         emb,
         store.path(args.name),
@@ -71,6 +82,32 @@ def run_push(args) -> int:
         force=args.force,
     )
     print(url)
+    return 0
+
+
+def _dry_run(args, store, emb, preview) -> int:
+    """Write the upload's files into --dry-run DIR (made if missing) and print their paths: the card and the
+    public copy can be read before anything leaves the machine. The store's own folder is refused, where the
+    public copy would replace the stored file."""
+    from embeddings.files import refuse_file_as_folder
+    from studio.cli import UsageError
+    from trainers.hub import write_hub_files
+
+    if not args.dry_run.strip():
+        raise UsageError("--dry-run is empty: give a folder DIR to write the upload's files into")
+    folder = Path(args.dry_run).expanduser()
+    refuse_file_as_folder(folder, "--dry-run folder")
+    if folder.resolve() == store.root.resolve():
+        raise ValueError(
+            f"--dry-run {args.dry_run} is the store folder, where its public copy would replace the stored "
+            "file: give another folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in write_hub_files(
+        emb, store.path(args.name), folder, args.repo, preview=preview, license_id=args.license_id
+    ):
+        print(path)
+    print(f"tokensmith push: dry run: nothing was uploaded to {args.repo}", file=sys.stderr)
     return 0
 
 

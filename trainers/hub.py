@@ -166,6 +166,24 @@ def _check_others(others: list[str], repo_id: str, *, force: bool, retry: str) -
     )
 
 
+def write_hub_files(
+    emb: Embedding, path: Path, folder: Path, repo_id: str, *, preview=None, license_id: str | None = None
+) -> list[Path]:
+    """Write into `folder` what an upload of `emb` (stored at `path`) to `repo_id` holds: NAME.safetensors
+    (the public copy), preview.png when there is a preview, and the model card README.md; their paths.
+    Offline: `push_embedding` uploads this folder, and `tokensmith push --dry-run DIR` stops here."""
+    written = [folder / f"{emb.name}.safetensors"]
+    write_public_copy(path, written[0])
+    if preview is not None:
+        written.append(folder / "preview.png")
+        preview.save(written[-1])
+    shown = "preview.png" if preview is not None else None
+    card = model_card(emb, repo_id, preview=shown, license_id=license_id)
+    written.append(folder / "README.md")
+    written[-1].write_text(card, encoding="utf-8")
+    return written
+
+
 def push_embedding(
     emb: Embedding,
     path: Path,
@@ -192,16 +210,9 @@ def push_embedding(
 
         api = HfApi()
     retry = push_command(emb.name, repo_id, private=private, license_id=license_id, force=force, home=home)
-    filename = f"{emb.name}.safetensors"
     with tempfile.TemporaryDirectory() as tmp, bounded_waits():
         folder = Path(tmp)
-        write_public_copy(path, folder / filename)
-        if preview is not None:
-            preview.save(folder / "preview.png")
-        card = model_card(
-            emb, repo_id, preview="preview.png" if preview is not None else None, license_id=license_id
-        )
-        (folder / "README.md").write_text(card, encoding="utf-8")
+        filename = write_hub_files(emb, path, folder, repo_id, preview=preview, license_id=license_id)[0].name
         try:
             url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             info = api.repo_info(repo_id, repo_type="model")
