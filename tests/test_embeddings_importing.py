@@ -37,11 +37,12 @@ def test_diffusers_safetensors_and_bin_one_and_two_dimensional(tmp_path):
 
 
 def test_diffusers_multi_token_dict_with_one_key_per_vector(tmp_path):
-    rows = vec(3, 768)
-    data = {"<tok>_2": rows[2], "<tok>": rows[0], "<tok>_1": rows[1:2]}  # any key order, 1-D or (1, d)
+    rows = vec(12, 768)  # 12: _10 and _11 sort before _2 as text, so only the numeric order passes
+    keys = ["<tok>", *(f"<tok>_{i}" for i in range(1, 12))]
+    data = {keys[i]: rows[i] if i % 2 else rows[i : i + 1] for i in (5, 11, 0, 2, 10, 1, 3, 4, 6, 7, 8, 9)}
     safetensors.torch.save_file({k: v.contiguous() for k, v in data.items()}, str(tmp_path / "t.safetensors"))
     (emb,) = import_path(tmp_path / "t.safetensors")
-    assert emb.name == "tok" and torch.equal(emb.vectors["emb_params"], rows)
+    assert emb.name == "tok" and torch.equal(emb.vectors["emb_params"], rows)  # any key order, 1-D or (1, d)
 
 
 @pytest.mark.parametrize("given", ["first", "second", "folder"])

@@ -52,6 +52,13 @@ def test_keep_norm_restores_the_operands_mean_norm():
     assert torch.allclose(kept / kept.norm(), plain / plain.norm())
 
 
+def test_keep_norm_weighs_a_subtracted_operand_by_the_size_of_its_weight():
+    a, b = e("a", [[3.0, 0.0]]), e("b", [[0.0, 5.0]])
+    kept = blend([(a, 1.0), (b, -0.3)], "k", keep_norm=True).vectors["emb_params"][0]
+    assert float(kept.norm()) == pytest.approx((3.0 + 0.3 * 5.0) / 1.3, abs=1e-5)  # |w|-weighted mean norm
+    assert kept[0] > 0 and kept[1] < 0  # still a - 0.3 b in direction
+
+
 def test_sdxl_blends_act_per_encoder():
     x = Embedding("x", {"clip_l": torch.ones(1, 4), "clip_g": torch.full((1, 6), 2.0)})
     y = Embedding("y", {"clip_l": torch.zeros(1, 4), "clip_g": torch.full((1, 6), 4.0)})

@@ -20,6 +20,16 @@ def _quick(images, tmp_path, **changes):
     return quick_config(images, tmp_path / "run", **changes)
 
 
+def _every_weight(model) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer of the UNet, the VAE and each text encoder."""
+    parts = {"unet": model.pipe.unet, "vae": model.pipe.vae, **{key: te for key, _, te in model.encoders}}
+    return {
+        f"{part}.{name}": value.detach().clone()
+        for part, module in parts.items()
+        for name, value in module.state_dict().items()
+    }
+
+
 @pytest.mark.parametrize(
     ("family", "keys"), [("sd1", {"emb_params": 32}), ("sdxl", {"clip_l": 32, "clip_g": 48})]
 )
@@ -28,7 +38,7 @@ def test_only_new_rows_change_and_the_file_has_the_family_layout(
 ):
     model = tiny_model(family)
     tables = {key: te.get_input_embeddings().weight.detach().clone() for key, _, te in model.encoders}
-    unet = {k: v.clone() for k, v in model.pipe.unet.state_dict().items()}
+    weights = _every_weight(model)
     vocab = [len(tok) for _, tok, _ in model.encoders]
     attention = [te.config._attn_implementation for _, _, te in model.encoders]
     emb = train(_quick(images, tmp_path, vectors=2), home=tokensmith_home, model=model)
@@ -38,7 +48,9 @@ def test_only_new_rows_change_and_the_file_has_the_family_layout(
         assert emb.vectors[key].shape == (2, keys[key])
         init = tables[key][model.encoders[0][1].convert_tokens_to_ids("a</w>")]
         assert not torch.allclose(emb.vectors[key][0], init), f"{key} rows did not learn"
-    assert all(torch.equal(v, unet[k]) for k, v in model.pipe.unet.state_dict().items())
+    after = _every_weight(model)  # every weight of every part: a norm or bias that trained shows here
+    assert after.keys() == weights.keys()
+    assert [name for name, value in after.items() if not torch.equal(value, weights[name])] == []
     assert [len(tok) for _, tok, _ in model.encoders] == vocab  # the model's tokenizers are untouched
     stored = Store.for_home(tokensmith_home).get("thing")
     assert set(stored.vectors) == set(keys) and stored.meta["family"] == emb.family

@@ -26,8 +26,11 @@ def test_dvar_stops_once_the_validation_loss_flattens():
 
 
 def test_dvar_waits_for_min_steps_and_a_full_history():
+    losses = [1.0] + [0.5] * 9  # a fall, then flat: a stop at the 6th loss without min_steps (below)
     stopper = EarlyStopper(window=3, threshold=0.5, min_steps=100)
-    assert not any(stopper.update(step, 0.5) for step in range(0, 100, 10))  # flat, but before min_steps
+    assert not any(stopper.update(step, loss) for step, loss in zip(range(0, 100, 10), losses, strict=True))
+    eager = EarlyStopper(window=3, threshold=0.5, min_steps=0)
+    assert any(eager.update(step, loss) for step, loss in zip(range(0, 100, 10), losses, strict=True))
     moving = EarlyStopper(window=3, threshold=0.11, min_steps=0)
     # a steady fall: var(last 3) / var(all n) = (3² - 1) / (n² - 1): 0.127 at n = 8, 0.100 at n = 9
     assert [moving.update(step, 1.0 - 0.01 * step) for step in range(9)] == [False] * 8 + [True]
