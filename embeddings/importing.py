@@ -75,8 +75,8 @@ def import_file(path: Path) -> Embedding:
         emb = _read_safetensors(path)
     elif kind == "image":
         emb = read_image(path)
-    else:
-        emb = read_pickled(path)
+    else:  # a zip-format file's records are unpacked: they may not add up past the cap either
+        emb = read_pickled(path, max_bytes=MAX_FILE_BYTES)
     name = safe_name(emb.name)
     return emb if name == emb.name else emb.with_name(name).with_meta(source_name=emb.name)
 

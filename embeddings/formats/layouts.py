@@ -21,6 +21,8 @@ A1111_META["sd_checkpoint_name"] = "a1111.sd_checkpoint_name"
 A1111_EXTRA_KEY = "tokensmith"  # our metadata inside an A1111 dict (strings only); other readers ignore it
 # Metadata a file's reader recomputes, never carried from one file to the next.
 OWN_META = ("tokensmith.version", "format", "name", "num_vectors", "sha256", "source_format", "source_file")
+# What a TORCHTENSOR leaf that is not a number is, in a message ("it holds a boolean").
+JSON_KINDS = {bool: "a boolean", str: "a string", dict: "an object", type(None): "null"}
 
 
 def layout_of(data: dict) -> str:
@@ -147,13 +149,47 @@ def tensors_to_json(data: object) -> object:
     return data
 
 
-def tensors_from_json(data: object) -> object:
-    """Inverse of `tensors_to_json`; lists of numbers only (anything else is a format error)."""
+def tensors_from_json(data: object, *, source: str) -> object:
+    """Inverse of `tensors_to_json`: every {"TORCHTENSOR": nested lists} becomes a float64 tensor. `source`
+    names where the JSON came from in errors ("the sd-ti-embedding chunk").
+
+    A TORCHTENSOR of anything but numbers (booleans and strings too, which torch would turn into 1.0 and
+    0.0, or integers too large for a float) is an EmbeddingFormatError, as is JSON nested past Python's
+    recursion limit.
+    """
+    try:
+        return _tensors_from_json(data, source)
+    except RecursionError:
+        raise EmbeddingFormatError(f"{source} is nested too deeply to be an embedding") from None
+
+
+def _tensors_from_json(data: object, source: str) -> object:
     if isinstance(data, dict):
         if "TORCHTENSOR" in data:
-            try:
-                return torch.tensor(data["TORCHTENSOR"], dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise EmbeddingFormatError(f"a TORCHTENSOR entry is not a numeric array ({exc})") from None
-        return {k: tensors_from_json(v) for k, v in data.items()}
+            return _tensor_from_json(data["TORCHTENSOR"], source)
+        return {k: _tensors_from_json(v, source) for k, v in data.items()}
     return data
+
+
+def _tensor_from_json(values: object, source: str) -> torch.Tensor:
+    odd = _non_number(values)
+    why = f"it holds {odd}" if odd else ""
+    if not why:
+        try:
+            return torch.tensor(values, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # ragged, too deep, too large
+            why = str(exc)
+    raise EmbeddingFormatError(f"{source} holds a TORCHTENSOR that is not a numeric array ({why})")
+
+
+def _non_number(values: object) -> str | None:
+    """What the first leaf of nested JSON lists is when it is not a number ('a boolean'), else None.
+    A loop, not recursion: the lists may be nested deeper than Python's stack."""
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+        elif type(value) not in (int, float):  # bool is an int subclass: `type`, not isinstance
+            return JSON_KINDS.get(type(value), type(value).__name__)
+    return None

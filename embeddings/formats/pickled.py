@@ -4,6 +4,9 @@ Loaded only with `torch.load(..., weights_only=True)`: tensors, dicts, lists, st
 that runs code. A pickle that asks for anything else is refused with a clear error; none of it is executed.
 When torch refuses a file, its opcodes are read with `pickletools` (which executes nothing) to tell a pickle
 that imports code (refused as unsafe, whatever tripped torch first) from a corrupt one.
+
+A zip-format file's records are checked before torch reads any: torch.save stores them as they are, but
+torch's reader also inflates compressed ones, so a re-zipped 1 MB file could unpack to GBs in memory.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ STRING_OPS = {
 GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
 PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 QUIET_OPS = {"PROTO", "FRAME", "MEMOIZE", *PUT_OPS}  # opcodes that push nothing onto the stack
+ZIP_MAGIC = b"PK\x03\x04"  # torch reads a file as a zip when it starts so
+COMPRESSIONS = {zipfile.ZIP_DEFLATED: "deflated", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
 class UnsafePickleError(EmbeddingFormatError):
@@ -162,9 +167,11 @@ def _refusal(path: Path, exc: Exception) -> EmbeddingFormatError:
             f"loader does not read; nothing was executed ({_first_sentence(reason)})"
         )
     if _is_cut_zip(path):
+        return _cut_zip(path)
+    if "wrong byte size" in str(exc):  # legacy files; torch's own text is "expected %ld got %ld<digits>"
         return EmbeddingFormatError(
-            f"{path}: the file is truncated (it ends early: the zip directory torch files end with is "
-            "missing); download or copy it again"
+            f"{path}: not a readable torch file: truncated or edited: a tensor claims more (or fewer) bytes "
+            "than the file holds for it; download or copy it again"
         )
     text = _first_sentence(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
     return EmbeddingFormatError(
@@ -180,6 +187,13 @@ def _unsafe(path: Path, detail: str) -> UnsafePickleError:
     )
 
 
+def _cut_zip(path: Path) -> EmbeddingFormatError:
+    return EmbeddingFormatError(
+        f"{path}: the file is truncated (it ends early: the zip directory torch files end with is "
+        "missing); download or copy it again"
+    )
+
+
 def _is_cut_zip(path: Path) -> bool:
     """A file that starts as a zip (torch's format since 1.6) but has no zip directory at its end: cut off."""
     try:
@@ -187,7 +201,7 @@ def _is_cut_zip(path: Path) -> bool:
             head = file.read(4)
     except OSError:
         return False
-    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    return head == ZIP_MAGIC and not zipfile.is_zipfile(path)
 
 
 def _first_sentence(text: str, limit: int = 160) -> str:
@@ -197,9 +211,55 @@ def _first_sentence(text: str, limit: int = 160) -> str:
     return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
-def load_pickle(path: Path, *, mmap: bool = False) -> object:
+# --- zip records, checked before torch reads them ---
+def _starts_as_zip(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == ZIP_MAGIC
+
+
+def check_zip_records(path: Path, *, max_bytes: int | None = None) -> None:
+    """EmbeddingFormatError unless every record of a zip-format torch file is stored as torch.save stores it
+    (uncompressed) and, with `max_bytes`, the records add up to at most that many bytes. Legacy (non-zip)
+    files pass: torch reads their tensors straight from the file.
+
+    torch never compresses a record, but its reader inflates one into memory, so a 1 MB file re-zipped with
+    deflate can hold a 1 GB tensor; stored records that overlap (one span of the file named many times) add
+    up past the file's size the same way.
+    """
+    if not _starts_as_zip(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        if _is_cut_zip(path):
+            raise _cut_zip(path) from None
+        raise EmbeddingFormatError(
+            f"{path}: not a readable torch file: its zip directory is broken ({_first_sentence(str(exc))}); "
+            "download or copy it again"
+        ) from None
+    packed = next((r for r in records if r.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        method = COMPRESSIONS.get(packed.compress_type, f"compression method {packed.compress_type}")
+        raise EmbeddingFormatError(
+            f"{path}: refused: its record {packed.filename} is {method}, and torch.save (so A1111 too) never "
+            "compresses one: this is not a file torch or A1111 wrote, and it could unpack to far more memory "
+            "than its size; get the original file from where it was published"
+        )
+    total = sum(record.file_size for record in records)
+    if max_bytes is not None and total > max_bytes:
+        raise EmbeddingFormatError(
+            f"{path}: refused: its zip records add up to {total / 2**20:.0f} MB, more than the file holds or "
+            f"an embedding needs ({max_bytes // 2**20} MB at most): this is not a file torch or A1111 wrote; "
+            "get the original file from where it was published"
+        )
+
+
+def load_pickle(path: Path, *, mmap: bool = False, max_bytes: int | None = None) -> object:
     """The plain data inside a torch pickle, refusing anything else (weights_only=True). `mmap` maps the
-    tensors of a zip-format file instead of reading them (for multi-GB checkpoints); legacy files are read."""
+    tensors of a zip-format file instead of reading them (for multi-GB checkpoints); legacy files are read.
+    A zip-format file's records are checked first (`check_zip_records`, with `max_bytes`)."""
+    check_zip_records(path, max_bytes=max_bytes)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine; we report errors
             warnings.simplefilter("ignore", UserWarning)
@@ -216,9 +276,10 @@ def load_pickle(path: Path, *, mmap: bool = False) -> object:
         raise _refusal(path, exc) from None
 
 
-def read_pickled(path: Path) -> Embedding:
-    """An Embedding from an A1111 `.pt`, a diffusers `.bin` or a kohya `.pt`."""
-    return embedding_from_dict(load_pickle(path), path=path, source_format="pickle")
+def read_pickled(path: Path, *, max_bytes: int | None = None) -> Embedding:
+    """An Embedding from an A1111 `.pt`, a diffusers `.bin` or a kohya `.pt`; a zip-format file whose
+    records add up to more than `max_bytes` is refused before torch reads it."""
+    return embedding_from_dict(load_pickle(path, max_bytes=max_bytes), path=path, source_format="pickle")
 
 
 def a1111_dict(emb: Embedding) -> dict:
