@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 import unicodedata
 
 from embeddings.errors import StoreError, StrayNameError
+from embeddings.text import shell_quote
 
 NAME_RULE = "1-64 characters from letters, digits, '_', '-' and '.', starting with a letter or digit"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -76,8 +76,8 @@ def stray_name_error(name: str) -> StrayNameError:
     reason = name_refusal(name) or f"'{name}' is a valid name"
     valid = safe_name(name)
     return StrayNameError(
-        f"{reason}; `tokensmith rename {shlex.quote(name)} {valid}` gives it a valid name (or "
-        f"`tokensmith rm {shlex.quote(name)}` moves it to the trash)",
+        f"{reason}; `tokensmith rename {shell_quote(name)} {valid}` gives it a valid name (or "
+        f"`tokensmith rm {shell_quote(name)}` moves it to the trash)",
         name=name,
         reason=reason,
         valid_name=valid,

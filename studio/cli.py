@@ -204,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:  # the traceback as well, and still the exit status a script checks for
             traceback.print_exc()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else user_text(exc)
+        from embeddings.text import printable
+
+        message = printable(str(message))  # it may quote a file's name or metadata: no raw controls
         if isinstance(exc, UsageError):  # as argparse reports its own usage errors: the usage line first
             command_parser.print_usage(sys.stderr)
         print(f"tokensmith {args.command}: error: {message}", file=sys.stderr)

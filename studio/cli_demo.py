@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +68,7 @@ DEMO_SAMPLES = 4
 # concept's shape in the word's colour (measured: purple triangle -> 4/4 blue triangles, two trained tokens).
 # A linear 0.5/0.5 mix with a word changed nothing: the trained vectors are longer than the word's.
 DEMO_BLEND_WITH = ("blue", "red")  # the first that is not the concept's own colour
+DEMO_NAME = re.compile(r"demo-[a-z]+-[a-z]+")  # the token's name: demo-COLOUR-SHAPE
 
 
 def _blend_prompt(name: str, concept) -> str:
@@ -134,13 +136,43 @@ def _refuse_file_as_home(home: Path) -> None:
             )
 
 
-def _prepare_demo_folder(out) -> None:
-    """Make the output folder; an old demo run folder in it is replaced (the demo is meant to be re-run)."""
+def _earlier_demo_run(run: Path) -> bool:
+    """Whether `run` (OUT/run) holds a training run that an earlier demo made, which this one replaces (the
+    demo is meant to be re-run); False when it holds no run. Another run there (`train --run-dir OUT/run`)
+    is refused, before anything is written: deleting it would lose its checkpoints and whatever else the
+    user keeps in it.
+
+    A demo run is told by its config.toml, which every run writes and the demo's own runs (old ones too)
+    fill alike: the demo model, a `demo-COLOUR-SHAPE` name, and images in the `images` folder beside it."""
+    import tomllib
+
+    from embeddings.text import printable
+
+    config = run / "config.toml"
+    if not (run / "progress.jsonl").is_file() and not config.is_file():
+        return False
+    try:
+        values = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        values = {}
+    name, images, run_dir = (str(values.get(key, "")) for key in ("name", "images", "run_dir"))
+    if (
+        values.get("model") == "demo"
+        and DEMO_NAME.fullmatch(name)
+        and Path(images) == Path(run_dir).parent / "images"
+        and Path(run_dir).name == "run"
+    ):
+        return True
+    of = f" of '{printable(name)}'" if name else " (its config.toml is missing or unreadable)"
+    raise FileExistsError(f"{run} is a training run{of}; choose another --out")
+
+
+def _prepare_demo_folder(out: Path, replace_run: bool) -> None:
+    """Make the output folder, with an earlier demo's run folder in it removed when `replace_run`."""
     import shutil
 
-    run = out / "run"
-    if (run / "progress.jsonl").is_file() and (run / "config.toml").is_file():
-        shutil.rmtree(run)
+    if replace_run:
+        shutil.rmtree(out / "run")
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
@@ -277,8 +309,9 @@ def _train_demo(args) -> _Trained | None:
         seed=args.seed,
         **changes,
     )
+    replace_run = _earlier_demo_run(out / "run")  # another's run there is refused before anything is written
     with _demo_writes(out):
-        _prepare_demo_folder(out)
+        _prepare_demo_folder(out, replace_run)
     rng = random.Random(args.seed)
     shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
     for i, shot in enumerate(shots):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
+
+from embeddings.text import printable, shell_quote
 
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
 STORED_NAME = "a stored embedding's name (`tokensmith list` shows them)"
@@ -117,21 +118,23 @@ def run_list(args) -> int:
     others: list = []
     store = store_of(args)
     entries = store.list(problems=problems, others=others)
+    # file names and header text are a file's: printable, so a name holding an escape cannot draw on the
+    # terminal or forge a line; the commands suggested are shell_quote'd to paste as one line
     for path, reason in problems:
         reason = reason.removeprefix(f"{path}: ")  # the reader's errors start with the file, named already
-        stem = shlex.quote(path.name.removesuffix(".safetensors"))
+        stem = shell_quote(path.name.removesuffix(".safetensors"))
         hint = (  # a reason that names no command: what the file is, and the way to clear it out
             ""
             if "`tokensmith " in reason
             else f" (`tokensmith doctor {stem}` says more; `tokensmith rm {stem}` moves it to the trash)"
         )
-        print(f"tokensmith list: warning: skipped {path.name}: {reason}{hint}", file=sys.stderr)
+        print(printable(f"tokensmith list: warning: skipped {path.name}: {reason}{hint}"), file=sys.stderr)
     for path in others:
-        print(
+        note = (
             f"tokensmith list: note: not read: {path.name}: the store reads only .safetensors files; if it "
-            f"is an embedding, `tokensmith import {shlex.quote(str(path))}` stores a copy in that format",
-            file=sys.stderr,
+            f"is an embedding, `tokensmith import {shell_quote(str(path))}` stores a copy in that format"
         )
+        print(printable(note), file=sys.stderr)
     if args.json:
         print_json([entry.to_json() for entry in entries])
         return 0
@@ -143,10 +146,11 @@ def run_list(args) -> int:
         )
         return 0
     width = max(len(e.name) for e in entries)
-    for e in entries:
+    for e in entries:  # family and created are header metadata, which any file may set
         widths = "+".join(str(w) for w in e.widths.values())
-        extra = f"  {e.meta.get('created', '')[:10]}" + ("  [preview]" if e.preview else "")
-        print(f"{e.name:<{width}}  {e.family:<6} {e.num_vectors:>3}v  width {widths:<9}{extra}".rstrip())
+        extra = f"  {printable(e.meta.get('created', '')[:10])}" + ("  [preview]" if e.preview else "")
+        family = printable(e.family)
+        print(f"{e.name:<{width}}  {family:<6} {e.num_vectors:>3}v  width {widths:<9}{extra}".rstrip())
     return 0
 
 
@@ -161,25 +165,28 @@ def run_show(args) -> int:
         "norms": emb.norms(),
         "tokens": [f"<{emb.name}>"] + [f"<{emb.name}>_{i}" for i in range(1, emb.num_vectors)],
     }
-    if args.json:
+    if args.json:  # json.dumps writes control characters as \u001b: the JSON stays the file's own text
         print_json(data)
         return 0
-    print(emb.describe())
-    print(f"file:    {entry.path}")
-    print(f"tokens:  {' '.join(data['tokens'])}")
-    for key, norms in data["norms"].items():
-        print(f"norms:   {key}: {', '.join(f'{x:.4g}' for x in norms)}")
-    pad = max(len(key) for key in emb.meta) + 2 if emb.meta else 0
-    for key in sorted(emb.meta):
-        print(f"{key + ':':<{pad}}{emb.meta[key]}")
-    if entry.preview:
-        print(f"preview: {entry.preview}")
+    for line in _show_lines(emb, entry, data):
+        print(printable(line))  # metadata is the file's: an escape in it must not draw on the terminal
     return 0
 
 
-def run_export(args) -> int:
-    from PIL import Image
+def _show_lines(emb, entry, data: dict) -> list[str]:
+    """`show`'s report: the summary, file, tokens and norms, then every metadata key, one line each."""
+    lines = [emb.describe(), f"file:    {entry.path}", f"tokens:  {' '.join(data['tokens'])}"]
+    for key, norms in data["norms"].items():
+        lines.append(f"norms:   {key}: {', '.join(f'{x:.4g}' for x in norms)}")
+    meta = sorted((printable(key), value) for key, value in emb.meta.items())  # keys padded as they print
+    pad = max((len(key) for key, _ in meta), default=0) + 2
+    lines += [f"{key + ':':<{pad}}{value}" for key, value in meta]
+    if entry.preview:
+        lines.append(f"preview: {entry.preview}")
+    return lines
 
+
+def run_export(args) -> int:
     from embeddings.exporting import export, planned_outputs
 
     store = store_of(args)
@@ -192,14 +199,32 @@ def run_export(args) -> int:
                 f"{target} is inside the store ({store.root}), whose files only tokensmith's own commands "
                 "write; export to a path outside it"
             )
-    image = None
-    preview = store.preview_path(name)
-    if args.format == "a1111-png" and preview.is_file():
-        with Image.open(preview) as opened:
-            image = opened.convert("RGB")
+    image = _card_picture(store.preview_path(name)) if args.format == "a1111-png" else None
     for path in export(emb, args.format, Path(args.out), overwrite=args.force, image=image):
         print(path)
     return 0
+
+
+def _card_picture(preview: Path):
+    """The stored preview as RGB for an a1111-png export, or None for the plain card.
+
+    A preview that cannot be read (not an image, truncated, or stuffed with text chunks) is a warning, not
+    an error: the PNG's job is to carry the embedding, which the plain card does as well, as it does for an
+    embedding with no preview; `push` goes on without a broken preview in the same way."""
+    from PIL import Image
+
+    if not preview.is_file():
+        return None
+    try:
+        with Image.open(preview) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        print(
+            f"tokensmith export: warning: the preview {preview} cannot be read ({exc}); the PNG carries a "
+            "plain card instead (replace that file with an image for a picture, or delete it)",
+            file=sys.stderr,
+        )
+        return None
 
 
 def run_rename(args) -> int:
@@ -209,14 +234,16 @@ def run_rename(args) -> int:
 
 
 def run_rm(args) -> int:
-    store_of(args).delete(args.name)
+    store_of(args).delete(args.name)  # also a stray file's name, pasted from `list`'s $'...' advice
     print(
-        f"moved '{args.name}' to the trash; `tokensmith restore {args.name}` brings it back", file=sys.stderr
+        f"moved '{printable(args.name)}' to the trash; `tokensmith restore {shell_quote(args.name)}` brings "
+        "it back",
+        file=sys.stderr,
     )
     return 0
 
 
 def run_restore(args) -> int:
     store_of(args).restore(args.name)
-    print(args.name)
+    print(printable(args.name))
     return 0

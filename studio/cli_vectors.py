@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from embeddings.text import printable
 from studio.cli import at_least_one
 from studio.cli_embeddings import (
     STORED_NAME,
@@ -235,12 +236,12 @@ def run_doctor(args) -> int:
         reports = [diagnose(path, encoders, model_family=family, store_root=store.root)]
     if args.json:
         print_json([r.to_json() for r in reports] if folder else reports[0].to_json())
-    else:
+    else:  # a report quotes the file's metadata and names: printable, so an escape in them cannot draw
         for i, report in enumerate(reports):
             if len(reports) > 1:
-                print(("\n" if i else "") + f"== {report.path}")
+                print(("\n" if i else "") + f"== {printable(report.path)}")
             for line in report.lines:
-                print(line)
+                print(printable(line))
             for warning in report.warnings:
-                print(f"warning: {warning}")
+                print(printable(f"warning: {warning}"))
     return 1 if any(report.fit in ("unreadable", "no") for report in reports) else 0

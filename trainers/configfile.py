@@ -4,11 +4,32 @@ each value converted to its key's type, and unknown keys refused with the valid 
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from pathlib import Path
 
 import tomllib
 
 from trainers.config import FIELDS, TYPES, ConfigError, TrainConfig, default_of
+
+# How a refused value shows in a message: a few items and characters of it, never all of a 10 MB string or
+# of a list nested a thousand deep. Within 80 characters however it is nested.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 4, 4, 60, 60
+SHOWN_CHARS = 80
+MAX_KEYS_SHOWN = 10  # unknown keys named in one message
+
+
+def _short_repr(value) -> str:
+    """`value`'s repr as a config message shows it: 'lol' stays 'lol'; a long one is cut to about 80
+    characters, ending '...' ("['lol', 'lol', 'lol', 'lol', ...]")."""
+    try:
+        return _cut(_SHORT.repr(value))
+    except ValueError:  # an int of more than 4300 digits (TOML's 0x... reads any length), which repr refuses
+        return "a whole number too long to show"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def coerce(name: str, value):
@@ -23,46 +44,56 @@ def coerce(name: str, value):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(f"{name} must be true or false, got {_short_repr(value)}")
     if kind is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            raise ConfigError(f"{name} must be a whole number, got {_short_repr(value)}")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+            raise ConfigError(f"{name} must be a whole number, got {_short_repr(value)}") from None
     if kind is float:
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+            raise ConfigError(f"{name} must be a number, got {_short_repr(value)}") from None
     if kind == list[str]:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
-            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+            raise ConfigError(f"{name} must be a list of strings, got {_short_repr(value)}")
         return [str(item).strip() for item in items if str(item).strip()]
     if isinstance(value, dict | list):
-        raise ConfigError(f"{name} must be a single value, got {value!r}")
+        raise ConfigError(f"{name} must be a single value, got {_short_repr(value)}")
     if isinstance(value, bool):  # YAML reads a bare yes/no/on/off as a boolean
-        raise ConfigError(f'{name} must be text, got {value!r}; quote it in YAML ({name}: "yes")')
+        raise ConfigError(f'{name} must be text, got {_short_repr(value)}; quote it in YAML ({name}: "yes")')
     if isinstance(value, int | float):  # YAML reads 0123 as 83 (octal) and 1_000 as 1000: not what was typed
         raise ConfigError(
-            f'{name} must be text, got the number {value!r}; quote it ({name}: "...") so the file keeps '
-            "it as written"
+            f"{name} must be text, got the number {_short_repr(value)}; quote it "
+            f'({name}: "...") so the file keeps it as written'
         )
     return str(value)
 
 
 def from_mapping(values: dict, *, base: TrainConfig | None = None) -> TrainConfig:
     """Build a config from a {key: value} mapping; unknown keys are an error listing the valid ones."""
-    unknown = sorted(set(values) - set(FIELDS))
+    # YAML keys may be numbers (`1: 2`), and any key may be long: each is shown as short text
+    unknown = sorted({_key_text(key) for key in values if key not in FIELDS})
     if unknown:
+        listed = ", ".join(unknown[:MAX_KEYS_SHOWN]) + (
+            f" and {len(unknown) - MAX_KEYS_SHOWN} more" if len(unknown) > MAX_KEYS_SHOWN else ""
+        )
         raise ConfigError(
-            f"unknown training config key(s) {', '.join(unknown)}{_did_you_mean(unknown)}; valid keys: "
+            f"unknown training config key(s) {listed}{_did_you_mean(unknown[:MAX_KEYS_SHOWN])}; valid keys: "
             f"{', '.join(sorted(FIELDS))}"
         )
     changes = {key: coerce(key, value) for key, value in values.items()}
     return dataclasses.replace(base or TrainConfig(), **changes)
+
+
+def _key_text(key) -> str:
+    """A config key as a message names it: the key itself (a number as its digits), cut to about 80
+    characters."""
+    return _cut(key) if isinstance(key, str) else _short_repr(key)
 
 
 def _did_you_mean(unknown: list[str]) -> str:
@@ -72,7 +103,7 @@ def _did_you_mean(unknown: list[str]) -> str:
 
     guesses = []
     for key in unknown:
-        spelled = str(key).strip().lstrip("-").replace("-", "_").lower()
+        spelled = key.strip().lstrip("-").replace("-", "_").lower()
         close = difflib.get_close_matches(spelled, FIELDS, n=1, cutoff=0.8)  # an exact match first
         guesses += [f"{key} -> {close[0]}"] if close else []
     return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
@@ -90,30 +121,57 @@ def read_file(path: str | Path) -> dict:
             f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
     suffix = path.suffix.lower()  # RUN.TOML, saved by a tool that upper-cases names
-    if suffix == ".toml":
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    else:
+    if suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
+    try:
+        values = _parsed_toml(text, path) if suffix == ".toml" else _parsed_yaml(text, path)
+    except RecursionError:  # '[[[[...' a thousand deep: both parsers recurse per level
+        raise ConfigError(
+            f"config file {path} nests lists or tables hundreds deep; a training config holds plain values"
+        ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold key = value pairs at the top level")
     if set(values) == {"train"}:  # a [train] table holding the keys
         values = values["train"]
         if not isinstance(values, dict):
             raise ConfigError(
-                f"config file {path}: train = {values!r} is not a table; put the keys at the top level or "
-                "under a [train] table (TOML) or train: mapping (YAML)"
+                f"config file {path}: train = {_short_repr(values)} is not a table; put the keys at the top "
+                "level or under a [train] table (TOML) or train: mapping (YAML)"
             )
     return values
+
+
+def _parsed_toml(text: str, path: Path):
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _parsed_yaml(text: str, path: Path):
+    import yaml
+
+    try:
+        _refuse_aliases(text, path)
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+
+
+def _refuse_aliases(text: str, path: Path) -> None:
+    """ConfigError at the first YAML anchor (&a) or alias (*a): a training config needs none, and aliases
+    nested a few deep make 300 bytes a value of millions of items (a "billion laughs" file). Read as a
+    stream of events, so nothing is expanded on the way."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        anchor = getattr(event, "anchor", None)  # an alias's is the anchor it repeats
+        if anchor is not None:
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise ConfigError(
+                f"config file {path} uses the YAML {kind}{_cut(anchor)} (line {event.start_mark.line + 1}); "
+                "a training config takes plain values: write each value out where it is used"
+            )
 
 
 def load(path: str | Path | None = None, *, overrides: dict | None = None) -> TrainConfig:
