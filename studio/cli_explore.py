@@ -53,6 +53,10 @@ Reads the image's provenance chunk and generates it again (pixel-identical on th
 what is missing, and writes nothing, if an embedding, the model, the init image, a match= guide image or
 a --guide-module's source is not available or has changed. A grid, variations sheet or trace strip records
 the provenance of each image in it: --cell K replays one.
+
+An image made with --guide-module names Python code that a replay would import and run: replay refuses it
+and names the module's file. Read that file, then add --allow-guide-modules; the module runs only if its
+source is the one the image recorded (same sha256).
 """
 
 GRID_EPILOG = """\
@@ -111,6 +115,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help="replay image K (1, 2, ... row by row) of a grid or variations sheet (a trace strip: 1)",
     )
     rep.add_argument("--model", help="use this model instead of the recorded one")
+    rep.add_argument(
+        "--allow-guide-modules",
+        action="store_true",
+        help="import and run the guide modules the image names (read their source first)",
+    )
     rep.add_argument(
         "--model-config",
         metavar="DIR",
@@ -245,6 +254,8 @@ def run_replay(args) -> int:
             model_config=args.model_config,
             cell=args.cell,
             on_step=progress,
+            allow_guide_modules=args.allow_guide_modules,
+            precise=True,  # the user's own files: say which is missing, unreadable or changed
         )
     finally:
         progress.close()

@@ -160,7 +160,7 @@ def _guided_image(session, folder, monkeypatch, name):
 
 def test_a_guide_module_image_replays_from_another_folder(tiny_session, tmp_path, monkeypatch):
     made, path = _guided_image(tiny_session, tmp_path / "w", monkeypatch, "review_losses_a")
-    again = replay(path, session=tiny_session)  # was: "guide module ... cannot be found"
+    again = replay(path, session=tiny_session, allow_guide_modules=True)  # was: "... cannot be found"
     assert np.array_equal(np.asarray(again.image), np.asarray(made.image))
     assert str(tmp_path / "w") not in sys.path  # the recorded folder was on the path for the replay only
 
@@ -169,7 +169,7 @@ def test_a_guide_module_that_is_gone_says_where_to_replay_from(tiny_session, tmp
     _made, path = _guided_image(tiny_session, tmp_path / "w", monkeypatch, "review_losses_b")
     (tmp_path / "w" / "review_losses_b.py").rename(tmp_path / "elsewhere.py")
     with pytest.raises(ReplayError, match=r"run replay from the folder that holds review_losses_b\.py, or"):
-        replay(path, session=tiny_session)
+        replay(path, session=tiny_session, allow_guide_modules=True, precise=True)
 
 
 # --- grids, variations and traces record their images ---

@@ -48,6 +48,9 @@ ITERATIONS = 4  # gradient steps on x̂0 per guided sampling step
 # with the profile applied. The guide's record keeps it (absent: 1), so an image made by reader 1 replays
 # from the pixels it was made from.
 MATCH_READER = 2
+# A replay's one wording for a recorded file that is missing, unreadable or changed (changed_files without
+# `precise`): an image uploaded to the studio must not learn which of the three, so which paths exist there
+NOT_AS_MADE = "is missing, unreadable or changed since: a replay needs the very file it was made with"
 MAX_STEP = 0.5  # a step's RMS is at most this times the RMS of x̂0 (flat losses would otherwise jump)
 # Colour names beyond the demo world's own (which take precedence, so "green" means the demo's green).
 EXTRA_COLOURS = {
@@ -186,67 +189,95 @@ def _rgb_array(img):
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def changed_files(records: list[dict]) -> list[str]:
-    """What replaying with guides recorded by `Guide.record` would find missing or changed, in words."""
+def guide_kind(spec: str) -> str:
+    """The kind a guide spec names, as parse_guide reads it: 'Colour = red,scale=1' -> 'color'."""
+    kind = spec.split(",")[0].partition("=")[0].strip().lower()
+    return "color" if kind == "colour" else kind
+
+
+def guide_module(spec: str) -> str:
+    """The module a `module=` guide imports: 'module=pkg.losses:blue,scale=0.8' -> 'pkg.losses'."""
+    return spec.split(",")[0].partition("=")[2].strip().partition(":")[0]
+
+
+def changed_files(records: list[dict], *, precise: bool = False) -> list[str]:
+    """What replaying with guides recorded by `Guide.record` would find missing or changed, in words.
+
+    `precise` says which of missing, unreadable or changed (the CLI, on the user's own files); otherwise
+    one wording says all three, so that an image uploaded to the studio cannot probe which paths exist on
+    the studio's machine. Nothing is imported: a module's source is found and hashed as a file."""
     problems = []
     for entry in records:
-        if entry.get("kind") == "match":
-            path = Path(entry["path"])
-            if entry.get("reader", 1) not in range(1, MATCH_READER + 1):
-                problems.append(
-                    f"match image {path} was read by a newer tokensmith (reader {entry['reader']!r}): "
-                    "update tokensmith to replay this image"
-                )
-                continue
-            if not path.is_file():
-                problems.append(f"match image {path} is missing")
-                continue
-            try:
-                same = image_sha256(_reference_image(path, match_reader(entry))) == entry["sha256"]
-            except GuideError:
-                same = False
-            if not same:
-                problems.append(f"match image {path} has changed since")
-        elif entry.get("kind") == "module":
-            module_name = _recorded_module(entry)
-            source = module_source(module_name) or _recorded_source(entry)
-            if source is None:
-                problems.append(
-                    f"guide module {module_name} ({entry['path']}) cannot be found: run replay from the "
-                    f"folder that holds {module_name.replace('.', '/')}.py, or add that folder to PYTHONPATH"
-                )
-            elif file_sha256(source) != entry["sha256"]:
-                problems.append(f"guide module {module_name} ({source}) has changed since")
+        if entry["kind"] == "match":
+            problems.extend(_changed_match(entry, precise=precise))
+        elif entry["kind"] == "module":
+            problems.extend(_changed_module(entry, precise=precise))
     return problems
 
 
-def _recorded_module(entry: dict) -> str:
-    """'my_losses' of a module guide's record ({'guide': 'module=my_losses:more_blue,scale=0.8', ...})."""
-    return entry["guide"].partition("=")[2].split(",")[0].partition(":")[0].strip()
-
-
-def _recorded_source(entry: dict) -> Path | None:
-    """A module guide's recorded file, when the module can be imported from there (its folder is not on the
-    path here: a replay from another folder); changed_files then compares its hash."""
+def _changed_match(entry: dict, *, precise: bool) -> list[str]:
+    """What keeps a match guide's recorded image from being read as it was (empty: nothing)."""
     path = Path(entry["path"])
-    return path if path.is_file() and import_root(_recorded_module(entry), path) is not None else None
+    if entry.get("reader", 1) not in range(1, MATCH_READER + 1):
+        return [
+            f"match image {path} was read by a newer tokensmith (reader {entry['reader']!r}): "
+            "update tokensmith to replay this image"
+        ]
+    if not path.is_file():
+        return [f"match image {path} is missing" if precise else f"match image {path} {NOT_AS_MADE}"]
+    try:
+        same = image_sha256(_reference_image(path, match_reader(entry))) == entry["sha256"]
+    except GuideError:
+        same = False
+    if same:
+        return []
+    return [f"match image {path} has changed since" if precise else f"match image {path} {NOT_AS_MADE}"]
+
+
+def _changed_module(entry: dict, *, precise: bool) -> list[str]:
+    """What keeps a module guide's recorded source from being the one a replay imports (empty: nothing)."""
+    module_name, source = guide_module(entry["guide"]), replay_source(entry)
+    if source is not None and file_sha256(source) == entry["sha256"]:
+        return []
+    if not precise:
+        return [f"guide module {module_name} ({entry['path']}) {NOT_AS_MADE}"]
+    if source is not None:
+        return [f"guide module {module_name} ({source}) has changed since"]
+    return [
+        f"guide module {module_name} ({entry['path']}) cannot be found: run replay from the folder that "
+        f"holds {module_name.replace('.', '/')}.py, or add that folder to PYTHONPATH"
+    ]
+
+
+def replay_source(entry: dict) -> Path | None:
+    """The source file a replay imports a module guide's record from, found without importing anything: as
+    the module imports by name from here, else from the folder its recorded file imports from (a replay from
+    another folder, which importable_guides puts on the path). changed_files compares its hash."""
+    module_name = guide_module(entry["guide"])
+    source = module_source(module_name)
+    if source is None and (root := _recorded_root(entry)) is not None:
+        source = module_source(module_name, folders=[root])
+    return source
+
+
+def _recorded_root(entry: dict) -> Path | None:
+    """The folder from which a module guide's recorded file imports under its name, if it fits the name."""
+    return import_root(guide_module(entry["guide"]), Path(entry["path"]))
 
 
 @contextlib.contextmanager
 def importable_guides(records: list[dict]) -> Iterator[None]:
     """While a replay runs: the guide modules that do not import by name from here import from the folders
-    their provenance records (changed_files has checked that the recorded files are unchanged), and match
-    images are read by the reader their records name."""
-    folders = []
-    for entry in records:
-        if entry.get("kind") == "module" and module_source(_recorded_module(entry)) is None:
-            source = _recorded_source(entry)
-            if source is not None:
-                folders.append(import_root(_recorded_module(entry), source))
-    readers = {entry["path"]: match_reader(entry) for entry in records if entry.get("kind") == "match"}
+    their provenance records (changed_files has checked that the files found there are unchanged), and
+    match images are read by the reader their records name."""
+    modules = [entry for entry in records if entry["kind"] == "module"]
+    roots = [
+        _recorded_root(entry) for entry in modules if module_source(guide_module(entry["guide"])) is None
+    ]
+    readers = {entry["path"]: match_reader(entry) for entry in records if entry["kind"] == "match"}
     token = _REPLAY_READERS.set(readers)
     try:
-        with importable_from(folders):
+        with importable_from([root for root in roots if root is not None]):
             yield
     finally:
         _REPLAY_READERS.reset(token)
@@ -255,10 +286,8 @@ def importable_guides(records: list[dict]) -> Iterator[None]:
 def parse_guide(spec: str) -> Guide:
     """'color=green,scale=0.8,every=2' -> Guide; `module=pkg.mod:fn` is what --guide-module adds."""
     head, *options = [part.strip() for part in spec.split(",")]
-    kind, sep, value = head.partition("=")
-    kind, value = kind.strip().lower(), value.strip()
-    if kind == "colour":
-        kind = "color"
+    _kind, sep, value = head.partition("=")
+    kind, value = guide_kind(spec), value.strip()
     if not sep or kind not in KINDS or not value:
         raise GuideError(
             f"unknown guide {spec!r}: use color=NAME_OR_HEX, brightness=F, contrast=F, match=PATH or "

@@ -11,7 +11,8 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from importlib.machinery import FrozenImporter, PathFinder
 from pathlib import Path
 
 import torch
@@ -109,19 +110,35 @@ def ran_sha256(module_name: str) -> str:
     return _LOADED_SOURCES[module_name]
 
 
-def module_source(module_name: str) -> Path | None:
-    """The source file of a guide module as it would be imported now (without importing it), or None."""
-    loaded = sys.modules.get(module_name)
-    if loaded is not None:
-        origin = getattr(loaded, "__file__", None)
-    else:
-        _importable_cwd()
-        try:
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
+def module_source(module_name: str, *, folders: Sequence[Path] = ()) -> Path | None:
+    """The source file of a guide module as it would be imported now (from `folders`, then the import path),
+    or None; found without importing anything. importlib.util.find_spec would import a dotted name's parent
+    packages, running their code, and a replayed image's provenance may name any module."""
+    parts = module_name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    _importable_cwd()
+    search: list[str] | None = [*map(str, folders), *sys.path]
+    origin = None
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        loaded = sys.modules.get(name)
+        if loaded is not None:  # what an import of it, or of a module inside it, uses
+            origin, locations = getattr(loaded, "__file__", None), getattr(loaded, "__path__", None)
+        elif search is None or _not_from_files(name):
             return None
-        origin = spec.origin if spec is not None else None
+        else:
+            spec = PathFinder.find_spec(name, search)  # reads folders; runs no module's code
+            if spec is None:
+                return None
+            origin, locations = spec.origin, spec.submodule_search_locations
+        search = list(locations) if locations is not None else None  # None: a module, not a package
     return Path(origin).resolve() if origin and Path(origin).is_file() else None
+
+
+def _not_from_files(name: str) -> bool:
+    """Whether `name` imports as a built-in or frozen module: code that is not the file a search finds."""
+    return name in sys.builtin_module_names or FrozenImporter.find_spec(name) is not None
 
 
 def import_root(module_name: str, path: Path) -> Path | None:

@@ -25,6 +25,7 @@ from embeddings.files import atomic_write_bytes
 from embeddings.maths import SLERP_VERSION
 from studio.generation.conditioning import installed_partly
 from studio.generation.schedule import sampler_title
+from trainers.config import MAX_RESOLUTION
 
 CHUNK = "tokensmith"
 A1111_CHUNK = "parameters"
@@ -223,6 +224,8 @@ def _sheet_cell(prov: dict, name: str, cell: int | None) -> dict:
 # what request_from and check_replayable read, and the types they need
 REQUIRED = {"prompt": str, "negative": str, "scheduler": str, "model": str}
 WHOLE = ("seed", "steps", "width", "height")
+RECORD_KEYS = ("kind", "guide", "path", "sha256")  # of each guide_files entry (Guide.record)
+FILE_KINDS = ("match", "module")  # the guides that read a file, which a replay checks first
 
 
 def _malformed(prov: dict) -> str | None:
@@ -250,11 +253,35 @@ def _malformed(prov: dict) -> str | None:
         return f"has a bad 'slerp': {json.dumps(slerp)}"
     init = prov.get("init_image")
     if init is not None and not (
-        isinstance(init, dict) and isinstance(init.get("sha256"), str) and init.get("reader", 1) in (1, 2, 3)
+        isinstance(init, dict)
+        and isinstance(init.get("sha256"), str)
+        and isinstance(init.get("path"), str | None)
+        and init.get("reader", 1) in (1, 2, 3)
     ):
         return "has a bad 'init_image'"
     if not isinstance(prov.get("clip_sample"), bool | None):
         return f"has a bad 'clip_sample': {json.dumps(prov['clip_sample'])}"
+    return _malformed_guides(prov)
+
+
+def _malformed_guides(prov: dict) -> str | None:
+    """What is wrong with the chunk's `guides` and `guide_files`, else None. Every guide that reads a file
+    (match=, module=) has the record tokensmith writes of that file: without one, nothing could be checked
+    before the replay reads the image or imports the module."""
+    from studio.generation.guidance import guide_kind
+
+    guides, records = prov.get("guides") or [], prov.get("guide_files") or []
+    if not isinstance(guides, list) or not all(isinstance(spec, str) for spec in guides):
+        return "has a bad 'guides' list"
+    if not isinstance(records, list) or not all(
+        isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in RECORD_KEYS)
+        for entry in records
+    ):
+        return "has a bad 'guide_files' list"
+    recorded = {(entry["kind"], entry["guide"]) for entry in records}
+    for spec in guides:
+        if (kind := guide_kind(spec)) in FILE_KINDS and (kind, spec) not in recorded:
+            return f"has the guide {json.dumps(spec)} without its 'guide_files' record"
     return None
 
 
@@ -293,10 +320,49 @@ def init_reader(init: dict | None) -> int:
     return int((init or {}).get("reader", 1))
 
 
-def check_replayable(prov: dict, store: Store | None) -> list[str]:
-    """Everything this machine lacks to replay `prov`, in words (empty: all present and unchanged)."""
+def check_size(prov: dict, name: str) -> None:
+    """ReplayError for a recorded size past MAX_RESOLUTION, generate's limit: the size comes from the file,
+    which may have been made by hand to exhaust the memory of the machine that replays it."""
+    width, height = int(prov["width"]), int(prov["height"])
+    if max(width, height) > MAX_RESOLUTION:
+        raise ReplayError(
+            f"cannot replay {name}: it asks for a {width}x{height} image, past the {MAX_RESOLUTION} pixels a "
+            "side that generate makes too (an image that large would exhaust this machine's memory)"
+        )
+
+
+def check_guide_modules(prov: dict, name: str, *, allowed: bool) -> None:
+    """ReplayError unless the user allowed the replay to run the guide modules the image names. Replaying
+    one imports and runs code that the file chooses, so it runs only when asked for, after the user has read
+    it; the error names each module and the source file its record gives."""
+    records = {entry["guide"]: entry for entry in guide_records(prov) if entry["kind"] == "module"}
+    if allowed or not records:
+        return
+    from studio.generation.guidance import guide_module
+
+    what = " and ".join(f"{guide_module(spec)!r} from {entry['path']!r}" for spec, entry in records.items())
+    many = len(records) > 1
+    raise ReplayError(
+        f"cannot replay {name}: it would import and run code that the image names, the guide "
+        f"module{'s' * many} {what}; read {'those files' if many else 'that file'} first, then replay it "
+        "with `tokensmith replay --allow-guide-modules` to run it (the studio never runs an uploaded "
+        "image's guide modules)"
+    )
+
+
+def guide_records(prov: dict) -> list[dict]:
+    """The `guide_files` records of the guides the image uses (_malformed has checked each has one)."""
+    guides = prov.get("guides") or []
+    return [entry for entry in prov.get("guide_files") or [] if entry["guide"] in guides]
+
+
+def check_replayable(prov: dict, store: Store | None, *, precise: bool = False) -> list[str]:
+    """Everything this machine lacks to replay `prov`, in words (empty: all present and unchanged).
+
+    `precise` says of each recorded file whether it is missing, unreadable or changed (the CLI: the user's
+    own files); otherwise one wording says all three, so that an image uploaded to the studio cannot probe
+    which paths exist on the studio's machine and which of them are images."""
     from studio.generation.guidance import changed_files
-    from studio.generation.img2img import InitImageError, load_init_image
 
     missing = []
     names = store.names() if store is not None else []
@@ -308,22 +374,32 @@ def check_replayable(prov: dict, store: Store | None) -> list[str]:
                 f"embedding <{entry['name']}> in the store has changed since "
                 f"(was sha256 {entry['sha256'][:12]})"
             )
-    missing.extend(changed_files(prov.get("guide_files") or []))
+    missing.extend(changed_files(guide_records(prov), precise=precise))
     init = prov.get("init_image")
-    if init:
-        path = Path(init["path"]) if init.get("path") else None
-        if path is None or not path.is_file():
-            missing.append(f"init image {init.get('path') or '(given in memory)'} is not available")
-        else:
-            size = (int(prov["width"]), int(prov["height"]))
-            try:
-                _, sha256 = load_init_image(path, size, reader=init_reader(init))
-            except InitImageError as exc:
-                missing.append(f"init image {path} can no longer be read ({exc})")
-                return missing
-            if sha256 != init["sha256"]:
-                missing.append(f"init image {path} has changed since")
+    size = (int(prov["width"]), int(prov["height"]))
+    if init and (problem := _init_problem(init, size, precise=precise)) is not None:
+        missing.append(problem)
     return missing
+
+
+def _init_problem(init: dict, size: tuple[int, int], *, precise: bool) -> str | None:
+    """What keeps the recorded init image from being read as it was, in words (None: nothing)."""
+    from studio.generation.guidance import NOT_AS_MADE
+    from studio.generation.img2img import InitImageError, load_init_image
+
+    path = Path(init["path"]) if init.get("path") else None
+    if path is None or not path.is_file():
+        trouble = "is not available"
+    else:
+        try:
+            _, sha256 = load_init_image(path, size, reader=init_reader(init))
+        except InitImageError as exc:
+            trouble = f"can no longer be read ({exc})"
+        else:
+            if sha256 == init["sha256"]:
+                return None
+            trouble = "has changed since"
+    return f"init image {init.get('path') or '(given in memory)'} {trouble if precise else NOT_AS_MADE}"
 
 
 def replay(
@@ -336,19 +412,26 @@ def replay(
     cell: int | None = None,
     model_config: str | None = None,
     on_step: Any = None,
+    allow_guide_modules: bool = False,
+    precise: bool = False,
 ) -> Any:
     """Re-make the image at `path` (one Result; image `cell`, 1, 2, ... row by row, of a grid, variations
     sheet or trace strip); ReplayError lists whatever is missing or changed.
 
     Without a `session`, `model` (else the recorded one; a single file with `model_config`'s configs) loads
     only after those checks, so a missing embedding is said without a wait. `on_step` sees each sampling
-    step (a progress bar)."""
+    step (a progress bar). The image's guide modules are imported and run only with `allow_guide_modules`
+    (the CLI's flag; the studio never sets it), from source files whose hashes match the image's records.
+    `precise`: name each missing file's trouble exactly (check_replayable; the CLI)."""
     from studio.generation.guidance import importable_guides
     from studio.generation.session import Session
     from trainers.models import load_model
 
+    name = label or str(path)
     prov = read_provenance(path, label=label, cell=cell)
-    missing = check_replayable(prov, store)
+    check_size(prov, name)
+    check_guide_modules(prov, name, allowed=allow_guide_modules)
+    missing = check_replayable(prov, store, precise=precise)
     if missing:
         raise ReplayError(f"cannot replay {label or path}: " + "; ".join(missing))
     if session is None:
@@ -358,7 +441,7 @@ def replay(
     encoder.partial = bool(prov.get("partial"))  # as the image was made: --partial or not
     encoder.slerp_version = slerp_version(prov)  # and with its slerp
     try:
-        with importable_guides(prov.get("guide_files") or []):  # a guide module from its recorded folder
+        with importable_guides(guide_records(prov)):  # a guide module from its recorded folder
             [result] = session.generate(request_from(prov), store=store, on_step=on_step, as_recorded=True)
     finally:
         encoder.partial, encoder.slerp_version = asked

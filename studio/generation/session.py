@@ -100,7 +100,7 @@ class Session:
             try:
                 image, trace = self._sample(req, nodes, negative, guides, init, seed, index, on_step)
             except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-                if (advice := self._out_of_memory(exc, req)) is None:
+                if (advice := self._out_of_memory(exc, req, as_recorded=as_recorded)) is None:
                     raise
                 raise advice from exc  # --debug still shows where the memory ran out
             provenance = self._provenance(req, nodes, negative, used, init, guides, seed, index)
@@ -110,7 +110,8 @@ class Session:
 
     def _resolved(self, req: GenerateRequest, *, as_recorded: bool = False) -> GenerateRequest:
         """`req` with the model's defaults filled in, or a TokensmithError naming the setting to change.
-        A replay (`as_recorded`) skips the size limit added since: the image it re-makes fitted in memory."""
+        A replay (`as_recorded`) skips the size limit, whose words name --width/--height: provenance.replay
+        has held the recorded size to the same MAX_RESOLUTION in its own words."""
         family = self.model.family
         width = self.model.resolution if req.width is None else req.width
         height = self.model.resolution if req.height is None else req.height
@@ -139,13 +140,21 @@ class Session:
             raise TokensmithError(f"--guidance must be a finite number, 0 or more, not {guidance}")
         return replace(req, width=width, height=height, guidance=guidance)
 
-    def _out_of_memory(self, exc: BaseException, req: GenerateRequest) -> TokensmithError | None:
+    def _out_of_memory(
+        self, exc: BaseException, req: GenerateRequest, *, as_recorded: bool = False
+    ) -> TokensmithError | None:
         """A one-line error for sampling that ran out of GPU or CPU memory, naming the settings that need
         less (as trainers.memory.out_of_memory_advice does for training); None for any other exception.
-        Images are sampled one at a time, so fewer --num-images would not help."""
+        Images are sampled one at a time, so fewer --num-images would not help. A replay (`as_recorded`)
+        has no settings to change: the image is made at its recorded size, with its recorded guides."""
         if not is_out_of_memory(exc):
             return None
         text = first_line(exc)
+        if as_recorded:
+            return TokensmithError(
+                f"replaying this {req.width}x{req.height} image ran out of memory ({text[:160]}); a replay "
+                "makes it at its recorded size, with its recorded guides: replay it where more memory is free"
+            )
         native = self.model.resolution
         hint = f"use a smaller --width/--height (this model's native size is {native})"
         if req.guides:
