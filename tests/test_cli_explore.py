@@ -191,9 +191,9 @@ def test_replay_onto_the_image_itself_compares_with_the_original(
         run(capsys, "generate", "a circle", "--model", tiny_model_dir, "--steps", "2", "--out", str(image))[0]
         == 0
     )
-    from studio.generation import provenance
+    from studio.generation import replaying
 
-    real = provenance.replay
+    real = replaying.replay
 
     def redrawn(*args, **kwargs):  # as if this machine drew it differently
         result = real(*args, **kwargs)

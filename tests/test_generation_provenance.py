@@ -1,4 +1,5 @@
-"""studio/generation/provenance.py: PNG chunks, A1111 parameters, pixel-identical replay, what blocks it."""
+"""studio/generation/provenance.py and replaying.py: PNG chunks, A1111 parameters, pixel-identical replay,
+what blocks it."""
 
 import json
 from dataclasses import replace

@@ -1,6 +1,7 @@
-"""Replaying a PNG someone handed you (studio/generation/provenance.py, guidance.py, guide_modules.py): the
-image names no code that runs unless the user asked for it, asks for no size past generate's limit, and
-cannot learn from the error which files exist on the studio's machine. Every image here is crafted."""
+"""Replaying a PNG someone handed you (studio/generation/replaying.py, provenance.py, guidance.py,
+guide_modules.py): the image names no code that runs unless the user asked for it, asks for no size past
+generate's limit, and cannot learn from the error which files exist on the studio's machine. Every image
+here is crafted."""
 
 import hashlib
 import importlib

@@ -110,7 +110,7 @@ class Session:
 
     def _resolved(self, req: GenerateRequest, *, as_recorded: bool = False) -> GenerateRequest:
         """`req` with the model's defaults filled in, or a TokensmithError naming the setting to change.
-        A replay (`as_recorded`) skips the size limit, whose words name --width/--height: provenance.replay
+        A replay (`as_recorded`) skips the size limit, whose words name --width/--height: replaying.replay
         has held the recorded size to the same MAX_RESOLUTION in its own words."""
         family = self.model.family
         width = self.model.resolution if req.width is None else req.width
