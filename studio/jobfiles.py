@@ -18,6 +18,7 @@ JOB_FIELDS = {
     "pid": ((int,), "a process id"),
     "launched": ((int, float), "a number"),
     "cancelled": ((bool,), "true or false"),
+    "earlier": ((list,), "a list of words"),
 }
 
 
@@ -35,8 +36,9 @@ def job_record(path: Path) -> dict:
         wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
         if value is not None and wrong:
             raise ValueError(f"its {key} is {json.dumps(value)[:40]}, not {kind}")
-    if not all(isinstance(word, str) for word in data.get("command") or ()):
-        raise ValueError(f"its command is not {JOB_FIELDS['command'][1]}")
+    for key in ("command", "earlier"):
+        if not all(isinstance(word, str) for word in data.get(key) or ()):
+            raise ValueError(f"its {key} is not {JOB_FIELDS[key][1]}")
     return data
 
 

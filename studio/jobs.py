@@ -5,8 +5,10 @@ plus the trainer's own record (`config.toml`, `command.txt`, `progress.jsonl`, `
 `checkpoints/`, `pid`) and `log.txt` (the trainer's stdout and stderr). Because the folder is the record, a
 browser reload, a second tab or a restarted UI finds every job again; runs started from the CLI with
 `--run-dir` under `$home/runs/` are listed too. Cancelling sends SIGTERM; the trainer stops cleanly and writes
-a `stopped` event. Resuming starts the same command again with `--resume` in the same folder. Reading a
-run folder for display is studio/runview.py; job.json and /proc are read in studio/jobfiles.py.
+a `stopped` event. Resuming starts the same command again with `--resume` in the same folder; a launch the
+trainer refuses leaves the run as it was, so the next one starts from the command before it (job.json's
+`earlier`). Reading a run folder for display is studio/runview.py; job.json and /proc are read in
+studio/jobfiles.py.
 
 Whether a job runs is never taken from a pid alone (a killed trainer's pid is soon another process's): it is
 this runner's own child, or the trainer's lock on the run folder (RunFolder.claim), or, until the trainer
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from studio.jobfiles import created_at, job_record, newer_than, started_at, write_atomic
-from studio.runview import RunState, read_run
+from studio.runview import STEPS_FIXED, RunState, read_run, steps_fixed, stored_now, taken_text
 from trainers.runfolder import RunFolder
 
 # The trainer as the CLI runs it; tests pass a fake command instead.
@@ -37,6 +39,13 @@ TRAINER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "studio", "train")
 # How far a process's start time (read from /proc, to about a second) may be from the job's `launched` for it
 # to be taken as the process this studio launched.
 LAUNCH_SLACK_S = 2.0
+# What `accelerate launch` hands the processes it starts (its mixed precision, gradient accumulation,
+# DeepSpeed and FSDP settings). The studio launches plain `tokensmith train`: such variables in its own
+# environment describe no launch of its jobs, and the trainer would only note them as settings it does not use
+# (the page has no field for them). ACCELERATE_USE_CPU alone is kept: a device choice made by hand (the
+# trainer's own CPU recipe sets it), honoured as `tokensmith train` in the same shell honours it.
+LAUNCHER_PREFIX, LAUNCHER_KEPT = "ACCELERATE_", ("ACCELERATE_USE_CPU",)
+GRADIENT_CHECKPOINTING = "--gradient-checkpointing"
 
 
 # --- what to run ---
@@ -93,9 +102,16 @@ class Job:
     launched: float = 0.0  # when the current process started (a resume relaunches in the same folder)
     cancelled: bool = False  # a cancel was sent to the launch above (not to a trainer that claimed it since)
     problem: str = ""  # why the folder's job.json cannot be read: the job lists as unreadable (not saved)
+    # the command of the run before this launch (a resume, or training further): where the next launch starts
+    # from when the trainer refuses this one
+    earlier: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        data = asdict(self) | {"run_dir": str(self.run_dir), "command": list(self.command)}
+        data = asdict(self) | {
+            "run_dir": str(self.run_dir),
+            "command": list(self.command),
+            "earlier": list(self.earlier),
+        }
         del data["problem"]
         return json.dumps(data, indent=2)
 
@@ -156,8 +172,9 @@ class JobRunner:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
-    def resume(self, job_id: str) -> Job:
-        """Continue a stopped, failed or crashed job from its last checkpoint, in the same run folder."""
+    def resume(self, job_id: str, *, gradient_checkpointing: bool = False) -> Job:
+        """Continue a stopped, failed or crashed job from its last checkpoint, in the same run folder;
+        `gradient_checkpointing` adds it (less memory, the same numbers: a resume accepts it)."""
         job = self.get(job_id)
         state = self.state(job)
         if state.active:
@@ -174,31 +191,46 @@ class JobRunner:
                 "start it again"
             )
         self.refuse_while_running()
-        command = self._command_of(job)
-        if "--resume" not in command:
-            command = (*command, "--resume")
-        return self._launch(
-            Job(id=job.id, run_dir=job.run_dir, name=job.name, command=command, created=job.created)
-        )
+        earlier = self._command_of(job, state)
+        command = earlier if "--resume" in earlier else (*earlier, "--resume")
+        if gradient_checkpointing and GRADIENT_CHECKPOINTING not in command:
+            command = (*command, GRADIENT_CHECKPOINTING)
+        return self._launch(replace(job, command=command, earlier=earlier))
 
-    def train_further(self, job_id: str, more_steps: int) -> Job:
+    def train_further(self, job_id: str, more_steps: int, *, replace_other: bool = False) -> Job:
         """Continue a finished job for `more_steps` steps from its last checkpoint, early stopping off; at
-        the end, the stored embedding is replaced by what one longer run would have stored."""
+        the end, the stored embedding is replaced by what one longer run would have stored.
+
+        Only the job's own result is replaced: a name that now holds another embedding (or a file that
+        cannot be read) is refused unless `replace_other`, and a name that holds nothing is stored again."""
         job = self.get(job_id)
         state = self.state(job)
         if state.status != "done":
             raise RuntimeError(f"job '{job_id}' has not finished: only a finished job can be trained further")
         if more_steps < 1:
             raise ValueError(f"more steps must be at least 1, got {more_steps}")
+        if steps_fixed(job.run_dir):
+            raise ValueError(f"job '{job_id}' cannot be trained further: {STEPS_FIXED}")
+        name = state.embedding_name or job.name
+        held = self.stored_now(job, state)
+        if held in ("other", "unreadable") and not replace_other:
+            raise FileExistsError(taken_text(name, held))
         self.refuse_while_running()
-        again = ("--resume", "--overwrite", "--no-early-stopping")
-        command = [w for w in self._command_of(job) if w not in (*again, "--early-stopping")]
+        again = ("--resume", *(() if held == "gone" else ("--overwrite",)), "--no-early-stopping")
+        earlier = self._command_of(job, state)
+        command = [w for w in earlier if w not in ("--resume", "--overwrite", "--no-early-stopping")]
+        command = [w for w in command if w != "--early-stopping"]
         if "--steps" in command:  # one --steps, so the command reads as what runs
             del command[command.index("--steps") : command.index("--steps") + 2]
         command += ["--steps", str(state.step + more_steps), *again]
-        return self._launch(
-            Job(id=job.id, run_dir=job.run_dir, name=job.name, command=tuple(command), created=job.created)
-        )
+        return self._launch(replace(job, command=tuple(command), earlier=earlier))
+
+    def stored_now(self, job: Job, state: RunState) -> str:
+        """What the store holds under a finished job's name: "held" (its result), "gone", "other" or
+        "unreadable" (studio.runview.stored_now)."""
+        from embeddings import Store
+
+        return stored_now(Store.for_home(self.home), job.run_dir, state.embedding_name or job.name)
 
     def refuse_while_running(self) -> None:
         """Raise RuntimeError while a job runs (callers check before writing anything for a new one)."""
@@ -209,7 +241,11 @@ class JobRunner:
                 "(one job at a time keeps this machine responsive)"
             )
 
-    def _command_of(self, job: Job) -> tuple[str, ...]:
+    def _command_of(self, job: Job, state: RunState) -> tuple[str, ...]:
+        """The command of the run the folder holds: the job's last launch, or the one before it when the
+        trainer refused that launch (the run is as it was: repeating the refused command is refused again)."""
+        if state.refused and job.earlier:
+            return job.earlier
         if job.command:
             return job.command
         recorded = job.run_dir / "command.txt"  # a run started from the CLI
@@ -223,7 +259,8 @@ class JobRunner:
         raise RuntimeError(f"job '{job.id}' has no recorded command: start it again from the Train page")
 
     def _launch(self, job: Job) -> Job:
-        env = os.environ | {"TOKENSMITH_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in os.environ.items() if k in LAUNCHER_KEPT or not k.startswith(LAUNCHER_PREFIX)}
+        env |= {"TOKENSMITH_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         launched = time.time()
         with open(job.run_dir / "log.txt", "ab") as log:
             proc = subprocess.Popen(
@@ -243,6 +280,7 @@ class JobRunner:
             created=job.created or launched,
             pid=proc.pid,
             launched=launched,
+            earlier=job.earlier,
         )
         try:
             write_atomic(job.run_dir / "job.json", job.to_json())
@@ -303,6 +341,7 @@ class JobRunner:
             pid=data.get("pid"),
             launched=float(data.get("launched") or 0.0),
             cancelled=cancelled,
+            earlier=tuple(data.get("earlier") or ()),
         )
 
     def _launch_alive(self, job: Job) -> bool:

@@ -1,5 +1,6 @@
 """What a run folder says, read for the studio: the latest progress row, the final event, previews,
-snapshots and the log tail. The folder is the record, so reading it is all the UI needs to show a run.
+snapshots and the log tail. The folder is the record, so reading it is all the UI needs to show a run; and
+whether a finished run may train further (steps_fixed) and the store still holds what it stored (stored_now).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embeddings.errors import EmbeddingFormatError, StoreError
 from trainers.commands import RESUME_NOTE
 from trainers.runfolder import RunFolder
 
@@ -43,6 +45,9 @@ class RunState:
     log_tail: str = ""
     warning: str = ""  # done: why the stored step's previews doubt that the concept was learned
     notes: list[str] = field(default_factory=list)  # the trainer's `note:` lines (the data it found)
+    # done or stopped: why the trainer refused the launch after that event (a resume, or training further),
+    # which left the run as it was
+    refused: str = ""
 
     @property
     def active(self) -> bool:
@@ -160,10 +165,16 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         return RunState(
             status="unreadable", message=f"cannot read {progress}: a row's step is {step}, not a step number"
         )
+    earlier, refused = None, ""
     if final is not None and (alive or written < launched):
         # the last line of the run before this launch (a resume, or training further, from the studio or the
         # CLI while its trainer lives): the trainer has not rewritten the log yet, or exited before it could
-        final = None
+        earlier, final = final, None
+    why = None if final is not None or alive or cancelled else _refusal(_tail(run_dir / "log.txt"))
+    if why and earlier is not None and earlier["event"] in ("done", "stopped"):
+        # a refused resume or train-further leaves the run as it was (the trainer records no event for it):
+        # it is still done or stopped, and the refusal is a note
+        final, refused = earlier, why
     last = rows[-1] if rows else {}
     message = str(final.get("message", "")) if final else ""
     if final is not None:
@@ -172,7 +183,7 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         status = "running" if rows else "starting"
     elif cancelled:  # SIGTERM arrived before the trainer could report (e.g. while it imported torch)
         status, message = "stopped", "cancelled before the trainer reported"
-    elif why := _refusal(_tail(run_dir / "log.txt")):
+    elif why:
         # it refused the run before writing (a bad init, a refused resume): failed, as a refusal after it
         # wrote its first lines (a prompt too long for the model) is, with the trainer's reason alone
         status, message = "failed", why
@@ -203,4 +214,82 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         log_tail=_tail(run_dir / "log.txt") if status in ("failed", "ended") else "",
         warning=str(final.get("warning") or "") if final else "",
         notes=_notes(run_dir / "log.txt"),
+        refused=refused,
     )
+
+
+# --- what a finished run allows: training further, and what it would replace ---
+
+STEPS_FIXED = (
+    "its learning rate follows a cosine schedule, whose rates depend on Steps: more steps would change the "
+    "rate of every step it took, so it cannot be trained further; start a new run with more Steps instead"
+)
+
+
+def steps_fixed(run_dir: Path) -> bool:
+    """Whether the run's config may not change its steps on a resume, so that it cannot be trained further:
+    the trainer's own rule (trainers.resume.config_changes: a cosine schedule's rates depend on its total)
+    applied to its config.toml with one more step. False without a config the trainer wrote."""
+    from embeddings.errors import TokensmithError
+    from trainers.configfile import load as load_config
+    from trainers.resume import computed_values, config_changes
+
+    try:
+        cfg = load_config(run_dir / "config.toml")
+    except (OSError, TokensmithError):
+        return False
+    saved = computed_values(cfg)
+    return bool(
+        set(config_changes(saved, cfg.replace(steps=cfg.steps + 1))) - set(config_changes(saved, cfg))
+    )
+
+
+def taken_text(name: str, held: str) -> str:
+    """Why training a finished job further would replace something that is not its result (`held`: "other"
+    or "unreadable", as stored_now says), and how to go ahead."""
+    if held == "unreadable":
+        what = f"<{name}> in the Library is now a file that cannot be read (the Library's warning says why)"
+    else:
+        what = (
+            f"<{name}> in the Library is no longer this job's result: another embedding was stored under "
+            "that name after it was deleted or renamed"
+        )
+    return (
+        f"{what}; training further would replace it. Turn on “Replace a stored embedding of the same name” "
+        "to replace it, or rename that one in the Library first"
+    )
+
+
+def stored_now(store, run_dir: Path, name: str) -> str:
+    """What the store holds under a finished run's name now: "held" (what the run stored), "gone" (nothing:
+    deleted or renamed), "other" (another embedding, stored under the name since) or "unreadable".
+
+    What the run stored is its `snapshots/final.safetensors`: the stored file holds it when their headers'
+    sha256 (of the tensor data) agree. A run without that file (an older one) is matched by the run folder
+    its stored file's trainer metadata names. Headers only: no tensor is read."""
+    from embeddings.canonical import read_header  # torch with it: not for reading run folders alone
+
+    try:
+        if not store.exists(name):
+            return "gone"
+        stored = store.entry(name).meta  # a file the Library skips (its warning says why) is unreadable here
+    except (EmbeddingFormatError, StoreError, OSError):
+        return "unreadable"
+    try:
+        final = read_header(RunFolder(run_dir).final_path).get("__metadata__") or {}
+    except (EmbeddingFormatError, OSError):
+        final = {}
+    if final.get("sha256"):
+        return "held" if stored.get("sha256") == final["sha256"] else "other"
+    made_in = _trainer_config(stored).get("run_dir")
+    same = isinstance(made_in, str) and made_in and Path(made_in).resolve() == run_dir.resolve()
+    return "held" if same else "other"
+
+
+def _trainer_config(meta: dict) -> dict:
+    """The training config in a stored file's `trainer` metadata ({} when it has none or another tool's)."""
+    try:
+        config = json.loads(meta.get("trainer") or "{}").get("config")
+    except (ValueError, AttributeError):
+        return {}
+    return config if isinstance(config, dict) else {}

@@ -16,7 +16,8 @@ from studio.runview import read_progress, read_run
 
 # A stand-in for `tokensmith train`: claims the run folder (its lock on `pid`), writes progress rows, a
 # preview, a snapshot and a checkpoint folder per step, stops cleanly on SIGTERM, continues from its last row
-# with --resume, and crashes without a final event when asked to.
+# with --resume, crashes without a final event when asked to, and at the end stores its result (in the store
+# and as the run's snapshots/final.safetensors).
 FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, signal, sys, time
@@ -73,6 +74,18 @@ FAKE_TRAINER = textwrap.dedent(
         write({"event": "failed", "message": "loss became NaN: lower the learning rate"})
         sys.exit(1)
     kept = int(os.environ.get("FAKE_KEPT", steps))  # the trainer's keep = best may store an earlier step
+    if opt("--home"):  # what it stores, in the store and as the run's final snapshot (one file's bytes)
+        import hashlib
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        vectors = np.full((1, 4), steps, dtype=np.float32)
+        meta = {"name": opt("--name"), "sha256": hashlib.sha256(vectors.tobytes()).hexdigest(),
+                "trainer": json.dumps({"config": {"run_dir": str(run_dir)}})}
+        for path in (run_dir / "snapshots" / "final.safetensors",
+                     Path(opt("--home")) / "embeddings" / f"{opt('--name')}.safetensors"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"emb_params": vectors}, str(path), metadata=meta)
     write({"event": "done", "name": opt("--name"), "message": "learned", "kept": kept})
     """
 )

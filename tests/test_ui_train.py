@@ -175,7 +175,12 @@ def test_an_existing_name_is_refused_unless_replacing(fake_trainer, tokensmith_h
     files = [(f"{i}.png", png(), "image/png") for i in range(2)]
     at = fill(open_train(), name="taken", files=files)
     at.button(key="start").click().run()
-    assert "already in the library" in errors(at)[0]
+    # the toggle by its label, as the page shows it
+    assert errors(at) == [
+        "an embedding named 'taken' already exists: choose another name, or turn on “Replace a stored "
+        "embedding of the same name” under More options"
+    ]
+    assert at.toggle(key="overwrite").label == "Replace a stored embedding of the same name"
     at.toggle(key="overwrite").set_value(True).run()
     at.button(key="start").click().run()
     assert not errors(at)
@@ -238,9 +243,22 @@ def run_folder(home: Path, rows: list[dict], final: dict | None = None, checkpoi
     run_dir.mkdir(parents=True)
     lines = [*rows, *([final] if final else [])]
     (run_dir / "progress.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if final and final["event"] == "done":  # stored, as the trainer stores: its metadata names the run
+        store_run_result(home, run_dir, final["name"])
     if checkpoint is not None:
         (run_dir / "checkpoints" / f"step-{checkpoint:06d}").mkdir(parents=True)
     return run_dir.name
+
+
+def store_run_result(home: Path, run_dir: Path, name: str) -> None:
+    """What a run in `run_dir` stores under `name` (a run from before snapshots/final.safetensors: the
+    stored file's trainer metadata names its run folder)."""
+    import torch
+
+    from embeddings import Embedding, Store
+
+    trainer = json.dumps({"config": {"run_dir": str(run_dir)}})
+    Store.for_home(home).put(Embedding(name, {"emb_params": torch.ones(1, 8)}, {"trainer": trainer}))
 
 
 def chart_rows(at: AppTest) -> list[dict]:

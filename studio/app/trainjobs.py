@@ -3,11 +3,13 @@ notes in the form's words) and act on it (cancel, resume, train further)."""
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from studio.app import context
-from studio.jobs import JobRunner
-from studio.runview import RunState
+from studio.jobs import GRADIENT_CHECKPOINTING, JobRunner
+from studio.runview import STEPS_FIXED, RunState, steps_fixed, taken_text
 from trainers.runfolder import progress_line
 
 POLL_S = 2.0  # the fragment's refresh while a job runs (about 5 % of a core per watching tab)
@@ -29,7 +31,14 @@ TRAIN_FIELDS = {
     "--learning-rate": "Learning rate",
     "--save-every": "Preview + snapshot every N steps",
     "--overwrite": "Replace a stored embedding of the same name",
+    GRADIENT_CHECKPOINTING: "Gradient checkpointing",
 }
+REPLACE_LABEL = TRAIN_FIELDS["--overwrite"]
+# The trainer's out-of-memory error (trainers/memory.py out_of_memory_advice): what ran out, in brackets, then
+# its advice in CLI flags (batch size, precision, preview count, a new run folder: no field here has them).
+OUT_OF_MEMORY = re.compile(
+    r"^training ran out of memory \((?P<what>.*?)\); (?=resume with|a new run|try|use a)"
+)
 NOTHING_TO_RESUME = (
     "No checkpoint was saved before it ended, so there is nothing to resume: start training again with the "
     "form on the left."
@@ -72,22 +81,16 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     st.markdown(f"**{STATUS_ICONS.get(state.status, '')} {state.status}** — `{job_id}`")
     st.progress(state.fraction, text=progress_text(state))
     if state.status == "done":
-        name = state.embedding_name or runner.get(job_id).name
-        from trainers.ending import kept_note
-
-        note = kept_note(state.kept_step, state.step) if state.kept_step is not None else ""
-        kept = f" It {note}." if note else ""
-        if state.warning:  # stored, but its previews doubt the concept was learned
-            st.warning(f"Stored <{name}> in the Library.{kept} But {trainer_text(state.warning)}")
-        else:
-            st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
-        st.page_link("views/library.py", label="Open the Library", icon="📚")
+        done_ui(runner, job_id, state)
     elif state.status in ("failed", "ended", "unreadable"):
-        st.error(trainer_text(state.message) or "training failed")
+        st.error(failed_text(state.message, can_resume=state.can_resume) or "training failed")
         if state.log_tail:  # the log as written: it is the record, CLI flags and all
             st.code(state.log_tail, language=None, wrap_lines=True)
     elif state.status == "stopped":
         st.warning(stopped_text(state))
+    if state.refused:  # the run is as it was: done or stopped
+        again = "Train further" if state.status == "done" else "Resume"
+        st.warning(f"{again} was refused, and the run is as it was: {trainer_text(state.refused)}")
     if state.notes:
         with st.expander("What the trainer noted about the data", expanded=state.active):
             for note in state.notes:
@@ -106,6 +109,62 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         except OSError as exc:
             st.caption(f"preview {shown.name} could not be shown: {exc}")
     actions_ui(runner, job_id, state)
+
+
+def done_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
+    """A finished job: what it learned and which step it kept, and whether the Library still holds it under
+    its name (it may have been deleted or renamed since, and another embedding stored under the name)."""
+    from trainers.ending import kept_note
+
+    job = runner.get(job_id)
+    name = state.embedding_name or job.name
+    note = kept_note(state.kept_step, state.step) if state.kept_step is not None else ""
+    kept = f" It {note}." if note else ""
+    held = runner.stored_now(job, state)
+    if held == "gone":
+        st.info(f"Learned <{name}>: it was stored as <{name}>; {NO_LONGER_STORED}.{kept}")
+    elif held == "other":
+        st.warning(
+            f"Learned <{name}>: it was stored as <{name}>; {NO_LONGER_STORED}: <{name}> there now is another "
+            f"embedding.{kept}"
+        )
+    elif held == "unreadable":
+        st.warning(
+            f"Learned <{name}>: it was stored as <{name}>, but the Library's file of that name cannot be "
+            f"read now (the Library's warning says why).{kept}"
+        )
+    elif state.warning:  # stored, but its previews doubt the concept was learned
+        st.warning(f"Stored <{name}> in the Library.{kept} But {trainer_text(state.warning)}")
+    else:
+        st.success(f"Learned <{name}>: it is in the Library, ready for prompts as <{name}>.{kept}")
+    st.page_link("views/library.py", label="Open the Library", icon="📚")
+
+
+NO_LONGER_STORED = "it is no longer in the Library (deleted or renamed)"
+
+
+def failed_text(message: str, *, can_resume: bool) -> str:
+    """The trainer's failure in the page's words. Running out of memory gets advice the page can follow (the
+    trainer's names CLI flags that no field here has): resume with gradient checkpointing, or start again
+    with it; a run that had it already needs a GPU with more memory."""
+    found = OUT_OF_MEMORY.match(message)
+    if found is None:
+        return trainer_text(message)
+    said = f"training ran out of memory ({found['what']})"
+    if GRADIENT_CHECKPOINTING not in message[found.end() :]:  # the trainer offers it unless the run had it
+        return (
+            f"{said}; it already trains with gradient checkpointing, so it needs a GPU with more memory (the "
+            "command line's `tokensmith train` has further memory settings)"
+        )
+    if can_resume:
+        return (
+            f"{said}; Resume with “with gradient checkpointing” on: it continues the run in less memory "
+            "(slower; the numbers are the same)"
+        )
+    return (
+        f"{said}; start it again with “{TRAIN_FIELDS[GRADIENT_CHECKPOINTING]}” on (under More options): it "
+        "trains in less memory (slower; the numbers are the same)"
+    )
 
 
 def trainer_text(text: str) -> str:
@@ -160,24 +219,55 @@ def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         if state.active and st.button("Cancel", key="cancel", icon="⏹️"):
             runner.cancel(job_id)
             st.toast("Asked the trainer to stop; it saves a checkpoint first.")
-        if state.can_resume and st.button("Resume", key="resume", icon="▶️"):
-            runner.resume(job_id)
-            st.rerun()
+        if state.can_resume:
+            resume_ui(runner, job_id, state)
         if state.status == "done":
-            more = st.number_input(
-                "More steps",
-                min_value=1,
-                max_value=100_000,
-                value=max(1, state.step // 2),
-                key="more_steps",
-                help="Continues from the last step with early stopping off, then replaces the stored "
-                "embedding with what one longer run would have stored.",
-            )
-            if st.button("Train further", key="further", icon="⏩"):
-                runner.train_further(job_id, int(more))
-                st.rerun()
+            further_ui(runner, job_id, state)
     except context.user_errors() as exc:
         st.error(context.error_text(exc, fields=TRAIN_FIELDS))
+
+
+def resume_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
+    """Resume, optionally with gradient checkpointing (on by default after running out of memory without
+    it): a resume may add it, as it computes the same numbers in less memory."""
+    out_of_memory = OUT_OF_MEMORY.match(state.message) is not None and GRADIENT_CHECKPOINTING in state.message
+    checkpointing = st.toggle(
+        "with gradient checkpointing",
+        value=out_of_memory,
+        key="resume_checkpointing",
+        help="less GPU memory, slower; the run computes the same numbers, so a resume may turn it on",
+    )
+    if st.button("Resume", key="resume", icon="▶️"):
+        runner.resume(job_id, gradient_checkpointing=checkpointing)
+        st.rerun()
+
+
+def further_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
+    """More steps for a finished job: not offered where its config cannot change its steps, and a name
+    that no longer holds its result is replaced only when asked (as the form asks)."""
+    job = runner.get(job_id)
+    if steps_fixed(job.run_dir):
+        st.info(f"Train further is not offered for this run: {STEPS_FIXED}.")
+        return
+    more = st.number_input(
+        "More steps",
+        min_value=1,
+        max_value=100_000,
+        value=max(1, state.step // 2),
+        key="more_steps",
+        help="Continues from the last step with early stopping off, then replaces the stored "
+        "embedding with what one longer run would have stored.",
+    )
+    name, held = state.embedding_name or job.name, runner.stored_now(job, state)
+    replace = False
+    if held == "gone":
+        st.caption(f"<{name}> is no longer in the Library: training further stores its result as <{name}>.")
+    elif held in ("other", "unreadable"):
+        st.caption(taken_text(name, held) + ".")
+        replace = st.toggle(REPLACE_LABEL, value=False, key="further_overwrite")
+    if st.button("Train further", key="further", icon="⏩"):
+        runner.train_further(job_id, int(more), replace_other=replace)
+        st.rerun()
 
 
 def progress_ui(runner: JobRunner, job_id: str) -> None:

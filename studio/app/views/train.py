@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from studio.app import context, uploads
-from studio.app.trainjobs import TRAIN_FIELDS, job_choice_ui, progress_ui
+from studio.app import cards, context, uploads
+from studio.app.trainjobs import REPLACE_LABEL, TRAIN_FIELDS, job_choice_ui, progress_ui
 from studio.jobs import Job, JobRunner, TrainRequest, new_job_id
 
 
@@ -91,7 +91,13 @@ def concept_ui(defaults: dict) -> dict:
             key="keep_best",
             help="scored by the demo judge or a CLIP model; without either, the last step is stored",
         )
-        overwrite = st.toggle("Replace a stored embedding of the same name", value=False, key="overwrite")
+        overwrite = st.toggle(REPLACE_LABEL, value=False, key="overwrite")
+        checkpointing = st.toggle(
+            TRAIN_FIELDS["--gradient-checkpointing"],
+            value=False,
+            key="checkpointing",
+            help="less GPU memory, slower (the UNet's activations are computed again, to the same numbers)",
+        )
     return {
         "name": name,
         "init": init,
@@ -103,6 +109,7 @@ def concept_ui(defaults: dict) -> dict:
         "early_stopping": early,
         "keep_best": keep_best,
         "overwrite": overwrite,
+        "gradient_checkpointing": checkpointing,
     }
 
 
@@ -120,11 +127,8 @@ def start_job(
     if not concept["name"]:
         raise ValueError("give the concept a name first: it becomes the prompt trigger <name>")
     validate_name(concept["name"])
-    if context.store().exists(concept["name"]) and not concept["overwrite"]:
-        raise ValueError(
-            f"an embedding named '{concept['name']}' is already in the library: choose another name, "
-            "or tick “Replace a stored embedding” under More options"
-        )
+    if not concept["overwrite"]:
+        check_name_free(concept["name"])
     check_start_from(concept["init"], model, model_config)
     if folder:
         uploads.check_images(uploads.read_folder(folder))
@@ -142,6 +146,7 @@ def start_job(
     extra += [] if concept["early_stopping"] else ["--no-early-stopping"]
     extra += [] if concept.get("keep_best", True) else ["--keep", "last"]
     extra += ["--overwrite"] if concept["overwrite"] else []
+    extra += ["--gradient-checkpointing"] if concept.get("gradient_checkpointing") else []
     request = TrainRequest(
         name=concept["name"],
         images=image_dir,
@@ -160,6 +165,25 @@ def start_job(
         if not folder:  # e.g. another tab started a job meanwhile: no orphan folder of copied uploads
             shutil.rmtree(runner.runs_dir / job_id, ignore_errors=True)
         raise
+
+
+def check_name_free(name: str) -> None:
+    """Refuse a name the store holds (a run would be refused at its end): an embedding in the Library, or
+    a file of that name the Library cannot read (not in its gallery: its warning names it)."""
+    from embeddings.errors import EmbeddingFormatError
+
+    store = context.store()
+    if not store.exists(name):
+        return
+    try:
+        store.entry(name)
+    except (EmbeddingFormatError, OSError):
+        raise ValueError(
+            f"the name '{name}' is held by a file the Library cannot read, so its gallery does not show it "
+            "(the warning at the top of the Library page says why, and can move the file to the trash): "
+            f"choose another name, or turn on “{REPLACE_LABEL}” under More options to replace that file"
+        ) from None
+    raise ValueError(f"{cards.name_taken_text(name, REPLACE_LABEL)} under More options")
 
 
 def check_start_from(init: str, model: str, model_config: str = "") -> None:
