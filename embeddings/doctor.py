@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embeddings.canonical import read_header
+from embeddings.canonical import canonical_shapes, read_header
 from embeddings.errors import EmbeddingFormatError
 from embeddings.files import SUFFIX
 from embeddings.importing import import_path, import_sources, lone_pair_half
 from embeddings.inject import InstallError, encoder_width, swapped_hint, vectors_for_encoders
 from embeddings.maths import norm_report
 from embeddings.names import is_valid_name, stray_name_error
+from embeddings.text import shell_quote
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
 
 # CLIP's 77 positions minus start and end: what one window of any SD family's text encoder holds. A longer
@@ -119,16 +120,26 @@ def widths_text(widths: dict[str, int]) -> str:
 
 
 def fit_to_model(
-    emb: Embedding, encoders: Sequence[tuple[str, Any, Any]], *, model_family: str | None = None
+    emb: Embedding,
+    encoders: Sequence[tuple[str, Any, Any]],
+    *,
+    model_family: str | None = None,
+    stored: bool = True,
 ) -> tuple[str, list[str]]:
     """('fits' | 'partial' | 'no', sentences) for installing `emb` into the model of these encoders.
 
     `model_family` (e.g. LoadedModel.family, "demo") names the model; by default it follows from the widths.
+    `stored=False` (a file in the store folder that the store skips): a fit says prompts reach it only once
+    imported, not "use <name> in prompts", which would fail.
     """
     widths = {key: encoder_width(te) for key, _tok, te in encoders}
     model = family_with_widths(model_family or family_from_widths(widths), widths)
     try:
         vectors_for_encoders(emb, encoders, model_family=model_family)
+        if not stored:
+            return "fits", [
+                f"fits this model, {model}, but prompts cannot use it until it is imported (see the warning)"
+            ]
         return "fits", [f"fits this model, {model}: use <{emb.name}> in prompts"]
     except InstallError:
         pass
@@ -230,6 +241,9 @@ def _diagnose_embedding(
                 )
             )
     report.warnings.extend(_name_warnings(emb, path, store_root))
+    skipped = store_refusal(path, store_root)
+    if skipped is not None:
+        report.warnings.append(_skipped_warning(emb, path, skipped))
     if encoders is None:
         if too_many:  # no model's prompt holds it: no need to name one (the verdict says it, not a warning)
             report.fit = "no"
@@ -243,7 +257,7 @@ def _diagnose_embedding(
     report.model_family = model_family or family_from_widths(
         {key: encoder_width(te) for key, _tok, te in encoders}
     )
-    report.fit, lines = fit_to_model(emb, encoders, model_family=model_family)
+    report.fit, lines = fit_to_model(emb, encoders, model_family=model_family, stored=skipped is None)
     report.lines.extend(lines)
     if report.fit != "no" and too_many:  # its widths fit, but no prompt holds the token: the verdict says so
         report.fit = "no"
@@ -285,14 +299,48 @@ def _swapped_warning(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]] | 
     return [hint] if hint else []
 
 
+def _in_store(path: Path, store_root: Path | None) -> bool:
+    """Whether `path` is a file directly in the store's folder (where `list` reads)."""
+    return store_root is not None and path.is_file() and path.parent.resolve() == Path(store_root).resolve()
+
+
+def store_refusal(path: Path, store_root: Path | None) -> str | None:
+    """Why the store's listing skips `path`, a file in the store folder under a valid name whose header it
+    does not take (another tool's layout, such as diffusers' {token: tensor}; keys that disagree): the
+    reason `tokensmith list` warns with, without the path. None for a file it lists, one elsewhere, or one
+    under a name it refuses (`_name_warnings` gives that one its rename)."""
+    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else ""
+    if not stem or stem.startswith(".") or not is_valid_name(stem) or not _in_store(path, store_root):
+        return None
+    try:
+        canonical_shapes(path, read_header(path))  # the listing's own rule (embeddings/listing.py)
+    except EmbeddingFormatError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except OSError:
+        return None  # unreadable: reading it for the report said so already
+    return None
+
+
+def _skipped_warning(emb: Embedding, path: Path, reason: str) -> str:
+    """What to do with a store file the store skips: import it (here the converted copy, as `emb` is what
+    an import stores), then move this file to the trash; under its own name, --force replaces it at once."""
+    stem = path.name[: -len(SUFFIX)]
+    where = shell_quote(str(path))
+    if emb.name.lower() == stem.lower():
+        way_out = f"`tokensmith import --force {where}` replaces it with a copy the store reads"
+    else:
+        way_out = (
+            f"`tokensmith import {where}` stores a copy the store reads as <{emb.name}>, then "
+            f"`tokensmith rm {shell_quote(stem)}` moves this file to the trash"
+        )
+    return f"the store skips this file, so prompts cannot use it ({reason}): {way_out}"
+
+
 def _name_warnings(emb: Embedding, path: Path, store_root: Path | None) -> list[str]:
     """A sentence when the file's name is not a store name: for a file in the store folder (copied in by
     hand) the rename that fixes it, as `list` gives it; elsewhere the name an import would store it as."""
     stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else ""
-    in_store = (
-        store_root is not None and path.is_file() and path.parent.resolve() == Path(store_root).resolve()
-    )
-    if in_store and stem and not stem.startswith(".") and not is_valid_name(stem):
+    if _in_store(path, store_root) and stem and not stem.startswith(".") and not is_valid_name(stem):
         return [f"the store cannot use this file under its name: {stray_name_error(stem)}"]
     if emb.meta.get("source_name"):
         return [

@@ -22,7 +22,7 @@ from embeddings.exporting import export
 from embeddings.formats.diffusers import PAIR_NAMES
 from embeddings.formats.layouts import layout_of, tensors_to_json
 from embeddings.importing import import_file, import_path
-from embeddings.inject import InstallError, vectors_for_encoders
+from embeddings.inject import InstallError, encoder_width, vectors_for_encoders
 from studio.cli import EXIT_ERROR, EXIT_OK
 
 
@@ -224,3 +224,36 @@ def test_a_tokensmith_file_that_records_no_import_says_none(tmp_path):
     assert report.to_json()["embedding"]["format"] == "safetensors:canonical"
     assert "source_format" not in report.embedding.meta
     assert not any(line.startswith("imported from") for line in report.lines)
+
+
+# --- a store file that the store skips (studio review 6) ---
+def test_a_store_file_of_another_layout_says_the_store_skips_it_and_not_to_use_it(tokensmith_home, capsys):
+    from trainers.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("sd1")
+    encoders = [("emb_params", pipe.tokenizer, pipe.text_encoder)]
+    store = Store.for_home(tokensmith_home)
+    store.root.mkdir(parents=True)
+    path = store.root / "learned_embeds.safetensors"
+    safetensors.torch.save_file({"<redcirc>": vec(1, encoder_width(pipe.text_encoder))}, str(path))
+    report = diagnose(path, encoders, store_root=store.root)
+    assert report.fit == "fits" and not any("in prompts" in line for line in report.lines)
+    assert "prompts cannot use it until it is imported (see the warning)" in report.lines[-1]
+    [skipped] = [w for w in report.warnings if w.startswith("the store skips this file")]
+    assert "keys ['<redcirc>'] are not the canonical layout" in skipped
+    assert f"`tokensmith import {path}` stores a copy the store reads as <redcirc>" in skipped
+    assert skipped.endswith("then `tokensmith rm learned_embeds` moves this file to the trash")
+    assert diagnose(path).warnings == []  # outside the store's view, a diffusers file is just that
+    code, out, _ = run(capsys, "doctor", "learned_embeds")
+    assert code == EXIT_OK and "warning: the store skips this file" in out and "use <" not in out
+
+
+def test_a_store_file_of_another_layout_under_its_own_name_is_replaced_in_place(tokensmith_home, capsys):
+    store = Store.for_home(tokensmith_home)
+    store.root.mkdir(parents=True)
+    path = store.root / "same.safetensors"
+    safetensors.torch.save_file({"<same>": vec(1, 8)}, str(path))
+    [skipped] = diagnose(path, store_root=store.root).warnings
+    assert skipped.endswith(f"`tokensmith import --force {path}` replaces it with a copy the store reads")
+    assert run(capsys, "import", "--force", path)[0] == EXIT_OK  # the advice works
+    assert store.names() == ["same"] and diagnose(path, store_root=store.root).warnings == []

@@ -1,6 +1,7 @@
 """The Library's import by upload (studio/app/cards.py read_uploads) and its ways out of a stored file that is
 listed but does not load (AppTest)."""
 
+import re
 import shutil
 
 import pytest
@@ -14,6 +15,12 @@ from embeddings.exporting import export
 from studio.app import cards, context
 
 EXPANDERS = ["Doctor: do they fit the model?", "Import embeddings", "Trash"]
+
+
+def seen(markdown: str) -> str:
+    """What a reader sees of Markdown the page draws: its backslash escapes read (file text is drawn
+    `cards.literal`) and the invisible word joiners that keep URLs from autolinking left out."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def emb(name, n=1, width=8, seed=0) -> Embedding:
@@ -50,7 +57,7 @@ def upload(at: AppTest, files: list[tuple[str, bytes]], *, replace: bool = False
 
 
 def texts(elements) -> str:
-    return "\n".join(e.value for e in elements)
+    return "\n".join(seen(e.value) for e in elements)
 
 
 # --- import by upload ---
@@ -67,7 +74,7 @@ def test_two_uploads_of_the_same_file_name_are_both_imported(tokensmith_home):
     )
     assert not at.error, texts(at.error)
     assert Store.for_home(tokensmith_home).names() == ["cat-toy", "dog-toy"]
-    assert "Imported <cat-toy>, <dog-toy>" in at.success[0].value
+    assert "Imported <cat-toy>, <dog-toy>" in seen(at.success[0].value)
 
 
 def test_uploads_holding_one_name_are_refused_naming_the_files_and_nothing_is_stored(tokensmith_home):
@@ -82,8 +89,8 @@ def test_uploads_holding_one_name_are_refused_naming_the_files_and_nothing_is_st
         replace=True,
     )
     [error] = at.error
-    assert "2 files hold an embedding named <cat>" in error.value
-    assert "cat.safetensors, cat.pt" in error.value and "Nothing was imported" in error.value
+    assert "2 files hold an embedding named <cat>" in seen(error.value)
+    assert "cat.safetensors, cat.pt" in seen(error.value) and "Nothing was imported" in seen(error.value)
     assert Store.for_home(tokensmith_home).names() == []
 
 
@@ -116,9 +123,12 @@ def test_an_unreadable_upload_is_named_once_without_the_temporary_folder(tokensm
         [("junk.safetensors", b"not an embedding"), ("green.pt", (tmp_path / "green.pt").read_bytes())],
     )
     [error] = at.error
-    assert error.value.startswith("junk.safetensors: ") and error.value.count("junk.safetensors") == 1
-    assert "tokensmith-import" not in error.value and "/" not in error.value
-    assert "Imported <green>" in at.success[0].value
+    assert (
+        seen(error.value).startswith("junk.safetensors: ")
+        and seen(error.value).count("junk.safetensors") == 1
+    )
+    assert "tokensmith-import" not in seen(error.value) and "/" not in seen(error.value)
+    assert "Imported <green>" in seen(at.success[0].value)
 
 
 def test_an_sdxl_pair_uploaded_together_is_one_embedding(tokensmith_home):
@@ -140,9 +150,9 @@ def test_a_lone_half_of_an_sdxl_pair_is_not_stored_and_says_to_upload_both_halve
     at = upload(open_library(), [("learned_embeds_2.safetensors", diffusers_file("<xl>", 1280))])
     assert not at.success and not at.warning
     [error] = at.error
-    assert error.value.startswith("learned_embeds_2.safetensors: not imported: this is the clip_g")
-    assert "upload it together with learned_embeds.safetensors" in error.value
-    assert "import their folder" not in error.value
+    assert seen(error.value).startswith("learned_embeds_2.safetensors: not imported: this is the clip_g")
+    assert "upload it together with learned_embeds.safetensors" in seen(error.value)
+    assert "import their folder" not in seen(error.value)
     assert Store.for_home(tokensmith_home).names() == []
 
 
@@ -175,14 +185,14 @@ def test_sdxl_halves_that_cannot_be_matched_are_named_once_and_not_stored(tokens
         ],
     )
     [error] = at.error
-    assert error.value.startswith(  # equal names told apart by their place in the list (and size)
+    assert seen(error.value).startswith(  # equal names told apart by their place in the list (and size)
         "learned_embeds.safetensors (1st upload, 3.1 KB), learned_embeds.safetensors (2nd upload, 3.1 KB), "
     )
-    assert "learned_embeds_2.safetensors: not imported" in error.value
-    assert error.value.endswith(
+    assert "learned_embeds_2.safetensors: not imported" in seen(error.value)
+    assert seen(error.value).endswith(
         "upload an SDXL pair (learned_embeds + learned_embeds_2) on its own, apart from other diffusers files"
     )
-    assert not at.warning and "together with" not in error.value
+    assert not at.warning and "together with" not in seen(error.value)
     assert Store.for_home(tokensmith_home).names() == ["cat-toy"]
 
 
@@ -194,7 +204,7 @@ def test_uploads_of_one_file_name_that_clash_are_told_apart_by_place_and_size(to
     [error] = at.error
     assert (
         f"redtok.safetensors (1st upload, {len(small)} B), redtok.safetensors (2nd upload, {len(large)} B)"
-        in error.value
+        in seen(error.value)
     )
 
 
@@ -215,7 +225,7 @@ def test_the_same_file_uploaded_twice_is_imported_once(tokensmith_home):
 def test_an_upload_that_differs_from_a_stored_name_only_in_case_is_refused_in_studio_words(store, tmp_path):
     at = upload(open_library(), [("Cat.safetensors", save({"emb_params": torch.ones(1, 8)}))], replace=True)
     [error] = at.error
-    assert error.value == (
+    assert seen(error.value) == (
         "Cat.safetensors: <Cat> differs from the stored <cat> only in letter case, and prompts read them as "
         "one token; rename or delete <cat> first"
     )
@@ -233,9 +243,9 @@ def test_a_file_copied_in_under_an_invalid_name_is_named_with_ways_out_and_the_p
     assert [e.label for e in at.expander] == EXPANDERS
     [warning] = at.warning
     assert (
-        "cat (1).safetensors" in warning.value
-        and "the Library can rename it to <cat-1> or move it to the trash" in warning.value
-        and "`tokensmith" not in warning.value
+        "cat (1).safetensors" in seen(warning.value)
+        and "the Library can rename it to <cat-1> or move it to the trash" in seen(warning.value)
+        and "`tokensmith" not in seen(warning.value)
     )
     at.button(key="lib_rename_stray_cat (1)").click().run()
     assert not at.error and not at.warning and store.names() == ["cat", "cat-1", "dog"]
@@ -246,7 +256,7 @@ def test_a_listed_file_that_does_not_load_offers_close_and_the_page_stays(store)
     data[-1] ^= 0xFF
     store.path("cat").write_bytes(bytes(data))
     at = open_library(emb="cat")
-    assert "<cat> cannot be opened" in at.error[0].value
+    assert "<cat> cannot be opened" in seen(at.error[0].value)
     assert [e.label for e in at.expander] == EXPANDERS
     at.button(key="lib_close").click().run()
     assert "emb" not in at.query_params and not at.error
@@ -259,8 +269,8 @@ def test_a_stray_file_is_offered_a_free_name_and_its_warning_says_each_way_out_o
     shutil.copy(store.path("cat"), store.root / "cat (1).safetensors")
     at = open_library()
     [warning] = at.warning
-    assert warning.value.endswith("; the Library can rename it to <cat-1-2> or move it to the trash")
-    assert "good copy" not in warning.value and warning.value.count("trash") == 1
+    assert seen(warning.value).endswith("; the Library can rename it to <cat-1-2> or move it to the trash")
+    assert "good copy" not in seen(warning.value) and seen(warning.value).count("trash") == 1
     at.button(key="lib_rename_stray_cat (1)").click().run()
     assert not at.error and not at.warning and store.names() == ["cat", "cat-1", "cat-1-2", "dog"]
 
@@ -273,7 +283,7 @@ def test_a_refused_stray_rename_keeps_move_to_the_trash_and_says_what_to_do(stor
     at = open_library()
     at.button(key="lib_rename_stray_cat (1)").click().run()
     [error] = at.error
-    assert error.value == (
+    assert seen(error.value) == (
         "cannot rename cat (1).safetensors to <cat-1>: <cat-1> already exists: delete <cat-1> first, or move "
         "this file to the trash"
     )
@@ -285,8 +295,8 @@ def test_a_broken_stored_file_is_named_once_without_its_folder(store):
     (store.root / "broken.safetensors").write_bytes(b"\x00garbage")
     at = open_library()
     [warning] = at.warning
-    assert warning.value.startswith("skipped `broken.safetensors`: ")
-    assert str(store.root) not in warning.value and "on the Library page" not in warning.value
+    assert seen(warning.value).startswith("skipped `broken.safetensors`: ")
+    assert str(store.root) not in seen(warning.value) and "on the Library page" not in seen(warning.value)
 
 
 def test_a_corrupted_stored_file_can_be_moved_to_the_trash_from_its_panel(store):
@@ -294,12 +304,12 @@ def test_a_corrupted_stored_file_can_be_moved_to_the_trash_from_its_panel(store)
     data[-1] ^= 0xFF  # a flipped bit in the tensor data: the header still reads, the sha256 does not match
     store.path("cat").write_bytes(bytes(data))
     at = open_library(emb="cat")
-    assert "<cat> cannot be opened" in at.error[0].value
+    assert "<cat> cannot be opened" in seen(at.error[0].value)
     assert [e.label for e in at.expander] == EXPANDERS  # the error's advice (re-import) is drawn
     assert "re-import it on the Library page with “Replace embeddings of the same name” on" in (
-        at.error[0].value
+        seen(at.error[0].value)
     )
-    assert "restore it from trash" not in at.error[0].value  # the trash holds no older copy
+    assert "restore it from trash" not in seen(at.error[0].value)  # the trash holds no older copy
     at.button(key="lib_trash_unloadable").click().run()
     assert not at.error and store.names() == ["dog"] and store.trashed() == ["cat"]
     assert "emb" not in at.query_params
@@ -313,8 +323,10 @@ def test_a_rename_onto_a_case_twin_shows_no_cli_command(store):
     [field] = [box for box in at.text_input if box.label == "New name"]
     field.set_value("Dog")
     at.button(key="lib_rename").click().run()
-    assert "differs from 'Dog' only in letter case" in at.error[0].value
-    assert at.error[0].value.endswith("choose another name") and "tokensmith" not in at.error[0].value
+    assert "differs from 'Dog' only in letter case" in seen(at.error[0].value)
+    assert seen(at.error[0].value).endswith("choose another name") and "tokensmith" not in seen(
+        at.error[0].value
+    )
 
 
 def test_a_restore_blocked_by_a_stored_name_says_what_to_do_in_the_studio(store):
@@ -322,13 +334,13 @@ def test_a_restore_blocked_by_a_stored_name_says_what_to_do_in_the_studio(store)
     store.put(emb("cat", seed=9))
     at = open_library()
     at.button(key="restore_cat").click().run()
-    assert "rename or delete the stored <cat> first (open it in the Library)" in at.error[0].value
-    assert "tokensmith" not in at.error[0].value
+    assert "rename or delete the stored <cat> first (open it in the Library)" in seen(at.error[0].value)
+    assert "tokensmith" not in seen(at.error[0].value)
     store.delete("cat")
     store.put(emb("CAT", seed=9))
     at.run()
     at.button(key="restore_cat").click().run()
-    assert at.error[0].value == (
+    assert seen(at.error[0].value) == (
         "cannot restore <cat>: the stored <CAT> differs from it only in letter case, and prompts read them "
         "as one token; rename or delete <CAT> first (open it in the Library)"
     )
@@ -376,7 +388,7 @@ def test_a_file_stored_under_a_name_with_an_apostrophe_gets_the_librarys_ways_ou
     assert text.startswith('invalid embedding name "Bob\'s cat"') and "tokensmith" not in text
     at = open_library()
     [warning] = at.warning
-    assert "the Library can rename it to <Bob-s-cat> or move it to the trash" in warning.value
-    assert "tokensmith" not in warning.value
+    assert "the Library can rename it to <Bob-s-cat> or move it to the trash" in seen(warning.value)
+    assert "tokensmith" not in seen(warning.value)
     at.button(key="lib_rename_stray_Bob's cat").click().run()
     assert not at.error and not at.warning and store.names() == ["Bob-s-cat", "cat", "dog"]

@@ -1,11 +1,13 @@
 """What the Library shows about a stored embedding, as plain values: its card line, lineage, search match,
-the bytes of each export format, and the embeddings a batch of uploaded files holds (no Streamlit here, so
-the page stays a thin script)."""
+the bytes of each export format and of its thumbnail, and the embeddings a batch of uploaded files holds (no
+Streamlit here, so the page stays a thin script). Text that comes from a file goes through `literal` before
+a page draws it as Markdown."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -21,6 +23,16 @@ EXPORT_LABELS = {
 }
 
 
+# Every ASCII punctuation mark: CommonMark lets each be backslash-escaped, and escaped, none starts a link, an
+# image, HTML, emphasis, a heading or (Streamlit's) LaTeX.
+MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# What Streamlit's GFM autolinks find in text *after* the escapes are read (remark-gfm looks for
+# `https?://`, `www.` and `user@host` in the unescaped text): a word joiner (U+2060, invisible) after
+# `http`, `www` and `@` keeps a URL or an address in a file's metadata from becoming a live link.
+AUTOLINK_STARTS = re.compile(r"(?i)(http|www|@)")
+WORD_JOINER = "\u2060"
+
+
 @dataclass(frozen=True)
 class Download:
     """One file for st.download_button."""
@@ -30,8 +42,26 @@ class Download:
     mime: str
 
 
+def literal(text: str) -> str:
+    """`text` from a file (its name, or a value of its metadata) for st.markdown, st.caption, st.warning and
+    the like, shown as written and never as Markdown: '![t](http://x/y.png)' draws those characters, not an
+    image, '[click](https://x)' no link. Line breaks become spaces (a value is one line of a card)."""
+    text = " ".join(str(text).splitlines())
+    return AUTOLINK_STARTS.sub(rf"\1{WORD_JOINER}", MARKDOWN_PUNCTUATION.sub(r"\\\1", text))
+
+
+def code(text: str) -> str:
+    """`text` from a file (a file name) as a Markdown code span, which nothing inside can end early or make
+    live: the fence is one backtick longer than any run in it, and line breaks are spaces
+    ('x`y.pt' -> '``x`y.pt``')."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def card_line(entry: Any) -> str:
-    """'sd1 · 2 vectors · 150 steps' from a StoreEntry's header facts."""
+    """'sd1 · 2 vectors · 150 steps' from a StoreEntry's header facts (plain text: `literal` it to draw)."""
     parts = [entry.family, f"{entry.num_vectors} vector{'s' if entry.num_vectors != 1 else ''}"]
     if entry.meta.get("steps"):
         parts.append(f"{entry.meta['steps']} steps")
@@ -39,14 +69,48 @@ def card_line(entry: Any) -> str:
 
 
 def skipped_text(path: Path, reason: str, *, on_library_page: bool = False) -> str:
-    """The warning for a stored file that cannot be read, worded as `tokensmith list` warns, with what the
-    studio offers: 'skipped `broken.safetensors`: <reason>. Move it to the trash …, or replace the file …'
-    (the reason's own copy of the path left out: the file is named once)."""
+    """The warning (Markdown: the file's name a `code` span, the reason `literal`) for a stored file that
+    cannot be read, worded as `tokensmith list` warns, with what the studio offers: 'skipped
+    `broken.safetensors`: <reason>. Move it to the trash …, or replace the file …' (the reason's own copy of
+    the path left out: the file is named once)."""
     reason = reason.removeprefix(f"{path}: ").replace(str(path), path.name)
     where = "" if on_library_page else " (on the Library page)"
     return (
-        f"skipped `{path.name}`: {reason}. Move it to the trash{where}, or replace the file with a good "
-        "copy, to clear this warning."
+        f"skipped {code(path.name)}: {literal(reason)}. Move it to the trash{where}, or replace the file "
+        "with a good copy, to clear this warning."
+    )
+
+
+def preview_bytes(path: Path) -> bytes:
+    """The bytes of a stored thumbnail, checked to decode as an image first (st.image of bytes that do not
+    raises PIL's error naming an in-memory buffer, and takes the page with it). Raises OSError (PIL's
+    UnidentifiedImageError, a truncated file), ValueError or SyntaxError (a damaged chunk), or PIL's
+    DecompressionBombError (an image too large to open safely): PREVIEW_ERRORS."""
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+    return data
+
+
+def preview_errors() -> tuple[type[BaseException], ...]:
+    """What `preview_bytes` raises for a thumbnail that is not a good image (PIL imported lazily)."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def preview_problem(path: Path, exc: BaseException) -> str:
+    """The warning (Markdown) for a thumbnail that does not open, naming the file and the way out: 'the
+    thumbnail red.preview.png is not a readable image: delete or replace that file in …'."""
+    from PIL import Image
+
+    too_large = isinstance(exc, Image.DecompressionBombError)
+    what = "too large to open safely" if too_large else "not a readable image"
+    return (
+        f"the thumbnail {code(path.name)} is {what}: delete it, or replace it with a good image, in the "
+        f"library folder {code(str(path.parent))} (the embedding itself is not affected)"
     )
 
 
@@ -160,9 +224,14 @@ def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:
         for g, group in enumerate(groups):
             folder = Path(tmp) / str(g)  # one folder per upload (or pair): equal names cannot clash
             folder.mkdir()
-            shown = {folder / _file_name(files[i][0]): labels[i] for i in group}
-            for path, i in zip(shown, group, strict=True):
-                path.write_bytes(files[i][1])
+            shown = {folder / written_name(files[i][0]): labels[i] for i in group}
+            try:
+                for path, i in zip(shown, group, strict=True):
+                    path.write_bytes(files[i][1])
+            except OSError as exc:  # e.g. a full temporary disk: this upload is not read, the others are
+                problem = _without_paths(str(exc), shown)
+                out.problems.append(f"{' + '.join(shown.values())}: not imported: {problem}")
+                continue
             uploaded |= shown
             if len(group) > 1:
                 shown[folder] = uploaded[folder] = " + ".join(labels[i] for i in group)
@@ -172,7 +241,10 @@ def read_uploads(files: Sequence[tuple[str, bytes]]) -> Uploads:
             elif note := lone_pair_half(next(iter(shown))):
                 out.problems.append(f"{labels[group[0]]}: not imported: {_without_paths(note, shown)}")
                 continue
-            found += _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
+            read = _read_group(folder if len(group) > 1 else next(iter(shown)), shown, out)
+            if len(group) == 1:  # named from the file written: the upload's own name comes back
+                read = [(source, _as_uploaded(emb, source, files[group[0]][0])) for source, emb in read]
+            found += read
         distinct = distinct_sources(found)  # resolves the paths: inside the folder's lifetime
     if unpaired:
         out.problems.append(
@@ -211,13 +283,53 @@ def _file_name(name: str) -> str:
     return Path(name).name or "upload"
 
 
+def written_name(name: str) -> str:
+    """The name an upload is written under to be read: its stem as the store name an import makes of it
+    (`safe_name`, which the importer applies to a name taken from the stem anyway), and its suffix if an
+    importer reads it ('My Cat (1).pt' -> 'My-Cat-1.pt'). The SDXL pair's names stay as they are: they are
+    what pairs the halves. So a name the filesystem cannot hold (over 255 bytes, '..', a NUL byte, a
+    separator) is never a path, and the messages keep the upload's own name (`upload_labels`)."""
+    from embeddings.formats.diffusers import PAIR_NAMES, PAIR_NAMES_BIN
+    from embeddings.names import safe_name
+
+    name = _file_name(name)
+    if name in PAIR_NAMES + PAIR_NAMES_BIN:
+        return name
+    stem, suffix = _split_suffix(name)
+    return safe_name(stem) + suffix
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    """('My Cat', '.pt') for 'My Cat.pt'; (name, '') where the suffix is none an importer reads."""
+    from embeddings.importing import SUFFIXES
+
+    suffix = Path(name).suffix
+    if suffix.lower() in SUFFIXES and len(name) > len(suffix):
+        return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def _as_uploaded(emb: Any, written: Path, name: str) -> Any:
+    """`emb` read from the upload `name` written as `written`, with the facts an import of the file itself
+    records: the upload's file name as `source_file`, and its stem as `source_name` where the embedding's
+    name came from the stem and an import changes it."""
+    name = _file_name(name)
+    stem = _split_suffix(name)[0]
+    restored = {}
+    if emb.meta.get("source_file") == written.name:
+        restored["source_file"] = name
+    if emb.name == _split_suffix(written.name)[0] != stem and not emb.meta.get("source_name"):
+        restored["source_name"] = stem
+    return emb.with_meta(**restored) if restored else emb
+
+
 def _token_of(file: tuple[str, bytes], folder: Path) -> str | None:
     """The token a diffusers file holds (what pairs an SDXL pair's halves), None if it does not read."""
     from embeddings.errors import TokensmithError
     from embeddings.importing import import_file
 
     folder.mkdir(exist_ok=True)
-    path = folder / _file_name(file[0])
+    path = folder / written_name(file[0])
     path.write_bytes(file[1])
     try:
         return import_file(path).meta.get("token")

@@ -137,15 +137,16 @@ def free_name(store: Any, stem: str) -> str:
 
 
 def problem_text(store: Any, path: Path, reason: str, *, on_library_page: bool = False) -> str:
-    """The warning for a stored file that `store.list` skipped, in the studio's words: a file copied in under
-    a name the rules refuse (the store says so before reading it) gets the Library's ways out, with a name
-    that is free; an unreadable one the trash or a good copy (`cards.skipped_text`)."""
+    """The warning (Markdown: the file's name a `code` span, the words `literal`) for a stored file that
+    `store.list` skipped, in the studio's words: a file copied in under a name the rules refuse (the store
+    says so before reading it) gets the Library's ways out, with a name that is free; an unreadable one the
+    trash or a good copy (`cards.skipped_text`)."""
     from embeddings.names import name_refusal
-    from studio.app.cards import skipped_text
+    from studio.app.cards import code, literal, skipped_text
 
     refusal = name_refusal(path.stem)
     if refusal is not None:
-        return f"skipped `{path.name}`: {stray_text(refusal, free_name(store, path.stem))}"
+        return f"skipped {code(path.name)}: {literal(stray_text(refusal, free_name(store, path.stem)))}"
     return skipped_text(path, studio_text(reason), on_library_page=on_library_page)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import streamlit as st
 
 from studio.app import cards, context
+from studio.app.cards import code, literal
 
 COLUMNS = 4
 IMPORT_TYPES = ["safetensors", "pt", "bin", "ckpt", "png", "webp"]
@@ -29,15 +32,16 @@ def gallery_ui(entries: list) -> None:
         cols = st.columns(COLUMNS)
         for col, entry in zip(cols, entries[start : start + COLUMNS], strict=False):
             with col.container(border=True):
-                if entry.preview is not None:
-                    st.image(entry.preview.read_bytes(), width="stretch")
+                image = preview_ui(entry)
+                if image is not None:
+                    st.image(image, width="stretch")
                 else:
                     st.markdown("### 🪙")
                 st.markdown(f"**&lt;{entry.name}&gt;**")
-                st.caption(cards.card_line(entry))
+                st.caption(literal(cards.card_line(entry)))  # the header's values: shown, never Markdown
                 lineage = cards.lineage_text(entry.meta)
                 if lineage:
-                    st.caption(lineage)
+                    st.caption(literal(lineage))
                 if st.button("Open", key=f"open_{entry.name}"):
                     st.session_state["lib_selected"] = entry.name
                     st.query_params["emb"] = entry.name
@@ -51,12 +55,13 @@ def details_ui(store, name: str) -> None:
     st.subheader(f"<{name}>")
     left, right = st.columns([2, 3])
     with left:
-        if entry.preview is not None:
-            st.image(entry.preview.read_bytes(), width=256)
-        st.markdown(f"**{cards.card_line(entry)}**  \n{widths_text(entry.widths)}")
+        image = preview_ui(entry)
+        if image is not None:
+            st.image(image, width=256)
+        st.markdown(f"**{literal(cards.card_line(entry))}**  \n{literal(widths_text(entry.widths))}")
         lineage = cards.lineage_text(entry.meta)
         if lineage:
-            st.markdown(f"Lineage: {lineage}")
+            st.markdown(f"Lineage: {literal(lineage)}")
     with right:
         st.dataframe(
             {"key": list(entry.meta), "value": list(entry.meta.values())}, hide_index=True, height=240
@@ -72,15 +77,15 @@ def unloadable_ui(store, entry, exc: BaseException) -> None:
     (Doctor, Import, Trash) stays."""
     name = entry.name
     st.subheader(f"<{name}>")
-    st.error(f"<{name}> cannot be opened: {context.error_text(exc)}")
+    st.error(literal(f"<{name}> cannot be opened: {context.error_text(exc)}"))
     c1, c2, _ = st.columns([1, 1, 3])
     if c1.button("Move to the trash", key="lib_trash_unloadable", icon="🗑️"):
         try:
             store.delete(name)
         except context.user_errors() as refused:
             st.error(
-                f"{context.error_text(refused)}. Move `{entry.path.name}` out of the library folder "
-                f"`{store.root}` by hand to clear it."
+                f"{literal(context.error_text(refused))}. Move {code(entry.path.name)} out of the library "
+                f"folder {code(str(store.root))} by hand to clear it."
             )
         else:
             close_details()
@@ -113,13 +118,30 @@ def export_ui(emb, entry) -> None:
         )
 
 
+def preview_ui(entry) -> bytes | None:
+    """The bytes of `entry`'s thumbnail for st.image, None without one; a thumbnail that does not open is
+    named in a small warning with the way out, and the card (and the rest of the page) goes on without it."""
+    if entry.preview is None:
+        return None
+    try:
+        return cards.preview_bytes(entry.preview)
+    except cards.preview_errors() as exc:
+        st.caption(f"⚠️ {cards.preview_problem(entry.preview, exc)}")
+        return None
+
+
 def _preview_image(entry):
+    """The thumbnail as RGB for the A1111 PNG export, None for the plain card (a broken thumbnail too: the
+    details panel above says so)."""
     if entry.preview is None:
         return None
     from PIL import Image
 
-    with Image.open(entry.preview) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(io.BytesIO(cards.preview_bytes(entry.preview))) as image:
+            return image.convert("RGB")
+    except cards.preview_errors():
+        return None
 
 
 def manage_ui(store, name: str) -> None:
@@ -199,17 +221,20 @@ def import_report_ui() -> None:
 
 
 def _report(added: list[str], problems: list[str], same: list[str]) -> None:
+    """The import's outcome; a problem names an upload and quotes its file, so it is drawn `literal`."""
     if added:
-        st.success("Imported " + ", ".join(f"<{n}>" for n in added))
+        st.success(literal("Imported " + ", ".join(f"<{n}>" for n in added)))
     if same:
-        st.info("Already in the library with identical vectors: " + ", ".join(f"<{n}>" for n in same))
+        names = ", ".join(f"<{n}>" for n in same)
+        st.info(literal(f"Already in the library with identical vectors: {names}"))
     for problem in problems:
-        st.error(problem)
+        st.error(literal(problem))
 
 
 def problems_ui(store, problems: list) -> None:
     """A warning naming each stored file that cannot be read (as `tokensmith list` warns), and the ways out:
-    Move to the trash, and for a file copied in under a name the store refuses, Rename to a free valid one.
+    Move to the trash; for a file copied in under a name the store refuses, Rename to a free valid one; for
+    one of another tool's layout, Import it (the file is on the server: no upload of it could be asked for).
     Every button is drawn before any acts, so a refused rename leaves Move to the trash on the page."""
     from embeddings.names import is_valid_name
 
@@ -219,18 +244,74 @@ def problems_ui(store, problems: list) -> None:
         name = path.stem
         valid = None if is_valid_name(name) else context.free_name(store, name)
         rename = valid is not None and c2.button(f"Rename to <{valid}>", key=f"lib_rename_stray_{name}")
+        convert = (
+            valid is None and other_layout(path) and c2.button("Import it", key=f"lib_import_stray_{name}")
+        )
         trash = c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️")
         try:
+            if convert:
+                stored = ", ".join(f"<{n}>" for n in import_stray(store, path))
+                st.toast(f"Imported {code(path.name)} as {literal(stored)}; the file itself is in the trash")
+                st.rerun()
             if rename:
                 rename_stray(store, path, valid)
-                st.toast(f"Renamed {path.name} to <{valid}>")
+                st.toast(f"Renamed {code(path.name)} to {literal(f'<{valid}>')}")
                 st.rerun()
             if trash:
                 store.delete(name)
-                st.toast(f"Moved {path.name} to the trash")
+                st.toast(f"Moved {code(path.name)} to the trash")
                 st.rerun()
         except context.user_errors() as exc:
-            c1.error(context.error_text(exc))
+            c1.error(literal(context.error_text(exc)))
+
+
+def others_ui(store, others: list) -> None:
+    """A note for each embedding file of another format in the store folder (`.pt`, `.bin`, an image that
+    is not a thumbnail), which the library does not read, as `tokensmith list` notes them: converting one
+    is an import."""
+    from embeddings.text import shell_quote
+
+    for path in others:
+        st.caption(
+            f"ℹ️ not read: {code(path.name)}: the library reads only .safetensors files; if it is an "
+            "embedding, import it (upload it under Import embeddings below, or run "
+            f"{code(f'tokensmith import {shell_quote(str(path))}')} on the studio's machine) to store a copy "
+            "the library reads"
+        )
+
+
+def other_layout(path) -> bool:
+    """Whether the skipped library file `path` holds another tool's layout (diffusers' {token: tensor}, an
+    A1111 key) that an import converts, rather than being damaged."""
+    from embeddings.canonical import is_canonical_layout, read_header
+    from embeddings.errors import EmbeddingFormatError
+
+    try:
+        keys = [key for key in read_header(path) if key != "__metadata__"]
+    except (EmbeddingFormatError, OSError):
+        return False
+    return bool(keys) and not is_canonical_layout(keys)
+
+
+def import_stray(store, path) -> list[str]:
+    """Convert `path`, a file of another layout in the library folder, as `tokensmith import PATH` does, then
+    move it to the trash (restorable) unless the converted copy took its place (under its own name, as
+    import's --force); the names stored. Refused, as an upload is, where a name is taken."""
+    from embeddings.importing import import_sources
+
+    stored, problems = [], []
+    for _, emb in import_sources(path):
+        if emb.name == path.stem:
+            store.put(emb, overwrite=True)
+            stored.append(emb.name)
+        else:
+            added, same = store_uploads(store, [(path.name, emb)], problems, overwrite=False)
+            stored += added + same  # the same vectors stored already: this file is a spare copy
+    if problems:
+        raise ValueError("; ".join(problems))
+    if path.stem not in stored:
+        store.delete(path.stem)
+    return stored
 
 
 def rename_stray(store, path, valid: str) -> None:
@@ -251,14 +332,14 @@ def trash_ui(store) -> None:
         st.caption("The trash is empty.")
     for name in trashed:
         c1, c2 = st.columns([4, 1])
-        c1.markdown(f"<{name}>")
+        c1.markdown(literal(f"<{name}>"))
         if c2.button("Restore", key=f"restore_{name}"):
             try:
                 restore(store, name)
             except context.user_errors() as exc:
-                c1.error(context.error_text(exc))
+                c1.error(literal(context.error_text(exc)))
                 continue
-            st.toast(f"Restored <{name}>")
+            st.toast(literal(f"Restored <{name}>"))
             st.rerun()
 
 
@@ -277,8 +358,10 @@ def restore(store, name: str) -> None:
 FIT_ICONS = {"fits": "✅", "partial": "🟡", "no": "❌", "unknown": "❔", "unreadable": "⚠️"}
 
 
-def doctor_ui(entries: list) -> None:
-    """The doctor's verdict of each stored embedding against the sidebar's model (loads it once)."""
+def doctor_ui(store, entries: list, skipped: list) -> None:
+    """The doctor's verdict of each stored embedding against the sidebar's model (loads it once), and of
+    each file in the library folder that the library skips (`skipped`: (path, reason) from `store.list`),
+    with the reason: `tokensmith doctor` reports those too, and they are what a user asks about."""
     spec = context.model_spec()
     if not st.button(f"Check against the model `{spec}`", key="lib_doctor"):
         return
@@ -287,12 +370,24 @@ def doctor_ui(entries: list) -> None:
     with st.spinner("Loading the model…"):
         model = context.loaded_model(spec)
     for entry in entries:
-        report = diagnose(entry.path, model.encoders, model_family=model.family)
-        icon = FIT_ICONS.get(report.fit, "")
-        verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.GENERATE_FIELDS)
-        st.markdown(f"{icon} **<{entry.name}>** — {report.fit}: {verdict}")
-        for warning in report.warnings:
-            st.caption(f"⚠️ {context.studio_text(warning, fields=context.GENERATE_FIELDS)}")
+        report = diagnose(entry.path, model.encoders, model_family=model.family, store_root=store.root)
+        verdict_ui(f"<{entry.name}>", report)
+    for path, reason in skipped:
+        report = diagnose(path, model.encoders, model_family=model.family, store_root=store.root)
+        reason = context.studio_text(reason.removeprefix(f"{path}: ").replace(str(path), path.name))
+        verdict_ui(path.name, report, skipped=reason)
+
+
+def verdict_ui(label: str, report, *, skipped: str | None = None) -> None:
+    """One file's verdict: '✅ **<cat>** — fits this model, …', its warnings below; a file the library
+    skips says so first, with the reason. Everything but the icon comes from the file: drawn `literal`."""
+    icon = FIT_ICONS.get(report.fit, "")
+    verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.GENERATE_FIELDS)
+    if skipped is not None:
+        verdict = f"not in the library ({skipped}). {verdict}"
+    st.markdown(f"{icon} **{literal(label)}** — {literal(verdict)}")
+    for warning in report.warnings:
+        st.caption(f"⚠️ {literal(context.studio_text(warning, fields=context.GENERATE_FIELDS))}")
 
 
 def verdict_lines(report) -> list[str]:
@@ -326,8 +421,10 @@ try:
     store = context.store()
     import_report_ui()
     problems: list = []
-    entries = store.list(problems=problems)  # a file that cannot be read is named, not hidden
+    others: list = []
+    entries = store.list(problems=problems, others=others)  # a file that cannot be read is named, not hidden
     problems_ui(store, problems)
+    others_ui(store, others)
     if not entries:
         st.info("The library is empty: train a concept on the Train page, or import embedding files below.")
     else:
@@ -343,8 +440,9 @@ try:
                 details_ui(store, selected)
             except context.user_errors() as exc:  # listed but does not load: a way out, and the page stays
                 unloadable_ui(store, listed[selected], exc)
+    if entries or problems:
         with st.expander("Doctor: do they fit the model?"):
-            doctor_ui(shown)
+            doctor_ui(store, shown if entries else [], problems)
     with st.expander("Import embeddings", expanded=not entries):
         import_ui(store)
     with st.expander("Trash"):
