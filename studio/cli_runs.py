@@ -97,6 +97,8 @@ def _row(job, runner) -> dict:
     message = state.message
     if state.status == "ended":  # the studio shows the log below its message; the CLI has none
         message = "the trainer exited without a final record (killed, or it crashed)"
+    if state.refused:  # a later resume or train-further the trainer refused; the run is as it was
+        message = f"{message}; a later launch was refused: {state.refused}".lstrip("; ")
     row |= {
         "status": state.status,
         "step": state.step,

@@ -154,7 +154,10 @@ def test_a_refused_train_further_keeps_the_job_done_and_its_command(
     )
     assert not errors(at) and at.button(key="further")  # still done: it may be trained further
     assert main(["runs", "--home", str(tokensmith_home), "--json"]) == EXIT_OK
-    assert [row["status"] for row in json.loads(capsys.readouterr().out)] == ["done"]
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["status"] == "done" and row["message"].endswith(
+        "; a later launch was refused: " + REFUSAL.removeprefix("tokensmith train: error: ")
+    )
     monkeypatch.delenv("FAKE_REFUSE")
     again = runner.train_further(job.id, 1)
     assert list(again.earlier) == first  # built on the run's command, not on the refused one
