@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -193,7 +194,14 @@ def run_export(args) -> int:
     name = store.resolve(args.name)
     emb = store.get(name)
     root = store.root.resolve()
-    for target in planned_outputs(emb, args.format, Path(args.out)):
+    targets = planned_outputs(emb, args.format, Path(args.out))
+    if args.out.endswith(("/", os.sep)) and targets == [Path(args.out)]:  # Path() drops the slash
+        suffix = {"a1111-png": ".png", "a1111-pt": ".pt"}.get(args.format, ".safetensors")
+        example = Path(args.out) / (name + suffix)
+        raise IsADirectoryError(
+            f"--out {args.out} names a folder; give the file to write, e.g. --out {example}"
+        )
+    for target in targets:
         if target.resolve().is_relative_to(root):
             raise ValueError(
                 f"{target} is inside the store ({store.root}), whose files only tokensmith's own commands "

@@ -80,6 +80,20 @@ def test_export_below_a_file_names_the_file_not_file_exists(afile, capsys, token
     assert afile.read_text() == "mine"
 
 
+@pytest.mark.parametrize(("fmt", "suffix"), [("a1111-pt", ".pt"), ("canonical", ".safetensors")])
+def test_export_to_a_path_ending_in_a_slash_names_a_file_inside_it(
+    tmp_path, capsys, tokensmith_home, fmt, suffix
+):
+    """`--out exports/` is a folder, as for generate: not a file named `exports`."""
+    Store.for_home(tokensmith_home).put(Embedding("cat", {"emb_params": torch.ones(1, 32)}))
+    out = f"{tmp_path / 'exports'}/"
+    code, _, err = run(capsys, "export", "cat", "--format", fmt, "--out", out)
+    assert code == EXIT_ERROR and not (tmp_path / "exports").exists()
+    assert (
+        f"names a folder; give the file to write, e.g. --out {tmp_path / 'exports' / ('cat' + suffix)}" in err
+    )
+
+
 # --- 3. Ctrl-C stops the demo the same way in every phase ---
 
 
