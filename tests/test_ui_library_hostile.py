@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store, save_canonical
 from embeddings.exporting import export
-from studio.app import cards
+from studio.app import cards, embedding_uploads
 
 IMAGE = "![t](http://attacker.example/track.png)"
 LINK = "[Click here to fix your GPU driver](https://attacker.example/x)"
@@ -154,7 +154,7 @@ def test_upload_names_no_filesystem_holds_each_import_on_their_own(tmp_path):
         ("../../etc/passwd.pt", b"not an embedding"),
         ("fine.safetensors", canonical_bytes(tmp_path, seed=4)),
     ]
-    uploads = cards.read_uploads(files)
+    uploads = embedding_uploads.read_uploads(files)
     sources = [source for source, _ in uploads.found]
     assert sources == [long, "..", "a\0b.safetensors", "fine.safetensors"]
     named = {source: e for source, e in uploads.found}
@@ -168,10 +168,11 @@ def test_upload_names_no_filesystem_holds_each_import_on_their_own(tmp_path):
 def test_upload_names_keep_what_the_importer_reads_from_them(tmp_path):
     """The embedding's name, its source_file and source_name are those an import of the file itself gives."""
     data = export(emb("neg"), "a1111-pt", tmp_path / "x.pt")[0].read_bytes()
-    (source, uploaded), *_ = cards.read_uploads([("My Neg (1).pt", data)]).found
+    (source, uploaded), *_ = embedding_uploads.read_uploads([("My Neg (1).pt", data)]).found
     assert source == "My Neg (1).pt" and uploaded.meta["source_file"] == "My Neg (1).pt"
-    assert cards.written_name("learned_embeds_2.safetensors") == "learned_embeds_2.safetensors"
-    assert cards.written_name("..").startswith("emb-") and "/" not in cards.written_name("a/b\0c.pt")
+    assert embedding_uploads.written_name("learned_embeds_2.safetensors") == "learned_embeds_2.safetensors"
+    written = embedding_uploads.written_name
+    assert written("..").startswith("emb-") and "/" not in written("a/b\0c.pt")
 
 
 def test_a_long_upload_name_imports_on_the_page_and_the_trash_stays(tokensmith_home, tmp_path):

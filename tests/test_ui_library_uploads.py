@@ -1,5 +1,5 @@
-"""The Library's import by upload (studio/app/cards.py read_uploads) and its ways out of a stored file that is
-listed but does not load (AppTest)."""
+"""The Library's import by upload (studio/app/embedding_uploads.py read_uploads) and its ways out of a stored
+file that is listed but does not load (AppTest)."""
 
 import re
 import shutil
@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store, StoreError
 from embeddings.exporting import export
-from studio.app import cards, context
+from studio.app import context, embedding_uploads
 
 EXPANDERS = ["Doctor: do they fit the model?", "Import embeddings", "Trash"]
 
@@ -96,7 +96,7 @@ def test_uploads_holding_one_name_are_refused_naming_the_files_and_nothing_is_st
 
 def test_names_that_differ_only_in_letter_case_clash_too():
     found = [("Cat.pt", emb("Cat")), ("cat.safetensors", emb("cat", seed=1)), ("dog.pt", emb("dog"))]
-    [clash] = cards.name_clashes(found)
+    [clash] = embedding_uploads.name_clashes(found)
     assert clash.startswith("2 files hold an embedding named <Cat> / <cat> (letter case aside")
     assert "Cat.pt (<Cat>), cat.safetensors (<cat>). Nothing was imported" in clash
 
@@ -210,7 +210,7 @@ def test_uploads_of_one_file_name_that_clash_are_told_apart_by_place_and_size(to
 
 def test_upload_labels_name_equal_file_names_by_place_and_size():
     files = [("a.pt", b"x" * 3), ("b/a.pt", b"x" * 1500), ("c.pt", b""), *[("a.pt", b"")] * 10]
-    labels = cards.upload_labels(files)
+    labels = embedding_uploads.upload_labels(files)
     assert labels[:3] == ["a.pt (1st upload, 3 B)", "a.pt (2nd upload, 1.5 KB)", "c.pt"]
     assert labels[11:] == ["a.pt (12th upload, 0 B)", "a.pt (13th upload, 0 B)"]
 
