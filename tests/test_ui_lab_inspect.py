@@ -105,9 +105,24 @@ def test_inspect_shows_neighbours_norms_and_the_map(session, store):
     assert not at.error, [e.value for e in at.error]
     assert at.selectbox(key="insp_name").value == "cat"
     neighbours = at.dataframe[0].value
-    assert list(neighbours.columns) == ["vector 0", "vector 1"] and len(neighbours) == 8
+    assert list(neighbours.columns) == ["<cat>", "<cat>_1"] and len(neighbours) == 8  # as nearest names them
     assert any("vocabulary mean" in c.value for c in at.caption)
     assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+
+
+def test_inspect_reads_as_tokensmith_nearest_prints(session, store):
+    """Columns named by the vectors' tokens, cosines to 3 decimals, norms in words (no Python lists)."""
+    import re
+
+    at = open_page("views/inspect.py")
+    table = at.dataframe[0].value
+    assert all(re.fullmatch(r".+ \(-?\d\.\d{3}\)", cell) for cell in [*table["<cat>"], *table["<cat>_1"]])
+    [norms] = [c.value for c in at.caption if c.value.startswith("norms ")]
+    assert re.fullmatch(
+        r"norms <cat> [\d.]+, <cat>_1 [\d.]+ · vocabulary mean [\d.]+ ± [\d.]+ \(min [\d.]+, max [\d.]+\)"
+        r" · ratio to the mean [\d.]+, [\d.]+",
+        norms,
+    ), norms
 
 
 def test_a_map_click_or_the_url_selects_the_embedding(session, store):
@@ -163,7 +178,7 @@ def test_a_partial_fit_shows_the_half_that_fits_with_a_note(tokensmith_home, mon
     at = open_page("views/inspect.py")
     assert not at.error, [e.value for e in at.error]
     [table] = at.dataframe
-    assert list(table.value.columns) == ["vector 0", "vector 1"]
+    assert list(table.value.columns) == ["<sd1ish>", "<sd1ish>_1"]
     assert [m.value for m in at.markdown if m.value.startswith("**clip")] == [
         "**clip_l** · 2 vector(s) · width 32"
     ]
@@ -199,8 +214,8 @@ def test_a_zero_vector_says_so_and_the_table_keeps_its_shape(session, store):
     at = open_page("views/inspect.py", {"insp_name": "padded"})
     assert not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
-    assert list(table.columns) == ["vector 0", "vector 1"] and len(table) == 8
-    assert list(table["vector 1"]) == ["(a zero vector: no direction)"] + [""] * 7
+    assert list(table.columns) == ["<padded>", "<padded>_1"] and len(table) == 8
+    assert list(table["<padded>_1"]) == ["(a zero vector: no direction)"] + [""] * 7
 
 
 def test_an_entry_that_does_not_load_is_explained_and_the_map_still_shows(session, store, monkeypatch):

@@ -244,3 +244,21 @@ def test_a_diffusers_file_under_its_token_name_imports_in_place(tokensmith_home)
     at = open_page("views/library.py")
     at.button(key="lib_import_stray_same").click().run()
     assert not at.error and store.names() == ["same"] and "same" not in store.trashed()
+
+
+def test_the_inspect_page_draws_a_files_metadata_inertly(hostile_store):
+    at = open_page("views/inspect.py")
+    at.selectbox(key="insp_name").select("mdinject").run()
+    assert not at.exception, at.exception
+    for markdown in drawn(at):
+        assert_inert(markdown)
+    assert any(f'trained from "{LINK}"' in seen(text) for text in drawn(at))
+
+
+def test_an_error_quoting_a_files_words_keeps_its_own_markdown_but_nothing_live():
+    from studio.app import context
+
+    text = f"it was trained for width 8 {IMAGE}; see {LINK}, `tokensmith import [x]` and <cat> <img src=x>"
+    drawn_text = context.error_text(ValueError(text))
+    assert_inert(drawn_text)
+    assert "`tokensmith import [x]`" in drawn_text and "<cat>" in drawn_text  # code and tokens as written

@@ -49,6 +49,19 @@ def literal(text: str) -> str:
     return AUTOLINK_STARTS.sub(rf"\1{WORD_JOINER}", MARKDOWN_PUNCTUATION.sub(r"\\\1", text))
 
 
+def inert(text: str) -> str:
+    """A message that may quote a file's words (an error naming its metadata), for st.error and the like:
+    its own Markdown (`code`, **bold**) still reads, but no link, image or HTML tag can be made of it: every
+    bracket is escaped (a link and an image need one), a `<` that opens a tag with attributes too (`<cat>`,
+    a token, stays), and URLs and addresses are kept from autolinking as in `literal`."""
+    parts = re.split(r"((`+).*?\2)", str(text))  # code spans (kept as they are: nothing in one is live)
+    for i in range(0, len(parts), 3):
+        part = re.sub(r"([\[\]])", r"\\\1", parts[i])
+        part = re.sub(r"<(?=[A-Za-z/!?][^<>]*[\s=\"'/])", r"\\<", part)
+        parts[i] = AUTOLINK_STARTS.sub(rf"\1{WORD_JOINER}", part)
+    return "".join(part for i, part in enumerate(parts) if i % 3 != 2)
+
+
 def code(text: str) -> str:
     """`text` from a file (a file name) as a Markdown code span, which nothing inside can end early or make
     live: the fence is one backtick longer than any run in it, and line breaks are spaces

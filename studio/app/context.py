@@ -71,7 +71,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def error_text(exc: BaseException, *, fields: Mapping[str, str] | None = None) -> str:
-    """One line for the user: KeyError's message without the quotes repr() adds, in the studio's words.
+    """`error_words` for st.error and the like: Markdown, but with nothing live that a file's words in the
+    message could make (cards.inert: a link, an image, an HTML tag)."""
+    from studio.app.cards import inert
+
+    return inert(error_words(exc, fields=fields))
+
+
+def error_words(exc: BaseException, *, fields: Mapping[str, str] | None = None) -> str:
+    """One line for the user: KeyError's message without the quotes repr() adds, in the studio's words
+    (plain text: `cards.literal` it, or use error_text).
 
     `fields` maps the CLI flags the engine's messages name to the page's fields ({"--steps": "Steps"}:
     "raise --steps" reads "raise Steps"); flags not in it stay as they are. A full or read-only disk that

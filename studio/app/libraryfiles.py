@@ -60,7 +60,7 @@ def store_uploads(store, found: list, problems: list[str], *, overwrite: bool) -
                 store.put(emb, overwrite=overwrite)
                 added.append(emb.name)
             except context.user_errors() as exc:
-                problems.append(f"{source}: {context.error_text(exc)}")
+                problems.append(f"{source}: {context.error_words(exc)}")
     return added, same
 
 
@@ -114,7 +114,7 @@ def problems_ui(store, problems: list) -> None:
                 st.toast(f"Moved {code(path.name)} to the trash")
                 st.rerun()
         except context.user_errors() as exc:
-            c1.error(literal(context.error_text(exc)))
+            c1.error(literal(context.error_words(exc)))
 
 
 def others_ui(store, others: list) -> None:

@@ -156,7 +156,13 @@ class Session:
                 "makes it at its recorded size, with its recorded guides: replay it where more memory is free"
             )
         native = self.model.resolution
-        hint = f"use a smaller --width/--height (this model's native size is {native})"
+        if max(req.width, req.height) > native:
+            hint = f"use a smaller --width/--height (this model's native size is {native})"
+        else:  # already at most the native size: smaller would only be worse images
+            hint = (
+                f"free memory on the device, or use one with more (this {req.width}x{req.height} image is "
+                f"already at most the model's native size, {native})"
+            )
         if req.guides:
             hint += ", or fewer loss guides (--guide: they back-propagate through the VAE)"
         return TokensmithError(

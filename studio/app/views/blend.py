@@ -7,11 +7,12 @@ import io
 
 import streamlit as st
 
-from studio.app import blending, cards, context
+from studio.app import blending, cards, context, formstate
 from studio.app.blending import Operand
 
 MAX_OPERANDS = 4
 REPLACE_LABEL = "Replace an embedding of the same name"
+KINDS = ["library", "word"]
 
 
 # --- widgets ---
@@ -19,27 +20,31 @@ REPLACE_LABEL = "Replace an embedding of the same name"
 
 def operands_ui(names: list[str]) -> list[Operand]:
     """2–4 operands: each a library embedding or a word, with a weight slider."""
-    count = int(st.number_input("Operands", 2, MAX_OPERANDS, 2, key="bl_count"))
+    count = int(st.number_input("Operands", 2, MAX_OPERANDS, key=formstate.kept("bl_count", 2)))
     # sliders keep their values by key: a new operand count starts every weight at 1/count again
     fresh = st.session_state.get("bl_weights_for") != count
     st.session_state["bl_weights_for"] = count
     for i in range(count):
-        if fresh or f"bl_w_{i}" not in st.session_state:
+        if fresh:
             st.session_state[f"bl_w_{i}"] = round(1.0 / count, 2)
     operands = []
     for i in range(count):
         c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
-        default_kind = 0 if len(names) > i else 1
-        kind = c1.radio(f"#{i + 1}", ["library", "word"], index=default_kind, key=f"bl_kind_{i}")
+        kind_key = formstate.kept(f"bl_kind_{i}", KINDS[0] if len(names) > i else KINDS[1])
+        kind = c1.radio(f"#{i + 1}", KINDS, key=kind_key)
         if kind == "library":
             if not names:
                 c2.caption("the library is empty: use a word")
                 value = ""
             else:
-                value = c2.selectbox("Embedding", names, index=min(i, len(names) - 1), key=f"bl_emb_{i}")
+                emb_key = formstate.kept(f"bl_emb_{i}", names[min(i, len(names) - 1)], options=names)
+                value = c2.selectbox("Embedding", names, key=emb_key)
         else:
-            value = c2.text_input("Word or phrase", key=f"bl_word_{i}", placeholder="typewriter")
-        weight = c3.slider("Weight", -1.0, 2.0, step=0.05, key=f"bl_w_{i}")
+            word_key = formstate.kept(f"bl_word_{i}", "")
+            value = c2.text_input("Word or phrase", key=word_key, placeholder="typewriter")
+        weight = c3.slider(
+            "Weight", -1.0, 2.0, step=0.05, key=formstate.kept(f"bl_w_{i}", round(1.0 / count, 2))
+        )
         operands.append(Operand("embedding" if kind == "library" else "word", value, float(weight)))
     return operands
 
@@ -47,8 +52,13 @@ def operands_ui(names: list[str]) -> list[Operand]:
 def method_ui(count: int) -> tuple[str, bool]:
     c1, c2 = st.columns(2)
     methods = ["lerp", "slerp"] if count == 2 else ["lerp"]
-    method = c1.radio("Method", methods, horizontal=True, key="bl_method", help="slerp mixes exactly two")
-    keep_norm = c2.toggle("Keep the operands' norm", key="bl_keep_norm", help="blends otherwise shrink")
+    method = c1.radio(
+        "Method", methods, horizontal=True, key=formstate.kept("bl_method", methods[0], options=methods),
+        help="slerp mixes exactly two",
+    )  # fmt: skip
+    keep_norm = c2.toggle(
+        "Keep the operands' norm", key=formstate.kept("bl_keep_norm", False), help="blends otherwise shrink"
+    )
     return method, keep_norm
 
 
@@ -56,7 +66,7 @@ def name_ui() -> str:
     """The blend's name, or '' after saying under the field why it cannot be used."""
     from embeddings import validate_name
 
-    name = st.text_input("Name of the blend", "blend", key="bl_name").strip()
+    name = st.text_input("Name of the blend", key=formstate.kept("bl_name", "blend")).strip()
     try:
         validate_name(name)
     except context.user_errors() as exc:
@@ -69,10 +79,12 @@ def preview_settings_ui() -> dict:
     from studio.generation import parse_seeds
 
     c1, c2, c3 = st.columns([3, 1, 1])
-    prompt = c1.text_input("Preview prompt (* is the blend)", "a *", key="bl_prompt")
-    seeds = parse_seeds(c2.text_input("Seeds", "0,1", key="bl_seeds"))
-    steps = c3.number_input("Steps", 1, 50, 12, key="bl_steps")
-    sweep = st.toggle("Sweep the mix of the first two operands (rows t = 0 … 1)", key="bl_sweep")
+    prompt = c1.text_input("Preview prompt (* is the blend)", key=formstate.kept("bl_prompt", "a *"))
+    seeds = parse_seeds(c2.text_input("Seeds", key=formstate.kept("bl_seeds", "0,1")))
+    steps = c3.number_input("Steps", 1, 50, key=formstate.kept("bl_steps", 12))
+    sweep = st.toggle(
+        "Sweep the mix of the first two operands (rows t = 0 … 1)", key=formstate.kept("bl_sweep", False)
+    )
     return {"prompt": prompt, "seeds": seeds[:6], "steps": int(steps), "sweep": sweep}
 
 
@@ -127,7 +139,9 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
 
 
 def save_ui(store, blended, thumbnail) -> None:
-    """Save the blend at the sliders' weights into the library (lineage is in its metadata)."""
+    """Save the blend at the sliders' weights into the library (lineage is in its metadata). Unlike the
+    other fields, the Replace toggle is not kept while another page is open (formstate): replacing a stored
+    embedding is chosen anew."""
     overwrite = st.toggle(REPLACE_LABEL, key="bl_overwrite")
     if st.button(f"Save <{blended.name}> to the library", type="primary", key="bl_save"):
         if store.exists(blended.name) and not overwrite:
@@ -139,6 +153,7 @@ def save_ui(store, blended, thumbnail) -> None:
 
 # --- the page ---
 
+formstate.remember()  # first: another page may be opened before this run reaches the widgets
 st.title("🧪 Blend")
 st.caption(
     "Token-level mixing: weighted sums of stored embeddings and ordinary words (the fast.ai experiment)."

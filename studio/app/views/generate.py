@@ -4,13 +4,14 @@ their provenance and download as PNG; any tokensmith PNG can be replayed."""
 from __future__ import annotations
 
 import re
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import streamlit as st
 from PIL import Image
 
-from studio.app import context
+from studio.app import context, formstate
+from studio.app.replays import UPLOAD_HELP, replay_ui
 
 GUIDE_HELP = (
     "One per line: `color=green`, `color=#00ff00`, `brightness=0.8`, `contrast=0.3`, `match=/path/to.png`, "
@@ -30,6 +31,7 @@ FIELDS = {
     "--partial": "the Partial fit box",
     "--width": "Width",
     "--height": "Height",
+    "--guide": "Loss guides",
 }
 
 
@@ -48,43 +50,55 @@ def prompt_ui(names: list[str], misfits: set[str]) -> tuple[str, str]:
     """Prompt and negative prompt; library names can be inserted as <name> (`misfits`, made for another
     model, are marked: using them is an error)."""
     st.text_area(
-        "Prompt", key="gen_prompt", height=80, placeholder="a <my-cat> on a blue background, (red:1.2) ball"
-    )
+        "Prompt", key=formstate.kept("gen_prompt", ""), height=80,
+        placeholder="a <my-cat> on a blue background, (red:1.2) ball",
+    )  # fmt: skip
     if names:
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
         c1.selectbox(
-            "Library", names, key="gen_insert_name",
+            "Library", names, key=formstate.kept("gen_insert_name", names[0], options=names),
             format_func=lambda name: f"{name} (not for this model)" if name in misfits else name,
         )  # fmt: skip
         c2.button(
             "Insert", key="gen_insert", on_click=insert_name, args=("gen_insert_name",), width="stretch"
         )
-    negative = st.text_input("Negative prompt", key="gen_negative", placeholder="blurry, <bad-hands>")
+    negative = st.text_input(
+        "Negative prompt", key=formstate.kept("gen_negative", ""), placeholder="blurry, <bad-hands>"
+    )
     return st.session_state.get("gen_prompt", "").strip(), negative.strip()
 
 
-def misfit_names(store) -> set[str]:
-    """The stored embeddings whose vector widths are not this model's (made for another family), from the
+def misfit_names(entries: list) -> set[str]:
+    """The listed embeddings whose vector widths are not this model's (made for another family), from the
     files' headers; none while the model does not load (the results column says why)."""
     try:
         widths = context.generation_session(context.model_spec()).model.widths
     except context.user_errors():
         return set()
-    return {entry.name for entry in store.list() if entry.widths != widths}
+    return {entry.name for entry in entries if entry.widths != widths}
 
 
 def settings_ui(schedulers: list[str]) -> dict:
-    """Seed, steps, guidance, scheduler, size and count."""
+    """Seed, steps, guidance, scheduler, size and count. Width and Height go as far as the CLI's
+    --width/--height (trainers.config.MAX_RESOLUTION); empty, they are the model's native size."""
+    from trainers.config import MAX_RESOLUTION
+
     c1, c2 = st.columns(2)
-    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
-    steps = c2.slider("Steps", 1, 100, 20, key="gen_steps")
+    seed = c1.number_input("Seed", 0, 2**31 - 1, key=formstate.kept("gen_seed", 0))
+    steps = c2.slider("Steps", 1, 100, key=formstate.kept("gen_steps", 20))
     c3, c4 = st.columns(2)
-    guidance = c3.number_input("Guidance", 0.0, 30.0, None, 0.5, key="gen_guidance", placeholder="default")
-    scheduler = c4.selectbox("Scheduler", schedulers, key="gen_scheduler")
+    guidance = c3.number_input(
+        "Guidance", 0.0, 30.0, None, 0.5, key=formstate.kept("gen_guidance", None), placeholder="default"
+    )
+    scheduler = c4.selectbox("Scheduler", schedulers, key=formstate.kept("gen_scheduler", schedulers[0]))
     c5, c6, c7 = st.columns(3)
-    width = c5.number_input("Width", 8, 2048, None, 8, key="gen_width", placeholder="native")
-    height = c6.number_input("Height", 8, 2048, None, 8, key="gen_height", placeholder="native")
-    count = c7.number_input("Images", 1, 8, 1, key="gen_count")
+    width = c5.number_input(
+        "Width", 8, MAX_RESOLUTION, None, 8, key=formstate.kept("gen_width", None), placeholder="native"
+    )
+    height = c6.number_input(
+        "Height", 8, MAX_RESOLUTION, None, 8, key=formstate.kept("gen_height", None), placeholder="native"
+    )
+    count = c7.number_input("Images", 1, 8, key=formstate.kept("gen_count", 1))
     return {
         "seed": int(seed),
         "steps": int(steps),
@@ -102,7 +116,9 @@ def swaps_ui() -> dict[str, str] | None:
     None (with the error under the field) while a swap is half-typed or malformed."""
     from studio.generation import PromptError, parse_swap
 
-    text = st.text_input("Swaps", key="gen_swaps", placeholder="puppy=<my-dog>, ball=<red-ball>")
+    text = st.text_input(
+        "Swaps", key=formstate.kept("gen_swaps", ""), placeholder="puppy=<my-dog>, ball=<red-ball>"
+    )
     swaps = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -123,10 +139,13 @@ def init_ui(size: tuple[int, int] | None) -> tuple[Path | None, float] | None:
     """An optional init image (img2img) and how far from it to go; None (with the error shown under the
     uploader) when the upload is not a readable image. `size` is what the image will be generated at (None
     while unknown), to say when the init image is stretched to it."""
-    upload = st.file_uploader("Init image (optional)", type=["png", "jpg", "jpeg", "webp"], key="gen_init")
-    strength = st.slider(
-        "Strength (low keeps the init image, 1 ignores it)", MIN_STRENGTH, 1.0, 0.6, 0.05, key="gen_str"
+    upload = st.file_uploader(
+        "Init image (optional)", type=["png", "jpg", "jpeg", "webp"], key="gen_init", help=UPLOAD_HELP
     )
+    strength = st.slider(
+        "Strength (low keeps the init image, 1 ignores it)", MIN_STRENGTH, 1.0, step=0.05,
+        key=formstate.kept("gen_str", 0.6),
+    )  # fmt: skip
     if upload is None:
         return None, strength
     kept = kept_upload(upload)
@@ -208,7 +227,11 @@ def native_size(settings: dict) -> tuple[int, int] | None:
 def guides_ui() -> tuple[str, ...]:
     """Loss-guidance specs, one per line."""
     text = st.text_area(
-        "Loss guides", key="gen_guides", height=68, placeholder="color=green", help=GUIDE_HELP
+        "Loss guides",
+        key=formstate.kept("gen_guides", ""),
+        height=68,
+        placeholder="color=green",
+        help=GUIDE_HELP,
     )
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
@@ -218,8 +241,10 @@ def guides_ui() -> tuple[str, ...]:
 
 def generate(
     session, store, prompt: str, negative: str, settings: dict, swaps, init, strength, guides, partial=False
-) -> list:
-    """Run the engine with a progress bar; returns [(png bytes with provenance, provenance), ...].
+) -> Iterator[tuple[bytes, dict]]:
+    """Run the engine with a progress bar, yielding (png bytes with provenance, provenance) as each image is
+    sampled (Session.each_image), so an error at a later image (out of memory, a guide failing) leaves the
+    earlier ones with the caller.
 
     `partial` lets an embedding that fits only one of the model's encoders in (generate --partial): an SD 1.x
     embedding goes into SDXL's clip_l alone. The session is shared by every tab: it is set for this request
@@ -248,11 +273,24 @@ def generate(
 
     asked, session.encoder.partial = session.encoder.partial, partial
     try:
-        results = session.generate(request, store=store, on_step=on_step)
+        for result in session.each_image(request, store=store, on_step=on_step):
+            yield png_bytes(result.image, result.provenance), result.provenance
     finally:
         session.encoder.partial = asked
         slot.empty()  # also after an error part-way (a guide failing at step k)
-    return [(png_bytes(r.image, r.provenance), r.provenance) for r in results]
+
+
+def failure_text(exc: BaseException, made: list, settings: dict) -> str:
+    """The error in the page's words; after some of the images were made, which and how to make the rest,
+    as `tokensmith generate` says it: '… (1 of 3 images were made, shown below: seed 0; Seed 1, Images 2
+    makes the rest)'."""
+    text = context.error_text(exc, fields=FIELDS)
+    if not made:
+        return text
+    done, total = len(made), settings["num_images"]
+    seeds = ", ".join(str(prov.get("seed")) for _png, prov in made)
+    rest = f"Seed {settings['seed'] + done}, Images {total - done} makes the rest"
+    return f"{text} ({done} of {total} images were made, shown below: seed{'s' * (done > 1)} {seeds}; {rest})"
 
 
 def download_name(prov: dict) -> str:
@@ -275,66 +313,6 @@ def results_ui(results: list) -> None:
                 st.json(prov)
 
 
-def replay_ui(session, store) -> None:
-    """Re-make an image from the provenance inside a tokensmith PNG, and say whether it matches; the result
-    stays (keyed by the upload) while the page reruns for other widgets."""
-    from studio.generation import read_provenance, replay
-    from studio.generation.sheets import cell_box, matches_original, sheet_cells_count
-
-    upload = st.file_uploader("A PNG written by tokensmith", type=["png"], key="gen_replay_file")
-    if upload is None:
-        return
-    with tempfile.TemporaryDirectory(prefix="tokensmith-replay-") as tmp:
-        path = Path(tmp) / "image.png"
-        path.write_bytes(upload.getvalue())
-        label = repr(upload.name)  # errors name the user's file, not the temporary copy
-        cell = None
-        if sheet := sheet_cells_count(path, label=label):  # a grid, variations sheet or trace strip
-            kind, count = sheet
-            cell = 1  # a trace strip (or a one-image grid) holds one image: nothing to choose
-            if count > 1:
-                label_text = f"Image of this {kind} to replay (1 is the top left, row by row)"
-                cell = int(st.number_input(label_text, 1, count, 1, key="gen_replay_cell"))
-        prov = read_provenance(path, label=label, cell=cell)
-        st.caption(f"prompt: {prov.get('prompt')!r} · seed {prov.get('seed')} · model {prov.get('model')}")
-        if prov.get("model") not in (None, session.model.source):
-            st.warning(f"made with model {prov.get('model')}; the studio uses {session.model.source}")
-        if st.button("Replay", key="gen_replay"):
-            with st.spinner("Replaying…"):
-                result = replay(path, store=store, session=session, label=label, cell=cell)
-            shown = upload.getvalue()
-            if cell is not None and (box := cell_box(path, cell)) is not None:
-                shown = Image.open(path).convert("RGB").crop(box)  # the cell as the sheet shows it
-            same = matches_original(path, result.image, cell)
-            st.session_state["gen_replayed"] = (
-                (upload.file_id, cell),
-                shown,
-                result.image,
-                replay_verdict(same),
-            )
-    replayed = st.session_state.get("gen_replayed")
-    if replayed is None or replayed[0] != (upload.file_id, cell):
-        return
-    _key, shown, image, (same, text) = replayed
-    c1, c2 = st.columns(2)
-    c1.image(shown, caption="uploaded" if cell is None else f"uploaded, image {cell}", width="stretch")
-    c2.image(image, caption="replayed", width="stretch")
-    (st.success if same else st.warning)(text)
-
-
-def replay_verdict(same: bool | None) -> tuple[bool, str]:
-    """Whether a replay matched what was uploaded (`matches_original`), and the sentence that says so."""
-    if same is None:
-        return True, "Replayed the image this trace strip traced (the strip holds no copy of it to compare)."
-    if same:
-        return True, "Pixel-identical to the uploaded image."
-    return (
-        False,
-        "Replayed, but not pixel-identical: another machine, library version or torch thread count "
-        "(OMP_NUM_THREADS)?",
-    )
-
-
 # --- the page ---
 
 
@@ -346,43 +324,45 @@ def generate_ui(store, inputs: dict) -> None:
             st.error(f"Fix the {' and the '.join(problems)} first (see the message under the field).")
         else:
             init, strength = inputs["init image"]
-            failed = True
+            made: list = []
             try:
                 session = context.generation_session(context.model_spec())
-                st.session_state["gen_results"] = generate(
+                for result in generate(
                     session, store, inputs["prompt"], inputs["negative"], inputs["settings"],
                     inputs["swaps"], init, strength, inputs["guides"], inputs["partial"],
-                )  # fmt: skip
-                failed = False
+                ):  # fmt: skip
+                    made.append(result)
+                    st.session_state["gen_results"] = made  # kept as it comes: a later error leaves it
             except context.user_errors() as exc:
-                st.error(context.error_text(exc, fields=FIELDS))
-            if failed and st.session_state.get("gen_results"):  # what stays below is not this prompt's
-                earlier = st.session_state["gen_results"][0][1].get("prompt", "")
-                st.caption(f"Below: the previous result, of {earlier!r}.")
+                st.error(failure_text(exc, made, inputs["settings"]))
+                if not made and st.session_state.get("gen_results"):  # what stays below is not this prompt's
+                    earlier = st.session_state["gen_results"][0][1].get("prompt", "")
+                    st.caption(f"Below: the previous result, of {earlier!r}.")
     if st.session_state.get("gen_results"):
         results_ui(st.session_state["gen_results"])
     else:
         st.info("Results appear here, each with its provenance and a PNG download.")
 
 
+formstate.remember()  # first: another page may be opened before this run reaches the widgets
 st.title("🎨 Generate")
 try:
     from studio.generation import SCHEDULERS
 
     store = context.store()
-    names = store.names()
+    entries = store.list()  # what the Library lists: a file it skips cannot be used in a prompt either
 except context.user_errors() as exc:
     st.error(context.error_text(exc))
     st.stop()
 left, right = st.columns([2, 3], gap="large")
 with left:
     inputs = {}
-    inputs["prompt"], inputs["negative"] = prompt_ui(names, misfit_names(store))
+    inputs["prompt"], inputs["negative"] = prompt_ui([entry.name for entry in entries], misfit_names(entries))
     inputs["settings"] = settings_ui(list(SCHEDULERS))
     inputs["swaps"] = swaps_ui()
     inputs["partial"] = st.checkbox(
         "Partial fit",
-        key="gen_partial",
+        key=formstate.kept("gen_partial", False),
         help="Let in an embedding made for one of this model's encoders only: an SD 1.x embedding on SDXL "
         "goes into clip_l (clip_g gets zero vectors), an SDXL embedding's clip_l half into SD 1.x. Expect a "
         "weaker effect; the image's provenance records it and a replay repeats it.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from studio.app import cards, context
+from studio.app import cards, context, formstate
 from studio.app.embedding_map import map_points
 
 
@@ -25,41 +25,51 @@ ZERO_VECTOR = "(a zero vector: no direction)"
 def neighbours_ui(emb, model, k: int) -> None:
     """Per vector (and per encoder for SDXL): the k closest ordinary tokens by cosine. An embedding that fits
     this model only partly shows the half that fits, with a note, as `tokensmith nearest` does."""
+    from embeddings import token_names
     from embeddings.inject import fitting_halves
     from embeddings.maths import nearest_tokens, norm_report
 
     shown, note = fitting_halves(emb, model.encoders, model_family=model.family)
     if note:  # before the tables: it says which half they show
-        st.info(context.studio_text(note, fields=context.GENERATE_FIELDS))
+        st.info(cards.inert(context.studio_text(note, fields=context.GENERATE_FIELDS)))
+    tokens = token_names(emb)  # the columns, as `tokensmith nearest` names the vectors
     for (key, tok, te), vectors in shown:
         st.markdown(f"**{key}** · {vectors.shape[0]} vector(s) · width {vectors.shape[1]}")
         st.dataframe(
-            neighbour_table(nearest_tokens(vectors, tok, te, k=k)), hide_index=False, width="stretch"
+            neighbour_table(nearest_tokens(vectors, tok, te, k=k), tokens), hide_index=False, width="stretch"
         )
         report = norm_report(vectors, tok, te)
-        vocab = report["vocab"]
-        st.caption(
-            f"norms {report['norms']} · vocabulary mean {vocab['mean']} ± {vocab['std']} "
-            f"(min {vocab['min']}, max {vocab['max']}) · ratio to mean {report['ratio_to_vocab_mean']}"
-        )
+        st.caption(norms_text(report, tokens))
         st.bar_chart(
-            {"vector": [f"v{i}" for i in range(len(report["norms"]))] + ["vocab mean"],
-             "norm": [*report["norms"], vocab["mean"]]},
+            {"vector": [*tokens, "vocab mean"], "norm": [*report["norms"], report["vocab"]["mean"]]},
             x="vector", y="norm", height=180,
         )  # fmt: skip
 
 
-def neighbour_table(rows: list[list]) -> dict[str, list[str]]:
-    """One column per vector, 'token (cosine)' best first, the token labelled as `tokensmith nearest` shows
-    it ('c' the word, 'c…' a piece of one, '\\x07' a control byte); a zero vector (a blend's padding) has no
-    neighbours and says so, its column padded so that every column has the same length (unequal columns
-    turn the table over)."""
+def neighbour_table(rows: list[list], tokens: list[str]) -> dict[str, list[str]]:
+    """One column per vector, headed by its token (`<cat>`, `<cat>_1`), 'token (cosine)' best first, the
+    token labelled as `tokensmith nearest` shows it ('c' the word, 'c…' a piece of one, '\\x07' a control
+    byte); a zero vector (a blend's padding) has no neighbours and says so, its column padded so that every
+    column has the same length (unequal columns turn the table over)."""
     length = max((len(row) for row in rows), default=0) or 1
     table = {}
-    for i, row in enumerate(rows):
-        cells = [f"{n.label} ({n.cosine:.2f})" for n in row] or [ZERO_VECTOR]
-        table[f"vector {i}"] = cells + [""] * (length - len(cells))
+    for token, row in zip(tokens, rows, strict=True):
+        cells = [f"{n.label} ({n.cosine:.3f})" for n in row] or [ZERO_VECTOR]
+        table[token] = cells + [""] * (length - len(cells))
     return table
+
+
+def norms_text(report: dict, tokens: list[str]) -> str:
+    """embeddings.maths.norm_report in words, with `tokensmith nearest`'s 3 digits: 'norms <cat> 0.35,
+    <cat>_1 0 · vocabulary mean 0.176 ± 0.0213 (min 0.101, max 0.302) · ratio to the mean 1.99, 0'."""
+    vocab = report["vocab"]
+    norms = ", ".join(f"{token} {norm:.3g}" for token, norm in zip(tokens, report["norms"], strict=True))
+    # None: a vocabulary whose mean norm is 0 gives no ratio
+    ratios = ", ".join("–" if ratio is None else f"{ratio:.3g}" for ratio in report["ratio_to_vocab_mean"])
+    return (
+        f"norms {norms} · vocabulary mean {vocab['mean']:.3g} ± {vocab['std']:.3g} "
+        f"(min {vocab['min']:.3g}, max {vocab['max']:.3g}) · ratio to the mean {ratios}"
+    )
 
 
 def readable(store, entries: list) -> list:
@@ -70,7 +80,7 @@ def readable(store, entries: list) -> list:
         try:
             embeddings.append(store.get(entry.name))
         except context.user_errors() as exc:
-            st.warning(cards.skipped_text(entry.path, context.error_text(exc)))
+            st.warning(cards.skipped_text(entry.path, context.error_words(exc)))
     return embeddings
 
 
@@ -79,11 +89,14 @@ def map_ui(store, model, entries: list) -> None:
     import altair as alt
 
     names = [entry.name for entry in entries]
-    words_text = st.text_input("Words to place on the map", "red, blue, circle, square", key="insp_words")
+    words_key = formstate.kept("insp_words", "red, blue, circle, square")
+    words_text = st.text_input("Words to place on the map", key=words_key)
     words = [w.strip() for w in words_text.split(",") if w.strip()]
     points, skipped = map_points(readable(store, entries), words, model.encoders, model_family=model.family)
     for note in skipped:
-        st.caption(f"not on the map: {context.studio_text(note, fields=context.GENERATE_FIELDS)}")
+        st.caption(
+            f"not on the map: {cards.inert(context.studio_text(note, fields=context.GENERATE_FIELDS))}"
+        )
     if len(points) < 2:
         st.info("The map needs at least two points: add words or embeddings.")
         return
@@ -113,6 +126,7 @@ def map_ui(store, model, entries: list) -> None:
 
 # --- the page ---
 
+formstate.remember()  # first: another page may be opened before this run reaches the widgets
 st.title("🔎 Inspect")
 try:
     store = context.store()
@@ -126,12 +140,13 @@ try:
         name = pick_ui([entry.name for entry in entries])
         try:  # listed, but gone or unreadable since: said here, and the map still shows
             entry = store.entry(name)
-            st.caption(" · ".join(filter(None, [cards.card_line(entry), cards.lineage_text(entry.meta)])))
+            line = " · ".join(filter(None, [cards.card_line(entry), cards.lineage_text(entry.meta)]))
+            st.caption(cards.literal(line))  # the file's own words, never Markdown
         except context.user_errors() as exc:
             entry = None
             st.error(context.error_text(exc))
         model = context.loaded_model(context.model_spec())
-        k = st.slider("Neighbours", 3, 20, 8, key="insp_k")
+        k = st.slider("Neighbours", 3, 20, key=formstate.kept("insp_k", 8))
         if entry is not None:
             try:
                 neighbours_ui(store.get(name), model, k)

@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from studio.app import context
+from studio.app import context, formstate
 
 CURVE_POINTS = (
     200  # the ᾱ_t / σ_t chart draws every k-th timestep (1000 points cost the browser, not insight)
 )
 # The engine's messages name CLI flags; here they name each tab's fields (context.error_text).
 SCHEDULE_FIELDS = {"--steps": "Sampling steps"}
-RUN_FIELDS = {"--steps": "Steps"}
+TRACE_FIELDS = {"--steps": "Steps", "--seed": "Seed"}
+GUIDE_FIELDS = {**TRACE_FIELDS, "--guide": "Guide"}
+DEFAULT_PROMPT = "a red circle on a blue background"
 
 
 def png(image) -> bytes:
@@ -50,8 +52,9 @@ def schedule_ui(session, _store) -> None:
     from studio.generation import SCHEDULERS, make_scheduler, schedule_curves
 
     c1, c2 = st.columns(2)
-    name = c1.selectbox("Scheduler", list(SCHEDULERS), key="lab_sched")
-    steps = c2.slider("Sampling steps", 1, 100, 20, key="lab_sched_steps")
+    names = list(SCHEDULERS)
+    name = c1.selectbox("Scheduler", names, key=formstate.kept("lab_sched", names[0]))
+    steps = c2.slider("Sampling steps", 1, 100, key=formstate.kept("lab_sched_steps", 20))
     curves = schedule_curves(make_scheduler(name, session.model.pipe.scheduler.config), steps)
     every = max(1, len(curves.alphas_cumprod) // CURVE_POINTS)
     t = list(range(0, len(curves.alphas_cumprod), every))
@@ -77,11 +80,12 @@ def schedule_ui(session, _store) -> None:
 # --- trace and guide ---
 
 
-def run_ui(prefix: str, default_prompt: str) -> dict:
+def run_ui(prefix: str) -> dict:
+    """Prompt, seed and steps of one tab."""
     c1, c2, c3 = st.columns([3, 1, 1])
-    prompt = c1.text_input("Prompt", default_prompt, key=f"{prefix}_prompt")
-    seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key=f"{prefix}_seed")
-    steps = c3.number_input("Steps", 2, 100, 20, key=f"{prefix}_steps")
+    prompt = c1.text_input("Prompt", key=formstate.kept(f"{prefix}_prompt", DEFAULT_PROMPT))
+    seed = c2.number_input("Seed", 0, 2**31 - 1, key=formstate.kept(f"{prefix}_seed", 0))
+    steps = c3.number_input("Steps", 2, 100, key=formstate.kept(f"{prefix}_steps", 20))
     return {"prompt": prompt, "seed": int(seed), "steps": int(steps)}
 
 
@@ -95,8 +99,8 @@ def trace_ui(session, store) -> None:
     from studio.generation import GenerateRequest
     from studio.generation.trace import default_trace_steps
 
-    settings = run_ui("lab_trace", "a red circle on a blue background")
-    count = st.slider("Columns (traced steps)", 2, 10, 6, key="lab_trace_cols")
+    settings = run_ui("lab_trace")
+    count = st.slider("Columns (traced steps)", 2, 10, key=formstate.kept("lab_trace_cols", 6))
     if st.button("Trace", key="lab_trace_go"):
         require_prompt(settings)
         steps = tuple(default_trace_steps(settings["steps"], count))
@@ -114,8 +118,10 @@ def trace_ui(session, store) -> None:
 def guide_ui(session, store) -> None:
     from studio.generation import GenerateRequest, parse_guide
 
-    settings = run_ui("lab_guide", "a red circle on a blue background")
-    spec = st.text_input("Guide", "color=green", key="lab_guide_spec", help="as in Generate's guides")
+    settings = run_ui("lab_guide")
+    spec = st.text_input(
+        "Guide", key=formstate.kept("lab_guide_spec", "color=green"), help="as in Generate's guides"
+    )
     if st.button("Compare", key="lab_guide_go"):
         require_prompt(settings)
         parse_guide(spec)  # a clear error before any sampling
@@ -133,18 +139,36 @@ def guide_ui(session, store) -> None:
             col.caption(colour_stats(Image.open(io.BytesIO(data))))
 
 
+def lab_error_text(exc: BaseException, fields: dict[str, str]) -> str:
+    """`context.error_text` in the tab's fields, except out of memory: the engine's advice is a smaller
+    Width/Height or fewer guides, and the Lab has neither (it samples at the model's native size, and
+    compares one guide with none)."""
+    from embeddings.errors import first_line
+    from trainers.memory import is_out_of_memory
+
+    cause = exc.__cause__ or exc  # the engine's advice wraps torch's error: its own words are not shown
+    if not is_out_of_memory(cause):
+        return context.error_text(exc, fields=fields)
+    return (
+        f"sampling ran out of memory ({first_line(cause)[:160]}); the Lab samples at the model's native "
+        "size and cannot go smaller: free memory on the device (a training job or another tab's generation "
+        "holds some) and try again"
+    )
+
+
 # --- the page ---
 
+formstate.remember()  # first: another page may be opened before this run reaches the widgets
 st.title("🔬 Lab")
 schedule_tab, trace_tab, guide_tab = st.tabs(["Noise schedule", "Trace", "Loss guide"])
 tabs = (
     (schedule_tab, schedule_ui, SCHEDULE_FIELDS),
-    (trace_tab, trace_ui, RUN_FIELDS),
-    (guide_tab, guide_ui, RUN_FIELDS),
+    (trace_tab, trace_ui, TRACE_FIELDS),
+    (guide_tab, guide_ui, GUIDE_FIELDS),
 )
 for tab, tab_ui, fields in tabs:
     with tab:
         try:  # each tab on its own: a bad choice in one leaves the others working
             tab_ui(context.generation_session(context.model_spec()), context.store())
         except context.user_errors() as exc:
-            st.error(context.error_text(exc, fields=fields))
+            st.error(lab_error_text(exc, fields))

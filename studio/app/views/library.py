@@ -76,14 +76,14 @@ def unloadable_ui(store, entry, exc: BaseException) -> None:
     Close; the rest of the page (Doctor, Import, Trash) stays."""
     name = entry.name
     st.subheader(f"<{name}>")
-    st.error(literal(f"<{name}> cannot be opened: {context.error_text(exc)}"))
+    st.error(literal(f"<{name}> cannot be opened: {context.error_words(exc)}"))
     c1, c2, _ = st.columns([1, 1, 3])
     if c1.button("Move to the trash", key="lib_trash_unloadable", icon="🗑️"):
         try:
             store.delete(name)
         except context.user_errors() as refused:
             st.error(
-                f"{literal(context.error_text(refused))}. Move {code(entry.path.name)} out of the library "
+                f"{literal(context.error_words(refused))}. Move {code(entry.path.name)} out of the library "
                 f"folder {code(str(store.root))} by hand to clear it."
             )
         else:
@@ -178,7 +178,7 @@ def trash_ui(store) -> None:
             try:
                 restore(store, name)
             except context.user_errors() as exc:
-                c1.error(literal(context.error_text(exc)))
+                c1.error(literal(context.error_words(exc)))
                 continue
             st.toast(literal(f"Restored <{name}>"))
             st.rerun()
