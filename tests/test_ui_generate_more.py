@@ -237,3 +237,26 @@ def test_the_uploaders_say_that_an_upload_is_not_kept(session, store):
     at = open_page("views/generate.py")
     for key in ("gen_init", "gen_replay_file"):
         assert "not kept while another page is open" in at.file_uploader(key=key).help
+
+
+TRAIN_FORM = {
+    ("text_input", "folder"): "/data/cats",
+    ("text_input", "name"): "my-cat",
+    ("text_input", "init"): "a cat",
+    ("number_input", "vectors"): 3,
+    ("number_input", "steps"): 40,
+    ("number_input", "lr"): 0.01,
+    ("radio", "kind"): "a style",
+    ("number_input", "every"): 5,
+    ("toggle", "early"): False,
+    ("toggle", "keep_best"): False,
+    ("toggle", "checkpointing"): True,
+}
+
+
+def test_train_form_values_survive_a_visit_to_another_page(tokensmith_home):
+    at = open_page("views/train.py")
+    fill(at, TRAIN_FORM)
+    at = away_and_back(at, "views/train.py")
+    assert values(at, TRAIN_FORM) == {key: value for (_kind, key), value in TRAIN_FORM.items()}
+    assert "not kept while another page is open" in at.file_uploader(key="images").help

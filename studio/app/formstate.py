@@ -20,6 +20,8 @@ from typing import Any
 import streamlit as st
 
 KEPT = "_kept_"
+# The help of every file uploader on a page with kept fields: its file is the one thing not kept.
+UPLOAD_HELP = "An upload is not kept while another page is open: upload it again when you come back."
 
 
 def remember() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-UPLOAD_HELP = "An upload is not kept while another page is open: upload it again when you come back."
+from studio.app.formstate import UPLOAD_HELP
 
 
 def replay_ui(session, store) -> None:

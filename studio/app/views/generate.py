@@ -11,7 +11,8 @@ import streamlit as st
 from PIL import Image
 
 from studio.app import context, formstate
-from studio.app.replays import UPLOAD_HELP, replay_ui
+from studio.app.formstate import UPLOAD_HELP
+from studio.app.replays import replay_ui
 
 GUIDE_HELP = (
     "One per line: `color=green`, `color=#00ff00`, `brightness=0.8`, `contrast=0.3`, `match=/path/to.png`, "

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from studio.app import cards, context, uploads
+from studio.app import cards, context, formstate, uploads
+from studio.app.formstate import UPLOAD_HELP
 from studio.app.trainjobs import REPLACE_LABEL, TRAIN_FIELDS, job_choice_ui, progress_ui
 from studio.jobs import Job, JobRunner, TrainRequest, new_job_id
 
@@ -36,10 +37,11 @@ def images_ui() -> tuple[list[tuple[str, bytes]], str]:
         type=list(uploads.IMAGE_TYPES),
         accept_multiple_files=True,
         key="images",
+        help=UPLOAD_HELP,
     )
     folder = st.text_input(
         "…or a folder on this machine",
-        key="folder",
+        key=formstate.kept("folder", ""),
         placeholder="/path/to/images (a NAME.txt next to an image joins its prompts as a caption)",
     ).strip()
     pairs = [(f.name, f.getvalue()) for f in files or []]
@@ -56,11 +58,11 @@ def images_ui() -> tuple[list[tuple[str, bytes]], str]:
 def concept_ui(defaults: dict) -> dict:
     """The concept's name and how to learn it; returns plain values."""
     name = st.text_input(
-        "Concept name (the prompt trigger is <name>)", key="name", placeholder="my-cat"
+        "Concept name (the prompt trigger is <name>)", key=formstate.kept("name", ""), placeholder="my-cat"
     ).strip()
     init = st.text_input(
         "Start from",
-        key="init",
+        key=formstate.kept("init", ""),
         placeholder="a word, a phrase or <stored-name> (empty: the family's default)",
     ).strip()
     c1, c2, c3 = st.columns(3)
@@ -69,33 +71,32 @@ def concept_ui(defaults: dict) -> dict:
     vectors = c1.number_input(
         "Vectors",
         min_value=0,
-        value=defaults["vectors"],
-        key="vectors",
+        key=formstate.kept("vectors", defaults["vectors"]),
         help="each costs a token of the prompt; 0: the model's default (2 on the demo world, 1 on SD), "
         "or an init embedding's own count",
     )
-    steps = c2.number_input("Steps", min_value=1, value=defaults["steps"], key="steps")
-    lr = c3.number_input("Learning rate", 1e-5, 1.0, defaults["learning_rate"], format="%.4f", key="lr")
-    kind = st.radio("It is", ["an object", "a style"], horizontal=True, key="kind")
+    steps = c2.number_input("Steps", min_value=1, key=formstate.kept("steps", defaults["steps"]))
+    lr = c3.number_input(
+        "Learning rate", 1e-5, 1.0, format="%.4f", key=formstate.kept("lr", defaults["learning_rate"])
+    )
+    kinds = ["an object", "a style"]
+    kind = st.radio("It is", kinds, horizontal=True, key=formstate.kept("kind", kinds[0], options=kinds))
     with st.expander("More options"):
         save_every = st.number_input(
             "Preview + snapshot every N steps (0: only at the end)",
             min_value=0,
-            value=defaults["save_every"],
-            key="every",
+            key=formstate.kept("every", defaults["save_every"]),
         )
-        early = st.toggle("Stop early when it has learned", value=True, key="early")
+        early = st.toggle("Stop early when it has learned", key=formstate.kept("early", True))
         keep_best = st.toggle(
             "Store the snapshot whose previews scored best",
-            value=True,
-            key="keep_best",
+            key=formstate.kept("keep_best", True),
             help="scored by the demo judge or a CLIP model; without either, the last step is stored",
         )
         overwrite = st.toggle(REPLACE_LABEL, value=False, key="overwrite")
         checkpointing = st.toggle(
             TRAIN_FIELDS["--gradient-checkpointing"],
-            value=False,
-            key="checkpointing",
+            key=formstate.kept("checkpointing", False),
             help="less GPU memory, slower (the UNet's activations are computed again, to the same numbers)",
         )
     return {
@@ -216,6 +217,7 @@ def check_start_from(init: str, model: str, model_config: str = "") -> None:
 
 # --- the page ---
 
+formstate.remember()  # the form's values outlive a visit to another page (the upload does not)
 st.title("🎓 Train a concept")
 runner = context.runner()
 left, right = st.columns([2, 3], gap="large")
