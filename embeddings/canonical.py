@@ -2,7 +2,8 @@
 
 Readers that only need names and metadata call `read_header`, which reads the header bytes, never tensor data;
 `canonical_shapes` applies `load_canonical`'s layout rules to such a header, so that the store's listing and
-its loads agree on which files are embeddings.
+its loads agree on which files are embeddings. Neither needs torch, which is imported where tensors are loaded
+(a second of start-up that `tokensmith list` need not pay).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import os
 import struct
 from datetime import datetime, timezone
 from pathlib import Path
-
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING
 
 from embeddings.errors import EmbeddingFormatError
 from embeddings.files import atomic_write_bytes, safetensors_bytes
 from embeddings.value import ENCODER_KEYS, MAX_VECTORS, MAX_WIDTH, SINGLE_KEY, Embedding
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = "1"  # tokensmith.version: the version of this file layout
 FIRST_READ = 8192  # one read covers the 8-byte length and a typical header
@@ -211,6 +213,8 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
     try:
         return safetensors.torch.load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file

@@ -1,5 +1,6 @@
 """The store's listing: the stored names and each file's header facts (`StoreEntry`), read from file headers
-only. Mixed into Store (embeddings/store.py), whose name rules and folder checks it uses."""
+only, and the letter-case rule checked against them. Mixed into Store (embeddings/store.py), whose name rules
+and folder checks it uses."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class StoreEntry:
 
 
 class Listing:
-    """names / list / entry for Store (it provides root, _require and _check_folder)."""
+    """names / list / entry / case_twin for Store (it provides root, _require and _check_folder)."""
 
     def names(self) -> list[str]:
         """Stored names, sorted case-insensitively (as people read a list)."""
@@ -59,6 +60,44 @@ class Listing:
             if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
         )
         return sorted((n for n in names if is_valid_name(n)), key=_sort_key)
+
+    def folded_names(self) -> dict[str, list[str]]:
+        """The folder's `.safetensors` stems by their lower-case form, {'cat': ['Cat']}: one scan, no name
+        rules, no sort, so that checking a name against a store of thousands costs a dict look-up (the rules
+        are applied by `case_twin` to the few stems that match). An import checks all its names against one
+        such scan."""
+        if not self.root.is_dir():
+            self._check_folder()
+            return {}
+        folded: dict[str, list[str]] = {}
+        for entry in os.scandir(self.root):
+            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+                stem = entry.name[: -len(SUFFIX)]
+                folded.setdefault(stem.lower(), []).append(stem)
+        return folded
+
+    def case_twin(self, name: str, *, folded: dict[str, list[str]] | None = None) -> str | None:
+        """A stored name that differs from `name` only in letter case, if any.
+
+        Such names are refused: prompts match `<name>` case-insensitively (CLIP's tokenizer lowercases text),
+        so `<Cat>` and `<cat>` would be one token, and on macOS/Windows they would be one file. `folded` is
+        a `folded_names()` scan to check against; by default the folder is scanned now.
+        """
+        folded = self.folded_names() if folded is None else folded
+        twins = (n for n in sorted(folded.get(name.lower(), ())) if n != name and is_valid_name(n))
+        return next((n for n in twins if (self.root / (n + SUFFIX)).is_file()), None)
+
+    def check_case_twin(
+        self, name: str, *, allow: str | None = None, folded: dict[str, list[str]] | None = None
+    ) -> None:
+        """StoreError if another stored name differs from `name` only in letter case (see `case_twin`)."""
+        twin = self.case_twin(name, folded=folded)
+        if twin is not None and twin != allow:
+            raise StoreError(
+                f"'{twin}' already exists and differs from '{name}' only in letter case; prompts read "
+                f"<{name}> case-insensitively, so they would be the same token: choose another name "
+                f"(or `tokensmith rename {twin} {name}`)"
+            )
 
     def list(
         self, *, problems: list[tuple[Path, str]] | None = None, others: list[Path] | None = None

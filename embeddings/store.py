@@ -11,8 +11,9 @@ Layout under the root (default `$TOKENSMITH_HOME/embeddings`):
 Writes are atomic (temp file, fsync, rename); creating a name uses a hard link so two writers can never both
 create it; an existing name is only replaced with `overwrite=True`. The check for a name that differs from a
 stored one only in letter case and the write after it run under an exclusive lock on the store folder, so two
-writers cannot slip 'dog' and 'Dog' in side by side. A rename killed halfway (the new name linked, the old not
-yet removed) is finished by running the same rename again.
+writers cannot slip 'dog' and 'Dog' in side by side; an import holds it for a run of puts (`StoreBatch`), so
+it reads the folder once per run, not once per file. A rename killed halfway (the new name linked, the old
+not yet removed) is finished by running the same rename again.
 
 A file copied in by hand under a name the rules refuse ('EasyNegative (1).safetensors') is reported by `list`
 as a problem, not listed; `rename` and `delete` accept its exact stem, so it can be given a valid name or be
@@ -50,10 +51,12 @@ from embeddings.files import (
 from embeddings.listing import Listing
 from embeddings.names import is_valid_name, stray_name_error, validate_name
 from embeddings.trash import Trash
-from embeddings.value import Embedding
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+    from embeddings.storebatch import StoreBatch
+    from embeddings.value import Embedding
 
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
@@ -207,25 +210,6 @@ class Store(Listing, Trash):
             )
         return path
 
-    def case_twin(self, name: str) -> str | None:
-        """A stored name that differs from `name` only in letter case, if any.
-
-        Such names are refused: prompts match `<name>` case-insensitively (CLIP's tokenizer lowercases text),
-        so `<Cat>` and `<cat>` would be one token, and on macOS/Windows they would be one file.
-        """
-        folded = name.lower()
-        return next((n for n in self.names() if n.lower() == folded and n != name), None)
-
-    def check_case_twin(self, name: str, *, allow: str | None = None) -> None:
-        """StoreError if another stored name differs from `name` only in letter case (see `case_twin`)."""
-        twin = self.case_twin(name)
-        if twin is not None and twin != allow:
-            raise StoreError(
-                f"'{twin}' already exists and differs from '{name}' only in letter case; prompts read "
-                f"<{name}> case-insensitively, so they would be the same token: choose another name "
-                f"(or `tokensmith rename {twin} {name}`)"
-            )
-
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """An exclusive lock on the store folder for a check-then-write (the case-twin rule): other writers of
@@ -246,6 +230,14 @@ class Store(Listing, Trash):
         close = [n for n in self.names() if n.lower() == name.lower() or name.lower() in n.lower()]
         return f" (did you mean {', '.join(close[:3])}?)" if close else ""
 
+    @contextmanager
+    def _scanned_under_lock(self) -> Iterator[dict[str, list[str]]]:
+        """The lock on the folder and, made under it, the scan the letter-case check reads (`folded_names`);
+        what killed writes left behind is cleared first."""
+        remove_stale_temps(self.root)
+        with self._locked():
+            yield self.folded_names()
+
     # --- writing ---
     def put(self, emb: Embedding, *, overwrite: bool = False, preview: Image | None = None) -> Path:
         """Store `emb` under its name; an existing name raises StoreError unless overwrite=True.
@@ -254,27 +246,42 @@ class Store(Listing, Trash):
         embedding's thumbnail beside another's: the new thumbnail is written before anything changes, and the
         one there (the replaced embedding's, or one a killed `delete` left) is moved aside while the new
         embedding takes its name. A failure (a full disk) leaves both old files as they were; a kill leaves
-        no thumbnail rather than a wrong one.
+        no thumbnail rather than a wrong one. Many puts in a row (an import) go through `batch`.
         """
+        return self._put(emb, overwrite=overwrite, preview=preview, batch=None)
+
+    def batch(self) -> StoreBatch:
+        """A writer of many embeddings that locks and scans the folder once per run of puts, not once per
+        put: `with store.batch() as batch: batch.put(emb)` (see StoreBatch)."""
+        from embeddings.storebatch import StoreBatch
+
+        return StoreBatch(self)
+
+    def _put(
+        self, emb: Embedding, *, overwrite: bool, preview: Image | None, batch: StoreBatch | None
+    ) -> Path:
+        """`put`, under its own lock and scan, or under those `batch` holds."""
         path, preview_path = self.path(emb.name), self.preview_path(emb.name)
         self._check_folder()
-        self.check_case_twin(emb.name)  # early, before the bytes are made; again under the lock below
+        if batch is None:  # a batch checks under the lock only, where its check is a look-up, not a scan
+            self.check_case_twin(emb.name)  # early, before the bytes are made; again under the lock below
         data = canonical_bytes(emb)
         with self._writing(self.root):  # not the name-taken error below: a broken link there is no embedding
             self.root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.root)  # what killed writes left behind
         new_preview = None
         try:
             if preview is not None:
                 png = _png_bytes(preview)
                 with self._writing(preview_path):
                     new_preview = write_temp(preview_path, lambda tmp: tmp.write_bytes(png))
-            with self._locked():
-                self.check_case_twin(emb.name)
+            guard = self._scanned_under_lock() if batch is None else batch.scanned()
+            with guard as folded:
+                self.check_case_twin(emb.name, folded=folded)
                 if not overwrite and path.exists():
                     raise FileExistsError(path)
                 with self._writing(path):
                     _put_pair(path, data, preview_path, new_preview, overwrite=overwrite)
+                folded.setdefault(emb.name.lower(), []).append(emb.name)  # what a batch's next put checks
         except FileExistsError:
             raise StoreError(
                 f"an embedding named '{emb.name}' already exists; choose another name or pass --force "

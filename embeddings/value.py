@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from embeddings.errors import EmbeddingFormatError
 
 # Encoder keys of the canonical file (DESIGN.md): one encoder, or one key per encoder (SDXL).
 SINGLE_KEY = "emb_params"
 SDXL_KEYS = ("clip_l", "clip_g")
+
+if TYPE_CHECKING:  # torch loads where tensors are made or read, so header-only commands (list) skip its ~1 s
+    import torch
 ENCODER_KEYS = (SINGLE_KEY, "clip_l", "clip_g", "t5xxl")
 
 # Family from the encoders' widths; anything else is kept and labelled by its width ("w64").
@@ -73,6 +75,8 @@ def meta_string(value: object) -> str:
 
 def vectors_sha256(vectors: dict[str, torch.Tensor]) -> str:
     """sha256 of the tensor data: for each key in sorted order, the key, its shape, then float32 LE bytes."""
+    import torch
+
     digest = hashlib.sha256()
     for key in sorted(vectors):
         tensor = vectors[key]
@@ -83,6 +87,8 @@ def vectors_sha256(vectors: dict[str, torch.Tensor]) -> str:
 
 def _checked_tensor(name: str, key: str, tensor: object) -> torch.Tensor:
     """A detached float32 CPU copy of a (n, dim) tensor, or a clear error saying what is wrong with it."""
+    import torch
+
     where = f"embedding '{name}', key '{key}'"
     if not isinstance(tensor, torch.Tensor):
         raise EmbeddingFormatError(f"{where}: expected a tensor, found {type(tensor).__name__}")

@@ -72,8 +72,9 @@ def run_import(args) -> int:
     taken = [emb.name for emb in stored if emb.name not in same]
     if taken and not args.force:
         raise _taken_error(store, taken[0])
+    folded = store.folded_names()  # one scan for all the names: a store holds thousands
     for name in names:
-        store.check_case_twin(name)  # 'Cat' beside a stored 'cat' is refused even with --force
+        store.check_case_twin(name, folded=folded)  # 'Cat' beside a stored 'cat' is refused even with --force
     if same:
         print(f"tokensmith import: already stored (identical): {_some(names, same)}", file=sys.stderr)
     results = _store_each(store, found, same, overwrite=args.force, as_json=args.json)
@@ -121,7 +122,8 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
 
     Files are stored one by one, so an error or Ctrl-C can stop the import halfway: what was stored stays
     (it is whole), its names are printed, and the message says which file failed and that running the same
-    command again finishes the import (it skips what is already stored).
+    command again finishes the import (it skips what is already stored). They are stored in a batch, which
+    locks and scans the store folder once per few hundred files, not for every file.
     """
     from tqdm import tqdm
 
@@ -133,17 +135,18 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
     bar = tqdm(found, desc="storing", unit="emb", disable=len(found) < 50, **bar_options())
     source = found[0][0]
     try:
-        for item in bar:
-            source, emb = item  # `source` names the file in the message if storing it fails
-            if emb.name in same:
-                results.append((source, emb, store.path(emb.name), True))
-                continue
-            try:
-                results.append((source, emb, store.put(emb, overwrite=overwrite), False))
-            except StoreError:
-                if not store.holds(emb):  # else another import stored the same embedding meanwhile: fine
-                    raise
-                results.append((source, emb, store.path(emb.name), True))
+        with store.batch() as batch:
+            for item in bar:
+                source, emb = item  # `source` names the file in the message if storing it fails
+                if emb.name in same:
+                    results.append((source, emb, store.path(emb.name), True))
+                    continue
+                try:
+                    results.append((source, emb, batch.put(emb, overwrite=overwrite), False))
+                except StoreError:
+                    if not store.holds(emb):  # else another import stored the same embedding meanwhile: fine
+                        raise
+                    results.append((source, emb, store.path(emb.name), True))
     except KeyboardInterrupt:
         _print_imported(results, as_json=as_json)
         note = _stopped(f"interrupted while storing {source}", results, len(found))

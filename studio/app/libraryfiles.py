@@ -41,27 +41,35 @@ def import_ui(store) -> None:
 
 def store_uploads(store, found: list, problems: list[str], *, overwrite: bool) -> tuple[list, list]:
     """Store each (upload, embedding); the names added and those already stored with identical vectors. What
-    is refused is appended to `problems`, naming the upload."""
+    is refused is appended to `problems`, naming the upload. The uploads hold no two names that differ only
+    in letter case (`name_clashes`), so one scan of the store serves every upload's check, and one batch
+    stores them."""
     added, same = [], []
-    for source, emb in found:
-        twin = store.case_twin(emb.name)
-        if twin is not None:  # refused with Replace on too: <Cat> would replace a different <cat>
-            problems.append(
-                f"{source}: <{emb.name}> differs from the stored <{twin}> only in letter case, and prompts "
-                f"read them as one token; rename or delete <{twin}> first"
-            )
-        elif store.exists(emb.name) and not overwrite:
-            if store.holds(emb):  # the same vectors again: nothing to do, and nothing wrong
-                same.append(emb.name)
+    folded = store.folded_names()
+    with store.batch() as batch:
+        for source, emb in found:
+            twin = store.case_twin(emb.name, folded=folded)
+            if twin is not None:  # refused with Replace on too: <Cat> would replace a different <cat>
+                problems.append(_twin_text(source, emb.name, twin))
+            elif store.exists(emb.name) and not overwrite:
+                if store.holds(emb):  # the same vectors again: nothing to do, and nothing wrong
+                    same.append(emb.name)
+                else:
+                    problems.append(f"{source}: {cards.name_taken_text(emb.name, REPLACE_LABEL)}")
             else:
-                problems.append(f"{source}: {cards.name_taken_text(emb.name, REPLACE_LABEL)}")
-        else:
-            try:
-                store.put(emb, overwrite=overwrite)
-                added.append(emb.name)
-            except context.user_errors() as exc:
-                problems.append(f"{source}: {context.error_words(exc)}")
+                try:
+                    batch.put(emb, overwrite=overwrite)
+                    added.append(emb.name)
+                except context.user_errors() as exc:
+                    problems.append(f"{source}: {context.error_words(exc)}")
     return added, same
+
+
+def _twin_text(source: str, name: str, twin: str) -> str:
+    return (
+        f"{source}: <{name}> differs from the stored <{twin}> only in letter case, and prompts read them as "
+        f"one token; rename or delete <{twin}> first"
+    )
 
 
 def import_report_ui() -> None:

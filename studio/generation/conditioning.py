@@ -14,12 +14,14 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from embeddings import Embedding, Store, install, needs_partial, token_names
 from embeddings.errors import TokensmithError
 from embeddings.maths import SLERP_VERSION
+from embeddings.names import is_valid_name
 from studio.generation.prompt import (
     ALIAS_PREFIX,
     Blend,
@@ -84,6 +86,7 @@ class PromptEncoder:
         self.installed: dict[str, Embedding] = {}  # name -> what is in the tokenizer now (marked if partly)
         self._aliases: dict[str, str] = {}  # name -> the token name it is installed under ("ts0")
         self._written: dict[str, str] = {}  # a name as a prompt wrote it -> the stored name (case may differ)
+        self._loaded: dict[Path, tuple[tuple, Embedding]] = {}  # a stored file -> (its stat, what it held)
         self._cache: dict[tuple, Conditioning] = {}
         self._blend_text: dict[str, str] = {}  # an inline blend's internal name -> its expression
         # One Compel per encoder (compel's own multi-encoder mode is deprecated); SDXL concatenates the
@@ -110,13 +113,31 @@ class PromptEncoder:
         """Install every stored embedding and inline blend the prompt uses; returns them (for provenance)."""
         used: list[Embedding] = []
         for name in embedding_names(nodes):
-            emb = self._ensure(load_stored(name, store))
+            emb = self._ensure(self._load(stored_name(name, store), store))
             self._written[name] = emb.name
             used.append(emb)
         for blend in blends(nodes):
             self._ensure(self.materialize(blend))
             self._blend_text[blend.name] = blend.expression  # how errors name it: as the prompt wrote it
         return used
+
+    def _load(self, name: str, store: Store) -> Embedding:
+        """The stored embedding `name`, read again only when its file changed since this encoder read it (a
+        grid asks for the same embeddings in every cell). The file's inode, mtime and size tell: an overwrite
+        renames a new file over the old one. The stat comes before the read, so a file replaced in between is
+        read again next time, never kept under the new file's stat."""
+        path = store.path(name)
+        try:
+            stat = path.stat()
+        except OSError:  # gone since it was found: the store's own error says so
+            return store.get(name)
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._loaded.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        emb = store.get(name)
+        self._loaded[path] = (key, emb)
+        return emb
 
     def materialize(self, blend: Blend) -> Embedding:
         """The temporary embedding an inline blend stands for (operands: installed embeddings or words)."""
@@ -138,7 +159,7 @@ class PromptEncoder:
         """Install `emb` unless it is in already; returns it as installed (marked when it went in partly)."""
         current = self.installed.get(emb.name)
         # a partial install left by an earlier --partial request is redone (and refused) without the flag
-        stale = current is None or current.sha256 != emb.sha256
+        stale = current is None or (current is not emb and current.sha256 != emb.sha256)
         if stale or (installed_partly(current) and not self.partial):
             encoders = self.model.encoders
             partly = self.partial and needs_partial(emb, encoders)
@@ -263,30 +284,34 @@ def installed_partly(emb: Embedding) -> bool:
 
 
 def load_stored(name: str, store: Store | None) -> Embedding:
-    """An embedding from the store, or PromptError naming the closest stored names.
+    """An embedding from the store, or PromptError naming the closest stored names (see `stored_name`)."""
+    return store.get(stored_name(name, store))
+
+
+def stored_name(name: str, store: Store | None) -> str:
+    """The stored name `<name>` in a prompt stands for, or PromptError naming the closest stored names.
 
     Names match case-insensitively: <mycat> finds a stored MyCat when no other name differs from it only in
-    case (then the prompt must write the exact one).
+    case (then the prompt must write the exact one). A name stored as written costs one stat; only another
+    spelling lists the store (milliseconds in a store of thousands, paid per name in every grid cell).
     """
+    if store is not None and is_valid_name(name) and store.exists(name):
+        return name
     names = store.names() if store is not None else []
-    if name not in names:
-        folded = [n for n in names if n.lower() == name.lower()]
-        if len(folded) == 1:
-            return store.get(folded[0])
-        if folded:
-            raise PromptError(
-                f"<{name}> matches {' and '.join(f'<{n}>' for n in folded)}, which differ only in case: "
-                "write the name in its exact case"
-            )
-    if store is None or name not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(f'<{c}>' for c in close)}?" if close else ""
-        where = f" in {store.root}" if store is not None else ""
+    folded = [n for n in names if n.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    if folded:
         raise PromptError(
-            f"unknown embedding <{name}>: no such name{where}{hint} "
-            "(`tokensmith list` shows the stored names)"
+            f"<{name}> matches {' and '.join(f'<{n}>' for n in folded)}, which differ only in case: "
+            "write the name in its exact case"
         )
-    return store.get(name)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(f'<{c}>' for c in close)}?" if close else ""
+    where = f" in {store.root}" if store is not None else ""
+    raise PromptError(
+        f"unknown embedding <{name}>: no such name{where}{hint} (`tokensmith list` shows the stored names)"
+    )
 
 
 def _short(text: str, n: int = 60) -> str:
