@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else user_text(exc)
         from embeddings.text import printable
 
-        message = printable(str(message))  # it may quote a file's name or metadata: no raw controls
+        # one line, with no raw controls: it may quote a file's name or metadata, and a library's text may
+        # span lines (each kept as words, joined)
+        message = printable(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
         if isinstance(exc, UsageError):  # as argparse reports its own usage errors: the usage line first
             command_parser.print_usage(sys.stderr)
         print(f"tokensmith {args.command}: error: {message}", file=sys.stderr)

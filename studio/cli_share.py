@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -101,6 +102,13 @@ def _dry_run(args, store, emb, preview) -> int:
         raise ValueError(
             f"--dry-run {args.dry_run} is the store folder, where its public copy would replace the stored "
             "file: give another folder"
+        )
+    names = [f"{emb.name}.safetensors", "README.md", *(["preview.png"] if preview is not None else [])]
+    taken = [name for name in names if os.path.lexists(folder / name)]
+    if taken:  # the user's own README.md, or an earlier dry run's files: neither is replaced unasked
+        raise FileExistsError(
+            f"--dry-run {args.dry_run} already holds {', '.join(taken)}: give a new or empty folder, so that "
+            "it holds exactly what the upload would"
         )
     folder.mkdir(parents=True, exist_ok=True)
     for path in write_hub_files(

@@ -363,3 +363,22 @@ def test_demo_refuses_a_run_whose_config_cannot_be_read(tmp_path, capsys, fake_d
         "choose another --out\n"
     )
     assert run_dir.is_dir() and not (tmp_path / "proj" / "images").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "steps: 10\nrate: [1, 2\n",
+            "expected ',' or ']', but got '<stream end>' at line 3, column 1 (while parsing a flow sequence "
+            "from line 2, column 7)",
+        ),
+        ("steps: 10\n  rate: 3\n", "mapping values are not allowed here at line 2, column 7"),
+    ],
+)
+def test_a_yaml_syntax_error_is_one_readable_line_with_where(tmp_path, capsys, text, said):
+    """PyYAML's own message spans lines (source and caret): printed as one line it read '\\n  in ...'."""
+    (tmp_path / "bad.yaml").write_text(text)
+    code, _out, err = run(capsys, "train", "--config", tmp_path / "bad.yaml", "--images", tmp_path, "--name", "x")
+    assert code == EXIT_ERROR and "\\n" not in err and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith(f"is not valid YAML: {said}")

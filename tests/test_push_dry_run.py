@@ -86,3 +86,16 @@ def test_a_dry_run_checks_the_repo_id_like_an_upload(tmp_path, capsys, tokensmit
     _stored(tokensmith_home)
     code, _out, _err = run(capsys, "push", "my-cat", repo, "--dry-run", tmp_path / "d")
     assert code != EXIT_OK and not (tmp_path / "d").exists()
+
+
+def test_a_dry_run_replaces_no_file_in_its_folder(tmp_path, capsys, tokensmith_home):
+    _stored(tokensmith_home)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "README.md").write_text("my project")
+    code, _out, err = run(capsys, "push", "my-cat", "me/my-cat", "--dry-run", tmp_path / "proj")
+    assert code == EXIT_ERROR and "already holds README.md: give a new or empty folder" in err
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["README.md"]
+    assert (tmp_path / "proj" / "README.md").read_text() == "my project"
+    assert run(capsys, "push", "my-cat", "me/my-cat", "--dry-run", tmp_path / "d")[0] == EXIT_OK
+    code, _out, err = run(capsys, "push", "my-cat", "me/my-cat", "--dry-run", tmp_path / "d")
+    assert code == EXIT_ERROR and "already holds my-cat.safetensors, README.md, preview.png" in err

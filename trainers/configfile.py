@@ -155,7 +155,22 @@ def _parsed_yaml(text: str, path: Path):
         _refuse_aliases(text, path)
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc) -> str:
+    """PyYAML's error on one line, where it is (its own text spans lines, with the source and a caret):
+    "expected ',' or ']', but got '<stream end>' at line 3, column 1 (while parsing a flow sequence from
+    line 2, column 7)"."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    text = problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        since = f" from line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        text += f" ({context}{since})"
+    return text
 
 
 def _refuse_aliases(text: str, path: Path) -> None:
