@@ -189,6 +189,7 @@ def _show_lines(emb, entry, data: dict) -> list[str]:
 
 def run_export(args) -> int:
     from embeddings.exporting import export, planned_outputs
+    from studio.cli_options import stored_preview
 
     store = store_of(args)
     name = store.resolve(args.name)
@@ -207,32 +208,13 @@ def run_export(args) -> int:
                 f"{target} is inside the store ({store.root}), whose files only tokensmith's own commands "
                 "write; export to a path outside it"
             )
-    image = _card_picture(store.preview_path(name)) if args.format == "a1111-png" else None
+    image = None
+    if args.format == "a1111-png":  # the PNG's job is to carry the embedding, which a plain card does too
+        instead = "the PNG carries a plain card instead (replace that file with an image, or delete it)"
+        image = stored_preview(store.preview_path(name), "export", instead)
     for path in export(emb, args.format, Path(args.out), overwrite=args.force, image=image):
         print(path)
     return 0
-
-
-def _card_picture(preview: Path):
-    """The stored preview as RGB for an a1111-png export, or None for the plain card.
-
-    A preview that cannot be read (not an image, truncated, or stuffed with text chunks) is a warning, not
-    an error: the PNG's job is to carry the embedding, which the plain card does as well, as it does for an
-    embedding with no preview; `push` goes on without a broken preview in the same way."""
-    from PIL import Image
-
-    if not preview.is_file():
-        return None
-    try:
-        with Image.open(preview) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        print(
-            f"tokensmith export: warning: the preview {preview} cannot be read ({exc}); the PNG carries a "
-            "plain card instead (replace that file with an image for a picture, or delete it)",
-            file=sys.stderr,
-        )
-        return None
 
 
 def run_rename(args) -> int:

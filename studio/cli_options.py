@@ -148,3 +148,22 @@ def add_command(subparsers, common, name: str, help_text: str, epilog: str) -> a
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def stored_preview(path: Path, command: str, instead: str):
+    """The store's thumbnail at `path` as RGB, or None when there is none or it cannot be read (not an image,
+    truncated, stuffed with text chunks): it is optional, so a broken one is a warning on stderr that says
+    what the command does `instead` ("uploading without it"), and the command goes on."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        print(
+            f"tokensmith {command}: warning: the preview {path} cannot be read ({exc}); {instead}",
+            file=sys.stderr,
+        )
+        return None

@@ -57,6 +57,7 @@ def register(subparsers, common) -> None:
 
 def run_push(args) -> int:
     from embeddings import Store
+    from studio.cli_options import stored_preview
     from trainers.card import card_license, no_license_note
     from trainers.config import check_repo_id
     from trainers.hub import push_embedding
@@ -67,7 +68,8 @@ def run_push(args) -> int:
     check_repo_id(args.repo, args.name)  # before the licence note: a refused id uploads nothing
     store = Store.for_home(args.home)
     emb = store.get(args.name)
-    preview = _preview(store.preview_path(args.name))
+    instead = "uploading without it (delete or replace that file to upload a preview)"
+    preview = stored_preview(store.preview_path(args.name), "push", instead)
     if card_license(emb, args.license_id) is None:
         print(f"tokensmith push: note: {no_license_note(emb)}", file=sys.stderr)
     if args.dry_run is not None:
@@ -117,22 +119,3 @@ def _dry_run(args, store, emb, preview) -> int:
         print(path)
     print(f"tokensmith push: dry run: nothing was uploaded to {args.repo}", file=sys.stderr)
     return 0
-
-
-def _preview(path):
-    """The stored thumbnail as RGB, or None when there is none or it cannot be read: it is optional, so a
-    broken one is a warning and the upload goes on without it."""
-    from PIL import Image
-
-    if not path.is_file():
-        return None
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        print(
-            f"tokensmith push: warning: the preview {path} cannot be read ({exc}); uploading without it "
-            "(delete or replace that file to upload a preview)",
-            file=sys.stderr,
-        )
-        return None

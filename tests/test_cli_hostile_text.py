@@ -256,7 +256,7 @@ def test_export_a1111_png_with_an_unreadable_preview_warns_and_writes_a_plain_ca
     (warning,) = err.splitlines()
     assert warning.startswith(f"tokensmith export: warning: the preview {preview} cannot be read (")
     assert warning.endswith(
-        "; the PNG carries a plain card instead (replace that file with an image for a picture, or delete it)"
+        "; the PNG carries a plain card instead (replace that file with an image, or delete it)"
     )
     (back,) = import_path(out_path)
     assert torch.equal(back.vectors["emb_params"], emb.vectors["emb_params"])
