@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 from embeddings.errors import EmbeddingFormatError
 
+if TYPE_CHECKING:  # torch loads where tensors are made or read, so header-only commands (list) skip its ~1 s
+    import torch
+
 # Encoder keys of the canonical file (DESIGN.md): one encoder, or one key per encoder (SDXL).
 SINGLE_KEY = "emb_params"
 SDXL_KEYS = ("clip_l", "clip_g")
-
-if TYPE_CHECKING:  # torch loads where tensors are made or read, so header-only commands (list) skip its ~1 s
-    import torch
 ENCODER_KEYS = (SINGLE_KEY, "clip_l", "clip_g", "t5xxl")
 
 # Family from the encoders' widths; anything else is kept and labelled by its width ("w64").
