@@ -22,6 +22,10 @@ from embeddings.names import is_valid_name, stray_name_error
 from embeddings.text import shell_quote
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
 
+# How the warning for a store-folder file that the store skips begins (the studio leaves it out where the
+# Library already shows that file with its own ways out).
+SKIPPED_WARNING = "the store skips this file"
+
 # CLIP's 77 positions minus start and end: what one window of any SD family's text encoder holds. A longer
 # prompt is read in windows, but an embedding must fit in one (its vectors are never split across windows).
 WINDOW_TOKENS = 75
@@ -333,7 +337,7 @@ def _skipped_warning(emb: Embedding, path: Path, reason: str) -> str:
             f"`tokensmith import {where}` stores a copy the store reads as <{emb.name}>, then "
             f"`tokensmith rm {shell_quote(stem)}` moves this file to the trash"
         )
-    return f"the store skips this file, so prompts cannot use it ({reason}): {way_out}"
+    return f"{SKIPPED_WARNING}, so prompts cannot use it ({reason}): {way_out}"
 
 
 def _name_warnings(emb: Embedding, path: Path, store_root: Path | None) -> list[str]:

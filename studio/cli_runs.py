@@ -89,7 +89,7 @@ def _row(job, runner) -> dict:
     row = {"run": job.id, "run_dir": str(job.run_dir), "status": "unreadable", "step": 0, "total": None}
     row |= dict.fromkeys(("loss", "val_loss", "metric", "eta", "updated", "embedding", "resume"))
     row |= {"created": _when(job.created), "checkpoint_step": None, "kept_step": None, "previews": []}
-    state = runner.state(job)  # a folder it cannot read is `unreadable`, with why
+    state = runner.state(job, tail=True)  # the end of a long log will do; unreadable: `unreadable`
     try:
         updated = progress.stat().st_mtime if progress.is_file() else None
     except OSError as exc:  # gone or unreadable since: the folder changed under the listing

@@ -360,14 +360,16 @@ class JobRunner:
         included) that holds the run folder's lock. A pid file or job.json pid alone proves nothing."""
         return self._launch_alive(job) or RunFolder(job.run_dir).alive()
 
-    def state(self, job: Job | str) -> RunState:
-        """Read the job's run folder now; a folder that cannot be read is `unreadable`, with why."""
+    def state(self, job: Job | str, *, tail: bool = False) -> RunState:
+        """Read the job's run folder now; a folder that cannot be read is `unreadable`, with why. `tail`:
+        read only the end of a long progress log when it holds all a listing shows (`tokensmith runs`;
+        runview.read_run)."""
         job = self.get(job) if isinstance(job, str) else job
         if job.problem:
             return RunState(status="unreadable", message=job.problem)
         try:
-            alive = self.alive(job)
-            return read_run(job.run_dir, alive=alive, launched=job.launched, cancelled=job.cancelled)
+            alive, launched, cancelled = self.alive(job), job.launched, job.cancelled
+            return read_run(job.run_dir, alive=alive, launched=launched, cancelled=cancelled, tail=tail)
         except OSError as exc:
             return RunState(status="unreadable", message=f"cannot read {job.run_dir}: {exc}")
 

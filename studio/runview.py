@@ -1,6 +1,7 @@
 """What a run folder says, read for the studio: the latest progress row, the final event, previews,
 snapshots and the log tail. The folder is the record, so reading it is all the UI needs to show a run; and
 whether a finished run may train further (steps_fixed) and the store still holds what it stored (stored_now).
+progress.jsonl itself is read by studio/progressfile.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embeddings.errors import EmbeddingFormatError, StoreError
+from studio.progressfile import (
+    latest_number,
+    number_in,
+    read_progress_checked,
+    read_progress_tail,
+    row_at,
+    whole_number,
+)
 from trainers.commands import RESUME_NOTE
 from trainers.runfolder import RunFolder
 
-FINAL_EVENTS = ("done", "failed", "stopped")
 LOG_TAIL_LINES = 40
 # the last line of a trainer that refused to run: `tokensmith train: error: ...` (`python -m trainers` alike)
 ERROR_LINE = re.compile(r"^(?:tokensmith [\w-]+|python -m trainers): error: (?P<why>.+)$")
@@ -72,30 +80,6 @@ class RunState:
         return self.resumable and self.checkpoint_step is not None
 
 
-def read_progress(path: Path) -> tuple[list[dict], dict | None]:
-    """Progress rows and the final event of a `progress.jsonl`; a half-written last line is skipped."""
-    rows: list[dict] = []
-    final: dict | None = None
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return rows, None
-    for line in text.splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the trainer is writing this line right now
-        if not isinstance(item, dict):
-            continue
-        event = item.get("event")
-        if event in FINAL_EVENTS:
-            final = item
-        elif event is None and "step" in item:
-            rows.append(item)
-            final = None  # a resumed run writes rows after an earlier `stopped`
-    return rows, final
-
-
 def _numbered_files(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
@@ -131,35 +115,19 @@ def _refusal(log_tail: str) -> str | None:
     return found[-1] if found else None
 
 
-def _number(row: dict, key: str) -> float | None:
-    value = row.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _whole(value) -> int | None:
-    """`value` as a step count when it is one (5, 5.0), else None (None, "x", True, 2.5, inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not value.is_integer():  # nan and inf too
-        return None
-    return int(value)
-
-
-def _latest(rows: list[dict], key: str) -> float | None:
-    """The newest number logged under `key` (validation and preview scores come every N steps only)."""
-    return next((value for row in reversed(rows) if (value := _number(row, key)) is not None), None)
-
-
-def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bool = False) -> RunState:
+def read_run(
+    run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bool = False, tail: bool = False
+) -> RunState:
     """What a run folder says, given whether its trainer is alive, when it was (re)launched (epoch seconds)
-    and whether a cancel was sent."""
+    and whether a cancel was sent. `tail`: read only the end of a long progress log when it holds all that a
+    summary shows (`tokensmith runs`); `history` then holds only the rows read."""
     progress = run_dir / "progress.jsonl"
     try:
-        rows, final = read_progress(progress)
+        from_tail = read_progress_tail(progress) if tail and progress.is_file() else None
+        rows, final, damaged = (*from_tail, None) if from_tail else read_progress_checked(progress)
         written = progress.stat().st_mtime if final is not None else 0.0
     except OSError as exc:  # not a file, or not ours to read: say so, and the other runs still show
         return RunState(status="unreadable", message=f"cannot read {progress}: {exc}")
-    damaged = next((row for row in rows if _whole(row["step"]) is None), None)
     if damaged is not None:  # not written by a trainer: say so rather than guess at the run's step
         step = json.dumps(damaged["step"])[:40]
         return RunState(
@@ -189,21 +157,21 @@ def read_run(run_dir: Path, *, alive: bool, launched: float = 0.0, cancelled: bo
         status, message = "failed", why
     else:
         status, message = "ended", "the trainer exited without a final report; its log is below"
-    kept = _whole(final.get("kept")) if final else None
-    metric = _latest(rows, "metric")
-    stored = [_number(row, "metric") for row in rows if kept is not None and row.get("step") == kept]
-    if stored and stored[-1] is not None:  # keep = best may have stored an earlier step: show what was stored
-        metric = stored[-1]
+    kept = whole_number(final.get("kept")) if final else None
+    metric = latest_number(rows, "metric")
+    stored = number_in(row_at(rows, kept) or {}, "metric") if kept is not None else None
+    if stored is not None:  # keep = best may have stored an earlier step: show what was stored
+        metric = stored
     return RunState(
         status=status,
-        step=_whole(last.get("step", 0)),
-        total=_whole(last.get("total")),
-        loss=_number(last, "loss"),
-        val_loss=_latest(rows, "val_loss"),
+        step=whole_number(last.get("step", 0)),
+        total=whole_number(last.get("total")),
+        loss=number_in(last, "loss"),
+        val_loss=latest_number(rows, "val_loss"),
         metric=metric,
-        lr=_number(last, "lr"),
-        elapsed=_number(last, "elapsed"),
-        eta=_number(last, "eta"),
+        lr=number_in(last, "lr"),
+        elapsed=number_in(last, "elapsed"),
+        eta=number_in(last, "eta"),
         message=message,
         embedding_name=str(final["name"]) if final and final.get("name") else None,
         kept_step=kept,

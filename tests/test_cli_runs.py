@@ -180,3 +180,57 @@ def test_each_damaged_run_folder_is_listed_as_unreadable_with_why(tmp_path, caps
     )
     assert "step is null" in rows["null"]["message"] and 'step is "x"' in rows["x"]["message"]
     assert out.count("unreadable") == 6
+
+
+def _long_rows(steps: int, *, scores: bool = True) -> list[dict]:
+    """A long run's rows: validation loss and preview score every 50 steps (or never)."""
+    every = (lambda s: s % 50 == 0) if scores else (lambda s: False)
+    return [
+        {"step": s, "total": steps, "loss": 1 / (s + 1), "val_loss": 0.5 if every(s) else None,
+         "metric": float(s) if every(s) else None}
+        for s in range(steps + 1)
+    ]  # fmt: skip
+
+
+def _parsed_lines(monkeypatch) -> list[int]:
+    """A count of json.loads calls (a progress line each), as a one-item list."""
+    calls = [0]
+    loads = json.loads
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return loads(*args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    return calls
+
+
+def test_runs_reads_only_the_end_of_a_long_log_and_shows_what_a_whole_read_shows(
+    tmp_path, capsys, monkeypatch
+):
+    from studio.runview import read_run
+
+    done = {"event": "done", "message": "stored cat", "name": "cat", "kept": 5000}
+    folder = _run_folder(tmp_path / "runs", "cat", _long_rows(5000), done)
+    parsed = _parsed_lines(monkeypatch)
+    assert main(["runs", "--home", str(tmp_path), "--json"]) == EXIT_OK
+    assert parsed[0] < 1000  # of 5002 lines
+    [row] = json.loads(capsys.readouterr().out)
+    whole = read_run(folder, alive=False)
+    assert (row["status"], row["step"], row["total"]) == ("done", 5000, 5000)
+    assert (row["val_loss"], row["metric"], row["loss"]) == (whole.val_loss, whole.metric, whole.loss)
+    assert row["metric"] == 5000.0 and row["kept_step"] == 5000
+
+
+def test_runs_reads_a_long_log_whole_when_its_end_lacks_what_the_table_shows(tmp_path, capsys):
+    # keep = best stored an early step: its score is in the log's head, not its end
+    early = {"event": "done", "message": "stored owl", "name": "owl", "kept": 100}
+    _run_folder(tmp_path / "runs", "owl", _long_rows(5000), early)
+    # no validation and no previews: the end has no scores, and only a whole read shows there are none
+    _run_folder(
+        tmp_path / "runs", "fox", _long_rows(5000, scores=False), {"event": "done", "name": "fox"}, at=1
+    )
+    assert main(["runs", "--home", str(tmp_path), "--json"]) == EXIT_OK
+    rows = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["owl"]["metric"] == 100.0 and rows["owl"]["val_loss"] == 0.5
+    assert rows["fox"]["metric"] is None and rows["fox"]["val_loss"] is None and rows["fox"]["step"] == 5000

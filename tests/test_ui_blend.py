@@ -167,6 +167,56 @@ def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained
     assert calls, "the preview still shows the old <dog>"
 
 
+def test_a_name_in_another_letter_case_draws_anew_when_retrained_and_is_refused_when_deleted(session, store):
+    # prompts match <DOG> to a stored 'dog': the preview's cache key must follow the same file
+    at = open_blend()
+    at.radio(key="bl_kind_1").set_value("word").run()
+    at.text_input(key="bl_word_1").set_value("photo")
+    at.number_input(key="bl_steps").set_value(2)
+    at.text_input(key="bl_prompt").set_value("* <DOG>").run()
+    assert not at.error, [e.value for e in at.error]
+    before = at.image[0].proto.imgs[0].url
+    width = session.model.widths["emb_params"]
+    store.put(Embedding("dog", {"emb_params": torch.ones(1, width) * 5}, {"family": "sd1"}), overwrite=True)
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    assert at.image[0].proto.imgs[0].url != before, "the preview still shows the old <dog>"
+    store.delete("dog")
+    at.run()
+    assert [e.value for e in at.error if "unknown embedding <DOG>" in e.value], [e.value for e in at.error]
+    assert not at.image
+
+
+def test_stored_versions_key_names_as_prompts_resolve_them(store):
+    [(name, sha)] = blending.stored_versions("* <DOG>", store, exclude="mix")
+    assert name == "DOG" and blending.stored_versions("* <dog>", store, exclude="mix") == (("dog", sha),)
+    assert blending.stored_versions("* <owl> <MIX>", store, exclude="mix") == (("owl", "missing"),)
+
+
+def test_a_blend_named_like_a_stored_embedding_is_drawn_anew_as_its_weights_move(session, store):
+    # the engine keeps stored embeddings by their file's stat: an unsaved blend must never be kept under
+    # the stat of the stored <cat> it would replace (each preview would show the first blend)
+    import numpy as np
+
+    from studio.generation import GenerateRequest
+
+    width = session.model.widths["emb_params"]
+    request = GenerateRequest(prompt="a <cat>", seed=0, steps=2)
+    images = []
+    for seed in (7, 8):  # two settings of the sliders: two blends named cat
+        vectors = 3 * torch.randn(1, width, generator=torch.Generator().manual_seed(seed))
+        blend = Embedding("cat", {"emb_params": vectors}, {})
+        [result] = session.generate(request, store=blending.PreviewStore(store, blend))
+        images.append(np.asarray(result.image))
+    assert not np.array_equal(*images)
+
+
+def test_the_unsaved_blend_has_no_file_even_when_its_name_is_stored(store):
+    view = blending.PreviewStore(store, Embedding("cat", {"emb_params": torch.ones(1, 4)}, {}))
+    assert store.path("cat").is_file() and not view.path("cat").exists()
+    assert view.path("dog") == store.path("dog")
+
+
 def test_empty_word_asks_for_every_operand(session, store):
     at = open_blend()
     at.radio(key="bl_kind_0").set_value("word").run()

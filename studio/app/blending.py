@@ -105,10 +105,18 @@ def row_label(
     return " + ".join(f"{w:g} {op.label}" for op, w in zip(operands, weights, strict=True))
 
 
+def made_for(entries: list[Any], widths: dict[str, int]) -> tuple[list[Any], list[Any]]:
+    """Listed entries split by their header widths: (those made for a model of these `widths`, the others).
+
+    A stored file is canonical (emb_params, or clip_l + clip_g), so its widths equal the model's exactly when
+    it goes into the model as it is (and blends with the others that do)."""
+    return [e for e in entries if e.widths == widths], [e for e in entries if e.widths != widths]
+
+
 def fitting_first(entries: list[Any], widths: dict[str, int]) -> list[str]:
     """Library names, those made for a model of these `widths` first (the page's default operands)."""
-    fits = [e.name for e in entries if e.widths == widths]
-    return fits + [e.name for e in entries if e.widths != widths]
+    fits, others = made_for(entries, widths)
+    return [e.name for e in fits + others]
 
 
 def preview_prompt(template: str, name: str) -> str:
@@ -120,16 +128,26 @@ def preview_prompt(template: str, name: str) -> str:
 
 
 def stored_versions(prompt: str, store: Any, *, exclude: str) -> tuple[tuple[str, str], ...]:
-    """(name, sha256 of the stored file) of each stored embedding `prompt` names besides the blend `exclude`:
-    part of a preview's cache key, so a retrained <cat> in 'a * next to <cat>' is drawn anew."""
+    """(name, sha256 of the stored file) of each stored embedding `prompt` names besides the blend `exclude`,
+    or (name, "missing") for a name the engine would refuse: part of a preview's cache key, so a retrained or
+    deleted <cat> in 'a * next to <cat>' is drawn anew (or refused).
+
+    Each name is resolved by the engine's own rule (`stored_name`: letter case aside), so '<CAT>' is keyed
+    on the file of a stored 'cat'."""
     import hashlib
 
-    from studio.generation.prompt import embedding_names, parse
+    from studio.generation.conditioning import stored_name
+    from studio.generation.prompt import PromptError, embedding_names, parse
 
     found = []
     for name in embedding_names(parse(prompt)):
-        if name != exclude and store.exists(name):
-            found.append((name, hashlib.sha256(store.path(name).read_bytes()).hexdigest()))
+        if name.lower() == exclude.lower():  # the blend itself: keyed by its vectors
+            continue
+        try:
+            path = store.stored_file(stored_name(name, store))
+        except PromptError:  # unknown, or two names that differ only in case: the engine says which
+            path = None
+        found.append((name, hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"))
     return tuple(found)
 
 
@@ -149,6 +167,12 @@ class PreviewStore:
 
     def exists(self, name: str) -> bool:
         return name == self.extra.name or self.store.exists(name)
+
+    def path(self, name: str) -> Path:
+        """The stored file of `name`; for the unsaved embedding, a path where no file is (a hidden name the
+        store never writes), so the engine, which keeps what it read by the file's inode, mtime and size,
+        takes it from here at every request rather than under the stat of a stored file of that name."""
+        return self.root / f".{name}.unsaved" if name == self.extra.name else self.store.path(name)
 
     def get(self, name: str) -> Any:
         return self.extra if name == self.extra.name else self.store.get(name)

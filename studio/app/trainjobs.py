@@ -272,13 +272,15 @@ def further_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
 
 def progress_ui(runner: JobRunner, job_id: str) -> None:
     """The live panel: a fragment that re-reads the run folder every POLL_S while the job runs, and stops
-    polling (a full rerun re-decorates it without a timer) once the job ends."""
-    active = runner.state(job_id).active
+    polling (a full rerun re-decorates it without a timer) once the job ends. The folder is read once per
+    run: the page's run draws the state it read, each poll of the fragment alone reads it anew."""
+    read = [runner.state(job_id)]  # taken by the page's own call of live(); a poll finds it empty
+    active = read[0].active
 
     @st.fragment(run_every=POLL_S if active else None)
     def live() -> None:
         try:
-            state = runner.state(job_id)
+            state = read.pop() if read else runner.state(job_id)
             state_ui(runner, job_id, state)
         except context.user_errors() as exc:  # a fragment's errors never reach the page's handler
             st.error(context.error_text(exc, fields=TRAIN_FIELDS))

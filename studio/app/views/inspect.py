@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from studio.app import cards, context, formstate
+from studio.app import blending, cards, context, formstate
 from studio.app.embedding_map import map_points
 
 
@@ -72,16 +72,57 @@ def norms_text(report: dict, tokens: list[str]) -> str:
     )
 
 
+OTHERS_ONE_BY_ONE = 3  # embeddings made for other models, each with its own reason; more share one line
+
+
+@st.cache_resource(max_entries=4096, show_spinner=False)
+def stored_embedding(path: str, version: tuple[int, int, int], name: str, _store):
+    """The stored embedding `name`, read (and its sha256 checked) once per version of its file: the key is
+    the file's path and (inode, mtime, size), so an overwritten (a new file renamed over the old: another
+    inode) or deleted file shows at the next rerun. Shared, not copied per rerun as st.cache_data would
+    (2.5x slower for 800 files): no operation writes into an Embedding."""
+    return _store.get(name)
+
+
+def load(store, entry):
+    """`entry`'s embedding, from the cache while its file is unchanged; the store's error when it does not
+    load (a file gone since the listing: the store says so in its words)."""
+    try:
+        info = entry.path.stat()
+    except OSError:
+        return store.get(entry.name)
+    version = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return stored_embedding(str(entry.path), version, entry.name, store)
+
+
 def readable(store, entries: list) -> list:
     """The stored embeddings that load, with a warning naming each file that does not (a broken file must
     not take the whole map with it)."""
     embeddings = []
     for entry in entries:
         try:
-            embeddings.append(store.get(entry.name))
+            embeddings.append(load(store, entry))
         except context.user_errors() as exc:
             st.warning(cards.skipped_text(entry.path, context.error_words(exc)))
     return embeddings
+
+
+def other_models_text(others: list, model) -> str:
+    """One line for the embeddings made for other models than `model` (their header widths say so; none is
+    read): 'not on the map: 3 embeddings made for other models than this one (SD 1.x): SDXL 2, SD 2.x 1;
+    set the sidebar's Model to one of theirs to map them'."""
+    from collections import Counter
+
+    from embeddings import family_title
+
+    counts = Counter(family_title(entry.family) for entry in others)
+    most_first = sorted(counts.items(), key=lambda family_count: (-family_count[1], family_count[0]))
+    families = ", ".join(f"{family} {n}" for family, n in most_first)
+    what = "embedding made for another model" if len(others) == 1 else "embeddings made for other models"
+    return (
+        f"not on the map: {len(others)} {what} than this one ({family_title(model.family)}): {families}; "
+        "set the sidebar's Model to one of theirs to map them"
+    )
 
 
 def map_ui(store, model, entries: list) -> None:
@@ -92,11 +133,16 @@ def map_ui(store, model, entries: list) -> None:
     words_key = formstate.kept("insp_words", "red, blue, circle, square")
     words_text = st.text_input("Words to place on the map", key=words_key)
     words = [w.strip() for w in words_text.split(",") if w.strip()]
-    points, skipped = map_points(readable(store, entries), words, model.encoders, model_family=model.family)
+    fitting, others = blending.made_for(entries, model.widths)  # headers only: the others are not read
+    one_by_one = len(others) <= OTHERS_ONE_BY_ONE  # a few get their own reasons, as one that should fit does
+    mapped = readable(store, entries if one_by_one else fitting)
+    points, skipped = map_points(mapped, words, model.encoders, model_family=model.family)
     for note in skipped:
         st.caption(
             f"not on the map: {cards.inert(context.studio_text(note, fields=context.GENERATE_FIELDS))}"
         )
+    if others and not one_by_one:
+        st.caption(cards.literal(other_models_text(others, model)))  # family labels are the files' words
     if len(points) < 2:
         st.info("The map needs at least two points: add words or embeddings.")
         return
@@ -149,7 +195,7 @@ try:
         k = st.slider("Neighbours", 3, 20, key=formstate.kept("insp_k", 8))
         if entry is not None:
             try:
-                neighbours_ui(store.get(name), model, k)
+                neighbours_ui(load(store, entry), model, k)
             except context.user_errors() as exc:  # e.g. trained for another model: the map still shows
                 st.error(context.error_text(exc, fields=context.GENERATE_FIELDS))
         st.subheader("Map of the library")

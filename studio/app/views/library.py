@@ -11,6 +11,7 @@ from studio.app import cards, context, libraryfiles
 from studio.app.cards import code, literal
 
 COLUMNS = 4
+PAGE_SIZE = 28  # cards per page: each card is drawn, and its thumbnail read and sent, at every rerun
 
 
 # --- widgets ---
@@ -23,6 +24,24 @@ def filter_ui(entries: list) -> tuple[str, list[str]]:
     families = sorted({e.family for e in entries})
     chosen = c2.multiselect("Families", families, default=families, key=f"lib_families_{'-'.join(families)}")
     return query, chosen
+
+
+def page_ui(shown: list, search: tuple, selected: str | None) -> tuple[int, int]:
+    """The gallery page to draw, as (start, stop) indices of `shown`, with a page number field when the
+    matches fill more than one page. The page is kept in session_state: a new search (or family choice)
+    starts at page 1, and a first visit with ?emb= starts at the page that holds that card."""
+    pages = max(1, -(-len(shown) // PAGE_SIZE))
+    state = st.session_state
+    if state.get("lib_page_for") != search:
+        names = [e.name for e in shown]
+        first_visit = "lib_page_for" not in state and selected in names
+        state["lib_page"] = names.index(selected) // PAGE_SIZE + 1 if first_visit else 1
+        state["lib_page_for"] = search
+    state["lib_page"] = min(max(int(state.get("lib_page", 1)), 1), pages)  # fewer pages after a delete
+    if pages > 1:
+        st.number_input(f"Page (of {pages})", 1, pages, key="lib_page")
+    start = (int(state["lib_page"]) - 1) * PAGE_SIZE
+    return start, min(start + PAGE_SIZE, len(shown))
 
 
 def gallery_ui(entries: list) -> None:
@@ -222,12 +241,16 @@ def doctor_ui(store, entries: list, skipped: list) -> None:
 def verdict_ui(label: str, report, *, skipped: str | None = None) -> None:
     """One file's verdict: '✅ **<cat>** — fits this model, …', its warnings below; a file the library
     skips says so first, with the reason. Everything but the icon comes from the file: drawn `literal`."""
+    from embeddings.doctor import SKIPPED_WARNING
+
     icon = FIT_ICONS.get(report.fit, "")
     verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.GENERATE_FIELDS)
     if skipped is not None:
         verdict = f"not in the library ({skipped}). {verdict}"
     st.markdown(f"{icon} **{literal(label)}** — {literal(verdict)}")
     for warning in report.warnings:
+        if skipped is not None and warning.startswith(SKIPPED_WARNING):  # said above, with its ways out as
+            continue  # buttons (the warning's are shell commands)
         st.caption(f"⚠️ {literal(context.studio_text(warning, fields=context.GENERATE_FIELDS))}")
 
 
@@ -271,8 +294,12 @@ try:
     else:
         query, families = filter_ui(entries)
         shown = [e for e in entries if e.family in families and cards.matches(e, query)]
-        st.caption(f"{len(shown)} of {len(entries)} embeddings · store: `{store.root}`")
-        gallery_ui(shown)
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        with c2:
+            start, stop = page_ui(shown, (query, tuple(families)), st.query_params.get("emb"))
+        on_page = f" (cards {start + 1}–{stop})" if stop - start < len(shown) else ""
+        c1.caption(f"{len(shown)} of {len(entries)} embeddings{on_page} · store: `{store.root}`")
+        gallery_ui(shown[start:stop])
         selected = st.session_state.get("lib_selected") or st.query_params.get("emb")
         listed = {e.name: e for e in entries}
         if selected in listed:
