@@ -25,6 +25,8 @@ from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_wi
 # How the warning for a store-folder file that the store skips begins (the studio leaves it out where the
 # Library already shows that file with its own ways out).
 SKIPPED_WARNING = "the store skips this file"
+# Why, for a .pt or .bin in its folder (as `list` says).
+OTHER_FORMAT = "the store reads only .safetensors files"
 
 # CLIP's 77 positions minus start and end: what one window of any SD family's text encoder holds. A longer
 # prompt is read in windows, but an embedding must fit in one (its vectors are never split across windows).
@@ -313,8 +315,10 @@ def store_refusal(path: Path, store_root: Path | None) -> str | None:
     does not take (another tool's layout, such as diffusers' {token: tensor}; keys that disagree): the
     reason `tokensmith list` warns with, without the path. None for a file it lists, one elsewhere, or one
     under a name it refuses (`_name_warnings` gives that one its rename)."""
-    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else ""
-    if not stem or stem.startswith(".") or not is_valid_name(stem) or not _in_store(path, store_root):
+    if not path.name.endswith(SUFFIX):  # a .pt, .bin or image beside the store's files: list notes it
+        return OTHER_FORMAT if _in_store(path, store_root) and not path.name.startswith(".") else None
+    stem = path.name[: -len(SUFFIX)]
+    if stem.startswith(".") or not is_valid_name(stem) or not _in_store(path, store_root):
         return None
     try:
         canonical_shapes(path, read_header(path))  # the listing's own rule (embeddings/listing.py)
@@ -328,8 +332,14 @@ def store_refusal(path: Path, store_root: Path | None) -> str | None:
 def _skipped_warning(emb: Embedding, path: Path, reason: str) -> str:
     """What to do with a store file the store skips: import it (here the converted copy, as `emb` is what
     an import stores), then move this file to the trash; under its own name, --force replaces it at once."""
-    stem = path.name[: -len(SUFFIX)]
     where = shell_quote(str(path))
+    if not path.name.endswith(SUFFIX):  # `rm` takes store names: this file is moved out by hand
+        way_out = (
+            f"`tokensmith import {where}` stores a copy the store reads as <{emb.name}>; then move this file "
+            "out of the store folder"
+        )
+        return f"{SKIPPED_WARNING}, so prompts cannot use it ({reason}): {way_out}"
+    stem = path.name[: -len(SUFFIX)]
     if emb.name.lower() == stem.lower():
         way_out = f"`tokensmith import --force {where}` replaces it with a copy the store reads"
     else:

@@ -68,7 +68,11 @@ def run_push(args) -> int:
     check_repo_id(args.repo, args.name)  # before the licence note: a refused id uploads nothing
     store = Store.for_home(args.home)
     emb = store.get(args.name)
-    instead = "uploading without it (delete or replace that file to upload a preview)"
+    instead = (
+        "writing the files without it (delete or replace that file to upload a preview)"
+        if args.dry_run is not None
+        else "uploading without it (delete or replace that file to upload a preview)"
+    )
     preview = stored_preview(store.preview_path(args.name), "push", instead)
     if card_license(emb, args.license_id) is None:
         print(f"tokensmith push: note: {no_license_note(emb)}", file=sys.stderr)

@@ -243,11 +243,13 @@ class JobRunner:
 
     def _command_of(self, job: Job, state: RunState) -> tuple[str, ...]:
         """The command of the run the folder holds: the job's last launch, or the one before it when the
-        trainer refused that launch (the run is as it was: repeating the refused command is refused again)."""
+        trainer refused that launch (the run is as it was: repeating the refused command is refused again).
+        Its --run-dir and --home are this job's folder and this studio's home: a home copied or moved
+        since must not continue the run, and store the result, where it was first made."""
         if state.refused and job.earlier:
-            return job.earlier
+            return self._here(job, job.earlier)
         if job.command:
-            return job.command
+            return self._here(job, job.command)
         recorded = job.run_dir / "command.txt"  # a run started from the CLI
         if recorded.exists():
             import shlex
@@ -255,8 +257,20 @@ class JobRunner:
             words = shlex.split(recorded.read_text(encoding="utf-8").strip().splitlines()[0])
             if words and words[0] == "tokensmith":
                 words = [*self.trainer_command[:-1], *words[1:]]
-            return tuple(words)
+            return self._here(job, tuple(words))
         raise RuntimeError(f"job '{job.id}' has no recorded command: start it again from the Train page")
+
+    def _here(self, job: Job, command: tuple[str, ...]) -> tuple[str, ...]:
+        """`command` with the values of its --run-dir and --home flags set to where the job is now."""
+        words, now = list(command), {"--run-dir": str(job.run_dir), "--home": str(self.home)}
+        for i, word in enumerate(words[:-1]):
+            if word in now:
+                words[i + 1] = now[word]
+        for i, word in enumerate(words):
+            flag = word.partition("=")[0]
+            if "=" in word and flag in now:  # --home=DIR
+                words[i] = f"{flag}={now[flag]}"
+        return tuple(words)
 
     def _launch(self, job: Job) -> Job:
         env = {k: v for k, v in os.environ.items() if k in LAUNCHER_KEPT or not k.startswith(LAUNCHER_PREFIX)}

@@ -379,6 +379,7 @@ def test_demo_refuses_a_run_whose_config_cannot_be_read(tmp_path, capsys, fake_d
 def test_a_yaml_syntax_error_is_one_readable_line_with_where(tmp_path, capsys, text, said):
     """PyYAML's own message spans lines (source and caret): printed as one line it read '\\n  in ...'."""
     (tmp_path / "bad.yaml").write_text(text)
-    code, _out, err = run(capsys, "train", "--config", tmp_path / "bad.yaml", "--images", tmp_path, "--name", "x")
+    config = ["--config", tmp_path / "bad.yaml"]
+    code, _out, err = run(capsys, "train", *config, "--images", tmp_path, "--name", "x")
     assert code == EXIT_ERROR and "\\n" not in err and len(err.strip().splitlines()) == 1
     assert err.strip().endswith(f"is not valid YAML: {said}")

@@ -257,3 +257,21 @@ def test_a_store_file_of_another_layout_under_its_own_name_is_replaced_in_place(
     assert skipped.endswith(f"`tokensmith import --force {path}` replaces it with a copy the store reads")
     assert run(capsys, "import", "--force", path)[0] == EXIT_OK  # the advice works
     assert store.names() == ["same"] and diagnose(path, store_root=store.root).warnings == []
+
+
+def test_a_pt_file_in_the_store_folder_is_said_to_be_skipped_not_usable(tokensmith_home):
+    """`list` notes a .pt beside the store's files as not read: the doctor never says "use <x> in prompts"."""
+    from trainers.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("sd1")
+    encoders = [("emb_params", pipe.tokenizer, pipe.text_encoder)]
+    store = Store.for_home(tokensmith_home)
+    store.root.mkdir(parents=True)
+    path = store.root / "other.pt"
+    torch.save({"emb_params": vec(1, encoder_width(pipe.text_encoder))}, path)
+    report = diagnose(path, encoders, store_root=store.root)
+    assert report.fit == "fits" and not any("in prompts" in line for line in report.lines)
+    [skipped] = [w for w in report.warnings if w.startswith("the store skips this file")]
+    assert "(the store reads only .safetensors files)" in skipped
+    assert skipped.endswith("as <other>; then move this file out of the store folder")
+    assert not any("store skips" in w for w in diagnose(path).warnings)  # without the store's view

@@ -239,7 +239,7 @@ def test_replay_refuses_a_size_past_the_limit_before_sampling(
     with pytest.raises(ReplayError) as caught:
         replay(path, session=tiny_session)
     assert str(caught.value) == (
-        f"cannot replay {path}: it asks for a {big}x{big} image, past the {MAX_RESOLUTION} pixels a side "
+        f"cannot replay {path}: it asks for an image of {big}x{big}, past the {MAX_RESOLUTION} pixels a side "
         "that generate makes too (an image that large would exhaust this machine's memory)"
     )
 

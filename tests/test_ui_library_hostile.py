@@ -245,6 +245,8 @@ def test_a_diffusers_file_under_its_token_name_imports_in_place(tokensmith_home)
     at = open_page("views/library.py")
     at.button(key="lib_import_stray_same").click().run()
     assert not at.error and store.names() == ["same"] and "same" not in store.trashed()
+    said = "Imported `same.safetensors` as <same>; the copy replaced the file"
+    assert [seen(t.value) for t in at.toast] == [said]
 
 
 def test_the_inspect_page_draws_a_files_metadata_inertly(hostile_store):

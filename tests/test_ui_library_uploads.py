@@ -394,3 +394,8 @@ def test_a_file_stored_under_a_name_with_an_apostrophe_gets_the_librarys_ways_ou
     assert "tokensmith" not in seen(warning.value)
     at.button(key="lib_rename_stray_Bob's cat").click().run()
     assert not at.error and not at.warning and store.names() == ["Bob-s-cat", "cat", "dog"]
+
+
+def test_the_hint_for_another_models_embedding_names_the_sidebar_not_a_flag():
+    text = "pass --model with an SD 1.x model (a diffusers folder, a hub id or a .safetensors checkpoint)"
+    assert context.studio_text(text).startswith("set the sidebar's Model to an SD 1.x model (")

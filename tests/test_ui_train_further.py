@@ -320,3 +320,21 @@ def test_a_name_held_by_an_unreadable_file_says_so(fake_trainer, tokensmith_home
     assert said.startswith("the name 'text' is held by a file the Library cannot read")
     assert "the warning at the top of the Library page" in said and f"“{REPLACE}”" in said
     assert "already" not in said
+
+
+def test_a_copied_home_trains_further_in_itself_not_where_the_run_was_made(fake_trainer, tmp_path):
+    """A home copied (or moved) since keeps its runs' commands, which name the old folders: the job continues
+    in its own folder and stores into its own home."""
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    _, job = finished_job(first)
+    shutil.copytree(first, second)
+    before = (first / "embeddings" / "cat.safetensors").read_bytes()
+    runner = JobRunner(second)
+    again = runner.train_further(job.id, 1)
+    command = list(again.command)
+    assert command[command.index("--run-dir") + 1] == str(second / "runs" / job.id)
+    assert command[command.index("--home") + 1] == str(second)
+    assert runner.wait(job.id, timeout=30).status == "done"
+    assert (first / "embeddings" / "cat.safetensors").read_bytes() == before  # the first home is untouched

@@ -110,8 +110,12 @@ def problems_ui(store, problems: list) -> None:
         trash = c2.button("Move to the trash", key=f"lib_trash_broken_{name}", icon="🗑️")
         try:
             if convert:
-                stored = ", ".join(f"<{n}>" for n in import_stray(store, path))
-                st.toast(f"Imported {code(path.name)} as {literal(stored)}; the file itself is in the trash")
+                names = import_stray(store, path)
+                stored = ", ".join(f"<{n}>" for n in names)
+                where = (  # under its own name the copy took the file's place (as import --force does)
+                    "the copy replaced the file" if path.stem in names else "the file itself is in the trash"
+                )
+                st.toast(f"Imported {code(path.name)} as {literal(stored)}; {where}")
                 st.rerun()
             if rename:
                 rename_stray(store, path, valid)

@@ -57,8 +57,8 @@ def check_size(prov: dict, name: str) -> None:
     width, height = int(prov["width"]), int(prov["height"])
     if max(width, height) > MAX_RESOLUTION:
         raise ReplayError(
-            f"cannot replay {name}: it asks for a {width}x{height} image, past the {MAX_RESOLUTION} pixels a "
-            "side that generate makes too (an image that large would exhaust this machine's memory)"
+            f"cannot replay {name}: it asks for an image of {width}x{height}, past the {MAX_RESOLUTION} "
+            "pixels a side that generate makes too (an image that large would exhaust this machine's memory)"
         )
 
 
