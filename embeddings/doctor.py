@@ -12,21 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embeddings.canonical import canonical_shapes, read_header
+from embeddings.canonical import read_header
+from embeddings.doctorstore import store_warnings
 from embeddings.errors import EmbeddingFormatError
-from embeddings.files import SUFFIX
 from embeddings.importing import import_path, import_sources, lone_pair_half
 from embeddings.inject import InstallError, encoder_width, swapped_hint, vectors_for_encoders
 from embeddings.maths import norm_report
-from embeddings.names import is_valid_name, stray_name_error
-from embeddings.text import shell_quote
 from embeddings.value import ENCODER_KEYS, SINGLE_KEY, Embedding, family_from_widths, family_title
-
-# How the warning for a store-folder file that the store skips begins (the studio leaves it out where the
-# Library already shows that file with its own ways out).
-SKIPPED_WARNING = "the store skips this file"
-# Why, for a .pt or .bin in its folder (as `list` says).
-OTHER_FORMAT = "the store reads only .safetensors files"
 
 # CLIP's 77 positions minus start and end: what one window of any SD family's text encoder holds. A longer
 # prompt is read in windows, but an embedding must fit in one (its vectors are never split across windows).
@@ -246,10 +238,8 @@ def _diagnose_embedding(
                     else "window: no words fit beside the token in its window"
                 )
             )
-    report.warnings.extend(_name_warnings(emb, path, store_root))
-    skipped = store_refusal(path, store_root)
-    if skipped is not None:
-        report.warnings.append(_skipped_warning(emb, path, skipped))
+    warnings, skipped = store_warnings(emb, path, store_root)
+    report.warnings.extend(warnings)
     if encoders is None:
         if too_many:  # no model's prompt holds it: no need to name one (the verdict says it, not a warning)
             report.fit = "no"
@@ -303,65 +293,6 @@ def _swapped_warning(emb: Embedding, encoders: Sequence[tuple[str, Any, Any]] | 
         return []
     hint = swapped_hint(emb.widths, SDXL_WIDTHS, model="SDXL's")
     return [hint] if hint else []
-
-
-def _in_store(path: Path, store_root: Path | None) -> bool:
-    """Whether `path` is a file directly in the store's folder (where `list` reads)."""
-    return store_root is not None and path.is_file() and path.parent.resolve() == Path(store_root).resolve()
-
-
-def store_refusal(path: Path, store_root: Path | None) -> str | None:
-    """Why the store's listing skips `path`, a file in the store folder under a valid name whose header it
-    does not take (another tool's layout, such as diffusers' {token: tensor}; keys that disagree): the
-    reason `tokensmith list` warns with, without the path. None for a file it lists, one elsewhere, or one
-    under a name it refuses (`_name_warnings` gives that one its rename)."""
-    if not path.name.endswith(SUFFIX):  # a .pt, .bin or image beside the store's files: list notes it
-        return OTHER_FORMAT if _in_store(path, store_root) and not path.name.startswith(".") else None
-    stem = path.name[: -len(SUFFIX)]
-    if stem.startswith(".") or not is_valid_name(stem) or not _in_store(path, store_root):
-        return None
-    try:
-        canonical_shapes(path, read_header(path))  # the listing's own rule (embeddings/listing.py)
-    except EmbeddingFormatError as exc:
-        return str(exc).removeprefix(f"{path}: ")
-    except OSError:
-        return None  # unreadable: reading it for the report said so already
-    return None
-
-
-def _skipped_warning(emb: Embedding, path: Path, reason: str) -> str:
-    """What to do with a store file the store skips: import it (here the converted copy, as `emb` is what
-    an import stores), then move this file to the trash; under its own name, --force replaces it at once."""
-    where = shell_quote(str(path))
-    if not path.name.endswith(SUFFIX):  # `rm` takes store names: this file is moved out by hand
-        way_out = (
-            f"`tokensmith import {where}` stores a copy the store reads as <{emb.name}>; then move this file "
-            "out of the store folder"
-        )
-        return f"{SKIPPED_WARNING}, so prompts cannot use it ({reason}): {way_out}"
-    stem = path.name[: -len(SUFFIX)]
-    if emb.name.lower() == stem.lower():
-        way_out = f"`tokensmith import --force {where}` replaces it with a copy the store reads"
-    else:
-        way_out = (
-            f"`tokensmith import {where}` stores a copy the store reads as <{emb.name}>, then "
-            f"`tokensmith rm {shell_quote(stem)}` moves this file to the trash"
-        )
-    return f"{SKIPPED_WARNING}, so prompts cannot use it ({reason}): {way_out}"
-
-
-def _name_warnings(emb: Embedding, path: Path, store_root: Path | None) -> list[str]:
-    """A sentence when the file's name is not a store name: for a file in the store folder (copied in by
-    hand) the rename that fixes it, as `list` gives it; elsewhere the name an import would store it as."""
-    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else ""
-    if _in_store(path, store_root) and stem and not stem.startswith(".") and not is_valid_name(stem):
-        return [f"the store cannot use this file under its name: {stray_name_error(stem)}"]
-    if emb.meta.get("source_name"):
-        return [
-            f"its name {emb.meta['source_name']!r} would be stored as '{emb.name}' by `tokensmith import` "
-            "(safe characters)"
-        ]
-    return []
 
 
 def _zero_warnings(emb: Embedding) -> list[str]:

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from embeddings.doctorstore import OTHER_FORMAT
 from embeddings.text import printable, shell_quote
 
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
@@ -132,8 +133,8 @@ def run_list(args) -> int:
         print(printable(f"tokensmith list: warning: skipped {path.name}: {reason}{hint}"), file=sys.stderr)
     for path in others:
         note = (
-            f"tokensmith list: note: not read: {path.name}: the store reads only .safetensors files; if it "
-            f"is an embedding, `tokensmith import {shell_quote(str(path))}` stores a copy in that format"
+            f"tokensmith list: note: not read: {path.name}: {OTHER_FORMAT}; if it is an embedding, "
+            f"`tokensmith import {shell_quote(str(path))}` stores a copy in that format"
         )
         print(printable(note), file=sys.stderr)
     if args.json:

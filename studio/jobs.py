@@ -32,6 +32,7 @@ from pathlib import Path
 
 from studio.jobfiles import created_at, job_record, newer_than, started_at, write_atomic
 from studio.runview import STEPS_FIXED, RunState, read_run, steps_fixed, stored_now, taken_text
+from studio.trainrequest import TrainRequest
 from trainers.runfolder import RunFolder
 
 # The trainer as the CLI runs it; tests pass a fake command instead.
@@ -46,44 +47,6 @@ LAUNCH_SLACK_S = 2.0
 # trainer's own CPU recipe sets it), honoured as `tokensmith train` in the same shell honours it.
 LAUNCHER_PREFIX, LAUNCHER_KEPT = "ACCELERATE_", ("ACCELERATE_USE_CPU",)
 GRADIENT_CHECKPOINTING = "--gradient-checkpointing"
-
-
-# --- what to run ---
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """A training job as the Train page fills it; `None` leaves the trainer's default in place."""
-
-    name: str
-    images: Path
-    init: str | None = None
-    vectors: int | None = None
-    style: bool = False
-    steps: int | None = None
-    learning_rate: float | None = None
-    model: str | None = None
-    model_config: str | None = None  # configs of a single-file model, offline
-    extra_args: tuple[str, ...] = ()
-
-    def to_args(self) -> list[str]:
-        """The `tokensmith train` flags, e.g. ['--images', 'DIR', '--name', 'cat', '--steps', '100']."""
-        args = ["--images", str(self.images), "--name", self.name]
-        if self.init:
-            args += ["--init", self.init]
-        if self.vectors is not None:
-            args += ["--vectors", str(self.vectors)]
-        if self.style:
-            args += ["--templates", "style"]
-        if self.steps is not None:
-            args += ["--steps", str(self.steps)]
-        if self.learning_rate is not None:
-            args += ["--learning-rate", repr(self.learning_rate)]
-        if self.model:
-            args += ["--model", self.model]
-        if self.model_config:
-            args += ["--model-config", self.model_config]
-        return args + list(self.extra_args)
 
 
 # --- jobs ---

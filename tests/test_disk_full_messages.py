@@ -70,7 +70,8 @@ def test_a_run_folder_on_a_read_only_disk_is_one_line_with_advice(tmp_path, monk
 
 def test_the_studio_names_the_file_a_full_disk_refused(tmp_path, monkeypatch):
     from studio.app import context
-    from studio.jobs import JobRunner, TrainRequest
+    from studio.jobs import JobRunner
+    from studio.trainrequest import TrainRequest
 
     marker = f"# a trainer of {tmp_path}"
     sleeper = (sys.executable, "-c", f"import time; time.sleep(60)  {marker}")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from studio.jobs import JobRunner, TrainRequest, new_job_id
+from studio.jobs import JobRunner, new_job_id
 from studio.progressfile import read_progress
 from studio.runview import read_run
+from studio.trainrequest import TrainRequest
 
 # A stand-in for `tokensmith train`: claims the run folder (its lock on `pid`), writes progress rows, a
 # preview, a snapshot and a checkpoint folder per step, stops cleanly on SIGTERM, continues from its last row

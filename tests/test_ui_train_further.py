@@ -15,8 +15,9 @@ import torch
 
 from embeddings import Embedding, Store
 from studio.cli import EXIT_OK, main
-from studio.jobs import JobRunner, TrainRequest
+from studio.jobs import JobRunner
 from studio.runview import read_run
+from studio.trainrequest import TrainRequest
 from tests import test_ui_train
 from tests.test_ui_train import errors, fill, job_command, open_train, png, run_folder, wait_for
 

@@ -241,7 +241,7 @@ def doctor_ui(store, entries: list, skipped: list) -> None:
 def verdict_ui(label: str, report, *, skipped: str | None = None) -> None:
     """One file's verdict: '✅ **<cat>** — fits this model, …', its warnings below; a file the library
     skips says so first, with the reason. Everything but the icon comes from the file: drawn `literal`."""
-    from embeddings.doctor import SKIPPED_WARNING
+    from embeddings.doctorstore import SKIPPED_WARNING
 
     icon = FIT_ICONS.get(report.fit, "")
     verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.GENERATE_FIELDS)

@@ -10,7 +10,8 @@ import streamlit as st
 from studio.app import cards, context, formstate, uploads
 from studio.app.formstate import UPLOAD_HELP
 from studio.app.trainjobs import REPLACE_LABEL, TRAIN_FIELDS, job_choice_ui, progress_ui
-from studio.jobs import Job, JobRunner, TrainRequest, new_job_id
+from studio.jobs import Job, JobRunner, new_job_id
+from studio.trainrequest import TrainRequest
 
 
 @st.cache_resource(show_spinner="Loading the trainer (once per studio process)…")
