@@ -11,9 +11,10 @@ import pytest
 from PIL import Image, ImageCms, PngImagePlugin
 
 from studio.generation import GenerateRequest, ReplayError, read_provenance, replay, save_png
-from studio.generation.guidance import MATCH_READER, changed_files
+from studio.generation.guidance import MATCH_READER
 from studio.generation.img2img import INIT_READER, image_sha256, load_init_image
 from studio.generation.provenance import CHUNK
+from studio.generation.replaying import changed_files
 from trainers.pictures import flatten_alpha, read_picture
 
 RED, BLUE = (200, 0, 0), (30, 60, 220)

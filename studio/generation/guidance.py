@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from embeddings.files import file_sha256
 from studio.generation.guide_modules import (  # noqa: F401  (GuideError and SIGNATURE: guidance's API)
     SIGNATURE,
     GuideError,
@@ -48,9 +47,6 @@ ITERATIONS = 4  # gradient steps on x̂0 per guided sampling step
 # with the profile applied. The guide's record keeps it (absent: 1), so an image made by reader 1 replays
 # from the pixels it was made from.
 MATCH_READER = 2
-# A replay's one wording for a recorded file that is missing, unreadable or changed (changed_files without
-# `precise`): an image uploaded to the studio must not learn which of the three, so which paths exist there
-NOT_AS_MADE = "is missing, unreadable or changed since: a replay needs the very file it was made with"
 MAX_STEP = 0.5  # a step's RMS is at most this times the RMS of x̂0 (flat losses would otherwise jump)
 # Colour names beyond the demo world's own (which take precedence, so "green" means the demo's green).
 EXTRA_COLOURS = {
@@ -143,10 +139,10 @@ def contrast_loss(level: float) -> Loss:
 
 
 def match_loss(path: Path) -> Loss:
-    return _match_loss(_reference_image(path))
+    return _match_loss(reference_image(path))
 
 
-def _reference_image(path: Path, reader: int = MATCH_READER):
+def reference_image(path: Path, reader: int = MATCH_READER):
     """match's image as RGB, as a viewer shows it (trainers.pictures; `reader=1`: its colour profile not
     applied, as images made before MATCH_READER 2 read it), or GuideError saying what to give."""
     from trainers.pictures import PictureError, read_picture
@@ -200,67 +196,7 @@ def guide_module(spec: str) -> str:
     return spec.split(",")[0].partition("=")[2].strip().partition(":")[0]
 
 
-def changed_files(records: list[dict], *, precise: bool = False) -> list[str]:
-    """What replaying with guides recorded by `Guide.record` would find missing or changed, in words.
-
-    `precise` says which of missing, unreadable or changed (the CLI, on the user's own files); otherwise
-    one wording says all three, so that an image uploaded to the studio cannot probe which paths exist on
-    the studio's machine. Nothing is imported: a module's source is found and hashed as a file."""
-    problems = []
-    for entry in records:
-        if entry["kind"] == "match":
-            problems.extend(_changed_match(entry, precise=precise))
-        elif entry["kind"] == "module":
-            problems.extend(_changed_module(entry, precise=precise))
-    return problems
-
-
-def _changed_match(entry: dict, *, precise: bool) -> list[str]:
-    """What keeps a match guide's recorded image from being read as it was (empty: nothing)."""
-    path = Path(entry["path"])
-    if entry.get("reader", 1) not in range(1, MATCH_READER + 1):
-        return [
-            f"match image {path} was read by a newer tokensmith (reader {entry['reader']!r}): "
-            "update tokensmith to replay this image"
-        ]
-    if not path.is_file():
-        return [f"match image {path} is missing" if precise else f"match image {path} {NOT_AS_MADE}"]
-    try:
-        same = image_sha256(_reference_image(path, match_reader(entry))) == entry["sha256"]
-    except GuideError:
-        same = False
-    if same:
-        return []
-    return [f"match image {path} has changed since" if precise else f"match image {path} {NOT_AS_MADE}"]
-
-
-def _changed_module(entry: dict, *, precise: bool) -> list[str]:
-    """What keeps a module guide's recorded source from being the one a replay imports (empty: nothing)."""
-    module_name, source = guide_module(entry["guide"]), replay_source(entry)
-    if source is not None and file_sha256(source) == entry["sha256"]:
-        return []
-    if not precise:
-        return [f"guide module {module_name} ({entry['path']}) {NOT_AS_MADE}"]
-    if source is not None:
-        return [f"guide module {module_name} ({source}) has changed since"]
-    return [
-        f"guide module {module_name} ({entry['path']}) cannot be found: run replay from the folder that "
-        f"holds {module_name.replace('.', '/')}.py, or add that folder to PYTHONPATH"
-    ]
-
-
-def replay_source(entry: dict) -> Path | None:
-    """The source file a replay imports a module guide's record from, found without importing anything: as
-    the module imports by name from here, else from the folder its recorded file imports from (a replay from
-    another folder, which importable_guides puts on the path). changed_files compares its hash."""
-    module_name = guide_module(entry["guide"])
-    source = module_source(module_name)
-    if source is None and (root := _recorded_root(entry)) is not None:
-        source = module_source(module_name, folders=[root])
-    return source
-
-
-def _recorded_root(entry: dict) -> Path | None:
+def recorded_root(entry: dict) -> Path | None:
     """The folder from which a module guide's recorded file imports under its name, if it fits the name."""
     return import_root(guide_module(entry["guide"]), Path(entry["path"]))
 
@@ -271,9 +207,7 @@ def importable_guides(records: list[dict]) -> Iterator[None]:
     their provenance records (changed_files has checked that the files found there are unchanged), and
     match images are read by the reader their records name."""
     modules = [entry for entry in records if entry["kind"] == "module"]
-    roots = [
-        _recorded_root(entry) for entry in modules if module_source(guide_module(entry["guide"])) is None
-    ]
+    roots = [recorded_root(entry) for entry in modules if module_source(guide_module(entry["guide"])) is None]
     readers = {entry["path"]: match_reader(entry) for entry in records if entry["kind"] == "match"}
     token = _REPLAY_READERS.set(readers)
     try:
@@ -316,7 +250,7 @@ def parse_guide(spec: str) -> Guide:
     if kind == "match":
         path = Path(value).expanduser().resolve()
         reader = (_REPLAY_READERS.get() or {}).get(str(path), MATCH_READER)  # a replay: as it was read
-        image = _reference_image(path, reader)
+        image = reference_image(path, reader)
         return Guide(
             spec=spec, kind=kind, loss=_match_loss(image), scale=scale, every=every,
             run_spec=",".join([f"match={path}", *options]),

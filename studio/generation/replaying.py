@@ -12,8 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from embeddings import Store
+from embeddings.files import file_sha256
+from studio.generation.guidance import (
+    MATCH_READER,
+    GuideError,
+    guide_module,
+    importable_guides,
+    match_reader,
+    recorded_root,
+    reference_image,
+)
+from studio.generation.guide_modules import module_source
+from studio.generation.img2img import image_sha256
 from studio.generation.provenance import ReplayError, read_provenance
 from trainers.config import MAX_RESOLUTION
+
+# A replay's one wording for a recorded file that is missing, unreadable or changed (without `precise`): an
+# image uploaded to the studio must not learn which of the three, so which paths exist there.
+NOT_AS_MADE = "is missing, unreadable or changed since: a replay needs the very file it was made with"
 
 
 def request_from(prov: dict) -> Any:
@@ -69,8 +85,6 @@ def check_guide_modules(prov: dict, name: str, *, allowed: bool) -> None:
     records = {entry["guide"]: entry for entry in guide_records(prov) if entry["kind"] == "module"}
     if allowed or not records:
         return
-    from studio.generation.guidance import guide_module
-
     what = " and ".join(f"{guide_module(spec)!r} from {entry['path']!r}" for spec, entry in records.items())
     many = len(records) > 1
     raise ReplayError(
@@ -93,7 +107,6 @@ def check_replayable(prov: dict, store: Store | None, *, precise: bool = False) 
     `precise` says of each recorded file whether it is missing, unreadable or changed (the CLI: the user's
     own files); otherwise one wording says all three, so that an image uploaded to the studio cannot probe
     which paths exist on the studio's machine and which of them are images."""
-    from studio.generation.guidance import changed_files
 
     missing = []
     names = store.names() if store is not None else []
@@ -115,7 +128,6 @@ def check_replayable(prov: dict, store: Store | None, *, precise: bool = False) 
 
 def _init_problem(init: dict, size: tuple[int, int], *, precise: bool) -> str | None:
     """What keeps the recorded init image from being read as it was, in words (None: nothing)."""
-    from studio.generation.guidance import NOT_AS_MADE
     from studio.generation.img2img import InitImageError, load_init_image
 
     path = Path(init["path"]) if init.get("path") else None
@@ -154,7 +166,6 @@ def replay(
     step (a progress bar). The image's guide modules are imported and run only with `allow_guide_modules`
     (the CLI's flag; the studio never sets it), from source files whose hashes match the image's records.
     `precise`: name each missing file's trouble exactly (check_replayable; the CLI)."""
-    from studio.generation.guidance import importable_guides
     from studio.generation.session import Session
     from trainers.models import load_model
 
@@ -180,3 +191,66 @@ def replay(
     if "slerp" in prov:
         result.provenance["slerp"] = prov["slerp"]
     return result
+
+
+# --- the files the image's guides read: checked as files, before anything is imported ---
+
+
+def changed_files(records: list[dict], *, precise: bool = False) -> list[str]:
+    """What replaying with guides recorded by `Guide.record` would find missing or changed, in words.
+
+    `precise` says which of missing, unreadable or changed (the CLI, on the user's own files); otherwise
+    one wording says all three, so that an image uploaded to the studio cannot probe which paths exist on
+    the studio's machine. Nothing is imported: a module's source is found and hashed as a file."""
+    problems = []
+    for entry in records:
+        if entry["kind"] == "match":
+            problems.extend(_changed_match(entry, precise=precise))
+        elif entry["kind"] == "module":
+            problems.extend(_changed_module(entry, precise=precise))
+    return problems
+
+
+def _changed_match(entry: dict, *, precise: bool) -> list[str]:
+    """What keeps a match guide's recorded image from being read as it was (empty: nothing)."""
+    path = Path(entry["path"])
+    if entry.get("reader", 1) not in range(1, MATCH_READER + 1):
+        return [
+            f"match image {path} was read by a newer tokensmith (reader {entry['reader']!r}): "
+            "update tokensmith to replay this image"
+        ]
+    if not path.is_file():
+        return [f"match image {path} is missing" if precise else f"match image {path} {NOT_AS_MADE}"]
+    try:
+        same = image_sha256(reference_image(path, match_reader(entry))) == entry["sha256"]
+    except GuideError:
+        same = False
+    if same:
+        return []
+    return [f"match image {path} has changed since" if precise else f"match image {path} {NOT_AS_MADE}"]
+
+
+def _changed_module(entry: dict, *, precise: bool) -> list[str]:
+    """What keeps a module guide's recorded source from being the one a replay imports (empty: nothing)."""
+    module_name, source = guide_module(entry["guide"]), replay_source(entry)
+    if source is not None and file_sha256(source) == entry["sha256"]:
+        return []
+    if not precise:
+        return [f"guide module {module_name} ({entry['path']}) {NOT_AS_MADE}"]
+    if source is not None:
+        return [f"guide module {module_name} ({source}) has changed since"]
+    return [
+        f"guide module {module_name} ({entry['path']}) cannot be found: run replay from the folder that "
+        f"holds {module_name.replace('.', '/')}.py, or add that folder to PYTHONPATH"
+    ]
+
+
+def replay_source(entry: dict) -> Path | None:
+    """The source file a replay imports a module guide's record from, found without importing anything: as
+    the module imports by name from here, else from the folder its recorded file imports from (a replay from
+    another folder, which importable_guides puts on the path). changed_files compares its hash."""
+    module_name = guide_module(entry["guide"])
+    source = module_source(module_name)
+    if source is None and (root := recorded_root(entry)) is not None:
+        source = module_source(module_name, folders=[root])
+    return source
