@@ -85,6 +85,18 @@ def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
     return tmp
 
 
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever the file at `path` is replaced or rewritten: (inode, mtime, size); an overwrite
+    renames a new file over the old one, so the inode tells even a same-size write in the same clock tick.
+    None when it cannot be read (gone). Take it before reading the file: one replaced in between is then read
+    again next time, never kept under the new file's version."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -20,6 +20,7 @@ import torch
 
 from embeddings import Embedding, Store, install, needs_partial, token_names
 from embeddings.errors import TokensmithError
+from embeddings.files import file_version
 from embeddings.maths import SLERP_VERSION
 from embeddings.names import is_valid_name
 from studio.generation.prompt import (
@@ -123,15 +124,11 @@ class PromptEncoder:
 
     def _load(self, name: str, store: Store) -> Embedding:
         """The stored embedding `name`, read again only when its file changed since this encoder read it (a
-        grid asks for the same embeddings in every cell). The file's inode, mtime and size tell: an overwrite
-        renames a new file over the old one. The stat comes before the read, so a file replaced in between is
-        read again next time, never kept under the new file's stat."""
+        grid asks for the same embeddings in every cell; embeddings.files.file_version tells)."""
         path = store.path(name)
-        try:
-            stat = path.stat()
-        except OSError:  # gone since it was found: the store's own error says so
+        key = file_version(path)
+        if key is None:  # gone since it was found: the store's own error says so
             return store.get(name)
-        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._loaded.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]

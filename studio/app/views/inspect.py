@@ -78,20 +78,20 @@ OTHERS_ONE_BY_ONE = 3  # embeddings made for other models, each with its own rea
 @st.cache_resource(max_entries=4096, show_spinner=False)
 def stored_embedding(path: str, version: tuple[int, int, int], name: str, _store):
     """The stored embedding `name`, read (and its sha256 checked) once per version of its file: the key is
-    the file's path and (inode, mtime, size), so an overwritten (a new file renamed over the old: another
-    inode) or deleted file shows at the next rerun. Shared, not copied per rerun as st.cache_data would
-    (2.5x slower for 800 files): no operation writes into an Embedding."""
+    the file's path and version (embeddings.files.file_version), so an overwritten or deleted file shows at
+    the next rerun. Shared, not copied per rerun as st.cache_data would (2.5x slower for 800 files): no
+    operation writes into an Embedding."""
     return _store.get(name)
 
 
 def load(store, entry):
     """`entry`'s embedding, from the cache while its file is unchanged; the store's error when it does not
     load (a file gone since the listing: the store says so in its words)."""
-    try:
-        info = entry.path.stat()
-    except OSError:
+    from embeddings.files import file_version
+
+    version = file_version(entry.path)
+    if version is None:
         return store.get(entry.name)
-    version = (info.st_ino, info.st_mtime_ns, info.st_size)
     return stored_embedding(str(entry.path), version, entry.name, store)
 
 
