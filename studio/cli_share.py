@@ -27,8 +27,8 @@ def register(subparsers, common) -> None:
             "one of SD 1.x/2.x/SDXL's own hub repos, and none otherwise unless --license gives one.\n"
             "--private refuses a repo that already exists and is public; a repo that holds another\n"
             "embedding is refused unless --force. Log in first: `hf auth login`. Prints the repo's URL.\n"
-            "--dry-run DIR uploads nothing (no login, no network): it writes those files into DIR to read\n"
-            "first, and prints their paths."
+            "--dry-run DIR uploads nothing (no login, no network): it writes those files into DIR (a new or\n"
+            "empty folder) to read first, and prints their paths."
         ),
     )
     sub.add_argument("name", metavar="NAME", help="a stored embedding's name (`tokensmith list` shows them)")
@@ -50,7 +50,7 @@ def register(subparsers, common) -> None:
         "--dry-run",
         metavar="DIR",
         help="upload nothing: write the files the upload would hold (the embedding, preview.png, README.md "
-        "card) into DIR",
+        "card) into DIR, a folder holding none of them",
     )
     sub.set_defaults(run=run_push)
 
