@@ -29,6 +29,15 @@ ERROR_LINE = re.compile(r"^(?:tokensmith [\w-]+|python -m trainers): error: (?P<
 
 
 @dataclass(frozen=True)
+class RanOutOfMemory:
+    """A run that failed for want of memory (its `failed` event's `reason: out_of_memory`): what ran out, and
+    whether it trained with gradient checkpointing, so a page can offer what would need less."""
+
+    ran_out: str
+    gradient_checkpointing: bool
+
+
+@dataclass(frozen=True)
 class RunState:
     """A snapshot of a run folder: the latest progress row (with the newest validation loss and metric), the
     final event if any, and the files so far."""
@@ -56,6 +65,7 @@ class RunState:
     # done or stopped: why the trainer refused the launch after that event (a resume, or training further),
     # which left the run as it was
     refused: str = ""
+    out_of_memory: RanOutOfMemory | None = None  # failed: for want of memory
 
     @property
     def active(self) -> bool:
@@ -183,7 +193,15 @@ def read_run(
         warning=str(final.get("warning") or "") if final else "",
         notes=_notes(run_dir / "log.txt"),
         refused=refused,
+        out_of_memory=_out_of_memory(final) if status == "failed" else None,
     )
+
+
+def _out_of_memory(final: dict | None) -> RanOutOfMemory | None:
+    """The failed event's record of running out of memory, if that is why it failed."""
+    if not final or final.get("reason") != "out_of_memory":
+        return None
+    return RanOutOfMemory(str(final.get("ran_out", "")), final.get("gradient_checkpointing") is True)
 
 
 # --- what a finished run allows: training further, and what it would replace ---

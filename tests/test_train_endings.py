@@ -157,6 +157,8 @@ def test_out_of_memory_fails_the_run_with_the_settings_that_need_less(tmp_path, 
         train(cfg, home=tmp_path / "home", model=tiny_model("sd1"))
     failed = RunFolder(tmp_path / "run").read_progress()[-1]
     assert failed["event"] == "failed" and failed["message"].startswith("training ran out of memory")
+    assert failed["reason"] == "out_of_memory" and failed["gradient_checkpointing"] is False
+    assert failed["ran_out"].startswith("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert not Store.for_home(tmp_path / "home").exists("thing")
 
 

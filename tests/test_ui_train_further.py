@@ -231,12 +231,14 @@ def test_a_finished_job_says_when_its_result_is_no_longer_stored(fake_trainer, t
 # --- out of memory, in what the page offers ---
 
 
-def oom_message(**config) -> str:
+def oom_event(**config) -> dict:
+    """The `failed` event of a run with `config` that ran out of memory, as the trainer writes it."""
     from trainers.config import TrainConfig
     from trainers.memory import out_of_memory_advice
 
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 4.00 GiB total)")
-    return str(out_of_memory_advice(error, TrainConfig().replace(**config)))
+    advice = out_of_memory_advice(error, TrainConfig().replace(**config))
+    return {"event": "failed", "message": str(advice), **advice.event_fields()}
 
 
 @pytest.mark.parametrize(
@@ -253,11 +255,8 @@ def oom_message(**config) -> str:
     ],
 )
 def test_out_of_memory_advice_names_what_the_page_offers(tokensmith_home, config, checkpoint, advice):
-    message = oom_message(**config)
     rows = [{"step": s, "total": 20, "loss": 1.0 / s} for s in range(1, 7)]
-    at = open_train(
-        job=run_folder(tokensmith_home, rows, {"event": "failed", "message": message}, checkpoint)
-    )
+    at = open_train(job=run_folder(tokensmith_home, rows, oom_event(**config), checkpoint))
     [shown] = errors(at)
     assert shown.startswith(
         "training ran out of memory (CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0;"
@@ -271,14 +270,23 @@ def test_resume_after_running_out_of_memory_turns_gradient_checkpointing_on(fake
     runner.wait(job.id, timeout=30)
     progress = job.run_dir / "progress.jsonl"
     lines = progress.read_text().splitlines()[:-1]  # the failure as running out of memory says it
-    oom = {"event": "failed", "message": oom_message(resume=True, batch_size=2)}
-    progress.write_text("\n".join([*lines, json.dumps(oom)]) + "\n")
+    progress.write_text("\n".join([*lines, json.dumps(oom_event(resume=True, batch_size=2))]) + "\n")
     at = open_train(job=job.id)
     assert at.toggle(key="resume_checkpointing").value is True  # on, after running out of memory
     at.button(key="resume").click().run()
     assert not errors(at), errors(at)
     assert command_of(job)[-2:] == ["--resume", "--gradient-checkpointing"]
     runner.wait(job.id, timeout=30)
+
+
+def test_a_message_that_only_reads_like_running_out_of_memory_is_shown_as_written(tokensmith_home):
+    # the page's advice follows the trainer's record (reason: out_of_memory), not the wording of a message
+    said = "training ran out of memory (my own words); try --batch-size 1"
+    rows = [{"step": s, "total": 20, "loss": 1.0 / s} for s in range(1, 7)]
+    at = open_train(job=run_folder(tokensmith_home, rows, {"event": "failed", "message": said}, 6))
+    [shown] = errors(at)
+    assert "my own words" in shown and "with gradient checkpointing” on" not in shown, shown
+    assert at.toggle(key="resume_checkpointing").value is False
 
 
 def test_the_form_passes_gradient_checkpointing(fake_trainer, tokensmith_home):

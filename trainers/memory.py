@@ -18,7 +18,26 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text.lower() or "can't allocate memory" in text
 
 
-def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithError | None:
+class OutOfMemory(TokensmithError):
+    """A run that ran out of memory, with what ran out (the allocator's first line) and whether the run had
+    gradient checkpointing: the run's `failed` event records both (`reason: out_of_memory`), so the studio
+    words its own advice from them instead of parsing this message."""
+
+    def __init__(self, message: str, *, ran_out: str, gradient_checkpointing: bool):
+        super().__init__(message)
+        self.ran_out = ran_out
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def event_fields(self) -> dict:
+        """The fields the `failed` event adds to its message."""
+        return {
+            "reason": "out_of_memory",
+            "ran_out": self.ran_out,
+            "gradient_checkpointing": self.gradient_checkpointing,
+        }
+
+
+def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> OutOfMemory | None:
     """A one-line error for a run that ran out of GPU (or CPU) memory, naming the settings that need less;
     None for any other exception. A resume is told only what a resume accepts (gradient checkpointing); the
     settings that change what the run computes need a new run."""
@@ -34,10 +53,11 @@ def out_of_memory_advice(exc: BaseException, cfg: TrainConfig) -> TokensmithErro
         options.append("fewer --preview-images")
     said = f"training ran out of memory ({text[:160]})"
     if cfg.resume:
-        return TokensmithError(said + _resume_memory_hint(checkpointing, options))
-    options[int(cfg.batch_size > 1) : 0] = checkpointing  # after the batch size, as before
-    hint = "; try " + ", ".join(options) if options else "; use a smaller --resolution or a larger GPU"
-    return TokensmithError(said + hint)
+        hint = _resume_memory_hint(checkpointing, options)
+    else:
+        options[int(cfg.batch_size > 1) : 0] = checkpointing  # after the batch size, as before
+        hint = "; try " + ", ".join(options) if options else "; use a smaller --resolution or a larger GPU"
+    return OutOfMemory(said + hint, ran_out=text[:160], gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def _resume_memory_hint(checkpointing: list[str], options: list[str]) -> str:

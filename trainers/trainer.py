@@ -22,7 +22,7 @@ from trainers.ending import end_stored, open_image, record_done
 from trainers.families import check_family_keys, spec_for
 from trainers.hub import UploadError
 from trainers.loop import tune_malloc
-from trainers.memory import out_of_memory_advice
+from trainers.memory import OutOfMemory, out_of_memory_advice
 from trainers.modelprep import (
     attach_rows,
     check_init_fits,
@@ -324,8 +324,10 @@ def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, m
         folder.event("stopped", "interrupted; resume with --resume (from its last checkpoint)", name=cfg.name)
     elif not isinstance(exc, UploadError):  # our own errors are worded for the user; others name their type
         said = advice or (exc if isinstance(exc, TokensmithError) else None)
+        fields = said.event_fields() if isinstance(said, OutOfMemory) else {}
         with contextlib.suppress(DiskFull):  # no room for the event either: the error itself says so
-            folder.event("failed", str(said) if said else f"{type(exc).__name__}: {exc}", name=cfg.name)
+            message = str(said) if said else f"{type(exc).__name__}: {exc}"
+            folder.event("failed", message, name=cfg.name, **fields)
 
 
 # --- the result ---

@@ -3,8 +3,6 @@ notes in the form's words) and act on it (cancel, resume, train further)."""
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
 
 from studio.app import context
@@ -34,11 +32,6 @@ TRAIN_FIELDS = {
     GRADIENT_CHECKPOINTING: "Gradient checkpointing",
 }
 REPLACE_LABEL = TRAIN_FIELDS["--overwrite"]
-# The trainer's out-of-memory error (trainers/memory.py out_of_memory_advice): what ran out, in brackets, then
-# its advice in CLI flags (batch size, precision, preview count, a new run folder: no field here has them).
-OUT_OF_MEMORY = re.compile(
-    r"^training ran out of memory \((?P<what>.*?)\); (?=resume with|a new run|try|use a)"
-)
 NOTHING_TO_RESUME = (
     "No checkpoint was saved before it ended, so there is nothing to resume: start training again with the "
     "form on the left."
@@ -83,7 +76,7 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     if state.status == "done":
         done_ui(runner, job_id, state)
     elif state.status in ("failed", "ended", "unreadable"):
-        st.error(failed_text(state.message, can_resume=state.can_resume) or "training failed")
+        st.error(failed_text(state) or "training failed")
         if state.log_tail:  # the log as written: it is the record, CLI flags and all
             st.code(state.log_tail, language=None, wrap_lines=True)
     elif state.status == "stopped":
@@ -143,20 +136,19 @@ def done_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
 NO_LONGER_STORED = "it is no longer in the Library (deleted or renamed)"
 
 
-def failed_text(message: str, *, can_resume: bool) -> str:
+def failed_text(state: RunState) -> str:
     """The trainer's failure in the page's words. Running out of memory gets advice the page can follow (the
     trainer's names CLI flags that no field here has): resume with gradient checkpointing, or start again
     with it; a run that had it already needs a GPU with more memory."""
-    found = OUT_OF_MEMORY.match(message)
-    if found is None:
-        return trainer_text(message)
-    said = f"training ran out of memory ({found['what']})"
-    if GRADIENT_CHECKPOINTING not in message[found.end() :]:  # the trainer offers it unless the run had it
+    if (memory := state.out_of_memory) is None:
+        return trainer_text(state.message)
+    said = f"training ran out of memory ({memory.ran_out})"
+    if memory.gradient_checkpointing:
         return (
             f"{said}; it already trains with gradient checkpointing, so it needs a GPU with more memory (the "
             "command line's `tokensmith train` has further memory settings)"
         )
-    if can_resume:
+    if state.can_resume:
         return (
             f"{said}; Resume with “with gradient checkpointing” on: it continues the run in less memory "
             "(slower; the numbers are the same)"
@@ -230,7 +222,8 @@ def actions_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
 def resume_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     """Resume, optionally with gradient checkpointing (on by default after running out of memory without
     it): a resume may add it, as it computes the same numbers in less memory."""
-    out_of_memory = OUT_OF_MEMORY.match(state.message) is not None and GRADIENT_CHECKPOINTING in state.message
+    memory = state.out_of_memory
+    out_of_memory = memory is not None and not memory.gradient_checkpointing
     checkpointing = st.toggle(
         "with gradient checkpointing",
         value=out_of_memory,
