@@ -25,6 +25,17 @@ def tiny_session():
     return Session(LoadedModel(tiny_pipeline("sd1"), "sd1", "tiny-sd1"))
 
 
+@pytest.fixture
+def page_session(tiny_session, monkeypatch):
+    """tiny_session as the studio's pages get it: their generation session and loaded model, whatever model
+    the page names (so a page test loads no model of its own)."""
+    from studio.app import context
+
+    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
+    monkeypatch.setattr(context, "loaded_model", lambda spec: tiny_session.model)
+    return tiny_session
+
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random SD1-style pipeline saved as a diffusers folder (what `--model DIR` reads), per module."""

@@ -8,16 +8,10 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store
-from studio.app import blending, context
+from studio.app import blending
 from studio.app.blending import Operand
 
 APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
-
-
-@pytest.fixture
-def session(tiny_session, monkeypatch):
-    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
-    return tiny_session
 
 
 @pytest.fixture
@@ -38,7 +32,7 @@ def open_blend() -> AppTest:
     return at
 
 
-def test_two_library_operands_preview_and_save_with_lineage(session, store):
+def test_two_library_operands_preview_and_save_with_lineage(page_session, store):
     at = open_blend()
     assert not at.error, [e.value for e in at.error]
     assert at.selectbox(key="bl_emb_0").value == "cat" and at.selectbox(key="bl_emb_1").value == "dog"
@@ -56,7 +50,7 @@ def test_two_library_operands_preview_and_save_with_lineage(session, store):
     assert store.preview_path("catdog").exists()
 
 
-def test_a_word_operand_slerp_and_a_sweep_render(session, store):
+def test_a_word_operand_slerp_and_a_sweep_render(page_session, store):
     at = open_blend()
     at.radio(key="bl_kind_1").set_value("word").run()
     at.text_input(key="bl_word_1").set_value("photo")
@@ -70,7 +64,7 @@ def test_a_word_operand_slerp_and_a_sweep_render(session, store):
     assert [o["kind"] for o in parent["operands"]] == ["embedding", "word"]
 
 
-def test_saving_over_an_existing_name_needs_replace(session, store):
+def test_saving_over_an_existing_name_needs_replace(page_session, store):
     at = open_blend()
     at.text_input(key="bl_name").set_value("cat").run()
     at.button(key="bl_save").click().run()
@@ -82,7 +76,7 @@ def test_saving_over_an_existing_name_needs_replace(session, store):
     assert "parent" in store.get("cat").meta
 
 
-def test_mismatched_widths_and_bad_names_are_explained(session, store):
+def test_mismatched_widths_and_bad_names_are_explained(page_session, store):
     store.put(Embedding("wide", {"emb_params": torch.zeros(1, 1024)}, {}))
     at = open_blend()
     at.selectbox(key="bl_emb_1").set_value("wide").run()
@@ -92,7 +86,7 @@ def test_mismatched_widths_and_bad_names_are_explained(session, store):
     assert "invalid embedding name" in at.error[0].value
 
 
-def test_an_operand_that_does_not_load_is_named(session, store):
+def test_an_operand_that_does_not_load_is_named(page_session, store):
     data = bytearray(store.path("dog").read_bytes())
     data[-1] ^= 0xFF  # the sha256 no longer matches
     store.path("dog").write_bytes(bytes(data))
@@ -102,7 +96,7 @@ def test_an_operand_that_does_not_load_is_named(session, store):
     assert str(store.root) not in error.value
 
 
-def test_a_blend_of_words_is_labelled_with_the_model_as_the_cli_labels_it(session, store):
+def test_a_blend_of_words_is_labelled_with_the_model_as_the_cli_labels_it(page_session, store):
     """`tokensmith blend "0.6*red + 0.4*yellow"` stores the model's family and base_model; the page too."""
     at = open_blend()
     for i, word in enumerate(["red", "photo"]):
@@ -115,8 +109,8 @@ def test_a_blend_of_words_is_labelled_with_the_model_as_the_cli_labels_it(sessio
     assert (saved.family, saved.meta.get("base_model")) == ("sd1", "tiny-sd1")  # not 'w32' from its width
 
 
-def test_make_blend_labels_with_the_model_only_when_words_are_mixed(session, store):
-    model = session.model
+def test_make_blend_labels_with_the_model_only_when_words_are_mixed(page_session, store):
+    model = page_session.model
     parts = [(store.get("cat"), 0.5), (store.get("dog"), 0.5)]
     blended = blending.make_blend(parts, "catdog", method="lerp", keep_norm=False, model=model)
     assert "base_model" not in blended.meta  # the operands' own provenance, as the CLI keeps it
@@ -127,7 +121,7 @@ def test_make_blend_labels_with_the_model_only_when_words_are_mixed(session, sto
     assert (blended.meta["family"], blended.meta["base_model"]) == ("sd1", "tiny-sd1")
 
 
-def test_a_new_operand_count_starts_every_weight_at_an_equal_share(session, store):
+def test_a_new_operand_count_starts_every_weight_at_an_equal_share(page_session, store):
     at = open_blend()
     assert [at.slider(key=f"bl_w_{i}").value for i in range(2)] == [0.5, 0.5]
     at.number_input(key="bl_count").set_value(3).run()
@@ -139,7 +133,7 @@ def test_a_new_operand_count_starts_every_weight_at_an_equal_share(session, stor
     assert not at.exception and not at.warning
 
 
-def test_an_empty_name_is_explained_under_its_field_and_the_page_stays(session, store):
+def test_an_empty_name_is_explained_under_its_field_and_the_page_stays(page_session, store):
     at = open_blend()
     at.text_input(key="bl_name").set_value("").run()
     assert len(at.error) == 1 and "invalid embedding name ''" in at.error[0].value
@@ -147,10 +141,14 @@ def test_an_empty_name_is_explained_under_its_field_and_the_page_stays(session, 
     assert not at.get("imgs") and not [b for b in at.button if b.key == "bl_save"]
 
 
-def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained(session, store, monkeypatch):
+def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained(
+    page_session, store, monkeypatch
+):
     calls = []
-    generate = session.generate
-    monkeypatch.setattr(session, "generate", lambda *args, **kw: calls.append(1) or generate(*args, **kw))
+    generate = page_session.generate
+    monkeypatch.setattr(
+        page_session, "generate", lambda *args, **kw: calls.append(1) or generate(*args, **kw)
+    )
     at = open_blend()
     at.radio(key="bl_kind_1").set_value("word").run()
     at.text_input(key="bl_word_1").set_value("photo")
@@ -161,13 +159,15 @@ def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained
     calls.clear()
     at.run()
     assert not calls  # the same blend, prompt and files: from the cache
-    width = session.model.widths["emb_params"]
+    width = page_session.model.widths["emb_params"]
     store.put(Embedding("dog", {"emb_params": torch.ones(1, width)}, {"family": "sd1"}), overwrite=True)
     at.run()
     assert calls, "the preview still shows the old <dog>"
 
 
-def test_a_name_in_another_letter_case_draws_anew_when_retrained_and_is_refused_when_deleted(session, store):
+def test_a_name_in_another_letter_case_draws_anew_when_retrained_and_is_refused_when_deleted(
+    page_session, store
+):
     # prompts match <DOG> to a stored 'dog': the preview's cache key must follow the same file
     at = open_blend()
     at.radio(key="bl_kind_1").set_value("word").run()
@@ -176,7 +176,7 @@ def test_a_name_in_another_letter_case_draws_anew_when_retrained_and_is_refused_
     at.text_input(key="bl_prompt").set_value("* <DOG>").run()
     assert not at.error, [e.value for e in at.error]
     before = at.image[0].proto.imgs[0].url
-    width = session.model.widths["emb_params"]
+    width = page_session.model.widths["emb_params"]
     store.put(Embedding("dog", {"emb_params": torch.ones(1, width) * 5}, {"family": "sd1"}), overwrite=True)
     at.run()
     assert not at.error, [e.value for e in at.error]
@@ -193,20 +193,20 @@ def test_stored_versions_key_names_as_prompts_resolve_them(store):
     assert blending.stored_versions("* <owl> <MIX>", store, exclude="mix") == (("owl", "missing"),)
 
 
-def test_a_blend_named_like_a_stored_embedding_is_drawn_anew_as_its_weights_move(session, store):
+def test_a_blend_named_like_a_stored_embedding_is_drawn_anew_as_its_weights_move(page_session, store):
     # the engine keeps stored embeddings by their file's stat: an unsaved blend must never be kept under
     # the stat of the stored <cat> it would replace (each preview would show the first blend)
     import numpy as np
 
     from studio.generation import GenerateRequest
 
-    width = session.model.widths["emb_params"]
+    width = page_session.model.widths["emb_params"]
     request = GenerateRequest(prompt="a <cat>", seed=0, steps=2)
     images = []
     for seed in (7, 8):  # two settings of the sliders: two blends named cat
         vectors = 3 * torch.randn(1, width, generator=torch.Generator().manual_seed(seed))
         blend = Embedding("cat", {"emb_params": vectors}, {})
-        [result] = session.generate(request, store=blending.PreviewStore(store, blend))
+        [result] = page_session.generate(request, store=blending.PreviewStore(store, blend))
         images.append(np.asarray(result.image))
     assert not np.array_equal(*images)
 
@@ -217,7 +217,7 @@ def test_the_unsaved_blend_has_no_file_even_when_its_name_is_stored(store):
     assert view.path("dog") == store.path("dog")
 
 
-def test_empty_word_asks_for_every_operand(session, store):
+def test_empty_word_asks_for_every_operand(page_session, store):
     at = open_blend()
     at.radio(key="bl_kind_0").set_value("word").run()
     assert "Choose every operand" in at.info[0].value
@@ -246,19 +246,19 @@ def test_preview_store_shows_the_unsaved_blend_first(store):
     assert view.names() == ["cat", "dog"] and view.root == store.root
 
 
-def test_embeddings_for_another_model_are_named_and_fitting_ones_come_first(session, tokensmith_home):
+def test_embeddings_for_another_model_are_named_and_fitting_ones_come_first(page_session, tokensmith_home):
     s = Store.for_home(tokensmith_home)
     for name in ("a-sd1", "b-sd1"):
         s.put(Embedding(name, {"emb_params": torch.zeros(1, 768)}, {"family": "sd1"}))
     at = open_blend()
     assert "cannot blend operand #1 <a-sd1>" in at.error[0].value and "'blend'" not in at.error[0].value
-    width = session.model.widths["emb_params"]
+    width = page_session.model.widths["emb_params"]
     s.put(Embedding("z-fits", {"emb_params": torch.ones(1, width)}, {"family": "sd1"}))
     at = open_blend()
     assert at.selectbox(key="bl_emb_0").value == "z-fits"
 
 
-def test_a_slerp_caption_reads_as_slerp(session, store):
+def test_a_slerp_caption_reads_as_slerp(page_session, store):
     at = open_blend()
     at.radio(key="bl_method").set_value("slerp").run()
     assert not at.error, [e.value for e in at.error]

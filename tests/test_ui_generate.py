@@ -13,15 +13,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store
-from studio.app import context
 
 APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
-
-
-@pytest.fixture
-def session(tiny_session, monkeypatch):
-    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
-    return tiny_session
 
 
 @pytest.fixture
@@ -63,7 +56,7 @@ def provenance_of(png: bytes) -> dict:
     return json.loads(Image.open(io.BytesIO(png)).text["tokensmith"])
 
 
-def test_insert_puts_a_library_trigger_into_the_prompt(session, store):
+def test_insert_puts_a_library_trigger_into_the_prompt(page_session, store):
     at = open_generate()
     at.text_area(key="gen_prompt").set_value("a photo of")
     at.selectbox(key="gen_insert_name").set_value("red-square")
@@ -71,7 +64,7 @@ def test_insert_puts_a_library_trigger_into_the_prompt(session, store):
     assert at.text_area(key="gen_prompt").value == "a photo of <red-square>"
 
 
-def test_generate_shows_images_with_provenance_and_png_download(session, store):
+def test_generate_shows_images_with_provenance_and_png_download(page_session, store):
     at = generate(open_generate(), "a <red-square> on blue", seed=5)
     assert not at.error, [e.value for e in at.error]
     [image] = at.image
@@ -83,14 +76,14 @@ def test_generate_shows_images_with_provenance_and_png_download(session, store):
     assert len(downloads(at)) == 1
 
 
-def test_swaps_reach_the_engine(session, store):
+def test_swaps_reach_the_engine(page_session, store):
     at = generate(open_generate(), "a square", extra={"gen_swaps": "square=<red-square>"})
     prov = provenance_of(at.session_state["gen_results"][0][0])
     assert prov["swaps"] == {"square": "<red-square>"}
     assert "<red-square>" in prov["prompt_as_run"]
 
 
-def test_unknown_embedding_and_empty_prompt_are_clear_errors(session, store):
+def test_unknown_embedding_and_empty_prompt_are_clear_errors(page_session, store):
     at = generate(open_generate(), "a <red-sqare>")
     assert "unknown embedding <red-sqare>" in at.error[0].value
     assert "did you mean <red-square>" in at.error[0].value
@@ -98,7 +91,7 @@ def test_unknown_embedding_and_empty_prompt_are_clear_errors(session, store):
     assert "write a prompt first" in at.error[0].value
 
 
-def test_several_images_and_a_guide(session, store):
+def test_several_images_and_a_guide(page_session, store):
     at = open_generate()
     at.number_input(key="gen_count").set_value(2)
     at.text_area(key="gen_guides").set_value("color=green,scale=0.8")
@@ -111,7 +104,7 @@ def test_several_images_and_a_guide(session, store):
     assert "unknown guide" in at.error[0].value
 
 
-def test_img2img_keeps_the_init_image_for_replay(session, store, tokensmith_home):
+def test_img2img_keeps_the_init_image_for_replay(page_session, store, tokensmith_home):
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (0, 200, 0)).save(buffer, format="PNG")
     at = open_generate()
@@ -122,7 +115,7 @@ def test_img2img_keeps_the_init_image_for_replay(session, store, tokensmith_home
     assert Path(prov["init_image"]["path"]).parent == tokensmith_home / "studio" / "init-images"
 
 
-def test_a_transparent_init_upload_is_kept_on_the_training_gray(session, store, tokensmith_home):
+def test_a_transparent_init_upload_is_kept_on_the_training_gray(page_session, store, tokensmith_home):
     image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # transparent black around a red square
     image.paste((220, 30, 30, 255), (4, 4, 12, 12))
     at = open_generate()
@@ -133,14 +126,14 @@ def test_a_transparent_init_upload_is_kept_on_the_training_gray(session, store, 
     assert kept.getpixel((0, 0)) == (128, 128, 128) and kept.getpixel((8, 8)) == (220, 30, 30)
 
 
-def test_one_image_of_a_grid_replays_in_the_studio(session, store):
+def test_one_image_of_a_grid_replays_in_the_studio(page_session, store):
     from studio.generation import GenerateRequest
     from studio.generation.grid import compose, sheet_cells
     from studio.generation.provenance import png_bytes
     from studio.generation.sheets import sheet_provenance
 
     request = GenerateRequest(prompt="a <red-square>", seed=5, steps=3, num_images=2)
-    results = session.generate(request, store=store)
+    results = page_session.generate(request, store=store)
     cells = [[result.image for result in results]]
     grid = compose(cells, ["a <red-square>"], ["seed 5", "seed 6"])
     png = png_bytes(grid, sheet_provenance("grid", sheet_cells(cells, [results])))
@@ -154,7 +147,7 @@ def test_one_image_of_a_grid_replays_in_the_studio(session, store):
     assert [i.proto.imgs[0].caption for i in at.image][-2:] == ["uploaded, image 2", "replayed"]
 
 
-def test_replay_of_a_downloaded_png_is_pixel_identical(session, store):
+def test_replay_of_a_downloaded_png_is_pixel_identical(page_session, store):
     at = generate(open_generate(), "a <red-square>", seed=11)
     png = at.session_state["gen_results"][0][0]
     at.file_uploader(key="gen_replay_file").set_value([("made.png", png, "image/png")])
@@ -164,7 +157,7 @@ def test_replay_of_a_downloaded_png_is_pixel_identical(session, store):
     assert "Pixel-identical" in at.success[0].value
 
 
-def test_replay_of_a_plain_png_says_why_not(session, store):
+def test_replay_of_a_plain_png_says_why_not(page_session, store):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     at = open_generate()
@@ -173,7 +166,7 @@ def test_replay_of_a_plain_png_says_why_not(session, store):
     assert "no tokensmith provenance" in at.error[0].value
 
 
-def test_a_half_typed_swap_is_explained_at_the_field_and_keeps_the_page(session, store):
+def test_a_half_typed_swap_is_explained_at_the_field_and_keeps_the_page(page_session, store):
     at = generate(open_generate(), "a <red-square>", seed=5)
     at.text_input(key="gen_swaps").set_value("puppy").run()
     assert not at.exception, at.exception
@@ -184,7 +177,7 @@ def test_a_half_typed_swap_is_explained_at_the_field_and_keeps_the_page(session,
     assert "Fix the swaps first" in at.error[-1].value and len(downloads(at)) == 1
 
 
-def test_an_unreadable_init_image_is_explained_and_keeps_the_button(session, store):
+def test_an_unreadable_init_image_is_explained_and_keeps_the_button(page_session, store):
     at = open_generate()
     at.file_uploader(key="gen_init").set_value([("broken.png", b"not an image", "image/png")])
     at.run()
@@ -193,13 +186,13 @@ def test_an_unreadable_init_image_is_explained_and_keeps_the_button(session, sto
     assert at.button(key="gen_go") is not None
 
 
-def test_strength_cannot_be_zero(session, store):
+def test_strength_cannot_be_zero(page_session, store):
     at = open_generate()
     assert at.slider(key="gen_str").min > 0
     assert "0 keeps" not in at.slider(key="gen_str").label
 
 
-def test_a_replay_error_names_the_uploaded_file(session, store):
+def test_a_replay_error_names_the_uploaded_file(page_session, store):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     at = open_generate()
@@ -218,7 +211,7 @@ def png_of(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_sixteen_bit_or_rotated_init_image_is_used_as_a_viewer_shows_it(session, store):
+def test_a_sixteen_bit_or_rotated_init_image_is_used_as_a_viewer_shows_it(page_session, store):
     gray16 = png_of(Image.fromarray(np.full((16, 16), 20000, dtype=np.uint16)))  # 31 % gray, I;16
     wide = np.zeros((16, 32, 3), dtype=np.uint8)  # stored wide, red left; EXIF 6: viewed tall, red on top
     wide[:, :16, 0], wide[:, 16:, 2] = 255, 255
@@ -235,7 +228,7 @@ def test_a_sixteen_bit_or_rotated_init_image_is_used_as_a_viewer_shows_it(sessio
     assert kept[1].size == (16, 32) and kept[1].getpixel((8, 4))[0] > 200  # upright: red on top
 
 
-def test_a_too_large_init_image_is_explained_and_keeps_the_button(session, store, monkeypatch):
+def test_a_too_large_init_image_is_explained_and_keeps_the_button(page_session, store, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2000 pixels: 64×64 is a "bomb"
     at = open_generate()
     at.file_uploader(key="gen_init").set_value([("bomb.png", png_of(Image.new("L", (64, 64))), "image/png")])
@@ -245,7 +238,7 @@ def test_a_too_large_init_image_is_explained_and_keeps_the_button(session, store
     assert at.button(key="gen_go") is not None
 
 
-def test_a_too_large_replay_upload_is_explained(session, store, monkeypatch):
+def test_a_too_large_replay_upload_is_explained(page_session, store, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     at = open_generate()
     at.file_uploader(key="gen_replay_file").set_value(
@@ -257,7 +250,7 @@ def test_a_too_large_replay_upload_is_explained(session, store, monkeypatch):
     assert at.button(key="gen_go") is not None
 
 
-def test_an_odd_shaped_init_image_says_it_is_stretched(session, store):
+def test_an_odd_shaped_init_image_says_it_is_stretched(page_session, store):
     at = open_generate()
     at.file_uploader(key="gen_init").set_value([("odd.png", png_of(Image.new("RGB", (37, 91))), "image/png")])
     at.run()
@@ -269,7 +262,7 @@ def test_an_odd_shaped_init_image_says_it_is_stretched(session, store):
     assert not [c for c in at.caption if "stretched" in c.value]  # near enough its own shape
 
 
-def test_a_large_init_image_is_decoded_once_per_upload(session, store, monkeypatch):
+def test_a_large_init_image_is_decoded_once_per_upload(page_session, store, monkeypatch):
     from trainers import pictures
 
     calls = []
@@ -290,7 +283,7 @@ def test_a_large_init_image_is_decoded_once_per_upload(session, store, monkeypat
 
 
 def test_a_guide_module_with_a_syntax_error_is_explained_and_keeps_the_page(
-    session, store, tmp_path, monkeypatch
+    page_session, store, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "page_badmod", raising=False)
@@ -310,7 +303,7 @@ def test_a_guide_module_with_a_syntax_error_is_explained_and_keeps_the_page(
         ("a thing", "module=fails_later:f"),
     ],
 )
-def test_no_progress_bar_is_left_above_an_error(session, store, tmp_path, monkeypatch, prompt, guide):
+def test_no_progress_bar_is_left_above_an_error(page_session, store, tmp_path, monkeypatch, prompt, guide):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "fails_later", raising=False)
     (tmp_path / "fails_later.py").write_text(
@@ -323,7 +316,7 @@ def test_no_progress_bar_is_left_above_an_error(session, store, tmp_path, monkey
     assert at.error and not at.get("progress"), [e.value for e in at.error]
 
 
-def test_engine_messages_name_the_fields_not_cli_flags(session, store):
+def test_engine_messages_name_the_fields_not_cli_flags(page_session, store):
     at = open_generate()
     at.selectbox(key="gen_scheduler").set_value("pndm")
     generate(at, "a thing", steps=2)
@@ -336,7 +329,7 @@ def test_engine_messages_name_the_fields_not_cli_flags(session, store):
 # --- replay and download ---
 
 
-def test_the_replay_result_stays_while_other_fields_change(session, store):
+def test_the_replay_result_stays_while_other_fields_change(page_session, store):
     at = generate(open_generate(), "a <red-square>", seed=11)
     png = at.session_state["gen_results"][0][0]
     at.file_uploader(key="gen_replay_file").set_value([("made.png", png, "image/png")])
@@ -352,7 +345,7 @@ def test_the_replay_result_stays_while_other_fields_change(session, store):
     assert not at.success  # another upload: the earlier verdict is not shown for it
 
 
-def test_the_download_is_named_by_prompt_and_seed(session, store, monkeypatch):
+def test_the_download_is_named_by_prompt_and_seed(page_session, store, monkeypatch):
     import streamlit as st
 
     names = []
@@ -364,7 +357,7 @@ def test_the_download_is_named_by_prompt_and_seed(session, store, monkeypatch):
     assert names == ["a-red-circle-on-blue-s3.png"]
 
 
-def test_the_insert_list_marks_embeddings_made_for_another_model(session, store):
+def test_the_insert_list_marks_embeddings_made_for_another_model(page_session, store):
     store.put(Embedding("sd15-style", {"emb_params": torch.zeros(1, 768)}))  # SD 1.x width, not the tiny 32
     at = open_generate()
     assert at.selectbox(key="gen_insert_name").options == ["red-square", "sd15-style (not for this model)"]
@@ -373,7 +366,7 @@ def test_the_insert_list_marks_embeddings_made_for_another_model(session, store)
     assert at.text_area(key="gen_prompt").value == "<sd15-style>"  # the name itself, not the label
 
 
-def test_the_partial_fit_box_lets_one_encoders_half_in_and_the_image_records_it(session, store):
+def test_the_partial_fit_box_lets_one_encoders_half_in_and_the_image_records_it(page_session, store):
     g = torch.Generator().manual_seed(1)
     xl = {"clip_l": torch.randn(1, 32, generator=g), "clip_g": torch.randn(1, 48, generator=g)}
     store.put(Embedding("xl-cat", xl, {"family": "sdxl"}))  # its clip_l half has the tiny SD1 model's width
@@ -382,10 +375,10 @@ def test_the_partial_fit_box_lets_one_encoders_half_in_and_the_image_records_it(
     at.checkbox(key="gen_partial").check()
     at = generate(at, "a <xl-cat>")
     assert not at.error and provenance_of(at.session_state["gen_results"][0][0])["partial"] == ["xl-cat"]
-    assert session.encoder.partial is False  # the shared session is set for that request only
+    assert page_session.encoder.partial is False  # the shared session is set for that request only
 
 
-def test_a_refused_prompt_says_the_image_below_is_the_previous_prompts(session, store):
+def test_a_refused_prompt_says_the_image_below_is_the_previous_prompts(page_session, store):
     at = generate(open_generate(), "a <red-square>", seed=5)
     at = generate(at, "a <no-such-thing>")
     assert at.error and "no-such-thing" in at.error[0].value

@@ -9,18 +9,10 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store
-from studio.app import context
 from trainers.config import MAX_RESOLUTION
 
 APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 139 GiB total capacity)"
-
-
-@pytest.fixture
-def session(tiny_session, monkeypatch):
-    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
-    monkeypatch.setattr(context, "loaded_model", lambda spec: tiny_session.model)
-    return tiny_session
 
 
 @pytest.fixture
@@ -50,10 +42,10 @@ def away_and_back(at: AppTest, page: str) -> AppTest:
     return at
 
 
-def out_of_memory_at_call(session, monkeypatch, call: int) -> None:
+def out_of_memory_at_call(page_session, monkeypatch, call: int) -> None:
     """Sampling runs out of memory at its `call`-th image (1-based), as a GPU would."""
     calls = []
-    real = session._sample
+    real = page_session._sample
 
     def sample(*args, **kwargs):
         calls.append(1)
@@ -61,7 +53,7 @@ def out_of_memory_at_call(session, monkeypatch, call: int) -> None:
             raise torch.OutOfMemoryError(OOM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(session, "_sample", sample)
+    monkeypatch.setattr(page_session, "_sample", sample)
 
 
 def downloads(at: AppTest) -> list:
@@ -71,8 +63,8 @@ def downloads(at: AppTest) -> list:
 # --- a failure part-way through ---
 
 
-def test_a_failure_at_a_later_image_keeps_the_images_made_before_it(session, store, monkeypatch):
-    out_of_memory_at_call(session, monkeypatch, 2)
+def test_a_failure_at_a_later_image_keeps_the_images_made_before_it(page_session, store, monkeypatch):
+    out_of_memory_at_call(page_session, monkeypatch, 2)
     at = open_page("views/generate.py")
     at.text_area(key="gen_prompt").set_value("a red circle")
     at.number_input(key="gen_seed").set_value(3)
@@ -90,12 +82,12 @@ def test_a_failure_at_a_later_image_keeps_the_images_made_before_it(session, sto
     assert not [c for c in at.caption if c.value.startswith("Below: the previous result")]
 
 
-def test_a_failure_at_the_first_image_keeps_the_previous_result_labelled(session, store, monkeypatch):
+def test_a_failure_at_the_first_image_keeps_the_previous_result_labelled(page_session, store, monkeypatch):
     at = open_page("views/generate.py")
     at.text_area(key="gen_prompt").set_value("a <red-square>")
     at.slider(key="gen_steps").set_value(2)
     at.button(key="gen_go").click().run()
-    out_of_memory_at_call(session, monkeypatch, 1)
+    out_of_memory_at_call(page_session, monkeypatch, 1)
     at.text_area(key="gen_prompt").set_value("a blue dot")
     at.number_input(key="gen_count").set_value(2)
     at.button(key="gen_go").click().run()
@@ -109,8 +101,8 @@ def test_a_failure_at_the_first_image_keeps_the_previous_result_labelled(session
 
 
 @pytest.mark.parametrize("tab", ["lab_trace", "lab_guide"])
-def test_the_lab_s_out_of_memory_advice_offers_no_size_it_cannot_set(session, store, monkeypatch, tab):
-    out_of_memory_at_call(session, monkeypatch, 1)
+def test_the_lab_s_out_of_memory_advice_offers_no_size_it_cannot_set(page_session, store, monkeypatch, tab):
+    out_of_memory_at_call(page_session, monkeypatch, 1)
     at = open_page("views/lab.py")
     at.number_input(key=f"{tab}_steps").set_value(2)
     at.button(key=f"{tab}_go").click().run()
@@ -123,13 +115,13 @@ def test_the_lab_s_out_of_memory_advice_offers_no_size_it_cannot_set(session, st
 # --- Generate's Insert list and size ---
 
 
-def test_the_insert_list_offers_only_what_the_library_lists(session, store):
+def test_the_insert_list_offers_only_what_the_library_lists(page_session, store):
     (store.root / "text.safetensors").write_bytes(b"abcdef")  # too short for a safetensors file: skipped
     at = open_page("views/generate.py")
     assert at.selectbox(key="gen_insert_name").options == ["blue-dot", "red-square"]
 
 
-def test_width_and_height_go_as_far_as_the_cli_allows(session, store):
+def test_width_and_height_go_as_far_as_the_cli_allows(page_session, store):
     at = open_page("views/generate.py")
     assert at.number_input(key="gen_width").max == at.number_input(key="gen_height").max == MAX_RESOLUTION
     assert MAX_RESOLUTION == 4096  # what the README and `tokensmith generate --width` say
@@ -198,7 +190,7 @@ def values(at: AppTest, form: dict) -> dict:
     [("views/generate.py", GENERATE_FORM), ("views/lab.py", LAB_FORM), ("views/inspect.py", INSPECT_FORM)],
     ids=["generate", "lab", "inspect"],
 )
-def test_form_values_survive_a_visit_to_another_page(session, store, page, form):
+def test_form_values_survive_a_visit_to_another_page(page_session, store, page, form):
     at = open_page(page)
     fill(at, form)
     assert values(at, form) == {key: value for (_kind, key), value in form.items()}
@@ -206,7 +198,7 @@ def test_form_values_survive_a_visit_to_another_page(session, store, page, form)
     assert values(at, form) == {key: value for (_kind, key), value in form.items()}
 
 
-def test_blend_values_survive_a_visit_to_another_page(session, store):
+def test_blend_values_survive_a_visit_to_another_page(page_session, store):
     at = open_page("views/blend.py")
     fill(at, BLEND_FORM)
     at = away_and_back(at, "views/blend.py")
@@ -214,7 +206,7 @@ def test_blend_values_survive_a_visit_to_another_page(session, store):
     assert at.slider(key="bl_w_0").value == 0.33  # the count's fresh weights, not reset by the visit
 
 
-def test_generate_s_result_and_prompt_are_both_there_after_a_visit(session, store):
+def test_generate_s_result_and_prompt_are_both_there_after_a_visit(page_session, store):
     at = open_page("views/generate.py")
     at.text_area(key="gen_prompt").set_value("a <red-square>")
     at.slider(key="gen_steps").set_value(2)
@@ -223,7 +215,7 @@ def test_generate_s_result_and_prompt_are_both_there_after_a_visit(session, stor
     assert at.text_area(key="gen_prompt").value == "a <red-square>" and len(downloads(at)) == 1
 
 
-def test_a_kept_choice_that_is_gone_gives_way_to_the_first(session, store):
+def test_a_kept_choice_that_is_gone_gives_way_to_the_first(page_session, store):
     at = open_page("views/generate.py")
     at.selectbox(key="gen_insert_name").set_value("red-square").run()
     at.switch_page("views/library.py").run()
@@ -233,7 +225,7 @@ def test_a_kept_choice_that_is_gone_gives_way_to_the_first(session, store):
     assert at.selectbox(key="gen_insert_name").value == "blue-dot"
 
 
-def test_the_uploaders_say_that_an_upload_is_not_kept(session, store):
+def test_the_uploaders_say_that_an_upload_is_not_kept(page_session, store):
     at = open_page("views/generate.py")
     for key in ("gen_init", "gen_replay_file"):
         assert "not kept while another page is open" in at.file_uploader(key=key).help

@@ -15,13 +15,6 @@ APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 
 
 @pytest.fixture
-def session(tiny_session, monkeypatch):
-    monkeypatch.setattr(context, "generation_session", lambda spec: tiny_session)
-    monkeypatch.setattr(context, "loaded_model", lambda spec: tiny_session.model)
-    return tiny_session
-
-
-@pytest.fixture
 def store(tokensmith_home, tiny_session) -> Store:
     width = tiny_session.model.widths["emb_params"]
     s = Store.for_home(tokensmith_home)
@@ -44,7 +37,7 @@ def open_page(page: str, state: dict | None = None) -> AppTest:
 # --- Lab ---
 
 
-def test_schedule_tab_lists_the_visited_timesteps(session):
+def test_schedule_tab_lists_the_visited_timesteps(page_session):
     at = open_page("views/lab.py")
     assert not at.error, [e.value for e in at.error]
     at.slider(key="lab_sched_steps").set_value(7).run()
@@ -55,7 +48,7 @@ def test_schedule_tab_lists_the_visited_timesteps(session):
     assert at.get("download_button")[0].proto.label == "Download the plot"
 
 
-def test_trace_tab_makes_a_strip_of_the_chosen_steps(session, store):
+def test_trace_tab_makes_a_strip_of_the_chosen_steps(page_session, store):
     import io
 
     from PIL import Image
@@ -69,7 +62,7 @@ def test_trace_tab_makes_a_strip_of_the_chosen_steps(session, store):
     assert strip_image.width > 3 * final_image.width  # three columns of enlarged cells plus labels
 
 
-def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
+def test_guide_tab_compares_the_same_seed_with_and_without(page_session, store):
     at = open_page("views/lab.py")
     at.number_input(key="lab_guide_steps").set_value(3)
     at.button(key="lab_guide_go").click().run()
@@ -81,7 +74,7 @@ def test_guide_tab_compares_the_same_seed_with_and_without(session, store):
     assert "unknown guide" in at.error[0].value
 
 
-def test_an_empty_prompt_is_refused_in_the_lab_as_in_generate(session, store):
+def test_an_empty_prompt_is_refused_in_the_lab_as_in_generate(page_session, store):
     for tab in ("lab_trace", "lab_guide"):
         at = open_page("views/lab.py")
         at.text_input(key=f"{tab}_prompt").set_value("  ")
@@ -90,7 +83,7 @@ def test_an_empty_prompt_is_refused_in_the_lab_as_in_generate(session, store):
         assert tab not in at.session_state
 
 
-def test_a_schedule_error_names_the_tab_s_field_not_a_cli_flag(session, store):
+def test_a_schedule_error_names_the_tab_s_field_not_a_cli_flag(page_session, store):
     at = open_page("views/lab.py")
     at.selectbox(key="lab_sched").set_value("pndm")
     at.slider(key="lab_sched_steps").set_value(2).run()
@@ -100,7 +93,7 @@ def test_a_schedule_error_names_the_tab_s_field_not_a_cli_flag(session, store):
 # --- Inspect ---
 
 
-def test_inspect_shows_neighbours_norms_and_the_map(session, store):
+def test_inspect_shows_neighbours_norms_and_the_map(page_session, store):
     at = open_page("views/inspect.py")
     assert not at.error, [e.value for e in at.error]
     assert at.selectbox(key="insp_name").value == "cat"
@@ -110,7 +103,7 @@ def test_inspect_shows_neighbours_norms_and_the_map(session, store):
     assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
 
 
-def test_inspect_reads_as_tokensmith_nearest_prints(session, store):
+def test_inspect_reads_as_tokensmith_nearest_prints(page_session, store):
     """Columns named by the vectors' tokens, cosines to 3 decimals, norms in words (no Python lists)."""
     import re
 
@@ -125,12 +118,12 @@ def test_inspect_reads_as_tokensmith_nearest_prints(session, store):
     ), norms
 
 
-def test_a_map_click_or_the_url_selects_the_embedding(session, store):
+def test_a_map_click_or_the_url_selects_the_embedding(page_session, store):
     at = open_page("views/inspect.py", {"insp_clicked": "dog"})
     assert at.selectbox(key="insp_name").value == "dog"
 
 
-def test_a_map_click_selects_once_and_the_selectbox_wins_afterwards(session, store, monkeypatch):
+def test_a_map_click_selects_once_and_the_selectbox_wins_afterwards(page_session, store, monkeypatch):
     import streamlit
 
     clicked = SimpleNamespace(selection={"pick": [{"name": "dog"}]})  # a chart keeps its selection on reruns
@@ -143,7 +136,7 @@ def test_a_map_click_selects_once_and_the_selectbox_wins_afterwards(session, sto
     assert at.selectbox(key="insp_name").value == "cat"
 
 
-def test_an_unreadable_store_file_is_named_and_the_map_still_shows(session, store):
+def test_an_unreadable_store_file_is_named_and_the_map_still_shows(page_session, store):
     (store.root / "broken.safetensors").write_bytes(b"\x00garbage")
     at = open_page("views/inspect.py")
     assert not at.error, [e.value for e in at.error]
@@ -157,7 +150,7 @@ def test_an_unreadable_store_file_is_named_and_the_map_still_shows(session, stor
     assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
 
 
-def test_an_embedding_for_another_model_is_explained_and_the_map_still_shows(session, store):
+def test_an_embedding_for_another_model_is_explained_and_the_map_still_shows(page_session, store):
     store.put(Embedding("wide", {"emb_params": torch.zeros(1, 1024)}, {}))
     at = open_page("views/inspect.py")
     at.selectbox(key="insp_name").set_value("wide").run()
@@ -189,15 +182,15 @@ def test_a_partial_fit_shows_the_half_that_fits_with_a_note(tokensmith_home, mon
     assert kinds.index("Info") < kinds.index("Dataframe")  # the note says which half the table shows
 
 
-def test_the_caption_has_no_trailing_separator_without_lineage(session, store):
-    store.put(Embedding("plain", {"emb_params": torch.ones(1, session.model.widths["emb_params"])}))
+def test_the_caption_has_no_trailing_separator_without_lineage(page_session, store):
+    store.put(Embedding("plain", {"emb_params": torch.ones(1, page_session.model.widths["emb_params"])}))
     at = open_page("views/inspect.py", {"insp_name": "plain"})
     captions = [c.value for c in at.caption]
     assert any(c.endswith(" · 1 vector") for c in captions)  # 'sd1 · 1 vector', not 'sd1 · 1 vector · '
     assert not any(c.rstrip().endswith("·") for c in captions)
 
 
-def test_not_on_the_map_notes_are_in_the_studio_s_words(session, store):
+def test_not_on_the_map_notes_are_in_the_studio_s_words(page_session, store):
     store.put(Embedding("xl", {"clip_l": torch.zeros(1, 768), "clip_g": torch.ones(1, 1280)}))
     at = open_page("views/inspect.py")
     [note] = [c.value for c in at.caption if c.value.startswith("not on the map: <xl>")]
@@ -205,8 +198,8 @@ def test_not_on_the_map_notes_are_in_the_studio_s_words(session, store):
     assert "SD 1.x" in note  # the model as its family names it (on the demo world: "the demo world")
 
 
-def test_a_zero_vector_says_so_and_the_table_keeps_its_shape(session, store):
-    width = session.model.widths["emb_params"]
+def test_a_zero_vector_says_so_and_the_table_keeps_its_shape(page_session, store):
+    width = page_session.model.widths["emb_params"]
     padded = torch.cat(
         [torch.randn(1, width, generator=torch.Generator().manual_seed(5)), torch.zeros(1, width)]
     )
@@ -218,7 +211,7 @@ def test_a_zero_vector_says_so_and_the_table_keeps_its_shape(session, store):
     assert list(table["<padded>_1"]) == ["(a zero vector: no direction)"] + [""] * 7
 
 
-def test_an_entry_that_does_not_load_is_explained_and_the_map_still_shows(session, store, monkeypatch):
+def test_an_entry_that_does_not_load_is_explained_and_the_map_still_shows(page_session, store, monkeypatch):
     from embeddings import StoreError
 
     def entry(self, name):
@@ -240,9 +233,9 @@ def test_project_2d_separates_distinct_points_and_keeps_order():
     assert project_2d(rows[:1]).tolist() == [[0.0, 0.0]]
 
 
-def test_map_points_places_embeddings_and_words(session, store):
+def test_map_points_places_embeddings_and_words(page_session, store):
     points, skipped = map_points(
-        [store.get("cat"), store.get("dog")], ["red", "circle"], session.model.encoders
+        [store.get("cat"), store.get("dog")], ["red", "circle"], page_session.model.encoders
     )
     assert [(p.name, p.kind) for p in points] == [
         ("cat", "embedding"), ("dog", "embedding"), ("red", "word"), ("circle", "word")
@@ -250,7 +243,7 @@ def test_map_points_places_embeddings_and_words(session, store):
     assert skipped == []
 
 
-def test_a_bad_schedule_choice_leaves_the_other_tabs_working(session, store):
+def test_a_bad_schedule_choice_leaves_the_other_tabs_working(page_session, store):
     at = open_page("views/lab.py")
     at.selectbox(key="lab_sched").set_value("pndm")
     at.slider(key="lab_sched_steps").set_value(2).run()
@@ -259,7 +252,7 @@ def test_a_bad_schedule_choice_leaves_the_other_tabs_working(session, store):
     assert at.button(key="lab_trace_go") is not None and at.button(key="lab_guide_go") is not None
 
 
-def test_the_schedule_tab_lists_heun_once_per_step(session):
+def test_the_schedule_tab_lists_heun_once_per_step(page_session):
     at = open_page("views/lab.py")
     at.selectbox(key="lab_sched").set_value("heun")
     at.slider(key="lab_sched_steps").set_value(5).run()
