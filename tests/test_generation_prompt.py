@@ -2,6 +2,7 @@
 
 import pytest
 
+from studio.generation.flatten import render, schedule
 from studio.generation.prompt import (
     Blend,
     Edit,
@@ -12,8 +13,6 @@ from studio.generation.prompt import (
     blends,
     embedding_names,
     parse,
-    render,
-    schedule,
     to_text,
 )
 from studio.generation.swaps import apply_swaps, parse_swap

@@ -1,5 +1,5 @@
-"""The prompt language end to end: what compel is handed (prompt.fragments), that prompts compel read as meant
-encode exactly as when it parsed our text, and that its own syntax no longer misreads names or text."""
+"""The prompt language end to end: what compel is handed (flatten.fragments), that prompts compel read as
+meant encode exactly as when it parsed our text, and that its own syntax no longer misreads names or text."""
 
 import random
 import shutil
@@ -13,7 +13,8 @@ from compel.prompt_parser import PromptParser
 from embeddings import Embedding, Store
 from studio.generation import GenerateRequest, Session
 from studio.generation.conditioning import PromptEncoder, load_stored
-from studio.generation.prompt import PromptError, blends, fragments, parse, render
+from studio.generation.flatten import fragments, render
+from studio.generation.prompt import PromptError, blends, parse
 from studio.generation.swaps import unmatched_swaps
 from trainers.models import LoadedModel, detect_family
 from trainers.tiny import tiny_pipeline

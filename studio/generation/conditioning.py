@@ -1,6 +1,6 @@
 """Prompts to tensors: install the embeddings a prompt needs, build inline blends, encode with compel.
 
-Compel does the weighting of the (text, weight) runs prompt.fragments makes (compel never parses our text);
+Compel does the weighting of the (text, weight) runs flatten.fragments makes (compel never parses our text);
 it reads the tokenizer as it is, so injected tokens and weights compose (the failure elsewhere is
 pre-encoding prompts before the tokens exist). A prompt longer than the text encoder's window is encoded in
 windows (each its own BOS ... EOS, split at a sentence or phrase end where one is near), joined along the
@@ -23,6 +23,7 @@ from embeddings.errors import TokensmithError
 from embeddings.files import file_version
 from embeddings.maths import SLERP_VERSION
 from embeddings.names import is_valid_name
+from studio.generation.flatten import fragments, render, schedule
 from studio.generation.prompt import (
     ALIAS_PREFIX,
     Blend,
@@ -30,9 +31,6 @@ from studio.generation.prompt import (
     PromptError,
     blends,
     embedding_names,
-    fragments,
-    render,
-    schedule,
     to_text,
 )
 from trainers.models import LoadedModel
@@ -178,7 +176,7 @@ class PromptEncoder:
     def encode(
         self, nodes: tuple[Node, ...], at: float = 0.0, steps: int = 1, *, what: str = "the prompt"
     ) -> Conditioning:
-        """The Conditioning of installed `nodes` at step fraction `at`: compel weights prompt.fragments."""
+        """The Conditioning of installed `nodes` at step fraction `at`: compel weights flatten.fragments."""
         runs = fragments(nodes, at, steps, self.spell)
         pooled_text = render(nodes, at, steps, self.spell)
         key = (tuple(runs), pooled_text)
