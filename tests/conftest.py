@@ -1,5 +1,7 @@
 """Shared test setup: every test gets its own empty tokensmith home; torch on one thread (faster here)."""
 
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +58,15 @@ def cat_stored(tokensmith_home):
         Embedding("cat", {"emb_params": torch.randn(1, 32, generator=torch.Generator().manual_seed(3))})
     )
     return store
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+    """The studio's jobs run tests/trainpage.py's stand-in trainer instead of `tokensmith train`."""
+    import studio.jobs
+    from tests.trainpage import FAKE_TRAINER
+
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    monkeypatch.setattr(studio.jobs, "TRAINER_COMMAND", (sys.executable, str(script)))
+    return script

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,82 +14,7 @@ from studio.jobs import JobRunner, new_job_id
 from studio.progressfile import read_progress
 from studio.runview import read_run
 from studio.trainrequest import TrainRequest
-
-# A stand-in for `tokensmith train`: claims the run folder (its lock on `pid`), writes progress rows, a
-# preview, a snapshot and a checkpoint folder per step, stops cleanly on SIGTERM, continues from its last row
-# with --resume, crashes without a final event when asked to, and at the end stores its result (in the store
-# and as the run's snapshots/final.safetensors).
-FAKE_TRAINER = textwrap.dedent(
-    """
-    import json, os, signal, sys, time
-    from pathlib import Path
-    from PIL import Image
-
-    args = sys.argv[1:]
-    def opt(flag, default=None):
-        return args[args.index(flag) + 1] if flag in args else default
-
-    if os.environ.get("FAKE_REFUSE"):  # like the trainer refusing a resume before it writes anything
-        print(os.environ["FAKE_REFUSE"], flush=True)
-        sys.exit(1)
-    run_dir = Path(opt("--run-dir"))
-    steps = int(opt("--steps", "5"))
-    delay = float(os.environ.get("FAKE_DELAY", "0.02"))
-    time.sleep(float(os.environ.get("FAKE_STARTUP", "0")))  # the real trainer imports torch first
-    from trainers.runfolder import RunFolder
-    assert RunFolder(run_dir).claim() is None  # the lock on `pid` that tells the studio this run lives
-    (run_dir / "config.toml").write_text(f'name = "{opt("--name")}"\\n')
-    progress = run_dir / "progress.jsonl"
-    start = 0
-    if "--resume" in args:  # like the trainer: keep the rows, drop the old final event (atomic rewrite)
-        rows = [json.loads(l) for l in progress.read_text().splitlines() if l.strip()]
-        rows = [r for r in rows if "event" not in r]
-        start = max((r["step"] for r in rows), default=0)
-        tmp = run_dir / ".progress.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\\n" for r in rows))
-        os.replace(tmp, progress)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-
-    def write(item):
-        with progress.open("a") as f:
-            f.write(json.dumps(item) + "\\n")
-
-    print("training", opt("--name"), "from", start, flush=True)
-    for step in range(start + 1, steps + 1):
-        if stop:
-            write({"event": "stopped", "message": f"stopped at step {step - 1}"})
-            sys.exit(0)
-        if "--crash" in args and step == 3:
-            print("Traceback: something broke", flush=True)
-            os._exit(3)
-        time.sleep(delay)
-        write({"step": step, "total": steps, "loss": 1.0 / step, "val_loss": 0.5 / step,
-               "metric": step / steps, "lr": 0.005, "elapsed": step * delay, "eta": (steps - step) * delay})
-        for sub in ("previews", "snapshots"):
-            (run_dir / sub).mkdir(exist_ok=True)
-        Image.new("RGB", (32, 32), (8 * step % 256, 0, 0)).save(run_dir / "previews" / f"step-{step:06d}.png")
-        (run_dir / "snapshots" / f"step-{step:06d}.safetensors").write_bytes(b"x")
-        (run_dir / "checkpoints" / f"step-{step:06d}").mkdir(parents=True, exist_ok=True)
-    if "--fail" in args:
-        write({"event": "failed", "message": "loss became NaN: lower the learning rate"})
-        sys.exit(1)
-    kept = int(os.environ.get("FAKE_KEPT", steps))  # the trainer's keep = best may store an earlier step
-    if opt("--home"):  # what it stores, in the store and as the run's final snapshot (one file's bytes)
-        import hashlib
-        import numpy as np
-        from safetensors.numpy import save_file
-
-        vectors = np.full((1, 4), steps, dtype=np.float32)
-        meta = {"name": opt("--name"), "sha256": hashlib.sha256(vectors.tobytes()).hexdigest(),
-                "trainer": json.dumps({"config": {"run_dir": str(run_dir)}})}
-        for path in (run_dir / "snapshots" / "final.safetensors",
-                     Path(opt("--home")) / "embeddings" / f"{opt('--name')}.safetensors"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"emb_params": vectors}, str(path), metadata=meta)
-    write({"event": "done", "name": opt("--name"), "message": "learned", "kept": kept})
-    """
-)
+from tests.trainpage import FAKE_TRAINER
 
 
 @pytest.fixture

@@ -1,69 +1,16 @@
 """The Train page (AppTest): form checks, starting a job, the job panel after a reload, cancel and resume.
 
-The trainer is a fake that honours the run-folder contract (tests/test_ui_jobs.py), so these tests check the
+The trainer is a fake that honours the run-folder contract (tests/trainpage.py), so these tests check the
 page's logic in seconds; the browser test trains for real on the demo world.
 """
 
-import io
 import json
-import sys
-import time
-from pathlib import Path
 
 import pytest
-from apppage import open_page
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import studio.jobs
-from tests.test_ui_jobs import FAKE_TRAINER
-
-TRAIN = "views/train.py"
-
-
-def png(colour=(200, 30, 30), size=(64, 64)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def fake_trainer(tmp_path, monkeypatch):
-    script = tmp_path / "fake_trainer.py"
-    script.write_text(FAKE_TRAINER)
-    monkeypatch.setattr(studio.jobs, "TRAINER_COMMAND", (sys.executable, str(script)))
-    return script
-
-
-def open_train(**query) -> AppTest:
-    return open_page(TRAIN, **query)
-
-
-def fill(at: AppTest, *, name="red-square", files=None, steps=3) -> AppTest:
-    at.text_input(key="name").set_value(name)
-    at.number_input(key="steps").set_value(steps)
-    if files is not None:
-        at.file_uploader(key="images").set_value(files)
-    return at.run()
-
-
-def wait_for(at: AppTest, status: str, timeout=30.0) -> AppTest:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        at.run()
-        if any(status in md.value for md in at.markdown):
-            return at
-        time.sleep(0.2)
-    raise AssertionError(f"status {status!r} never shown: {[md.value for md in at.markdown]}")
-
-
-def job_command(at: AppTest, home: Path) -> list[str]:
-    """The `tokensmith train` command of the job the page just started."""
-    return json.loads((home / "runs" / at.query_params["job"] / "job.json").read_text())["command"]
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+from tests.trainpage import errors, fill, job_command, open_train, png, run_folder, wait_for
 
 
 def test_form_shows_the_trainers_defaults_and_no_jobs():
@@ -235,30 +182,6 @@ def test_a_checkpoint_file_gets_a_configs_field_that_reaches_the_trainer(fake_tr
     command = job_command(at, tokensmith_home)
     assert command[command.index("--model") + 1] == "/models/sd15.safetensors"
     assert command[command.index("--model-config") + 1] == "/models/sd15-configs"
-
-
-def run_folder(home: Path, rows: list[dict], final: dict | None = None, checkpoint: int | None = None) -> str:
-    """A run folder as the trainer leaves it (no process alive): its id."""
-    run_dir = home / "runs" / "cat-run"
-    run_dir.mkdir(parents=True)
-    lines = [*rows, *([final] if final else [])]
-    (run_dir / "progress.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    if final and final["event"] == "done":  # stored, as the trainer stores: its metadata names the run
-        store_run_result(home, run_dir, final["name"])
-    if checkpoint is not None:
-        (run_dir / "checkpoints" / f"step-{checkpoint:06d}").mkdir(parents=True)
-    return run_dir.name
-
-
-def store_run_result(home: Path, run_dir: Path, name: str) -> None:
-    """What a run in `run_dir` stores under `name` (a run from before snapshots/final.safetensors: the
-    stored file's trainer metadata names its run folder)."""
-    import torch
-
-    from embeddings import Embedding, Store
-
-    trainer = json.dumps({"config": {"run_dir": str(run_dir)}})
-    Store.for_home(home).put(Embedding(name, {"emb_params": torch.ones(1, 8)}, {"trainer": trainer}))
 
 
 def chart_rows(at: AppTest) -> list[dict]:

@@ -18,10 +18,8 @@ from studio.cli import EXIT_OK, main
 from studio.jobs import JobRunner
 from studio.runview import read_run
 from studio.trainrequest import TrainRequest
-from tests import test_ui_train
-from tests.test_ui_train import errors, fill, job_command, open_train, png, run_folder, wait_for
+from tests.trainpage import errors, fill, job_command, open_train, png, run_folder, wait_for
 
-fake_trainer = test_ui_train.fake_trainer  # the fixture: a stand-in trainer the jobs run
 REPLACE = "Replace a stored embedding of the same name"
 
 

@@ -8,10 +8,8 @@ import torch
 
 import studio.jobs
 from embeddings import Embedding, Store
-from tests import test_ui_train
-from tests.test_ui_train import errors, fill, job_command, open_train, png, run_folder
+from tests.trainpage import errors, fill, job_command, open_train, png, run_folder
 
-fake_trainer = test_ui_train.fake_trainer  # the fixture: a stand-in trainer the jobs run
 FILES = [(f"{i}.png", png(), "image/png") for i in range(2)]
 
 
