@@ -1,9 +1,9 @@
 """TrainConfig: files, flags, unknown keys, resolved config and the equivalent commands."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 from trainers.commands import equivalent_commands, to_flags, to_toml

@@ -7,9 +7,9 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 from PIL import Image
 from tinyrun import quick_config, square_images, tiny_model
 

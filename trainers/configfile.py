@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import reprlib
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from trainers.config import FIELDS, TYPES, ConfigError, TrainConfig, default_of
 
