@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -43,9 +43,6 @@ class Verdict:
     extent: float  # bounding-box side / image side
     area: float  # foreground fraction of the image
     position: str | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _nearest(rgb: np.ndarray, table: dict[str, tuple[int, int, int]]) -> tuple[str, float]:

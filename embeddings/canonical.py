@@ -147,11 +147,6 @@ def _check_tiling(path: Path | str, spans: list[tuple[int, int, str]], *, data_s
         )
 
 
-def header_tensors(header: dict) -> dict[str, list[int]]:
-    """Tensor name -> shape, from a header."""
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
 def is_canonical_layout(keys: set[str] | list[str]) -> bool:
     """`emb_params` alone, or one key per encoder from clip_l / clip_g / t5xxl."""
     keys = set(keys)

@@ -19,8 +19,8 @@ SUFFIX, PREVIEW_SUFFIX = ".safetensors", ".preview.png"
 TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")  # what temp_path_for names
 STALE_TEMP_SECONDS = 3600  # a write takes milliseconds: an hour-old temp file of a gone process is litter
 # The hidden temp names of this project's writes, each standing in for the file `file` beside it:
-# '.x.png.123.ab12cd34.tmp' (temp_path_for), '.config.toml.tmp-123' (run folders), '.job.json.123.tmp'
-OTHER_TEMP_PATTERNS = (re.compile(r"\.(?P<file>.+)\.tmp-\d+"), re.compile(r"\.(?P<file>.+)\.\d+\.tmp"))
+# '.x.png.123.ab12cd34.tmp' (temp_path_for) and '.config.toml.tmp-123' (run folders)
+OTHER_TEMP_PATTERNS = (re.compile(r"\.(?P<file>.+)\.tmp-\d+"),)
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 

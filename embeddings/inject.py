@@ -273,7 +273,11 @@ def _check_no_vocab_clash(tokens: list[str], tokenizer: Any) -> None:
 
 
 def _remove_tokens(tokens: list[str], tokenizer: Any, text_encoder: Any) -> None:
-    """Drop added tokens from a (fast) tokenizer and their rows from the input embeddings; later ids shift."""
+    """Drop added tokens from a (fast) tokenizer and their rows from the input embeddings; later ids shift.
+
+    transformers has no public way to remove an added token, so this rebuilds the `tokenizers` backend from
+    its JSON and resets the wrapper's added-token tables (`_tokenizer`, `_added_tokens_*`): private names
+    that tests/test_embeddings_inject.py checks against the installed transformers."""
     added = tokenizer.get_added_vocab()
     drop_ids = sorted(added[t] for t in tokens)
     backend = getattr(tokenizer, "_tokenizer", None)

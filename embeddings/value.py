@@ -176,6 +176,7 @@ class Embedding:
         return Embedding(self.name, self.vectors, meta)
 
     def with_vectors(self, vectors: dict[str, torch.Tensor]) -> Embedding:
+        """The same embedding (name, metadata) holding other vectors."""
         return Embedding(self.name, vectors, self.meta)
 
     def norms(self) -> dict[str, list[float]]:

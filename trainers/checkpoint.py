@@ -24,7 +24,7 @@ from embeddings.errors import TokensmithError, first_line
 from trainers.writes import writing
 
 FORMAT = "tokensmith-train-checkpoint/3"  # /3: the config's values instead of a hash of them
-OURS = ("state.safetensors", "state.json")
+ROWS_FILE, META_FILE = "state.safetensors", "state.json"  # ours, beside Accelerate's files
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,9 @@ def save(folder: Path, ckpt: Checkpoint, accelerator) -> Path:
         accelerator.wait_for_everyone()
         if main:
             rows = {f"rows.{key}": value.detach().cpu().contiguous() for key, value in ckpt.rows.items()}
-            save_file(rows, str(tmp / "state.safetensors"))
+            save_file(rows, str(tmp / ROWS_FILE))
             meta = {"format": FORMAT, "step": ckpt.step, "stopper": ckpt.stopper, "config": ckpt.config}
-            (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
             for path in tmp.iterdir():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
@@ -73,7 +73,7 @@ def read_meta(folder: Path) -> dict:
     """`state.json` of a checkpoint (step, stopper, config), checked for this version's format."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TokensmithError(
             f"checkpoint {folder} is unreadable ({exc}); delete it to resume from the one before"
@@ -91,7 +91,7 @@ def load(folder: Path, accelerator) -> Checkpoint:
     folder = Path(folder)
     meta = read_meta(folder)
     try:
-        tensors = load_file(str(folder / "state.safetensors"))
+        tensors = load_file(str(folder / ROWS_FILE))
     except (OSError, ValueError) as exc:
         raise TokensmithError(
             f"checkpoint {folder} is unreadable ({exc}); delete it to resume from the one before"

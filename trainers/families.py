@@ -9,18 +9,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from demo.world import PREFIXES
 from embeddings.errors import TokensmithError
 from trainers.rows import EncoderRows
 
-
-def _demo_templates() -> tuple[str, ...]:
-    """The demo world's own caption prefixes ("a ", "a photo of a ", ...) before the token."""
-    from demo.world import PREFIXES
-
-    return tuple(prefix + "[name]" for prefix in PREFIXES)
-
-
-DEMO_TEMPLATES = _demo_templates()
+# the demo world's own caption prefixes ("a ", "a photo of a ", ...) before the token
+DEMO_TEMPLATES = tuple(prefix + "[name]" for prefix in PREFIXES)
 
 
 @dataclass(frozen=True)

@@ -126,11 +126,10 @@ def planned_encoder_widths(spec: str) -> dict[str, int] | None:
 
 
 def demo_model_dir() -> Path:
-    """The shipped demo model folder (demo.DEMO_MODEL_DIR when the demo package defines it)."""
+    """The shipped demo model folder (read when called, so a test may point demo.DEMO_MODEL_DIR elsewhere)."""
     import demo
 
-    default = Path(demo.__file__).resolve().parent / "model"
-    return Path(getattr(demo, "DEMO_MODEL_DIR", default))
+    return Path(demo.DEMO_MODEL_DIR)
 
 
 def on_demo_world(spec: str) -> bool:

@@ -45,7 +45,7 @@ STUDIO_PATTERNS: tuple[tuple[str, str], ...] = (
         r"rename or delete the stored <\g<name>> first (open it in the Library)",
     ),
     (r"put it beside (?P<partner>.+?) and import their folder", r"upload it together with \g<partner>"),
-    # embeddings.inject.model_hint: the studio's model is the sidebar's, not a flag
+    # embeddings.inject.model_advice: the studio's model is the sidebar's, not a flag
     (r"pass --model with an? (?P<family>.+?) model \(", r"set the sidebar's Model to an \g<family> model ("),
     # a rename onto a taken name: the Library's ways out, not the shell's "remove it"
     (

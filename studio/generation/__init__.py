@@ -5,7 +5,7 @@ from studio.generation.grid import compose, parse_seeds, parse_sweep, render_gri
 from studio.generation.guidance import Guide, GuideError, parse_guide
 from studio.generation.img2img import InitImageError
 from studio.generation.prompt import PromptError, parse
-from studio.generation.provenance import ReplayError, read_provenance, save_image, save_png
+from studio.generation.provenance import ReplayError, read_provenance, save_png
 from studio.generation.replaying import replay
 from studio.generation.requests import GenerateRequest, Result, StepInfo, check_swaps, swaps_from_specs
 from studio.generation.schedule import SCHEDULERS, make_scheduler, plot_schedule, schedule_curves
@@ -37,7 +37,6 @@ __all__ = [
     "read_provenance",
     "render_grid",
     "replay",
-    "save_image",
     "save_png",
     "schedule_curves",
     "swaps_from_specs",

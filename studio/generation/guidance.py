@@ -138,10 +138,6 @@ def contrast_loss(level: float) -> Loss:
     return lambda image: (_luminance(image).std() - level) ** 2
 
 
-def match_loss(path: Path) -> Loss:
-    return _match_loss(reference_image(path))
-
-
 def reference_image(path: Path, reader: int = MATCH_READER):
     """match's image as RGB, as a viewer shows it (trainers.pictures; `reader=1`: its colour profile not
     applied, as images made before MATCH_READER 2 read it), or GuideError saying what to give."""

@@ -140,13 +140,6 @@ def save_png(result: Any, path: str | Path, *, overwrite: bool = True) -> Path:
     return atomic_write_bytes(path, png_bytes(result.image, result.provenance), overwrite=overwrite)
 
 
-def save_image(image: Image.Image, path: str | Path, *, overwrite: bool = True) -> Path:
-    """A plain PNG (no provenance), atomically."""
-    path = Path(path)
-    make_folder(path.parent)
-    return atomic_write_bytes(path, png_bytes(image, None), overwrite=overwrite)
-
-
 def make_folder(folder: Path) -> None:
     """`folder` and those above it, or NotADirectoryError naming the one that is a file (never a
     FileExistsError, which the doors read as "the image's own name is taken")."""
