@@ -292,3 +292,13 @@ def test_an_init_image_too_large_to_open_is_an_init_image_error(session, tmp_pat
         InitImageError, match=r"init image .*bomb.png is too large \(4096 pixels.*downscale it"
     ):
         session.generate(GenerateRequest("a circle", steps=2, init_image=path))
+
+
+@pytest.mark.parametrize(("family", "guidance"), [("demo", 4.0), ("sdxl", 5.0), ("sd1", 7.5), ("w32", 7.5)])
+def test_a_request_without_guidance_gets_its_familys(session, monkeypatch, family, guidance):
+    # one table (trainers.families) for generation and the trainer's previews
+    from trainers.families import default_guidance
+
+    monkeypatch.setattr(session.model, "family", family)
+    assert default_guidance(family) == guidance
+    assert session._resolved(GenerateRequest("a circle", steps=2)).guidance == guidance

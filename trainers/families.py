@@ -28,12 +28,13 @@ class FamilySpec:
     default_vectors: int = 1
     refine_latents: int = 0  # decoder-fit steps per cached latent (trainers/latents.py)
     preview_images: int = 4  # samples per preview, scored to pick the stored step
+    guidance: float = 7.5  # classifier-free guidance for previews and generation: the SD 1.x/2.x habit
 
 
 FAMILIES = {
     "sd1": FamilySpec("sd1", ("emb_params",), "object"),
     "sd2": FamilySpec("sd2", ("emb_params",), "object"),
-    "sdxl": FamilySpec("sdxl", ("clip_l", "clip_g"), "object"),
+    "sdxl": FamilySpec("sdxl", ("clip_l", "clip_g"), "object", guidance=5.0),
     # A demo-world concept is two words ("purple triangle"): one vector per word, started at a colour and a
     # shape, learns both (measured: shape right by step 25; one vector from "circle" needed ~100 steps).
     # Its small VAE's encoder misses colours by 26-58 RGB units that fitted latents reach within 8-18. Its
@@ -47,8 +48,15 @@ FAMILIES = {
         default_vectors=2,
         refine_latents=50,
         preview_images=8,
+        guidance=4.0,
     ),
 }
+
+
+def default_guidance(family: str) -> float:
+    """The guidance a family samples with unless told: the demo world 4, SDXL 5, any other model 7.5."""
+    spec = FAMILIES.get(family)
+    return spec.guidance if spec is not None else FamilySpec.guidance
 
 
 def planned_defaults(model: str) -> FamilySpec:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from embeddings.value import SINGLE_KEY, family_from_widths
 from trainers.loaders import (
     ModelLoadError,
     index_is_sdxl,
@@ -38,7 +39,6 @@ DEMO_MARKER = "tokensmith_demo.json"  # a marker file that makes any folder coun
 DEMO_WORLD_FILE, DEMO_WORLD_NAME = "world.json", "tokensmith demo world"  # what demo.build writes
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FAMILY_BY_WIDTH = {768: "sd1", 1024: "sd2"}
 
 
 @dataclass
@@ -160,7 +160,8 @@ def _world_name(path: Path) -> str | None:
 def detect_family(pipe: Any) -> str:
     """'sdxl' (two text encoders), 'demo' (the demo world), else by text width: 768 → 'sd1', 1024 → 'sd2'.
 
-    Other widths give 'w<width>' (e.g. 'w32' for a tiny test pipeline), matching the embeddings core's naming.
+    Other widths give 'w<width>' (e.g. 'w32' for a tiny test pipeline): the embeddings core's naming, so a
+    file trained here names the family its widths do.
     """
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
@@ -168,7 +169,7 @@ def detect_family(pipe: Any) -> str:
     if origin and os.path.isdir(origin) and is_demo_folder(origin):
         return "demo"
     width = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
-    return FAMILY_BY_WIDTH.get(width, f"w{width}")
+    return family_from_widths({SINGLE_KEY: width})
 
 
 # --- loading ---

@@ -16,7 +16,7 @@ import torch
 from embeddings.errors import TokensmithError
 from trainers.config import TrainConfig
 from trainers.data import fill_template, template_set
-from trainers.families import Conditioner, FamilySpec
+from trainers.families import Conditioner, FamilySpec, default_guidance
 from trainers.latents import LatentCache, encode_samples, run_cache
 from trainers.loop import Batch, DiffusionMath, draw_batch, pick_text_attention, set_text_attention, step_loss
 from trainers.processes import any_process, apply_update, mean_over_processes
@@ -25,7 +25,6 @@ from trainers.samples import Sample, build_samples
 from trainers.schedules import schedule_for
 from trainers.session import RunState, StopFlag
 from trainers.validation import (
-    DEFAULT_GUIDANCE,
     EarlyStopper,
     ValidationSet,
     build_validation_set,
@@ -358,7 +357,7 @@ class Steps:
             count=cfg.preview_images,
             seed=cfg.seed,
             steps=cfg.preview_steps,
-            guidance=cfg.preview_guidance or DEFAULT_GUIDANCE.get(self.model.family, 7.5),
+            guidance=cfg.preview_guidance or default_guidance(self.model.family),
         )
         self.state.last_preview = grid(shots)
         self.folder.save_preview(step, self.state.last_preview)

@@ -99,7 +99,6 @@ class EarlyStopper:
 
 # --- fixed-seed samples and what they show ---
 
-DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}
 MAX_RGB_DISTANCE = 441.7  # |(255, 255, 255)|: the score of an empty sample
 SHAPE_MISS_COST = 100.0  # RGB distance a wrong shape in every sample adds when snapshots are ranked
 LEARNED_DISTANCE = 40.0  # the README's bar: a colour under this many RGB units off counts as learned

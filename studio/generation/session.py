@@ -43,10 +43,10 @@ from studio.generation.schedule import (
 from studio.generation.swaps import apply_swaps
 from studio.generation.trace import Trace, TraceFrame
 from trainers.config import MAX_RESOLUTION
+from trainers.families import default_guidance
 from trainers.memory import is_out_of_memory
 from trainers.models import LoadedModel, load_model
 
-DEFAULT_GUIDANCE = {"demo": 4.0, "sdxl": 5.0}  # others: 7.5, the SD 1.x/2.x habit
 MAX_SEED = 2**63 - 1
 
 
@@ -135,7 +135,7 @@ class Session:
             raise TokensmithError(f"--seed must be between 0 and {MAX_SEED - req.num_images}, not {req.seed}")
         make_scheduler(req.scheduler, self.model.pipe.scheduler.config)  # an unknown name fails here, early
         check_steps(req.scheduler, req.steps)
-        guidance = DEFAULT_GUIDANCE.get(family, 7.5) if req.guidance is None else float(req.guidance)
+        guidance = default_guidance(family) if req.guidance is None else float(req.guidance)
         if not math.isfinite(guidance) or guidance < 0:
             raise TokensmithError(f"--guidance must be a finite number, 0 or more, not {guidance}")
         return replace(req, width=width, height=height, guidance=guidance)
