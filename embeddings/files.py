@@ -18,10 +18,15 @@ from pathlib import Path
 SUFFIX, PREVIEW_SUFFIX = ".safetensors", ".preview.png"
 TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")  # what temp_path_for names
 STALE_TEMP_SECONDS = 3600  # a write takes milliseconds: an hour-old temp file of a gone process is litter
-# The hidden temp names of this project's writes, each standing in for the file `file` beside it:
-# '.x.png.123.ab12cd34.tmp' (temp_path_for) and '.config.toml.tmp-123' (run folders)
-OTHER_TEMP_PATTERNS = (re.compile(r"\.(?P<file>.+)\.tmp-\d+"),)
+# A run folder's write in progress ('.config.toml.tmp-123', run_temp_path): one writer per run, whose pid it
+# names, so the run's cleanup knows a dead writer's litter
+RUN_TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.tmp-(?P<pid>\d+)")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def run_temp_path(path: Path) -> Path:
+    """The temp name a run folder's write uses beside `path`: '.config.toml.tmp-<this pid>'."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def temp_path_for(path: Path) -> Path:
@@ -195,7 +200,7 @@ def final_path(path: str | Path) -> Path:
     """The file a hidden temp file stands in for ('.x.png.123.ab12cd34.tmp' -> 'x.png', the run folder's
     '.pid.tmp-123' -> 'pid'); any other path as it is."""
     path = Path(path)
-    for pattern in (TEMP_PATTERN, *OTHER_TEMP_PATTERNS):
+    for pattern in (TEMP_PATTERN, RUN_TEMP_PATTERN):
         if match := pattern.fullmatch(path.name):
             return path.with_name(match["file"])
     return path

@@ -1,5 +1,7 @@
 """studio/generation/schedule.py: schedulers by name, ᾱ/σ curves, visited timesteps, the plot."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -54,6 +56,23 @@ def test_plot_is_written_as_a_png(config, tmp_path):
     with Image.open(out) as image:
         assert image.format == "PNG" and image.width > 600
     assert [p.name for p in out.parent.iterdir()] == ["schedule.png"]  # no temp file left behind
+
+
+def test_a_plot_that_fails_midway_leaves_the_earlier_file_and_no_temp(config, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "schedule.png"
+    out.write_bytes(b"the earlier plot")
+
+    def half_then_fail(self, target, **kwargs):
+        Path(target).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    with pytest.raises(OSError):
+        plot_schedule(schedule_curves(make_scheduler("euler", config), 4), out, title="tiny")
+    assert out.read_bytes() == b"the earlier plot"
+    assert [p.name for p in tmp_path.iterdir()] == ["schedule.png"]  # the temp file is gone
 
 
 def test_heun_lists_each_step_once_with_the_timesteps_it_evaluates(config):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from embeddings.errors import TokensmithError
+from embeddings.files import run_temp_path
 from trainers.modelprep import cast_weights
 from trainers.samples import Sample
 from trainers.writes import writing
@@ -145,7 +146,7 @@ def save_cache(cache: LatentCache, path: Path, *, made_for: dict | None = None) 
         "made_for": json.dumps(made_for or {}, sort_keys=True),
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = run_temp_path(path)
     with writing("the latent cache", path, temp=tmp):
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)

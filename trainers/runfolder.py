@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embeddings.errors import TokensmithError, first_line
-from embeddings.files import TEMP_PATTERN, final_path
+from embeddings.files import RUN_TEMP_PATTERN, TEMP_PATTERN, final_path, run_temp_path
 from trainers import runlock
 from trainers.commands import resume_command
 from trainers.writes import DiskFull, atomic_text, disk_full, writing
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
-RUN_TEMP = re.compile(r"\.(?P<file>.+)\.tmp-(?P<pid>\d+)")  # a run file's write in progress: '.pid.tmp-123'
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -123,7 +122,7 @@ class RunFolder:
             except OSError:
                 continue
             for entry in entries:
-                match = RUN_TEMP.fullmatch(entry.name) or TEMP_PATTERN.fullmatch(entry.name)
+                match = RUN_TEMP_PATTERN.fullmatch(entry.name) or TEMP_PATTERN.fullmatch(entry.name)
                 pid = int(match["pid"]) if match else None
                 if pid is None or pid == os.getpid() or runlock.pid_alive(pid):
                     continue
@@ -264,7 +263,7 @@ class RunFolder:
 
     def save_preview(self, step: int, image) -> Path:
         path = self.preview_path(step)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = run_temp_path(path)
         with writing(f"the preview of step {step}", path, temp=tmp):
             image.save(tmp, format="PNG")
             os.replace(tmp, path)

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from embeddings.files import run_temp_path
 from trainers.writes import atomic_text, writing
 
 try:
@@ -124,7 +125,7 @@ def _locked_pid_file(path: Path) -> int:
 
     Locked before it is renamed, a pid file at `path` is never seen unlocked while its trainer lives, nor
     empty, so an exclusive lock there always comes with the pid of the process that holds it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = run_temp_path(path)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with writing("the run's pid file", path, temp=tmp):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
+from embeddings.files import run_temp_path
 
 # torch's zip writer fails without saying why ("unexpected pos 64 vs 0", "basic_ios::clear: iostream error"):
 # with less than this free on the disk, the reason is taken to be a full disk (the failed write has just used
@@ -70,7 +71,7 @@ def writing(what: str, path: Path, *, temp: Path | None = None) -> Iterator[None
 
 
 def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = run_temp_path(path)
     with writing(f"the run's {path.name}", path, temp=tmp):
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import torch
 
 from embeddings.errors import TokensmithError
+from embeddings.files import atomic_write
 
 # name -> diffusers class name (and the A1111 sampler name written into `parameters`)
 SCHEDULERS = {
@@ -226,20 +225,10 @@ def plot_schedule(curves: ScheduleCurves, out: Path, *, title: str) -> Path:
 
 
 def _save_figure(fig: Any, out: Path) -> Path:
-    """Written completely or not at all: a temp file in the same folder, then rename."""
+    """Written completely or not at all (embeddings.files.atomic_write: a hidden temp file, then rename)."""
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=110)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
+        return atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
