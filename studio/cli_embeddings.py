@@ -12,10 +12,17 @@ import sys
 from pathlib import Path
 
 from embeddings.doctorstore import OTHER_FORMAT
+from embeddings.files import PREVIEW_SUFFIX, SUFFIX
 from embeddings.text import printable, shell_quote
 
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
 STORED_NAME = "a stored embedding's name (`tokensmith list` shows them)"
+# --json of rename, rm and restore: `path` (and `preview`) is where the file is now, `old_path` where it was
+MOVED_JSON = {
+    "rename": "print the old and new name and path as JSON",
+    "rm": "print the name and the file's path in the trash as JSON",
+    "restore": "print the name and the restored file's path as JSON",
+}
 
 
 def epilog(text: str) -> dict:
@@ -67,6 +74,9 @@ def register(subparsers, common) -> None:
     )
     sub.add_argument("--out", required=True, metavar="PATH", help="output file (diffusers SDXL: a folder)")
     sub.add_argument("--force", action="store_true", help="replace existing output files")
+    sub.add_argument(
+        "--json", action="store_true", help="print the name, format, sha256 and the written files as JSON"
+    )
     sub.set_defaults(run=run_export)
 
     for command, helptext, example, fn in (
@@ -84,6 +94,7 @@ def register(subparsers, common) -> None:
             sub.add_argument("name", metavar="NAME", help="the name of an embedding in the trash")
         else:
             sub.add_argument("name", metavar="NAME", help=STORED_NAME)
+        sub.add_argument("--json", action="store_true", help=MOVED_JSON[command])
         sub.set_defaults(run=fn)
 
 
@@ -161,18 +172,24 @@ def run_show(args) -> int:
     name = store.resolve(args.name)  # `show cat` finds 'Cat', as <cat> does in a prompt
     emb = store.get(name)
     entry = store.entry(name)
-    data = {
-        **entry.to_json(),
-        "sha256": emb.sha256,
-        "norms": emb.norms(),
-        "tokens": [f"<{emb.name}>"] + [f"<{emb.name}>_{i}" for i in range(1, emb.num_vectors)],
-    }
+    data = shown(emb, entry)
     if args.json:  # json.dumps writes control characters as \u001b: the JSON stays the file's own text
         print_json(data)
         return 0
     for line in _show_lines(emb, entry, data):
         print(printable(line))  # metadata is the file's: an escape in it must not draw on the terminal
     return 0
+
+
+def shown(emb, entry) -> dict:
+    """What `show --json` prints of a stored embedding (`entry`: its listing entry): the entry's name, path,
+    family, widths, meta and preview, with the vectors' sha256, their norms and the prompt tokens."""
+    return {
+        **entry.to_json(),
+        "sha256": emb.sha256,
+        "norms": emb.norms(),
+        "tokens": [f"<{emb.name}>"] + [f"<{emb.name}>_{i}" for i in range(1, emb.num_vectors)],
+    }
 
 
 def _show_lines(emb, entry, data: dict) -> list[str]:
@@ -213,28 +230,54 @@ def run_export(args) -> int:
     if args.format == "a1111-png":  # the PNG's job is to carry the embedding, which a plain card does too
         instead = "the PNG carries a plain card instead (replace that file with an image, or delete it)"
         image = stored_preview(store.preview_path(name), "export", instead)
-    for path in export(emb, args.format, Path(args.out), overwrite=args.force, image=image):
+    written = export(emb, args.format, Path(args.out), overwrite=args.force, image=image)
+    if args.json:  # `path`: --out (the pair's folder for diffusers SDXL); `files`: each file written
+        files = [str(path) for path in written]
+        report = {"name": name, "format": args.format, "path": str(Path(args.out)), "files": files}
+        print_json(report | {"sha256": emb.sha256})  # the vectors' hash, as `show` gives it
+        return 0
+    for path in written:
         print(path)
     return 0
 
 
+def _preview_at(path: Path, name: str) -> str | None:
+    """The thumbnail beside the embedding file `path` (in the store or a trash folder), if it has one."""
+    preview = path.with_name(name + PREVIEW_SUFFIX)
+    return str(preview) if preview.is_file() else None
+
+
 def run_rename(args) -> int:
-    store_of(args).rename(args.name, args.new)
+    store = store_of(args)
+    path = store.rename(args.name, args.new)
+    if args.json:
+        old_path = store.root / (args.name + SUFFIX)  # a stored name or a stray file's stem: rename took it
+        moved = {"old_name": args.name, "old_path": str(old_path), "preview": _preview_at(path, args.new)}
+        print_json({"name": args.new, "path": str(path)} | moved)
+        return 0
     print(args.new)
     return 0
 
 
 def run_rm(args) -> int:
-    store_of(args).delete(args.name)  # also a stray file's name, pasted from `list`'s $'...' advice
+    store = store_of(args)
+    folder = store.delete(args.name)  # also a stray file's name, pasted from `list`'s $'...' advice
     print(
         f"moved '{printable(args.name)}' to the trash; `tokensmith restore {shell_quote(args.name)}` brings "
         "it back",
         file=sys.stderr,
     )
+    if args.json:  # the note above stays on stderr; the trash folder holds the file under its own name
+        trashed = folder / (args.name + SUFFIX)
+        where = {"old_path": str(store.root / trashed.name), "preview": _preview_at(trashed, args.name)}
+        print_json({"name": args.name, "path": str(trashed)} | where)
     return 0
 
 
 def run_restore(args) -> int:
-    store_of(args).restore(args.name)
+    path = store_of(args).restore(args.name)
+    if args.json:
+        print_json({"name": args.name, "path": str(path), "preview": _preview_at(path, args.name)})
+        return 0
     print(printable(args.name))
     return 0

@@ -86,6 +86,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "--strength", type=float, default=0.6, help="how much of the schedule to re-run, 0-1 (default 0.6)"
     )
     var.add_argument("--out", type=Path, required=True, help="the grid PNG")
+    var.add_argument(
+        "--json", action="store_true", help="print the grid's path, prompts, seeds and each cell as JSON"
+    )
     force_option(var)
     model_options(var)
     sampling_options(var, seeds=True)
@@ -125,6 +128,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="configs for a single-file checkpoint (offline), the recorded one or --model's",
     )
+    rep.add_argument(
+        "--json", action="store_true", help="print the written path and its provenance as JSON (as generate)"
+    )
     force_option(rep)
     rep.set_defaults(run=run_replay)
 
@@ -133,6 +139,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     grid.add_argument("--seeds", default="0-3", help="seeds across, e.g. 0-3 or 1,5,9 (default 0-3)")
     grid.add_argument("--sweep", required=True, metavar="NAME=V1,V2,...", help="the value down the rows")
     grid.add_argument("--out", type=Path, required=True, help="the grid PNG")
+    grid.add_argument(
+        "--json", action="store_true", help="print the grid's path, the sweep, seeds and each cell as JSON"
+    )
     img2img_options(grid, "start every cell from this image (img2img)")
     force_option(grid)
     model_options(grid)
@@ -181,9 +190,25 @@ def run_variations(args) -> int:
     rows = [[init, *(result.image for result in row)] for row in results]
     sheet = compose(rows, prompts, ["init image"] + [f"seed {s}" for s in seeds])
     chunk = sheet_provenance("variations", sheet_cells(rows, results))
-    save_sheet(sheet, chunk, args.out, overwrite=args.force)
+    written = save_sheet(sheet, chunk, args.out, overwrite=args.force)
+    if args.json:
+        sheet_of = {"path": str(written), "init_image": str(args.init_image)}
+        report = sheet_of | {"prompts": prompts, "seeds": seeds}
+        print(_sheet_json(report, chunk, [{"prompt": p} for p in prompts], seeds))
+        return 0
     print(f"wrote {args.out} ({_count(len(prompts), 'prompt')} × {_count(len(seeds), 'seed')})")
     return 0
+
+
+def _sheet_json(report: dict, chunk: dict, rows: list[dict], seeds: list[int]) -> str:
+    """`report` (the sheet's path and what it varies) with its `cells`, numbered as `replay --cell K` takes
+    them (row by row): each cell's K, its row's label (`rows[r]`: {"prompt": ...} or {"value": ...}), seed,
+    provenance (as `generate --json` gives an image's) and box in the sheet (left, top, right, bottom)."""
+    cells = [
+        {"cell": k, **rows[(k - 1) // len(seeds)], "seed": seeds[(k - 1) % len(seeds)], **recorded}
+        for k, recorded in enumerate(chunk["cells"], start=1)
+    ]
+    return json.dumps({**report, "cells": cells}, indent=2)
 
 
 def _count(n: int, noun: str) -> str:
@@ -215,7 +240,8 @@ def run_schedule(args) -> int:
         print(
             json.dumps(
                 {
-                    "out": str(args.out),
+                    "path": str(args.out),  # as every command's --json names the file it wrote
+                    "out": str(args.out),  # its first name, kept for the scripts that read it
                     "model": args.model,
                     "scheduler": args.scheduler,
                     "model_evaluations": curves.evaluations,
@@ -260,7 +286,12 @@ def run_replay(args) -> int:
     finally:
         progress.close()
     same = matches_original(args.image, result.image, args.cell)  # before writing: --out may be the image
-    save_png(result, args.out, overwrite=args.force)
+    written = save_png(result, args.out, overwrite=args.force)
+    if args.json:  # generate --json's entry for the image, with what it was made from and the comparison
+        source = {"source": str(args.image), "cell": args.cell, "identical": same}
+        entry = {"path": str(written), "seed": result.seed, "provenance": result.provenance} | source
+        print(json.dumps(entry, indent=2))
+        return 0
     if same is None:
         verdict = "re-made the image the trace strip traces (the strip holds no copy of it to compare with)"
     elif same:
@@ -298,6 +329,12 @@ def run_grid(args) -> int:
     finally:
         progress.close()
     images = [[result.image for result in row] for row in results]
-    save_sheet(grid, sheet_provenance("grid", sheet_cells(images, results)), args.out, overwrite=args.force)
+    chunk = sheet_provenance("grid", sheet_cells(images, results))
+    written = save_sheet(grid, chunk, args.out, overwrite=args.force)
+    if args.json:
+        swept = {"name": sweep[0], "values": sweep[1]}
+        report = {"path": str(written), "prompt": args.prompt, "sweep": swept, "seeds": seeds}
+        print(_sheet_json(report, chunk, [{"value": value} for value in sweep[1]], seeds))
+        return 0
     print(f"wrote {args.out} ({_count(len(sweep[1]), 'value')} × {_count(len(seeds), 'seed')})")
     return 0

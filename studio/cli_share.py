@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from studio.cli_embeddings import print_json
+
 
 def register(subparsers, common) -> None:
     """Add `push` to the `tokensmith` parser."""
@@ -52,6 +54,11 @@ def register(subparsers, common) -> None:
         help="upload nothing: write the files the upload would hold (the embedding, preview.png, README.md "
         "card) into DIR, a folder holding none of them",
     )
+    sub.add_argument(
+        "--json",
+        action="store_true",
+        help="print the repo's URL and the uploaded files as JSON (--dry-run: the folder and files written)",
+    )
     sub.set_defaults(run=run_push)
 
 
@@ -88,6 +95,10 @@ def run_push(args) -> int:
         license_id=args.license_id,
         force=args.force,
     )
+    if args.json:  # the files as write_hub_files makes them, named as the repo holds them
+        files = [f"{emb.name}.safetensors", *(["preview.png"] if preview is not None else []), "README.md"]
+        print_json({"name": emb.name, "repo": args.repo, "url": url, "uploaded": True, "files": files})
+        return 0
     print(url)
     return 0
 
@@ -117,9 +128,15 @@ def _dry_run(args, store, emb, preview) -> int:
             "it holds exactly what the upload would"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    for path in write_hub_files(
+    written = write_hub_files(
         emb, store.path(args.name), folder, args.repo, preview=preview, license_id=args.license_id
-    ):
-        print(path)
+    )
+    if args.json:  # as a push's report, with `url` null, and where the files are: `folder`, `paths`
+        report = {"name": emb.name, "repo": args.repo, "url": None, "uploaded": False}
+        local = {"folder": str(folder), "paths": [str(path) for path in written]}
+        print_json(report | {"files": [path.name for path in written]} | local)
+    else:
+        for path in written:
+            print(path)
     print(f"tokensmith push: dry run: nothing was uploaded to {args.repo}", file=sys.stderr)
     return 0

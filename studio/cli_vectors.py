@@ -15,6 +15,7 @@ from studio.cli_embeddings import (
     load_model_noting,
     model_config_option,
     print_json,
+    shown,
     store_of,
 )
 from studio.cli_options import check_model_options
@@ -47,6 +48,9 @@ def register(subparsers, common) -> None:
         "--vectors", type=at_least_one, metavar="N", help="crop or zero-pad the result to N vectors"
     )
     sub.add_argument("--force", action="store_true", help="replace an embedding of the same name")
+    sub.add_argument(
+        "--json", action="store_true", help="print what was stored as JSON (the object `show --json` prints)"
+    )
     sub.set_defaults(run=run_blend)
 
     sub = subparsers.add_parser(
@@ -131,6 +135,9 @@ def run_blend(args) -> int:
         )  # a clear error now if the result does not fit --model
         result = labelled_with_vocabulary(result, parts, base_model=model.source, family=model.family)
     store.put(result, overwrite=args.force)
+    if args.json:  # `show NAME --json`'s object: import's entries name a source file, which a blend has not
+        print_json(shown(store.get(args.name), store.entry(args.name)))
+        return 0
     print(args.name)
     return 0
 

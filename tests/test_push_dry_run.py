@@ -1,7 +1,6 @@
 """`tokensmith push NAME REPO --dry-run DIR`: the upload's files written locally, nothing sent."""
 
 import json
-import typing
 from pathlib import Path
 
 import pytest
@@ -11,26 +10,7 @@ from PIL import Image
 
 from embeddings import Embedding, Store
 from studio.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
-
-
-class RecordingApi:
-    """A fake HfApi that records what an upload holds (file name -> bytes)."""
-
-    uploads: typing.ClassVar[list] = []
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def create_repo(self, repo_id, **kwargs):
-        return f"https://hub.example.org/{repo_id}"
-
-    def repo_info(self, repo_id, **kwargs):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(private=False, siblings=[])
-
-    def upload_folder(self, *, folder_path, **kwargs):
-        RecordingApi.uploads.append({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+from tests.fakehub import RecordingApi
 
 
 class NoNetwork:
