@@ -24,6 +24,17 @@ RUN_TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.tmp-(?P<pid>\d+)")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
+def read_user_text(path: Path, what: str, error: type[Exception]) -> str:
+    """The text of a file the user wrote (`what`: 'config file', 'caption', ...): UTF-8, with or without the
+    byte-order mark Windows editors write; anything else is `error` saying how to save it."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8"
+        ) from None
+
+
 def run_temp_path(path: Path) -> Path:
     """The temp name a run folder's write uses beside `path`: '.config.toml.tmp-<this pid>'."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -8,6 +8,7 @@ import reprlib
 import tomllib
 from pathlib import Path
 
+from embeddings.files import read_user_text
 from trainers.config import FIELDS, TYPES, ConfigError, TrainConfig, default_of
 
 # How a refused value shows in a message: a few items and characters of it, never all of a 10 MB string or
@@ -113,12 +114,7 @@ def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a .toml or .yaml file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
+    text = read_user_text(path, "config file", ConfigError)
     suffix = path.suffix.lower()  # RUN.TOML, saved by a tool that upper-cases names
     if suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")

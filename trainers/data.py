@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from embeddings.errors import TokensmithError
+from embeddings.files import read_user_text
 from trainers.pictures import PictureError, read_picture
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -106,11 +107,7 @@ def _caption_for(path: Path, text_files: dict[str, list[Path]]) -> str:
             f"caption {text_file} is a broken link: {os.readlink(text_file)} does not exist; restore the "
             "caption it points to, or remove the link"
         )
-    try:
-        return text_file.read_text(encoding="utf-8-sig").strip()  # -sig: Windows editors' byte-order mark
-    except UnicodeDecodeError as exc:
-        problem = f"caption {text_file} is not UTF-8 text ({exc.reason})"
-        raise DataError(f"{problem}; re-save it as UTF-8") from None
+    return read_user_text(text_file, "caption", DataError).strip()
 
 
 def image_paths(folder: Path) -> list[Path]:
@@ -264,10 +261,7 @@ def template_set(
     path = Path(templates)
     if not path.is_file():
         raise DataError(f"template file {path} does not exist; use object, style, captions or a .txt file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"template file {path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    text = read_user_text(path, "template file", DataError)
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise DataError(

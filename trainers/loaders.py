@@ -76,6 +76,17 @@ def _pipeline_class(model_index: dict) -> Any:
     return StableDiffusionXLPipeline if index_is_sdxl(model_index) else StableDiffusionPipeline
 
 
+def _pipeline_kwargs(cls: Any) -> dict[str, Any]:
+    """What loading `cls` needs beyond the weights: an SD 1.x/2.x pipeline loads without its safety checker
+    (a separate model that many folders and checkpoints lack, and that would blank the user's own previews
+    and samples); SDXL's pipeline has none."""
+    from diffusers import StableDiffusionPipeline
+
+    if cls is not StableDiffusionPipeline:
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
 def index_is_sdxl(model_index: dict) -> bool:
     """Whether a model_index.json names a second text encoder (SDXL)."""
     return "text_encoder_2" in model_index and model_index["text_encoder_2"] not in (None, [None, None])
@@ -93,14 +104,11 @@ def load_folder(folder: Path, dtype: torch.dtype) -> Any:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{index_path} is unreadable ({exc}): re-copy or re-download the model") from exc
     cls = _pipeline_class(model_index)
-    kwargs = (
-        {"safety_checker": None, "requires_safety_checker": False}
-        if cls.__name__ == "StableDiffusionPipeline"
-        else {}
-    )
     try:
         with _quiet_loading():
-            pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
+            pipe = cls.from_pretrained(
+                str(folder), dtype=dtype, local_files_only=True, **_pipeline_kwargs(cls)
+            )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
             f"could not load the diffusers model in {folder}: {first_line(exc)} "
@@ -120,10 +128,8 @@ def load_hub(repo_id: str, dtype: torch.dtype) -> Any:
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
             index = DiffusionPipeline.load_config(repo_id, local_files_only=local_only)
         cls = _pipeline_class(index)
-        kwargs = (
-            {"safety_checker": None, "requires_safety_checker": False} if "XL" not in cls.__name__ else {}
-        )
         with _quiet_loading():
+            kwargs = _pipeline_kwargs(cls)
             return cls.from_pretrained(repo_id, dtype=dtype, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         if offline:
@@ -150,11 +156,9 @@ def load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
     keys = _checkpoint_keys(path)
     _check_holds_a_model(path, keys)
     cls = StableDiffusionXLPipeline if looks_sdxl(path, config, keys) else StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}  # from_single_file still names it torch_dtype
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, **_pipeline_kwargs(cls)}  # from_single_file: torch_dtype
     if config is not None:
         kwargs["config"] = config
-    if cls is StableDiffusionPipeline:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
     local_only = offline_by_choice() or hub_unreachable() is not None
     try:
         with _quiet_loading():

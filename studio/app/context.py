@@ -25,8 +25,8 @@ MODEL_CONFIG_HELP = (
     "Offline, a checkpoint file needs the configs of its architecture: a diffusers folder of the same kind "
     "of model (weights not needed), or a hub id that is cached. Leave empty with a network."
 )
-# Errors a user can act on: shown with st.error at the page, never as a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, RuntimeError, LookupError)
+# Errors a user can act on: shown with st.error at the page, never as a traceback (LookupError: KeyError too).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError, RuntimeError)
 # What the core's messages say for a terminal user, and what the studio offers instead, on every page.
 STUDIO_WORDS = {
     "`tokensmith list`": "the Library page",

@@ -47,7 +47,10 @@ from trainers.families import default_guidance
 from trainers.memory import is_out_of_memory
 from trainers.models import LoadedModel, load_model
 
-MAX_SEED = 2**63 - 1
+# A generated image's seed (image K of a request: seed + K) may be any signed 64-bit number, which
+# torch.Generator takes; training holds its seed to 32 bits (trainers.config.MAX_SEED, as diffusers and A1111
+# do), so the two limits differ on purpose.
+MAX_GENERATION_SEED = 2**63 - 1
 
 
 class Session:
@@ -131,8 +134,9 @@ class Session:
             raise TokensmithError(f"--steps must be between 1 and {MAX_STEPS}, not {req.steps}")
         if req.num_images < 1:
             raise TokensmithError(f"--num-images must be 1 or more, not {req.num_images}")
-        if not 0 <= req.seed <= MAX_SEED - req.num_images:
-            raise TokensmithError(f"--seed must be between 0 and {MAX_SEED - req.num_images}, not {req.seed}")
+        if not 0 <= req.seed <= MAX_GENERATION_SEED - req.num_images:
+            highest = MAX_GENERATION_SEED - req.num_images
+            raise TokensmithError(f"--seed must be between 0 and {highest}, not {req.seed}")
         make_scheduler(req.scheduler, self.model.pipe.scheduler.config)  # an unknown name fails here, early
         check_steps(req.scheduler, req.steps)
         guidance = default_guidance(family) if req.guidance is None else float(req.guidance)
