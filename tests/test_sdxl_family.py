@@ -134,9 +134,9 @@ def test_an_sdxl_diffusers_export_to_any_file_name_is_refused(tmp_path):
 
 
 def test_the_text_attention_choice_stays_out_of_the_stored_preview_scores():
-    from trainers.session import RunState
+    from trainers.session import RunRecord
 
-    state = RunState(
+    state = RunRecord(
         cfg=SimpleNamespace(steps=4, trackers=[]),
         folder=SimpleNamespace(log=lambda record: None),
         accelerator=SimpleNamespace(is_main_process=True),

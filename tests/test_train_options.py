@@ -16,7 +16,7 @@ from trainers import steps as steps_module
 from trainers.configfile import load as load_config
 from trainers.loop import Batch, DiffusionMath, step_loss
 from trainers.runfolder import RunFolder
-from trainers.session import RunState
+from trainers.session import RunRecord
 from trainers.storing import summary
 
 
@@ -175,7 +175,7 @@ def test_trackers_get_the_moving_numbers_of_each_record(tmp_path):
     folder = RunFolder(tmp_path / "run")
     folder.create(resume=False)
     cfg = TrainConfig(images="x", name="t", steps=10, trackers=["tensorboard"])
-    state = RunState(cfg=cfg, folder=folder, accelerator=Accelerator())
+    state = RunRecord(cfg=cfg, folder=folder, accelerator=Accelerator())
     state.start_clock(0)
     state.log(3, loss=0.5, val_loss=0.25, lr=1e-3, metric=42.0, shape_match=1.0, text_attention="eager")
     ((step, values),) = logged

@@ -148,8 +148,9 @@ class StopFlag:
 
 
 @dataclass
-class RunState:
-    """Logging, timing, snapshots, checkpoints and provenance of one run."""
+class RunRecord:
+    """Logging, timing, snapshots, checkpoints and provenance of one run as it trains (the studio reads a
+    run folder back as studio.runview.RunState)."""
 
     cfg: TrainConfig
     folder: RunFolder

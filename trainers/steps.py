@@ -23,7 +23,7 @@ from trainers.processes import any_process, apply_update, mean_over_processes
 from trainers.runfolder import RunFolder
 from trainers.samples import Sample, build_samples
 from trainers.schedules import schedule_for
-from trainers.session import RunState, StopFlag
+from trainers.session import RunRecord, StopFlag
 from trainers.validation import (
     EarlyStopper,
     ValidationSet,
@@ -137,7 +137,7 @@ class Steps:
     spec: FamilySpec
     conditioner: Conditioner
     accelerator: object
-    state: RunState
+    state: RunRecord
     samples: list[Sample]
     cache: LatentCache
     templates: tuple[str, ...]
@@ -160,7 +160,7 @@ class Steps:
         spec,
         conditioner,
         accelerator,
-        state: RunState,
+        state: RunRecord,
         echo: Callable[[str], None] | None = None,
     ) -> Steps:
         """Crop and cache the images' latents, build the validation set, the optimizer over the new rows and

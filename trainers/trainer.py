@@ -48,7 +48,7 @@ from trainers.resume import (
 from trainers.rows import detach_rows
 from trainers.runfolder import RunFolder, disk_full_advice
 from trainers.session import (
-    RunState,
+    RunRecord,
     StopFlag,
     StopRequested,
     check_trackers,
@@ -282,7 +282,7 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
             check_resume_loaded(cfg, folder, processes=processes, cpu=cpu, home=home)
         if (resolved or cfg.resume) and accelerator.is_main_process:
             write_run_files(cfg, folder, home=home, processes=processes, cpu=cpu)
-        state = RunState(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress, home=home)
+        state = RunRecord(cfg=cfg, folder=folder, accelerator=accelerator, on_progress=on_progress, home=home)
         start_trackers(cfg, accelerator)
         if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise TokensmithError(FP16_NEEDS_A_GPU)
