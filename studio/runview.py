@@ -131,7 +131,8 @@ def read_run(
     """What a run folder says, given whether its trainer is alive, when it was (re)launched (epoch seconds)
     and whether a cancel was sent. `tail`: read only the end of a long progress log when it holds all that a
     summary shows (`tokensmith runs`); `history` then holds only the rows read."""
-    progress = run_dir / "progress.jsonl"
+    folder = RunFolder(run_dir)
+    progress = folder.progress_path
     try:
         from_tail = read_progress_tail(progress) if tail and progress.is_file() else None
         rows, final, damaged = (*from_tail, None) if from_tail else read_progress_checked(progress)
@@ -185,10 +186,10 @@ def read_run(
         message=message,
         embedding_name=str(final["name"]) if final and final.get("name") else None,
         kept_step=kept,
-        checkpoint_step=RunFolder(run_dir).checkpoint_step(),
+        checkpoint_step=folder.checkpoint_step(),
         history=rows,
-        previews=_numbered_files(run_dir / "previews", "step-*.png"),
-        snapshots=_numbered_files(run_dir / "snapshots", "step-*.safetensors"),
+        previews=_numbered_files(folder.previews, "step-*.png"),
+        snapshots=_numbered_files(folder.snapshots, "step-*.safetensors"),
         log_tail=_tail(run_dir / "log.txt") if status in ("failed", "ended") else "",
         warning=str(final.get("warning") or "") if final else "",
         notes=_notes(run_dir / "log.txt"),
@@ -221,7 +222,7 @@ def steps_fixed(run_dir: Path) -> bool:
     from trainers.resume import computed_values, config_changes
 
     try:
-        cfg = load_config(run_dir / "config.toml")
+        cfg = load_config(RunFolder(run_dir).config_path)
     except (OSError, TokensmithError):
         return False
     saved = computed_values(cfg)

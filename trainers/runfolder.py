@@ -77,6 +77,17 @@ class RunFolder:
         return self.root / "progress.jsonl"
 
     @property
+    def command_path(self) -> Path:
+        """The equivalent commands of the run (`tokensmith train ...`, `accelerate launch ...`)."""
+        return self.root / "command.txt"
+
+    @property
+    def begun(self) -> bool:
+        """Whether a trainer has started here: it wrote the config (a run killed while it prepared) or
+        progress."""
+        return self.progress_path.exists() or self.config_path.exists()
+
+    @property
     def previews(self) -> Path:
         return self.root / "previews"
 
@@ -151,7 +162,7 @@ class RunFolder:
 
     def write_config(self, toml_text: str, commands: list[str]) -> None:
         atomic_text(self.config_path, toml_text)
-        atomic_text(self.root / "command.txt", "\n".join(commands) + "\n")
+        atomic_text(self.command_path, "\n".join(commands) + "\n")
 
     def write_image_list(self, entries: list) -> None:
         atomic_text(self.root / "images.json", json.dumps(entries) + "\n")

@@ -39,9 +39,9 @@ def resolve_run_dir(cfg: TrainConfig, home: Path) -> Path:
     runs = Path(home) / "runs"
     numbered = _numbered(runs, cfg.name)
     taken = [runs / cfg.name, *numbered]
-    existing = [p for p in taken if (p / "progress.jsonl").exists()]
+    existing = [p for p in taken if RunFolder(p).progress_path.exists()]
     if cfg.resume:  # a run killed while it prepared has its config but no progress yet: it starts over
-        begun = [p for p in taken if (p / "progress.jsonl").exists() or (p / "config.toml").exists()]
+        begun = [p for p in taken if RunFolder(p).begun]
         if not begun:
             raise TokensmithError(f"no run of '{cfg.name}' to resume under {runs}; pass --run-dir DIR")
         unfinished = [p for p in begun if not _finished(p)]

@@ -8,7 +8,7 @@ import streamlit as st
 from studio.app import context
 from studio.jobs import GRADIENT_CHECKPOINTING, JobRunner
 from studio.runview import STEPS_FIXED, RunState, steps_fixed, taken_text
-from trainers.runfolder import progress_line
+from trainers.runfolder import RunFolder, progress_line
 
 POLL_S = 2.0  # the fragment's refresh while a job runs (about 5 % of a core per watching tab)
 CHART_POINTS = 500  # the loss chart draws the last N rows only, so long runs stay cheap to poll
@@ -284,9 +284,10 @@ def progress_ui(runner: JobRunner, job_id: str) -> None:
     live()
     job = runner.get(job_id)
     with st.expander("Command and config"):
-        command = job.run_dir / "command.txt"
+        folder = RunFolder(job.run_dir)
+        command = folder.command_path
         st.code(command.read_text() if command.exists() else " ".join(job.command), language="bash")
-        config = job.run_dir / "config.toml"
+        config = folder.config_path
         if config.exists():
             st.code(config.read_text(), language="toml")
         st.caption(f"Run folder: `{job.run_dir}`")
