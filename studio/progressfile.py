@@ -142,6 +142,7 @@ def read_progress_tail(path: Path, nbytes: int = TAIL_BYTES) -> tuple[list[dict]
 
 
 def number_in(row: dict, key: str) -> float | None:
+    """row[key] as a float when it is a number (not a bool, which JSON's true would give), else None."""
     value = row.get(key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 

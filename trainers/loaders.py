@@ -93,6 +93,8 @@ def index_is_sdxl(model_index: dict) -> bool:
 
 
 def load_folder(folder: Path, dtype: torch.dtype) -> Any:
+    """The diffusers pipeline saved in `folder` (SD or SDXL, by its model_index.json), from local files only;
+    a ModelLoadError that says what is missing or damaged otherwise."""
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise ModelLoadError(
@@ -118,6 +120,8 @@ def load_folder(folder: Path, dtype: torch.dtype) -> Any:
 
 
 def load_hub(repo_id: str, dtype: torch.dtype) -> Any:
+    """The pipeline of hub id `repo_id`: downloaded when the hub is reachable, else from the local cache alone
+    (also under HF_HUB_OFFLINE=1); a ModelLoadError telling offline, unreachable and wrong ids apart."""
     from diffusers import DiffusionPipeline
 
     offline = offline_by_choice()
@@ -151,6 +155,8 @@ def load_hub(repo_id: str, dtype: torch.dtype) -> Any:
 
 
 def load_single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
+    """The pipeline in a single-file checkpoint (.safetensors/.ckpt), SD or SDXL by its keys; its configs
+    come from `config` (a diffusers folder of the same architecture) or the hub (network or cache)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     keys = _checkpoint_keys(path)

@@ -9,6 +9,7 @@ from embeddings.errors import first_line
 
 
 def offline_by_choice() -> bool:
+    """Whether the user asked for no network (HF_HUB_OFFLINE set to 1/true/yes/on): the cache alone."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 

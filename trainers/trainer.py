@@ -108,23 +108,7 @@ def train(
         check_train_further(cfg, folder, last)
     elif cfg.resume and (stored := stored_result(cfg, folder, store)) is not None:
         return end_stored(cfg, folder, store, stored, home, echo)  # killed after its store write
-    if store.exists(cfg.name) and not cfg.overwrite:
-        instead = "to replace it with this run's result" if cfg.resume else "or another --name"
-        raise TokensmithError(
-            f"an embedding named '{cfg.name}' is already stored; pass --overwrite {instead}"
-        )
-    check_storable(cfg, store)  # what the store write at the end would refuse, before hours of training
-    check_trackers(cfg)
-    if model is None:  # a typo ('Demo', './typo') is refused before a run folder is made
-        check_model_spec(cfg.model)
-    check_model_config(cfg.model_config)  # local paths a run reads only once the model has loaded
-    check_clip_model(cfg.clip_model)
-    if echo and model is None and model_config_unused(cfg.model, cfg.model_config):
-        echo(f"note: {MODEL_CONFIG_UNUSED}")
-    if cfg.mixed_precision == "fp16" and not has_gpu():  # before the model loads (minutes for SDXL)
-        raise TokensmithError(FP16_NEEDS_A_GPU)
-    if model is None:  # a given model is checked as it is, once the run starts
-        check_init_fits(cfg, store)
+    _check_before_loading(cfg, store, model, echo)
     # each image kept only as large as its crops need as soon as it is read, not at a photo's size
     images = load_images(cfg.images, min_images=cfg.min_images, fit_to=largest_resolution(cfg, model))
     check_alpha(images, alpha_weight=cfg.alpha_weight)
@@ -309,6 +293,28 @@ def _run(cfg, images, folder: RunFolder, store, model, home, stop, on_progress, 
         restore_model(model, originals)
         if cfg.trackers:
             accelerator.end_training()
+
+
+def _check_before_loading(cfg: TrainConfig, store: Store, model, echo) -> None:
+    """What would refuse the run later (the store write at the end, a tracker, a path, fp16 on a CPU, the
+    init), refused now: before the model loads (minutes for SDXL) and hours of training."""
+    if store.exists(cfg.name) and not cfg.overwrite:
+        instead = "to replace it with this run's result" if cfg.resume else "or another --name"
+        raise TokensmithError(
+            f"an embedding named '{cfg.name}' is already stored; pass --overwrite {instead}"
+        )
+    check_storable(cfg, store)
+    check_trackers(cfg)
+    if model is None:  # a typo ('Demo', './typo') is refused before a run folder is made
+        check_model_spec(cfg.model)
+    check_model_config(cfg.model_config)  # local paths a run reads only once the model has loaded
+    check_clip_model(cfg.clip_model)
+    if echo and model is None and model_config_unused(cfg.model, cfg.model_config):
+        echo(f"note: {MODEL_CONFIG_UNUSED}")
+    if cfg.mixed_precision == "fp16" and not has_gpu():
+        raise TokensmithError(FP16_NEEDS_A_GPU)
+    if model is None:  # a given model is checked as it is, once the run starts
+        check_init_fits(cfg, store)
 
 
 def _record_end(folder: RunFolder, cfg, exc: BaseException, stop: StopFlag, *, main: bool, advice=None):

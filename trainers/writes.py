@@ -71,6 +71,7 @@ def writing(what: str, path: Path, *, temp: Path | None = None) -> Iterator[None
 
 
 def atomic_text(path: Path, text: str) -> None:
+    """Write a run file whole or not at all (temp file, fsync, rename); a full disk is DiskFull naming it."""
     tmp = run_temp_path(path)
     with writing(f"the run's {path.name}", path, temp=tmp):
         with open(tmp, "w", encoding="utf-8") as handle:

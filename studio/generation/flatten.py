@@ -31,6 +31,7 @@ def _weight(x: float) -> float:
 
 
 def trigger(name: str) -> str:
+    """How an embedding is spelled for the encoder unless a caller spells it otherwise: '<name>'."""
     return f"<{name}>"
 
 

@@ -102,6 +102,7 @@ def check_img2img_scheduler(scheduler: str) -> None:
 
 
 def check_strength(strength: float) -> float:
+    """An img2img strength in (0, 1] (how much of the schedule re-runs), or InitImageError saying so."""
     if not 0.0 < strength <= 1.0:
         raise InitImageError(f"--strength must be above 0 and at most 1, not {strength}")
     return float(strength)

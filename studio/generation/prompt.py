@@ -271,6 +271,7 @@ def embedding_names(nodes: tuple[Node, ...]) -> list[str]:
 
 
 def blends(nodes: tuple[Node, ...]) -> list[Blend]:
+    """The inline blends of a prompt, each once, in the order they first appear (prompt editing included)."""
     found: list[Blend] = []
     for node in walk(nodes):
         if isinstance(node, Blend) and node not in found:
