@@ -54,7 +54,9 @@ def home_dir(override: str | Path | None = None) -> Path:
     must not write into the user's own store. An empty $TOKENSMITH_HOME is refused for the same reason
     (`TOKENSMITH_HOME="$PROJECT_HOME" tokensmith ...`); unset, it means ~/.tokensmith."""
     if override is not None and not str(override).strip():
-        raise UsageError('--home is empty: give a folder (is the variable in --home "$VAR" unset?)')
+        from trainers.outcome import EMPTY_HOME  # python -m trainers refuses it in the same words
+
+        raise UsageError(EMPTY_HOME)
     if override is not None:
         return Path(override).expanduser()
     from embeddings.errors import TokensmithError

@@ -4,7 +4,6 @@ scores."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from studio.cli import EXIT_ERROR, at_least_one
 from studio.cli_demo_world import check_seed, readable
+from studio.cli_options import add_command, store_of
 from studio.cli_train import ProgressBar, set_cpu_threads
 
 if TYPE_CHECKING:
@@ -32,15 +32,15 @@ DEMO_EXAMPLE = """Example:
 def register(subparsers, common) -> None:
     from trainers.config import FIELDS
 
-    demo = subparsers.add_parser(
+    demo = add_command(
+        subparsers,
+        common,
         "demo",
-        parents=[common],
-        help="the main job, offline: render a new concept, train a token for it, generate, blend, compare",
+        "the main job, offline: render a new concept, train a token for it, generate, blend, compare",
+        DEMO_EXAMPLE,
         description="Render 5 images of a concept the demo world never saw, train a token on them, store it, "
         "generate with it and with a blend, and write a labelled contact sheet with before/after "
         "judge scores.",
-        epilog=DEMO_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--concept",
@@ -104,7 +104,7 @@ def _judge_row(images, concept) -> dict:
 def _demo_folder(args) -> Path:
     """The output folder (--out, else HOME/demo), refused before anything is written when it, or a folder
     above it, is a file; the message names that file and what to pass instead."""
-    from studio.cli_options import refuse_file_as_folder
+    from embeddings.files import refuse_file_as_folder
 
     if args.out:
         out = Path(args.out).expanduser()
@@ -281,7 +281,6 @@ def _train_demo(args) -> _Trained | None:
     import random
 
     from demo.world import parse_concept, render
-    from embeddings import Store
     from studio.generation import GenerateRequest, Session
     from trainers.config import TrainConfig
     from trainers.families import spec_for
@@ -319,7 +318,7 @@ def _train_demo(args) -> _Trained | None:
     print(f"rendered {DEMO_IMAGES} images of '{shown}' into {out / 'images'}", file=sys.stderr)
 
     model = load_model("demo")
-    session, store = Session(model), Store.for_home(args.home)
+    session, store = Session(model), store_of(args)
     init = spec_for(model.family).default_init
 
     def sample(prompt: str) -> list:

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from studio.cli_options import add_command
 from trainers.config import MAX_SEED
 
 EPILOG = """\
@@ -22,13 +23,13 @@ size and position vary from image to image; the background defaults to gray.
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
+        common,
         "demo-images",
-        parents=[common],
-        help="render training images of a demo-world concept",
+        "render training images of a demo-world concept",
+        EPILOG,
         description="Render images of a demo-world concept with the renderer the demo model was trained on.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("concept", help='e.g. "purple triangle" or "large pink star on a white background"')
     parser.add_argument("-n", "--num-images", type=int, default=5, help="how many images (default 5)")
@@ -67,8 +68,7 @@ def readable(caption: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from demo import world
-    from embeddings.files import atomic_write, write_failure_error
-    from studio.cli_options import refuse_file_as_folder
+    from embeddings.files import atomic_write, refuse_file_as_folder, write_failure_error
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be 1 or more, not {args.num_images}")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from embeddings.doctorstore import OTHER_FORMAT
 from embeddings.files import PREVIEW_SUFFIX, SUFFIX
 from embeddings.text import printable, shell_quote
+from studio.cli_options import add_command, store_of
 
 EXPORT_FORMATS = ("canonical", "diffusers", "a1111-pt", "a1111-png")
 STORED_NAME = "a stored embedding's name (`tokensmith list` shows them)"
@@ -25,48 +25,39 @@ MOVED_JSON = {
 }
 
 
-def epilog(text: str) -> dict:
-    """add_parser keyword arguments for an epilog kept as written (examples, line breaks)."""
-    return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
-
-
-def described(help_text: str) -> dict:
-    """add_parser keyword arguments for a command's help line, and the same as the sentence under `usage:`."""
-    return {"help": help_text, "description": help_text[0].upper() + help_text[1:] + "."}
-
-
 def register(subparsers, common) -> None:
     """Add the embeddings commands to the `tokensmith` parser."""
-    sub = subparsers.add_parser(
+    sub = add_command(
+        subparsers,
+        common,
         "list",
-        parents=[common],
-        **described("list stored embeddings (reads file headers only)"),
-        **epilog("Examples:\n  tokensmith list\n  tokensmith list --json | jq '.[].name'"),
+        "list stored embeddings (reads file headers only)",
+        "Examples:\n  tokensmith list\n  tokensmith list --json | jq '.[].name'",
     )
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_list)
 
-    sub = subparsers.add_parser(
+    sub = add_command(
+        subparsers,
+        common,
         "show",
-        parents=[common],
-        **described("show one stored embedding: metadata, shapes, norms"),
-        **epilog("Example:\n  tokensmith show bad-hands-5 --json"),
+        "show one stored embedding: metadata, shapes, norms",
+        "Example:\n  tokensmith show bad-hands-5 --json",
     )
     sub.add_argument("name", metavar="NAME", help=STORED_NAME)
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_show)
 
-    sub = subparsers.add_parser(
+    sub = add_command(
+        subparsers,
+        common,
         "export",
-        parents=[common],
-        **described("write a stored embedding in another tool's format"),
-        **epilog(
-            "Examples:\n  tokensmith export my-cat --format a1111-pt --out my-cat.pt\n"
-            "  tokensmith export my-xl --format diffusers --out my-xl/   # SDXL: a folder for the pair\n"
-            "  tokensmith export my-cat --format a1111-png --out my-cat.png\n\n"
-            'canonical: our file (A1111, ComfyUI, kohya read it as is); diffusers: {"<name>": tensor};\n'
-            "a1111-pt: the .pt dict A1111 writes; a1111-png: the preview with the sd-ti-embedding chunk."
-        ),
+        "write a stored embedding in another tool's format",
+        "Examples:\n  tokensmith export my-cat --format a1111-pt --out my-cat.pt\n"
+        "  tokensmith export my-xl --format diffusers --out my-xl/   # SDXL: a folder for the pair\n"
+        "  tokensmith export my-cat --format a1111-png --out my-cat.png\n\n"
+        'canonical: our file (A1111, ComfyUI, kohya read it as is); diffusers: {"<name>": tensor};\n'
+        "a1111-pt: the .pt dict A1111 writes; a1111-png: the preview with the sd-ti-embedding chunk.",
     )
     sub.add_argument("name", metavar="NAME", help=STORED_NAME)
     sub.add_argument(
@@ -84,9 +75,7 @@ def register(subparsers, common) -> None:
         ("rm", "move a stored embedding to the trash", "tokensmith rm my-cat", run_rm),
         ("restore", "bring an embedding back from the trash", "tokensmith restore my-cat", run_restore),
     ):
-        sub = subparsers.add_parser(
-            command, parents=[common], **described(helptext), **epilog(f"Example:\n  {example}")
-        )
+        sub = add_command(subparsers, common, command, helptext, f"Example:\n  {example}")
         if command == "rename":
             sub.add_argument("name", metavar="OLD", help="the stored name to change")
             sub.add_argument("new", metavar="NEW", help="the new name (one that is not stored yet)")
@@ -99,30 +88,9 @@ def register(subparsers, common) -> None:
 
 
 # --- helpers ---
-def model_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model-config", metavar="DIR", help="configs for a single-file checkpoint --model (offline)"
-    )
-
-
-def store_of(args):
-    """The store under the command's --home."""
-    from embeddings import Store
-
-    return Store.for_home(args.home)
-
-
 def print_json(data) -> None:
     """`data` as indented JSON on stdout, keys sorted."""
     print(json.dumps(data, indent=2, sort_keys=True))
-
-
-def load_model_noting(spec: str, config: str | None = None):
-    """The model `spec`, saying on stderr that it loads (a large one takes a while)."""
-    from trainers.models import load_model
-
-    print(f"loading model {spec} ...", file=sys.stderr)
-    return load_model(spec, config=config)
 
 
 # --- commands ---

@@ -12,7 +12,6 @@ from studio.cli_generate import (
     check_guides,
     make_request,
     session_for,
-    store_for,
 )
 from studio.cli_options import (
     DEFAULT_SCHEDULER,
@@ -25,6 +24,7 @@ from studio.cli_options import (
     model_options,
     refuse_existing,
     sampling_options,
+    store_of,
 )
 
 VARIATIONS_EPILOG = """\
@@ -169,7 +169,7 @@ def run_variations(args) -> int:
     requests = [make_request(args, p, init_image=args.init_image, strength=args.strength) for p in prompts]
     check_swaps(requests)  # across all the prompts: a swap word may belong to one of them
     check_guides(requests)
-    store = store_for(args)
+    store = store_of(args)
     check_embeddings(requests, store)  # before the first row samples, not when the row that needs it does
     session = session_for(args)
     total = len(seeds) * sum(session.step_count(req) for req in requests)  # also checks every request
@@ -275,7 +275,7 @@ def run_replay(args) -> int:
     try:
         result = replay(
             args.image,
-            store=store_for(args),
+            store=store_of(args),
             model=model,
             model_config=args.model_config,
             cell=args.cell,
@@ -320,7 +320,7 @@ def run_grid(args) -> int:
     check_img2img(args.init_image, args.strength, [req.scheduler for req in rows])  # a sweep may set them
     check_swaps(rows)  # across all the rows: a swap word may occur in some swept prompts only
     check_guides(rows)
-    store = store_for(args)
+    store = store_of(args)
     check_embeddings(rows, store)  # every row's <name>s, before the first row samples
     session = session_for(args)
     progress = StepProgress(len(seeds) * sum(session.step_count(req) for req in rows), "grid")

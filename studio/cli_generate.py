@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from embeddings.files import refuse_file_as_folder
 from studio.cli_options import (
     add_command,
     check_img2img,
@@ -21,8 +22,8 @@ from studio.cli_options import (
     img2img_options,
     model_options,
     refuse_existing,
-    refuse_file_as_folder,
     sampling_options,
+    store_of,
 )
 
 GENERATE_EPILOG = """\
@@ -90,13 +91,6 @@ def session_for(args):
     session = Session(load_model(args.model, config=getattr(args, "model_config", None)))
     session.encoder.partial = getattr(args, "partial", False)
     return session
-
-
-def store_for(args):
-    """The embedding store under --home."""
-    from embeddings import Store
-
-    return Store.for_home(args.home)
 
 
 def check_embeddings(requests, store) -> None:
@@ -354,7 +348,7 @@ def run_generate(args) -> int:
     )
     check_swaps([req])
     check_guides([req])
-    store = store_for(args)
+    store = store_of(args)
     check_embeddings([req], store)
     session = session_for(args)
     # the session's own count (img2img runs part, PNDM's warm-up counts too); it also checks the whole

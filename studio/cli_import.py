@@ -5,25 +5,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.cli_embeddings import described, epilog, print_json, store_of
+from studio.cli_embeddings import print_json
+from studio.cli_options import add_command, store_of
 
 
 def register(subparsers, common) -> None:
     """Add `import` to the `tokensmith` parser."""
-    sub = subparsers.add_parser(
+    sub = add_command(
+        subparsers,
+        common,
         "import",
-        parents=[common],
-        **described("import embedding files (any format) into the store"),
-        **epilog(
-            "Examples:\n  tokensmith import bad-hands-5.pt EasyNegative.safetensors\n"
-            "  tokensmith import sdxl-run/ --name my-style      # the diffusers SDXL pair in a folder\n"
-            "  tokensmith import card.png --force             # A1111 embedding image; replace same name\n\n"
-            "Reads diffusers {token: tensor} (.safetensors/.bin, SDXL pair), A1111 .pt and PNG/WebP images,\n"
-            "kohya/ComfyUI emb_params and SDXL clip_l/clip_g files. Pickles load with weights_only=True.\n"
-            "Prints the stored name(s), one per line (on stderr, FILE -> NAME where a name differs from the\n"
-            "file's). An embedding already stored with identical vectors is skipped, so running an import\n"
-            "that was interrupted again finishes it."
-        ),
+        "import embedding files (any format) into the store",
+        "Examples:\n  tokensmith import bad-hands-5.pt EasyNegative.safetensors\n"
+        "  tokensmith import sdxl-run/ --name my-style      # the diffusers SDXL pair in a folder\n"
+        "  tokensmith import card.png --force             # A1111 embedding image; replace same name\n\n"
+        "Reads diffusers {token: tensor} (.safetensors/.bin, SDXL pair), A1111 .pt and PNG/WebP images,\n"
+        "kohya/ComfyUI emb_params and SDXL clip_l/clip_g files. Pickles load with weights_only=True.\n"
+        "Prints the stored name(s), one per line (on stderr, FILE -> NAME where a name differs from the\n"
+        "file's). An embedding already stored with identical vectors is skipped, so running an import\n"
+        "that was interrupted again finishes it.",
     )
     sub.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to import")
     sub.add_argument("--name", help="store under this name (only when importing one embedding)")

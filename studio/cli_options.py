@@ -1,5 +1,9 @@
-"""The options and checks the image commands share (generate, variations, grid, schedule, replay, blend,
-nearest, doctor): the model, sampling and img2img options, and the checks that run before a model loads."""
+"""What the command modules share: the one way a subcommand's parser is built (`add_command`), the store
+under --home (`store_of`), the model options and loading (--model, --model-config, `load_model_noting`,
+`check_model_options`: every command that loads a model), and the sampling and img2img options and checks of
+the image commands (generate, variations, grid, schedule, replay).
+
+Nothing here imports torch at module level: `tokensmith --help` builds every parser from it."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from embeddings.files import refuse_file_as_folder  # also for the CLI modules that import it here
+from embeddings.files import refuse_file_as_folder
 
 # The names of studio.generation.schedule.SCHEDULERS, repeated so `--help` does not import torch (a test
 # checks they agree).
@@ -15,16 +19,59 @@ SCHEDULERS = ("ddim", "ddpm", "dpm", "euler", "euler-a", "heun", "pndm", "unipc"
 DEFAULT_SCHEDULER = "dpm"
 
 
+# --- building a command ---
+
+
+def add_command(
+    subparsers, common, name: str, help_text: str, epilog: str, *, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand: `help_text` is its line in `tokensmith --help` and, capitalised with a full stop, the
+    sentence under its `usage:` unless `description` says more there; the epilog (examples) keeps its
+    layout."""
+    return subparsers.add_parser(
+        name,
+        parents=[common],
+        help=help_text,
+        description=description or help_text[0].upper() + help_text[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def store_of(args):
+    """The store under the command's --home."""
+    from embeddings import Store
+
+    return Store.for_home(args.home)
+
+
+# --- the model ---
+
+
 def model_options(parser: argparse.ArgumentParser) -> None:
-    """--model and --model-config, shared by every command that loads a model."""
+    """--model (the demo world by default) and --model-config, for a command whose --model is a choice."""
     parser.add_argument(
         "--model",
         default="demo",
         help="demo (default), a diffusers folder, a .safetensors/.ckpt, or a hub id",
     )
+    model_config_option(parser)
+
+
+def model_config_option(parser: argparse.ArgumentParser) -> None:
+    """--model-config DIR: where a single-file checkpoint finds the configs of its architecture offline
+    (every command with --model has it; checked by `check_model_options`)."""
     parser.add_argument(
-        "--model-config", metavar="DIR", help="configs for a single-file checkpoint (offline)"
+        "--model-config", metavar="DIR", help="configs for a single-file checkpoint --model (offline)"
     )
+
+
+def load_model_noting(spec: str, config: str | None = None):
+    """The model `spec`, saying on stderr that it loads (a large one takes a while)."""
+    from trainers.models import load_model
+
+    print(f"loading model {spec} ...", file=sys.stderr)
+    return load_model(spec, config=config)
 
 
 def check_model_options(model: str | None, model_config: str | None, command: str) -> None:
@@ -37,6 +84,9 @@ def check_model_options(model: str | None, model_config: str | None, command: st
     check_model_config(model_config)
     if model_config_unused(model or "demo", model_config):
         print(f"tokensmith {command}: warning: {MODEL_CONFIG_UNUSED}", file=sys.stderr)
+
+
+# --- sampling and img2img ---
 
 
 def sampling_options(parser: argparse.ArgumentParser, *, seeds: bool = False) -> None:
@@ -103,6 +153,9 @@ def img2img_options(parser: argparse.ArgumentParser, init_help: str) -> None:
     )
 
 
+# --- output files ---
+
+
 def force_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
 
@@ -136,18 +189,6 @@ def check_init_image(path: Path) -> None:
         raise ValueError(f"--init-image {path} is a folder: give an image file (PNG or JPEG)")
     if not path.is_file():
         raise FileNotFoundError(f"--init-image {path} does not exist")
-
-
-def add_command(subparsers, common, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
-    """A subcommand whose description is its help line and whose epilog (examples) keeps its layout."""
-    return subparsers.add_parser(
-        name,
-        parents=[common],
-        help=help_text,
-        description=help_text[0].upper() + help_text[1:] + ".",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 def stored_preview(path: Path, command: str, instead: str):

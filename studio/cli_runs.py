@@ -4,22 +4,22 @@ ones that did not finish."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 import time
 
+from studio.cli_options import add_command
+
 
 def register(subparsers, common) -> None:
     """Add `runs` to the `tokensmith` parser."""
-    sub = subparsers.add_parser(
+    sub = add_command(
+        subparsers,
+        common,
         "runs",
-        parents=[common],
-        help="list training runs: status, step, validation loss, how to resume",
-        description="List the training runs under HOME/runs: status, step, validation loss, how to resume.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
+        "list training runs: status, step, validation loss, how to resume",
+        (
             "Examples:\n  tokensmith runs\n  tokensmith runs --json\n\n"
             "One line per run folder under HOME/runs, newest first (by when the run began): its\n"
             "status (starting, running, done, stopped, failed, ended: the trainer exited without a final\n"
@@ -27,6 +27,7 @@ def register(subparsers, common) -> None:
             "wrote. A finished run's message follows, and a run that did not finish shows the command\n"
             "that resumes it: from its newest checkpoint, or from step 0 when it saved none."
         ),
+        description="List the training runs under HOME/runs: status, step, validation loss, how to resume.",
     )
     sub.add_argument("--json", action="store_true", help="print the runs as JSON on stdout")
     sub.set_defaults(run=run_runs)

@@ -3,23 +3,22 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from studio.cli_embeddings import print_json
+from studio.cli_embeddings import STORED_NAME, print_json
+from studio.cli_options import add_command, store_of
 
 
 def register(subparsers, common) -> None:
     """Add `push` to the `tokensmith` parser."""
-    sub = subparsers.add_parser(
+    sub = add_command(
+        subparsers,
+        common,
         "push",
-        parents=[common],
-        help="upload a stored embedding with a model card to a Hugging Face hub repo",
-        description="Upload a stored embedding with a model card to a Hugging Face hub repo.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
+        "upload a stored embedding with a model card to a Hugging Face hub repo",
+        (
             "Examples:\n  tokensmith push my-cat your-name/my-cat\n"
             "  tokensmith push my-cat your-name/my-cat --private\n"
             "  tokensmith push EasyNegative your-name/easynegative --license other\n\n"
@@ -33,7 +32,7 @@ def register(subparsers, common) -> None:
             "empty folder) to read first, and prints their paths."
         ),
     )
-    sub.add_argument("name", metavar="NAME", help="a stored embedding's name (`tokensmith list` shows them)")
+    sub.add_argument("name", metavar="NAME", help=STORED_NAME)
     sub.add_argument("repo", metavar="REPO", help="hub repo id: your-name/repo (created if missing)")
     sub.add_argument("--private", action="store_true", help="create the repo as private")
     sub.add_argument(
@@ -63,7 +62,6 @@ def register(subparsers, common) -> None:
 
 
 def run_push(args) -> int:
-    from embeddings import Store
     from studio.cli_options import stored_preview
     from trainers.card import card_license, no_license_note
     from trainers.config import check_repo_id
@@ -73,7 +71,7 @@ def run_push(args) -> int:
     if args.license_id:
         check_license(args.license_id)
     check_repo_id(args.repo, args.name)  # before the licence note: a refused id uploads nothing
-    store = Store.for_home(args.home)
+    store = store_of(args)
     emb = store.get(args.name)
     instead = (
         "writing the files without it (delete or replace that file to upload a preview)"

@@ -8,6 +8,7 @@ import json
 import sys
 
 from studio.cli import UsageError, bar_options
+from studio.cli_options import add_command
 
 TRAIN_EXAMPLE = """Examples:
   tokensmith train --images shots/ --name my-cat --init cat
@@ -27,13 +28,13 @@ def register(subparsers, common) -> None:
     from trainers.commands import flag_name
     from trainers.config import FIELDS
 
-    train = subparsers.add_parser(
+    train = add_command(
+        subparsers,
+        common,
         "train",
-        parents=[common],
-        help="learn a concept token from a folder of images",
+        "learn a concept token from a folder of images",
+        TRAIN_EXAMPLE,
         description="Train a textual-inversion embedding and put it in the store.",
-        epilog=TRAIN_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", metavar="FILE", help="a TOML or YAML config (flags override its values)")
     train.add_argument("--style", action="store_true", help="learn a style: same as --templates style")
@@ -197,13 +198,11 @@ class ProgressBar:
 
 
 def run_train(args) -> int:
-    from pathlib import Path
-
-    from trainers.commands import resume_command
-    from trainers.ending import kept_note
+    """Train, then say how the run ended as `python -m trainers` says it (trainers/outcome.py): the result
+    on stdout (--json: as JSON), notes on stderr; under a multi-process launch the main process alone."""
     from trainers.hub import UploadError
+    from trainers.outcome import finish, stopped_early
     from trainers.processes import launch_rank
-    from trainers.storing import summary
     from trainers.trainer import RunStopped, train
 
     set_cpu_threads()
@@ -216,63 +215,27 @@ def run_train(args) -> int:
         emb = train(cfg, home=args.home, on_progress=bar, echo=bar.write)
     except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
         bar.close()
-        print(f"tokensmith train: {exc}", file=sys.stderr)
-        return 1
+        return report(stopped_early(exc), quiet=quiet)
     except UploadError as exc:  # the run is done and stored: its result is shown, then the upload's error
         if exc.embedding is None:
             raise
         emb, failed_upload = exc.embedding, exc
     finally:
         bar.close()
-    info = summary(emb)
+    outcome = finish(emb, home=args.home, push_to_hub=cfg.push_to_hub, failed_upload=failed_upload)
+    return report(outcome, quiet=quiet, as_json=args.json)
+
+
+def report(outcome, *, quiet: bool = False, as_json: bool = False) -> int:
+    """Print a run's Outcome as `tokensmith train` does, and return its exit status: the result on stdout
+    (--json: the result object, when there is one), each note on stderr; nothing when `quiet`."""
     if quiet:
-        return 1 if info.get("end") == "stopped" else 0
-    if info.get("end") == "stopped":
-        resume = resume_command(Path(info["config"]["run_dir"]), args.home)
-        print(
-            f"tokensmith train: stopped at step {emb.meta.get('steps')}; continue with: {resume}",
-            file=sys.stderr,
-        )
-        return 1
-    metrics = json.loads(emb.meta.get("metrics", "{}"))
-    result = {
-        "name": emb.name,
-        "family": emb.family,
-        "steps": int(emb.meta.get("steps", 0)),
-        "trained_steps": int(info.get("trained_steps", emb.meta.get("steps", 0))),
-        "kept": info.get("kept", "last"),
-        "end": info.get("end"),
-        "num_vectors": emb.num_vectors,
-        "metrics": metrics,
-        "run_dir": info["config"]["run_dir"],
-        "warning": info.get("warning", ""),
-    }
-    if cfg.push_to_hub:
-        result |= upload_outcome(result["run_dir"], failed_upload)
-    if args.json:
-        print(json.dumps(result, indent=2))
+        return outcome.exit_code
+    if as_json and outcome.result:
+        print(json.dumps(outcome.result, indent=2))
     else:
-        note = kept_note(result["steps"], result["trained_steps"])
-        how = "; ".join(filter(None, [result["end"].replace("_", " "), note]))
-        print(f"learned <{emb.name}> ({how}); use it in a prompt as <{emb.name}>")
-        if result.get("url"):
-            print(f"uploaded to {result['url']}")
-    if result["warning"]:
-        print(f"tokensmith train: warning: {result['warning']}", file=sys.stderr)
-    if failed_upload is not None:
-        print(f"tokensmith train: error: {failed_upload}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def upload_outcome(run_dir: str, failed_upload) -> dict:
-    """The --push-to-hub keys of train's result: {"uploaded": true, "url": ...} (the URL from the run's
-    `done` event), or {"uploaded": false, "upload_error": ...}."""
-    from pathlib import Path
-
-    from trainers.runfolder import RunFolder
-
-    if failed_upload is not None:
-        return {"uploaded": False, "upload_error": str(failed_upload)}
-    done = (RunFolder(Path(run_dir)).read_progress() or [{}])[-1]
-    return {"uploaded": True, "url": done.get("url", "")}
+        for line in outcome.said:
+            print(line)
+    for note in outcome.notes:
+        print(f"tokensmith train: {note}", file=sys.stderr)
+    return outcome.exit_code

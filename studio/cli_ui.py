@@ -8,6 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
+from studio.cli_options import add_command
+
 APP_PATH = Path(__file__).resolve().parent / "app" / "main.py"
 DEFAULT_PORT = 8501
 
@@ -23,13 +25,13 @@ Use --host 0.0.0.0 only on a trusted network: the studio has no login.
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
+        common,
         "ui",
-        parents=[common],
-        help="start the Streamlit studio in the browser",
+        "start the Streamlit studio in the browser",
+        EXAMPLE,
         description="Start the tokensmith studio (a Streamlit app) and serve it over HTTP.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})"

@@ -8,34 +8,36 @@ from pathlib import Path
 
 from embeddings.text import printable
 from studio.cli import at_least_one
-from studio.cli_embeddings import (
-    STORED_NAME,
-    described,
-    epilog,
+from studio.cli_embeddings import STORED_NAME, print_json, shown
+from studio.cli_options import (
+    add_command,
+    check_model_options,
     load_model_noting,
     model_config_option,
-    print_json,
-    shown,
     store_of,
 )
-from studio.cli_options import check_model_options
 
 
 def register(subparsers, common) -> None:
     """Add blend, nearest and doctor to the `tokensmith` parser."""
-    sub = subparsers.add_parser(
+    _add_blend(subparsers, common)
+    _add_nearest(subparsers, common)
+    _add_doctor(subparsers, common)
+
+
+def _add_blend(subparsers, common) -> None:
+    sub = add_command(
+        subparsers,
+        common,
         "blend",
-        parents=[common],
-        **described("make a new embedding from a weighted mix of embeddings and words"),
-        **epilog(
-            'Examples:\n  tokensmith blend "0.5*<cat> + 0.5*<dog>" --name catdog\n'
-            '  tokensmith blend "slerp(<cat>, <dog>, 0.3)" --name mostly-cat --keep-norm\n'
-            '  tokensmith blend "0.6*red + 0.4*yellow" --name orange-ish --model demo\n\n'
-            "<name> is a stored embedding; a bare word is its token embedding in --model, and must be one\n"
-            "token of its vocabulary (a word it splits into pieces is refused: the mix would be of letter\n"
-            "fragments); 'a quoted phrase' is all its tokens, one vector each. Each word's tokens are\n"
-            "printed on stderr. Shorter operands are zero-padded to the longest; SDXL blends act per encoder."
-        ),
+        "make a new embedding from a weighted mix of embeddings and words",
+        'Examples:\n  tokensmith blend "0.5*<cat> + 0.5*<dog>" --name catdog\n'
+        '  tokensmith blend "slerp(<cat>, <dog>, 0.3)" --name mostly-cat --keep-norm\n'
+        '  tokensmith blend "0.6*red + 0.4*yellow" --name orange-ish --model demo\n\n'
+        "<name> is a stored embedding; a bare word is its token embedding in --model, and must be one\n"
+        "token of its vocabulary (a word it splits into pieces is refused: the mix would be of letter\n"
+        "fragments); 'a quoted phrase' is all its tokens, one vector each. Each word's tokens are\n"
+        "printed on stderr. Shorter operands are zero-padded to the longest; SDXL blends act per encoder.",
     )
     sub.add_argument(
         "expr", metavar="EXPR", help='the blend, e.g. "0.5*<cat> + 0.5*<dog>" (quote it for the shell)'
@@ -53,16 +55,17 @@ def register(subparsers, common) -> None:
     )
     sub.set_defaults(run=run_blend)
 
-    sub = subparsers.add_parser(
+
+def _add_nearest(subparsers, common) -> None:
+    sub = add_command(
+        subparsers,
+        common,
         "nearest",
-        parents=[common],
-        **described("show the vocabulary tokens closest to each vector of an embedding"),
-        **epilog(
-            "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json\n\n"
-            "Scores are cosines. Tokens read: 'cat' a word, 'squar…' a piece that a word goes on from,\n"
-            "'\\x07' a byte that is not text, and '#id' after two that would look alike. --json adds the\n"
-            "partial-fit note (null when it fits), each key's source key in the embedding and its tokens."
-        ),
+        "show the vocabulary tokens closest to each vector of an embedding",
+        "Examples:\n  tokensmith nearest my-cat --model demo -k 5\n  tokensmith nearest my-cat --json\n\n"
+        "Scores are cosines. Tokens read: 'cat' a word, 'squar…' a piece that a word goes on from,\n"
+        "'\\x07' a byte that is not text, and '#id' after two that would look alike. --json adds the\n"
+        "partial-fit note (null when it fits), each key's source key in the embedding and its tokens.",
     )
     sub.add_argument("name", metavar="NAME", help=STORED_NAME)
     sub.add_argument("--model", default="demo", help="model whose vocabulary to search (default: demo)")
@@ -71,18 +74,19 @@ def register(subparsers, common) -> None:
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_nearest)
 
-    sub = subparsers.add_parser(
+
+def _add_doctor(subparsers, common) -> None:
+    sub = add_command(
+        subparsers,
+        common,
         "doctor",
-        parents=[common],
-        **described("explain what an embedding file is and whether it fits a model"),
-        **epilog(
-            "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
-            "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
-            "  tokensmith doctor my-cat --model demo   # a stored name works too\n\n"
-            "A folder gets a report per embedding in it and its subfolders (--json: a list).\n"
-            "Exit code 0 when the file is readable and fits (or no --model was given; a partial fit prints\n"
-            "how to use it), 1 when it is unreadable or does not fit (for a folder: when any file is)."
-        ),
+        "explain what an embedding file is and whether it fits a model",
+        "Examples:\n  tokensmith doctor bad-hands-5.pt\n"
+        "  tokensmith doctor my-xl.safetensors --model ./sd15\n"
+        "  tokensmith doctor my-cat --model demo   # a stored name works too\n\n"
+        "A folder gets a report per embedding in it and its subfolders (--json: a list).\n"
+        "Exit code 0 when the file is readable and fits (or no --model was given; a partial fit prints\n"
+        "how to use it), 1 when it is unreadable or does not fit (for a folder: when any file is).",
     )
     sub.add_argument(
         "path",
@@ -107,9 +111,12 @@ def not_empty(text: str) -> str:
 
 
 def run_blend(args) -> int:
-    from embeddings import StoreError, validate_name, vectors_for_encoders
+    """Parse EXPR, load --model when a word needs its vocabulary (or a fit is asked for), print each word's
+    tokens on stderr, then blend the operands as the Blend page does (embeddings.blendparts) and store it."""
+    from embeddings import StoreError, validate_name
     from embeddings.blend_expr import parse_blend
-    from embeddings.maths import blend, labelled_with_vocabulary, word_operand
+    from embeddings.blendparts import bare_words, resolve_operands, word_texts, word_tokens
+    from embeddings.maths import blend, labelled_with_vocabulary
 
     store = store_of(args)
     validate_name(args.name)
@@ -120,19 +127,12 @@ def run_blend(args) -> int:
     model = (
         load_model_noting(args.model or "demo", args.model_config) if spec.needs_model or args.model else None
     )
-    if spec.needs_model:
-        check_word_operands(spec, args.expr, model.encoders[0][1])
-    parts = []
-    for operand, weight in spec.parts:
-        if operand.kind == "embedding":
-            parts.append((store.get(store.resolve(operand.text)), weight))  # <cat> finds 'Cat'
-        else:
-            parts.append((word_operand(operand.text, model.encoders), weight))
+    for text in word_texts(spec):  # "'red' -> red (1 token)": what each word blends, before any refusal
+        print(word_tokens(text, model.encoders[0][1]).line(), file=sys.stderr)
+    encoders, family = (model.encoders, model.family) if model else (None, None)
+    parts = resolve_operands(spec, store, encoders, model_family=family, bare=bare_words(args.expr))
     result = blend(parts, args.name, method=spec.method, keep_norm=args.keep_norm, num_vectors=args.vectors)
     if model is not None:
-        vectors_for_encoders(
-            result, model.encoders, model_family=model.family
-        )  # a clear error now if the result does not fit --model
         result = labelled_with_vocabulary(result, parts, base_model=model.source, family=model.family)
     store.put(result, overwrite=args.force)
     if args.json:  # `show NAME --json`'s object: import's entries name a source file, which a blend has not
@@ -140,35 +140,6 @@ def run_blend(args) -> int:
         return 0
     print(args.name)
     return 0
-
-
-def check_word_operands(spec, expr: str, tokenizer) -> None:
-    """Print each word operand's tokens on stderr ("'red' -> red (1 token)"), then refuse an unquoted word
-    that is not one token of the vocabulary: the model splits a word it does not know into pieces
-    ('keyboard' -> k, e, y, bo, a, r, d), and a blend of those is of letter fragments, not of the word.
-    A quoted phrase blends all its tokens on purpose."""
-    from embeddings.blend_expr import TOKEN
-
-    bare = {match.group("word") for match in TOKEN.finditer(expr) if match.group("word")}
-    refused = []
-    for text in dict.fromkeys(operand.text for operand, _ in spec.parts if operand.kind == "word"):
-        ids = tokenizer(text, add_special_tokens=False).input_ids
-        pieces = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
-        print(f"{text!r} -> {', '.join(pieces)} ({len(ids)} token{'s' * (len(ids) != 1)})", file=sys.stderr)
-        if text in bare and (len(ids) > 1 or tokenizer.unk_token_id in ids):
-            refused.append((text, pieces))
-    if refused:
-        text, pieces = refused[0]
-        how = (
-            f"it splits into {len(pieces)} pieces ({', '.join(pieces)}), so the blend would mix those "
-            "fragments"
-            if len(pieces) > 1
-            else "it reads as the unknown token, so the blend would mix that"
-        )
-        raise ValueError(
-            f"{text!r} is not a word of this model's vocabulary: {how}, not the word; use a word the model "
-            f"knows as one token, or quote it ('{text}') to blend its pieces on purpose"
-        )
 
 
 def run_nearest(args) -> int:
@@ -220,12 +191,11 @@ def source_key(emb, encoder_key: str) -> str:
 
 
 def run_doctor(args) -> int:
-    from embeddings import Store
     from embeddings.doctor import diagnose, diagnose_each
     from embeddings.formats.diffusers import pair_of
 
     path = Path(args.path)
-    store = Store.for_home(args.home)  # a file in it under a name the store refuses gets the rename advice
+    store = store_of(args)  # a file in it under a name the store refuses gets the rename advice
     if not path.exists():
         store_path = store.stored_file(store.resolve(args.path))  # also a hand-copied 'EasyNegative (1)'
         if store_path is None:

@@ -377,7 +377,7 @@ def test_blend_help_examples_blend_whole_words_of_the_demo_world(capsys):
     from transformers import CLIPTokenizer
 
     from embeddings.blend_expr import parse_blend
-    from studio.cli_vectors import check_word_operands
+    from embeddings.blendparts import word_texts, word_tokens
     from trainers.models import demo_model_dir
 
     with pytest.raises(SystemExit):
@@ -387,8 +387,8 @@ def test_blend_help_examples_blend_whole_words_of_the_demo_world(capsys):
     assert len(examples) == 3
     assert any(parse_blend(e).needs_model for e in examples)
     tokenizer = CLIPTokenizer.from_pretrained(demo_model_dir() / "tokenizer")
-    for expr in examples:
-        check_word_operands(parse_blend(expr), expr, tokenizer)  # raises for a word split into pieces
+    for expr in examples:  # every word of the examples is bare: each must be one token
+        assert all(word_tokens(word, tokenizer).whole for word in word_texts(parse_blend(expr))), expr
 
 
 def test_import_says_which_file_became_which_name_and_json_carries_the_file(tmp_path, capsys):

@@ -268,5 +268,5 @@ def test_python_m_trainers_says_the_result_then_the_failed_upload(tmp_path, tiny
     Api.fail = ConnectError("[Errno 111] Connection refused")
     assert trainers_main(["--config", str(config), "--home", str(tmp_path / "home")]) == 1
     lines = capsys.readouterr().err.rstrip().splitlines()
-    assert lines[-2].startswith("learned <launched> (1 vector(s)")
+    assert lines[-2] == "learned <launched> (finished); use it in a prompt as <launched>"  # as train says it
     assert lines[-1].startswith("python -m trainers: error: upload to me/launched failed (ConnectError")

@@ -167,7 +167,8 @@ def test_only_the_main_process_says_the_run_stopped(rank, lines, tmp_path, monke
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setattr(trainers.trainer, "train", stopped)
     assert trainers_main(["--config", str(config)]) == 1
-    said = capsys.readouterr().err.count("python -m trainers: stopped at step 15; continue with --resume")
+    stop = "python -m trainers: stopped at step 15; continue with: tokensmith train --run-dir run"  # as train
+    said = capsys.readouterr().err.count(stop)
     assert said == lines
     monkeypatch.setattr(trainers.trainer, "train", stopped_preparing)
     assert trainers_main(["--config", str(config)]) == 1

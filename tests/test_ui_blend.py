@@ -8,8 +8,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from embeddings import Embedding, Store
+from embeddings.blend_expr import Operand
 from studio.app import blending
-from studio.app.blending import Operand
 
 APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 
@@ -115,7 +115,7 @@ def test_make_blend_labels_with_the_model_only_when_words_are_mixed(page_session
     blended = blending.make_blend(parts, "catdog", method="lerp", keep_norm=False, model=model)
     assert "base_model" not in blended.meta  # the operands' own provenance, as the CLI keeps it
     worded = blending.resolve(
-        [Operand("embedding", "cat", 0.5), Operand("word", "red", 0.5)], store, model.encoders
+        [(Operand("embedding", "cat"), 0.5), (Operand("word", "red"), 0.5)], store, model
     )
     blended = blending.make_blend(worded, "catred", method="lerp", keep_norm=False, model=model)
     assert (blended.meta["family"], blended.meta["base_model"]) == ("sd1", "tiny-sd1")
@@ -232,7 +232,7 @@ def test_weight_rows_sweep_the_first_two_operands():
 def test_preview_prompt_and_labels():
     assert blending.preview_prompt("a * on blue", "mix") == "a <mix> on blue"
     assert blending.preview_prompt("a photo of", "mix") == "a photo of <mix>"
-    ops = [Operand("embedding", "cat", 0.5), Operand("word", "dog", 0.5)]
+    ops = [Operand("embedding", "cat"), Operand("word", "dog")]
     assert blending.row_label(ops, [0.25, 0.75]) == '0.25 <cat> + 0.75 "dog"'
     assert blending.row_label(ops, [0.25, 0.75], "slerp") == 'slerp(<cat>, "dog", t=0.75)'
     # a sweep's rows differ only in t, and the grid cuts labels at its label column: t comes first there

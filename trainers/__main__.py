@@ -2,7 +2,8 @@
 `accelerate launch -m trainers --config run.toml`).
 
 Runs the same training as `tokensmith train`, configured from a file (usually a run folder's config.toml),
-with optional `--home DIR`; the store lives under HOME/embeddings.
+with optional `--home DIR`; the store lives under HOME/embeddings. It ends in `tokensmith train`'s words and
+exit statuses (trainers/outcome.py), all on stderr: its output is a launch's log.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import sys
 from pathlib import Path
 
 from embeddings.errors import TokensmithError
+from trainers.outcome import EMPTY_HOME
 from trainers.runfolder import progress_line
+
+PROGRAM = "python -m trainers"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trainers",
+        prog=PROGRAM,
         description="Train a textual-inversion embedding from a config file.",
         epilog="Example: accelerate launch -m trainers --config ~/.tokensmith/runs/cat/config.toml",
     )
@@ -30,46 +34,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.home is not None and not args.home.strip():  # as the CLI: never the user's own home by accident
-        parser.error('--home is empty: give a folder (is the variable in --home "$VAR" unset?)')
+        parser.error(EMPTY_HOME)
+    from trainers.commands import home_from_environment
     from trainers.configfile import load
-    from trainers.ending import kept_note
     from trainers.hub import UploadError
+    from trainers.outcome import finish, stopped_early
     from trainers.processes import launch_rank
-    from trainers.storing import summary
     from trainers.trainer import RunStopped, train
 
+    main_process = launch_rank() == 0
     failed_upload = None
     try:
         overrides = {key: True for key in ("resume", "overwrite") if getattr(args, key)}
         if args.run_dir:  # a run folder's config.toml names its own folder, which refuses a second run
             overrides["run_dir"] = args.run_dir
         cfg = load(args.config, overrides=overrides)
-        home = Path(args.home).expanduser() if args.home else None
-        emb = train(cfg, home=home, echo=_echo, on_progress=_progress_line if launch_rank() == 0 else None)
+        # the home the run stores in, named in the command that continues it, as `tokensmith train` names it
+        home = Path(args.home).expanduser() if args.home else home_from_environment()
+        emb = train(cfg, home=home, echo=_echo, on_progress=_progress_line if main_process else None)
     except RunStopped as exc:  # a SIGTERM or Ctrl-C while the model loaded: asked for, not an error
-        if launch_rank() == 0:  # one line for a multi-process launch
-            _echo(f"python -m trainers: {exc}")
-        return 1
+        return report(stopped_early(exc), quiet=not main_process)
     except UploadError as exc:  # the run is done and stored: its result is said, then the upload's error
-        if exc.embedding is None:
-            print(f"python -m trainers: error: {exc}", file=sys.stderr)
+        if exc.embedding is None:  # refused before any result: an error like the others below
+            print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
             return 1
         emb, failed_upload = exc.embedding, exc
     except (TokensmithError, ValueError, KeyError, OSError) as exc:
-        print(f"python -m trainers: error: {exc}", file=sys.stderr)
+        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
         return 1
-    info = summary(emb)
-    if info.get("end") == "stopped":  # SIGTERM: every process stopped at the same step; the main one says so
-        if launch_rank() == 0:
-            _echo(f"python -m trainers: stopped at step {emb.meta.get('steps')}; continue with --resume")
-        return 1
-    if launch_rank() == 0:  # one line for a multi-process launch
-        kept = kept_note(int(emb.meta.get("steps", 0)), int(info.get("trained_steps", 0)))
-        _echo(f"learned <{emb.name}> ({emb.num_vectors} vector(s){'; ' + kept if kept else ''})")
-    if failed_upload is not None:
-        _echo(f"python -m trainers: error: {failed_upload}")
-        return 1
-    return 0
+    outcome = finish(emb, home=home, push_to_hub=cfg.push_to_hub, failed_upload=failed_upload)
+    return report(outcome, quiet=not main_process)
+
+
+def report(outcome, *, quiet: bool = False) -> int:
+    """Say a run's Outcome in `tokensmith train`'s lines, all on stderr (a launch's log, like the progress
+    lines), and return its exit status; nothing when `quiet` (not the main process of a launch)."""
+    if not quiet:
+        for line in outcome.said:
+            _echo(line)
+        for note in outcome.notes:
+            _echo(f"{PROGRAM}: {note}")
+    return outcome.exit_code
 
 
 def _progress_line(record: dict) -> None:

@@ -1,69 +1,69 @@
-"""What the Blend page needs besides widgets: operands as plain values, the blend itself (the core's maths),
+"""What the Blend page needs besides widgets: its operands resolved by the CLI's rule, the blend itself,
 the weight rows of a preview grid, and a store view that holds the unsaved blend for the generation engine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from pathlib import Path
 from typing import Any
 
+from embeddings.blend_expr import BlendSpec, Operand
+
 BLEND_MARK = "*"  # in the preview prompt, stands for the blend's trigger
 SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
+# A word field's text in quotes, as a blend expression quotes a phrase: its tokens are blended on purpose
+QUOTED = re.compile(r"""(?P<q>['"])(?P<text>.*\S.*)(?P=q)""")
+# How the refusal of a word split into pieces says to quote it, on this page (the CLI says "quote it")
+PAGE_QUOTE = "type it in its field in quotes"
 
 
-@dataclass(frozen=True)
-class Operand:
-    """One input of a blend: a stored embedding or an ordinary word/phrase, with its weight."""
+def typed_word(text: str) -> tuple[str, bool]:
+    """A word field's text as the CLI's blend language reads it: (the word or phrase, whether it is bare).
 
-    kind: str  # "embedding" | "word"
-    value: str
-    weight: float
-
-    @property
-    def label(self) -> str:
-        return f"<{self.value}>" if self.kind == "embedding" else f'"{self.value}"'
+    Unquoted, each of its words must be one token of the model's vocabulary (as a bare word in `tokensmith
+    blend`); in quotes it is all its tokens on purpose: "'keyboard'" -> ('keyboard', False)."""
+    text = text.strip()
+    quoted = QUOTED.fullmatch(text)
+    return (quoted["text"], False) if quoted else (text, True)
 
 
-def resolve(
-    operands: list[Operand], store: Any, encoders: list | None, widths: dict[str, int] | None = None
-) -> list[tuple[Any, float]]:
-    """(Embedding, weight) parts for the core's blend; words become their token embeddings. With the model's
-    `widths`, a stored embedding made for another model is refused by its own name."""
-    from embeddings.doctor import widths_text
-    from embeddings.maths import word_operand
+def label(operand: Operand) -> str:
+    """'<cat>' for a stored embedding; a word as typed, in double quotes unless the user quoted it."""
+    from embeddings.blendparts import operand_label
 
-    parts = []
-    for i, op in enumerate(operands):
-        if not op.value.strip():
-            raise ValueError("every operand needs a value: pick an embedding or type a word")
-        if op.kind == "embedding":
-            emb = _stored_operand(store, op, i)
-            if widths is not None and emb.widths != widths:
-                raise ValueError(
-                    f"cannot blend operand #{i + 1} {op.label}: it has {widths_text(emb.widths)} but this "
-                    f"model's text encoder has {widths_text(widths)} (it was made for another model); pick "
-                    "one made for this model, or a word"
-                )
-            parts.append((emb, op.weight))
-        else:
-            if encoders is None:
-                raise ValueError("word operands need the model's tokenizer: the model could not be loaded")
-            parts.append((word_operand(op.value.strip(), encoders), op.weight))
-    return parts
+    if operand.kind == "word" and QUOTED.fullmatch(operand.text.strip()):
+        return operand.text.strip()
+    return operand_label(operand)
 
 
-def _stored_operand(store: Any, op: Operand, i: int) -> Any:
-    """The stored embedding of operand #i+1; one that does not load is refused naming the operand, as a
-    misfit is (the store's message names only its file)."""
-    from embeddings.errors import TokensmithError
+def resolve(rows: list[tuple[Operand, float]], store: Any, model: Any) -> list[tuple[Any, float]]:
+    """(Embedding, weight) parts for the core's blend, by the rule `tokensmith blend` follows
+    (embeddings.blendparts): `<cat>` finds a stored 'Cat'; a bare word that the `model` (a LoadedModel)
+    splits into pieces is refused; an embedding made for another model is refused by its own name. The
+    refusals are worded for this page: its field, and the file's name rather than the store's path."""
+    from embeddings.blendparts import BlendOperandError, SplitWordError, resolve_operands, split_word_text
 
+    if any(not operand.text.strip() for operand, _ in rows):
+        raise ValueError("every operand needs a value: pick an embedding or type a word")
+    parts, bare = [], set()
+    for operand, weight in rows:
+        if operand.kind == "word":
+            text, is_bare = typed_word(operand.text)
+            operand = Operand("word", text)
+            bare |= {text} if is_bare else set()
+        parts.append((operand, weight))
+    spec = BlendSpec("lerp", tuple(parts))  # the method is make_blend's: this resolves the operands only
     try:
-        return store.get(op.value)
-    except (TokensmithError, KeyError, ValueError, OSError) as exc:
-        reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        path = str(store.path(op.value))
-        reason = reason.removeprefix(f"{path}: ").replace(path, Path(path).name)
-        raise ValueError(f"cannot blend operand #{i + 1} {op.label}: {reason}") from exc
+        return resolve_operands(spec, store, model.encoders, model_family=model.family, bare=bare)
+    except SplitWordError as exc:
+        raise ValueError(split_word_text(exc.word, exc.operand, quote=PAGE_QUOTE)) from exc
+    except BlendOperandError as exc:
+        operand = spec.parts[exc.index - 1][0]
+        path = str(store.path(store.resolve(operand.text))) if operand.kind == "embedding" else ""
+        reason = exc.reason.removeprefix(f"{path}: ").replace(path, Path(path).name) if path else exc.reason
+        raise ValueError(
+            f"cannot blend operand #{exc.index} {label(rows[exc.index - 1][0])}: {reason}"
+        ) from exc
 
 
 def make_blend(
@@ -99,10 +99,9 @@ def row_label(
     if method == "slerp" and len(operands) == 2:
         total = weights[0] + weights[1]
         t = f"{weights[1] / total:.3g}" if total else "?"
-        if t_first:
-            return f"t={t}: slerp({operands[0].label}, {operands[1].label})"
-        return f"slerp({operands[0].label}, {operands[1].label}, t={t})"
-    return " + ".join(f"{w:g} {op.label}" for op, w in zip(operands, weights, strict=True))
+        first, second = label(operands[0]), label(operands[1])
+        return f"t={t}: slerp({first}, {second})" if t_first else f"slerp({first}, {second}, t={t})"
+    return " + ".join(f"{w:g} {label(op)}" for op, w in zip(operands, weights, strict=True))
 
 
 def made_for(entries: list[Any], widths: dict[str, int]) -> tuple[list[Any], list[Any]]:

@@ -7,19 +7,24 @@ import io
 
 import streamlit as st
 
+from embeddings.blend_expr import Operand
 from studio.app import blending, cards, context, formstate
-from studio.app.blending import Operand
 
 MAX_OPERANDS = 4
 REPLACE_LABEL = "Replace an embedding of the same name"
 KINDS = ["library", "word"]
+WORD_HELP = (
+    "As in `tokensmith blend`: each word must be one token of the model's vocabulary (a word it splits into "
+    "pieces is refused: the mix would be of letter fragments). In quotes ('red car'), all its tokens are "
+    "blended on purpose."
+)
 
 
 # --- widgets ---
 
 
-def operands_ui(names: list[str]) -> list[Operand]:
-    """2–4 operands: each a library embedding or a word, with a weight slider."""
+def operands_ui(names: list[str]) -> list[tuple[Operand, float]]:
+    """2–4 (operand, weight) rows: each a library embedding or a word, with a weight slider."""
     count = int(st.number_input("Operands", 2, MAX_OPERANDS, key=formstate.kept("bl_count", 2)))
     # sliders keep their values by key: a new operand count starts every weight at 1/count again
     fresh = st.session_state.get("bl_weights_for") != count
@@ -41,11 +46,11 @@ def operands_ui(names: list[str]) -> list[Operand]:
                 value = c2.selectbox("Embedding", names, key=emb_key)
         else:
             word_key = formstate.kept(f"bl_word_{i}", "")
-            value = c2.text_input("Word or phrase", key=word_key, placeholder="typewriter")
+            value = c2.text_input("Word or phrase", key=word_key, placeholder="typewriter", help=WORD_HELP)
         weight = c3.slider(
             "Weight", -1.0, 2.0, step=0.05, key=formstate.kept(f"bl_w_{i}", round(1.0 / count, 2))
         )
-        operands.append(Operand("embedding" if kind == "library" else "word", value, float(weight)))
+        operands.append((Operand("embedding" if kind == "library" else "word", value), float(weight)))
     return operands
 
 
@@ -106,7 +111,7 @@ def preview_cell(
     return buffer.getvalue()
 
 
-def preview_grid(session, store, parts, operands, name, method, keep_norm, settings):
+def preview_grid(session, store, parts, rows, name, method, keep_norm, settings):
     """The labelled grid as PNG bytes (rows: weights, columns: seeds), the blend at the sliders' weights, and
     its first image (the library thumbnail when it is saved)."""
     from PIL import Image
@@ -126,12 +131,12 @@ def preview_grid(session, store, parts, operands, name, method, keep_norm, setti
         weighted = [(emb, w) for (emb, _), w in zip(parts, weights, strict=True)]
         return blending.make_blend(weighted, name, method=method, keep_norm=keep_norm, model=session.model)
 
-    weights = [op.weight for op in operands]
-    rows, labels = [], []
+    operands, weights = [op for op, _ in rows], [w for _, w in rows]
+    cells, labels = [], []
     for row_weights in blending.weight_rows(weights, settings["sweep"]):
-        rows.append([cell(mix(row_weights), seed) for seed in settings["seeds"]])
+        cells.append([cell(mix(row_weights), seed) for seed in settings["seeds"]])
         labels.append(blending.row_label(operands, row_weights, method, t_first=True))
-    grid = compose(rows, labels, [f"seed {s}" for s in settings["seeds"]])
+    grid = compose(cells, labels, [f"seed {s}" for s in settings["seeds"]])
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     current = mix(weights)
@@ -161,20 +166,20 @@ st.caption(
 try:
     store = context.store()
     widths = context.loaded_model(context.model_spec()).widths
-    operands = operands_ui(blending.fitting_first(store.list(), widths))
-    method, keep_norm = method_ui(len(operands))
+    rows = operands_ui(blending.fitting_first(store.list(), widths))
+    method, keep_norm = method_ui(len(rows))
     name = name_ui()
     settings = preview_settings_ui()
-    if not all(op.value.strip() for op in operands):
+    if not all(op.text.strip() for op, _ in rows):
         st.info("Choose every operand (an embedding from the library, or a word) to see the preview.")
     elif name:  # else name_ui said under the field why it cannot be used; the rest of the page stays
         session = context.generation_session(context.model_spec())
-        parts = blending.resolve(operands, store, session.model.encoders, session.model.widths)
+        parts = blending.resolve(rows, store, session.model)
         with st.spinner("Rendering the preview grid…"):
             grid, blended, thumbnail = preview_grid(
-                session, store, parts, operands, name, method, keep_norm, settings
+                session, store, parts, rows, name, method, keep_norm, settings
             )
-        weights = [op.weight for op in operands]
+        operands, weights = [op for op, _ in rows], [w for _, w in rows]
         st.image(grid, caption=f"<{name}> = " + blending.row_label(operands, weights, method))
         save_ui(store, blended, thumbnail)
 except context.user_errors() as exc:
