@@ -142,11 +142,13 @@ def _earlier_demo_run(run: Path) -> bool:
     is refused, before anything is written: deleting it would lose its checkpoints and whatever else the
     user keeps in it.
 
+    A demo run that a live trainer holds (another `tokensmith demo` still training) is refused too.
     A demo run is told by its config.toml, which every run writes and the demo's own runs (old ones too)
     fill alike: the demo model, a `demo-COLOUR-SHAPE` name, and images in the `images` folder beside it."""
     import tomllib
 
     from embeddings.text import printable
+    from trainers.runfolder import RunFolder
 
     config = run / "config.toml"
     if not (run / "progress.jsonl").is_file() and not config.is_file():
@@ -162,6 +164,11 @@ def _earlier_demo_run(run: Path) -> bool:
         and Path(images) == Path(run_dir).parent / "images"
         and Path(run_dir).name == "run"
     ):
+        if (pid := RunFolder(run).holder()) is not None:  # a demo still training there: never delete it
+            raise FileExistsError(
+                f"a demo is training in {run} (process {pid}); wait for it to finish or stop it, or pass "
+                "another --out"
+            )
         return True
     of = f" of '{printable(name)}'" if name else " (its config.toml is missing or unreadable)"
     raise FileExistsError(f"{run} is a training run{of}; choose another --out")

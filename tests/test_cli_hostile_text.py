@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -350,6 +351,33 @@ def test_demo_replaces_the_run_an_earlier_demo_made(tmp_path, tokensmith_home, c
     assert code == EXIT_OK, err
     assert not run_dir.exists()  # removed; the (faked) training made no new one
     assert (out / "contact-sheet.png").is_file()
+
+
+def test_demo_never_deletes_an_earlier_demos_run_while_it_trains(
+    tmp_path, tokensmith_home, capsys, demo_model, fake_demo
+):
+    out = tmp_path / "demo-out"
+    run_dir = quick_run(tokensmith_home, out / "images", out / "run", "demo-purple-triangle", demo_model)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name != "pid")
+    holds = (
+        "import sys; from pathlib import Path; from trainers.runfolder import RunFolder; "
+        "RunFolder(Path(sys.argv[1])).claim(); print(1, flush=True); sys.stdin.read()"
+    )
+    trainer = subprocess.Popen(  # another demo's trainer, still training in OUT/run
+        [sys.executable, "-c", holds, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert trainer.stdout.readline().strip() == "1"
+        code, _, err = run(capsys, "demo", "--out", out, "--steps", "1")
+    finally:
+        trainer.stdin.close()
+        trainer.wait(timeout=30)
+    assert code == EXIT_ERROR
+    assert err == (
+        f"tokensmith demo: error: a demo is training in {run_dir} (process {trainer.pid}); wait for it to "
+        "finish or stop it, or pass another --out\n"
+    )
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name != "pid") == before
 
 
 def test_demo_refuses_a_run_whose_config_cannot_be_read(tmp_path, capsys, fake_demo):
