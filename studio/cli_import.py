@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from embeddings.errors import StoreError
+from embeddings.text import printable
 from studio.cli_embeddings import print_json
 from studio.cli_options import add_command, store_of
 
@@ -144,9 +146,9 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
                 try:
                     results.append((source, emb, batch.put(emb, overwrite=overwrite), False))
                 except StoreError:
-                    if not store.holds(emb):  # else another import stored the same embedding meanwhile: fine
-                        raise
-                    results.append((source, emb, store.path(emb.name), True))
+                    if not store.holds(emb):  # taken meanwhile, with other vectors: not ours to replace
+                        raise _TakenMeanwhile(emb.name) from None
+                    results.append((source, emb, store.path(emb.name), True))  # the same, stored meanwhile
     except KeyboardInterrupt:
         _print_imported(results, as_json=as_json)
         note = _stopped(f"interrupted while storing {source}", results, len(found))
@@ -156,14 +158,29 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
         if len(found) == 1:
             raise StoreError(f"could not store {source}: {exc}") from exc
         _print_imported(results, as_json=as_json)
-        raise StoreError(_stopped(f"could not store {source}: {exc}", results, len(found))) from exc
+        retry = TO_REPLACE if isinstance(exc, _TakenMeanwhile) else TO_FINISH
+        raise StoreError(_stopped(f"could not store {source}: {exc}", results, len(found), retry)) from exc
     return results
 
 
-def _stopped(what: str, results: list[tuple], total: int) -> str:
+class _TakenMeanwhile(StoreError):
+    """Another process stored an embedding of this name, with other vectors, while the import ran."""
+
+    def __init__(self, name: str):
+        super().__init__(
+            f"an embedding named '{printable(name)}' was stored by another process while this import ran, "
+            "with other vectors; pass --force to replace it"
+        )
+
+
+TO_FINISH = "run the same command again to finish: it skips what is already stored"
+TO_REPLACE = "run the same command with --force to finish and replace it (what is already stored is skipped)"
+
+
+def _stopped(what: str, results: list[tuple], total: int, retry: str = TO_FINISH) -> str:
     new = [emb.name for _, emb, _, already in results if not already]
     stored = f"{len(new)} of {total} were stored ({_some(new)})" if new else "nothing new was stored"
-    return f"{what}; {stored}; run the same command again to finish: it skips what is already stored"
+    return f"{what}; {stored}; {retry}"
 
 
 def _print_imported(results: list[tuple], *, as_json: bool) -> None:

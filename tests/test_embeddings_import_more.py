@@ -252,3 +252,31 @@ def test_an_sdxl_a1111_export_still_holds_only_tensors(tmp_path):
     xl = Embedding("xl", {"clip_l": vec(1, 768), "clip_g": vec(1, 1280)}, {"init": "x"})
     export(xl, "a1111-pt", tmp_path / "xl.pt")
     assert sorted(torch.load(tmp_path / "xl.pt", weights_only=True)) == ["clip_g", "clip_l"]
+
+
+def test_an_import_that_loses_a_name_to_another_process_says_so_and_how_to_replace_it(
+    tmp_path, capsys, tokensmith_home, monkeypatch
+):
+    from embeddings.storebatch import StoreBatch
+
+    write(tmp_path / "in", "a", width=64, seed=1)
+    write(tmp_path / "in", "b", width=64, seed=2)
+    put = StoreBatch.put
+
+    def another_process_first(self, emb, **kwargs):
+        if emb.name == "b":  # another import stores other vectors under 'b' while this one runs
+            self.release()  # between two runs of the batch's lock, where another writer gets in
+            Store.for_home(tokensmith_home).put(Embedding("b", {"emb_params": vec(2, 64, seed=9)}))
+        return put(self, emb, **kwargs)
+
+    monkeypatch.setattr(StoreBatch, "put", another_process_first)
+    code, _, err = run(capsys, "import", tmp_path / "in")
+    assert code == EXIT_ERROR
+    assert "an embedding named 'b' was stored by another process while this import ran" in err
+    assert "run the same command with --force to finish and replace it" in err
+    assert "run the same command again to finish" not in err  # which would be refused: 'b' differs
+    monkeypatch.setattr(StoreBatch, "put", put)
+    code, _, err = run(capsys, "import", tmp_path / "in", "--force")  # as advised
+    assert code == EXIT_OK, err
+    stored = Store.for_home(tokensmith_home).get("b")
+    assert torch.equal(stored.vectors["emb_params"], vec(2, 64, seed=2))
