@@ -94,7 +94,12 @@ def test_rename_to_a_taken_name_is_explained_and_the_page_stays(store):
     at.button(key="lib_rename").click().run()
     assert "already exists" in seen(at.error[0].value)
     assert store.names() == ["blue-star", "red-square"]
-    assert [e.label for e in at.expander] == ["Doctor: do they fit the model?", "Import embeddings", "Trash"]
+    assert [e.label for e in at.expander] == [
+        "Raw metadata",  # the details panel's, still open
+        "Doctor: do they fit the model?",
+        "Import embeddings",
+        "Trash",
+    ]
 
 
 def test_a_refused_rename_leaves_delete_on_the_page_and_says_what_to_do(store):

@@ -204,7 +204,7 @@ def test_validation_loss_logged_every_few_steps_is_drawn(tokensmith_home):
     ]
     job_id = run_folder(tokensmith_home, rows, {"event": "done", "name": "cat", "kept": 20})
     at = open_train(job=job_id)
-    drawn = [r for r in chart_rows(at) if "val_loss" in r.values()]
+    drawn = [r for r in chart_rows(at) if "validation loss" in r.values()]
     values = [v for r in drawn for k, v in r.items() if k != "step" and not isinstance(v, str)]
     assert values and all(v is not None and not math.isnan(v) for v in values), values
     assert sorted(values) == sorted(0.5 / s for s in (5, 10, 15, 20))
@@ -284,7 +284,7 @@ def test_captions_next_to_a_folders_images_reach_the_prompts(fake_trainer, token
         (folder / f"{i}.png").write_bytes(png())
     (folder / "0.txt").write_text("on a red sofa")
     at = fill(open_train())
-    assert "joins its prompts as a caption" in at.text_input(key="folder").placeholder
+    assert "joins its prompts as a caption" in at.text_input(key="folder").help
     at.text_input(key="folder").set_value(str(folder))
     at.radio(key="kind").set_value(kind).run()
     at.button(key="start").click().run()

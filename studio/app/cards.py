@@ -5,21 +5,35 @@ before a page draws it as Markdown."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+# Short, so the buttons fit side by side; what each is for is their help
 EXPORT_LABELS = {
-    "canonical": "tokensmith / A1111 / ComfyUI (.safetensors)",
-    "diffusers": "diffusers load_textual_inversion",
+    "canonical": ".safetensors (A1111, ComfyUI)",
+    "diffusers": "diffusers",
     "a1111-pt": "A1111 .pt",
-    "a1111-png": "A1111 PNG (embedding inside an image)",
+    "a1111-png": "A1111 PNG",
 }
+EXPORT_HELP = {
+    "canonical": "The stored file as it is: A1111, ComfyUI, kohya and InvokeAI read it (and tokensmith).",
+    "diffusers": "For diffusers' load_textual_inversion ({token: tensor}); an SDXL embedding downloads as a "
+    ".zip of its two files.",
+    "a1111-pt": "AUTOMATIC1111's pickled .pt (string_to_param), for its embeddings folder.",
+    "a1111-png": "An image that AUTOMATIC1111 reads as the embedding: the thumbnail with the vectors inside.",
+}
+CARD_SIDE = 192  # a card's picture is drawn this wide: the preview's first tile, enlarged (nearest) to it
+DETAILS_SIDE = 512  # the preview strip in the details panel: a 256 px strip of 32 px tiles at twice its size
+# Header values that hold JSON: the raw metadata shows them as structures, not one line of text
+JSON_META = ("metrics", "trainer", "parent")
 
 
 # Every ASCII punctuation mark: CommonMark lets each be backslash-escaped, and escaped, none starts a link, an
@@ -78,6 +92,108 @@ def card_line(entry: Any) -> str:
     if entry.meta.get("steps"):
         parts.append(f"{entry.meta['steps']} steps")
     return " · ".join(parts)
+
+
+def details_rows(entry: Any) -> dict[str, str]:
+    """What the details panel lists about a StoreEntry, labelled for people (plain text: `literal` each
+    value to draw): the family in words, where it came from, base model, validation loss, creation time.
+    The header as stored (snake_case keys, JSON) is the panel's raw metadata."""
+    from embeddings import family_title
+    from embeddings.doctor import format_title
+
+    meta = entry.meta
+    rows = {"Model family": family_title(entry.family)}  # vectors, widths and steps: the card line beside it
+    if meta.get("parent"):
+        rows["Blended from"] = lineage_text(meta)
+    elif meta.get("init"):
+        rows["Trained from"] = f'"{meta["init"]}"'
+    if meta.get("source_file"):
+        source = meta.get("source_format")
+        rows["Imported from"] = meta["source_file"] + (f" ({format_title(source)})" if source else "")
+    if meta.get("base_model"):
+        rows["Base model"] = meta["base_model"]
+    loss = validation_loss_text(meta.get("metrics", ""))
+    if loss:
+        rows["Validation loss"] = loss
+    if meta.get("created"):
+        rows["Created"] = created_text(meta["created"])
+    return rows
+
+
+def validation_loss_text(metrics: str) -> str:
+    """The `metrics` header's validation loss in words: '0.2430 (best, at step 20; last 0.2497)', '0.2430',
+    or '' (none recorded, or not JSON)."""
+    try:
+        values = json.loads(metrics)
+    except (json.JSONDecodeError, TypeError):
+        return ""
+    if not isinstance(values, dict):
+        return ""
+    best, last, step = values.get("best_val_loss"), values.get("val_loss"), values.get("best_val_step")
+    if not isinstance(best, int | float):
+        return f"{last:.4f}" if isinstance(last, int | float) else ""
+    text = f"{best:.4f} (best, at step {step}" if isinstance(step, int) else f"{best:.4f} (best"
+    if isinstance(last, int | float) and f"{last:.4f}" != f"{best:.4f}":
+        text += f"; last {last:.4f}"
+    return text + ")"
+
+
+def created_text(created: str) -> str:
+    """'2026-11-28T13:32:27+00:00' -> '2026-11-28 13:32 UTC' (another offset is kept: '… UTC+01:00'); a
+    value that is not an ISO time is shown as written."""
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        return created
+    offset = when.utcoffset()
+    if offset is None:
+        return when.strftime("%Y-%m-%d %H:%M")
+    return when.strftime("%Y-%m-%d %H:%M UTC") + ("" if offset == timedelta(0) else when.isoformat()[-6:])
+
+
+def raw_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """The header as stored, for st.json: the values that hold JSON (metrics, trainer config, parent) read as
+    structures, so they print over lines instead of one cut-off line; one that is not JSON stays text."""
+    raw: dict[str, Any] = dict(meta)
+    for key in JSON_META:
+        if key in raw:
+            with contextlib.suppress(json.JSONDecodeError):  # not JSON: shown as the text it is
+                raw[key] = json.loads(raw[key])
+    return raw
+
+
+def card_picture(data: bytes) -> Any:
+    """A card's picture from its thumbnail's bytes: the first tile of the preview strip (8 samples side by
+    side), enlarged with its pixels sharp: one sample at a readable size, not eight at 27 px each."""
+    from PIL import Image
+
+    from studio.app.pictures import enlarged, first_tile
+
+    with Image.open(io.BytesIO(data)) as image:
+        return enlarged(first_tile(image.convert("RGB")), at_most=CARD_SIDE)
+
+
+def details_picture(data: bytes) -> Any:
+    """The whole preview strip for the details panel, at twice its size (pixels kept sharp) if it is small."""
+    from PIL import Image
+
+    from studio.app.pictures import enlarged
+
+    with Image.open(io.BytesIO(data)) as image:
+        return enlarged(image.convert("RGB"), at_most=min(DETAILS_SIDE, 2 * max(image.size)))
+
+
+# A card without a thumbnail: a square as large as a card's picture (so the cards of a row line up), a plain
+# coin (the studio's icon) and the words. SVG: the browser draws it sharp at any size, and the page opens no
+# image for it (a card must not fail on its placeholder).
+NO_PREVIEW_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 256 256" width="192" height="192">'
+    '<rect width="256" height="256" fill="#f0f2f6"/>'
+    '<circle cx="128" cy="112" r="44" fill="none" stroke="#bec2cc" stroke-width="6"/>'
+    '<circle cx="128" cy="112" r="28" fill="none" stroke="#bec2cc" stroke-width="3"/>'
+    '<text x="128" y="200" text-anchor="middle" font-family="sans-serif" font-size="22" fill="#808495">'
+    "no preview</text></svg>"
+)
 
 
 def skipped_text(path: Path, reason: str, *, on_library_page: bool = False) -> str:

@@ -52,6 +52,9 @@ STUDIO_PATTERNS: tuple[tuple[str, str], ...] = (
         r"'(?P<name>[^']+)' already exists; remove it first",
         r"<\g<name>> already exists: choose another name, or delete <\g<name>> first",
     ),
+    # the doctor's warnings start with the tensor they are about: for an SD 1.x/2.x file (one tensor) that is
+    # its internal key, nothing a user chose; SDXL's clip_l / clip_g say which encoder and stay
+    (r"^emb_params: ", ""),
 )
 # A Python repr of the names a core message lists, read out as plain words: "keys ['clip_g', 'clip_l']" ->
 # "keys clip_g, clip_l", "widths {'emb_params': 768}" -> "widths emb_params 768". Only after the words that
@@ -60,6 +63,8 @@ REPR_LIST = re.compile(r"\b(?P<words>keys|encoders) \[(?P<items>'[^'\[\]]*'(?:, 
 REPR_DICT = re.compile(r"\b(?P<words>widths) \{(?P<items>'[\w.-]+': [\d.]+(?:, '[\w.-]+': [\d.]+)*)\}")
 # The core's advice names generate's flag; on the other pages the studio's control for it is on Generate.
 GENERATE_FIELDS = {"--partial": "the Partial fit box on the Generate page"}
+# The doctor's warnings (the Library's Doctor) also advise a blend flag: the Blend page's control for it.
+DOCTOR_FIELDS = {**GENERATE_FIELDS, "--keep-norm": "“Keep the operands' norm” on the Blend page"}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -3,6 +3,7 @@ grid, variations sheet or trace strip too) and say whether it matches the upload
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import streamlit as st
 from PIL import Image
 
 from studio.app.formstate import UPLOAD_HELP
+from studio.app.pictures import enlarged
+
+SHOWN_SIDE = 384  # the uploaded and the replayed image side by side, each at most this wide
 
 
 def replay_ui(session, store) -> None:
@@ -41,7 +45,7 @@ def replay_ui(session, store) -> None:
         if st.button("Replay", key="gen_replay"):
             with st.spinner("Replaying…"):
                 result = replay(path, store=store, session=session, label=label, cell=cell)
-            shown = upload.getvalue()
+            shown = Image.open(io.BytesIO(upload.getvalue()))
             if cell is not None and (box := cell_box(path, cell)) is not None:
                 shown = Image.open(path).convert("RGB").crop(box)  # the cell as the sheet shows it
             same = matches_original(path, result.image, cell)
@@ -56,8 +60,10 @@ def replay_ui(session, store) -> None:
         return
     _key, shown, image, (same, text) = replayed
     c1, c2 = st.columns(2)
-    c1.image(shown, caption="uploaded" if cell is None else f"uploaded, image {cell}", width="stretch")
-    c2.image(image, caption="replayed", width="stretch")
+    caption = "uploaded" if cell is None else f"uploaded, image {cell}"
+    # a small image enlarged with its pixels sharp (PNG: JPEG would smear them), as the results above are
+    c1.image(enlarged(shown, at_most=SHOWN_SIDE), caption=caption, output_format="PNG")
+    c2.image(enlarged(image, at_most=SHOWN_SIDE), caption="replayed", output_format="PNG")
     (st.success if same else st.warning)(text)
 
 

@@ -3,10 +3,15 @@ notes in the form's words) and act on it (cancel, resume, train further)."""
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
+
 import streamlit as st
 
 from studio.app import context
-from studio.jobs import GRADIENT_CHECKPOINTING, JobRunner
+from studio.jobs import GRADIENT_CHECKPOINTING, Job, JobRunner
+from studio.progressfile import number_in, row_at
 from studio.runview import STEPS_FIXED, RunState, steps_fixed, taken_text
 from trainers.runfolder import RunFolder, progress_line
 
@@ -32,6 +37,12 @@ TRAIN_FIELDS = {
     GRADIENT_CHECKPOINTING: "Gradient checkpointing",
 }
 REPLACE_LABEL = TRAIN_FIELDS["--overwrite"]
+# The trainer's first note (trainers.datanotes): how many images, and from where
+IMAGES_NOTE = re.compile(
+    r"^training on (?P<count>\d+) image\(s\) from (?P<folder>.+?)(?P<rest>(?: \(|;|$).*)$"
+)
+SERIES = {"loss": "training loss", "val_loss": "validation loss"}  # the loss chart's series, in words
+PREVIEW_W = 512  # the preview strip's width on the page (the demo world's 8 × 32 px, doubled)
 NOTHING_TO_RESUME = (
     "No checkpoint was saved before it ended, so there is nothing to resume: start training again with the "
     "form on the left."
@@ -49,30 +60,92 @@ def job_choice_ui(runner: JobRunner) -> str | None:
     ids = [job.id for job in jobs]
     wanted = st.query_params.get("job")
     index = ids.index(wanted) if wanted in ids else 0
-    labels = {job.id: f"{job.name}  ·  {job.id}" for job in jobs}
+    labels = job_labels(jobs)
     chosen = st.selectbox("Job", ids, index=index, format_func=labels.get, key=f"job_pick_{ids[index]}")
     if st.query_params.get("job") != chosen:
         st.query_params["job"] = chosen
     return chosen
 
 
-def progress_text(state: RunState) -> str:
-    """'step 40/150 · loss 0.1234 · val 0.1100 · metric 29.41 · ETA 12 s' (a finished run: its seconds)."""
-    return progress_line(
+def job_labels(jobs: list[Job], now: float | None = None) -> dict[str, str]:
+    """Each job's line in the picker: 'purple-two — started 13:42' (another day: 'started 27 Nov 13:42'); the
+    id only where two lines would read the same (its name, a time and a random tail)."""
+    labels = {job.id: f"{job.name} — started {started_text(job.created, now)}" for job in jobs}
+    said = list(labels.values())
+    return {job_id: f"{line} ({job_id})" if said.count(line) > 1 else line for job_id, line in labels.items()}
+
+
+def started_text(created: float, now: float | None = None) -> str:
+    """'13:42' today, '27 Nov 13:42' this year, '27 Nov 2025 13:42' before (the local time)."""
+    when, today = time.localtime(created), time.localtime(now)
+    if when[:3] == today[:3]:
+        return time.strftime("%H:%M", when)
+    return time.strftime("%d %b %H:%M" if when.tm_year == today.tm_year else "%d %b %Y %H:%M", when)
+
+
+def progress_text(state: RunState, *, total: int | None = None) -> str:
+    """The bar's text: 'step 40/150 · loss 0.1234 · val 0.1100 · ETA 12 s · preview distance 29.41 (lower is
+    better)' (a finished run: its seconds, and the score of the step it kept). While the trainer prepares
+    (no step yet) what it does then, as the CLI says it; `total`: the run's steps when no row says them."""
+    if state.status == "starting":
+        count = images_count(state.notes)
+        images = f"{count} image(s)" if count is not None else "the images"
+        total = state.total or total
+        steps = f" (step 0 of {total})" if total else ""
+        return f"preparing: loading the model and caching {images}{steps}"
+    line = progress_line(
         state.step,
         state.total,
         loss=state.loss,
         val_loss=state.val_loss,
-        metric=state.metric,
         eta=state.eta if state.active else None,
         elapsed=state.elapsed,
     )
+    score = score_text(state)
+    return f"{line} · {score}" if score else line
+
+
+def score_text(state: RunState) -> str:
+    """The previews' score (the trainer's `metric`) in words: the demo judge's colour distance (lower is
+    better) or a CLIP similarity (higher is better); a finished run's is its kept step's, which keep = best
+    may have taken before the last ('kept step 30: preview distance 11.92 (lower is better)')."""
+    if state.metric is None:
+        return ""
+    kept = row_at(state.history, state.kept_step) if state.kept_step is not None else None
+    from_kept = kept is not None and number_in(kept, "metric") == state.metric
+    rows = [kept] if from_kept else [r for r in reversed(state.history) if number_in(r, "metric") is not None]
+    clip = bool(rows) and "clip_text" in rows[0]  # the CLIP scorer logs its text similarity beside it
+    said = (
+        f"CLIP similarity {state.metric:.4g} (higher is better)"
+        if clip
+        else f"preview distance {state.metric:.4g} (lower is better)"
+    )
+    return f"kept step {state.kept_step}: {said}" if from_kept and state.kept_step != state.step else said
+
+
+def images_count(notes: list[str]) -> int | None:
+    """How many images the trainer found, from its first note; None before it noted them."""
+    found = next((m for note in notes if (m := IMAGES_NOTE.match(note))), None)
+    return int(found["count"]) if found else None
+
+
+def config_steps(run_dir: Path) -> int | None:
+    """The run's steps from its config.toml (written before the model loads), or None without one."""
+    import tomllib
+
+    try:
+        steps = tomllib.loads(RunFolder(run_dir).config_path.read_text(encoding="utf-8")).get("steps")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
 
 
 def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     """Status, progress, loss curve, latest previews and the actions that fit the state."""
     st.markdown(f"**{STATUS_ICONS.get(state.status, '')} {state.status}** — `{job_id}`")
-    st.progress(state.fraction, text=progress_text(state))
+    run_dir = runner.runs_dir / job_id
+    total = config_steps(run_dir) if state.status == "starting" and not state.total else None
+    st.progress(state.fraction, text=progress_text(state, total=total))
     if state.status == "done":
         done_ui(runner, job_id, state)
     elif state.status in ("failed", "ended", "unreadable"):
@@ -84,10 +157,10 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
     if state.refused:  # the run is as it was: done or stopped
         again = "Train further" if state.status == "done" else "Resume"
         st.warning(f"{again} was refused, and the run is as it was: {trainer_text(state.refused)}")
-    if state.notes:
-        with st.expander("What the trainer noted about the data", expanded=state.active):
+    if state.notes:  # closed while it runs too: opening it as the job ends would move what is below
+        with st.expander("What the trainer noted about the data"):
             for note in state.notes:
-                st.caption(trainer_text(note))
+                st.caption(note_text(note, run_dir))
     if state.resumable and not state.can_resume:
         st.info(NOTHING_TO_RESUME)
     if len(state.history) > 1:
@@ -98,7 +171,7 @@ def state_ui(runner: JobRunner, job_id: str, state: RunState) -> None:
         if kept:  # done: show what was stored, not merely the last step
             shown, caption = kept[0], f"preview at step {state.kept_step} (stored)"
         try:
-            st.image(shown.read_bytes(), caption=caption, width="stretch")
+            st.image(preview_image(shown), caption=caption, output_format="PNG")
         except OSError as exc:
             st.caption(f"preview {shown.name} could not be shown: {exc}")
     actions_ui(runner, job_id, state)
@@ -159,6 +232,28 @@ def failed_text(state: RunState) -> str:
     )
 
 
+def preview_image(path: Path):
+    """A preview strip as the page shows it: a small one enlarged here with nearest-neighbour (stretched by
+    the browser, 32 px samples are a smear)."""
+    from PIL import Image
+
+    from studio.app.pictures import enlarged
+
+    with Image.open(path) as image:
+        return enlarged(image.convert("RGB"), at_most=PREVIEW_W)
+
+
+def note_text(note: str, run_dir: Path) -> str:
+    """A trainer's note in the page's words; the run's own copy of the uploads (`runs/<job>/images`, a
+    folder the user never chose) is 'uploaded': 'training on 4 image(s) from /home/…/images' -> 'training
+    on 4 uploaded image(s)'."""
+    found = IMAGES_NOTE.match(note)
+    uploads = str(run_dir / "images")
+    if found and found["folder"] in (uploads, str(Path(uploads).resolve())):
+        note = f"training on {found['count']} uploaded image(s){found['rest']}"
+    return trainer_text(note.replace(uploads, "the uploaded images"))
+
+
 def trainer_text(text: str) -> str:
     """A message of the trainer's in the page's words: its flags become the form's fields ('use --vectors 7
     or fewer' -> 'use Vectors 7 or fewer')."""
@@ -182,21 +277,21 @@ def loss_chart_ui(rows: list[dict]) -> None:
     import altair as alt
 
     points = [
-        {"step": row["step"], "series": key, "value": float(row[key])}
-        for key in ("loss", "val_loss")
+        {"step": row["step"], "series": series, "value": float(row[key])}
+        for key, series in SERIES.items()
         for row in rows
         if isinstance(row.get(key), int | float) and "step" in row
     ]
     if not points:
         return
-    colours = alt.Scale(domain=["loss", "val_loss"], range=["#1f77b4", "#ff7f0e"])
+    colours = alt.Scale(domain=list(SERIES.values()), range=["#1f77b4", "#ff7f0e"])
     base = alt.Chart(alt.Data(values=points)).encode(
         x=alt.X("step:Q", title="step"),
         y=alt.Y("value:Q", title="loss"),
         color=alt.Color("series:N", title=None, scale=colours, legend=alt.Legend(orient="bottom")),
         tooltip=["step:Q", "series:N", "value:Q"],
     )
-    dots = base.transform_filter(alt.datum.series == "val_loss").mark_point(filled=True, size=40)
+    dots = base.transform_filter(alt.datum.series == SERIES["val_loss"]).mark_point(filled=True, size=40)
     st.altair_chart((base.mark_line() + dots).properties(height=220), width="stretch")
 
 

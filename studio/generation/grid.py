@@ -16,18 +16,21 @@ import ast
 import math
 import operator
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from embeddings.errors import TokensmithError
 
 SETTINGS = {"guidance": float, "steps": int, "strength": float, "scheduler": str}
+# The layout at CELL-wide cells; a sheet of wider cells scales it with them (Layout), so that its labels read
+# at the size the cells are shown at (a sheet is shown shrunk to the page's width).
 CELL = 128
-LABEL = 18
-ROW_LABEL_W = 150
-LINE = 12  # a row label's line height, in PIL's default font
+FONT = 15  # the labels' font size in px (PIL's own font, scalable since Pillow 10.1)
+LABEL = 24  # the column labels' band
+ROW_LABEL_W = 200
+LINE = 19  # a row label's line height
 MAX_SEEDS = 64
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
@@ -167,23 +170,61 @@ def render_grid(session, base, seeds: list[int], sweep: tuple[str, list[str]], *
     return grid, results
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A sheet's label sizes for cells `cell_w` px wide: CELL's layout, scaled by cell_w / CELL."""
+
+    cell_w: int
+
+    def scaled(self, px: int) -> int:
+        return max(px, round(px * self.cell_w / CELL))
+
+    @property
+    def label(self) -> int:
+        return self.scaled(LABEL)
+
+    @property
+    def row_label_w(self) -> int:
+        return self.scaled(ROW_LABEL_W)
+
+    @property
+    def line(self) -> int:
+        return self.scaled(LINE)
+
+    @property
+    def font(self) -> ImageFont.FreeTypeFont:
+        return label_font(self.scaled(FONT))
+
+
+def label_font(size: int) -> ImageFont.FreeTypeFont:
+    """PIL's own font at `size` px: the fixed bitmap default is 11 px whatever the cell, 4 px on a phone."""
+    return ImageFont.load_default(size=size)
+
+
 def compose(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str]) -> Image.Image:
     """A labelled contact sheet; small images are enlarged with nearest-neighbour so pixels stay crisp.
 
     Cells take the images' aspect ratio (a 32×64 image gets a 128×256 cell), so tall images never overlap
-    the next row and wide ones leave no empty band.
+    the next row and wide ones leave no empty band. Labels are FONT px at CELL-wide cells, and as much
+    larger as the cells are.
     """
     cell_w, cell_h = _cell_size(cells)
+    layout = Layout(cell_w)
+    font, line_h, left = layout.font, layout.line, layout.row_label_w
     columns = max(len(row) for row in cells)
-    sheet = Image.new("RGB", (ROW_LABEL_W + columns * cell_w, LABEL + len(cells) * cell_h), "white")
+    sheet = Image.new("RGB", (left + columns * cell_w, layout.label + len(cells) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
+    pad = layout.scaled(4)
     for c, label in enumerate(col_labels):
-        draw.text((ROW_LABEL_W + c * cell_w + 4, 3), _fit(label, cell_w - 8, draw), fill="black")
+        text = _fit(label, cell_w - 2 * pad, draw, font)
+        draw.text((left + c * cell_w + pad, layout.scaled(3)), text, fill="black", font=font)
     for r, row in enumerate(cells):
-        lines = label_lines(row_labels[r], ROW_LABEL_W - 8, draw, max_lines=max(1, cell_h // LINE - 1))
-        top = LABEL + r * cell_h + (cell_h - len(lines) * LINE) // 2
+        lines = label_lines(
+            row_labels[r], left - 2 * pad, draw, max_lines=max(1, cell_h // line_h - 1), font=font
+        )
+        top = layout.label + r * cell_h + (cell_h - len(lines) * line_h) // 2
         for i, line in enumerate(lines):
-            draw.text((4, top + i * LINE), line, fill="black")
+            draw.text((pad, top + i * line_h), line, fill="black", font=font)
         for c, image in enumerate(row):
             sheet.paste(fit_width(image, cell_w), cell_box(cells, r, c)[:2])
     return sheet
@@ -200,7 +241,8 @@ def cell_box(cells: list[list[Image.Image]], row: int, column: int) -> tuple[int
     """Where compose pastes cells[row][column]: (left, top, right, bottom) in the sheet."""
     cell_w, cell_h = _cell_size(cells)
     image = cells[row][column]
-    left, top = ROW_LABEL_W + column * cell_w, LABEL + row * cell_h
+    layout = Layout(cell_w)
+    left, top = layout.row_label_w + column * cell_w, layout.label + row * cell_h
     return left, top, left + cell_w, top + max(1, cell_w * image.height // image.width)
 
 
@@ -223,23 +265,30 @@ def fit_width(image: Image.Image, width: int) -> Image.Image:
     return image.resize((width, max(1, width * image.height // image.width)), resample)
 
 
-def label_lines(text: str, width: int, draw: ImageDraw.ImageDraw, *, max_lines: int) -> list[str]:
-    """`text` wrapped at spaces into lines of at most `width` px ('0.75 <my-cat> + 0.25 <dog>' on two lines
-    rather than cut before its second weight); a word wider than a line, or text beyond `max_lines`, ends
-    in '…'."""
+def label_lines(
+    text: str,
+    width: int,
+    draw: ImageDraw.ImageDraw,
+    *,
+    max_lines: int,
+    font: ImageFont.FreeTypeFont | None = None,
+) -> list[str]:
+    """`text` wrapped at spaces into lines of at most `width` px in `font` (None: PIL's bitmap default)
+    ('0.75 <my-cat> + 0.25 <dog>' on two lines rather than cut before its second weight); a word wider than
+    a line, or text beyond `max_lines`, ends in '…'."""
     lines: list[str] = []
     for word in text.split():
         joined = f"{lines[-1]} {word}" if lines else word
-        if lines and draw.textlength(joined) <= width:
+        if lines and draw.textlength(joined, font=font) <= width:
             lines[-1] = joined
         else:
             lines.append(word)
     if len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], " ".join(lines[max_lines - 1 :])]
-    return [_fit(line, width, draw) for line in lines] or [""]
+    return [_fit(line, width, draw, font) for line in lines] or [""]
 
 
-def _fit(text: str, width: int, draw: ImageDraw.ImageDraw) -> str:
-    while text and draw.textlength(text) > width:
+def _fit(text: str, width: int, draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont | None = None) -> str:
+    while text and draw.textlength(text, font=font) > width:
         text = text[:-2] + "…" if len(text) > 2 else ""
     return text

@@ -3,7 +3,9 @@ their provenance and download as PNG; any tokensmith PNG can be replayed."""
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,10 @@ import streamlit as st
 from PIL import Image
 
 from studio.app import context, formstate
+from studio.app.blending import fitting_first
+from studio.app.cards import literal
 from studio.app.formstate import UPLOAD_HELP
+from studio.app.pictures import enlarged
 from studio.app.replays import replay_ui
 
 GUIDE_HELP = (
@@ -22,6 +27,9 @@ GUIDE_HELP = (
 MIN_STRENGTH = 0.05  # strength 0 would re-run no step at all
 STRETCH_NOTED = 0.05  # an init image whose aspect ratio is changed by more than this is said to be stretched
 PREVIEW_SIDE = 320  # the init image's preview is kept this small: a 24-megapixel photo would redraw slowly
+INIT_SHOWN = 160  # and drawn this wide
+ONE_RESULT_SIDE = 384  # one result is drawn at most this wide (a small one enlarged to it, pixels kept sharp)
+RESULT_SIDE = 160  # several: each at most this wide, so a phone shows two a row and the desktop column three
 # The engine's messages name the CLI's flags; on this page they name the fields (context.error_text).
 FIELDS = {
     "--steps": "Steps",
@@ -48,35 +56,35 @@ def insert_name(name_key: str) -> None:
 
 
 def prompt_ui(names: list[str], misfits: set[str]) -> tuple[str, str]:
-    """Prompt and negative prompt; library names can be inserted as <name> (`misfits`, made for another
-    model, are marked: using them is an error)."""
+    """Prompt and negative prompt; library names can be inserted as <name>. `names` come those made for this
+    model first, so the list starts on one that fits; `misfits`, made for another model, are marked: using
+    them is an error."""
     st.text_area(
         "Prompt", key=formstate.kept("gen_prompt", ""), height=80,
         placeholder="a <my-cat> on a blue background, (red:1.2) ball",
     )  # fmt: skip
-    if names:
-        c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-        c1.selectbox(
+    if names:  # a row of its own: beside the button, "name (not for this model)" was cut
+        st.selectbox(
             "Library", names, key=formstate.kept("gen_insert_name", names[0], options=names),
             format_func=lambda name: f"{name} (not for this model)" if name in misfits else name,
         )  # fmt: skip
-        c2.button(
-            "Insert", key="gen_insert", on_click=insert_name, args=("gen_insert_name",), width="stretch"
-        )
+        st.button("Insert", key="gen_insert", on_click=insert_name, args=("gen_insert_name",))
     negative = st.text_input(
         "Negative prompt", key=formstate.kept("gen_negative", ""), placeholder="blurry, <bad-hands>"
     )
     return st.session_state.get("gen_prompt", "").strip(), negative.strip()
 
 
-def misfit_names(entries: list) -> set[str]:
-    """The listed embeddings whose vector widths are not this model's (made for another family), from the
-    files' headers; none while the model does not load (the results column says why)."""
+def library_names(entries: list) -> tuple[list[str], set[str]]:
+    """The listed names for the Insert list, those made for this model first (as Blend orders its operands,
+    `blending.fitting_first`), and the names of the others, made for another family (from the files'
+    headers). While the model does not load (the results column says why): the names as listed, none
+    marked."""
     try:
         widths = context.generation_session(context.model_spec()).model.widths
     except context.user_errors():
-        return set()
-    return {entry.name for entry in entries if entry.widths != widths}
+        return [entry.name for entry in entries], set()
+    return fitting_first(entries, widths), {entry.name for entry in entries if entry.widths != widths}
 
 
 def settings_ui(schedulers: list[str]) -> dict:
@@ -154,7 +162,8 @@ def init_ui(size: tuple[int, int] | None) -> tuple[Path | None, float] | None:
         st.error(kept)
         return None
     path, preview, (width, height) = kept
-    st.image(preview, caption=f"init image, {width}×{height}", width=160)
+    shown = enlarged(preview, at_most=INIT_SHOWN)
+    st.image(shown, caption=f"init image, {width}×{height}", width=min(INIT_SHOWN, shown.width))
     if size is not None and abs(width / height - size[0] / size[1]) > STRETCH_NOTED * size[0] / size[1]:
         st.caption(
             f"It is stretched to {size[0]}×{size[1]}, so its shape changes: set Width and Height in its "
@@ -254,7 +263,7 @@ def generate(
     from studio.generation.provenance import png_bytes
 
     if not prompt:
-        raise ValueError("write a prompt first (insert a library embedding with the button below the box)")
+        raise ValueError("write a prompt first (or pick a library embedding under the box and press Insert)")
     request = GenerateRequest(
         prompt=prompt,
         negative=negative,
@@ -270,7 +279,7 @@ def generate(
     def on_step(info) -> None:
         done = info.image_index * info.total_steps + info.step
         total = info.num_images * info.total_steps
-        slot.progress(done / total, text=f"image {info.image_index + 1}/{info.num_images} · step {info.step}")
+        slot.progress(done / total, text=step_text(info))
 
     asked, session.encoder.partial = session.encoder.partial, partial
     try:
@@ -279,6 +288,11 @@ def generate(
     finally:
         session.encoder.partial = asked
         slot.empty()  # also after an error part-way (a guide failing at step k)
+
+
+def step_text(info) -> str:
+    """The progress bar's words: 'image 2/4 · step 15/20' (a step is read against its total)."""
+    return f"image {info.image_index + 1}/{info.num_images} · step {info.step}/{info.total_steps}"
 
 
 def failure_text(exc: BaseException, made: list, settings: dict) -> str:
@@ -296,22 +310,98 @@ def failure_text(exc: BaseException, made: list, settings: dict) -> str:
 
 def download_name(prov: dict) -> str:
     """'a-red-circle-s3.png': the prompt and the seed, as the CLI names its files."""
+    return f"{prompt_slug(prov)}-s{prov.get('seed')}.png"
+
+
+def prompt_slug(prov: dict) -> str:
+    """'A red circle, on blue!' -> 'a-red-circle-on-blue' (the start of a file name)."""
     slug = re.sub(r"[^a-z0-9]+", "-", str(prov.get("prompt", "")).lower()).strip("-")[:48].rstrip("-")
-    return f"{slug or 'image'}-s{prov.get('seed')}.png"
+    return slug or "image"
+
+
+def zipped(results: list) -> bytes:
+    """Every result's PNG (provenance inside) in one .zip, each under its `download_name`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+        for png, prov in results:
+            archive.writestr(download_name(prov), png)
+    return buffer.getvalue()
+
+
+def images_ui(results: list) -> None:
+    """The images in one row that wraps (two a row on a phone), small ones enlarged with their pixels kept
+    sharp; no widgets, so it is drawn again as each image is made."""
+    side = ONE_RESULT_SIDE if len(results) == 1 else RESULT_SIDE
+    pictures = [enlarged(Image.open(io.BytesIO(png)), at_most=side) for png, _prov in results]
+    st.image(
+        pictures, caption=[f"seed {prov.get('seed')}" for _png, prov in results],
+        width=min(side, pictures[0].width), output_format="PNG",  # JPEG would smear the sharp pixels
+    )  # fmt: skip
 
 
 def results_ui(results: list) -> None:
-    """Each image with its provenance and a PNG download."""
-    cols = st.columns(min(len(results), 4))
-    for i, (png, prov) in enumerate(results):
-        with cols[i % len(cols)]:
-            st.image(png, caption=f"seed {prov.get('seed')}", width="stretch")
+    """The images, then once, full width under them: one image's details (the one chosen, of several), its
+    PNG download and its provenance as JSON (in a column per image, that JSON ran a few characters a line)."""
+    images_ui(results)
+    chosen = 0
+    if len(results) > 1:
+        if st.session_state.get("gen_details_of") not in range(len(results)):
+            st.session_state.pop("gen_details_of", None)  # fewer images than when it was chosen
+        chosen = st.selectbox(
+            "Details of", range(len(results)), key="gen_details_of",
+            format_func=lambda i: f"image {i + 1}, seed {results[i][1].get('seed')}",
+        )  # fmt: skip
+    png, prov = results[chosen]
+    c1, c2 = st.columns(2)
+    with c1:
+        st.download_button(
+            "Download PNG",
+            png,
+            file_name=download_name(prov),
+            mime="image/png",
+            key="gen_dl",
+            width="stretch",
+        )
+    if len(results) > 1:
+        with c2:
             st.download_button(
-                "Download PNG", png, file_name=download_name(prov), mime="image/png",
-                key=f"gen_dl_{i}",
+                f"Download all {len(results)} (.zip)", zipped(results), file_name=f"{prompt_slug(prov)}.zip",
+                mime="application/zip", key="gen_dl_all", width="stretch",
             )  # fmt: skip
-            with st.expander("Provenance"):
-                st.json(prov)
+    st.markdown("  \n".join(f"**{label}:** {literal(value)}" for label, value in details(prov).items()))
+    with st.expander("Provenance (JSON, as the PNG carries it)"):
+        st.json(prov)
+
+
+def details(prov: dict) -> dict[str, str]:
+    """The provenance fields people read, labelled: prompt, negative, seed, steps, scheduler, guidance, size,
+    the embeddings used (each with the start of its sha256), and swaps, guides, an init image and partial
+    fits where there were any. The rest (versions, the prompt as run) is in the JSON."""
+    rows = {"Prompt": str(prov.get("prompt", ""))}
+    if prov.get("negative"):
+        rows["Negative prompt"] = str(prov["negative"])
+    guidance = prov.get("guidance")
+    rows |= {
+        "Seed": str(prov.get("seed")),
+        "Steps": str(prov.get("steps")),
+        "Scheduler": str(prov.get("scheduler")),
+        "Guidance": f"{guidance:g}" if isinstance(guidance, int | float) else str(guidance),
+        "Size": f"{prov.get('width')}×{prov.get('height')}",
+    }
+    used = [e for e in prov.get("embeddings") or [] if isinstance(e, dict)]
+    rows["Embeddings"] = ", ".join(f"<{e.get('name')}> ({str(e.get('sha256'))[:12]})" for e in used) or "none"
+    if prov.get("partial"):
+        rows["Partial fit"] = ", ".join(f"<{name}>" for name in prov["partial"])
+    if prov.get("swaps"):
+        rows["Swaps"] = ", ".join(f"{word}={target}" for word, target in dict(prov["swaps"]).items())
+    if prov.get("guides"):
+        rows["Loss guides"] = "; ".join(str(guide) for guide in prov["guides"])
+    if isinstance(prov.get("init_image"), dict):
+        rows["Init image"] = (
+            f"{Path(str(prov['init_image'].get('path'))).name}, strength {prov.get('strength')}"
+        )
+    rows["Model"] = str(prov.get("model"))
+    return rows
 
 
 # --- the page ---
@@ -326,6 +416,8 @@ def generate_ui(store, inputs: dict) -> None:
         else:
             init, strength = inputs["init image"]
             made: list = []
+            st.session_state.pop("gen_details_of", None)  # a new set: its details start at its first image
+            shown = st.empty()  # above the progress bar: each image appears as it is made
             try:
                 session = context.generation_session(context.model_spec())
                 for result in generate(
@@ -334,15 +426,19 @@ def generate_ui(store, inputs: dict) -> None:
                 ):  # fmt: skip
                     made.append(result)
                     st.session_state["gen_results"] = made  # kept as it comes: a later error leaves it
+                    with shown.container():
+                        images_ui(made)
             except context.user_errors() as exc:
                 st.error(failure_text(exc, made, inputs["settings"]))
                 if not made and st.session_state.get("gen_results"):  # what stays below is not this prompt's
                     earlier = st.session_state["gen_results"][0][1].get("prompt", "")
                     st.caption(f"Below: the previous result, of {earlier!r}.")
+            finally:
+                shown.empty()  # drawn once more below, with the details and downloads
     if st.session_state.get("gen_results"):
         results_ui(st.session_state["gen_results"])
     else:
-        st.info("Results appear here, each with its provenance and a PNG download.")
+        st.info("Results appear here as they are made, with their provenance and PNG downloads.")
 
 
 formstate.remember()  # first: another page may be opened before this run reaches the widgets
@@ -358,7 +454,7 @@ except context.user_errors() as exc:
 left, right = st.columns([2, 3], gap="large")
 with left:
     inputs = {}
-    inputs["prompt"], inputs["negative"] = prompt_ui([entry.name for entry in entries], misfit_names(entries))
+    inputs["prompt"], inputs["negative"] = prompt_ui(*library_names(entries))
     inputs["settings"] = settings_ui(list(SCHEDULERS))
     inputs["swaps"] = swaps_ui()
     inputs["partial"] = st.checkbox(

@@ -9,14 +9,26 @@ from studio.app import blending, cards, context, formstate
 from studio.app.embedding_map import map_points
 
 
-def pick_ui(names: list[str]) -> str:
-    """The embedding to inspect: a click on the map, ?emb= from the URL, or the selectbox."""
+def pick_ui(names: list[str], misfits: set[str]) -> str:
+    """The embedding to inspect: a click on the map, ?emb= from the URL, or the selectbox. `names` come
+    those that fit the model first (blending.fitting_first: the page opens on one it can show), and
+    `misfits` are marked, as on Generate."""
     clicked = st.session_state.pop("insp_clicked", None)
     if clicked in names:
         st.session_state["insp_name"] = clicked
     elif "insp_name" not in st.session_state and st.query_params.get("emb") in names:
         st.session_state["insp_name"] = st.query_params["emb"]
-    return st.selectbox("Embedding", names, key="insp_name")
+    return st.selectbox(
+        "Embedding", names, key="insp_name", format_func=lambda name: misfit_label(name, misfits)
+    )
+
+
+def misfit_label(name: str, misfits: set[str]) -> str:
+    """'bad-hands (not for this model)' for one made for another model, as Generate's Library list says."""
+    return f"{name} (not for this model)" if name in misfits else name
+
+
+SINGLE_ENCODER = "emb_params"  # the key of an SD 1.x/2.x embedding's one tensor: nothing a user chose
 
 
 ZERO_VECTOR = "(a zero vector: no direction)"
@@ -34,16 +46,38 @@ def neighbours_ui(emb, model, k: int) -> None:
         st.info(cards.inert(context.studio_text(note, fields=context.GENERATE_FIELDS)))
     tokens = token_names(emb)  # the columns, as `tokensmith nearest` names the vectors
     for (key, tok, te), vectors in shown:
-        st.markdown(f"**{key}** · {vectors.shape[0]} vector(s) · width {vectors.shape[1]}")
-        st.dataframe(
-            neighbour_table(nearest_tokens(vectors, tok, te, k=k), tokens), hide_index=False, width="stretch"
-        )
+        st.markdown(encoder_heading(key, vectors.shape))
+        st.dataframe(neighbour_frame(nearest_tokens(vectors, tok, te, k=k), tokens), width="stretch")
+        st.caption(NEIGHBOURS_KEY)
         report = norm_report(vectors, tok, te)
         st.caption(norms_text(report, tokens))
-        st.bar_chart(
-            {"vector": [*tokens, "vocab mean"], "norm": [*report["norms"], report["vocab"]["mean"]]},
-            x="vector", y="norm", height=180,
+        bars = [*tokens, "vocab mean"]
+        st.bar_chart(  # across: the labels read left to right (`<cat>_1`, not rotated)
+            {"vector": bars, "norm": [*report["norms"], report["vocab"]["mean"]]},
+            x="vector", y="norm", horizontal=True, sort=False, height=BAR_H * len(bars) + 60,
         )  # fmt: skip
+
+
+NEIGHBOURS_KEY = (
+    "Each cell: a vocabulary token and its cosine similarity to the vector (1: the same direction); "
+    "'gree…' is a piece of a longer word"
+)
+BAR_H = 28  # px per bar of the norm chart
+
+
+def encoder_heading(key: str, shape) -> str:
+    """'2 vector(s) · width 64' above an encoder's table; SDXL's two say which ('**clip_g** · …')."""
+    said = f"{shape[0]} vector(s) · width {shape[1]}"
+    return said if key == SINGLE_ENCODER else f"**{key}** · {said}"
+
+
+def neighbour_frame(rows: list[list], tokens: list[str]):
+    """neighbour_table as a table ranked from 1, the closest first."""
+    import pandas as pd
+
+    table = pd.DataFrame(neighbour_table(rows, tokens))
+    table.index = pd.RangeIndex(1, len(table) + 1, name="rank")
+    return table
 
 
 def neighbour_table(rows: list[list], tokens: list[str]) -> dict[str, list[str]]:
@@ -72,7 +106,9 @@ def norms_text(report: dict, tokens: list[str]) -> str:
     )
 
 
-OTHERS_ONE_BY_ONE = 3  # embeddings made for other models, each with its own reason; more share one line
+# Embeddings made for other models, each with its own reason up to this many; more share one line. None:
+# the reason is the same long sentence for each (its width, the model's), and the list marks them already.
+OTHERS_ONE_BY_ONE = 0
 
 
 @st.cache_resource(max_entries=4096, show_spinner=False)
@@ -152,8 +188,9 @@ def map_ui(store, model, entries: list) -> None:
         x=alt.X("x:Q", title="PC 1"), y=alt.Y("y:Q", title="PC 2"), tooltip=["name:N", "kind:N"]
     )
     colours = alt.Scale(domain=["embedding", "word"], range=["#d62728", "#1f77b4"])
+    legend = alt.Legend(orient="bottom")  # beside the plot it takes a third of a phone's width
     dots = base.mark_circle(size=160).encode(
-        color=alt.Color("kind:N", scale=colours),
+        color=alt.Color("kind:N", scale=colours, legend=legend),
         opacity=alt.condition(select, alt.value(1.0), alt.value(0.5)),
     ).add_params(select)  # fmt: skip
     labels = base.mark_text(dx=9, align="left").encode(text="name:N")
@@ -183,7 +220,9 @@ try:
     if not entries:
         st.info("The library is empty: train or import an embedding first.")
     else:
-        name = pick_ui([entry.name for entry in entries])
+        model = context.loaded_model(context.model_spec())
+        _fits, others = blending.made_for(entries, model.widths)  # headers only
+        name = pick_ui(blending.fitting_first(entries, model.widths), {entry.name for entry in others})
         try:  # listed, but gone or unreadable since: said here, and the map still shows
             entry = store.entry(name)
             line = " · ".join(filter(None, [cards.card_line(entry), cards.lineage_text(entry.meta)]))
@@ -191,7 +230,6 @@ try:
         except context.user_errors() as exc:
             entry = None
             st.error(context.error_text(exc))
-        model = context.loaded_model(context.model_spec())
         k = st.slider("Neighbours", 3, 20, key=formstate.kept("insp_k", 8))
         if entry is not None:
             try:

@@ -20,6 +20,10 @@ SCHEDULE_FIELDS = {"--steps": "Sampling steps"}
 TRACE_FIELDS = {"--steps": "Steps", "--seed": "Seed"}
 GUIDE_FIELDS = {**TRACE_FIELDS, "--guide": "Guide"}
 DEFAULT_PROMPT = "a red circle on a blue background"
+# The schedule chart's series in the order and colours of the figure `tokensmith schedule` draws
+SERIES = {"ᾱ_t (signal kept)": "#1f77b4", "σ_t (noise std)": "#ff7f0e"}
+FINAL_W = 192  # the trace's final image, beside a strip of 128 px cells
+COMPARED_W = 384  # each of the guide tab's two images, half the page wide
 
 
 def png(image) -> bytes:
@@ -28,12 +32,24 @@ def png(image) -> bytes:
     return buffer.getvalue()
 
 
-def colour_stats(image) -> str:
-    """'R 0.41 · G 0.52 · B 0.30 · green share 0.42': what a colour guide moves, measured on pixels."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0  # (H, W, 3)
+def shown(image, width: int):
+    """`image` as the page shows it `width` px wide: a small one enlarged here with nearest-neighbour (the
+    browser would smear it, beside the crisp trace strip). Sent as PNG: Streamlit's JPEG blurs the edges."""
+    from studio.app.pictures import enlarged
+
+    return enlarged(image, at_most=width)
+
+
+def colour_stats(image, guide) -> str:
+    """'R 0.41 · G 0.52 · B 0.30 · color=red loss 0.213': the pixels' mean colour, and the loss that `guide`
+    (a parsed Guide) lowers, on the final image: what the guide moved, whatever it steers towards."""
+    import torch
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
     r, g, b = rgb.reshape(-1, 3).mean(axis=0)
-    share = g / max(r + g + b, 1e-9)
-    return f"R {r:.2f} · G {g:.2f} · B {b:.2f} · green share {share:.2f}"
+    with torch.no_grad():
+        loss = float(guide.loss(torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)))  # (1, 3, H, W)
+    return f"R {r:.2f} · G {g:.2f} · B {b:.2f} · {guide.spec} loss {loss:.3g} (lower: closer)"
 
 
 # --- the noise schedule ---
@@ -58,23 +74,38 @@ def schedule_ui(session, _store) -> None:
     curves = schedule_curves(make_scheduler(name, session.model.pipe.scheduler.config), steps)
     every = max(1, len(curves.alphas_cumprod) // CURVE_POINTS)
     t = list(range(0, len(curves.alphas_cumprod), every))
+    alpha, sigma = SERIES
     chart = {
         "timestep t": t,
-        "ᾱ_t (signal kept)": curves.alphas_cumprod[t].tolist(),
-        "σ_t (noise std)": curves.sigmas[t].tolist(),
+        alpha: curves.alphas_cumprod[t].tolist(),
+        sigma: curves.sigmas[t].tolist(),
     }
-    st.line_chart(chart, x="timestep t", height=240)
-    note = curves.explanation() and f" {curves.explanation()}; `evaluated_at` lists where the model runs."
+    st.line_chart(chart, x="timestep t", y=list(SERIES), color=list(SERIES.values()), height=240)
+    note = curves.explanation() and f" {curves.explanation()}; “model runs at t” lists where the model runs."
     st.caption(
         "x_t = √ᾱ_t · x0 + σ_t · ε. The sampler visits the timesteps below, from noise (ᾱ≈0) to a picture."
         + note
     )
-    st.dataframe(curves.table(), hide_index=True, height=200)
-    data = schedule_plot(session.model.source, name, steps, curves)
-    st.image(data, caption="the same schedule as `tokensmith schedule` draws it")
-    st.download_button(
-        "Download the plot", data, file_name=f"schedule-{name}.png", mime="image/png", key="lab_dl"
-    )
+    st.dataframe(curves.table(), hide_index=True, height=200, column_config=schedule_columns())
+    with st.expander("The plot as `tokensmith schedule` draws it"):  # the chart above, for a file or a paper
+        data = schedule_plot(session.model.source, name, steps, curves)
+        st.image(data)
+        st.download_button(
+            "Download the plot", data, file_name=f"schedule-{name}.png", mime="image/png", key="lab_dl"
+        )
+
+
+def schedule_columns() -> dict:
+    """The schedule table's columns in the chart's words, narrow (a phone shows them without scrolling)."""
+    number = st.column_config.NumberColumn
+    return {
+        "step": number("step", width="small"),
+        "timestep": number("t", width="small"),
+        "alpha_bar": number("ᾱ (signal kept)", format="%.4f", width="small"),
+        "sigma": number("σ (noise)", format="%.4f", width="small"),
+        "k_sigma": number("k-σ", format="%.3g", width="small"),
+        "evaluated_at": st.column_config.ListColumn("model runs at t", width="small"),
+    }
 
 
 # --- trace and guide ---
@@ -108,11 +139,14 @@ def trace_ui(session, store) -> None:
             [result] = session.generate(GenerateRequest(**settings, trace_steps=steps), store=store)
         st.session_state["lab_trace"] = (png(result.trace), png(result.image))
     if "lab_trace" in st.session_state:
+        from PIL import Image
+
         strip, final = st.session_state["lab_trace"]
         st.image(
             strip, caption="top: x_t decoded as it is; bottom: the model's prediction of the clean image"
         )
-        st.image(final, caption="the final image", width=192)
+        final_image = shown(Image.open(io.BytesIO(final)), FINAL_W)
+        st.image(final_image, caption="the final image", width=FINAL_W, output_format="PNG")
 
 
 def guide_ui(session, store) -> None:
@@ -124,19 +158,27 @@ def guide_ui(session, store) -> None:
     )
     if st.button("Compare", key="lab_guide_go"):
         require_prompt(settings)
-        parse_guide(spec)  # a clear error before any sampling
+        guide = parse_guide(spec)  # a clear error before any sampling
         with st.spinner("Sampling twice, same seed…"):
             [plain] = session.generate(GenerateRequest(**settings), store=store)
             [guided] = session.generate(GenerateRequest(**settings, guides=(spec,)), store=store)
         st.session_state["lab_guide"] = (png(plain.image), png(guided.image), spec)
+        # measured now: the guide's loss may read a file (match=PATH) that later reruns must not depend on
+        st.session_state["lab_guide_stats"] = (
+            colour_stats(plain.image, guide),
+            colour_stats(guided.image, guide),
+        )
     if "lab_guide" in st.session_state:
         from PIL import Image
 
         plain, guided, used = st.session_state["lab_guide"]
+        stats = st.session_state.get("lab_guide_stats", ("", ""))
         c1, c2 = st.columns(2)
-        for col, data, label in ((c1, plain, "without a guide"), (c2, guided, f"with {used}")):
-            col.image(data, caption=label, width="stretch")
-            col.caption(colour_stats(Image.open(io.BytesIO(data))))
+        for col, data, label, said in zip(
+            (c1, c2), (plain, guided), ("without a guide", f"with {used}"), stats, strict=True
+        ):
+            col.image(shown(Image.open(io.BytesIO(data)), COMPARED_W), caption=label, output_format="PNG")
+            col.caption(said)
 
 
 def lab_error_text(exc: BaseException, fields: dict[str, str]) -> str:

@@ -45,16 +45,18 @@ def page_ui(shown: list, search: tuple, selected: str | None) -> tuple[int, int]
 
 
 def gallery_ui(entries: list) -> None:
-    """Cards with preview, family, vectors, steps and lineage; 'Open' selects one for the details panel."""
+    """Cards with preview, family, vectors, steps and lineage; 'Open' selects one for the details panel.
+    Every card has a square picture (the preview's first sample, or a 'no preview' square), so the cards of
+    a row line up."""
     for start in range(0, len(entries), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, entry in zip(cols, entries[start : start + COLUMNS], strict=False):
             with col.container(border=True):
                 image = preview_ui(entry)
-                if image is not None:
-                    st.image(image, width="stretch")
-                else:
-                    st.markdown("### 🪙")
+                if image is None:  # both as wide, so the cards of a row line up
+                    st.image(cards.NO_PREVIEW_SVG, width=cards.CARD_SIDE)
+                else:  # PNG: JPEG would smear the enlarged pixels
+                    st.image(cards.card_picture(image), width=cards.CARD_SIDE, output_format="PNG")
                 st.markdown(f"**&lt;{entry.name}&gt;**")
                 st.caption(literal(cards.card_line(entry)))  # the header's values: shown, never Markdown
                 lineage = cards.lineage_text(entry.meta)
@@ -75,15 +77,19 @@ def details_ui(store, name: str) -> None:
     with left:
         image = preview_ui(entry)
         if image is not None:
-            st.image(image, width=256)
+            st.image(cards.details_picture(image), output_format="PNG")
         st.markdown(f"**{literal(cards.card_line(entry))}**  \n{literal(widths_text(entry.widths))}")
-        lineage = cards.lineage_text(entry.meta)
-        if lineage:
-            st.markdown(f"Lineage: {literal(lineage)}")
     with right:
-        st.dataframe(
-            {"key": list(entry.meta), "value": list(entry.meta.values())}, hide_index=True, height=240
+        rows = cards.details_rows(entry)  # the header's values: shown as written, never Markdown
+        st.markdown("  \n".join(f"**{label}:** {literal(value)}" for label, value in rows.items()))
+        st.caption("sha256 of the vectors")
+        st.code(emb.sha256, language=None, wrap_lines=True)
+    with st.expander("Raw metadata"):
+        st.caption(
+            "The file's header as stored. `format: pt` is safetensors' tag for torch tensors: the file is a "
+            ".safetensors file whatever it was imported from."
         )
+        st.json(cards.raw_metadata(entry.meta))
     export_ui(emb, entry)
     manage_ui(store, name)
 
@@ -121,19 +127,21 @@ def close_details() -> None:
 
 
 def export_ui(emb, entry) -> None:
-    """One download button per export format."""
+    """One download button per export format, side by side as wide as their labels (wrapping on a phone),
+    what each is for in its help."""
     st.markdown("**Download**")
     image = _preview_image(entry)
-    cols = st.columns(len(cards.EXPORT_LABELS))
-    for col, (fmt, label) in zip(cols, cards.EXPORT_LABELS.items(), strict=True):
+    row = st.container(horizontal=True)
+    for fmt, label in cards.EXPORT_LABELS.items():
         try:
             download = cards.export_download(emb, fmt, image=image)
         except context.user_errors() as exc:
-            col.caption(f"{label}: {context.error_text(exc)}")
+            row.caption(f"{label}: {context.error_text(exc)}")
             continue
-        col.download_button(
-            label, download.data, file_name=download.file_name, mime=download.mime, key=f"dl_{fmt}"
-        )
+        row.download_button(
+            label, download.data, file_name=download.file_name, mime=download.mime, key=f"dl_{fmt}",
+            help=cards.EXPORT_HELP[fmt],
+        )  # fmt: skip
 
 
 def preview_ui(entry) -> bytes | None:
@@ -244,14 +252,14 @@ def verdict_ui(label: str, report, *, skipped: str | None = None) -> None:
     from embeddings.doctorstore import SKIPPED_WARNING
 
     icon = FIT_ICONS.get(report.fit, "")
-    verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.GENERATE_FIELDS)
+    verdict = context.studio_text(sentences(verdict_lines(report)), fields=context.DOCTOR_FIELDS)
     if skipped is not None:
         verdict = f"not in the library ({skipped}). {verdict}"
     st.markdown(f"{icon} **{literal(label)}** — {literal(verdict)}")
     for warning in report.warnings:
         if skipped is not None and warning.startswith(SKIPPED_WARNING):  # said above, with its ways out as
             continue  # buttons (the warning's are shell commands)
-        st.caption(f"⚠️ {literal(context.studio_text(warning, fields=context.GENERATE_FIELDS))}")
+        st.caption(f"⚠️ {literal(context.studio_text(warning, fields=context.DOCTOR_FIELDS))}")
 
 
 def verdict_lines(report) -> list[str]:

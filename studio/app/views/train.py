@@ -31,8 +31,20 @@ def train_defaults() -> dict:
 # --- the form ---
 
 
+FOLDER_HELP = (
+    "Used instead of the uploads. A NAME.txt next to an image joins its prompts as a caption "
+    "(PNG, JPEG and WebP are read)."
+)
+START_FROM_HELP = (
+    "The vectors training starts from: a word, a phrase or a stored embedding as <stored-name>. Empty: the "
+    "model family's default."
+)
+THUMBNAILS = 6  # uploads shown under the uploader (it lists every name)
+
+
 def images_ui() -> tuple[list[tuple[str, bytes]], str]:
-    """Uploaded images as (name, bytes) pairs, and a folder path typed instead (one of them is used)."""
+    """Uploaded images as (name, bytes) pairs, and a folder path typed instead (one of them is used). The
+    uploads' thumbnails come right under the uploader, unless a folder is typed (then it is used)."""
     files = st.file_uploader(
         "Images of the concept (3–10 views work best)",
         type=list(uploads.IMAGE_TYPES),
@@ -40,20 +52,25 @@ def images_ui() -> tuple[list[tuple[str, bytes]], str]:
         key="images",
         help=UPLOAD_HELP,
     )
-    folder = st.text_input(
-        "…or a folder on this machine",
-        key=formstate.kept("folder", ""),
-        placeholder="/path/to/images (a NAME.txt next to an image joins its prompts as a caption)",
-    ).strip()
+    folder_key = formstate.kept("folder", "")
     pairs = [(f.name, f.getvalue()) for f in files or []]
-    if pairs and not folder:
-        cols = st.columns(min(len(pairs), 6))
-        for i, (name, data) in enumerate(pairs[:6]):
-            try:
-                cols[i].image(uploads.thumbnail(data), caption=name, width="stretch")
-            except OSError:
-                cols[i].warning(f"{name}: not an image")
+    if pairs and not st.session_state[folder_key].strip():
+        thumbnails_ui(pairs)
+    folder = st.text_input(
+        "…or a folder on this machine", key=folder_key, placeholder="/path/to/images", help=FOLDER_HELP
+    ).strip()
     return pairs, folder
+
+
+def thumbnails_ui(pairs: list[tuple[str, bytes]]) -> None:
+    """The first uploads, small and without captions (names wrap in columns this narrow; the uploader lists
+    them); a file that is not an image says so by name."""
+    cols = st.columns(min(len(pairs), THUMBNAILS))
+    for col, (name, data) in zip(cols, pairs[:THUMBNAILS], strict=False):
+        try:
+            col.image(uploads.thumbnail(data), width="stretch")
+        except OSError:
+            col.warning(f"{name}: not an image")
 
 
 def concept_ui(defaults: dict) -> dict:
@@ -64,7 +81,8 @@ def concept_ui(defaults: dict) -> dict:
     init = st.text_input(
         "Start from",
         key=formstate.kept("init", ""),
-        placeholder="a word, a phrase or <stored-name> (empty: the family's default)",
+        placeholder="red circle or <stored-name>",
+        help=START_FROM_HELP,
     ).strip()
     c1, c2, c3 = st.columns(3)
     # No maximums: Streamlit does not commit a value over one, so the job would run with the last value
