@@ -69,7 +69,7 @@ def test_saving_over_an_existing_name_needs_replace(page_session, store):
     at.text_input(key="bl_name").set_value("cat").run()
     at.button(key="bl_save").click().run()
     assert "already exists" in at.error[0].value
-    assert "turn on “Replace an embedding of the same name”" in at.error[0].value
+    assert "turn on “Replace a stored embedding of the same name”" in at.error[0].value
     assert "--force" not in at.error[0].value
     at.toggle(key="bl_overwrite").set_value(True).run()
     at.button(key="bl_save").click().run()

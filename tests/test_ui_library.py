@@ -177,7 +177,7 @@ def test_importing_a_taken_name_points_to_the_replace_toggle(store, tmp_path):
     )
     at.run()
     at.button(key="lib_import").click().run()
-    assert "turn on “Replace embeddings of the same name”" in seen(at.error[0].value)
+    assert "turn on “Replace stored embeddings of the same name”" in seen(at.error[0].value)
     assert "--force" not in seen(at.error[0].value)
 
 

@@ -306,7 +306,7 @@ def test_a_corrupted_stored_file_can_be_moved_to_the_trash_from_its_panel(store)
     at = open_library(emb="cat")
     assert "<cat> cannot be opened" in seen(at.error[0].value)
     assert [e.label for e in at.expander] == EXPANDERS  # the error's advice (re-import) is drawn
-    assert "re-import it on the Library page with “Replace embeddings of the same name” on" in (
+    assert "re-import it on the Library page with “Replace stored embeddings of the same name” on" in (
         seen(at.error[0].value)
     )
     assert "restore it from trash" not in seen(at.error[0].value)  # the trash holds no older copy

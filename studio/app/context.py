@@ -32,8 +32,8 @@ STUDIO_WORDS = {
     "`tokensmith list`": "the Library page",
     "use `tokensmith import` to convert": "import the file on the Library page to convert",
     # the trash holds no older copy of a stored file, and a plain re-import is refused as "already exists"
-    "restore it from trash or re-import it": "re-import it on the Library page with “Replace embeddings of "
-    "the same name” on",
+    "restore it from trash or re-import it": "re-import it on the Library page with “Replace stored "
+    "embeddings of the same name” on",
     "; use --model demo": "; set the sidebar's Model to demo",
 }
 # The same for advice that names its subject, as (pattern, replacement) for re.sub.

@@ -10,7 +10,7 @@ from studio.app import cards, context, embedding_uploads
 from studio.app.cards import code, literal
 
 IMPORT_TYPES = ["safetensors", "pt", "bin", "ckpt", "png", "webp"]
-REPLACE_LABEL = "Replace embeddings of the same name"
+REPLACE_LABEL = "Replace stored embeddings of the same name"  # as Train and Blend say it, for many
 
 
 # --- uploads ---

@@ -11,7 +11,7 @@ from embeddings.blend_expr import Operand
 from studio.app import blending, cards, context, formstate
 
 MAX_OPERANDS = 4
-REPLACE_LABEL = "Replace an embedding of the same name"
+REPLACE_LABEL = "Replace a stored embedding of the same name"  # as on Train
 KINDS = ["library", "word"]
 WORD_HELP = (
     "As in `tokensmith blend`: each word must be one token of the model's vocabulary (a word it splits into "
