@@ -111,11 +111,11 @@ def test_cells_take_the_images_aspect_ratio(size):
 
 
 def test_a_trace_strip_takes_the_images_aspect_ratio():
-    from studio.generation.trace import LABEL_H, Trace, TraceFrame
+    from studio.generation.trace import LABEL_H, ROW_LABEL_W, Trace, TraceFrame
 
     tall = Image.new("RGB", (32, 64), "red")
     strip = Trace([TraceFrame(0, 999, tall, tall), TraceFrame(3, 0, tall, tall)]).strip()
-    assert strip.size == (44 + 2 * CELL, LABEL_H + 2 * 2 * CELL)
+    assert strip.size == (ROW_LABEL_W + 2 * CELL, LABEL_H + 2 * 2 * CELL)
 
 
 def test_a_huge_seed_range_is_refused_before_it_is_built():

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from studio.generation.grid import fit_width
+from studio.generation.grid import FONT, fit_width, label_font
 
 CELL = 128  # small images are enlarged (nearest) so the strip is readable
-LABEL_H = 16
-ROW_LABEL_W = 44
+LABEL_H = 22  # the step labels' band: FONT-px text, as the grids' labels
+ROW_LABEL_W = 76  # wide enough for "predicted" in FONT px
 
 
 @dataclass
@@ -39,11 +39,14 @@ class Trace:
         width = ROW_LABEL_W + cell_w * len(self.frames)
         sheet = Image.new("RGB", (width, LABEL_H + 2 * cell_h), "white")
         draw = ImageDraw.Draw(sheet)
-        draw.text((4, LABEL_H + cell_h // 2), "x_t", fill="black")
-        draw.text((4, LABEL_H + cell_h + cell_h // 2), "pred", fill="black")
+        font = label_font(FONT)
+        draw.text((4, LABEL_H + cell_h // 2 - FONT), "noisy", fill="black", font=font)  # the sampler's x_t
+        draw.text((4, LABEL_H + cell_h // 2), "x_t", fill="black", font=font)
+        draw.text((4, LABEL_H + cell_h + cell_h // 2 - FONT), "predicted", fill="black", font=font)
+        draw.text((4, LABEL_H + cell_h + cell_h // 2), "clean", fill="black", font=font)
         for col, frame in enumerate(self.frames):
             x = ROW_LABEL_W + col * cell_w
-            draw.text((x + 3, 2), f"step {frame.step} t={frame.timestep}", fill="black")
+            draw.text((x + 3, 2), f"step {frame.step} t={frame.timestep}", fill="black", font=font)
             sheet.paste(fit_width(frame.noisy, cell_w), (x, LABEL_H))
             sheet.paste(fit_width(frame.predicted, cell_w), (x, LABEL_H + cell_h))
         return sheet
