@@ -12,6 +12,7 @@ from studio.app import blending, cards, context, formstate
 
 MAX_OPERANDS = 4
 REPLACE_LABEL = "Replace a stored embedding of the same name"  # as on Train
+PREVIEW_NAME = "blend"  # the preview's trigger while the Name field holds nothing usable
 KINDS = ["library", "word"]
 WORD_HELP = (
     "As in `tokensmith blend`: each word must be one token of the model's vocabulary (a word it splits into "
@@ -68,10 +69,14 @@ def method_ui(count: int) -> tuple[str, bool]:
 
 
 def name_ui() -> str:
-    """The blend's name, or '' after saying under the field why it cannot be used."""
+    """The blend's name, or '' after saying under the field why it cannot be used (the preview still draws:
+    it needs no name)."""
     from embeddings import validate_name
 
     name = st.text_input("Name of the blend", key=formstate.kept("bl_name", "blend")).strip()
+    if not name:
+        st.info("Give the blend a name to save it to the library.")
+        return ""
     try:
         validate_name(name)
     except context.user_errors() as exc:
@@ -172,15 +177,17 @@ try:
     settings = preview_settings_ui()
     if not all(op.text.strip() for op, _ in rows):
         st.info("Choose every operand (an embedding from the library, or a word) to see the preview.")
-    elif name:  # else name_ui said under the field why it cannot be used; the rest of the page stays
+    else:
         session = context.generation_session(context.model_spec())
         parts = blending.resolve(rows, store, session.model)
+        shown = name or PREVIEW_NAME  # no usable name yet: the preview draws, Save waits for one
         with st.spinner("Rendering the preview grid…"):
             grid, blended, thumbnail = preview_grid(
-                session, store, parts, rows, name, method, keep_norm, settings
+                session, store, parts, rows, shown, method, keep_norm, settings
             )
         operands, weights = [op for op, _ in rows], [w for _, w in rows]
-        st.image(grid, caption=f"<{name}> = " + blending.row_label(operands, weights, method))
-        save_ui(store, blended, thumbnail)
+        st.image(grid, caption=f"<{shown}> = " + blending.row_label(operands, weights, method))
+        if name:  # else name_ui said under the field what it needs
+            save_ui(store, blended, thumbnail)
 except context.user_errors() as exc:
     st.error(context.error_text(exc))
