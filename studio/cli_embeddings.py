@@ -167,10 +167,18 @@ def _show_lines(emb, entry, data: dict) -> list[str]:
         lines.append(f"norms:   {key}: {', '.join(f'{x:.4g}' for x in norms)}")
     meta = sorted((printable(key), value) for key, value in emb.meta.items())  # keys padded as they print
     pad = max((len(key) for key, _ in meta), default=0) + 2
-    lines += [f"{key + ':':<{pad}}{value}" for key, value in meta]
+    lines += [f"{key + ':':<{pad}}{value}{_meta_note(key, value)}" for key, value in meta]
     if entry.preview:
         lines.append(f"preview: {entry.preview}")
     return lines
+
+
+def _meta_note(key: str, value: str) -> str:
+    """A word on a header value that reads as something else: safetensors' `format: pt` is its tag for
+    torch tensors, not a .pt file."""
+    return (
+        "  (safetensors' tag for torch tensors, not a .pt file)" if (key, value) == ("format", "pt") else ""
+    )
 
 
 def run_export(args) -> int:

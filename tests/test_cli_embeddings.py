@@ -411,3 +411,15 @@ def test_nearest_and_doctor_refuse_a_missing_model_config(tmp_path, capsys):
         code, _out, err = run(capsys, *argv, "--model-config", "/no/such/dir")
         assert code == EXIT_ERROR and "--model-config /no/such/dir does not exist" in err
         assert "loading model" not in err
+
+
+def test_show_says_what_safetensors_format_pt_means(tmp_path, capsys, tokensmith_home):
+    import safetensors.torch
+
+    path = tmp_path / "neg.safetensors"  # A1111-style: one key, safetensors' own 'format: pt' tag
+    safetensors.torch.save_file({"emb_params": torch.randn(2, 768)}, str(path), metadata={"format": "pt"})
+    assert run(capsys, "import", path)[0] == EXIT_OK
+    code, out, _ = run(capsys, "show", "neg")
+    [line] = [line for line in out.splitlines() if line.startswith("format:")]
+    assert code == EXIT_OK
+    assert " ".join(line.split()[1:]) == "pt (safetensors' tag for torch tensors, not a .pt file)"
