@@ -66,29 +66,37 @@ def read_header(path: Path | str) -> dict:
     Reads only the header bytes (one read for typical files). Raises EmbeddingFormatError naming the file when
     the header is truncated, lies about its length, or describes tensors that lie outside the file.
     """
+    fd = _open(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    try:
-        size = os.fstat(fd).st_size
-        head = os.read(fd, FIRST_READ)
-        if len(head) < 8:
-            raise EmbeddingFormatError(f"{path}: {size} bytes is too short for a safetensors file")
-        (length,) = struct.unpack_from("<Q", head)
-        if length > MAX_HEADER_BYTES or 8 + length > size:
-            raise EmbeddingFormatError(
-                f"{path}: the header claims {length} bytes but the file has {size}: truncated or not a "
-                "safetensors file"
-            )
-        raw = head[8 : 8 + length]
-        while len(raw) < length:
-            chunk = os.read(fd, length - len(raw))
-            if not chunk:
-                raise EmbeddingFormatError(f"{path}: the file ended inside its header")
-            raw += chunk
+        return _header_of(fd, path)[0]
     finally:
         os.close(fd)
+
+
+def _open(path: Path | str) -> int:
+    """A read-only descriptor of `path`: what is read through it is one file, even when another process
+    replaces the name meanwhile (the store's atomic writes)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+
+
+def _header_of(fd: int, path: Path | str) -> tuple[dict, int]:
+    """The checked header of `fd`, a file just opened (see `read_header`), and the file's size."""
+    size = os.fstat(fd).st_size
+    head = os.read(fd, FIRST_READ)
+    if len(head) < 8:
+        raise EmbeddingFormatError(f"{path}: {size} bytes is too short for a safetensors file")
+    (length,) = struct.unpack_from("<Q", head)
+    if length > MAX_HEADER_BYTES or 8 + length > size:
+        raise EmbeddingFormatError(
+            f"{path}: the header claims {length} bytes but the file has {size}: truncated or not a "
+            "safetensors file"
+        )
+    raw = head[8 : 8 + length]
+    if len(raw) < length:
+        raw += _read_exactly(fd, 8 + len(raw), length - len(raw), path, "inside its header")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -96,7 +104,21 @@ def read_header(path: Path | str) -> dict:
     if not isinstance(header, dict):
         raise EmbeddingFormatError(f"{path}: the safetensors header is not a JSON object")
     _check_entries(path, header, data_size=size - 8 - length)
-    return header
+    return header, size
+
+
+def _read_exactly(fd: int, offset: int, count: int, path: Path | str, where: str) -> bytes:
+    """`count` bytes of `fd` from `offset`; EmbeddingFormatError when the file ends first (cut short
+    since its size was read: written in place, not by the store)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    parts, done = [], 0
+    while done < count:
+        chunk = os.read(fd, count - done)
+        if not chunk:
+            raise EmbeddingFormatError(f"{path}: the file ended {where}")
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)
 
 
 def _check_entries(path: Path | str, header: dict, *, data_size: int) -> None:
@@ -202,16 +224,23 @@ def _vectors_shape(path: Path | str, key: str, entry: dict) -> tuple[int, int]:
 
 # --- loading ---
 def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the string metadata of a safetensors file, with errors that name the file."""
-    header = read_header(path)
-    return _load_tensors(path), dict(header.get("__metadata__", {}))
+    """All tensors and the string metadata of a safetensors file, with errors that name the file (the caller
+    caps the file's size first: the whole file is read)."""
+    fd = _open(path)
+    try:
+        header, size = _header_of(fd, path)
+        data = _read_exactly(fd, 0, size, path, "while it was read")
+    finally:
+        os.close(fd)
+    return _tensors_from(data, path), dict(header.get("__metadata__", {}))
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _tensors_from(data: bytes, path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file's bytes `data` (read from `path`, which errors name)."""
     import safetensors.torch
 
     try:
-        return safetensors.torch.load_file(str(path))
+        return safetensors.torch.load(data)
     except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
         raise EmbeddingFormatError(f"{path}: not a readable safetensors file ({exc})") from None
 
@@ -220,12 +249,19 @@ def load_canonical(path: Path) -> Embedding:
     """Read a canonical file (also kohya/ComfyUI `emb_params` and SDXL `clip_l`/`clip_g` files).
 
     The name is the file stem. The header is checked first, by the rules the store's listing applies
-    (`canonical_shapes`); files that carry our `sha256` are checked against their tensor data.
+    (`canonical_shapes`, which also bounds the file's size); files that carry our `sha256` are checked
+    against their tensor data. Header and tensors come from one open of the file: a file another process
+    replaces meanwhile (`import --force` beside a `show`) is read whole, old or new, never as half of each.
     """
     path = Path(path)
-    header = read_header(path)
-    canonical_shapes(path, header)
-    tensors, meta = _load_tensors(path), dict(header.get("__metadata__", {}))
+    fd = _open(path)
+    try:
+        header, size = _header_of(fd, path)
+        canonical_shapes(path, header)  # before the tensor data is read: it is an embedding's size
+        data = _read_exactly(fd, 0, size, path, "while it was read")
+    finally:
+        os.close(fd)
+    tensors, meta = _tensors_from(data, path), dict(header.get("__metadata__", {}))
     # one vector saved 1-D, (dim,), is (1, dim), as canonical_shapes counts it
     tensors = {key: t.unsqueeze(0) if t.dim() == 1 else t for key, t in tensors.items()}
     try:

@@ -1,4 +1,5 @@
-"""Writing files completely or not at all: a temp file in the same folder, fsync, then an atomic rename."""
+"""Writing files completely or not at all: a temp file in the same folder, fsync, then an atomic rename; and
+waiting for a folder's lock (the store's), saying who holds it when the wait is long."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import os
 import re
 import secrets
 import struct
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock (the store writes unlocked there)
+    fcntl = None
 
 # A store folder's files: <name>.safetensors and its thumbnail <name>.preview.png
 SUFFIX, PREVIEW_SUFFIX = ".safetensors", ".preview.png"
@@ -22,6 +29,9 @@ STALE_TEMP_SECONDS = 3600  # a write takes milliseconds: an hour-old temp file o
 # names, so the run's cleanup knows a dead writer's litter
 RUN_TEMP_PATTERN = re.compile(r"\.(?P<file>.+)\.tmp-(?P<pid>\d+)")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+# A wait for a folder's lock this short (an import's run of puts) passes without a word; a longer one (a
+# suspended import holds it) is said once. While quiet, the lock is asked for every LOCK_POLL_S.
+LOCK_QUIET_S, LOCK_POLL_S = 1.0, 0.05
 
 
 def read_user_text(path: Path, what: str, error: type[Exception]) -> str:
@@ -99,6 +109,97 @@ def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
         remove_temp(tmp)
         raise
     return tmp
+
+
+# --- waiting for a folder's lock ---
+
+
+def say_on_stderr(line: str) -> None:
+    """Tell the user `line` on stderr, where it does not mix with what a command prints for scripts."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def wait_for_lock(fd: int, folder: Path, on_wait: Callable[[str], None] | None) -> None:
+    """Take an exclusive flock on `fd` (open on `folder`), waiting as long as another process holds it.
+
+    After LOCK_QUIET_S, `on_wait` is told once who holds it (and how to wake a stopped holder); Ctrl-C while
+    waiting is said too, then raised. A filesystem that cannot lock (ENOLCK, EOPNOTSUPP) leaves `fd`
+    unlocked: the writes go ahead, as they did before there was a lock.
+    """
+    deadline = time.monotonic() + LOCK_QUIET_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(LOCK_POLL_S)  # a poll, not a blocking wait: `on_wait` is called in this thread
+    if on_wait is not None:
+        on_wait(_waiting_line(lock_holder(fd), folder))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except KeyboardInterrupt:
+        if on_wait is not None:
+            on_wait(f"stopped waiting for {folder}: this command wrote nothing more there")
+        raise
+    except OSError:
+        return
+
+
+def _waiting_line(pid: int | None, folder: Path) -> str:
+    """What `wait_for_lock` says while it waits for process `pid` (None: not known) to let go of `folder`."""
+    then = "this command goes on when it is done (Ctrl-C stops waiting)"
+    if pid is None:
+        return f"waiting for another process that is writing to {folder}; {then}"
+    who = f"process {pid}{f' ({name})' if (name := _process_name(pid)) else ''}"
+    if _process_stopped(pid):
+        return (
+            f"waiting for {who}, which holds {folder} but is stopped (Ctrl-Z?): resume it (`fg` in its "
+            f"terminal, or `kill -CONT {pid}`) or end it; {then}"
+        )
+    return f"waiting for {who}, which is writing to {folder}; {then}"
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid of the process that holds an flock on the file open as `fd`, from /proc/locks (Linux); None
+    where that cannot be told."""
+    try:
+        info = os.fstat(fd)
+        lines = Path("/proc/locks").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    exact = by_inode = None  # an overlay filesystem may name another device than fstat does
+    for line in lines:
+        # '1: FLOCK  ADVISORY  WRITE 32119 fe:00:2556677 0 EOF'; a waiter's line reads '1: -> FLOCK ...'
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or not fields[5].endswith(f":{info.st_ino}"):
+            continue
+        pid = int(fields[4]) if fields[4].isdigit() else None  # 0: a holder outside this pid namespace
+        if fields[5] == device:
+            exact = exact or pid
+        else:
+            by_inode = by_inode or pid
+    return exact or by_inode
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (Ctrl-Z, SIGSTOP): the state letter of /proc/PID/stat."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def file_version(path: Path) -> tuple[int, int, int] | None:

@@ -12,7 +12,9 @@ Writes are atomic (temp file, fsync, rename); creating a name uses a hard link s
 create it; an existing name is only replaced with `overwrite=True`. The check for a name that differs from a
 stored one only in letter case and the write after it run under an exclusive lock on the store folder, so two
 writers cannot slip 'dog' and 'Dog' in side by side; an import holds it for a run of puts (`StoreBatch`), so
-it reads the folder once per run, not once per file. A rename killed halfway (the new name linked, the old
+it reads the folder once per run, not once per file. A rename (from its read of the old file to its removal),
+a delete and a restore hold it too: none removes or replaces what another writer stored meanwhile. A writer
+that waits long for the lock says so once (`on_wait`). A rename killed halfway (the new name linked, the old
 not yet removed) is finished by running the same rename again.
 
 A file copied in by hand under a name the rules refuse ('EasyNegative (1).safetensors') is reported by `list`
@@ -26,7 +28,7 @@ import contextlib
 import errno
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +47,9 @@ from embeddings.files import (
     commit_temp,
     remove_stale_temps,
     remove_temp,
+    say_on_stderr,
     temp_path_for,
+    wait_for_lock,
     write_temp,
 )
 from embeddings.listing import Listing
@@ -90,14 +94,20 @@ def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> StoreWri
 
 
 class Store(Listing, Trash):
-    """put/get/list/rename/delete/restore for embeddings kept as files under `root`."""
+    """put/get/list/rename/delete/restore for embeddings kept as files under `root`.
 
-    def __init__(self, root: Path) -> None:
+    `on_wait` is told, once, when a write has waited LOCK_QUIET_S for another process that holds the store's
+    lock (a suspended import): stderr by default, for the CLI and a trainer's log; None says nothing (the
+    studio, whose terminal is not the user's).
+    """
+
+    def __init__(self, root: Path, *, on_wait: Callable[[str], None] | None = say_on_stderr) -> None:
         self.root = Path(root)
+        self.on_wait = on_wait
 
     @classmethod
-    def for_home(cls, home: Path) -> Store:
-        return cls(Path(home) / "embeddings")
+    def for_home(cls, home: Path, *, on_wait: Callable[[str], None] | None = say_on_stderr) -> Store:
+        return cls(Path(home) / "embeddings", on_wait=on_wait)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -203,31 +213,35 @@ class Store(Listing, Trash):
             raise stray_name_error(name)
         path = self.path(name)
         if not path.is_file():
-            self._check_folder()
-            hint = self._suggest(name)
-            raise StoreError(
-                f"no embedding named '{name}' in {self.root}{hint}; `tokensmith list` shows them"
-            )
+            raise self._missing(name)
         return path
+
+    def _missing(self, name: str) -> StoreError:
+        """The error for a name the store does not hold (a folder that cannot be one says so instead)."""
+        self._check_folder()
+        hint = self._suggest(name)
+        return StoreError(f"no embedding named '{name}' in {self.root}{hint}; `tokensmith list` shows them")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """An exclusive lock on the store folder for a check-then-write (the case-twin rule): other writers of
-        this store wait. Best effort where the filesystem has no flock (some network mounts)."""
+        """An exclusive lock on the store folder for a check-then-write (the case-twin rule, a rename's read
+        and removal of the old name): other writers of this store wait, and one that waits long says so
+        (`on_wait`). Best effort where the filesystem has no flock (some network mounts)."""
         if fcntl is None:
             yield
             return
         with self._writing(self.root):
             fd = os.open(self.root, os.O_RDONLY)
         try:
-            with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: write unlocked, as before the lock
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            wait_for_lock(fd, self.root, self.on_wait)
             yield
         finally:
             os.close(fd)  # releases the lock
 
     def _suggest(self, name: str) -> str:
-        close = [n for n in self.names() if n.lower() == name.lower() or name.lower() in n.lower()]
+        """' (did you mean cat, Cats?)' for names like `name`; never `name` itself (stored again since it was
+        found missing: a rename back, a restore)."""
+        close = [n for n in self.names() if n != name and name.lower() in n.lower()]
         return f" (did you mean {', '.join(close[:3])}?)" if close else ""
 
     @contextmanager
@@ -301,7 +315,10 @@ class Store(Listing, Trash):
 
     # --- reading ---
     def get(self, name: str) -> Embedding:
-        return load_canonical(self._require(name))
+        try:
+            return load_canonical(self._require(name))
+        except FileNotFoundError:  # renamed or deleted by another process since `_require` found it
+            raise self._missing(name) from None
 
     # --- moving ---
     def rename(self, old: str, new: str) -> Path:
@@ -309,28 +326,38 @@ class Store(Listing, Trash):
 
         The steps are: create `new`, move the preview, remove `old`. If a kill stopped them halfway, `new`
         holds the same embedding as `old` apart from its name, and running the same rename again finishes it.
+        All of it runs under the store's lock, from the read of `old` to its removal: what another process
+        stores under `old` meanwhile (`import --force`) is renamed or left alone, never removed unread, and
+        of two renames of one name the second finds it gone.
         """
         validate_name(new)
-        old_path = self._require(old, stray_ok=True)  # a hand-copied 'EasyNegative (1)' gets a valid name
-        emb = load_canonical(old_path)
+        self._require(old, stray_ok=True)  # said at once, not after waiting for the lock
         if new == old:
             raise StoreError(f"'{old}' is already called '{new}'; nothing to rename")
-        if self.exists(new) and not self._unfinished_rename(emb, old, new):
-            raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
         self.check_case_twin(new, allow=old)  # 'cat' -> 'Cat' is fine; onto another embedding is not
-        with self._locked(), self._writing(self.path(new)):
-            if not self.exists(new):
-                self.check_case_twin(new, allow=old)  # again, under the lock
-                try:
-                    atomic_write_bytes(self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False)
-                except FileExistsError:
-                    raise StoreError(
-                        f"cannot rename '{old}' to '{new}': '{new}' was created meanwhile"
-                    ) from None
-            old_preview = old_path.with_name(old + PREVIEW_SUFFIX)
-            if old_preview.is_file():
-                os.replace(old_preview, self.preview_path(new))
-            old_path.unlink(missing_ok=True)
+        with self._locked():
+            old_path = self._require(old, stray_ok=True)  # a hand-copied 'EasyNegative (1)' gets a valid name
+            try:
+                emb = load_canonical(old_path)
+            except FileNotFoundError:  # only a writer without the lock (a filesystem with no flock)
+                raise self._missing(old) from None
+            if self.exists(new) and not self._unfinished_rename(emb, old, new):
+                raise StoreError(f"cannot rename '{old}' to '{new}': '{new}' already exists; remove it first")
+            with self._writing(self.path(new)):
+                if not self.exists(new):
+                    self.check_case_twin(new, allow=old)  # again, under the lock
+                    try:
+                        atomic_write_bytes(
+                            self.path(new), canonical_bytes(emb.with_name(new)), overwrite=False
+                        )
+                    except FileExistsError:
+                        raise StoreError(
+                            f"cannot rename '{old}' to '{new}': '{new}' was created meanwhile"
+                        ) from None
+                old_preview = old_path.with_name(old + PREVIEW_SUFFIX)
+                if old_preview.is_file():
+                    os.replace(old_preview, self.preview_path(new))
+                old_path.unlink(missing_ok=True)
         return self.path(new)
 
     def _unfinished_rename(self, emb: Embedding, old: str, new: str) -> bool:

@@ -27,10 +27,17 @@ class Trash:
 
         Renames only, after the folder is made: a full disk refuses the folder, before anything moves. The
         preview goes first, so a kill between the two leaves the embedding without its thumbnail, never a
-        thumbnail without its embedding (which a later embedding of that name would show). The folder's
-        name holds the time of the deletion; nothing else is recorded.
+        thumbnail without its embedding (which a later embedding of that name would show). Both moves run
+        under the store's lock, so a put of the same name (a training run storing its result) comes before
+        or after them, never between. The folder's name holds the time of the deletion; nothing else is
+        recorded.
         """
-        path = self._require(name, stray_ok=True)  # a hand-copied file under a refused name can be trashed
+        self._require(name, stray_ok=True)  # said at once, not after waiting for the lock
+        with self._locked():
+            return self._move_to_trash(self._require(name, stray_ok=True), name)  # also a refused name
+
+    def _move_to_trash(self, path: Path, name: str) -> Path:
+        """`delete`'s moves, under the lock: the preview, then the embedding, into a new trash folder."""
         folder = self.root / TRASH / f"{time.time_ns():020d}-{os.getpid()}"
         preview = path.with_name(name + PREVIEW_SUFFIX)
         with self._writing(path, "move to the trash"):
@@ -59,33 +66,44 @@ class Trash:
 
     def restore(self, name: str) -> Path:
         """Bring back the most recently deleted embedding of that name; refuses if the name is taken again
-        (except by this restore's own copy, left by a kill before the trash folder was removed)."""
-        folders = self._trash_folders()
-        stray = next((p for f in folders if (p := self.stray_path(name, f)) is not None), None)
-        path = self.root / stray.name if stray is not None else self.path(name)  # undo a delete exactly
+        (except by this restore's own copy, left by a kill before the trash folder was removed). The checks
+        and the moves run under the store's lock: of two restores of one name the second finds the trash
+        empty, and a name stored meanwhile is refused in the same words as one stored before."""
         self._check_folder()
-        for folder in folders:
+        self._in_trash(name)  # said at once, not after waiting for the lock
+        with self._locked():
+            folder, path = self._in_trash(name)
             trashed = folder / path.name
-            if not trashed.is_file():
-                continue
             # a restore killed after its copy left the same file in the store and in the trash: finish it
             unfinished = path.is_file() and filecmp.cmp(path, trashed, shallow=False)
-            if path.exists() and not unfinished:
+            try:
+                if path.exists() and not unfinished:
+                    raise FileExistsError(path)
+                with self._writing(path):
+                    if not unfinished:
+                        self.check_case_twin(name)
+                        _bring_back(trashed, path)  # FileExistsError: stored by a writer without the lock
+                    preview = folder / (name + PREVIEW_SUFFIX)
+                    if preview.is_file():
+                        os.replace(preview, path.with_name(name + PREVIEW_SUFFIX))
+                    shutil.rmtree(folder)
+            except FileExistsError:
                 raise StoreError(
                     f"cannot restore '{name}': an embedding of that name exists; rename it first "
                     f"(`tokensmith rename {name} NEW`)"
-                )
-            self.check_case_twin(name)
-            with self._locked(), self._writing(path):
-                if not unfinished:
-                    self.check_case_twin(name)  # again, under the lock
-                    _bring_back(trashed, path)
-                preview = folder / (name + PREVIEW_SUFFIX)
-                if preview.is_file():
-                    os.replace(preview, path.with_name(name + PREVIEW_SUFFIX))
-                shutil.rmtree(folder)
+                ) from None
             return path
-        raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")
+
+    def _in_trash(self, name: str) -> tuple[Path, Path]:
+        """The newest trash folder holding `name`, and the path it is restored to (a name the rules refuse,
+        deleted as it was, comes back exactly so); StoreError when no folder holds it."""
+        folders = self._trash_folders()
+        stray = next((p for f in folders if (p := self.stray_path(name, f)) is not None), None)
+        path = self.root / stray.name if stray is not None else self.path(name)
+        folder = next((f for f in folders if (f / path.name).is_file()), None)
+        if folder is None:
+            raise StoreError(f"'{name}' is not in the trash of {self.root}; nothing to restore")
+        return folder, path
 
 
 def _bring_back(trashed: Path, path: Path) -> None:

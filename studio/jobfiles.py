@@ -3,11 +3,18 @@ and when a process started (the studio never trusts a pid alone: studio/jobs.py)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from embeddings.files import atomic_write_bytes
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; starts there are not serialised across processes
+    fcntl = None
 
 # job.json's fields: the types each may have, and how a message names them. A job.json that breaks these is
 # damaged: the job lists as unreadable rather than being guessed at.
@@ -82,3 +89,20 @@ def started_at(pid: int) -> float | None:
 def write_atomic(path: Path, text: str) -> None:
     """Write `path` completely or not at all: a temp file, fsynced, renamed; removed when the write fails."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def one_at_a_time(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` itself (no file is made in it) for the `with` block: other processes, and
+    other threads with their own `with`, wait at its start. Held for milliseconds (a job's launch), so
+    waiting is silent. Best effort where the filesystem has no flock."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: unlocked, as before there was a lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

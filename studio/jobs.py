@@ -12,7 +12,9 @@ studio/jobfiles.py.
 
 Whether a job runs is never taken from a pid alone (a killed trainer's pid is soon another process's): it is
 this runner's own child, or the trainer's lock on the run folder (RunFolder.claim), or, until the trainer
-takes that lock, the process job.json names if it started when the job was launched.
+takes that lock, the process job.json names if it started when the job was launched. A start, resume or
+train-further holds a lock (flock) on `runs/` from its check that no job runs until its job.json is written,
+so two studios on one home cannot both start a job.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from studio.jobfiles import created_at, job_record, newer_than, started_at, write_atomic
+from studio.jobfiles import created_at, job_record, newer_than, one_at_a_time, started_at, write_atomic
 from studio.runview import STEPS_FIXED, RunState, read_run, steps_fixed, stored_now, taken_text
 from studio.trainrequest import TrainRequest
 from trainers.runfolder import RunFolder
@@ -113,7 +116,10 @@ class JobRunner:
 
     def start(self, request: TrainRequest, *, job_id: str | None = None) -> Job:
         """Start `tokensmith train` for `request` in a fresh run folder and return at once."""
-        self.refuse_while_running()
+        with self._starting():
+            return self._start(request, job_id=job_id)
+
+    def _start(self, request: TrainRequest, *, job_id: str | None) -> Job:
         job_id = job_id or new_job_id(request.name)
         run_dir = self.runs_dir / job_id  # may exist already, holding the uploaded images
         if any((run_dir / f).exists() for f in ("job.json", "progress.jsonl")):
@@ -153,12 +159,12 @@ class JobRunner:
                 f"job '{job_id}' ended before its first checkpoint: there is nothing to resume from; "
                 "start it again"
             )
-        self.refuse_while_running()
         earlier = self._command_of(job, state)
         command = earlier if "--resume" in earlier else (*earlier, "--resume")
         if gradient_checkpointing and GRADIENT_CHECKPOINTING not in command:
             command = (*command, GRADIENT_CHECKPOINTING)
-        return self._launch(replace(job, command=command, earlier=earlier))
+        with self._starting():
+            return self._launch(replace(job, command=command, earlier=earlier))
 
     def train_further(self, job_id: str, more_steps: int, *, replace_other: bool = False) -> Job:
         """Continue a finished job for `more_steps` steps from its last checkpoint, early stopping off; at
@@ -178,7 +184,6 @@ class JobRunner:
         held = self.stored_now(job, state)
         if held in ("other", "unreadable") and not replace_other:
             raise FileExistsError(taken_text(name, held))
-        self.refuse_while_running()
         again = ("--resume", *(() if held == "gone" else ("--overwrite",)), "--no-early-stopping")
         earlier = self._command_of(job, state)
         command = [w for w in earlier if w not in ("--resume", "--overwrite", "--no-early-stopping")]
@@ -186,7 +191,8 @@ class JobRunner:
         if "--steps" in command:  # one --steps, so the command reads as what runs
             del command[command.index("--steps") : command.index("--steps") + 2]
         command += ["--steps", str(state.step + more_steps), *again]
-        return self._launch(replace(job, command=tuple(command), earlier=earlier))
+        with self._starting():
+            return self._launch(replace(job, command=tuple(command), earlier=earlier))
 
     def stored_now(self, job: Job, state: RunState) -> str:
         """What the store holds under a finished job's name: "held" (its result), "gone", "other" or
@@ -203,6 +209,15 @@ class JobRunner:
                 f"training job '{running[0].id}' is still running: wait for it or cancel it first "
                 "(one job at a time keeps this machine responsive)"
             )
+
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[None]:
+        """Hold a lock on runs/ from the check that no job runs until the launch within has written job.json
+        (from then on every studio sees the new job run): of two starts at once, the second is refused."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        with one_at_a_time(self.runs_dir):
+            self.refuse_while_running()
+            yield
 
     def _command_of(self, job: Job, state: RunState) -> tuple[str, ...]:
         """The command of the run the folder holds: the job's last launch, or the one before it when the

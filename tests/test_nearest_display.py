@@ -199,4 +199,8 @@ def test_inspect_shows_the_labels_nearest_prints(with_model, sd1, tokensmith_hom
     at.switch_page("views/inspect.py").run()
     assert not at.exception and not at.error, at.exception or [e.value for e in at.error]
     table = at.dataframe[0].value
-    assert [table[t].iloc[0] for t in ("<cc>", "<cc>_1", "<cc>_2")] == ["c… (1.000)", "c (1.000)", "\\x07 (1.000)"]
+    assert [table[t].iloc[0] for t in ("<cc>", "<cc>_1", "<cc>_2")] == [
+        "c… (1.000)",
+        "c (1.000)",
+        "\\x07 (1.000)",
+    ]

@@ -108,7 +108,7 @@ def test_a_name_stored_by_another_run_meanwhile_keeps_this_runs_result_for_a_res
             train(quick_config(images, run), home=home, model=tiny_model("sd1"))
     said = str(lost.value)
     final = run / "snapshots" / "final.safetensors"
-    assert "an embedding named 'thing' was stored by another run while this one trained" in said
+    assert "an embedding named 'thing' was stored meanwhile (by another run or an import)" in said
     assert f"kept in {final}: to store it in place of that one, run `tokensmith train --run-dir {run}" in said
     assert "--resume --overwrite`, or import it under another name (`tokensmith import" in said
     assert "--force" not in said

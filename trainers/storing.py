@@ -1,6 +1,6 @@
 """How a run meets the store: what the store write at the end would refuse is refused before the run
-begins; a name another run stored meanwhile is told in train's words; a run killed after its store write is
-recognised by its stored result."""
+begins; a name stored meanwhile (by another run or an import) is told in train's words; a run killed after
+its store write is recognised by its stored result."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def _check_writable(root: Path) -> None:
 
 
 def store_result(cfg, folder: RunFolder, store: Store, emb: Embedding, preview, home) -> Path:
-    """store.put in train's words: when another run stored the name (or a case twin) while this one trained,
-    how to store this run's result, which is kept in the run folder."""
+    """store.put in train's words: when the name (or a case twin) was stored while this run trained (by
+    another run, an import, the studio), how to store this run's result, which is kept in the run folder."""
     try:
         with writing(f"the stored file of '{cfg.name}'", store.path(cfg.name)):
             return _put(cfg, store, emb, preview)
@@ -83,7 +83,7 @@ def store_result(cfg, folder: RunFolder, store: Store, emb: Embedding, preview, 
         elsewhere = shlex.join(["tokensmith", "import", str(final), "--name", "NEW", *home_flags(home)])
         if twin is None:
             raise TokensmithError(
-                f"an embedding named '{cfg.name}' was stored by another run while this one trained; this "
+                f"an embedding named '{cfg.name}' was stored meanwhile (by another run or an import); this "
                 f"run's result is kept in {final}: to store it in place of that one, run `{resume} "
                 f"--overwrite`, or import it under another name (`{elsewhere}`)"
             ) from None

@@ -238,10 +238,11 @@ def runner() -> JobRunner:
 
 
 def store() -> Any:
-    """The embedding store of the home (cheap: it reads headers only when asked)."""
+    """The embedding store of the home (cheap: it reads headers only when asked). A page waiting for the store
+    lock says nothing on the studio's terminal: the page's own spinner or result shows it."""
     from embeddings import Store
 
-    return Store.for_home(home())
+    return Store.for_home(home(), on_wait=None)
 
 
 def generation_session(spec: str) -> Any:
