@@ -92,7 +92,10 @@ def _end_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # what a new job's id replaces in the name it starts from
+# a job id that get() accepts: the studio's own, and a CLI run's folder name (`runs/cat.v2` for --name
+# cat.v2: embedding names may hold dots); never one that leaves runs/ ('..', a leading dot, a slash)
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RUN_FILES = ("job.json", "progress.jsonl", "config.toml")  # a folder under runs/ with one of these is a run
 
 
@@ -286,7 +289,7 @@ class JobRunner:
 
     def get(self, job_id: str) -> Job:
         """The job with this id (from its run folder); KeyError if there is none."""
-        if not job_id or _ID_UNSAFE.search(job_id) or job_id in (".", ".."):
+        if not _JOB_ID.fullmatch(job_id or "") or ".." in job_id:
             raise KeyError(f"'{job_id}' is not a job id")
         run_dir = self.runs_dir / job_id
         if not run_dir.is_dir():

@@ -374,3 +374,16 @@ def test_a_damaged_run_folder_is_unreadable_and_the_others_still_list(runner, da
     assert not runner.cancel("bad")
     with pytest.raises(RuntimeError, match="cannot be resumed: cannot read "):
         runner.resume("bad")
+
+
+def test_a_cli_run_whose_name_has_a_dot_can_be_opened_from_the_studio(runner, tmp_path):
+    # `tokensmith train --name cat.v2` runs in runs/cat.v2 (embedding names may hold dots): the studio
+    # lists it, so it must open it too
+    run_dir = runner.runs_dir / "cat.v2"
+    run_dir.mkdir(parents=True)
+    (run_dir / "progress.jsonl").write_text(json.dumps({"step": 2, "total": 5, "loss": 0.5}) + "\n")
+    assert [job.id for job in runner.jobs()] == ["cat.v2"]
+    assert runner.get("cat.v2").run_dir == run_dir and runner.state("cat.v2").step == 2
+    for unsafe in (".hidden", "cat..v2", "a/b", "../cat.v2", ""):
+        with pytest.raises(KeyError, match="is not a job id"):
+            runner.get(unsafe)
