@@ -8,8 +8,8 @@
 - With a model, a stored embedding made for another one (other widths) is refused by its own name before
   anything is blended, rather than as a misfit of the result.
 
-Errors are raised here and worded for the user by each door (the page says "type it in quotes" where the
-CLI says "quote it"); the tokens of each word come back as data, for the CLI to print on stderr.
+Errors are raised here and worded for the user by each door (the page says "type it in its field in quotes"
+where the CLI says "quote it"); the tokens of each word come back as data, for the CLI to print on stderr.
 """
 
 from __future__ import annotations
@@ -172,6 +172,6 @@ def _stored(
     advice = model_advice(emb, model_family) if model_family else ""  # which --model it was made for
     reason = (
         f"it has {widths_text(emb.widths)} but this model's text encoder has {widths_text(widths)} (it was "
-        "made for another model); pick one made for this model, or a word" + (f"; {advice}" if advice else "")
+        "made for another model); use one made for this model, or a word" + (f"; {advice}" if advice else "")
     )
     raise BlendOperandError(index, label, reason)

@@ -197,8 +197,9 @@ def _process_name(pid: int) -> str:
 def _process_stopped(pid: int) -> bool:
     """Whether process `pid` is stopped (Ctrl-Z, SIGSTOP): the state letter of /proc/PID/stat."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
-    except (OSError, IndexError):
+        # bytes: the name in brackets before ')' is the executable's, cut to 15 bytes, maybe mid-character
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError, ValueError):
         return False
 
 

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import io
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
+_HELD = threading.local()  # per thread: the store folders whose lock it holds (Store._locked)
 
 
 class StoreWriteError(OSError):
@@ -230,11 +232,21 @@ class Store(Listing, Trash):
         if fcntl is None:
             yield
             return
+        held = _HELD.__dict__.setdefault("folders", set())  # the folders this thread holds the lock on
+        folder = self.root.resolve()
+        if folder in held:  # a second flock on another descriptor would wait for this thread forever
+            raise RuntimeError(
+                f"this thread already holds the lock on {self.root} (a StoreBatch is open): write through it"
+            )
         with self._writing(self.root):
             fd = os.open(self.root, os.O_RDONLY)
         try:
             wait_for_lock(fd, self.root, self.on_wait)
-            yield
+            held.add(folder)
+            try:
+                yield
+            finally:
+                held.discard(folder)
         finally:
             os.close(fd)  # releases the lock
 

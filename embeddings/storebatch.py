@@ -27,7 +27,8 @@ class StoreBatch:
     The check is as safe as `put`'s: the scan is made under the lock, and while the batch holds the lock only
     the batch writes (and adds what it stores to the scan). Letting go every LOCK_RUN puts means another
     writer (a training run storing its result) waits for one run, not the whole import. Inside the `with`,
-    write to this store only through the batch: the store's own writes would wait for the lock it holds.
+    write to this store only through the batch: the store's own locked calls (put, rename, delete, restore) in
+    the same thread raise RuntimeError rather than wait for the lock the batch holds.
     """
 
     def __init__(self, store: Store) -> None:

@@ -146,9 +146,11 @@ def _store_each(store, found, same: set[str], *, overwrite: bool, as_json: bool)
                 try:
                     results.append((source, emb, batch.put(emb, overwrite=overwrite), False))
                 except StoreError:
-                    if not store.holds(emb):  # taken meanwhile, with other vectors: not ours to replace
-                        raise _TakenMeanwhile(emb.name) from None
-                    results.append((source, emb, store.path(emb.name), True))  # the same, stored meanwhile
+                    if not store.holds(emb):  # else the same embedding, stored meanwhile by another import
+                        if overwrite or not store.exists(emb.name):
+                            raise  # refused for its own reason (a letter-case twin, a folder in its place)
+                        raise _TakenMeanwhile(emb.name) from None  # other vectors: --force replaces them
+                    results.append((source, emb, store.path(emb.name), True))
     except KeyboardInterrupt:
         _print_imported(results, as_json=as_json)
         note = _stopped(f"interrupted while storing {source}", results, len(found))

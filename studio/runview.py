@@ -24,6 +24,10 @@ from trainers.commands import RESUME_NOTE
 from trainers.runfolder import RunFolder
 
 LOG_TAIL_LINES = 40
+# a run's out-of-memory failure as the trainer worded it before its event had `reason: out_of_memory`
+OLD_OUT_OF_MEMORY = re.compile(
+    r"^training ran out of memory \((?P<what>.*?)\); (?=resume with|a new run|try|use a)"
+)
 # the last line of a trainer that refused to run: `tokensmith train: error: ...` (`python -m trainers` alike)
 ERROR_LINE = re.compile(r"^(?:tokensmith [\w-]+|python -m trainers): error: (?P<why>.+)$")
 
@@ -199,10 +203,16 @@ def read_run(
 
 
 def _out_of_memory(final: dict | None) -> RanOutOfMemory | None:
-    """The failed event's record of running out of memory, if that is why it failed."""
-    if not final or final.get("reason") != "out_of_memory":
+    """The failed event's record of running out of memory, if that is why it failed. A run from before the
+    event had its `reason` field is read from its message (the trainer's words then: what ran out, in
+    brackets, and `--gradient-checkpointing` among the advice unless the run had it)."""
+    if not final:
         return None
-    return RanOutOfMemory(str(final.get("ran_out", "")), final.get("gradient_checkpointing") is True)
+    if final.get("reason") == "out_of_memory":
+        return RanOutOfMemory(str(final.get("ran_out", "")), final.get("gradient_checkpointing") is True)
+    if "reason" not in final and (old := OLD_OUT_OF_MEMORY.match(str(final.get("message", "")))):
+        return RanOutOfMemory(old["what"], "--gradient-checkpointing" not in final["message"][old.end() :])
+    return None
 
 
 # --- what a finished run allows: training further, and what it would replace ---

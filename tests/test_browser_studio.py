@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-PAGES = ["", "library", "blend", "generate", "lab", "inspect"]  # Train is the default page, served at /
+PAGES = ["", "library", "blend", "generate", "lab", "inspect"]  # "": the root, which opens Train (/train)
 APP_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TRAIN_TIMEOUT_S = 240
 TRAIN_STEPS = 12  # long enough to watch the progress change over several 2 s polls, short on a CPU

@@ -280,3 +280,24 @@ def test_an_import_that_loses_a_name_to_another_process_says_so_and_how_to_repla
     assert code == EXIT_OK, err
     stored = Store.for_home(tokensmith_home).get("b")
     assert torch.equal(stored.vectors["emb_params"], vec(2, 64, seed=2))
+
+
+def test_an_import_refused_by_a_case_twin_stored_meanwhile_gives_that_reason_not_force(
+    tmp_path, capsys, tokensmith_home, monkeypatch
+):
+    from embeddings.storebatch import StoreBatch
+
+    write(tmp_path / "in", "a", width=64, seed=1)
+    write(tmp_path / "in", "Neg", width=64, seed=2)
+    put = StoreBatch.put
+
+    def twin_first(self, emb, **kwargs):
+        if emb.name == "Neg":  # another process stores 'neg' between the import's checks and its put
+            self.release()
+            Store.for_home(tokensmith_home).put(Embedding("neg", {"emb_params": vec(2, 64, seed=9)}))
+        return put(self, emb, **kwargs)
+
+    monkeypatch.setattr(StoreBatch, "put", twin_first)
+    code, _, err = run(capsys, "import", tmp_path / "in")
+    assert code == EXIT_ERROR and "only in letter case" in err, err
+    assert "stored by another process" not in err and "--force" not in err.split("only in letter case")[1]

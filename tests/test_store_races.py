@@ -439,3 +439,46 @@ def test_a_training_run_that_loses_its_name_to_an_import_says_stored_meanwhile(t
         f"kept in {folder.final_path}: to store it in place of that one, run `tokensmith train --run-dir "
     )
     assert value(store.get("t3")) == 1.0
+
+
+def test_a_locked_write_inside_an_open_batch_of_the_same_thread_is_an_error_not_a_hang(store):
+    store.put(emb("bird", 1.0))
+    with store.batch() as batch:
+        batch.put(emb("cat", 2.0))  # the batch now holds the store's lock
+        with pytest.raises(RuntimeError, match=r"already holds the lock .* write through it"):
+            store.delete("bird")
+    store.delete("bird")  # the batch has let go: the same call works
+    assert store.names() == ["cat"]
+
+
+def test_a_holder_whose_name_is_not_utf8_is_still_told_apart(tmp_path):
+    if not Path("/proc/self/comm").exists():
+        pytest.skip("process names and states are read from /proc (Linux)")
+    named = (
+        "import sys; open('/proc/self/comm', 'wb').write(b'imp\\xe3\\x83'); print(1, flush=True); "
+        "sys.stdin.read()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", named], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"1"  # its name is now cut mid-character
+        assert files._process_stopped(holder.pid) is False
+        os.kill(holder.pid, signal.SIGSTOP)
+        os.waitpid(holder.pid, os.WUNTRACED)
+        assert files._process_stopped(holder.pid) is True
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_studio_says_on_the_page_who_holds_the_lock_it_waits_for(tokensmith_home, monkeypatch):
+    from studio.app import context
+
+    monkeypatch.setattr(context, "home", lambda: tokensmith_home)
+    shown = []
+    monkeypatch.setattr(context.st, "warning", lambda text, **kwargs: shown.append(text))
+    line = f"waiting for process 7 (python), which is writing to {tokensmith_home}; " + (
+        "this command goes on when it is done (Ctrl-C stops waiting)"
+    )
+    context.store().on_wait(line)  # what wait_for_lock calls, in the page's own thread
+    said = f"waiting for process 7 (python), which is writing to {tokensmith_home}"
+    assert shown == [f"{said}; this page goes on when it is done"]

@@ -277,11 +277,30 @@ def test_resume_after_running_out_of_memory_turns_gradient_checkpointing_on(fake
     runner.wait(job.id, timeout=30)
 
 
+@pytest.mark.parametrize(
+    ("config", "advice"),
+    [
+        ({}, "start it again with “Gradient checkpointing” on"),
+        ({"gradient_checkpointing": True}, "it needs a GPU with more memory"),
+    ],
+)
+def test_a_run_that_ran_out_of_memory_before_the_event_said_why_gets_the_same_advice(
+    tokensmith_home, config, advice
+):
+    # a failed event written before it had `reason: out_of_memory` is read from its message
+    event = {key: value for key, value in oom_event(**config).items() if key in ("event", "message")}
+    rows = [{"step": s, "total": 20, "loss": 1.0 / s} for s in range(1, 7)]
+    at = open_train(job=run_folder(tokensmith_home, rows, event))
+    [shown] = errors(at)
+    assert advice in shown and "--" not in shown, shown
+
+
 def test_a_message_that_only_reads_like_running_out_of_memory_is_shown_as_written(tokensmith_home):
-    # the page's advice follows the trainer's record (reason: out_of_memory), not the wording of a message
+    # the page's advice follows the trainer's record (reason: a failure of another kind), not the wording
     said = "training ran out of memory (my own words); try --batch-size 1"
     rows = [{"step": s, "total": 20, "loss": 1.0 / s} for s in range(1, 7)]
-    at = open_train(job=run_folder(tokensmith_home, rows, {"event": "failed", "message": said}, 6))
+    failed = {"event": "failed", "message": said, "reason": "other"}
+    at = open_train(job=run_folder(tokensmith_home, rows, failed, 6))
     [shown] = errors(at)
     assert "my own words" in shown and "with gradient checkpointing” on" not in shown, shown
     assert at.toggle(key="resume_checkpointing").value is False

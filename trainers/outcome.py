@@ -2,9 +2,10 @@
 `python -m trainers` (trainers/__main__.py, the door `accelerate launch` and torchrun use).
 
 Both print an Outcome: the same lines and the same exit status for the same end (learned, stopped, stopped
-before it began, stored but not uploaded), each line after its own program's name. Where the lines go is the
-door's: `tokensmith train` writes the result on stdout (parseable; --json prints `result` instead), while
-`python -m trainers`, whose output is a launch's log, writes everything on stderr as its progress lines.
+before it began, stored but not uploaded); notes (not the result lines) after the program's name. Where the
+lines go is the door's: `tokensmith train` writes the result on stdout (parseable; --json prints `result`
+instead), while `python -m trainers`, whose output is a launch's log, writes everything on stderr as its
+progress lines.
 
 Imports stay light (the CLI's home check reads EMPTY_HOME); the run's modules load when a run has ended.
 """

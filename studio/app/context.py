@@ -238,11 +238,19 @@ def runner() -> JobRunner:
 
 
 def store() -> Any:
-    """The embedding store of the home (cheap: it reads headers only when asked). A page waiting for the store
-    lock says nothing on the studio's terminal: the page's own spinner or result shows it."""
+    """The embedding store of the home (cheap: it reads headers only when asked). A page that waits long for
+    the store's lock (another process writes: an import, or one suspended with Ctrl-Z) says on the page who
+    holds it, not on the studio's terminal."""
     from embeddings import Store
 
-    return Store.for_home(home(), on_wait=None)
+    return Store.for_home(home(), on_wait=lambda line: st.warning(waiting_text(line), icon="⏳"))
+
+
+def waiting_text(line: str) -> str:
+    """The store's line about waiting for its lock, in the page's words: the page, not a command, goes on."""
+    return line.replace(
+        "this command goes on when it is done (Ctrl-C stops waiting)", "this page goes on when it is done"
+    )
 
 
 def generation_session(spec: str) -> Any:

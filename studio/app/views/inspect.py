@@ -106,8 +106,8 @@ def norms_text(report: dict, tokens: list[str]) -> str:
     )
 
 
-# Embeddings made for other models, each with its own reason up to this many; more share one line. None:
-# the reason is the same long sentence for each (its width, the model's), and the list marks them already.
+# Embeddings made for other models, each with its own reason up to this many; more share one line. 0: they
+# always share it (the reason is the same long sentence for each, and the list marks them already).
 OTHERS_ONE_BY_ONE = 0
 
 
@@ -170,7 +170,7 @@ def map_ui(store, model, entries: list) -> None:
     words_text = st.text_input("Words to place on the map", key=words_key)
     words = [w.strip() for w in words_text.split(",") if w.strip()]
     fitting, others = blending.made_for(entries, model.widths)  # headers only: the others are not read
-    one_by_one = len(others) <= OTHERS_ONE_BY_ONE  # a few get their own reasons, as one that should fit does
+    one_by_one = len(others) <= OTHERS_ONE_BY_ONE  # with none of them, the fitting ones alone are read
     mapped = readable(store, entries if one_by_one else fitting)
     points, skipped = map_points(mapped, words, model.encoders, model_family=model.family)
     for note in skipped:
