@@ -254,6 +254,23 @@ def test_an_sdxl_a1111_export_still_holds_only_tensors(tmp_path):
     assert sorted(torch.load(tmp_path / "xl.pt", weights_only=True)) == ["clip_g", "clip_l"]
 
 
+def another_process_stores(monkeypatch, home, when: str, stored: str):
+    """While an import runs, just before it stores `when`, another process stores other vectors as `stored`
+    (between two runs of the import's batch lock, where another writer gets in). Returns the real put."""
+    from embeddings.storebatch import StoreBatch
+
+    put = StoreBatch.put
+
+    def other_first(self, emb, **kwargs):
+        if emb.name == when:
+            self.release()
+            Store.for_home(home).put(Embedding(stored, {"emb_params": vec(2, 64, seed=9)}))
+        return put(self, emb, **kwargs)
+
+    monkeypatch.setattr(StoreBatch, "put", other_first)
+    return put
+
+
 def test_an_import_that_loses_a_name_to_another_process_says_so_and_how_to_replace_it(
     tmp_path, capsys, tokensmith_home, monkeypatch
 ):
@@ -261,15 +278,7 @@ def test_an_import_that_loses_a_name_to_another_process_says_so_and_how_to_repla
 
     write(tmp_path / "in", "a", width=64, seed=1)
     write(tmp_path / "in", "b", width=64, seed=2)
-    put = StoreBatch.put
-
-    def another_process_first(self, emb, **kwargs):
-        if emb.name == "b":  # another import stores other vectors under 'b' while this one runs
-            self.release()  # between two runs of the batch's lock, where another writer gets in
-            Store.for_home(tokensmith_home).put(Embedding("b", {"emb_params": vec(2, 64, seed=9)}))
-        return put(self, emb, **kwargs)
-
-    monkeypatch.setattr(StoreBatch, "put", another_process_first)
+    put = another_process_stores(monkeypatch, tokensmith_home, "b", "b")
     code, _, err = run(capsys, "import", tmp_path / "in")
     assert code == EXIT_ERROR
     assert "an embedding named 'b' was stored by another process while this import ran" in err
@@ -285,19 +294,9 @@ def test_an_import_that_loses_a_name_to_another_process_says_so_and_how_to_repla
 def test_an_import_refused_by_a_case_twin_stored_meanwhile_gives_that_reason_not_force(
     tmp_path, capsys, tokensmith_home, monkeypatch
 ):
-    from embeddings.storebatch import StoreBatch
-
     write(tmp_path / "in", "a", width=64, seed=1)
     write(tmp_path / "in", "Neg", width=64, seed=2)
-    put = StoreBatch.put
-
-    def twin_first(self, emb, **kwargs):
-        if emb.name == "Neg":  # another process stores 'neg' between the import's checks and its put
-            self.release()
-            Store.for_home(tokensmith_home).put(Embedding("neg", {"emb_params": vec(2, 64, seed=9)}))
-        return put(self, emb, **kwargs)
-
-    monkeypatch.setattr(StoreBatch, "put", twin_first)
+    another_process_stores(monkeypatch, tokensmith_home, "Neg", "neg")
     code, _, err = run(capsys, "import", tmp_path / "in")
     assert code == EXIT_ERROR and "only in letter case" in err, err
     assert "stored by another process" not in err and "--force" not in err.split("only in letter case")[1]
