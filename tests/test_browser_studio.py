@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import pytest
 from PIL import Image, ImageDraw
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-PAGES = ["", "library", "blend", "generate", "lab", "inspect"]  # "": the root, which opens Train (/train)
+PAGES = ["", "train", "library", "blend", "generate", "lab", "inspect"]  # "": Train; "train" opens it
 APP_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TRAIN_TIMEOUT_S = 240
 TRAIN_STEPS = 12  # long enough to watch the progress change over several 2 s polls, short on a CPU
@@ -177,6 +177,17 @@ def test_every_page_renders_with_no_exception(page, studio):
         assert_no_exception(page, path or "train")
         assert page.get_by_text("Page not found").count() == 0, path
         shot(page, f"page-{path or 'train'}")
+
+
+def test_back_from_train_leaves_the_studio_page_it_came_to(page, studio):
+    open_page(page, studio, "library")
+    open_page(page, studio, "")  # Train, at the root: no redirect to come back to
+    seen = []
+    for _ in range(2):  # the sidebar drops the default ?model=demo from the address: one more entry
+        page.go_back()
+        wait_for_app(page)
+        seen.append(page.url)
+    assert urlparse(page.url).path.rstrip("/").endswith("/library"), seen  # a redirect kept it on Train
 
 
 def test_upload_train_watch_reload_library_blend_generate_download(page, studio, tmp_path):

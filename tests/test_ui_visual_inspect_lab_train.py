@@ -321,7 +321,7 @@ def test_the_job_picker_names_a_job_once_with_its_start_time():
     }
 
 
-def test_the_train_page_has_its_own_address_and_the_root_opens_it(monkeypatch):
+def test_the_root_is_train_itself_and_train_by_name_is_a_page(monkeypatch):
     import streamlit
 
     navigation = streamlit.navigation
@@ -336,7 +336,8 @@ def test_the_train_page_has_its_own_address_and_the_root_opens_it(monkeypatch):
     at.query_params["job"] = "some-job"
     at.run()
     assert not at.exception, at.exception
-    assert [t.value for t in at.title] == ["🎓 Train a concept"]  # the root opens Train
+    assert [t.value for t in at.title] == ["🎓 Train a concept"]  # the root is Train, no redirect
     assert at.query_params["job"] == "some-job"  # with the address's job
     served = {page.url_path: page for page in given}
-    assert served["train"].title == "Train"  # /train is a page, not "Page not found"
+    assert served[""].title == "Train"  # the default page, served at the root (Back leaves it)
+    assert served["train"].title == "Train"  # /train is a page (it opens the root), not "Page not found"
