@@ -30,7 +30,7 @@ EXPORT_HELP = {
     "a1111-pt": "AUTOMATIC1111's pickled .pt (string_to_param), for its embeddings folder.",
     "a1111-png": "An image that AUTOMATIC1111 reads as the embedding: the thumbnail with the vectors inside.",
 }
-CARD_SIDE = 192  # a card's picture is drawn this wide: the preview's first tile, enlarged (nearest) to it
+CARD_SIDE = 160  # a card's picture: the preview's first tile enlarged (nearest), narrower than a card
 DETAILS_SIDE = 512  # the preview strip in the details panel: a 256 px strip of 32 px tiles at twice its size
 # Header values that hold JSON: the raw metadata shows them as structures, not one line of text
 JSON_META = ("metrics", "trainer", "parent")

@@ -328,10 +328,11 @@ def zipped(results: list) -> bytes:
     return buffer.getvalue()
 
 
-def images_ui(results: list) -> None:
+def images_ui(results: list, *, asked: int | None = None) -> None:
     """The images in one row that wraps (two a row on a phone), small ones enlarged with their pixels kept
-    sharp; no widgets, so it is drawn again as each image is made."""
-    side = ONE_RESULT_SIDE if len(results) == 1 else RESULT_SIDE
+    sharp; no widgets, so it is drawn again as each image is made. Their size follows how many were asked
+    for (`asked`; default: as many as there are), so the first of four is not drawn large, then shrunk."""
+    side = ONE_RESULT_SIDE if (asked or len(results)) == 1 else RESULT_SIDE
     pictures = [enlarged(Image.open(io.BytesIO(png)), at_most=side) for png, _prov in results]
     st.image(
         pictures, caption=[f"seed {prov.get('seed')}" for _png, prov in results],
@@ -427,7 +428,7 @@ def generate_ui(store, inputs: dict) -> None:
                     made.append(result)
                     st.session_state["gen_results"] = made  # kept as it comes: a later error leaves it
                     with shown.container():
-                        images_ui(made)
+                        images_ui(made, asked=inputs["settings"]["num_images"])
             except context.user_errors() as exc:
                 st.error(failure_text(exc, made, inputs["settings"]))
                 if not made and st.session_state.get("gen_results"):  # what stays below is not this prompt's

@@ -9,6 +9,7 @@ import streamlit as st
 
 from studio.app import cards, context, formstate, uploads
 from studio.app.formstate import UPLOAD_HELP
+from studio.app.pictures import enlarged
 from studio.app.trainjobs import REPLACE_LABEL, TRAIN_FIELDS, job_choice_ui, progress_ui
 from studio.jobs import Job, JobRunner, new_job_id
 from studio.trainrequest import TrainRequest
@@ -40,6 +41,7 @@ START_FROM_HELP = (
     "model family's default."
 )
 THUMBNAILS = 6  # uploads shown under the uploader (it lists every name)
+THUMBNAIL_W = 96  # px: a glance at each upload, not a full-width picture on a phone
 
 
 def images_ui() -> tuple[list[tuple[str, bytes]], str]:
@@ -68,7 +70,8 @@ def thumbnails_ui(pairs: list[tuple[str, bytes]]) -> None:
     cols = st.columns(min(len(pairs), THUMBNAILS))
     for col, (name, data) in zip(cols, pairs[:THUMBNAILS], strict=False):
         try:
-            col.image(uploads.thumbnail(data), width="stretch")
+            picture = enlarged(uploads.thumbnail(data, side=THUMBNAIL_W), at_most=THUMBNAIL_W)  # sharp
+            col.image(picture, width=picture.width, output_format="PNG")  # never stretched to a phone's width
         except OSError:
             col.warning(f"{name}: not an image")
 
