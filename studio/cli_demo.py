@@ -371,6 +371,7 @@ def _show_demo(args, t: _Trained, started: float) -> int:
         "steps": int(t.emb.meta["steps"]),  # the step stored, as in `train --json`
         "trained_steps": int(summary(t.emb).get("trained_steps", t.emb.meta["steps"])),
         "stored": str(t.stored.resolve()),
+        "path": str(t.stored.resolve()),  # as every command's --json names the file stored
         "replaced": t.replacing,
         "contact_sheet": str(sheet_path.resolve()),
         "seconds": round(time.monotonic() - started, 1),

@@ -116,15 +116,16 @@ def run_list(args) -> int:
             f"`tokensmith import {shell_quote(str(path))}` stores a copy in that format"
         )
         print(printable(note), file=sys.stderr)
-    if args.json:
-        print_json([entry.to_json() for entry in entries])
-        return 0
     if not entries:
         # the folder named: a --home with a typo lists nothing, and says where it looked
         print(
             f"no embeddings in {store.root} yet: `tokensmith import FILE` or `tokensmith train` adds some",
             file=sys.stderr,
         )
+    if args.json:
+        print_json([entry.to_json() for entry in entries])
+        return 0
+    if not entries:
         return 0
     width = max(len(e.name) for e in entries)
     for e in entries:  # family and created are header metadata, which any file may set

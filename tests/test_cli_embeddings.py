@@ -423,3 +423,11 @@ def test_show_says_what_safetensors_format_pt_means(tmp_path, capsys, tokensmith
     [line] = [line for line in out.splitlines() if line.startswith("format:")]
     assert code == EXIT_OK
     assert " ".join(line.split()[1:]) == "pt (safetensors' tag for torch tensors, not a .pt file)"
+
+
+def test_list_json_of_an_empty_store_still_says_where_it_looked(tmp_path, capsys):
+    code, out, err = run(capsys, "--home", tmp_path / "typo", "list", "--json")
+    assert (code, json.loads(out)) == (EXIT_OK, [])
+    assert (
+        f"no embeddings in {tmp_path / 'typo' / 'embeddings'} yet" in err
+    )  # on stderr: the JSON stays clean

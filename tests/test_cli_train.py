@@ -102,6 +102,10 @@ def test_train_stores_the_embedding_and_prints_json(images, tiny_model, tmp_path
     assert result["name"] == "cli-cat" and result["steps"] == 4 and result["end"] == "finished"
     assert "accelerate launch -m trainers --config" in err and "equivalent command: tokensmith train" in err
     stored = Store.for_home(tokensmith_home).get("cli-cat")
+    assert (result["path"], result["sha256"]) == (
+        str(Store.for_home(tokensmith_home).path("cli-cat")),
+        stored.sha256,
+    )
     assert stored.meta["base_model"] == str(tiny_model) and stored.meta["init"] == "a"
     assert json.loads(stored.meta["trainer"])["config"]["steps"] == 4
     run = tokensmith_home / "runs" / "cli-cat"

@@ -52,7 +52,7 @@ def finish(emb, *, home: str | Path | None, push_to_hub: str = "", failed_upload
         resume = resume_command(Path(info["config"]["run_dir"]), home)
         step = emb.meta.get("steps")
         return Outcome(EXIT_ERROR, notes=(f"stopped at step {step}; continue with: {resume}",))
-    result = learned(emb, info)
+    result = learned(emb, info) | {"path": str(_stored_path(emb.name, home)), "sha256": emb.sha256}
     if push_to_hub:
         result |= upload_outcome(result["run_dir"], failed_upload)
     return Outcome(
@@ -68,6 +68,14 @@ def finish(emb, *, home: str | Path | None, push_to_hub: str = "", failed_upload
         ),
         result=result,
     )
+
+
+def _stored_path(name: str, home: str | Path | None) -> Path:
+    """Where the store under `home` (default: $TOKENSMITH_HOME or ~/.tokensmith) keeps `name`."""
+    from embeddings import Store
+    from trainers.commands import home_from_environment
+
+    return Store.for_home(Path(home).expanduser() if home else home_from_environment()).path(name).resolve()
 
 
 def learned(emb, info: dict) -> dict[str, Any]:
