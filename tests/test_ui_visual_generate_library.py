@@ -120,7 +120,7 @@ def test_each_image_shows_as_soon_as_it_is_made(page_session, store, monkeypatch
     monkeypatch.setattr(page_session, "each_image", noted)
     generate(at, "a <red-square>", count=3)
     assert shown == [0, 1, 2]  # not 0, 0, 0: all three at the end
-    from studio.app.views.generate import RESULT_SIDE
+    from studio.app.results import RESULT_SIDE
 
     widths = [width for img, width in calls if isinstance(img, list)]
     assert widths and set(widths) == {RESULT_SIDE}  # the first of three is drawn as small as the rest
