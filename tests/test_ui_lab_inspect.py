@@ -187,7 +187,7 @@ def test_the_caption_has_no_trailing_separator_without_lineage(page_session, sto
     store.put(Embedding("plain", {"emb_params": torch.ones(1, page_session.model.widths["emb_params"])}))
     at = open_page("views/inspect.py", {"insp_name": "plain"})
     captions = [c.value for c in at.caption]
-    assert any(c.endswith(" · 1 vector") for c in captions)  # 'sd1 · 1 vector', not 'sd1 · 1 vector · '
+    assert any(c.endswith(" · 1 vector") for c in captions)  # 'SD 1.x · 1 vector', not '... · 1 vector · '
     assert not any(c.rstrip().endswith("·") for c in captions)
 
 

@@ -59,7 +59,7 @@ def test_gallery_shows_cards_with_facts_and_search_filters(store):
     at = open_library()
     names = [md.value for md in at.markdown if md.value.startswith("**&lt;")]
     assert names == ["**&lt;blue-star&gt;**", "**&lt;red-square&gt;**"]
-    assert "w8 · 1 vector · 150 steps" in captions(at)
+    assert "Width 8 · 1 vector · 150 steps" in captions(at)  # the family in words, as errors say it
     assert 'trained from "star"' in captions(at)
     at.text_input(key="lib_query").set_value("square").run()
     names = [md.value for md in at.markdown if md.value.startswith("**&lt;")]
@@ -279,3 +279,8 @@ def test_importing_an_embedding_already_in_the_library_is_no_error(store, tmp_pa
     at.button(key="lib_import").click().run()
     assert not at.error
     assert any("Already in the library with identical vectors: <blue-star>" in seen(i.value) for i in at.info)
+
+
+def test_search_finds_a_family_as_the_card_writes_it():
+    entry = type("Entry", (), {"name": "cat", "family": "sd1", "meta": {}})()
+    assert cards.matches(entry, "SD 1.x") and cards.matches(entry, "sd1") and not cards.matches(entry, "SDXL")

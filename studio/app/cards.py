@@ -86,9 +86,18 @@ def code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def family_words(family: str) -> str:
+    """A family as a label begins: 'SD 1.x', 'SDXL', 'The demo world', 'Width 32' (family_title's words)."""
+    from embeddings import family_title
+
+    title = family_title(family)
+    return title[:1].upper() + title[1:]
+
+
 def card_line(entry: Any) -> str:
-    """'sd1 · 2 vectors · 150 steps' from a StoreEntry's header facts (plain text: `literal` it to draw)."""
-    parts = [entry.family, f"{entry.num_vectors} vector{'s' if entry.num_vectors != 1 else ''}"]
+    """'SD 1.x · 2 vectors · 150 steps' from a StoreEntry's header facts, the family in the words errors use
+    (plain text: `literal` it to draw)."""
+    parts = [family_words(entry.family), f"{entry.num_vectors} vector{'s' if entry.num_vectors != 1 else ''}"]
     if entry.meta.get("steps"):
         parts.append(f"{entry.meta['steps']} steps")
     return " · ".join(parts)
@@ -289,7 +298,8 @@ def matches(entry: Any, query: str) -> bool:
     query = query.strip().lower()
     if not query:
         return True
-    haystack = " ".join([entry.name, entry.family, entry.meta.get("init", ""), lineage_text(entry.meta)])
+    words = [entry.name, entry.family, family_words(entry.family), entry.meta.get("init", "")]
+    haystack = " ".join([*words, lineage_text(entry.meta)])  # 'sd1' and 'SD 1.x', as the card says it
     return all(word in haystack.lower() for word in query.split())
 
 

@@ -22,7 +22,10 @@ def filter_ui(entries: list) -> tuple[str, list[str]]:
     c1, c2 = st.columns([3, 2])
     query = c1.text_input("Search", key="lib_query", placeholder="name, init word, lineage…")
     families = sorted({e.family for e in entries})
-    chosen = c2.multiselect("Families", families, default=families, key=f"lib_families_{'-'.join(families)}")
+    chosen = c2.multiselect(
+        "Families", families, default=families, format_func=cards.family_words,
+        key=f"lib_families_{'-'.join(families)}",
+    )  # fmt: skip
     return query, chosen
 
 
