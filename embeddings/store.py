@@ -24,9 +24,6 @@ trashed.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import io
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -45,16 +42,15 @@ from embeddings.files import (
     PREVIEW_SUFFIX,
     SUFFIX,
     atomic_write_bytes,
-    commit_temp,
     remove_stale_temps,
     remove_temp,
     say_on_stderr,
-    temp_path_for,
     wait_for_lock,
     write_temp,
 )
 from embeddings.listing import Listing
 from embeddings.names import is_valid_name, stray_name_error, validate_name
+from embeddings.storewrites import png_bytes, put_pair, write_error
 from embeddings.trash import Trash
 
 if TYPE_CHECKING:
@@ -66,33 +62,6 @@ if TYPE_CHECKING:
 # Header keys a rename changes; two files that differ only in these hold the same embedding.
 NAME_KEYS = ("name",)
 _HELD = threading.local()  # per thread: the store folders whose lock it holds (Store._locked)
-
-
-class StoreWriteError(OSError):
-    """A store write that failed, in words that name the file and say what to do (`errno`: the system's).
-    `target` (the file) and `reason` (the system's words) let a caller that gives its own advice (the
-    trainer's resume line) name the file without repeating the store's."""
-
-    def __init__(self, message: str, *, code: int | None, target: Path, reason: str) -> None:
-        super().__init__(message)  # one argument: str() is the message, not '[Errno 28] ...'
-        self.errno, self.target, self.reason = code, Path(target), reason
-
-
-def _write_error(target: Path, root: Path, exc: OSError, doing: str) -> StoreWriteError:
-    """An OSError that names `target` (not the hidden temp file beside it) and says what to do."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        advice = "the disk is full: free some space, then try again"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        advice = (
-            f"the store folder {root} is not writable: check its permissions (and that its disk is not "
-            "mounted read-only), or use another store (--home DIR or TOKENSMITH_HOME)"
-        )
-    else:
-        advice = "fix the cause, then try again"
-    return StoreWriteError(
-        f"cannot {doing} {target}: {reason}; {advice}", code=exc.errno, target=target, reason=reason
-    )
 
 
 class Store(Listing, Trash):
@@ -203,7 +172,7 @@ class Store(Listing, Trash):
         except FileExistsError:
             raise
         except OSError as exc:
-            raise _write_error(target, self.root, exc, doing) from None
+            raise write_error(target, self.root, exc, doing) from None
 
     def _require(self, name: str, *, stray_ok: bool = False) -> Path:
         """The file of stored `name`, or StoreError saying what is wrong. `stray_ok` also accepts the exact
@@ -297,7 +266,7 @@ class Store(Listing, Trash):
         new_preview = None
         try:
             if preview is not None:
-                png = _png_bytes(preview)
+                png = png_bytes(preview)
                 with self._writing(preview_path):
                     new_preview = write_temp(preview_path, lambda tmp: tmp.write_bytes(png))
             guard = self._scanned_under_lock() if batch is None else batch.scanned()
@@ -306,7 +275,7 @@ class Store(Listing, Trash):
                 if not overwrite and path.exists():
                     raise FileExistsError(path)
                 with self._writing(path):
-                    _put_pair(path, data, preview_path, new_preview, overwrite=overwrite)
+                    put_pair(path, data, preview_path, new_preview, overwrite=overwrite)
                 folded.setdefault(emb.name.lower(), []).append(emb.name)  # what a batch's next put checks
         except FileExistsError:
             raise StoreError(
@@ -321,7 +290,7 @@ class Store(Listing, Trash):
     def set_preview(self, name: str, image: Image) -> Path:
         """Attach (or replace) the thumbnail of a stored embedding."""
         self._require(name)
-        png = _png_bytes(image)
+        png = png_bytes(image)
         with self._writing(self.preview_path(name)):
             return atomic_write_bytes(self.preview_path(name), png)
 
@@ -395,34 +364,3 @@ class Store(Listing, Trash):
             return {k: v for k, v in e.meta.items() if k not in NAME_KEYS}
 
         return stored.sha256 == emb.sha256 and unnamed(stored) == unnamed(emb)
-
-
-def _put_pair(
-    path: Path, data: bytes, preview_path: Path, new_preview: Path | None, *, overwrite: bool
-) -> None:
-    """Write the embedding file with the thumbnail there moved aside (put back if the write fails), then give
-    the new thumbnail (written already, as the temp file `new_preview`) its name."""
-    aside = temp_path_for(preview_path)  # a temp name: a kill's leftover is removed as stale
-    try:
-        os.replace(preview_path, aside)
-    except FileNotFoundError:
-        aside = None
-    try:
-        atomic_write_bytes(path, data, overwrite=overwrite)
-    except BaseException:
-        if aside is not None:
-            with contextlib.suppress(OSError):  # a rename needs no space: the old pair is whole again
-                os.replace(aside, preview_path)
-        raise
-    try:
-        if new_preview is not None:
-            commit_temp(new_preview, preview_path)
-    finally:
-        if aside is not None:
-            remove_temp(aside)
-
-
-def _png_bytes(image: Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

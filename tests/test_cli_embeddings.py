@@ -266,7 +266,7 @@ def many(tmp_path, count=4):
 
 def fail_on_storing(monkeypatch, name, error):
     """Make storing `name` raise `error` (once), as a full disk or a Ctrl-C would halfway through."""
-    import embeddings.store as store_module
+    import embeddings.storewrites as store_module  # where put writes the file
 
     real = store_module.atomic_write_bytes
 

@@ -96,7 +96,7 @@ def test_a_failed_write_leaves_neither_a_file_nor_a_temp_file(store, monkeypatch
 
         return files.atomic_write(path, half, overwrite=overwrite)
 
-    monkeypatch.setattr("embeddings.store.atomic_write_bytes", crash)
+    monkeypatch.setattr("embeddings.storewrites.atomic_write_bytes", crash)
     with pytest.raises(OSError, match="disk full"):
         store.put(emb("dog"))
     with pytest.raises(OSError, match="disk full"):
@@ -295,7 +295,8 @@ def test_write_errors_name_the_target_not_the_temp_file(store, monkeypatch, erro
 
         return files.atomic_write(path, write, overwrite=overwrite)
 
-    monkeypatch.setattr("embeddings.store.atomic_write_bytes", failing)
+    monkeypatch.setattr("embeddings.storewrites.atomic_write_bytes", failing)  # put's write
+    monkeypatch.setattr("embeddings.store.atomic_write_bytes", failing)  # rename's
     for attempt, target in (
         (lambda: store.put(emb("dog")), "dog.safetensors"),
         (lambda: store.put(emb("cat", value=2.0), overwrite=True), "cat.safetensors"),

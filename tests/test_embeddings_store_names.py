@@ -76,7 +76,7 @@ def test_cli_list_names_refused_stems_and_other_formats_and_rename_fixes_them(st
 
 # --- letter-case twins under concurrent writers (F4) ---
 def test_two_writers_cannot_store_case_twins_between_check_and_write(store, monkeypatch):
-    from embeddings import store as store_module
+    from embeddings import storewrites as store_module  # where put writes the file
 
     real_write = store_module.atomic_write_bytes
     dog_checked = threading.Event()

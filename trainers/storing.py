@@ -13,7 +13,7 @@ from pathlib import Path
 from embeddings import Embedding, Store, load_canonical
 from embeddings.errors import StoreError, TokensmithError
 from embeddings.files import PREVIEW_SUFFIX
-from embeddings.store import StoreWriteError
+from embeddings.storewrites import StoreWriteError
 from trainers.commands import home_flags, resume_command
 from trainers.config import TrainConfig
 from trainers.resume import ENDING, config_changes
