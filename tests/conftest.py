@@ -70,3 +70,17 @@ def fake_trainer(tmp_path, monkeypatch):
     script.write_text(FAKE_TRAINER)
     monkeypatch.setattr(studio.jobs, "TRAINER_COMMAND", (sys.executable, str(script)))
     return script
+
+
+@pytest.fixture
+def cat_dog_store(tokensmith_home, tiny_session):
+    """The test home's store holding <cat> and <dog> (2 vectors each, seeds 0 and 1, init 'object') at the
+    tiny model's width: what the Inspect and Lab pages' tests read."""
+    from embeddings import Embedding, Store
+
+    width = tiny_session.model.widths["emb_params"]
+    store = Store.for_home(tokensmith_home)
+    for seed, name in enumerate(["cat", "dog"]):
+        vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(seed))
+        store.put(Embedding(name, {"emb_params": vectors}, {"init": "object"}))
+    return store

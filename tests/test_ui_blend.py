@@ -142,6 +142,17 @@ def test_an_empty_name_asks_for_one_and_the_preview_stays(page_session, store):
     assert not [b for b in at.button if b.key == "bl_save"]  # Save waits for a name
 
 
+def preview_of(prompt: str):
+    """The page previewing <cat> blended with the word 'photo' (2 steps) in `prompt`, drawn with no error."""
+    at = open_blend()
+    at.radio(key="bl_kind_1").set_value("word").run()
+    at.text_input(key="bl_word_1").set_value("photo")
+    at.number_input(key="bl_steps").set_value(2)
+    at.text_input(key="bl_prompt").set_value(prompt).run()
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
 def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained(
     page_session, store, monkeypatch
 ):
@@ -150,12 +161,7 @@ def test_the_preview_draws_again_when_an_embedding_its_prompt_names_is_retrained
     monkeypatch.setattr(
         page_session, "generate", lambda *args, **kw: calls.append(1) or generate(*args, **kw)
     )
-    at = open_blend()
-    at.radio(key="bl_kind_1").set_value("word").run()
-    at.text_input(key="bl_word_1").set_value("photo")
-    at.number_input(key="bl_steps").set_value(2)
-    at.text_input(key="bl_prompt").set_value("* <dog>").run()
-    assert not at.error, [e.value for e in at.error]
+    at = preview_of("* <dog>")
     assert calls, "no preview drawn"
     calls.clear()
     at.run()
@@ -170,12 +176,7 @@ def test_a_name_in_another_letter_case_draws_anew_when_retrained_and_is_refused_
     page_session, store
 ):
     # prompts match <DOG> to a stored 'dog': the preview's cache key must follow the same file
-    at = open_blend()
-    at.radio(key="bl_kind_1").set_value("word").run()
-    at.text_input(key="bl_word_1").set_value("photo")
-    at.number_input(key="bl_steps").set_value(2)
-    at.text_input(key="bl_prompt").set_value("* <DOG>").run()
-    assert not at.error, [e.value for e in at.error]
+    at = preview_of("* <DOG>")
     before = at.image[0].proto.imgs[0].url
     width = page_session.model.widths["emb_params"]
     store.put(Embedding("dog", {"emb_params": torch.ones(1, width) * 5}, {"family": "sd1"}), overwrite=True)

@@ -15,13 +15,8 @@ APP = str(Path(__file__).resolve().parent.parent / "studio" / "app" / "main.py")
 
 
 @pytest.fixture
-def store(tokensmith_home, tiny_session) -> Store:
-    width = tiny_session.model.widths["emb_params"]
-    s = Store.for_home(tokensmith_home)
-    for seed, name in enumerate(["cat", "dog"]):
-        vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(seed))
-        s.put(Embedding(name, {"emb_params": vectors}, {"init": "object"}))
-    return s
+def store(cat_dog_store) -> Store:
+    return cat_dog_store
 
 
 def open_page(page: str, state: dict | None = None) -> AppTest:

@@ -22,15 +22,10 @@ from tests.trainpage import open_train, run_folder
 
 
 @pytest.fixture
-def store(tokensmith_home, tiny_session) -> Store:
+def store(cat_dog_store) -> Store:
     """<cat> and <dog> for the tiny model; <aaa-wide> (SD 2.x's width) is first by name, for another model."""
-    width = tiny_session.model.widths["emb_params"]
-    s = Store.for_home(tokensmith_home)
-    for seed, name in enumerate(["cat", "dog"]):
-        vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(seed))
-        s.put(Embedding(name, {"emb_params": vectors}, {"init": "object"}))
-    s.put(Embedding("aaa-wide", {"emb_params": torch.ones(1, 1024)}, {}))
-    return s
+    cat_dog_store.put(Embedding("aaa-wide", {"emb_params": torch.ones(1, 1024)}, {}))
+    return cat_dog_store
 
 
 @pytest.fixture
