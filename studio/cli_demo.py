@@ -5,8 +5,6 @@ scores."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +17,13 @@ from studio.cli import EXIT_ERROR, at_least_one
 from studio.cli_demo_world import check_seed, readable
 from studio.cli_options import add_command, store_of
 from studio.cli_train import ProgressBar, set_cpu_threads
+from studio.demofolder import (
+    demo_folder,
+    demo_writes,
+    earlier_demo_run,
+    prepare_demo_folder,
+    save_png,
+)
 
 if TYPE_CHECKING:
     from demo.world import Concept
@@ -68,7 +73,6 @@ DEMO_SAMPLES = 4
 # concept's shape in the word's colour (measured: purple triangle -> 4/4 blue triangles, two trained tokens).
 # A linear 0.5/0.5 mix with a word changed nothing: the trained vectors are longer than the word's.
 DEMO_BLEND_WITH = ("blue", "red")  # the first that is not the concept's own colour
-DEMO_NAME = re.compile(r"demo-[a-z]+-[a-z]+")  # the token's name: demo-COLOUR-SHAPE
 
 
 def _blend_prompt(name: str, concept) -> str:
@@ -99,107 +103,6 @@ def _judge_row(images, concept) -> dict:
         "shape_hits": sum(v.shape == concept.shape for v in verdicts),
         "n": len(images),
     }
-
-
-def _demo_folder(args) -> Path:
-    """The output folder (--out, else HOME/demo), refused before anything is written when it, or a folder
-    above it, is a file; the message names that file and what to pass instead."""
-    from embeddings.files import refuse_file_as_folder
-
-    if args.out:
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"--out {out} is a file: give a folder for the demo's images and run")
-        refuse_file_as_folder(out, "--out")  # 'notes is a file, not a folder', not '[Errno 20]' later
-    else:
-        out = args.home / "demo"
-        if os.path.lexists(out) and not out.is_dir():
-            raise NotADirectoryError(
-                f"{out} is a file, not a folder: move it, or pass --out with a folder for the demo's images "
-                "and run"
-            )
-    _refuse_file_as_home(args.home)
-    return out
-
-
-def _refuse_file_as_home(home: Path) -> None:
-    """A home that is a file (or lies below one) holds no store: say so now, as `runs` does, rather than
-    after rendering, or as '[Errno 20]' while making HOME/demo."""
-    for above in (home, *home.parents):
-        if above.is_dir():
-            return
-        if os.path.lexists(above):
-            where = "" if above == home else f", so the tokensmith home {home} cannot be made"
-            what = " (the tokensmith home)" if above == home else ""
-            raise NotADirectoryError(
-                f"{above}{what} is a file, not a folder{where}: pass --home with a folder"
-            )
-
-
-def _earlier_demo_run(run: Path) -> bool:
-    """Whether `run` (OUT/run) holds a training run that an earlier demo made, which this one replaces (the
-    demo is meant to be re-run); False when it holds no run. Another run there (`train --run-dir OUT/run`)
-    is refused, before anything is written: deleting it would lose its checkpoints and whatever else the
-    user keeps in it.
-
-    A demo run that a live trainer holds (another `tokensmith demo` still training) is refused too.
-    A demo run is told by its config.toml, which every run writes and the demo's own runs (old ones too)
-    fill alike: the demo model, a `demo-COLOUR-SHAPE` name, and images in the `images` folder beside it."""
-    import tomllib
-
-    from embeddings.text import printable
-    from trainers.runfolder import RunFolder
-
-    config = run / "config.toml"
-    if not (run / "progress.jsonl").is_file() and not config.is_file():
-        return False
-    try:
-        values = tomllib.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        values = {}
-    name, images, run_dir = (str(values.get(key, "")) for key in ("name", "images", "run_dir"))
-    if (
-        values.get("model") == "demo"
-        and DEMO_NAME.fullmatch(name)
-        and Path(images) == Path(run_dir).parent / "images"
-        and Path(run_dir).name == "run"
-    ):
-        if (pid := RunFolder(run).holder()) is not None:  # a demo still training there: never delete it
-            raise FileExistsError(
-                f"a demo is training in {run} (process {pid}); wait for it to finish or stop it, or pass "
-                "another --out"
-            )
-        return True
-    of = f" of '{printable(name)}'" if name else " (its config.toml is missing or unreadable)"
-    raise FileExistsError(f"{run} is a training run{of}; choose another --out")
-
-
-def _prepare_demo_folder(out: Path, replace_run: bool) -> None:
-    """Make the output folder, with an earlier demo's run folder in it removed when `replace_run`."""
-    import shutil
-
-    if replace_run:
-        shutil.rmtree(out / "run")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-
-
-def _save_png(image, path) -> None:
-    """Write a PNG completely or not at all (a full disk leaves no truncated file, an older one intact)."""
-    from embeddings.files import atomic_write
-
-    with _demo_writes(path):
-        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-@contextmanager
-def _demo_writes(path):
-    """A full or read-only disk while writing `path` as one line that names it and says what to do."""
-    from embeddings.files import write_failure_error
-
-    try:
-        yield
-    except OSError as exc:
-        raise write_failure_error(exc, path, then="run `tokensmith demo` again") from None
 
 
 @contextmanager
@@ -304,7 +207,7 @@ def _train_demo(args) -> _Trained | None:
         )
     name = "demo-" + f"{concept.colour}-{concept.shape}"
     check_seed(args.seed)  # in demo-images' words: TrainConfig's speak of a resume, which the demo has not
-    out = _demo_folder(args)
+    out = demo_folder(args)
     # the training config first: a value it refuses fails now, not after rendering, loading and sampling
     changes = {"steps": args.steps} if args.steps is not None else {}
     cfg = TrainConfig(
@@ -315,13 +218,13 @@ def _train_demo(args) -> _Trained | None:
         seed=args.seed,
         **changes,
     )
-    replace_run = _earlier_demo_run(out / "run")  # another's run there is refused before anything is written
-    with _demo_writes(out):
-        _prepare_demo_folder(out, replace_run)
+    replace_run = earlier_demo_run(out / "run")  # another's run there is refused before anything is written
+    with demo_writes(out):
+        prepare_demo_folder(out, replace_run)
     rng = random.Random(args.seed)
     shots = [render(concept, rng) for _ in range(DEMO_IMAGES)]
     for i, shot in enumerate(shots):
-        _save_png(shot, out / "images" / f"{i}.png")
+        save_png(shot, out / "images" / f"{i}.png")
     print(f"rendered {DEMO_IMAGES} images of '{shown}' into {out / 'images'}", file=sys.stderr)
 
     model = load_model("demo")
@@ -363,7 +266,7 @@ def _show_demo(args, t: _Trained, started: float) -> int:
         labels = [f"training: {readable(str(concept))}", f"before: a {t.init}", f"after: a <{name}>"]
         labels.append(f"blend: {blend_prompt[2:]}")
         sheet = compose(rows, labels, [f"{i + 1} (seed {args.seed + i})" for i in range(DEMO_SAMPLES)])
-        _save_png(sheet, sheet_path)
+        save_png(sheet, sheet_path)
     result = {
         "concept": readable(str(concept)),
         "name": name,
