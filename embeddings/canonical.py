@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_VERSION = "1"  # tokensmith.version: the version of this file layout
+# what a header's `format: pt` means, for those who read it as "a .pt file"
+FORMAT_PT = "safetensors' tag for torch tensors, not a .pt file"
 FIRST_READ = 8192  # one read covers the 8-byte length and a typical header
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # safetensors' own limit is 100 MB; an embedding header is a few KB
 # safetensors' dtype names and their sizes in bytes; torch reads the first six as floating point
@@ -285,7 +287,7 @@ def canonical_meta(emb: Embedding) -> dict[str, str]:
     meta.update(
         {
             "tokensmith.version": FORMAT_VERSION,
-            "format": "pt",  # the safetensors convention for torch tensors (diffusers/transformers read it)
+            "format": "pt",  # FORMAT_PT: the safetensors convention (diffusers/transformers read it)
             "name": emb.name,
             "family": emb.family,
             "num_vectors": str(emb.num_vectors),

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from embeddings.canonical import FORMAT_PT
 from embeddings.doctorstore import OTHER_FORMAT
 from embeddings.files import PREVIEW_SUFFIX, SUFFIX
 from embeddings.text import printable, shell_quote
@@ -177,9 +178,7 @@ def _show_lines(emb, entry, data: dict) -> list[str]:
 def _meta_note(key: str, value: str) -> str:
     """A word on a header value that reads as something else: safetensors' `format: pt` is its tag for
     torch tensors, not a .pt file."""
-    return (
-        "  (safetensors' tag for torch tensors, not a .pt file)" if (key, value) == ("format", "pt") else ""
-    )
+    return f"  ({FORMAT_PT})" if (key, value) == ("format", "pt") else ""
 
 
 def run_export(args) -> int:

@@ -7,6 +7,7 @@ import io
 
 import streamlit as st
 
+from embeddings.canonical import FORMAT_PT
 from studio.app import cards, context, libraryfiles
 from studio.app.cards import code, literal
 
@@ -89,8 +90,8 @@ def details_ui(store, name: str) -> None:
         st.code(emb.sha256, language=None, wrap_lines=True)
     with st.expander("Raw metadata"):
         st.caption(
-            "The file's header as stored. `format: pt` is safetensors' tag for torch tensors: the file is a "
-            ".safetensors file whatever it was imported from."
+            f"The file's header as stored. `format: pt` is {FORMAT_PT}: the file is a .safetensors file "
+            "whatever it was imported from."
         )
         st.json(cards.raw_metadata(entry.meta))
     export_ui(emb, entry)
